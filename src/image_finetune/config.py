@@ -1,0 +1,222 @@
+"""params.yaml -> typed, validated configuration.
+
+Every step reads its own section. Unknown keys, wrong types and out-of-range
+values fail before any work starts, with the key path and the reason.
+Environment variables override the locations that differ between machines:
+
+- ``IMAGE_FINETUNE_DATA``: the dataset source path (``data.path``)
+- ``IMAGE_FINETUNE_WEIGHTS``: the backbone weights (``model.weights``)
+- ``MLFLOW_TRACKING_URI``: the tracking server (``register.tracking_uri``)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from image_finetune.errors import ConfigError
+
+DATA_ENV = "IMAGE_FINETUNE_DATA"
+WEIGHTS_ENV = "IMAGE_FINETUNE_WEIGHTS"
+TRACKING_ENV = "MLFLOW_TRACKING_URI"
+
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+Positive = Annotated[int, Field(gt=0)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataParams(_Section):
+    """Where the images come from and how the splits are made (``ingest``)."""
+
+    source: Literal["folder", "cifar-python", "cifar-binary", "tfds"] = "folder"
+    path: str = "../shared/data/cifar10-jpeg.tar.gz"
+    tfds_name: str = "cifar10"
+    image_size: Positive = 32
+    on_wrong_size: Literal["reject", "resize"] = "reject"
+    validation_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
+    max_per_class: Positive | None = None
+    seed: int = 42
+
+
+class ValidateParams(_Section):
+    """Thresholds of the data-validation suite (``validate``)."""
+
+    class_balance_tolerance: Annotated[float, Field(gt=0.0, le=10.0)] = 0.2
+    min_images_per_class: Positive = 1
+    channel_mean_range: tuple[Fraction, Fraction] = (0.3, 0.7)
+    channel_std_range: tuple[Fraction, Fraction] = (0.1, 0.4)
+    min_image_std: Annotated[float, Field(ge=0.0)] = 2.0
+    max_duplicate_fraction: Fraction = 0.01
+
+    @model_validator(mode="after")
+    def _ordered_ranges(self) -> ValidateParams:
+        for name in ("channel_mean_range", "channel_std_range"):
+            low, high = getattr(self, name)
+            if low >= high:
+                raise ValueError(f"{name}: lower bound {low} must be below upper bound {high}")
+        return self
+
+
+class AugmentParams(_Section):
+    """The augmentation policy, built from Keras preprocessing layers (``augment``)."""
+
+    horizontal_flip: bool = True
+    translate: Annotated[float, Field(ge=0.0, le=0.5)] = 0.125
+    rotation: Annotated[float, Field(ge=0.0, le=0.5)] = 0.0
+    contrast: Fraction = 0.0
+    rand_augment: bool = False
+    random_erasing: Fraction = 0.0
+    mixup_alpha: Annotated[float, Field(ge=0.0)] = 0.0
+    preview_images: Annotated[int, Field(ge=1, le=64)] = 16
+
+
+class ModelParams(_Section):
+    """Backbone, pretrained weights and head."""
+
+    backbone: Literal["mobilenet_v2", "resnet50", "efficientnet_b0"] = "mobilenet_v2"
+    weights: str = "../shared/weights/mobilenet_v2_1.0_imagenet_no_top.weights.h5"
+    image_size: Annotated[int, Field(ge=32, le=512)] = 96
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.2
+
+
+class Rung(_Section):
+    """One attempt of the retrain loop; later rungs are stronger and warm-start."""
+
+    name: str
+    unfreeze_from: str | None = None
+    epochs: Positive = 1
+    learning_rate: Annotated[float, Field(gt=0.0, le=1.0)] = 1e-3
+    warmup_epochs: Annotated[float, Field(ge=0.0)] = 0.0
+    weight_decay: Annotated[float, Field(ge=0.0)] = 1e-4
+    label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    batch_size: Positive = 128
+    image_size: Annotated[int, Field(ge=32, le=512)] | None = None
+    early_stopping_patience: Positive | None = None
+
+
+class TrainParams(_Section):
+    """The ladder of configurations that the retrain loop climbs (``train``)."""
+
+    seed: int = 42
+    cache_features: bool = True
+    cache_boundary: str | None = "block_12_add"
+    flip_cache: bool = True
+    mixed_precision: Literal["auto", "off", "on"] = "auto"
+    jit_compile: Literal["auto", "off", "on"] = "auto"
+    ladder: list[Rung] = Field(min_length=1, max_length=8)
+
+    @model_validator(mode="after")
+    def _unique_rung_names(self) -> TrainParams:
+        names = [rung.name for rung in self.ladder]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise ValueError(f"ladder: rung names must be unique, repeated: {duplicated}")
+        return self
+
+
+class EvaluateParams(_Section):
+    """Evaluation report settings (``evaluate``)."""
+
+    flip_tta: bool = True
+    batch_size: Positive = 256
+    bootstrap_samples: Annotated[int, Field(ge=100, le=100_000)] = 1000
+    calibration_bins: Annotated[int, Field(ge=2, le=100)] = 15
+    gallery_size: Annotated[int, Field(ge=0, le=100)] = 36
+    latency_runs: Annotated[int, Field(ge=1, le=1000)] = 30
+    most_confused: Annotated[int, Field(ge=1, le=45)] = 5
+
+
+class GateParams(_Section):
+    """Requirements a model must meet (``gate``)."""
+
+    min_accuracy: Fraction = 0.85
+    min_macro_f1: Fraction = 0.85
+    min_class_recall: Fraction = 0.6
+    max_latency_p95_ms: Annotated[float, Field(gt=0.0)] = 200.0
+    significance: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.05
+
+
+class RegisterParams(_Section):
+    """MLflow tracking and registry (``register``)."""
+
+    tracking_uri: str = "sqlite:///mlflow.db"
+    experiment: str = "image-finetune"
+    model_name: str = "cifar10-classifier"
+    promote: bool = True
+
+
+class Params(_Section):
+    """The whole params.yaml."""
+
+    data: DataParams = DataParams()
+    validate_: ValidateParams = Field(default=ValidateParams(), alias="validate")
+    augment: AugmentParams = AugmentParams()
+    model: ModelParams = ModelParams()
+    train: TrainParams
+    evaluate: EvaluateParams = EvaluateParams()
+    gate: GateParams = GateParams()
+    register: RegisterParams = RegisterParams()
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def digest(self) -> str:
+        """A stable sha256 of the effective configuration (for lineage tags and caches)."""
+        blob = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _format_errors(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        path = ".".join(str(part) for part in item["loc"]) or "<root>"
+        lines.append(f"  {path}: {item['msg']} (got {item.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _apply_env(raw: dict) -> dict:
+    overrides = {DATA_ENV: ("data", "path"), WEIGHTS_ENV: ("model", "weights"),
+                 TRACKING_ENV: ("register", "tracking_uri")}
+    for env, (section, key) in overrides.items():
+        value = os.environ.get(env)
+        if value:
+            raw.setdefault(section, {})
+            if not isinstance(raw[section], dict):
+                continue  # leave the type error to the schema
+            raw[section][key] = value
+    return raw
+
+
+def load_params(path: str | Path = "params.yaml", *, use_env: bool = True) -> Params:
+    """Read and validate params.yaml; raise ConfigError naming every bad key."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: file not found") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    if use_env:
+        raw = _apply_env(raw)
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{path} is invalid:\n{_format_errors(exc)}") from exc
+
+
+def resolve_path(value: str, base: Path | None = None) -> Path:
+    """Resolve a params path relative to the project root (the params file's folder)."""
+    candidate = Path(value).expanduser()
+    if candidate.is_absolute() or base is None:
+        return candidate
+    return (base / candidate).resolve()

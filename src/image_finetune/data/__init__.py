@@ -1,0 +1,1 @@
+"""Data sources, the canonical on-disk format and the ingest step."""

@@ -1,0 +1,236 @@
+"""Dataset sources: an image-folder tree (directory or .tar.gz), the official
+CIFAR-10 python and binary archives, and tensorflow-datasets.
+
+Each reader returns a :class:`RawDataset`: per split, uint8 images [N,H,W,3]
+and int64 labels, with the class names. Problems are collected over the whole
+source and raised once, naming the files.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import tarfile
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from image_finetune.errors import IngestError
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
+KNOWN_SPLITS = ("train", "validation", "test")
+
+@dataclass
+class RawDataset:
+    """Decoded images per split, with the class names their labels index."""
+
+    class_names: list[str]
+    images: dict[str, np.ndarray] = field(default_factory=dict)
+    labels: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def decode_image(data: bytes, name: str, image_size: int, resize: bool) -> np.ndarray:
+    """Decode PNG/JPEG bytes to uint8 RGB [S,S,3]; raise ValueError with the reason."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            rgb = image.convert("RGB")
+    except UnidentifiedImageError as exc:
+        raise ValueError(f"{name}: not an image file") from exc
+    except (OSError, SyntaxError) as exc:
+        raise ValueError(f"{name}: corrupt or truncated image ({exc})") from exc
+    if rgb.size != (image_size, image_size):
+        if not resize:
+            width, height = rgb.size
+            raise ValueError(
+                f"{name}: size {height}x{width}, expected {image_size}x{image_size} "
+                "(set data.on_wrong_size: resize to accept it)"
+            )
+        rgb = rgb.resize((image_size, image_size), Image.Resampling.BICUBIC)
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+def _iter_folder_files(path: Path) -> Iterator[tuple[PurePosixPath, bytes]]:
+    """Yield (relative path, bytes) of every file of a directory tree or .tar(.gz)."""
+    if path.is_dir():
+        for file in sorted(p for p in path.rglob("*") if p.is_file()):
+            yield PurePosixPath(file.relative_to(path).as_posix()), file.read_bytes()
+        return
+    try:
+        with tarfile.open(path, "r:*") as archive:
+            for member in archive:
+                if not member.isfile():
+                    continue
+                handle = archive.extractfile(member)
+                assert handle is not None  # isfile() members always have data
+                yield PurePosixPath(member.name.lstrip("./") or member.name), handle.read()
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+        raise IngestError(f"{path}: truncated or unreadable archive ({exc})") from exc
+
+
+def _strip_common_root(parts: tuple[str, ...]) -> tuple[str, ...]:
+    return parts[1:] if parts and parts[0] not in KNOWN_SPLITS and len(parts) == 4 else parts
+
+
+def read_image_folder(
+    path: Path, image_size: int, resize: bool, max_per_class: int | None = None
+) -> RawDataset:
+    """Read ``split/class/*.png|jpg|jpeg`` from a directory or a .tar(.gz) archive.
+
+    Classes are the train split's folders, sorted; every other split must have
+    exactly those classes. Hidden files (``.*``) are ignored; anything else that
+    is not an image in a class folder is an error.
+    """
+    if not path.exists():
+        raise IngestError(f"{path}: data source not found (set data.path or $IMAGE_FINETUNE_DATA)")
+    problems: list[str] = []
+    decoded: dict[tuple[str, str], list[tuple[str, np.ndarray]]] = {}
+    class_dirs: dict[str, set[str]] = {}
+    files = _iter_folder_files(path)
+    for rel, data in tqdm(files, desc=f"decode {path.name}", unit="img", mininterval=1.0):
+        parts = _strip_common_root(rel.parts)
+        if any(part.startswith(".") for part in parts):
+            continue
+        if len(parts) != 3 or parts[0] not in KNOWN_SPLITS:
+            problems.append(f"{rel}: not at split/class/file (splits: {', '.join(KNOWN_SPLITS)})")
+            continue
+        split, class_name, filename = parts
+        class_dirs.setdefault(split, set()).add(class_name)
+        if PurePosixPath(filename).suffix.lower() not in IMAGE_SUFFIXES:
+            problems.append(f"{rel}: not an image file (expected .png, .jpg or .jpeg)")
+            continue
+        bucket = decoded.setdefault((split, class_name), [])
+        if max_per_class is not None and len(bucket) >= max_per_class:
+            continue
+        try:
+            bucket.append((filename, decode_image(data, str(rel), image_size, resize)))
+        except ValueError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise IngestError(f"{path}: bad files in the image folder", problems)
+    return _assemble_folder(path, decoded, class_dirs)
+
+
+def _assemble_folder(
+    path: Path,
+    decoded: dict[tuple[str, str], list[tuple[str, np.ndarray]]],
+    class_dirs: dict[str, set[str]],
+) -> RawDataset:
+    if "train" not in class_dirs:
+        raise IngestError(f"{path}: no train/ split found")
+    class_names = sorted(class_dirs["train"])
+    problems = []
+    for split, names in sorted(class_dirs.items()):
+        for unknown in sorted(names - set(class_names)):
+            problems.append(f"{split}/{unknown}: unknown class (not among train's classes)")
+        for missing in sorted(set(class_names) - names):
+            problems.append(f"{split}/{missing}: missing class folder")
+        for name in sorted(names & set(class_names)):
+            if not decoded.get((split, name)):
+                problems.append(f"{split}/{name}: empty class (no images)")
+    if problems:
+        raise IngestError(f"{path}: the class folders are inconsistent", problems)
+    dataset = RawDataset(class_names=class_names)
+    for split in sorted(class_dirs):
+        images, labels = [], []
+        for index, name in enumerate(class_names):
+            for _, image in sorted(decoded[(split, name)], key=lambda item: item[0]):
+                images.append(image)
+                labels.append(index)
+        dataset.images[split] = np.stack(images)
+        dataset.labels[split] = np.asarray(labels, dtype=np.int64)
+    return dataset
+
+
+def _cap_per_class(images: np.ndarray, labels: np.ndarray, cap: int | None):
+    if cap is None:
+        return images, labels
+    keep = np.concatenate([np.flatnonzero(labels == c)[:cap] for c in np.unique(labels)])
+    keep.sort()
+    return images[keep], labels[keep]
+
+
+def _archive_members(path: Path) -> dict[str, bytes]:
+    if not path.exists():
+        raise IngestError(f"{path}: data source not found (set data.path or $IMAGE_FINETUNE_DATA)")
+    try:
+        with tarfile.open(path, "r:*") as archive:
+            return {
+                PurePosixPath(m.name).name: archive.extractfile(m).read()  # type: ignore[union-attr]
+                for m in archive
+                if m.isfile()
+            }
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+        raise IngestError(f"{path}: truncated or unreadable archive ({exc})") from exc
+
+
+def _require(members: dict[str, bytes], names: list[str], path: Path) -> None:
+    missing = [n for n in names if n not in members]
+    if missing:
+        raise IngestError(f"{path}: not a CIFAR-10 archive, missing members", missing)
+
+
+CIFAR_TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
+
+
+def read_cifar_python(path: Path, max_per_class: int | None = None) -> RawDataset:
+    """Read the official ``cifar-10-python.tar.gz`` (pickled batches)."""
+    members = _archive_members(path)
+    _require(members, [*CIFAR_TRAIN_BATCHES, "test_batch", "batches.meta"], path)
+    meta = pickle.loads(members["batches.meta"], encoding="bytes")
+    class_names = [n.decode() if isinstance(n, bytes) else n for n in meta[b"label_names"]]
+    dataset = RawDataset(class_names=class_names)
+    for split, batches in (("train", CIFAR_TRAIN_BATCHES), ("test", ["test_batch"])):
+        images, labels = [], []
+        for batch_name in batches:
+            batch = pickle.loads(members[batch_name], encoding="bytes")
+            data = np.asarray(batch[b"data"], dtype=np.uint8)
+            images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+            labels.append(np.asarray(batch[b"labels"], dtype=np.int64))
+        dataset.images[split], dataset.labels[split] = _cap_per_class(
+            np.concatenate(images), np.concatenate(labels), max_per_class
+        )
+    return dataset
+
+
+def read_cifar_binary(path: Path, max_per_class: int | None = None) -> RawDataset:
+    """Read the official ``cifar-10-binary.tar.gz`` (1 label byte + 3072 pixel bytes)."""
+    members = _archive_members(path)
+    train_files = [f"{b}.bin" for b in CIFAR_TRAIN_BATCHES]
+    _require(members, [*train_files, "test_batch.bin", "batches.meta.txt"], path)
+    class_names = [line for line in members["batches.meta.txt"].decode().split() if line]
+    dataset = RawDataset(class_names=class_names)
+    record = 1 + 3 * 32 * 32
+    for split, files in (("train", train_files), ("test", ["test_batch.bin"])):
+        raw = np.concatenate([np.frombuffer(members[f], dtype=np.uint8) for f in files])
+        if raw.size % record:
+            raise IngestError(f"{path}: {split} batches are truncated ({raw.size} bytes)")
+        rows = raw.reshape(-1, record)
+        images = rows[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        dataset.images[split], dataset.labels[split] = _cap_per_class(
+            np.ascontiguousarray(images), rows[:, 0].astype(np.int64), max_per_class
+        )
+    return dataset
+
+
+def read_tfds(name: str, max_per_class: int | None = None) -> RawDataset:
+    """Load a dataset with tensorflow-datasets (downloads where there is internet)."""
+    import tensorflow_datasets as tfds  # TensorFlow-only: imported where used
+
+    builder = tfds.builder(name)
+    builder.download_and_prepare()
+    class_names = list(builder.info.features["label"].names)
+    dataset = RawDataset(class_names=class_names)
+    for split in ("train", "test"):
+        images, labels = tfds.as_numpy(
+            builder.as_dataset(split=split, batch_size=-1, as_supervised=True)
+        )
+        dataset.images[split], dataset.labels[split] = _cap_per_class(
+            images.astype(np.uint8), labels.astype(np.int64), max_per_class
+        )
+    return dataset

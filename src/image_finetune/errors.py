@@ -1,0 +1,56 @@
+"""Every error a step reports to its user, with the exit code the CLI gives it."""
+
+from __future__ import annotations
+
+MAX_LISTED = 20
+
+
+class PipelineError(Exception):
+    """Base of the errors that end a step with a clear message and no traceback."""
+
+    exit_code = 1
+
+
+class ConfigError(PipelineError, ValueError):
+    """params.yaml is missing, unreadable or invalid; the message names each bad key."""
+
+    exit_code = 2
+
+
+class IngestError(PipelineError, ValueError):
+    """The source cannot be ingested; the message names the offending files."""
+
+    exit_code = 3
+
+    def __init__(self, summary: str, problems: list[str] | None = None):
+        self.summary = summary
+        self.problems = problems or []
+        listed = "\n".join(f"  - {p}" for p in self.problems[:MAX_LISTED])
+        more = len(self.problems) - MAX_LISTED
+        tail = f"\n  ... and {more} more" if more > 0 else ""
+        count = f" ({len(self.problems)} problems)" if self.problems else ""
+        super().__init__(f"{summary}{count}" + (f":\n{listed}{tail}" if listed else ""))
+
+
+class DataValidationError(PipelineError):
+    """A blocking data expectation failed; the message lists each one."""
+
+    exit_code = 4
+
+
+class MissingInputError(PipelineError, FileNotFoundError):
+    """A step's input (dataset, model, weights) is not where it should be."""
+
+    exit_code = 5
+
+
+class GateFailedError(PipelineError):
+    """No model met the requirements; the message gives every reason."""
+
+    exit_code = 6
+
+
+class ServiceError(PipelineError):
+    """A service (MLflow server, S3) is unreachable or refused the request."""
+
+    exit_code = 7

@@ -1,0 +1,1 @@
+"""Data validation: fact tables and Great Expectations suites."""
