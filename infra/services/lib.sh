@@ -22,14 +22,20 @@ show_log_tail() {
   done
 }
 
-# pid_alive PIDFILE: true when PIDFILE names a live process.
+# pid_alive PIDFILE [COMM]: true when PIDFILE names a live process (whose
+# command name is COMM, when given: guards against recycled pids).
 pid_alive() {
-  local pidfile="$1" pid
+  local pidfile="$1" comm="${2:-}" pid
   [[ -s "${pidfile}" ]] || return 1
   pid="$(head -n 1 "${pidfile}")"
   [[ "${pid}" =~ ^[0-9]+$ ]] || return 1
-  kill -0 "${pid}" 2>/dev/null
+  kill -0 "${pid}" 2>/dev/null || return 1
+  [[ -z "${comm}" ]] || [[ "$(cat "/proc/${pid}/comm" 2>/dev/null)" == "${comm}"* ]]
 }
+
+# Wall-clock timing with sub-second resolution.
+timer_start() { printf '%s' "${EPOCHREALTIME}"; }
+timer_elapsed() { awk -v a="$1" -v b="${EPOCHREALTIME}" 'BEGIN { printf "%.1f", b - a }'; }
 
 # port_listening PORT: true when something listens on SERVICES_HOST:PORT.
 port_listening() {
@@ -50,12 +56,12 @@ wait_until() {
   done
 }
 
-# stop_pidfile PIDFILE NAME [TIMEOUT]: SIGTERM, wait, then SIGKILL.
+# stop_pidfile PIDFILE NAME [TIMEOUT] [COMM]: SIGTERM, wait, then SIGKILL.
 # Signals the process group when the process leads one (setsid), so workers
 # forked by the server go too.
 stop_pidfile() {
-  local pidfile="$1" name="$2" timeout="${3:-30}" pid target
-  if ! pid_alive "${pidfile}"; then
+  local pidfile="$1" name="$2" timeout="${3:-30}" comm="${4:-}" pid target
+  if ! pid_alive "${pidfile}" "${comm}"; then
     rm -f "${pidfile}"
     return 0
   fi
@@ -78,7 +84,7 @@ stop_pidfile() {
   rm -f "${pidfile}"
 }
 
-# rss_of_pidfile PIDFILE: RSS in MiB of the process and all its descendants.
+# rss_tree_mib PID: RSS in MiB of the process and all its descendants.
 rss_tree_mib() {
   local root="$1"
   ps -e -o pid=,ppid=,rss= | awk -v root="${root}" '

@@ -6,7 +6,7 @@ Environment variables override the locations that differ between machines:
 
 - ``IMAGE_FINETUNE_DATA``: the dataset source path (``data.path``)
 - ``IMAGE_FINETUNE_WEIGHTS``: the backbone weights (``model.weights``)
-- ``MLFLOW_TRACKING_URI``: the tracking server (``register.tracking_uri``)
+- ``MLFLOW_TRACKING_URI``: the tracking server (``registry.tracking_uri``)
 """
 
 from __future__ import annotations
@@ -75,7 +75,6 @@ class AugmentParams(_Section):
     contrast: Fraction = 0.0
     rand_augment: bool = False
     random_erasing: Fraction = 0.0
-    mixup_alpha: Annotated[float, Field(ge=0.0)] = 0.0
     preview_images: Annotated[int, Field(ge=1, le=64)] = 16
 
 
@@ -145,8 +144,8 @@ class GateParams(_Section):
     significance: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.05
 
 
-class RegisterParams(_Section):
-    """MLflow tracking and registry (``register``)."""
+class RegistryParams(_Section):
+    """MLflow tracking, registration and promotion (``register``)."""
 
     tracking_uri: str = "sqlite:///mlflow.db"
     experiment: str = "image-finetune"
@@ -164,7 +163,7 @@ class Params(_Section):
     train: TrainParams
     evaluate: EvaluateParams = EvaluateParams()
     gate: GateParams = GateParams()
-    register: RegisterParams = RegisterParams()
+    registry: RegistryParams = RegistryParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -184,7 +183,7 @@ def _format_errors(error: ValidationError) -> str:
 
 def _apply_env(raw: dict) -> dict:
     overrides = {DATA_ENV: ("data", "path"), WEIGHTS_ENV: ("model", "weights"),
-                 TRACKING_ENV: ("register", "tracking_uri")}
+                 TRACKING_ENV: ("registry", "tracking_uri")}
     for env, (section, key) in overrides.items():
         value = os.environ.get(env)
         if value:

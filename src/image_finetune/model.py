@@ -1,0 +1,189 @@
+"""Backbone registry, classifier head, freezing and the feature-cache split.
+
+The classifier takes uint8 images at the dataset's resolution; resizing and
+the backbone's own preprocessing are layers inside the model, so serving
+needs nothing but the model file. Backend-neutral Keras 3.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+from keras import layers, ops
+
+from image_finetune.config import ModelParams
+from image_finetune.errors import ConfigError, MissingInputError
+
+log = logging.getLogger(__name__)
+
+CLASSIFIER_INPUT = "image"
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """How to build one keras.applications backbone and prepare its input."""
+
+    build: Callable[..., keras.Model]
+    preprocess: str  # "tf": [-1, 1]; "caffe": BGR minus ImageNet means; "none": raw 0-255
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    "mobilenet_v2": BackboneSpec(keras.applications.MobileNetV2, "tf"),
+    "resnet50": BackboneSpec(keras.applications.ResNet50, "caffe"),
+    "efficientnet_b0": BackboneSpec(keras.applications.EfficientNetB0, "none"),
+}
+
+_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+
+
+@keras.saving.register_keras_serializable(package="image_finetune")
+class ImagePreprocess(layers.Layer):
+    """A backbone's ``preprocess_input`` as a serializable layer (0-255 floats in)."""
+
+    def __init__(self, mode: str, **kwargs):
+        super().__init__(**kwargs)
+        if mode not in ("tf", "caffe", "none"):
+            raise ValueError(f"unknown preprocessing mode {mode!r}")
+        self.mode = mode
+
+    def call(self, inputs):
+        if self.mode == "tf":
+            return inputs / 127.5 - 1.0
+        if self.mode == "caffe":
+            bgr = ops.flip(inputs, axis=-1)
+            return bgr - ops.convert_to_tensor(_CAFFE_MEAN_BGR, dtype=inputs.dtype)
+        return inputs
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode}
+
+
+def build_backbone(params: ModelParams, image_size: int, weights_path: Path | None) -> keras.Model:
+    """The named backbone without its top, weights loaded, BatchNorm kept in inference mode.
+
+    ``weights_path`` is a local ``.weights.h5`` file, or None for ``params.weights``
+    being ``imagenet`` (downloads) or ``none`` (random init).
+    """
+    spec = BACKBONES[params.backbone]
+    choice = params.weights.lower()
+    if weights_path is not None and not weights_path.exists():
+        raise MissingInputError(
+            f"{weights_path}: backbone weights not found (set model.weights or "
+            "$IMAGE_FINETUNE_WEIGHTS; use 'imagenet' to download or 'none')"
+        )
+    weights = str(weights_path) if weights_path else ("imagenet" if choice == "imagenet" else None)
+    try:
+        backbone = spec.build(
+            include_top=False, weights=weights, input_shape=(image_size, image_size, 3)
+        )
+    except ValueError as exc:
+        raise ConfigError(f"model.weights={params.weights!r} for {params.backbone}: {exc}") from exc
+    # BN statistics (folded into the convolutions for some weight files) must never be updated:
+    # a non-trainable BN layer runs in inference mode in Keras 3, even inside fit().
+    for layer in backbone.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            layer.trainable = False
+    return backbone
+
+
+def resolve_weights(params: ModelParams, root: Path) -> Path | None:
+    """A local weights file path from ``model.weights``, or None for imagenet/none."""
+    if params.weights.lower() in ("imagenet", "none"):
+        return None
+    path = Path(params.weights).expanduser()
+    return path if path.is_absolute() else (root / path).resolve()
+
+
+def build_classifier(
+    backbone: keras.Model,
+    n_classes: int,
+    params: ModelParams,
+    input_size: int,
+    augmentation: keras.Layer | None = None,
+) -> keras.Model:
+    """uint8 [S,S,3] -> (augment) -> resize -> preprocess -> backbone -> pool -> dropout -> softmax."""
+    spec = BACKBONES[params.backbone]
+    image_size = backbone.input_shape[1]
+    inputs = keras.Input((input_size, input_size, 3), dtype="uint8", name=CLASSIFIER_INPUT)
+    x = layers.Rescaling(1.0, name="to_float")(inputs)
+    if augmentation is not None:
+        x = augmentation(x)
+    if image_size != input_size:
+        x = layers.Resizing(image_size, image_size, interpolation="bilinear", name="resize")(x)
+    x = ImagePreprocess(spec.preprocess, name="preprocess")(x)
+    x = backbone(x, training=False)
+    outputs = build_head(n_classes, params.dropout)(x)
+    return keras.Model(inputs, outputs, name=f"{params.backbone}_classifier")
+
+
+def build_head(n_classes: int, dropout: float) -> keras.Sequential:
+    """Global average pooling, dropout and a softmax layer (float32 under mixed precision)."""
+    return keras.Sequential(
+        [
+            layers.GlobalAveragePooling2D(name="pool"),
+            layers.Dropout(dropout, name="dropout"),
+            layers.Dense(n_classes, activation="softmax", dtype="float32", name="logits"),
+        ],
+        name="head",
+    )
+
+
+def get_backbone(classifier: keras.Model) -> keras.Model:
+    """The backbone sub-model of a classifier built by :func:`build_classifier`."""
+    return next(layer for layer in classifier.layers if isinstance(layer, keras.Model)
+                and layer.name not in ("head", "augmentation"))
+
+
+def get_head(classifier: keras.Model) -> keras.Sequential:
+    """The head of a classifier built by :func:`build_classifier`."""
+    return classifier.get_layer("head")
+
+
+def layer_index(backbone: keras.Model, name: str) -> int:
+    """Position of a backbone layer, with a clear error listing valid block starts."""
+    names = [layer.name for layer in backbone.layers]
+    if name not in names:
+        starts = [n for n in names if n.endswith(("_expand", "_add", "_out", "_1_conv"))][:12]
+        raise ConfigError(
+            f"layer {name!r} is not in {backbone.name}; candidates include {starts} ..."
+        )
+    return names.index(name)
+
+
+def set_trainable(backbone: keras.Model, unfreeze_from: str | None) -> int:
+    """Freeze the backbone below ``unfreeze_from`` (None: all of it); return trainable count.
+
+    BatchNormalization layers stay frozen whatever the rung says.
+    """
+    start = len(backbone.layers) if unfreeze_from is None else layer_index(backbone, unfreeze_from)
+    if unfreeze_from == "all":
+        start = 0
+    backbone.trainable = True
+    for index, layer in enumerate(backbone.layers):
+        layer.trainable = index >= start and not isinstance(layer, layers.BatchNormalization)
+    return sum(int(ops.size(w)) for w in backbone.trainable_weights)
+
+
+def split_backbone(backbone: keras.Model, boundary: str) -> tuple[keras.Model, keras.Model]:
+    """(stem, tail) sharing the backbone's layers: stem ends at ``boundary``, tail starts there."""
+    layer_index(backbone, boundary)
+    cut = backbone.get_layer(boundary).output
+    stem = keras.Model(backbone.input, cut, name=f"{backbone.name}_stem")
+    tail = keras.Model(cut, backbone.output, name=f"{backbone.name}_tail")
+    return stem, tail
+
+
+def stem_model(classifier: keras.Model, boundary: str | None) -> keras.Model:
+    """uint8 images -> resize -> preprocess -> backbone up to ``boundary`` (None: whole backbone)."""
+    backbone = get_backbone(classifier)
+    inputs = keras.Input(classifier.input_shape[1:], dtype="uint8")
+    x = layers.Rescaling(1.0)(inputs)
+    for layer in classifier.layers:
+        if layer.name in ("resize", "preprocess"):
+            x = layer(x)
+    stem = backbone if boundary is None else split_backbone(backbone, boundary)[0]
+    return keras.Model(inputs, stem(x, training=False), name="feature_stem")
