@@ -15,7 +15,9 @@ import typer
 from image_finetune.config import Params, load_params, resolve_path
 from image_finetune.errors import PipelineError
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True, help=__doc__)
+app = typer.Typer(
+    add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True, help=__doc__
+)
 log = logging.getLogger("image_finetune")
 
 ParamsOption = Annotated[Path, typer.Option("--params", "-p", help="params.yaml to read")]

@@ -45,6 +45,23 @@ def run_attempt(
     return decision
 
 
+def write_combined_history(attempt_dirs: list[Path], path: Path) -> None:
+    """One CSV of every attempt's epochs, numbered on a common ``step`` axis (a DVC plot)."""
+    import csv
+
+    rows = []
+    for attempt, directory in enumerate(attempt_dirs):
+        with (directory / "history.csv").open() as handle:
+            for record in csv.DictReader(handle):
+                rows.append({"step": len(rows), "attempt": attempt, **record})
+    if not rows:
+        return
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def run_ladder(
     params: Params, data_dir: Path, out_dir: Path, root: Path, cache_root: Path
 ) -> Path:
@@ -68,6 +85,8 @@ def run_ladder(
         warm_start = attempt_dir / MODEL_FILE
     summary = {"attempts": attempts, "selected": winner, "rungs": len(params.train.ladder)}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_combined_history([out_dir / f"attempt_{a['index']}" for a in attempts],
+                           out_dir / "history.csv")
     selected = out_dir / SELECTED
     shutil.rmtree(selected, ignore_errors=True)
     if winner is None:

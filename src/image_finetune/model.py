@@ -105,7 +105,7 @@ def build_classifier(
     input_size: int,
     augmentation: keras.Layer | None = None,
 ) -> keras.Model:
-    """uint8 [S,S,3] -> (augment) -> resize -> preprocess -> backbone -> pool -> dropout -> softmax."""
+    """uint8 [S,S,3] -> (augment) -> resize -> preprocess -> backbone -> head (softmax)."""
     spec = BACKBONES[params.backbone]
     image_size = backbone.input_shape[1]
     inputs = keras.Input((input_size, input_size, 3), dtype="uint8", name=CLASSIFIER_INPUT)
@@ -178,7 +178,7 @@ def split_backbone(backbone: keras.Model, boundary: str) -> tuple[keras.Model, k
 
 
 def stem_model(classifier: keras.Model, boundary: str | None) -> keras.Model:
-    """uint8 images -> resize -> preprocess -> backbone up to ``boundary`` (None: whole backbone)."""
+    """uint8 images -> resize -> preprocess -> backbone up to ``boundary`` (None: all)."""
     backbone = get_backbone(classifier)
     inputs = keras.Input(classifier.input_shape[1:], dtype="uint8")
     x = layers.Rescaling(1.0)(inputs)

@@ -169,7 +169,7 @@ def embed(model: keras.Model, images: np.ndarray, batch_size: int, desc: str) ->
     for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch",
                       mininterval=2.0, file=sys.stderr):
         batch = np.asarray(images[start : start + batch_size])
-        chunks.append(np.asarray(model(batch, training=False), dtype=np.float32))
+        chunks.append(np.asarray(model.predict_on_batch(batch), dtype=np.float32))
     return np.concatenate(chunks)
 
 
@@ -244,7 +244,7 @@ def train_rung(
     cache_root: Path,
     warm_start: Path | None = None,
 ) -> AttemptResult:
-    """Train rung ``index`` of the ladder; write ``model.keras``, ``history.csv``, ``result.json``."""
+    """Train rung ``index``; write ``model.keras``, ``history.csv`` and ``result.json``."""
     rung = params.train.ladder[index]
     mixed = configure_runtime(params)
     manifest = read_manifest(data_dir)

@@ -1,0 +1,87 @@
+"""Shared fixtures: paths to the real data and weights in ../shared, and small real subsets."""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("IMAGE_FINETUNE_SHARED", ROOT.parent / "shared"))
+CIFAR_TARBALL = SHARED / "data" / "cifar10-jpeg.tar.gz"
+WEIGHTS_DIR = SHARED / "weights"
+NO_TOP_WEIGHTS = WEIGHTS_DIR / "mobilenet_v2_1.0_imagenet_no_top.weights.h5"
+FULL_WEIGHTS = WEIGHTS_DIR / "mobilenet_v2_1.0_imagenet.weights.h5"
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+
+def _require(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"real data/weights not found at {path} (set IMAGE_FINETUNE_SHARED)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def cifar_tarball() -> Path:
+    """The real CIFAR-10 JPEG tree as a .tar.gz."""
+    return _require(CIFAR_TARBALL)
+
+
+@pytest.fixture(scope="session")
+def no_top_weights() -> Path:
+    """Real ImageNet MobileNetV2 weights without the classifier top."""
+    return _require(NO_TOP_WEIGHTS)
+
+
+@pytest.fixture(scope="session")
+def full_weights() -> Path:
+    """Real ImageNet MobileNetV2 weights with the 1000-class top."""
+    return _require(FULL_WEIGHTS)
+
+
+def extract_subset(tarball: Path, out: Path, per_class: dict[str, int]) -> Path:
+    """Extract the first N real images per class of each split into a folder tree."""
+    taken: dict[tuple[str, str], int] = {}
+    with tarfile.open(tarball) as archive:
+        for member in archive:
+            parts = Path(member.name).parts
+            if not member.isfile() or len(parts) != 3 or parts[0] not in per_class:
+                continue
+            key = (parts[0], parts[1])
+            if taken.get(key, 0) >= per_class[parts[0]]:
+                continue
+            taken[key] = taken.get(key, 0) + 1
+            target = out / member.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(archive.extractfile(member).read())
+    return out
+
+
+@pytest.fixture(scope="session")
+def small_folder(cifar_tarball: Path, tmp_path_factory) -> Path:
+    """A real CIFAR-10 subset: 30 train and 10 test images per class, as a folder tree."""
+    return extract_subset(cifar_tarball, tmp_path_factory.mktemp("cifar-small"),
+                          {"train": 30, "test": 10})
+
+
+def copy_tree(source: Path, target: Path) -> Path:
+    """A writable copy of a folder tree (for breaking it)."""
+    import shutil
+
+    shutil.copytree(source, target)
+    return target
+
+
+def jpeg_bytes(image: np.ndarray) -> bytes:
+    """Encode a uint8 image as JPEG."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()

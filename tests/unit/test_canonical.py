@@ -1,0 +1,68 @@
+"""The canonical format: stratified seeded splits, hashes, atomic writes."""
+
+import numpy as np
+import pytest
+
+from image_finetune.data.canonical import (
+    atomic_directory,
+    load_split,
+    read_manifest,
+    sha256_array,
+    split_stratified,
+    write_dataset,
+)
+from image_finetune.errors import MissingInputError
+
+
+def test_split_is_stratified_disjoint_and_seeded():
+    labels = np.repeat(np.arange(10), [100, 90, 80, 70, 60, 50, 40, 30, 20, 10])
+    keep, held = split_stratified(labels, 0.1, seed=7)
+    assert set(keep).isdisjoint(held)
+    assert len(keep) + len(held) == len(labels)
+    held_counts = np.bincount(labels[held], minlength=10)
+    assert held_counts.tolist() == [10, 9, 8, 7, 6, 5, 4, 3, 2, 1]
+    again_keep, again_held = split_stratified(labels, 0.1, seed=7)
+    assert np.array_equal(held, again_held) and np.array_equal(keep, again_keep)
+    assert not np.array_equal(held, split_stratified(labels, 0.1, seed=8)[1])
+
+
+def test_split_holds_out_at_least_one_and_keeps_at_least_one():
+    labels = np.array([0, 0, 1, 1, 1, 2])
+    keep, held = split_stratified(labels, 0.01, seed=0)
+    assert set(labels[held]) == {0, 1}
+    assert set(labels[keep]) == {0, 1, 2}
+
+
+def test_sha256_array_sees_content_shape_and_dtype():
+    a = np.zeros((2, 3), dtype=np.uint8)
+    assert sha256_array(a) == sha256_array(a.copy())
+    assert sha256_array(a) != sha256_array(a.reshape(3, 2))
+    assert sha256_array(a) != sha256_array(a.astype(np.int64))
+    b = a.copy()
+    b[0, 0] = 1
+    assert sha256_array(a) != sha256_array(b)
+
+
+def test_atomic_directory_keeps_the_old_output_when_the_block_fails(tmp_path):
+    target = tmp_path / "out"
+    with atomic_directory(target) as staging:
+        (staging / "a.txt").write_text("first")
+    with pytest.raises(RuntimeError), atomic_directory(target) as staging:
+        (staging / "a.txt").write_text("second")
+        raise RuntimeError("interrupted")
+    assert (target / "a.txt").read_text() == "first"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_write_and_load_round_trip(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (6, 4, 4, 3), dtype=np.uint8)
+    labels = np.array([0, 1, 0, 1, 1, 0], dtype=np.int64)
+    manifest = write_dataset(tmp_path / "d", ["a", "b"], {"train": (images, labels)}, {"x": 1})
+    assert manifest["splits"]["train"]["per_class"] == {"a": 3, "b": 3}
+    assert read_manifest(tmp_path / "d") == manifest
+    loaded = load_split(tmp_path / "d", "train")
+    assert np.array_equal(loaded.images, images) and np.array_equal(loaded.labels, labels)
+    with pytest.raises(MissingInputError, match="split 'test' is missing"):
+        load_split(tmp_path / "d", "test")
+    with pytest.raises(MissingInputError, match="run the ingest step first"):
+        read_manifest(tmp_path / "nothing")
