@@ -55,26 +55,31 @@ def decode_image(data: bytes, name: str, image_size: int, resize: bool) -> np.nd
     return np.asarray(rgb, dtype=np.uint8)
 
 
-def _iter_folder_files(path: Path) -> Iterator[tuple[PurePosixPath, bytes]]:
-    """Yield (relative path, bytes) of every file of a directory tree or .tar(.gz)."""
+def _iter_folder_files(path: Path) -> Iterator[tuple[PurePosixPath, bytes | None]]:
+    """Yield (relative path, bytes) of every file of a directory tree or .tar(.gz);
+    folders come with None, so that empty class folders are seen too."""
     if path.is_dir():
-        for file in sorted(p for p in path.rglob("*") if p.is_file()):
-            yield PurePosixPath(file.relative_to(path).as_posix()), file.read_bytes()
+        for entry in sorted(path.rglob("*")):
+            rel = PurePosixPath(entry.relative_to(path).as_posix())
+            yield rel, entry.read_bytes() if entry.is_file() else None
         return
     try:
         with tarfile.open(path, "r:*") as archive:
             for member in archive:
-                if not member.isfile():
-                    continue
-                handle = archive.extractfile(member)
-                assert handle is not None  # isfile() members always have data
-                yield PurePosixPath(member.name.lstrip("./") or member.name), handle.read()
+                rel = PurePosixPath(member.name.lstrip("./") or member.name)
+                if member.isdir():
+                    yield rel, None
+                elif member.isfile():
+                    handle = archive.extractfile(member)
+                    assert handle is not None  # isfile() members always have data
+                    yield rel, handle.read()
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         raise IngestError(f"{path}: truncated or unreadable archive ({exc})") from exc
 
 
 def _strip_common_root(parts: tuple[str, ...]) -> tuple[str, ...]:
-    return parts[1:] if parts and parts[0] not in KNOWN_SPLITS and len(parts) == 4 else parts
+    """``root/split/class/file`` -> ``split/class/file`` (archives often wrap one folder)."""
+    return parts[1:] if len(parts) > 1 and parts[0] not in KNOWN_SPLITS else parts
 
 
 def read_image_folder(
@@ -94,7 +99,11 @@ def read_image_folder(
     files = _iter_folder_files(path)
     for rel, data in tqdm(files, desc=f"decode {path.name}", unit="img", mininterval=1.0):
         parts = _strip_common_root(rel.parts)
-        if any(part.startswith(".") for part in parts):
+        if any(part.startswith(".") for part in parts[:2]):
+            continue
+        if data is None or (len(parts) == 3 and parts[2].startswith(".")):
+            if len(parts) >= 2 and parts[0] in KNOWN_SPLITS:
+                class_dirs.setdefault(parts[0], set()).add(parts[1])
             continue
         if len(parts) != 3 or parts[0] not in KNOWN_SPLITS:
             problems.append(f"{rel}: not at split/class/file (splits: {', '.join(KNOWN_SPLITS)})")

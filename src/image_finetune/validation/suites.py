@@ -69,7 +69,9 @@ def _expectations(params: ValidateParams, manifest: dict) -> dict[str, list]:
     import great_expectations.expectations as gxe
 
     n_classes = len(manifest["class_names"])
-    height, width, channels = manifest["image_shape"]
+    # The shape the ingest was asked for, not whatever the arrays happen to have.
+    side = manifest.get("params", {}).get("image_size")
+    height, width, channels = (side, side, 3) if side else manifest["image_shape"]
     low_mean, high_mean = params.channel_mean_range
     low_std, high_std = params.channel_std_range
     tolerance = params.class_balance_tolerance
