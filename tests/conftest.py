@@ -21,6 +21,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 
+TIERS = ("unit", "data", "model", "e2e", "integration")
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Mark each test with its tier (its folder), so ``-m unit`` etc. select tiers."""
+    for item in items:
+        tier = Path(item.fspath).parent.name
+        if tier in TIERS:
+            item.add_marker(getattr(pytest.mark, tier))
+
+
 def _require(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"real data/weights not found at {path} (set IMAGE_FINETUNE_SHARED)")

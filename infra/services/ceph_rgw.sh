@@ -93,11 +93,12 @@ bluestore_block_create = true
 bluestore_block_size = $((CEPH_OSD_SIZE_GB * 1024 * 1024 * 1024))
 bluestore_cache_autotune = false
 bluestore_cache_size = ${CEPH_OSD_CACHE_BYTES}
+# only used if bluestore_cache_autotune is switched back on (896 MiB = minimum)
 osd_memory_target = 939524096
 osd_op_num_shards = 2
 osd_op_num_threads_per_shard = 1
 [${RGW_NAME}]
-rgw_frontends = beast endpoint=${SERVICES_HOST}:${RGW_PORT}
+rgw_frontends = beast endpoint=${RGW_BIND_HOST}:${RGW_PORT}
 rgw_data = ${RGW_DIR}
 rgw_thread_pool_size = 32
 rgw_enable_usage_log = false
@@ -261,7 +262,7 @@ status() {
     esac
     if pid_alive "${pidfile}" "${comm}"; then
       pid="$(head -n 1 "${pidfile}")"
-      log "${comm}: running, pid ${pid}, rss $(rss_tree_mib "${pid}") MiB"
+      log "${comm}: running, pid ${pid}, $(mem_tree "${pid}")"
     else
       log "${comm}: not running"
       rc=1

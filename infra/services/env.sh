@@ -33,6 +33,9 @@ export POSTGRES_READY_TIMEOUT="${POSTGRES_READY_TIMEOUT:-60}"
 
 # --- Ceph RGW (S3) ------------------------------------------------------------
 export RGW_PORT="${RGW_PORT:-7480}"
+# Address the S3 frontend binds to (the Ceph daemons always use
+# SERVICES_HOST); compose.yaml sets 0.0.0.0 inside its container.
+export RGW_BIND_HOST="${RGW_BIND_HOST:-${SERVICES_HOST}}"
 # Ceph monitor port (msgr2 protocol), kept off the default 3300/6789.
 export CEPH_MON_PORT="${CEPH_MON_PORT:-53300}"
 # Port range used by the OSD (it needs several ports).

@@ -84,22 +84,33 @@ stop_pidfile() {
   rm -f "${pidfile}"
 }
 
-# rss_tree_mib PID: RSS in MiB of the process and all its descendants.
-rss_tree_mib() {
-  local root="$1"
-  ps -e -o pid=,ppid=,rss= | awk -v root="${root}" '
-    { parent[$1] = $2; rss[$1] = $3 }
+# tree_pids PID: PID and all its descendants, one per line.
+tree_pids() {
+  ps -e -o pid=,ppid= | awk -v root="$1" '
+    { parent[$1] = $2 }
     END {
-      total = 0
-      for (p in rss) {
+      for (p in parent) {
         q = p
         while (q != "" && q != 0 && q != 1) {
-          if (q == root) { total += rss[p]; break }
+          if (q == root) { print p; break }
           q = parent[q]
         }
       }
-      printf "%.0f\n", total / 1024
     }'
+}
+
+# mem_tree PID: "rss N MiB, pss M MiB" summed over PID and its descendants.
+# RSS counts shared pages (e.g. PostgreSQL shared buffers) once per process;
+# PSS splits them, so the PSS sum is the real footprint.
+mem_tree() {
+  local pid rss=0 pss=0 kb
+  for pid in $(tree_pids "$1"); do
+    kb="$(awk '/^VmRSS:/ { print $2 }' "/proc/${pid}/status" 2>/dev/null || true)"
+    rss=$((rss + ${kb:-0}))
+    kb="$(awk '/^Pss:/ { print $2 }' "/proc/${pid}/smaps_rollup" 2>/dev/null || true)"
+    pss=$((pss + ${kb:-0}))
+  done
+  printf 'rss %d MiB, pss %d MiB' $((rss / 1024)) $((pss / 1024))
 }
 
 usage() {

@@ -103,7 +103,7 @@ status() {
   if running && health; then
     local pid
     pid="$(head -n 1 "${MLFLOW_PIDFILE}")"
-    log "running: pid ${pid}, ${MLFLOW_TRACKING_URI_LOCAL}, rss $(rss_tree_mib "${pid}") MiB (with workers)"
+    log "running: pid ${pid}, ${MLFLOW_TRACKING_URI_LOCAL}, $(mem_tree "${pid}") (with workers)"
     return 0
   fi
   log "not running"

@@ -139,7 +139,7 @@ status() {
   if pid_alive "${PG_PIDFILE}" && is_ready; then
     local pid
     pid="$(head -n 1 "${PG_PIDFILE}")"
-    log "running: pid ${pid}, ${SERVICES_HOST}:${POSTGRES_PORT}, rss $(rss_tree_mib "${pid}") MiB"
+    log "running: pid ${pid}, ${SERVICES_HOST}:${POSTGRES_PORT}, $(mem_tree "${pid}")"
     return 0
   fi
   log "not running"

@@ -15,7 +15,6 @@ from image_finetune.data.ingest import ingest
 from image_finetune.errors import IngestError
 from tests.conftest import copy_tree, jpeg_bytes
 
-pytestmark = pytest.mark.data
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
            "truck"]
 

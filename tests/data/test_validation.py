@@ -13,7 +13,6 @@ from image_finetune.data.ingest import ingest
 from image_finetune.errors import DataValidationError
 from image_finetune.validation.suites import validate_dataset
 
-pytestmark = pytest.mark.data
 
 
 @pytest.fixture(scope="module")
