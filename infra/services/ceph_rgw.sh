@@ -125,8 +125,6 @@ start_mon() {
     touch "${MON_DIR}/.initialized"
   fi
   if ! pid_alive "${MON_PIDFILE}" ceph-mon; then
-    port_listening "${CEPH_MON_PORT}" &&
-      die "port ${SERVICES_HOST}:${CEPH_MON_PORT} is taken by another process (set CEPH_MON_PORT)"
     ceph-mon -c "${CONF}" -i "${MON_ID}" 2>>"${LOG_DIR}/mon.${MON_ID}.stderr" || {
       show_log_tail "${MON_LOG}" "${LOG_DIR}/mon.${MON_ID}.stderr"
       die "ceph-mon failed to start"
@@ -169,8 +167,6 @@ start_osd() {
 
 start_rgw() {
   if ! pid_alive "${RGW_PIDFILE}" radosgw; then
-    port_listening "${RGW_PORT}" &&
-      die "port ${SERVICES_HOST}:${RGW_PORT} is taken by another process (set RGW_PORT)"
     radosgw -c "${CONF}" -n "${RGW_NAME}" 2>>"${LOG_DIR}/${RGW_NAME}.stderr" || {
       show_log_tail "${RGW_LOG}" "${LOG_DIR}/${RGW_NAME}.stderr"
       die "radosgw failed to start"
@@ -229,6 +225,13 @@ start() {
   if all_running; then
     log "already running: S3 at ${S3_ENDPOINT_URL}"
     return 0
+  fi
+  # refuse early, before starting anything, when a port is taken
+  if ! pid_alive "${MON_PIDFILE}" ceph-mon && port_listening "${CEPH_MON_PORT}"; then
+    die "port ${SERVICES_HOST}:${CEPH_MON_PORT} is taken by another process (set CEPH_MON_PORT)"
+  fi
+  if ! pid_alive "${RGW_PIDFILE}" radosgw && port_listening "${RGW_PORT}"; then
+    die "port ${SERVICES_HOST}:${RGW_PORT} is taken by another process (set RGW_PORT)"
   fi
   local t0
   t0="$(timer_start)"

@@ -37,6 +37,13 @@ check_dependencies() {
   if ! "${POSTGRES_BIN_DIR}/pg_isready" -q -h "${SERVICES_HOST}" -p "${POSTGRES_PORT}" -t 5; then
     die "PostgreSQL is not ready on ${SERVICES_HOST}:${POSTGRES_PORT} (run postgres.sh start)"
   fi
+  # Fail fast on bad credentials (mlflow itself retries for ~2 minutes).
+  if [[ -x "${POSTGRES_BIN_DIR}/psql" ]] &&
+    ! PGPASSWORD="${POSTGRES_PASSWORD}" PGCONNECT_TIMEOUT=5 "${POSTGRES_BIN_DIR}/psql" -X -q -At \
+      -h "${SERVICES_HOST}" -p "${POSTGRES_PORT}" -U "${POSTGRES_USER}" -d "${POSTGRES_DB}" \
+      -c 'SELECT 1' >/dev/null; then
+    die "cannot log in to database '${POSTGRES_DB}' as '${POSTGRES_USER}' (check POSTGRES_USER/POSTGRES_PASSWORD/POSTGRES_DB)"
+  fi
   [[ "$(curl -s -o /dev/null -m 5 -w '%{http_code}' "${S3_ENDPOINT_URL}/" || true)" == 200 ]] ||
     die "S3 endpoint ${S3_ENDPOINT_URL} is not answering (run ceph_rgw.sh start)"
 }
@@ -57,6 +64,7 @@ start() {
     check_dependencies
     mkdir -p "${MLFLOW_STATE_DIR}"
     log "starting (log: ${MLFLOW_LOG})"
+    printf '===== %s: mlflow_server.sh start =====\n' "$(date -Is)" >>"${MLFLOW_LOG}"
     (
       cd "${MLFLOW_STATE_DIR}"
       # The database password goes to libpq through PGPASSWORD and the S3
@@ -84,8 +92,9 @@ start() {
   if ! wait_until "${MLFLOW_READY_TIMEOUT}" "${MLFLOW_TRACKING_URI_LOCAL}/health" ready_or_dead ||
     ! health; then
     show_log_tail "${MLFLOW_LOG}"
-    running || rm -f "${MLFLOW_PIDFILE}"
-    die "MLflow server is not healthy (see ${MLFLOW_LOG})"
+    # do not leave a half-started server behind
+    stop_pidfile "${MLFLOW_PIDFILE}" mlflow 30
+    die "MLflow server did not become healthy within ${MLFLOW_READY_TIMEOUT}s (see ${MLFLOW_LOG})"
   fi
   log "ready in $(timer_elapsed "${t0}")s at ${MLFLOW_TRACKING_URI_LOCAL} (artifacts: ${MLFLOW_ARTIFACTS_DESTINATION})"
 }

@@ -296,10 +296,17 @@ def train_rung(
         jit_compile={"auto": "auto", "on": True, "off": False}[params.train.jit_compile],
     )
     out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoints = cache_root / "checkpoints" / attempt_key
+    resuming = (checkpoints / "training_metadata.json").exists()
+    # Kept beside the checkpoint (outside DVC's outputs) so a resumed run keeps earlier epochs.
+    history_log = checkpoints.with_name(f"{attempt_key}.history.csv")
+    history_log.parent.mkdir(parents=True, exist_ok=True)
+    if resuming:
+        log.info("rung %d %r: resuming from the checkpoint in %s", index, rung.name, checkpoints)
     callbacks = [
-        keras.callbacks.BackupAndRestore(str(cache_root / "checkpoints" / attempt_key)),
+        keras.callbacks.BackupAndRestore(str(checkpoints)),
         keras.callbacks.TerminateOnNaN(),
-        keras.callbacks.CSVLogger(str(out_dir / "history.csv")),
+        keras.callbacks.CSVLogger(str(history_log), append=resuming),
     ]
     if rung.early_stopping_patience:
         callbacks.append(keras.callbacks.EarlyStopping(
@@ -323,6 +330,7 @@ def train_rung(
         raise TrainingError(f"rung {index} {rung.name!r}: loss diverged ({losses})")
     model_path = out_dir / MODEL_FILE
     classifier.save(model_path)
+    shutil.move(history_log, out_dir / "history.csv")
     epochs_run = len(losses)
     result = AttemptResult(
         index=index, rung=rung.name, mode=mode, model_path=str(model_path),

@@ -1,0 +1,105 @@
+"""Training behaviour on real data: seeded determinism, fine-tuning keeps accuracy,
+and an interrupted attempt resumes from its last checkpoint."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from image_finetune.config import Params, load_params
+from image_finetune.data.ingest import ingest
+from image_finetune.train import train_rung
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def small_params(tmp_path: Path, folder: Path, weights: Path, ladder: list[dict]) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({
+        "data": {"path": str(folder), "validation_fraction": 0.2},
+        "model": {"weights": str(weights)},
+        "train": {"ladder": ladder, "flip_cache": True},
+    }))
+    return path
+
+
+@pytest.fixture(scope="module")
+def small_data(small_folder, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ingested") / "data"
+    ingest(Params.model_validate({"train": {"ladder": [{"name": "x"}]}}).data.model_copy(
+        update={"validation_fraction": 0.2}), small_folder, out)
+    return out
+
+
+LADDER = [
+    {"name": "head", "epochs": 10, "batch_size": 32, "learning_rate": 0.003},
+    {"name": "top", "unfreeze_from": "block_13_expand", "epochs": 1, "batch_size": 32,
+     "learning_rate": 0.00005},
+]
+
+
+def history(directory: Path) -> list[dict]:
+    import csv
+
+    with (directory / "history.csv").open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_same_params_give_the_same_metrics_and_fine_tuning_keeps_accuracy(
+        small_data, small_folder, no_top_weights, tmp_path):
+    params = load_params(small_params(tmp_path, small_folder, no_top_weights, LADDER))
+    runs = []
+    for run in ("a", "b"):
+        head = train_rung(params, 0, small_data, tmp_path / run / "0", ROOT,
+                          tmp_path / run / "cache")
+        top = train_rung(params, 1, small_data, tmp_path / run / "1", ROOT,
+                         tmp_path / run / "cache", Path(head.model_path))
+        runs.append((head, top))
+    for (head_a, top_a), (head_b, top_b) in zip([runs[0]], [runs[1]], strict=True):
+        assert history(Path(head_a.model_path).parent) == history(Path(head_b.model_path).parent)
+        assert history(Path(top_a.model_path).parent) == history(Path(top_b.model_path).parent)
+    head, top = runs[0]
+    assert head.mode == "head" and top.mode == "tail"
+    # BatchNorm in training mode would send accuracy to chance (0.1) after a fine-tuning epoch.
+    assert head.best_val_accuracy > 0.3
+    assert top.best_val_accuracy >= head.best_val_accuracy - 0.05
+
+
+def test_interrupted_attempt_resumes_from_its_last_checkpoint(
+        small_folder, no_top_weights, tmp_path):
+    ladder = [{"name": "top", "unfreeze_from": "block_13_expand", "epochs": 8, "batch_size": 16,
+               "learning_rate": 0.0003}]
+    params = small_params(tmp_path, small_folder, no_top_weights, ladder)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    cli = [sys.executable, "-m", "image_finetune.cli"]
+    subprocess.run([*cli, "ingest", "-p", str(params), "--out", "data"], cwd=tmp_path, env=env,
+                   check=True, capture_output=True)
+    train = [*cli, "train", "-p", str(params), "--data", "data", "--out", "models",
+             "--cache", "cache"]
+    first = subprocess.Popen(train, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 300
+    metadata = None
+    while time.monotonic() < deadline and first.poll() is None:
+        found = list((tmp_path / "cache" / "checkpoints").glob("*/training_metadata.json"))
+        if found and json.loads(found[0].read_text()).get("epoch", -1) >= 1:
+            metadata = found[0]
+            break
+        time.sleep(0.2)
+    assert metadata is not None, "no checkpoint after two epochs"
+    os.killpg(first.pid, signal.SIGKILL)  # mid-epoch: no clean shutdown at all
+    first.wait()
+    assert not (tmp_path / "models" / "selected").exists()
+    second = subprocess.run(train, cwd=tmp_path, env=env, capture_output=True, text=True)
+    output = second.stdout + second.stderr
+    assert "resuming from the checkpoint" in output
+    assert "Epoch 1/8" not in output and "Epoch 8/8" in output
+    epochs = [int(row["epoch"]) for row in history(tmp_path / "models" / "attempt_0")]
+    assert epochs == sorted(set(epochs)) and epochs[-1] == 7 and len(epochs) >= 7
+    assert not metadata.exists(), "the checkpoint is deleted once the attempt finishes"
