@@ -1,0 +1,127 @@
+"""`dvc repro` end to end on a small real subset: the retrain loop, its outputs, the
+no-op second run, and a run where every rung fails."""
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin"
+
+# Rung 0 cannot learn at this learning rate; rung 1 can. So the loop must go round once.
+LADDER = [
+    {"name": "hopeless-head", "epochs": 1, "learning_rate": 1.0e-7, "batch_size": 64},
+    {"name": "top-blocks", "unfreeze_from": "block_13_expand", "epochs": 2,
+     "learning_rate": 0.0005, "batch_size": 32},
+]
+
+
+def project_copy(tmp: Path, folder: Path, weights: Path, gate: dict) -> Path:
+    """The project's tracked files in a fresh git repo, with small-run params."""
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True,
+                           check=True).stdout.decode().split("\0")
+    for name in filter(None, files):
+        source = ROOT / name
+        if source.is_file():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, tmp / name)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["data"].update(path=str(folder), validation_fraction=0.2)
+    params["model"]["weights"] = str(weights)
+    params["train"]["ladder"] = LADDER
+    params["evaluate"].update(bootstrap_samples=200, latency_runs=5, gallery_size=12)
+    params["gate"].update(gate)
+    (tmp / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    subprocess.run(["git", "init", "-q"], cwd=tmp, check=True)
+    return tmp
+
+
+def dvc(project: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env.pop("IMAGE_FINETUNE_DATA", None)
+    return subprocess.run([str(VENV_BIN / "dvc"), *args], cwd=project, env=env,
+                          capture_output=True, text=True, timeout=1200)
+
+
+@pytest.fixture(scope="module")
+def repro(small_folder, no_top_weights, tmp_path_factory):
+    project = project_copy(tmp_path_factory.mktemp("project"), small_folder, no_top_weights,
+                           {"min_accuracy": 0.3, "min_macro_f1": 0.2, "min_class_recall": 0.0,
+                            "max_latency_p95_ms": 2000})
+    result = dvc(project, "repro")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return project, result
+
+
+def test_the_loop_retrains_when_the_first_rung_fails(repro):
+    project, _ = repro
+    summary = json.loads((project / "models" / "summary.json").read_text())
+    assert [a["passed"] for a in summary["attempts"]] == [False, True]
+    assert summary["selected"] == 1
+    assert any(r.startswith("FAIL accuracy") for r in summary["attempts"][0]["reasons"])
+    for index in (0, 1):  # every attempt's evidence stays visible
+        attempt = project / "models" / f"attempt_{index}"
+        assert (attempt / "decision.json").exists() and (attempt / "history.csv").exists()
+        assert (attempt / "evaluation" / "report.html").exists()
+    assert (project / "models" / "selected" / "model.keras").exists()
+    history = (project / "models" / "history.csv").read_text().splitlines()
+    assert history[0].startswith("step,attempt,") and len(history) == 1 + 1 + 2
+
+
+def test_attempts_are_judged_on_validation_and_only_the_final_step_reads_test(repro):
+    project, _ = repro
+    manifest = json.loads((project / "data" / "ingested" / "manifest.json").read_text())
+    for index in (0, 1):
+        metrics = json.loads((project / "models" / f"attempt_{index}" / "evaluation" /
+                              "metrics.json").read_text())
+        assert metrics["count"] == manifest["splits"]["validation"]["count"]
+    final = json.loads((project / "reports" / "evaluation" / "metrics.json").read_text())
+    assert final["count"] == manifest["splits"]["test"]["count"] == 100
+
+
+def test_final_report_and_gate(repro):
+    project, _ = repro
+    report = project / "reports" / "evaluation"
+    details = json.loads((report / "details.json").read_text())
+    for key in ("accuracy", "macro_f1", "accuracy_ci95", "ece", "per_class", "most_confused",
+                "latency", "model_size_mb"):
+        assert key in details
+    assert len(details["confusion_matrix"]) == 10
+    html = (report / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 2
+    gate = json.loads((project / "reports" / "gate.json").read_text())
+    assert gate["passed"] is True and gate["split"] == "test"
+    assert (project / "reports" / "validation" / "data_docs" / "index.html").exists()
+    assert (project / "reports" / "augment" / "preview.png").exists()
+
+
+def test_second_repro_is_a_no_op(repro):
+    project, _ = repro
+    start = time.perf_counter()
+    result = dvc(project, "repro")
+    elapsed = time.perf_counter() - start
+    assert result.returncode == 0
+    assert "Data and pipelines are up to date" in result.stdout + result.stderr
+    print(f"no-op dvc repro: {elapsed:.2f} s")
+
+
+def test_every_rung_failing_fails_the_run_with_reasons(repro):
+    project, _ = repro
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["gate"]["min_accuracy"] = 0.999
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    result = dvc(project, "repro")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "every rung of the ladder failed the gate" in output
+    assert "attempt 0 (hopeless-head): FAIL accuracy" in output
+    assert "attempt 1 (top-blocks): FAIL accuracy" in output
+    assert not (project / "models" / "selected").exists()
+    summary = json.loads((project / "models" / "summary.json").read_text())
+    assert summary["selected"] is None and len(summary["attempts"]) == 2
