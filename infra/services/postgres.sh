@@ -102,7 +102,8 @@ start() {
   if port_listening "${POSTGRES_PORT}"; then
     die "port ${SERVICES_HOST}:${POSTGRES_PORT} is taken by another process (set POSTGRES_PORT)"
   fi
-  local t0=${SECONDS}
+  local t0
+  t0="$(timer_start)"
   prepare_dirs
   init_cluster
   log "starting on ${SERVICES_HOST}:${POSTGRES_PORT} (log: ${PG_LOG})"
@@ -120,7 +121,7 @@ start() {
     show_log_tail "${PG_LOG}"
     die "could not create role/database"
   }
-  log "ready in $((SECONDS - t0))s: database '${POSTGRES_DB}', user '${POSTGRES_USER}'"
+  log "ready in $(timer_elapsed "${t0}")s: database '${POSTGRES_DB}', user '${POSTGRES_USER}'"
 }
 
 stop() {

@@ -91,18 +91,10 @@ def augment(
         "reports/augment"),
 ) -> None:
     """Write the augmentation policy and a preview grid of augmented real images."""
-    import numpy as np
-
-    from image_finetune.augment import write_preview
-    from image_finetune.data.canonical import load_split
+    from image_finetune.augment import preview_dataset
 
     config, _ = _params(params)
-    train = load_split(data, "train")
-    labels = np.asarray(train.labels)
-    # One image of each class in turn, so the preview shows the whole label set.
-    firsts = [np.flatnonzero(labels == c)[:4] for c in np.unique(labels)]
-    picks = np.stack(firsts, axis=1).ravel()[: config.augment.preview_images]
-    write_preview(config.augment, np.asarray(train.images)[np.sort(picks)], out, config.train.seed)
+    preview_dataset(config.augment, data, out, config.train.seed)
 
 
 @app.command()
@@ -147,19 +139,89 @@ def gate(
         "reports/evaluation"),
     out: Annotated[Path, typer.Option(help="decision JSON")] = Path("reports/gate.json"),
 ) -> None:
-    """The final "meets requirements?" decision on the test evaluation."""
-    import json
-
+    """The final "meets requirements?" decision on the test evaluation (and the champion)."""
     from image_finetune.errors import GateFailedError
-    from image_finetune.gate import decide, write_decision
+    from image_finetune.gate import final_decision, write_decision
 
     config, _ = _params(params)
-    metrics = json.loads((evaluation / "details.json").read_text())
-    decision = decide(metrics, config.gate, "test")
+    decision = final_decision(config, evaluation)
     write_decision(decision, out)
     typer.echo("\n".join(decision.reasons))
     if not decision.passed:
         raise GateFailedError("the model does not meet the requirements on test")
+
+
+@app.command()
+@step
+def register(
+    params: ParamsOption = Path("params.yaml"),
+    data: DataOption = Path("data/ingested"),
+    validation: Annotated[Path, typer.Option(help="validate step's output")] = Path(
+        "reports/validation"),
+    models: Annotated[Path, typer.Option(help="train step's output")] = Path("models"),
+    evaluation: Annotated[Path, typer.Option(help="evaluate step's output")] = Path(
+        "reports/evaluation"),
+    decision: Annotated[Path, typer.Option(help="final gate decision")] = Path(
+        "reports/gate.json"),
+    out: Annotated[Path, typer.Option(help="registration result JSON")] = Path(
+        "reports/registration.json"),
+) -> None:
+    """Track the run in MLflow; register the model and promote it if it beats the champion."""
+    import json
+
+    from image_finetune.registry import track_pipeline_run
+
+    config, root = _params(params)
+    outcome = track_pipeline_run(config, root, data, validation, models, evaluation, decision)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(outcome, indent=2) + "\n")
+    typer.echo(json.dumps(outcome, indent=2))
+
+
+@app.command()
+@step
+def promote(
+    version: Annotated[str, typer.Argument(help="model version to make champion")],
+    reason: Annotated[str, typer.Option(help="why (kept in the history)")] = "manual promotion",
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Make a registered version the champion (recorded in the promotion history)."""
+    from image_finetune.registry import promote as run
+
+    config, _ = _params(params)
+    typer.echo(run(config.registry, version, reason))
+
+
+@app.command()
+@step
+def rollback(
+    reason: Annotated[str, typer.Option(help="why (kept in the history)")] = "manual rollback",
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Restore the champion that the current champion replaced."""
+    from image_finetune.registry import rollback as run
+
+    config, _ = _params(params)
+    entry = run(config.registry, reason)
+    typer.echo(f"champion is now v{entry['version']} (was v{entry['previous']})")
+
+
+@app.command()
+@step
+def models(params: ParamsOption = Path("params.yaml")) -> None:
+    """List registered versions with aliases and key metrics, then the promotion history."""
+    from image_finetune.registry import list_versions, promotion_history
+
+    config, _ = _params(params)
+    typer.echo(f"{'version':>7}  {'aliases':<22} {'test acc':>8} {'macro F1':>8}  created")
+    for row in list_versions(config.registry):
+        accuracy = f"{row['test_accuracy']:.4f}" if row["test_accuracy"] is not None else "-"
+        f1 = f"{row['test_macro_f1']:.4f}" if row["test_macro_f1"] is not None else "-"
+        typer.echo(f"{row['version']:>7}  {','.join(row['aliases']) or '-':<22} {accuracy:>8} "
+                   f"{f1:>8}  {row['created']}")
+    for entry in promotion_history(config.registry):
+        typer.echo(f"{entry['at']} {entry['action']:<8} v{entry['version']} (previous "
+                   f"v{entry['previous']}) by {entry['by']}: {entry['reason']}")
 
 
 @app.command("check-params")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from image_finetune.config import GateParams
+from image_finetune.config import GateParams, Params
 
 
 @dataclass
@@ -108,3 +108,16 @@ def write_decision(decision: Decision, path: Path) -> None:
     """Write the decision JSON."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(decision.to_json(), indent=2) + "\n")
+
+
+def final_decision(params: Params, evaluation_dir: Path) -> Decision:
+    """The final gate on the test evaluation, with a McNemar test where a champion exists."""
+    from image_finetune.evaluate import PREDICTIONS_FILE
+    from image_finetune.registry import champion_reference
+
+    metrics = json.loads((evaluation_dir / "details.json").read_text())
+    predictions = np.load(evaluation_dir / PREDICTIONS_FILE)
+    labels = predictions["labels"]
+    correct = predictions["probabilities"].argmax(axis=1) == labels
+    champion = champion_reference(params.registry, labels)
+    return decide(metrics, params.gate, "test", correct, champion)

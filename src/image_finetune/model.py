@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import keras
+import numpy as np
 from keras import layers, ops
 
 from image_finetune.config import ModelParams
@@ -40,26 +41,21 @@ BACKBONES: dict[str, BackboneSpec] = {
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 
 
-@keras.saving.register_keras_serializable(package="image_finetune")
-class ImagePreprocess(layers.Layer):
-    """A backbone's ``preprocess_input`` as a serializable layer (0-255 floats in)."""
-
-    def __init__(self, mode: str, **kwargs):
-        super().__init__(**kwargs)
-        if mode not in ("tf", "caffe", "none"):
-            raise ValueError(f"unknown preprocessing mode {mode!r}")
-        self.mode = mode
-
-    def call(self, inputs):
-        if self.mode == "tf":
-            return inputs / 127.5 - 1.0
-        if self.mode == "caffe":
-            bgr = ops.flip(inputs, axis=-1)
-            return bgr - ops.convert_to_tensor(_CAFFE_MEAN_BGR, dtype=inputs.dtype)
-        return inputs
-
-    def get_config(self):
-        return {**super().get_config(), "mode": self.mode}
+def preprocess_layer(mode: str) -> keras.Layer:
+    """A backbone's ``preprocess_input`` (0-255 floats in) from built-in layers only, so a
+    saved model loads anywhere (MLflow pyfunc, TF Serving) without custom objects."""
+    if mode == "tf":
+        return layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocess")
+    if mode == "caffe":
+        # RGB -> BGR and mean subtraction are one fixed affine map on the channel axis.
+        permutation = np.eye(3, dtype="float32")[::-1]
+        return layers.Dense(
+            3, trainable=False, name="preprocess",
+            kernel_initializer=keras.initializers.Constant(permutation.tolist()),
+            bias_initializer=keras.initializers.Constant([-m for m in _CAFFE_MEAN_BGR]))
+    if mode == "none":
+        return layers.Identity(name="preprocess")
+    raise ValueError(f"unknown preprocessing mode {mode!r}")
 
 
 def build_backbone(params: ModelParams, image_size: int, weights_path: Path | None) -> keras.Model:
@@ -114,7 +110,7 @@ def build_classifier(
         x = augmentation(x)
     if image_size != input_size:
         x = layers.Resizing(image_size, image_size, interpolation="bilinear", name="resize")(x)
-    x = ImagePreprocess(spec.preprocess, name="preprocess")(x)
+    x = preprocess_layer(spec.preprocess)(x)
     x = backbone(x, training=False)
     outputs = build_head(n_classes, params.dropout)(x)
     return keras.Model(inputs, outputs, name=f"{params.backbone}_classifier")

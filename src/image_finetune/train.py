@@ -126,6 +126,13 @@ def _digest(*parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def code_fingerprint() -> str:
+    """Hash of the modules that shape models and features: caches die with a code change."""
+    from image_finetune import augment, model
+
+    return _digest(*(Path(m.__file__).read_text() for m in (model, augment, sys.modules[__name__])))
+
+
 def weights_fingerprint(params: Params, weights_path: Path | None) -> str:
     """What identifies the pretrained weights: the file's hash, or imagenet/none."""
     return sha256_file(weights_path) if weights_path else params.model.weights.lower()
@@ -205,8 +212,6 @@ def load_classifier(path: Path) -> keras.Model:
     """Load a saved classifier, with a clear error where it is missing."""
     if not Path(path).exists():
         raise MissingInputError(f"{path}: model not found (run the train step first)")
-    import image_finetune.model  # noqa: F401  registers the custom layers
-
     return keras.saving.load_model(path, compile=False)
 
 
@@ -252,7 +257,7 @@ def train_rung(
     image_size = rung_image_size(params, rung)
     cache_key = _digest(params.model.backbone, weights_fingerprint(params, weights_path),
                         image_size, params.train.cache_boundary, manifest_digest(data_dir),
-                        keras.config.backend())
+                        keras.config.backend(), code_fingerprint())
     attempt_key = _digest(cache_key, rung.model_dump(mode="json"), params.model.dropout,
                           params.augment.model_dump(mode="json"), params.train.seed,
                           params.train.cache_features, params.train.flip_cache,

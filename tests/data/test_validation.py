@@ -14,7 +14,6 @@ from image_finetune.errors import DataValidationError
 from image_finetune.validation.suites import validate_dataset
 
 
-
 @pytest.fixture(scope="module")
 def clean(small_folder, tmp_path_factory) -> Path:
     """The real subset in canonical form."""
@@ -42,7 +41,7 @@ def rewrite(data_dir: Path, target: Path, splits: dict, keep_manifest_counts: bo
         return target
     safe = {s: (i, np.clip(lab, 0, len(names) - 1)) for s, (i, lab) in splits.items()}
     write_dataset(target, names, safe, extra)
-    for split, (images, labels) in splits.items():
+    for split, (_, labels) in splits.items():
         np.save(target / f"{split}_labels.npy", labels)
     return target
 

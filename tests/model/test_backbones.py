@@ -10,14 +10,13 @@ from PIL import Image
 from image_finetune.config import ModelParams
 from image_finetune.model import (
     BACKBONES,
-    ImagePreprocess,
     build_backbone,
     build_classifier,
     get_backbone,
+    preprocess_layer,
     set_trainable,
     split_backbone,
 )
-
 
 SAMPLES = {"parrot.jpg": "macaw", "hot_dog.jpg": "hotdog", "bird.png": "chickadee",
            "dragonfly.png": "dragonfly", "cat.png": "Egyptian cat"}
@@ -33,7 +32,7 @@ def test_full_top_weights_name_the_sample_photos(full_weights):
     photos = np.stack([
         np.asarray(Image.open(weights_dir / "samples" / n).convert("RGB").resize((224, 224)),
                    dtype="float32") for n in names])
-    preprocess = ImagePreprocess(BACKBONES["mobilenet_v2"].preprocess)
+    preprocess = preprocess_layer(BACKBONES["mobilenet_v2"].preprocess)
     probs = np.asarray(model.predict_on_batch(preprocess(photos)))
     top1 = [labels[i].split(",")[0] for i in probs.argmax(axis=1)]
     assert top1 == [SAMPLES[n] for n in names]
@@ -70,12 +69,13 @@ def test_batchnorm_statistics_never_move_while_fine_tuning(no_top_weights):
     """With BN folded into the convolutions, BN in training mode collapses accuracy."""
     backbone = build_backbone(ModelParams(), 96, no_top_weights)
     set_trainable(backbone, "block_13_expand")
-    batchnorms = [l for l in backbone.layers if isinstance(l, keras.layers.BatchNormalization)]
-    assert batchnorms and not any(l.trainable for l in batchnorms)
+    batchnorms = [layer for layer in backbone.layers
+                  if isinstance(layer, keras.layers.BatchNormalization)]
+    assert batchnorms and not any(layer.trainable for layer in batchnorms)
     assert backbone.get_layer("block_13_expand").trainable
     assert not backbone.get_layer("block_12_expand").trainable
     _, tail = split_backbone(backbone, "block_12_add")
-    before = [keras.ops.convert_to_numpy(l.moving_mean) for l in batchnorms[-5:]]
+    before = [keras.ops.convert_to_numpy(bn.moving_mean) for bn in batchnorms[-5:]]
     inputs = keras.Input(tail.input_shape[1:])
     head = keras.layers.Dense(10, activation="softmax")(
         keras.layers.GlobalAveragePooling2D()(tail(inputs)))
@@ -84,7 +84,7 @@ def test_batchnorm_statistics_never_move_while_fine_tuning(no_top_weights):
     rng = np.random.default_rng(0)
     model.fit(rng.normal(size=(16, *tail.input_shape[1:])).astype("float32") * 3,
               rng.integers(0, 10, 16), epochs=1, verbose=0)
-    after = [keras.ops.convert_to_numpy(l.moving_mean) for l in batchnorms[-5:]]
+    after = [keras.ops.convert_to_numpy(bn.moving_mean) for bn in batchnorms[-5:]]
     for old, new in zip(before, after, strict=True):
         np.testing.assert_array_equal(old, new)
 
@@ -103,7 +103,7 @@ def test_preprocess_layer_matches_keras_preprocess_input():
                          ("resnet50", keras.applications.resnet50),
                          ("efficientnet_b0", keras.applications.efficientnet)):
         expected = module.preprocess_input(x.copy())
-        actual = np.asarray(ImagePreprocess(BACKBONES[name].preprocess)(x))
+        actual = keras.ops.convert_to_numpy(preprocess_layer(BACKBONES[name].preprocess)(x))
         np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-4)
 
 
