@@ -1,0 +1,166 @@
+"""Registry and promotion against the real MLflow server (PostgreSQL + Ceph RGW), on
+models trained on real CIFAR-10 images with real pretrained weights."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from image_finetune.config import Params
+from image_finetune.data.canonical import load_split
+from image_finetune.data.ingest import ingest
+from image_finetune.evaluate import evaluate_model
+from image_finetune.gate import final_decision, write_decision
+from image_finetune.registry import (
+    CHALLENGER,
+    CHAMPION,
+    list_versions,
+    promote,
+    promotion_history,
+    register_candidate,
+    rollback,
+)
+from image_finetune.train import load_classifier, train_rung
+from tests.integration.conftest import ROOT, run_services
+
+CLASSES = 10
+
+
+@pytest.fixture(scope="module")
+def setup(services, small_folder, no_top_weights, tmp_path_factory):
+    """Params pointing at the server, a small real dataset, and one trained candidate."""
+    work = tmp_path_factory.mktemp("registry")
+    params = Params.model_validate({
+        "data": {"path": str(small_folder), "validation_fraction": 0.2},
+        "model": {"weights": str(no_top_weights), "image_size": 32},
+        "train": {"cache_boundary": None, "ladder": [
+            {"name": "head", "epochs": 3, "batch_size": 32, "learning_rate": 0.003}]},
+        "evaluate": {"bootstrap_samples": 200, "latency_runs": 3, "gallery_size": 6},
+        "gate": {"min_accuracy": 0.0, "min_macro_f1": 0.0, "min_class_recall": 0.0,
+                 "max_latency_p95_ms": 10000},
+        "registry": {"tracking_uri": services["MLFLOW_TRACKING_URI"],
+                     "model_name": f"it-{uuid.uuid4().hex[:8]}"},
+    })
+    data = work / "data"
+    ingest(params.data, small_folder, data)
+    result = train_rung(params, 0, data, work / "attempt", ROOT, work / "cache")
+    return params, data, Path(result.model_path), work
+
+
+def candidate(setup, name: str) -> dict:
+    """Evaluate the trained model on test, decide against the champion, and register it."""
+    params, data, model_path, work = setup
+    test = load_split(data, "test")
+    evaluation = work / name / "evaluation"
+    evaluate_model(model_path, test.images, test.labels, [str(i) for i in range(CLASSES)],
+                   params.evaluate, evaluation, name)
+    decision_path = work / name / "gate.json"
+    write_decision(final_decision(params, evaluation), decision_path)
+    return register_candidate(params, model_path, evaluation, decision_path, data,
+                              f"it-{name}-{uuid.uuid4().hex[:6]}", {"git_commit": "test"})
+
+
+def aliases(params: Params) -> dict[str, str]:
+    return {alias: row["version"] for row in list_versions(params.registry)
+            for alias in row["aliases"]}
+
+
+def test_register_promote_and_serve_the_champion(setup):
+    import mlflow
+
+    params, data, model_path, _ = setup
+    outcome = candidate(setup, "first")
+    assert outcome["registered"] and outcome["promoted"] and outcome["version"] == "1"
+    assert aliases(params) == {CHAMPION: "1", CHALLENGER: "1"}
+    images = np.asarray(load_split(data, "test").images[:32])
+    expected = np.asarray(load_classifier(model_path).predict_on_batch(images))
+    uri = f"models:/{params.registry.model_name}@{CHAMPION}"
+    loaded = mlflow.keras.load_model(uri)
+    np.testing.assert_allclose(np.asarray(loaded.predict_on_batch(images)), expected, atol=1e-5)
+    pyfunc = mlflow.pyfunc.load_model(uri)
+    np.testing.assert_allclose(np.asarray(pyfunc.predict(images)), expected, atol=1e-5)
+    version = mlflow.MlflowClient().get_model_version(params.registry.model_name, "1")
+    for tag in ("git_commit", "data_manifest_sha256", "params_sha256", "pipeline_run_id"):
+        assert version.tags.get(tag), tag
+
+
+def test_a_candidate_inside_the_noise_is_registered_but_not_promoted(setup):
+    params = setup[0]
+    outcome = candidate(setup, "same-again")
+    assert outcome["registered"] and not outcome["promoted"]
+    assert "beats_champion" in outcome["reason"]
+    assert aliases(params) == {CHAMPION: "1", CHALLENGER: "2"}
+
+
+def test_rollback_restores_the_previous_champion(setup):
+    params = setup[0]
+    promote(params.registry, "2", "manual promotion in a test")
+    assert aliases(params)[CHAMPION] == "2"
+    entry = rollback(params.registry, "bad release")
+    assert entry["version"] == "1" and entry["previous"] == "2"
+    assert aliases(params)[CHAMPION] == "1"
+    history = promotion_history(params.registry)
+    assert [(e["action"], e["version"], e["previous"]) for e in history] == [
+        ("promote", "1", None), ("promote", "2", "1"), ("rollback", "1", "2")]
+    assert all(e["at"] and e["by"] and e["reason"] for e in history)
+
+
+def test_racing_promotions_leave_one_champion_and_a_consistent_history(setup):
+    params = setup[0]
+    candidate(setup, "third")  # version 3
+    before = len(promotion_history(params.registry))
+    script = ("import sys; from image_finetune.config import RegistryParams; "
+              "from image_finetune.registry import promote; "
+              "promote(RegistryParams(tracking_uri=sys.argv[1], model_name=sys.argv[2]), "
+              "sys.argv[3], 'race')")
+    racers = [subprocess.Popen([sys.executable, "-c", script, params.registry.tracking_uri,
+                                params.registry.model_name, version], env=os.environ.copy())
+              for version in ("2", "3")]
+    assert [r.wait(timeout=180) for r in racers] == [0, 0]
+    history = promotion_history(params.registry)[before:]
+    assert sorted(e["version"] for e in history) == ["2", "3"]
+    assert history[0]["previous"] == "1" and history[1]["previous"] == history[0]["version"]
+    assert aliases(params)[CHAMPION] == history[1]["version"]
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    with pytest.raises(MlflowException):  # the lock was released
+        mlflow.MlflowClient().get_registered_model(f"{params.registry.model_name}"
+                                                   ".promotion-lock")
+
+
+def test_a_stopped_server_fails_fast_and_a_restart_keeps_everything(setup, services):
+    params, data, model_path, work = setup
+    champion = aliases(params)[CHAMPION]
+    params_file = work / "params.yaml"
+    params_file.write_text(json.dumps(params.model_dump(mode="json", by_alias=True)))
+    run_services("stop", "mlflow_server")
+    try:
+        start = time.monotonic()
+        result = subprocess.run(
+            [sys.executable, "-m", "image_finetune.cli", "models", "-p", str(params_file)],
+            capture_output=True, text=True, timeout=120)
+        elapsed = time.monotonic() - start
+        assert result.returncode == 7, result.stderr
+        assert "is unreachable" in result.stderr and "Outputs on disk are kept" in result.stderr
+        assert elapsed < 30
+        assert model_path.exists()
+    finally:
+        run_services("stop")
+        run_services("start")
+    import mlflow
+
+    assert aliases(params)[CHAMPION] == champion
+    reloaded = mlflow.keras.load_model(f"models:/{params.registry.model_name}@{CHAMPION}")
+    images = np.asarray(load_split(data, "test").images[:8])
+    np.testing.assert_allclose(np.asarray(reloaded.predict_on_batch(images)),
+                               np.asarray(load_classifier(model_path).predict_on_batch(images)),
+                               atol=1e-5)
