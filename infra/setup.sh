@@ -18,5 +18,11 @@ fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check "uv>=0.5"
 .venv/bin/uv pip install --quiet --python .venv/bin/python -r requirements.lock
 .venv/bin/uv pip install --quiet --python .venv/bin/python --no-deps -e .
+# The torch backend from a local CPU wheel where the machine has one (PyPI's default torch
+# is a multi-GB CUDA build); without it the torch-backend test is skipped with a reason.
+torch_wheel=$(ls "${TORCH_WHEEL_DIR:-/opt/wheels}"/torch-2.*+cpu-cp311-*.whl 2>/dev/null | head -n 1 || true)
+if [ -n "$torch_wheel" ]; then
+  .venv/bin/uv pip install --quiet --python .venv/bin/python "$torch_wheel"
+fi
 echo "$want" > "$stamp"
 echo "environment ready: $(.venv/bin/python --version), $(.venv/bin/python -c 'import keras, tensorflow as tf; print("keras", keras.__version__, "tensorflow", tf.__version__)' 2>/dev/null)"

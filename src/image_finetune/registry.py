@@ -333,14 +333,21 @@ def rollback(params: RegistryParams, reason: str = "manual rollback") -> dict:
 
 def list_versions(params: RegistryParams) -> list[dict]:
     """Every version with its aliases and key metrics, newest first."""
+    from mlflow.exceptions import MlflowException
+
     client = _client(params)
+    try:
+        # Search results do not carry aliases in every store; the registered model does.
+        alias_map = client.get_registered_model(params.model_name).aliases
+    except MlflowException:
+        return []
     versions = client.search_model_versions(f"name = '{params.model_name}'")
     rows = []
     for version in sorted(versions, key=lambda v: int(v.version), reverse=True):
         metrics = client.get_run(version.run_id).data.metrics if version.run_id else {}
         rows.append({
             "version": version.version,
-            "aliases": sorted(version.aliases),
+            "aliases": sorted(a for a, v in alias_map.items() if str(v) == version.version),
             "test_accuracy": metrics.get("test_accuracy"),
             "test_macro_f1": metrics.get("test_macro_f1"),
             "created": datetime.fromtimestamp(version.creation_timestamp / 1000, UTC)

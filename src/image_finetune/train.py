@@ -365,9 +365,9 @@ def _features(params, classifier, mode, train, validation, cache_dir: Path):
                                "embed validation")
     if mode == "tail":
         return x_train, x_flip, np.asarray(x_val)
-    # Head-only: the frozen rest of the backbone runs once more, to pooled features.
-    _, tail = split_backbone(get_backbone(classifier), boundary)
-    pool = keras.Sequential([tail, get_head(classifier).get_layer("pool")])
+    # Head-only: the frozen rest of the backbone (if any) runs once more, to pooled features.
+    rest = [split_backbone(get_backbone(classifier), boundary)[1]] if boundary else []
+    pool = keras.Sequential([*rest, get_head(classifier).get_layer("pool")])
 
     def pooled(source, name):
         if source is None:
