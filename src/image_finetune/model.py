@@ -150,14 +150,19 @@ def layer_index(backbone: keras.Model, name: str) -> int:
     return names.index(name)
 
 
+def unfreeze_index(backbone: keras.Model, unfreeze_from: str | None) -> int:
+    """Index of the first trainable backbone layer: None freezes all, ``all`` none."""
+    if unfreeze_from is None:
+        return len(backbone.layers)
+    return 0 if unfreeze_from == "all" else layer_index(backbone, unfreeze_from)
+
+
 def set_trainable(backbone: keras.Model, unfreeze_from: str | None) -> int:
     """Freeze the backbone below ``unfreeze_from`` (None: all of it); return trainable count.
 
     BatchNormalization layers stay frozen whatever the rung says.
     """
-    start = len(backbone.layers) if unfreeze_from is None else layer_index(backbone, unfreeze_from)
-    if unfreeze_from == "all":
-        start = 0
+    start = unfreeze_index(backbone, unfreeze_from)
     backbone.trainable = True
     for index, layer in enumerate(backbone.layers):
         layer.trainable = index >= start and not isinstance(layer, layers.BatchNormalization)

@@ -41,6 +41,7 @@ from image_finetune.model import (
     set_trainable,
     split_backbone,
     stem_model,
+    unfreeze_index,
 )
 
 log = logging.getLogger(__name__)
@@ -117,7 +118,7 @@ def choose_mode(params: Params, rung: Rung, backbone: keras.Model) -> str:
     if rung.unfreeze_from is None:
         return "head"
     boundary = params.train.cache_boundary
-    if boundary and layer_index(backbone, rung.unfreeze_from) > layer_index(backbone, boundary):
+    if boundary and unfreeze_index(backbone, rung.unfreeze_from) > layer_index(backbone, boundary):
         return "tail"
     return "end_to_end"
 
