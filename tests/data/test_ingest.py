@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from tests.conftest import copy_tree, jpeg_bytes
 
 from image_finetune.config import DataParams
 from image_finetune.data.canonical import load_split, read_manifest
 from image_finetune.data.ingest import ingest
 from image_finetune.errors import IngestError
+from tests.conftest import copy_tree, jpeg_bytes
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
            "truck"]
