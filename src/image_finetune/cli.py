@@ -224,6 +224,70 @@ def models(params: ParamsOption = Path("params.yaml")) -> None:
                    f"v{entry['previous']}) by {entry['by']}: {entry['reason']}")
 
 
+@app.command()
+@step
+def serve(
+    params: ParamsOption = Path("params.yaml"),
+    host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port")] = 8080,
+    alias: Annotated[str, typer.Option(help="registry alias to serve")] = "champion",
+    poll_seconds: Annotated[float, typer.Option(help="alias polling interval")] = 30.0,
+    max_batch: Annotated[int, typer.Option(help="images per request at most")] = 64,
+    max_image_bytes: Annotated[int, typer.Option(help="bytes per image at most")] = 5_242_880,
+) -> None:
+    """Serve models:/<name>@champion over HTTP (reloads when the alias moves)."""
+    import uvicorn
+
+    from image_finetune.serve import ServeSettings, create_app
+
+    config, _ = _params(params)
+    settings = ServeSettings(model_name=config.registry.model_name,
+                             tracking_uri=config.registry.tracking_uri, alias=alias,
+                             poll_seconds=poll_seconds, max_batch=max_batch,
+                             max_image_bytes=max_image_bytes)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+
+
+@app.command("predict-batch")
+@step
+def predict_batch(
+    source: Annotated[Path, typer.Argument(help="folder or .tar(.gz) of images")],
+    out: Annotated[Path, typer.Option(help="CSV of predictions")] = Path("predictions.csv"),
+    model: Annotated[str, typer.Option(help="models:/name@alias, runs:/..., or a .keras")] = "",
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Batch inference over a folder or archive of images, to a CSV."""
+    import json
+
+    from image_finetune.serve import predict_folder
+
+    config, _ = _params(params)
+    uri = model or f"models:/{config.registry.model_name}@champion"
+    if uri.startswith("models:/"):
+        from image_finetune.registry import _client
+
+        _client(config.registry)
+    names = None
+    manifest = Path("data/ingested/manifest.json")
+    if manifest.exists():
+        names = json.loads(manifest.read_text())["class_names"]
+    count = predict_folder(uri, source, out, class_names=names)
+    typer.echo(f"{count} images -> {out}")
+
+
+@app.command("export-savedmodel")
+@step
+def export_savedmodel(
+    model: ModelOption = Path("models/selected/model.keras"),
+    out: Annotated[Path, typer.Option(help="SavedModel directory")] = Path(
+        "models/savedmodel/1"),
+) -> None:
+    """Export a TF Serving SavedModel whose serving signature takes uint8 images."""
+    from image_finetune.serve import export_saved_model
+
+    typer.echo(export_saved_model(model, out))
+
+
 @app.command("check-params")
 @step
 def check_params(params: ParamsOption = Path("params.yaml")) -> None:

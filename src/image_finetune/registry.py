@@ -210,7 +210,8 @@ def champion_reference(params: RegistryParams, labels: np.ndarray) -> dict | Non
     champion = _version_by_alias(client, params.model_name, CHAMPION)
     if champion is None:
         return None
-    return {"version": champion.version, "correct": _version_correct(client, champion, labels)}
+    return {"version": str(champion.version),
+            "correct": _version_correct(client, champion, labels)}
 
 
 # -- registration and promotion ------------------------------------------------------------
@@ -294,7 +295,7 @@ def promote(
     name = params.model_name
     with promotion_lock(client, name):
         current = _version_by_alias(client, name, CHAMPION)
-        if current is not None and current.version == str(version):
+        if current is not None and str(current.version) == str(version):
             return {"promoted": False, "version": str(version), "reason": "already champion"}
         if current is not None and candidate_correct is not None and labels is not None:
             test = mcnemar_greater(candidate_correct, _version_correct(client, current, labels))
@@ -305,7 +306,7 @@ def promote(
         client.set_registered_model_alias(name, CHAMPION, str(version))
         entry = _record(client, name, {
             "action": "promote", "version": str(version),
-            "previous": current.version if current else None, "reason": reason})
+            "previous": str(current.version) if current else None, "reason": reason})
     log.info("v%s is now %s of %s (previous: %s)", version, CHAMPION, name, entry["previous"])
     return {"promoted": True, **entry}
 
@@ -319,14 +320,14 @@ def rollback(params: RegistryParams, reason: str = "manual rollback") -> dict:
         if current is None:
             raise RegistryError(f"{name} has no champion to roll back")
         promotions = [e for e in _history(client, name)
-                      if e["version"] == current.version and e.get("previous")]
+                      if e["version"] == str(current.version) and e.get("previous")]
         if not promotions:
             raise RegistryError(f"champion v{current.version} of {name} replaced nobody; "
                                 "there is nothing to roll back to")
         previous = promotions[-1]["previous"]
         client.set_registered_model_alias(name, CHAMPION, previous)
         entry = _record(client, name, {"action": "rollback", "version": previous,
-                                       "previous": current.version, "reason": reason})
+                                       "previous": str(current.version), "reason": reason})
     log.info("rolled back %s: champion v%s -> v%s", name, current.version, previous)
     return entry
 
@@ -346,8 +347,8 @@ def list_versions(params: RegistryParams) -> list[dict]:
     for version in sorted(versions, key=lambda v: int(v.version), reverse=True):
         metrics = client.get_run(version.run_id).data.metrics if version.run_id else {}
         rows.append({
-            "version": version.version,
-            "aliases": sorted(a for a, v in alias_map.items() if str(v) == version.version),
+            "version": str(version.version),
+            "aliases": sorted(a for a, v in alias_map.items() if str(v) == str(version.version)),
             "test_accuracy": metrics.get("test_accuracy"),
             "test_macro_f1": metrics.get("test_macro_f1"),
             "created": datetime.fromtimestamp(version.creation_timestamp / 1000, UTC)
@@ -370,7 +371,7 @@ def register_candidate(
     ``challenger`` and promote it to ``champion`` when the gate says it beats the champion."""
     import mlflow
 
-    from image_finetune.data.canonical import load_split, manifest_digest
+    from image_finetune.data.canonical import load_split, manifest_digest, read_manifest
     from image_finetune.evaluate import PREDICTIONS_FILE
     from image_finetune.train import load_classifier
 
@@ -378,7 +379,8 @@ def register_candidate(
     client = _client(params.registry)
     parent = _parent_run(client, params, pipeline_run_id)
     tags = {"pipeline_run_id": pipeline_run_id, "params_sha256": params.digest(),
-            "data_manifest_sha256": manifest_digest(data_dir), **(lineage or {})}
+            "data_manifest_sha256": manifest_digest(data_dir), **(lineage or {}),
+            "class_names": json.dumps(read_manifest(data_dir)["class_names"])}
     for key, value in tags.items():
         client.set_tag(parent, key, value)
     metrics = json.loads((evaluation_dir / "details.json").read_text())
@@ -407,25 +409,25 @@ def register_candidate(
     _ensure_model(client, params.registry.model_name)
     created = client.create_model_version(params.registry.model_name, model_uri,
                                           run_id=parent, tags=tags)
-    version = _wait_ready(client, params.registry.model_name, created.version)
-    client.set_registered_model_alias(params.registry.model_name, CHALLENGER, version.version)
-    outcome = {"registered": True, "version": version.version, "model_uri": model_uri,
+    version = str(_wait_ready(client, params.registry.model_name, created.version).version)
+    client.set_registered_model_alias(params.registry.model_name, CHALLENGER, version)
+    outcome = {"registered": True, "version": version, "model_uri": model_uri,
                "promoted": False, "reason": "promotion disabled (registry.promote: false)"}
     if params.registry.promote and decision["promote"]:
         predictions = np.load(evaluation_dir / PREDICTIONS_FILE)
         labels = predictions["labels"]
         correct = predictions["probabilities"].argmax(axis=1) == labels
-        result = promote(params.registry, version.version,
+        result = promote(params.registry, version,
                          "; ".join(r for r in decision["reasons"]), correct, labels,
                          params.gate.significance)
         outcome.update(promoted=result["promoted"], reason=result["reason"])
     elif params.registry.promote:
         outcome["reason"] = "not promoted: " + "; ".join(
             r for r in decision["reasons"] if r.startswith("FAIL"))
-    client.set_tag(parent, "registered_version", version.version)
+    client.set_tag(parent, "registered_version", version)
     client.set_tag(parent, "promoted", str(outcome["promoted"]))
     client.set_terminated(parent)
-    log.info("registered %s v%s (%s)", params.registry.model_name, version.version,
+    log.info("registered %s v%s (%s)", params.registry.model_name, version,
              "promoted to champion" if outcome["promoted"] else outcome["reason"])
     return outcome
 
