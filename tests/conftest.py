@@ -21,6 +21,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 
+# Rung 0 cannot learn at this learning rate; rung 1 can. So the loop must go round once.
+FAIL_THEN_PASS_LADDER = [
+    {"name": "hopeless-head", "epochs": 1, "learning_rate": 1.0e-7, "batch_size": 64},
+    {"name": "top-blocks", "unfreeze_from": "block_13_expand", "epochs": 2,
+     "learning_rate": 0.0005, "batch_size": 32},
+]
+
+
 TIERS = ("unit", "data", "model", "e2e", "integration")
 
 

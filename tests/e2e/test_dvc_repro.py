@@ -11,16 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import FAIL_THEN_PASS_LADDER
+
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin"
-
-# Rung 0 cannot learn at this learning rate; rung 1 can. So the loop must go round once.
-LADDER = [
-    {"name": "hopeless-head", "epochs": 1, "learning_rate": 1.0e-7, "batch_size": 64},
-    {"name": "top-blocks", "unfreeze_from": "block_13_expand", "epochs": 2,
-     "learning_rate": 0.0005, "batch_size": 32},
-]
-
 
 def project_copy(tmp: Path, folder: Path, weights: Path, gate: dict) -> Path:
     """The project's tracked files in a fresh git repo, with small-run params."""
@@ -34,7 +28,7 @@ def project_copy(tmp: Path, folder: Path, weights: Path, gate: dict) -> Path:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["data"].update(path=str(folder), validation_fraction=0.2)
     params["model"]["weights"] = str(weights)
-    params["train"]["ladder"] = LADDER
+    params["train"]["ladder"] = FAIL_THEN_PASS_LADDER
     params["evaluate"].update(bootstrap_samples=200, latency_runs=5, gallery_size=12)
     params["gate"].update(gate)
     (tmp / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

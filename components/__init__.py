@@ -1,0 +1,31 @@
+"""Kubeflow Pipelines components: one thin wrapper per step.
+
+Each calls the same library function as its DVC stage and ``image-finetune`` command; the
+component only moves artifacts in and out. Every step receives just the params.yaml sections
+it reads (as the DVC stage lists them), so changing one section re-runs only the steps that
+read it: KFP's cache key covers a task's inputs.
+"""
+
+from components.augment import preview_augmentation
+from components.evaluate import evaluate_classifier
+from components.gate import final_gate, gate_attempt, select_classifier
+from components.ingest import ingest_data
+from components.params import check_params
+from components.register import register_classifier
+from components.status import record_status
+from components.train import train_rung
+from components.validate import validate_data
+
+__all__ = [
+    "check_params",
+    "evaluate_classifier",
+    "final_gate",
+    "gate_attempt",
+    "ingest_data",
+    "preview_augmentation",
+    "record_status",
+    "register_classifier",
+    "select_classifier",
+    "train_rung",
+    "validate_data",
+]

@@ -1,0 +1,28 @@
+"""The ``augment`` step (DVC stage ``augment``)."""
+
+from kfp.dsl import HTML, Artifact, Dataset, Input, Output
+
+from components.runtime import read_params, step
+
+
+@step
+def preview_augmentation(
+    augment: str, train: str, dataset: Input[Dataset], policy: Output[Artifact],
+    preview: Output[HTML],
+) -> None:
+    """Write the augmentation policy and a preview grid of augmented real images.
+
+    ``policy`` holds policy.json and preview.png; ``preview`` shows the grid in the KFP UI.
+    """
+    import base64
+    from pathlib import Path
+
+    from image_finetune.augment import preview_dataset
+
+    params = read_params(augment=augment, train=train)
+    grid = preview_dataset(params.augment, Path(dataset.path), Path(policy.path),
+                           params.train.seed)
+    encoded = base64.b64encode(grid.read_bytes()).decode()
+    Path(preview.path).write_text(
+        f"<!doctype html><title>Augmentation preview</title>"
+        f"<img alt='augmentation preview' src='data:image/png;base64,{encoded}'>\n")

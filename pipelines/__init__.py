@@ -1,0 +1,1 @@
+"""The Kubeflow pipeline (pipeline.py), its local runner (local.py) and command line (cli.py)."""

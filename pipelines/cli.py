@@ -1,0 +1,156 @@
+"""Compile, run locally, or submit the Kubeflow pipeline.
+
+    python -m pipelines.cli compile                 # writes .kfp/pipeline.yaml
+    python -m pipelines.cli run-local               # kfp.local, in this environment
+    python -m pipelines.cli submit --host URL       # to a Kubeflow Pipelines cluster
+
+Each reads params.yaml (``--params``) for the pipeline's defaults and the number of rungs
+to unroll; ``--set section.key=value`` overrides one value (the value is read as YAML).
+"""
+
+import os
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import yaml
+from pydantic import ValidationError
+
+from components.runtime import DEFAULT_IMAGE, IMAGE_ENV
+from image_finetune.cli import step
+from image_finetune.config import Params, load_params
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Compile, run locally (kfp.local) or submit the Kubeflow pipeline.")
+
+TOKEN_ENV = "KFP_TOKEN"
+
+ParamsOption = Annotated[Path, typer.Option("--params", "-p", help="params.yaml to read")]
+SetOption = Annotated[list[str] | None, typer.Option(
+    "--set", help="override a value: section.key=value (YAML); repeatable; list items by "
+                  "index, e.g. train.ladder.0.epochs=2")]
+ImageOption = Annotated[str, typer.Option(
+    envvar=IMAGE_ENV, help="image setting: steps run on IMAGE-cpu, training on IMAGE-gpu")]
+GpusOption = Annotated[int, typer.Option(min=0, help="GPUs per training task (0: train on CPU)")]
+
+
+def apply_override(tree: dict, assignment: str) -> None:
+    """Set ``section.key=value`` (the value parsed as YAML) in a params mapping."""
+    path, sep, value = assignment.partition("=")
+    if not sep or not path:
+        raise typer.BadParameter(f"{assignment!r}: expected section.key=value", param_hint="--set")
+    *parents, leaf = path.split(".")
+    node = tree
+    try:
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+        node[int(leaf) if isinstance(node, list) else leaf] = yaml.safe_load(value)
+    except (IndexError, KeyError, TypeError, ValueError) as exc:
+        raise typer.BadParameter(f"{assignment!r}: no such key ({exc})",
+                                 param_hint="--set") from exc
+
+
+def read_params(path: Path, overrides: list[str] | None, use_env: bool) -> Params:
+    """params.yaml with the overrides applied, validated by the typed config."""
+    tree = load_params(path, use_env=use_env).model_dump(mode="json", by_alias=True)
+    for assignment in overrides or []:
+        apply_override(tree, assignment)
+    try:
+        return Params.model_validate(tree)
+    except ValidationError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--set") from exc
+
+
+def _deployment(image: str, gpus: int):
+    from pipelines.pipeline import Deployment
+
+    return Deployment(image=image, gpus=gpus)
+
+
+def _git_commit(params: Path) -> str:
+    from image_finetune.registry import git_commit
+
+    return git_commit(params.resolve().parent)
+
+
+@app.command()
+@step
+def compile(
+    params: ParamsOption = Path("params.yaml"),
+    overrides: SetOption = None,
+    out: Annotated[Path, typer.Option(help="pipeline YAML to write")] = Path(".kfp/pipeline.yaml"),
+    image: ImageOption = DEFAULT_IMAGE,
+    gpus: GpusOption = 1,
+) -> None:
+    """Write the pipeline YAML (upload it in the KFP UI, or submit it)."""
+    from pipelines.pipeline import compile_pipeline
+
+    start = time.perf_counter()
+    config = read_params(params, overrides, use_env=False)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    compile_pipeline(config, str(out), _deployment(image, gpus), _git_commit(params))
+    typer.echo(f"wrote {out}: {len(config.train.ladder)} attempts, images {image}-cpu/-gpu "
+               f"({time.perf_counter() - start:.1f} s)")
+
+
+@app.command("run-local")
+@step
+def run_local(
+    params: ParamsOption = Path("params.yaml"),
+    overrides: SetOption = None,
+    pipeline_root: Annotated[Path, typer.Option(help="where the tasks' outputs go")] = Path(
+        ".kfp/local"),
+    cache_dir: Annotated[Path, typer.Option(help="training feature cache and finished "
+                                                 "attempts")] = Path(".cache/image_finetune"),
+    cache: Annotated[bool, typer.Option(help="kfp.local's task cache")] = False,
+) -> None:
+    """Run the pipeline here with kfp.local's subprocess runner (no cluster, no Docker)."""
+    from pipelines.local import run_local as run
+
+    config = read_params(params, overrides, use_env=True)
+    outcome = run(config, params.resolve().parent, pipeline_root, cache_dir, cache)
+    verdict = "succeeded" if outcome.succeeded else f"FAILED: {outcome.error}"
+    typer.echo(f"kfp.local run {verdict} in {outcome.seconds:.0f} s; outputs in "
+               f"{outcome.pipeline_root}")
+    if not outcome.succeeded:
+        raise typer.Exit(1)
+
+
+@app.command()
+@step
+def submit(
+    host: Annotated[str, typer.Option(envvar="KFP_HOST", help="KFP API endpoint")],
+    namespace: Annotated[str, typer.Option(envvar="KFP_NAMESPACE",
+                                           help="Kubeflow profile namespace")] = "kubeflow",
+    experiment: Annotated[str, typer.Option(help="KFP experiment")] = "image-finetune",
+    run_name: Annotated[str | None, typer.Option(help="default: pipeline name and time")] = None,
+    params: ParamsOption = Path("params.yaml"),
+    overrides: SetOption = None,
+    image: ImageOption = DEFAULT_IMAGE,
+    gpus: GpusOption = 1,
+    cache_dir: Annotated[str, typer.Option(
+        help="training cache inside the pods (a mounted volume makes retries resume)")] = "",
+    service_account: Annotated[str | None, typer.Option(
+        help="Kubernetes service account of the run's pods")] = None,
+    cache: Annotated[bool, typer.Option(help="KFP's task cache")] = True,
+) -> None:
+    """Submit a run to a Kubeflow Pipelines cluster (bearer token, if needed: $KFP_TOKEN)."""
+    import kfp
+
+    from pipelines.pipeline import build_pipeline, section_arguments
+
+    config = read_params(params, overrides, use_env=False)
+    client = kfp.Client(host=host, namespace=namespace,
+                        existing_token=os.environ.get(TOKEN_ENV) or None)
+    result = client.create_run_from_pipeline_func(
+        build_pipeline(config, _deployment(image, gpus), _git_commit(params)),
+        arguments={**section_arguments(config), "cache_dir": cache_dir},
+        run_name=run_name, experiment_name=experiment, namespace=namespace,
+        enable_caching=cache, service_account=service_account,
+    )
+    typer.echo(f"submitted run {result.run_id} to {host} (experiment {experiment!r})")
+
+
+if __name__ == "__main__":
+    app()

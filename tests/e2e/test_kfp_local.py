@@ -1,0 +1,141 @@
+"""The Kubeflow pipeline under kfp.local (subprocess runner) on a small real subset: the
+retrain loop goes round once and registers the winner; when every rung fails, the run fails
+with the reasons and nothing is registered.
+
+Both runs share kfp.local's task cache. The second changes only the gate section, so, as on
+a cluster, only the steps that read it run again: the data steps, both rungs' training and
+their validation evaluations come from the cache; the params check, the gates and the exit
+task run.
+"""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from image_finetune.config import Params
+from image_finetune.registry import git_commit
+from pipelines.local import LocalRun, run_local
+from tests.conftest import FAIL_THEN_PASS_LADDER
+
+ROOT = Path(__file__).resolve().parents[2]
+PASSABLE = {"min_accuracy": 0.3, "min_macro_f1": 0.2, "min_class_recall": 0.0,
+            "max_latency_p95_ms": 2000}
+IMPOSSIBLE = {**PASSABLE, "min_accuracy": 0.999}
+
+
+@dataclass(frozen=True)
+class PipelineRun:
+    """A local run, the params it ran with, and the repository's commit it was compiled at."""
+
+    local: LocalRun
+    params: Params
+    commit: str
+
+
+def small_run(folder: Path, weights: Path, tracking_db: Path, gate: dict) -> Params:
+    """params.yaml for a small real subset, the two-rung ladder and its own MLflow store."""
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["data"].update(path=str(folder), validation_fraction=0.2)
+    raw["model"]["weights"] = str(weights)
+    raw["train"]["ladder"] = FAIL_THEN_PASS_LADDER
+    raw["evaluate"].update(bootstrap_samples=200, latency_runs=5, gallery_size=12)
+    raw["gate"].update(gate)
+    raw["registry"]["tracking_uri"] = f"sqlite:///{tracking_db}"
+    return Params.model_validate(raw)
+
+
+def produced(run: LocalRun, output: str) -> list[dict]:
+    """Metadata of every artifact named ``output`` that the run's finished tasks produced."""
+    found = []
+    for record in run.pipeline_root.rglob("executor_output.json"):
+        artifacts = json.loads(record.read_text()).get("artifacts", {})
+        found += [{**a.get("metadata", {}), "uri": a["uri"]}
+                  for a in artifacts.get(output, {}).get("artifacts", [])]
+    return found
+
+
+def decisions(run: LocalRun) -> list[dict]:
+    """Every gate decision file the run wrote, including a failed task's."""
+    return [json.loads(path.read_text()) for path in run.pipeline_root.rglob("decision")]
+
+
+def executed(run: LocalRun) -> set[str]:
+    """The tasks that ran to completion in this run (cache hits write nothing here)."""
+    return {path.parent.name for path in run.pipeline_root.rglob("executor_output.json")}
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    """Shared by both runs: the second reuses the first's trained rungs and data steps."""
+    return tmp_path_factory.mktemp("kfp-local")
+
+
+def run_pipeline(name: str, workspace: Path, folder: Path, weights: Path,
+                 gate: dict) -> PipelineRun:
+    params = small_run(folder, weights, workspace / f"{name}.db", gate)
+    commit = git_commit(ROOT)
+    run = run_local(params, ROOT, workspace / name, workspace / "cache", enable_caching=True)
+    print(f"kfp.local {name} run: {run.seconds:.0f} s")
+    return PipelineRun(run, params, commit)
+
+
+@pytest.fixture(scope="module")
+def passing(workspace, small_folder, no_top_weights) -> PipelineRun:
+    return run_pipeline("passing", workspace, small_folder, no_top_weights, PASSABLE)
+
+
+@pytest.fixture(scope="module")
+def failing(passing, workspace, small_folder, no_top_weights) -> PipelineRun:
+    return run_pipeline("failing", workspace, small_folder, no_top_weights, IMPOSSIBLE)
+
+
+def test_the_loop_retrains_once_and_registers_the_winner(passing):
+    run, registry = passing.local, passing.params.registry
+    assert run.succeeded, run.error
+    validation = sorted((d["rung"], d["passed"]) for d in produced(run, "decision")
+                        if d["split"] == "validation")
+    assert validation == [(0, False), (1, True)]
+    assert sorted(m["rung"] for m in produced(run, "classifier")) == [0, 1]
+    assert produced(run, "winner") == []  # rung 1 is the last: handed on without a copy
+    [final] = [d for d in produced(run, "decision") if d["split"] == "test"]
+    assert final["passed"] is True
+    [registration] = produced(run, "registration")
+    assert registration["registered"] is True and registration["promoted"] is True
+    champion = MlflowClient(registry.tracking_uri).get_model_version_by_alias(
+        registry.model_name, "champion")
+    assert int(champion.version) == int(registration["version"])
+    assert champion.tags["git_commit"] == passing.commit and champion.tags["pipeline_run_id"]
+    [status] = produced(run, "run_status")
+    assert status["state"] == "SUCCEEDED"
+
+
+def test_rungs_are_judged_on_validation_and_only_the_winner_on_test(passing):
+    run = passing.local
+    evaluations = produced(run, "evaluation")
+    assert sorted((e["split"], e["rung"]) for e in evaluations) == [
+        ("test", 1), ("validation", 0), ("validation", 1)]
+    [test] = [e for e in evaluations if e["split"] == "test"]
+    assert test["count"] == 100
+    report = Path(test["uri"]).parent / "report"  # the same task's HTML output
+    assert "Rung 1 (top-blocks) on test" in report.read_text()
+    matrices = [m["confusionMatrix"] for m in produced(run, "confusion")]
+    assert len(matrices) == 3 and all(len(m["rows"]) == 10 for m in matrices)
+
+
+def test_every_rung_failing_fails_the_run_and_registers_nothing(failing):
+    run = failing.local
+    assert not run.succeeded
+    assert "'gate-attempt' inside 'attempt-1'" in run.error  # the last rung's gate ended it
+    assert sorted((d["split"], d["passed"]) for d in decisions(run)) == [
+        ("validation", False), ("validation", False)]
+    assert all(any(r.startswith("FAIL accuracy") for r in d["reasons"])
+               for d in decisions(run))
+    # Only what reads the changed section ran; no test evaluation, final gate or registration.
+    assert executed(run) == {"check-params", "gate-attempt", "record-status"}
+    assert MlflowClient(failing.params.registry.tracking_uri).search_registered_models() == []
+    [status] = produced(run, "run_status")
+    assert status["state"] == "FAILED"
