@@ -290,8 +290,18 @@ def _load_for_batch(model_uri: str):
 
 def export_saved_model(model_path: Path, out_dir: Path) -> Path:
     """A TF Serving SavedModel whose ``serving_default`` signature takes uint8 images."""
+    import keras
+    import tensorflow as tf  # TensorFlow-only: imported where used
+
     from image_finetune.train import load_classifier
 
     model = load_classifier(model_path)
-    model.export(str(out_dir), format="tf_saved_model", verbose=False)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    # training=False spelled out: Keras' random augmentation layers default to training mode
+    # when called without it, which is what a plain model.export() does.
+    archive.add_endpoint(
+        "serving_default", lambda images: model(images, training=False),
+        input_signature=[tf.TensorSpec((None, *model.input_shape[1:]), tf.uint8, name="image")])
+    archive.write_out(str(out_dir), verbose=False)
     return out_dir
