@@ -44,9 +44,10 @@ def read_params(**sections: str) -> "Params":
     """
     import json
 
-    from image_finetune.config import Params
+    from image_finetune.config import parse_params
 
-    return Params.model_validate({name: json.loads(text) for name, text in sections.items()})
+    return parse_params({name: json.loads(text) for name, text in sections.items()},
+                        "pipeline parameters")
 
 
 def step(func: Callable) -> PythonComponent:

@@ -207,10 +207,15 @@ def load_params(path: str | Path = "params.yaml", *, use_env: bool = True) -> Pa
         raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
     if use_env:
         raw = _apply_env(raw)
+    return parse_params(raw, str(path))
+
+
+def parse_params(raw: dict, source: str = "params") -> Params:
+    """Validate a params mapping; raise ConfigError naming every bad key."""
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(f"{path} is invalid:\n{_format_errors(exc)}") from exc
+        raise ConfigError(f"{source} is invalid:\n{_format_errors(exc)}") from exc
 
 
 def resolve_path(value: str, base: Path | None = None) -> Path:

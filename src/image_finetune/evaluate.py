@@ -9,12 +9,14 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import keras
 import numpy as np
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from image_finetune.config import EvaluateParams
+
+if TYPE_CHECKING:  # keras stays out of imports that only need the file names below
+    import keras
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,8 @@ def classification_metrics(
     seed: int = 0,
 ) -> dict:
     """Accuracy, macro and per-class P/R/F1, confusion matrix, ECE, bootstrap CI."""
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
     predicted = probs.argmax(axis=1)
     correct = predicted == labels
     indices = list(range(len(class_names)))
