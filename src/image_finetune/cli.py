@@ -254,6 +254,8 @@ def predict_batch(
     source: Annotated[Path, typer.Argument(help="folder or .tar(.gz) of images")],
     out: Annotated[Path, typer.Option(help="CSV of predictions")] = Path("predictions.csv"),
     model: Annotated[str, typer.Option(help="models:/name@alias, runs:/..., or a .keras")] = "",
+    data_manifest: Annotated[Path, typer.Option(help="class names for a bare .keras")] = Path(
+        "data/ingested/manifest.json"),
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Batch inference over a folder or archive of images, to a CSV."""
@@ -263,14 +265,13 @@ def predict_batch(
 
     config, _ = _params(params)
     uri = model or f"models:/{config.registry.model_name}@champion"
-    if uri.startswith("models:/"):
+    names = None
+    if uri.startswith(("models:/", "runs:/")):
         from image_finetune.registry import _client
 
-        _client(config.registry)
-    names = None
-    manifest = Path("data/ingested/manifest.json")
-    if manifest.exists():
-        names = json.loads(manifest.read_text())["class_names"]
+        _client(config.registry)  # points MLflow at the configured store, failing fast
+    elif data_manifest.exists():  # a bare model file: class names from the dataset
+        names = json.loads(data_manifest.read_text())["class_names"]
     count = predict_folder(uri, source, out, class_names=names)
     typer.echo(f"{count} images -> {out}")
 

@@ -242,9 +242,10 @@ def predict_folder(
     """
     from tqdm import tqdm
 
-    model = _load_for_batch(model_uri)
+    model, registered_names = _load_for_batch(model_uri)
     size = int(model.input_shape[1])
-    names = class_names or [str(i) for i in range(int(model.output_shape[-1]))]
+    names = class_names or registered_names or [
+        str(i) for i in range(int(model.output_shape[-1]))]
     rows: list[dict] = []
     pending: list[tuple[str, np.ndarray]] = []
 
@@ -278,14 +279,23 @@ def predict_folder(
     return len(rows)
 
 
-def _load_for_batch(model_uri: str):
-    if model_uri.startswith(("models:/", "runs:/")):
-        import mlflow
+def _load_for_batch(model_uri: str) -> tuple[object, list[str] | None]:
+    """The model behind a URI or file, with the class names its registry version carries."""
+    if not model_uri.startswith(("models:/", "runs:/")):
+        from image_finetune.train import load_classifier
 
-        return mlflow.keras.load_model(model_uri)
-    from image_finetune.train import load_classifier
+        return load_classifier(Path(model_uri)), None
+    import mlflow
 
-    return load_classifier(Path(model_uri))
+    model = mlflow.keras.load_model(model_uri)
+    if not model_uri.startswith("models:/"):
+        return model, None
+    name, _, ref = model_uri.removeprefix("models:/").replace("@", "/@").partition("/")
+    client = mlflow.MlflowClient()
+    version = (client.get_model_version_by_alias(name, ref[1:]) if ref.startswith("@")
+               else client.get_model_version(name, ref))
+    names = version.tags.get("class_names")
+    return model, json.loads(names) if names else None
 
 
 def export_saved_model(model_path: Path, out_dir: Path) -> Path:

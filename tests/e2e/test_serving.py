@@ -209,6 +209,8 @@ def test_batch_inference_writes_a_csv_and_names_unreadable_files(champion, tmp_p
     broken = [r for r in rows if r["file"].endswith("broken.jpg")]
     assert broken and "not an image file" in broken[0]["error"]
     assert sum(r["error"] == "" for r in rows) == 20
+    classes = set(read_manifest(champion["data"])["class_names"])
+    assert {r["predicted"] for r in rows if not r["error"]} <= classes  # names, not indices
 
 
 def test_mlflow_models_serve_answers_with_the_same_predictions(champion):
