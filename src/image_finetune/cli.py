@@ -220,8 +220,9 @@ def models(params: ParamsOption = Path("params.yaml")) -> None:
         typer.echo(f"{row['version']:>7}  {','.join(row['aliases']) or '-':<22} {accuracy:>8} "
                    f"{f1:>8}  {row['created']}")
     for entry in promotion_history(config.registry):
-        typer.echo(f"{entry['at']} {entry['action']:<8} v{entry['version']} (previous "
-                   f"v{entry['previous']}) by {entry['by']}: {entry['reason']}")
+        previous = f"v{entry['previous']}" if entry["previous"] else "none"
+        typer.echo(f"{entry['at']} {entry['action']:<8} v{entry['version']} (previous: "
+                   f"{previous}) by {entry['by']}: {entry['reason']}")
 
 
 @app.command()
