@@ -29,6 +29,20 @@ FAIL_THEN_PASS_LADDER = [
 ]
 
 
+def small_run_params(folder: Path, weights: Path, gate: dict) -> dict:
+    """The project's params.yaml for a small real subset: the two-rung ladder whose first
+    rung fails, cheap evaluation, and the given gate."""
+    import yaml
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["data"].update(path=str(folder), validation_fraction=0.2)
+    params["model"]["weights"] = str(weights)
+    params["train"]["ladder"] = FAIL_THEN_PASS_LADDER
+    params["evaluate"].update(bootstrap_samples=200, latency_runs=5, gallery_size=12)
+    params["gate"].update(gate)
+    return params
+
+
 TIERS = ("unit", "data", "model", "e2e", "integration")
 
 

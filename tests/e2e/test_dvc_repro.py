@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import FAIL_THEN_PASS_LADDER
+from tests.conftest import small_run_params
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin"
@@ -25,12 +25,7 @@ def project_copy(tmp: Path, folder: Path, weights: Path, gate: dict) -> Path:
         if source.is_file():
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, tmp / name)
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["data"].update(path=str(folder), validation_fraction=0.2)
-    params["model"]["weights"] = str(weights)
-    params["train"]["ladder"] = FAIL_THEN_PASS_LADDER
-    params["evaluate"].update(bootstrap_samples=200, latency_runs=5, gallery_size=12)
-    params["gate"].update(gate)
+    params = small_run_params(folder, weights, gate)
     (tmp / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     subprocess.run(["git", "init", "-q"], cwd=tmp, check=True)
     return tmp

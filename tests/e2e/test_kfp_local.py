@@ -13,13 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
 from mlflow import MlflowClient
 
 from image_finetune.config import Params
 from image_finetune.registry import git_commit
 from pipelines.local import LocalRun, run_local
-from tests.conftest import FAIL_THEN_PASS_LADDER
+from tests.conftest import small_run_params
 
 ROOT = Path(__file__).resolve().parents[2]
 PASSABLE = {"min_accuracy": 0.3, "min_macro_f1": 0.2, "min_class_recall": 0.0,
@@ -38,12 +37,7 @@ class PipelineRun:
 
 def small_run(folder: Path, weights: Path, tracking_db: Path, gate: dict) -> Params:
     """params.yaml for a small real subset, the two-rung ladder and its own MLflow store."""
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw["data"].update(path=str(folder), validation_fraction=0.2)
-    raw["model"]["weights"] = str(weights)
-    raw["train"]["ladder"] = FAIL_THEN_PASS_LADDER
-    raw["evaluate"].update(bootstrap_samples=200, latency_runs=5, gallery_size=12)
-    raw["gate"].update(gate)
+    raw = small_run_params(folder, weights, gate)
     raw["registry"]["tracking_uri"] = f"sqlite:///{tracking_db}"
     return Params.model_validate(raw)
 
