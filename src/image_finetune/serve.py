@@ -56,23 +56,20 @@ def top_k(probabilities: np.ndarray, class_names: list[str], k: int) -> list[lis
             for row, best in zip(probabilities, order, strict=True)]
 
 
-def load_version(tracking_uri: str, model_name: str, alias: str) -> LoadedModel:
-    """Load the version an alias points at, with its class names."""
+def registered_class_names(version) -> list[str] | None:
+    """The class names a registered version carries in its tags (None: not recorded)."""
+    names = version.tags.get("class_names")
+    return json.loads(names) if names else None
+
+
+def load_version(model_name: str, version) -> LoadedModel:
+    """Load one registered version, with its class names."""
     import mlflow
 
-    from image_finetune.config import RegistryParams
-    from image_finetune.registry import _client, _version_by_alias
-
-    client = _client(RegistryParams(tracking_uri=tracking_uri, model_name=model_name))
-    version = _version_by_alias(client, model_name, alias)
-    if version is None:
-        raise MissingInputError(f"{model_name} has no version with alias {alias!r}")
     model = mlflow.keras.load_model(f"models:/{model_name}/{version.version}")
-    input_size = int(model.input_shape[1])
-    n_classes = int(model.output_shape[-1])
-    names = version.tags.get("class_names")
-    class_names = json.loads(names) if names else [str(i) for i in range(n_classes)]
-    return LoadedModel(model, str(version.version), class_names, input_size)
+    class_names = registered_class_names(version) or [
+        str(i) for i in range(int(model.output_shape[-1]))]
+    return LoadedModel(model, str(version.version), class_names, int(model.input_shape[1]))
 
 
 class ChampionHolder:
@@ -85,10 +82,22 @@ class ChampionHolder:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def load(self) -> LoadedModel:
-        """Load the alias' version now (replacing the served one when it differs)."""
-        loaded = load_version(self.settings.tracking_uri, self.settings.model_name,
-                              self.settings.alias)
+    def _target(self):
+        """The version the alias points at now (None: no such alias)."""
+        from image_finetune.config import RegistryParams
+        from image_finetune.registry import _client, _version_by_alias
+
+        client = _client(RegistryParams(tracking_uri=self.settings.tracking_uri,
+                                        model_name=self.settings.model_name))
+        return _version_by_alias(client, self.settings.model_name, self.settings.alias)
+
+    def load(self, version=None) -> LoadedModel:
+        """Load ``version`` (default: the alias' version now) and serve it."""
+        version = version or self._target()
+        if version is None:
+            raise MissingInputError(
+                f"{self.settings.model_name} has no version with alias {self.settings.alias!r}")
+        loaded = load_version(self.settings.model_name, version)
         with self._lock:
             self.current = loaded
         log.info("serving %s v%s", self.settings.model_name, loaded.version)
@@ -96,15 +105,10 @@ class ChampionHolder:
 
     def refresh(self) -> bool:
         """Swap in the alias' version if it moved; True when it did."""
-        from image_finetune.config import RegistryParams
-        from image_finetune.registry import _client, _version_by_alias
-
-        client = _client(RegistryParams(tracking_uri=self.settings.tracking_uri,
-                                        model_name=self.settings.model_name))
-        target = _version_by_alias(client, self.settings.model_name, self.settings.alias)
+        target = self._target()
         if target is None or (self.current and self.current.version == str(target.version)):
             return False
-        self.load()
+        self.load(target)
         return True
 
     def start_polling(self) -> None:
@@ -294,8 +298,7 @@ def _load_for_batch(model_uri: str) -> tuple[object, list[str] | None]:
     client = mlflow.MlflowClient()
     version = (client.get_model_version_by_alias(name, ref[1:]) if ref.startswith("@")
                else client.get_model_version(name, ref))
-    names = version.tags.get("class_names")
-    return model, json.loads(names) if names else None
+    return model, registered_class_names(version)
 
 
 def export_saved_model(model_path: Path, out_dir: Path) -> Path:
