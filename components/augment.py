@@ -2,10 +2,10 @@
 
 from kfp.dsl import HTML, Artifact, Dataset, Input, Output
 
-from components.runtime import read_params, step
+from components.runtime import component, read_params
 
 
-@step
+@component
 def preview_augmentation(
     augment: str, train: str, dataset: Input[Dataset], policy: Output[Artifact],
     preview: Output[HTML],
@@ -17,11 +17,10 @@ def preview_augmentation(
     import base64
     from pathlib import Path
 
-    from image_finetune.augment import preview_dataset
+    from image_finetune.steps.augment import preview_augmentation
 
-    params = read_params(augment=augment, train=train)
-    grid = preview_dataset(params.augment, Path(dataset.path), Path(policy.path),
-                           params.train.seed)
+    grid = preview_augmentation(read_params(augment=augment, train=train), Path(dataset.path),
+                                Path(policy.path))
     encoded = base64.b64encode(grid.read_bytes()).decode()
     Path(preview.path).write_text(
         f"<!doctype html><title>Augmentation preview</title>"

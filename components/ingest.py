@@ -2,10 +2,10 @@
 
 from kfp.dsl import Dataset, Output
 
-from components.runtime import step
+from components.runtime import component, read_params
 
 
-@step
+@component
 def ingest_data(data: str, dataset: Output[Dataset]) -> None:
     """Read the data source and write canonical train/validation/test arrays.
 
@@ -14,11 +14,9 @@ def ingest_data(data: str, dataset: Output[Dataset]) -> None:
     """
     from pathlib import Path
 
-    from image_finetune.config import DataParams, resolve_path
-    from image_finetune.data.ingest import ingest
+    from image_finetune.steps.ingest import ingest_data
 
-    params = DataParams.model_validate_json(data)
-    manifest = ingest(params, resolve_path(params.path, Path.cwd()), Path(dataset.path))
+    manifest = ingest_data(read_params(data=data), Path(dataset.path), Path.cwd())
     dataset.metadata["class_names"] = manifest["class_names"]
     dataset.metadata["splits"] = {name: split["count"]
                                   for name, split in manifest["splits"].items()}

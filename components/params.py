@@ -1,9 +1,9 @@
 """The ``check-params`` step: the run's parameters against the typed config, before any work."""
 
-from components.runtime import read_params, step
+from components.runtime import component, read_params
 
 
-@step
+@component
 def check_params(
     rungs: int,
     data: str,
@@ -17,12 +17,8 @@ def check_params(
 ) -> None:
     """Validate every section (``image-finetune check-params``); the ladder must have the
     number of rungs the pipeline was compiled for."""
-    from image_finetune.errors import ConfigError
+    from image_finetune.steps.check_params import check_params
 
-    params = read_params(data=data, validate=validate, augment=augment, model=model, train=train,
-                         evaluate=evaluate, gate=gate, registry=registry)
-    if len(params.train.ladder) != rungs:
-        raise ConfigError(
-            f"train.ladder has {len(params.train.ladder)} rungs but this pipeline was compiled "
-            f"for {rungs}: recompile it from these params (python -m pipelines.cli compile)")
-    print(params.model_dump_json(indent=2, by_alias=True))
+    print(check_params(read_params(data=data, validate=validate, augment=augment, model=model,
+                                   train=train, evaluate=evaluate, gate=gate,
+                                   registry=registry), rungs))

@@ -2,10 +2,10 @@
 
 from kfp.dsl import Artifact, Dataset, Input, Markdown, Model, Output
 
-from components.runtime import read_params, step
+from components.runtime import component, read_params
 
 
-@step
+@component
 def register_classifier(
     data: str,
     validate: str,
@@ -19,25 +19,29 @@ def register_classifier(
     lineage: dict,
     classifier: Input[Model],
     dataset: Input[Dataset],
+    validation: Input[Artifact],
     evaluation: Input[Artifact],
     decision: Input[Artifact],
-    registration: Output[Markdown],
+    registration: Output[Artifact],
+    summary: Output[Markdown],
 ) -> None:
     """Register the classifier that passed the final gate as ``challenger``, and promote it
     to ``champion`` when it beats the current one. Every section is passed: the registered
-    version is tagged with the hash of the whole configuration."""
+    version is tagged with the hash of the whole configuration. ``registration`` is the
+    outcome as JSON, ``summary`` the same for the KFP UI."""
     from pathlib import Path
 
-    from image_finetune.registry import register_candidate
-    from image_finetune.train import MODEL_FILE
+    from image_finetune.inference import MODEL_FILE
+    from image_finetune.steps.register import register_classifier
 
     params = read_params(data=data, validate=validate, augment=augment, model=model, train=train,
                          evaluate=evaluate, gate=gate, registry=registry)
-    outcome = register_candidate(
-        params, Path(classifier.path) / MODEL_FILE, Path(evaluation.path), Path(decision.path),
-        Path(dataset.path), pipeline_run_id, lineage,
-    )
+    outcome = register_classifier(
+        params, Path(dataset.path), Path(evaluation.path), Path(decision.path),
+        Path(registration.path), Path.cwd(), model=Path(classifier.path) / MODEL_FILE,
+        validation=Path(validation.path), pipeline_run_id=pipeline_run_id,
+        lineage_extra=lineage)
     registration.metadata.update(outcome)
-    Path(registration.path).write_text(
+    Path(summary.path).write_text(
         f"# {params.registry.model_name} v{outcome['version']}\n\n"
         + "\n".join(f"- {key}: {value}" for key, value in outcome.items()) + "\n")

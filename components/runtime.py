@@ -50,9 +50,10 @@ def read_params(**sections: str) -> "Params":
                         "pipeline parameters")
 
 
-def step(func: Callable) -> PythonComponent:
+def component(func: Callable) -> PythonComponent:
     """A lightweight component on the project's CPU image that installs nothing at run time,
-    with :func:`read_params` embedded beside it."""
+    with :func:`read_params` embedded beside it. Its function parses its inputs, calls
+    exactly one step of ``image_finetune.steps`` and reports the results to KFP."""
     return dsl.component(
         func,
         base_image=cpu_image(configured_image()),

@@ -2,18 +2,17 @@
 
 from kfp.dsl import Markdown, Output, PipelineTaskFinalStatus
 
-from components.runtime import step
+from components.runtime import component
 
 
-@step
+@component
 def record_status(status: PipelineTaskFinalStatus, run_status: Output[Markdown]) -> None:
     """Write the run's final state and, if it failed, the error (``dsl.ExitHandler`` task)."""
     from pathlib import Path
 
-    facts = {"state": status.state, "run": status.pipeline_job_resource_name,
-             "error": status.error_message or ""}
+    from image_finetune.steps.record_status import record_status
+
+    facts = record_status(status.state, status.pipeline_job_resource_name,
+                          status.error_message, Path(run_status.path))
     run_status.metadata.update(facts)
-    Path(run_status.path).write_text(
-        f"# Pipeline {status.state}\n\n" + "\n".join(f"- {k}: {v}" for k, v in facts.items())
-        + "\n")
     print(f"pipeline {status.state}: {facts['error'] or 'no error'}")

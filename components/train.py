@@ -1,14 +1,13 @@
-"""The ``train`` step for one rung of the ladder (one attempt of DVC's ``train`` stage)."""
+"""The ``train-rung`` step: one rung of the ladder (one attempt of DVC's ``train`` stage)."""
 
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
-from components.runtime import read_params, step
+from components.runtime import component, read_params
 
 
-@step
+@component
 def train_rung(
     index: int,
-    data: str,
     model: str,
     train: str,
     augment: str,
@@ -24,24 +23,22 @@ def train_rung(
     the feature cache, checkpoints and finished attempts (so a retried or repeated attempt
     resumes or is reused); empty means a scratch folder that ends with the task. A relative
     ``model.weights`` is resolved against the working directory. ``metrics`` shows the
-    attempt's figures in the KFP UI; its file is the library's result.json.
+    attempt's figures in the KFP UI; its file is the step's result.json.
     """
     import shutil
     import tempfile
     from pathlib import Path
 
-    from image_finetune.train import MODEL_FILE
-    from image_finetune.train import train_rung as run
+    from image_finetune.inference import MODEL_FILE
+    from image_finetune.steps.train_rung import RESULT_FILE, train_rung
 
-    params = read_params(data=data, model=model, train=train, augment=augment)
-    result = run(
-        params, index, Path(dataset.path), Path(classifier.path), Path.cwd(),
-        Path(cache_dir or tempfile.mkdtemp(prefix="image-finetune-cache-")),
-        Path(warm_start.path) / MODEL_FILE if warm_start else None,
-    )
+    result = train_rung(
+        read_params(model=model, train=train, augment=augment), index, Path(dataset.path),
+        Path(classifier.path), Path(cache_dir or tempfile.mkdtemp(prefix="image-finetune-")),
+        Path.cwd(), Path(warm_start.path) / MODEL_FILE if warm_start else None)
     classifier.metadata.update(rung=index, rung_name=result.rung, mode=result.mode,
                                epochs_run=result.epochs_run, backend=result.backend)
     for name in ("best_val_accuracy", "epochs_run", "train_seconds", "embed_seconds",
                  "images_per_second", "trainable_params"):
         metrics.log_metric(name, getattr(result, name))
-    shutil.copyfile(Path(classifier.path) / "result.json", metrics.path)
+    shutil.copyfile(Path(classifier.path) / RESULT_FILE, metrics.path)

@@ -2,10 +2,10 @@
 
 from kfp.dsl import Artifact, Dataset, Input, Markdown, Output
 
-from components.runtime import step
+from components.runtime import component, read_params
 
 
-@step
+@component
 def validate_data(
     validate: str, dataset: Input[Dataset], validation: Output[Artifact],
     summary: Output[Markdown],
@@ -17,10 +17,9 @@ def validate_data(
     """
     from pathlib import Path
 
-    from image_finetune.config import ValidateParams
-    from image_finetune.validation.suites import validate_dataset
+    from image_finetune.steps.validate import validate_data
 
-    outcome = validate_dataset(Path(dataset.path), ValidateParams.model_validate_json(validate),
-                               Path(validation.path))
-    Path(summary.path).write_text(f"```\n{outcome.summary()}\n```\n")
-    validation.metadata.update(expectations=outcome.evaluated, warnings=len(outcome.warnings))
+    report = validate_data(read_params(validate=validate), Path(dataset.path),
+                           Path(validation.path))
+    Path(summary.path).write_text(f"```\n{report.summary()}\n```\n")
+    validation.metadata.update(expectations=report.evaluated, warnings=len(report.warnings))

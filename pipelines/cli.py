@@ -18,8 +18,8 @@ import yaml
 from pydantic import ValidationError
 
 from components.runtime import DEFAULT_IMAGE, IMAGE_ENV
-from image_finetune.cli import step
 from image_finetune.config import Params, load_params
+from image_finetune.console import reported
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Compile, run locally (kfp.local) or submit the Kubeflow pipeline.")
@@ -69,13 +69,13 @@ def _deployment(image: str, gpus: int):
 
 
 def _git_commit(params: Path) -> str:
-    from image_finetune.registry import git_commit
+    from image_finetune.registry.lineage import git_commit
 
     return git_commit(params.resolve().parent)
 
 
 @app.command()
-@step
+@reported
 def compile(
     params: ParamsOption = Path("params.yaml"),
     overrides: SetOption = None,
@@ -95,7 +95,7 @@ def compile(
 
 
 @app.command("run-local")
-@step
+@reported
 def run_local(
     params: ParamsOption = Path("params.yaml"),
     overrides: SetOption = None,
@@ -118,7 +118,7 @@ def run_local(
 
 
 @app.command()
-@step
+@reported
 def submit(
     host: Annotated[str, typer.Option(envvar="KFP_HOST", help="KFP API endpoint")],
     namespace: Annotated[str, typer.Option(envvar="KFP_NAMESPACE",

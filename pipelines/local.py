@@ -26,7 +26,7 @@ from kfp.local.orchestrator.orchestrator_utils import OrchestratorUtils
 from kfp.pipeline_spec import pipeline_spec_pb2
 
 from image_finetune.config import Params
-from image_finetune.registry import git_commit
+from image_finetune.registry.lineage import git_commit
 from pipelines.pipeline import build_pipeline, section_arguments
 
 # Expected under the subprocess runner: the images are not Python images, and resource

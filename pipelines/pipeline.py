@@ -21,7 +21,7 @@ import json
 from dataclasses import dataclass, field
 
 from kfp import compiler, dsl
-from kfp.dsl import Dataset, Input, Model
+from kfp.dsl import Artifact, Dataset, Input, Model
 from kfp.dsl.graph_component import GraphComponent
 from kfp.dsl.pipeline_channel import PipelineChannel
 from kfp.dsl.pipeline_task import PipelineTask
@@ -44,7 +44,10 @@ from image_finetune.config import Params
 
 PIPELINE_NAME = "image-finetune"
 # The sections an attempt (train, evaluate on validation, gate) reads.
-ATTEMPT_SECTIONS = ("data", "model", "train", "augment", "evaluate", "gate")
+ATTEMPT_SECTIONS = ("model", "train", "augment", "evaluate", "gate")
+DESCRIPTION = ("Fine-tune a pretrained CNN: ingest, validate, augment, climb the ladder of "
+               "training configurations until one passes the gate, evaluate on test, register "
+               "and promote in MLflow.")
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,108 @@ def section_arguments(params: Params) -> dict[str, str]:
             for name, section in params.model_dump(mode="json", by_alias=True).items()}
 
 
+class Ladder:
+    """The retrain loop, unrolled: attempt k trains rung k (warm-started from k-1), evaluates
+    it on validation and gates it; under ``dsl.If(failed)`` attempt k+1 follows as a
+    sub-pipeline, under ``dsl.Else`` the classifier is handed on; ``dsl.OneOf`` joins them."""
+
+    def __init__(self, params: Params, deployment: Deployment):
+        self.rungs = params.train.ladder
+        self.deployment = deployment
+        self.retries: dict[int, GraphComponent] = {}
+        for index in range(len(self.rungs) - 1, 0, -1):  # each refers to the next: build back
+            self.retries[index] = self._sub_pipeline(index)
+
+    def attempt(
+        self, index: int, sections: dict, dataset: PipelineChannel, cache_dir: PipelineChannel,
+        warm_start: PipelineChannel | None = None, previous: PipelineChannel | None = None,
+        after: tuple[PipelineTask, ...] = (),
+    ) -> tuple[PipelineChannel, PipelineTask]:
+        """Rung ``index`` and the attempts after it; return the winning classifier and this
+        rung's gate."""
+        trained, gated = self._train_evaluate_gate(index, sections, dataset, cache_dir,
+                                                   warm_start, previous, after)
+        if index == len(self.rungs) - 1:
+            return trained.outputs["classifier"], gated
+        with dsl.If(gated.outputs["passed"] == False, name=f"rung-{index}-failed"):  # noqa: E712
+            retried = self.retries[index + 1](
+                **{name: sections[name] for name in ATTEMPT_SECTIONS}, cache_dir=cache_dir,
+                dataset=dataset, warm_start=trained.outputs["classifier"],
+                previous=gated.outputs["decision"],
+            ).set_display_name(f"retrain with rung {index + 1} ({self.rungs[index + 1].name})")
+        with dsl.Else(name=f"rung-{index}-passed"):
+            selected = self.deployment.on_cpu(select_classifier(
+                classifier=trained.outputs["classifier"]), "500m", "1G",
+            ).set_display_name(f"hand rung {index} on")
+        return dsl.OneOf(retried.output, selected.outputs["winner"]), gated
+
+    def _train_evaluate_gate(self, index, sections, dataset, cache_dir, warm_start, previous,
+                             after) -> tuple[PipelineTask, PipelineTask]:
+        rung, start = self.rungs[index], {"warm_start": warm_start} if warm_start else {}
+        trained = self.deployment.for_training(train_rung(
+            index=index, model=sections["model"], train=sections["train"],
+            augment=sections["augment"], cache_dir=cache_dir, dataset=dataset, **start,
+        )).set_display_name(f"train rung {index} ({rung.name})").after(*after)
+        evaluated = self.deployment.on_cpu(evaluate_classifier(
+            split="validation", evaluate=sections["evaluate"], train=sections["train"],
+            dataset=dataset, classifier=trained.outputs["classifier"],
+        ), "4", "8G").set_display_name(f"evaluate rung {index} on validation")
+        earlier = {"previous": previous} if previous is not None else {}
+        gated = self.deployment.on_cpu(gate_attempt(
+            index=index, rung=rung.name, rungs=len(self.rungs), gate=sections["gate"],
+            evaluation=evaluated.outputs["evaluation"], **earlier,
+        ), "500m", "1G").set_display_name(f"gate rung {index}")
+        return trained, gated
+
+    def _sub_pipeline(self, index: int) -> GraphComponent:
+        @dsl.pipeline(name=f"attempt-{index}",
+                      description=f"Rung {index} ({self.rungs[index].name}), warm-started from "
+                                  f"rung {index - 1}, and the attempts after it.")
+        def retry(model: str, train: str, augment: str, evaluate: str, gate: str,
+                  cache_dir: str, dataset: Input[Dataset], warm_start: Input[Model],
+                  previous: Input[Artifact]) -> Model:
+            sections = {"model": model, "train": train, "augment": augment,
+                        "evaluate": evaluate, "gate": gate}
+            winner, _ = self.attempt(index, sections, dataset, cache_dir, warm_start, previous)
+            return winner
+
+        return retry
+
+
+def _prepare_data(sections: dict, deployment: Deployment, checked: PipelineTask):
+    """ingest -> validate -> preview the augmentation; return the three tasks."""
+    ingested = deployment.on_cpu(ingest_data(data=sections["data"]), "2", "4G", retries=2)
+    ingested.set_display_name("ingest").after(checked)
+    dataset = ingested.outputs["dataset"]
+    validated = deployment.on_cpu(validate_data(validate=sections["validate"], dataset=dataset),
+                                  "2", "8G").set_display_name("validate the data")
+    previewed = deployment.on_cpu(preview_augmentation(
+        augment=sections["augment"], train=sections["train"], dataset=dataset), "1", "2G",
+    ).set_display_name("preview the augmentation").after(validated)
+    return ingested, validated, previewed
+
+
+def _test_and_register(sections: dict, deployment: Deployment, winner, first_gate, ingested,
+                       validated, git_commit: str) -> None:
+    """Evaluate the winner on test, apply the final gate, register and promote."""
+    dataset = ingested.outputs["dataset"]
+    tested = deployment.on_cpu(evaluate_classifier(
+        split="test", evaluate=sections["evaluate"], train=sections["train"], dataset=dataset,
+        classifier=winner), "4", "8G").set_display_name("evaluate the winner on test")
+    tested.after(first_gate)
+    # The champion changes between runs: the final gate and registration never cache.
+    decided = deployment.on_cpu(final_gate(
+        gate=sections["gate"], registry=sections["registry"],
+        evaluation=tested.outputs["evaluation"]), "1", "2G", retries=2, cache=False,
+    ).set_display_name("final gate on test")
+    deployment.on_cpu(register_classifier(
+        **sections, pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        lineage={"git_commit": git_commit, "orchestrator": "kubeflow"},
+        classifier=winner, dataset=dataset, validation=validated.outputs["validation"],
+        evaluation=tested.outputs["evaluation"], decision=decided.outputs["decision"],
+    ), "2", "4G", retries=2, cache=False).set_display_name("register and promote")
+
+
 def build_pipeline(
     params: Params, deployment: Deployment | None = None, git_commit: str = "unknown"
 ) -> GraphComponent:
@@ -89,108 +194,27 @@ def build_pipeline(
     defaults. ``git_commit`` (of the pipeline's source) tags registered models."""
     deployment = deployment or Deployment()
     defaults = section_arguments(params)
-    ladder = params.train.ladder
-    last = len(ladder) - 1
-    retries: dict[int, GraphComponent] = {}
+    ladder = Ladder(params, deployment)
+    rungs = len(params.train.ladder)
 
-    def attempt(
-        index: int, sections: dict, dataset: PipelineChannel, cache_dir: PipelineChannel,
-        warm_start: PipelineChannel | None = None, after: tuple[PipelineTask, ...] = (),
-    ) -> tuple[PipelineChannel, PipelineTask]:
-        """Train, evaluate and gate rung ``index`` and what follows; return the winning
-        classifier and this rung's gate."""
-        rung = ladder[index]
-        start = {"warm_start": warm_start} if warm_start is not None else {}
-        trained = deployment.for_training(train_rung(
-            index=index, data=sections["data"], model=sections["model"],
-            train=sections["train"], augment=sections["augment"], cache_dir=cache_dir,
-            dataset=dataset, **start,
-        )).set_display_name(f"train rung {index} ({rung.name})").after(*after)
-        evaluated = deployment.on_cpu(evaluate_classifier(
-            split="validation", evaluate=sections["evaluate"], train=sections["train"],
-            dataset=dataset, classifier=trained.outputs["classifier"],
-        ), "4", "8G").set_display_name(f"evaluate rung {index} on validation")
-        gated = deployment.on_cpu(gate_attempt(
-            index=index, last=index == last, gate=sections["gate"],
-            evaluation=evaluated.outputs["evaluation"],
-        ), "500m", "1G").set_display_name(f"gate rung {index}")
-        if index == last:
-            return trained.outputs["classifier"], gated
-        with dsl.If(gated.outputs["passed"] == False, name=f"rung-{index}-failed"):  # noqa: E712
-            retried = retries[index + 1](
-                **{name: sections[name] for name in ATTEMPT_SECTIONS}, cache_dir=cache_dir,
-                dataset=dataset, warm_start=trained.outputs["classifier"],
-            ).set_display_name(f"retrain with rung {index + 1} ({ladder[index + 1].name})")
-        with dsl.Else(name=f"rung-{index}-passed"):
-            selected = deployment.on_cpu(select_classifier(
-                classifier=trained.outputs["classifier"]), "500m", "1G",
-            ).set_display_name(f"hand rung {index} on")
-        return dsl.OneOf(retried.output, selected.outputs["winner"]), gated
-
-    def attempt_pipeline(index: int) -> GraphComponent:
-        @dsl.pipeline(name=f"attempt-{index}",
-                      description=f"Rung {index} ({ladder[index].name}), warm-started from "
-                                  f"rung {index - 1}, and the attempts after it.")
-        def retry(data: str, model: str, train: str, augment: str, evaluate: str,
-                  gate: str, cache_dir: str, dataset: Input[Dataset],
-                  warm_start: Input[Model]) -> Model:
-            sections = {"data": data, "model": model, "train": train, "augment": augment,
-                        "evaluate": evaluate, "gate": gate}
-            winner, _ = attempt(index, sections, dataset, cache_dir, warm_start)
-            return winner
-
-        return retry
-
-    for index in range(last, 0, -1):  # each attempt refers to the next, so build from the end
-        retries[index] = attempt_pipeline(index)
-
-    @dsl.pipeline(
-        name=PIPELINE_NAME,
-        description="Fine-tune a pretrained CNN: ingest, validate, augment, climb the ladder of "
-                    "training configurations until one passes the gate, evaluate on test, "
-                    "register and promote in MLflow.",
-    )
+    @dsl.pipeline(name=PIPELINE_NAME, description=DESCRIPTION)
     def image_finetune(
-        data: str = defaults["data"],
-        validate: str = defaults["validate"],
-        augment: str = defaults["augment"],
-        model: str = defaults["model"],
-        train: str = defaults["train"],
-        evaluate: str = defaults["evaluate"],
-        gate: str = defaults["gate"],
-        registry: str = defaults["registry"],
-        cache_dir: str = "",
+        data: str = defaults["data"], validate: str = defaults["validate"],
+        augment: str = defaults["augment"], model: str = defaults["model"],
+        train: str = defaults["train"], evaluate: str = defaults["evaluate"],
+        gate: str = defaults["gate"], registry: str = defaults["registry"], cache_dir: str = "",
     ) -> None:
         sections = {"data": data, "validate": validate, "augment": augment, "model": model,
                     "train": train, "evaluate": evaluate, "gate": gate, "registry": registry}
         status = deployment.on_cpu(record_status(), "100m", "256M", cache=False)
         with dsl.ExitHandler(status.set_display_name("record the final status"), "fine-tune"):
-            checked = deployment.on_cpu(check_params(rungs=len(ladder), **sections),
-                                        "100m", "512M").set_display_name("check params")
-            ingested = deployment.on_cpu(ingest_data(data=data), "2", "4G", retries=2)
-            ingested.set_display_name("ingest").after(checked)
-            dataset = ingested.outputs["dataset"]
-            validated = deployment.on_cpu(validate_data(validate=validate, dataset=dataset),
-                                          "2", "8G").set_display_name("validate the data")
-            previewed = deployment.on_cpu(preview_augmentation(
-                augment=augment, train=train, dataset=dataset), "1", "2G",
-            ).set_display_name("preview the augmentation").after(validated)
-            winner, first_gate = attempt(0, sections, dataset, cache_dir, after=(previewed,))
-            tested = deployment.on_cpu(evaluate_classifier(
-                split="test", evaluate=evaluate, train=train, dataset=dataset,
-                classifier=winner,
-            ), "4", "8G").set_display_name("evaluate the winner on test").after(first_gate)
-            # The champion changes between runs: the final gate and registration never cache.
-            decided = deployment.on_cpu(final_gate(
-                gate=gate, registry=registry, train=train,
-                evaluation=tested.outputs["evaluation"],
-            ), "1", "2G", retries=2, cache=False).set_display_name("final gate on test")
-            deployment.on_cpu(register_classifier(
-                **sections, pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-                lineage={"git_commit": git_commit, "orchestrator": "kubeflow"},
-                classifier=winner, dataset=dataset, evaluation=tested.outputs["evaluation"],
-                decision=decided.outputs["decision"],
-            ), "2", "4G", retries=2, cache=False).set_display_name("register and promote")
+            checked = deployment.on_cpu(check_params(rungs=rungs, **sections), "100m", "512M")
+            checked.set_display_name("check params")
+            ingested, validated, previewed = _prepare_data(sections, deployment, checked)
+            winner, first_gate = ladder.attempt(0, sections, ingested.outputs["dataset"],
+                                                cache_dir, after=(previewed,))
+            _test_and_register(sections, deployment, winner, first_gate, ingested, validated,
+                               git_commit)
 
     return image_finetune
 

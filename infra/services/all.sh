@@ -3,6 +3,7 @@
 #   all.sh start    postgres -> ceph rgw -> mlflow (each idempotent)
 #   all.sh stop     mlflow -> ceph rgw -> postgres (data kept in the state dir)
 #   all.sh status   exit 0 when all three are up
+#   all.sh restart  stop, then start
 #   all.sh env      print `export` lines for clients:
 #                   eval "$(infra/services/all.sh env)"
 set -euo pipefail
@@ -11,32 +12,33 @@ SERVICE_NAME=all
 # shellcheck source=infra/services/lib.sh
 source "${HERE}/lib.sh"
 
-start() {
-  local t0
+SERVICES=(postgres ceph_rgw mlflow_server)
+SVC_COMMANDS+=(env)
+
+cmd_start() {
+  local t0 name
   t0="$(timer_start)"
-  bash "${HERE}/postgres.sh" start
-  bash "${HERE}/ceph_rgw.sh" start
-  bash "${HERE}/mlflow_server.sh" start
+  for name in "${SERVICES[@]}"; do
+    bash "${HERE}/${name}.sh" start
+  done
   log "all services ready in $(timer_elapsed "${t0}")s"
 }
 
-stop() {
-  local rc=0
-  bash "${HERE}/mlflow_server.sh" stop || rc=1
-  bash "${HERE}/ceph_rgw.sh" stop || rc=1
-  bash "${HERE}/postgres.sh" stop || rc=1
+# each ACTION NAME...: ACTION on every named service, even after a failure;
+# exit status 1 when one failed.
+each() {
+  local action="$1" rc=0 name
+  shift
+  for name in "$@"; do
+    bash "${HERE}/${name}.sh" "${action}" || rc=1
+  done
   return "${rc}"
 }
 
-status() {
-  local rc=0
-  bash "${HERE}/postgres.sh" status || rc=1
-  bash "${HERE}/ceph_rgw.sh" status || rc=1
-  bash "${HERE}/mlflow_server.sh" status || rc=1
-  return "${rc}"
-}
+cmd_stop() { each stop mlflow_server ceph_rgw postgres; }
+cmd_status() { each status "${SERVICES[@]}"; }
 
-print_env() {
+cmd_env() {
   local name value
   for name in \
     MLFLOW_TRACKING_URI MLFLOW_S3_ENDPOINT_URL AWS_ENDPOINT_URL_S3 \
@@ -54,13 +56,4 @@ print_env() {
   done
 }
 
-case "${1:-}" in
-  start) start ;;
-  stop) stop ;;
-  status) status ;;
-  env) print_env ;;
-  *)
-    echo "usage: $0 {start|stop|status|env}" >&2
-    exit 2
-    ;;
-esac
+service_main "$@"

@@ -6,6 +6,7 @@
 #                       rgw, wait for each, create the S3 user and buckets
 #   ceph_rgw.sh stop    stop rgw -> osd -> mon (data kept)
 #   ceph_rgw.sh status  exit 0 when all three daemons run and S3 answers
+#   ceph_rgw.sh restart stop, then start
 set -euo pipefail
 SERVICE_NAME=ceph-rgw
 # shellcheck source=infra/services/lib.sh
@@ -20,12 +21,18 @@ OSD_ID=0
 OSD_DIR="${CEPH_STATE_DIR}/osd/ceph-${OSD_ID}"
 RGW_NAME=client.rgw.local
 RGW_DIR="${CEPH_STATE_DIR}/rgw"
-MON_PIDFILE="${RUN_DIR}/mon.${MON_ID}.pid"
-OSD_PIDFILE="${RUN_DIR}/osd.${OSD_ID}.pid"
-RGW_PIDFILE="${RUN_DIR}/${RGW_NAME}.pid"
-MON_LOG="${LOG_DIR}/mon.${MON_ID}.log"
-OSD_LOG="${LOG_DIR}/osd.${OSD_ID}.log"
-RGW_LOG="${LOG_DIR}/${RGW_NAME}.log"
+
+# Ceph daemons write their own pid files (run/$name.pid) and logs
+# (log/$name.log; what they print before daemonizing: log/$name.stderr).
+# Stop order is the reverse: the OSD tells the monitor it is going down, so
+# the monitor must still be up while the OSD stops.
+svc_daemon "mon.${MON_ID}" "${RUN_DIR}/mon.${MON_ID}.pid" ceph-mon CEPH_MON_PORT 30
+svc_daemon "osd.${OSD_ID}" "${RUN_DIR}/osd.${OSD_ID}.pid" ceph-osd "" 60
+svc_daemon "${RGW_NAME}" "${RUN_DIR}/${RGW_NAME}.pid" radosgw RGW_PORT 30
+SVC_ADDR="${S3_ENDPOINT_URL}"
+SVC_LOG="${LOG_DIR}"
+SVC_READY_TIMEOUT="${CEPH_READY_TIMEOUT}"
+SVC_READY_NOTE="S3 buckets ${S3_MLFLOW_BUCKET} ${S3_DVC_BUCKET}"
 
 for tool in ceph ceph-mon ceph-osd radosgw radosgw-admin monmaptool curl; do
   command -v "${tool}" >/dev/null || die "'${tool}' not found: run infra/services/install.sh"
@@ -34,7 +41,7 @@ done
 ceph_() { ceph -c "${CONF}" --connect-timeout 10 "$@"; }
 
 # The monitor address is baked into the monitor's store at creation time.
-check_mon_port() {
+svc_preflight() {
   local created
   [[ -f "${CEPH_STATE_DIR}/mon_port" ]] || return 0
   created="$(cat "${CEPH_STATE_DIR}/mon_port")"
@@ -111,71 +118,47 @@ osd_up() { ceph_ osd stat -f json 2>/dev/null | grep -q '"num_up_osds":1[,}]'; }
 rgw_http_code() {
   curl -s -o /dev/null -m 5 -w '%{http_code}' "http://${SERVICES_HOST}:${RGW_PORT}/" || true
 }
-rgw_ready() { [[ "$(rgw_http_code)" == 200 ]]; }
+svc_is_ready() { [[ "$(rgw_http_code)" == 200 ]]; }
 
-start_mon() {
-  if [[ ! -f "${MON_DIR}/.initialized" ]]; then
-    log "creating monitor ${MON_ID}"
-    rm -rf "${MON_DIR}"
-    mkdir -p "${MON_DIR}"
-    monmaptool --create --clobber --addv "${MON_ID}" "[v2:${SERVICES_HOST}:${CEPH_MON_PORT}]" \
-      --fsid "$(cat "${CEPH_STATE_DIR}/fsid")" "${CEPH_STATE_DIR}/monmap" >/dev/null
-    ceph-mon -c "${CONF}" --mkfs -i "${MON_ID}" --monmap "${CEPH_STATE_DIR}/monmap" ||
-      die "ceph-mon --mkfs failed"
-    touch "${MON_DIR}/.initialized"
+# ceph_daemon_up NAME CHECK CMD...: starts the daemon NAME with CMD (it
+# daemonizes itself) unless it runs, then waits for CHECK.
+ceph_daemon_up() {
+  local name="$1" check="$2"
+  shift 2
+  local logs=("${LOG_DIR}/${name}.log" "${LOG_DIR}/${name}.stderr")
+  if ! daemon_alive "${name}"; then
+    "$@" 2>>"${logs[1]}" || die_with_logs "${name} failed to start" "${logs[@]}"
   fi
-  if ! pid_alive "${MON_PIDFILE}" ceph-mon; then
-    ceph-mon -c "${CONF}" -i "${MON_ID}" 2>>"${LOG_DIR}/mon.${MON_ID}.stderr" || {
-      show_log_tail "${MON_LOG}" "${LOG_DIR}/mon.${MON_ID}.stderr"
-      die "ceph-mon failed to start"
-    }
-  fi
-  wait_until "${CEPH_READY_TIMEOUT}" "ceph-mon" mon_ready || {
-    show_log_tail "${MON_LOG}"
-    die "ceph-mon did not become ready"
-  }
+  wait_ready "${CEPH_READY_TIMEOUT}" "${name}" "${check}" "${logs[@]}"
 }
 
-start_osd() {
-  if [[ ! -f "${OSD_DIR}/ready" ]]; then
-    log "creating BlueStore OSD ${OSD_ID} on a ${CEPH_OSD_SIZE_GB} GiB sparse file"
-    [[ -s "${CEPH_STATE_DIR}/osd_uuid" ]] || cat /proc/sys/kernel/random/uuid >"${CEPH_STATE_DIR}/osd_uuid"
-    local uuid id
-    uuid="$(cat "${CEPH_STATE_DIR}/osd_uuid")"
-    # 'osd new' is idempotent for the same uuid
-    id="$(ceph_ osd new "${uuid}" "${OSD_ID}")"
-    [[ "${id}" == "${OSD_ID}" ]] || die "expected osd id ${OSD_ID}, got '${id}'"
-    rm -rf "${OSD_DIR}"
-    mkdir -p "${OSD_DIR}"
-    ceph-osd -c "${CONF}" -i "${OSD_ID}" --mkfs --osd-uuid "${uuid}" \
-      >>"${LOG_DIR}/osd.${OSD_ID}.stderr" 2>&1 || {
-      show_log_tail "${OSD_LOG}" "${LOG_DIR}/osd.${OSD_ID}.stderr"
-      die "ceph-osd --mkfs failed"
-    }
-  fi
-  if ! pid_alive "${OSD_PIDFILE}" ceph-osd; then
-    ceph-osd -c "${CONF}" -i "${OSD_ID}" 2>>"${LOG_DIR}/osd.${OSD_ID}.stderr" || {
-      show_log_tail "${OSD_LOG}" "${LOG_DIR}/osd.${OSD_ID}.stderr"
-      die "ceph-osd failed to start"
-    }
-  fi
-  wait_until "${CEPH_READY_TIMEOUT}" "osd.${OSD_ID} up" osd_up || {
-    show_log_tail "${OSD_LOG}"
-    die "osd.${OSD_ID} did not come up"
-  }
+create_mon() {
+  [[ ! -f "${MON_DIR}/.initialized" ]] || return 0
+  log "creating monitor ${MON_ID}"
+  rm -rf "${MON_DIR}"
+  mkdir -p "${MON_DIR}"
+  monmaptool --create --clobber --addv "${MON_ID}" "[v2:${SERVICES_HOST}:${CEPH_MON_PORT}]" \
+    --fsid "$(cat "${CEPH_STATE_DIR}/fsid")" "${CEPH_STATE_DIR}/monmap" >/dev/null
+  ceph-mon -c "${CONF}" --mkfs -i "${MON_ID}" --monmap "${CEPH_STATE_DIR}/monmap" ||
+    die "ceph-mon --mkfs failed"
+  touch "${MON_DIR}/.initialized"
 }
 
-start_rgw() {
-  if ! pid_alive "${RGW_PIDFILE}" radosgw; then
-    radosgw -c "${CONF}" -n "${RGW_NAME}" 2>>"${LOG_DIR}/${RGW_NAME}.stderr" || {
-      show_log_tail "${RGW_LOG}" "${LOG_DIR}/${RGW_NAME}.stderr"
-      die "radosgw failed to start"
-    }
-  fi
-  wait_until "${CEPH_READY_TIMEOUT}" "radosgw on ${SERVICES_HOST}:${RGW_PORT}" rgw_ready || {
-    show_log_tail "${RGW_LOG}" "${LOG_DIR}/${RGW_NAME}.stderr"
-    die "radosgw did not answer HTTP 200 on ${S3_ENDPOINT_URL}"
-  }
+# needs the monitor
+create_osd() {
+  [[ ! -f "${OSD_DIR}/ready" ]] || return 0
+  log "creating BlueStore OSD ${OSD_ID} on a ${CEPH_OSD_SIZE_GB} GiB sparse file"
+  [[ -s "${CEPH_STATE_DIR}/osd_uuid" ]] || cat /proc/sys/kernel/random/uuid >"${CEPH_STATE_DIR}/osd_uuid"
+  local uuid id
+  uuid="$(cat "${CEPH_STATE_DIR}/osd_uuid")"
+  # 'osd new' is idempotent for the same uuid
+  id="$(ceph_ osd new "${uuid}" "${OSD_ID}")"
+  [[ "${id}" == "${OSD_ID}" ]] || die "expected osd id ${OSD_ID}, got '${id}'"
+  rm -rf "${OSD_DIR}"
+  mkdir -p "${OSD_DIR}"
+  ceph-osd -c "${CONF}" -i "${OSD_ID}" --mkfs --osd-uuid "${uuid}" \
+    >>"${LOG_DIR}/osd.${OSD_ID}.stderr" 2>&1 ||
+    die_with_logs "ceph-osd --mkfs failed" "${LOG_DIR}/osd.${OSD_ID}.log" "${LOG_DIR}/osd.${OSD_ID}.stderr"
 }
 
 # S3 request signed with AWS SigV4 by curl; the credentials go through a
@@ -186,7 +169,7 @@ s3_curl() {
       -H 'x-amz-content-sha256: UNSIGNED-PAYLOAD' "$@"
 }
 
-provision() {
+svc_provision() {
   local info
   if info="$(radosgw-admin -c "${CONF}" user info --uid="${S3_USER_ID}" 2>/dev/null)"; then
     if ! grep -q "\"access_key\": \"${S3_ACCESS_KEY_ID}\"" <<<"${info}" ||
@@ -215,74 +198,16 @@ provision() {
   done
 }
 
-all_running() {
-  pid_alive "${MON_PIDFILE}" ceph-mon && pid_alive "${OSD_PIDFILE}" ceph-osd &&
-    pid_alive "${RGW_PIDFILE}" radosgw && rgw_ready
-}
-
-start() {
-  check_mon_port
-  if all_running; then
-    log "already running: S3 at ${S3_ENDPOINT_URL}"
-    return 0
-  fi
-  # refuse early, before starting anything, when a port is taken
-  if ! pid_alive "${MON_PIDFILE}" ceph-mon && port_listening "${CEPH_MON_PORT}"; then
-    die "port ${SERVICES_HOST}:${CEPH_MON_PORT} is taken by another process (set CEPH_MON_PORT)"
-  fi
-  if ! pid_alive "${RGW_PIDFILE}" radosgw && port_listening "${RGW_PORT}"; then
-    die "port ${SERVICES_HOST}:${RGW_PORT} is taken by another process (set RGW_PORT)"
-  fi
-  local t0
-  t0="$(timer_start)"
+svc_launch() {
   write_conf
-  start_mon
-  log "mon ready after $(timer_elapsed "${t0}")s"
-  start_osd
-  log "osd ready after $(timer_elapsed "${t0}")s"
-  start_rgw
-  log "rgw ready after $(timer_elapsed "${t0}")s"
-  provision
-  log "ready in $(timer_elapsed "${t0}")s: S3 at ${S3_ENDPOINT_URL}, buckets ${S3_MLFLOW_BUCKET} ${S3_DVC_BUCKET}"
+  create_mon
+  ceph_daemon_up "mon.${MON_ID}" mon_ready ceph-mon -c "${CONF}" -i "${MON_ID}"
+  log "mon ready after $(timer_elapsed "${SVC_T0}")s"
+  create_osd
+  ceph_daemon_up "osd.${OSD_ID}" osd_up ceph-osd -c "${CONF}" -i "${OSD_ID}"
+  log "osd ready after $(timer_elapsed "${SVC_T0}")s"
+  ceph_daemon_up "${RGW_NAME}" svc_is_ready radosgw -c "${CONF}" -n "${RGW_NAME}"
+  log "rgw ready after $(timer_elapsed "${SVC_T0}")s"
 }
 
-stop() {
-  # reverse order; the OSD tells the monitor it is going down, so the
-  # monitor must still be up while the OSD stops
-  stop_pidfile "${RGW_PIDFILE}" radosgw 30 radosgw
-  stop_pidfile "${OSD_PIDFILE}" "osd.${OSD_ID}" 60 ceph-osd
-  stop_pidfile "${MON_PIDFILE}" "mon.${MON_ID}" 30 ceph-mon
-  log "stopped"
-}
-
-status() {
-  local rc=0 name pidfile comm pid
-  for name in mon osd rgw; do
-    case "${name}" in
-      mon) pidfile="${MON_PIDFILE}" comm=ceph-mon ;;
-      osd) pidfile="${OSD_PIDFILE}" comm=ceph-osd ;;
-      *) pidfile="${RGW_PIDFILE}" comm=radosgw ;;
-    esac
-    if pid_alive "${pidfile}" "${comm}"; then
-      pid="$(head -n 1 "${pidfile}")"
-      log "${comm}: running, pid ${pid}, $(mem_tree "${pid}")"
-    else
-      log "${comm}: not running"
-      rc=1
-    fi
-  done
-  if rgw_ready; then
-    log "S3 endpoint ${S3_ENDPOINT_URL}: HTTP 200"
-  else
-    log "S3 endpoint ${S3_ENDPOINT_URL}: not answering"
-    rc=1
-  fi
-  return "${rc}"
-}
-
-case "${1:-}" in
-  start) start ;;
-  stop) stop ;;
-  status) status ;;
-  *) usage ;;
-esac
+service_main "$@"

@@ -1,5 +1,6 @@
 # shellcheck shell=bash
-# Helpers shared by the service scripts.  Sourced, never executed.
+# Helpers shared by the service scripts, and the plumbing every service
+# script runs through (service_main, at the end).  Sourced, never executed.
 
 # shellcheck source=infra/services/env.sh
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
@@ -22,6 +23,14 @@ show_log_tail() {
   done
 }
 
+# die_with_logs MESSAGE LOG...: the tail of each LOG, then die MESSAGE.
+die_with_logs() {
+  local message="$1"
+  shift
+  show_log_tail "$@"
+  die "${message}"
+}
+
 # pid_alive PIDFILE [COMM]: true when PIDFILE names a live process (whose
 # command name is COMM, when given: guards against recycled pids).
 pid_alive() {
@@ -40,20 +49,6 @@ timer_elapsed() { awk -v a="$1" -v b="${EPOCHREALTIME}" 'BEGIN { printf "%.1f", 
 # port_listening PORT: true when something listens on SERVICES_HOST:PORT.
 port_listening() {
   (exec 3<>"/dev/tcp/${SERVICES_HOST}/$1") 2>/dev/null
-}
-
-# wait_until TIMEOUT DESCRIPTION CMD...: polls CMD every 0.5 s.
-wait_until() {
-  local timeout="$1" what="$2"
-  shift 2
-  local deadline=$((SECONDS + timeout))
-  until "$@"; do
-    if ((SECONDS >= deadline)); then
-      log "timed out after ${timeout}s waiting for ${what}"
-      return 1
-    fi
-    sleep 0.5
-  done
 }
 
 # stop_pidfile PIDFILE NAME [TIMEOUT] [COMM]: SIGTERM, wait, then SIGKILL.
@@ -113,7 +108,187 @@ mem_tree() {
   printf 'rss %d MiB, pss %d MiB' $((rss / 1024)) $((pss / 1024))
 }
 
-usage() {
-  echo "usage: $0 {start|stop|status}" >&2
+# --- service framework --------------------------------------------------------
+# A service script sets SERVICE_NAME, sources this file, describes itself and
+# ends with `service_main "$@"`:
+#   svc_daemon NAME PIDFILE [COMM] [PORT_VAR] [STOP_TIMEOUT]
+#                       one per process of the service, in start order
+#   SVC_ADDR            where it answers (for messages)
+#   SVC_LOG             its log file (or log directory): named when starting,
+#                       tailed when it does not become ready
+#   SVC_READY_TIMEOUT   seconds svc_is_ready gets after svc_launch
+#   SVC_READY_NOTE      what the "ready" line adds (optional)
+# and defines the hooks
+#   svc_is_ready        true when the service answers                (required)
+#   svc_launch          starts whatever of it is not running; the
+#                       ports of the daemons not running are free     (required)
+#   svc_preflight       checks before anything is started             (optional)
+#   svc_provision       once ready: users, databases, buckets         (optional)
+#   svc_stop            replaces the SIGTERM of each daemon, in
+#                       reverse order; only called when one runs      (optional)
+#   svc_abort           cleanup when a readiness wait fails           (optional)
+SVC_COMMANDS=(start stop status restart)
+SVC_NAMES=()
+declare -A SVC_PIDFILE=() SVC_COMM=() SVC_PORT_VAR=() SVC_STOP_TIMEOUT=()
+
+svc_daemon() {
+  SVC_NAMES+=("$1")
+  SVC_PIDFILE[$1]="$2"
+  SVC_COMM[$1]="${3:-}"
+  SVC_PORT_VAR[$1]="${4:-}"
+  SVC_STOP_TIMEOUT[$1]="${5:-30}"
+}
+
+daemon_alive() { pid_alive "${SVC_PIDFILE[$1]}" "${SVC_COMM[$1]}"; }
+daemon_pid() { head -n 1 "${SVC_PIDFILE[$1]}"; }
+
+# true when every daemon / at least one daemon of the service is alive
+svc_running() {
+  local name
+  for name in "${SVC_NAMES[@]}"; do
+    daemon_alive "${name}" || return 1
+  done
+}
+svc_any_running() {
+  local name
+  for name in "${SVC_NAMES[@]}"; do
+    daemon_alive "${name}" && return 0
+  done
+  return 1
+}
+
+run_hook() { if declare -F "$1" >/dev/null; then "$@"; fi; }
+
+# daemon_start NAME LOG DIR CMD...: CMD in the background, in its own session
+# (setsid: stop_pidfile then signals its workers too), in DIR, stdin from
+# /dev/null, output appended to LOG; its pid goes to NAME's pid file.
+daemon_start() {
+  local name="$1" logfile="$2" dir="$3"
+  shift 3
+  printf '===== %s: %s start =====\n' "$(date -Is)" "${0##*/}" >>"${logfile}"
+  (cd "${dir}" && exec setsid "$@") </dev/null >>"${logfile}" 2>&1 &
+  echo "$!" >"${SVC_PIDFILE[${name}]}"
+}
+
+# wait_ready [-a] TIMEOUT WHAT CHECK [LOG...]: polls CHECK every 0.5 s.  Gives
+# up after TIMEOUT seconds or, with -a, as soon as a daemon of the service has
+# exited (its pid only: a process may not have exec'ed its COMM yet); then
+# prints the tail of each LOG, runs svc_abort and dies.
+wait_ready() {
+  local alive=""
+  if [[ "$1" == -a ]]; then
+    alive=1
+    shift
+  fi
+  local timeout="$1" what="$2" check="$3" name why=""
+  shift 3
+  local deadline=$((SECONDS + timeout))
+  until "${check}"; do
+    if ((SECONDS >= deadline)); then
+      why="not ready within ${timeout}s"
+    elif [[ -n "${alive}" ]]; then
+      for name in "${SVC_NAMES[@]}"; do
+        pid_alive "${SVC_PIDFILE[${name}]}" || why="${name} exited while starting"
+      done
+    fi
+    [[ -z "${why}" ]] || break
+    sleep 0.5
+  done
+  [[ -n "${why}" ]] || return 0
+  show_log_tail "$@"
+  run_hook svc_abort
+  die "${what}: ${why}"
+}
+
+service_start() {
+  run_hook svc_preflight
+  if svc_running && svc_is_ready; then
+    log "already running on ${SVC_ADDR}"
+    return 0
+  fi
+  local name var
+  for name in "${SVC_NAMES[@]}"; do
+    var="${SVC_PORT_VAR[${name}]}"
+    if [[ -n "${var}" ]] && ! daemon_alive "${name}" && port_listening "${!var}"; then
+      die "port ${SERVICES_HOST}:${!var} is taken by another process (set ${var})"
+    fi
+  done
+  SVC_T0="$(timer_start)"
+  log "starting on ${SVC_ADDR} (log: ${SVC_LOG})"
+  svc_launch
+  wait_ready -a "${SVC_READY_TIMEOUT}" "${SERVICE_NAME} on ${SVC_ADDR}" svc_is_ready "${SVC_LOG}"
+  run_hook svc_provision
+  log "ready in $(timer_elapsed "${SVC_T0}")s on ${SVC_ADDR}${SVC_READY_NOTE:+: ${SVC_READY_NOTE}}"
+}
+
+service_stop() {
+  local i name running=""
+  svc_any_running && running=1
+  if declare -F svc_stop >/dev/null; then
+    [[ -z "${running}" ]] || svc_stop
+  else
+    # reverse order; stop_pidfile also drops pid files whose process is gone
+    for ((i = ${#SVC_NAMES[@]} - 1; i >= 0; i--)); do
+      name="${SVC_NAMES[i]}"
+      stop_pidfile "${SVC_PIDFILE[${name}]}" "${name}" "${SVC_STOP_TIMEOUT[${name}]}" "${SVC_COMM[${name}]}"
+    done
+  fi
+  if [[ -n "${running}" ]]; then
+    log "stopped"
+  else
+    log "not running"
+  fi
+}
+
+# exit 0 when every daemon runs and the service answers
+service_status() {
+  local rc=0 name pid
+  if ((${#SVC_NAMES[@]} == 1)); then
+    name="${SVC_NAMES[0]}"
+    if daemon_alive "${name}" && svc_is_ready; then
+      pid="$(daemon_pid "${name}")"
+      log "running: pid ${pid}, ${SVC_ADDR}, $(mem_tree "${pid}")"
+      return 0
+    fi
+    log "not running"
+    return 1
+  fi
+  for name in "${SVC_NAMES[@]}"; do
+    if daemon_alive "${name}"; then
+      pid="$(daemon_pid "${name}")"
+      log "${name}: running, pid ${pid}, $(mem_tree "${pid}")"
+    else
+      log "${name}: not running"
+      rc=1
+    fi
+  done
+  if svc_is_ready; then
+    log "${SVC_ADDR}: answering"
+  else
+    log "${SVC_ADDR}: not answering"
+    rc=1
+  fi
+  return "${rc}"
+}
+
+# The commands; a script may replace them (all.sh) or add to SVC_COMMANDS.
+cmd_start() { service_start; }
+cmd_stop() { service_stop; }
+cmd_status() { service_status; }
+cmd_restart() {
+  cmd_stop
+  cmd_start
+}
+
+service_main() {
+  local cmd
+  for cmd in "${SVC_COMMANDS[@]}"; do
+    if [[ "${1:-}" == "${cmd}" ]]; then
+      "cmd_${cmd}"
+      return
+    fi
+  done
+  local IFS='|'
+  echo "usage: $0 {${SVC_COMMANDS[*]}}" >&2
   exit 2
 }

@@ -4,9 +4,10 @@
 #   artifacts      proxied by the server (--serve-artifacts) into
 #                  ${MLFLOW_ARTIFACTS_DESTINATION} on the Ceph RGW of ceph_rgw.sh
 # Needs PostgreSQL and RGW running (all.sh starts them in that order).
-#   mlflow_server.sh start   start, wait for /health
-#   mlflow_server.sh stop    SIGTERM the server's process group
-#   mlflow_server.sh status  exit 0 when /health answers
+#   mlflow_server.sh start    start, wait for /health
+#   mlflow_server.sh stop     SIGTERM the server's process group
+#   mlflow_server.sh status   exit 0 when /health answers
+#   mlflow_server.sh restart  stop, then start
 set -euo pipefail
 SERVICE_NAME=mlflow
 # shellcheck source=infra/services/lib.sh
@@ -14,21 +15,16 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 MLFLOW_PIDFILE="${MLFLOW_STATE_DIR}/mlflow.pid"
 MLFLOW_LOG="${MLFLOW_STATE_DIR}/mlflow.log"
+
 # comm of the server process: the console script's name
-MLFLOW_COMM="$(basename "${MLFLOW_BIN}")"
+svc_daemon mlflow "${MLFLOW_PIDFILE}" "$(basename "${MLFLOW_BIN}")" MLFLOW_PORT
+SVC_ADDR="${MLFLOW_TRACKING_URI_LOCAL}"
+SVC_LOG="${MLFLOW_LOG}"
+SVC_READY_TIMEOUT="${MLFLOW_READY_TIMEOUT}"
+SVC_READY_NOTE="artifacts in ${MLFLOW_ARTIFACTS_DESTINATION}"
 
-health() {
+svc_is_ready() {
   [[ "$(curl -s -m 5 "${MLFLOW_TRACKING_URI_LOCAL}/health" 2>/dev/null || true)" == OK ]]
-}
-
-running() { pid_alive "${MLFLOW_PIDFILE}" "${MLFLOW_COMM}"; }
-
-ready_or_dead() {
-  health && return 0
-  # stop waiting at once when the server died (no comm check here: right
-  # after the fork the process may not have exec'ed mlflow yet)
-  pid_alive "${MLFLOW_PIDFILE}" || return 0
-  return 1
 }
 
 check_dependencies() {
@@ -48,80 +44,37 @@ check_dependencies() {
     die "S3 endpoint ${S3_ENDPOINT_URL} is not answering (run ceph_rgw.sh start)"
 }
 
-start() {
-  if running && health; then
-    log "already running at ${MLFLOW_TRACKING_URI_LOCAL}"
-    return 0
-  fi
-  local t0
-  t0="$(timer_start)"
-  if running; then
-    # process alive but not healthy yet (e.g. a start still in progress)
+svc_launch() {
+  if daemon_alive mlflow; then
+    # e.g. a start still in progress
     log "process exists but is not healthy yet; waiting"
-  else
-    port_listening "${MLFLOW_PORT}" &&
-      die "port ${SERVICES_HOST}:${MLFLOW_PORT} is taken by another process (set MLFLOW_PORT)"
-    check_dependencies
-    mkdir -p "${MLFLOW_STATE_DIR}"
-    log "starting (log: ${MLFLOW_LOG})"
-    printf '===== %s: mlflow_server.sh start =====\n' "$(date -Is)" >>"${MLFLOW_LOG}"
-    (
-      cd "${MLFLOW_STATE_DIR}"
-      # The database password goes to libpq through PGPASSWORD and the S3
-      # keys through the AWS_* variables: nothing secret on the command line.
-      export PGPASSWORD="${POSTGRES_PASSWORD}"
-      export MLFLOW_S3_ENDPOINT_URL="${S3_ENDPOINT_URL}"
-      export AWS_ACCESS_KEY_ID="${S3_ACCESS_KEY_ID}"
-      export AWS_SECRET_ACCESS_KEY="${S3_SECRET_ACCESS_KEY}"
-      export AWS_DEFAULT_REGION="${S3_REGION}"
-      export MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false
-      export MLFLOW_SQLALCHEMYSTORE_POOL_SIZE="${MLFLOW_SQLALCHEMYSTORE_POOL_SIZE:-2}"
-      export MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW="${MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW:-4}"
-      # setsid: own process group, so stop can signal uvicorn and its workers
-      exec setsid "${MLFLOW_BIN}" server \
-        --backend-store-uri "postgresql+psycopg2://${POSTGRES_USER}@${SERVICES_HOST}:${POSTGRES_PORT}/${POSTGRES_DB}" \
-        --serve-artifacts \
-        --artifacts-destination "${MLFLOW_ARTIFACTS_DESTINATION}" \
-        --host "${SERVICES_HOST}" \
-        --port "${MLFLOW_PORT}" \
-        --workers "${MLFLOW_WORKERS}" \
-        --allowed-hosts "${MLFLOW_ALLOWED_HOSTS}"
-    ) </dev/null >>"${MLFLOW_LOG}" 2>&1 &
-    echo "$!" >"${MLFLOW_PIDFILE}"
-  fi
-  if ! wait_until "${MLFLOW_READY_TIMEOUT}" "${MLFLOW_TRACKING_URI_LOCAL}/health" ready_or_dead ||
-    ! health; then
-    show_log_tail "${MLFLOW_LOG}"
-    # do not leave a half-started server behind
-    stop_pidfile "${MLFLOW_PIDFILE}" mlflow 30
-    die "MLflow server did not become healthy within ${MLFLOW_READY_TIMEOUT}s (see ${MLFLOW_LOG})"
-  fi
-  log "ready in $(timer_elapsed "${t0}")s at ${MLFLOW_TRACKING_URI_LOCAL} (artifacts: ${MLFLOW_ARTIFACTS_DESTINATION})"
-}
-
-stop() {
-  if running; then
-    stop_pidfile "${MLFLOW_PIDFILE}" mlflow 30 "${MLFLOW_COMM}"
-  else
-    rm -f "${MLFLOW_PIDFILE}"
-    log "not running"
-  fi
-}
-
-status() {
-  if running && health; then
-    local pid
-    pid="$(head -n 1 "${MLFLOW_PIDFILE}")"
-    log "running: pid ${pid}, ${MLFLOW_TRACKING_URI_LOCAL}, $(mem_tree "${pid}") (with workers)"
     return 0
   fi
-  log "not running"
-  return 1
+  check_dependencies
+  mkdir -p "${MLFLOW_STATE_DIR}"
+  (
+    # The database password goes to libpq through PGPASSWORD and the S3
+    # keys through the AWS_* variables: nothing secret on the command line.
+    export PGPASSWORD="${POSTGRES_PASSWORD}"
+    export MLFLOW_S3_ENDPOINT_URL="${S3_ENDPOINT_URL}"
+    export AWS_ACCESS_KEY_ID="${S3_ACCESS_KEY_ID}"
+    export AWS_SECRET_ACCESS_KEY="${S3_SECRET_ACCESS_KEY}"
+    export AWS_DEFAULT_REGION="${S3_REGION}"
+    export MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false
+    export MLFLOW_SQLALCHEMYSTORE_POOL_SIZE="${MLFLOW_SQLALCHEMYSTORE_POOL_SIZE:-2}"
+    export MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW="${MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW:-4}"
+    daemon_start mlflow "${MLFLOW_LOG}" "${MLFLOW_STATE_DIR}" "${MLFLOW_BIN}" server \
+      --backend-store-uri "postgresql+psycopg2://${POSTGRES_USER}@${SERVICES_HOST}:${POSTGRES_PORT}/${POSTGRES_DB}" \
+      --serve-artifacts \
+      --artifacts-destination "${MLFLOW_ARTIFACTS_DESTINATION}" \
+      --host "${SERVICES_HOST}" \
+      --port "${MLFLOW_PORT}" \
+      --workers "${MLFLOW_WORKERS}" \
+      --allowed-hosts "${MLFLOW_ALLOWED_HOSTS}"
+  )
 }
 
-case "${1:-}" in
-  start) start ;;
-  stop) stop ;;
-  status) status ;;
-  *) usage ;;
-esac
+# a failed start does not leave a half-started server behind
+svc_abort() { stop_pidfile "${MLFLOW_PIDFILE}" mlflow 30; }
+
+service_main "$@"

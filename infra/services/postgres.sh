@@ -2,9 +2,10 @@
 # PostgreSQL for the MLflow backend store: a private cluster in
 # ${SERVICES_STATE_DIR}/postgres, listening on ${SERVICES_HOST}:${POSTGRES_PORT}
 # (TCP, scram-sha-256) plus a unix socket in the state dir.
-#   postgres.sh start   initdb on first use, start, wait, create role + database
-#   postgres.sh stop    fast shutdown (pg_ctl stop -m fast)
-#   postgres.sh status  exit 0 when it accepts connections
+#   postgres.sh start    initdb on first use, start, wait, create role + database
+#   postgres.sh stop     fast shutdown (pg_ctl stop -m fast)
+#   postgres.sh status   exit 0 when it accepts connections
+#   postgres.sh restart  stop, then start
 set -euo pipefail
 SERVICE_NAME=postgres
 # shellcheck source=infra/services/lib.sh
@@ -14,9 +15,14 @@ PGDATA_DIR="${PG_STATE_DIR}/data"
 PG_SOCKET_DIR="${PG_STATE_DIR}/run"
 PG_LOG="${PG_STATE_DIR}/postgres.log"
 PG_INIT_LOG="${PG_STATE_DIR}/initdb.log"
-# postgres keeps its own pid file; first line is the postmaster pid.
-PG_PIDFILE="${PGDATA_DIR}/postmaster.pid"
 PG_SUPERUSER=postgres
+
+# postgres keeps its own pid file; first line is the postmaster pid.
+svc_daemon postgres "${PGDATA_DIR}/postmaster.pid" "" POSTGRES_PORT
+SVC_ADDR="${SERVICES_HOST}:${POSTGRES_PORT}"
+SVC_LOG="${PG_LOG}"
+SVC_READY_TIMEOUT="${POSTGRES_READY_TIMEOUT}"
+SVC_READY_NOTE="database '${POSTGRES_DB}', user '${POSTGRES_USER}'"
 
 [[ -x "${POSTGRES_BIN_DIR}/pg_ctl" ]] ||
   die "no PostgreSQL binaries in '${POSTGRES_BIN_DIR}' (set POSTGRES_BIN_DIR or run install.sh)"
@@ -32,7 +38,7 @@ as_owner() {
 
 pg_ctl_() { as_owner "${POSTGRES_BIN_DIR}/pg_ctl" -D "${PGDATA_DIR}" "$@"; }
 
-is_ready() {
+svc_is_ready() {
   "${POSTGRES_BIN_DIR}/pg_isready" -q -h "${SERVICES_HOST}" -p "${POSTGRES_PORT}" -t 2
 }
 
@@ -57,10 +63,7 @@ init_cluster() {
   # TCP: password (scram-sha-256) for everybody.
   as_owner "${POSTGRES_BIN_DIR}/initdb" -D "${PGDATA_DIR}" -U "${PG_SUPERUSER}" \
     -E UTF8 --no-locale --auth-local=trust --auth-host=scram-sha-256 >"${PG_INIT_LOG}" 2>&1 ||
-    {
-      show_log_tail "${PG_INIT_LOG}"
-      die "initdb failed"
-    }
+    die_with_logs "initdb failed" "${PG_INIT_LOG}"
   # Small footprint settings (persisted in the cluster).
   as_owner tee -a "${PGDATA_DIR}/postgresql.conf" >/dev/null <<'EOF'
 
@@ -78,11 +81,20 @@ log_min_messages = warning
 EOF
 }
 
-provision() {
+svc_launch() {
+  prepare_dirs
+  init_cluster
+  pg_ctl_ start -w -t "${POSTGRES_READY_TIMEOUT}" -l "${PG_LOG}" \
+    -o "-c listen_addresses=${SERVICES_HOST} -c port=${POSTGRES_PORT} -c unix_socket_directories=${PG_SOCKET_DIR}" \
+    >/dev/null ||
+    die_with_logs "PostgreSQL failed to start (or was not ready within ${POSTGRES_READY_TIMEOUT}s)" "${PG_LOG}"
+}
+
+svc_provision() {
   # Role + database, idempotent; the password is (re)set from the
   # environment on every start (read with \getenv, never on a command line).
   as_owner "${POSTGRES_BIN_DIR}/psql" -X -q -v ON_ERROR_STOP=1 \
-    -h "${PG_SOCKET_DIR}" -p "${POSTGRES_PORT}" -U "${PG_SUPERUSER}" -d postgres <<'EOF' >/dev/null
+    -h "${PG_SOCKET_DIR}" -p "${POSTGRES_PORT}" -U "${PG_SUPERUSER}" -d postgres <<'EOF' >/dev/null ||
 \getenv app_user POSTGRES_USER
 \getenv app_password POSTGRES_PASSWORD
 \getenv app_db POSTGRES_DB
@@ -92,64 +104,12 @@ ALTER ROLE :"app_user" WITH LOGIN PASSWORD :'app_password';
 SELECT format('CREATE DATABASE %I OWNER %I', :'app_db', :'app_user')
   WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = :'app_db') \gexec
 EOF
+    die_with_logs "could not create role/database" "${PG_LOG}"
 }
 
-start() {
-  if pid_alive "${PG_PIDFILE}" && is_ready; then
-    log "already running on ${SERVICES_HOST}:${POSTGRES_PORT}"
-    return 0
-  fi
-  if port_listening "${POSTGRES_PORT}"; then
-    die "port ${SERVICES_HOST}:${POSTGRES_PORT} is taken by another process (set POSTGRES_PORT)"
-  fi
-  local t0
-  t0="$(timer_start)"
-  prepare_dirs
-  init_cluster
-  log "starting on ${SERVICES_HOST}:${POSTGRES_PORT} (log: ${PG_LOG})"
-  if ! pg_ctl_ start -w -t "${POSTGRES_READY_TIMEOUT}" -l "${PG_LOG}" \
-    -o "-c listen_addresses=${SERVICES_HOST} -c port=${POSTGRES_PORT} -c unix_socket_directories=${PG_SOCKET_DIR}" \
-    >/dev/null; then
-    show_log_tail "${PG_LOG}"
-    die "PostgreSQL failed to start (or was not ready within ${POSTGRES_READY_TIMEOUT}s)"
-  fi
-  if ! wait_until "${POSTGRES_READY_TIMEOUT}" "PostgreSQL on ${SERVICES_HOST}:${POSTGRES_PORT}" is_ready; then
-    show_log_tail "${PG_LOG}"
-    die "PostgreSQL is not accepting TCP connections"
-  fi
-  provision || {
-    show_log_tail "${PG_LOG}"
-    die "could not create role/database"
-  }
-  log "ready in $(timer_elapsed "${t0}")s: database '${POSTGRES_DB}', user '${POSTGRES_USER}'"
+svc_stop() {
+  log "stopping"
+  pg_ctl_ stop -m fast -w -t 60 >/dev/null || die_with_logs "pg_ctl stop failed" "${PG_LOG}"
 }
 
-stop() {
-  if [[ -f "${PGDATA_DIR}/PG_VERSION" ]] && pg_ctl_ status >/dev/null 2>&1; then
-    log "stopping"
-    pg_ctl_ stop -m fast -w -t 60 >/dev/null || {
-      show_log_tail "${PG_LOG}"
-      die "pg_ctl stop failed"
-    }
-  else
-    log "not running"
-  fi
-}
-
-status() {
-  if pid_alive "${PG_PIDFILE}" && is_ready; then
-    local pid
-    pid="$(head -n 1 "${PG_PIDFILE}")"
-    log "running: pid ${pid}, ${SERVICES_HOST}:${POSTGRES_PORT}, $(mem_tree "${pid}")"
-    return 0
-  fi
-  log "not running"
-  return 1
-}
-
-case "${1:-}" in
-  start) start ;;
-  stop) stop ;;
-  status) status ;;
-  *) usage ;;
-esac
+service_main "$@"

@@ -87,15 +87,3 @@ def write_preview(
     figure.savefig(path, dpi=80)
     plt.close(figure)
     return path
-
-
-def preview_dataset(params: AugmentParams, data_dir: Path, out_dir: Path, seed: int) -> Path:
-    """The augment step: policy and preview from the first train images of each class in turn."""
-    from image_finetune.data.canonical import load_split
-
-    train = load_split(data_dir, "train")
-    labels = np.asarray(train.labels)
-    per_class = -(-params.preview_images // len(np.unique(labels)))
-    firsts = [np.flatnonzero(labels == c)[:per_class] for c in np.unique(labels)]
-    picks = np.stack(firsts, axis=1).ravel()[: params.preview_images]
-    return write_preview(params, np.asarray(train.images)[np.sort(picks)], out_dir, seed)

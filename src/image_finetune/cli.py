@@ -1,301 +1,242 @@
-"""One command per pipeline step; dvc.yaml calls these. Each is a thin wrapper
-over a library function."""
+"""One command per pipeline step; dvc.yaml calls these. Each parses its options, calls
+exactly one step (image_finetune.steps) and reports; path defaults are the steps' declared
+places in the project."""
 
 from __future__ import annotations
 
-import functools
-import logging
-import sys
-from collections.abc import Callable
+import json
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 import typer
 
-from image_finetune.config import Params, load_params, resolve_path
-from image_finetune.errors import PipelineError
+from image_finetune.config import Params, load_params
+from image_finetune.console import reported
+from image_finetune.steps import spec as steps
+from image_finetune.steps.spec import PARAMS_FILE, StepSpec
 
 app = typer.Typer(
     add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True, help=__doc__
 )
-log = logging.getLogger("image_finetune")
 
 ParamsOption = Annotated[Path, typer.Option("--params", "-p", help="params.yaml to read")]
-DataOption = Annotated[Path, typer.Option(help="canonical dataset directory")]
-ModelOption = Annotated[Path, typer.Option(help="saved classifier (.keras)")]
-CacheOption = Annotated[Path, typer.Option(help="feature cache, checkpoints, finished attempts")]
-F = TypeVar("F", bound=Callable)
+DEFAULT_PARAMS = Path(PARAMS_FILE)
+ReasonOption = Annotated[str, typer.Option(help="why (kept in the promotion history)")]
 
 
-def _setup_logging() -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    for noisy in ("great_expectations", "absl", "tensorflow", "h5py", "urllib3", "botocore"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+def port(spec: StepSpec, option: str, help: str):
+    """A path option named and defaulted as the step declares it."""
+    return Annotated[Path, typer.Option(spec.port(option).flag, help=help)]
 
 
-def step(func: F) -> F:
-    """Turn a library error into a clear message and a non-zero exit, without a traceback."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        _setup_logging()
-        try:
-            return func(*args, **kwargs)
-        except PipelineError as exc:
-            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-            raise typer.Exit(exc.exit_code) from exc
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _params(path: Path) -> tuple[Params, Path]:
+def _load(path: Path) -> tuple[Params, Path]:
+    """The params and the project root (the params file's folder)."""
     return load_params(path), path.resolve().parent
 
 
-@app.command()
-@step
-def ingest(
-    params: ParamsOption = Path("params.yaml"),
-    out: Annotated[Path, typer.Option(help="canonical dataset directory")] = Path("data/ingested"),
+@app.command("ingest")
+@reported
+def ingest_command(
+    params: ParamsOption = DEFAULT_PARAMS,
+    out: port(steps.INGEST, "out", "canonical dataset directory") = steps.INGEST.paths["out"],
 ) -> None:
     """Read the data source and write canonical train/validation/test arrays."""
-    from image_finetune.data.ingest import ingest as run
+    config, root = _load(params)
+    from image_finetune.steps.ingest import ingest_data
 
-    config, root = _params(params)
-    run(config.data, resolve_path(config.data.path, root), out)
+    ingest_data(config, out, root)
 
 
-@app.command()
-@step
-def validate(
-    params: ParamsOption = Path("params.yaml"),
-    data: DataOption = Path("data/ingested"),
-    out: Annotated[Path, typer.Option(help="report directory")] = Path("reports/validation"),
+@app.command("validate")
+@reported
+def validate_command(
+    params: ParamsOption = DEFAULT_PARAMS,
+    data: port(steps.VALIDATE, "data", "canonical dataset") = steps.VALIDATE.paths["data"],
+    out: port(steps.VALIDATE, "out", "report directory") = steps.VALIDATE.paths["out"],
 ) -> None:
     """Run the data-validation suites; fail on any blocking expectation."""
-    from image_finetune.validation.suites import validate_dataset
+    from image_finetune.steps.validate import validate_data
 
-    config, _ = _params(params)
-    validate_dataset(data, config.validate_, out)
+    validate_data(_load(params)[0], data, out)
 
 
-@app.command()
-@step
-def augment(
-    params: ParamsOption = Path("params.yaml"),
-    data: DataOption = Path("data/ingested"),
-    out: Annotated[Path, typer.Option(help="policy and preview directory")] = Path(
-        "reports/augment"),
+@app.command("augment")
+@reported
+def augment_command(
+    params: ParamsOption = DEFAULT_PARAMS,
+    data: port(steps.AUGMENT, "data", "canonical dataset") = steps.AUGMENT.paths["data"],
+    out: port(steps.AUGMENT, "out", "policy and preview") = steps.AUGMENT.paths["out"],
 ) -> None:
     """Write the augmentation policy and a preview grid of augmented real images."""
-    from image_finetune.augment import preview_dataset
+    from image_finetune.steps.augment import preview_augmentation
 
-    config, _ = _params(params)
-    preview_dataset(config.augment, data, out, config.train.seed)
+    preview_augmentation(_load(params)[0], data, out)
 
 
-@app.command()
-@step
-def train(
-    params: ParamsOption = Path("params.yaml"),
-    data: DataOption = Path("data/ingested"),
-    out: Annotated[Path, typer.Option(help="attempts and selected model")] = Path("models"),
-    cache: CacheOption = Path(".cache/image_finetune"),
+LADDER = steps.CLIMB_LADDER
+
+
+@app.command("train")
+@reported
+def train_command(
+    params: ParamsOption = DEFAULT_PARAMS,
+    data: port(LADDER, "data", "canonical dataset") = LADDER.paths["data"],
+    validation: port(LADDER, "validation", "validate step's result") = LADDER.paths["validation"],
+    out: port(LADDER, "out", "attempts and selected model") = LADDER.paths["out"],
+    cache: port(LADDER, "cache", "features, checkpoints, attempts") = LADDER.paths["cache"],
 ) -> None:
     """Climb the ladder: train, evaluate on validation and gate each rung until one passes."""
-    from image_finetune.ladder import run_ladder
+    config, root = _load(params)
+    from image_finetune.steps.climb_ladder import climb_ladder
 
-    config, root = _params(params)
-    run_ladder(config, data, out, root, cache)
+    climb_ladder(config, data, validation, out, cache, root)
 
 
-@app.command()
-@step
-def evaluate(
-    params: ParamsOption = Path("params.yaml"),
-    data: DataOption = Path("data/ingested"),
-    model: ModelOption = Path("models/selected/model.keras"),
+@app.command("evaluate")
+@reported
+def evaluate_command(
+    params: ParamsOption = DEFAULT_PARAMS,
+    data: port(steps.EVALUATE, "data", "canonical dataset") = steps.EVALUATE.paths["data"],
+    model: port(steps.EVALUATE, "model", "saved classifier") = steps.EVALUATE.paths["model"],
+    out: port(steps.EVALUATE, "out", "report directory") = steps.EVALUATE.paths["out"],
     split: Annotated[str, typer.Option(help="train, validation or test")] = "test",
-    out: Annotated[Path, typer.Option(help="report directory")] = Path("reports/evaluation"),
 ) -> None:
     """Evaluate a model on one split: metrics, confusion matrix, gallery, HTML report."""
-    from image_finetune.data.canonical import load_split, read_manifest
-    from image_finetune.evaluate import evaluate_model
+    from image_finetune.steps.evaluate import evaluate_classifier
 
-    config, _ = _params(params)
-    loaded = load_split(data, split)
-    evaluate_model(model, loaded.images, loaded.labels, read_manifest(data)["class_names"],
-                   config.evaluate, out, f"Evaluation on {split}", config.train.seed)
+    evaluate_classifier(_load(params)[0], data, model, out, split)
 
 
-@app.command()
-@step
-def gate(
-    params: ParamsOption = Path("params.yaml"),
-    evaluation: Annotated[Path, typer.Option(help="evaluate step's output")] = Path(
-        "reports/evaluation"),
-    out: Annotated[Path, typer.Option(help="decision JSON")] = Path("reports/gate.json"),
+@app.command("gate")
+@reported
+def gate_command(
+    params: ParamsOption = DEFAULT_PARAMS,
+    evaluation: port(steps.FINAL_GATE, "evaluation", "evaluate step's output") =
+        steps.FINAL_GATE.paths["evaluation"],
+    out: port(steps.FINAL_GATE, "out", "decision JSON") = steps.FINAL_GATE.paths["out"],
 ) -> None:
     """The final "meets requirements?" decision on the test evaluation (and the champion)."""
-    from image_finetune.errors import GateFailedError
-    from image_finetune.gate import final_decision, write_decision
+    from image_finetune.steps.final_gate import final_gate
 
-    config, _ = _params(params)
-    decision = final_decision(config, evaluation)
-    write_decision(decision, out)
+    decision = final_gate(_load(params)[0], evaluation, out)
     typer.echo("\n".join(decision.reasons))
-    if not decision.passed:
-        raise GateFailedError("the model does not meet the requirements on test")
 
 
-@app.command()
-@step
-def register(
-    params: ParamsOption = Path("params.yaml"),
-    data: DataOption = Path("data/ingested"),
-    validation: Annotated[Path, typer.Option(help="validate step's output")] = Path(
-        "reports/validation"),
-    models: Annotated[Path, typer.Option(help="train step's output")] = Path("models"),
-    evaluation: Annotated[Path, typer.Option(help="evaluate step's output")] = Path(
-        "reports/evaluation"),
-    decision: Annotated[Path, typer.Option(help="final gate decision")] = Path(
-        "reports/gate.json"),
-    out: Annotated[Path, typer.Option(help="registration result JSON")] = Path(
-        "reports/registration.json"),
+REGISTER = steps.REGISTER
+
+
+@app.command("register")
+@reported
+def register_command(
+    params: ParamsOption = DEFAULT_PARAMS,
+    data: port(REGISTER, "data", "canonical dataset") = REGISTER.paths["data"],
+    validation: port(REGISTER, "validation", "validate's output") = REGISTER.paths["validation"],
+    models: port(REGISTER, "models", "train step's output") = REGISTER.paths["models"],
+    evaluation: port(REGISTER, "evaluation", "evaluate's output") = REGISTER.paths["evaluation"],
+    decision: port(REGISTER, "decision", "final gate decision") = REGISTER.paths["decision"],
+    out: port(REGISTER, "out", "registration result") = REGISTER.paths["out"],
 ) -> None:
     """Track the run in MLflow; register the model and promote it if it beats the champion."""
-    import json
+    config, root = _load(params)
+    from image_finetune.steps.register import register_classifier
 
-    from image_finetune.registry import track_pipeline_run
-
-    config, root = _params(params)
-    outcome = track_pipeline_run(config, root, data, validation, models, evaluation, decision)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(outcome, indent=2) + "\n")
+    outcome = register_classifier(config, data, evaluation, decision, out, root,
+                                           models=models, validation=validation)
     typer.echo(json.dumps(outcome, indent=2))
 
 
-@app.command()
-@step
-def promote(
+@app.command("promote")
+@reported
+def promote_command(
     version: Annotated[str, typer.Argument(help="model version to make champion")],
-    reason: Annotated[str, typer.Option(help="why (kept in the history)")] = "manual promotion",
-    params: ParamsOption = Path("params.yaml"),
+    reason: ReasonOption = "manual promotion",
+    params: ParamsOption = DEFAULT_PARAMS,
 ) -> None:
     """Make a registered version the champion (recorded in the promotion history)."""
-    from image_finetune.registry import promote as run
+    from image_finetune.steps.manage_registry import promote_version
 
-    config, _ = _params(params)
-    typer.echo(run(config.registry, version, reason))
+    typer.echo(promote_version(_load(params)[0], version, reason))
 
 
-@app.command()
-@step
-def rollback(
-    reason: Annotated[str, typer.Option(help="why (kept in the history)")] = "manual rollback",
-    params: ParamsOption = Path("params.yaml"),
+@app.command("rollback")
+@reported
+def rollback_command(
+    reason: ReasonOption = "manual rollback", params: ParamsOption = DEFAULT_PARAMS
 ) -> None:
     """Restore the champion that the current champion replaced."""
-    from image_finetune.registry import rollback as run
+    from image_finetune.steps.manage_registry import rollback_champion
 
-    config, _ = _params(params)
-    entry = run(config.registry, reason)
+    entry = rollback_champion(_load(params)[0], reason)
     typer.echo(f"champion is now v{entry['version']} (was v{entry['previous']})")
 
 
-@app.command()
-@step
-def models(params: ParamsOption = Path("params.yaml")) -> None:
+@app.command("models")
+@reported
+def models_command(params: ParamsOption = DEFAULT_PARAMS) -> None:
     """List registered versions with aliases and key metrics, then the promotion history."""
-    from image_finetune.registry import list_versions, promotion_history
+    from image_finetune.steps.manage_registry import list_models
 
-    config, _ = _params(params)
-    typer.echo(f"{'version':>7}  {'aliases':<22} {'test acc':>8} {'macro F1':>8}  created")
-    for row in list_versions(config.registry):
-        accuracy = f"{row['test_accuracy']:.4f}" if row["test_accuracy"] is not None else "-"
-        f1 = f"{row['test_macro_f1']:.4f}" if row["test_macro_f1"] is not None else "-"
-        typer.echo(f"{row['version']:>7}  {','.join(row['aliases']) or '-':<22} {accuracy:>8} "
-                   f"{f1:>8}  {row['created']}")
-    for entry in promotion_history(config.registry):
-        previous = f"v{entry['previous']}" if entry["previous"] else "none"
-        typer.echo(f"{entry['at']} {entry['action']:<8} v{entry['version']} (previous: "
-                   f"{previous}) by {entry['by']}: {entry['reason']}")
+    typer.echo("\n".join(list_models(_load(params)[0]).lines()))
 
 
-@app.command()
-@step
-def serve(
-    params: ParamsOption = Path("params.yaml"),
+@app.command("serve")
+@reported
+def serve_command(
+    params: ParamsOption = DEFAULT_PARAMS,
     host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="port")] = 8080,
+    port_: Annotated[int, typer.Option("--port", help="port")] = 8080,
     alias: Annotated[str, typer.Option(help="registry alias to serve")] = "champion",
     poll_seconds: Annotated[float, typer.Option(help="alias polling interval")] = 30.0,
     max_batch: Annotated[int, typer.Option(help="images per request at most")] = 64,
     max_image_bytes: Annotated[int, typer.Option(help="bytes per image at most")] = 5_242_880,
 ) -> None:
     """Serve models:/<name>@champion over HTTP (reloads when the alias moves)."""
-    import uvicorn
+    from image_finetune.steps.serve import serve_champion
 
-    from image_finetune.serve import ServeSettings, create_app
+    serve_champion(_load(params)[0], host, port_, alias=alias, poll_seconds=poll_seconds,
+                         max_batch=max_batch, max_image_bytes=max_image_bytes)
 
-    config, _ = _params(params)
-    settings = ServeSettings(model_name=config.registry.model_name,
-                             tracking_uri=config.registry.tracking_uri, alias=alias,
-                             poll_seconds=poll_seconds, max_batch=max_batch,
-                             max_image_bytes=max_image_bytes)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+
+BATCH = steps.PREDICT_BATCH
 
 
 @app.command("predict-batch")
-@step
-def predict_batch(
+@reported
+def predict_batch_command(
     source: Annotated[Path, typer.Argument(help="folder or .tar(.gz) of images")],
-    out: Annotated[Path, typer.Option(help="CSV of predictions")] = Path("predictions.csv"),
-    model: Annotated[str, typer.Option(help="models:/name@alias, runs:/..., or a .keras")] = "",
-    data_manifest: Annotated[Path, typer.Option(help="class names for a bare .keras")] = Path(
-        "data/ingested/manifest.json"),
-    params: ParamsOption = Path("params.yaml"),
+    out: port(BATCH, "out", "CSV of predictions") = BATCH.paths["out"],
+    model: Annotated[str, typer.Option(help="models:/name@alias, runs:/..., or a .keras "
+                                            "(default: the champion)")] = "",
+    data_manifest: port(BATCH, "data_manifest", "class names for a bare .keras") =
+        BATCH.paths["data_manifest"],
+    params: ParamsOption = DEFAULT_PARAMS,
 ) -> None:
     """Batch inference over a folder or archive of images, to a CSV."""
-    import json
+    from image_finetune.steps.predict_batch import predict_batch
 
-    from image_finetune.serve import predict_folder
-
-    config, _ = _params(params)
-    uri = model or f"models:/{config.registry.model_name}@champion"
-    names = None
-    if uri.startswith(("models:/", "runs:/")):
-        from image_finetune.registry import _client
-
-        _client(config.registry)  # points MLflow at the configured store, failing fast
-    elif data_manifest.exists():  # a bare model file: class names from the dataset
-        names = json.loads(data_manifest.read_text())["class_names"]
-    count = predict_folder(uri, source, out, class_names=names)
+    count = predict_batch(_load(params)[0], source, out, model, data_manifest)
     typer.echo(f"{count} images -> {out}")
 
 
 @app.command("export-savedmodel")
-@step
-def export_savedmodel(
-    model: ModelOption = Path("models/selected/model.keras"),
-    out: Annotated[Path, typer.Option(help="SavedModel directory")] = Path(
-        "models/savedmodel/1"),
+@reported
+def export_command(
+    model: port(steps.EXPORT, "model", "saved classifier") = steps.EXPORT.paths["model"],
+    out: port(steps.EXPORT, "out", "SavedModel directory") = steps.EXPORT.paths["out"],
 ) -> None:
     """Export a TF Serving SavedModel whose serving signature takes uint8 images."""
-    from image_finetune.serve import export_saved_model
+    from image_finetune.steps.export import export_savedmodel
 
-    typer.echo(export_saved_model(model, out))
+    typer.echo(export_savedmodel(model, out))
 
 
 @app.command("check-params")
-@step
-def check_params(params: ParamsOption = Path("params.yaml")) -> None:
+@reported
+def check_params_command(params: ParamsOption = DEFAULT_PARAMS) -> None:
     """Validate params.yaml and print the effective configuration."""
-    config, _ = _params(params)
-    typer.echo(config.model_dump_json(indent=2, by_alias=True))
+    from image_finetune.steps.check_params import check_params
+
+    typer.echo(check_params(_load(params)[0]))
 
 
 if __name__ == "__main__":

@@ -102,6 +102,15 @@ class Rung(_Section):
     early_stopping_patience: Positive | None = None
 
 
+DEFAULT_LADDER = (
+    Rung(name="frozen-head", epochs=8, learning_rate=0.001, label_smoothing=0.1,
+         batch_size=256),
+    Rung(name="top-blocks", unfreeze_from="block_13_expand", epochs=4, learning_rate=0.0005,
+         warmup_epochs=0.3, weight_decay=0.00005, label_smoothing=0.1, batch_size=128,
+         early_stopping_patience=2),
+)
+
+
 class TrainParams(_Section):
     """The ladder of configurations that the retrain loop climbs (``train``)."""
 
@@ -111,7 +120,7 @@ class TrainParams(_Section):
     flip_cache: bool = True
     mixed_precision: Literal["auto", "off", "on"] = "auto"
     jit_compile: Literal["auto", "off", "on"] = "auto"
-    ladder: list[Rung] = Field(min_length=1, max_length=8)
+    ladder: list[Rung] = Field(default=list(DEFAULT_LADDER), min_length=1, max_length=8)
 
     @model_validator(mode="after")
     def _unique_rung_names(self) -> TrainParams:
@@ -139,7 +148,7 @@ class GateParams(_Section):
 
     min_accuracy: Fraction = 0.85
     min_macro_f1: Fraction = 0.85
-    min_class_recall: Fraction = 0.6
+    min_class_recall: Fraction = 0.65
     max_latency_p95_ms: Annotated[float, Field(gt=0.0)] = 200.0
     significance: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.05
 
@@ -160,7 +169,7 @@ class Params(_Section):
     validate_: ValidateParams = Field(default=ValidateParams(), alias="validate")
     augment: AugmentParams = AugmentParams()
     model: ModelParams = ModelParams()
-    train: TrainParams
+    train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
     gate: GateParams = GateParams()
     registry: RegistryParams = RegistryParams()

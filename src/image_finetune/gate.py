@@ -1,17 +1,21 @@
-"""The "meets requirements?" decision, with every reason."""
+"""The "meets requirements?" decision, with every check behind it.
+
+The gate is pure: it gets the candidate's metrics and per-image results, and the
+champion's per-image results where there is a champion (as TFX's Evaluator gets its
+baseline); it never asks the registry itself.
+"""
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from image_finetune.config import GateParams, Params
+from image_finetune.config import GateParams
+from image_finetune.stats import mcnemar_greater
 
 
-@dataclass
+@dataclass(frozen=True)
 class Check:
     """One requirement: what was measured against what was required."""
 
@@ -20,6 +24,20 @@ class Check:
     value: float | None
     threshold: float | None
     detail: str
+
+    @property
+    def line(self) -> str:
+        """``ok   name: detail`` or ``FAIL name: detail``."""
+        return f"{'ok  ' if self.passed else 'FAIL'} {self.name}: {self.detail}"
+
+
+@dataclass(frozen=True)
+class ChampionResults:
+    """The registry's champion on the candidate's test images: its version and whether it
+    was right on each image (in the candidate's order)."""
+
+    version: str
+    correct: np.ndarray
 
 
 @dataclass
@@ -32,31 +50,29 @@ class Decision:
     split: str = "validation"
 
     @property
+    def failures(self) -> list[Check]:
+        """The checks that failed (``beats_champion`` among them when it failed)."""
+        return [c for c in self.checks if not c.passed]
+
+    @property
     def reasons(self) -> list[str]:
         """Readable lines, failures first."""
-        ordered = sorted(self.checks, key=lambda c: c.passed)
-        return [f"{'ok  ' if c.passed else 'FAIL'} {c.name}: {c.detail}" for c in ordered]
+        return [c.line for c in sorted(self.checks, key=lambda c: c.passed)]
+
+    def failure_summary(self) -> str:
+        """The failed checks on one line (empty when none failed)."""
+        return "; ".join(c.line for c in self.failures)
 
     def to_json(self) -> dict:
         """The decision file's content."""
         return {"passed": self.passed, "promote": self.promote, "split": self.split,
-                "reasons": self.reasons,
-                "checks": [asdict(c) for c in self.checks]}
+                "reasons": self.reasons, "checks": [asdict(c) for c in self.checks]}
 
-
-def mcnemar_greater(candidate_correct: np.ndarray, champion_correct: np.ndarray) -> dict:
-    """Exact one-sided McNemar test: is the candidate right more often on the same images?"""
-    from scipy.stats import binomtest
-
-    if candidate_correct.shape != champion_correct.shape:
-        raise ValueError(
-            f"paired test needs the same images: {candidate_correct.shape} vs "
-            f"{champion_correct.shape}")
-    wins = int(np.sum(candidate_correct & ~champion_correct))
-    losses = int(np.sum(~candidate_correct & champion_correct))
-    p_value = 1.0 if wins + losses == 0 else float(
-        binomtest(wins, wins + losses, 0.5, alternative="greater").pvalue)
-    return {"candidate_only_correct": wins, "champion_only_correct": losses, "p_value": p_value}
+    @classmethod
+    def from_json(cls, payload: dict) -> Decision:
+        """A decision read back from its file."""
+        return cls(passed=payload["passed"], promote=payload["promote"],
+                   checks=[Check(**c) for c in payload["checks"]], split=payload["split"])
 
 
 def _threshold(name: str, value: float, threshold: float, at_least: bool, unit: str = "") -> Check:
@@ -66,20 +82,29 @@ def _threshold(name: str, value: float, threshold: float, at_least: bool, unit: 
                  f"{value:.4g}{unit} (required {sign} {threshold:.4g}{unit})")
 
 
+def _champion_check(
+    candidate_correct: np.ndarray, champion: ChampionResults, significance: float
+) -> Check:
+    test = mcnemar_greater(np.asarray(candidate_correct), np.asarray(champion.correct))
+    return Check(
+        "beats_champion", test["p_value"] < significance, test["p_value"], significance,
+        f"McNemar vs champion v{champion.version}: candidate-only correct "
+        f"{test['candidate_only_correct']}, champion-only correct "
+        f"{test['champion_only_correct']}, one-sided p={test['p_value']:.4g} "
+        f"(required < {significance})")
+
+
 def decide(
     metrics: dict,
     params: GateParams,
     split: str,
     candidate_correct: np.ndarray | None = None,
-    champion: dict | None = None,
+    champion: ChampionResults | None = None,
 ) -> Decision:
     """Check absolute requirements, and where a champion exists, a paired McNemar test.
 
     ``passed``: every requirement is met (the model may be registered).
     ``promote``: passed, and there is no champion or the candidate beats it significantly.
-
-    ``champion`` holds ``correct`` (bool per image, in the order of
-    ``candidate_correct``) and ``version``.
     """
     checks = [
         _threshold("accuracy", metrics["accuracy"], params.min_accuracy, True),
@@ -93,31 +118,6 @@ def decide(
     if champion is not None:
         if candidate_correct is None:
             raise ValueError("a champion comparison needs the candidate's per-image results")
-        test = mcnemar_greater(np.asarray(candidate_correct), np.asarray(champion["correct"]))
-        beats = test["p_value"] < params.significance
-        checks.append(Check(
-            "beats_champion", beats, test["p_value"], params.significance,
-            f"McNemar vs champion v{champion.get('version', '?')}: candidate-only correct "
-            f"{test['candidate_only_correct']}, champion-only correct "
-            f"{test['champion_only_correct']}, one-sided p={test['p_value']:.4g} "
-            f"(required < {params.significance})"))
+        checks.append(_champion_check(candidate_correct, champion, params.significance))
+        beats = checks[-1].passed
     return Decision(passed=passed, promote=passed and beats, checks=checks, split=split)
-
-
-def write_decision(decision: Decision, path: Path) -> None:
-    """Write the decision JSON."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(decision.to_json(), indent=2) + "\n")
-
-
-def final_decision(params: Params, evaluation_dir: Path) -> Decision:
-    """The final gate on the test evaluation, with a McNemar test where a champion exists."""
-    from image_finetune.evaluate import PREDICTIONS_FILE
-    from image_finetune.registry import champion_reference
-
-    metrics = json.loads((evaluation_dir / "details.json").read_text())
-    predictions = np.load(evaluation_dir / PREDICTIONS_FILE)
-    labels = predictions["labels"]
-    correct = predictions["probabilities"].argmax(axis=1) == labels
-    champion = champion_reference(params.registry, labels)
-    return decide(metrics, params.gate, "test", correct, champion)

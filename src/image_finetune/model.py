@@ -1,4 +1,4 @@
-"""Backbone registry, classifier head, freezing and the feature-cache split.
+"""Backbone registry, classifier head and freezing.
 
 The classifier takes uint8 images at the dataset's resolution; resizing and
 the backbone's own preprocessing are layers inside the model, so serving
@@ -167,24 +167,3 @@ def set_trainable(backbone: keras.Model, unfreeze_from: str | None) -> int:
     for index, layer in enumerate(backbone.layers):
         layer.trainable = index >= start and not isinstance(layer, layers.BatchNormalization)
     return sum(int(ops.size(w)) for w in backbone.trainable_weights)
-
-
-def split_backbone(backbone: keras.Model, boundary: str) -> tuple[keras.Model, keras.Model]:
-    """(stem, tail) sharing the backbone's layers: stem ends at ``boundary``, tail starts there."""
-    layer_index(backbone, boundary)
-    cut = backbone.get_layer(boundary).output
-    stem = keras.Model(backbone.input, cut, name=f"{backbone.name}_stem")
-    tail = keras.Model(cut, backbone.output, name=f"{backbone.name}_tail")
-    return stem, tail
-
-
-def stem_model(classifier: keras.Model, boundary: str | None) -> keras.Model:
-    """uint8 images -> resize -> preprocess -> backbone up to ``boundary`` (None: all)."""
-    backbone = get_backbone(classifier)
-    inputs = keras.Input(classifier.input_shape[1:], dtype="uint8")
-    x = layers.Rescaling(1.0)(inputs)
-    for layer in classifier.layers:
-        if layer.name in ("resize", "preprocess"):
-            x = layer(x)
-    stem = backbone if boundary is None else split_backbone(backbone, boundary)[0]
-    return keras.Model(inputs, stem(x, training=False), name="feature_stem")

@@ -1,22 +1,22 @@
-"""Online and batch inference with the champion model.
+"""The HTTP service: serves ``models:/<name>@<alias>``, polls the alias and swaps in a new
+version without downtime when it moves. Images of any size are decoded and resized exactly
+as the ingest step does (``data.sources.decode_image``)."""
 
-The HTTP service loads ``models:/<name>@champion`` at start, polls the alias and swaps
-in a new version without downtime when it moves. Images of any size are decoded and
-resized exactly as the ingest step does (``data.sources.decode_image``).
-"""
+from __future__ import annotations
 
-import csv
-import json
 import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from image_finetune.data.sources import IMAGE_SUFFIXES, _iter_folder_files, decode_image
+from image_finetune.config import RegistryParams
+from image_finetune.data.sources import decode_image
 from image_finetune.errors import MissingInputError
+from image_finetune.inference import class_names_or_indices, top_k
+from image_finetune.registry.client import client_for
+from image_finetune.registry.versions import registered_class_names, version_by_alias
 
 log = logging.getLogger(__name__)
 
@@ -49,27 +49,13 @@ class LoadedModel:
         return np.asarray(self.model.predict_on_batch(images))
 
 
-def top_k(probabilities: np.ndarray, class_names: list[str], k: int) -> list[list[dict]]:
-    """The k most probable classes of each row, most probable first."""
-    order = np.argsort(-probabilities, axis=1)[:, :k]
-    return [[{"class": class_names[i], "probability": round(float(row[i]), 6)} for i in best]
-            for row, best in zip(probabilities, order, strict=True)]
-
-
-def registered_class_names(version) -> list[str] | None:
-    """The class names a registered version carries in its tags (None: not recorded)."""
-    names = version.tags.get("class_names")
-    return json.loads(names) if names else None
-
-
 def load_version(model_name: str, version) -> LoadedModel:
     """Load one registered version, with its class names."""
     import mlflow
 
     model = mlflow.keras.load_model(f"models:/{model_name}/{version.version}")
-    class_names = registered_class_names(version) or [
-        str(i) for i in range(int(model.output_shape[-1]))]
-    return LoadedModel(model, str(version.version), class_names, int(model.input_shape[1]))
+    names = class_names_or_indices(registered_class_names(version), model)
+    return LoadedModel(model, str(version.version), names, int(model.input_shape[1]))
 
 
 class ChampionHolder:
@@ -84,12 +70,9 @@ class ChampionHolder:
 
     def _target(self):
         """The version the alias points at now (None: no such alias)."""
-        from image_finetune.config import RegistryParams
-        from image_finetune.registry import _client, _version_by_alias
-
-        client = _client(RegistryParams(tracking_uri=self.settings.tracking_uri,
-                                        model_name=self.settings.model_name))
-        return _version_by_alias(client, self.settings.model_name, self.settings.alias)
+        client = client_for(RegistryParams(tracking_uri=self.settings.tracking_uri,
+                                           model_name=self.settings.model_name))
+        return version_by_alias(client, self.settings.model_name, self.settings.alias)
 
     def load(self, version=None) -> LoadedModel:
         """Load ``version`` (default: the alias' version now) and serve it."""
@@ -128,28 +111,70 @@ class ChampionHolder:
         self._stop.set()
 
 
+class Metrics:
+    """The service's Prometheus metrics, in a registry of their own."""
+
+    def __init__(self):
+        from prometheus_client import CollectorRegistry, Counter, Histogram
+
+        self.registry = CollectorRegistry()
+        self.requests = Counter("predict_requests_total", "Prediction requests", ["status"],
+                                registry=self.registry)
+        self.images = Counter("predict_images_total", "Images classified",
+                              registry=self.registry)
+        self.latency = Histogram("predict_latency_seconds", "Prediction request latency",
+                                 registry=self.registry,
+                                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+
+
+class Rejected(Exception):
+    """A request refused with an HTTP status and a message for the client."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+async def read_images(request, settings: ServeSettings) -> list[tuple[str, bytes]]:
+    """(name, bytes) of each image in a request: one raw image body, or multipart files."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "multipart/form-data":
+        form = await request.form(max_files=settings.max_batch + 1)
+        uploads = form.getlist("files") + form.getlist("file")
+        if len(uploads) > settings.max_batch:
+            raise Rejected(413, f"too many images: at most {settings.max_batch} per request")
+        return [(u.filename or f"file{i}", await u.read()) for i, u in enumerate(uploads)]
+    if content_type in ("image/png", "image/jpeg", "application/octet-stream"):
+        return [("body", await request.body())]
+    raise Rejected(415, f"unsupported content type {content_type or '(none)'!r}: send "
+                        "image/png, image/jpeg, or multipart/form-data with one or more 'files'")
+
+
+def decode_all(files: list[tuple[str, bytes]], settings: ServeSettings, size: int) -> np.ndarray:
+    """The request's images as one uint8 batch; Rejected on the first bad one."""
+    if not files:
+        raise Rejected(400, "no image in the request")
+    images = []
+    for name, data in files:
+        if not data:
+            raise Rejected(400, f"{name}: empty body")
+        if len(data) > settings.max_image_bytes:
+            raise Rejected(413, f"{name}: {len(data)} bytes, over the limit of "
+                                f"{settings.max_image_bytes}")
+        try:
+            images.append(decode_image(data, name, size, resize=True))
+        except ValueError as exc:
+            raise Rejected(400, str(exc)) from exc
+    return np.stack(images)
+
+
 def create_app(settings: ServeSettings, holder: ChampionHolder | None = None):
     """The FastAPI application: /predict, /healthz, /readyz, /metadata, /metrics."""
     from contextlib import asynccontextmanager
 
-    from fastapi import FastAPI, HTTPException, Request
-    from fastapi.responses import JSONResponse, Response
-    from prometheus_client import (
-        CONTENT_TYPE_LATEST,
-        CollectorRegistry,
-        Counter,
-        Histogram,
-        generate_latest,
-    )
+    from fastapi import FastAPI
 
     holder = holder or ChampionHolder(settings)
-    registry = CollectorRegistry()
-    requests_total = Counter("predict_requests_total", "Prediction requests", ["status"],
-                             registry=registry)
-    images_total = Counter("predict_images_total", "Images classified", registry=registry)
-    latency = Histogram("predict_latency_seconds", "Prediction request latency",
-                        registry=registry,
-                        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 
     @asynccontextmanager
     async def lifespan(_app):
@@ -159,53 +184,44 @@ def create_app(settings: ServeSettings, holder: ChampionHolder | None = None):
         holder.stop()
 
     app = FastAPI(title="image-finetune", lifespan=lifespan)
+    _add_prediction(app, settings, holder, Metrics())
+    _add_status(app, settings, holder)
+    app.state.holder = holder
+    return app
 
-    def reject(status: int, message: str):
-        requests_total.labels(status=str(status)).inc()
-        raise HTTPException(status_code=status, detail=message)
 
-    async def read_images(request: Request) -> list[tuple[str, bytes]]:
-        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if content_type == "multipart/form-data":
-            form = await request.form(max_files=settings.max_batch + 1)
-            uploads = form.getlist("files") + form.getlist("file")
-            if len(uploads) > settings.max_batch:
-                reject(413, f"too many images: at most {settings.max_batch} per request")
-            return [(u.filename or f"file{i}", await u.read()) for i, u in enumerate(uploads)]
-        if content_type in ("image/png", "image/jpeg", "application/octet-stream"):
-            return [("body", await request.body())]
-        reject(415, f"unsupported content type {content_type or '(none)'!r}: send image/png, "
-                    "image/jpeg, or multipart/form-data with one or more 'files'")
-        return []
+def _add_prediction(app, settings: ServeSettings, holder: ChampionHolder, metrics: Metrics):
+    from fastapi import HTTPException, Request
+    from fastapi.responses import Response
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
     @app.post("/predict")
     async def predict(request: Request, k: int | None = None):
         start = time.perf_counter()
-        model = holder.current
-        if model is None:
-            reject(503, "no model loaded yet")
-        files = await read_images(request)
-        if not files:
-            reject(400, "no image in the request")
-        images = []
-        for name, data in files:
-            if not data:
-                reject(400, f"{name}: empty body")
-            if len(data) > settings.max_image_bytes:
-                reject(413, f"{name}: {len(data)} bytes, over the limit of "
-                            f"{settings.max_image_bytes}")
-            try:
-                images.append(decode_image(data, name, model.input_size, resize=True))
-            except ValueError as exc:
-                reject(400, str(exc))
-        probabilities = model.predict(np.stack(images))
-        requests_total.labels(status="200").inc()
-        images_total.inc(len(images))
-        latency.observe(time.perf_counter() - start)
+        try:
+            model = holder.current
+            if model is None:
+                raise Rejected(503, "no model loaded yet")
+            files = await read_images(request, settings)
+            probabilities = model.predict(decode_all(files, settings, model.input_size))
+        except Rejected as exc:
+            metrics.requests.labels(status=str(exc.status)).inc()
+            raise HTTPException(status_code=exc.status, detail=str(exc)) from exc
+        metrics.requests.labels(status="200").inc()
+        metrics.images.inc(len(files))
+        metrics.latency.observe(time.perf_counter() - start)
+        best = top_k(probabilities, model.class_names, k or settings.top_k)
         return {"model_name": settings.model_name, "model_version": model.version,
-                "predictions": [{"file": name, "top_k": best} for (name, _), best in zip(
-                    files, top_k(probabilities, model.class_names, k or settings.top_k),
-                    strict=True)]}
+                "predictions": [{"file": name, "top_k": b}
+                                for (name, _), b in zip(files, best, strict=True)]}
+
+    @app.get("/metrics")
+    def prometheus():
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _add_status(app, settings: ServeSettings, holder: ChampionHolder):
+    from fastapi.responses import JSONResponse
 
     @app.get("/healthz")
     def healthz():
@@ -227,94 +243,3 @@ def create_app(settings: ServeSettings, holder: ChampionHolder | None = None):
                 "input_shape": [model.input_size, model.input_size, 3], "input_dtype": "uint8",
                 "loaded_at": model.loaded_at, "max_batch": settings.max_batch,
                 "max_image_bytes": settings.max_image_bytes}
-
-    @app.get("/metrics")
-    def metrics():
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
-
-    app.state.holder = holder
-    return app
-
-
-def predict_folder(
-    model_uri: str, source: Path, out_csv: Path, batch_size: int = 256, k: int = 3,
-    class_names: list[str] | None = None,
-) -> int:
-    """Batch inference over a folder or archive of images; write a CSV, return the count.
-
-    Unreadable files are listed in the CSV with their error, never silently dropped.
-    """
-    from tqdm import tqdm
-
-    model, registered_names = _load_for_batch(model_uri)
-    size = int(model.input_shape[1])
-    names = class_names or registered_names or [
-        str(i) for i in range(int(model.output_shape[-1]))]
-    rows: list[dict] = []
-    pending: list[tuple[str, np.ndarray]] = []
-
-    def flush() -> None:
-        if not pending:
-            return
-        probabilities = np.asarray(model.predict_on_batch(np.stack([a for _, a in pending])))
-        for (name, _), best in zip(pending, top_k(probabilities, names, k), strict=True):
-            rows.append({"file": name, "predicted": best[0]["class"],
-                         "probability": best[0]["probability"],
-                         "top_k": " ".join(f"{b['class']}:{b['probability']:.4f}" for b in best),
-                         "error": ""})
-        pending.clear()
-
-    for rel, data in tqdm(_iter_folder_files(source), desc="predict", unit="img"):
-        if data is None or Path(str(rel)).suffix.lower() not in IMAGE_SUFFIXES:
-            continue
-        try:
-            pending.append((str(rel), decode_image(data, str(rel), size, resize=True)))
-        except ValueError as exc:
-            rows.append({"file": str(rel), "predicted": "", "probability": "", "top_k": "",
-                         "error": str(exc)})
-        if len(pending) >= batch_size:
-            flush()
-    flush()
-    out_csv.parent.mkdir(parents=True, exist_ok=True)
-    with out_csv.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, ["file", "predicted", "probability", "top_k", "error"])
-        writer.writeheader()
-        writer.writerows(sorted(rows, key=lambda r: r["file"]))
-    return len(rows)
-
-
-def _load_for_batch(model_uri: str) -> tuple[object, list[str] | None]:
-    """The model behind a URI or file, with the class names its registry version carries."""
-    if not model_uri.startswith(("models:/", "runs:/")):
-        from image_finetune.train import load_classifier
-
-        return load_classifier(Path(model_uri)), None
-    import mlflow
-
-    model = mlflow.keras.load_model(model_uri)
-    if not model_uri.startswith("models:/"):
-        return model, None
-    name, _, ref = model_uri.removeprefix("models:/").replace("@", "/@").partition("/")
-    client = mlflow.MlflowClient()
-    version = (client.get_model_version_by_alias(name, ref[1:]) if ref.startswith("@")
-               else client.get_model_version(name, ref))
-    return model, registered_class_names(version)
-
-
-def export_saved_model(model_path: Path, out_dir: Path) -> Path:
-    """A TF Serving SavedModel whose ``serving_default`` signature takes uint8 images."""
-    import keras
-    import tensorflow as tf  # TensorFlow-only: imported where used
-
-    from image_finetune.train import load_classifier
-
-    model = load_classifier(model_path)
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    # training=False spelled out: Keras' random augmentation layers default to training mode
-    # when called without it, which is what a plain model.export() does.
-    archive.add_endpoint(
-        "serving_default", lambda images: model(images, training=False),
-        input_signature=[tf.TensorSpec((None, *model.input_shape[1:]), tf.uint8, name="image")])
-    archive.write_out(str(out_dir), verbose=False)
-    return out_dir

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from image_finetune.config import DATA_ENV, WEIGHTS_ENV, load_params
+from image_finetune.config import DATA_ENV, WEIGHTS_ENV, Params, load_params
 from image_finetune.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,6 +25,19 @@ def test_the_projects_params_file_is_valid():
     assert params.data.source == "folder"
     assert len(params.train.ladder) >= 2
     assert params.train.ladder[0].unfreeze_from is None
+
+
+def test_the_code_defaults_are_the_params_file_one_source_of_defaults():
+    """Every value params.yaml sets is the typed config's default, and vice versa: a key left
+    out of params.yaml means what the file says it means."""
+    from_file = load_params(ROOT / "params.yaml", use_env=False).model_dump(by_alias=True)
+    defaults = Params().model_dump(by_alias=True)
+    differences = {f"{section}.{key}": (value, defaults[section].get(key))
+                   for section, values in from_file.items() for key, value in values.items()
+                   if defaults[section].get(key) != value}
+    assert differences == {}
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert set(raw) == set(defaults)  # every section spelled out in the file
 
 
 def test_unknown_key_is_named_with_its_path(tmp_path):

@@ -1,10 +1,14 @@
-"""The gate: absolute requirements and the paired McNemar test."""
+"""The gate: absolute requirements, the paired McNemar test, the decision as data, and the
+retrain loop's rule."""
 
 import numpy as np
 import pytest
 
 from image_finetune.config import GateParams
-from image_finetune.gate import decide, mcnemar_greater
+from image_finetune.errors import GateFailedError
+from image_finetune.gate import ChampionResults, Decision, decide
+from image_finetune.ladder import AttemptRecord, ladder_verdict
+from image_finetune.stats import mcnemar_greater
 
 GOOD = {"accuracy": 0.9, "macro_f1": 0.9, "min_class_recall": 0.8,
         "latency": {"batch1_p95_ms": 10.0}}
@@ -56,7 +60,7 @@ def test_candidate_inside_the_noise_passes_but_is_not_promoted():
     candidate = champion.copy()
     flips = rng.choice(1000, 20, replace=False)
     candidate[flips] = ~candidate[flips]  # about as many wins as losses
-    decision = decide(GOOD, PARAMS, "test", candidate, {"correct": champion, "version": "3"})
+    decision = decide(GOOD, PARAMS, "test", candidate, ChampionResults("3", champion))
     assert decision.passed and not decision.promote
     expected = "FAIL beats_champion: McNemar vs champion v3"
     assert any(r.startswith(expected) for r in decision.reasons)
@@ -65,12 +69,47 @@ def test_candidate_inside_the_noise_passes_but_is_not_promoted():
 def test_clearly_better_candidate_is_promoted():
     champion = np.array([True] * 850 + [False] * 150)
     candidate = np.array([True] * 850 + [True] * 100 + [False] * 50)
-    decision = decide(GOOD, PARAMS, "test", candidate, {"correct": champion, "version": "1"})
+    decision = decide(GOOD, PARAMS, "test", candidate, ChampionResults("1", champion))
     assert decision.passed and decision.promote
 
 
 def test_champion_comparison_needs_the_candidates_results_on_the_same_images():
     with pytest.raises(ValueError, match="candidate's per-image results"):
-        decide(GOOD, PARAMS, "test", None, {"correct": np.ones(3, bool)})
+        decide(GOOD, PARAMS, "test", None, ChampionResults("1", np.ones(3, bool)))
     with pytest.raises(ValueError, match="same images"):
         mcnemar_greater(np.ones(3, bool), np.ones(4, bool))
+
+
+def test_failed_checks_are_data_and_survive_the_decision_file():
+    decision = decide({**GOOD, "accuracy": 0.5, "macro_f1": 0.4}, PARAMS, "validation")
+    assert [c.name for c in decision.failures] == ["accuracy", "macro_f1"]
+    assert decision.failures[0].value == 0.5 and decision.failures[0].threshold == 0.85
+    assert decision.failure_summary().startswith("FAIL accuracy: 0.5 (required >= 0.85); ")
+    again = Decision.from_json(decision.to_json())
+    assert again == decision and again.failures == decision.failures
+
+
+def record(index: int, passed: bool) -> AttemptRecord:
+    failures = () if passed else (f"FAIL accuracy: 0.{index} (required >= 0.85)",)
+    return AttemptRecord(index, f"rung-{index}", passed, failures, 0.5, 0.5)
+
+
+@pytest.mark.parametrize("outcomes,winner", [
+    ([True], 0),  # the first rung passes: the loop stops there
+    ([False], None),  # rungs remain: retrain
+    ([False, False, True], 2),  # fail, fail, pass over three rungs
+])
+def test_the_ladder_stops_at_the_first_pass_and_retrains_while_rungs_remain(outcomes, winner):
+    records = [record(i, passed) for i, passed in enumerate(outcomes)]
+    assert ladder_verdict(records, rungs=3) == winner
+
+
+def test_the_last_rung_failing_fails_the_run_with_every_attempts_reasons():
+    records = [record(0, False), record(1, False)]
+    with pytest.raises(GateFailedError) as failed:
+        ladder_verdict(records, rungs=2)
+    assert str(failed.value).splitlines() == [
+        "every rung of the ladder failed the gate:",
+        "  attempt 0 (rung-0): FAIL accuracy: 0.0 (required >= 0.85)",
+        "  attempt 1 (rung-1): FAIL accuracy: 0.1 (required >= 0.85)"]
+    assert AttemptRecord.from_json(records[1].to_json()) == records[1]

@@ -4,12 +4,13 @@ import numpy as np
 import pytest
 
 from image_finetune.config import EvaluateParams
-from image_finetune.evaluate import (
-    bootstrap_accuracy_interval,
+from image_finetune.metrics import (
     classification_metrics,
     expected_calibration_error,
+    flatten_metrics,
     most_confused_pairs,
 )
+from image_finetune.stats import bootstrap_accuracy_interval
 
 CLASSES = ["a", "b", "c"]
 
@@ -47,3 +48,12 @@ def test_classification_metrics_on_a_known_case():
     assert metrics["min_class_recall"] == pytest.approx(0.5)
     assert metrics["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
     assert metrics["accuracy_ci95"][0] <= metrics["accuracy"] <= metrics["accuracy_ci95"][1]
+
+
+def test_flat_metrics_keep_every_scalar_and_the_interval_and_drop_the_tables():
+    metrics = {"accuracy": 0.9, "accuracy_ci95": [0.88, 0.92], "count": 100, "flip_tta": True,
+               "latency": {"batch1_p50_ms": 9.5}, "per_class": {"a": {"recall": 1.0}},
+               "confusion_matrix": [[1]], "most_confused": [{"true": "a"}]}
+    assert flatten_metrics(metrics, "test_") == {
+        "test_accuracy": 0.9, "test_accuracy_ci95.low": 0.88, "test_accuracy_ci95.high": 0.92,
+        "test_count": 100.0, "test_latency.batch1_p50_ms": 9.5}

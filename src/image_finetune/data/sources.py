@@ -55,7 +55,7 @@ def decode_image(data: bytes, name: str, image_size: int, resize: bool) -> np.nd
     return np.asarray(rgb, dtype=np.uint8)
 
 
-def _iter_folder_files(path: Path) -> Iterator[tuple[PurePosixPath, bytes | None]]:
+def iter_folder_files(path: Path) -> Iterator[tuple[PurePosixPath, bytes | None]]:
     """Yield (relative path, bytes) of every file of a directory tree or .tar(.gz);
     folders come with None, so that empty class folders are seen too."""
     if path.is_dir():
@@ -96,7 +96,7 @@ def read_image_folder(
     problems: list[str] = []
     decoded: dict[tuple[str, str], list[tuple[str, np.ndarray]]] = {}
     class_dirs: dict[str, set[str]] = {}
-    files = _iter_folder_files(path)
+    files = iter_folder_files(path)
     for rel, data in tqdm(files, desc=f"decode {path.name}", unit="img", mininterval=1.0):
         parts = _strip_common_root(rel.parts)
         if any(part.startswith(".") for part in parts[:2]):

@@ -1,4 +1,4 @@
-"""Great Expectations suites over the fact tables, and the ``validate`` step.
+"""Great Expectations suites over the fact tables.
 
 Expectations with severity ``critical`` block the pipeline; ``warning`` ones
 are reported without failing it.
@@ -6,18 +6,14 @@ are reported without failing it.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from image_finetune.config import ValidateParams
-from image_finetune.data.canonical import atomic_directory, read_manifest
-from image_finetune.errors import DataValidationError
-from image_finetune.validation.facts import channel_stats, class_counts, image_facts
 
 log = logging.getLogger(__name__)
 
@@ -66,67 +62,81 @@ class ValidationReport:
 
 def _expectations(params: ValidateParams, manifest: dict) -> dict[str, list]:
     """The suites, one per fact table, keyed by table name."""
+    return {"images": _image_expectations(params, manifest),
+            "class_counts": _count_expectations(params),
+            "channel_stats": _channel_expectations(params)}
+
+
+def _image_expectations(params: ValidateParams, manifest: dict) -> list:
     import great_expectations.expectations as gxe
 
     n_classes = len(manifest["class_names"])
     # The shape the ingest was asked for, not whatever the arrays happen to have.
     side = manifest.get("params", {}).get("image_size")
     height, width, channels = (side, side, 3) if side else manifest["image_shape"]
+    return [
+        gxe.ExpectColumnValuesToBeInSet(
+            column="label", value_set=list(range(n_classes)),
+            description=f"label within the {n_classes} classes"),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="height", min_value=height, max_value=height,
+            description=f"height is {height}"),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="width", min_value=width, max_value=width,
+            description=f"width is {width}"),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="channels", min_value=channels, max_value=channels,
+            description=f"{channels} channels"),
+        gxe.ExpectColumnValuesToBeInSet(
+            column="dtype", value_set=["uint8"], description="dtype uint8"),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="std", min_value=params.min_image_std,
+            description=f"not constant (pixel std >= {params.min_image_std})"),
+        gxe.ExpectColumnValuesToBeInSet(
+            column="crosses_test_boundary", value_set=[False],
+            description="no image shared between train/validation and test"),
+        gxe.ExpectCompoundColumnsToBeUnique(
+            column_list=["split", "sha256"], mostly=1.0 - params.max_duplicate_fraction,
+            description="few exact duplicates within a split"),
+        gxe.ExpectCompoundColumnsToBeUnique(
+            column_list=["split", "sha256"], severity=WARNING,
+            description="no exact duplicates within a split"),
+    ]
+
+
+def _count_expectations(params: ValidateParams) -> list:
+    import great_expectations.expectations as gxe
+
+    tolerance = params.class_balance_tolerance
+    return [
+        gxe.ExpectColumnPairValuesToBeEqual(
+            column_A="count", column_B="manifest_count",
+            description="counts equal the manifest's"),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="count", min_value=params.min_images_per_class,
+            description=f"every class has >= {params.min_images_per_class} images"),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="balance_ratio", min_value=max(0.0, 1 - tolerance),
+            max_value=1 + tolerance,
+            description=f"class balance within +-{tolerance:.0%} of the split mean"),
+    ]
+
+
+def _channel_expectations(params: ValidateParams) -> list:
+    import great_expectations.expectations as gxe
+
     low_mean, high_mean = params.channel_mean_range
     low_std, high_std = params.channel_std_range
-    tolerance = params.class_balance_tolerance
-    return {
-        "images": [
-            gxe.ExpectColumnValuesToBeInSet(
-                column="label", value_set=list(range(n_classes)),
-                description=f"label within the {n_classes} classes"),
-            gxe.ExpectColumnValuesToBeBetween(
-                column="height", min_value=height, max_value=height,
-                description=f"height is {height}"),
-            gxe.ExpectColumnValuesToBeBetween(
-                column="width", min_value=width, max_value=width,
-                description=f"width is {width}"),
-            gxe.ExpectColumnValuesToBeBetween(
-                column="channels", min_value=channels, max_value=channels,
-                description=f"{channels} channels"),
-            gxe.ExpectColumnValuesToBeInSet(
-                column="dtype", value_set=["uint8"], description="dtype uint8"),
-            gxe.ExpectColumnValuesToBeBetween(
-                column="std", min_value=params.min_image_std,
-                description=f"not constant (pixel std >= {params.min_image_std})"),
-            gxe.ExpectColumnValuesToBeInSet(
-                column="crosses_test_boundary", value_set=[False],
-                description="no image shared between train/validation and test"),
-            gxe.ExpectCompoundColumnsToBeUnique(
-                column_list=["split", "sha256"], mostly=1.0 - params.max_duplicate_fraction,
-                description="few exact duplicates within a split"),
-            gxe.ExpectCompoundColumnsToBeUnique(
-                column_list=["split", "sha256"], severity=WARNING,
-                description="no exact duplicates within a split"),
-        ],
-        "class_counts": [
-            gxe.ExpectColumnPairValuesToBeEqual(
-                column_A="count", column_B="manifest_count",
-                description="counts equal the manifest's"),
-            gxe.ExpectColumnValuesToBeBetween(
-                column="count", min_value=params.min_images_per_class,
-                description=f"every class has >= {params.min_images_per_class} images"),
-            gxe.ExpectColumnValuesToBeBetween(
-                column="balance_ratio", min_value=max(0.0, 1 - tolerance),
-                max_value=1 + tolerance,
-                description=f"class balance within +-{tolerance:.0%} of the split mean"),
-        ],
-        "channel_stats": [
-            gxe.ExpectTableRowCountToBeBetween(
-                min_value=1, description="per-channel statistics were computed"),
-            gxe.ExpectColumnValuesToBeBetween(
-                column="mean", min_value=low_mean, max_value=high_mean,
-                description=f"channel mean in [{low_mean}, {high_mean}]"),
-            gxe.ExpectColumnValuesToBeBetween(
-                column="std", min_value=low_std, max_value=high_std,
-                description=f"channel std in [{low_std}, {high_std}]"),
-        ],
-    }
+    return [
+        gxe.ExpectTableRowCountToBeBetween(
+            min_value=1, description="per-channel statistics were computed"),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="mean", min_value=low_mean, max_value=high_mean,
+            description=f"channel mean in [{low_mean}, {high_mean}]"),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="std", min_value=low_std, max_value=high_std,
+            description=f"channel std in [{low_std}, {high_std}]"),
+    ]
 
 
 _ID_COLUMNS = {"images": ["image_id"], "class_counts": ["split", "class_name"],
@@ -214,30 +224,3 @@ def run_suites(
         evaluated=len(findings),
         data_docs=str(index) if index and index.exists() else None,
     )
-
-
-def validate_dataset(data_dir: Path, params: ValidateParams, out_dir: Path) -> ValidationReport:
-    """The validate step: facts -> suites -> ``result.json`` + Data Docs in ``out_dir``.
-
-    Outputs are written even when validation fails, so the failure can be
-    read; raise DataValidationError afterwards if a blocking expectation failed.
-    """
-    manifest = read_manifest(data_dir)
-    facts = image_facts(data_dir)
-    tables = {
-        "images": facts,
-        "class_counts": class_counts(facts, manifest),
-        "channel_stats": channel_stats(data_dir),
-    }
-    with atomic_directory(out_dir) as staging:
-        report = run_suites(tables, params, manifest, staging / "data_docs")
-        tables["class_counts"].to_csv(staging / "class_counts.csv", index=False)
-        tables["channel_stats"].to_csv(staging / "channel_stats.csv", index=False)
-        payload = asdict(report)
-        payload["data_docs"] = "data_docs/index.html" if report.data_docs else None
-        payload["images"] = int(len(facts))
-        (staging / "result.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    log.info("%s", report.summary())
-    if not report.success:
-        raise DataValidationError(report.summary())
-    return report

@@ -1,0 +1,137 @@
+"""The feature cache: the frozen part of the backbone runs once per image, and the
+trainable rest of the classifier trains on its cached activations.
+
+- the stem/tail split of a backbone at ``train.cache_boundary``;
+- cached activations (and those of mirrored copies, so horizontal flips survive
+  caching), memory-mapped from disk and written atomically under unique names;
+- the cache keys: everything that determines a cache, the code that shapes it included.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import uuid
+from pathlib import Path
+
+import keras
+import numpy as np
+from keras import layers
+
+from image_finetune.inference import predict_batches
+from image_finetune.model import get_backbone, get_head, layer_index
+
+EMBED_BATCH = 256
+
+
+def cache_key(*parts: object) -> str:
+    """A short, stable digest of everything that determines a cached result."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def split_backbone(backbone: keras.Model, boundary: str) -> tuple[keras.Model, keras.Model]:
+    """(stem, tail) sharing the backbone's layers: stem ends at ``boundary``, tail starts there."""
+    layer_index(backbone, boundary)
+    cut = backbone.get_layer(boundary).output
+    stem = keras.Model(backbone.input, cut, name=f"{backbone.name}_stem")
+    tail = keras.Model(cut, backbone.output, name=f"{backbone.name}_tail")
+    return stem, tail
+
+
+def stem_model(classifier: keras.Model, boundary: str | None) -> keras.Model:
+    """uint8 images -> resize -> preprocess -> backbone up to ``boundary`` (None: all)."""
+    backbone = get_backbone(classifier)
+    inputs = keras.Input(classifier.input_shape[1:], dtype="uint8")
+    x = layers.Rescaling(1.0)(inputs)
+    for layer in classifier.layers:
+        if layer.name in ("resize", "preprocess"):
+            x = layer(x)
+    stem = backbone if boundary is None else split_backbone(backbone, boundary)[0]
+    return keras.Model(inputs, stem(x, training=False), name="feature_stem")
+
+
+class CachedFeatures(keras.utils.PyDataset):
+    """Batches of cached features; each sample drawn from its original or mirrored copy."""
+
+    def __init__(self, features, flipped, labels, batch_size: int, seed: int, **kwargs):
+        super().__init__(**kwargs)
+        self.features, self.flipped, self.labels = features, flipped, labels
+        self.batch_size, self.seed, self.epoch = batch_size, seed, 0
+        self._shuffle()
+
+    def _shuffle(self) -> None:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        self.order = rng.permutation(len(self.labels))
+        self.use_flip = rng.random(len(self.labels)) < 0.5 if self.flipped is not None else None
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.labels) / self.batch_size)
+
+    def __getitem__(self, index: int):
+        rows = np.sort(self.order[index * self.batch_size : (index + 1) * self.batch_size])
+        batch = np.asarray(self.features[rows])
+        if self.use_flip is not None:
+            mirror = self.use_flip[rows]
+            batch[mirror] = self.flipped[rows[mirror]]
+        return batch, self.labels[rows]
+
+    def on_epoch_end(self) -> None:
+        self.epoch += 1
+        self._shuffle()
+
+
+def cached_activations(
+    stem: keras.Model, images: np.ndarray, path: Path, batch_size: int, desc: str
+) -> np.ndarray:
+    """Activations of ``stem`` over ``images``, computed once and memory-mapped from disk."""
+    if path.exists():
+        return np.load(path, mmap_mode="r")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    values = predict_batches(stem, images, batch_size, desc)
+    # Unique per writer, renamed into place: a killed embedding never leaves a truncated
+    # cache behind, and two runs sharing the cache never write the same file.
+    partial = path.with_name(f".{path.stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}.npy")
+    np.save(partial, values)
+    partial.replace(path)
+    return np.load(path, mmap_mode="r")
+
+
+def rung_features(
+    classifier: keras.Model, mode: str, boundary: str | None, flip: bool,
+    train_images: np.ndarray, validation_images: np.ndarray, cache_dir: Path,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """(train, train mirrored or None, validation) inputs of a ``head`` or ``tail`` rung."""
+    stem = stem_model(classifier, boundary)
+
+    def activations(model, images, name, desc):
+        return cached_activations(model, images, cache_dir / f"{name}.npy", EMBED_BATCH, desc)
+
+    x_train = activations(stem, train_images, "train", "embed train")
+    x_flip = (activations(stem, np.asarray(train_images)[:, :, ::-1], "train_flip",
+                          "embed mirrored train") if flip else None)
+    x_val = activations(stem, validation_images, "validation", "embed validation")
+    if mode == "tail":
+        return x_train, x_flip, np.asarray(x_val)
+    # Head-only: the frozen rest of the backbone (if any) runs once more, to pooled features.
+    rest = [split_backbone(get_backbone(classifier), boundary)[1]] if boundary else []
+    pool = keras.Sequential([*rest, get_head(classifier).get_layer("pool")])
+
+    def pooled(source, name):
+        return None if source is None else activations(pool, source, f"pooled_{name}",
+                                                       f"pool {name}")
+
+    return (pooled(x_train, "train"), pooled(x_flip, "train_flip"),
+            np.asarray(pooled(x_val, "validation")))
+
+
+def trainable_part(classifier: keras.Model, mode: str, boundary: str | None, shape) -> keras.Model:
+    """The part of the classifier that trains on cached features (layers shared, not copied)."""
+    head = get_head(classifier)
+    inputs = keras.Input(shape)
+    if mode == "head":
+        x = head.get_layer("dropout")(inputs)
+        return keras.Model(inputs, head.get_layer("logits")(x), name="head_on_features")
+    _, tail = split_backbone(get_backbone(classifier), boundary)
+    return keras.Model(inputs, head(tail(inputs, training=False)), name="tail_on_features")

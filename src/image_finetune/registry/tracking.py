@@ -1,0 +1,94 @@
+"""MLflow tracking: one parent run per pipeline run, one nested run per attempt of the
+ladder, batched metrics and parameters, artifacts."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from image_finetune.config import Params
+
+BATCH = 900  # MLflow accepts up to 1,000 metrics and 100 params per batch call
+PARAM_BATCH = 100
+PARAM_VALUE_LIMIT = 6000
+SECRET_PARAMS = ("registry.tracking_uri",)  # may carry credentials
+
+
+def _flatten_params(tree: dict, prefix: str = "") -> dict[str, str]:
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten_params(value, f"{name}."))
+        elif key != "ladder":  # rungs are logged with their attempts
+            flat[name] = str(value)[:PARAM_VALUE_LIMIT]
+    return flat
+
+
+def log_params(client, run_id: str, params: dict[str, str]) -> None:
+    """Log parameters in batches."""
+    from mlflow.entities import Param
+
+    items = [Param(k, v) for k, v in params.items()]
+    for start in range(0, len(items), PARAM_BATCH):
+        client.log_batch(run_id, params=items[start : start + PARAM_BATCH])
+
+
+def log_figures(client, run_id: str, figures: dict[str, float], step: int = 0) -> None:
+    """Log metrics in batches (one call per up to 900 values, not one per value)."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    items = [Metric(k, float(v), now, step) for k, v in figures.items()]
+    for start in range(0, len(items), BATCH):
+        client.log_batch(run_id, metrics=items[start : start + BATCH])
+
+
+def log_epochs(client, run_id: str, rows: list[dict]) -> None:
+    """Per-epoch figures (a training history's rows, ``epoch`` being the step)."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    items = [Metric(key, float(value), now, int(row["epoch"]))
+             for row in rows for key, value in row.items()
+             if key != "epoch" and value not in ("", None)]
+    for start in range(0, len(items), BATCH):
+        client.log_batch(run_id, metrics=items[start : start + BATCH])
+
+
+def parent_run(client, params: Params, pipeline_run_id: str) -> str:
+    """The parent run of a pipeline run, created (with every parameter) on first use."""
+    import mlflow
+
+    experiment = mlflow.set_experiment(params.registry.experiment)
+    found = client.search_runs([experiment.experiment_id],
+                               f"tags.pipeline_run_id = '{pipeline_run_id}' and "
+                               "tags.kind = 'pipeline'", max_results=1)
+    if found:
+        return found[0].info.run_id
+    run = client.create_run(experiment.experiment_id, run_name=pipeline_run_id,
+                            tags={"pipeline_run_id": pipeline_run_id, "kind": "pipeline",
+                                  "params_sha256": params.digest()})
+    flat = _flatten_params(params.model_dump(mode="json", by_alias=True))
+    log_params(client, run.info.run_id,
+               {k: v for k, v in flat.items() if k not in SECRET_PARAMS})
+    return run.info.run_id
+
+
+def nested_run(client, parent_id: str, name: str, tags: dict[str, str]) -> str:
+    """A run nested under ``parent_id`` in the parent's experiment."""
+    experiment_id = client.get_run(parent_id).info.experiment_id
+    run = client.create_run(experiment_id, run_name=name,
+                            tags={"mlflow.parentRunId": parent_id, **tags})
+    return run.info.run_id
+
+
+def log_files(client, run_id: str, files: list[Path], folders: dict[str, Path] | None = None,
+              files_under: str | None = None) -> None:
+    """Upload the files that exist, and whole folders under their artifact paths."""
+    for path in files:
+        if path.exists():
+            client.log_artifact(run_id, str(path), files_under)
+    for artifact_path, folder in (folders or {}).items():
+        if folder.exists():
+            client.log_artifacts(run_id, str(folder), artifact_path)

@@ -1,0 +1,128 @@
+"""Registered versions: lookup by alias, their stored test results, registration, listing."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from contextlib import suppress
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from image_finetune.config import RegistryParams
+from image_finetune.gate import ChampionResults
+from image_finetune.registry.client import RegistryError, client_for
+from image_finetune.stats import per_image_correct
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+PREDICTIONS_ARTIFACT = "evaluation/predictions.npz"
+
+
+def version_by_alias(client, name: str, alias: str):
+    """The version an alias points at (None: no such model or alias)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def version_correct(client, version, labels: np.ndarray) -> np.ndarray:
+    """Per-image correctness of a version's stored test predictions, checked against labels."""
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as work:
+        path = mlflow.artifacts.download_artifacts(
+            run_id=version.run_id, artifact_path=PREDICTIONS_ARTIFACT, dst_path=work)
+        stored = np.load(path)
+        stored_labels, probabilities = stored["labels"], stored["probabilities"]
+    if stored_labels.shape != labels.shape or not np.array_equal(stored_labels, labels):
+        raise RegistryError(
+            f"champion v{version.version} was evaluated on different test images; a paired "
+            "comparison is impossible (re-evaluate the champion on this test set)")
+    return per_image_correct(probabilities, labels)
+
+
+def champion_results(params: RegistryParams, labels: np.ndarray) -> ChampionResults | None:
+    """The current champion's per-image correctness on these test labels (None: no champion)."""
+    client = client_for(params)
+    champion = version_by_alias(client, params.model_name, CHAMPION)
+    if champion is None:
+        return None
+    return ChampionResults(str(champion.version), version_correct(client, champion, labels))
+
+
+def registered_class_names(version) -> list[str] | None:
+    """The class names a registered version carries in its tags (None: not recorded)."""
+    names = version.tags.get("class_names")
+    return json.loads(names) if names else None
+
+
+def register_version(
+    client, model_name: str, run_id: str, model, example: np.ndarray, tags: dict[str, str]
+) -> str:
+    """Log ``model`` (Keras flavor, signature, input example) in ``run_id`` and register it
+    as a new version of ``model_name``; return the version once it is ready."""
+    import mlflow
+
+    signature = mlflow.models.infer_signature(example, np.asarray(model.predict_on_batch(example)))
+    with tempfile.TemporaryDirectory() as work:
+        # Saved into an existing folder: mlflow.keras.log_model writes the input example
+        # before it creates its own folder, and fails.
+        local = Path(work) / "model"
+        local.mkdir()
+        mlflow.keras.save_model(model, str(local), signature=signature, input_example=example)
+        client.log_artifacts(run_id, str(local), "model")
+    _ensure_model(client, model_name)
+    created = client.create_model_version(model_name, f"runs:/{run_id}/model", run_id=run_id,
+                                          tags=tags)
+    return str(_wait_ready(client, model_name, created.version).version)
+
+
+def _ensure_model(client, name: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        with suppress(MlflowException):  # created concurrently
+            client.create_registered_model(name)
+
+
+def _wait_ready(client, name: str, version: str, timeout: float = 60.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        current = client.get_model_version(name, version)
+        if current.status == "READY" or time.monotonic() > deadline:
+            return current
+        time.sleep(0.5)
+
+
+def list_versions(params: RegistryParams) -> list[dict]:
+    """Every version with its aliases and key metrics, newest first."""
+    from mlflow.exceptions import MlflowException
+
+    client = client_for(params)
+    try:
+        # Search results do not carry aliases in every store; the registered model does.
+        alias_map = client.get_registered_model(params.model_name).aliases
+    except MlflowException:
+        return []
+    versions = client.search_model_versions(f"name = '{params.model_name}'")
+    rows = []
+    for version in sorted(versions, key=lambda v: int(v.version), reverse=True):
+        metrics = client.get_run(version.run_id).data.metrics if version.run_id else {}
+        rows.append({
+            "version": str(version.version),
+            "aliases": sorted(a for a, v in alias_map.items() if str(v) == str(version.version)),
+            "test_accuracy": metrics.get("test_accuracy"),
+            "test_macro_f1": metrics.get("test_macro_f1"),
+            "created": datetime.fromtimestamp(version.creation_timestamp / 1000, UTC)
+            .isoformat(timespec="seconds"),
+            "pipeline_run_id": version.tags.get("pipeline_run_id"),
+        })
+    return rows

@@ -1,0 +1,16 @@
+"""The ``check-params`` step: the configuration, validated before any work."""
+
+from __future__ import annotations
+
+from image_finetune.config import Params
+from image_finetune.errors import ConfigError
+
+
+def check_params(params: Params, rungs: int | None = None) -> str:
+    """The effective configuration as JSON. With ``rungs`` (what a compiled pipeline
+    unrolled), the ladder must have that many rungs."""
+    if rungs is not None and len(params.train.ladder) != rungs:
+        raise ConfigError(
+            f"train.ladder has {len(params.train.ladder)} rungs but this pipeline was compiled "
+            f"for {rungs}: recompile it from these params (python -m pipelines.cli compile)")
+    return params.model_dump_json(indent=2, by_alias=True)

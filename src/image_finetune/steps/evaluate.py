@@ -1,0 +1,70 @@
+"""The ``evaluate`` step: a saved classifier on one split of the canonical dataset:
+metrics, confusion matrix, gallery, latency and one HTML report."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from image_finetune.config import Params
+from image_finetune.data.canonical import load_split, read_manifest
+from image_finetune.inference import load_classifier, measure_latency, predict_proba
+from image_finetune.metrics import STRUCTURED, classification_metrics
+from image_finetune.report import plot_confusion, plot_gallery, write_html
+from image_finetune.steps.layout import DETAILS_FILE, METRICS_FILE, PREDICTIONS_FILE
+
+log = logging.getLogger(__name__)
+
+
+
+def evaluate_classifier(
+    params: Params, data: Path, model: Path, out: Path, split: str = "test",
+    title: str | None = None,
+) -> dict:
+    """Evaluate the classifier in ``model`` on ``split``; write every result to ``out``."""
+    loaded = load_split(data, split)
+    class_names = read_manifest(data)["class_names"]
+    classifier = load_classifier(model)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    probs = predict_proba(classifier, loaded.images, params.evaluate.batch_size,
+                          params.evaluate.flip_tta)
+    labels = np.asarray(loaded.labels)
+    metrics = classification_metrics(labels, probs, class_names, params.evaluate,
+                                     params.train.seed)
+    metrics["predict_seconds"] = round(time.perf_counter() - start, 2)
+    metrics["latency"] = measure_latency(classifier, tuple(loaded.images.shape[1:]),
+                                         params.evaluate.latency_runs)
+    metrics["model_size_mb"] = Path(model).stat().st_size / 1e6
+    metrics["flip_tta"] = params.evaluate.flip_tta
+    _write_results(out, metrics, probs, labels, np.asarray(loaded.images), class_names,
+                   params.evaluate.gallery_size)
+    write_html(out, title or f"Evaluation on {split}", metrics, class_names)
+    log.info("%s: accuracy %.4f macro F1 %.4f (%d images)", title or split, metrics["accuracy"],
+             metrics["macro_f1"], metrics["count"])
+    return metrics
+
+
+def _write_results(
+    out: Path, metrics: dict, probs: np.ndarray, labels: np.ndarray, images: np.ndarray,
+    class_names: list[str], gallery_size: int,
+) -> None:
+    np.savez_compressed(out / PREDICTIONS_FILE, probabilities=probs.astype(np.float32),
+                        labels=labels)
+    plot_confusion(np.asarray(metrics["confusion_matrix"]), class_names,
+                   out / "confusion_matrix.png")
+    if gallery_size:
+        plot_gallery(images, labels, probs, class_names, gallery_size, out / "misclassified.png")
+    (out / "confusion_matrix.json").write_text(json.dumps(
+        {"class_names": class_names, "matrix": metrics["confusion_matrix"]}) + "\n")
+    with (out / "confusion_pairs.csv").open("w") as handle:
+        handle.write("actual,predicted\n")
+        handle.writelines(f"{class_names[t]},{class_names[p]}\n"
+                          for t, p in zip(labels, probs.argmax(axis=1), strict=True))
+    summary = {k: v for k, v in metrics.items() if k not in STRUCTURED}
+    (out / METRICS_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    (out / DETAILS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")

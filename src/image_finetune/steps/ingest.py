@@ -1,0 +1,36 @@
+"""The ``ingest`` step: read the data source, hold out validation, write the canonical
+dataset."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from image_finetune.config import Params, resolve_path
+from image_finetune.data.canonical import sha256_file, write_dataset
+from image_finetune.data.ingest import canonical_splits, read_source
+from image_finetune.errors import IngestError
+
+log = logging.getLogger(__name__)
+
+
+
+def ingest_data(params: Params, out: Path, root: Path) -> dict:
+    """Read ``data.path`` (relative to ``root``) and write train/validation/test in the
+    canonical format to ``out``; return the manifest."""
+    data = params.data
+    source_path = resolve_path(data.path, root)
+    raw = read_source(data, source_path)
+    if "test" not in raw.images:
+        raise IngestError(f"{source_path}: no test split found")
+    splits, holdout = canonical_splits(raw, data.validation_fraction, data.seed)
+    # Only the file name and hash: the manifest must not depend on where the data sits.
+    source = {"kind": data.source, "name": source_path.name}
+    if data.source != "tfds" and source_path.is_file():
+        source["sha256"] = sha256_file(source_path)
+    manifest = write_dataset(out, raw.class_names, splits, {
+        "source": source, "validation_holdout": holdout,
+        "params": data.model_dump(mode="json", exclude={"path"})})
+    counts = {name: info["count"] for name, info in manifest["splits"].items()}
+    log.info("ingested %s -> %s: %s", source_path, out, counts)
+    return manifest

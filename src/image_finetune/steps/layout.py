@@ -1,0 +1,37 @@
+"""The files steps hand each other: their names inside a step's output folder and how to
+read them back. One place, so that a step never guesses another step's layout."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+# validate
+VALIDATION_RESULT = "result.json"
+# train-rung (an attempt's folder)
+HISTORY_FILE = "history.csv"
+RESULT_FILE = "result.json"
+# evaluate
+DETAILS_FILE = "details.json"
+METRICS_FILE = "metrics.json"
+PREDICTIONS_FILE = "predictions.npz"
+# gate-attempt, gate
+DECISION_FILE = "decision.json"
+# climb the ladder (the train stage's folder)
+SUMMARY_FILE = "summary.json"
+SELECTED = "selected"
+EVALUATION = "evaluation"
+
+
+def attempt_folder(models: Path, index: int) -> Path:
+    """Attempt ``index``'s folder inside the train stage's output."""
+    return models / f"attempt_{index}"
+
+
+def read_evaluation(evaluation: Path) -> tuple[dict, np.ndarray, np.ndarray]:
+    """(metrics, probabilities, labels) of an evaluate step's output folder."""
+    metrics = json.loads((evaluation / DETAILS_FILE).read_text())
+    predictions = np.load(evaluation / PREDICTIONS_FILE)
+    return metrics, predictions["probabilities"], predictions["labels"]

@@ -1,0 +1,81 @@
+"""The ``predict-batch`` step: batched inference over a folder or archive of images, to
+a CSV. Unreadable files are listed with their error, never dropped."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from image_finetune.config import Params
+from image_finetune.data.sources import IMAGE_SUFFIXES, decode_image, iter_folder_files
+from image_finetune.inference import class_names_or_indices, load_classifier, top_k
+from image_finetune.registry.client import client_for
+from image_finetune.registry.versions import registered_class_names
+
+COLUMNS = ["file", "predicted", "probability", "top_k", "error"]
+
+
+def predict_batch(
+    params: Params, source: Path, out: Path, model: str = "", data_manifest: Path | None = None,
+    batch_size: int = 256, k: int = 3,
+) -> int:
+    """Label every image under ``source`` with ``model`` (``models:/name@alias``,
+    ``runs:/...`` or a .keras file; default: the registry's champion); write ``out``.
+    Class names come from the registered version, or for a bare file from ``data_manifest``.
+    Returns the number of rows."""
+    classifier, names = _load(params, model or f"models:/{params.registry.model_name}@champion")
+    if names is None and data_manifest is not None and data_manifest.exists():
+        names = json.loads(data_manifest.read_text())["class_names"]
+    names = class_names_or_indices(names, classifier)
+    size = int(classifier.input_shape[1])
+    rows: list[dict] = []
+    pending: list[tuple[str, np.ndarray]] = []
+    for rel, data in tqdm(iter_folder_files(source), desc="predict", unit="img"):
+        if data is None or Path(str(rel)).suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        try:
+            pending.append((str(rel), decode_image(data, str(rel), size, resize=True)))
+        except ValueError as exc:
+            rows.append({"file": str(rel), "predicted": "", "probability": "", "top_k": "",
+                         "error": str(exc)})
+        if len(pending) >= batch_size:
+            rows += _label(classifier, pending, names, k)
+    rows += _label(classifier, pending, names, k)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, COLUMNS)
+        writer.writeheader()
+        writer.writerows(sorted(rows, key=lambda r: r["file"]))
+    return len(rows)
+
+
+def _label(classifier, pending: list[tuple[str, np.ndarray]], names: list[str], k: int):
+    """The CSV rows of a batch of decoded images (the batch is emptied)."""
+    if not pending:
+        return []
+    probabilities = np.asarray(classifier.predict_on_batch(np.stack([a for _, a in pending])))
+    rows = [{"file": name, "predicted": best[0]["class"], "probability": best[0]["probability"],
+             "top_k": " ".join(f"{b['class']}:{b['probability']:.4f}" for b in best), "error": ""}
+            for (name, _), best in zip(pending, top_k(probabilities, names, k), strict=True)]
+    pending.clear()
+    return rows
+
+
+def _load(params: Params, uri: str) -> tuple[object, list[str] | None]:
+    """The model behind a URI or file, with the class names its registry version carries."""
+    if not uri.startswith(("models:/", "runs:/")):
+        return load_classifier(Path(uri)), None
+    import mlflow
+
+    client = client_for(params.registry)  # points MLflow at the configured store, failing fast
+    model = mlflow.keras.load_model(uri)
+    if not uri.startswith("models:/"):
+        return model, None
+    name, _, ref = uri.removeprefix("models:/").replace("@", "/@").partition("/")
+    version = (client.get_model_version_by_alias(name, ref[1:]) if ref.startswith("@")
+               else client.get_model_version(name, ref))
+    return model, registered_class_names(version)

@@ -1,0 +1,125 @@
+"""The ``register`` stage: track the pipeline run in MLflow (a parent run; a nested run per
+attempt where the loop's folder is given; the data checks; the test evaluation), register
+the model that passed the final gate as ``challenger`` and promote it to ``champion`` when
+the gate says it beats the champion."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from image_finetune.config import Params
+from image_finetune.data.canonical import load_split, manifest_digest, read_manifest, sha256_file
+from image_finetune.inference import MODEL_FILE, load_classifier
+from image_finetune.metrics import flatten_metrics
+from image_finetune.registry import lineage, tracking
+from image_finetune.registry.client import client_for
+from image_finetune.registry.promotion import promote
+from image_finetune.registry.versions import CHALLENGER, register_version
+from image_finetune.stats import per_image_correct
+from image_finetune.steps.final_gate import read_decision
+from image_finetune.steps.gate_attempt import read_summary
+from image_finetune.steps.layout import (
+    DECISION_FILE,
+    EVALUATION,
+    HISTORY_FILE,
+    RESULT_FILE,
+    SELECTED,
+    VALIDATION_RESULT,
+    attempt_folder,
+    read_evaluation,
+)
+
+log = logging.getLogger(__name__)
+
+
+
+def register_classifier(
+    params: Params, data: Path, evaluation: Path, decision: Path, out: Path, root: Path, *,
+    models: Path | None = None, model: Path | None = None, validation: Path | None = None,
+    pipeline_run_id: str | None = None, lineage_extra: dict | None = None,
+) -> dict:
+    """Track the run and register its classifier; write the outcome to ``out``.
+
+    ``models`` is the train stage's folder (``dvc repro``): its selected model is
+    registered and each attempt becomes a nested run; or ``model`` is the classifier file
+    alone (Kubeflow). ``validation`` adds the data checks. Returns the outcome."""
+    if model is None and models is None:
+        raise ValueError("register_classifier needs models or model")
+    model = model or models / SELECTED / MODEL_FILE
+    run_id = pipeline_run_id or lineage.new_pipeline_run_id("dvc")
+    client = client_for(params.registry)
+    parent = tracking.parent_run(client, params, run_id)
+    if models is not None:
+        _log_attempts(client, parent, params, run_id, models)
+    data_files = [data / "manifest.json"] + ([validation / VALIDATION_RESULT] if validation else [])
+    tracking.log_files(client, parent, data_files, files_under="data")
+    _log_evaluation(client, parent, evaluation, decision)
+    extra = {"git_commit": lineage.git_commit(root), **(lineage_extra or {})}
+    if (root / "dvc.lock").exists():
+        extra["dvc_lock_sha256"] = sha256_file(root / "dvc.lock")
+    tags = lineage.lineage_tags(run_id, params.digest(), manifest_digest(data),
+                                read_manifest(data)["class_names"], extra)
+    for key, value in tags.items():
+        client.set_tag(parent, key, value)
+    outcome = _register(client, parent, params, model, data, evaluation, decision, tags)
+    client.set_terminated(parent, "FINISHED" if outcome["registered"] else "FAILED")
+    outcome = {"pipeline_run_id": run_id, **outcome}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(outcome, indent=2) + "\n")
+    return outcome
+
+
+def _register(client, parent, params, model, data, evaluation, decision_file, tags) -> dict:
+    decision = read_decision(decision_file)
+    if not decision.passed:
+        return {"registered": False, "promoted": False, "version": None,
+                "reason": "the final gate failed: " + decision.failure_summary()}
+    name = params.registry.model_name
+    example = np.asarray(load_split(data, "test").images[:4])
+    version = register_version(client, name, parent, load_classifier(model), example, tags)
+    client.set_registered_model_alias(name, CHALLENGER, version)
+    outcome = {"registered": True, "version": version, "model_uri": f"runs:/{parent}/model",
+               "promoted": False, "reason": "promotion disabled (registry.promote: false)"}
+    if params.registry.promote and decision.promote:
+        _, probabilities, labels = read_evaluation(evaluation)
+        result = promote(params.registry, version, "; ".join(decision.reasons),
+                         per_image_correct(probabilities, labels), labels,
+                         params.gate.significance)
+        outcome.update(promoted=result["promoted"], reason=result["reason"])
+    elif params.registry.promote:
+        outcome["reason"] = "not promoted: " + decision.failure_summary()
+    client.set_tag(parent, "registered_version", version)
+    client.set_tag(parent, "promoted", str(outcome["promoted"]))
+    log.info("registered %s v%s (%s)", name, version,
+             "promoted to champion" if outcome["promoted"] else outcome["reason"])
+    return outcome
+
+
+def _log_evaluation(client, parent: str, evaluation: Path, decision: Path) -> None:
+    metrics, _, _ = read_evaluation(evaluation)
+    tracking.log_figures(client, parent, flatten_metrics(metrics, "test_"))
+    tracking.log_files(client, parent, [decision], {EVALUATION: evaluation})
+    client.set_tag(parent, "final_gate_passed", str(read_decision(decision).passed))
+
+
+def _log_attempts(client, parent: str, params: Params, run_id: str, models: Path) -> None:
+    """One nested run per attempt in the train stage's folder (rung params, epochs,
+    validation metrics, decision, report)."""
+    for record in read_summary(models):
+        folder, rung = attempt_folder(models, record.index), params.train.ladder[record.index]
+        child = tracking.nested_run(client, parent, f"attempt-{record.index}-{rung.name}", {
+            "kind": "attempt", "pipeline_run_id": run_id, "gate_passed": str(record.passed)})
+        rung_params = {f"rung.{k}": str(v) for k, v in rung.model_dump(mode="json").items()}
+        tracking.log_params(client, child, {**rung_params, "rung.index": str(record.index)})
+        with (folder / HISTORY_FILE).open() as handle:
+            tracking.log_epochs(client, child, list(csv.DictReader(handle)))
+        metrics, _, _ = read_evaluation(folder / EVALUATION)
+        tracking.log_figures(client, child, flatten_metrics(metrics, "val_"))
+        files = [folder / DECISION_FILE, folder / RESULT_FILE, folder / HISTORY_FILE]
+        tracking.log_files(client, child, files, {EVALUATION: folder / EVALUATION})
+        client.set_terminated(child)

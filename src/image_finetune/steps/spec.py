@@ -1,0 +1,133 @@
+"""What each step declares: the params.yaml keys it reads, the paths it reads and writes,
+the caches it keeps, and the module that implements it. dvc.yaml stages, CLI defaults and
+KFP components are checked against these declarations (tests/unit/test_architecture.py),
+so they cannot drift apart. The catalog is data only: reading it imports no step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from image_finetune.config import Params
+
+PARAMS_FILE = "params.yaml"
+CLI = "image-finetune"
+
+
+@dataclass(frozen=True)
+class Port:
+    """A path a step reads or writes: its CLI option and its place in the project."""
+
+    option: str
+    path: str
+    cache: bool = True  # outputs: in DVC's cache (False: small files kept in git)
+
+    @property
+    def flag(self) -> str:
+        """The CLI option, as typed."""
+        return f"--{self.option.replace('_', '-')}"
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """One step's declaration."""
+
+    name: str  # the CLI command; the dvc.yaml stage where ``stage``
+    module: str  # image_finetune.steps.<module> implements it
+    params: tuple[str, ...] = ()  # params.yaml keys it reads: sections or section.key
+    reads: tuple[Port, ...] = ()
+    writes: tuple[Port, ...] = ()
+    path_params: tuple[str, ...] = ()  # params whose values are files it reads
+    scratch: tuple[Port, ...] = ()  # caches: named in the command, neither deps nor outs
+    stage: bool = False
+
+    @property
+    def sections(self) -> tuple[str, ...]:
+        """The params.yaml sections it reads (what a KFP component receives)."""
+        return tuple(sorted({key.split(".")[0] for key in self.params}))
+
+    def port(self, option: str) -> Port:
+        """The read, write or scratch port named ``option``."""
+        for port in (*self.reads, *self.writes, *self.scratch):
+            if port.option == option:
+                return port
+        raise KeyError(f"step {self.name!r} has no port {option!r}")
+
+    @property
+    def paths(self) -> dict[str, Path]:
+        """Each port's place in the project (the CLI options' defaults), by option."""
+        return {p.option: Path(p.path) for p in (*self.reads, *self.writes, *self.scratch)}
+
+    def command(self) -> str:
+        """The dvc.yaml ``cmd``: every input and output named."""
+        ports = (*self.reads, *self.writes, *self.scratch)
+        return " ".join([CLI, self.name, "--params", PARAMS_FILE,
+                         *(f"{p.flag} {p.path}" for p in ports)])
+
+
+def union(name: str, module: str, *specs: StepSpec, **fields) -> StepSpec:
+    """A step composed of others: it reads the params they read."""
+    params = tuple(sorted({key for spec in specs for key in spec.params}))
+    return StepSpec(name=name, module=module, params=_drop_covered(params), **fields)
+
+
+def _drop_covered(keys: tuple[str, ...]) -> tuple[str, ...]:
+    """``train.seed`` is covered by ``train``."""
+    return tuple(k for k in keys if k.split(".")[0] == k or k.split(".")[0] not in keys)
+
+
+ALL_SECTIONS = tuple(sorted(field.alias or name for name, field in Params.model_fields.items()))
+DATA = Port("data", "data/ingested")
+CACHE = Port("cache", ".cache/image_finetune")
+
+CHECK_PARAMS = StepSpec("check-params", "check_params", params=ALL_SECTIONS)
+INGEST = StepSpec("ingest", "ingest", params=("data",), path_params=("data.path",),
+                  writes=(Port("out", "data/ingested"),), stage=True)
+VALIDATE = StepSpec("validate", "validate", params=("validate",), reads=(DATA,),
+                    writes=(Port("out", "reports/validation"),), stage=True)
+AUGMENT = StepSpec("augment", "augment", params=("augment", "train.seed"), reads=(DATA,),
+                   writes=(Port("out", "reports/augment"),), stage=True)
+TRAIN_RUNG = StepSpec("train-rung", "train_rung", params=("augment", "model", "train"),
+                      path_params=("model.weights",), reads=(DATA,),
+                      writes=(Port("out", "models/attempt_0"),), scratch=(CACHE,))
+EVALUATE = StepSpec("evaluate", "evaluate", params=("evaluate", "train.seed"),
+                    reads=(DATA, Port("model", "models/selected/model.keras")),
+                    writes=(Port("out", "reports/evaluation"),), stage=True)
+GATE_ATTEMPT = StepSpec("gate-attempt", "gate_attempt", params=("gate",),
+                        reads=(Port("evaluation", "models/attempt_0/evaluation"),),
+                        writes=(Port("out", "models/attempt_0/decision.json"),))
+SELECT = StepSpec("select", "select", reads=(Port("model", "models/attempt_0/model.keras"),),
+                  writes=(Port("out", "models/selected"),))
+CLIMB_LADDER = union(
+    "train", "climb_ladder", TRAIN_RUNG, EVALUATE, GATE_ATTEMPT,
+    path_params=TRAIN_RUNG.path_params,
+    reads=(DATA, Port("validation", "reports/validation/result.json")),
+    writes=(Port("out", "models"),), scratch=(CACHE,), stage=True)
+FINAL_GATE = StepSpec("gate", "final_gate", params=("gate", "registry"),
+                      reads=(Port("evaluation", "reports/evaluation"),),
+                      writes=(Port("out", "reports/gate.json", cache=False),), stage=True)
+# Every section: the registered version is tagged with the hash of the whole configuration.
+REGISTER = StepSpec("register", "register", params=ALL_SECTIONS,
+                    reads=(DATA, Port("validation", "reports/validation"),
+                           Port("models", "models"), Port("evaluation", "reports/evaluation"),
+                           Port("decision", "reports/gate.json")),
+                    writes=(Port("out", "reports/registration.json", cache=False),), stage=True)
+LIST_MODELS = StepSpec("models", "manage_registry", params=("registry",))
+PROMOTE = StepSpec("promote", "manage_registry", params=("registry",))
+ROLLBACK = StepSpec("rollback", "manage_registry", params=("registry",))
+SERVE = StepSpec("serve", "serve", params=("registry",))
+PREDICT_BATCH = StepSpec("predict-batch", "predict_batch", params=("registry",),
+                         reads=(Port("data_manifest", "data/ingested/manifest.json"),),
+                         writes=(Port("out", "predictions.csv"),))
+EXPORT = StepSpec("export-savedmodel", "export",
+                  reads=(Port("model", "models/selected/model.keras"),),
+                  writes=(Port("out", "models/savedmodel/1"),))
+RECORD_STATUS = StepSpec("record-status", "record_status",
+                         writes=(Port("out", "reports/status.md"),))
+
+CATALOG: dict[str, StepSpec] = {spec.name: spec for spec in (
+    CHECK_PARAMS, INGEST, VALIDATE, AUGMENT, TRAIN_RUNG, EVALUATE, GATE_ATTEMPT, SELECT,
+    CLIMB_LADDER, FINAL_GATE, REGISTER, LIST_MODELS, PROMOTE, ROLLBACK, SERVE, PREDICT_BATCH,
+    EXPORT, RECORD_STATUS)}
+# The DVC pipeline as a flat list, in run order.
+STAGES = (INGEST, VALIDATE, AUGMENT, CLIMB_LADDER, EVALUATE, FINAL_GATE, REGISTER)

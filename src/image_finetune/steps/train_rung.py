@@ -1,0 +1,94 @@
+"""The ``train-rung`` step: one attempt of the retrain loop (one rung of the ladder),
+warm-started from the previous rung's classifier. A finished attempt with the same inputs
+is reused; an interrupted one resumes from its last checkpoint."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+
+import keras
+
+from image_finetune.config import Params
+from image_finetune.data.canonical import load_split, manifest_digest, read_manifest
+from image_finetune.inference import MODEL_FILE
+from image_finetune.model import resolve_weights
+from image_finetune.steps.layout import HISTORY_FILE, RESULT_FILE
+from image_finetune.train import (
+    AttemptResult,
+    TrainingPaths,
+    attempt_keys,
+    build_rung_classifier,
+    configure_runtime,
+    fit_plan,
+    plan_fit,
+    rung_image_size,
+)
+
+log = logging.getLogger(__name__)
+
+
+
+def train_rung(
+    params: Params, index: int, data: Path, out: Path, cache: Path, root: Path,
+    warm_start: Path | None = None,
+) -> AttemptResult:
+    """Train rung ``index`` on ``data``; write ``model.keras``, ``history.csv`` and
+    ``result.json`` to ``out``. ``cache`` keeps features, checkpoints and finished attempts;
+    a relative ``model.weights`` is resolved against ``root``."""
+    rung = params.train.ladder[index]
+    mixed = configure_runtime(params)
+    manifest = read_manifest(data)
+    weights_path = resolve_weights(params.model, root)
+    feature_key, attempt_key = attempt_keys(params, index, weights_path, manifest_digest(data),
+                                            warm_start)
+    finished = cache / "attempts" / attempt_key
+    if (finished / RESULT_FILE).exists():
+        log.info("rung %d %r: reusing the finished attempt %s", index, rung.name, finished)
+        shutil.copytree(finished, out, dirs_exist_ok=True)
+        result = json.loads((out / RESULT_FILE).read_text())
+        return AttemptResult(**{**result, "model_path": str(out / MODEL_FILE)})
+    n_classes = len(manifest["class_names"])
+    train, validation = load_split(data, "train"), load_split(data, "validation")
+    classifier = build_rung_classifier(params, rung, n_classes, int(train.images.shape[1]),
+                                       weights_path, warm_start)
+    plan = plan_fit(params, rung, classifier, train, validation, n_classes,
+                    cache / "features" / feature_key)
+    paths = TrainingPaths(features=cache / "features" / feature_key,
+                          checkpoints=cache / "checkpoints" / attempt_key)
+    log.info("rung %d %r: mode=%s image_size=%d trainable=%d epochs=%d backend=%s mixed=%s",
+             index, rung.name, plan.mode, rung_image_size(params, rung), plan.trainable_params,
+             rung.epochs, keras.config.backend(), mixed)
+    start = time.perf_counter()
+    history = fit_plan(params, index, plan, paths)
+    seconds = time.perf_counter() - start
+    out.mkdir(parents=True, exist_ok=True)
+    classifier.save(out / MODEL_FILE)
+    shutil.move(paths.history, out / HISTORY_FILE)
+    epochs = len(history.get("loss", []))
+    result = AttemptResult(
+        index=index, rung=rung.name, mode=plan.mode, model_path=str(out / MODEL_FILE),
+        epochs_run=epochs,
+        best_val_accuracy=float(max(history.get("val_accuracy", [float("nan")]))),
+        train_seconds=round(seconds, 2), embed_seconds=round(plan.embed_seconds, 2),
+        images_per_second=round(epochs * len(train.labels) / max(seconds, 1e-9), 1),
+        trainable_params=int(plan.trainable_params), backend=keras.config.backend(),
+        mixed_precision=mixed)
+    (out / RESULT_FILE).write_text(json.dumps(asdict(result), indent=2) + "\n")
+    _keep_finished(out, finished)
+    return result
+
+
+def _keep_finished(out: Path, finished: Path) -> None:
+    """Copy the attempt into the cache of finished attempts, atomically (by rename)."""
+    staging = finished.with_name(f".{finished.name}.{uuid.uuid4().hex[:8]}")
+    shutil.copytree(out, staging)
+    try:
+        staging.rename(finished)
+    except OSError:  # another run sharing the cache finished the same attempt first
+        shutil.rmtree(staging, ignore_errors=True)

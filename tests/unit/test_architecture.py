@@ -1,0 +1,211 @@
+"""Where code lives: no import cycles, imports only down the layers, no reaching into other
+modules' private names, short functions; and dvc.yaml, the CLI and the Kubeflow components
+agree with the step catalog (src/image_finetune/steps/spec.py)."""
+
+import ast
+import inspect
+import shlex
+from pathlib import Path
+
+import pytest
+import typer.main
+import yaml
+
+import components
+from image_finetune import codemap
+from image_finetune.cli import app
+from image_finetune.steps.spec import ALL_SECTIONS, CATALOG, STAGES
+
+ROOT = Path(__file__).resolve().parents[2]
+SOURCES = [ROOT / "src", ROOT / "components", ROOT / "pipelines"]
+MAX_FUNCTION_LINES = 60
+
+# Imports run down: each module may import its own layer and the layers below it.
+LAYERS = {
+    "domain": 0, "services": 1, "serving": 2, "steps": 3, "adapters": 4,
+}
+SERVICES = ("registry", "storage")
+ADAPTERS = ("cli", "console", "codemap")
+# Third-party packages that belong to one layer and never below it.
+FORBIDDEN_BELOW = {"mlflow": "services", "boto3": "services", "fastapi": "serving",
+                   "uvicorn": "steps", "typer": "adapters", "kfp": "adapters"}
+
+
+def layer_of(module: str) -> str:
+    name = module.removeprefix("image_finetune").lstrip(".")
+    top = name.split(".")[0]
+    if top in SERVICES:
+        return "services"
+    if top == "serve":
+        return "serving"
+    if top == "steps":
+        return "steps"
+    if top in ADAPTERS or not name:
+        return "adapters"
+    return "domain"
+
+
+def python_files():
+    for folder in SOURCES:
+        yield from sorted(folder.rglob("*.py"))
+
+
+def test_the_package_has_no_import_cycle():
+    assert codemap.cycles() == []
+
+
+def test_a_cycle_would_be_found(monkeypatch):
+    graph = {"image_finetune.a": frozenset({"image_finetune.b"}),
+             "image_finetune.b": frozenset({"image_finetune.a"})}
+    monkeypatch.setattr(codemap, "import_graph", lambda: graph)
+    assert codemap.cycles() == [["image_finetune.a", "image_finetune.b", "image_finetune.a"]]
+
+
+def test_imports_run_down_the_layers():
+    upward = [f"{module} ({layer_of(module)}) imports {target} ({layer_of(target)})"
+              for module, targets in codemap.import_graph().items()
+              for target in targets if LAYERS[layer_of(target)] > LAYERS[layer_of(module)]]
+    assert upward == []
+
+
+def test_lower_layers_do_not_use_the_libraries_of_higher_ones():
+    found = []
+    for module, path in codemap.module_files().items():
+        rank = LAYERS[layer_of(module)]
+        for name, _ in codemap.imported_names(ast.parse(path.read_text())):
+            owner = FORBIDDEN_BELOW.get(name.split(".")[0])
+            if owner and rank < LAYERS[owner]:
+                found.append(f"{module} imports {name}")
+    assert found == []
+
+
+def private_uses(path: Path) -> list[str]:
+    """Uses of another first-party module's underscore names in one file."""
+    tree, found, modules = ast.parse(path.read_text()), [], set()
+    first_party = ("image_finetune", "components", "pipelines", "tests")
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(first_party):
+            found += [f"from {node.module} import {a.name}" for a in node.names
+                      if a.name.startswith("_")]
+            modules |= {a.asname or a.name for a in node.names}
+        elif isinstance(node, ast.Import):
+            modules |= {(a.asname or a.name).split(".")[0] for a in node.names
+                        if a.name.startswith(first_party)}
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                and node.value.id in modules and node.attr.startswith("_")
+                and not node.attr.startswith("__")):
+            found.append(f"{node.value.id}.{node.attr}")
+    return [f"{path.relative_to(ROOT)}: {use}" for use in found]
+
+
+def test_no_module_reaches_into_another_modules_private_names():
+    assert [use for path in python_files() for use in private_uses(path)] == []
+
+
+def test_the_private_name_check_finds_both_forms(tmp_path):
+    sneaky = tmp_path / "sneaky.py"
+    sneaky.write_text("from image_finetune.data.sources import _strip_common_root\n"
+                      "from image_finetune.registry import client\nclient._cached_client\n")
+    sneaky = sneaky.rename(ROOT / "tests" / "unit" / f".sneaky_{id(sneaky)}.py")
+    try:
+        assert len(private_uses(sneaky)) == 2
+    finally:
+        sneaky.unlink()
+
+
+def test_functions_stay_short():
+    long = []
+    for path in python_files():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({lines})")
+    assert long == []
+
+
+# -- dvc.yaml against the catalog ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dvc_stages() -> dict:
+    return yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+
+
+def test_dvc_yaml_has_one_stage_per_catalog_stage_in_run_order(dvc_stages):
+    assert list(dvc_stages) == [spec.name for spec in STAGES]
+
+
+@pytest.mark.parametrize("spec", STAGES, ids=lambda s: s.name)
+def test_each_stage_is_what_its_step_declares(spec, dvc_stages):
+    expected = yaml.safe_load(codemap.stage_entry(spec, ROOT))[spec.name]
+    stage = dvc_stages[spec.name]
+    assert shlex.split(stage["cmd"]) == shlex.split(expected["cmd"])
+    assert stage["deps"] == expected["deps"], (
+        f"dvc.yaml's {spec.name} deps differ; `python -m image_finetune.codemap --stages` "
+        "prints what they must be")
+    assert stage["params"] == expected["params"]
+    assert stage["outs"] == expected["outs"]
+
+
+@pytest.mark.parametrize("spec", STAGES, ids=lambda s: s.name)
+def test_each_stage_lists_the_code_its_step_runs(spec, dvc_stages):
+    """The code deps are the step module's whole import closure: evaluate, for one, runs
+    inference and metrics code outside its own module."""
+    code = {d for d in dvc_stages[spec.name]["deps"] if d.startswith("src/")}
+    module = f"image_finetune.steps.{spec.module}"
+    assert f"src/image_finetune/steps/{spec.module}.py" in code
+    imported = {f"src/{m.replace('.', '/')}.py" for m in codemap.closure(module)}
+    assert code == {f for f in imported if (ROOT / f).exists()}
+
+
+# -- the CLI against the catalog -------------------------------------------------------------
+
+
+def cli_commands() -> dict:
+    return typer.main.get_command(app).commands
+
+
+def step_imports(function) -> set[str]:
+    """The step modules a function imports (``image_finetune.steps.<module>``)."""
+    tree = ast.parse(inspect.getsource(function).lstrip())
+    return {node.module.removeprefix("image_finetune.steps.") for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
+                "image_finetune.steps.") and node.module != "image_finetune.steps.spec"}
+
+
+def test_every_cli_command_is_a_catalog_step_and_calls_exactly_that_step():
+    commands = cli_commands()
+    for name, command in commands.items():
+        assert name in CATALOG, f"image-finetune {name} is not a step of the catalog"
+        assert step_imports(inspect.unwrap(command.callback)) == {CATALOG[name].module}, name
+
+
+def test_cli_path_defaults_are_the_declared_places():
+    for name, command in cli_commands().items():
+        options = {param.opts[0]: param.default for param in command.params if param.opts}
+        for option, path in CATALOG[name].paths.items():
+            flag = CATALOG[name].port(option).flag
+            assert Path(options[flag]) == path, f"image-finetune {name} {flag}"
+
+
+# -- the Kubeflow components against the catalog --------------------------------------------
+
+
+def component_functions():
+    for name in components.__all__:
+        yield name, getattr(components, name).python_func
+
+
+def test_every_component_calls_exactly_one_step():
+    for name, function in component_functions():
+        assert len(step_imports(function)) == 1, f"component {name}"
+
+
+def test_components_receive_exactly_the_sections_their_step_reads():
+    by_module = {spec.module: spec for spec in CATALOG.values()}
+    for name, function in component_functions():
+        [module] = step_imports(function)
+        received = set(inspect.signature(function).parameters) & set(ALL_SECTIONS)
+        assert received == set(by_module[module].sections), f"component {name}"
