@@ -54,6 +54,22 @@ def pytest_collection_modifyitems(items) -> None:
             item.add_marker(getattr(pytest.mark, tier))
 
 
+def ingest_source(data, source: Path, out: Path) -> dict:
+    """The ingest step on ``source`` with the data params ``data`` (a DataParams)."""
+    from image_finetune.config import Params
+    from image_finetune.steps.ingest import ingest_data
+
+    return ingest_data(Params(data=data.model_copy(update={"path": str(source)})), out, ROOT)
+
+
+def validate_with(data_dir: Path, params, out: Path):
+    """The validate step on a canonical dataset with the validate params ``params``."""
+    from image_finetune.config import Params
+    from image_finetune.steps.validate import validate_data
+
+    return validate_data(Params(validate=params), data_dir, out)
+
+
 def _require(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"real data/weights not found at {path} (set IMAGE_FINETUNE_SHARED)")

@@ -11,9 +11,8 @@ from PIL import Image
 
 from image_finetune.config import DataParams
 from image_finetune.data.canonical import load_split, read_manifest
-from image_finetune.data.ingest import ingest
 from image_finetune.errors import IngestError
-from tests.conftest import copy_tree, jpeg_bytes
+from tests.conftest import copy_tree, ingest_source, jpeg_bytes
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
            "truck"]
@@ -28,7 +27,7 @@ def first_file(folder: Path, split: str = "train", cls: str = "cat") -> Path:
 
 
 def test_real_subset_ingests_with_a_stratified_validation_split(small_folder, tmp_path):
-    manifest = ingest(params(), small_folder, tmp_path / "out")
+    manifest = ingest_source(params(), small_folder, tmp_path / "out")
     assert manifest["class_names"] == CLASSES
     counts = {s: v["count"] for s, v in manifest["splits"].items()}
     assert counts == {"train": 240, "validation": 60, "test": 100}
@@ -40,11 +39,11 @@ def test_real_subset_ingests_with_a_stratified_validation_split(small_folder, tm
 
 
 def test_ingest_is_byte_identical_for_the_same_source_and_params(small_folder, tmp_path):
-    ingest(params(), small_folder, tmp_path / "a")
-    ingest(params(), small_folder, tmp_path / "b")
+    ingest_source(params(), small_folder, tmp_path / "a")
+    ingest_source(params(), small_folder, tmp_path / "b")
     for name in sorted(p.name for p in (tmp_path / "a").iterdir()):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
-    ingest(params(seed=1), small_folder, tmp_path / "c")
+    ingest_source(params(seed=1), small_folder, tmp_path / "c")
     assert (tmp_path / "a" / "validation_labels.npy").read_bytes() != (
         tmp_path / "c" / "validation_labels.npy").read_bytes() or (
         tmp_path / "a" / "validation_images.npy").read_bytes() != (
@@ -56,15 +55,15 @@ def test_tarball_and_directory_give_the_same_arrays(small_folder, tmp_path):
     with tarfile.open(tarball, "w:gz") as archive:
         for split in ("train", "test"):
             archive.add(small_folder / split, arcname=split)
-    from_dir = ingest(params(), small_folder, tmp_path / "dir")
-    from_tar = ingest(params(), tarball, tmp_path / "tar")
+    from_dir = ingest_source(params(), small_folder, tmp_path / "dir")
+    from_tar = ingest_source(params(), tarball, tmp_path / "tar")
     assert from_dir["splits"] == from_tar["splits"]
 
 
 def expect_failure(folder: Path, tmp_path: Path, pattern: str, **overrides) -> IngestError:
     out = tmp_path / "out"
     with pytest.raises(IngestError, match=pattern) as caught:
-        ingest(params(**overrides), folder, out)
+        ingest_source(params(**overrides), folder, out)
     assert not out.exists(), "a failed ingest must leave no partial output"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
     return caught.value
@@ -97,7 +96,7 @@ def test_wrong_size_is_rejected_or_resized(small_folder, tmp_path):
     error = expect_failure(folder, tmp_path, "bad files")
     assert error.problems == [f"test/ship/{victim.name}: size 31x32, expected 32x32 "
                               "(set data.on_wrong_size: resize to accept it)"]
-    manifest = ingest(params(on_wrong_size="resize"), folder, tmp_path / "resized")
+    manifest = ingest_source(params(on_wrong_size="resize"), folder, tmp_path / "resized")
     assert manifest["splits"]["test"]["count"] == 100
 
 
@@ -167,7 +166,7 @@ def test_official_python_archive(small_folder, tmp_path):
              pickle.dumps({b"data": to_rows(test[0]), b"labels": test[1].tolist()}))
         _add(archive, "cifar-10-batches-py/batches.meta",
              pickle.dumps({b"label_names": [c.encode() for c in CLASSES]}))
-    manifest = ingest(params(source="cifar-python"), tarball, tmp_path / "out")
+    manifest = ingest_source(params(source="cifar-python"), tarball, tmp_path / "out")
     assert manifest["class_names"] == CLASSES
     test_split = load_split(tmp_path / "out", "test")
     assert np.array_equal(test_split.images, test[0])
@@ -193,10 +192,10 @@ def test_official_binary_archive_and_its_truncation(small_folder, tmp_path):
         return path
 
     good = build(tmp_path / "good.tar.gz", truncate=False)
-    ingest(params(source="cifar-binary"), good, tmp_path / "out")
+    ingest_source(params(source="cifar-binary"), good, tmp_path / "out")
     assert np.array_equal(load_split(tmp_path / "out", "test").labels, test[1])
     bad = build(tmp_path / "bad.tar.gz", truncate=True)
     with pytest.raises(IngestError, match="train batches are truncated"):
-        ingest(params(source="cifar-binary"), bad, tmp_path / "out2")
+        ingest_source(params(source="cifar-binary"), bad, tmp_path / "out2")
     with pytest.raises(IngestError, match="not a CIFAR-10 archive"):
-        ingest(params(source="cifar-python"), good, tmp_path / "out3")
+        ingest_source(params(source="cifar-python"), good, tmp_path / "out3")

@@ -9,16 +9,15 @@ import pytest
 
 from image_finetune.config import DataParams, ValidateParams
 from image_finetune.data.canonical import load_split, read_manifest, write_dataset
-from image_finetune.data.ingest import ingest
 from image_finetune.errors import DataValidationError
-from image_finetune.validation.suites import validate_dataset
+from tests.conftest import ingest_source, validate_with
 
 
 @pytest.fixture(scope="module")
 def clean(small_folder, tmp_path_factory) -> Path:
     """The real subset in canonical form."""
     out = tmp_path_factory.mktemp("canonical") / "data"
-    ingest(DataParams(validation_fraction=0.2), small_folder, out)
+    ingest_source(DataParams(validation_fraction=0.2), small_folder, out)
     return out
 
 
@@ -48,7 +47,7 @@ def rewrite(data_dir: Path, target: Path, splits: dict, keep_manifest_counts: bo
 
 def failures(data_dir: Path, tmp_path: Path, **params) -> list[dict]:
     with pytest.raises(DataValidationError) as caught:
-        validate_dataset(data_dir, ValidateParams(**params), tmp_path / "report")
+        validate_with(data_dir, ValidateParams(**params), tmp_path / "report")
     result = json.loads((tmp_path / "report" / "result.json").read_text())
     assert result["success"] is False
     assert (tmp_path / "report" / "data_docs" / "index.html").exists()
@@ -61,7 +60,7 @@ def descriptions(found: list[dict]) -> list[str]:
 
 
 def test_clean_real_data_passes_and_writes_data_docs(clean, tmp_path):
-    report = validate_dataset(clean, ValidateParams(), tmp_path / "report")
+    report = validate_with(clean, ValidateParams(), tmp_path / "report")
     assert report.success and not report.failures
     assert report.evaluated >= 14
     result = json.loads((tmp_path / "report" / "result.json").read_text())
@@ -136,7 +135,7 @@ def test_counts_that_disagree_with_the_manifest(clean, tmp_path):
 def test_duplicates_within_a_split_warn_without_failing(clean, tmp_path):
     splits = arrays(clean)
     splits["train"][0][1] = splits["train"][0][0]
-    report = validate_dataset(rewrite(clean, tmp_path / "d", splits), ValidateParams(),
+    report = validate_with(rewrite(clean, tmp_path / "d", splits), ValidateParams(),
                               tmp_path / "report")
     assert report.success
     assert [w.description for w in report.warnings] == ["no exact duplicates within a split"]
@@ -153,5 +152,5 @@ def test_missing_dataset_is_a_clear_error(tmp_path):
     from image_finetune.errors import MissingInputError
 
     with pytest.raises(MissingInputError, match="run the ingest step first"):
-        validate_dataset(tmp_path / "none", ValidateParams(), tmp_path / "r")
+        validate_with(tmp_path / "none", ValidateParams(), tmp_path / "r")
     shutil.rmtree(tmp_path / "r", ignore_errors=True)

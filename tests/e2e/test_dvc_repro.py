@@ -53,7 +53,8 @@ def test_the_loop_retrains_when_the_first_rung_fails(repro):
     summary = json.loads((project / "models" / "summary.json").read_text())
     assert [a["passed"] for a in summary["attempts"]] == [False, True]
     assert summary["selected"] == 1
-    assert any(r.startswith("FAIL accuracy") for r in summary["attempts"][0]["reasons"])
+    assert summary["attempts"][0]["failures"][0].startswith("FAIL accuracy")
+    assert summary["attempts"][1]["failures"] == []
     for index in (0, 1):  # every attempt's evidence stays visible
         attempt = project / "models" / f"attempt_{index}"
         assert (attempt / "decision.json").exists() and (attempt / "history.csv").exists()

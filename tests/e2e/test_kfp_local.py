@@ -16,7 +16,7 @@ import pytest
 from mlflow import MlflowClient
 
 from image_finetune.config import Params
-from image_finetune.registry import git_commit
+from image_finetune.registry.lineage import git_commit
 from pipelines.local import LocalRun, run_local
 from tests.conftest import small_run_params
 
@@ -128,6 +128,11 @@ def test_every_rung_failing_fails_the_run_and_registers_nothing(failing):
         ("validation", False), ("validation", False)]
     assert all(any(r.startswith("FAIL accuracy") for r in d["reasons"])
                for d in decisions(run))
+    # The last gate knows the whole loop, as dvc repro's train stage does.
+    [last] = [d for d in decisions(run) if d["index"] == 1]
+    assert [(r["index"], r["rung"], r["passed"]) for r in last["ladder"]] == [
+        (0, "hopeless-head", False), (1, "top-blocks", False)]
+    assert all(r["failures"][0].startswith("FAIL accuracy") for r in last["ladder"])
     # Only what reads the changed section ran; no test evaluation, final gate or registration.
     assert executed(run) == {"check-params", "gate-attempt", "record-status"}
     assert MlflowClient(failing.params.registry.tracking_uri).search_registered_models() == []

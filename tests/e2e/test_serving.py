@@ -20,12 +20,13 @@ import yaml
 
 from image_finetune.config import load_params
 from image_finetune.data.canonical import load_split, read_manifest
-from image_finetune.data.ingest import ingest
-from image_finetune.evaluate import evaluate_model
-from image_finetune.gate import final_decision, write_decision
-from image_finetune.registry import promote, register_candidate
-from image_finetune.train import load_classifier, train_rung
-from tests.conftest import ROOT, extract_subset
+from image_finetune.inference import load_classifier
+from image_finetune.registry.promotion import promote
+from image_finetune.steps.evaluate import evaluate_classifier
+from image_finetune.steps.final_gate import final_gate
+from image_finetune.steps.register import register_classifier
+from image_finetune.steps.train_rung import train_rung
+from tests.conftest import ROOT, extract_subset, ingest_source
 
 
 def free_port() -> int:
@@ -45,6 +46,12 @@ def wait_ready(url: str, process: subprocess.Popen, timeout: float = 180) -> Non
             pass
         time.sleep(0.5)
     raise AssertionError(f"{url} not ready after {timeout} s")
+
+
+def register(params, data: Path, evaluation: Path, decision: Path, model: Path, run: str):
+    return register_classifier(params, data, evaluation, decision,
+                               evaluation.parent / f"{run}.json", ROOT, model=model,
+                               pipeline_run_id=run)
 
 
 @pytest.fixture(scope="module")
@@ -67,17 +74,14 @@ def champion(cifar_tarball, no_top_weights, tmp_path_factory):
     }))
     params = load_params(params_file, use_env=False)
     data = work / "data"
-    ingest(params.data, folder, data)
-    model_path = Path(train_rung(params, 0, data, work / "attempt", ROOT, work / "cache")
+    ingest_source(params.data, folder, data)
+    model_path = Path(train_rung(params, 0, data, work / "attempt", work / "cache", ROOT)
                       .model_path)
-    test = load_split(data, "test")
     evaluation = work / "evaluation"
-    metrics = evaluate_model(model_path, test.images, test.labels,
-                             read_manifest(data)["class_names"], params.evaluate, evaluation,
-                             "offline")
+    metrics = evaluate_classifier(params, data, model_path, evaluation, "test", "offline")
     decision = work / "gate.json"
-    write_decision(final_decision(params, evaluation), decision)
-    outcome = register_candidate(params, model_path, evaluation, decision, data, "serving-1")
+    final_gate(params, evaluation, decision)
+    outcome = register(params, data, evaluation, decision, model_path, "serving-1")
     assert outcome["promoted"] and outcome["version"] == "1"
     return {"params": params, "params_file": params_file, "folder": folder, "data": data,
             "model_path": model_path, "evaluation": evaluation, "decision": decision,
@@ -172,8 +176,8 @@ def test_metadata_and_prometheus_metrics(server):
 
 def test_moving_the_alias_swaps_the_served_version(champion, server):
     params = champion["params"]
-    outcome = register_candidate(params, champion["model_path"], champion["evaluation"],
-                                 champion["decision"], champion["data"], "serving-2")
+    outcome = register(params, champion["data"], champion["evaluation"], champion["decision"],
+                       champion["model_path"], "serving-2")
     assert outcome["version"] == "2" and not outcome["promoted"]
     promote(params.registry, "2", "test: move the alias")
     jpeg = next((champion["folder"] / "test" / "dog").glob("*.jpg")).read_bytes()
@@ -241,9 +245,9 @@ def test_mlflow_models_serve_answers_with_the_same_predictions(champion):
 def test_tf_serving_export_takes_uint8_images(champion, tmp_path):
     import tensorflow as tf
 
-    from image_finetune.serve import export_saved_model
+    from image_finetune.steps.export import export_savedmodel
 
-    out = export_saved_model(champion["model_path"], tmp_path / "savedmodel" / "1")
+    out = export_savedmodel(champion["model_path"], tmp_path / "savedmodel" / "1")
     loaded = tf.saved_model.load(str(out))
     signature = loaded.signatures["serving_default"]
     spec = next(iter(signature.structured_input_signature[1].values()))

@@ -16,22 +16,15 @@ import pytest
 
 from image_finetune.config import Params
 from image_finetune.data.canonical import load_split
-from image_finetune.data.ingest import ingest
-from image_finetune.evaluate import evaluate_model
-from image_finetune.gate import final_decision, write_decision
-from image_finetune.registry import (
-    CHALLENGER,
-    CHAMPION,
-    list_versions,
-    promote,
-    promotion_history,
-    register_candidate,
-    rollback,
-)
-from image_finetune.train import load_classifier, train_rung
+from image_finetune.inference import load_classifier
+from image_finetune.registry.promotion import promote, promotion_history, rollback
+from image_finetune.registry.versions import CHALLENGER, CHAMPION, list_versions
+from image_finetune.steps.evaluate import evaluate_classifier
+from image_finetune.steps.final_gate import final_gate
+from image_finetune.steps.register import register_classifier
+from image_finetune.steps.train_rung import train_rung
+from tests.conftest import ingest_source
 from tests.integration.conftest import ROOT, run_services
-
-CLASSES = 10
 
 
 @pytest.fixture(scope="module")
@@ -50,22 +43,22 @@ def setup(services, small_folder, no_top_weights, tmp_path_factory):
                      "model_name": f"it-{uuid.uuid4().hex[:8]}"},
     })
     data = work / "data"
-    ingest(params.data, small_folder, data)
-    result = train_rung(params, 0, data, work / "attempt", ROOT, work / "cache")
+    ingest_source(params.data, small_folder, data)
+    result = train_rung(params, 0, data, work / "attempt", work / "cache", ROOT)
     return params, data, Path(result.model_path), work
 
 
 def candidate(setup, name: str) -> dict:
     """Evaluate the trained model on test, decide against the champion, and register it."""
     params, data, model_path, work = setup
-    test = load_split(data, "test")
     evaluation = work / name / "evaluation"
-    evaluate_model(model_path, test.images, test.labels, [str(i) for i in range(CLASSES)],
-                   params.evaluate, evaluation, name)
-    decision_path = work / name / "gate.json"
-    write_decision(final_decision(params, evaluation), decision_path)
-    return register_candidate(params, model_path, evaluation, decision_path, data,
-                              f"it-{name}-{uuid.uuid4().hex[:6]}", {"git_commit": "test"})
+    evaluate_classifier(params, data, model_path, evaluation, "test", name)
+    decision = work / name / "gate.json"
+    final_gate(params, evaluation, decision)
+    return register_classifier(params, data, evaluation, decision,
+                               work / name / "registration.json", ROOT, model=model_path,
+                               pipeline_run_id=f"it-{name}-{uuid.uuid4().hex[:6]}",
+                               lineage_extra={"git_commit": "test"})
 
 
 def aliases(params: Params) -> dict[str, str]:
@@ -118,7 +111,7 @@ def test_racing_promotions_leave_one_champion_and_a_consistent_history(setup):
     candidate(setup, "third")  # version 3
     before = len(promotion_history(params.registry))
     script = ("import sys; from image_finetune.config import RegistryParams; "
-              "from image_finetune.registry import promote; "
+              "from image_finetune.registry.promotion import promote; "
               "promote(RegistryParams(tracking_uri=sys.argv[1], model_name=sys.argv[2]), "
               "sys.argv[3], 'race')")
     racers = [subprocess.Popen([sys.executable, "-c", script, params.registry.tracking_uri,

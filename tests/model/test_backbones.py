@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from image_finetune.config import ModelParams
+from image_finetune.features import split_backbone
 from image_finetune.model import (
     BACKBONES,
     build_backbone,
@@ -15,7 +16,6 @@ from image_finetune.model import (
     get_backbone,
     preprocess_layer,
     set_trainable,
-    split_backbone,
 )
 
 SAMPLES = {"parrot.jpg": "macaw", "hot_dog.jpg": "hotdog", "bird.png": "chickadee",

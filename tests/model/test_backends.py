@@ -30,11 +30,12 @@ def test_training_step_runs_on_another_keras_backend(backend, small_folder, no_t
     }))
     env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"}
     cli = [sys.executable, "-m", "image_finetune.cli"]
-    subprocess.run([*cli, "ingest", "-p", str(params), "--out", "data"], cwd=tmp_path,
-                   env=env, check=True, capture_output=True)
-    result = subprocess.run([*cli, "train", "-p", str(params), "--data", "data", "--out",
-                             "models", "--cache", "cache"], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=900)
+    for step in (["ingest", "--out", "data"], ["validate", "--data", "data", "--out", "checks"]):
+        subprocess.run([*cli, step[0], "-p", str(params), *step[1:]], cwd=tmp_path, env=env,
+                       check=True, capture_output=True)
+    result = subprocess.run([*cli, "train", "-p", str(params), "--data", "data", "--validation",
+                             "checks/result.json", "--out", "models", "--cache", "cache"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     # The gate is set out of reach: both rungs must train, be evaluated and be judged.
     assert result.returncode == 6, result.stderr[-2000:]
     for index, mode in ((0, "head"), (1, "tail")):

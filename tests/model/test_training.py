@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from image_finetune.config import Params, load_params
-from image_finetune.data.ingest import ingest
-from image_finetune.train import train_rung
+from image_finetune.steps.train_rung import train_rung
+from tests.conftest import ingest_source
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,8 +32,7 @@ def small_params(tmp_path: Path, folder: Path, weights: Path, ladder: list[dict]
 @pytest.fixture(scope="module")
 def small_data(small_folder, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ingested") / "data"
-    ingest(Params.model_validate({"train": {"ladder": [{"name": "x"}]}}).data.model_copy(
-        update={"validation_fraction": 0.2}), small_folder, out)
+    ingest_source(Params().data.model_copy(update={"validation_fraction": 0.2}), small_folder, out)
     return out
 
 
@@ -56,10 +55,10 @@ def test_same_params_give_the_same_metrics_and_fine_tuning_keeps_accuracy(
     params = load_params(small_params(tmp_path, small_folder, no_top_weights, LADDER))
     runs = []
     for run in ("a", "b"):
-        head = train_rung(params, 0, small_data, tmp_path / run / "0", ROOT,
-                          tmp_path / run / "cache")
-        top = train_rung(params, 1, small_data, tmp_path / run / "1", ROOT,
-                         tmp_path / run / "cache", Path(head.model_path))
+        head = train_rung(params, 0, small_data, tmp_path / run / "0", tmp_path / run / "cache",
+                          ROOT)
+        top = train_rung(params, 1, small_data, tmp_path / run / "1", tmp_path / run / "cache",
+                         ROOT, Path(head.model_path))
         runs.append((head, top))
     for (head_a, top_a), (head_b, top_b) in zip([runs[0]], [runs[1]], strict=True):
         assert history(Path(head_a.model_path).parent) == history(Path(head_b.model_path).parent)
@@ -78,10 +77,11 @@ def test_interrupted_attempt_resumes_from_its_last_checkpoint(
     params = small_params(tmp_path, small_folder, no_top_weights, ladder)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     cli = [sys.executable, "-m", "image_finetune.cli"]
-    subprocess.run([*cli, "ingest", "-p", str(params), "--out", "data"], cwd=tmp_path, env=env,
-                   check=True, capture_output=True)
-    train = [*cli, "train", "-p", str(params), "--data", "data", "--out", "models",
-             "--cache", "cache"]
+    for step in (["ingest", "--out", "data"], ["validate", "--data", "data", "--out", "checks"]):
+        subprocess.run([*cli, step[0], "-p", str(params), *step[1:]], cwd=tmp_path, env=env,
+                       check=True, capture_output=True)
+    train = [*cli, "train", "-p", str(params), "--data", "data", "--validation",
+             "checks/result.json", "--out", "models", "--cache", "cache"]
     first = subprocess.Popen(train, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 300

@@ -124,24 +124,29 @@ def test_a_failed_gate_opens_the_next_attempt_and_a_passed_one_hands_the_model_o
                          "gate rung 1"}
     warm_start = last["train rung 1 (top-blocks)"].inputs.artifacts["warm_start"]
     assert warm_start.component_input_artifact == "warm_start"
+    previous = last["gate rung 1"].inputs.artifacts["previous"]  # the loop's record so far
+    assert previous.component_input_artifact == "previous"
 
 
 def test_the_loop_unrolls_one_nested_attempt_per_rung(three_rungs):
     spec = three_rungs
-    indices, gates_last, dag = [], [], body(spec)
+    indices, gates, dag = [], [], body(spec)
     while True:
         tasks = by_name(dag)
         train = next(t for name, t in tasks.items() if name.startswith("train rung"))
         gate = next(t for name, t in tasks.items() if name.startswith("gate rung"))
         indices.append(train.inputs.parameters["index"].runtime_value.constant.number_value)
-        gates_last.append(gate.inputs.parameters["last"].runtime_value.constant.bool_value)
+        gates.append({name: gate.inputs.parameters[name].runtime_value.constant
+                      for name in ("index", "rungs")})
         if not any(key.startswith("condition-branches") for key in dag.tasks):
             break
         failed = next(t for name, t in branches(spec, dag).items() if name.endswith("failed"))
         [retry] = dag_of(spec, failed).tasks.values()
         dag = dag_of(spec, retry)
     assert indices == [0, 1, 2]
-    assert gates_last == [False, False, True]  # only the last rung's failure ends the run
+    # Each gate knows its place in the ladder: only the last rung's failure ends the run.
+    assert [(g["index"].number_value, g["rungs"].number_value) for g in gates] == [
+        (0, 3), (1, 3), (2, 3)]
 
 
 def test_one_of_hands_the_winning_classifier_to_the_test_evaluation(spec):
