@@ -2,8 +2,6 @@
 version without downtime when it moves. Images of any size are decoded and resized exactly
 as the ingest step does (``data.sources.decode_image``)."""
 
-from __future__ import annotations
-
 import logging
 import threading
 import time
