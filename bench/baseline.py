@@ -20,7 +20,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from image_finetune.data.canonical import load_split  # noqa: E402
-from image_finetune.train import embed  # noqa: E402
+from image_finetune.inference import predict_batches  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,8 +41,8 @@ def main() -> None:
     features = keras.Model(inputs, backbone(keras.layers.Rescaling(1 / 255)(inputs)))
     train, test = load_split(args.data, "train"), load_split(args.data, "test")
     embed_start = time.perf_counter()
-    x_train = embed(features, train.images, 256, "embed train")
-    x_test = embed(features, test.images, 256, "embed test")
+    x_train = predict_batches(features, train.images, 256, "embed train")
+    x_test = predict_batches(features, test.images, 256, "embed test")
     embed_seconds = time.perf_counter() - embed_start
     head = keras.Sequential([keras.Input(x_train.shape[1:]), keras.layers.Dropout(0.2),
                              keras.layers.Dense(10, activation="softmax")])

@@ -21,8 +21,9 @@ from pathlib import Path
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
 from image_finetune.config import Params  # noqa: E402
-from image_finetune.data.ingest import ingest  # noqa: E402
-from image_finetune.train import accelerator_available, train_rung  # noqa: E402
+from image_finetune.steps.ingest import ingest_data  # noqa: E402
+from image_finetune.steps.train_rung import train_rung  # noqa: E402
+from image_finetune.train import accelerator_available  # noqa: E402
 
 
 def main() -> None:
@@ -34,6 +35,7 @@ def main() -> None:
     parser.add_argument("--target", type=float, default=0.90)
     args = parser.parse_args()
     params = Params.model_validate({
+        "data": {"path": str(args.source)},
         "model": {"backbone": args.backbone, "weights": args.weights,
                   "image_size": args.image_size},
         "train": {"cache_boundary": None, "mixed_precision": "auto", "ladder": [
@@ -45,12 +47,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         data = Path(work) / "data"
         start = time.perf_counter()
-        ingest(params.data, args.source, data)
+        ingest_data(params, data, Path.cwd())
         print(f"ingest {time.perf_counter() - start:.1f} s")
         warm, clock = None, time.perf_counter()
         for index, rung in enumerate(params.train.ladder):
             out = Path(work) / f"attempt_{index}"
-            result = train_rung(params, index, data, out, Path.cwd(), Path(work) / "cache", warm)
+            result = train_rung(params, index, data, out, Path(work) / "cache", Path.cwd(), warm)
             with (out / "history.csv").open() as handle:
                 accuracies = [float(r["val_accuracy"]) for r in csv.DictReader(handle)]
             per_epoch = result.train_seconds / max(result.epochs_run, 1)

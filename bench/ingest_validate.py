@@ -13,9 +13,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from image_finetune.config import DataParams, ValidateParams
-from image_finetune.data.ingest import ingest
-from image_finetune.validation.suites import validate_dataset
+from image_finetune.config import Params
+from image_finetune.steps.ingest import ingest_data
+from image_finetune.steps.validate import validate_data
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,13 +33,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         data = Path(work) / "data"
         start = time.perf_counter()
-        manifest = ingest(DataParams(), args.source, data)
+        params = Params(data={"path": str(args.source)})
+        manifest = ingest_data(params, data, ROOT)
         seconds = time.perf_counter() - start
         total = sum(s["count"] for s in manifest["splits"].values())
         print(f"ingest:   {seconds:6.1f} s  {total / seconds:8.0f} images/s  "
               f"({total} images, peak RSS {peak_rss_mb():.0f} MB)")
         start = time.perf_counter()
-        report = validate_dataset(data, ValidateParams(), Path(work) / "report")
+        report = validate_data(params, data, Path(work) / "report")
         seconds = time.perf_counter() - start
         print(f"validate: {seconds:6.1f} s  {total / seconds:8.0f} images/s  "
               f"({report.evaluated} expectations, success={report.success}, "

@@ -51,8 +51,8 @@ def start(command: list[str], env: dict, ready_url: str) -> subprocess.Popen:
 def register(model_path: Path, tracking_uri: str, name: str) -> None:
     import mlflow
 
-    from image_finetune.registry import CHAMPION
-    from image_finetune.train import load_classifier
+    from image_finetune.inference import load_classifier
+    from image_finetune.registry.versions import CHAMPION
 
     mlflow.set_tracking_uri(tracking_uri)
     model = load_classifier(model_path)

@@ -55,7 +55,8 @@ def check_s3_roundtrip(token: str) -> None:
         body = os.urandom(256 * 1024)
         s3.put_object(Bucket=bucket, Key=key, Body=body)
         assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == body
-        listed = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="smoke-test/")["Contents"]]
+        page = s3.list_objects_v2(Bucket=bucket, Prefix="smoke-test/")
+        listed = [o["Key"] for o in page["Contents"]]
         assert key in listed, listed
         s3.delete_object(Bucket=bucket, Key=key)
     print(f"S3 put/get/list/delete OK on {sorted(_buckets())}")
