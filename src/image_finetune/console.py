@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -27,6 +29,17 @@ def setup_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def exit_on_termination() -> None:
+    """SIGTERM (what DVC, Kubeflow and Kubernetes send to cancel) exits like Ctrl-C does,
+    through every ``finally`` and cleanup on the way, with exit code 143."""
+
+    def terminate(signum, _frame):
+        raise SystemExit(128 + signum)
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, terminate)
+
+
 def reported(func: F) -> F:
     """A command whose pipeline errors end in ``error: <message>`` and the error's exit
     code, without a traceback."""
@@ -34,6 +47,7 @@ def reported(func: F) -> F:
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         setup_logging()
+        exit_on_termination()
         try:
             return func(*args, **kwargs)
         except PipelineError as exc:

@@ -13,10 +13,13 @@ Every epoch is checkpointed; an interrupted attempt resumes (see :class:`Trainin
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import shutil
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -238,15 +241,71 @@ def plan_fit(
 
 def _callbacks(rung: Rung, paths: TrainingPaths, resuming: bool) -> list:
     callbacks = [
-        keras.callbacks.BackupAndRestore(str(paths.checkpoints)),
-        keras.callbacks.TerminateOnNaN(),
+        # The epoch's row is logged before its checkpoint: a kill in between re-runs the
+        # epoch, and prepare_resume drops the row it would otherwise repeat.
         keras.callbacks.CSVLogger(str(paths.history), append=resuming),
+        keras.callbacks.BackupAndRestore(str(paths.checkpoints), double_checkpoint=True),
+        keras.callbacks.TerminateOnNaN(),
     ]
     if rung.early_stopping_patience:
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor="val_accuracy", patience=rung.early_stopping_patience,
             restore_best_weights=True))
     return callbacks
+
+
+CHECKPOINT = ("latest.weights.h5", "training_metadata.json")
+PREVIOUS = tuple(f"{name}.bkp" for name in CHECKPOINT)
+
+
+def _checkpoint_epoch(folder: Path, names: tuple[str, str]) -> int | None:
+    """The epochs a checkpoint pair has completed, or None where it is missing or corrupt."""
+    import h5py
+
+    weights, metadata = (folder / name for name in names)
+    try:
+        epoch = int(json.loads(metadata.read_text())["epoch"])
+        with h5py.File(weights, "r") as handle:  # reads every tensor: truncation shows
+            handle.visititems(lambda _, item: item[()] if isinstance(item, h5py.Dataset)
+                              else None)
+        return epoch
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def prepare_resume(paths: TrainingPaths) -> int | None:
+    """Make an interrupted attempt resumable; return the epoch it resumes at (None: fresh).
+
+    A corrupt latest checkpoint gives way to the previous one; when neither loads, the
+    folder is set aside with a warning and the attempt starts afresh. The epoch log keeps
+    only the epochs the checkpoint holds."""
+    folder = paths.checkpoints
+    if not folder.exists():
+        return None
+    epoch = _checkpoint_epoch(folder, CHECKPOINT)
+    if epoch is None and (epoch := _checkpoint_epoch(folder, PREVIOUS)) is not None:
+        log.warning("the latest checkpoint in %s is corrupt; resuming from the one before it "
+                    "(epoch %d)", folder, epoch)
+        for previous, latest in zip(PREVIOUS, CHECKPOINT, strict=True):
+            shutil.copyfile(folder / previous, folder / latest)
+    if epoch is None:
+        aside = folder.with_name(f"{folder.name}.corrupt-{uuid.uuid4().hex[:8]}")
+        folder.rename(aside)
+        paths.history.unlink(missing_ok=True)
+        log.warning("no readable checkpoint in %s (set aside as %s): the attempt starts afresh",
+                    folder, aside)
+        return None
+    _keep_epochs(paths.history, epoch)
+    return epoch
+
+
+def _keep_epochs(history: Path, epochs: int) -> None:
+    if not history.exists():
+        return
+    lines = history.read_text().splitlines(keepends=True)
+    kept = [line for line in lines[1:] if line.split(",", 1)[0].isdigit()
+            and int(line.split(",", 1)[0]) < epochs]
+    history.write_text("".join(lines[:1] + kept))
 
 
 def fit_plan(params: Params, index: int, plan: FitPlan, paths: TrainingPaths) -> dict:
@@ -263,11 +322,12 @@ def fit_plan(params: Params, index: int, plan: FitPlan, paths: TrainingPaths) ->
         metrics=["accuracy"],
         jit_compile={"auto": "auto", "on": True, "off": False}[params.train.jit_compile],
     )
-    resuming = (paths.checkpoints / "training_metadata.json").exists()
+    resumed_at = prepare_resume(paths)
+    resuming = resumed_at is not None
     paths.history.parent.mkdir(parents=True, exist_ok=True)
     if resuming:
-        log.info("rung %d %r: resuming from the checkpoint in %s", index, rung.name,
-                 paths.checkpoints)
+        log.info("rung %d %r: resuming from the checkpoint in %s (epoch %d done)", index,
+                 rung.name, paths.checkpoints, resumed_at)
     verbose = 1 if sys.stderr.isatty() else 2
     fit = {"epochs": rung.epochs, "validation_data": plan.validation,
            "callbacks": _callbacks(rung, paths, resuming), "verbose": verbose}

@@ -48,7 +48,7 @@ def setup(services, small_folder, no_top_weights, tmp_path_factory):
     return params, data, Path(result.model_path), work
 
 
-def candidate(setup, name: str) -> dict:
+def candidate(setup, name: str, run_id: str | None = None, model: Path | None = None) -> dict:
     """Evaluate the trained model on test, decide against the champion, and register it."""
     params, data, model_path, work = setup
     evaluation = work / name / "evaluation"
@@ -56,8 +56,9 @@ def candidate(setup, name: str) -> dict:
     decision = work / name / "gate.json"
     final_gate(params, evaluation, decision)
     return register_classifier(params, data, evaluation, decision,
-                               work / name / "registration.json", ROOT, model=model_path,
-                               pipeline_run_id=f"it-{name}-{uuid.uuid4().hex[:6]}",
+                               work / name / "registration.json", ROOT,
+                               model=model or model_path,
+                               pipeline_run_id=run_id or f"it-{name}-{uuid.uuid4().hex[:6]}",
                                lineage_extra={"git_commit": "test"})
 
 
@@ -157,3 +158,37 @@ def test_a_stopped_server_fails_fast_and_a_restart_keeps_everything(setup, servi
     np.testing.assert_allclose(np.asarray(reloaded.predict_on_batch(images)),
                                np.asarray(load_classifier(model_path).predict_on_batch(images)),
                                atol=1e-5)
+
+
+def pipeline_runs(params: Params, run_id: str) -> list:
+    import mlflow
+
+    experiment = mlflow.get_experiment_by_name(params.registry.experiment)
+    return mlflow.MlflowClient().search_runs(
+        [experiment.experiment_id], f"tags.pipeline_run_id = '{run_id}' and tags.kind = 'pipeline'")
+
+
+def test_a_retried_registration_reuses_its_run_and_its_version(setup):
+    import mlflow
+
+    params = setup[0]
+    run_id = f"it-retry-{uuid.uuid4().hex[:6]}"
+    first = candidate(setup, "retry-1", run_id)
+    again = candidate(setup, "retry-2", run_id)  # what a KFP retry of the task does
+    assert first["registered"] and again["version"] == first["version"]
+    versions = mlflow.MlflowClient().search_model_versions(
+        f"name = '{params.registry.model_name}' and tags.pipeline_run_id = '{run_id}'")
+    assert [v.version for v in versions] == [first["version"]]
+    [run] = pipeline_runs(params, run_id)
+    assert run.info.status == "FINISHED"
+
+
+def test_a_registration_that_fails_ends_its_run_failed(setup, tmp_path):
+    from image_finetune.errors import MissingInputError
+
+    params = setup[0]
+    run_id = f"it-broken-{uuid.uuid4().hex[:6]}"
+    with pytest.raises(MissingInputError):
+        candidate(setup, "broken", run_id, model=tmp_path / "gone.keras")
+    [run] = pipeline_runs(params, run_id)
+    assert run.info.status == "FAILED"

@@ -8,18 +8,15 @@ source and raised once, naming the files.
 
 from __future__ import annotations
 
-import io
 import pickle
-import tarfile
-import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from image_finetune.data.files import archive_members, walk
+from image_finetune.data.images import decode_image
 from image_finetune.errors import IngestError
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
@@ -34,49 +31,6 @@ class RawDataset:
     labels: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def decode_image(data: bytes, name: str, image_size: int, resize: bool) -> np.ndarray:
-    """Decode PNG/JPEG bytes to uint8 RGB [S,S,3]; raise ValueError with the reason."""
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            rgb = image.convert("RGB")
-    except UnidentifiedImageError as exc:
-        raise ValueError(f"{name}: not an image file") from exc
-    except (OSError, SyntaxError) as exc:
-        raise ValueError(f"{name}: corrupt or truncated image ({exc})") from exc
-    if rgb.size != (image_size, image_size):
-        if not resize:
-            width, height = rgb.size
-            raise ValueError(
-                f"{name}: size {height}x{width}, expected {image_size}x{image_size} "
-                "(set data.on_wrong_size: resize to accept it)"
-            )
-        rgb = rgb.resize((image_size, image_size), Image.Resampling.BICUBIC)
-    return np.asarray(rgb, dtype=np.uint8)
-
-
-def iter_folder_files(path: Path) -> Iterator[tuple[PurePosixPath, bytes | None]]:
-    """Yield (relative path, bytes) of every file of a directory tree or .tar(.gz);
-    folders come with None, so that empty class folders are seen too."""
-    if path.is_dir():
-        for entry in sorted(path.rglob("*")):
-            rel = PurePosixPath(entry.relative_to(path).as_posix())
-            yield rel, entry.read_bytes() if entry.is_file() else None
-        return
-    try:
-        with tarfile.open(path, "r:*") as archive:
-            for member in archive:
-                rel = PurePosixPath(member.name.lstrip("./") or member.name)
-                if member.isdir():
-                    yield rel, None
-                elif member.isfile():
-                    handle = archive.extractfile(member)
-                    assert handle is not None  # isfile() members always have data
-                    yield rel, handle.read()
-    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
-        raise IngestError(f"{path}: truncated or unreadable archive ({exc})") from exc
-
-
 def _strip_common_root(parts: tuple[str, ...]) -> tuple[str, ...]:
     """``root/split/class/file`` -> ``split/class/file`` (archives often wrap one folder)."""
     return parts[1:] if len(parts) > 1 and parts[0] not in KNOWN_SPLITS else parts
@@ -87,42 +41,49 @@ def read_image_folder(
 ) -> RawDataset:
     """Read ``split/class/*.png|jpg|jpeg`` from a directory or a .tar(.gz) archive.
 
-    Classes are the train split's folders, sorted; every other split must have
-    exactly those classes. Hidden files (``.*``) are ignored; anything else that
-    is not an image in a class folder is an error.
+    Classes are the train split's folders, sorted; every other split must have exactly
+    those classes. Hidden files (``.*``) and OS clutter (Thumbs.db, desktop.ini,
+    __MACOSX) are ignored; anything else that is not an image in a class folder, a name
+    that is not UTF-8, a link or an oversized file is an error naming the file.
     """
     if not path.exists():
         raise IngestError(f"{path}: data source not found (set data.path or $IMAGE_FINETUNE_DATA)")
     problems: list[str] = []
     decoded: dict[tuple[str, str], list[tuple[str, np.ndarray]]] = {}
     class_dirs: dict[str, set[str]] = {}
-    files = iter_folder_files(path)
-    for rel, data in tqdm(files, desc=f"decode {path.name}", unit="img", mininterval=1.0):
-        parts = _strip_common_root(rel.parts)
-        if any(part.startswith(".") for part in parts[:2]):
-            continue
-        if data is None or (len(parts) == 3 and parts[2].startswith(".")):
+    entries = walk(path, problems)
+    for entry in tqdm(entries, desc=f"decode {path.name}", unit="img", mininterval=1.0):
+        parts = _strip_common_root(entry.path.parts)
+        if entry.is_folder:
             if len(parts) >= 2 and parts[0] in KNOWN_SPLITS:
                 class_dirs.setdefault(parts[0], set()).add(parts[1])
             continue
-        if len(parts) != 3 or parts[0] not in KNOWN_SPLITS:
-            problems.append(f"{rel}: not at split/class/file (splits: {', '.join(KNOWN_SPLITS)})")
+        problem = _placement_problem(entry.path, parts)
+        if problem:
+            problems.append(problem)
             continue
         split, class_name, filename = parts
         class_dirs.setdefault(split, set()).add(class_name)
-        if PurePosixPath(filename).suffix.lower() not in IMAGE_SUFFIXES:
-            problems.append(f"{rel}: not an image file (expected .png, .jpg or .jpeg)")
-            continue
         bucket = decoded.setdefault((split, class_name), [])
         if max_per_class is not None and len(bucket) >= max_per_class:
             continue
         try:
-            bucket.append((filename, decode_image(data, str(rel), image_size, resize)))
+            bucket.append((filename, decode_image(entry.read(), str(entry.path), image_size,
+                                                  resize)))
         except ValueError as exc:
             problems.append(str(exc))
     if problems:
         raise IngestError(f"{path}: bad files in the image folder", problems)
     return _assemble_folder(path, decoded, class_dirs)
+
+
+def _placement_problem(rel: PurePosixPath, parts: tuple[str, ...]) -> str | None:
+    """Why a file cannot be an image of the dataset (None: it can, by its place and name)."""
+    if len(parts) != 3 or parts[0] not in KNOWN_SPLITS:
+        return f"{rel}: not at split/class/file (splits: {', '.join(KNOWN_SPLITS)})"
+    if PurePosixPath(parts[2]).suffix.lower() not in IMAGE_SUFFIXES:
+        return f"{rel}: not an image file (expected .png, .jpg or .jpeg)"
+    return None
 
 
 def _assemble_folder(
@@ -164,18 +125,32 @@ def _cap_per_class(images: np.ndarray, labels: np.ndarray, cap: int | None):
     return images[keep], labels[keep]
 
 
-def _archive_members(path: Path) -> dict[str, bytes]:
-    if not path.exists():
-        raise IngestError(f"{path}: data source not found (set data.path or $IMAGE_FINETUNE_DATA)")
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles only what the CIFAR-10 python format holds (dicts, lists, bytes, numbers
+    and NumPy arrays): a crafted archive cannot run code on the ingesting machine."""
+
+    ALLOWED = frozenset({
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+    })
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not part of the CIFAR-10 format")
+
+
+def _unpickle(data: bytes, member: str, path: Path) -> dict:
+    import io
+
     try:
-        with tarfile.open(path, "r:*") as archive:
-            return {
-                PurePosixPath(m.name).name: archive.extractfile(m).read()  # type: ignore[union-attr]
-                for m in archive
-                if m.isfile()
-            }
-    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
-        raise IngestError(f"{path}: truncated or unreadable archive ({exc})") from exc
+        loaded = _CifarUnpickler(io.BytesIO(data), encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
+        raise IngestError(f"{path}: member {member} is not a CIFAR-10 batch ({exc})") from None
+    if not isinstance(loaded, dict):
+        raise IngestError(f"{path}: member {member} is not a CIFAR-10 batch (not a dict)")
+    return loaded
 
 
 def _require(members: dict[str, bytes], names: list[str], path: Path) -> None:
@@ -185,19 +160,21 @@ def _require(members: dict[str, bytes], names: list[str], path: Path) -> None:
 
 
 CIFAR_TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
+MAX_CIFAR_MEMBER_BYTES = 256 * 1024 * 1024  # a CIFAR-10 batch is about 31 MB
 
 
 def read_cifar_python(path: Path, max_per_class: int | None = None) -> RawDataset:
     """Read the official ``cifar-10-python.tar.gz`` (pickled batches)."""
-    members = _archive_members(path)
-    _require(members, [*CIFAR_TRAIN_BATCHES, "test_batch", "batches.meta"], path)
-    meta = pickle.loads(members["batches.meta"], encoding="bytes")
+    wanted = [*CIFAR_TRAIN_BATCHES, "test_batch", "batches.meta"]
+    members = archive_members(path, set(wanted), MAX_CIFAR_MEMBER_BYTES)
+    _require(members, wanted, path)
+    meta = _unpickle(members["batches.meta"], "batches.meta", path)
     class_names = [n.decode() if isinstance(n, bytes) else n for n in meta[b"label_names"]]
     dataset = RawDataset(class_names=class_names)
     for split, batches in (("train", CIFAR_TRAIN_BATCHES), ("test", ["test_batch"])):
         images, labels = [], []
         for batch_name in batches:
-            batch = pickle.loads(members[batch_name], encoding="bytes")
+            batch = _unpickle(members[batch_name], batch_name, path)
             data = np.asarray(batch[b"data"], dtype=np.uint8)
             images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
             labels.append(np.asarray(batch[b"labels"], dtype=np.int64))
@@ -209,9 +186,10 @@ def read_cifar_python(path: Path, max_per_class: int | None = None) -> RawDatase
 
 def read_cifar_binary(path: Path, max_per_class: int | None = None) -> RawDataset:
     """Read the official ``cifar-10-binary.tar.gz`` (1 label byte + 3072 pixel bytes)."""
-    members = _archive_members(path)
     train_files = [f"{b}.bin" for b in CIFAR_TRAIN_BATCHES]
-    _require(members, [*train_files, "test_batch.bin", "batches.meta.txt"], path)
+    wanted = [*train_files, "test_batch.bin", "batches.meta.txt"]
+    members = archive_members(path, set(wanted), MAX_CIFAR_MEMBER_BYTES)
+    _require(members, wanted, path)
     class_names = [line for line in members["batches.meta.txt"].decode().split() if line]
     dataset = RawDataset(class_names=class_names)
     record = 1 + 3 * 32 * 32

@@ -1,13 +1,21 @@
-"""One MLflow client per process and tracking URI, failing fast when the server is down."""
+"""One MLflow client per process and tracking URI, failing fast when the server is down,
+and the registry's errors as pipeline errors (a message and an exit code, never a
+traceback, never a credential)."""
 
 from __future__ import annotations
 
 import functools
 import os
 import re
+from collections.abc import Callable
+from typing import TypeVar
 
 from image_finetune.config import RegistryParams
 from image_finetune.errors import PipelineError, ServiceError
+
+F = TypeVar("F", bound=Callable)
+# MLflow error codes that mean "the server or its store did not answer".
+UNAVAILABLE = ("TEMPORARILY_UNAVAILABLE", "INTERNAL_ERROR", "REQUEST_LIMIT_EXCEEDED")
 
 
 class RegistryError(PipelineError):
@@ -16,9 +24,9 @@ class RegistryError(PipelineError):
     exit_code = 9
 
 
-def redact(uri: str) -> str:
-    """A URI with any ``user:password@`` removed, fit for messages and logs."""
-    return re.sub(r"//[^/@]*@", "//***@", uri)
+def redact(text: str) -> str:
+    """``text`` with any ``user:password@`` of a URI in it removed, fit for messages."""
+    return re.sub(r"(?<=//)[^/@\s]*@", "***@", text)
 
 
 def client_for(params: RegistryParams):
@@ -45,17 +53,46 @@ def _cached_client(uri: str):
 
 
 def check_server(uri: str) -> None:
-    """Raise ServiceError, saying how to fix it, unless the server answers its health check."""
-    import urllib.error
-    import urllib.request
+    """Raise ServiceError, saying how to fix it, unless the server answers its health check.
 
+    The probe goes through MLflow's own HTTP layer, so it uses the client's TLS settings
+    (MLFLOW_TRACKING_SERVER_CERT_PATH, MLFLOW_TRACKING_INSECURE_TLS) and credentials
+    (MLFLOW_TRACKING_USERNAME/PASSWORD/TOKEN)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    hint = ("start it (infra/services/all.sh start) or unset MLFLOW_TRACKING_URI for the "
+            "local store. Outputs on disk are kept.")
     try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5) as response:
-            if response.status != 200:
-                raise ServiceError(
-                    f"MLflow server {redact(uri)} is unhealthy (HTTP {response.status})")
-    except (urllib.error.URLError, OSError) as exc:
-        raise ServiceError(
-            f"MLflow server {redact(uri)} is unreachable ({exc}); start it "
-            "(infra/services/all.sh start) or unset MLFLOW_TRACKING_URI for the local store. "
-            "Outputs on disk are kept.") from exc
+        response = http_request(get_default_host_creds(uri), "/health", "GET", max_retries=0,
+                                timeout=5, raise_on_status=False)
+    except (MlflowException, OSError) as exc:
+        raise ServiceError(f"MLflow server {redact(uri)} is unreachable "
+                           f"({redact(str(exc))[:300]}); {hint}") from None
+    if response.status_code in (401, 403):
+        raise ServiceError(f"MLflow server {redact(uri)} refused the credentials (HTTP "
+                           f"{response.status_code}); set MLFLOW_TRACKING_USERNAME and "
+                           "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)")
+    if response.status_code != 200:
+        raise ServiceError(f"MLflow server {redact(uri)} is unhealthy (HTTP "
+                           f"{response.status_code}); {hint}")
+
+
+def registry_errors(func: F) -> F:
+    """Turn what MLflow raises into a RegistryError (refusals) or a ServiceError (the
+    server or its store did not answer), with credentials redacted."""
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return func(*args, **kwargs)
+        except MlflowException as exc:
+            message = redact(exc.message if hasattr(exc, "message") else str(exc))[:500]
+            kind = ServiceError if exc.error_code in UNAVAILABLE else RegistryError
+            raise kind(f"the registry refused {func.__name__}: {message}") from None
+        except OSError as exc:
+            raise ServiceError(f"the registry is unreachable ({redact(str(exc))[:300]})") from None
+
+    return wrapper  # type: ignore[return-value]

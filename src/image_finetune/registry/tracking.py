@@ -3,10 +3,13 @@ ladder, batched metrics and parameters, artifacts."""
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
 from image_finetune.config import Params
+
+log = logging.getLogger(__name__)
 
 BATCH = 900  # MLflow accepts up to 1,000 metrics and 100 params per batch call
 PARAM_BATCH = 100
@@ -81,6 +84,22 @@ def nested_run(client, parent_id: str, name: str, tags: dict[str, str]) -> str:
     run = client.create_run(experiment_id, run_name=name,
                             tags={"mlflow.parentRunId": parent_id, **tags})
     return run.info.run_id
+
+
+def nested_run_exists(client, parent_id: str, tag: str, value: str) -> bool:
+    """Whether a finished run nested under ``parent_id`` carries ``tag = value``."""
+    experiment_id = client.get_run(parent_id).info.experiment_id
+    found = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_id}' and "
+                                                f"tags.{tag} = '{value}'", max_results=5)
+    return any(run.info.status == "FINISHED" for run in found)
+
+
+def end_run_quietly(client, run_id: str, status: str) -> None:
+    """End a run with ``status``, ignoring a store that is gone (the caller is failing)."""
+    try:
+        client.set_terminated(run_id, status)
+    except Exception as exc:  # the original failure matters more than this one
+        log.warning("could not mark run %s %s: %s", run_id, status, exc)
 
 
 def log_files(client, run_id: str, files: list[Path], folders: dict[str, Path] | None = None,

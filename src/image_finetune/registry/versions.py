@@ -13,7 +13,7 @@ import numpy as np
 
 from image_finetune.config import RegistryParams
 from image_finetune.gate import ChampionResults
-from image_finetune.registry.client import RegistryError, client_for
+from image_finetune.registry.client import RegistryError, client_for, registry_errors
 from image_finetune.stats import per_image_correct
 
 CHAMPION = "champion"
@@ -29,6 +29,12 @@ def version_by_alias(client, name: str, alias: str):
         return client.get_model_version_by_alias(name, alias)
     except MlflowException:
         return None
+
+
+def is_alias(client, name: str, alias: str, version: str) -> bool:
+    """Whether ``alias`` points at ``version`` now."""
+    current = version_by_alias(client, name, alias)
+    return current is not None and str(current.version) == str(version)
 
 
 def version_correct(client, version, labels: np.ndarray) -> np.ndarray:
@@ -47,6 +53,7 @@ def version_correct(client, version, labels: np.ndarray) -> np.ndarray:
     return per_image_correct(probabilities, labels)
 
 
+@registry_errors
 def champion_results(params: RegistryParams, labels: np.ndarray) -> ChampionResults | None:
     """The current champion's per-image correctness on these test labels (None: no champion)."""
     client = client_for(params)
@@ -62,11 +69,27 @@ def registered_class_names(version) -> list[str] | None:
     return json.loads(names) if names else None
 
 
+@registry_errors
 def register_version(
     client, model_name: str, run_id: str, model, example: np.ndarray, tags: dict[str, str]
 ) -> str:
     """Log ``model`` (Keras flavor, signature, input example) in ``run_id`` and register it
-    as a new version of ``model_name``; return the version once it is ready."""
+    as a version of ``model_name``; return the version once it is READY.
+
+    Idempotent per pipeline run: a retry of the same run (same ``pipeline_run_id`` tag)
+    returns the version it already registered. A version that fails registration, or is not
+    ready in time, is an error: it is never aliased."""
+    existing = _registered_by_run(client, model_name, tags["pipeline_run_id"])
+    if existing is not None:
+        return str(_wait_ready(client, model_name, existing.version).version)
+    _log_keras_model(client, run_id, model, example)
+    _ensure_model(client, model_name)
+    created = client.create_model_version(model_name, f"runs:/{run_id}/model", run_id=run_id,
+                                          tags=tags)
+    return str(_wait_ready(client, model_name, created.version).version)
+
+
+def _log_keras_model(client, run_id: str, model, example: np.ndarray) -> None:
     import mlflow
 
     signature = mlflow.models.infer_signature(example, np.asarray(model.predict_on_batch(example)))
@@ -77,10 +100,19 @@ def register_version(
         local.mkdir()
         mlflow.keras.save_model(model, str(local), signature=signature, input_example=example)
         client.log_artifacts(run_id, str(local), "model")
-    _ensure_model(client, model_name)
-    created = client.create_model_version(model_name, f"runs:/{run_id}/model", run_id=run_id,
-                                          tags=tags)
-    return str(_wait_ready(client, model_name, created.version).version)
+
+
+def _registered_by_run(client, model_name: str, pipeline_run_id: str):
+    """The version a pipeline run already registered (None: none yet)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = client.search_model_versions(
+            f"name = '{model_name}' and tags.pipeline_run_id = '{pipeline_run_id}'")
+    except MlflowException:
+        return None  # no such model yet
+    ready = [v for v in found if v.status != "FAILED_REGISTRATION"]
+    return max(ready, key=lambda v: int(v.version)) if ready else None
 
 
 def _ensure_model(client, name: str) -> None:
@@ -93,15 +125,22 @@ def _ensure_model(client, name: str) -> None:
             client.create_registered_model(name)
 
 
-def _wait_ready(client, name: str, version: str, timeout: float = 60.0):
+def _wait_ready(client, name: str, version: str, timeout: float = 300.0):
     deadline = time.monotonic() + timeout
     while True:
         current = client.get_model_version(name, version)
-        if current.status == "READY" or time.monotonic() > deadline:
+        if current.status == "READY":
             return current
+        if current.status == "FAILED_REGISTRATION":
+            raise RegistryError(f"{name} v{version} failed registration: "
+                                f"{current.status_message or 'no reason given'}")
+        if time.monotonic() > deadline:
+            raise RegistryError(f"{name} v{version} is still {current.status} after "
+                                f"{timeout:.0f} s; not aliased")
         time.sleep(0.5)
 
 
+@registry_errors
 def list_versions(params: RegistryParams) -> list[dict]:
     """Every version with its aliases and key metrics, newest first."""
     from mlflow.exceptions import MlflowException

@@ -11,7 +11,9 @@ import numpy as np
 from tqdm import tqdm
 
 from image_finetune.config import Params
-from image_finetune.data.sources import IMAGE_SUFFIXES, decode_image, iter_folder_files
+from image_finetune.data.files import walk
+from image_finetune.data.images import decode_image
+from image_finetune.data.sources import IMAGE_SUFFIXES
 from image_finetune.inference import class_names_or_indices, load_classifier, top_k
 from image_finetune.registry.client import client_for
 from image_finetune.registry.versions import registered_class_names
@@ -34,23 +36,29 @@ def predict_batch(
     size = int(classifier.input_shape[1])
     rows: list[dict] = []
     pending: list[tuple[str, np.ndarray]] = []
-    for rel, data in tqdm(iter_folder_files(source), desc="predict", unit="img"):
-        if data is None or Path(str(rel)).suffix.lower() not in IMAGE_SUFFIXES:
+    refused: list[str] = []  # names, links and sizes the walk refused: listed, not dropped
+    for entry in tqdm(walk(source, refused), desc="predict", unit="img"):
+        if entry.is_folder or entry.path.suffix.lower() not in IMAGE_SUFFIXES:
             continue
         try:
-            pending.append((str(rel), decode_image(data, str(rel), size, resize=True)))
+            pending.append((str(entry.path), decode_image(entry.read(), str(entry.path), size,
+                                                          resize=True)))
         except ValueError as exc:
-            rows.append({"file": str(rel), "predicted": "", "probability": "", "top_k": "",
-                         "error": str(exc)})
+            rows.append(_error_row(str(entry.path), str(exc)))
         if len(pending) >= batch_size:
             rows += _label(classifier, pending, names, k)
     rows += _label(classifier, pending, names, k)
+    rows += [_error_row(problem.split(": ", 1)[0], problem) for problem in refused]
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, COLUMNS)
         writer.writeheader()
         writer.writerows(sorted(rows, key=lambda r: r["file"]))
     return len(rows)
+
+
+def _error_row(file: str, error: str) -> dict:
+    return {"file": file, "predicted": "", "probability": "", "top_k": "", "error": error}
 
 
 def _label(classifier, pending: list[tuple[str, np.ndarray]], names: list[str], k: int):

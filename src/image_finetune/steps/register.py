@@ -17,9 +17,9 @@ from image_finetune.data.canonical import load_split, manifest_digest, read_mani
 from image_finetune.inference import MODEL_FILE, load_classifier
 from image_finetune.metrics import flatten_metrics
 from image_finetune.registry import lineage, tracking
-from image_finetune.registry.client import client_for
+from image_finetune.registry.client import client_for, registry_errors
 from image_finetune.registry.promotion import promote
-from image_finetune.registry.versions import CHALLENGER, register_version
+from image_finetune.registry.versions import CHALLENGER, CHAMPION, is_alias, register_version
 from image_finetune.stats import per_image_correct
 from image_finetune.steps.final_gate import read_decision
 from image_finetune.steps.gate_attempt import read_summary
@@ -37,7 +37,7 @@ from image_finetune.steps.layout import (
 log = logging.getLogger(__name__)
 
 
-
+@registry_errors
 def register_classifier(
     params: Params, data: Path, evaluation: Path, decision: Path, out: Path, root: Path, *,
     models: Path | None = None, model: Path | None = None, validation: Path | None = None,
@@ -47,31 +47,41 @@ def register_classifier(
 
     ``models`` is the train stage's folder (``dvc repro``): its selected model is
     registered and each attempt becomes a nested run; or ``model`` is the classifier file
-    alone (Kubeflow). ``validation`` adds the data checks. Returns the outcome."""
+    alone (Kubeflow). ``validation`` adds the data checks. A retry with the same
+    ``pipeline_run_id`` reuses its run and its version; a failure ends the run FAILED."""
     if model is None and models is None:
         raise ValueError("register_classifier needs models or model")
     model = model or models / SELECTED / MODEL_FILE
     run_id = pipeline_run_id or lineage.new_pipeline_run_id("dvc")
     client = client_for(params.registry)
     parent = tracking.parent_run(client, params, run_id)
-    if models is not None:
-        _log_attempts(client, parent, params, run_id, models)
-    data_files = [data / "manifest.json"] + ([validation / VALIDATION_RESULT] if validation else [])
-    tracking.log_files(client, parent, data_files, files_under="data")
-    _log_evaluation(client, parent, evaluation, decision)
-    extra = {"git_commit": lineage.git_commit(root), **(lineage_extra or {})}
-    if (root / "dvc.lock").exists():
-        extra["dvc_lock_sha256"] = sha256_file(root / "dvc.lock")
-    tags = lineage.lineage_tags(run_id, params.digest(), manifest_digest(data),
-                                read_manifest(data)["class_names"], extra)
-    for key, value in tags.items():
-        client.set_tag(parent, key, value)
-    outcome = _register(client, parent, params, model, data, evaluation, decision, tags)
+    try:
+        if models is not None:
+            _log_attempts(client, parent, params, run_id, models)
+        data_files = [data / "manifest.json"] + (
+            [validation / VALIDATION_RESULT] if validation else [])
+        tracking.log_files(client, parent, data_files, files_under="data")
+        _log_evaluation(client, parent, evaluation, decision)
+        tags = _lineage_tags(params, run_id, data, root, lineage_extra)
+        for key, value in tags.items():
+            client.set_tag(parent, key, value)
+        outcome = _register(client, parent, params, model, data, evaluation, decision, tags)
+    except BaseException:  # SIGTERM and Ctrl-C too: the run must not stay RUNNING
+        tracking.end_run_quietly(client, parent, "FAILED")
+        raise
     client.set_terminated(parent, "FINISHED" if outcome["registered"] else "FAILED")
     outcome = {"pipeline_run_id": run_id, **outcome}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(outcome, indent=2) + "\n")
     return outcome
+
+
+def _lineage_tags(params: Params, run_id: str, data: Path, root: Path, extra: dict | None):
+    extra = {"git_commit": lineage.git_commit(root), **(extra or {})}
+    if (root / "dvc.lock").exists():
+        extra["dvc_lock_sha256"] = sha256_file(root / "dvc.lock")
+    return lineage.lineage_tags(run_id, params.digest(), manifest_digest(data),
+                                read_manifest(data)["class_names"], extra)
 
 
 def _register(client, parent, params, model, data, evaluation, decision_file, tags) -> dict:
@@ -85,7 +95,9 @@ def _register(client, parent, params, model, data, evaluation, decision_file, ta
     client.set_registered_model_alias(name, CHALLENGER, version)
     outcome = {"registered": True, "version": version, "model_uri": f"runs:/{parent}/model",
                "promoted": False, "reason": "promotion disabled (registry.promote: false)"}
-    if params.registry.promote and decision.promote:
+    if params.registry.promote and is_alias(client, name, CHAMPION, version):
+        outcome.update(promoted=True, reason="champion (promoted by an earlier try of this run)")
+    elif params.registry.promote and decision.promote:
         _, probabilities, labels = read_evaluation(evaluation)
         result = promote(params.registry, version, "; ".join(decision.reasons),
                          per_image_correct(probabilities, labels), labels,
@@ -112,8 +124,11 @@ def _log_attempts(client, parent: str, params: Params, run_id: str, models: Path
     validation metrics, decision, report)."""
     for record in read_summary(models):
         folder, rung = attempt_folder(models, record.index), params.train.ladder[record.index]
+        if tracking.nested_run_exists(client, parent, "attempt_index", str(record.index)):
+            continue  # logged by an earlier try of this pipeline run
         child = tracking.nested_run(client, parent, f"attempt-{record.index}-{rung.name}", {
-            "kind": "attempt", "pipeline_run_id": run_id, "gate_passed": str(record.passed)})
+            "kind": "attempt", "pipeline_run_id": run_id, "gate_passed": str(record.passed),
+            "attempt_index": str(record.index)})
         rung_params = {f"rung.{k}": str(v) for k, v in rung.model_dump(mode="json").items()}
         tracking.log_params(client, child, {**rung_params, "rung.index": str(record.index)})
         with (folder / HISTORY_FILE).open() as handle:

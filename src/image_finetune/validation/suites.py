@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 WARNING = "warning"
 CRITICAL = "critical"
 EXAMPLES = 20
+DOCS_SITE = "validation"
 
 
 @dataclass
@@ -175,9 +176,11 @@ def run_suites(
     import great_expectations as gx
 
     context = gx.get_context(mode="ephemeral")
+    for site in list(context.list_data_docs_sites()):
+        context.delete_data_docs_site(site)  # GX's default site would be built in the temp dir
     if docs_dir is not None:
         context.add_data_docs_site(
-            site_name="validation",
+            site_name=DOCS_SITE,
             site_config={
                 "class_name": "SiteBuilder",
                 "store_backend": {
@@ -203,7 +206,8 @@ def run_suites(
             gx.Checkpoint(
                 name=f"{table}_checkpoint",
                 validation_definitions=[definition],
-                actions=[gx.checkpoint.UpdateDataDocsAction(name="docs")] if docs_dir else [],
+                actions=[gx.checkpoint.UpdateDataDocsAction(name="docs", site_names=[DOCS_SITE])]
+                if docs_dir else [],
                 result_format={
                     "result_format": "SUMMARY",
                     "unexpected_index_column_names": _ID_COLUMNS[table],

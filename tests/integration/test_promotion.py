@@ -1,0 +1,219 @@
+"""Promotion under the lock, rollback through the history, and the registry's errors, on
+a real MLflow store of each test's own (sqlite; the server tier runs the same on
+PostgreSQL in test_registry.py). Processes race for real: the lock's log shows who held it
+when."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from image_finetune.cli import app
+from image_finetune.config import RegistryParams
+from image_finetune.registry.client import RegistryError, client_for
+from image_finetune.registry.promotion import (
+    LOCK_INFIX,
+    LockTiming,
+    PromotionLock,
+    promote,
+    promotion_history,
+    rollback,
+)
+from image_finetune.registry.versions import CHAMPION, version_by_alias
+
+NAME = "lock-test"
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory) -> Path:
+    """An MLflow store with three READY versions of NAME, made once (its schema migrations
+    take seconds); each test gets a copy of its own."""
+    folder = tmp_path_factory.mktemp("template")
+    client = client_for(RegistryParams(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}",
+                                       model_name=NAME))
+    client.create_registered_model(NAME)
+    for _ in range(3):
+        client.create_model_version(NAME, f"file://{folder}/artifacts")
+    return folder / "mlflow.db"
+
+
+@pytest.fixture
+def store(template, tmp_path) -> RegistryParams:
+    """A registry of this test's own."""
+    shutil.copyfile(template, tmp_path / "mlflow.db")
+    return RegistryParams(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", model_name=NAME)
+
+
+def champion(params: RegistryParams) -> str | None:
+    found = version_by_alias(client_for(params), params.model_name, CHAMPION)
+    return str(found.version) if found else None
+
+
+def test_rollback_walks_the_history_back_one_champion_per_call(store):
+    for version in ("1", "2", "3"):
+        promote(store, version, f"release {version}")
+    assert rollback(store, "bad 3")["version"] == "2" and champion(store) == "2"
+    assert rollback(store, "bad 2")["version"] == "1" and champion(store) == "1"
+    with pytest.raises(RegistryError, match="first in the promotion history: there is "
+                                            "nothing to roll back to"):
+        rollback(store, "one too many")
+    assert champion(store) == "1"
+    promote(store, "3", "fixed")
+    assert rollback(store, "again")["version"] == "1"  # 2 was rolled back: not restored
+    actions = [(e["action"], e["version"]) for e in promotion_history(store)]
+    assert actions == [("promote", "1"), ("promote", "2"), ("promote", "3"),
+                       ("rollback", "2"), ("rollback", "1"), ("promote", "3"),
+                       ("rollback", "1")]
+
+
+def test_a_champion_moved_behind_the_registrys_back_is_not_rolled_back_blindly(store):
+    promote(store, "1", "release")
+    promote(store, "2", "release")
+    client_for(store).set_registered_model_alias(NAME, CHAMPION, "3")
+    with pytest.raises(RegistryError, match="was not set by a recorded promotion"):
+        rollback(store, "which one?")
+
+
+@pytest.mark.parametrize("version,message", [("99", "has no version '99'"),
+                                             ("abc", "has no version 'abc'")])
+def test_promoting_a_missing_version_is_a_registry_error_with_its_exit_code(store, tmp_path,
+                                                                           version, message):
+    params = tmp_path / "params.yaml"
+    params.write_text(f"registry:\n  tracking_uri: {store.tracking_uri}\n"
+                      f"  model_name: {NAME}\n")
+    result = CliRunner().invoke(app, ["promote", version, "--params", str(params)])
+    assert result.exit_code == RegistryError.exit_code, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert champion(store) is None
+
+
+def test_no_champion_to_roll_back_is_a_registry_error(store):
+    with pytest.raises(RegistryError, match="has no champion to roll back"):
+        rollback(store)
+
+
+HOLDER = """
+import sys, time
+from image_finetune.config import RegistryParams
+from image_finetune.registry.client import client_for
+from image_finetune.registry.promotion import LockTiming, PromotionLock
+uri, name, log, hold, rounds, lease = sys.argv[1:7]
+client = client_for(RegistryParams(tracking_uri=uri, model_name=name))
+for _ in range(int(rounds)):
+    with PromotionLock(client, name, LockTiming(timeout=300, lease=float(lease), poll=0.05)):
+        with open(log, "a") as handle:
+            handle.write(f"enter {time.time():.6f}\\n")
+        print("holding", flush=True)
+        time.sleep(float(hold))
+        with open(log, "a") as handle:
+            handle.write(f"exit {time.time():.6f}\\n")
+"""
+
+
+def holder(store: RegistryParams, log: Path, hold: float, rounds: int = 1, lease: float = 30):
+    return subprocess.Popen(
+        [sys.executable, "-c", HOLDER, store.tracking_uri, NAME, str(log), str(hold),
+         str(rounds), str(lease)], stdout=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def intervals(log: Path) -> list[tuple[float, float]]:
+    events = [line.split() for line in log.read_text().splitlines()]
+    spans, opened = [], None
+    for kind, at in events:
+        assert (kind == "enter") == (opened is None), f"two holders at once:\n{log.read_text()}"
+        if kind == "enter":
+            opened = float(at)
+        else:
+            spans.append((opened, float(at)))
+            opened = None
+    return spans
+
+
+def test_racing_processes_hold_the_lock_one_at_a_time(store, tmp_path):
+    log = tmp_path / "lock.log"
+    racers = [holder(store, log, hold=0.3, rounds=3) for _ in range(4)]
+    assert [r.wait(timeout=600) for r in racers] == [0] * 4
+    spans = intervals(log)
+    assert len(spans) == 12
+    assert all(end <= start for (_, end), (start, _) in zip(spans, spans[1:], strict=False))
+
+
+def test_a_live_holder_keeps_the_lock_past_its_lease(store, tmp_path):
+    log = tmp_path / "lock.log"
+    first = holder(store, log, hold=4.0, lease=1.0)  # renews every third of a second
+    assert first.stdout.readline().strip() == "holding"
+    client = client_for(store)
+    start = time.monotonic()
+    with PromotionLock(client, NAME, LockTiming(timeout=60, lease=1.0, poll=0.05)):
+        waited = time.monotonic() - start
+    assert first.wait(timeout=60) == 0
+    assert waited > 2.5, f"the live holder's lock was broken after {waited:.1f} s"
+
+
+def test_a_dead_holders_lock_is_broken_after_its_lease(store, tmp_path, caplog):
+    log = tmp_path / "lock.log"
+    dead = holder(store, log, hold=600, lease=1.0)
+    assert dead.stdout.readline().strip() == "holding"
+    os.killpg(dead.pid, signal.SIGKILL)
+    dead.wait()
+    start = time.monotonic()
+    with PromotionLock(client_for(store), NAME, LockTiming(timeout=60, lease=1.0, poll=0.05)):
+        waited = time.monotonic() - start
+    assert 1.0 <= waited < 20
+    assert "breaking the stale promotion lock" in caplog.text
+    generations = client_for(store).search_registered_models(f"name LIKE '{NAME}{LOCK_INFIX}%'")
+    assert [m.name for m in generations] == [f"{NAME}{LOCK_INFIX}2"]  # the dead one pruned
+
+
+def test_waiting_for_the_lock_ends_at_its_deadline(store, tmp_path):
+    log = tmp_path / "lock.log"
+    busy = holder(store, log, hold=30, lease=1.0)
+    assert busy.stdout.readline().strip() == "holding"
+    start = time.monotonic()
+    with pytest.raises(RegistryError, match="could not acquire the promotion lock of lock-test "
+                                            "within 2 s"):
+        PromotionLock(client_for(store), NAME, LockTiming(timeout=2, lease=1.0, poll=0.1)
+                      ).acquire()
+    assert time.monotonic() - start < 10
+    os.killpg(busy.pid, signal.SIGKILL)
+    busy.wait()
+
+
+class FailingStore:
+    """The real client, with its store refusing the first ``failures`` lock creations for a
+    reason other than contention (a permission or database error)."""
+
+    def __init__(self, client, failures: int):
+        self.client, self.failures, self.calls = client, failures, 0
+
+    def __getattr__(self, name):
+        return getattr(self.client, name)
+
+    def create_registered_model(self, *args, **kwargs):
+        from mlflow.exceptions import MlflowException
+
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise MlflowException("permission denied for table registered_models",
+                                  error_code="PERMISSION_DENIED")
+        return self.client.create_registered_model(*args, **kwargs)
+
+
+def test_a_store_error_waits_and_retries_and_honours_the_deadline(store, caplog):
+    flaky = FailingStore(client_for(store), failures=3)
+    with PromotionLock(flaky, NAME, LockTiming(timeout=30, lease=1.0, poll=0.2)) as lock:
+        assert lock.generation == 1
+    assert flaky.calls == 4 and caplog.text.count("permission denied") == 3
+    broken = FailingStore(client_for(store), failures=10**6)
+    start = time.monotonic()
+    with pytest.raises(RegistryError, match="last error: permission denied"):
+        PromotionLock(broken, NAME, LockTiming(timeout=1.5, lease=1.0, poll=0.2)).acquire()
+    assert 1.5 <= time.monotonic() - start < 5 and broken.calls <= 10
