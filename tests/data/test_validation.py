@@ -154,3 +154,18 @@ def test_missing_dataset_is_a_clear_error(tmp_path):
     with pytest.raises(MissingInputError, match="run the ingest step first"):
         validate_with(tmp_path / "none", ValidateParams(), tmp_path / "r")
     shutil.rmtree(tmp_path / "r", ignore_errors=True)
+
+
+def test_failures_name_the_files_they_came_from(small_folder, tmp_path):
+    from PIL import Image
+
+    from tests.conftest import copy_tree
+
+    folder = copy_tree(small_folder, tmp_path / "tree")
+    victim = sorted((folder / "test" / "frog").iterdir())[3]
+    Image.new("RGB", (32, 32), (90, 90, 90)).save(victim, format="JPEG")
+    data = tmp_path / "data"
+    ingest_source(DataParams(validation_fraction=0.2), folder, data)
+    [found] = failures(data, tmp_path)
+    assert found["description"] == "not constant (pixel std >= 2.0)"
+    assert found["examples"] == [f"test/frog/{victim.name}"]

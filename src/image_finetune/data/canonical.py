@@ -100,8 +100,10 @@ def write_dataset(
     class_names: list[str],
     splits: dict[str, tuple[np.ndarray, np.ndarray]],
     extra_manifest: dict,
+    sources: dict[str, list[str]] | None = None,
 ) -> dict:
-    """Write the canonical arrays and manifest atomically; return the manifest."""
+    """Write the canonical arrays and manifest atomically; return the manifest. ``sources``
+    (the file each image came from, per split) lets later steps name files, not rows."""
     manifest: dict = {
         "format": "image-finetune/canonical-v1",
         "class_names": class_names,
@@ -113,16 +115,27 @@ def write_dataset(
         for name, (images, labels) in splits.items():
             np.save(staging / f"{name}_images.npy", images, allow_pickle=False)
             np.save(staging / f"{name}_labels.npy", labels, allow_pickle=False)
-            counts = np.bincount(labels, minlength=len(class_names))
             manifest["image_shape"] = list(images.shape[1:])
-            manifest["splits"][name] = {
-                "count": int(images.shape[0]),
-                "per_class": {c: int(n) for c, n in zip(class_names, counts, strict=True)},
-                "images_sha256": sha256_array(images),
-                "labels_sha256": sha256_array(labels),
-            }
+            manifest["splits"][name] = _split_entry(images, labels, class_names)
+            if sources and name in sources:
+                names = json.dumps([str(s) for s in sources[name]]).encode()
+                (staging / f"{name}_sources.json").write_bytes(names)
+                manifest["splits"][name]["sources_sha256"] = hashlib.sha256(names).hexdigest()
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
+
+
+def _split_entry(images: np.ndarray, labels: np.ndarray, class_names: list[str]) -> dict:
+    counts = np.bincount(labels, minlength=len(class_names))
+    return {"count": int(images.shape[0]),
+            "per_class": {c: int(n) for c, n in zip(class_names, counts, strict=True)},
+            "images_sha256": sha256_array(images), "labels_sha256": sha256_array(labels)}
+
+
+def read_sources(data_dir: Path, split: str) -> list[str] | None:
+    """The file each image of ``split`` came from (None: the source did not name them)."""
+    path = Path(data_dir) / f"{split}_sources.json"
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def read_manifest(data_dir: Path) -> dict:

@@ -35,18 +35,22 @@ def read_source(params: DataParams, source_path: Path) -> RawDataset:
 
 def canonical_splits(
     raw: RawDataset, validation_fraction: float, seed: int
-) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], str]:
-    """(train, validation, test) arrays and how validation was made: a validation split in
-    the source is kept as is, otherwise it is held out of train, stratified and seeded."""
-    splits: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, list[str]], str]:
+    """(train, validation, test) arrays, the source file of each image where the source
+    names them, and how validation was made: a validation split in the source is kept as
+    is, otherwise it is held out of train, stratified and seeded."""
     if "validation" in raw.images:
-        splits["train"] = (raw.images["train"], raw.labels["train"])
-        splits["validation"] = (raw.images["validation"], raw.labels["validation"])
+        chosen = {"train": ("train", None), "validation": ("validation", None)}
         holdout = "source"
     else:
         keep, held = split_stratified(raw.labels["train"], validation_fraction, seed)
-        splits["train"] = (raw.images["train"][keep], raw.labels["train"][keep])
-        splits["validation"] = (raw.images["train"][held], raw.labels["train"][held])
+        chosen = {"train": ("train", keep), "validation": ("train", held)}
         holdout = "stratified"
-    splits["test"] = (raw.images["test"], raw.labels["test"])
-    return splits, holdout
+    chosen["test"] = ("test", None)
+    splits, sources = {}, {}
+    for split, (origin, rows) in chosen.items():
+        take = slice(None) if rows is None else rows
+        splits[split] = (raw.images[origin][take], raw.labels[origin][take])
+        if origin in raw.sources:
+            sources[split] = list(np.asarray(raw.sources[origin], dtype=object)[take])
+    return splits, sources, holdout

@@ -29,6 +29,7 @@ class RawDataset:
     class_names: list[str]
     images: dict[str, np.ndarray] = field(default_factory=dict)
     labels: dict[str, np.ndarray] = field(default_factory=dict)
+    sources: dict[str, list[str]] = field(default_factory=dict)  # file of each image, if any
 
 
 def _strip_common_root(parts: tuple[str, ...]) -> tuple[str, ...]:
@@ -107,11 +108,13 @@ def _assemble_folder(
         raise IngestError(f"{path}: the class folders are inconsistent", problems)
     dataset = RawDataset(class_names=class_names)
     for split in sorted(class_dirs):
-        images, labels = [], []
+        images, labels, sources = [], [], []
         for index, name in enumerate(class_names):
-            for _, image in sorted(decoded[(split, name)], key=lambda item: item[0]):
+            for filename, image in sorted(decoded[(split, name)], key=lambda item: item[0]):
                 images.append(image)
                 labels.append(index)
+                sources.append(f"{split}/{name}/{filename}")
+        dataset.sources[split] = sources
         dataset.images[split] = np.stack(images)
         dataset.labels[split] = np.asarray(labels, dtype=np.int64)
     return dataset

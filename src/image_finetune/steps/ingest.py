@@ -23,14 +23,14 @@ def ingest_data(params: Params, out: Path, root: Path) -> dict:
     raw = read_source(data, source_path)
     if "test" not in raw.images:
         raise IngestError(f"{source_path}: no test split found")
-    splits, holdout = canonical_splits(raw, data.validation_fraction, data.seed)
+    splits, sources, holdout = canonical_splits(raw, data.validation_fraction, data.seed)
     # Only the file name and hash: the manifest must not depend on where the data sits.
     source = {"kind": data.source, "name": source_path.name}
     if data.source != "tfds" and source_path.is_file():
         source["sha256"] = sha256_file(source_path)
     manifest = write_dataset(out, raw.class_names, splits, {
         "source": source, "validation_holdout": holdout,
-        "params": data.model_dump(mode="json", exclude={"path"})})
+        "params": data.model_dump(mode="json", exclude={"path"})}, sources)
     counts = {name: info["count"] for name, info in manifest["splits"].items()}
     log.info("ingested %s -> %s: %s", source_path, out, counts)
     return manifest

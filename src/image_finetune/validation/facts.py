@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from image_finetune.data.canonical import SPLITS, load_split, read_manifest
+from image_finetune.data.canonical import SPLITS, load_split, read_manifest, read_sources
 
 CHANNELS = ("red", "green", "blue")
 _CHUNK = 4096
@@ -24,7 +24,8 @@ def _image_hashes(images: np.ndarray) -> list[str]:
     return [hashlib.sha256(np.ascontiguousarray(image).data).hexdigest()[:32] for image in images]
 
 
-def _split_facts(name: str, images: np.ndarray, labels: np.ndarray) -> pd.DataFrame:
+def _split_facts(name: str, images: np.ndarray, labels: np.ndarray,
+                 sources: list[str] | None = None) -> pd.DataFrame:
     n = images.shape[0]
     shape = images.shape[1:] if images.ndim == 4 else (*images.shape[1:], 1)
     mins, maxs, means, stds = (np.empty(n, dtype=np.float64) for _ in range(4))
@@ -39,7 +40,7 @@ def _split_facts(name: str, images: np.ndarray, labels: np.ndarray) -> pd.DataFr
         stds[start:stop] = block.std(axis=1)
     return pd.DataFrame(
         {
-            "image_id": [f"{name}/{i}" for i in range(n)],
+            "image_id": sources or [f"{name}/{i}" for i in range(n)],
             "split": name,
             "label": np.asarray(labels, dtype=np.int64),
             "height": shape[0],
@@ -57,7 +58,8 @@ def _split_facts(name: str, images: np.ndarray, labels: np.ndarray) -> pd.DataFr
 
 def image_facts(data_dir: Path) -> pd.DataFrame:
     """Per-image facts over every split of a canonical dataset."""
-    frames = [_split_facts(s, *_arrays(data_dir, s)) for s in _present_splits(data_dir)]
+    frames = [_split_facts(s, *_arrays(data_dir, s), read_sources(data_dir, s))
+              for s in _present_splits(data_dir)]
     facts = pd.concat(frames, ignore_index=True)
     is_test = facts["split"] == "test"
     test_hashes = set(facts.loc[is_test, "sha256"])
