@@ -43,7 +43,7 @@ def small_run_params(folder: Path, weights: Path, gate: dict) -> dict:
     return params
 
 
-TIERS = ("unit", "data", "model", "e2e", "integration")
+TIERS = ("unit", "data", "model", "e2e", "integration", "faults")
 
 
 def pytest_collection_modifyitems(items) -> None:
@@ -134,3 +134,31 @@ def jpeg_bytes(image: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="JPEG", quality=90)
     return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def services():
+    """The running stack; started here (and stopped after) unless it was already up."""
+    import shutil
+
+    from tests.services import run_services, services_env, services_up
+
+    if shutil.which("radosgw") is None or not list(Path("/usr/lib/postgresql").glob("*/bin")):
+        message = "service packages missing: run `bash infra/services/install.sh`"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    already_up = services_up()
+    if not already_up:
+        run_services("start")
+    env = services_env()
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    yield env
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    if not already_up:
+        run_services("stop")

@@ -12,7 +12,7 @@ import pytest
 
 from image_finetune.errors import ServiceError
 from image_finetune.storage import check_bucket
-from tests.integration.conftest import ROOT
+from tests.services import ROOT
 
 VENV_BIN = ROOT / ".venv" / "bin"
 

@@ -24,7 +24,7 @@ from image_finetune.steps.final_gate import final_gate
 from image_finetune.steps.register import register_classifier
 from image_finetune.steps.train_rung import train_rung
 from tests.conftest import ingest_source
-from tests.integration.conftest import ROOT, run_services
+from tests.services import ROOT, run_services
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,18 @@ def new_pipeline_run_id(prefix: str = "dvc") -> str:
     return f"{prefix}-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
 
 
+def inputs_run_id(files: list[Path], params_sha256: str, prefix: str = "dvc") -> str:
+    """A pipeline run id determined by what is registered (the files' bytes and the
+    params): registering the same outputs again, after a crash or on purpose, is the same
+    run and yields the same version."""
+    import hashlib
+
+    digest = hashlib.sha256(params_sha256.encode())
+    for path in files:
+        digest.update(path.read_bytes())
+    return f"{prefix}-{digest.hexdigest()[:20]}"
+
+
 def lineage_tags(
     pipeline_run_id: str, params_sha256: str, data_manifest_sha256: str, class_names: list[str],
     extra: dict | None = None,

@@ -25,6 +25,7 @@ from image_finetune.steps.final_gate import read_decision
 from image_finetune.steps.gate_attempt import read_summary
 from image_finetune.steps.layout import (
     DECISION_FILE,
+    DETAILS_FILE,
     EVALUATION,
     HISTORY_FILE,
     RESULT_FILE,
@@ -48,11 +49,13 @@ def register_classifier(
     ``models`` is the train stage's folder (``dvc repro``): its selected model is
     registered and each attempt becomes a nested run; or ``model`` is the classifier file
     alone (Kubeflow). ``validation`` adds the data checks. A retry with the same
-    ``pipeline_run_id`` reuses its run and its version; a failure ends the run FAILED."""
+    ``pipeline_run_id`` (by default: derived from the model, its evaluation and decision)
+    reuses its run and its version; a failure ends the run FAILED."""
     if model is None and models is None:
         raise ValueError("register_classifier needs models or model")
     model = model or models / SELECTED / MODEL_FILE
-    run_id = pipeline_run_id or lineage.new_pipeline_run_id("dvc")
+    run_id = pipeline_run_id or lineage.inputs_run_id(
+        [model, evaluation / DETAILS_FILE, decision], params.digest())
     client = client_for(params.registry)
     parent = tracking.parent_run(client, params, run_id)
     try:
