@@ -33,7 +33,8 @@ def project_copy(tmp: Path, folder: Path, weights: Path, gate: dict) -> Path:
 
 def dvc(project: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    env.pop("IMAGE_FINETUNE_DATA", None)
+    for leaking in ("IMAGE_FINETUNE_DATA", "IMAGE_FINETUNE_WEIGHTS", "MLFLOW_TRACKING_URI"):
+        env.pop(leaking, None)  # a developer's shell must not redirect the run
     return subprocess.run([str(VENV_BIN / "dvc"), *args], cwd=project, env=env,
                           capture_output=True, text=True, timeout=1200)
 
@@ -89,6 +90,24 @@ def test_final_report_and_gate(repro):
     assert gate["passed"] is True and gate["split"] == "test"
     assert (project / "reports" / "validation" / "data_docs" / "index.html").exists()
     assert (project / "reports" / "augment" / "preview.png").exists()
+
+
+def test_the_winner_is_registered_and_promoted_in_the_projects_own_store(repro):
+    import mlflow
+
+    project, result = repro
+    outcome = json.loads((project / "reports" / "registration.json").read_text())
+    assert outcome["registered"] and outcome["promoted"] and outcome["version"] == "1"
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    version = client.get_model_version_by_alias("cifar10-classifier", "champion")
+    assert version.version == "1" and version.run_id == outcome["model_uri"].split("/")[1]
+    assert version.tags["pipeline_run_id"] == outcome["pipeline_run_id"]
+    assert json.loads(version.tags["class_names"])[0] == "airplane"
+    attempts = client.search_runs([client.get_run(version.run_id).info.experiment_id],
+                                  "tags.kind = 'attempt'")
+    assert sorted(r.data.tags["gate_passed"] for r in attempts) == ["False", "True"]
+    # Rung 1 starts from rung 0's weights: the loop chains its attempts.
+    assert "warm start from models/attempt_0/model.keras" in result.stdout + result.stderr
 
 
 def test_second_repro_is_a_no_op(repro):

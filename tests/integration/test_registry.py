@@ -48,16 +48,19 @@ def setup(services, small_folder, no_top_weights, tmp_path_factory):
     return params, data, Path(result.model_path), work
 
 
-def candidate(setup, name: str, run_id: str | None = None, model: Path | None = None) -> dict:
-    """Evaluate the trained model on test, decide against the champion, and register it."""
+def candidate(setup, name: str, run_id: str | None = None, model: Path | None = None,
+              register_model: Path | None = None) -> dict:
+    """Evaluate a model (the trained one by default) on test, decide against the champion,
+    and register it (or ``register_model``, to make registration fail)."""
     params, data, model_path, work = setup
+    model = model or model_path
     evaluation = work / name / "evaluation"
-    evaluate_classifier(params, data, model_path, evaluation, "test", name)
+    evaluate_classifier(params, data, model, evaluation, "test", name)
     decision = work / name / "gate.json"
     final_gate(params, evaluation, decision)
     return register_classifier(params, data, evaluation, decision,
                                work / name / "registration.json", ROOT,
-                               model=model or model_path,
+                               model=register_model or model,
                                pipeline_run_id=run_id or f"it-{name}-{uuid.uuid4().hex[:6]}",
                                lineage_extra={"git_commit": "test"})
 
@@ -189,6 +192,28 @@ def test_a_registration_that_fails_ends_its_run_failed(setup, tmp_path):
     params = setup[0]
     run_id = f"it-broken-{uuid.uuid4().hex[:6]}"
     with pytest.raises(MissingInputError):
-        candidate(setup, "broken", run_id, model=tmp_path / "gone.keras")
+        candidate(setup, "broken", run_id, register_model=tmp_path / "gone.keras")
     [run] = pipeline_runs(params, run_id)
     assert run.info.status == "FAILED"
+
+
+def test_a_significantly_better_candidate_replaces_the_champion(setup):
+    """A weak champion (a head that never learnt) and a trained candidate on the same test
+    images: the final gate's McNemar test says the candidate wins, and it is promoted."""
+    params, data, model_path, work = setup
+    isolated = params.model_copy(update={"registry": params.registry.model_copy(
+        update={"model_name": f"it-better-{uuid.uuid4().hex[:8]}"})})
+    hopeless = isolated.model_copy(update={"train": isolated.train.model_copy(update={
+        "ladder": [isolated.train.ladder[0].model_copy(update={
+            "name": "hopeless", "epochs": 1, "learning_rate": 1e-7})]})})
+    weak = Path(train_rung(hopeless, 0, data, work / "weak", work / "cache", ROOT).model_path)
+    first = candidate((isolated, data, model_path, work), "weak", model=weak)
+    assert first["promoted"] and first["version"] == "1"
+    better = candidate((isolated, data, model_path, work), "better")
+    assert better["promoted"] and better["version"] == "2", better["reason"]
+    assert aliases(isolated) == {CHAMPION: "2", CHALLENGER: "2"}
+    decision = json.loads((work / "better" / "gate.json").read_text())
+    [beats] = [c for c in decision["checks"] if c["name"] == "beats_champion"]
+    assert beats["passed"] and beats["value"] < isolated.gate.significance
+    assert [(e["version"], e["previous"]) for e in promotion_history(isolated.registry)] == [
+        ("1", None), ("2", "1")]

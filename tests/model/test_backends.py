@@ -9,12 +9,14 @@ import sys
 import pytest
 import yaml
 
+from tests.conftest import missing_part
+
 
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_training_step_runs_on_another_keras_backend(backend, small_folder, no_top_weights,
                                                       tmp_path):
     if importlib.util.find_spec(backend) is None:
-        pytest.skip(f"{backend} is not installed (infra/setup.sh installs it where it can)")
+        missing_part(f"{backend} is not installed (infra/setup.sh installs it where it can)")
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({
         "data": {"path": str(small_folder), "validation_fraction": 0.2},
