@@ -3,6 +3,7 @@ their order, the nested conditions of the retrain loop, the OneOf that hands the
 the exit handler, resources, retries, caching, images and parameter defaults; and what
 ``submit`` sends to a cluster."""
 
+import inspect
 import json
 from pathlib import Path
 
@@ -92,10 +93,20 @@ def test_parameters_are_the_params_yaml_sections(spec, params):
     assert inputs["cache_dir"].default_value.string_value == ""
 
 
+# What each dvc.yaml stage is called in the Kubeflow run (the train stage is rung 0's three
+# tasks in the outer DAG; later rungs nest under the retry branches).
+KFP_TASKS = {"ingest": ["ingest"], "validate": ["validate the data"],
+             "augment": ["preview the augmentation"],
+             "train": ["train rung 0 (frozen-head)", "evaluate rung 0 on validation",
+                       "gate rung 0"],
+             "evaluate": ["evaluate the winner on test"], "gate": ["final gate on test"],
+             "register": ["register and promote"]}
+
+
 def test_steps_run_in_the_order_of_dvc_repro(spec):
-    order = ["check params", "ingest", "validate the data", "preview the augmentation",
-             "train rung 0 (frozen-head)", "evaluate rung 0 on validation", "gate rung 0",
-             "evaluate the winner on test", "final gate on test", "register and promote"]
+    stages = list(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"])
+    assert set(stages) == set(KFP_TASKS)
+    order = ["check params", *(task for stage in stages for task in KFP_TASKS[stage])]
     tasks = by_name(body(spec))
     key = {task.task_info.name: name for name, task in body(spec).tasks.items()}
     for before, after in zip(order, order[1:], strict=False):
@@ -205,11 +216,19 @@ def test_components_are_self_contained_lightweight_components(spec):
 def test_submit_sends_the_overridden_sections_with_the_token_from_the_environment(monkeypatch):
     calls = {}
 
+    import kfp
+
+    real = kfp.Client
+
     class FakeClient:
+        """Records the calls; accepts only what the real kfp.Client accepts."""
+
         def __init__(self, **kwargs):
+            inspect.signature(real.__init__).bind(self, **kwargs)
             calls["client"] = kwargs
 
         def create_run_from_pipeline_func(self, pipeline, **kwargs):
+            inspect.signature(real.create_run_from_pipeline_func).bind(self, pipeline, **kwargs)
             calls["run"] = kwargs
             return type("Result", (), {"run_id": "run-1"})()
 
