@@ -59,6 +59,7 @@ def candidate(services, small_folder, no_top_weights, tmp_path_factory) -> dict:
 
 REGISTER = """
 import sys
+import typer
 from pathlib import Path
 from image_finetune.config import load_params
 from image_finetune.console import reported
@@ -72,7 +73,10 @@ def main(params_file, work, run_id):
                               Path.cwd(), model=work / "attempt" / "model.keras",
                               pipeline_run_id=run_id))
 
-main(*sys.argv[1:])
+try:
+    main(*sys.argv[1:])
+except typer.Exit as stop:  # what the image-finetune command line does with it
+    sys.exit(stop.exit_code)
 """
 
 
@@ -142,6 +146,7 @@ def test_mlflow_server_killed_during_registration(candidate):
 
 PROMOTE = """
 import sys
+import typer
 from image_finetune.config import RegistryParams
 from image_finetune.console import reported
 from image_finetune.registry.promotion import promote
@@ -150,7 +155,10 @@ from image_finetune.registry.promotion import promote
 def main(uri, name, version):
     print(promote(RegistryParams(tracking_uri=uri, model_name=name), version, "faults"))
 
-main(*sys.argv[1:])
+try:
+    main(*sys.argv[1:])
+except typer.Exit as stop:
+    sys.exit(stop.exit_code)
 """
 
 

@@ -198,22 +198,32 @@ def test_a_registration_that_fails_ends_its_run_failed(setup, tmp_path):
 
 
 def test_a_significantly_better_candidate_replaces_the_champion(setup):
-    """A weak champion (a head that never learnt) and a trained candidate on the same test
-    images: the final gate's McNemar test says the candidate wins, and it is promoted."""
-    params, data, model_path, work = setup
-    isolated = params.model_copy(update={"registry": params.registry.model_copy(
-        update={"model_name": f"it-better-{uuid.uuid4().hex[:8]}"})})
-    hopeless = isolated.model_copy(update={"train": isolated.train.model_copy(update={
-        "ladder": [isolated.train.ladder[0].model_copy(update={
-            "name": "hopeless", "epochs": 1, "learning_rate": 1e-7})]})})
-    weak = Path(train_rung(hopeless, 0, data, work / "weak", work / "cache", ROOT).model_path)
-    first = candidate((isolated, data, model_path, work), "weak", model=weak)
+    """A weak champion (a head that never learnt) and a trained candidate (96 px, as the
+    default profile sees images) on the same test images: the final gate's McNemar test
+    says the candidate wins, and it is promoted."""
+    params, data, _, work = setup
+
+    def rung(name: str, epochs: int, learning_rate: float) -> Params:
+        return params.model_copy(update={
+            "model": params.model.model_copy(update={"image_size": 96}),
+            "train": params.train.model_copy(update={"ladder": [params.train.ladder[0]
+                     .model_copy(update={"name": name, "epochs": epochs,
+                                         "learning_rate": learning_rate})]}),
+            "registry": params.registry.model_copy(
+                update={"model_name": f"it-better-{uuid.uuid4().hex[:8]}"})})
+
+    weak_params, strong_params = rung("hopeless", 1, 1e-7), rung("head", 10, 0.003)
+    strong_params = strong_params.model_copy(update={"registry": weak_params.registry})
+    weak = Path(train_rung(weak_params, 0, data, work / "weak", work / "cache", ROOT).model_path)
+    strong = Path(train_rung(strong_params, 0, data, work / "strong", work / "cache", ROOT)
+                  .model_path)
+    first = candidate((weak_params, data, weak, work), "weak")
     assert first["promoted"] and first["version"] == "1"
-    better = candidate((isolated, data, model_path, work), "better")
+    better = candidate((strong_params, data, strong, work), "better")
     assert better["promoted"] and better["version"] == "2", better["reason"]
-    assert aliases(isolated) == {CHAMPION: "2", CHALLENGER: "2"}
+    assert aliases(strong_params) == {CHAMPION: "2", CHALLENGER: "2"}
     decision = json.loads((work / "better" / "gate.json").read_text())
     [beats] = [c for c in decision["checks"] if c["name"] == "beats_champion"]
-    assert beats["passed"] and beats["value"] < isolated.gate.significance
-    assert [(e["version"], e["previous"]) for e in promotion_history(isolated.registry)] == [
-        ("1", None), ("2", "1")]
+    assert beats["passed"] and beats["value"] < strong_params.gate.significance
+    assert [(e["version"], e["previous"]) for e in promotion_history(strong_params.registry)] \
+        == [("1", None), ("2", "1")]

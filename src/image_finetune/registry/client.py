@@ -88,10 +88,14 @@ def registry_errors(func: F) -> F:
 
         try:
             return func(*args, **kwargs)
+        except PipelineError:
+            raise  # already says what is wrong (a missing input is an OSError too)
         except MlflowException as exc:
-            message = redact(exc.message if hasattr(exc, "message") else str(exc))[:500]
-            kind = ServiceError if exc.error_code in UNAVAILABLE else RegistryError
-            raise kind(f"the registry refused {func.__name__}: {message}") from None
+            message = redact(exc.message if hasattr(exc, "message") else str(exc))[:400]
+            if exc.error_code in UNAVAILABLE:
+                raise ServiceError(f"the MLflow server or its store did not answer during "
+                                   f"{func.__name__}: {message}") from None
+            raise RegistryError(f"the registry refused {func.__name__}: {message}") from None
         except OSError as exc:
             raise ServiceError(f"the registry is unreachable ({redact(str(exc))[:300]})") from None
 
