@@ -65,8 +65,15 @@ def test_clean_real_data_passes_and_writes_data_docs(clean, tmp_path):
     assert report.evaluated >= 14
     result = json.loads((tmp_path / "report" / "result.json").read_text())
     assert result["success"] is True and result["images"] == 400
-    html = (tmp_path / "report" / "data_docs" / "index.html").read_text()
-    assert "images_suite" in html or "images_validation" in html
+    docs = tmp_path / "report" / "data_docs"
+    html = (docs / "index.html").read_text()
+    pages = sorted(docs.glob("validations/**/*.html"))
+    assert len(pages) == 3  # one validation result per fact table, each linked from the index
+    for page in pages:
+        assert page.relative_to(docs).as_posix() in html
+        assert "Succeeded" in page.read_text() or "success" in page.read_text().lower()
+    for suite in ("images_suite", "class_counts_suite", "channel_stats_suite"):
+        assert suite in html
 
 
 def test_label_outside_the_class_set(clean, tmp_path):

@@ -3,6 +3,7 @@ models trained on real CIFAR-10 images with real pretrained weights."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -65,6 +66,10 @@ def candidate(setup, name: str, run_id: str | None = None, model: Path | None = 
                                lineage_extra={"git_commit": "test"})
 
 
+def work_of(setup) -> Path:
+    return setup[3]
+
+
 def aliases(params: Params) -> dict[str, str]:
     return {alias: row["version"] for row in list_versions(params.registry)
             for alias in row["aliases"]}
@@ -85,8 +90,18 @@ def test_register_promote_and_serve_the_champion(setup):
     pyfunc = mlflow.pyfunc.load_model(uri)
     np.testing.assert_allclose(np.asarray(pyfunc.predict(images)), expected, atol=1e-5)
     version = mlflow.MlflowClient().get_model_version(params.registry.model_name, "1")
-    for tag in ("git_commit", "data_manifest_sha256", "params_sha256", "pipeline_run_id"):
-        assert version.tags.get(tag), tag
+    # Lineage against values computed here, independently of the code under test.
+    manifest = data / "manifest.json"
+    assert version.tags["data_manifest_sha256"] == hashlib.sha256(manifest.read_bytes()).hexdigest()
+    canonical = json.dumps(params.model_dump(mode="json", by_alias=True), sort_keys=True)
+    assert version.tags["params_sha256"] == hashlib.sha256(canonical.encode()).hexdigest()
+    assert json.loads(version.tags["class_names"]) == json.loads(manifest.read_text())[
+        "class_names"]
+    assert version.tags["pipeline_run_id"].startswith("it-first-")
+    assert version.tags["git_commit"] == "test"  # lineage_extra overrides the checkout's commit
+    run = mlflow.MlflowClient().get_run(version.run_id)
+    assert run.data.metrics["test_accuracy"] == pytest.approx(json.loads(
+        (work_of(setup) / "first" / "evaluation" / "metrics.json").read_text())["accuracy"])
 
 
 def test_a_candidate_inside_the_noise_is_registered_but_not_promoted(setup):
