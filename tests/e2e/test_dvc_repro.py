@@ -11,13 +11,16 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.caches import shared_training_cache
 from tests.conftest import small_run_params
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin"
 
-def project_copy(tmp: Path, folder: Path, weights: Path, gate: dict) -> Path:
-    """The project's tracked files in a fresh git repo, with small-run params."""
+def project_copy(tmp: Path, folder: Path, weights: Path, gate: dict,
+                 cache: Path | None = None) -> Path:
+    """The project's tracked files in a fresh git repo, with small-run params (and, given,
+    a training cache shared with other runs in place of its own)."""
     files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True,
                            check=True).stdout.decode().split("\0")
     for name in filter(None, files):
@@ -28,6 +31,9 @@ def project_copy(tmp: Path, folder: Path, weights: Path, gate: dict) -> Path:
     params = small_run_params(folder, weights, gate)
     (tmp / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     subprocess.run(["git", "init", "-q"], cwd=tmp, check=True)
+    if cache is not None:
+        (tmp / ".cache").mkdir()
+        (tmp / ".cache" / "image_finetune").symlink_to(cache, target_is_directory=True)
     return tmp
 
 
@@ -43,7 +49,7 @@ def dvc(project: Path, *args: str) -> subprocess.CompletedProcess:
 def repro(small_folder, no_top_weights, tmp_path_factory):
     project = project_copy(tmp_path_factory.mktemp("project"), small_folder, no_top_weights,
                            {"min_accuracy": 0.3, "min_macro_f1": 0.2, "min_class_recall": 0.0,
-                            "max_latency_p95_ms": 2000})
+                            "max_latency_p95_ms": 2000}, shared_training_cache(tmp_path_factory))
     result = dvc(project, "repro")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return project, result

@@ -18,6 +18,7 @@ from mlflow import MlflowClient
 from image_finetune.config import Params
 from image_finetune.registry.lineage import git_commit
 from pipelines.local import LocalRun, run_local
+from tests.caches import shared_training_cache
 from tests.conftest import small_run_params
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,23 +69,31 @@ def workspace(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("kfp-local")
 
 
-def run_pipeline(name: str, workspace: Path, folder: Path, weights: Path,
+@pytest.fixture(scope="module")
+def training_cache(tmp_path_factory) -> Path:
+    """The session's: the dvc repro run trained this same ladder on the same data."""
+    return shared_training_cache(tmp_path_factory)
+
+
+def run_pipeline(name: str, workspace: Path, cache: Path, folder: Path, weights: Path,
                  gate: dict) -> PipelineRun:
     params = small_run(folder, weights, workspace / f"{name}.db", gate)
     commit = git_commit(ROOT)
-    run = run_local(params, ROOT, workspace / name, workspace / "cache", enable_caching=True)
+    run = run_local(params, ROOT, workspace / name, cache, enable_caching=True)
     print(f"kfp.local {name} run: {run.seconds:.0f} s")
     return PipelineRun(run, params, commit)
 
 
 @pytest.fixture(scope="module")
-def passing(workspace, small_folder, no_top_weights) -> PipelineRun:
-    return run_pipeline("passing", workspace, small_folder, no_top_weights, PASSABLE)
+def passing(workspace, training_cache, small_folder, no_top_weights) -> PipelineRun:
+    return run_pipeline("passing", workspace, training_cache, small_folder, no_top_weights,
+                        PASSABLE)
 
 
 @pytest.fixture(scope="module")
-def failing(passing, workspace, small_folder, no_top_weights) -> PipelineRun:
-    return run_pipeline("failing", workspace, small_folder, no_top_weights, IMPOSSIBLE)
+def failing(passing, workspace, training_cache, small_folder, no_top_weights) -> PipelineRun:
+    return run_pipeline("failing", workspace, training_cache, small_folder, no_top_weights,
+                        IMPOSSIBLE)
 
 
 def test_the_loop_retrains_once_and_registers_the_winner(passing):

@@ -22,7 +22,7 @@ def test_training_step_runs_on_another_keras_backend(backend, small_folder, no_t
         "data": {"path": str(small_folder), "validation_fraction": 0.2},
         "model": {"weights": str(no_top_weights), "image_size": 64},
         "train": {"cache_boundary": "block_12_add", "ladder": [
-            {"name": "head", "epochs": 2, "batch_size": 64, "learning_rate": 0.003},
+            {"name": "head", "epochs": 8, "batch_size": 32, "learning_rate": 0.003},
             {"name": "top", "unfreeze_from": "block_13_expand", "epochs": 1, "batch_size": 64,
              "learning_rate": 0.0001}]},
         "evaluate": {"flip_tta": False, "bootstrap_samples": 100, "latency_runs": 2,
@@ -44,6 +44,7 @@ def test_training_step_runs_on_another_keras_backend(backend, small_folder, no_t
         attempt = json.loads((tmp_path / "models" / f"attempt_{index}" / "result.json")
                              .read_text())
         assert attempt["backend"] == backend and attempt["mode"] == mode
+        # Chance is 0.1; the TensorFlow backend reaches about 0.4 here.
         assert attempt["best_val_accuracy"] > 0.25, f"{backend} rung {index} did not learn"
         decision = json.loads((tmp_path / "models" / f"attempt_{index}" / "decision.json")
                               .read_text())
