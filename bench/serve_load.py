@@ -1,51 +1,89 @@
-"""Benchmark: a bounded load test on loopback of this project's HTTP service and of
-`mlflow models serve`, on the same registered model, in the same run.
+"""Benchmark: this project's HTTP service and `mlflow models serve` on the same registered
+model, in the same run, under concurrent load on loopback.
 
-Registers ``--model`` (a .keras classifier) in a throwaway sqlite MLflow store, starts both
-servers on free loopback ports, sends ``--requests`` sequential requests of one image and
-of ``--batch`` images to each, and prints p50/p95/p99 latency and throughput.
-Usage: python bench/serve_load.py --model models/selected/model.keras [--requests 200]
+Registers ``--model`` (a .keras classifier; without one, the default profile's architecture:
+MobileNetV2 at 96x96 with the ImageNet weights from ../shared, same compute as its champion)
+in a throwaway sqlite MLflow store, starts both servers (ours from an empty working
+directory, configured by environment variables only), and drives each at concurrency 1, 4,
+16 and 64 with keep-alive connections: ``hey`` where it is installed (apt-get install hey),
+else an asyncio client. Payloads: one 32x32 CIFAR-10 JPEG, 32 of them (multipart), 32 as an
+Open Inference Protocol UINT8 tensor, and mlflow's JSON for 1 and 32 images. While ours
+serves single images at concurrency 16, /healthz is probed 20 times a second.
+Prints requests/s, images/s and p50/p95/p99 latency, side by side.
+
+Usage: python bench/serve_load.py [--model models/selected/model.keras] [--seconds 5]
 """
 
 from __future__ import annotations
 
 import argparse
-import io
+import asyncio
+import http.client
+import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import tempfile
+import threading
 import time
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import numpy as np
-from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+SHARED = Path(os.environ.get("IMAGE_FINETUNE_SHARED", ROOT.parent / "shared"))
+CONCURRENCY = (1, 4, 16, 64)
+BATCH = 32
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+@dataclass
+class Payload:
+    """One kind of request: where it goes and what it carries."""
+
+    label: str
+    port: int
+    path: str
+    content_type: str
+    body: bytes
+    images: int
 
 
-def start(command: list[str], env: dict, ready_url: str) -> subprocess.Popen:
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(ready_url, timeout=2).status_code == 200:
-                return process
-        except httpx.TransportError:
-            time.sleep(0.5)
-    os.killpg(process.pid, signal.SIGTERM)
-    raise RuntimeError(f"{command[0]} not ready at {ready_url}")
+@dataclass
+class Figures:
+    requests_per_second: float  # answered, whatever the status
+    p50: float
+    p95: float
+    p99: float
+    requests: int
+    errors: int  # not 200
+
+    @property
+    def ok_per_second(self) -> float:
+        return self.requests_per_second * (1 - self.errors / max(self.requests, 1))
+
+
+# -- the model and the servers ---------------------------------------------------------------
+
+
+def default_profile_model(path: Path) -> Path:
+    """The default profile's classifier (uint8 32x32 in, resize to 96, MobileNetV2, head)."""
+    from image_finetune.config import ModelParams
+    from image_finetune.model import build_backbone, build_classifier, resolve_weights
+
+    params = ModelParams(weights=str(SHARED / "weights" /
+                                     "mobilenet_v2_1.0_imagenet_no_top.weights.h5"))
+    backbone = build_backbone(params, params.image_size, resolve_weights(params, ROOT))
+    build_classifier(backbone, 10, params, 32).save(path)
+    return path
 
 
 def register(model_path: Path, tracking_uri: str, name: str) -> None:
@@ -68,70 +106,210 @@ def register(model_path: Path, tracking_uri: str, name: str) -> None:
     client.set_registered_model_alias(name, CHAMPION, version.version)
 
 
-def measure(send, requests: int, images_per_request: int) -> str:
-    send()  # warm-up
-    times = []
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start(command: list[str], env: dict, ready_url: str, cwd: str) -> subprocess.Popen:
+    process = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(ready_url, timeout=2).status_code == 200:
+                return process
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    os.killpg(process.pid, signal.SIGTERM)
+    raise RuntimeError(f"{command[0]} not ready at {ready_url}")
+
+
+# -- payloads --------------------------------------------------------------------------------
+
+
+def cifar_jpegs(count: int) -> list[bytes]:
+    """The first real CIFAR-10 test JPEGs of the shared archive."""
+    jpegs = []
+    with tarfile.open(SHARED / "data" / "cifar10-jpeg.tar.gz") as archive:
+        for member in archive:
+            if member.isfile() and member.name.startswith("test/"):
+                jpegs.append(archive.extractfile(member).read())
+                if len(jpegs) == count:
+                    return jpegs
+    raise RuntimeError("not enough test images in the archive")
+
+
+def multipart(jpegs: list[bytes]) -> tuple[str, bytes]:
+    boundary = uuid.uuid4().hex
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="files"; '
+             f'filename="{i}.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'.encode() + data + b"\r\n"
+             for i, data in enumerate(jpegs)]
+    return f"multipart/form-data; boundary={boundary}", b"".join(parts) + \
+        f"--{boundary}--\r\n".encode()
+
+
+def payloads(ours: int, theirs: int) -> list[Payload]:
+    import io
+
+    from PIL import Image
+
+    jpegs = cifar_jpegs(BATCH)
+    pixels = np.stack([np.asarray(Image.open(io.BytesIO(j)).convert("RGB")) for j in jpegs])
+    form_type, form = multipart(jpegs)
+    tensor = {"inputs": [{"name": "images", "datatype": "UINT8", "shape": list(pixels.shape),
+                          "data": pixels.ravel().tolist()}]}
+    return [
+        Payload("ours /predict, 1 JPEG", ours, "/predict", "image/jpeg", jpegs[0], 1),
+        Payload(f"ours /predict, {BATCH} JPEGs", ours, "/predict", form_type, form, BATCH),
+        Payload(f"ours OIP infer, {BATCH} UINT8", ours, "/v2/models/bench/infer",
+                "application/json", json.dumps(tensor).encode(), BATCH),
+        Payload("mlflow /invocations, 1 image", theirs, "/invocations", "application/json",
+                json.dumps({"inputs": pixels[:1].tolist()}).encode(), 1),
+        Payload(f"mlflow /invocations, {BATCH}", theirs, "/invocations", "application/json",
+                json.dumps({"inputs": pixels.tolist()}).encode(), BATCH),
+    ]
+
+
+# -- load generators -------------------------------------------------------------------------
+
+
+def run_hey(payload: Payload, concurrency: int, seconds: float) -> Figures:
+    with tempfile.NamedTemporaryFile(suffix=".body") as body:
+        body.write(payload.body)
+        body.flush()
+        out = subprocess.run(
+            ["hey", "-z", f"{seconds}s", "-c", str(concurrency), "-m", "POST", "-T",
+             payload.content_type, "-D", body.name,
+             f"http://127.0.0.1:{payload.port}{payload.path}"],
+            capture_output=True, text=True, check=True).stdout
+    quantile = {int(q): float(s) * 1000 for q, s in re.findall(r"(\d+)%+ in ([\d.]+) secs", out)}
+    statuses = {code: int(n) for code, n in re.findall(r"\[(\d+)\]\s+(\d+) responses", out)}
+    failures = sum(int(n) for n in re.findall(r"\[(\d+)\]\s+(?:Get|Post) ", out))
+    requests = sum(statuses.values()) + failures
+    errors = requests - statuses.get("200", 0)
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    return Figures(rate, quantile.get(50, 0), quantile.get(95, 0), quantile.get(99, 0),
+                   requests, errors)
+
+
+async def read_response(reader: asyncio.StreamReader) -> int:
+    """Read one HTTP/1.1 response (Content-Length or chunked); its status."""
+    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+    status = int(head.split(" ", 2)[1])
+    length = re.search(r"(?im)^content-length:\s*(\d+)", head)
+    if length:
+        await reader.readexactly(int(length.group(1)))
+        return status
+    while True:  # chunked
+        size = int((await reader.readuntil(b"\r\n")).strip(), 16)
+        await reader.readexactly(size + 2)
+        if size == 0:
+            return status
+
+
+async def asyncio_load(payload: Payload, concurrency: int, seconds: float) -> Figures:
+    request = (f"POST {payload.path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+               f"{payload.content_type}\r\nContent-Length: {len(payload.body)}\r\n\r\n"
+               ).encode() + payload.body
+    latencies: list[float] = []
+    errors = [0]
+    deadline = time.perf_counter() + seconds
+
+    async def connection() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", payload.port)
+        while time.perf_counter() < deadline:
+            begin = time.perf_counter()
+            writer.write(request)
+            status = await read_response(reader)
+            latencies.append((time.perf_counter() - begin) * 1000)
+            errors[0] += status != 200
+        writer.close()
+
     start = time.perf_counter()
-    for _ in range(requests):
+    await asyncio.gather(*(connection() for _ in range(concurrency)))
+    p50, p95, p99 = np.percentile(latencies, [50, 95, 99])
+    return Figures(len(latencies) / (time.perf_counter() - start), p50, p95, p99,
+                   len(latencies), errors[0])
+
+
+def probe_health(port: int, stop: threading.Event, latencies: list[float]) -> None:
+    """/healthz 20 times a second on a connection of its own."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    while not stop.wait(0.05):
         begin = time.perf_counter()
-        send()
-        times.append((time.perf_counter() - begin) * 1000)
-    total = time.perf_counter() - start
-    p50, p95, p99 = np.percentile(times, [50, 95, 99])
-    return (f"p50 {p50:7.1f} ms  p95 {p95:7.1f} ms  p99 {p99:7.1f} ms  "
-            f"{requests * images_per_request / total:7.0f} images/s")
+        connection.request("GET", "/healthz")
+        connection.getresponse().read()
+        latencies.append((time.perf_counter() - begin) * 1000)
+
+
+# -- the run ---------------------------------------------------------------------------------
+
+
+def measure(payload: Payload, concurrency: int, seconds: float, client: str) -> Figures:
+    if client == "hey":
+        return run_hey(payload, concurrency, seconds)
+    return asyncio.run(asyncio_load(payload, concurrency, seconds))
+
+
+def bench(cases: list[Payload], seconds: float, client: str, health_port: int) -> None:
+    print(f"{'payload':<32} {'conc':>4} {'req/s':>8} {'images/s':>9} {'p50 ms':>8} "
+          f"{'p95 ms':>8} {'p99 ms':>8} {'errors':>6}   (images/s: answered with 200)")
+    for payload in cases:
+        measure(payload, 2, 1.0, client)  # warm-up: tracing, connections
+        for concurrency in CONCURRENCY:
+            health, stop = [], threading.Event()
+            prober = None
+            if payload.images == 1 and payload.port == health_port and concurrency == 16:
+                prober = threading.Thread(target=probe_health, args=(health_port, stop, health))
+                prober.start()
+            figures = measure(payload, concurrency, seconds, client)
+            stop.set()
+            if prober:
+                prober.join()
+            print(f"{payload.label:<32} {concurrency:>4} {figures.requests_per_second:>8.0f} "
+                  f"{figures.ok_per_second * payload.images:>9.0f} {figures.p50:>8.1f} "
+                  f"{figures.p95:>8.1f} {figures.p99:>8.1f} {figures.errors:>6}", flush=True)
+            if health:
+                p50, p99 = np.percentile(health, [50, 99])
+                print(f"{'  /healthz meanwhile':<32} {'':>4} {len(health):>8} probes "
+                      f"{'':>9} {p50:>8.1f} {'':>8} {p99:>8.1f}", flush=True)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=ROOT / "models/selected/model.keras")
-    parser.add_argument("--requests", type=int, default=200)
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=5.0, help="per case")
+    parser.add_argument("--client", choices=("hey", "asyncio"),
+                        default="hey" if shutil.which("hey") else "asyncio")
     args = parser.parse_args()
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (args.batch, 32, 32, 3), dtype=np.uint8)
-    pngs = []
-    for image in images:
-        buffer = io.BytesIO()
-        Image.fromarray(image).save(buffer, format="PNG")
-        pngs.append(buffer.getvalue())
     with tempfile.TemporaryDirectory() as work:
+        model = args.model if args.model.exists() else default_profile_model(
+            Path(work) / "model.keras")
         uri = f"sqlite:///{work}/mlflow.db"
-        register(args.model, uri, "bench")
-        env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "TF_CPP_MIN_LOG_LEVEL": "2"}
-        params = Path(work) / "params.yaml"
-        params.write_text(f"registry: {{tracking_uri: '{uri}', model_name: bench}}\n"
-                          "train: {ladder: [{name: x}]}\n")
-        ours_port, mlflow_port = free_port(), free_port()
+        register(model, uri, "bench")
+        empty = Path(work) / "empty"
+        empty.mkdir()
+        env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "TF_CPP_MIN_LOG_LEVEL": "2",
+               "IMAGE_FINETUNE_MODEL_NAME": "bench"}
+        ours, theirs = free_port(), free_port()
         servers = [
-            start([str(BIN / "image-finetune"), "serve", "-p", str(params), "--port",
-                   str(ours_port)], env, f"http://127.0.0.1:{ours_port}/readyz"),
+            start([str(BIN / "image-finetune"), "serve", "--port", str(ours)], env,
+                  f"http://127.0.0.1:{ours}/readyz", str(empty)),
             start([str(BIN / "mlflow"), "models", "serve", "-m", "models:/bench@champion",
-                   "--env-manager", "local", "--host", "127.0.0.1", "--port", str(mlflow_port)],
+                   "--env-manager", "local", "--host", "127.0.0.1", "--port", str(theirs)],
                   {**env, "PATH": f"{BIN}:{os.environ['PATH']}"},
-                  f"http://127.0.0.1:{mlflow_port}/ping"),
+                  f"http://127.0.0.1:{theirs}/ping", work),
         ]
         try:
-            with httpx.Client(timeout=120) as http:
-                ours = f"http://127.0.0.1:{ours_port}/predict"
-                theirs = f"http://127.0.0.1:{mlflow_port}/invocations"
-                cases = {
-                    "image-finetune serve, 1 PNG":
-                        (lambda: http.post(ours, content=pngs[0],
-                                           headers={"content-type": "image/png"}), 1),
-                    f"image-finetune serve, {args.batch} PNGs":
-                        (lambda: http.post(ours, files=[("files", (f"{i}.png", p, "image/png"))
-                                                        for i, p in enumerate(pngs)]),
-                         args.batch),
-                    "mlflow models serve, 1 image (JSON)":
-                        (lambda: http.post(theirs, json={"inputs": images[:1].tolist()}), 1),
-                    f"mlflow models serve, {args.batch} images (JSON)":
-                        (lambda: http.post(theirs, json={"inputs": images.tolist()}),
-                         args.batch),
-                }
-                print(f"{args.requests} sequential requests each, loopback, model {args.model}")
-                for label, (send, count) in cases.items():
-                    print(f"  {label:<40} {measure(send, args.requests, count)}")
+            print(f"model {'(default profile architecture)' if model != args.model else model}"
+                  f"; client {args.client}; {args.seconds:.0f} s per case; "
+                  f"load before: {os.getloadavg()[0]:.2f}")
+            bench(payloads(ours, theirs), args.seconds, args.client, ours)
+            print(f"load after: {os.getloadavg()[0]:.2f}")
         finally:
             for server in servers:
                 os.killpg(server.pid, signal.SIGTERM)

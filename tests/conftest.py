@@ -150,24 +150,36 @@ def jpeg_bytes(image: np.ndarray) -> bytes:
 
 @pytest.fixture(scope="session")
 def services():
-    """The running stack; started here (and stopped after) unless it was already up."""
+    """The running stack; started here (and stopped after) unless it was already up. A
+    stack started here gets random credentials for the session for whatever credential
+    the environment does not set (never the development defaults)."""
     import shutil
 
-    from tests.services import run_services, services_env, services_up
+    from tests.services import random_credentials, run_services, services_env, services_up
 
     if shutil.which("radosgw") is None or not list(Path("/usr/lib/postgresql").glob("*/bin")):
         missing_part("service packages missing: run `bash infra/services/install.sh`")
     already_up = services_up()
-    if not already_up:
-        run_services("start")
-    env = services_env()
-    saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)
-    yield env
-    for key, value in saved.items():
-        if value is None:
+    generated = {} if already_up else random_credentials()
+    os.environ.update(generated)
+    try:
+        if not already_up:
+            run_services("start")
+        try:
+            env = services_env()
+        except RuntimeError as exc:
+            pytest.fail(f"the services are running but the credentials they were started "
+                        f"with are not in the environment (export them): {exc}")
+        saved = {key: os.environ.get(key) for key in env}
+        os.environ.update(env)
+        yield env
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        if not already_up:
+            run_services("stop")
+    finally:
+        for key in generated:
             os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-    if not already_up:
-        run_services("stop")

@@ -1,23 +1,56 @@
 """The real service stack (PostgreSQL, Ceph RGW, MLflow server) for the tiers that need it:
-its client environment, starting and stopping it, and the pids behind it."""
+its client environment, its credentials, starting and stopping it, and the pids behind it."""
 
 from __future__ import annotations
 
+import functools
 import os
+import secrets
+import shlex
 import signal
 import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "infra" / "services"
+# What `all.sh start` needs in the environment (infra/services/env.sh); no defaults
+# outside IMAGE_FINETUNE_SERVICES_DEV=1.
+CREDENTIALS = ("POSTGRES_PASSWORD", "S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY",
+               "MLFLOW_AUTH_ADMIN_PASSWORD")
 
 
-def services_env() -> dict[str, str]:
-    """The client environment that all.sh prints as export lines."""
-    lines = subprocess.run(["bash", str(SCRIPTS / "all.sh"), "env"], capture_output=True,
-                           text=True, check=True).stdout.splitlines()
-    pairs = (line.removeprefix("export ").split("=", 1) for line in lines if "=" in line)
-    return {key: value.strip("'\"") for key, value in pairs}
+def random_credentials() -> dict[str, str]:
+    """Fresh credentials for each of CREDENTIALS missing from the environment."""
+    fresh = {"POSTGRES_PASSWORD": secrets.token_urlsafe(24),
+             "S3_ACCESS_KEY_ID": f"test-{secrets.token_hex(8)}",
+             "S3_SECRET_ACCESS_KEY": secrets.token_urlsafe(30),
+             "MLFLOW_AUTH_ADMIN_PASSWORD": secrets.token_urlsafe(24)}
+    return {key: value for key, value in fresh.items() if not os.environ.get(key)}
+
+
+class ServicesEnv(dict):
+    """The client environment; its repr (what pytest prints of a failing test's fixtures)
+    masks the credentials."""
+
+    SECRET = ("PASSWORD", "SECRET")
+
+    def __repr__(self) -> str:
+        return repr({key: "***" if any(word in key for word in self.SECRET) else value
+                     for key, value in self.items()})
+
+
+def services_env() -> ServicesEnv:
+    """The client environment that all.sh prints as export lines (credentials included)."""
+    result = subprocess.run(["bash", str(SCRIPTS / "all.sh"), "env"], capture_output=True,
+                            text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"all.sh env failed: {result.stderr.strip()[-500:]}")
+    env = ServicesEnv()
+    for line in result.stdout.splitlines():
+        if line.startswith("export ") and "=" in line:
+            key, value = line.removeprefix("export ").split("=", 1)
+            env[key] = "".join(shlex.split(value)) if value else ""
+    return env
 
 
 def run_services(action: str, *only: str) -> None:
@@ -32,8 +65,16 @@ def services_up() -> bool:
                           capture_output=True).returncode == 0
 
 
+@functools.cache
+def _default_state_dir() -> str:
+    return subprocess.run(["bash", "-c", 'source "$1"; printf %s "$SERVICES_STATE_DIR"', "-",
+                           str(SCRIPTS / "env.sh")],
+                          capture_output=True, text=True, check=True).stdout
+
+
 def state_dir() -> Path:
-    return Path(os.environ.get("SERVICES_STATE_DIR", "/tmp/image-finetune-services"))
+    """Where the stack keeps its state: SERVICES_STATE_DIR, else env.sh's default."""
+    return Path(os.environ.get("SERVICES_STATE_DIR") or _default_state_dir())
 
 
 PIDFILES = {  # relative to the state dir

@@ -2,8 +2,14 @@
 # Ceph RGW as the project's S3 server: a one-node Ceph cluster (1 monitor,
 # 1 BlueStore OSD backed by a sparse *plain file*, no manager) in
 # ${SERVICES_STATE_DIR}/ceph and radosgw (beast) on ${SERVICES_HOST}:${RGW_PORT}.
+# cephx is on: the keyrings of the monitor, the OSD, RGW and the admin client
+# are created with the cluster, in ceph/keyring/ (0600); a ceph client without
+# the admin keyring is refused:
+#   CEPH_ARGS="-n client.admin --keyring $STATE/ceph/keyring/client.admin.keyring" \
+#     ceph -c $STATE/ceph/ceph.conf -s
 #   ceph_rgw.sh start   create the cluster on first use, start mon -> osd ->
-#                       rgw, wait for each, create the S3 user and buckets
+#                       rgw, wait for each, create the S3 user (its keys set
+#                       from S3_ACCESS_KEY_ID/S3_SECRET_ACCESS_KEY) and buckets
 #   ceph_rgw.sh stop    stop rgw -> osd -> mon (data kept)
 #   ceph_rgw.sh status  exit 0 when all three daemons run and S3 answers
 #   ceph_rgw.sh restart stop, then start
@@ -21,6 +27,13 @@ OSD_ID=0
 OSD_DIR="${CEPH_STATE_DIR}/osd/ceph-${OSD_ID}"
 RGW_NAME=client.rgw.local
 RGW_DIR="${CEPH_STATE_DIR}/rgw"
+# One keyring per entity: $name.keyring (mon.keyring seeds the monitor's
+# store at creation; the monitor then reads its key from its data dir).
+KEYRING_DIR="${CEPH_STATE_DIR}/keyring"
+ADMIN_KEYRING="${KEYRING_DIR}/client.admin.keyring"
+MON_KEYRING="${KEYRING_DIR}/mon.keyring"
+OSD_KEYRING="${KEYRING_DIR}/osd.${OSD_ID}.keyring"
+RGW_KEYRING="${KEYRING_DIR}/${RGW_NAME}.keyring"
 
 # Ceph daemons write their own pid files (run/$name.pid) and logs
 # (log/$name.log; what they print before daemonizing: log/$name.stderr).
@@ -32,16 +45,31 @@ svc_daemon "${RGW_NAME}" "${RUN_DIR}/${RGW_NAME}.pid" radosgw RGW_PORT 30
 SVC_ADDR="${S3_ENDPOINT_URL}"
 SVC_LOG="${LOG_DIR}"
 SVC_READY_TIMEOUT="${CEPH_READY_TIMEOUT}"
-SVC_READY_NOTE="S3 buckets ${S3_MLFLOW_BUCKET} ${S3_DVC_BUCKET}"
+SVC_READY_NOTE="cephx on, S3 buckets ${S3_MLFLOW_BUCKET} ${S3_DVC_BUCKET}"
+SVC_CREDENTIALS=(S3_ACCESS_KEY_ID S3_SECRET_ACCESS_KEY)
 
-for tool in ceph ceph-mon ceph-osd radosgw radosgw-admin monmaptool curl; do
+for tool in ceph ceph-authtool ceph-mon ceph-osd radosgw radosgw-admin monmaptool curl python3; do
   command -v "${tool}" >/dev/null || die "'${tool}' not found: run infra/services/install.sh"
 done
 
-ceph_() { ceph -c "${CONF}" --connect-timeout 10 "$@"; }
+# The admin client (cephx): ceph and radosgw-admin.  The keyring goes in
+# CEPH_ARGS: with -k the ceph CLI still looks in /etc/ceph first and says so.
+ceph_() {
+  CEPH_ARGS="-n client.admin --keyring ${ADMIN_KEYRING}" ceph -c "${CONF}" --connect-timeout 10 "$@"
+}
+rgw_admin() {
+  CEPH_ARGS="-n client.admin --keyring ${ADMIN_KEYRING}" radosgw-admin -c "${CONF}" "$@"
+}
 
-# The monitor address is baked into the monitor's store at creation time.
 svc_preflight() {
+  # A cluster created before cephx was turned on has no keyrings (and runs
+  # without authentication): it cannot be taken over.
+  if [[ -f "${MON_DIR}/.initialized" && ! -s "${ADMIN_KEYRING}" ]]; then
+    die "the Ceph cluster in ${CEPH_STATE_DIR} was created without cephx (by an older version" \
+      "of this script); stop it (ceph_rgw.sh stop) and delete ${CEPH_STATE_DIR} (its S3" \
+      "objects are lost) or point SERVICES_STATE_DIR elsewhere, then start again"
+  fi
+  # The monitor address is baked into the monitor's store at creation time.
   local created
   [[ -f "${CEPH_STATE_DIR}/mon_port" ]] || return 0
   created="$(cat "${CEPH_STATE_DIR}/mon_port")"
@@ -50,7 +78,8 @@ svc_preflight() {
 }
 
 write_conf() {
-  mkdir -p "${CEPH_STATE_DIR}" "${RUN_DIR}" "${LOG_DIR}" "${RGW_DIR}"
+  mkdir -p "${CEPH_STATE_DIR}" "${RUN_DIR}" "${LOG_DIR}" "${RGW_DIR}" "${KEYRING_DIR}"
+  chmod 0700 "${CEPH_STATE_DIR}" "${KEYRING_DIR}"
   [[ -s "${CEPH_STATE_DIR}/fsid" ]] || cat /proc/sys/kernel/random/uuid >"${CEPH_STATE_DIR}/fsid"
   [[ -s "${CEPH_STATE_DIR}/mon_port" ]] || echo "${CEPH_MON_PORT}" >"${CEPH_STATE_DIR}/mon_port"
   # Regenerated on every start from the environment.
@@ -65,12 +94,12 @@ cluster_addr = ${SERVICES_HOST}
 ms_bind_msgr1 = false
 ms_bind_port_min = ${CEPH_OSD_PORT_MIN}
 ms_bind_port_max = ${CEPH_OSD_PORT_MAX}
-# local single-user dev cluster: no cephx (everything binds to ${SERVICES_HOST})
-auth_cluster_required = none
-auth_service_required = none
-auth_client_required = none
-# daemons default to 'secure' mon sessions, which needs cephx
-ms_mon_client_mode = crc
+# cephx everywhere; keyrings in ${KEYRING_DIR} (clients other than the
+# daemons below name theirs: -n client.admin -k .../client.admin.keyring)
+auth_cluster_required = cephx
+auth_service_required = cephx
+auth_client_required = cephx
+auth_allow_insecure_global_id_reclaim = false
 run_dir = ${RUN_DIR}
 admin_socket = ${RUN_DIR}/\$cluster-\$name.asok
 pid_file = ${RUN_DIR}/\$name.pid
@@ -94,6 +123,7 @@ mon_warn_on_insecure_global_id_reclaim_allowed = false
 mon_data_avail_warn = 5
 mon_data_avail_crit = 1
 [osd]
+keyring = ${KEYRING_DIR}/\$name.keyring
 osd_objectstore = bluestore
 # BlueStore on a plain sparse file (no loop device / LVM needed)
 bluestore_block_create = true
@@ -105,6 +135,7 @@ osd_memory_target = 939524096
 osd_op_num_shards = 2
 osd_op_num_threads_per_shard = 1
 [${RGW_NAME}]
+keyring = ${KEYRING_DIR}/\$name.keyring
 rgw_frontends = beast endpoint=${RGW_BIND_HOST}:${RGW_PORT}
 rgw_data = ${RGW_DIR}
 rgw_thread_pool_size = 32
@@ -132,15 +163,23 @@ ceph_daemon_up() {
   wait_ready "${CEPH_READY_TIMEOUT}" "${name}" "${check}" "${logs[@]}"
 }
 
+# A new monitor starts a new auth database: every keyring is made afresh (the
+# keys are generated by ceph-authtool, never passed on a command line).
 create_mon() {
   [[ ! -f "${MON_DIR}/.initialized" ]] || return 0
-  log "creating monitor ${MON_ID}"
+  log "creating monitor ${MON_ID} and the cephx keyrings"
   rm -rf "${MON_DIR}"
+  rm -f "${KEYRING_DIR}"/*.keyring
   mkdir -p "${MON_DIR}"
+  ceph-authtool --create-keyring "${MON_KEYRING}" --gen-key -n mon. --cap mon 'allow *' >/dev/null
+  ceph-authtool --create-keyring "${ADMIN_KEYRING}" --gen-key -n client.admin \
+    --cap mon 'allow *' --cap osd 'allow *' --cap mgr 'allow *' --cap mds 'allow *' >/dev/null
+  ceph-authtool "${MON_KEYRING}" --import-keyring "${ADMIN_KEYRING}" >/dev/null
   monmaptool --create --clobber --addv "${MON_ID}" "[v2:${SERVICES_HOST}:${CEPH_MON_PORT}]" \
     --fsid "$(cat "${CEPH_STATE_DIR}/fsid")" "${CEPH_STATE_DIR}/monmap" >/dev/null
-  ceph-mon -c "${CONF}" --mkfs -i "${MON_ID}" --monmap "${CEPH_STATE_DIR}/monmap" ||
-    die "ceph-mon --mkfs failed"
+  ceph-mon -c "${CONF}" --mkfs -i "${MON_ID}" --monmap "${CEPH_STATE_DIR}/monmap" \
+    --keyring "${MON_KEYRING}" || die "ceph-mon --mkfs failed"
+  chmod 0600 "${KEYRING_DIR}"/*.keyring "${MON_DIR}/keyring"
   touch "${MON_DIR}/.initialized"
 }
 
@@ -149,10 +188,16 @@ create_osd() {
   [[ ! -f "${OSD_DIR}/ready" ]] || return 0
   log "creating BlueStore OSD ${OSD_ID} on a ${CEPH_OSD_SIZE_GB} GiB sparse file"
   [[ -s "${CEPH_STATE_DIR}/osd_uuid" ]] || cat /proc/sys/kernel/random/uuid >"${CEPH_STATE_DIR}/osd_uuid"
-  local uuid id
+  local uuid id secrets="${KEYRING_DIR}/osd.${OSD_ID}.new.json"
   uuid="$(cat "${CEPH_STATE_DIR}/osd_uuid")"
-  # 'osd new' is idempotent for the same uuid
-  id="$(ceph_ osd new "${uuid}" "${OSD_ID}")"
+  [[ -s "${OSD_KEYRING}" ]] ||
+    ceph-authtool --create-keyring "${OSD_KEYRING}" --gen-key -n "osd.${OSD_ID}" >/dev/null
+  chmod 0600 "${OSD_KEYRING}"
+  # 'osd new' registers the OSD and its cephx key (read from a 0600 file);
+  # idempotent for the same uuid and key
+  printf '{"cephx_secret": "%s"}\n' "$(ceph-authtool -p -n "osd.${OSD_ID}" "${OSD_KEYRING}")" >"${secrets}"
+  id="$(ceph_ osd new "${uuid}" "${OSD_ID}" -i "${secrets}")"
+  rm -f "${secrets}"
   [[ "${id}" == "${OSD_ID}" ]] || die "expected osd id ${OSD_ID}, got '${id}'"
   rm -rf "${OSD_DIR}"
   mkdir -p "${OSD_DIR}"
@@ -164,24 +209,40 @@ create_osd() {
 # S3 request signed with AWS SigV4 by curl; the credentials go through a
 # curl config on stdin, not the command line.
 s3_curl() {
-  printf 'user = "%s:%s"\n' "${S3_ACCESS_KEY_ID}" "${S3_SECRET_ACCESS_KEY}" |
+  printf 'user = "%s:%s"\n' "$(curl_quote "${S3_ACCESS_KEY_ID}")" "$(curl_quote "${S3_SECRET_ACCESS_KEY}")" |
     curl -K - -s -m 30 --aws-sigv4 "aws:amz:${S3_REGION}:s3" \
       -H 'x-amz-content-sha256: UNSIGNED-PAYLOAD' "$@"
 }
 
+# Reads the S3 user's metadata (radosgw-admin metadata get) on stdin; prints
+# it with the keys replaced by exactly the pair in the environment, or nothing
+# when that is already the only pair.
+RGW_SET_KEYS_PY='
+import json, os, sys
+meta = json.load(sys.stdin)
+want = {"user": os.environ["S3_USER_ID"], "access_key": os.environ["S3_ACCESS_KEY_ID"],
+        "secret_key": os.environ["S3_SECRET_ACCESS_KEY"]}
+keys = [(k["access_key"], k["secret_key"]) for k in meta["data"].get("keys", [])]
+if keys != [(want["access_key"], want["secret_key"])]:
+    meta["data"]["keys"] = [want]
+    json.dump(meta, sys.stdout)
+'
+
 svc_provision() {
-  local info
-  if info="$(radosgw-admin -c "${CONF}" user info --uid="${S3_USER_ID}" 2>/dev/null)"; then
-    if ! grep -q "\"access_key\": \"${S3_ACCESS_KEY_ID}\"" <<<"${info}" ||
-      ! grep -q "\"secret_key\": \"${S3_SECRET_ACCESS_KEY}\"" <<<"${info}"; then
-      log "setting S3 key ${S3_ACCESS_KEY_ID} for user ${S3_USER_ID}"
-      radosgw-admin -c "${CONF}" key create --uid="${S3_USER_ID}" --key-type=s3 \
-        --access-key="${S3_ACCESS_KEY_ID}" --secret-key="${S3_SECRET_ACCESS_KEY}" >/dev/null
-    fi
-  else
+  # The user's S3 keys are (re)set from the environment on every start, and
+  # any other key of the user is dropped.  They travel through pipes
+  # (metadata get/put), never on a command line.
+  if ! rgw_admin user info --uid="${S3_USER_ID}" >/dev/null 2>&1; then
     log "creating S3 user ${S3_USER_ID}"
-    radosgw-admin -c "${CONF}" user create --uid="${S3_USER_ID}" --display-name="${S3_USER_ID}" \
-      --access-key="${S3_ACCESS_KEY_ID}" --secret-key="${S3_SECRET_ACCESS_KEY}" >/dev/null
+    rgw_admin user create --uid="${S3_USER_ID}" --display-name="${S3_USER_ID}" >/dev/null
+  fi
+  local meta
+  meta="$(rgw_admin metadata get "user:${S3_USER_ID}" | S3_USER_ID="${S3_USER_ID}" python3 -c "${RGW_SET_KEYS_PY}")" ||
+    die "could not read the S3 user ${S3_USER_ID}"
+  if [[ -n "${meta}" ]]; then
+    log "setting the S3 keys of user ${S3_USER_ID} from the environment"
+    printf '%s\n' "${meta}" | rgw_admin metadata put "user:${S3_USER_ID}" >/dev/null ||
+      die "could not set the S3 keys of user ${S3_USER_ID}"
   fi
   local bucket code
   for bucket in "${S3_MLFLOW_BUCKET}" "${S3_DVC_BUCKET}"; do
@@ -206,6 +267,11 @@ svc_launch() {
   create_osd
   ceph_daemon_up "osd.${OSD_ID}" osd_up ceph-osd -c "${CONF}" -i "${OSD_ID}"
   log "osd ready after $(timer_elapsed "${SVC_T0}")s"
+  if [[ ! -s "${RGW_KEYRING}" ]]; then
+    ceph_ auth get-or-create "${RGW_NAME}" mon 'allow rw' osd 'allow rwx' mgr 'allow rw' \
+      -o "${RGW_KEYRING}" || die "could not create the cephx key of ${RGW_NAME}"
+    chmod 0600 "${RGW_KEYRING}"
+  fi
   ceph_daemon_up "${RGW_NAME}" svc_is_ready radosgw -c "${CONF}" -n "${RGW_NAME}"
   log "rgw ready after $(timer_elapsed "${SVC_T0}")s"
 }

@@ -5,6 +5,10 @@
 # shellcheck source=infra/services/env.sh
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 
+# Everything the scripts and the daemons they start create (state, keyrings,
+# logs, configs) is private to the owner.
+umask 077
+
 log() { printf '[%s] %s\n' "${SERVICE_NAME:-services}" "$*" >&2; }
 
 die() {
@@ -40,6 +44,13 @@ pid_alive() {
   [[ "${pid}" =~ ^[0-9]+$ ]] || return 1
   kill -0 "${pid}" 2>/dev/null || return 1
   [[ -z "${comm}" ]] || [[ "$(cat "/proc/${pid}/comm" 2>/dev/null)" == "${comm}"* ]]
+}
+
+# curl_quote VALUE: VALUE escaped for a double-quoted string of a curl config
+# (-K): credentials go to curl that way, never on its command line.
+curl_quote() {
+  local value="${1//\\/\\\\}"
+  printf '%s' "${value//\"/\\\"}"
 }
 
 # Wall-clock timing with sub-second resolution.
@@ -108,6 +119,82 @@ mem_tree() {
   printf 'rss %d MiB, pss %d MiB' $((rss / 1024)) $((pss / 1024))
 }
 
+# --- credentials and the state directory ---------------------------------------
+# require_credentials VAR...: every VAR must be set (non-empty) in the
+# environment; otherwise die naming the missing ones, unless
+# IMAGE_FINETUNE_SERVICES_DEV=1, which exports the well-known local-development
+# value of each missing one (env.sh) with a warning.  Values are never printed.
+require_credentials() {
+  local var missing=()
+  for var in "$@"; do
+    [[ -n "${!var:-}" ]] || missing+=("${var}")
+  done
+  if ((${#missing[@]} > 0)); then
+    if [[ "${IMAGE_FINETUNE_SERVICES_DEV:-}" != 1 ]]; then
+      die "missing credentials: ${missing[*]}.  Set them in the environment" \
+        "(e.g. from a file only you can read: set -a; source ~/.config/image-finetune/services.env; set +a)," \
+        "or set IMAGE_FINETUNE_SERVICES_DEV=1 to use the well-known local-development values" \
+        "(never on a shared machine)"
+    fi
+    for var in "${missing[@]}"; do
+      export "${var}=${SERVICES_DEV_CREDENTIALS[${var}]}"
+    done
+    log "WARNING: IMAGE_FINETUNE_SERVICES_DEV=1: using the well-known local-development" \
+      "value of ${missing[*]}; anyone who can reach ${SERVICES_HOST} can use them"
+  fi
+  for var in "$@"; do
+    if [[ "${var}" == MLFLOW_AUTH_ADMIN_PASSWORD ]] && ((${#MLFLOW_AUTH_ADMIN_PASSWORD} < 12)); then
+      die "MLFLOW_AUTH_ADMIN_PASSWORD is too short (MLflow needs at least 12 characters)"
+    fi
+  done
+}
+
+# prepare_state_dir: creates SERVICES_STATE_DIR (parents 0755, itself 0700).
+# When root runs the stack, PostgreSQL runs as POSTGRES_OS_USER and must be
+# able to pass through it to its own (0700) subdirectory: then the directory
+# is 0710 with that user's group (traverse only, no listing).
+prepare_state_dir() {
+  local dir="${SERVICES_STATE_DIR}"
+  if [[ ! -d "${dir}" ]]; then
+    (umask 022 && mkdir -p "$(dirname "${dir}")")
+    mkdir -m 0700 "${dir}"
+  fi
+  [[ -O "${dir}" ]] || die "${dir} (SERVICES_STATE_DIR) belongs to another user"
+  if ((EUID == 0)) && id -u "${POSTGRES_OS_USER}" >/dev/null 2>&1; then
+    chgrp "$(id -g "${POSTGRES_OS_USER}")" "${dir}"
+    chmod 0710 "${dir}"
+  else
+    chmod 0700 "${dir}"
+  fi
+}
+
+# check_legacy_stack: dies when a stack started from the old default state
+# directory (before authentication) still runs: its ports would clash and it
+# has no authentication.
+check_legacy_stack() {
+  local old="${SERVICES_LEGACY_STATE_DIR}" f live=()
+  [[ "${SERVICES_STATE_DIR}" != "${old}" && -d "${old}" ]] || return 0
+  for f in "${old}/postgres/data/postmaster.pid" "${old}"/ceph/run/*.pid "${old}/mlflow/mlflow.pid"; do
+    if pid_alive "${f}" 2>/dev/null; then
+      live+=("${f#"${old}"/}")
+    fi
+  done
+  ((${#live[@]} == 0)) ||
+    die "a stack started from the old default state directory ${old} (without authentication)" \
+      "is still running (${live[*]}); stop it first:" \
+      "SERVICES_STATE_DIR=${old} bash ${SERVICES_DIR}/all.sh stop" \
+      "(its data stays in ${old}; this stack keeps its state in ${SERVICES_STATE_DIR})"
+}
+
+# note_legacy_state_dir: says that the old default state directory, when it
+# is still there, is no longer used.
+note_legacy_state_dir() {
+  local old="${SERVICES_LEGACY_STATE_DIR}"
+  [[ "${SERVICES_STATE_DIR}" != "${old}" && -d "${old}" ]] || return 0
+  log "note: ${old} (the old default state directory) is no longer used; state is now in" \
+    "${SERVICES_STATE_DIR}.  Delete ${old} when you no longer need its data."
+}
+
 # --- service framework --------------------------------------------------------
 # A service script sets SERVICE_NAME, sources this file, describes itself and
 # ends with `service_main "$@"`:
@@ -127,7 +214,10 @@ mem_tree() {
 #   svc_stop            replaces the SIGTERM of each daemon, in
 #                       reverse order; only called when one runs      (optional)
 #   svc_abort           cleanup when a readiness wait fails           (optional)
+# and may set
+#   SVC_CREDENTIALS     the credential variables `start` needs (require_credentials)
 SVC_COMMANDS=(start stop status restart)
+SVC_CREDENTIALS=()
 SVC_NAMES=()
 declare -A SVC_PIDFILE=() SVC_COMM=() SVC_PORT_VAR=() SVC_STOP_TIMEOUT=()
 
@@ -201,6 +291,8 @@ wait_ready() {
 }
 
 service_start() {
+  require_credentials "${SVC_CREDENTIALS[@]}"
+  check_legacy_stack
   run_hook svc_preflight
   if svc_running && svc_is_ready; then
     log "already running on ${SVC_ADDR}"
@@ -214,6 +306,7 @@ service_start() {
     fi
   done
   SVC_T0="$(timer_start)"
+  prepare_state_dir
   log "starting on ${SVC_ADDR} (log: ${SVC_LOG})"
   svc_launch
   wait_ready -a "${SVC_READY_TIMEOUT}" "${SERVICE_NAME} on ${SVC_ADDR}" svc_is_ready "${SVC_LOG}"

@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
-# MLflow tracking server on ${SERVICES_HOST}:${MLFLOW_PORT}:
+# MLflow tracking server on ${SERVICES_HOST}:${MLFLOW_PORT}, with basic auth
+# (MLflow's basic-auth app):
 #   backend store  postgresql+psycopg2 on the PostgreSQL of postgres.sh
+#   users          database ${POSTGRES_AUTH_DB} on the same PostgreSQL
 #   artifacts      proxied by the server (--serve-artifacts) into
 #                  ${MLFLOW_ARTIFACTS_DESTINATION} on the Ceph RGW of ceph_rgw.sh
+# Every API call needs a user's credentials (401 otherwise); /health stays
+# open (MLflow keeps it unauthenticated, for probes).  The admin user
+# ${MLFLOW_AUTH_ADMIN_USERNAME} gets its password from MLFLOW_AUTH_ADMIN_PASSWORD,
+# re-set on every start; other users get ${MLFLOW_AUTH_DEFAULT_PERMISSION} on
+# whatever they were not granted.
 # Needs PostgreSQL and RGW running (all.sh starts them in that order).
-#   mlflow_server.sh start    start, wait for /health
+#   mlflow_server.sh start    start, wait for /health, check the credentials
 #   mlflow_server.sh stop     SIGTERM the server's process group
 #   mlflow_server.sh status   exit 0 when /health answers
 #   mlflow_server.sh restart  stop, then start
@@ -15,33 +22,104 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 MLFLOW_PIDFILE="${MLFLOW_STATE_DIR}/mlflow.pid"
 MLFLOW_LOG="${MLFLOW_STATE_DIR}/mlflow.log"
+# basic-auth app configuration (no secret in it; 0600 all the same) and the
+# key Flask signs its CSRF tokens with (generated once, 0600).
+AUTH_CONFIG="${MLFLOW_STATE_DIR}/basic_auth.ini"
+FLASK_KEY_FILE="${MLFLOW_STATE_DIR}/flask_secret_key"
+# any API call that needs a user: the cheapest read
+AUTH_PROBE_PATH="/api/2.0/mlflow/experiments/search?max_results=1"
 
 # comm of the server process: the console script's name
 svc_daemon mlflow "${MLFLOW_PIDFILE}" "$(basename "${MLFLOW_BIN}")" MLFLOW_PORT
 SVC_ADDR="${MLFLOW_TRACKING_URI_LOCAL}"
 SVC_LOG="${MLFLOW_LOG}"
 SVC_READY_TIMEOUT="${MLFLOW_READY_TIMEOUT}"
-SVC_READY_NOTE="artifacts in ${MLFLOW_ARTIFACTS_DESTINATION}"
+SVC_READY_NOTE="basic auth (admin user ${MLFLOW_AUTH_ADMIN_USERNAME}), artifacts in ${MLFLOW_ARTIFACTS_DESTINATION}"
+SVC_CREDENTIALS=(POSTGRES_PASSWORD S3_ACCESS_KEY_ID S3_SECRET_ACCESS_KEY MLFLOW_AUTH_ADMIN_PASSWORD)
 
 svc_is_ready() {
   [[ "$(curl -s -m 5 "${MLFLOW_TRACKING_URI_LOCAL}/health" 2>/dev/null || true)" == OK ]]
 }
 
+# api_code [auth]: HTTP status of an API call, anonymous or (auth) as the
+# admin user; the credentials go to curl through a config on stdin.
+api_code() {
+  local user=""
+  if [[ "${1:-}" == auth ]]; then
+    user="user = \"$(curl_quote "${MLFLOW_AUTH_ADMIN_USERNAME}:${MLFLOW_AUTH_ADMIN_PASSWORD}")\""
+  fi
+  printf '%s\n' "${user}" |
+    curl -K - -s -o /dev/null -m 10 -w '%{http_code}' "${MLFLOW_TRACKING_URI_LOCAL}${AUTH_PROBE_PATH}" || true
+}
+
+# A server started before basic auth was added answers anonymous calls.
+svc_preflight() {
+  if daemon_alive mlflow && svc_is_ready && [[ "$(api_code)" == 200 ]]; then
+    die "the MLflow server running on ${SVC_ADDR} has no authentication (started by an older" \
+      "version of this script); restart it: bash ${SERVICES_DIR}/mlflow_server.sh restart"
+  fi
+}
+
+pg_login_ok() {
+  PGPASSWORD="${POSTGRES_PASSWORD}" PGCONNECT_TIMEOUT=5 "${POSTGRES_BIN_DIR}/psql" -X -q -At \
+    -h "${SERVICES_HOST}" -p "${POSTGRES_PORT}" -U "${POSTGRES_USER}" -d "$1" -c 'SELECT 1' >/dev/null
+}
+
 check_dependencies() {
   [[ -x "${MLFLOW_BIN}" ]] ||
     die "mlflow not found at ${MLFLOW_BIN} (set VENV or MLFLOW_BIN; install the project's venv)"
+  "${VENV}/bin/python" -c 'import flask_wtf' 2>/dev/null ||
+    die "the MLflow basic-auth app needs Flask-WTF (mlflow[auth]) in ${VENV}: run infra/services/install.sh"
   if ! "${POSTGRES_BIN_DIR}/pg_isready" -q -h "${SERVICES_HOST}" -p "${POSTGRES_PORT}" -t 5; then
     die "PostgreSQL is not ready on ${SERVICES_HOST}:${POSTGRES_PORT} (run postgres.sh start)"
   fi
   # Fail fast on bad credentials (mlflow itself retries for ~2 minutes).
-  if [[ -x "${POSTGRES_BIN_DIR}/psql" ]] &&
-    ! PGPASSWORD="${POSTGRES_PASSWORD}" PGCONNECT_TIMEOUT=5 "${POSTGRES_BIN_DIR}/psql" -X -q -At \
-      -h "${SERVICES_HOST}" -p "${POSTGRES_PORT}" -U "${POSTGRES_USER}" -d "${POSTGRES_DB}" \
-      -c 'SELECT 1' >/dev/null; then
-    die "cannot log in to database '${POSTGRES_DB}' as '${POSTGRES_USER}' (check POSTGRES_USER/POSTGRES_PASSWORD/POSTGRES_DB)"
+  local db
+  if [[ -x "${POSTGRES_BIN_DIR}/psql" ]]; then
+    for db in "${POSTGRES_DB}" "${POSTGRES_AUTH_DB}"; do
+      pg_login_ok "${db}" ||
+        die "cannot log in to database '${db}' as '${POSTGRES_USER}' (check POSTGRES_USER/POSTGRES_PASSWORD/POSTGRES_DB/POSTGRES_AUTH_DB; postgres.sh start creates them)"
+    done
   fi
   [[ "$(curl -s -o /dev/null -m 5 -w '%{http_code}' "${S3_ENDPOINT_URL}/" || true)" == 200 ]] ||
     die "S3 endpoint ${S3_ENDPOINT_URL} is not answering (run ceph_rgw.sh start)"
+}
+
+# Regenerated on every start from the environment.  The admin password is
+# not in it: MLflow reads MLFLOW_AUTH_ADMIN_PASSWORD from the environment.
+write_auth_config() {
+  cat >"${AUTH_CONFIG}.tmp" <<EOF
+# Generated by infra/services/mlflow_server.sh -- edits are overwritten on start.
+[mlflow]
+default_permission = ${MLFLOW_AUTH_DEFAULT_PERMISSION}
+database_uri = postgresql+psycopg2://${POSTGRES_USER}@${SERVICES_HOST}:${POSTGRES_PORT}/${POSTGRES_AUTH_DB}
+admin_username = ${MLFLOW_AUTH_ADMIN_USERNAME}
+authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+grant_default_workspace_access = false
+EOF
+  chmod 0600 "${AUTH_CONFIG}.tmp"
+  mv "${AUTH_CONFIG}.tmp" "${AUTH_CONFIG}"
+  if [[ ! -s "${FLASK_KEY_FILE}" ]]; then
+    od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"${FLASK_KEY_FILE}"
+  fi
+  chmod 0600 "${FLASK_KEY_FILE}"
+}
+
+# The environment of the server and of set_admin_password: every secret
+# travels in it, nothing secret on a command line.
+server_env() {
+  export PGPASSWORD="${POSTGRES_PASSWORD}"
+  export MLFLOW_S3_ENDPOINT_URL="${S3_ENDPOINT_URL}"
+  export AWS_ACCESS_KEY_ID="${S3_ACCESS_KEY_ID}"
+  export AWS_SECRET_ACCESS_KEY="${S3_SECRET_ACCESS_KEY}"
+  export AWS_DEFAULT_REGION="${S3_REGION}"
+  export MLFLOW_AUTH_CONFIG_PATH="${AUTH_CONFIG}"
+  export MLFLOW_AUTH_ADMIN_USERNAME MLFLOW_AUTH_ADMIN_PASSWORD
+  MLFLOW_FLASK_SERVER_SECRET_KEY="$(<"${FLASK_KEY_FILE}")"
+  export MLFLOW_FLASK_SERVER_SECRET_KEY
+  export MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false
+  export MLFLOW_SQLALCHEMYSTORE_POOL_SIZE="${MLFLOW_SQLALCHEMYSTORE_POOL_SIZE:-2}"
+  export MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW="${MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW:-4}"
 }
 
 svc_launch() {
@@ -52,18 +130,12 @@ svc_launch() {
   fi
   check_dependencies
   mkdir -p "${MLFLOW_STATE_DIR}"
+  chmod 0700 "${MLFLOW_STATE_DIR}"
+  write_auth_config
   (
-    # The database password goes to libpq through PGPASSWORD and the S3
-    # keys through the AWS_* variables: nothing secret on the command line.
-    export PGPASSWORD="${POSTGRES_PASSWORD}"
-    export MLFLOW_S3_ENDPOINT_URL="${S3_ENDPOINT_URL}"
-    export AWS_ACCESS_KEY_ID="${S3_ACCESS_KEY_ID}"
-    export AWS_SECRET_ACCESS_KEY="${S3_SECRET_ACCESS_KEY}"
-    export AWS_DEFAULT_REGION="${S3_REGION}"
-    export MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false
-    export MLFLOW_SQLALCHEMYSTORE_POOL_SIZE="${MLFLOW_SQLALCHEMYSTORE_POOL_SIZE:-2}"
-    export MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW="${MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW:-4}"
+    server_env
     daemon_start mlflow "${MLFLOW_LOG}" "${MLFLOW_STATE_DIR}" "${MLFLOW_BIN}" server \
+      --app-name basic-auth \
       --backend-store-uri "postgresql+psycopg2://${POSTGRES_USER}@${SERVICES_HOST}:${POSTGRES_PORT}/${POSTGRES_DB}" \
       --serve-artifacts \
       --artifacts-destination "${MLFLOW_ARTIFACTS_DESTINATION}" \
@@ -72,6 +144,38 @@ svc_launch() {
       --workers "${MLFLOW_WORKERS}" \
       --allowed-hosts "${MLFLOW_ALLOWED_HOSTS}"
   )
+}
+
+# MLflow creates the admin user only when it does not exist yet; a password
+# changed in the environment since is written to the user store here (the
+# server reads it on every request: no restart needed).
+SET_ADMIN_PASSWORD_PY='
+from mlflow.server.auth.config import read_auth_config
+from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
+
+config = read_auth_config()
+store = SqlAlchemyStore()
+store.init_db(config.database_uri)
+if store.has_user(config.admin_username):
+    store.update_user(config.admin_username, password=config.admin_password, is_admin=True)
+else:
+    store.create_user(config.admin_username, config.admin_password, is_admin=True)
+'
+
+svc_provision() {
+  local code
+  code="$(api_code)"
+  [[ "${code}" == 401 ]] ||
+    die "the MLflow server answered an anonymous API call with HTTP ${code}, not 401: authentication is not on"
+  code="$(api_code auth)"
+  if [[ "${code}" == 401 ]]; then
+    log "setting the password of admin user ${MLFLOW_AUTH_ADMIN_USERNAME} from the environment"
+    (server_env && "${VENV}/bin/python" -c "${SET_ADMIN_PASSWORD_PY}") >>"${MLFLOW_LOG}" 2>&1 ||
+      die_with_logs "could not set the password of ${MLFLOW_AUTH_ADMIN_USERNAME}" "${MLFLOW_LOG}"
+    code="$(api_code auth)"
+  fi
+  [[ "${code}" == 200 ]] ||
+    die_with_logs "the MLflow server refused admin user ${MLFLOW_AUTH_ADMIN_USERNAME} (HTTP ${code})" "${MLFLOW_LOG}"
 }
 
 # a failed start does not leave a half-started server behind

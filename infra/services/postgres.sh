@@ -2,7 +2,8 @@
 # PostgreSQL for the MLflow backend store: a private cluster in
 # ${SERVICES_STATE_DIR}/postgres, listening on ${SERVICES_HOST}:${POSTGRES_PORT}
 # (TCP, scram-sha-256) plus a unix socket in the state dir.
-#   postgres.sh start    initdb on first use, start, wait, create role + database
+#   postgres.sh start    initdb on first use, start, wait, create the role and
+#                        the databases (MLflow's store and its auth database)
 #   postgres.sh stop     fast shutdown (pg_ctl stop -m fast)
 #   postgres.sh status   exit 0 when it accepts connections
 #   postgres.sh restart  stop, then start
@@ -22,7 +23,8 @@ svc_daemon postgres "${PGDATA_DIR}/postmaster.pid" "" POSTGRES_PORT
 SVC_ADDR="${SERVICES_HOST}:${POSTGRES_PORT}"
 SVC_LOG="${PG_LOG}"
 SVC_READY_TIMEOUT="${POSTGRES_READY_TIMEOUT}"
-SVC_READY_NOTE="database '${POSTGRES_DB}', user '${POSTGRES_USER}'"
+SVC_READY_NOTE="databases '${POSTGRES_DB}', '${POSTGRES_AUTH_DB}', user '${POSTGRES_USER}'"
+SVC_CREDENTIALS=(POSTGRES_PASSWORD)
 
 [[ -x "${POSTGRES_BIN_DIR}/pg_ctl" ]] ||
   die "no PostgreSQL binaries in '${POSTGRES_BIN_DIR}' (set POSTGRES_BIN_DIR or run install.sh)"
@@ -43,12 +45,18 @@ svc_is_ready() {
 }
 
 prepare_dirs() {
-  mkdir -p "${SERVICES_STATE_DIR}" "${PG_STATE_DIR}"
-  chmod 0755 "${SERVICES_STATE_DIR}"
   if ((EUID == 0)); then
     id -u "${POSTGRES_OS_USER}" >/dev/null 2>&1 ||
       useradd --system --home-dir /var/lib/postgresql --shell /usr/sbin/nologin "${POSTGRES_OS_USER}"
+  fi
+  prepare_state_dir # 0710 for POSTGRES_OS_USER's group now that it exists
+  mkdir -p "${PG_STATE_DIR}"
+  if ((EUID == 0)); then
     chown "${POSTGRES_OS_USER}:" "${PG_STATE_DIR}"
+    runuser -u "${POSTGRES_OS_USER}" -- test -x "${PG_STATE_DIR}" ||
+      die "the PostgreSQL OS user '${POSTGRES_OS_USER}' cannot reach ${PG_STATE_DIR}: a parent" \
+        "directory is closed to it (e.g. /root); set SERVICES_STATE_DIR below one it can pass" \
+        "through (root's default is /var/lib/image-finetune/services)"
   fi
   chmod 0700 "${PG_STATE_DIR}"
   as_owner mkdir -p "${PG_SOCKET_DIR}"
@@ -91,18 +99,21 @@ svc_launch() {
 }
 
 svc_provision() {
-  # Role + database, idempotent; the password is (re)set from the
+  # Role + databases, idempotent; the password is (re)set from the
   # environment on every start (read with \getenv, never on a command line).
   as_owner "${POSTGRES_BIN_DIR}/psql" -X -q -v ON_ERROR_STOP=1 \
     -h "${PG_SOCKET_DIR}" -p "${POSTGRES_PORT}" -U "${PG_SUPERUSER}" -d postgres <<'EOF' >/dev/null ||
 \getenv app_user POSTGRES_USER
 \getenv app_password POSTGRES_PASSWORD
 \getenv app_db POSTGRES_DB
+\getenv auth_db POSTGRES_AUTH_DB
 SELECT format('CREATE ROLE %I LOGIN', :'app_user')
   WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :'app_user') \gexec
 ALTER ROLE :"app_user" WITH LOGIN PASSWORD :'app_password';
 SELECT format('CREATE DATABASE %I OWNER %I', :'app_db', :'app_user')
   WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = :'app_db') \gexec
+SELECT format('CREATE DATABASE %I OWNER %I', :'auth_db', :'app_user')
+  WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = :'auth_db') \gexec
 EOF
     die_with_logs "could not create role/database" "${PG_LOG}"
 }

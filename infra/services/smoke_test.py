@@ -1,6 +1,7 @@
 """Smoke test of the running service stack (S3 via boto3, MLflow tracking).
 
-Run with the project's venv after ``eval "$(infra/services/all.sh env)"``:
+Run with the project's venv after ``eval "$(infra/services/all.sh env)"`` (which sets the
+MLflow credentials, MLFLOW_TRACKING_USERNAME/PASSWORD, and the S3 keys):
 
     python infra/services/smoke_test.py write    # S3 put/get/list + an MLflow run
     python infra/services/smoke_test.py verify   # what `write` stored is still there
@@ -37,7 +38,9 @@ def _s3():
 
 
 def _token_file() -> Path:
-    state = os.environ.get("SERVICES_STATE_DIR", "/tmp/image-finetune-services")
+    state = os.environ.get("SERVICES_STATE_DIR")
+    if not state:
+        sys.exit('SERVICES_STATE_DIR is not set: eval "$(bash infra/services/all.sh env)" first')
     return Path(state) / "smoke_token"
 
 

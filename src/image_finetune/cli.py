@@ -5,13 +5,17 @@ places in the project."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 
-from image_finetune.config import Params, load_params
+from image_finetune.config import TRACKING_ENV, Params, load_params
 from image_finetune.console import reported
+from image_finetune.errors import ConfigError
+from image_finetune.serving.settings import TOKEN_ENV, ServeSettings, read_token
 from image_finetune.steps import spec as steps
 from image_finetune.steps.spec import PARAMS_FILE, StepSpec
 
@@ -179,22 +183,70 @@ def models_command(params: ParamsOption = DEFAULT_PARAMS) -> None:
     typer.echo("\n".join(list_models(_load(params)[0]).lines()))
 
 
+SERVE_DEFAULTS = ServeSettings()
+
+
+def serve_option(setting: str, help: str, envvar: str = ""):
+    """A serve setting's flag, also read from IMAGE_FINETUNE_<SETTING> (or ``envvar``)."""
+    return typer.Option(f"--{setting.replace('_', '-')}", help=help, show_envvar=True,
+                        envvar=envvar or f"IMAGE_FINETUNE_{setting.upper()}")
+
+
 @app.command("serve")
 @reported
 def serve_command(
-    params: ParamsOption = DEFAULT_PARAMS,
-    host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
-    port_: Annotated[int, typer.Option("--port", help="port")] = 8080,
-    alias: Annotated[str, typer.Option(help="registry alias to serve")] = "champion",
-    poll_seconds: Annotated[float, typer.Option(help="alias polling interval")] = 30.0,
-    max_batch: Annotated[int, typer.Option(help="images per request at most")] = 64,
-    max_image_bytes: Annotated[int, typer.Option(help="bytes per image at most")] = 5_242_880,
+    model_name: Annotated[str, serve_option("model_name", "registered model to serve")] =
+        SERVE_DEFAULTS.model_name,
+    alias: Annotated[str, serve_option("alias", "its alias to serve")] = SERVE_DEFAULTS.alias,
+    tracking_uri: Annotated[str, serve_option("tracking_uri", "MLflow tracking/registry URI",
+                                              envvar=TRACKING_ENV)] =
+        SERVE_DEFAULTS.tracking_uri,
+    host: Annotated[str, serve_option("host", "address to bind")] = "127.0.0.1",
+    port_: Annotated[int, serve_option("port", "port")] = 8080,
+    token_file: Annotated[Path | None, serve_option(
+        "token_file", "file holding the bearer token clients must send (a mounted Secret); "
+        "or set IMAGE_FINETUNE_TOKEN")] = None,
+    no_auth: Annotated[bool, serve_option("no_auth", "serve a non-loopback address without "
+                                          "a token (something in front authenticates)")] =
+        False,
+    max_batch_size: Annotated[int, serve_option("max_batch_size", "images per model call "
+                                                "at most")] = SERVE_DEFAULTS.max_batch_size,
+    max_wait_ms: Annotated[float, serve_option("max_wait_ms", "how long a model call waits "
+                                               "for requests in flight")] =
+        SERVE_DEFAULTS.max_wait_ms,
+    max_images: Annotated[int, serve_option("max_images", "images per request at most")] =
+        SERVE_DEFAULTS.max_images,
+    max_image_bytes: Annotated[int, serve_option("max_image_bytes", "bytes per image at "
+                                                 "most")] = SERVE_DEFAULTS.max_image_bytes,
+    max_body_bytes: Annotated[int, serve_option("max_body_bytes", "bytes per request at "
+                                                "most")] = SERVE_DEFAULTS.max_body_bytes,
+    max_connections: Annotated[int, serve_option("max_connections", "connections at once; "
+                                                 "more get 503")] =
+        SERVE_DEFAULTS.max_connections,
+    max_pixels: Annotated[int, serve_option("max_pixels", "declared pixels per image at "
+                                            "most")] = SERVE_DEFAULTS.max_pixels,
+    poll_seconds: Annotated[float, serve_option("poll_seconds", "alias polling interval")] =
+        SERVE_DEFAULTS.poll_seconds,
+    retry_seconds: Annotated[float, serve_option("retry_seconds", "retry interval while the "
+                                                 "registry is away")] =
+        SERVE_DEFAULTS.retry_seconds,
+    access_log: Annotated[bool, serve_option("access_log", "log every request")] = False,
 ) -> None:
-    """Serve models:/<name>@champion over HTTP (reloads when the alias moves)."""
+    """Serve models:/<name>@<alias> over HTTP: a simple API and the Open Inference Protocol
+    (reloads when the alias moves). Needs no params.yaml."""
     from image_finetune.steps.serve import serve_champion
 
-    serve_champion(_load(params)[0], host, port_, alias=alias, poll_seconds=poll_seconds,
-                         max_batch=max_batch, max_image_bytes=max_image_bytes)
+    token = read_token(os.environ.get(TOKEN_ENV), token_file)
+    try:
+        settings = ServeSettings(
+            model_name=model_name, alias=alias, tracking_uri=tracking_uri, token=token,
+            max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_images=max_images,
+            max_image_bytes=max_image_bytes, max_body_bytes=max_body_bytes,
+            max_connections=max_connections,
+            max_pixels=max_pixels, poll_seconds=poll_seconds, retry_seconds=retry_seconds)
+    except ValidationError as exc:
+        raise ConfigError(f"serve settings are invalid:\n{exc}") from exc
+    serve_champion(settings, host, port_, no_auth=no_auth, access_log=access_log)
 
 
 BATCH = steps.PREDICT_BATCH

@@ -65,4 +65,4 @@ def test_dvc_push_then_pull_into_an_empty_cache_round_trips_the_outputs(
     pulled = dvc(tmp_path, "pull", "-r", "s3", "ingest")
     assert pulled.returncode == 0, pulled.stderr
     after = {p.name: p.read_bytes() for p in (tmp_path / "data" / "ingested").iterdir()}
-    assert after == before and len(before) == 7
+    assert after == before and len(before) == 10  # 3 splits x (images, labels, sources) + manifest

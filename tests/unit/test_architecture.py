@@ -36,7 +36,7 @@ def layer_of(module: str) -> str:
     top = name.split(".")[0]
     if top in SERVICES:
         return "services"
-    if top == "serve":
+    if top == "serving":
         return "serving"
     if top == "steps":
         return "steps"

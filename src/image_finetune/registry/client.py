@@ -16,6 +16,7 @@ from image_finetune.errors import PipelineError, ServiceError
 F = TypeVar("F", bound=Callable)
 # MLflow error codes that mean "the server or its store did not answer".
 UNAVAILABLE = ("TEMPORARILY_UNAVAILABLE", "INTERNAL_ERROR", "REQUEST_LIMIT_EXCEEDED")
+REFUSED = ("UNAUTHENTICATED", "PERMISSION_DENIED")
 
 
 class RegistryError(PipelineError):
@@ -64,19 +65,32 @@ def check_server(uri: str) -> None:
 
     hint = ("start it (infra/services/all.sh start) or unset MLFLOW_TRACKING_URI for the "
             "local store. Outputs on disk are kept.")
-    try:
-        response = http_request(get_default_host_creds(uri), "/health", "GET", max_retries=0,
-                                timeout=5, raise_on_status=False)
-    except (MlflowException, OSError) as exc:
-        raise ServiceError(f"MLflow server {redact(uri)} is unreachable "
-                           f"({redact(str(exc))[:300]}); {hint}") from None
-    if response.status_code in (401, 403):
-        raise ServiceError(f"MLflow server {redact(uri)} refused the credentials (HTTP "
-                           f"{response.status_code}); set MLFLOW_TRACKING_USERNAME and "
-                           "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)")
-    if response.status_code != 200:
-        raise ServiceError(f"MLflow server {redact(uri)} is unhealthy (HTTP "
-                           f"{response.status_code}); {hint}")
+    creds = get_default_host_creds(uri)
+    # /health is open even on a server with authentication; a read of the API is not.
+    for endpoint in ("/health", "/api/2.0/mlflow/experiments/search?max_results=1"):
+        try:
+            response = http_request(creds, endpoint, "GET", max_retries=0, timeout=5,
+                                    raise_on_status=False)
+        except (MlflowException, OSError) as exc:
+            raise ServiceError(f"MLflow server {redact(uri)} is unreachable "
+                               f"({redact(str(exc))[:300]}); {hint}") from None
+        if response.status_code in (401, 403):
+            raise ServiceError(refused_credentials(uri, response.status_code))
+        if response.status_code != 200:
+            raise ServiceError(f"MLflow server {redact(uri)} is unhealthy (HTTP "
+                               f"{response.status_code} on {endpoint.split('?')[0]}); {hint}")
+
+
+def refused_credentials(uri: str, status: int | str) -> str:
+    """What to say when the server refuses who we are."""
+    return (f"MLflow server {redact(uri)} refused the credentials ({status}); set "
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)")
+
+
+def not_found(exc) -> bool:
+    """Whether an MlflowException says "no such thing" (rather than "who are you?" or "the
+    store did not answer", which must never read as an empty registry)."""
+    return exc.error_code not in (*REFUSED, *UNAVAILABLE)
 
 
 def registry_errors(func: F) -> F:
@@ -92,6 +106,9 @@ def registry_errors(func: F) -> F:
             raise  # already says what is wrong (a missing input is an OSError too)
         except MlflowException as exc:
             message = redact(exc.message if hasattr(exc, "message") else str(exc))[:400]
+            if exc.error_code in REFUSED:
+                raise ServiceError(refused_credentials(os.environ.get(
+                    "MLFLOW_TRACKING_URI", "the tracking server"), exc.error_code)) from None
             if exc.error_code in UNAVAILABLE:
                 raise ServiceError(f"the MLflow server or its store did not answer during "
                                    f"{func.__name__}: {message}") from None

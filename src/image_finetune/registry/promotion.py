@@ -26,7 +26,12 @@ from datetime import UTC, datetime
 import numpy as np
 
 from image_finetune.config import RegistryParams
-from image_finetune.registry.client import RegistryError, client_for, registry_errors
+from image_finetune.registry.client import (
+    RegistryError,
+    client_for,
+    not_found,
+    registry_errors,
+)
 from image_finetune.registry.versions import CHAMPION, version_by_alias, version_correct
 from image_finetune.stats import mcnemar_greater
 
@@ -203,8 +208,10 @@ def _history(client, name: str) -> list[dict]:
 
     try:
         tags = client.get_registered_model(name).tags
-    except MlflowException:
-        return []
+    except MlflowException as exc:
+        if not_found(exc):
+            return []
+        raise
     entries = [json.loads(v) for k, v in tags.items() if k.startswith(HISTORY_PREFIX)]
     return sorted(entries, key=lambda e: e["seq"])
 
@@ -234,7 +241,9 @@ def _require_version(client, name: str, version: str) -> None:
 
     try:
         found = client.get_model_version(name, str(version))
-    except MlflowException:
+    except MlflowException as exc:
+        if not not_found(exc):
+            raise
         raise RegistryError(f"{name} has no version {version!r}") from None
     if found.status != "READY":
         raise RegistryError(f"{name} v{version} is {found.status}, not READY: not promoted")

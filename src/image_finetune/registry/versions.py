@@ -13,7 +13,7 @@ import numpy as np
 
 from image_finetune.config import RegistryParams
 from image_finetune.gate import ChampionResults
-from image_finetune.registry.client import RegistryError, client_for, registry_errors
+from image_finetune.registry.client import RegistryError, client_for, not_found, registry_errors
 from image_finetune.stats import per_image_correct
 
 CHAMPION = "champion"
@@ -27,8 +27,10 @@ def version_by_alias(client, name: str, alias: str):
 
     try:
         return client.get_model_version_by_alias(name, alias)
-    except MlflowException:
-        return None
+    except MlflowException as exc:
+        if not_found(exc):
+            return None
+        raise
 
 
 def is_alias(client, name: str, alias: str, version: str) -> bool:
@@ -109,8 +111,10 @@ def _registered_by_run(client, model_name: str, pipeline_run_id: str):
     try:
         found = client.search_model_versions(
             f"name = '{model_name}' and tags.pipeline_run_id = '{pipeline_run_id}'")
-    except MlflowException:
-        return None  # no such model yet
+    except MlflowException as exc:
+        if not_found(exc):
+            return None  # no such model yet
+        raise
     ready = [v for v in found if v.status != "FAILED_REGISTRATION"]
     return max(ready, key=lambda v: int(v.version)) if ready else None
 
@@ -120,7 +124,9 @@ def _ensure_model(client, name: str) -> None:
 
     try:
         client.get_registered_model(name)
-    except MlflowException:
+    except MlflowException as exc:
+        if not not_found(exc):
+            raise
         with suppress(MlflowException):  # created concurrently
             client.create_registered_model(name)
 
@@ -149,8 +155,10 @@ def list_versions(params: RegistryParams) -> list[dict]:
     try:
         # Search results do not carry aliases in every store; the registered model does.
         alias_map = client.get_registered_model(params.model_name).aliases
-    except MlflowException:
-        return []
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return []  # nothing registered yet
+        raise
     versions = client.search_model_versions(f"name = '{params.model_name}'")
     rows = []
     for version in sorted(versions, key=lambda v: int(v.version), reverse=True):

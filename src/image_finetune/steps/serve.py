@@ -1,16 +1,20 @@
-"""The ``serve`` step: the HTTP service over ``models:/<name>@<alias>``."""
+"""The ``serve`` step: the HTTP service over ``models:/<name>@<alias>``. Configured by
+ServeSettings (flags and environment variables), not params.yaml: the server starts from an
+empty working directory, and stays up, unready, while the registry cannot be reached."""
 
 from __future__ import annotations
 
-from image_finetune.config import Params
-from image_finetune.serve import ServeSettings, create_app
+from image_finetune.serving.app import create_app
+from image_finetune.serving.settings import ServeSettings, check_exposure
 
 
-def serve_champion(params: Params, host: str, port: int, **limits) -> None:
-    """Serve the registry's model until stopped; ``limits`` are ServeSettings fields
-    (alias, poll_seconds, max_batch, max_image_bytes, top_k)."""
+def serve_champion(settings: ServeSettings, host: str, port: int, no_auth: bool = False,
+                   access_log: bool = False) -> None:
+    """Serve the registry's model until SIGTERM/SIGINT (in-flight requests are finished)."""
     import uvicorn
 
-    settings = ServeSettings(model_name=params.registry.model_name,
-                             tracking_uri=params.registry.tracking_uri, **limits)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    check_exposure(host, settings, no_auth)
+    # One process: the micro-batcher needs every request in one queue to batch them.
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info",
+                access_log=access_log, limit_concurrency=settings.max_connections,
+                timeout_graceful_shutdown=20)

@@ -115,7 +115,8 @@ REGISTER = StepSpec("register", "register", params=ALL_SECTIONS,
 LIST_MODELS = StepSpec("models", "manage_registry", params=("registry",))
 PROMOTE = StepSpec("promote", "manage_registry", params=("registry",))
 ROLLBACK = StepSpec("rollback", "manage_registry", params=("registry",))
-SERVE = StepSpec("serve", "serve", params=("registry",))
+# Configured by flags and environment variables (ServeSettings): no params.yaml in an image.
+SERVE = StepSpec("serve", "serve")
 PREDICT_BATCH = StepSpec("predict-batch", "predict_batch", params=("registry",),
                          reads=(Port("data_manifest", "data/ingested/manifest.json"),),
                          writes=(Port("out", "predictions.csv"),))

@@ -1,0 +1,92 @@
+"""What the server is configured with: the model it serves, the limits it enforces, how it
+batches. The CLI fills it from flags and environment variables; nothing comes from
+params.yaml, so the server runs from an empty working directory (a container image)."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+from image_finetune.config import RegistryParams
+from image_finetune.errors import ConfigError
+
+Positive = Annotated[int, Field(gt=0)]
+Seconds = Annotated[float, Field(gt=0.0)]
+MIB = 1024 * 1024
+TOKEN_ENV = "IMAGE_FINETUNE_TOKEN"  # the token itself; never a flag (flags show in ps)
+
+
+class ServeSettings(BaseModel):
+    """The server's configuration, validated once at start."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model_name: str = RegistryParams().model_name
+    alias: str = "champion"
+    tracking_uri: str = RegistryParams().tracking_uri
+    top_k: Positive = 3
+    # Limits, each enforced while the request is read. Bodies in flight take at most
+    # max_connections x max_body_bytes of memory (2 GiB by default); more connections get 503.
+    max_connections: Positive = 128
+    max_body_bytes: Positive = 16 * MIB
+    max_image_bytes: Positive = 5 * MIB
+    max_images: Positive = 64
+    # A 12-megapixel phone photo fits; a small file declaring a huge image does not.
+    max_pixels: Positive = 4096 * 4096
+    body_timeout_seconds: Seconds = 30.0
+    # Dynamic batching: concurrent requests share one model call. On 2 CPU cores a call of
+    # 32 images costs less per image than one of 64 (bench/serve_load.py).
+    max_batch_size: Positive = 32
+    max_wait_ms: Annotated[float, Field(ge=0.0, le=1000.0)] = 5.0
+    max_queued_images: Positive = 1024
+    decode_threads: Positive = 2
+    # The registry: alias polling once loaded, retrying while it cannot be reached.
+    poll_seconds: Seconds = 30.0
+    retry_seconds: Seconds = 5.0
+    token: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _a_request_fits_its_limits(self) -> ServeSettings:
+        for smaller, larger in (("max_image_bytes", "max_body_bytes"),
+                                ("max_images", "max_queued_images")):
+            if getattr(self, smaller) > getattr(self, larger):
+                raise ValueError(f"{smaller} ({getattr(self, smaller)}) is over {larger} "
+                                 f"({getattr(self, larger)})")
+        return self
+
+    @property
+    def max_parts(self) -> int:
+        """Multipart parts per request: the images and a few form fields beside them."""
+        return self.max_images + 8
+
+
+def read_token(token: str | None, token_file: Path | None) -> str | None:
+    """The bearer token: given directly (an environment variable) or in a file (a mounted
+    Secret); surrounding whitespace dropped, since Secrets often end in a newline."""
+    if token_file is not None:
+        token = token_file.read_text()
+    token = (token or "").strip()
+    return token or None
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(host: str, settings: ServeSettings, no_auth: bool) -> None:
+    """Refuse to serve without a token on an address other machines reach, unless asked to
+    (``no_auth``: a proxy in front authenticates)."""
+    if settings.token is None and not no_auth and not is_loopback(host):
+        raise ConfigError(
+            f"serving on {host} without a token: set {TOKEN_ENV} or "
+            "IMAGE_FINETUNE_TOKEN_FILE, or pass --no-auth where something in front "
+            "authenticates")

@@ -1,0 +1,127 @@
+"""What the serving tests share: starting `image-finetune serve` as a real process configured
+by environment variables only (from an empty working directory, as in a container), waiting
+for it, and talking to it below the HTTP client where a client would not misbehave."""
+
+from __future__ import annotations
+
+import io
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from tests.conftest import ROOT
+
+# The shared server's limits: small, so the tests reach them with small requests.
+MAX_IMAGES = 50
+MAX_IMAGE_BYTES = 200_000
+MAX_BODY_BYTES = 4_000_000
+MAX_PIXELS = 4_000_000
+
+
+def register(params, data: Path, evaluation: Path, decision: Path, model: Path, run: str):
+    """Register a trained model (promoted where it beats the champion) as the pipeline does."""
+    from image_finetune.steps.register import register_classifier
+
+    return register_classifier(params, data, evaluation, decision,
+                               evaluation.parent / f"{run}.json", ROOT, model=model,
+                               pipeline_run_id=run)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(url: str, process: subprocess.Popen, status: int = 200,
+             timeout: float = 240) -> httpx.Response:
+    """Poll ``url`` until it answers ``status``; fail with the server's stderr if it dies."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stderr.read().decode()[-3000:]
+        try:
+            response = httpx.get(url, timeout=5)
+            if response.status_code == status:
+                return response
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"{url} did not answer {status} within {timeout} s")
+
+
+class Server:
+    """`image-finetune serve` in a process of its own, configured by ``env`` and ``args``."""
+
+    def __init__(self, env: dict[str, str], args: list[str], workdir: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        base = {k: v for k, v in os.environ.items()
+                if not k.startswith(("IMAGE_FINETUNE_", "MLFLOW_"))}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "image_finetune.cli", "serve", "--port", str(self.port),
+             *args], env={**base, "TF_CPP_MIN_LOG_LEVEL": "2", **env}, cwd=workdir,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def wait_ready(self) -> None:
+        wait_for(f"{self.url}/readyz", self.process)
+
+    def rss_bytes(self) -> int:
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        return int(next(line for line in status.splitlines()
+                        if line.startswith("VmRSS")).split()[1]) * 1024
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(timeout=60)
+
+
+def serve(env: dict[str, str], args: list[str], workdir: Path) -> Server:
+    """A server that is ready."""
+    server = Server(env, args, workdir)
+    try:
+        server.wait_ready()
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def stream_body(port: int, path: str, content_type: str, total: int, prefix: bytes = b"",
+                declared: int | None = None, chunk: int = 1 << 20) -> tuple[int, int]:
+    """Send ``prefix`` then ``total`` zero bytes, chunked (or only a Content-Length header
+    declaring ``declared`` bytes), stopping as soon as the server answers: (status, bytes
+    sent by then). A well-behaved client would send everything before reading."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    framing = (f"Content-Length: {declared}" if declared is not None
+               else "Transfer-Encoding: chunked")
+    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}"
+                 f"\r\n{framing}\r\n\r\n".encode())
+    if prefix:
+        sock.sendall(f"{len(prefix):x}\r\n".encode() + prefix + b"\r\n")
+    piece = f"{chunk:x}\r\n".encode() + b"\0" * chunk + b"\r\n"
+    sent = 0
+    try:
+        while sent < total and not select.select([sock], [], [], 0)[0]:
+            sock.sendall(piece)
+            sent += chunk
+        answer = sock.recv(4096)
+    finally:
+        sock.close()
+    return int(answer.split(b" ", 2)[1]), sent
+
+
+def png(pixels: np.ndarray, **options) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG", **options)
+    return buffer.getvalue()

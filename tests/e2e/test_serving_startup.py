@@ -1,0 +1,119 @@
+"""Starting as in a container: from an empty working directory, configured by environment
+variables only, with the registry (a real MLflow server) not up yet. The server answers
+its probes at once, reports 503 while it retries, becomes ready once the registry is up,
+counts its 5xx, wants the bearer token from its Secret file, and leaves no model copy in
+its temporary directory."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from image_finetune.data.canonical import load_split
+from tests.e2e.serving_support import Server, free_port, wait_for
+
+TOKEN = "s3cret-token-for-tests"
+
+
+@pytest.fixture(scope="module")
+def registry_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def unready_server(champion, registry_port, tmp_path_factory):
+    """A server whose registry is not up; its temp dir and token file of its own."""
+    work = tmp_path_factory.mktemp("startup")
+    (work / "tmp").mkdir()
+    (work / "empty").mkdir()
+    (work / "token").write_text(TOKEN + "\n")  # Secrets often end in a newline
+    env = {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{registry_port}",
+           "IMAGE_FINETUNE_MODEL_NAME": champion["params"].registry.model_name,
+           "IMAGE_FINETUNE_RETRY_SECONDS": "1",
+           "IMAGE_FINETUNE_TOKEN_FILE": str(work / "token"), "TMPDIR": str(work / "tmp")}
+    server = Server(env, [], work / "empty")
+    yield server, work / "tmp"
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def registry(champion, registry_port, tmp_path_factory):
+    """The champion's registry behind a real MLflow tracking server, once started."""
+    mlflow = Path(sys.executable).parent / "mlflow"
+    hosts = f"127.0.0.1,127.0.0.1:{registry_port},localhost,localhost:{registry_port}"
+    process = subprocess.Popen(
+        [str(mlflow), "server", "--backend-store-uri", champion["params"].registry.tracking_uri,
+         "--host", "127.0.0.1", "--port", str(registry_port), "--workers", "1",
+         "--allowed-hosts", hosts],
+        cwd=tmp_path_factory.mktemp("registry"), stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True,
+        # Without its job runner: seven fewer processes importing MLflow on a small machine.
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    yield process
+    os.killpg(process.pid, signal.SIGTERM)  # the server and the workers it starts
+    process.wait(timeout=30)
+
+
+def reason_unready(url: str) -> str:
+    response = httpx.get(f"{url}/readyz")
+    assert response.status_code == 503, response.text
+    return response.json()["reason"]
+
+
+def test_unready_while_the_registry_is_down_then_ready_when_it_is_up(unready_server, request):
+    server, temp = unready_server
+    wait_for(f"{server.url}/healthz", server.process)  # alive from the start
+    deadline = time.monotonic() + 120
+    while "unreachable" not in reason_unready(server.url):  # its first try takes a while
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    assert httpx.get(f"{server.url}/v2/health/ready").status_code == 503
+    predicted = httpx.post(f"{server.url}/predict", content=b"x", headers={
+        "content-type": "image/png", "authorization": f"Bearer {TOKEN}"})
+    assert predicted.status_code == 503 and "no model loaded yet" in predicted.json()["detail"]
+    time.sleep(2)  # retries go on: still alive, still unready
+    assert "unreachable" in reason_unready(server.url)
+    request.getfixturevalue("registry")
+    ready = wait_for(f"{server.url}/readyz", server.process, timeout=240)
+    assert ready.json()["model_version"] in ("1", "2")
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert 'http_requests_total{method="GET",route="/readyz",status="503"}' in metrics
+    assert 'route="/predict",status="503"' in metrics
+    assert not [p for p in temp.rglob("*") if p.is_file() and p.stat().st_size > 100_000], \
+        "a model copy was left in the temporary directory"
+
+
+def test_the_token_is_required_except_by_probes_and_metrics(champion, unready_server,
+                                                            registry):
+    server, _ = unready_server
+    wait_for(f"{server.url}/readyz", server.process)
+    image = load_split(champion["data"], "test").images[:1].tolist()
+    request = {"inputs": [{"name": "images", "datatype": "UINT8", "shape": [1, 32, 32, 3],
+                           "data": image}]}
+    infer = f"{server.url}/v2/models/{champion['params'].registry.model_name}/infer"
+    for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": TOKEN}):
+        refused = httpx.post(infer, json=request, headers=headers)
+        assert refused.status_code == 401, headers
+        assert refused.headers["www-authenticate"] == "Bearer"
+    allowed = httpx.post(infer, json=request, headers={"authorization": f"Bearer {TOKEN}"})
+    assert allowed.status_code == 200, allowed.text
+    assert httpx.get(f"{server.url}/metadata").status_code == 401
+    for open_path in ("/healthz", "/readyz", "/v2/health/live", "/v2/health/ready",
+                      "/metrics"):
+        assert httpx.get(f"{server.url}{open_path}").status_code == 200, open_path
+
+
+def test_serving_other_machines_without_a_token_is_refused(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "image_finetune.cli", "serve", "--host", "0.0.0.0",
+         "--port", str(free_port())], cwd=tmp_path, capture_output=True, text=True,
+        env={"PATH": "/usr/bin:/bin", "IMAGE_FINETUNE_MODEL_NAME": "x"}, timeout=120)
+    assert result.returncode == 2
+    assert "without a token" in result.stderr
