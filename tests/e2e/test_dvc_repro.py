@@ -106,7 +106,7 @@ def test_the_winner_is_registered_and_promoted_in_the_projects_own_store(repro):
     assert outcome["registered"] and outcome["promoted"] and outcome["version"] == "1"
     client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     version = client.get_model_version_by_alias("cifar10-classifier", "champion")
-    assert version.version == "1" and version.run_id == outcome["model_uri"].split("/")[1]
+    assert str(version.version) == "1" and version.run_id == outcome["model_uri"].split("/")[1]
     assert version.tags["pipeline_run_id"] == outcome["pipeline_run_id"]
     assert json.loads(version.tags["class_names"])[0] == "airplane"
     attempts = client.search_runs([client.get_run(version.run_id).info.experiment_id],
