@@ -217,3 +217,36 @@ def test_a_store_error_waits_and_retries_and_honours_the_deadline(store, caplog)
     with pytest.raises(RegistryError, match="last error: permission denied"):
         PromotionLock(broken, NAME, LockTiming(timeout=1.5, lease=1.0, poll=0.2)).acquire()
     assert 1.5 <= time.monotonic() - start < 5 and broken.calls <= 10
+
+
+def test_a_version_that_fails_registration_is_an_error_and_never_aliased(store):
+    """A store that marks every new version FAILED_REGISTRATION (as a server whose artifact
+    copy failed does): registration raises with the store's reason, nothing is aliased,
+    and a retry of the same pipeline run does not take the failed version for its own."""
+    import sqlite3
+
+    import keras
+    import numpy as np
+
+    from image_finetune.registry.versions import register_version
+
+    db = store.tracking_uri.removeprefix("sqlite:///")
+    with sqlite3.connect(db) as connection:
+        connection.execute(
+            "CREATE TRIGGER fail_registration AFTER INSERT ON model_versions BEGIN "
+            "UPDATE model_versions SET status = 'FAILED_REGISTRATION', "
+            "status_message = 'artifact copy failed: quota exceeded' "
+            "WHERE name = NEW.name AND version = NEW.version; END")
+    client = client_for(store)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
+    example = np.zeros((1, 4), np.float32)
+    tags = {"pipeline_run_id": "run-that-fails"}
+    for attempt in (1, 2):
+        run_id = client.create_run("0").info.run_id
+        with pytest.raises(RegistryError, match=r"v\d failed registration: artifact copy "
+                                                "failed: quota exceeded"):
+            register_version(client, NAME, run_id, model, example, tags)
+    failed = client.search_model_versions(f"name = '{NAME}' and "
+                                          "tags.pipeline_run_id = 'run-that-fails'")
+    assert sorted(int(v.version) for v in failed) == [4, 5]  # the retry made its own
+    assert champion(store) is None and client.get_registered_model(NAME).aliases == {}

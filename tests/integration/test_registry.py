@@ -102,6 +102,11 @@ def test_register_promote_and_serve_the_champion(setup):
     run = mlflow.MlflowClient().get_run(version.run_id)
     assert run.data.metrics["test_accuracy"] == pytest.approx(json.loads(
         (work_of(setup) / "first" / "evaluation" / "metrics.json").read_text())["accuracy"])
+    requirements = Path(mlflow.artifacts.download_artifacts(
+        run_id=version.run_id, artifact_path="model/requirements.txt",
+        dst_path=str(work_of(setup) / "first"))).read_text().split()
+    assert {r.split("==")[0] for r in requirements} == {"mlflow", "keras", "numpy",
+                                                         "tensorflow-cpu"}
 
 
 def test_a_candidate_inside_the_noise_is_registered_but_not_promoted(setup):
