@@ -241,7 +241,7 @@ def test_a_version_that_fails_registration_is_an_error_and_never_aliased(store):
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
     example = np.zeros((1, 4), np.float32)
     tags = {"pipeline_run_id": "run-that-fails"}
-    for attempt in (1, 2):
+    for _ in ("first try", "retry"):
         run_id = client.create_run("0").info.run_id
         with pytest.raises(RegistryError, match=r"v\d failed registration: artifact copy "
                                                 "failed: quota exceeded"):
