@@ -53,5 +53,9 @@ def reported(func: F) -> F:
         except PipelineError as exc:
             typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
             raise typer.Exit(exc.exit_code) from exc
+        except KeyboardInterrupt:
+            typer.secho("error: interrupted; nothing half-written was kept", fg=typer.colors.RED,
+                        err=True)
+            raise typer.Exit(128 + signal.SIGINT) from None
 
     return wrapper  # type: ignore[return-value]

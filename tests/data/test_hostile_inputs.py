@@ -141,23 +141,31 @@ def test_a_path_that_climbs_out_of_the_archive_is_refused(small_folder, tmp_path
 STAGING_SCRIPT = """
 import sys, time
 from pathlib import Path
-from image_finetune.console import exit_on_termination
+import typer
+from image_finetune.console import reported
 from image_finetune.data.canonical import atomic_directory
-exit_on_termination()
-with atomic_directory(Path(sys.argv[1])) as staging:
-    (staging / "half-written.npy").write_bytes(b"x" * 1000)
-    print("staged", flush=True)
-    time.sleep(60)
+
+@reported
+def stage(target: str) -> None:
+    with atomic_directory(Path(target)) as staging:
+        (staging / "half-written.npy").write_bytes(b"x" * 1000)
+        print("staged", flush=True)
+        time.sleep(60)
+
+typer.run(stage)
 """
 
 
-def test_sigterm_while_writing_leaves_no_staging_behind(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_while_writing_leaves_no_staging_behind(tmp_path, signum):
+    """What DVC, Kubeflow or Kubernetes (SIGTERM) and Ctrl-C (SIGINT) do to a command."""
     writer = subprocess.Popen([sys.executable, "-c", STAGING_SCRIPT, str(tmp_path / "data")],
-                              stdout=subprocess.PIPE, text=True)
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert writer.stdout.readline().strip() == "staged"
     assert list(tmp_path.glob(".data.tmp-*"))
-    writer.send_signal(signal.SIGTERM)
-    assert writer.wait(timeout=30) == 128 + signal.SIGTERM
+    writer.send_signal(signum)
+    assert writer.wait(timeout=30) == 128 + signum
+    assert "Traceback" not in writer.stderr.read()
     assert list(tmp_path.iterdir()) == []
 
 
