@@ -6,6 +6,7 @@ its temporary directory."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -36,7 +37,7 @@ def unready_server(champion, registry_port, tmp_path_factory):
     (work / "token").write_text(TOKEN + "\n")  # Secrets often end in a newline
     env = {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{registry_port}",
            "IMAGE_FINETUNE_MODEL_NAME": champion["params"].registry.model_name,
-           "IMAGE_FINETUNE_RETRY_SECONDS": "1",
+           "IMAGE_FINETUNE_RETRY_SECONDS": "1", "IMAGE_FINETUNE_POLL_SECONDS": "1",
            "IMAGE_FINETUNE_TOKEN_FILE": str(work / "token"), "TMPDIR": str(work / "tmp")}
     server = Server(env, [], work / "empty")
     yield server, work / "tmp"
@@ -57,7 +58,8 @@ def registry(champion, registry_port, tmp_path_factory):
         # Without its job runner: seven fewer processes importing MLflow on a small machine.
         env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
     yield process
-    os.killpg(process.pid, signal.SIGTERM)  # the server and the workers it starts
+    with contextlib.suppress(ProcessLookupError):  # a test may have killed it already
+        os.killpg(process.pid, signal.SIGTERM)  # the server and the workers it starts
     process.wait(timeout=30)
 
 
@@ -117,3 +119,56 @@ def test_serving_other_machines_without_a_token_is_refused(tmp_path):
         env={"PATH": "/usr/bin:/bin", "IMAGE_FINETUNE_MODEL_NAME": "x"}, timeout=120)
     assert result.returncode == 2
     assert "without a token" in result.stderr
+
+
+def refresh_failures(url: str) -> float:
+    metrics = httpx.get(f"{url}/metrics").text
+    return float(next(line.split()[1] for line in metrics.splitlines()
+                      if line.startswith("model_refresh_failures_total ")))
+
+
+def answers_with(url: str, version: str, request: dict) -> None:
+    infer = httpx.post(f"{url}/v2/models/{request['model']}/infer", json=request["body"],
+                       headers={"authorization": f"Bearer {TOKEN}"})
+    assert infer.status_code == 200, infer.text
+    assert infer.json()["model_version"] == version
+    assert httpx.get(f"{url}/readyz").json()["model_version"] == version
+
+
+def test_a_failing_refresh_keeps_serving_the_loaded_model(champion, unready_server, registry):
+    """The poller's failure paths, once the server is ready: the alias moved to a version that
+    cannot be loaded, then the registry killed. Each failure is counted; the server keeps
+    answering with the model it has, and stays ready."""
+    from mlflow import MlflowClient
+
+    server, _ = unready_server
+    served = wait_for(f"{server.url}/readyz", server.process).json()["model_version"]
+    name = champion["params"].registry.model_name
+    image = load_split(champion["data"], "test").images[:1].tolist()
+    request = {"model": name, "body": {"inputs": [{"name": "images", "datatype": "UINT8",
+                                                   "shape": [1, 32, 32, 3], "data": image}]}}
+    client = MlflowClient(registry_uri(registry))
+    broken = client.create_model_version(name, "file:///nonexistent/model")
+    client.set_registered_model_alias(name, "champion", broken.version)
+    try:
+        failures = refresh_failures(server.url)
+        wait_until(lambda: refresh_failures(server.url) >= failures + 2)
+        answers_with(server.url, served, request)
+    finally:
+        client.set_registered_model_alias(name, "champion", served)
+    os.killpg(registry.pid, signal.SIGKILL)
+    registry.wait(timeout=30)
+    failures = refresh_failures(server.url)
+    wait_until(lambda: refresh_failures(server.url) >= failures + 2)
+    answers_with(server.url, served, request)
+
+
+def registry_uri(process: subprocess.Popen) -> str:
+    return f"http://127.0.0.1:{process.args[process.args.index('--port') + 1]}"
+
+
+def wait_until(condition, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never held"
+        time.sleep(0.5)

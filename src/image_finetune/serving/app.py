@@ -144,7 +144,7 @@ def predict_current(holder: ModelHolder, max_batch_size: int,
 def create_app(settings: ServeSettings, holder: ModelHolder | None = None) -> FastAPI:
     """The FastAPI application; the model loads in the background once it starts."""
     metrics = ServingMetrics()
-    holder = holder or ModelHolder(settings)
+    holder = holder or ModelHolder(settings, on_failure=metrics.refresh_failures.inc)
     batcher = MicroBatcher(functools.partial(predict_current, holder, settings.max_batch_size),
                            settings.max_batch_size,
                            settings.max_wait_ms / 1000, settings.max_queued_images,

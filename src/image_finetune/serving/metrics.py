@@ -62,6 +62,9 @@ class ServingMetrics:
                                        buckets=LATENCY_BUCKETS, registry=self.registry)
         self.model_version = Gauge("served_model_version", "Version being served (0: none)",
                                    registry=self.registry)
+        self.refresh_failures = Counter("model_refresh_failures_total", "Failed loads of the "
+                                        "alias' version (the registry away, a bad version); "
+                                        "the served model stays", registry=self.registry)
 
     def record_batch(self, record: BatchRecord) -> None:
         self.images.inc(record.images)

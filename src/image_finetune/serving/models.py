@@ -8,6 +8,7 @@ import logging
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -61,8 +62,9 @@ def load_version(model_name: str, version) -> LoadedModel:
 class ModelHolder:
     """The model being served, kept current by a background thread."""
 
-    def __init__(self, settings: ServeSettings):
+    def __init__(self, settings: ServeSettings, on_failure: Callable[[], None] = lambda: None):
         self.settings = settings
+        self.on_failure = on_failure  # called on every failed load or refresh
         self.current: LoadedModel | None = None
         self.problem = "not loaded yet"  # why there is no model (None once one is served)
         self._stop = threading.Event()
@@ -112,6 +114,7 @@ class ModelHolder:
             self._stop.wait(wait)
 
     def _note_problem(self, exc: Exception) -> None:
+        self.on_failure()
         message = f"{type(exc).__name__}: {exc}"
         if self.current is None:
             self.problem = message
