@@ -65,6 +65,7 @@ class Figures:
     p99: float
     requests: int
     errors: int  # not 200
+    statuses: str = ""  # the non-200 answers by status, e.g. "503:12"
 
     @property
     def ok_per_second(self) -> float:
@@ -191,8 +192,9 @@ def run_hey(payload: Payload, concurrency: int, seconds: float) -> Figures:
     requests = sum(statuses.values()) + failures
     errors = requests - statuses.get("200", 0)
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    other = " ".join(f"{code}:{n}" for code, n in statuses.items() if code != "200")
     return Figures(rate, quantile.get(50, 0), quantile.get(95, 0), quantile.get(99, 0),
-                   requests, errors)
+                   requests, errors, (other + (f" failed:{failures}" if failures else "")).strip())
 
 
 async def read_response(reader: asyncio.StreamReader) -> int:
@@ -232,7 +234,7 @@ async def asyncio_load(payload: Payload, concurrency: int, seconds: float) -> Fi
     await asyncio.gather(*(connection() for _ in range(concurrency)))
     p50, p95, p99 = np.percentile(latencies, [50, 95, 99])
     return Figures(len(latencies) / (time.perf_counter() - start), p50, p95, p99,
-                   len(latencies), errors[0])
+                   len(latencies), errors[0], f"not 200: {errors[0]}" if errors[0] else "")
 
 
 def probe_health(port: int, stop: threading.Event, latencies: list[float]) -> None:
@@ -254,9 +256,24 @@ def measure(payload: Payload, concurrency: int, seconds: float, client: str) -> 
     return asyncio.run(asyncio_load(payload, concurrency, seconds))
 
 
+def model_totals(port: int) -> tuple[float, float, float]:
+    """(model seconds, model calls, images) so far, from our server's /metrics."""
+    lines = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text.splitlines()
+    value = {line.split()[0]: float(line.split()[1]) for line in lines
+             if line.startswith(("inference_model_seconds_", "inference_batch_size_"))}
+    return (value["inference_model_seconds_sum"], value["inference_model_seconds_count"],
+            value["inference_batch_size_sum"])
+
+
+def cell(milliseconds: float) -> str:
+    """A latency, or "-" where the load generator had too few answers to give it."""
+    return f"{milliseconds:>8.1f}" if milliseconds else f"{'-':>8}"
+
+
 def bench(cases: list[Payload], seconds: float, client: str, health_port: int) -> None:
     print(f"{'payload':<32} {'conc':>4} {'req/s':>8} {'images/s':>9} {'p50 ms':>8} "
-          f"{'p95 ms':>8} {'p99 ms':>8} {'errors':>6}   (images/s: answered with 200)")
+          f"{'p95 ms':>8} {'p99 ms':>8} {'model ms/call':>13} {'img/call':>8}  not 200\n"
+          "(images/s: answered with 200; model ms/call and img/call: our server's /metrics)")
     for payload in cases:
         measure(payload, 2, 1.0, client)  # warm-up: tracing, connections
         for concurrency in CONCURRENCY:
@@ -265,13 +282,21 @@ def bench(cases: list[Payload], seconds: float, client: str, health_port: int) -
             if payload.images == 1 and payload.port == health_port and concurrency == 16:
                 prober = threading.Thread(target=probe_health, args=(health_port, stop, health))
                 prober.start()
+            ours = payload.port == health_port
+            before = model_totals(health_port) if ours else None
             figures = measure(payload, concurrency, seconds, client)
             stop.set()
             if prober:
                 prober.join()
+            server = ""
+            if before:
+                after = model_totals(health_port)
+                spent, calls, images = (b - a for a, b in zip(before, after, strict=True))
+                server = f"{spent / max(calls, 1) * 1000:>13.1f} {images / max(calls, 1):>8.1f}"
             print(f"{payload.label:<32} {concurrency:>4} {figures.requests_per_second:>8.0f} "
-                  f"{figures.ok_per_second * payload.images:>9.0f} {figures.p50:>8.1f} "
-                  f"{figures.p95:>8.1f} {figures.p99:>8.1f} {figures.errors:>6}", flush=True)
+                  f"{figures.ok_per_second * payload.images:>9.0f} {cell(figures.p50)}"
+                  f"{cell(figures.p95)}{cell(figures.p99)} {server or ' ' * 22}  "
+                  f"{figures.statuses or '-'}", flush=True)
             if health:
                 p50, p99 = np.percentile(health, [50, 99])
                 print(f"{'  /healthz meanwhile':<32} {'':>4} {len(health):>8} probes "

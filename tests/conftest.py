@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import random
 import tarfile
 from pathlib import Path
 
@@ -46,12 +47,38 @@ def small_run_params(folder: Path, weights: Path, gate: dict) -> dict:
 TIERS = ("unit", "data", "model", "e2e", "integration", "faults")
 
 
+ORDER_SEED = "IMAGE_FINETUNE_TEST_ORDER_SEED"
+
+
 def pytest_collection_modifyitems(items) -> None:
-    """Mark each test with its tier (its folder), so ``-m unit`` etc. select tiers."""
+    """Mark each test with its tier (its folder), so ``-m unit`` etc. select tiers; with
+    IMAGE_FINETUNE_TEST_ORDER_SEED set, run the test files in a shuffled order and the tests
+    in each file too (except a file marked ``ordered``: one scenario told in steps)."""
     for item in items:
         tier = Path(item.fspath).parent.name
         if tier in TIERS:
             item.add_marker(getattr(pytest.mark, tier))
+    if os.environ.get(ORDER_SEED):
+        items[:] = shuffled(items, random.Random(os.environ[ORDER_SEED]))
+
+
+def shuffled(items: list, rng: random.Random) -> list:
+    """``items`` with the files in a random order and each file's tests shuffled, files kept
+    together (so their module fixtures are made once)."""
+    files: dict[str, list] = {}
+    for item in items:
+        files.setdefault(item.nodeid.split("::")[0], []).append(item)
+    order = list(files.values())
+    rng.shuffle(order)
+    for tests in order:
+        if not tests[0].get_closest_marker("ordered"):
+            rng.shuffle(tests)
+    return [item for tests in order for item in tests]
+
+
+def pytest_report_header(config) -> str | None:
+    seed = os.environ.get(ORDER_SEED)
+    return f"shuffled order: {ORDER_SEED}={seed}" if seed else None
 
 
 def ingest_source(data, source: Path, out: Path) -> dict:
@@ -149,10 +176,11 @@ def jpeg_bytes(image: np.ndarray) -> bytes:
 
 
 @pytest.fixture(scope="session")
-def services():
-    """The running stack; started here (and stopped after) unless it was already up. A
-    stack started here gets random credentials for the session for whatever credential
-    the environment does not set (never the development defaults)."""
+def service_stack():
+    """The running stack's client environment; started here (and stopped after) unless it
+    was already up. A stack started here gets random credentials for whatever credential
+    the environment does not set (never the development defaults). The test process's own
+    environment is not touched: ``services`` sets it, one module at a time."""
     import shutil
 
     from tests.services import random_credentials, run_services, services_env, services_up
@@ -161,25 +189,24 @@ def services():
         missing_part("service packages missing: run `bash infra/services/install.sh`")
     already_up = services_up()
     generated = {} if already_up else random_credentials()
-    os.environ.update(generated)
+    if not already_up:
+        run_services("start", env=generated)
     try:
-        if not already_up:
-            run_services("start")
-        try:
-            env = services_env()
-        except RuntimeError as exc:
-            pytest.fail(f"the services are running but the credentials they were started "
-                        f"with are not in the environment (export them): {exc}")
-        saved = {key: os.environ.get(key) for key in env}
-        os.environ.update(env)
-        yield env
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        if not already_up:
-            run_services("stop")
-    finally:
-        for key in generated:
-            os.environ.pop(key, None)
+        env = services_env(generated)
+    except RuntimeError as exc:
+        pytest.fail(f"the services are running but the credentials they were started with "
+                    f"are not in the environment (export them): {exc}")
+    env.update(generated)  # what a test needs to restart a service
+    yield env
+    if not already_up:
+        run_services("stop", env=generated)
+
+
+@pytest.fixture(scope="module")
+def services(service_stack):
+    """The stack's client environment (MLFLOW_TRACKING_URI, credentials, S3 endpoint), set in
+    ``os.environ`` for the module that asks for it and restored after it."""
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in service_stack.items():
+            patch.setenv(key, value)
+        yield service_stack

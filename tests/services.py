@@ -39,10 +39,11 @@ class ServicesEnv(dict):
                      for key, value in self.items()})
 
 
-def services_env() -> ServicesEnv:
-    """The client environment that all.sh prints as export lines (credentials included)."""
+def services_env(credentials: dict[str, str] | None = None) -> ServicesEnv:
+    """The client environment that all.sh prints as export lines (credentials included);
+    ``credentials`` are those the stack was started with, where not in os.environ."""
     result = subprocess.run(["bash", str(SCRIPTS / "all.sh"), "env"], capture_output=True,
-                            text=True)
+                            text=True, env={**os.environ, **(credentials or {})})
     if result.returncode != 0:
         raise RuntimeError(f"all.sh env failed: {result.stderr.strip()[-500:]}")
     env = ServicesEnv()
@@ -53,11 +54,13 @@ def services_env() -> ServicesEnv:
     return env
 
 
-def run_services(action: str, *only: str) -> None:
-    """``all.sh ACTION``, or ``<service>.sh ACTION`` for each service named."""
+def run_services(action: str, *only: str, env: dict[str, str] | None = None) -> None:
+    """``all.sh ACTION``, or ``<service>.sh ACTION`` for each service named; ``env`` adds to
+    the environment (credentials the stack was started with)."""
     scripts = [SCRIPTS / f"{name}.sh" for name in only] or [SCRIPTS / "all.sh"]
     for script in scripts:
-        subprocess.run(["bash", str(script), action], check=True, timeout=600)
+        subprocess.run(["bash", str(script), action], check=True, timeout=600,
+                       env={**os.environ, **(env or {})})
 
 
 def services_up() -> bool:

@@ -21,6 +21,9 @@ from image_finetune.data.canonical import load_split
 from tests.e2e.serving_support import Server, free_port, wait_for
 
 TOKEN = "s3cret-token-for-tests"
+# One server's life in steps: unready while the registry is down, ready once it is up,
+# then the registry going away again.
+pytestmark = pytest.mark.ordered
 
 
 @pytest.fixture(scope="module")

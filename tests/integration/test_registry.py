@@ -70,18 +70,49 @@ def work_of(setup) -> Path:
     return setup[3]
 
 
+def own_model(setup) -> tuple:
+    """``setup`` with a registered model name of its own: tests never share versions or
+    aliases, so each runs alone and in any order."""
+    params = setup[0]
+    registry = params.registry.model_copy(update={"model_name": f"it-{uuid.uuid4().hex[:8]}"})
+    return (params.model_copy(update={"registry": registry}), *setup[1:])
+
+
+def copies(source: Params, versions: list[str]) -> Params:
+    """A new registered model whose versions 1, 2, ... are copies of ``source``'s
+    ``versions`` (MLflow's copy_model_version: no re-logging), with no aliases yet."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    own = own_model((source,))[0]
+    for version in versions:
+        client.copy_model_version(f"models:/{source.registry.model_name}/{version}",
+                                  own.registry.model_name)
+    return own
+
+
+@pytest.fixture(scope="module")
+def registered(setup) -> dict:
+    """A model of its own with the trained candidate registered twice: v1 (first, promoted)
+    and v2 (the same model again: inside the noise, not promoted)."""
+    own = own_model(setup)
+    return {"setup": own, "first": candidate(own, "first"),
+            "same-again": candidate(own, "same-again")}
+
+
 def aliases(params: Params) -> dict[str, str]:
     return {alias: row["version"] for row in list_versions(params.registry)
             for alias in row["aliases"]}
 
 
-def test_register_promote_and_serve_the_champion(setup):
+def test_register_promote_and_serve_the_champion(registered):
     import mlflow
 
+    setup = registered["setup"]
     params, data, model_path, _ = setup
-    outcome = candidate(setup, "first")
+    outcome = registered["first"]
     assert outcome["registered"] and outcome["promoted"] and outcome["version"] == "1"
-    assert aliases(params) == {CHAMPION: "1", CHALLENGER: "1"}
+    assert aliases(params)[CHAMPION] == "1"
     images = np.asarray(load_split(data, "test").images[:32])
     expected = np.asarray(load_classifier(model_path).predict_on_batch(images))
     uri = f"models:/{params.registry.model_name}@{CHAMPION}"
@@ -109,16 +140,17 @@ def test_register_promote_and_serve_the_champion(setup):
                                                          "tensorflow-cpu"}
 
 
-def test_a_candidate_inside_the_noise_is_registered_but_not_promoted(setup):
-    params = setup[0]
-    outcome = candidate(setup, "same-again")
+def test_a_candidate_inside_the_noise_is_registered_but_not_promoted(registered):
+    params = registered["setup"][0]
+    outcome = registered["same-again"]
     assert outcome["registered"] and not outcome["promoted"]
     assert "beats_champion" in outcome["reason"]
     assert aliases(params) == {CHAMPION: "1", CHALLENGER: "2"}
 
 
-def test_rollback_restores_the_previous_champion(setup):
-    params = setup[0]
+def test_rollback_restores_the_previous_champion(registered):
+    params = copies(registered["setup"][0], ["1", "2"])
+    promote(params.registry, "1", "release")
     promote(params.registry, "2", "manual promotion in a test")
     assert aliases(params)[CHAMPION] == "2"
     entry = rollback(params.registry, "bad release")
@@ -130,9 +162,9 @@ def test_rollback_restores_the_previous_champion(setup):
     assert all(e["at"] and e["by"] and e["reason"] for e in history)
 
 
-def test_racing_promotions_leave_one_champion_and_a_consistent_history(setup):
-    params = setup[0]
-    candidate(setup, "third")  # version 3
+def test_racing_promotions_leave_one_champion_and_a_consistent_history(registered):
+    params = copies(registered["setup"][0], ["1", "2", "1"])  # three versions
+    promote(params.registry, "1", "release")
     before = len(promotion_history(params.registry))
     script = ("import sys; from image_finetune.config import RegistryParams; "
               "from image_finetune.registry.promotion import promote; "
@@ -154,8 +186,8 @@ def test_racing_promotions_leave_one_champion_and_a_consistent_history(setup):
                                                    ".promotion-lock")
 
 
-def test_a_stopped_server_fails_fast_and_a_restart_keeps_everything(setup, services):
-    params, data, model_path, work = setup
+def test_a_stopped_server_fails_fast_and_a_restart_keeps_everything(registered, services):
+    params, data, model_path, work = registered["setup"]
     champion = aliases(params)[CHAMPION]
     params_file = work / "params.yaml"
     params_file.write_text(json.dumps(params.model_dump(mode="json", by_alias=True)))
@@ -194,6 +226,7 @@ def pipeline_runs(params: Params, run_id: str) -> list:
 def test_a_retried_registration_reuses_its_run_and_its_version(setup):
     import mlflow
 
+    setup = own_model(setup)
     params = setup[0]
     run_id = f"it-retry-{uuid.uuid4().hex[:6]}"
     first = candidate(setup, "retry-1", run_id)
@@ -209,6 +242,7 @@ def test_a_retried_registration_reuses_its_run_and_its_version(setup):
 def test_a_registration_that_fails_ends_its_run_failed(setup, tmp_path):
     from image_finetune.errors import MissingInputError
 
+    setup = own_model(setup)
     params = setup[0]
     run_id = f"it-broken-{uuid.uuid4().hex[:6]}"
     with pytest.raises(MissingInputError):

@@ -31,13 +31,10 @@ def redact(text: str) -> str:
 
 
 def client_for(params: RegistryParams):
-    """The MlflowClient for ``params.tracking_uri``; MLflow's fluent API points there too."""
-    import mlflow
-
-    client = _cached_client(params.tracking_uri)
-    mlflow.set_tracking_uri(params.tracking_uri)
-    mlflow.set_registry_uri(params.tracking_uri)
-    return client
+    """The MlflowClient for ``params.tracking_uri`` (registry there too). MLflow's global
+    tracking URI is left alone: a process (a notebook, a test session) may talk to several
+    stores, so every call here names its store."""
+    return _cached_client(params.tracking_uri)
 
 
 @functools.cache

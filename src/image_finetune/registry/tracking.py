@@ -59,11 +59,24 @@ def log_epochs(client, run_id: str, rows: list[dict]) -> None:
         client.log_batch(run_id, metrics=items[start : start + BATCH])
 
 
+def experiment_named(client, name: str):
+    """The experiment called ``name``, created on first use (also by a concurrent run)."""
+    from mlflow.exceptions import MlflowException
+
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            client.create_experiment(name)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        experiment = client.get_experiment_by_name(name)
+    return experiment
+
+
 def parent_run(client, params: Params, pipeline_run_id: str) -> str:
     """The parent run of a pipeline run, created (with every parameter) on first use."""
-    import mlflow
-
-    experiment = mlflow.set_experiment(params.registry.experiment)
+    experiment = experiment_named(client, params.registry.experiment)
     found = client.search_runs([experiment.experiment_id],
                                f"tags.pipeline_run_id = '{pipeline_run_id}' and "
                                "tags.kind = 'pipeline'", max_results=1)

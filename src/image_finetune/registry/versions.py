@@ -41,11 +41,8 @@ def is_alias(client, name: str, alias: str, version: str) -> bool:
 
 def version_correct(client, version, labels: np.ndarray) -> np.ndarray:
     """Per-image correctness of a version's stored test predictions, checked against labels."""
-    import mlflow
-
     with tempfile.TemporaryDirectory() as work:
-        path = mlflow.artifacts.download_artifacts(
-            run_id=version.run_id, artifact_path=PREDICTIONS_ARTIFACT, dst_path=work)
+        path = client.download_artifacts(version.run_id, PREDICTIONS_ARTIFACT, work)
         stored = np.load(path)
         stored_labels, probabilities = stored["labels"], stored["probabilities"]
     if stored_labels.shape != labels.shape or not np.array_equal(stored_labels, labels):

@@ -46,14 +46,15 @@ class LoadedModel:
             self.predict(np.zeros((size, self.input_size, self.input_size, 3), np.uint8))
 
 
-def load_version(model_name: str, version) -> LoadedModel:
+def load_version(tracking_uri: str, model_name: str, version) -> LoadedModel:
     """Load one registered version, with its class names. The artifacts are downloaded into
     a temporary folder that is gone once the model is in memory: reloads leave nothing."""
     import mlflow
 
     with tempfile.TemporaryDirectory(prefix="image-finetune-model-") as work:
         local = mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{model_name}/{version.version}", dst_path=work)
+            artifact_uri=f"models:/{model_name}/{version.version}", dst_path=work,
+            tracking_uri=tracking_uri, registry_uri=tracking_uri)
         model = mlflow.keras.load_model(local)
     names = class_names_or_indices(registered_class_names(version), model)
     return LoadedModel(model, str(version.version), names, int(model.input_shape[1]))
@@ -86,7 +87,7 @@ class ModelHolder:
         version = self.target()
         if self.current and self.current.version == str(version.version):
             return False
-        loaded = load_version(self.settings.model_name, version)
+        loaded = load_version(self.settings.tracking_uri, self.settings.model_name, version)
         loaded.warm_up((1, self.settings.max_batch_size))
         self.current, self.problem = loaded, None  # one assignment: requests see old or new
         log.info("serving %s v%s", self.settings.model_name, loaded.version)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -79,8 +80,12 @@ def _load(params: Params, uri: str) -> tuple[object, list[str] | None]:
         return load_classifier(Path(uri)), None
     import mlflow
 
-    client = client_for(params.registry)  # points MLflow at the configured store, failing fast
-    model = mlflow.keras.load_model(uri)
+    client = client_for(params.registry)  # fails fast when the store is not there
+    store = params.registry.tracking_uri
+    with tempfile.TemporaryDirectory(prefix="image-finetune-model-") as work:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=work,
+                                                    tracking_uri=store, registry_uri=store)
+        model = mlflow.keras.load_model(local)
     if not uri.startswith("models:/"):
         return model, None
     name, _, ref = uri.removeprefix("models:/").replace("@", "/@").partition("/")
