@@ -133,6 +133,36 @@ def full_weights() -> Path:
     return _require(FULL_WEIGHTS)
 
 
+def small_model_params(folder: Path, weights: Path) -> dict:
+    """A cheap profile: 32 px, the frozen backbone's head for three epochs, a gate anyone
+    passes (the tests that use it are about what happens around the model)."""
+    return {
+        "data": {"path": str(folder), "validation_fraction": 0.2},
+        "model": {"weights": str(weights), "image_size": 32},
+        "train": {"cache_boundary": None, "ladder": [
+            {"name": "head", "epochs": 3, "batch_size": 32, "learning_rate": 0.003}]},
+        "evaluate": {"bootstrap_samples": 200, "latency_runs": 3, "gallery_size": 6},
+        "gate": {"min_accuracy": 0.0, "min_macro_f1": 0.0, "min_class_recall": 0.0,
+                 "max_latency_p95_ms": 10000},
+    }
+
+
+@pytest.fixture(scope="session")
+def small_model(small_folder, no_top_weights, tmp_path_factory) -> dict:
+    """One small classifier trained on real images for the whole session: the registry and
+    faults tiers register it under names of their own instead of each training one.
+    Read-only for its users: ``params`` (no registry section), ``data``, ``model``."""
+    from image_finetune.config import Params
+    from image_finetune.steps.train_rung import train_rung
+
+    work = tmp_path_factory.mktemp("small-model")
+    params = Params.model_validate(small_model_params(small_folder, no_top_weights))
+    ingest_source(params.data, small_folder, work / "data")
+    result = train_rung(params, 0, work / "data", work / "attempt", work / "cache", ROOT)
+    return {"params": params, "data": work / "data", "model": Path(result.model_path),
+            "cache": work / "cache"}
+
+
 def extract_subset(tarball: Path, out: Path, per_class: dict[str, int]) -> Path:
     """Extract the first N real images per class of each split into a folder tree."""
     taken: dict[tuple[str, str], int] = {}

@@ -17,14 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from image_finetune.config import Params
+from image_finetune.config import RegistryParams
 from image_finetune.data.canonical import load_split
 from image_finetune.inference import load_classifier
 from image_finetune.registry.versions import CHAMPION
 from image_finetune.steps.evaluate import evaluate_classifier
 from image_finetune.steps.final_gate import final_gate
-from image_finetune.steps.train_rung import train_rung
-from tests.conftest import ingest_source
 from tests.services import ROOT, kill_hard, run_services
 
 VENV_BIN = ROOT / ".venv" / "bin"
@@ -32,23 +30,14 @@ EXIT_CODES = (7, 9)  # ServiceError, RegistryError
 
 
 @pytest.fixture(scope="module")
-def candidate(services, small_folder, no_top_weights, tmp_path_factory) -> dict:
-    """A small model trained on real images, evaluated on test and past the final gate."""
+def candidate(services, small_model, tmp_path_factory) -> dict:
+    """The session's small model, evaluated on test and past the final gate, to be
+    registered under a name of this module's own."""
     work = tmp_path_factory.mktemp("faults")
-    params = Params.model_validate({
-        "data": {"path": str(small_folder), "validation_fraction": 0.2},
-        "model": {"weights": str(no_top_weights), "image_size": 32},
-        "train": {"cache_boundary": None, "ladder": [
-            {"name": "head", "epochs": 2, "batch_size": 32, "learning_rate": 0.003}]},
-        "evaluate": {"bootstrap_samples": 100, "latency_runs": 2, "gallery_size": 0},
-        "gate": {"min_accuracy": 0.0, "min_macro_f1": 0.0, "min_class_recall": 0.0,
-                 "max_latency_p95_ms": 100000},
-        "registry": {"tracking_uri": services["MLFLOW_TRACKING_URI"],
-                     "model_name": f"faults-{uuid.uuid4().hex[:8]}"},
-    })
-    data = work / "data"
-    ingest_source(params.data, small_folder, data)
-    model = Path(train_rung(params, 0, data, work / "attempt", work / "cache", ROOT).model_path)
+    params = small_model["params"].model_copy(update={"registry": RegistryParams(
+        tracking_uri=services["MLFLOW_TRACKING_URI"],
+        model_name=f"faults-{uuid.uuid4().hex[:8]}")})
+    data, model = small_model["data"], small_model["model"]
     evaluate_classifier(params, data, model, work / "evaluation", "test")
     final_gate(params, work / "evaluation", work / "gate.json")
     params_file = work / "params.json"
@@ -66,12 +55,11 @@ from image_finetune.console import reported
 from image_finetune.steps.register import register_classifier
 
 @reported
-def main(params_file, work, run_id):
+def main(params_file, data, model, work, run_id):
     work = Path(work)
-    print(register_classifier(load_params(params_file, use_env=False), work / "data",
+    print(register_classifier(load_params(params_file, use_env=False), Path(data),
                               work / "evaluation", work / "gate.json", work / "out.json",
-                              Path.cwd(), model=work / "attempt" / "model.keras",
-                              pipeline_run_id=run_id))
+                              Path.cwd(), model=Path(model), pipeline_run_id=run_id))
 
 try:
     main(*sys.argv[1:])
@@ -82,6 +70,7 @@ except typer.Exit as stop:  # what the image-finetune command line does with it
 
 def register(candidate: dict, run_id: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", REGISTER, str(candidate["params_file"]),
+                             str(candidate["data"]), str(candidate["model"]),
                              str(candidate["work"]), run_id], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=ROOT)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from image_finetune.config import Params
+from image_finetune.config import Params, RegistryParams
 from image_finetune.data.canonical import load_split
 from image_finetune.inference import load_classifier
 from image_finetune.registry.promotion import promote, promotion_history, rollback
@@ -24,29 +24,16 @@ from image_finetune.steps.evaluate import evaluate_classifier
 from image_finetune.steps.final_gate import final_gate
 from image_finetune.steps.register import register_classifier
 from image_finetune.steps.train_rung import train_rung
-from tests.conftest import ingest_source
 from tests.services import ROOT, run_services
 
 
 @pytest.fixture(scope="module")
-def setup(services, small_folder, no_top_weights, tmp_path_factory):
-    """Params pointing at the server, a small real dataset, and one trained candidate."""
+def setup(services, small_model, tmp_path_factory):
+    """Params pointing at the server, the session's small real dataset and trained model."""
     work = tmp_path_factory.mktemp("registry")
-    params = Params.model_validate({
-        "data": {"path": str(small_folder), "validation_fraction": 0.2},
-        "model": {"weights": str(no_top_weights), "image_size": 32},
-        "train": {"cache_boundary": None, "ladder": [
-            {"name": "head", "epochs": 3, "batch_size": 32, "learning_rate": 0.003}]},
-        "evaluate": {"bootstrap_samples": 200, "latency_runs": 3, "gallery_size": 6},
-        "gate": {"min_accuracy": 0.0, "min_macro_f1": 0.0, "min_class_recall": 0.0,
-                 "max_latency_p95_ms": 10000},
-        "registry": {"tracking_uri": services["MLFLOW_TRACKING_URI"],
-                     "model_name": f"it-{uuid.uuid4().hex[:8]}"},
-    })
-    data = work / "data"
-    ingest_source(params.data, small_folder, data)
-    result = train_rung(params, 0, data, work / "attempt", work / "cache", ROOT)
-    return params, data, Path(result.model_path), work
+    params = small_model["params"].model_copy(update={"registry": RegistryParams(
+        tracking_uri=services["MLFLOW_TRACKING_URI"], model_name=f"it-{uuid.uuid4().hex[:8]}")})
+    return params, small_model["data"], small_model["model"], work
 
 
 def candidate(setup, name: str, run_id: str | None = None, model: Path | None = None,
