@@ -62,6 +62,28 @@ def champion_results(params: RegistryParams, labels: np.ndarray) -> ChampionResu
     return ChampionResults(str(champion.version), version_correct(client, champion, labels))
 
 
+def download_model(client, tracking_uri: str, name: str, version: str, dst: str) -> str:
+    """A registered version's model files downloaded into ``dst``; their local path. Resolved
+    through ``client``: MLflow's own ``models:/`` resolution reads the process's global
+    registry URI, whichever store ``client`` points at."""
+    import mlflow
+
+    source = client.get_model_version_download_uri(name, str(version))
+    return mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=dst,
+                                               tracking_uri=tracking_uri)
+
+
+@registry_errors
+def version_at(client, name: str, ref: str):
+    """The version ``ref`` names: a number, or ``@alias``."""
+    if ref.startswith("@"):
+        version = version_by_alias(client, name, ref[1:])
+        if version is None:
+            raise RegistryError(f"{name} has no version with alias {ref[1:]!r}")
+        return version
+    return client.get_model_version(name, ref)
+
+
 def registered_class_names(version) -> list[str] | None:
     """The class names a registered version carries in its tags (None: not recorded)."""
     names = version.tags.get("class_names")

@@ -16,7 +16,11 @@ import numpy as np
 from image_finetune.config import RegistryParams
 from image_finetune.inference import class_names_or_indices
 from image_finetune.registry.client import client_for
-from image_finetune.registry.versions import registered_class_names, version_by_alias
+from image_finetune.registry.versions import (
+    download_model,
+    registered_class_names,
+    version_by_alias,
+)
 from image_finetune.serving.settings import ServeSettings
 
 log = logging.getLogger(__name__)
@@ -51,10 +55,9 @@ def load_version(tracking_uri: str, model_name: str, version) -> LoadedModel:
     a temporary folder that is gone once the model is in memory: reloads leave nothing."""
     import mlflow
 
+    client = client_for(RegistryParams(tracking_uri=tracking_uri, model_name=model_name))
     with tempfile.TemporaryDirectory(prefix="image-finetune-model-") as work:
-        local = mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{model_name}/{version.version}", dst_path=work,
-            tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        local = download_model(client, tracking_uri, model_name, version.version, work)
         model = mlflow.keras.load_model(local)
     names = class_names_or_indices(registered_class_names(version), model)
     return LoadedModel(model, str(version.version), names, int(model.input_shape[1]))

@@ -16,8 +16,8 @@ from image_finetune.data.files import walk
 from image_finetune.data.images import decode_image
 from image_finetune.data.sources import IMAGE_SUFFIXES
 from image_finetune.inference import class_names_or_indices, load_classifier, top_k
-from image_finetune.registry.client import client_for
-from image_finetune.registry.versions import registered_class_names
+from image_finetune.registry.client import client_for, registry_errors
+from image_finetune.registry.versions import download_model, registered_class_names, version_at
 
 COLUMNS = ["file", "predicted", "probability", "top_k", "error"]
 
@@ -74,6 +74,7 @@ def _label(classifier, pending: list[tuple[str, np.ndarray]], names: list[str], 
     return rows
 
 
+@registry_errors
 def _load(params: Params, uri: str) -> tuple[object, list[str] | None]:
     """The model behind a URI or file, with the class names its registry version carries."""
     if not uri.startswith(("models:/", "runs:/")):
@@ -81,14 +82,15 @@ def _load(params: Params, uri: str) -> tuple[object, list[str] | None]:
     import mlflow
 
     client = client_for(params.registry)  # fails fast when the store is not there
-    store = params.registry.tracking_uri
+    version = None
     with tempfile.TemporaryDirectory(prefix="image-finetune-model-") as work:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=work,
-                                                    tracking_uri=store, registry_uri=store)
+        if uri.startswith("models:/"):
+            name, _, ref = uri.removeprefix("models:/").replace("@", "/@").partition("/")
+            version = version_at(client, name, ref)
+            local = download_model(client, params.registry.tracking_uri, name, version.version,
+                                   work)
+        else:
+            run_id, _, path = uri.removeprefix("runs:/").partition("/")
+            local = client.download_artifacts(run_id, path, work)
         model = mlflow.keras.load_model(local)
-    if not uri.startswith("models:/"):
-        return model, None
-    name, _, ref = uri.removeprefix("models:/").replace("@", "/@").partition("/")
-    version = (client.get_model_version_by_alias(name, ref[1:]) if ref.startswith("@")
-               else client.get_model_version(name, ref))
-    return model, registered_class_names(version)
+    return model, registered_class_names(version) if version else None
