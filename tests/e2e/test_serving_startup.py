@@ -151,7 +151,9 @@ def test_a_failing_refresh_keeps_serving_the_loaded_model(champion, unready_serv
     request = {"model": name, "body": {"inputs": [{"name": "images", "datatype": "UINT8",
                                                    "shape": [1, 32, 32, 3], "data": image}]}}
     client = MlflowClient(registry_uri(registry))
-    broken = client.create_model_version(name, "file:///nonexistent/model")
+    run = client.create_run("0")  # a version whose run holds no model: it cannot be loaded
+    broken = client.create_model_version(name, f"{run.info.artifact_uri}/model",
+                                         run.info.run_id)
     client.set_registered_model_alias(name, "champion", broken.version)
     try:
         failures = refresh_failures(server.url)
