@@ -159,8 +159,11 @@ typer.run(stage)
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_while_writing_leaves_no_staging_behind(tmp_path, signum):
     """What DVC, Kubeflow or Kubernetes (SIGTERM) and Ctrl-C (SIGINT) do to a command."""
+    # SIG_DFL first: a runner started in the background passes SIGINT on ignored, and
+    # Python keeps an ignored SIGINT ignored.
     writer = subprocess.Popen([sys.executable, "-c", STAGING_SCRIPT, str(tmp_path / "data")],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert writer.stdout.readline().strip() == "staged"
     assert list(tmp_path.glob(".data.tmp-*"))
     writer.send_signal(signum)
