@@ -81,6 +81,17 @@ def pytest_report_header(config) -> str | None:
     return f"shuffled order: {ORDER_SEED}={seed}" if seed else None
 
 
+def wait_until(condition, timeout: float = 60, interval: float = 0.5,
+               what: str = "the condition never held") -> None:
+    """Poll ``condition`` until it holds; fail with ``what`` after ``timeout`` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(interval)
+
+
 def ingest_source(data, source: Path, out: Path) -> dict:
     """The ingest step on ``source`` with the data params ``data`` (a DataParams)."""
     from image_finetune.config import Params
@@ -159,8 +170,7 @@ def small_model(small_folder, no_top_weights, tmp_path_factory) -> dict:
     params = Params.model_validate(small_model_params(small_folder, no_top_weights))
     ingest_source(params.data, small_folder, work / "data")
     result = train_rung(params, 0, work / "data", work / "attempt", work / "cache", ROOT)
-    return {"params": params, "data": work / "data", "model": Path(result.model_path),
-            "cache": work / "cache"}
+    return {"params": params, "data": work / "data", "model": Path(result.model_path)}
 
 
 def extract_subset(tarball: Path, out: Path, per_class: dict[str, int]) -> Path:

@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from image_finetune.data.canonical import load_split
+from tests.conftest import wait_until
 from tests.e2e.serving_support import Server, free_port, wait_for
 
 TOKEN = "s3cret-token-for-tests"
@@ -66,6 +67,14 @@ def registry(champion, registry_port, tmp_path_factory):
     process.wait(timeout=30)
 
 
+def infer_request(champion) -> tuple[str, dict]:
+    """(the infer path, an OIP request for one real test image) for the champion's model."""
+    image = load_split(champion["data"], "test").images[:1].tolist()
+    return (f"/v2/models/{champion['params'].registry.model_name}/infer",
+            {"inputs": [{"name": "images", "datatype": "UINT8", "shape": [1, 32, 32, 3],
+                         "data": image}]})
+
+
 def reason_unready(url: str) -> str:
     response = httpx.get(f"{url}/readyz")
     assert response.status_code == 503, response.text
@@ -75,10 +84,8 @@ def reason_unready(url: str) -> str:
 def test_unready_while_the_registry_is_down_then_ready_when_it_is_up(unready_server, request):
     server, temp = unready_server
     wait_for(f"{server.url}/healthz", server.process)  # alive from the start
-    deadline = time.monotonic() + 120
-    while "unreachable" not in reason_unready(server.url):  # its first try takes a while
-        assert time.monotonic() < deadline
-        time.sleep(0.5)
+    # Its first try takes a while.
+    wait_until(lambda: "unreachable" in reason_unready(server.url), 120)
     assert httpx.get(f"{server.url}/v2/health/ready").status_code == 503
     predicted = httpx.post(f"{server.url}/predict", content=b"x", headers={
         "content-type": "image/png", "authorization": f"Bearer {TOKEN}"})
@@ -99,10 +106,8 @@ def test_the_token_is_required_except_by_probes_and_metrics(champion, unready_se
                                                             registry):
     server, _ = unready_server
     wait_for(f"{server.url}/readyz", server.process)
-    image = load_split(champion["data"], "test").images[:1].tolist()
-    request = {"inputs": [{"name": "images", "datatype": "UINT8", "shape": [1, 32, 32, 3],
-                           "data": image}]}
-    infer = f"{server.url}/v2/models/{champion['params'].registry.model_name}/infer"
+    path, request = infer_request(champion)
+    infer = f"{server.url}{path}"
     for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": TOKEN}):
         refused = httpx.post(infer, json=request, headers=headers)
         assert refused.status_code == 401, headers
@@ -130,15 +135,17 @@ def refresh_failures(url: str) -> float:
                       if line.startswith("model_refresh_failures_total ")))
 
 
-def answers_with(url: str, version: str, request: dict) -> None:
-    infer = httpx.post(f"{url}/v2/models/{request['model']}/infer", json=request["body"],
+def answers_with(url: str, version: str, champion) -> None:
+    path, request = infer_request(champion)
+    infer = httpx.post(f"{url}{path}", json=request,
                        headers={"authorization": f"Bearer {TOKEN}"})
     assert infer.status_code == 200, infer.text
     assert infer.json()["model_version"] == version
     assert httpx.get(f"{url}/readyz").json()["model_version"] == version
 
 
-def test_a_failing_refresh_keeps_serving_the_loaded_model(champion, unready_server, registry):
+def test_a_failing_refresh_keeps_serving_the_loaded_model(champion, unready_server, registry,
+                                                          registry_port):
     """The poller's failure paths, once the server is ready: the alias moved to a version that
     cannot be loaded, then the registry killed. Each failure is counted; the server keeps
     answering with the model it has, and stays ready."""
@@ -147,10 +154,7 @@ def test_a_failing_refresh_keeps_serving_the_loaded_model(champion, unready_serv
     server, _ = unready_server
     served = wait_for(f"{server.url}/readyz", server.process).json()["model_version"]
     name = champion["params"].registry.model_name
-    image = load_split(champion["data"], "test").images[:1].tolist()
-    request = {"model": name, "body": {"inputs": [{"name": "images", "datatype": "UINT8",
-                                                   "shape": [1, 32, 32, 3], "data": image}]}}
-    client = MlflowClient(registry_uri(registry))
+    client = MlflowClient(f"http://127.0.0.1:{registry_port}")
     run = client.create_run("0")  # a version whose run holds no model: it cannot be loaded
     broken = client.create_model_version(name, f"{run.info.artifact_uri}/model",
                                          run.info.run_id)
@@ -158,22 +162,11 @@ def test_a_failing_refresh_keeps_serving_the_loaded_model(champion, unready_serv
     try:
         failures = refresh_failures(server.url)
         wait_until(lambda: refresh_failures(server.url) >= failures + 2)
-        answers_with(server.url, served, request)
+        answers_with(server.url, served, champion)
     finally:
         client.set_registered_model_alias(name, "champion", served)
     os.killpg(registry.pid, signal.SIGKILL)
     registry.wait(timeout=30)
     failures = refresh_failures(server.url)
     wait_until(lambda: refresh_failures(server.url) >= failures + 2)
-    answers_with(server.url, served, request)
-
-
-def registry_uri(process: subprocess.Popen) -> str:
-    return f"http://127.0.0.1:{process.args[process.args.index('--port') + 1]}"
-
-
-def wait_until(condition, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "the condition never held"
-        time.sleep(0.5)
+    answers_with(server.url, served, champion)

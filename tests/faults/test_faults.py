@@ -23,6 +23,7 @@ from image_finetune.inference import load_classifier
 from image_finetune.registry.versions import CHAMPION
 from image_finetune.steps.evaluate import evaluate_classifier
 from image_finetune.steps.final_gate import final_gate
+from tests.conftest import wait_until
 from tests.services import ROOT, kill_hard, run_services
 
 VENV_BIN = ROOT / ".venv" / "bin"
@@ -76,10 +77,7 @@ def register(candidate: dict, run_id: str) -> subprocess.Popen:
 
 
 def when(condition, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "the operation never got that far"
-        time.sleep(0.1)
+    wait_until(condition, timeout, 0.1, "the operation never got that far")
 
 
 def client():

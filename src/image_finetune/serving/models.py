@@ -50,14 +50,14 @@ class LoadedModel:
             self.predict(np.zeros((size, self.input_size, self.input_size, 3), np.uint8))
 
 
-def load_version(tracking_uri: str, model_name: str, version) -> LoadedModel:
+def load_version(registry: RegistryParams, version) -> LoadedModel:
     """Load one registered version, with its class names. The artifacts are downloaded into
     a temporary folder that is gone once the model is in memory: reloads leave nothing."""
     import mlflow
 
-    client = client_for(RegistryParams(tracking_uri=tracking_uri, model_name=model_name))
     with tempfile.TemporaryDirectory(prefix="image-finetune-model-") as work:
-        local = download_model(client, tracking_uri, model_name, version.version, work)
+        local = download_model(client_for(registry), registry.tracking_uri,
+                               registry.model_name, version.version, work)
         model = mlflow.keras.load_model(local)
     names = class_names_or_indices(registered_class_names(version), model)
     return LoadedModel(model, str(version.version), names, int(model.input_shape[1]))
@@ -68,6 +68,8 @@ class ModelHolder:
 
     def __init__(self, settings: ServeSettings, on_failure: Callable[[], None] = lambda: None):
         self.settings = settings
+        self.registry = RegistryParams(tracking_uri=settings.tracking_uri,
+                                       model_name=settings.model_name)
         self.on_failure = on_failure  # called on every failed load or refresh
         self.current: LoadedModel | None = None
         self.problem = "not loaded yet"  # why there is no model (None once one is served)
@@ -76,12 +78,10 @@ class ModelHolder:
 
     def target(self):
         """The version the alias points at now; MissingModelError where there is none."""
-        registry = RegistryParams(tracking_uri=self.settings.tracking_uri,
-                                  model_name=self.settings.model_name)
-        version = version_by_alias(client_for(registry), registry.model_name,
+        version = version_by_alias(client_for(self.registry), self.registry.model_name,
                                    self.settings.alias)
         if version is None:
-            raise MissingModelError(f"{registry.model_name} has no version with alias "
+            raise MissingModelError(f"{self.registry.model_name} has no version with alias "
                                     f"{self.settings.alias!r} (yet)")
         return version
 
@@ -90,7 +90,7 @@ class ModelHolder:
         version = self.target()
         if self.current and self.current.version == str(version.version):
             return False
-        loaded = load_version(self.settings.tracking_uri, self.settings.model_name, version)
+        loaded = load_version(self.registry, version)
         loaded.warm_up((1, self.settings.max_batch_size))
         self.current, self.problem = loaded, None  # one assignment: requests see old or new
         log.info("serving %s v%s", self.settings.model_name, loaded.version)
