@@ -2,6 +2,7 @@
 
     python -m pipelines.cli compile                 # writes .kfp/pipeline.yaml
     python -m pipelines.cli run-local               # kfp.local, in this environment
+    python -m pipelines.cli run-local --runner docker   # each task in the project's image
     python -m pipelines.cli submit --host URL       # to a Kubeflow Pipelines cluster
 
 Each reads params.yaml (``--params``) for the pipeline's defaults and the number of rungs
@@ -104,15 +105,25 @@ def run_local(
     cache_dir: Annotated[Path, typer.Option(help="training feature cache and finished "
                                                  "attempts")] = Path(".cache/image_finetune"),
     cache: Annotated[bool, typer.Option(help="kfp.local's task cache")] = False,
+    runner: Annotated[str, typer.Option(
+        help="subprocess: tasks in this environment; docker: each task in the CPU image "
+             "(infra/docker/build.sh), data and weights mounted read-only")] = "subprocess",
+    image: ImageOption = DEFAULT_IMAGE,
 ) -> None:
-    """Run the pipeline here with kfp.local's subprocess runner (no cluster, no Docker)."""
+    """Run the pipeline here with kfp.local (no cluster): tasks in subprocesses or containers."""
+    from pipelines.local import RUNNERS
     from pipelines.local import run_local as run
 
+    if runner not in RUNNERS:
+        raise typer.BadParameter(f"{runner!r}: expected one of {', '.join(RUNNERS)}",
+                                 param_hint="--runner")
     config = read_params(params, overrides, use_env=True)
-    outcome = run(config, params.resolve().parent, pipeline_root, cache_dir, cache)
+    outcome = run(config, params.resolve().parent, pipeline_root, cache_dir, cache,
+                  runner=runner, image=image)
     verdict = "succeeded" if outcome.succeeded else f"FAILED: {outcome.error}"
-    typer.echo(f"kfp.local run {verdict} in {outcome.seconds:.0f} s; outputs in "
-               f"{outcome.pipeline_root}")
+    where = f", {len(outcome.containers)} containers" if runner == "docker" else ""
+    typer.echo(f"kfp.local run ({runner}{where}) {verdict} in {outcome.seconds:.0f} s; "
+               f"outputs in {outcome.pipeline_root}")
     if not outcome.succeeded:
         raise typer.Exit(1)
 

@@ -1,8 +1,9 @@
-"""Run the pipeline on this machine with ``kfp.local``'s subprocess runner.
+"""Run the pipeline on this machine with ``kfp.local``: each task in a subprocess of this
+virtual environment, or in a container of the project's CPU image (pipelines/containers.py).
 
 Every task runs the same component code, in the same order, under the same conditions as in
-a cluster; what differs is that tasks run one at a time in subprocesses of this virtual
-environment (images, resource requests and display names have no effect).
+a cluster; what differs is that tasks run one at a time (resource requests and display names
+have no effect, and under the subprocess runner neither do images).
 
 kfp.local 2.17 runs ``dsl.If``/``dsl.Else``, sub-pipelines, ``dsl.ExitHandler`` and
 ``dsl.OneOf`` over parameters, but not ``dsl.OneOf`` over artifacts: its DAG-output resolver
@@ -16,7 +17,7 @@ import re
 import time
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,21 @@ from kfp.pipeline_spec import pipeline_spec_pb2
 
 from image_finetune.config import Params
 from image_finetune.registry.lineage import git_commit
-from pipelines.pipeline import build_pipeline, section_arguments
+from pipelines.containers import (
+    ContainerRecord,
+    Mount,
+    absolute_paths,
+    container_user,
+    containers_that_report,
+    image_user,
+    mounts_for,
+    prepare_mounts,
+    runner_arguments,
+    tracking_folder,
+)
+from pipelines.pipeline import Deployment, build_pipeline, section_arguments
+
+RUNNERS = ("subprocess", "docker")
 
 # Expected under the subprocess runner: the images are not Python images, and resource
 # requests and display names only mean something to a cluster.
@@ -43,6 +58,7 @@ class LocalRun:
     pipeline_root: Path
     seconds: float
     error: str = ""
+    containers: tuple[ContainerRecord, ...] = field(default=())
 
 
 def _dag_output_artifacts(
@@ -76,28 +92,50 @@ def oneof_artifact_outputs() -> Iterator[None]:
 
 def run_local(
     params: Params, project_root: Path, pipeline_root: Path, cache_dir: Path,
-    enable_caching: bool = False,
+    enable_caching: bool = False, runner: str = "subprocess", image: str | None = None,
 ) -> LocalRun:
     """Compile the pipeline for ``params`` and run it with them as arguments.
 
     Tasks run in ``project_root``, so the relative paths in params.yaml (data, weights, the
-    MLflow store) resolve as they do for ``dvc repro``. ``cache_dir`` keeps the training
-    feature cache and finished attempts between runs and, with ``enable_caching``,
-    kfp.local's task cache (which tasks with Metrics outputs never hit).
+    MLflow store) resolve as they do for ``dvc repro``; in containers they are made absolute
+    and mounted. ``cache_dir`` keeps the training feature cache and finished attempts between
+    runs and, with ``enable_caching``, kfp.local's task cache (which tasks with Metrics
+    outputs never hit). ``image``: the image setting (tasks run on its ``-cpu`` tag).
     """
-    pipeline = build_pipeline(params, git_commit=git_commit(project_root))
     pipeline_root, cache_dir = pipeline_root.resolve(), cache_dir.resolve()
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root),
-               raise_on_error=True, enable_caching=enable_caching,
-               cache_root=str(cache_dir / "kfp-local"))
+    deployment = Deployment(image=image, gpus=0) if image else Deployment(gpus=0)
+    records: list[ContainerRecord] = []
+    if runner == "docker":
+        params = absolute_paths(params, project_root)
+        task_runner = docker_runner(params, deployment, pipeline_root, cache_dir)
+        tasks_run_by = containers_that_report(records)
+    else:
+        task_runner, tasks_run_by = local.SubprocessRunner(use_venv=False), contextlib.nullcontext()
+    pipeline = build_pipeline(params, deployment, git_commit=git_commit(project_root))
+    local.init(runner=task_runner, pipeline_root=str(pipeline_root), raise_on_error=True,
+               enable_caching=enable_caching, cache_root=str(cache_dir / "kfp-local"))
     arguments = {**section_arguments(params), "cache_dir": str(cache_dir)}
     start = time.perf_counter()
-    with warnings.catch_warnings(), contextlib.chdir(project_root), oneof_artifact_outputs():
+    with (warnings.catch_warnings(), contextlib.chdir(project_root), oneof_artifact_outputs(),
+          tasks_run_by):
         for message in _LOCAL_NOISE:
             warnings.filterwarnings("ignore", message=message)
         try:
             pipeline(**arguments)
         except RuntimeError as exc:  # kfp.local's "finished with status FAILURE"
             error = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # kfp.local colours its messages
-            return LocalRun(False, pipeline_root, time.perf_counter() - start, error)
-    return LocalRun(True, pipeline_root, time.perf_counter() - start)
+            return LocalRun(False, pipeline_root, time.perf_counter() - start, error,
+                            tuple(records))
+    return LocalRun(True, pipeline_root, time.perf_counter() - start, containers=tuple(records))
+
+
+def docker_runner(params: Params, deployment: Deployment, pipeline_root: Path,
+                  cache_dir: Path) -> local.DockerRunner:
+    """kfp.local's DockerRunner on the CPU image, with what the tasks read and write mounted
+    and a non-root user; clear errors for a missing image or an unreachable path."""
+    image = deployment.cpu_image
+    user = container_user(image_user(image))
+    mounts = mounts_for(params, cache_dir)
+    prepare_mounts([*mounts, Mount(pipeline_root, writable=True)], user)
+    working_dir = tracking_folder(params.registry.tracking_uri) or pipeline_root
+    return local.DockerRunner(**runner_arguments(mounts, user, working_dir))

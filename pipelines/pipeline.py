@@ -59,11 +59,15 @@ class Deployment:
     gpus: int = 1
     accelerator: str = "nvidia.com/gpu"
 
+    @property
+    def cpu_image(self) -> str:
+        return cpu_image(self.image)
+
     def on_cpu(
         self, task: PipelineTask, cpu: str, memory: str, *, retries: int = 0, cache: bool = True
     ) -> PipelineTask:
         """Place a step on the CPU image with its requests, retries and caching."""
-        task.set_container_image(cpu_image(self.image))
+        task.set_container_image(self.cpu_image)
         task.set_cpu_request(cpu).set_memory_request(memory).set_caching_options(cache)
         if retries:
             task.set_retry(retries, backoff_duration="30s", backoff_factor=2.0)

@@ -30,6 +30,11 @@ FAIL_THEN_PASS_LADDER = [
 ]
 
 
+# A gate the two-rung ladder's second rung passes on the small subset (and its first fails).
+PASSABLE_GATE = {"min_accuracy": 0.3, "min_macro_f1": 0.2, "min_class_recall": 0.0,
+                 "max_latency_p95_ms": 2000}
+
+
 def small_run_params(folder: Path, weights: Path, gate: dict) -> dict:
     """The project's params.yaml for a small real subset: the two-rung ladder whose first
     rung fails, cheap evaluation, and the given gate."""
@@ -44,7 +49,7 @@ def small_run_params(folder: Path, weights: Path, gate: dict) -> dict:
     return params
 
 
-TIERS = ("unit", "data", "model", "e2e", "integration", "faults")
+TIERS = ("unit", "data", "model", "e2e", "integration", "faults", "containers")
 
 
 ORDER_SEED = "IMAGE_FINETUNE_TEST_ORDER_SEED"

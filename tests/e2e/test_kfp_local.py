@@ -8,7 +8,6 @@ their validation evaluations come from the cache; the params check, the gates an
 task run.
 """
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,12 +18,11 @@ from image_finetune.config import Params
 from image_finetune.registry.lineage import git_commit
 from pipelines.local import LocalRun, run_local
 from tests.caches import shared_training_cache
-from tests.conftest import small_run_params
+from tests.conftest import PASSABLE_GATE, small_run_params
+from tests.kfp_outputs import decisions, executed, produced
 
 ROOT = Path(__file__).resolve().parents[2]
-PASSABLE = {"min_accuracy": 0.3, "min_macro_f1": 0.2, "min_class_recall": 0.0,
-            "max_latency_p95_ms": 2000}
-IMPOSSIBLE = {**PASSABLE, "min_accuracy": 0.999}
+IMPOSSIBLE = {**PASSABLE_GATE, "min_accuracy": 0.999}
 
 
 @dataclass(frozen=True)
@@ -41,26 +39,6 @@ def small_run(folder: Path, weights: Path, tracking_db: Path, gate: dict) -> Par
     raw = small_run_params(folder, weights, gate)
     raw["registry"]["tracking_uri"] = f"sqlite:///{tracking_db}"
     return Params.model_validate(raw)
-
-
-def produced(run: LocalRun, output: str) -> list[dict]:
-    """Metadata of every artifact named ``output`` that the run's finished tasks produced."""
-    found = []
-    for record in run.pipeline_root.rglob("executor_output.json"):
-        artifacts = json.loads(record.read_text()).get("artifacts", {})
-        found += [{**a.get("metadata", {}), "uri": a["uri"]}
-                  for a in artifacts.get(output, {}).get("artifacts", [])]
-    return found
-
-
-def decisions(run: LocalRun) -> list[dict]:
-    """Every gate decision file the run wrote, including a failed task's."""
-    return [json.loads(path.read_text()) for path in run.pipeline_root.rglob("decision")]
-
-
-def executed(run: LocalRun) -> set[str]:
-    """The tasks that ran to completion in this run (cache hits write nothing here)."""
-    return {path.parent.name for path in run.pipeline_root.rglob("executor_output.json")}
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +65,7 @@ def run_pipeline(name: str, workspace: Path, cache: Path, folder: Path, weights:
 @pytest.fixture(scope="module")
 def passing(workspace, training_cache, small_folder, no_top_weights) -> PipelineRun:
     return run_pipeline("passing", workspace, training_cache, small_folder, no_top_weights,
-                        PASSABLE)
+                        PASSABLE_GATE)
 
 
 @pytest.fixture(scope="module")
