@@ -5,53 +5,30 @@ the containerized pipeline registered, and labels real test images over HTTP."""
 
 import secrets
 import time
-from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
-from tests.conftest import ROOT, wait_until
+from pipelines.containers import Mount, start_server_container, tracking_folder
+from tests.conftest import wait_until
 from tests.e2e.serving_support import free_port
-
-TOKEN_DIR = "/var/run/secrets/image-finetune"
-
-
-def deployment_container() -> tuple[dict, dict]:
-    """The serving Deployment's pod security context and its one container."""
-    documents = yaml.safe_load_all((ROOT / "infra" / "k8s" / "serving.yaml").read_text())
-    [deployment] = [d for d in documents if d and d["kind"] == "Deployment"]
-    pod = deployment["spec"]["template"]["spec"]
-    [container] = pod["containers"]
-    return pod["securityContext"], container
 
 
 @pytest.fixture(scope="module")
 def serving_container(docker_client, cpu_image, container_run):
-    from docker.types import Mount
-
     assert container_run.local.succeeded, container_run.local.error
-    pod, spec = deployment_container()
     registry = container_run.params.registry
     token = secrets.token_hex(16)
     token_file = container_run.workspace / "secret" / "token"
     token_file.parent.mkdir()
     token_file.write_text(token + "\n")
     token_file.chmod(0o444)
-    tracking = Path(registry.tracking_uri.removeprefix("sqlite:///")).parent
-    environment = {e["name"]: e["value"] for e in spec["env"]}
-    environment.update(IMAGE_FINETUNE_MODEL_NAME=registry.model_name,
-                       MLFLOW_TRACKING_URI=registry.tracking_uri)  # the Secret's, in a cluster
     port = free_port()
     start = time.perf_counter()
-    container = docker_client.containers.run(
-        cpu_image, entrypoint=spec["command"], command=spec["args"], detach=True,
-        user=f"{pod['runAsUser']}:{pod['runAsGroup']}", environment=environment,
-        read_only=spec["securityContext"]["readOnlyRootFilesystem"], cap_drop=["ALL"],
-        security_opt=["no-new-privileges"], tmpfs={"/tmp": "size=1g"},
-        ports={"8080/tcp": ("127.0.0.1", port)},
-        mounts=[Mount(TOKEN_DIR, str(token_file.parent), type="bind", read_only=True),
-                Mount(str(tracking), str(tracking), type="bind")])
+    container = start_server_container(
+        docker_client, cpu_image, {"IMAGE_FINETUNE_MODEL_NAME": registry.model_name,
+                                   "MLFLOW_TRACKING_URI": registry.tracking_uri},
+        token_file.parent, [Mount(tracking_folder(registry.tracking_uri), writable=True)], port)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: ready(url, container), timeout=240,
