@@ -17,6 +17,7 @@ CIFAR_TARBALL = SHARED / "data" / "cifar10-jpeg.tar.gz"
 WEIGHTS_DIR = SHARED / "weights"
 NO_TOP_WEIGHTS = WEIGHTS_DIR / "mobilenet_v2_1.0_imagenet_no_top.weights.h5"
 FULL_WEIGHTS = WEIGHTS_DIR / "mobilenet_v2_1.0_imagenet.weights.h5"
+LITE0_WEIGHTS = WEIGHTS_DIR / "efficientnet_lite0_imagenet_torch_layout.npz"
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
@@ -147,6 +148,12 @@ def no_top_weights() -> Path:
 def full_weights() -> Path:
     """Real ImageNet MobileNetV2 weights with the 1000-class top."""
     return _require(FULL_WEIGHTS)
+
+
+@pytest.fixture(scope="session")
+def lite0_weights() -> Path:
+    """Real ImageNet EfficientNet-Lite0 tensors (PyTorch layout), with the 1000-class top."""
+    return _require(LITE0_WEIGHTS)
 
 
 def small_model_params(folder: Path, weights: Path) -> dict:

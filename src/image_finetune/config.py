@@ -81,7 +81,8 @@ class AugmentParams(_Section):
 class ModelParams(_Section):
     """Backbone, pretrained weights and head."""
 
-    backbone: Literal["mobilenet_v2", "resnet50", "efficientnet_b0"] = "mobilenet_v2"
+    backbone: Literal["mobilenet_v2", "resnet50", "efficientnet_b0",
+                      "efficientnet_lite0"] = "mobilenet_v2"
     weights: str = "../shared/weights/mobilenet_v2_1.0_imagenet_no_top.weights.h5"
     image_size: Annotated[int, Field(ge=32, le=512)] = 96
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.2

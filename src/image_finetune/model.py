@@ -17,6 +17,7 @@ import numpy as np
 from keras import layers, ops
 
 from image_finetune.config import ModelParams
+from image_finetune.efficientnet_lite import EfficientNetLite0
 from image_finetune.errors import ConfigError, MissingInputError
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,8 @@ BACKBONES: dict[str, BackboneSpec] = {
     "mobilenet_v2": BackboneSpec(keras.applications.MobileNetV2, "tf"),
     "resnet50": BackboneSpec(keras.applications.ResNet50, "caffe"),
     "efficientnet_b0": BackboneSpec(keras.applications.EfficientNetB0, "none"),
+    # ImageNet weights from ../shared/weights/efficientnet_lite0_imagenet_torch_layout.npz
+    "efficientnet_lite0": BackboneSpec(EfficientNetLite0, "tf"),
 }
 
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)

@@ -22,23 +22,25 @@ SAMPLES = {"parrot.jpg": "macaw", "hot_dog.jpg": "hotdog", "bird.png": "chickade
            "dragonfly.png": "dragonfly", "cat.png": "Egyptian cat"}
 
 
-def test_full_top_weights_name_the_sample_photos(full_weights):
+@pytest.mark.parametrize("backbone", ["mobilenet_v2", "efficientnet_lite0"])
+def test_full_top_weights_name_the_sample_photos(backbone, full_weights, lite0_weights):
     weights_dir = full_weights.parent
     # The file's first line is "background": Keras' 1000 classes start at line 2.
     labels = (weights_dir / "imagenet_labels.txt").read_text().splitlines()[1:]
-    model = keras.applications.MobileNetV2(weights=str(full_weights), include_top=True,
-                                           classifier_activation="softmax")
+    weights = {"mobilenet_v2": full_weights, "efficientnet_lite0": lite0_weights}[backbone]
+    model = BACKBONES[backbone].build(weights=str(weights), include_top=True,
+                                      input_shape=(224, 224, 3))
     names = sorted(SAMPLES)
     photos = np.stack([
         np.asarray(Image.open(weights_dir / "samples" / n).convert("RGB").resize((224, 224)),
                    dtype="float32") for n in names])
-    preprocess = preprocess_layer(BACKBONES["mobilenet_v2"].preprocess)
+    preprocess = preprocess_layer(BACKBONES[backbone].preprocess)
     probs = np.asarray(model.predict_on_batch(preprocess(photos)))
     top1 = [labels[i].split(",")[0] for i in probs.argmax(axis=1)]
     assert top1 == [SAMPLES[n] for n in names]
 
 
-@pytest.mark.parametrize("backbone", ["resnet50", "efficientnet_b0", "mobilenet_v2"])
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
 def test_each_backbone_builds_and_classifies_cifar_sized_input(backbone):
     params = ModelParams(backbone=backbone, weights="none", image_size=64)
     model = build_classifier(build_backbone(params, 64, None), 10, params, 32)
