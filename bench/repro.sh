@@ -12,7 +12,6 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 git -C "$root" ls-files -z | (cd "$root" && xargs -0 cp --parents -t "$work")
 cd "$work"
-sed -i "s|\.\./shared/|$root/../shared/|g" params.yaml
 git init -q
 if (($#)); then
   "$root/.venv/bin/python" - "$@" <<'PY'
@@ -27,8 +26,8 @@ for assignment in sys.argv[1:]:
     apply_override(tree, assignment)
 yaml.safe_dump(tree, open("params.yaml", "w"), sort_keys=False)
 PY
-  sed -i "s|\.\./shared/|$root/../shared/|g" params.yaml
 fi
+sed -i "s|\.\./shared/|$root/../shared/|g" params.yaml
 profile=${*:-default profile}
 export PATH="$root/.venv/bin:$PATH" TF_CPP_MIN_LOG_LEVEL=2
 start=$(date +%s.%N)
