@@ -10,7 +10,6 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from pathlib import Path
 
@@ -204,21 +203,36 @@ def dvc(project: Path, *args: str, background: bool = False):
                           timeout=900)
 
 
+def objects_under(services, prefix: str) -> int:
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=services["S3_ENDPOINT_URL"],
+                      aws_access_key_id=services["AWS_ACCESS_KEY_ID"],
+                      aws_secret_access_key=services["AWS_SECRET_ACCESS_KEY"],
+                      region_name=services["AWS_DEFAULT_REGION"])
+    listing = s3.list_objects_v2(Bucket=services["S3_DVC_BUCKET"], Prefix=f"{prefix}/")
+    return listing.get("KeyCount", 0)
+
+
 def test_rgw_killed_during_dvc_push(services, tmp_path):
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
     assert dvc(tmp_path, "init", "-q").returncode == 0
     payload = tmp_path / "payload"
     payload.mkdir()
     rng = np.random.default_rng(0)
-    for index in range(24):  # incompressible, in many objects: the push takes a while
+    for index in range(48):  # incompressible, in many objects: the push takes a while
         (payload / f"part-{index:02d}.bin").write_bytes(rng.bytes(8 * 1024 * 1024))
     assert dvc(tmp_path, "add", "payload").returncode == 0
-    remote = f"s3://{services['S3_DVC_BUCKET']}/faults-{uuid.uuid4().hex[:8]}"
+    prefix = f"faults-{uuid.uuid4().hex[:8]}"
+    remote = f"s3://{services['S3_DVC_BUCKET']}/{prefix}"
     for args in (("remote", "add", "-d", "s3", remote),
                  ("remote", "modify", "s3", "endpointurl", services["S3_ENDPOINT_URL"])):
         assert dvc(tmp_path, *args).returncode == 0
     pushing = dvc(tmp_path, "push", background=True)
-    time.sleep(3)  # under way
+    # Under way: the first objects have landed (the directory listing goes last). A fixed
+    # sleep was a race: on a fast run the whole push finished before the kill.
+    when(lambda: objects_under(services, prefix) > 0 or pushing.poll() is not None)
+    assert pushing.poll() is None, "the push finished before RGW could be killed"
     kill_hard("radosgw")
     _, stderr = pushing.communicate(timeout=600)
     run_services("start", "ceph_rgw")
