@@ -20,6 +20,7 @@ import shutil
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -197,6 +198,17 @@ def _schedule(rung: Rung, steps_per_epoch: int):
     return keras.optimizers.schedules.CosineDecay(rung.learning_rate, total, alpha=0.01)
 
 
+def compile_for_rung(params: Params, rung: Rung, model: keras.Model, steps_per_epoch: int) -> None:
+    """Compile ``model`` with the rung's optimizer, schedule, loss and metrics."""
+    model.compile(
+        optimizer=keras.optimizers.AdamW(_schedule(rung, steps_per_epoch),
+                                         weight_decay=rung.weight_decay),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=rung.label_smoothing),
+        metrics=["accuracy"],
+        jit_compile={"auto": "auto", "on": True, "off": False}[params.train.jit_compile],
+    )
+
+
 @dataclass
 class FitPlan:
     """What one rung fits: the model, its inputs (cached features or images), its labels."""
@@ -308,20 +320,17 @@ def _keep_epochs(history: Path, epochs: int) -> None:
     history.write_text("".join(lines[:1] + kept))
 
 
-def fit_plan(params: Params, index: int, plan: FitPlan, paths: TrainingPaths) -> dict:
+def fit_plan(
+    params: Params, index: int, plan: FitPlan, paths: TrainingPaths,
+    observers: Sequence[keras.callbacks.Callback] = (),
+) -> dict:
     """Compile and fit; resume from the attempt's checkpoint if there is one.
 
+    ``observers`` are extra callbacks (a benchmark's clock, say) run after the rung's own.
     Returns the Keras history (per-epoch figures); raises TrainingError on divergence.
     """
     rung = params.train.ladder[index]
-    steps_per_epoch = math.ceil(_train_size(plan) / rung.batch_size)
-    plan.model.compile(
-        optimizer=keras.optimizers.AdamW(_schedule(rung, steps_per_epoch),
-                                         weight_decay=rung.weight_decay),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=rung.label_smoothing),
-        metrics=["accuracy"],
-        jit_compile={"auto": "auto", "on": True, "off": False}[params.train.jit_compile],
-    )
+    compile_for_rung(params, rung, plan.model, math.ceil(_train_size(plan) / rung.batch_size))
     resumed_at = prepare_resume(paths)
     resuming = resumed_at is not None
     paths.history.parent.mkdir(parents=True, exist_ok=True)
@@ -330,7 +339,7 @@ def fit_plan(params: Params, index: int, plan: FitPlan, paths: TrainingPaths) ->
                  rung.name, paths.checkpoints, resumed_at)
     verbose = 1 if sys.stderr.isatty() else 2
     fit = {"epochs": rung.epochs, "validation_data": plan.validation,
-           "callbacks": _callbacks(rung, paths, resuming), "verbose": verbose}
+           "callbacks": [*_callbacks(rung, paths, resuming), *observers], "verbose": verbose}
     if plan.labels is not None:
         fit.update(batch_size=rung.batch_size, shuffle=True)
         history = plan.model.fit(plan.train, plan.labels, **fit)

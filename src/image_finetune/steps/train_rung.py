@@ -9,6 +9,7 @@ import logging
 import shutil
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -33,14 +34,14 @@ from image_finetune.train import (
 log = logging.getLogger(__name__)
 
 
-
 def train_rung(
     params: Params, index: int, data: Path, out: Path, cache: Path, root: Path,
-    warm_start: Path | None = None,
+    warm_start: Path | None = None, observers: Sequence[keras.callbacks.Callback] = (),
 ) -> AttemptResult:
     """Train rung ``index`` on ``data``; write ``model.keras``, ``history.csv`` and
     ``result.json`` to ``out``. ``cache`` keeps features, checkpoints and finished attempts;
-    a relative ``model.weights`` is resolved against ``root``."""
+    a relative ``model.weights`` is resolved against ``root``. ``observers`` are extra Keras
+    callbacks for the fit (see :func:`fit_plan`)."""
     rung = params.train.ladder[index]
     mixed = configure_runtime(params)
     manifest = read_manifest(data)
@@ -65,7 +66,7 @@ def train_rung(
              index, rung.name, plan.mode, rung_image_size(params, rung), plan.trainable_params,
              rung.epochs, keras.config.backend(), mixed)
     start = time.perf_counter()
-    history = fit_plan(params, index, plan, paths)
+    history = fit_plan(params, index, plan, paths, observers)
     seconds = time.perf_counter() - start
     out.mkdir(parents=True, exist_ok=True)
     classifier.save(out / MODEL_FILE)
