@@ -29,7 +29,8 @@ PY
 fi
 sed -i "s|\.\./shared/|$root/../shared/|g" params.yaml
 profile=${*:-default profile}
-export PATH="$root/.venv/bin:$PATH" TF_CPP_MIN_LOG_LEVEL=2
+# The copy's own code, not the checkout's editable install: edits there cannot leak in.
+export PATH="$root/.venv/bin:$PATH" PYTHONPATH="$work/src" TF_CPP_MIN_LOG_LEVEL=2
 start=$(date +%s.%N)
 dvc repro > repro.log 2>&1 || { tail -40 repro.log; exit 1; }
 full=$(echo "$(date +%s.%N) - $start" | bc)
