@@ -43,6 +43,7 @@ class DataParams(_Section):
     image_size: Positive = 32
     on_wrong_size: Literal["reject", "resize"] = "reject"
     validation_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
+    min_validation_per_class: Positive = 20
     max_per_class: Positive | None = None
     seed: int = 42
 
