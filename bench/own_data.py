@@ -86,7 +86,7 @@ def run_pipeline(params, default_gate, work: Path) -> dict:
     attempts, pick = [], None
     for index in range(len(params.train.ladder)):
         folder = work / "models" / f"attempt_{index}"
-        validation = json.loads((folder / "evaluation" / "metrics.json").read_text())
+        validation = json.loads((folder / "evaluation" / "details.json").read_text())
         test = evaluate_classifier(params, data, folder / "model.keras",
                                    work / f"test_{index}", "test")
         attempts.append({"validation": validation["accuracy"], "test": test["accuracy"]})

@@ -71,9 +71,12 @@ def test_the_recipe_adapts_to_a_small_dataset_of_other_classes_and_size(own_proj
     assert "head solved by L-BFGS" in log
     summary = json.loads((project / "models" / "summary.json").read_text())
     assert summary["attempts"][0]["passed"]
-    metrics = json.loads((project / "reports" / "evaluation" / "metrics.json").read_text())
-    assert set(metrics["per_class"]) == {"boat", "kitty", "toad"}
+    evaluation = project / "reports" / "evaluation"
+    metrics = json.loads((evaluation / "metrics.json").read_text())
     assert metrics["accuracy"] > 0.6  # chance is 0.33
+    details = json.loads((evaluation / "details.json").read_text())
+    assert set(details["per_class"]) == {"boat", "kitty", "toad"}
+    assert "kitty" in (evaluation / "report.html").read_text()
     decision = json.loads((project / "models" / "attempt_0" / "decision.json").read_text())
     assert any("95% CI" in reason for reason in decision["reasons"])
 
