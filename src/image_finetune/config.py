@@ -43,6 +43,7 @@ class DataParams(_Section):
     image_size: Positive = 32
     on_wrong_size: Literal["reject", "resize"] = "reject"
     validation_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
+    min_validation_per_class: Positive = 20
     max_per_class: Positive | None = None
     seed: int = 42
 
@@ -101,14 +102,17 @@ class Rung(_Section):
     batch_size: Positive = 128
     image_size: Annotated[int, Field(ge=32, le=512)] | None = None
     early_stopping_patience: Positive | None = None
+    # Off unless asked (the default ladder asks): a rung spelled out stays as written.
+    min_steps: Positive = 1
+    head_solver: Literal["auto", "lbfgs", "adam"] = "adam"
 
 
 DEFAULT_LADDER = (
     Rung(name="frozen-head", epochs=8, learning_rate=0.001, label_smoothing=0.1,
-         batch_size=256),
+         batch_size=256, head_solver="auto", min_steps=300),
     Rung(name="top-blocks", unfreeze_from="block_10_expand", epochs=4, learning_rate=0.0005,
          warmup_epochs=0.3, weight_decay=0.00005, label_smoothing=0.1, batch_size=128,
-         early_stopping_patience=2),
+         early_stopping_patience=2, min_steps=300),
 )
 
 

@@ -82,6 +82,24 @@ def _threshold(name: str, value: float, threshold: float, at_least: bool, unit: 
                  f"{value:.4g}{unit} (required {sign} {threshold:.4g}{unit})")
 
 
+def _accuracy_check(metrics: dict, threshold: float) -> Check:
+    """The accuracy check, its 95% interval beside the threshold: a threshold inside the
+    interval means the split is too small for this decision to be more than a coin toss."""
+    check = _threshold("accuracy", metrics["accuracy"], threshold, True)
+    if "accuracy_ci95" not in metrics:
+        return check
+    low, high = metrics["accuracy_ci95"]
+    detail = f"{check.detail[:-1]}; 95% CI {low:.4g}-{high:.4g})"
+    if low < threshold <= high:
+        detail += " UNDECIDED: the threshold is inside the interval, the split is too small"
+    return Check(check.name, check.passed, check.value, check.threshold, detail)
+
+
+def undecided(decision: Decision) -> bool:
+    """Whether the accuracy threshold lay inside the accuracy's 95% interval."""
+    return any(c.name == "accuracy" and "UNDECIDED" in c.detail for c in decision.checks)
+
+
 def _champion_check(
     candidate_correct: np.ndarray, champion: ChampionResults, significance: float
 ) -> Check:
@@ -107,7 +125,7 @@ def decide(
     ``promote``: passed, and there is no champion or the candidate beats it significantly.
     """
     checks = [
-        _threshold("accuracy", metrics["accuracy"], params.min_accuracy, True),
+        _accuracy_check(metrics, params.min_accuracy),
         _threshold("macro_f1", metrics["macro_f1"], params.min_macro_f1, True),
         _threshold("min_class_recall", metrics["min_class_recall"], params.min_class_recall, True),
         _threshold("latency_p95_batch1", metrics["latency"]["batch1_p95_ms"],

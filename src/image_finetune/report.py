@@ -22,15 +22,22 @@ def plot_confusion(matrix: np.ndarray, class_names: list[str], path: Path) -> No
     import matplotlib.pyplot as plt
 
     rates = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
-    figure, axis = plt.subplots(figsize=(7.5, 6.5))
+    n = len(class_names)
+    # A quarter inch per class beyond a dozen, tick labels shrinking to stay apart; counts
+    # only where they fit (up to 30 classes): 100 classes stay readable.
+    side = max(6.5, 0.25 * n + 2.5)
+    figure, axis = plt.subplots(figsize=(side + 1, side))
     image = axis.imshow(rates, cmap="Blues", vmin=0, vmax=1)
-    axis.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
-    axis.set_yticks(range(len(class_names)), class_names)
+    labels = {"fontsize": 9 if n <= 30 else 7}
+    axis.set_xticks(range(n), class_names, rotation=45 if n <= 30 else 90, ha="right"
+                    if n <= 30 else "center", **labels)
+    axis.set_yticks(range(n), class_names, **labels)
     axis.set_xlabel("predicted")
     axis.set_ylabel("true")
     for (row, col), count in np.ndenumerate(matrix):
-        axis.text(col, row, str(count), ha="center", va="center", fontsize=7,
-                  color="white" if rates[row, col] > 0.5 else "black")
+        if n <= 30 and count:
+            axis.text(col, row, str(count), ha="center", va="center", fontsize=7,
+                      color="white" if rates[row, col] > 0.5 else "black")
     figure.colorbar(image, fraction=0.046, pad=0.04, label="share of the true class")
     figure.tight_layout()
     figure.savefig(path, dpi=100)

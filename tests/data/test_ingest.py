@@ -26,12 +26,22 @@ def first_file(folder: Path, split: str = "train", cls: str = "cat") -> Path:
     return sorted((folder / split / cls).iterdir())[0]
 
 
+def test_validation_below_the_minimum_is_a_loud_warning(small_folder, tmp_path, caplog):
+    manifest = ingest_source(params(min_validation_per_class=1), small_folder, tmp_path / "a")
+    assert set(manifest["splits"]["validation"]["per_class"].values()) == {6}
+    assert "fewer than data.min_validation_per_class" not in caplog.text
+    ingest_source(params(), small_folder, tmp_path / "b")
+    assert ("fewer than data.min_validation_per_class=20 images for 10 of 10 classes "
+            "(airplane: 10" in caplog.text)
+
+
 def test_real_subset_ingests_with_a_stratified_validation_split(small_folder, tmp_path):
     manifest = ingest_source(params(), small_folder, tmp_path / "out")
     assert manifest["class_names"] == CLASSES
     counts = {s: v["count"] for s, v in manifest["splits"].items()}
-    assert counts == {"train": 240, "validation": 60, "test": 100}
-    assert set(manifest["splits"]["validation"]["per_class"].values()) == {6}
+    # 20% of 30 is 6, under the minimum of 20, which a third of the class caps at 10.
+    assert counts == {"train": 200, "validation": 100, "test": 100}
+    assert set(manifest["splits"]["validation"]["per_class"].values()) == {10}
     train = load_split(tmp_path / "out", "train")
     assert train.images.dtype == np.uint8 and train.images.shape[1:] == (32, 32, 3)
     assert train.labels.dtype == np.int64

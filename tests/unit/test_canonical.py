@@ -5,6 +5,7 @@ import pytest
 
 from image_finetune.data.canonical import (
     atomic_directory,
+    held_out_count,
     load_split,
     read_manifest,
     sha256_array,
@@ -24,6 +25,18 @@ def test_split_is_stratified_disjoint_and_seeded():
     again_keep, again_held = split_stratified(labels, 0.1, seed=7)
     assert np.array_equal(held, again_held) and np.array_equal(keep, again_keep)
     assert not np.array_equal(held, split_stratified(labels, 0.1, seed=8)[1])
+
+
+@pytest.mark.parametrize("class_size,expected", [(5000, 500), (200, 20), (80, 20), (30, 10),
+                                                 (6, 2), (2, 1), (1, 0)])
+def test_validation_gets_the_minimum_per_class_but_never_over_a_third(class_size, expected):
+    assert held_out_count(class_size, 0.1, minimum=20) == expected
+
+
+def test_split_holds_the_minimum_per_class():
+    labels = np.repeat(np.arange(3), [80, 200, 30])
+    _, held = split_stratified(labels, 0.1, seed=0, minimum=20)
+    assert np.bincount(labels[held]).tolist() == [20, 20, 10]
 
 
 def test_split_holds_out_at_least_one_and_keeps_at_least_one():

@@ -103,3 +103,15 @@ def test_digest_changes_with_any_value(tmp_path):
     changed = {"train": {"ladder": [{"name": "head", "epochs": 2}]}}
     assert first != load_params(write(tmp_path, changed), use_env=False).digest()
     assert first == load_params(write(tmp_path, MINIMAL), use_env=False).digest()
+
+
+@pytest.mark.parametrize("train_size,batch,epochs", [(45_000, 256, 8), (180, 23, 38), (5, 1, 60)])
+def test_a_rung_adapts_its_batch_and_epochs_to_the_data(train_size, batch, epochs):
+    from image_finetune.config import Rung
+    from image_finetune.train import adapt_rung
+
+    rung = Rung(name="head", epochs=8, batch_size=256, min_steps=300)
+    adapted = adapt_rung(rung, train_size)
+    assert (adapted.batch_size, adapted.epochs) == (batch, epochs)
+    steps = adapted.epochs * -(-train_size // adapted.batch_size)
+    assert steps >= rung.min_steps

@@ -6,7 +6,7 @@ import pytest
 
 from image_finetune.config import GateParams
 from image_finetune.errors import GateFailedError
-from image_finetune.gate import ChampionResults, Decision, decide
+from image_finetune.gate import ChampionResults, Decision, decide, undecided
 from image_finetune.ladder import AttemptRecord, ladder_verdict
 from image_finetune.stats import mcnemar_greater
 
@@ -38,6 +38,21 @@ def test_latency_over_budget_fails():
     decision = decide({**GOOD, "latency": {"batch1_p95_ms": 80.0}}, PARAMS, "test")
     assert not decision.passed
     assert "FAIL latency_p95_batch1: 80 ms (required <= 50 ms)" in decision.reasons
+
+
+def test_the_accuracy_interval_stands_beside_the_threshold():
+    decision = decide({**GOOD, "accuracy_ci95": [0.88, 0.92]}, PARAMS, "validation")
+    assert "ok   accuracy: 0.9 (required >= 0.85; 95% CI 0.88-0.92)" in decision.reasons
+    assert not undecided(decision)
+
+
+@pytest.mark.parametrize("accuracy,interval,passed", [(0.9, [0.8, 0.97], True),
+                                                       (0.82, [0.7, 0.9], False)])
+def test_a_threshold_inside_the_interval_is_flagged_undecided(accuracy, interval, passed):
+    metrics = {**GOOD, "accuracy": accuracy, "accuracy_ci95": interval}
+    decision = decide(metrics, PARAMS, "validation")
+    assert decision.passed is passed and undecided(decision)
+    assert "UNDECIDED: the threshold is inside the interval" in decision.reasons[0]
 
 
 def test_mcnemar_counts_discordant_pairs_and_gives_exact_p():

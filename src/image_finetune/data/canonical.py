@@ -50,17 +50,27 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def held_out_count(class_size: int, fraction: float, minimum: int) -> int:
+    """Images of a class to hold out: ``fraction`` of it, at least ``minimum``, but never
+    more than a third of the class (training needs the rest); one at least, all but one at
+    most."""
+    if class_size < 2:
+        return 0
+    wanted = max(int(round(fraction * class_size)), min(minimum, class_size // 3))
+    return min(max(wanted, 1), class_size - 1)
+
+
 def split_stratified(
-    labels: np.ndarray, fraction: float, seed: int
+    labels: np.ndarray, fraction: float, seed: int, minimum: int = 1
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (keep, held_out): ``fraction`` of each class held out, seeded, sorted."""
+    """Indices (keep, held_out): ``fraction`` of each class held out (at least ``minimum``,
+    see :func:`held_out_count`), seeded, sorted."""
     rng = np.random.default_rng(seed)
     keep, held = [], []
     for label in np.unique(labels):
         members = np.flatnonzero(labels == label)
         members = members[rng.permutation(members.size)]
-        n_held = int(round(fraction * members.size))
-        n_held = min(max(n_held, 1), members.size - 1) if members.size > 1 else 0
+        n_held = held_out_count(members.size, fraction, minimum)
         held.append(members[:n_held])
         keep.append(members[n_held:])
     return np.sort(np.concatenate(keep)), np.sort(np.concatenate(held))

@@ -34,16 +34,18 @@ def read_source(params: DataParams, source_path: Path) -> RawDataset:
 
 
 def canonical_splits(
-    raw: RawDataset, validation_fraction: float, seed: int
+    raw: RawDataset, validation_fraction: float, seed: int, min_validation_per_class: int = 1
 ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, list[str]], str]:
     """(train, validation, test) arrays, the source file of each image where the source
     names them, and how validation was made: a validation split in the source is kept as
-    is, otherwise it is held out of train, stratified and seeded."""
+    is, otherwise it is held out of train, stratified and seeded (see
+    :func:`~image_finetune.data.canonical.held_out_count`)."""
     if "validation" in raw.images:
         chosen = {"train": ("train", None), "validation": ("validation", None)}
         holdout = "source"
     else:
-        keep, held = split_stratified(raw.labels["train"], validation_fraction, seed)
+        keep, held = split_stratified(raw.labels["train"], validation_fraction, seed,
+                                      min_validation_per_class)
         chosen = {"train": ("train", keep), "validation": ("train", held)}
         holdout = "stratified"
     chosen["test"] = ("test", None)

@@ -13,12 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from image_finetune.config import Params
-from image_finetune.gate import Decision, decide
+from image_finetune.gate import Decision, decide, undecided
 from image_finetune.ladder import AttemptRecord, ladder_verdict
 from image_finetune.steps.layout import SUMMARY_FILE, read_evaluation
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass(frozen=True)
@@ -59,4 +58,9 @@ def gate_attempt(
                                "ladder": [r.to_json() for r in records]}, indent=2) + "\n")
     log.info("attempt %d (%s): %s\n  %s", index, rung,
              "PASSED" if decision.passed else "failed", "\n  ".join(decision.reasons))
+    if undecided(decision):
+        log.warning("attempt %d (%s): the accuracy threshold %.4g lies inside the accuracy's "
+                    "95%% interval on %s: the validation split is too small to decide; "
+                    "raise data.min_validation_per_class or bring more images", index, rung,
+                    params.gate.min_accuracy, evaluation)
     return AttemptVerdict(decision, records, ladder_verdict(records, rungs))

@@ -23,7 +23,8 @@ def ingest_data(params: Params, out: Path, root: Path) -> dict:
     raw = read_source(data, source_path)
     if "test" not in raw.images:
         raise IngestError(f"{source_path}: no test split found")
-    splits, sources, holdout = canonical_splits(raw, data.validation_fraction, data.seed)
+    splits, sources, holdout = canonical_splits(raw, data.validation_fraction, data.seed,
+                                                data.min_validation_per_class)
     # Only the file name and hash: the manifest must not depend on where the data sits.
     source = {"kind": data.source, "name": source_path.name}
     if data.source != "tfds" and source_path.is_file():
@@ -33,4 +34,17 @@ def ingest_data(params: Params, out: Path, root: Path) -> dict:
         "params": data.model_dump(mode="json", exclude={"path"})}, sources)
     counts = {name: info["count"] for name, info in manifest["splits"].items()}
     log.info("ingested %s -> %s: %s", source_path, out, counts)
+    warn_small_validation(manifest, data.min_validation_per_class)
     return manifest
+
+
+def warn_small_validation(manifest: dict, minimum: int) -> None:
+    """A loud warning when some class has fewer validation images than the minimum."""
+    per_class = manifest["splits"]["validation"]["per_class"]
+    short = {name: n for name, n in per_class.items() if n < minimum}
+    if short:
+        log.warning("validation holds fewer than data.min_validation_per_class=%d images for "
+                    "%d of %d classes (%s): the gate decides on noise; bring more images "
+                    "(each attempt's decision shows the accuracy's 95%% interval)", minimum,
+                    len(short), len(per_class),
+                    ", ".join(f"{k}: {v}" for k, v in list(short.items())[:5]))

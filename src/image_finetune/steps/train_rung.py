@@ -15,7 +15,7 @@ from pathlib import Path
 
 import keras
 
-from image_finetune.config import Params
+from image_finetune.config import Params, Rung
 from image_finetune.data.canonical import load_split, manifest_digest, read_manifest
 from image_finetune.inference import MODEL_FILE
 from image_finetune.model import resolve_weights
@@ -23,6 +23,7 @@ from image_finetune.steps.layout import HISTORY_FILE, RESULT_FILE
 from image_finetune.train import (
     AttemptResult,
     TrainingPaths,
+    adapt_rung,
     attempt_keys,
     build_rung_classifier,
     configure_runtime,
@@ -56,6 +57,7 @@ def train_rung(
         return AttemptResult(**{**result, "model_path": str(out / MODEL_FILE)})
     n_classes = len(manifest["class_names"])
     train, validation = load_split(data, "train"), load_split(data, "validation")
+    params, rung = fit_to_data(params, index, len(train.labels))
     classifier = build_rung_classifier(params, rung, n_classes, int(train.images.shape[1]),
                                        weights_path, warm_start)
     plan = plan_fit(params, rung, classifier, train, validation, n_classes,
@@ -83,6 +85,19 @@ def train_rung(
     (out / RESULT_FILE).write_text(json.dumps(asdict(result), indent=2) + "\n")
     _keep_finished(out, finished)
     return result
+
+
+def fit_to_data(params: Params, index: int, train_size: int) -> tuple[Params, Rung]:
+    """The params with rung ``index`` adapted to the training set's size (and that rung)."""
+    ladder = list(params.train.ladder)
+    rung = ladder[index]
+    ladder[index] = adapt_rung(rung, train_size)
+    if ladder[index] != rung:
+        log.info("rung %d %r on %d training images: batch %d -> %d, epochs %d -> %d (at least "
+                 "%d optimizer steps)", index, rung.name, train_size, rung.batch_size,
+                 ladder[index].batch_size, rung.epochs, ladder[index].epochs, rung.min_steps)
+    train = params.train.model_copy(update={"ladder": ladder})
+    return params.model_copy(update={"train": train}), ladder[index]
 
 
 def _keep_finished(out: Path, finished: Path) -> None:
