@@ -85,7 +85,7 @@ class ModelParams(_Section):
     backbone: Literal["mobilenet_v2", "resnet50", "efficientnet_b0",
                       "efficientnet_lite0"] = "mobilenet_v2"
     weights: str = "../shared/weights/mobilenet_v2_1.0_imagenet_no_top.weights.h5"
-    image_size: Annotated[int, Field(ge=32, le=512)] = 112
+    image_size: Annotated[int, Field(ge=32, le=512)] = 96
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.2
 
 
@@ -110,7 +110,7 @@ class Rung(_Section):
 DEFAULT_LADDER = (
     Rung(name="frozen-head", epochs=8, learning_rate=0.001, label_smoothing=0.1,
          batch_size=256, head_solver="auto", min_steps=300),
-    Rung(name="top-blocks", unfreeze_from="block_10_expand", epochs=4, learning_rate=0.0005,
+    Rung(name="top-blocks", unfreeze_from="block_13_expand", epochs=4, learning_rate=0.0005,
          warmup_epochs=0.3, weight_decay=0.00005, label_smoothing=0.1, batch_size=128,
          early_stopping_patience=2, min_steps=300),
 )
@@ -121,7 +121,7 @@ class TrainParams(_Section):
 
     seed: int = 42
     cache_features: bool = True
-    cache_boundary: str | None = "block_9_add"
+    cache_boundary: str | None = "block_12_add"
     flip_cache: bool = True
     mixed_precision: Literal["auto", "off", "on"] = "auto"
     jit_compile: Literal["auto", "off", "on"] = "auto"
