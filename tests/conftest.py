@@ -42,7 +42,8 @@ def small_run_params(folder: Path, weights: Path, gate: dict) -> dict:
     import yaml
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["data"].update(path=str(folder), validation_fraction=0.2)
+    params["data"].update(path=str(folder), validation_fraction=0.2,
+                          min_validation_per_class=1)
     params["model"]["weights"] = str(weights)
     params["train"]["ladder"] = FAIL_THEN_PASS_LADDER
     params["evaluate"].update(bootstrap_samples=200, latency_runs=5, gallery_size=12)
@@ -160,7 +161,8 @@ def small_model_params(folder: Path, weights: Path) -> dict:
     """A cheap profile: 32 px, the frozen backbone's head for three epochs, a gate anyone
     passes (the tests that use it are about what happens around the model)."""
     return {
-        "data": {"path": str(folder), "validation_fraction": 0.2},
+        "data": {"path": str(folder), "validation_fraction": 0.2,
+                 "min_validation_per_class": 1},
         "model": {"weights": str(weights), "image_size": 32},
         "train": {"cache_boundary": None, "ladder": [
             {"name": "head", "epochs": 3, "batch_size": 32, "learning_rate": 0.003}]},

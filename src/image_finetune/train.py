@@ -194,6 +194,8 @@ def adapt_rung(rung: Rung, train_size: int) -> Rung:
     MIN_STEPS_PER_EPOCH steps, the epochs raised until the rung takes ``min_steps``
     optimizer steps. CIFAR-10's rungs are unchanged; 180 images get a batch of 23 and
     38 epochs instead of 8 single-step epochs."""
+    if rung.min_steps <= 1:  # not asked for: the rung as written
+        return rung
     batch = max(1, min(rung.batch_size, math.ceil(train_size / MIN_STEPS_PER_EPOCH)))
     epochs = max(rung.epochs, math.ceil(rung.min_steps / math.ceil(train_size / batch)))
     return rung.model_copy(update={"batch_size": batch, "epochs": epochs})

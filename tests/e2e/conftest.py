@@ -30,7 +30,8 @@ def champion(cifar_tarball, no_top_weights, tmp_path_factory):
     folder = extract_subset(cifar_tarball, work / "images", {"train": 30, "test": 20})
     params_file = work / "params.yaml"
     params_file.write_text(yaml.safe_dump({
-        "data": {"path": str(folder), "validation_fraction": 0.2},
+        "data": {"path": str(folder), "validation_fraction": 0.2,
+                 "min_validation_per_class": 1},
         "model": {"weights": str(no_top_weights), "image_size": 64},
         "train": {"ladder": [{"name": "head", "epochs": 8, "batch_size": 32,
                               "learning_rate": 0.003}]},

@@ -16,7 +16,8 @@ from tests.conftest import ingest_source, missing_part, validate_with
 
 def backend_params(folder: Path, weights: Path) -> dict:
     return {
-        "data": {"path": str(folder), "validation_fraction": 0.2},
+        "data": {"path": str(folder), "validation_fraction": 0.2,
+                 "min_validation_per_class": 1},
         "model": {"weights": str(weights), "image_size": 64},
         "train": {"cache_boundary": "block_12_add", "ladder": [
             {"name": "head", "epochs": 8, "batch_size": 32, "learning_rate": 0.003},

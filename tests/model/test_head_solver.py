@@ -19,7 +19,8 @@ from tests.conftest import ROOT, ingest_source
 
 def head_params(folder: Path, weights: Path, solver: str) -> Params:
     return Params.model_validate({
-        "data": {"path": str(folder), "validation_fraction": 0.2},
+        "data": {"path": str(folder), "validation_fraction": 0.2,
+                 "min_validation_per_class": 1},
         "model": {"weights": str(weights), "image_size": 64},
         "train": {"cache_boundary": None, "ladder": [
             {"name": "head", "epochs": 8, "batch_size": 32, "learning_rate": 0.003,

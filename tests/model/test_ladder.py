@@ -22,7 +22,8 @@ LEARNS = {"epochs": 6, "batch_size": 32, "learning_rate": 0.003}
 
 def ladder_params(folder: Path, weights: Path, rungs: list[dict]) -> Params:
     return Params.model_validate({
-        "data": {"path": str(folder), "validation_fraction": 0.2},
+        "data": {"path": str(folder), "validation_fraction": 0.2,
+                 "min_validation_per_class": 1},
         "model": {"weights": str(weights), "image_size": 64},
         "train": {"cache_boundary": None, "ladder": rungs},
         "evaluate": {"flip_tta": False, "bootstrap_samples": 100, "latency_runs": 1,

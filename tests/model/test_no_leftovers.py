@@ -14,7 +14,8 @@ def test_ingest_validate_and_train_leave_the_temp_dir_as_they_found_it(
     temp.mkdir()
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({
-        "data": {"path": str(small_folder), "validation_fraction": 0.2},
+        "data": {"path": str(small_folder), "validation_fraction": 0.2,
+                 "min_validation_per_class": 1},
         "model": {"weights": str(no_top_weights), "image_size": 32},
         "train": {"cache_boundary": None, "ladder": [
             {"name": "head", "epochs": 1, "batch_size": 64}]},

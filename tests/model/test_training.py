@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def small_params(tmp_path: Path, folder: Path, weights: Path, ladder: list[dict]) -> Path:
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump({
-        "data": {"path": str(folder), "validation_fraction": 0.2},
+        "data": {"path": str(folder), "validation_fraction": 0.2,
+                 "min_validation_per_class": 1},
         "model": {"weights": str(weights)},
         "train": {"ladder": ladder, "flip_cache": True},
     }))
@@ -33,7 +34,8 @@ def small_params(tmp_path: Path, folder: Path, weights: Path, ladder: list[dict]
 @pytest.fixture(scope="module")
 def small_data(small_folder, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ingested") / "data"
-    ingest_source(Params().data.model_copy(update={"validation_fraction": 0.2}), small_folder, out)
+    ingest_source(Params().data.model_copy(update={"validation_fraction": 0.2,
+                 "min_validation_per_class": 1}), small_folder, out)
     return out
 
 
