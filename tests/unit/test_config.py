@@ -115,3 +115,11 @@ def test_a_rung_adapts_its_batch_and_epochs_to_the_data(train_size, batch, epoch
     assert (adapted.batch_size, adapted.epochs) == (batch, epochs)
     steps = adapted.epochs * -(-train_size // adapted.batch_size)
     assert steps >= rung.min_steps
+
+
+def test_a_rung_that_does_not_ask_stays_as_written():
+    from image_finetune.config import Rung
+    from image_finetune.train import adapt_rung
+
+    rung = Rung(name="as-written", epochs=2, batch_size=256)
+    assert adapt_rung(rung, 180) == rung
