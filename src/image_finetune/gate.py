@@ -75,29 +75,34 @@ class Decision:
                    checks=[Check(**c) for c in payload["checks"]], split=payload["split"])
 
 
-def _threshold(name: str, value: float, threshold: float, at_least: bool, unit: str = "") -> Check:
+def _threshold(name: str, value: float, threshold: float, at_least: bool, unit: str = "",
+               note: str = "") -> Check:
     passed = value >= threshold if at_least else value <= threshold
     sign = ">=" if at_least else "<="
     return Check(name, bool(passed), float(value), float(threshold),
-                 f"{value:.4g}{unit} (required {sign} {threshold:.4g}{unit})")
+                 f"{value:.4g}{unit} (required {sign} {threshold:.4g}{unit}{note})")
 
 
 def _accuracy_check(metrics: dict, threshold: float) -> Check:
     """The accuracy check, its 95% interval beside the threshold: a threshold inside the
     interval means the split is too small for this decision to be more than a coin toss."""
-    check = _threshold("accuracy", metrics["accuracy"], threshold, True)
     if "accuracy_ci95" not in metrics:
-        return check
+        return _threshold("accuracy", metrics["accuracy"], threshold, True)
     low, high = metrics["accuracy_ci95"]
-    detail = f"{check.detail[:-1]}; 95% CI {low:.4g}-{high:.4g})"
-    if low < threshold <= high:
-        detail += " UNDECIDED: the threshold is inside the interval, the split is too small"
-    return Check(check.name, check.passed, check.value, check.threshold, detail)
+    check = _threshold("accuracy", metrics["accuracy"], threshold, True,
+                       note=f"; 95% CI {low:.4g}-{high:.4g}")
+    if not undecided(metrics, threshold):
+        return check
+    return Check(check.name, check.passed, check.value, check.threshold, check.detail
+                 + " UNDECIDED: the threshold is inside the interval, the split is too small")
 
 
-def undecided(decision: Decision) -> bool:
-    """Whether the accuracy threshold lay inside the accuracy's 95% interval."""
-    return any(c.name == "accuracy" and "UNDECIDED" in c.detail for c in decision.checks)
+def undecided(metrics: dict, threshold: float) -> bool:
+    """Whether the accuracy threshold lies inside the accuracy's 95% interval."""
+    if "accuracy_ci95" not in metrics:
+        return False
+    low, high = metrics["accuracy_ci95"]
+    return low < threshold <= high
 
 
 def _champion_check(

@@ -43,7 +43,7 @@ def test_latency_over_budget_fails():
 def test_the_accuracy_interval_stands_beside_the_threshold():
     decision = decide({**GOOD, "accuracy_ci95": [0.88, 0.92]}, PARAMS, "validation")
     assert "ok   accuracy: 0.9 (required >= 0.85; 95% CI 0.88-0.92)" in decision.reasons
-    assert not undecided(decision)
+    assert not undecided({**GOOD, "accuracy_ci95": [0.88, 0.92]}, PARAMS.min_accuracy)
 
 
 @pytest.mark.parametrize("accuracy,interval,passed", [(0.9, [0.8, 0.97], True),
@@ -51,7 +51,7 @@ def test_the_accuracy_interval_stands_beside_the_threshold():
 def test_a_threshold_inside_the_interval_is_flagged_undecided(accuracy, interval, passed):
     metrics = {**GOOD, "accuracy": accuracy, "accuracy_ci95": interval}
     decision = decide(metrics, PARAMS, "validation")
-    assert decision.passed is passed and undecided(decision)
+    assert decision.passed is passed and undecided(metrics, PARAMS.min_accuracy)
     assert "UNDECIDED: the threshold is inside the interval" in decision.reasons[0]
 
 

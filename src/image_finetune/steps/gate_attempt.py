@@ -58,7 +58,7 @@ def gate_attempt(
                                "ladder": [r.to_json() for r in records]}, indent=2) + "\n")
     log.info("attempt %d (%s): %s\n  %s", index, rung,
              "PASSED" if decision.passed else "failed", "\n  ".join(decision.reasons))
-    if undecided(decision):
+    if undecided(metrics, params.gate.min_accuracy):
         log.warning("attempt %d (%s): the accuracy threshold %.4g lies inside the accuracy's "
                     "95%% interval on %s: the validation split is too small to decide; "
                     "raise data.min_validation_per_class or bring more images", index, rung,
