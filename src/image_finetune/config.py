@@ -41,7 +41,7 @@ class DataParams(_Section):
     path: str = "../shared/data/cifar10-jpeg.tar.gz"
     tfds_name: str = "cifar10"
     image_size: Positive = 32
-    on_wrong_size: Literal["reject", "resize"] = "reject"
+    on_wrong_size: Literal["reject", "resize", "center_crop"] = "reject"
     validation_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
     min_validation_per_class: Positive = 20
     max_per_class: Positive | None = None

@@ -74,6 +74,14 @@ def top_k(probabilities: np.ndarray, class_names: list[str], k: int) -> list[lis
             for row, best in zip(probabilities, order, strict=True)]
 
 
+def image_fit(manifest: dict) -> str:
+    """How a model trained on this canonical dataset fits images of another size when it is
+    used: as ingest fitted them, except that a client cannot refuse photos for their size,
+    so a model whose data had to be S x S gets them stretched (a square photo is unchanged)."""
+    policy = manifest.get("params", {}).get("on_wrong_size", "reject")
+    return "resize" if policy == "reject" else policy
+
+
 def class_names_or_indices(names: list[str] | None, model) -> list[str]:
     """The given class names, or the output indices as names when none are known."""
     return names or [str(i) for i in range(int(model.output_shape[-1]))]

@@ -105,7 +105,7 @@ def test_wrong_size_is_rejected_or_resized(small_folder, tmp_path):
     victim.write_bytes(jpeg_bytes(image))
     error = expect_failure(folder, tmp_path, "bad files")
     assert error.problems == [f"test/ship/{victim.name}: size 31x32, expected 32x32 "
-                              "(set data.on_wrong_size: resize to accept it)"]
+                              "(set data.on_wrong_size: resize or center_crop to accept it)"]
     manifest = ingest_source(params(on_wrong_size="resize"), folder, tmp_path / "resized")
     assert manifest["splits"]["test"]["count"] == 100
 

@@ -1,6 +1,7 @@
-"""Bring your own data: a folder tree with other classes, another image size and format,
-through `dvc repro` with the default recipe (adaptive rungs, the solved head, the validation
-minimum) to a registered champion, and served by its class names."""
+"""Bring your own data: a folder tree with other classes, another image size, shape and
+format, through `dvc repro` with the default recipe (adaptive rungs, the solved head, the
+validation minimum, centre crops) to a registered champion, served by its class names and
+cropped there as in training."""
 
 import io
 import json
@@ -19,11 +20,21 @@ from tests.e2e.test_dvc_repro import dvc, project_copy
 
 RENAMED = {"cat": "kitty", "ship": "boat", "frog": "toad"}
 SIZE = 48
+BORDER = 12  # noise on the left and right: the photos are 72x48, the subject in the centre
 PER_CLASS = {"train": 60, "test": 20}
 
 
+def landscape(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """The image at SIZE x SIZE between two bands of noise that a centre crop removes."""
+    canvas = rng.integers(0, 256, (SIZE, SIZE + 2 * BORDER, 3), dtype=np.uint8)
+    canvas[:, BORDER:BORDER + SIZE] = np.asarray(
+        image.resize((SIZE, SIZE), Image.Resampling.BICUBIC))
+    return Image.fromarray(canvas)
+
+
 def own_folder(tarball: Path, out: Path) -> Path:
-    """Three CIFAR-10 classes under the user's names, as 48x48 PNGs."""
+    """Three CIFAR-10 classes under the user's names, as 72x48 PNGs."""
+    rng = np.random.default_rng(0)
     taken: dict[tuple[str, str], int] = {}
     with tarfile.open(tarball) as archive:
         for member in archive:
@@ -37,7 +48,7 @@ def own_folder(tarball: Path, out: Path) -> Path:
             image = Image.open(archive.extractfile(member)).convert("RGB")
             target = out / split / name / f"{Path(parts[2]).stem}.png"
             target.parent.mkdir(parents=True, exist_ok=True)
-            image.resize((SIZE, SIZE), Image.Resampling.BICUBIC).save(target)
+            landscape(image, rng).save(target)
     return out
 
 
@@ -46,7 +57,7 @@ def own_project(cifar_tarball, no_top_weights, tmp_path_factory):
     folder = own_folder(cifar_tarball, tmp_path_factory.mktemp("pond"))
     project = project_copy(tmp_path_factory.mktemp("project"), folder, no_top_weights, {})
     params = yaml.safe_load((ROOT / "params.yaml").read_text())  # the default recipe
-    params["data"].update(path=str(folder), image_size=SIZE)
+    params["data"].update(path=str(folder), image_size=SIZE, on_wrong_size="center_crop")
     # The backbone at 64 px rather than the default 112 keeps the test short; the rest is
     # the default recipe.
     params["model"].update(weights=str(no_top_weights), image_size=64)
@@ -97,8 +108,11 @@ def test_the_champion_is_served_by_the_users_class_names(own_project, tmp_path):
         assert set(labels) <= {"boat", "kitty", "toad"}
         right = sum(label == f.parent.name for label, f in zip(labels, files, strict=False))
         assert right / len(labels) > 0.6
-        buffer = io.BytesIO()  # another size again: resized as in training
-        Image.open(files[0]).resize((96, 96)).save(buffer, format="PNG")
+        metadata = httpx.get(f"{server.url}/metadata", timeout=30).json()
+        assert metadata["image_fit"] == "center_crop"
+        assert metadata["input_shape"] == [SIZE, SIZE, 3]
+        buffer = io.BytesIO()  # another size again: cropped as in training
+        Image.open(files[0]).resize((144, 96)).save(buffer, format="PNG")
         other = httpx.post(f"{server.url}/predict", content=buffer.getvalue(),
                            headers={"content-type": "image/png"}, timeout=30)
         assert other.status_code == 200

@@ -32,7 +32,7 @@ CLIENTS = 16
 
 def offline_probabilities(champion, files: list[Path]) -> np.ndarray:
     """The Keras model's probabilities for these files, decoded as the server decodes."""
-    images = np.stack([decode_image(f.read_bytes(), f.name, 32, resize=True) for f in files])
+    images = np.stack([decode_image(f.read_bytes(), f.name, 32, "resize") for f in files])
     return np.asarray(load_classifier(champion["model_path"]).predict_on_batch(images))
 
 

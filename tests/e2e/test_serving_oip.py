@@ -83,7 +83,7 @@ def test_bytes_of_encoded_files_are_decoded_as_offline(champion, server, model_n
     assert response.status_code == 200, response.text
     outputs = outputs_by_name(response.json())
     assert set(outputs) == {"probabilities"}
-    images = np.stack([decode_image(f.read_bytes(), f.name, 32, resize=True) for f in files])
+    images = np.stack([decode_image(f.read_bytes(), f.name, 32, "resize") for f in files])
     np.testing.assert_allclose(np.reshape(outputs["probabilities"]["data"], (len(files), 10)),
                                keras_model.predict_on_batch(images), atol=1e-5)
 

@@ -29,6 +29,11 @@ SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
 MALFORMED = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error)
 
 
+# How an image of another size becomes [S,S,3]: refused; stretched to S x S; or scaled so its
+# shorter side is S and its centre cut out (aspect ratio kept, the borders lost).
+FIT_MODES = ("reject", "resize", "center_crop")
+
+
 class UnsupportedImageFormatError(ValueError):
     """An image in a format other than PNG or JPEG."""
 
@@ -38,14 +43,15 @@ class ImageTooLargeError(ValueError):
 
 
 def decode_image(
-    data: bytes, name: str, image_size: int, resize: bool,
+    data: bytes, name: str, image_size: int, how: str,
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> np.ndarray:
-    """Decode PNG/JPEG bytes to uint8 RGB [S,S,3]; raise ValueError with the reason."""
+    """Decode PNG/JPEG bytes to uint8 RGB [S,S,3], fitted ``how`` (one of FIT_MODES); raise
+    ValueError with the reason."""
     with open_image(data, name) as image:
         check_header(image, name, max_pixels)
         rgb = decode_rgb(image, name)
-    return fit(rgb, name, image_size, resize)
+    return fit(rgb, name, image_size, how)
 
 
 def open_image(data: bytes, name: str) -> Image.Image:
@@ -99,14 +105,25 @@ def scale_16_to_8_bits(values: np.ndarray) -> np.ndarray:
     return ((wide + 128) // 257).astype(np.uint8)
 
 
-def fit(rgb: Image.Image, name: str, image_size: int, resize: bool) -> np.ndarray:
-    """The image at [S,S,3]: resized (bicubic) where allowed, refused where not."""
+def fit(rgb: Image.Image, name: str, image_size: int, how: str) -> np.ndarray:
+    """The image at [S,S,3]: fitted ``how`` (bicubic), or refused when ``how`` is reject."""
+    if how not in FIT_MODES:
+        raise ValueError(f"unknown fit {how!r}: expected one of {', '.join(FIT_MODES)}")
     if rgb.size != (image_size, image_size):
-        if not resize:
+        if how == "reject":
             width, height = rgb.size
             raise ValueError(
                 f"{name}: size {height}x{width}, expected {image_size}x{image_size} "
-                "(set data.on_wrong_size: resize to accept it)"
+                "(set data.on_wrong_size: resize or center_crop to accept it)"
             )
+        if how == "center_crop":  # cut first: no border pixel may bleed in through the filter
+            rgb = rgb.crop(center_square(*rgb.size))
         rgb = rgb.resize((image_size, image_size), Image.Resampling.BICUBIC)
     return np.asarray(rgb, dtype=np.uint8)
+
+
+def center_square(width: int, height: int) -> tuple[int, int, int, int]:
+    """The largest centred square of a width x height image, as PIL's crop box."""
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    return (left, top, left + side, top + side)

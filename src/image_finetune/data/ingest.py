@@ -22,7 +22,7 @@ def read_source(params: DataParams, source_path: Path) -> RawDataset:
     """Decode the configured source into per-split arrays."""
     if params.source == "folder":
         return read_image_folder(
-            source_path, params.image_size, params.on_wrong_size == "resize", params.max_per_class
+            source_path, params.image_size, params.on_wrong_size, params.max_per_class
         )
     if params.image_size != 32:
         raise IngestError(f"data.image_size={params.image_size}: {params.source} images are 32x32")

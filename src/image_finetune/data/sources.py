@@ -38,14 +38,16 @@ def _strip_common_root(parts: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def read_image_folder(
-    path: Path, image_size: int, resize: bool, max_per_class: int | None = None
+    path: Path, image_size: int, how: str, max_per_class: int | None = None
 ) -> RawDataset:
     """Read ``split/class/*.png|jpg|jpeg`` from a directory or a .tar(.gz) archive.
 
-    Classes are the train split's folders, sorted; every other split must have exactly
-    those classes. Hidden files (``.*``) and OS clutter (Thumbs.db, desktop.ini,
-    __MACOSX) are ignored; anything else that is not an image in a class folder, a name
-    that is not UTF-8, a link or an oversized file is an error naming the file.
+    Images of another size than ``image_size`` are fitted ``how`` (see
+    :data:`~image_finetune.data.images.FIT_MODES`). Classes are the train split's folders,
+    sorted; every other split must have exactly those classes. Hidden files (``.*``) and
+    OS clutter (Thumbs.db, desktop.ini, __MACOSX) are ignored; anything else that is not an
+    image in a class folder, a name that is not UTF-8, a link or an oversized file is an
+    error naming the file.
     """
     if not path.exists():
         raise IngestError(f"{path}: data source not found (set data.path or $IMAGE_FINETUNE_DATA)")
@@ -70,7 +72,7 @@ def read_image_folder(
             continue
         try:
             bucket.append((filename, decode_image(entry.read(), str(entry.path), image_size,
-                                                  resize)))
+                                                  how)))
         except ValueError as exc:
             problems.append(str(exc))
     if problems:

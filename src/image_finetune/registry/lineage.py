@@ -36,11 +36,12 @@ def inputs_run_id(files: list[Path], params_sha256: str, prefix: str = "dvc") ->
 
 def lineage_tags(
     pipeline_run_id: str, params_sha256: str, data_manifest_sha256: str, class_names: list[str],
-    extra: dict | None = None,
+    extra: dict | None = None, image_fit: str = "resize",
 ) -> dict[str, str]:
-    """The tags every registered version carries."""
+    """The tags every registered version carries: lineage, and what a client of the model
+    needs to use it as it was trained (class names; how images of another size are fitted)."""
     import json
 
     return {"pipeline_run_id": pipeline_run_id, "params_sha256": params_sha256,
             "data_manifest_sha256": data_manifest_sha256, **(extra or {}),
-            "class_names": json.dumps(class_names)}
+            "class_names": json.dumps(class_names), "image_fit": image_fit}

@@ -84,6 +84,12 @@ def version_at(client, name: str, ref: str):
     return client.get_model_version(name, ref)
 
 
+def registered_fit(version) -> str:
+    """How the version's clients fit images of another size (versions registered before
+    the tag existed were served stretched)."""
+    return version.tags.get("image_fit", "resize")
+
+
 def registered_class_names(version) -> list[str] | None:
     """The class names a registered version carries in its tags (None: not recorded)."""
     names = version.tags.get("class_names")

@@ -61,6 +61,8 @@ class ModelInfo(BaseModel):
     class_names: list[str]
     input_shape: list[int]
     input_dtype: str
+    image_fit: str = Field(description="how images of another size are fitted: resize "
+                                       "(stretched) or center_crop (aspect ratio kept)")
     loaded_at: float
     max_images: int
     max_image_bytes: int
@@ -262,7 +264,8 @@ def add_simple_api(router: APIRouter, server: Server) -> None:
         with server.batcher.request():
             model = server.model()
             files = await read_images(request, settings)
-            images = await server.off_loop(decode_all, files, model.input_size, settings)
+            images = await server.off_loop(decode_all, files, model.input_size, settings,
+                                            model.image_fit)
             probabilities, model = await server.classify(images)
         best = top_k(probabilities, model.class_names, k or settings.top_k)
         return {"model_name": settings.model_name, "model_version": model.version,
@@ -276,8 +279,9 @@ def add_simple_api(router: APIRouter, server: Server) -> None:
         return ModelInfo(
             model_name=settings.model_name, alias=settings.alias, model_version=model.version,
             class_names=model.class_names, input_shape=[model.input_size] * 2 + [3],
-            input_dtype="uint8", loaded_at=model.loaded_at, max_images=settings.max_images,
-            max_image_bytes=settings.max_image_bytes, max_pixels=settings.max_pixels)
+            input_dtype="uint8", image_fit=model.image_fit, loaded_at=model.loaded_at,
+            max_images=settings.max_images, max_image_bytes=settings.max_image_bytes,
+            max_pixels=settings.max_pixels)
 
 
 # -- the Open Inference Protocol ------------------------------------------------------------
@@ -309,9 +313,10 @@ def add_oip_metadata(router: APIRouter, server: Server) -> None:
         return {"name": name, "ready": True}
 
 
-def oip_images(body: bytes, header_length: str | None, size: int,
-               settings: ServeSettings) -> tuple[oip.InferRequest, np.ndarray]:
-    """An infer request's images at [N,size,size,3] (run in the decode pool)."""
+def oip_images(body: bytes, header_length: str | None, size: int, settings: ServeSettings,
+               how: str = "resize") -> tuple[oip.InferRequest, np.ndarray]:
+    """An infer request's images at [N,size,size,3], encoded ones fitted ``how`` (run in the
+    decode pool)."""
     request, binary = oip.parse_request(body, header_length)
     tensor = oip.input_tensor(request, binary, size)
     if len(tensor) > settings.max_images:
@@ -319,7 +324,7 @@ def oip_images(body: bytes, header_length: str | None, size: int,
     if isinstance(tensor, np.ndarray):
         return request, tensor
     return request, decode_all([(f"{oip.INPUT}[{i}]", data) for i, data in enumerate(tensor)],
-                               size, settings)
+                               size, settings, how)
 
 
 def add_oip_inference(router: APIRouter, server: Server) -> None:
@@ -338,7 +343,7 @@ def add_oip_inference(router: APIRouter, server: Server) -> None:
                                    settings.body_timeout_seconds)
             parsed, images = await server.off_loop(
                 oip_images, body, request.headers.get(oip.HEADER_LENGTH), model.input_size,
-                settings)
+                settings, model.image_fit)
             probabilities, model = await server.classify(images)
         content, header_length = await server.off_loop(
             oip.infer_response, parsed, name, model.version, probabilities, model.class_names)

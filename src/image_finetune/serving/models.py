@@ -19,6 +19,7 @@ from image_finetune.registry.client import client_for
 from image_finetune.registry.versions import (
     download_model,
     registered_class_names,
+    registered_fit,
     version_by_alias,
 )
 from image_finetune.serving.settings import ServeSettings
@@ -38,6 +39,7 @@ class LoadedModel:
     version: str
     class_names: list[str]
     input_size: int
+    image_fit: str = "resize"  # how images of another size are fitted (as in training)
     loaded_at: float = field(default_factory=time.time)
 
     def predict(self, images: np.ndarray) -> np.ndarray:
@@ -60,7 +62,8 @@ def load_version(registry: RegistryParams, version) -> LoadedModel:
                                registry.model_name, version.version, work)
         model = mlflow.keras.load_model(local)
     names = class_names_or_indices(registered_class_names(version), model)
-    return LoadedModel(model, str(version.version), names, int(model.input_shape[1]))
+    return LoadedModel(model, str(version.version), names, int(model.input_shape[1]),
+                       registered_fit(version))
 
 
 class ModelHolder:

@@ -15,9 +15,14 @@ from image_finetune.config import Params
 from image_finetune.data.files import walk
 from image_finetune.data.images import decode_image
 from image_finetune.data.sources import IMAGE_SUFFIXES
-from image_finetune.inference import class_names_or_indices, load_classifier, top_k
+from image_finetune.inference import class_names_or_indices, image_fit, load_classifier, top_k
 from image_finetune.registry.client import client_for, registry_errors
-from image_finetune.registry.versions import download_model, registered_class_names, version_at
+from image_finetune.registry.versions import (
+    download_model,
+    registered_class_names,
+    registered_fit,
+    version_at,
+)
 
 COLUMNS = ["file", "predicted", "probability", "top_k", "error"]
 
@@ -28,11 +33,13 @@ def predict_batch(
 ) -> int:
     """Label every image under ``source`` with ``model`` (``models:/name@alias``,
     ``runs:/...`` or a .keras file; default: the registry's champion); write ``out``.
-    Class names come from the registered version, or for a bare file from ``data_manifest``.
-    Returns the number of rows."""
-    classifier, names = _load(params, model or f"models:/{params.registry.model_name}@champion")
+    Class names and how images of another size are fitted come from the registered version,
+    or for a bare file from ``data_manifest``. Returns the number of rows."""
+    uri = model or f"models:/{params.registry.model_name}@champion"
+    classifier, names, how = _load(params, uri)
     if names is None and data_manifest is not None and data_manifest.exists():
-        names = json.loads(data_manifest.read_text())["class_names"]
+        manifest = json.loads(data_manifest.read_text())
+        names, how = manifest["class_names"], image_fit(manifest)
     names = class_names_or_indices(names, classifier)
     size = int(classifier.input_shape[1])
     rows: list[dict] = []
@@ -43,7 +50,7 @@ def predict_batch(
             continue
         try:
             pending.append((str(entry.path), decode_image(entry.read(), str(entry.path), size,
-                                                          resize=True)))
+                                                          how)))
         except ValueError as exc:
             rows.append(_error_row(str(entry.path), str(exc)))
         if len(pending) >= batch_size:
@@ -75,10 +82,11 @@ def _label(classifier, pending: list[tuple[str, np.ndarray]], names: list[str], 
 
 
 @registry_errors
-def _load(params: Params, uri: str) -> tuple[object, list[str] | None]:
-    """The model behind a URI or file, with the class names its registry version carries."""
+def _load(params: Params, uri: str) -> tuple[object, list[str] | None, str]:
+    """The model behind a URI or file, with the class names and image fit its registry
+    version carries (a file or run carries neither: stretched, names unknown)."""
     if not uri.startswith(("models:/", "runs:/")):
-        return load_classifier(Path(uri)), None
+        return load_classifier(Path(uri)), None, "resize"
     import mlflow
 
     client = client_for(params.registry)  # fails fast when the store is not there
@@ -93,4 +101,6 @@ def _load(params: Params, uri: str) -> tuple[object, list[str] | None]:
             run_id, _, path = uri.removeprefix("runs:/").partition("/")
             local = client.download_artifacts(run_id, path, work)
         model = mlflow.keras.load_model(local)
-    return model, registered_class_names(version) if version else None
+    if version is None:
+        return model, None, "resize"
+    return model, registered_class_names(version), registered_fit(version)

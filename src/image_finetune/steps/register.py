@@ -14,7 +14,7 @@ import numpy as np
 
 from image_finetune.config import Params
 from image_finetune.data.canonical import load_split, manifest_digest, read_manifest, sha256_file
-from image_finetune.inference import MODEL_FILE, load_classifier
+from image_finetune.inference import MODEL_FILE, image_fit, load_classifier
 from image_finetune.metrics import flatten_metrics
 from image_finetune.registry import lineage, tracking
 from image_finetune.registry.client import client_for, registry_errors
@@ -83,8 +83,9 @@ def _lineage_tags(params: Params, run_id: str, data: Path, root: Path, extra: di
     extra = {"git_commit": lineage.git_commit(root), **(extra or {})}
     if (root / "dvc.lock").exists():
         extra["dvc_lock_sha256"] = sha256_file(root / "dvc.lock")
+    manifest = read_manifest(data)
     return lineage.lineage_tags(run_id, params.digest(), manifest_digest(data),
-                                read_manifest(data)["class_names"], extra)
+                                manifest["class_names"], extra, image_fit(manifest))
 
 
 def _register(client, parent, params, model, data, evaluation, decision_file, tags) -> dict:
