@@ -20,13 +20,13 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from image_finetune.config import ModelParams  # noqa: E402
+from image_finetune.features import split_backbone  # noqa: E402
 from image_finetune.model import (  # noqa: E402
     build_backbone,
     build_classifier,
     get_backbone,
     get_head,
     set_trainable,
-    split_backbone,
 )
 
 # (backbone, resolution, first trainable layer, cache boundary)
