@@ -85,15 +85,25 @@ class CachedFeatures(keras.utils.PyDataset):
 def cached_activations(
     stem: keras.Model, images: np.ndarray, path: Path, batch_size: int, desc: str
 ) -> np.ndarray:
-    """Activations of ``stem`` over ``images``, computed once and memory-mapped from disk."""
+    """Activations of ``stem`` over ``images``, computed once and memory-mapped from disk.
+    They are written to the file batch by batch: memory holds one batch whatever the
+    dataset's size or resolution."""
     if path.exists():
         return np.load(path, mmap_mode="r")
     path.parent.mkdir(parents=True, exist_ok=True)
-    values = predict_batches(stem, images, batch_size, desc)
     # Unique per writer, renamed into place: a killed embedding never leaves a truncated
     # cache behind, and two runs sharing the cache never write the same file.
     partial = path.with_name(f".{path.stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}.npy")
-    np.save(partial, values)
+    shape = (len(images), *stem.compute_output_shape((None, *np.shape(images)[1:]))[1:])
+    values = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=shape)
+    try:
+        predict_batches(stem, images, batch_size, desc, out=values)
+        values.flush()
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    finally:
+        del values
     partial.replace(path)
     return np.load(path, mmap_mode="r")
 

@@ -27,16 +27,23 @@ def load_classifier(path: Path) -> keras.Model:
     return keras.saving.load_model(path, compile=False)
 
 
-def predict_batches(model, images: np.ndarray, batch_size: int, desc: str) -> np.ndarray:
-    """Run ``model`` over uint8 images in batches with a progress bar; float32 out."""
+def predict_batches(model, images: np.ndarray, batch_size: int, desc: str,
+                    out: np.ndarray | None = None) -> np.ndarray:
+    """Run ``model`` over uint8 images in batches with a progress bar; float32 out. Given
+    ``out`` (a memory-mapped file, say), each batch is written there as it comes, so memory
+    holds one batch, not every output twice."""
     from tqdm import tqdm
 
     chunks = []
     for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch",
                       mininterval=2.0, file=sys.stderr):
         batch = np.asarray(images[start : start + batch_size])
-        chunks.append(np.asarray(model.predict_on_batch(batch), dtype=np.float32))
-    return np.concatenate(chunks)
+        values = np.asarray(model.predict_on_batch(batch), dtype=np.float32)
+        if out is None:
+            chunks.append(values)
+        else:
+            out[start : start + len(batch)] = values
+    return out if out is not None else np.concatenate(chunks)
 
 
 def predict_proba(model, images: np.ndarray, batch_size: int, flip_tta: bool) -> np.ndarray:
