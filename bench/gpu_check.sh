@@ -17,6 +17,19 @@ carried=(keras namex optree pydantic pydantic-core annotated-types typing-inspec
 
 fail() { echo "gpu check: $*" >&2; exit 2; }
 
+locked() {  # name==version, as uv.lock pins it
+  "$root/.venv/bin/python" - "$1" "$root/uv.lock" <<'PY'
+import sys
+import tomllib
+
+name, lock = sys.argv[1].lower(), tomllib.load(open(sys.argv[2], "rb"))
+pins = [f"{p['name']}=={p['version']}" for p in lock["package"] if p["name"] == name]
+if not pins:
+    sys.exit(1)
+print(pins[0])
+PY
+}
+
 prepare() {
   local shared=${SHARED:-$root/../shared} pin
   [[ -d $shared ]] || fail "no $shared to copy the data and weights from (set SHARED)"
@@ -25,7 +38,7 @@ prepare() {
   cp "$shared/weights/mobilenet_v2_1.0_imagenet_no_top.weights.h5" \
      "$shared/weights/efficientnet_lite0_imagenet_torch_layout.npz" "$assets/weights/"
   for name in "${carried[@]}"; do
-    pin=$(grep -iE "^${name}==" "$root/requirements.lock") || fail "$name is not in requirements.lock"
+    pin=$(locked "$name") || fail "$name is not in uv.lock"
     "$root/.venv/bin/python" -m pip download -q --no-deps --only-binary=:all: \
       --python-version "${GPU_CHECK_PYTHON_VERSION:-3.12}" --implementation cp \
       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \

@@ -4,7 +4,7 @@ step function into a lightweight KFP component.
 Lightweight components embed their function's source in the pipeline YAML and run it with
 the image's Python, so the same code runs in a cluster (inside the project's image) and under
 ``kfp.local``'s subprocess runner (inside this virtual environment). Nothing is pip-installed
-at run time: the image and the venv already hold the project, from ``requirements.lock``.
+at run time: the image and the venv already hold the project, from ``uv.lock``.
 """
 
 import os

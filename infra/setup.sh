@@ -1,23 +1,26 @@
 #!/usr/bin/env bash
-# Create .venv and install the project from the lock file (reproducible installs).
-# Usage: bash infra/setup.sh            (idempotent; re-run after requirements.lock changes)
+# Create .venv and install the project, every extra and the dev tools from uv.lock (one
+# universal, hashed lock: `uv lock` after editing pyproject.toml, `uv lock --check` in CI).
+# Usage: bash infra/setup.sh            (idempotent; re-run after uv.lock changes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3.11}
+UV_VERSION=0.13.9
 command -v "$PYTHON" >/dev/null || PYTHON=python3
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 stamp=.venv/.lock-sha256
-want=$(sha256sum requirements.lock pyproject.toml infra/setup.sh | sha256sum | cut -d' ' -f1)
+want=$(sha256sum uv.lock pyproject.toml infra/setup.sh | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
 .venv/bin/python -m pip --version >/dev/null 2>&1 || .venv/bin/python -m ensurepip --upgrade >/dev/null
-.venv/bin/python -m pip install --quiet --disable-pip-version-check "uv>=0.5"
-.venv/bin/uv pip install --quiet --python .venv/bin/python -r requirements.lock
-.venv/bin/uv pip install --quiet --python .venv/bin/python --no-deps -e .
+.venv/bin/python -m pip install --quiet --disable-pip-version-check "uv==$UV_VERSION"
+# --frozen: exactly the lock, never re-resolved; --inexact: keep uv and the torch wheel below.
+UV_PROJECT_ENVIRONMENT=.venv .venv/bin/uv sync --quiet --frozen --all-extras --inexact \
+  --python .venv/bin/python
 # The torch backend from a local CPU wheel where the machine has one (PyPI's default torch
 # is a multi-GB CUDA build); without it the torch-backend test is skipped with a reason.
 torch_wheel=$(ls "${TORCH_WHEEL_DIR:-/opt/wheels}"/torch-2.*+cpu-cp311-*.whl 2>/dev/null | head -n 1 || true)

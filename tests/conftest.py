@@ -88,6 +88,17 @@ def pytest_report_header(config) -> str | None:
     return f"shuffled order: {ORDER_SEED}={seed}" if seed else None
 
 
+def locked_versions() -> dict[str, set[str]]:
+    """Every package uv.lock pins, with its version(s) (one per Python where they differ)."""
+    import tomllib
+
+    lock = tomllib.loads((ROOT / "uv.lock").read_text())
+    versions: dict[str, set[str]] = {}
+    for package in lock["package"]:
+        versions.setdefault(package["name"], set()).add(package.get("version"))
+    return versions
+
+
 def wait_until(condition, timeout: float = 60, interval: float = 0.5,
                what: str = "the condition never held") -> None:
     """Poll ``condition`` until it holds; fail with ``what`` after ``timeout`` seconds."""

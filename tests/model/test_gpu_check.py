@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CIFAR_TARBALL, ROOT, WEIGHTS_DIR, missing_part
+from tests.conftest import CIFAR_TARBALL, ROOT, WEIGHTS_DIR, locked_versions, missing_part
 
 SCRIPT = ROOT / "bench" / "gpu_check.sh"
 ABSENT_ON_DEVICE = ("tensorflow", "tensorflow_datasets", "mlflow", "great_expectations",
@@ -93,7 +93,7 @@ def test_without_a_gpu_it_refuses_a_real_run(tmp_path):
 
 def test_the_carried_wheels_are_the_locked_versions():
     carried = re.search(r"carried=\(([^)]*)\)", SCRIPT.read_text()).group(1).split()
-    lock = (ROOT / "requirements.lock").read_text().lower()
+    locked = locked_versions()
     assert {"keras", "pydantic", "optree"} <= set(carried)
     for name in carried:
-        assert re.search(rf"^{re.escape(name)}==", lock, re.MULTILINE), name
+        assert len(locked.get(name, ())) == 1, name  # one version to download, whatever Python

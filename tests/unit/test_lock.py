@@ -1,0 +1,65 @@
+"""uv.lock: one universal, hashed lock that agrees with pyproject.toml (CI also runs
+`uv lock --check`, which resolves again against the index), and an installed distribution
+that carries the pipeline and its components."""
+
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+
+from tests.conftest import ROOT
+
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+LOCK = tomllib.loads((ROOT / "uv.lock").read_text())
+PROJECT = next(p for p in LOCK["package"] if p["name"] == "image-finetune")
+
+
+def declared(requirements: list[str]) -> list[tuple]:
+    """(name, extras, specifier) of each requirement, comparable with the lock's entries."""
+    parsed = [Requirement(text) for text in requirements]
+    return sorted((r.name, tuple(sorted(r.extras)), str(SpecifierSet(str(r.specifier))))
+                  for r in parsed)
+
+
+def locked(entries: list[dict]) -> list[tuple]:
+    return sorted((e["name"], tuple(sorted(e.get("extras", []))),
+                   str(SpecifierSet(e.get("specifier", "")))) for e in entries)
+
+
+def test_the_lock_was_made_from_this_pyproject():
+    project = PYPROJECT["project"]
+    wanted = project["dependencies"] + [
+        text for extra in project["optional-dependencies"].values() for text in extra]
+    assert locked(PROJECT["metadata"]["requires-dist"]) == declared(wanted)
+    assert (locked(PROJECT["metadata"]["requires-dev"]["dev"])
+            == declared(PYPROJECT["dependency-groups"]["dev"]))
+
+
+def test_every_locked_file_has_a_hash():
+    unhashed = [f"{p['name']} {p['version']}: {artifact.get('url')}"
+                for p in LOCK["package"] if "registry" in p["source"]
+                for artifact in [*p.get("wheels", []), *([p["sdist"]] if "sdist" in p else [])]
+                if not artifact.get("hash", "").startswith("sha256:")]
+    assert unhashed == []
+
+
+def test_the_lock_is_universal():
+    assert "environments" not in LOCK.get("manifest", {})  # not narrowed to this platform
+    names = {p["name"] for p in LOCK["package"]}
+    assert {"tensorflow-cpu", "tensorflow"} <= names  # Linux x86_64, and everywhere else
+
+
+def test_the_installed_distribution_carries_the_pipeline_and_its_components(tmp_path):
+    code = "import pipelines.cli, components.train; print(pipelines.cli.__file__)"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    found = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, check=True)
+    assert found.stdout.strip() == str(ROOT / "pipelines" / "cli.py")
+    script = Path(sys.executable).parent / "image-finetune-pipeline"
+    shown = subprocess.run([str(script), "--help"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True)
+    assert shown.returncode == 0 and "compile" in shown.stdout, shown.stderr
