@@ -88,13 +88,17 @@ def pytest_report_header(config) -> str | None:
     return f"shuffled order: {ORDER_SEED}={seed}" if seed else None
 
 
-def locked_versions() -> dict[str, set[str]]:
-    """Every package uv.lock pins, with its version(s) (one per Python where they differ)."""
+def read_lock() -> dict:
+    """uv.lock, parsed."""
     import tomllib
 
-    lock = tomllib.loads((ROOT / "uv.lock").read_text())
+    return tomllib.loads((ROOT / "uv.lock").read_text())
+
+
+def locked_versions() -> dict[str, set[str]]:
+    """Every package uv.lock pins, with its version(s) (one per Python where they differ)."""
     versions: dict[str, set[str]] = {}
-    for package in lock["package"]:
+    for package in read_lock()["package"]:
         versions.setdefault(package["name"], set()).add(package.get("version"))
     return versions
 

@@ -11,10 +11,10 @@ from pathlib import Path
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, read_lock
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
-LOCK = tomllib.loads((ROOT / "uv.lock").read_text())
+LOCK = read_lock()
 PROJECT = next(p for p in LOCK["package"] if p["name"] == "image-finetune")
 
 

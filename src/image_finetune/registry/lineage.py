@@ -36,7 +36,7 @@ def inputs_run_id(files: list[Path], params_sha256: str, prefix: str = "dvc") ->
 
 def lineage_tags(
     pipeline_run_id: str, params_sha256: str, data_manifest_sha256: str, class_names: list[str],
-    extra: dict | None = None, image_fit: str = "resize",
+    extra: dict | None, image_fit: str,
 ) -> dict[str, str]:
     """The tags every registered version carries: lineage, and what a client of the model
     needs to use it as it was trained (class names; how images of another size are fitted)."""

@@ -314,7 +314,7 @@ def add_oip_metadata(router: APIRouter, server: Server) -> None:
 
 
 def oip_images(body: bytes, header_length: str | None, size: int, settings: ServeSettings,
-               how: str = "resize") -> tuple[oip.InferRequest, np.ndarray]:
+               how: str) -> tuple[oip.InferRequest, np.ndarray]:
     """An infer request's images at [N,size,size,3], encoded ones fitted ``how`` (run in the
     decode pool)."""
     request, binary = oip.parse_request(body, header_length)

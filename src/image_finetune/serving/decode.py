@@ -16,7 +16,7 @@ from image_finetune.serving.settings import ServeSettings
 
 
 def decode_one(name: str, data: bytes, size: int, settings: ServeSettings,
-               how: str = "resize") -> np.ndarray:
+               how: str) -> np.ndarray:
     """One image at [size,size,3], fitted ``how`` (as the model's training data was fitted)."""
     if not data:
         raise Rejected(400, f"{name}: empty body")
@@ -34,7 +34,7 @@ def decode_one(name: str, data: bytes, size: int, settings: ServeSettings,
 
 
 def decode_all(files: list[tuple[str, bytes]], size: int, settings: ServeSettings,
-               how: str = "resize") -> np.ndarray:
+               how: str) -> np.ndarray:
     """The request's images as one uint8 batch; Rejected at the first bad one."""
     if not files:
         raise Rejected(400, "no image in the request")

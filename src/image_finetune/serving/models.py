@@ -39,7 +39,7 @@ class LoadedModel:
     version: str
     class_names: list[str]
     input_size: int
-    image_fit: str = "resize"  # how images of another size are fitted (as in training)
+    image_fit: str  # how images of another size are fitted (as in training)
     loaded_at: float = field(default_factory=time.time)
 
     def predict(self, images: np.ndarray) -> np.ndarray:
