@@ -37,12 +37,21 @@ die_with_logs() {
 
 # pid_alive PIDFILE [COMM]: true when PIDFILE names a live process (whose
 # command name is COMM, when given: guards against recycled pids).
+# is_zombie PID: the process has exited and waits for its parent to reap it.  A
+# daemon killed hard is re-parented to PID 1, which may take seconds to reap it.
+is_zombie() {
+  local stat
+  stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
+  [[ "${stat##*) }" == Z* ]]
+}
+
 pid_alive() {
   local pidfile="$1" comm="${2:-}" pid
   [[ -s "${pidfile}" ]] || return 1
   pid="$(head -n 1 "${pidfile}")"
   [[ "${pid}" =~ ^[0-9]+$ ]] || return 1
   kill -0 "${pid}" 2>/dev/null || return 1
+  ! is_zombie "${pid}" || return 1
   [[ -z "${comm}" ]] || [[ "$(cat "/proc/${pid}/comm" 2>/dev/null)" == "${comm}"* ]]
 }
 

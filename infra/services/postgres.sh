@@ -89,8 +89,30 @@ log_min_messages = warning
 EOF
 }
 
+# A postmaster killed hard stays a zombie until PID 1 reaps it, and postgres
+# takes the lock files of a zombie (the data directory's and the socket's) for
+# a live server's.  They are stale once no backend is attached to the zombie's
+# shared memory (postmaster.pid's 7th line: "key shmid"); orphaned backends
+# leave on their own when they see their postmaster gone.
+clear_stale_lock() {
+  local lock="${PGDATA_DIR}/postmaster.pid" pid shmid deadline=$((SECONDS + POSTGRES_READY_TIMEOUT))
+  [[ -s "${lock}" ]] || return 0
+  pid="$(head -n 1 "${lock}")"
+  while [[ "${pid}" =~ ^[0-9]+$ ]] && is_zombie "${pid}"; do
+    shmid="$(sed -n 7p "${lock}" | awk '{print $2}')"
+    if ! awk -v id="${shmid}" '$2 == id && $7 > 0 {found = 1} END {exit !found}' /proc/sysvipc/shm; then
+      log "the previous postmaster (pid ${pid}) was killed; removing its stale lock files"
+      rm -f "${lock}" "${PG_SOCKET_DIR}/.s.PGSQL.${POSTGRES_PORT}.lock"
+      return 0
+    fi
+    ((SECONDS < deadline)) || die "backends of a killed postmaster (pid ${pid}) are still running"
+    sleep 0.5
+  done
+}
+
 svc_launch() {
   prepare_dirs
+  clear_stale_lock
   init_cluster
   pg_ctl_ start -w -t "${POSTGRES_READY_TIMEOUT}" -l "${PG_LOG}" \
     -o "-c listen_addresses=${SERVICES_HOST} -c port=${POSTGRES_PORT} -c unix_socket_directories=${PG_SOCKET_DIR}" \
