@@ -88,12 +88,13 @@ def train_command(
     validation: port(LADDER, "validation", "validate step's result") = LADDER.paths["validation"],
     out: port(LADDER, "out", "attempts and selected model") = LADDER.paths["out"],
     cache: port(LADDER, "cache", "features, checkpoints, attempts") = LADDER.paths["cache"],
+    metrics: port(LADDER, "metrics", "the attempts' figures") = LADDER.paths["metrics"],
 ) -> None:
     """Climb the ladder: train, evaluate on validation and gate each rung until one passes."""
     config, root = _load(params)
     from image_finetune.steps.climb_ladder import climb_ladder
 
-    climb_ladder(config, data, validation, out, cache, root)
+    climb_ladder(config, data, validation, out, cache, root, metrics)
 
 
 @app.command("evaluate")
@@ -103,12 +104,13 @@ def evaluate_command(
     data: port(steps.EVALUATE, "data", "canonical dataset") = steps.EVALUATE.paths["data"],
     model: port(steps.EVALUATE, "model", "saved classifier") = steps.EVALUATE.paths["model"],
     out: port(steps.EVALUATE, "out", "report directory") = steps.EVALUATE.paths["out"],
+    metrics: port(steps.EVALUATE, "metrics", "flat figures") = steps.EVALUATE.paths["metrics"],
     split: Annotated[str, typer.Option(help="train, validation or test")] = "test",
 ) -> None:
     """Evaluate a model on one split: metrics, confusion matrix, gallery, HTML report."""
     from image_finetune.steps.evaluate import evaluate_classifier
 
-    evaluate_classifier(_load(params)[0], data, model, out, split)
+    evaluate_classifier(_load(params)[0], data, model, out, split, figures=metrics)
 
 
 @app.command("gate")

@@ -165,6 +165,8 @@ class RegistryParams(_Section):
     experiment: str = "image-finetune"
     model_name: str = "cifar10-classifier"
     promote: bool = True
+    # A DVC experiment registers a challenger; it moves @champion only when this says so.
+    promote_experiments: bool = False
 
 
 class Params(_Section):

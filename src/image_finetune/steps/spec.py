@@ -92,7 +92,9 @@ TRAIN_RUNG = StepSpec("train-rung", "train_rung", params=("augment", "model", "t
                       writes=(Port("out", "models/attempt_0"),), scratch=(CACHE,))
 EVALUATE = StepSpec("evaluate", "evaluate", params=("evaluate", "train.seed"),
                     reads=(DATA, Port("model", "models/selected/model.keras")),
-                    writes=(Port("out", "reports/evaluation"),), stage=True)
+                    writes=(Port("out", "reports/evaluation"),
+                            Port("metrics", "metrics/evaluation.json", cache=False)),
+                    stage=True)
 GATE_ATTEMPT = StepSpec("gate-attempt", "gate_attempt", params=("gate",),
                         reads=(Port("evaluation", "models/attempt_0/evaluation"),),
                         writes=(Port("out", "models/attempt_0/decision.json"),))
@@ -102,7 +104,8 @@ CLIMB_LADDER = union(
     "train", "climb_ladder", TRAIN_RUNG, EVALUATE, GATE_ATTEMPT,
     path_params=TRAIN_RUNG.path_params,
     reads=(DATA, Port("validation", "reports/validation/result.json")),
-    writes=(Port("out", "models"),), scratch=(CACHE,), stage=True)
+    writes=(Port("out", "models"), Port("metrics", "metrics/train.json", cache=False)),
+    scratch=(CACHE,), stage=True)
 FINAL_GATE = StepSpec("gate", "final_gate", params=("gate", "registry"),
                       reads=(Port("evaluation", "reports/evaluation"),),
                       writes=(Port("out", "reports/gate.json", cache=False),), stage=True)
