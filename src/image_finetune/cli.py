@@ -38,6 +38,21 @@ def _load(path: Path) -> tuple[Params, Path]:
     return load_params(path), path.resolve().parent
 
 
+@app.command("locate-sources")
+@reported
+def locate_sources_command(
+    params: ParamsOption = DEFAULT_PARAMS,
+    out: port(steps.LOCATE_SOURCES, "out", "record of the chosen data and weights")
+    = steps.LOCATE_SOURCES.paths["out"],
+) -> None:
+    """Choose the data and backbone weights (local copies, else public downloads) and record
+    them by content hash: what DVC re-runs ingest and train for."""
+    config, root = _load(params)
+    from image_finetune.steps.locate_sources import locate_sources
+
+    locate_sources(config, root, out)
+
+
 @app.command("ingest")
 @reported
 def ingest_command(
