@@ -4,11 +4,13 @@ workspace, `--temp`, and a queue started with `dvc queue start`; `dvc exp show`,
 An experiment registers a challenger in the project's own store and never moves @champion."""
 
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.caches import shared_training_cache
 from tests.e2e.test_dvc_repro import dvc, project_copy
@@ -55,6 +57,11 @@ def project(small_folder, no_top_weights, tmp_path_factory):
     """A committed project and its first experiment, run in the workspace."""
     project = project_copy(tmp_path_factory.mktemp("experiments"), small_folder,
                            no_top_weights, GATE, shared_training_cache(tmp_path_factory))
+    # Relative, as the default ../shared: a temporary copy must find them from elsewhere.
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["data"]["path"] = os.path.relpath(small_folder, project)
+    params["model"].update(weights="auto", weights_file=os.path.relpath(no_top_weights, project))
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     git(project, "add", "-A")
     git(project, "commit", "-qm", "baseline")
     dvc_ok(project, "exp", "run", "-n", "lenient", "-S", "gate.min_accuracy=0.31")
