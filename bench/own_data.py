@@ -68,7 +68,7 @@ def the_params(folder: Path | None):
         tree["data"]["path"] = str(SHARED / "data" / Path(tree["data"]["path"]).name)
     else:
         tree["data"].update(path=str(folder), image_size=SIZE)
-    tree["model"]["weights"] = str(SHARED / "weights" / Path(tree["model"]["weights"]).name)
+    tree["model"]["weights"] = str(SHARED / "weights" / Path(tree["model"]["weights_file"]).name)
     default_gate = Params.model_validate(tree).gate
     tree["gate"]["min_accuracy"] = 1.0
     return Params.model_validate(tree), default_gate

@@ -38,6 +38,21 @@ def _load(path: Path) -> tuple[Params, Path]:
     return load_params(path), path.resolve().parent
 
 
+@app.command("locate-sources")
+@reported
+def locate_sources_command(
+    params: ParamsOption = DEFAULT_PARAMS,
+    out: port(steps.LOCATE_SOURCES, "out", "record of the chosen data and weights")
+    = steps.LOCATE_SOURCES.paths["out"],
+) -> None:
+    """Choose the data and backbone weights (local copies, else public downloads) and record
+    them by content hash: what DVC re-runs ingest and train for."""
+    config, root = _load(params)
+    from image_finetune.steps.locate_sources import locate_sources
+
+    locate_sources(config, root, out)
+
+
 @app.command("ingest")
 @reported
 def ingest_command(
@@ -88,12 +103,13 @@ def train_command(
     validation: port(LADDER, "validation", "validate step's result") = LADDER.paths["validation"],
     out: port(LADDER, "out", "attempts and selected model") = LADDER.paths["out"],
     cache: port(LADDER, "cache", "features, checkpoints, attempts") = LADDER.paths["cache"],
+    metrics: port(LADDER, "metrics", "the attempts' figures") = LADDER.paths["metrics"],
 ) -> None:
     """Climb the ladder: train, evaluate on validation and gate each rung until one passes."""
     config, root = _load(params)
     from image_finetune.steps.climb_ladder import climb_ladder
 
-    climb_ladder(config, data, validation, out, cache, root)
+    climb_ladder(config, data, validation, out, cache, root, metrics)
 
 
 @app.command("evaluate")
@@ -103,12 +119,13 @@ def evaluate_command(
     data: port(steps.EVALUATE, "data", "canonical dataset") = steps.EVALUATE.paths["data"],
     model: port(steps.EVALUATE, "model", "saved classifier") = steps.EVALUATE.paths["model"],
     out: port(steps.EVALUATE, "out", "report directory") = steps.EVALUATE.paths["out"],
+    metrics: port(steps.EVALUATE, "metrics", "flat figures") = steps.EVALUATE.paths["metrics"],
     split: Annotated[str, typer.Option(help="train, validation or test")] = "test",
 ) -> None:
     """Evaluate a model on one split: metrics, confusion matrix, gallery, HTML report."""
     from image_finetune.steps.evaluate import evaluate_classifier
 
-    evaluate_classifier(_load(params)[0], data, model, out, split)
+    evaluate_classifier(_load(params)[0], data, model, out, split, figures=metrics)
 
 
 @app.command("gate")

@@ -109,8 +109,9 @@ def _has_code(path: Path) -> bool:
 
 def stage_entry(spec, project_root: Path) -> str:
     """A step's dvc.yaml stage, as the catalog and the import graph say it must be."""
-    lines = [f"  {spec.name}:", f"    cmd: {spec.command()}", "    deps:"]
-    lines += [f"      - ${{{key}}}" for key in spec.path_params]
+    lines = [f"  {spec.name}:", f"    cmd: {spec.command()}"]
+    lines += ["    always_changed: true"] if spec.always_changed else []
+    lines += ["    deps:", *(f"      - {path}" for path in spec.watches)]
     lines += [f"      - {port.path}" for port in spec.reads]
     lines += [f"      - {f}" for f in code_files(f"{PACKAGE}.steps.{spec.module}", project_root)]
     lines += ["    params:", *(f"      - {key}" for key in spec.params), "    outs:"]

@@ -37,7 +37,8 @@ class _Section(BaseModel):
 class DataParams(_Section):
     """Where the images come from and how the splits are made (``ingest``)."""
 
-    source: Literal["folder", "cifar-python", "cifar-binary", "tfds"] = "folder"
+    # auto: the folder or tarball at ``path`` when it exists, else tfds (image_finetune.locate)
+    source: Literal["auto", "folder", "cifar-python", "cifar-binary", "tfds"] = "auto"
     path: str = "../shared/data/cifar10-jpeg.tar.gz"
     tfds_name: str = "cifar10"
     image_size: Positive = 32
@@ -84,7 +85,9 @@ class ModelParams(_Section):
 
     backbone: Literal["mobilenet_v2", "resnet50", "efficientnet_b0",
                       "efficientnet_lite0"] = "mobilenet_v2"
-    weights: str = "../shared/weights/mobilenet_v2_1.0_imagenet_no_top.weights.h5"
+    # auto: ``weights_file`` when it exists, else imagenet | imagenet | none | a file
+    weights: str = "auto"
+    weights_file: str = "../shared/weights/mobilenet_v2_1.0_imagenet_no_top.weights.h5"
     image_size: Annotated[int, Field(ge=32, le=512)] = 96
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.2
 
@@ -165,6 +168,8 @@ class RegistryParams(_Section):
     experiment: str = "image-finetune"
     model_name: str = "cifar10-classifier"
     promote: bool = True
+    # A DVC experiment registers a challenger; it moves @champion only when this says so.
+    promote_experiments: bool = False
 
 
 class Params(_Section):

@@ -86,3 +86,13 @@ def flatten_metrics(metrics: dict, prefix: str = "") -> dict[str, float]:
         elif isinstance(value, int | float) and not isinstance(value, bool):
             flat[name] = float(value)
     return flat
+
+
+def figures_with_classes(metrics: dict) -> dict[str, float]:
+    """:func:`flatten_metrics` plus each class's figures as ``per_class.<class>.<figure>``:
+    for metric files (DVC), not metric stores, which refuse many characters a class folder's
+    name may hold."""
+    per_class = {f"per_class.{name}.{figure}": float(value)
+                 for name, figures in metrics.get("per_class", {}).items()
+                 for figure, value in figures.items()}
+    return {**flatten_metrics(metrics), **per_class}

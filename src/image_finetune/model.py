@@ -69,6 +69,9 @@ def build_backbone(params: ModelParams, image_size: int, weights_path: Path | No
     """
     spec = BACKBONES[params.backbone]
     choice = params.weights.lower()
+    if weights_path is None and choice not in ("imagenet", "none"):
+        raise ValueError(f"model.weights={params.weights!r} names no weights to load: "
+                         "decide them first (image_finetune.locate.choose_weights)")
     if weights_path is not None and not weights_path.exists():
         raise MissingInputError(
             f"{weights_path}: backbone weights not found (set model.weights or "

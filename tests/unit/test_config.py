@@ -22,7 +22,7 @@ MINIMAL = {"train": {"ladder": [{"name": "head"}]}}
 
 def test_the_projects_params_file_is_valid():
     params = load_params(ROOT / "params.yaml", use_env=False)
-    assert params.data.source == "folder"
+    assert params.data.source == params.model.weights == "auto"  # local copies, else downloads
     assert len(params.train.ladder) >= 2
     assert params.train.ladder[0].unfreeze_from is None
 

@@ -7,6 +7,7 @@ from image_finetune.config import EvaluateParams
 from image_finetune.metrics import (
     classification_metrics,
     expected_calibration_error,
+    figures_with_classes,
     flatten_metrics,
     most_confused_pairs,
 )
@@ -57,3 +58,13 @@ def test_flat_metrics_keep_every_scalar_and_the_interval_and_drop_the_tables():
     assert flatten_metrics(metrics, "test_") == {
         "test_accuracy": 0.9, "test_accuracy_ci95.low": 0.88, "test_accuracy_ci95.high": 0.92,
         "test_count": 100.0, "test_latency.batch1_p50_ms": 9.5}
+
+
+def test_metric_files_keep_each_class_and_the_interval_as_flat_numbers():
+    metrics = {"accuracy": 0.9, "accuracy_ci95": [0.88, 0.92],
+               "per_class": {"ship": {"recall": 0.5, "support": 10}, "a b/c": {"f1": 1.0}},
+               "confusion_matrix": [[1]], "most_confused": [{"true": "a"}]}
+    assert figures_with_classes(metrics) == {
+        "accuracy": 0.9, "accuracy_ci95.low": 0.88, "accuracy_ci95.high": 0.92,
+        "per_class.ship.recall": 0.5, "per_class.ship.support": 10.0,
+        "per_class.a b/c.f1": 1.0}

@@ -95,7 +95,9 @@ def test_parameters_are_the_params_yaml_sections(spec, params):
 
 # What each dvc.yaml stage is called in the Kubeflow run (the train stage is rung 0's three
 # tasks in the outer DAG; later rungs nest under the retry branches).
-KFP_TASKS = {"ingest": ["ingest"], "validate": ["validate the data"],
+# locate-sources is DVC's record of the data and weights: KFP's ingest and train choose them
+# themselves (image_finetune.locate) and KFP's cache keys on the parameters.
+KFP_TASKS = {"locate-sources": [], "ingest": ["ingest"], "validate": ["validate the data"],
              "augment": ["preview the augmentation"],
              "train": ["train rung 0 (frozen-head)", "evaluate rung 0 on validation",
                        "gate rung 0"],

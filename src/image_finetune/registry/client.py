@@ -7,7 +7,8 @@ from __future__ import annotations
 import functools
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import TypeVar
 
 from image_finetune.config import RegistryParams
@@ -30,11 +31,35 @@ def redact(text: str) -> str:
     return re.sub(r"(?<=//)[^/@\s]*@", "***@", text)
 
 
+SQLITE = "sqlite:///"
+# Set by DVC for every stage: the repository's root, also when `dvc exp run --temp` or a
+# queued experiment runs the stage in a copy under .dvc/tmp/exps.
+DVC_ROOT_ENV = "DVC_ROOT"
+
+
+def store_uri(uri: str, environ: Mapping[str, str] = os.environ) -> str:
+    """``uri`` with a relative SQLite file made absolute under the DVC repository's root:
+    an experiment run in a temporary copy records into the project's store, not into one
+    that is deleted with the copy."""
+    root = environ.get(DVC_ROOT_ENV)
+    if not root or not uri.startswith(SQLITE) or uri.startswith(SQLITE + "/"):
+        return uri
+    return SQLITE + str(Path(root, uri.removeprefix(SQLITE)))
+
+
+def local_artifact_root(uri: str) -> str | None:
+    """Where a local SQLite store's artifacts go: ``mlruns`` beside its database file (what
+    MLflow picks when the working directory is the database's); None for a server."""
+    if not uri.startswith(SQLITE):
+        return None
+    return (Path(uri.removeprefix(SQLITE)).resolve().parent / "mlruns").as_uri()
+
+
 def client_for(params: RegistryParams):
     """The MlflowClient for ``params.tracking_uri`` (registry there too). MLflow's global
     tracking URI is left alone: a process (a notebook, a test session) may talk to several
     stores, so every call here names its store."""
-    return _cached_client(params.tracking_uri)
+    return _cached_client(store_uri(params.tracking_uri))
 
 
 @functools.cache

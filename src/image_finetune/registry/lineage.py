@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
+
+# MLflow's standard tag for the code's commit: its UI links a run to its source by it.
+GIT_COMMIT_TAG = "mlflow.source.git.commit"
+# What `dvc exp run` sets in the environment of the stages it runs.
+DVC_EXPERIMENT_ENV = "DVC_EXP_NAME"
+DVC_BASELINE_ENV = "DVC_EXP_BASELINE_REV"
 
 
 def git_commit(root: Path) -> str:
@@ -15,6 +23,16 @@ def git_commit(root: Path) -> str:
                               text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def dvc_experiment(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The DVC experiment this process is a stage of, as tags: its name and the commit it
+    branches from (``dvc exp run`` in the workspace, ``--temp`` or a queue); empty outside
+    one."""
+    name = environ.get(DVC_EXPERIMENT_ENV, "")
+    if not name:
+        return {}
+    return {"dvc_experiment": name, "dvc_experiment_baseline": environ.get(DVC_BASELINE_ENV, "")}
 
 
 def new_pipeline_run_id(prefix: str = "dvc") -> str:
@@ -42,6 +60,8 @@ def lineage_tags(
     needs to use it as it was trained (class names; how images of another size are fitted)."""
     import json
 
+    extra = extra or {}
+    commit = {GIT_COMMIT_TAG: extra["git_commit"]} if "git_commit" in extra else {}
     return {"pipeline_run_id": pipeline_run_id, "params_sha256": params_sha256,
-            "data_manifest_sha256": data_manifest_sha256, **(extra or {}),
+            "data_manifest_sha256": data_manifest_sha256, **extra, **commit,
             "class_names": json.dumps(class_names), "image_fit": image_fit}

@@ -4,10 +4,12 @@ ladder, batched metrics and parameters, artifacts."""
 from __future__ import annotations
 
 import logging
+import re
 import time
 from pathlib import Path
 
 from image_finetune.config import Params
+from image_finetune.registry.client import local_artifact_root, store_uri
 
 log = logging.getLogger(__name__)
 
@@ -59,14 +61,17 @@ def log_epochs(client, run_id: str, rows: list[dict]) -> None:
         client.log_batch(run_id, metrics=items[start : start + BATCH])
 
 
-def experiment_named(client, name: str):
-    """The experiment called ``name``, created on first use (also by a concurrent run)."""
+def experiment_named(client, name: str, tracking_uri: str):
+    """The experiment called ``name``, created on first use (also by a concurrent run); a
+    local store's artifacts go beside its database, wherever the process runs."""
     from mlflow.exceptions import MlflowException
 
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
+        root = local_artifact_root(store_uri(tracking_uri))
+        location = f"{root}/{re.sub(r'[^A-Za-z0-9._-]+', '-', name)}" if root else None
         try:
-            client.create_experiment(name)
+            client.create_experiment(name, artifact_location=location)
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
@@ -76,7 +81,8 @@ def experiment_named(client, name: str):
 
 def parent_run(client, params: Params, pipeline_run_id: str) -> str:
     """The parent run of a pipeline run, created (with every parameter) on first use."""
-    experiment = experiment_named(client, params.registry.experiment)
+    experiment = experiment_named(client, params.registry.experiment,
+                                  params.registry.tracking_uri)
     found = client.search_runs([experiment.experiment_id],
                                f"tags.pipeline_run_id = '{pipeline_run_id}' and "
                                "tags.kind = 'pipeline'", max_results=1)

@@ -14,7 +14,7 @@ from pathlib import Path
 from image_finetune.config import Params
 from image_finetune.errors import DataValidationError, MissingInputError
 from image_finetune.inference import MODEL_FILE
-from image_finetune.ladder import AttemptRecord
+from image_finetune.ladder import AttemptRecord, ladder_figures
 from image_finetune.steps import evaluate, gate_attempt, select, train_rung
 from image_finetune.steps.gate_attempt import read_records
 from image_finetune.steps.layout import (
@@ -24,14 +24,17 @@ from image_finetune.steps.layout import (
     SELECTED,
     SUMMARY_FILE,
     attempt_folder,
+    write_figures,
 )
 
 
 def climb_ladder(
-    params: Params, data: Path, validation: Path, out: Path, cache: Path, root: Path
+    params: Params, data: Path, validation: Path, out: Path, cache: Path, root: Path,
+    metrics: Path | None = None,
 ) -> Path:
     """Climb ``train.ladder`` on ``data`` (validated: ``validation`` is the validate step's
-    result); return the selected model's path. Raises GateFailedError when every rung fails."""
+    result); return the selected model's path. Raises GateFailedError when every rung fails.
+    ``metrics``: where the loop's figures go as one flat JSON object (kept in git by DVC)."""
     _require_validated(validation)
     out.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(out / SELECTED, ignore_errors=True)
@@ -47,6 +50,8 @@ def climb_ladder(
         records = read_records(current if current and current.exists()
                                             else previous)
         _write_summary(out, records, len(params.train.ladder))
+        if metrics is not None:
+            write_figures(metrics, ladder_figures(records, len(params.train.ladder)))
     winner = records[-1]
     return select.select_classifier(attempt_folder(out, winner.index) / MODEL_FILE,
                                     out / SELECTED, winner.to_json())

@@ -13,9 +13,14 @@ import numpy as np
 from image_finetune.config import Params
 from image_finetune.data.canonical import load_split, read_manifest
 from image_finetune.inference import load_classifier, measure_latency, predict_proba
-from image_finetune.metrics import STRUCTURED, classification_metrics
+from image_finetune.metrics import STRUCTURED, classification_metrics, figures_with_classes
 from image_finetune.report import plot_confusion, plot_gallery, write_html
-from image_finetune.steps.layout import DETAILS_FILE, METRICS_FILE, PREDICTIONS_FILE
+from image_finetune.steps.layout import (
+    DETAILS_FILE,
+    METRICS_FILE,
+    PREDICTIONS_FILE,
+    write_figures,
+)
 
 log = logging.getLogger(__name__)
 
@@ -23,9 +28,10 @@ log = logging.getLogger(__name__)
 
 def evaluate_classifier(
     params: Params, data: Path, model: Path, out: Path, split: str = "test",
-    title: str | None = None,
+    title: str | None = None, figures: Path | None = None,
 ) -> dict:
-    """Evaluate the classifier in ``model`` on ``split``; write every result to ``out``."""
+    """Evaluate the classifier in ``model`` on ``split``; write every result to ``out`` and
+    the scalar figures, per class too, to ``figures`` (a flat metrics file) if given."""
     loaded = load_split(data, split)
     class_names = read_manifest(data)["class_names"]
     classifier = load_classifier(model)
@@ -44,6 +50,8 @@ def evaluate_classifier(
     _write_results(out, metrics, probs, labels, np.asarray(loaded.images), class_names,
                    params.evaluate.gallery_size)
     write_html(out, title or f"Evaluation on {split}", metrics, class_names)
+    if figures is not None:
+        write_figures(figures, figures_with_classes(metrics))
     log.info("%s: accuracy %.4f macro F1 %.4f (%d images)", title or split, metrics["accuracy"],
              metrics["macro_f1"], metrics["count"])
     return metrics

@@ -6,20 +6,22 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from image_finetune.config import Params, resolve_path
+from image_finetune.config import Params
 from image_finetune.data.canonical import sha256_file, write_dataset
 from image_finetune.data.ingest import canonical_splits, read_source
 from image_finetune.errors import IngestError
+from image_finetune.locate import choose_data
 
 log = logging.getLogger(__name__)
 
 
 
 def ingest_data(params: Params, out: Path, root: Path) -> dict:
-    """Read ``data.path`` (relative to ``root``) and write train/validation/test in the
-    canonical format to ``out``; return the manifest."""
-    data = params.data
-    source_path = resolve_path(data.path, root)
+    """Read the data source (``data.path`` relative to ``root``, or TensorFlow Datasets: see
+    :func:`choose_data`) and write train/validation/test in the canonical format to ``out``;
+    return the manifest."""
+    data = choose_data(params.data, root)
+    source_path = Path(data.path)
     raw = read_source(data, source_path)
     if "test" not in raw.images:
         raise IngestError(f"{source_path}: no test split found")

@@ -1,7 +1,8 @@
 """The ``register`` stage: track the pipeline run in MLflow (a parent run; a nested run per
 attempt where the loop's folder is given; the data checks; the test evaluation), register
 the model that passed the final gate as ``challenger`` and promote it to ``champion`` when
-the gate says it beats the champion."""
+the gate says it beats the champion. A DVC experiment's model stays a challenger (tagged with
+the experiment's name and base commit) unless ``registry.promote_experiments`` is on."""
 
 from __future__ import annotations
 
@@ -80,7 +81,7 @@ def register_classifier(
 
 
 def _lineage_tags(params: Params, run_id: str, data: Path, root: Path, extra: dict | None):
-    extra = {"git_commit": lineage.git_commit(root), **(extra or {})}
+    extra = {"git_commit": lineage.git_commit(root), **lineage.dvc_experiment(), **(extra or {})}
     if (root / "dvc.lock").exists():
         extra["dvc_lock_sha256"] = sha256_file(root / "dvc.lock")
     manifest = read_manifest(data)
@@ -99,7 +100,11 @@ def _register(client, parent, params, model, data, evaluation, decision_file, ta
     client.set_registered_model_alias(name, CHALLENGER, version)
     outcome = {"registered": True, "version": version, "model_uri": f"runs:/{parent}/model",
                "promoted": False, "reason": "promotion disabled (registry.promote: false)"}
-    if params.registry.promote and is_alias(client, name, CHAMPION, version):
+    experiment = tags.get("dvc_experiment")
+    if experiment and params.registry.promote and not params.registry.promote_experiments:
+        outcome["reason"] = (f"DVC experiment {experiment}: registered as challenger, never "
+                             f"promoted (registry.promote_experiments: false)")
+    elif params.registry.promote and is_alias(client, name, CHAMPION, version):
         outcome.update(promoted=True, reason="champion (promoted by an earlier try of this run)")
     elif params.registry.promote and decision.promote:
         _, probabilities, labels = read_evaluation(evaluation)

@@ -37,9 +37,12 @@ class StepSpec:
     params: tuple[str, ...] = ()  # params.yaml keys it reads: sections or section.key
     reads: tuple[Port, ...] = ()
     writes: tuple[Port, ...] = ()
-    path_params: tuple[str, ...] = ()  # params whose values are files it reads
+    # Files DVC re-runs the stage for without the step reading them: the sources record
+    # stands for the data and weights files (wherever they are, downloaded or local).
+    watches: tuple[str, ...] = ()
     scratch: tuple[Port, ...] = ()  # caches: named in the command, neither deps nor outs
     stage: bool = False
+    always_changed: bool = False  # DVC runs it every time (it looks outside the project)
 
     @property
     def sections(self) -> tuple[str, ...]:
@@ -80,19 +83,28 @@ ALL_SECTIONS = tuple(sorted(field.alias or name for name, field in Params.model_
 DATA = Port("data", "data/ingested")
 CACHE = Port("cache", ".cache/image_finetune")
 
+SOURCES = "data/sources.json"
+
 CHECK_PARAMS = StepSpec("check-params", "check_params", params=ALL_SECTIONS)
-INGEST = StepSpec("ingest", "ingest", params=("data",), path_params=("data.path",),
+LOCATE_SOURCES = StepSpec(
+    "locate-sources", "locate_sources",
+    params=("data.path", "data.source", "data.tfds_name", "model.backbone", "model.weights",
+            "model.weights_file"),
+    writes=(Port("out", SOURCES),), stage=True, always_changed=True)
+INGEST = StepSpec("ingest", "ingest", params=("data",), watches=(SOURCES,),
                   writes=(Port("out", "data/ingested"),), stage=True)
 VALIDATE = StepSpec("validate", "validate", params=("validate",), reads=(DATA,),
                     writes=(Port("out", "reports/validation"),), stage=True)
 AUGMENT = StepSpec("augment", "augment", params=("augment", "train.seed"), reads=(DATA,),
                    writes=(Port("out", "reports/augment"),), stage=True)
 TRAIN_RUNG = StepSpec("train-rung", "train_rung", params=("augment", "model", "train"),
-                      path_params=("model.weights",), reads=(DATA,),
+                      watches=(SOURCES,), reads=(DATA,),
                       writes=(Port("out", "models/attempt_0"),), scratch=(CACHE,))
 EVALUATE = StepSpec("evaluate", "evaluate", params=("evaluate", "train.seed"),
                     reads=(DATA, Port("model", "models/selected/model.keras")),
-                    writes=(Port("out", "reports/evaluation"),), stage=True)
+                    writes=(Port("out", "reports/evaluation"),
+                            Port("metrics", "metrics/evaluation.json", cache=False)),
+                    stage=True)
 GATE_ATTEMPT = StepSpec("gate-attempt", "gate_attempt", params=("gate",),
                         reads=(Port("evaluation", "models/attempt_0/evaluation"),),
                         writes=(Port("out", "models/attempt_0/decision.json"),))
@@ -100,9 +112,10 @@ SELECT = StepSpec("select", "select", reads=(Port("model", "models/attempt_0/mod
                   writes=(Port("out", "models/selected"),))
 CLIMB_LADDER = union(
     "train", "climb_ladder", TRAIN_RUNG, EVALUATE, GATE_ATTEMPT,
-    path_params=TRAIN_RUNG.path_params,
+    watches=TRAIN_RUNG.watches,
     reads=(DATA, Port("validation", "reports/validation/result.json")),
-    writes=(Port("out", "models"),), scratch=(CACHE,), stage=True)
+    writes=(Port("out", "models"), Port("metrics", "metrics/train.json", cache=False)),
+    scratch=(CACHE,), stage=True)
 FINAL_GATE = StepSpec("gate", "final_gate", params=("gate", "registry"),
                       reads=(Port("evaluation", "reports/evaluation"),),
                       writes=(Port("out", "reports/gate.json", cache=False),), stage=True)
@@ -127,8 +140,8 @@ RECORD_STATUS = StepSpec("record-status", "record_status",
                          writes=(Port("out", "reports/status.md"),))
 
 CATALOG: dict[str, StepSpec] = {spec.name: spec for spec in (
-    CHECK_PARAMS, INGEST, VALIDATE, AUGMENT, TRAIN_RUNG, EVALUATE, GATE_ATTEMPT, SELECT,
-    CLIMB_LADDER, FINAL_GATE, REGISTER, LIST_MODELS, PROMOTE, ROLLBACK, SERVE, PREDICT_BATCH,
-    EXPORT, RECORD_STATUS)}
+    CHECK_PARAMS, LOCATE_SOURCES, INGEST, VALIDATE, AUGMENT, TRAIN_RUNG, EVALUATE,
+    GATE_ATTEMPT, SELECT, CLIMB_LADDER, FINAL_GATE, REGISTER, LIST_MODELS, PROMOTE, ROLLBACK,
+    SERVE, PREDICT_BATCH, EXPORT, RECORD_STATUS)}
 # The DVC pipeline as a flat list, in run order.
-STAGES = (INGEST, VALIDATE, AUGMENT, CLIMB_LADDER, EVALUATE, FINAL_GATE, REGISTER)
+STAGES = (LOCATE_SOURCES, INGEST, VALIDATE, AUGMENT, CLIMB_LADDER, EVALUATE, FINAL_GATE, REGISTER)

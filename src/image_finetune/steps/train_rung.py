@@ -18,6 +18,7 @@ import keras
 from image_finetune.config import Params, Rung
 from image_finetune.data.canonical import load_split, manifest_digest, read_manifest
 from image_finetune.inference import MODEL_FILE
+from image_finetune.locate import choose_weights
 from image_finetune.model import resolve_weights
 from image_finetune.steps.layout import HISTORY_FILE, RESULT_FILE
 from image_finetune.train import (
@@ -41,8 +42,9 @@ def train_rung(
 ) -> AttemptResult:
     """Train rung ``index`` on ``data``; write ``model.keras``, ``history.csv`` and
     ``result.json`` to ``out``. ``cache`` keeps features, checkpoints and finished attempts;
-    a relative ``model.weights`` is resolved against ``root``. ``observers`` are extra Keras
-    callbacks for the fit (see :func:`fit_plan`)."""
+    the weights are chosen by :func:`choose_weights` (relative paths against ``root``).
+    ``observers`` are extra Keras callbacks for the fit (see :func:`fit_plan`)."""
+    params = params.model_copy(update={"model": choose_weights(params.model, root)})
     rung = params.train.ladder[index]
     mixed = configure_runtime(params)
     manifest = read_manifest(data)

@@ -1,0 +1,143 @@
+"""DVC experiments on a small real project, as a user runs them: `dvc exp run -S` in the
+workspace, `--temp`, and a queue started with `dvc queue start`; `dvc exp show`, `exp diff`,
+`exp apply`, `plots diff`; `dvc metrics show` on a fresh clone reads every figure from git.
+An experiment registers a challenger in the project's own store and never moves @champion."""
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.caches import shared_training_cache
+from tests.e2e.test_dvc_repro import dvc, project_copy
+
+GATE = {"min_accuracy": 0.3, "min_macro_f1": 0.2, "min_class_recall": 0.0,
+        "max_latency_p95_ms": 2000}
+MODEL = "cifar10-classifier"
+
+
+def git(project: Path, *args: str) -> str:
+    return subprocess.run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com",
+                           *args], cwd=project, capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def dvc_ok(project: Path, *args: str) -> str:
+    result = dvc(project, *args)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def experiment(shown: list, name: str) -> dict:
+    """An experiment's record in `dvc exp show --json` (nested under its baseline)."""
+    for baseline in shown:
+        for branch in baseline.get("experiments") or []:
+            for rev in branch["revs"]:
+                if rev.get("name") == name:
+                    return rev
+    raise AssertionError(f"no experiment {name!r} in dvc exp show")
+
+
+def figures(record: dict, path: str) -> dict:
+    return record["data"]["metrics"][path]["data"]
+
+
+def registry(project: Path):
+    import mlflow
+
+    return mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+
+
+@pytest.fixture(scope="module")
+def project(small_folder, no_top_weights, tmp_path_factory):
+    """A committed project and its first experiment, run in the workspace."""
+    project = project_copy(tmp_path_factory.mktemp("experiments"), small_folder,
+                           no_top_weights, GATE, shared_training_cache(tmp_path_factory))
+    # Relative, as the default ../shared: a temporary copy must find them from elsewhere.
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["data"]["path"] = os.path.relpath(small_folder, project)
+    params["model"].update(weights="auto", weights_file=os.path.relpath(no_top_weights, project))
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    git(project, "add", "-A")
+    git(project, "commit", "-qm", "baseline")
+    dvc_ok(project, "exp", "run", "-n", "lenient", "-S", "gate.min_accuracy=0.31")
+    return project
+
+
+def test_an_experiment_registers_a_challenger_and_leaves_the_champion_alone(project):
+    from mlflow.exceptions import MlflowException
+
+    outcome = json.loads((project / "reports" / "registration.json").read_text())
+    assert outcome["registered"] and not outcome["promoted"]
+    assert "DVC experiment lenient: registered as challenger" in outcome["reason"]
+    version = registry(project).get_model_version_by_alias(MODEL, "challenger")
+    assert version.tags["dvc_experiment"] == "lenient"
+    assert version.tags["mlflow.source.git.commit"] == git(project, "rev-parse", "HEAD")
+    assert version.tags["dvc_experiment_baseline"] == git(project, "rev-parse", "HEAD")
+    with pytest.raises(MlflowException):  # the gate passed and nothing was champion: still none
+        registry(project).get_model_version_by_alias(MODEL, "champion")
+
+
+def test_exp_show_has_every_figure_flat(project):
+    record = experiment(json.loads(dvc_ok(project, "exp", "show", "--json")), "lenient")
+    test = figures(record, "metrics/evaluation.json")
+    assert {"accuracy", "macro_f1", "accuracy_ci95.low", "accuracy_ci95.high",
+            "per_class.airplane.recall", "per_class.truck.f1"} <= set(test)
+    assert test["accuracy_ci95.low"] <= test["accuracy"] <= test["accuracy_ci95.high"]
+    ladder = figures(record, "metrics/train.json")
+    assert ladder["selected"] == 1 and ladder["attempt_0.passed"] == 0
+    assert ladder["attempt_1.val_accuracy"] > 0
+
+
+@pytest.fixture(scope="module")
+def applied(project):
+    """The first experiment applied and committed: the new baseline."""
+    dvc_ok(project, "exp", "apply", "lenient")
+    git(project, "add", "-A")
+    git(project, "commit", "-qm", "apply lenient")
+    return project
+
+
+def test_a_fresh_clone_shows_every_figure_without_pulling(applied, tmp_path):
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(applied), str(clone)], check=True)
+    shown = json.loads(dvc_ok(clone, "metrics", "show", "--json"))
+    test = next(iter(shown.values()))["data"]["metrics/evaluation.json"]["data"]
+    assert "per_class.cat.recall" in test and "accuracy_ci95.high" in test
+    assert not (clone / "models").exists()  # nothing was pulled
+
+
+def test_a_temporary_experiment_records_into_the_projects_store(applied):
+    dvc_ok(applied, "exp", "run", "--temp", "-n", "stricter", "-S", "gate.min_accuracy=0.32")
+    versions = registry(applied).search_model_versions(f"name = '{MODEL}'")
+    assert "stricter" in {v.tags.get("dvc_experiment") for v in versions}
+    assert not list((applied / "mlruns").glob("**/.dvc"))  # nothing of the copy leaked
+    diff = json.loads(dvc_ok(applied, "exp", "diff", "lenient", "stricter", "--json"))
+    changed = diff["params"]["params.yaml"]["gate.min_accuracy"]
+    assert (changed["old"], changed["new"]) == (0.31, 0.32)
+
+
+def test_a_queued_experiment_runs_when_the_queue_starts(applied):
+    dvc_ok(applied, "exp", "run", "--queue", "-n", "queued", "-S", "gate.min_accuracy=0.33")
+    dvc_ok(applied, "queue", "start", "-j", "1")
+    deadline = time.monotonic() + 900
+    while any(word in dvc_ok(applied, "queue", "status") for word in ("Queued", "Running")):
+        assert time.monotonic() < deadline, dvc_ok(applied, "queue", "status")
+        time.sleep(5)
+    status = dvc_ok(applied, "queue", "status")
+    assert "Success" in status, status + dvc_ok(applied, "queue", "logs", "queued")
+    record = experiment(json.loads(dvc_ok(applied, "exp", "show", "--json")), "queued")
+    assert record["data"]["params"]["params.yaml"]["data"]["gate"]["min_accuracy"] == 0.33
+    versions = registry(applied).search_model_versions(f"name = '{MODEL}'")
+    assert "queued" in {v.tags.get("dvc_experiment") for v in versions}
+    dvc_ok(applied, "queue", "stop")
+
+
+def test_plots_diff_of_two_experiments(applied, tmp_path):
+    out = tmp_path / "plots"
+    dvc_ok(applied, "plots", "diff", "lenient", "stricter", "-o", str(out))
+    assert (out / "index.html").exists()
