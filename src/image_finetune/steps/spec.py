@@ -81,6 +81,7 @@ DATA = Port("data", "data/ingested")
 CACHE = Port("cache", ".cache/image_finetune")
 
 CHECK_PARAMS = StepSpec("check-params", "check_params", params=ALL_SECTIONS)
+SET_RUNG = StepSpec("set-rung", "set_rung", params=("train",))  # Kubeflow's: see its module
 INGEST = StepSpec("ingest", "ingest", params=("data",), path_params=("data.path",),
                   writes=(Port("out", "data/ingested"),), stage=True)
 VALIDATE = StepSpec("validate", "validate", params=("validate",), reads=(DATA,),
@@ -127,8 +128,8 @@ RECORD_STATUS = StepSpec("record-status", "record_status",
                          writes=(Port("out", "reports/status.md"),))
 
 CATALOG: dict[str, StepSpec] = {spec.name: spec for spec in (
-    CHECK_PARAMS, INGEST, VALIDATE, AUGMENT, TRAIN_RUNG, EVALUATE, GATE_ATTEMPT, SELECT,
-    CLIMB_LADDER, FINAL_GATE, REGISTER, LIST_MODELS, PROMOTE, ROLLBACK, SERVE, PREDICT_BATCH,
-    EXPORT, RECORD_STATUS)}
+    CHECK_PARAMS, SET_RUNG, INGEST, VALIDATE, AUGMENT, TRAIN_RUNG, EVALUATE, GATE_ATTEMPT,
+    SELECT, CLIMB_LADDER, FINAL_GATE, REGISTER, LIST_MODELS, PROMOTE, ROLLBACK, SERVE,
+    PREDICT_BATCH, EXPORT, RECORD_STATUS)}
 # The DVC pipeline as a flat list, in run order.
 STAGES = (INGEST, VALIDATE, AUGMENT, CLIMB_LADDER, EVALUATE, FINAL_GATE, REGISTER)
