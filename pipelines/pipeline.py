@@ -1,6 +1,6 @@
 """The Kubeflow pipeline: the DAG of ``dvc repro``, built from the components in components/.
 
-    check params -> ingest -> validate -> augment -> attempt 0
+    set rung 0 -> ... -> set rung n-1 -> check params -> ingest -> validate -> augment -> attempt 0
       -> dsl.OneOf(the winning classifier) -> evaluate(test) -> final gate -> register/promote
     attempt k:  train(rung k, warm start from rung k-1) -> evaluate(validation) -> gate
                 dsl.If(gate failed): attempt k+1      dsl.Else: hand the classifier on
@@ -15,9 +15,10 @@ each attempt resolves its own group and returns the winner as an ordinary output
 The pipeline's parameters, with the params.yaml it was compiled from as their defaults: the
 knobs tuned per run, typed (``image_finetune.knobs``: data path, backbone, image size, each
 rung's epochs and learning rate, the gate's thresholds), what they leave of each section as
-a mapping, and ``cache_dir``. ``set-rung`` (one per rung) and ``check-params`` put the knobs
-back and validate the whole; every later step receives only the checked sections it reads,
-so KFP's cache re-runs just the steps whose values changed.
+a mapping, and ``cache_dir``. ``set-rung`` (one per rung, chained: a component's inputs are
+fixed, the number of rungs is not) and ``check-params`` put the knobs back and validate the
+whole; every later step receives only the checked sections it reads, so KFP's cache re-runs
+just the steps whose values changed.
 """
 
 import inspect
@@ -47,6 +48,7 @@ from image_finetune.config import Params
 from image_finetune.knobs import (
     SECTION_KNOBS,
     dotted,
+    knob_names,
     knob_path,
     knob_values,
     rung_knob,
@@ -190,31 +192,30 @@ def _test_and_register(sections: dict, deployment: Deployment, winner, first_gat
     deployment.with_credentials(registered)
 
 
-def parameter_descriptions(params: Params, names: list[str]) -> dict[str, str]:
-    """What each pipeline parameter is, for the run form."""
-    rungs = [rung.name for rung in params.train.ladder]
-    described = {"cache_dir": "training feature cache, checkpoints and finished attempts "
-                              "(empty: a scratch folder per task)"}
-    for name in names:
-        if name in ALL_SECTIONS:
-            described[name] = f"params.yaml's {name} section, less its typed parameters"
-        elif name != "cache_dir":
-            path = knob_path(name)
-            rung = f" (rung {rungs[path[2]]})" if path[0] == "train" else ""
-            described[name] = f"params.yaml {dotted(path)}{rung}"
+def _parameter_descriptions(params: Params) -> dict[str, str]:
+    """What each parameter of the pipeline for ``params`` is, for the run form."""
+    rungs = params.train.ladder
+    described = {}
+    for name in knob_names(len(rungs)):
+        path = knob_path(name)
+        rung = f" (rung {rungs[path[2]].name})" if path[0] == "train" else ""
+        described[name] = f"params.yaml {dotted(path)}{rung}"
+    for name in ALL_SECTIONS:
+        described[name] = f"params.yaml's {name} section, less its typed parameters"
+    described["cache_dir"] = ("training feature cache, checkpoints and finished attempts "
+                              "(empty: a scratch folder per task)")
     return described
 
 
-def _signed(pipeline_func, params: Params, defaults: dict[str, Any]):
+def _with_parameters(pipeline_func, defaults: dict[str, Any], descriptions: dict[str, str]):
     """``pipeline_func(*values)`` with one typed parameter per default, described in its
     docstring: KFP reads a pipeline's parameters from its signature, and these depend on
     the ladder compiled in."""
     pipeline_func.__signature__ = inspect.Signature([
         inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=value,
                           annotation=type(value)) for name, value in defaults.items()])
-    descriptions = parameter_descriptions(params, list(defaults))
-    pipeline_func.__doc__ = "\n".join(
-        [DESCRIPTION, "", "Args:", *(f"    {name}: {text}" for name, text in descriptions.items())])
+    pipeline_func.__doc__ = "\n".join([DESCRIPTION, "", "Args:", *(
+        f"    {name}: {descriptions[name]}" for name in defaults)])
     return pipeline_func
 
 
@@ -240,7 +241,7 @@ def build_pipeline(
                                git_commit)
 
     return dsl.pipeline(name=PIPELINE_NAME, display_name=DISPLAY_NAME, description=DESCRIPTION)(
-        _signed(image_finetune, params, defaults))
+        _with_parameters(image_finetune, defaults, _parameter_descriptions(params)))
 
 
 def compile_pipeline(
