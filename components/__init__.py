@@ -2,15 +2,15 @@
 
 Each calls the same library function as its DVC stage and ``image-finetune`` command; the
 component only moves artifacts in and out. Every step receives just the params.yaml sections
-it reads (as the DVC stage lists them), so changing one section re-runs only the steps that
-read it: KFP's cache key covers a task's inputs.
+it reads (as the DVC stage lists them), as mappings validated by ``check-params``, so
+changing a value re-runs only the steps that read it: KFP's cache key covers a task's inputs.
 """
 
 from components.augment import preview_augmentation
 from components.evaluate import evaluate_classifier
 from components.gate import final_gate, gate_attempt, select_classifier
 from components.ingest import ingest_data
-from components.params import check_params
+from components.params import check_params, set_rung
 from components.register import register_classifier
 from components.status import record_status
 from components.train import train_rung
@@ -26,6 +26,7 @@ __all__ = [
     "record_status",
     "register_classifier",
     "select_classifier",
+    "set_rung",
     "train_rung",
     "validate_data",
 ]

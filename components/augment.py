@@ -7,7 +7,7 @@ from components.runtime import component, read_params
 
 @component
 def preview_augmentation(
-    augment: str, train: str, dataset: Input[Dataset], policy: Output[Artifact],
+    augment: dict, train: dict, dataset: Input[Dataset], policy: Output[Artifact],
     preview: Output[HTML],
 ) -> None:
     """Write the augmentation policy and a preview grid of augmented real images.

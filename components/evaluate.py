@@ -8,8 +8,8 @@ from components.runtime import component, read_params
 @component
 def evaluate_classifier(
     split: str,
-    evaluate: str,
-    train: str,
+    evaluate: dict,
+    train: dict,
     dataset: Input[Dataset],
     classifier: Input[Model],
     evaluation: Output[Artifact],

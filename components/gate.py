@@ -10,7 +10,7 @@ from components.runtime import component, read_params
 
 @component
 def gate_attempt(
-    index: int, rung: str, rungs: int, gate: str, evaluation: Input[Artifact],
+    index: int, rung: str, rungs: int, gate: dict, evaluation: Input[Artifact],
     decision: Output[Artifact], previous: Input[Artifact] = None,
 ) -> NamedTuple("Verdict", [("passed", bool)]):
     """Decide on an attempt's validation results; ``passed`` says whether it met them.
@@ -44,7 +44,7 @@ def select_classifier(classifier: Input[Model], winner: Output[Model]) -> None:
 
 @component
 def final_gate(
-    gate: str, registry: str, evaluation: Input[Artifact], decision: Output[Artifact],
+    gate: dict, registry: dict, evaluation: Input[Artifact], decision: Output[Artifact],
 ) -> None:
     """The final decision on the test evaluation: thresholds, and a McNemar test against the
     registry's champion where there is one. Fails the run when the model falls short."""

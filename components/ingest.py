@@ -6,7 +6,7 @@ from components.runtime import component, read_params
 
 
 @component
-def ingest_data(data: str, dataset: Output[Dataset]) -> None:
+def ingest_data(data: dict, dataset: Output[Dataset]) -> None:
     """Read the data source and write canonical train/validation/test arrays.
 
     A relative ``data.path`` is resolved against the working directory (the project root

@@ -7,14 +7,14 @@ from components.runtime import component, read_params
 
 @component
 def register_classifier(
-    data: str,
-    validate: str,
-    augment: str,
-    model: str,
-    train: str,
-    evaluate: str,
-    gate: str,
-    registry: str,
+    data: dict,
+    validate: dict,
+    augment: dict,
+    model: dict,
+    train: dict,
+    evaluate: dict,
+    gate: dict,
+    registry: dict,
     pipeline_run_id: str,
     lineage: dict,
     classifier: Input[Model],

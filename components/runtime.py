@@ -36,18 +36,15 @@ def gpu_image(image: str) -> str:
     return f"{image}-gpu"
 
 
-def read_params(**sections: str) -> "Params":
-    """The params.yaml sections a step received (JSON text, one pipeline parameter each),
-    validated by the typed config; sections not received keep their defaults.
+def read_params(**sections: dict) -> "Params":
+    """The params.yaml sections a step received (one mapping parameter each), validated by
+    the typed config; sections not received keep their defaults.
 
     Embedded in every component's source, so it imports what it needs itself.
     """
-    import json
+    from image_finetune.knobs import parse_sections
 
-    from image_finetune.config import parse_params
-
-    return parse_params({name: json.loads(text) for name, text in sections.items()},
-                        "pipeline parameters")
+    return parse_sections(sections, "pipeline parameters")
 
 
 def component(func: Callable) -> PythonComponent:

@@ -8,9 +8,9 @@ from components.runtime import component, read_params
 @component
 def train_rung(
     index: int,
-    model: str,
-    train: str,
-    augment: str,
+    model: dict,
+    train: dict,
+    augment: dict,
     cache_dir: str,
     dataset: Input[Dataset],
     classifier: Output[Model],

@@ -7,7 +7,7 @@ from components.runtime import component, read_params
 
 @component
 def validate_data(
-    validate: str, dataset: Input[Dataset], validation: Output[Artifact],
+    validate: dict, dataset: Input[Dataset], validation: Output[Artifact],
     summary: Output[Markdown],
 ) -> None:
     """Run the Great Expectations suites; fail on any blocking expectation.

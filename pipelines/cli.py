@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from components.runtime import DEFAULT_IMAGE, IMAGE_ENV
 from image_finetune.config import Params, load_params
 from image_finetune.console import reported
+from pipelines.deployment import CACHE_MOUNT, CACHE_PVC, CREDENTIALS_SECRET, Deployment
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Compile, run locally (kfp.local) or submit the Kubeflow pipeline.")
@@ -34,6 +35,12 @@ SetOption = Annotated[list[str] | None, typer.Option(
 ImageOption = Annotated[str, typer.Option(
     envvar=IMAGE_ENV, help="image setting: steps run on IMAGE-cpu, training on IMAGE-gpu")]
 GpusOption = Annotated[int, typer.Option(min=0, help="GPUs per training task (0: train on CPU)")]
+SecretOption = Annotated[str, typer.Option(
+    help="Kubernetes Secret whose MLflow/S3 credentials the final gate and registration get "
+         "as environment variables (keys: the variables' names); '' for none")]
+PvcOption = Annotated[str, typer.Option(
+    help=f"PersistentVolumeClaim mounted at {CACHE_MOUNT} on the training tasks, where "
+         "cache_dir then points by default; '' for none (a scratch folder per task)")]
 
 
 def apply_override(tree: dict, assignment: str) -> None:
@@ -63,10 +70,9 @@ def read_params(path: Path, overrides: list[str] | None, use_env: bool) -> Param
         raise typer.BadParameter(str(exc), param_hint="--set") from exc
 
 
-def _deployment(image: str, gpus: int):
-    from pipelines.pipeline import Deployment
-
-    return Deployment(image=image, gpus=gpus)
+def _deployment(image: str, gpus: int, credentials_secret: str, cache_pvc: str) -> Deployment:
+    return Deployment(image=image, gpus=gpus, credentials_secret=credentials_secret or None,
+                      cache_pvc=cache_pvc or None)
 
 
 def _git_commit(params: Path) -> str:
@@ -83,6 +89,8 @@ def compile(
     out: Annotated[Path, typer.Option(help="pipeline YAML to write")] = Path(".kfp/pipeline.yaml"),
     image: ImageOption = DEFAULT_IMAGE,
     gpus: GpusOption = 1,
+    credentials_secret: SecretOption = CREDENTIALS_SECRET,
+    cache_pvc: PvcOption = CACHE_PVC,
 ) -> None:
     """Write the pipeline YAML (upload it in the KFP UI, or submit it)."""
     from pipelines.pipeline import compile_pipeline
@@ -90,8 +98,10 @@ def compile(
     start = time.perf_counter()
     config = read_params(params, overrides, use_env=False)
     out.parent.mkdir(parents=True, exist_ok=True)
-    compile_pipeline(config, str(out), _deployment(image, gpus), _git_commit(params))
-    typer.echo(f"wrote {out}: {len(config.train.ladder)} attempts, images {image}-cpu/-gpu "
+    compile_pipeline(config, str(out), _deployment(image, gpus, credentials_secret, cache_pvc),
+                     _git_commit(params))
+    typer.echo(f"wrote {out}: {len(config.train.ladder)} attempts, images {image}-cpu/-gpu, "
+               f"secret {credentials_secret or '-'}, cache PVC {cache_pvc or '-'} "
                f"({time.perf_counter() - start:.1f} s)")
 
 
@@ -140,8 +150,11 @@ def submit(
     overrides: SetOption = None,
     image: ImageOption = DEFAULT_IMAGE,
     gpus: GpusOption = 1,
-    cache_dir: Annotated[str, typer.Option(
-        help="training cache inside the pods (a mounted volume makes retries resume)")] = "",
+    credentials_secret: SecretOption = CREDENTIALS_SECRET,
+    cache_pvc: PvcOption = CACHE_PVC,
+    cache_dir: Annotated[str | None, typer.Option(
+        help=f"training cache inside the pods (default: {CACHE_MOUNT} with a cache PVC, else "
+             "a scratch folder per task); a mounted volume makes retries resume")] = None,
     service_account: Annotated[str | None, typer.Option(
         help="Kubernetes service account of the run's pods")] = None,
     cache: Annotated[bool, typer.Option(help="KFP's task cache")] = True,
@@ -149,14 +162,16 @@ def submit(
     """Submit a run to a Kubeflow Pipelines cluster (bearer token, if needed: $KFP_TOKEN)."""
     import kfp
 
-    from pipelines.pipeline import build_pipeline, section_arguments
+    from pipelines.pipeline import build_pipeline, pipeline_arguments
 
     config = read_params(params, overrides, use_env=False)
+    deployment = _deployment(image, gpus, credentials_secret, cache_pvc)
+    where = {"cache_dir": cache_dir} if cache_dir is not None else {}
     client = kfp.Client(host=host, namespace=namespace,
                         existing_token=os.environ.get(TOKEN_ENV) or None)
     result = client.create_run_from_pipeline_func(
-        build_pipeline(config, _deployment(image, gpus), _git_commit(params)),
-        arguments={**section_arguments(config), "cache_dir": cache_dir},
+        build_pipeline(config, deployment, _git_commit(params)),
+        arguments={**pipeline_arguments(config), **where},
         run_name=run_name, experiment_name=experiment, namespace=namespace,
         enable_caching=cache, service_account=service_account,
     )

@@ -26,6 +26,7 @@ from kfp.local import io
 from kfp.local.orchestrator.orchestrator_utils import OrchestratorUtils
 from kfp.pipeline_spec import pipeline_spec_pb2
 
+from components.runtime import configured_image
 from image_finetune.config import Params
 from image_finetune.registry.lineage import git_commit
 from pipelines.containers import (
@@ -40,7 +41,8 @@ from pipelines.containers import (
     runner_arguments,
     tracking_folder,
 )
-from pipelines.pipeline import Deployment, build_pipeline, section_arguments
+from pipelines.deployment import Deployment
+from pipelines.pipeline import build_pipeline, pipeline_arguments
 
 RUNNERS = ("subprocess", "docker")
 
@@ -103,7 +105,9 @@ def run_local(
     outputs never hit). ``image``: the image setting (tasks run on its ``-cpu`` tag).
     """
     pipeline_root, cache_dir = pipeline_root.resolve(), cache_dir.resolve()
-    deployment = Deployment(image=image, gpus=0) if image else Deployment(gpus=0)
+    # No cluster here: no GPUs, no Secret, no volume claim.
+    deployment = Deployment(image=image or configured_image(), gpus=0, credentials_secret=None,
+                            cache_pvc=None)
     records: list[ContainerRecord] = []
     if runner == "docker":
         params = absolute_paths(params, project_root)
@@ -114,7 +118,7 @@ def run_local(
     pipeline = build_pipeline(params, deployment, git_commit=git_commit(project_root))
     local.init(runner=task_runner, pipeline_root=str(pipeline_root), raise_on_error=True,
                enable_caching=enable_caching, cache_root=str(cache_dir / "kfp-local"))
-    arguments = {**section_arguments(params), "cache_dir": str(cache_dir)}
+    arguments = {**pipeline_arguments(params), "cache_dir": str(cache_dir)}
     start = time.perf_counter()
     with (warnings.catch_warnings(), contextlib.chdir(project_root), oneof_artifact_outputs(),
           tasks_run_by):

@@ -1,6 +1,6 @@
 """The Kubeflow pipeline: the DAG of ``dvc repro``, built from the components in components/.
 
-    check params -> ingest -> validate -> augment -> attempt 0
+    set rung 0 -> ... -> set rung n-1 -> check params -> ingest -> validate -> augment -> attempt 0
       -> dsl.OneOf(the winning classifier) -> evaluate(test) -> final gate -> register/promote
     attempt k:  train(rung k, warm start from rung k-1) -> evaluate(validation) -> gate
                 dsl.If(gate failed): attempt k+1      dsl.Else: hand the classifier on
@@ -12,13 +12,17 @@ KFP has no cycles, so the retrain loop is unrolled at compile time: one attempt 
 collects only from the branches of one ``dsl.If``/``dsl.Else`` group and cannot be nested:
 each attempt resolves its own group and returns the winner as an ordinary output.
 
-The pipeline's parameters are params.yaml's sections, as JSON text, with the file it was
-compiled from as their defaults, and ``cache_dir``; each step receives only the sections it
-reads, so KFP's cache re-runs just the steps whose sections changed.
+The pipeline's parameters, with the params.yaml it was compiled from as their defaults: the
+knobs tuned per run, typed (``image_finetune.knobs``: data path, backbone, image size, each
+rung's epochs and learning rate, the gate's thresholds), what they leave of each section as
+a mapping, and ``cache_dir``. ``set-rung`` (one per rung, chained: a component's inputs are
+fixed, the number of rungs is not) and ``check-params`` put the knobs back and validate the
+whole; every later step receives only the checked sections it reads, so KFP's cache re-runs
+just the steps whose values changed.
 """
 
-import json
-from dataclasses import dataclass, field
+import inspect
+from typing import Any
 
 from kfp import compiler, dsl
 from kfp.dsl import Artifact, Dataset, Input, Model
@@ -36,13 +40,25 @@ from components import (
     record_status,
     register_classifier,
     select_classifier,
+    set_rung,
     train_rung,
     validate_data,
 )
-from components.runtime import configured_image, cpu_image, gpu_image
 from image_finetune.config import Params
+from image_finetune.knobs import (
+    SECTION_KNOBS,
+    dotted,
+    knob_names,
+    knob_path,
+    knob_values,
+    rung_knob,
+    section_remainders,
+)
+from image_finetune.steps.spec import ALL_SECTIONS
+from pipelines.deployment import Deployment
 
 PIPELINE_NAME = "image-finetune"
+DISPLAY_NAME = "Image classifier fine-tuning"
 # The sections an attempt (train, evaluate on validation, gate) reads.
 ATTEMPT_SECTIONS = ("model", "train", "augment", "evaluate", "gate")
 DESCRIPTION = ("Fine-tune a pretrained CNN: ingest, validate, augment, climb the ladder of "
@@ -50,43 +66,10 @@ DESCRIPTION = ("Fine-tune a pretrained CNN: ingest, validate, augment, climb the
                "and promote in MLflow.")
 
 
-@dataclass(frozen=True)
-class Deployment:
-    """Where the steps run: one image setting (tags ``-cpu`` and ``-gpu``) and the GPUs of
-    each training task (0: train on the CPU image)."""
-
-    image: str = field(default_factory=configured_image)
-    gpus: int = 1
-    accelerator: str = "nvidia.com/gpu"
-
-    @property
-    def cpu_image(self) -> str:
-        return cpu_image(self.image)
-
-    def on_cpu(
-        self, task: PipelineTask, cpu: str, memory: str, *, retries: int = 0, cache: bool = True
-    ) -> PipelineTask:
-        """Place a step on the CPU image with its requests, retries and caching."""
-        task.set_container_image(self.cpu_image)
-        task.set_cpu_request(cpu).set_memory_request(memory).set_caching_options(cache)
-        if retries:
-            task.set_retry(retries, backoff_duration="30s", backoff_factor=2.0)
-        return task
-
-    def for_training(self, task: PipelineTask) -> PipelineTask:
-        """Place a training step: the GPU image and accelerator, or the CPU image."""
-        self.on_cpu(task, "4", "16G")
-        if self.gpus:
-            task.set_container_image(gpu_image(self.image))
-            task.set_accelerator_type(self.accelerator).set_accelerator_limit(self.gpus)
-        return task
-
-
-def section_arguments(params: Params) -> dict[str, str]:
-    """The pipeline's arguments for ``params``: each section as JSON text (a JSON string
-    keeps the ``null`` values that a KFP struct parameter's default cannot hold)."""
-    return {name: json.dumps(section)
-            for name, section in params.model_dump(mode="json", by_alias=True).items()}
+def pipeline_arguments(params: Params) -> dict[str, Any]:
+    """The pipeline's arguments for ``params``: the knobs, typed, and what they leave of each
+    section as a mapping (``cache_dir`` aside, which is where, not what)."""
+    return {**knob_values(params), **section_remainders(params)}
 
 
 class Ladder:
@@ -146,7 +129,7 @@ class Ladder:
         @dsl.pipeline(name=f"attempt-{index}",
                       description=f"Rung {index} ({self.rungs[index].name}), warm-started from "
                                   f"rung {index - 1}, and the attempts after it.")
-        def retry(model: str, train: str, augment: str, evaluate: str, gate: str,
+        def retry(model: dict, train: dict, augment: dict, evaluate: dict, gate: dict,
                   cache_dir: str, dataset: Input[Dataset], warm_start: Input[Model],
                   previous: Input[Artifact]) -> Model:
             sections = {"model": model, "train": train, "augment": augment,
@@ -157,10 +140,26 @@ class Ladder:
         return retry
 
 
-def _prepare_data(sections: dict, deployment: Deployment, checked: PipelineTask):
+def _check_params(arguments: dict, params: Params, deployment: Deployment) -> PipelineTask:
+    """set rung 0 -> ... -> set rung n-1 -> check params: the knobs back in their sections,
+    the whole validated; return the check, whose outputs are the sections."""
+    train = arguments["train"]
+    for index, rung in enumerate(params.train.ladder):
+        train = deployment.on_cpu(set_rung(
+            index=index, train=train, epochs=arguments[rung_knob(index, "epochs")],
+            learning_rate=arguments[rung_knob(index, "learning_rate")]), "100m", "512M",
+        ).set_display_name(f"set rung {index} ({rung.name})").output
+    sections = {name: arguments[name] for name in ALL_SECTIONS}
+    knobs = {name: arguments[name] for name in SECTION_KNOBS}
+    checked = check_params(rungs=len(params.train.ladder), **{**sections, "train": train},
+                           **knobs)
+    return deployment.on_cpu(checked, "100m", "512M").set_display_name("check params")
+
+
+def _prepare_data(sections: dict, deployment: Deployment):
     """ingest -> validate -> preview the augmentation; return the three tasks."""
     ingested = deployment.on_cpu(ingest_data(data=sections["data"]), "2", "4G", retries=2)
-    ingested.set_display_name("ingest").after(checked)
+    ingested.set_display_name("ingest")
     dataset = ingested.outputs["dataset"]
     validated = deployment.on_cpu(validate_data(validate=sections["validate"], dataset=dataset),
                                   "2", "8G").set_display_name("validate the data")
@@ -183,44 +182,66 @@ def _test_and_register(sections: dict, deployment: Deployment, winner, first_gat
         gate=sections["gate"], registry=sections["registry"],
         evaluation=tested.outputs["evaluation"]), "1", "2G", retries=2, cache=False,
     ).set_display_name("final gate on test")
-    deployment.on_cpu(register_classifier(
+    registered = deployment.on_cpu(register_classifier(
         **sections, pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
         lineage={"git_commit": git_commit, "orchestrator": "kubeflow"},
         classifier=winner, dataset=dataset, validation=validated.outputs["validation"],
         evaluation=tested.outputs["evaluation"], decision=decided.outputs["decision"],
     ), "2", "4G", retries=2, cache=False).set_display_name("register and promote")
+    deployment.with_credentials(decided)
+    deployment.with_credentials(registered)
+
+
+def _parameter_descriptions(params: Params) -> dict[str, str]:
+    """What each parameter of the pipeline for ``params`` is, for the run form."""
+    rungs = params.train.ladder
+    described = {}
+    for name in knob_names(len(rungs)):
+        path = knob_path(name)
+        rung = f" (rung {rungs[path[2]].name})" if path[0] == "train" else ""
+        described[name] = f"params.yaml {dotted(path)}{rung}"
+    for name in ALL_SECTIONS:
+        described[name] = f"params.yaml's {name} section, less its typed parameters"
+    described["cache_dir"] = ("training feature cache, checkpoints and finished attempts "
+                              "(empty: a scratch folder per task)")
+    return described
+
+
+def _with_parameters(pipeline_func, defaults: dict[str, Any], descriptions: dict[str, str]):
+    """``pipeline_func(*values)`` with one typed parameter per default, described in its
+    docstring: KFP reads a pipeline's parameters from its signature, and these depend on
+    the ladder compiled in."""
+    pipeline_func.__signature__ = inspect.Signature([
+        inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=value,
+                          annotation=type(value)) for name, value in defaults.items()])
+    pipeline_func.__doc__ = "\n".join([DESCRIPTION, "", "Args:", *(
+        f"    {name}: {descriptions[name]}" for name in defaults)])
+    return pipeline_func
 
 
 def build_pipeline(
     params: Params, deployment: Deployment | None = None, git_commit: str = "unknown"
 ) -> GraphComponent:
-    """The pipeline for ``params``: one attempt per rung, its sections as the parameters'
+    """The pipeline for ``params``: one attempt per rung, ``params`` as the parameters'
     defaults. ``git_commit`` (of the pipeline's source) tags registered models."""
     deployment = deployment or Deployment()
-    defaults = section_arguments(params)
+    defaults = {**pipeline_arguments(params), "cache_dir": deployment.cache_dir}
     ladder = Ladder(params, deployment)
-    rungs = len(params.train.ladder)
 
-    @dsl.pipeline(name=PIPELINE_NAME, description=DESCRIPTION)
-    def image_finetune(
-        data: str = defaults["data"], validate: str = defaults["validate"],
-        augment: str = defaults["augment"], model: str = defaults["model"],
-        train: str = defaults["train"], evaluate: str = defaults["evaluate"],
-        gate: str = defaults["gate"], registry: str = defaults["registry"], cache_dir: str = "",
-    ) -> None:
-        sections = {"data": data, "validate": validate, "augment": augment, "model": model,
-                    "train": train, "evaluate": evaluate, "gate": gate, "registry": registry}
+    def image_finetune(*values) -> None:
+        arguments = dict(zip(defaults, values, strict=True))
         status = deployment.on_cpu(record_status(), "100m", "256M", cache=False)
         with dsl.ExitHandler(status.set_display_name("record the final status"), "fine-tune"):
-            checked = deployment.on_cpu(check_params(rungs=rungs, **sections), "100m", "512M")
-            checked.set_display_name("check params")
-            ingested, validated, previewed = _prepare_data(sections, deployment, checked)
+            checked = _check_params(arguments, params, deployment)
+            sections = {name: checked.outputs[name] for name in ALL_SECTIONS}
+            ingested, validated, previewed = _prepare_data(sections, deployment)
             winner, first_gate = ladder.attempt(0, sections, ingested.outputs["dataset"],
-                                                cache_dir, after=(previewed,))
+                                                arguments["cache_dir"], after=(previewed,))
             _test_and_register(sections, deployment, winner, first_gate, ingested, validated,
                                git_commit)
 
-    return image_finetune
+    return dsl.pipeline(name=PIPELINE_NAME, display_name=DISPLAY_NAME, description=DESCRIPTION)(
+        _with_parameters(image_finetune, defaults, _parameter_descriptions(params)))
 
 
 def compile_pipeline(

@@ -86,6 +86,7 @@ CACHE = Port("cache", ".cache/image_finetune")
 SOURCES = "data/sources.json"
 
 CHECK_PARAMS = StepSpec("check-params", "check_params", params=ALL_SECTIONS)
+SET_RUNG = StepSpec("set-rung", "set_rung", params=("train",))  # Kubeflow's: see its module
 LOCATE_SOURCES = StepSpec(
     "locate-sources", "locate_sources",
     params=("data.path", "data.source", "data.tfds_name", "model.backbone", "model.weights",
@@ -140,7 +141,7 @@ RECORD_STATUS = StepSpec("record-status", "record_status",
                          writes=(Port("out", "reports/status.md"),))
 
 CATALOG: dict[str, StepSpec] = {spec.name: spec for spec in (
-    CHECK_PARAMS, LOCATE_SOURCES, INGEST, VALIDATE, AUGMENT, TRAIN_RUNG, EVALUATE,
+    CHECK_PARAMS, SET_RUNG, LOCATE_SOURCES, INGEST, VALIDATE, AUGMENT, TRAIN_RUNG, EVALUATE,
     GATE_ATTEMPT, SELECT, CLIMB_LADDER, FINAL_GATE, REGISTER, LIST_MODELS, PROMOTE, ROLLBACK,
     SERVE, PREDICT_BATCH, EXPORT, RECORD_STATUS)}
 # The DVC pipeline as a flat list, in run order.
