@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 import yaml
@@ -116,10 +117,9 @@ def test_the_winner_is_registered_and_promoted_in_the_projects_own_store(repro):
     assert logged.source_run_id == version.run_id and logged.name == "model"
     linked = {m.key: m.value for m in logged.metrics}
     assert linked["test_accuracy"] == client.get_run(version.run_id).data.metrics["test_accuracy"]
-    from mlflow.models import get_model_info
-    info = get_model_info(f"{logged.artifact_location}")
-    assert info.metadata == {"class_names": json.loads(version.tags["class_names"]),
-                             "image_fit": "resize"}
+    mlmodel = Path(urlparse(logged.artifact_location).path) / "MLmodel"
+    assert yaml.safe_load(mlmodel.read_text())["metadata"] == {
+        "class_names": json.loads(version.tags["class_names"]), "image_fit": "resize"}
     assert client.get_run(version.run_id).data.tags["mlflow.source.git.commit"] == "unknown"
     attempts = client.search_runs([client.get_run(version.run_id).info.experiment_id],
                                   "tags.kind = 'attempt'")
