@@ -41,15 +41,18 @@ def climb_ladder(
     out.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(out / SELECTED, ignore_errors=True)
     previous = current = None
+    logger = live_metrics(live)
     try:
         for index in range(len(params.train.ladder)):
             current = attempt_folder(out, index) / DECISION_FILE
             verdict = _attempt(params, index, data, current.parent, cache, root, previous,
-                               live)
+                               logger)
             previous = current
             if verdict.winner is not None:
                 break
     finally:  # the loop's record, also when it failed (the last gate raises once written)
+        if logger is not None:
+            logger.close()
         records = read_records(current if current and current.exists()
                                             else previous)
         _write_summary(out, records, len(params.train.ladder))
@@ -61,15 +64,14 @@ def climb_ladder(
 
 
 def _attempt(params, index, data, folder, cache, root, previous,
-             live) -> gate_attempt.AttemptVerdict:
+             logger) -> gate_attempt.AttemptVerdict:
     rung = params.train.ladder[index]
     (folder / DECISION_FILE).unlink(missing_ok=True)  # never mistake an old run's decision
     warm_start = previous.parent / MODEL_FILE if previous else None
-    logger = live_metrics(live, index)
     result = train_rung.train_rung(params, index, data, folder, cache, root, warm_start,
                                    logger.callbacks() if logger else ())
     if logger is not None:
-        logger.finish(folder / HISTORY_FILE)
+        logger.attempt_done(folder / HISTORY_FILE)
     evaluate.evaluate_classifier(params, data, Path(result.model_path), folder / EVALUATION,
                                  "validation", f"Attempt {index} ({rung.name}) on validation")
     return gate_attempt.gate_attempt(params, index, rung.name, len(params.train.ladder),

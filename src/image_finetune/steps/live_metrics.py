@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import logging
+from contextlib import ExitStack
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -15,47 +16,59 @@ log = logging.getLogger(__name__)
 NOT_FIGURES = ("epoch",)
 
 
-def live_metrics(folder: Path | None, index: int) -> LiveMetrics | None:
-    """Attempt ``index``'s logger into ``folder`` (None: no folder, or DVCLive is not
-    installed, as in the images, which run Kubeflow's steps and report to KFP instead)."""
+def live_metrics(folder: Path | None) -> LiveMetrics | None:
+    """The ladder's logger into ``folder`` (None: no folder asked for, or DVCLive cannot log
+    here: not installed, as in the images, which report to KFP instead; or a git repository
+    without a commit, which DVCLive refuses). The folder exists either way: DVC expects it."""
     if folder is None:
         return None
+    folder.mkdir(parents=True, exist_ok=True)
     try:
-        return LiveMetrics(folder, resume=index > 0)
+        from scmrepo.exceptions import SCMError
+
+        return LiveMetrics(folder)
     except ImportError:
-        log.warning("dvclive is not installed: no live metrics in %s (pip install dvclive)",
-                    folder)
-        return None
+        log.warning("dvclive is not installed: no live metrics in %s", folder)
+    except SCMError as exc:
+        log.warning("DVCLive cannot log in this repository (%s: commit once first); no live "
+                    "metrics in %s", exc, folder)
+    return None
 
 
 class LiveMetrics:
-    """One attempt's DVCLive logger; attempts after the first continue the step axis."""
+    """One DVCLive run for the whole ladder: the step axis goes on from attempt to attempt."""
 
-    def __init__(self, folder: Path, resume: bool):
+    def __init__(self, folder: Path):
         from dvclive import Live
 
-        self.live = Live(str(folder), resume=resume, save_dvc_exp=False, dvcyaml=False)
-        self.first_step = self.live.step
-        self.callback = None
+        # Entered as a context: the callback's end of each fit then leaves the run open.
+        self.run = ExitStack()
+        self.live = self.run.enter_context(Live(str(folder), save_dvc_exp=False,
+                                                dvcyaml=False))
+        self.attempt_start = self.live.step
 
     def callbacks(self) -> list:
-        """The Keras callbacks that log each epoch's figures to DVCLive."""
+        """The Keras callbacks that log each epoch's figures of the next attempt."""
         from dvclive.keras import DVCLiveCallback
 
-        self.callback = DVCLiveCallback(live=self.live)
-        return [self.callback]
+        self.attempt_start = self.live.step
+        return [DVCLiveCallback(live=self.live)]
 
-    def finish(self, history: Path) -> None:
-        """Log ``history``'s rows when the attempt ran no epochs here, then close."""
-        if self.live.step == self.first_step and history.exists():
-            from dvclive.utils import standardize_metric_name
+    def attempt_done(self, history: Path) -> None:
+        """Log ``history``'s rows when the attempt ran no epochs here (reused, or solved
+        without epochs)."""
+        if self.live.step != self.attempt_start or not history.exists():
+            return
+        from dvclive.utils import standardize_metric_name
 
-            with history.open() as handle:
-                for row in csv.DictReader(handle):
-                    for name, value in row.items():
-                        if name not in NOT_FIGURES and value not in ("", None):
-                            # the callback's names: train/accuracy, eval/accuracy, ...
-                            self.live.log_metric(
-                                standardize_metric_name(name, "dvclive.keras"), float(value))
-                    self.live.next_step()
-        self.live.end()
+        with history.open() as handle:
+            for row in csv.DictReader(handle):
+                for name, value in row.items():
+                    if name not in NOT_FIGURES and value not in ("", None):
+                        # the callback's names: train/accuracy, eval/accuracy, ...
+                        self.live.log_metric(standardize_metric_name(name, "dvclive.keras"),
+                                             float(value))
+                self.live.next_step()
+
+    def close(self) -> None:
+        self.run.close()
