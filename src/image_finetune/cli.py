@@ -104,12 +104,13 @@ def train_command(
     out: port(LADDER, "out", "attempts and selected model") = LADDER.paths["out"],
     cache: port(LADDER, "cache", "features, checkpoints, attempts") = LADDER.paths["cache"],
     metrics: port(LADDER, "metrics", "the attempts' figures") = LADDER.paths["metrics"],
+    live: port(LADDER, "live", "DVCLive's per-epoch figures") = LADDER.paths["live"],
 ) -> None:
     """Climb the ladder: train, evaluate on validation and gate each rung until one passes."""
     config, root = _load(params)
     from image_finetune.steps.climb_ladder import climb_ladder
 
-    climb_ladder(config, data, validation, out, cache, root, metrics)
+    climb_ladder(config, data, validation, out, cache, root, metrics, live)
 
 
 @app.command("evaluate")

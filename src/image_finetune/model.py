@@ -84,6 +84,12 @@ def build_backbone(params: ModelParams, image_size: int, weights_path: Path | No
         )
     except ValueError as exc:
         raise ConfigError(f"model.weights={params.weights!r} for {params.backbone}: {exc}") from exc
+    except Exception as exc:  # Keras' download error is a bare Exception
+        if weights != "imagenet" or "URL fetch failure" not in str(exc):
+            raise
+        raise MissingInputError(f"could not download the ImageNet weights of "
+                                f"{params.backbone} ({exc}); set model.weights_file to a local "
+                                "copy") from None
     # BN statistics (folded into the convolutions for some weight files) must never be updated:
     # a non-trainable BN layer runs in inference mode in Keras 3, even inside fit().
     for layer in backbone.layers:

@@ -182,5 +182,6 @@ def test_outputs_follow_the_umask(small_folder, tmp_path):
 
 
 def test_no_source_is_a_clear_error(tmp_path):
+    explicit = PARAMS.model_copy(update={"source": "folder"})  # auto would download instead
     with pytest.raises(IngestError, match="data source not found"):
-        ingest_source(PARAMS, tmp_path / "nothing.tar.gz", tmp_path / "out")
+        ingest_source(explicit, tmp_path / "nothing.tar.gz", tmp_path / "out")

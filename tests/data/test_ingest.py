@@ -145,7 +145,9 @@ def test_truncated_archive_is_reported(small_folder, tmp_path):
 
 
 def test_missing_source_is_reported(tmp_path):
-    expect_failure(tmp_path / "nowhere.tar.gz", tmp_path, "data source not found")
+    # An explicit folder source: never replaced by a download (auto would fetch tfds).
+    expect_failure(tmp_path / "nowhere.tar.gz", tmp_path, "data source not found",
+                   source="folder")
 
 
 def _real_arrays(small_folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:

@@ -91,6 +91,16 @@ def test_exp_show_has_every_figure_flat(project):
     ladder = figures(record, "metrics/train.json")
     assert ladder["selected"] == 1 and ladder["attempt_0.passed"] == 0
     assert ladder["attempt_1.val_accuracy"] > 0
+    live = figures(record, "dvclive/metrics.json")  # DVCLive: the last epoch's figures
+    assert {"accuracy", "loss"} <= set(live["eval"]) and live["step"] >= 1
+
+
+def test_dvclive_has_every_attempts_epochs_on_one_axis(project):
+    history = (project / "models" / "history.csv").read_text().splitlines()[1:]
+    curve = (project / "dvclive" / "plots" / "metrics" / "eval" / "accuracy.tsv")
+    rows = curve.read_text().splitlines()[1:]
+    assert [int(row.split("\t")[0]) for row in rows] == list(range(len(history)))
+    assert len(history) >= 2  # both attempts' epochs
 
 
 @pytest.fixture(scope="module")

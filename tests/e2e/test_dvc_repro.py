@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 import yaml
@@ -110,6 +111,16 @@ def test_the_winner_is_registered_and_promoted_in_the_projects_own_store(repro):
     assert str(version.version) == "1" and version.run_id == outcome["model_uri"].split("/")[1]
     assert version.tags["pipeline_run_id"] == outcome["pipeline_run_id"]
     assert json.loads(version.tags["class_names"])[0] == "airplane"
+    # MLflow 3: a LoggedModel, the run's test figures linked to it, what a client needs to
+    # use it in its metadata, the commit under MLflow's own tag.
+    logged = client.get_logged_model(version.source.removeprefix("models:/"))
+    assert logged.source_run_id == version.run_id and logged.name == "model"
+    linked = {m.key: m.value for m in logged.metrics}
+    assert linked["test_accuracy"] == client.get_run(version.run_id).data.metrics["test_accuracy"]
+    mlmodel = Path(urlparse(logged.artifact_location).path) / "MLmodel"
+    assert yaml.safe_load(mlmodel.read_text())["metadata"] == {
+        "class_names": json.loads(version.tags["class_names"]), "image_fit": "resize"}
+    assert client.get_run(version.run_id).data.tags["mlflow.source.git.commit"] == "unknown"
     attempts = client.search_runs([client.get_run(version.run_id).info.experiment_id],
                                   "tags.kind = 'attempt'")
     assert sorted(r.data.tags["gate_passed"] for r in attempts) == ["False", "True"]

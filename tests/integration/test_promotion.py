@@ -245,7 +245,7 @@ def test_a_version_that_fails_registration_is_an_error_and_never_aliased(store):
         run_id = client.create_run("0").info.run_id
         with pytest.raises(RegistryError, match=r"v\d failed registration: artifact copy "
                                                 "failed: quota exceeded"):
-            register_version(client, NAME, run_id, model, example, tags)
+            register_version(client, store.tracking_uri, NAME, run_id, model, example, tags)
     failed = client.search_model_versions(f"name = '{NAME}' and "
                                           "tags.pipeline_run_id = 'run-that-fails'")
     assert sorted(int(v.version) for v in failed) == [4, 5]  # the retry made its own

@@ -1,7 +1,9 @@
 """What ties a registered version to its code (the commit under MLflow's standard tag, the DVC
 experiment a stage runs in), and where an experiment's local store is."""
 
-from image_finetune.registry.client import local_artifact_root, store_uri
+import os
+
+from image_finetune.registry.client import local_artifact_root, mlflow_store, store_uri
 from image_finetune.registry.lineage import GIT_COMMIT_TAG, dvc_experiment, lineage_tags
 
 
@@ -30,3 +32,16 @@ def test_an_experiment_in_a_temporary_copy_records_into_the_projects_store():
 def test_a_local_stores_artifacts_go_beside_its_database():
     assert local_artifact_root("sqlite:////work/project/mlflow.db") == "file:///work/project/mlruns"
     assert local_artifact_root("https://mlflow.example.com") is None
+
+
+def test_the_fluent_store_is_set_for_the_block_and_put_back(monkeypatch):
+    import mlflow
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", "http://registry.example.com")
+    with mlflow_store("sqlite:///mlflow.db"):
+        assert mlflow.get_tracking_uri() == "sqlite:///mlflow.db"
+        assert mlflow.get_registry_uri() == "sqlite:///mlflow.db"
+    assert "MLFLOW_TRACKING_URI" not in os.environ  # load_params would read it
+    assert os.environ["MLFLOW_REGISTRY_URI"] == "http://registry.example.com"
+    assert mlflow.get_registry_uri() == "http://registry.example.com"

@@ -30,7 +30,10 @@ def read_source(params: DataParams, source_path: Path) -> RawDataset:
         return read_cifar_python(source_path, params.max_per_class)
     if params.source == "cifar-binary":
         return read_cifar_binary(source_path, params.max_per_class)
-    return read_tfds(params.tfds_name, params.max_per_class)
+    if params.source == "tfds":
+        return read_tfds(params.tfds_name, params.max_per_class)
+    raise ValueError(f"data.source={params.source!r}: choose the source first "
+                     "(image_finetune.locate.choose_data)")
 
 
 def canonical_splits(

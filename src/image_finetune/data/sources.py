@@ -215,7 +215,11 @@ def read_tfds(name: str, max_per_class: int | None = None) -> RawDataset:
     import tensorflow_datasets as tfds  # TensorFlow-only: imported where used
 
     builder = tfds.builder(name)
-    builder.download_and_prepare()
+    try:
+        builder.download_and_prepare()
+    except OSError as exc:  # no network, refused, a proxy's error page (requests' errors too)
+        raise IngestError(f"could not download {name!r} from TensorFlow Datasets ({exc}); "
+                          "set data.path to a local copy (data.source: folder)") from None
     class_names = list(builder.info.features["label"].names)
     dataset = RawDataset(class_names=class_names)
     for split in ("train", "test"):

@@ -4,10 +4,11 @@ traceback, never a credential)."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TypeVar
 
@@ -32,6 +33,7 @@ def redact(text: str) -> str:
 
 
 SQLITE = "sqlite:///"
+STORE_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 # Set by DVC for every stage: the repository's root, also when `dvc exp run --temp` or a
 # queued experiment runs the stage in a copy under .dvc/tmp/exps.
 DVC_ROOT_ENV = "DVC_ROOT"
@@ -60,6 +62,29 @@ def client_for(params: RegistryParams):
     tracking URI is left alone: a process (a notebook, a test session) may talk to several
     stores, so every call here names its store."""
     return _cached_client(store_uri(params.tracking_uri))
+
+
+@contextlib.contextmanager
+def mlflow_store(uri: str) -> Iterator[None]:
+    """MLflow's process-wide tracking and registry URIs set to ``uri`` for the block, for the
+    fluent calls that take no client (``log_model``, ``register_model``); restored after."""
+    import mlflow
+
+    # MLflow mirrors its URIs in these variables, which registry.tracking_uri also reads:
+    # they are put back as they were, unset if they were.
+    saved = {name: os.environ.get(name) for name in STORE_ENV}
+    mlflow.set_tracking_uri(store_uri(uri))
+    mlflow.set_registry_uri(store_uri(uri))
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @functools.cache

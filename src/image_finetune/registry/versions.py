@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import json
 import tempfile
-import time
 from contextlib import suppress
 from datetime import UTC, datetime
-from pathlib import Path
 
 import numpy as np
 
 from image_finetune.config import RegistryParams
 from image_finetune.gate import ChampionResults
-from image_finetune.registry.client import RegistryError, client_for, not_found, registry_errors
+from image_finetune.registry.client import (
+    RegistryError,
+    client_for,
+    mlflow_store,
+    not_found,
+    registry_errors,
+)
 from image_finetune.stats import per_image_correct
 
 CHAMPION = "champion"
@@ -96,38 +100,54 @@ def registered_class_names(version) -> list[str] | None:
     return json.loads(names) if names else None
 
 
+# What a client needs to use a registered model as it was trained, in its MLflow metadata
+# (MLmodel) as well as in the version's tags (which the registry can search).
+MODEL_METADATA = ("class_names", "image_fit")
+REGISTRATION_WAIT_S = 300
+
+
 @registry_errors
 def register_version(
-    client, model_name: str, run_id: str, model, example: np.ndarray, tags: dict[str, str]
+    client, tracking_uri: str, model_name: str, run_id: str, model, example: np.ndarray,
+    tags: dict[str, str],
 ) -> str:
-    """Log ``model`` (Keras flavor, signature, input example) in ``run_id`` and register it
-    as a version of ``model_name``; return the version once it is READY.
+    """Log ``model`` in ``run_id`` as an MLflow LoggedModel (Keras flavor, signature from
+    ``example``, class names and image fit in its metadata; the run's figures logged so far are
+    linked to it) and register it as a version of ``model_name``, waiting until it is READY.
 
     Idempotent per pipeline run: a retry of the same run (same ``pipeline_run_id`` tag)
     returns the version it already registered. A version that fails registration, or is not
     ready in time, is an error: it is never aliased."""
-    existing = _registered_by_run(client, model_name, tags["pipeline_run_id"])
-    if existing is not None:
-        return str(_wait_ready(client, model_name, existing.version).version)
-    _log_keras_model(client, run_id, model, example)
-    _ensure_model(client, model_name)
-    created = client.create_model_version(model_name, f"runs:/{run_id}/model", run_id=run_id,
-                                          tags=tags)
-    return str(_wait_ready(client, model_name, created.version).version)
-
-
-def _log_keras_model(client, run_id: str, model, example: np.ndarray) -> None:
     import mlflow
 
+    existing = _registered_by_run(client, model_name, tags["pipeline_run_id"])
+    if existing is not None:
+        return _ready(model_name, existing)
     signature = mlflow.models.infer_signature(example, np.asarray(model.predict_on_batch(example)))
-    with tempfile.TemporaryDirectory() as work:
-        # Saved into an existing folder: mlflow.keras.log_model writes the input example
-        # before it creates its own folder, and fails.
-        local = Path(work) / "model"
-        local.mkdir()
-        mlflow.keras.save_model(model, str(local), signature=signature, input_example=example,
-                                pip_requirements=serving_requirements())
-        client.log_artifacts(run_id, str(local), "model")
+    metadata = {key: json.loads(tags[key]) if key == "class_names" else tags[key]
+                for key in MODEL_METADATA if key in tags}
+    with mlflow_store(tracking_uri):
+        with mlflow.start_run(run_id=run_id):
+            # No input_example: MLflow 3.17's Keras flavor writes it before it creates the
+            # model's folder, and fails; the signature holds the input's schema.
+            logged = mlflow.keras.log_model(
+                model, name="model", signature=signature,
+                pip_requirements=serving_requirements(), metadata=metadata)
+        client.update_run(run_id, status="RUNNING")  # its pipeline run ends it, not this
+        created = mlflow.register_model(logged.model_uri, model_name, tags=tags,
+                                        await_registration_for=REGISTRATION_WAIT_S)
+    # Read back: a store may fail the registration after answering the creation.
+    return _ready(model_name, client.get_model_version(model_name, created.version))
+
+
+def _ready(name: str, version) -> str:
+    if version.status == "READY":
+        return str(version.version)
+    why = version.status_message or "no reason given"
+    if version.status == "FAILED_REGISTRATION":
+        raise RegistryError(f"{name} v{version.version} failed registration: {why}")
+    raise RegistryError(f"{name} v{version.version} is still {version.status} ({why}); "
+                        "not aliased")
 
 
 # The distributions that provide each Keras backend, in order of preference.
@@ -175,21 +195,6 @@ def _ensure_model(client, name: str) -> None:
             raise
         with suppress(MlflowException):  # created concurrently
             client.create_registered_model(name)
-
-
-def _wait_ready(client, name: str, version: str, timeout: float = 300.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        current = client.get_model_version(name, version)
-        if current.status == "READY":
-            return current
-        if current.status == "FAILED_REGISTRATION":
-            raise RegistryError(f"{name} v{version} failed registration: "
-                                f"{current.status_message or 'no reason given'}")
-        if time.monotonic() > deadline:
-            raise RegistryError(f"{name} v{version} is still {current.status} after "
-                                f"{timeout:.0f} s; not aliased")
-        time.sleep(0.5)
 
 
 @registry_errors

@@ -26,27 +26,33 @@ from image_finetune.steps.layout import (
     attempt_folder,
     write_figures,
 )
+from image_finetune.steps.live_metrics import live_metrics
 
 
 def climb_ladder(
     params: Params, data: Path, validation: Path, out: Path, cache: Path, root: Path,
-    metrics: Path | None = None,
+    metrics: Path | None = None, live: Path | None = None,
 ) -> Path:
     """Climb ``train.ladder`` on ``data`` (validated: ``validation`` is the validate step's
     result); return the selected model's path. Raises GateFailedError when every rung fails.
-    ``metrics``: where the loop's figures go as one flat JSON object (kept in git by DVC)."""
+    ``metrics``: where the loop's figures go as one flat JSON object (kept in git by DVC);
+    ``live``: DVCLive's folder, every attempt's epochs on one step axis as they happen."""
     _require_validated(validation)
     out.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(out / SELECTED, ignore_errors=True)
     previous = current = None
+    logger = live_metrics(live)
     try:
         for index in range(len(params.train.ladder)):
             current = attempt_folder(out, index) / DECISION_FILE
-            verdict = _attempt(params, index, data, current.parent, cache, root, previous)
+            verdict = _attempt(params, index, data, current.parent, cache, root, previous,
+                               logger)
             previous = current
             if verdict.winner is not None:
                 break
     finally:  # the loop's record, also when it failed (the last gate raises once written)
+        if logger is not None:
+            logger.close()
         records = read_records(current if current and current.exists()
                                             else previous)
         _write_summary(out, records, len(params.train.ladder))
@@ -57,11 +63,15 @@ def climb_ladder(
                                     out / SELECTED, winner.to_json())
 
 
-def _attempt(params, index, data, folder, cache, root, previous) -> gate_attempt.AttemptVerdict:
+def _attempt(params, index, data, folder, cache, root, previous,
+             logger) -> gate_attempt.AttemptVerdict:
     rung = params.train.ladder[index]
     (folder / DECISION_FILE).unlink(missing_ok=True)  # never mistake an old run's decision
     warm_start = previous.parent / MODEL_FILE if previous else None
-    result = train_rung.train_rung(params, index, data, folder, cache, root, warm_start)
+    result = train_rung.train_rung(params, index, data, folder, cache, root, warm_start,
+                                   logger.callbacks() if logger else ())
+    if logger is not None:
+        logger.attempt_done(folder / HISTORY_FILE)
     evaluate.evaluate_classifier(params, data, Path(result.model_path), folder / EVALUATION,
                                  "validation", f"Attempt {index} ({rung.name}) on validation")
     return gate_attempt.gate_attempt(params, index, rung.name, len(params.train.ladder),

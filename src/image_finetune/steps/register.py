@@ -96,7 +96,8 @@ def _register(client, parent, params, model, data, evaluation, decision_file, ta
                 "reason": "the final gate failed: " + decision.failure_summary()}
     name = params.registry.model_name
     example = np.asarray(load_split(data, "test").images[:4])
-    version = register_version(client, name, parent, load_classifier(model), example, tags)
+    version = register_version(client, params.registry.tracking_uri, name, parent,
+                               load_classifier(model), example, tags)
     client.set_registered_model_alias(name, CHALLENGER, version)
     outcome = {"registered": True, "version": version, "model_uri": f"runs:/{parent}/model",
                "promoted": False, "reason": "promotion disabled (registry.promote: false)"}

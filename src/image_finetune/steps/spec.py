@@ -115,7 +115,8 @@ CLIMB_LADDER = union(
     "train", "climb_ladder", TRAIN_RUNG, EVALUATE, GATE_ATTEMPT,
     watches=TRAIN_RUNG.watches,
     reads=(DATA, Port("validation", "reports/validation/result.json")),
-    writes=(Port("out", "models"), Port("metrics", "metrics/train.json", cache=False)),
+    writes=(Port("out", "models"), Port("metrics", "metrics/train.json", cache=False),
+            Port("live", "dvclive", cache=False)),
     scratch=(CACHE,), stage=True)
 FINAL_GATE = StepSpec("gate", "final_gate", params=("gate", "registry"),
                       reads=(Port("evaluation", "reports/evaluation"),),
