@@ -55,8 +55,8 @@ def test_a_task_failing_in_its_container_fails_the_run(container_run, no_top_wei
     assert not run.succeeded
     # The failing task's own exit code was read; the exit handler still ran and recorded it.
     assert [(c.task, c.exit_code != 0) for c in run.containers] == [
-        ("check-params", False), ("ingest-data", False), ("validate-data", True),
-        ("record-status", False)]
+        ("set-rung", False), ("set-rung-2", False), ("check-params", False),
+        ("ingest-data", False), ("validate-data", True), ("record-status", False)]
     [status] = produced(run, "run_status")
     assert status["state"] == "FAILED"
     assert not (workspace / "strict" / "tracking" / "mlflow.db").exists() or \
