@@ -95,3 +95,15 @@ def kill_hard(service: str) -> int:
     else:
         os.kill(pid, signal.SIGKILL)
     return pid
+
+
+def objects_under(services: dict[str, str], prefix: str) -> int:
+    """How many objects the DVC bucket holds under ``prefix/`` (the stack's S3 server)."""
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=services["S3_ENDPOINT_URL"],
+                      aws_access_key_id=services["AWS_ACCESS_KEY_ID"],
+                      aws_secret_access_key=services["AWS_SECRET_ACCESS_KEY"],
+                      region_name=services["AWS_DEFAULT_REGION"])
+    listing = s3.list_objects_v2(Bucket=services["S3_DVC_BUCKET"], Prefix=f"{prefix}/")
+    return listing.get("KeyCount", 0)

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -14,10 +15,13 @@ import yaml
 
 from tests.caches import shared_training_cache
 from tests.e2e.test_dvc_repro import dvc, project_copy
+from tests.services import objects_under
 
 GATE = {"min_accuracy": 0.3, "min_macro_f1": 0.2, "min_class_recall": 0.0,
         "max_latency_p95_ms": 2000}
 MODEL = "cifar10-classifier"
+# One user's session in steps: later experiments build on earlier ones (kept in order).
+pytestmark = pytest.mark.ordered
 
 
 def git(project: Path, *args: str) -> str:
@@ -151,3 +155,19 @@ def test_plots_diff_of_two_experiments(applied, tmp_path):
     out = tmp_path / "plots"
     dvc_ok(applied, "plots", "diff", "lenient", "stricter", "-o", str(out))
     assert (out / "index.html").exists()
+
+
+def test_exp_push_sends_the_experiment_to_git_and_its_outputs_to_s3(applied, services,
+                                                                    tmp_path):
+    origin = tmp_path / "origin.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(origin)], check=True)
+    git(applied, "remote", "add", "origin", str(origin))
+    prefix = f"experiments-{uuid.uuid4().hex[:8]}"
+    dvc_ok(applied, "remote", "add", "s3", f"s3://{services['S3_DVC_BUCKET']}/{prefix}")
+    dvc_ok(applied, "remote", "modify", "s3", "endpointurl", services["S3_ENDPOINT_URL"])
+    dvc_ok(applied, "exp", "push", "-r", "s3", "origin", "stricter")
+    refs = subprocess.run(["git", "ls-remote", str(origin)], capture_output=True, text=True,
+                          check=True).stdout
+    assert any(line.endswith("/stricter") and "refs/exps/" in line
+               for line in refs.splitlines())
+    assert objects_under(services, prefix) > 0  # the experiment's outputs, in the bucket

@@ -23,7 +23,7 @@ from image_finetune.registry.versions import CHAMPION
 from image_finetune.steps.evaluate import evaluate_classifier
 from image_finetune.steps.final_gate import final_gate
 from tests.conftest import wait_until
-from tests.services import ROOT, kill_hard, run_services
+from tests.services import ROOT, kill_hard, objects_under, run_services
 
 VENV_BIN = ROOT / ".venv" / "bin"
 EXIT_CODES = (7, 9)  # ServiceError, RegistryError
@@ -201,17 +201,6 @@ def dvc(project: Path, *args: str, background: bool = False):
                                 stderr=subprocess.PIPE, text=True)
     return subprocess.run(command, cwd=project, env=env, capture_output=True, text=True,
                           timeout=900)
-
-
-def objects_under(services, prefix: str) -> int:
-    import boto3
-
-    s3 = boto3.client("s3", endpoint_url=services["S3_ENDPOINT_URL"],
-                      aws_access_key_id=services["AWS_ACCESS_KEY_ID"],
-                      aws_secret_access_key=services["AWS_SECRET_ACCESS_KEY"],
-                      region_name=services["AWS_DEFAULT_REGION"])
-    listing = s3.list_objects_v2(Bucket=services["S3_DVC_BUCKET"], Prefix=f"{prefix}/")
-    return listing.get("KeyCount", 0)
 
 
 def test_rgw_killed_during_dvc_push(services, tmp_path):
