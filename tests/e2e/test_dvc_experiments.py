@@ -171,3 +171,19 @@ def test_exp_push_sends_the_experiment_to_git_and_its_outputs_to_s3(applied, ser
     assert any(line.endswith("/stricter") and "refs/exps/" in line
                for line in refs.splitlines())
     assert objects_under(services, prefix) > 0  # the experiment's outputs, in the bucket
+
+
+@pytest.mark.parametrize("weights", ["none", "imagenet"])
+def test_weights_that_are_not_a_file_keep_the_pipeline_whole(applied, weights):
+    params = yaml.safe_load((applied / "params.yaml").read_text())
+    params["model"]["weights"] = weights
+    (applied / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        dvc_ok(applied, "repro", "-s", "locate-sources")
+        record = json.loads((applied / "data" / "sources.json").read_text())
+        assert record["weights"] == {"backbone": "mobilenet_v2", "weights": weights}
+        status = dvc_ok(applied, "status", "train")  # no missing file: the stage would re-run
+        assert "data/sources.json" in status
+    finally:
+        git(applied, "checkout", "params.yaml")
+        dvc_ok(applied, "repro", "-s", "locate-sources")
