@@ -163,12 +163,17 @@ def test_exp_push_sends_the_experiment_to_git_and_its_outputs_to_s3(applied, ser
     subprocess.run(["git", "init", "-q", "--bare", str(origin)], check=True)
     git(applied, "remote", "add", "origin", str(origin))
     prefix = f"experiments-{uuid.uuid4().hex[:8]}"
+    # The remote is part of the project (committed): DVC reads an experiment's config from
+    # its own commit.
     dvc_ok(applied, "remote", "add", "s3", f"s3://{services['S3_DVC_BUCKET']}/{prefix}")
     dvc_ok(applied, "remote", "modify", "s3", "endpointurl", services["S3_ENDPOINT_URL"])
-    dvc_ok(applied, "exp", "push", "-r", "s3", "origin", "stricter")
+    git(applied, "add", ".dvc/config")
+    git(applied, "commit", "-qm", "the S3 remote")
+    dvc_ok(applied, "exp", "run", "-n", "pushed", "-S", "gate.min_accuracy=0.34")
+    dvc_ok(applied, "exp", "push", "-r", "s3", "origin", "pushed")
     refs = subprocess.run(["git", "ls-remote", str(origin)], capture_output=True, text=True,
                           check=True).stdout
-    assert any(line.endswith("/stricter") and "refs/exps/" in line
+    assert any(line.endswith("/pushed") and "refs/exps/" in line
                for line in refs.splitlines())
     assert objects_under(services, prefix) > 0  # the experiment's outputs, in the bucket
 
