@@ -23,7 +23,9 @@ from image_finetune.config import DataParams, ModelParams, resolve_path
 log = logging.getLogger(__name__)
 
 AUTO = "auto"
-DVC_ROOT_ENV = "DVC_ROOT"  # set by DVC for every stage: the repository's own root
+# Set by DVC for every stage: the repository's own root, also when `dvc exp run --temp` or a
+# queued experiment runs the stage in a copy under .dvc/tmp/exps.
+DVC_ROOT_ENV = "DVC_ROOT"
 DOWNLOADABLE_WEIGHTS = ("mobilenet_v2", "resnet50", "efficientnet_b0")  # Keras' applications
 
 

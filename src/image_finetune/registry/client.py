@@ -14,6 +14,7 @@ from typing import TypeVar
 
 from image_finetune.config import RegistryParams
 from image_finetune.errors import PipelineError, ServiceError
+from image_finetune.locate import DVC_ROOT_ENV
 
 F = TypeVar("F", bound=Callable)
 # MLflow error codes that mean "the server or its store did not answer".
@@ -34,9 +35,6 @@ def redact(text: str) -> str:
 
 SQLITE = "sqlite:///"
 STORE_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
-# Set by DVC for every stage: the repository's root, also when `dvc exp run --temp` or a
-# queued experiment runs the stage in a copy under .dvc/tmp/exps.
-DVC_ROOT_ENV = "DVC_ROOT"
 
 
 def store_uri(uri: str, environ: Mapping[str, str] = os.environ) -> str:
@@ -73,8 +71,9 @@ def mlflow_store(uri: str) -> Iterator[None]:
     # MLflow mirrors its URIs in these variables, which registry.tracking_uri also reads:
     # they are put back as they were, unset if they were.
     saved = {name: os.environ.get(name) for name in STORE_ENV}
-    mlflow.set_tracking_uri(store_uri(uri))
-    mlflow.set_registry_uri(store_uri(uri))
+    uri = store_uri(uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
     try:
         yield
     finally:

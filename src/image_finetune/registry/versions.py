@@ -185,18 +185,6 @@ def _registered_by_run(client, model_name: str, pipeline_run_id: str):
     return max(ready, key=lambda v: int(v.version)) if ready else None
 
 
-def _ensure_model(client, name: str) -> None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        client.get_registered_model(name)
-    except MlflowException as exc:
-        if not not_found(exc):
-            raise
-        with suppress(MlflowException):  # created concurrently
-            client.create_registered_model(name)
-
-
 @registry_errors
 def list_versions(params: RegistryParams) -> list[dict]:
     """Every version with its aliases and key metrics, newest first."""
