@@ -113,6 +113,26 @@ def train_command(
     climb_ladder(config, data, validation, out, cache, root, metrics, live)
 
 
+@app.command("train-rung")
+@reported
+def train_rung_command(
+    index: Annotated[int, typer.Option(min=0, help="the rung of train.ladder to train")],
+    data: Annotated[Path, typer.Option(help="canonical dataset")],
+    out: Annotated[Path, typer.Option(help="the attempt: model.keras, history.csv, result.json")],
+    cache: Annotated[Path, typer.Option(help="features, checkpoints, finished attempts")],
+    warm_start: Annotated[Path | None, typer.Option(help="the previous rung's model.keras")] = None,
+    params: ParamsOption = DEFAULT_PARAMS,
+) -> None:
+    """Train one rung (what a Kubeflow TFJob's workers run: with TF_CONFIG set, each worker
+    trains its share and the chief writes the attempt)."""
+    config, root = _load(params)
+    from image_finetune.steps.train_rung import train_rung
+
+    result = train_rung(config, index, data, out, cache, root, warm_start)
+    typer.echo(f"rung {index} {result.rung!r}: best validation accuracy "
+               f"{result.best_val_accuracy:.4f} on {result.distribution}")
+
+
 @app.command("evaluate")
 @reported
 def evaluate_command(

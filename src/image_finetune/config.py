@@ -128,6 +128,9 @@ class TrainParams(_Section):
     flip_cache: bool = True
     mixed_precision: Literal["auto", "off", "on"] = "auto"
     jit_compile: Literal["auto", "off", "on"] = "auto"
+    distribution: Literal["auto", "one_device", "mirrored", "multi_worker"] = "auto"
+    host_devices: Annotated[int, Field(ge=1, le=64)] = 1
+    batch_scaling: Literal["global", "per_replica"] = "global"
     ladder: list[Rung] = Field(default=list(DEFAULT_LADDER), min_length=1, max_length=8)
 
     @model_validator(mode="after")

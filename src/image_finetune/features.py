@@ -4,6 +4,7 @@ trainable rest of the classifier trains on its cached activations.
 - the stem/tail split of a backbone at ``train.cache_boundary``;
 - cached activations (and those of mirrored copies, so horizontal flips survive
   caching), memory-mapped from disk and written atomically under unique names;
+- the batches a rung trains on, read row by row from those files (or the images);
 - the cache keys: everything that determines a cache, the code that shapes it included.
 """
 
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import uuid
 from pathlib import Path
@@ -52,34 +52,72 @@ def stem_model(classifier: keras.Model, boundary: str | None) -> keras.Model:
     return keras.Model(inputs, stem(x, training=False), name="feature_stem")
 
 
-class CachedFeatures(keras.utils.PyDataset):
-    """Batches of cached features; each sample drawn from its original or mirrored copy."""
+class RowBatches(keras.utils.PyDataset):
+    """Batches of rows read from (memory-mapped) arrays, so memory holds a batch whatever
+    the data's size; labels one-hot encoded per batch. With a ``seed`` the rows are shuffled
+    per epoch, each drawn from the original or (given ``mirrored``) its mirrored copy; the
+    order depends on (seed, epoch) alone and :class:`EpochOrder` sets the epoch, so a resumed
+    fit reads what an uninterrupted one would have. ``multiple_of`` trims each batch to a
+    multiple of the replicas that split it (JAX shards a batch evenly or not at all)."""
 
-    def __init__(self, features, flipped, labels, batch_size: int, seed: int, **kwargs):
+    def __init__(self, rows, labels, n_classes: int, batch_size: int, seed: int | None = None,
+                 mirrored=None, multiple_of: int = 1, **kwargs):
         super().__init__(**kwargs)
-        self.features, self.flipped, self.labels = features, flipped, labels
-        self.batch_size, self.seed, self.epoch = batch_size, seed, 0
-        self._shuffle()
+        self.rows, self.labels, self.mirrored = rows, labels, mirrored
+        self.n_classes, self.batch_size, self.seed = n_classes, batch_size, seed
+        self.multiple_of = multiple_of
+        self.set_epoch(0)
 
-    def _shuffle(self) -> None:
-        rng = np.random.default_rng([self.seed, self.epoch])
-        self.order = rng.permutation(len(self.labels))
-        self.use_flip = rng.random(len(self.labels)) < 0.5 if self.flipped is not None else None
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the order (and the mirrored rows) of ``epoch``."""
+        count = len(self.labels)
+        if self.seed is None:
+            self.plan = (np.arange(count), None)
+            return
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(count)
+        flips = rng.random(count) < 0.5 if self.mirrored is not None else None
+        self.plan = (order, flips)  # one assignment: a reader never sees half of each
 
     def __len__(self) -> int:
-        return math.ceil(len(self.labels) / self.batch_size)
+        full, rest = divmod(len(self.labels), self.batch_size)
+        return full + (rest >= self.multiple_of)
 
     def __getitem__(self, index: int):
-        rows = np.sort(self.order[index * self.batch_size : (index + 1) * self.batch_size])
-        batch = np.asarray(self.features[rows])
-        if self.use_flip is not None:
-            mirror = self.use_flip[rows]
-            batch[mirror] = self.flipped[rows[mirror]]
-        return batch, self.labels[rows]
+        order, flips = self.plan
+        rows = order[index * self.batch_size : (index + 1) * self.batch_size]
+        rows = np.sort(rows[: len(rows) - len(rows) % self.multiple_of])
+        batch = np.asarray(self.rows[rows])
+        if flips is not None:
+            mirror = flips[rows]
+            batch[mirror] = self.mirrored[rows[mirror]]
+        labels = np.asarray(self.labels[rows])
+        return batch, np.eye(self.n_classes, dtype="float32")[labels]
 
-    def on_epoch_end(self) -> None:
-        self.epoch += 1
-        self._shuffle()
+
+class EpochOrder(keras.callbacks.Callback):
+    """Tells the training batches which epoch begins (see :class:`RowBatches`)."""
+
+    def __init__(self, batches: RowBatches):
+        super().__init__()
+        self.batches = batches
+
+    def on_epoch_begin(self, epoch, logs=None) -> None:
+        self.batches.set_epoch(epoch)
+
+
+class MirroredRows:
+    """Rows of images, each mirrored left to right as it is read."""
+
+    def __init__(self, images):
+        self.images = images
+        self.shape, self.dtype = images.shape, images.dtype
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index):
+        return np.asarray(self.images[index])[..., ::-1, :]
 
 
 def cached_activations(
@@ -94,7 +132,7 @@ def cached_activations(
     # Unique per writer, renamed into place: a killed embedding never leaves a truncated
     # cache behind, and two runs sharing the cache never write the same file.
     partial = path.with_name(f".{path.stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}.npy")
-    shape = (len(images), *stem.compute_output_shape((None, *np.shape(images)[1:]))[1:])
+    shape = (len(images), *stem.compute_output_shape((None, *images.shape[1:]))[1:])
     values = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=shape)
     try:
         predict_batches(stem, images, batch_size, desc, out=values)
@@ -119,11 +157,11 @@ def rung_features(
         return cached_activations(model, images, cache_dir / f"{name}.npy", EMBED_BATCH, desc)
 
     x_train = activations(stem, train_images, "train", "embed train")
-    x_flip = (activations(stem, np.asarray(train_images)[:, :, ::-1], "train_flip",
+    x_flip = (activations(stem, MirroredRows(train_images), "train_flip",
                           "embed mirrored train") if flip else None)
     x_val = activations(stem, validation_images, "validation", "embed validation")
     if mode == "tail":
-        return x_train, x_flip, np.asarray(x_val)
+        return x_train, x_flip, x_val
     # Head-only: the frozen rest of the backbone (if any) runs once more, to pooled features.
     rest = [split_backbone(get_backbone(classifier), boundary)[1]] if boundary else []
     pool = keras.Sequential([*rest, get_head(classifier).get_layer("pool")])
@@ -132,8 +170,7 @@ def rung_features(
         return None if source is None else activations(pool, source, f"pooled_{name}",
                                                        f"pool {name}")
 
-    return (pooled(x_train, "train"), pooled(x_flip, "train_flip"),
-            np.asarray(pooled(x_val, "validation")))
+    return pooled(x_train, "train"), pooled(x_flip, "train_flip"), pooled(x_val, "validation")
 
 
 def trainable_part(classifier: keras.Model, mode: str, boundary: str | None, shape) -> keras.Model:

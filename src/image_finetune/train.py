@@ -9,6 +9,9 @@ A rung trains in one of three modes:
 - ``end_to_end``: the whole classifier, with the full augmentation policy.
 
 Every epoch is checkpointed; an interrupted attempt resumes (see :class:`TrainingPaths`).
+Every mode trains data-parallel where ``train.distribution`` asks (see
+:mod:`image_finetune.distribute`): the model is built and fit in the strategy's scope, the
+batches are read row by row from memory-mapped files, and only the chief writes.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import logging
 import math
 import shutil
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Sequence
@@ -30,8 +34,15 @@ import numpy as np
 from image_finetune.augment import build_augmentation
 from image_finetune.config import Params, Rung
 from image_finetune.data.canonical import Split, sha256_file
+from image_finetune.distribute import Replicas, start_replicas
 from image_finetune.errors import PipelineError
-from image_finetune.features import CachedFeatures, cache_key, rung_features, trainable_part
+from image_finetune.features import (
+    EpochOrder,
+    RowBatches,
+    cache_key,
+    rung_features,
+    trainable_part,
+)
 from image_finetune.inference import load_classifier
 from image_finetune.model import (
     build_backbone,
@@ -68,6 +79,8 @@ class AttemptResult:
     trainable_params: int
     backend: str
     mixed_precision: bool
+    distribution: str = "one_device x1"
+    global_batch: int = 0
 
 
 @dataclass(frozen=True)
@@ -103,8 +116,10 @@ def accelerator_available() -> bool:
     return False
 
 
-def configure_runtime(params: Params) -> bool:
-    """Seed everything, make CPU runs deterministic, choose the precision; return mixed?"""
+def configure_runtime(params: Params) -> tuple[bool, Replicas]:
+    """Choose the devices (first: they are fixed once the backend's runtime starts), seed
+    everything, make CPU runs deterministic, choose the precision; return (mixed, replicas)."""
+    replicas = start_replicas(params.train)
     keras.utils.set_random_seed(params.train.seed)
     gpu = accelerator_available()
     if keras.config.backend() == "tensorflow" and not gpu:
@@ -115,7 +130,7 @@ def configure_runtime(params: Params) -> bool:
         params.train.mixed_precision == "auto" and gpu
     )
     keras.mixed_precision.set_global_policy("mixed_bfloat16" if mixed else "float32")
-    return mixed
+    return mixed, replicas
 
 
 def rung_image_size(params: Params, rung: Rung) -> int:
@@ -138,7 +153,7 @@ def weights_fingerprint(params: Params, weights_path: Path | None) -> str:
 
 def attempt_keys(
     params: Params, index: int, weights_path: Path | None, data_digest: str,
-    warm_start: Path | None,
+    warm_start: Path | None, replicas: Replicas | None = None,
 ) -> tuple[str, str]:
     """(feature cache key, attempt key): what determines the cache and the attempt."""
     rung = params.train.ladder[index]
@@ -148,7 +163,9 @@ def attempt_keys(
     attempt = cache_key(features, rung.model_dump(mode="json"), params.model.dropout,
                         params.augment.model_dump(mode="json"), params.train.seed,
                         params.train.cache_features, params.train.flip_cache,
-                        sha256_file(warm_start) if warm_start else None)
+                        sha256_file(warm_start) if warm_start else None,
+                        replicas.describe() if replicas and replicas.count > 1 else None,
+                        params.train.batch_scaling)
     return features, attempt
 
 
@@ -208,10 +225,6 @@ def uses_solver(rung: Rung, mode: str, train_size: int) -> bool:
     return rung.head_solver == "lbfgs" or train_size <= SOLVER_MAX_IMAGES
 
 
-def _one_hot(labels: np.ndarray, n_classes: int) -> np.ndarray:
-    return np.eye(n_classes, dtype="float32")[np.asarray(labels)]
-
-
 def _schedule(rung: Rung, steps_per_epoch: int):
     total = max(1, rung.epochs * steps_per_epoch)
     warmup = int(rung.warmup_epochs * steps_per_epoch)
@@ -235,59 +248,72 @@ def compile_for_rung(params: Params, rung: Rung, model: keras.Model, steps_per_e
 
 @dataclass
 class FitPlan:
-    """What one rung fits: the model, its inputs (cached features or images), its labels."""
+    """What one rung fits: the model, its training and validation batches."""
 
     mode: str
     model: keras.Model
-    train: object  # a CachedFeatures sequence, or the images
-    validation: tuple[np.ndarray, np.ndarray]
-    labels: np.ndarray | None  # with images; a CachedFeatures carries its own
+    train: RowBatches  # cached features (with their mirrored copies) or the images
+    validation: RowBatches
     trainable_params: int
     embed_seconds: float
 
 
 def plan_fit(
     params: Params, rung: Rung, classifier: keras.Model, train: Split, validation: Split,
-    n_classes: int, feature_dir: Path,
+    n_classes: int, feature_dir: Path, replicas: Replicas | None = None,
 ) -> FitPlan:
-    """Freeze what the rung keeps frozen and prepare its inputs (caching features first)."""
+    """Freeze what the rung keeps frozen and prepare its inputs (caching features first,
+    outside the strategy's scope: every worker embeds on its own)."""
+    replicas = replicas or Replicas("one_device", 1)
     backbone, head = get_backbone(classifier), get_head(classifier)
     mode = choose_mode(params, rung, backbone)
     trainable = set_trainable(backbone, rung.unfreeze_from) if mode != "head" else 0
     if mode == "head":
         set_trainable(backbone, None)
     start = time.perf_counter()
-    y_train = _one_hot(train.labels, n_classes)
-    y_val = _one_hot(validation.labels, n_classes)
+    seed, even = params.train.seed, replicas.count if keras.config.backend() == "jax" else 1
     if mode == "end_to_end":
-        model, x_train, x_val, labels = classifier, train.images, np.asarray(
-            validation.images), y_train
+        model, x_train, mirrored, x_val = classifier, train.images, None, validation.images
     else:
         boundary = params.train.cache_boundary
         flip = params.train.flip_cache and params.augment.horizontal_flip
-        features, flipped, x_val = rung_features(classifier, mode, boundary, flip, train.images,
+        x_train, mirrored, x_val = rung_features(classifier, mode, boundary, flip, train.images,
                                                  validation.images, feature_dir)
-        model = trainable_part(classifier, mode, boundary, features.shape[1:])
-        x_train = CachedFeatures(features, flipped, y_train, rung.batch_size, params.train.seed)
-        labels = None
+        with replicas.scope():
+            model = trainable_part(classifier, mode, boundary, x_train.shape[1:])
+    batches = RowBatches(x_train, train.labels, n_classes, rung.batch_size, seed, mirrored, even)
+    held_out = RowBatches(x_val, validation.labels, n_classes, rung.batch_size, multiple_of=even)
     trainable += sum(int(np.prod(w.shape)) for w in head.trainable_weights)
-    return FitPlan(mode, model, x_train, (x_val, y_val), labels, trainable,
-                   time.perf_counter() - start)
+    return FitPlan(mode, model, batches, held_out, trainable, time.perf_counter() - start)
 
 
-def _callbacks(rung: Rung, paths: TrainingPaths, resuming: bool) -> list:
-    callbacks = [
+def _callbacks(rung: Rung, plan: FitPlan, paths: TrainingPaths, resuming: bool,
+               chief: bool) -> list:
+    callbacks = [EpochOrder(plan.train), keras.callbacks.TerminateOnNaN()]
+    if chief:
         # The epoch's row is logged before its checkpoint: a kill in between re-runs the
         # epoch, and prepare_resume drops the row it would otherwise repeat.
-        keras.callbacks.CSVLogger(str(paths.history), append=resuming),
-        keras.callbacks.BackupAndRestore(str(paths.checkpoints), double_checkpoint=True),
-        keras.callbacks.TerminateOnNaN(),
-    ]
+        callbacks += [
+            keras.callbacks.CSVLogger(str(paths.history), append=resuming),
+            keras.callbacks.BackupAndRestore(str(paths.checkpoints), double_checkpoint=True)]
+    else:  # saving takes every worker (its reads are collective): the others save aside
+        callbacks += [RestoreOnly(str(paths.checkpoints), delete_checkpoint=False),
+                      keras.callbacks.BackupAndRestore(tempfile.mkdtemp(prefix="checkpoint-"))]
     if rung.early_stopping_patience:
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor="val_accuracy", patience=rung.early_stopping_patience,
             restore_best_weights=True))
     return callbacks
+
+
+class RestoreOnly(keras.callbacks.BackupAndRestore):
+    """A worker's view of the chief's checkpoint: it resumes from it and never writes it."""
+
+    def on_epoch_end(self, epoch, logs=None) -> None:
+        """The chief alone saves."""
+
+    def on_train_batch_end(self, batch, logs=None) -> None:
+        """The chief alone saves."""
 
 
 CHECKPOINT = ("latest.weights.h5", "training_metadata.json")
@@ -346,38 +372,46 @@ def _keep_epochs(history: Path, epochs: int) -> None:
 
 def fit_plan(
     params: Params, index: int, plan: FitPlan, paths: TrainingPaths,
-    observers: Sequence[keras.callbacks.Callback] = (),
+    observers: Sequence[keras.callbacks.Callback] = (), replicas: Replicas | None = None,
 ) -> dict:
-    """Compile and fit; resume from the attempt's checkpoint if there is one.
+    """Compile and fit in the strategy's scope; resume from the attempt's checkpoint if there
+    is one (the chief makes it resumable, then every worker reads it).
 
     ``observers`` are extra callbacks (a benchmark's clock, say) run after the rung's own.
     Returns the Keras history (per-epoch figures); raises TrainingError on divergence.
     """
+    replicas = replicas or Replicas("one_device", 1)
     rung = params.train.ladder[index]
-    if uses_solver(rung, plan.mode, _train_size(plan)):
-        return solve_head(plan, paths)
-    compile_for_rung(params, rung, plan.model, math.ceil(_train_size(plan) / rung.batch_size))
-    resumed_at = prepare_resume(paths)
+    if uses_solver(rung, plan.mode, len(plan.train.labels)):
+        return solve_head(plan, paths, write_log=replicas.is_chief)
+    model = replicas.fitting_model(plan.model)
+    with replicas.scope():
+        compile_for_rung(params, rung, model, len(plan.train))
+    resumed_at = prepare_resume(paths) if replicas.is_chief else None
+    replicas.barrier()
+    if not replicas.is_chief:
+        resumed_at = _checkpoint_epoch(paths.checkpoints, CHECKPOINT)
     resuming = resumed_at is not None
     paths.history.parent.mkdir(parents=True, exist_ok=True)
     if resuming:
         log.info("rung %d %r: resuming from the checkpoint in %s (epoch %d done)", index,
                  rung.name, paths.checkpoints, resumed_at)
     verbose = 1 if sys.stderr.isatty() else 2
-    fit = {"epochs": rung.epochs, "validation_data": plan.validation,
-           "callbacks": [*_callbacks(rung, paths, resuming), *observers], "verbose": verbose}
-    if plan.labels is not None:
-        fit.update(batch_size=rung.batch_size, shuffle=True)
-        history = plan.model.fit(plan.train, plan.labels, **fit)
-    else:
-        history = plan.model.fit(plan.train, **fit)
-    losses = history.history.get("loss", [])
+    callbacks = [*_callbacks(rung, plan, paths, resuming, replicas.is_chief), *observers]
+    with replicas.scope():
+        # The batches shuffle themselves by (seed, epoch); Keras's own shuffle of their order
+        # would draw from a generator that the strategy's first look at the data advances.
+        history = model.fit(plan.train, validation_data=plan.validation, epochs=rung.epochs,
+                            callbacks=callbacks, verbose=verbose, shuffle=False)
+    logs = {name: [float(np.ravel(v)[0]) for v in values]
+            for name, values in history.history.items()}
+    losses = logs.get("loss", [])
     if any(not math.isfinite(v) for v in losses):
         raise TrainingError(f"rung {index} {rung.name!r}: loss diverged ({losses})")
-    return history.history
+    return logs
 
 
-def solve_head(plan: FitPlan, paths: TrainingPaths) -> dict:
+def solve_head(plan: FitPlan, paths: TrainingPaths, write_log: bool = True) -> dict:
     """Fit the head's softmax layer to convergence on the cached pooled features (and their
     mirrored copies): multinomial logistic regression by L-BFGS, a convex problem that small
     data solves in seconds, its L2 strength chosen on validation. Writes the epoch log's one
@@ -385,14 +419,14 @@ def solve_head(plan: FitPlan, paths: TrainingPaths) -> dict:
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import log_loss
 
-    cached = plan.train
-    x = np.concatenate([np.asarray(cached.features)]
-                       + ([np.asarray(cached.flipped)] if cached.flipped is not None else []))
-    y = np.tile(cached.labels.argmax(1), len(x) // len(cached.labels))
-    x_val, y_val = np.asarray(plan.validation[0]), plan.validation[1].argmax(1)
+    cached, held_out = plan.train, plan.validation
+    x = np.concatenate([np.asarray(cached.rows)]
+                       + ([np.asarray(cached.mirrored)] if cached.mirrored is not None else []))
+    y = np.tile(np.asarray(cached.labels), len(x) // len(cached.labels))
+    x_val, y_val = np.asarray(held_out.rows), np.asarray(held_out.labels)
     fits = [LogisticRegression(C=c, max_iter=2000).fit(x, y) for c in SOLVER_STRENGTHS]
     best = max(fits, key=lambda fit: fit.score(x_val, y_val))
-    n_classes = plan.validation[1].shape[1]
+    n_classes = held_out.n_classes
     kernel = np.zeros((x.shape[1], n_classes), "float32")
     bias = np.zeros(n_classes, "float32")
     if n_classes == 2:  # scikit-learn keeps one row for two classes: class 1 against 0
@@ -403,13 +437,10 @@ def solve_head(plan: FitPlan, paths: TrainingPaths) -> dict:
     history = {"accuracy": [best.score(x, y)], "loss": [log_loss(y, best.predict_proba(x))],
                "val_accuracy": [best.score(x_val, y_val)],
                "val_loss": [log_loss(y_val, best.predict_proba(x_val), labels=best.classes_)]}
-    paths.history.parent.mkdir(parents=True, exist_ok=True)
-    paths.history.write_text("epoch," + ",".join(history) + "\n0,"
-                             + ",".join(f"{v[0]:.6g}" for v in history.values()) + "\n")
+    if write_log:
+        paths.history.parent.mkdir(parents=True, exist_ok=True)
+        paths.history.write_text("epoch," + ",".join(history) + "\n0,"
+                                 + ",".join(f"{v[0]:.6g}" for v in history.values()) + "\n")
     log.info("head solved by L-BFGS (C=%g, chosen on validation): train %.4f, validation %.4f",
              best.C, history["accuracy"][0], history["val_accuracy"][0])
     return history
-
-
-def _train_size(plan: FitPlan) -> int:
-    return len(plan.labels) if plan.labels is not None else len(plan.train.labels)

@@ -89,7 +89,8 @@ def test_same_params_give_the_same_weights_in_another_process_and_fine_tuning_ke
     assert head.mode == "head" and top.mode == "tail"
     # BatchNorm in training mode would send accuracy to chance (0.1) after a fine-tuning epoch.
     assert head.best_val_accuracy > 0.3
-    assert top.best_val_accuracy >= head.best_val_accuracy - 0.05
+    # 60 validation images: 0.1 is six of them, far above the fall to chance it catches.
+    assert top.best_val_accuracy >= head.best_val_accuracy - 0.1
 
 
 def test_interrupted_attempt_resumes_from_its_last_checkpoint(

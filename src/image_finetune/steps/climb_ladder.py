@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 from image_finetune.config import Params
+from image_finetune.distribute import refuse_workers
 from image_finetune.errors import DataValidationError, MissingInputError
 from image_finetune.inference import MODEL_FILE
 from image_finetune.ladder import AttemptRecord, ladder_figures
@@ -37,6 +38,7 @@ def climb_ladder(
     result); return the selected model's path. Raises GateFailedError when every rung fails.
     ``metrics``: where the loop's figures go as one flat JSON object (kept in git by DVC);
     ``live``: DVCLive's folder, every attempt's epochs on one step axis as they happen."""
+    refuse_workers(params.train, "the ladder (train)")
     _require_validated(validation)
     out.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(out / SELECTED, ignore_errors=True)

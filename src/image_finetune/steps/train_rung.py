@@ -1,12 +1,14 @@
 """The ``train-rung`` step: one attempt of the retrain loop (one rung of the ladder),
 warm-started from the previous rung's classifier. A finished attempt with the same inputs
-is reused; an interrupted one resumes from its last checkpoint."""
+is reused; an interrupted one resumes from its last checkpoint. With several workers (see
+:mod:`image_finetune.distribute`) every worker runs this step and only the chief writes."""
 
 from __future__ import annotations
 
 import json
 import logging
 import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Sequence
@@ -17,6 +19,7 @@ import keras
 
 from image_finetune.config import Params, Rung
 from image_finetune.data.canonical import load_split, manifest_digest, read_manifest
+from image_finetune.distribute import Replicas, scaled_rung
 from image_finetune.inference import MODEL_FILE
 from image_finetune.locate import choose_weights
 from image_finetune.model import resolve_weights
@@ -46,35 +49,37 @@ def train_rung(
     ``observers`` are extra Keras callbacks for the fit (see :func:`fit_plan`)."""
     params = params.model_copy(update={"model": choose_weights(params.model, root)})
     rung = params.train.ladder[index]
-    mixed = configure_runtime(params)
+    mixed, replicas = configure_runtime(params)
     manifest = read_manifest(data)
     weights_path = resolve_weights(params.model, root)
     feature_key, attempt_key = attempt_keys(params, index, weights_path, manifest_digest(data),
-                                            warm_start)
+                                            warm_start, replicas)
     finished = cache / "attempts" / attempt_key
     if (finished / RESULT_FILE).exists():
         log.info("rung %d %r: reusing the finished attempt %s", index, rung.name, finished)
-        shutil.copytree(finished, out, dirs_exist_ok=True)
-        result = json.loads((out / RESULT_FILE).read_text())
+        if replicas.is_chief:
+            shutil.copytree(finished, out, dirs_exist_ok=True)
+        replicas.barrier()  # the workers' next rung starts from what the chief copied
+        result = json.loads((finished / RESULT_FILE).read_text())
         return AttemptResult(**{**result, "model_path": str(out / MODEL_FILE)})
     n_classes = len(manifest["class_names"])
     train, validation = load_split(data, "train"), load_split(data, "validation")
-    params, rung = fit_to_data(params, index, len(train.labels))
-    classifier = build_rung_classifier(params, rung, n_classes, int(train.images.shape[1]),
-                                       weights_path, warm_start)
+    params, rung = fit_to_data(params, index, len(train.labels), replicas)
+    with replicas.scope():
+        classifier = build_rung_classifier(params, rung, n_classes, int(train.images.shape[1]),
+                                           weights_path, warm_start)
     plan = plan_fit(params, rung, classifier, train, validation, n_classes,
-                    cache / "features" / feature_key)
+                    cache / "features" / feature_key, replicas)
     paths = TrainingPaths(features=cache / "features" / feature_key,
                           checkpoints=cache / "checkpoints" / attempt_key)
-    log.info("rung %d %r: mode=%s image_size=%d trainable=%d epochs=%d backend=%s mixed=%s",
-             index, rung.name, plan.mode, rung_image_size(params, rung), plan.trainable_params,
-             rung.epochs, keras.config.backend(), mixed)
+    log.info("rung %d %r: mode=%s image_size=%d trainable=%d epochs=%d batch=%d lr=%g "
+             "backend=%s mixed=%s on %s", index, rung.name, plan.mode,
+             rung_image_size(params, rung), plan.trainable_params, rung.epochs, rung.batch_size,
+             rung.learning_rate, keras.config.backend(), mixed, replicas.describe())
     start = time.perf_counter()
-    history = fit_plan(params, index, plan, paths, observers)
+    history = fit_plan(params, index, plan, paths, observers if replicas.is_chief else (),
+                       replicas)
     seconds = time.perf_counter() - start
-    out.mkdir(parents=True, exist_ok=True)
-    classifier.save(out / MODEL_FILE)
-    shutil.move(paths.history, out / HISTORY_FILE)
     epochs = len(history.get("loss", []))
     result = AttemptResult(
         index=index, rung=rung.name, mode=plan.mode, model_path=str(out / MODEL_FILE),
@@ -83,21 +88,42 @@ def train_rung(
         train_seconds=round(seconds, 2), embed_seconds=round(plan.embed_seconds, 2),
         images_per_second=round(epochs * len(train.labels) / max(seconds, 1e-9), 1),
         trainable_params=int(plan.trainable_params), backend=keras.config.backend(),
-        mixed_precision=mixed)
-    (out / RESULT_FILE).write_text(json.dumps(asdict(result), indent=2) + "\n")
-    _keep_finished(out, finished)
+        mixed_precision=mixed, distribution=replicas.describe(), global_batch=rung.batch_size)
+    if replicas.is_chief:
+        _write_attempt(classifier, paths, result, out, finished)
+    else:  # saving takes every worker (its reads are collective): the others save aside
+        with tempfile.TemporaryDirectory(prefix="attempt-") as aside:
+            classifier.save(Path(aside) / MODEL_FILE)
+        log.info("rung %d %r: done on worker %d; the chief writes the attempt", index,
+                 rung.name, replicas.worker)
+    replicas.barrier()  # every worker returns once the attempt is on disk
     return result
 
 
-def fit_to_data(params: Params, index: int, train_size: int) -> tuple[Params, Rung]:
-    """The params with rung ``index`` adapted to the training set's size (and that rung)."""
+def _write_attempt(classifier: keras.Model, paths: TrainingPaths, result: AttemptResult,
+                   out: Path, finished: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    classifier.save(out / MODEL_FILE)
+    shutil.move(paths.history, out / HISTORY_FILE)
+    (out / RESULT_FILE).write_text(json.dumps(asdict(result), indent=2) + "\n")
+    _keep_finished(out, finished)
+
+
+def fit_to_data(
+    params: Params, index: int, train_size: int, replicas: Replicas | None = None,
+) -> tuple[Params, Rung]:
+    """The params with rung ``index`` adapted to the training set's size and scaled to the
+    replicas (see :func:`scaled_rung`); and that rung."""
     ladder = list(params.train.ladder)
     rung = ladder[index]
-    ladder[index] = adapt_rung(rung, train_size)
+    ladder[index] = scaled_rung(adapt_rung(rung, train_size),
+                                replicas.count if replicas else 1, params.train.batch_scaling)
     if ladder[index] != rung:
-        log.info("rung %d %r on %d training images: batch %d -> %d, epochs %d -> %d (at least "
-                 "%d optimizer steps)", index, rung.name, train_size, rung.batch_size,
-                 ladder[index].batch_size, rung.epochs, ladder[index].epochs, rung.min_steps)
+        log.info("rung %d %r on %d training images: batch %d -> %d, epochs %d -> %d, learning "
+                 "rate %g -> %g (at least %d optimizer steps; batch scaling %s)", index,
+                 rung.name, train_size, rung.batch_size,
+                 ladder[index].batch_size, rung.epochs, ladder[index].epochs, rung.learning_rate,
+                 ladder[index].learning_rate, rung.min_steps, params.train.batch_scaling)
     train = params.train.model_copy(update={"ladder": ladder})
     return params.model_copy(update={"train": train}), ladder[index]
 
