@@ -116,10 +116,15 @@ class Replicas:
         """Whether this process writes (checkpoints, logs, outputs)."""
         return self.worker == 0
 
+    @property
+    def layout(self) -> str:
+        """What every worker of the cluster shares, e.g. ``mirrored x2``."""
+        return f"{self.kind} x{self.count}"
+
     def describe(self) -> str:
-        """e.g. ``mirrored x2`` or ``multi_worker x2 (worker 1 of 2)``."""
+        """The layout and, with several workers, this one: ``multi_worker x2 (worker 1 of 2)``."""
         where = f" (worker {self.worker} of {self.workers})" if self.workers > 1 else ""
-        return f"{self.kind} x{self.count}{where}"
+        return f"{self.layout}{where}"
 
     def scope(self) -> contextlib.AbstractContextManager:
         """Where variables are made and fit runs: the strategy's scope, if any."""

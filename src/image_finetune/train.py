@@ -164,7 +164,7 @@ def attempt_keys(
                         params.augment.model_dump(mode="json"), params.train.seed,
                         params.train.cache_features, params.train.flip_cache,
                         sha256_file(warm_start) if warm_start else None,
-                        replicas.describe() if replicas and replicas.count > 1 else None,
+                        replicas.layout if replicas and replicas.count > 1 else None,
                         params.train.batch_scaling)
     return features, attempt
 
@@ -388,7 +388,7 @@ def fit_plan(
     with replicas.scope():
         compile_for_rung(params, rung, model, len(plan.train))
     resumed_at = prepare_resume(paths) if replicas.is_chief else None
-    replicas.barrier()
+    replicas.barrier()  # the chief may mend a corrupt checkpoint first; then all read it
     if not replicas.is_chief:
         resumed_at = _checkpoint_epoch(paths.checkpoints, CHECKPOINT)
     resuming = resumed_at is not None
