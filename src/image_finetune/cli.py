@@ -92,6 +92,27 @@ def augment_command(
     preview_augmentation(_load(params)[0], data, out)
 
 
+RUNG = steps.TRAIN_RUNG
+
+
+@app.command("train-rung")
+@reported
+def train_rung_command(
+    params: ParamsOption = DEFAULT_PARAMS,
+    index: Annotated[int, typer.Option(min=0, help="the rung of train.ladder to train")] = 0,
+    data: port(RUNG, "data", "canonical dataset") = RUNG.paths["data"],
+    out: port(RUNG, "out", "the attempt's folder") = RUNG.paths["out"],
+    cache: port(RUNG, "cache", "features, checkpoints, attempts") = RUNG.paths["cache"],
+    warm_start: Annotated[Path | None, typer.Option(
+        help="the previous rung's model.keras to start from")] = None,
+) -> None:
+    """Train one rung of the ladder (what each worker of a distributed job runs)."""
+    config, root = _load(params)
+    from image_finetune.steps.train_rung import train_rung
+
+    train_rung(config, index, data, out, cache, root, warm_start)
+
+
 LADDER = steps.CLIMB_LADDER
 
 
