@@ -14,6 +14,7 @@ from components.params import check_params, set_rung
 from components.register import register_classifier
 from components.status import record_status
 from components.train import train_rung
+from components.train_job import train_rung_job
 from components.validate import validate_data
 
 __all__ = [
@@ -28,5 +29,6 @@ __all__ = [
     "select_classifier",
     "set_rung",
     "train_rung",
+    "train_rung_job",
     "validate_data",
 ]

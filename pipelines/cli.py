@@ -35,6 +35,9 @@ SetOption = Annotated[list[str] | None, typer.Option(
 ImageOption = Annotated[str, typer.Option(
     envvar=IMAGE_ENV, help="image setting: steps run on IMAGE-cpu, training on IMAGE-gpu")]
 GpusOption = Annotated[int, typer.Option(min=0, help="GPUs per training task (0: train on CPU)")]
+WorkersOption = Annotated[int, typer.Option(
+    min=1, help="workers per rung: more than 1 trains each rung as a TFJob of the Kubeflow "
+                "training operator (N workers x --gpus each; needs the cache PVC)")]
 SecretOption = Annotated[str, typer.Option(
     help="Kubernetes Secret whose MLflow/S3 credentials the final gate and registration get "
          "as environment variables (keys: the variables' names); '' for none")]
@@ -70,9 +73,10 @@ def read_params(path: Path, overrides: list[str] | None, use_env: bool) -> Param
         raise typer.BadParameter(str(exc), param_hint="--set") from exc
 
 
-def _deployment(image: str, gpus: int, credentials_secret: str, cache_pvc: str) -> Deployment:
+def _deployment(image: str, gpus: int, credentials_secret: str, cache_pvc: str,
+                workers: int) -> Deployment:
     return Deployment(image=image, gpus=gpus, credentials_secret=credentials_secret or None,
-                      cache_pvc=cache_pvc or None)
+                      cache_pvc=cache_pvc or None, workers=workers)
 
 
 def _git_commit(params: Path) -> str:
@@ -89,6 +93,7 @@ def compile(
     out: Annotated[Path, typer.Option(help="pipeline YAML to write")] = Path(".kfp/pipeline.yaml"),
     image: ImageOption = DEFAULT_IMAGE,
     gpus: GpusOption = 1,
+    workers: WorkersOption = 1,
     credentials_secret: SecretOption = CREDENTIALS_SECRET,
     cache_pvc: PvcOption = CACHE_PVC,
 ) -> None:
@@ -98,9 +103,10 @@ def compile(
     start = time.perf_counter()
     config = read_params(params, overrides, use_env=False)
     out.parent.mkdir(parents=True, exist_ok=True)
-    compile_pipeline(config, str(out), _deployment(image, gpus, credentials_secret, cache_pvc),
-                     _git_commit(params))
-    typer.echo(f"wrote {out}: {len(config.train.ladder)} attempts, images {image}-cpu/-gpu, "
+    deployment = _deployment(image, gpus, credentials_secret, cache_pvc, workers)
+    compile_pipeline(config, str(out), deployment, _git_commit(params))
+    jobs = f", each rung a TFJob of {workers} workers x {gpus} GPUs" if workers > 1 else ""
+    typer.echo(f"wrote {out}: {len(config.train.ladder)} attempts{jobs}, images {image}-cpu/-gpu, "
                f"secret {credentials_secret or '-'}, cache PVC {cache_pvc or '-'} "
                f"({time.perf_counter() - start:.1f} s)")
 
@@ -150,6 +156,7 @@ def submit(
     overrides: SetOption = None,
     image: ImageOption = DEFAULT_IMAGE,
     gpus: GpusOption = 1,
+    workers: WorkersOption = 1,
     credentials_secret: SecretOption = CREDENTIALS_SECRET,
     cache_pvc: PvcOption = CACHE_PVC,
     cache_dir: Annotated[str | None, typer.Option(
@@ -165,7 +172,7 @@ def submit(
     from pipelines.pipeline import build_pipeline, pipeline_arguments
 
     config = read_params(params, overrides, use_env=False)
-    deployment = _deployment(image, gpus, credentials_secret, cache_pvc)
+    deployment = _deployment(image, gpus, credentials_secret, cache_pvc, workers)
     where = {"cache_dir": cache_dir} if cache_dir is not None else {}
     client = kfp.Client(host=host, namespace=namespace,
                         existing_token=os.environ.get(TOKEN_ENV) or None)

@@ -1,13 +1,15 @@
 """Where the pipeline's steps run, chosen when it is compiled: the images, the GPUs of the
-training tasks, the Kubernetes Secret that gives the MLflow steps their credentials and the
+training tasks and the workers of each (more than one: a distributed ``TFJob`` that the task
+launches), the Kubernetes Secret that gives the MLflow steps their credentials and the
 PersistentVolumeClaim that keeps the training cache between tasks and runs."""
 
 from dataclasses import dataclass, field
 
-from kfp import kubernetes
+from kfp import dsl, kubernetes
 from kfp.dsl.pipeline_task import PipelineTask
 
 from components.runtime import configured_image, cpu_image, gpu_image
+from image_finetune.errors import ConfigError
 
 CREDENTIALS_SECRET = "mlflow-client"  # as infra/k8s/serving.yaml: the same server, keys
 CACHE_PVC = "image-finetune-cache"  # infra/k8s/pipeline-cache.yaml
@@ -25,17 +27,38 @@ class Deployment:
     """Where the steps run: one image setting (tags ``-cpu`` and ``-gpu``), the GPUs of each
     training task (0: train on the CPU image), the Secret whose credentials the MLflow steps
     get as environment variables, and the PVC the training tasks keep their cache on (None:
-    no Secret, no PVC)."""
+    no Secret, no PVC). With ``workers`` > 1 each training task launches a ``TFJob`` of that
+    many workers with ``gpus`` GPUs each, which share the PVC with it (so it is required)."""
 
     image: str = field(default_factory=configured_image)
     gpus: int = 1
     accelerator: str = "nvidia.com/gpu"
     credentials_secret: str | None = CREDENTIALS_SECRET
     cache_pvc: str | None = CACHE_PVC
+    workers: int = 1
+
+    def __post_init__(self):
+        if self.workers < 1:
+            raise ConfigError(f"workers must be at least 1, not {self.workers}")
+        if self.distributed and not self.cache_pvc:
+            raise ConfigError(
+                f"--workers {self.workers} needs the cache PVC: the job's workers read their "
+                f"inputs from it and the chief writes the model there; name one with "
+                f"--cache-pvc (default {CACHE_PVC}) instead of ''")
+
+    @property
+    def distributed(self) -> bool:
+        """Whether training runs as a multi-worker job of the training operator."""
+        return self.workers > 1
 
     @property
     def cpu_image(self) -> str:
         return cpu_image(self.image)
+
+    @property
+    def training_image(self) -> str:
+        """The image training runs in: the GPU variant, or the CPU one without GPUs."""
+        return gpu_image(self.image) if self.gpus else self.cpu_image
 
     @property
     def cache_dir(self) -> str:
@@ -56,10 +79,22 @@ class Deployment:
         """Place a training step: the GPU image and accelerator, or the CPU image."""
         self.on_cpu(task, "4", "16G")
         if self.gpus:
-            task.set_container_image(gpu_image(self.image))
+            task.set_container_image(self.training_image)
             task.set_accelerator_type(self.accelerator).set_accelerator_limit(self.gpus)
         if self.cache_pvc:
             kubernetes.mount_pvc(task, pvc_name=self.cache_pvc, mount_path=CACHE_MOUNT)
+        return task
+
+    def job_inputs(self) -> dict:
+        """What a job launcher needs to know of where its job runs."""
+        return {"workers": self.workers, "gpus": self.gpus, "image": self.training_image,
+                "cache_pvc": self.cache_pvc, "cache_mount": CACHE_MOUNT,
+                "run_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER}
+
+    def for_job_launcher(self, task: PipelineTask) -> PipelineTask:
+        """Place a job launcher: a small CPU pod that shares the cache PVC with its job."""
+        self.on_cpu(task, "500m", "1G")
+        kubernetes.mount_pvc(task, pvc_name=self.cache_pvc, mount_path=CACHE_MOUNT)
         return task
 
     def with_credentials(self, task: PipelineTask) -> PipelineTask:

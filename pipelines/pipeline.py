@@ -42,6 +42,7 @@ from components import (
     select_classifier,
     set_rung,
     train_rung,
+    train_rung_job,
     validate_data,
 )
 from image_finetune.config import Params
@@ -110,10 +111,10 @@ class Ladder:
     def _train_evaluate_gate(self, index, sections, dataset, cache_dir, warm_start, previous,
                              after) -> tuple[PipelineTask, PipelineTask]:
         rung, start = self.rungs[index], {"warm_start": warm_start} if warm_start else {}
-        trained = self.deployment.for_training(train_rung(
+        trained = self._train(
             index=index, model=sections["model"], train=sections["train"],
             augment=sections["augment"], cache_dir=cache_dir, dataset=dataset, **start,
-        )).set_display_name(f"train rung {index} ({rung.name})").after(*after)
+        ).set_display_name(f"train rung {index} ({rung.name})").after(*after)
         evaluated = self.deployment.on_cpu(evaluate_classifier(
             split="validation", evaluate=sections["evaluate"], train=sections["train"],
             dataset=dataset, classifier=trained.outputs["classifier"],
@@ -124,6 +125,14 @@ class Ladder:
             evaluation=evaluated.outputs["evaluation"], **earlier,
         ), "500m", "1G").set_display_name(f"gate rung {index}")
         return trained, gated
+
+    def _train(self, **inputs) -> PipelineTask:
+        """Train in the task's own pod, or launch and follow a multi-worker job."""
+        deployment = self.deployment
+        if deployment.distributed:
+            return deployment.for_job_launcher(
+                train_rung_job(**inputs, **deployment.job_inputs()))
+        return deployment.for_training(train_rung(**inputs))
 
     def _sub_pipeline(self, index: int) -> GraphComponent:
         @dsl.pipeline(name=f"attempt-{index}",

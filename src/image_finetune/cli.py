@@ -92,6 +92,30 @@ def augment_command(
     preview_augmentation(_load(params)[0], data, out)
 
 
+RUNG = steps.TRAIN_RUNG
+
+
+@app.command("train-rung")
+@reported
+def train_rung_command(
+    params: ParamsOption = DEFAULT_PARAMS,
+    index: Annotated[int, typer.Option(min=0, help="the rung of train.ladder to train")] = 0,
+    data: port(RUNG, "data", "canonical dataset") = RUNG.paths["data"],
+    out: port(RUNG, "out", "the attempt's folder") = RUNG.paths["out"],
+    cache: port(RUNG, "cache", "features, checkpoints, attempts") = RUNG.paths["cache"],
+    warm_start: Annotated[Path | None, typer.Option(
+        help="the previous rung's model.keras to start from")] = None,
+) -> None:
+    """Train one rung of the ladder (what each worker of a distributed job runs: with
+    TF_CONFIG set, each trains its share and the chief writes the attempt)."""
+    config, root = _load(params)
+    from image_finetune.steps.train_rung import train_rung
+
+    result = train_rung(config, index, data, out, cache, root, warm_start)
+    typer.echo(f"rung {index} {result.rung!r}: best validation accuracy "
+               f"{result.best_val_accuracy:.4f} on {result.distribution}")
+
+
 LADDER = steps.CLIMB_LADDER
 
 
@@ -111,26 +135,6 @@ def train_command(
     from image_finetune.steps.climb_ladder import climb_ladder
 
     climb_ladder(config, data, validation, out, cache, root, metrics, live)
-
-
-@app.command("train-rung")
-@reported
-def train_rung_command(
-    index: Annotated[int, typer.Option(min=0, help="the rung of train.ladder to train")],
-    data: Annotated[Path, typer.Option(help="canonical dataset")],
-    out: Annotated[Path, typer.Option(help="the attempt: model.keras, history.csv, result.json")],
-    cache: Annotated[Path, typer.Option(help="features, checkpoints, finished attempts")],
-    warm_start: Annotated[Path | None, typer.Option(help="the previous rung's model.keras")] = None,
-    params: ParamsOption = DEFAULT_PARAMS,
-) -> None:
-    """Train one rung (what a Kubeflow TFJob's workers run: with TF_CONFIG set, each worker
-    trains its share and the chief writes the attempt)."""
-    config, root = _load(params)
-    from image_finetune.steps.train_rung import train_rung
-
-    result = train_rung(config, index, data, out, cache, root, warm_start)
-    typer.echo(f"rung {index} {result.rung!r}: best validation accuracy "
-               f"{result.best_val_accuracy:.4f} on {result.distribution}")
 
 
 @app.command("evaluate")

@@ -24,11 +24,12 @@ MAX_FUNCTION_LINES = 60
 LAYERS = {
     "domain": 0, "services": 1, "serving": 2, "steps": 3, "adapters": 4,
 }
-SERVICES = ("registry", "storage")
+SERVICES = ("registry", "storage", "cluster")
 ADAPTERS = ("cli", "console", "codemap")
 # Third-party packages that belong to one layer and never below it.
 FORBIDDEN_BELOW = {"mlflow": "services", "boto3": "services", "fastapi": "serving",
-                   "uvicorn": "steps", "typer": "adapters", "kfp": "adapters"}
+                   "uvicorn": "steps", "typer": "adapters", "kfp": "adapters",
+                   "kubernetes": "services"}
 
 
 def layer_of(module: str) -> str:

@@ -101,6 +101,9 @@ AUGMENT = StepSpec("augment", "augment", params=("augment", "train.seed"), reads
 TRAIN_RUNG = StepSpec("train-rung", "train_rung", params=("augment", "model", "train"),
                       watches=(SOURCES,), reads=(DATA,),
                       writes=(Port("out", "models/attempt_0"),), scratch=(CACHE,))
+# Kubeflow's, with --workers N: the same rung as a distributed TFJob (see its module).
+TRAIN_JOB = StepSpec("train-job", "train_job", params=TRAIN_RUNG.params, reads=(DATA,),
+                     writes=TRAIN_RUNG.writes, scratch=(CACHE,))
 EVALUATE = StepSpec("evaluate", "evaluate", params=("evaluate", "train.seed"),
                     reads=(DATA, Port("model", "models/selected/model.keras")),
                     writes=(Port("out", "reports/evaluation"),
@@ -142,8 +145,8 @@ RECORD_STATUS = StepSpec("record-status", "record_status",
                          writes=(Port("out", "reports/status.md"),))
 
 CATALOG: dict[str, StepSpec] = {spec.name: spec for spec in (
-    CHECK_PARAMS, SET_RUNG, LOCATE_SOURCES, INGEST, VALIDATE, AUGMENT, TRAIN_RUNG, EVALUATE,
-    GATE_ATTEMPT, SELECT, CLIMB_LADDER, FINAL_GATE, REGISTER, LIST_MODELS, PROMOTE, ROLLBACK,
-    SERVE, PREDICT_BATCH, EXPORT, RECORD_STATUS)}
+    CHECK_PARAMS, SET_RUNG, LOCATE_SOURCES, INGEST, VALIDATE, AUGMENT, TRAIN_RUNG, TRAIN_JOB,
+    EVALUATE, GATE_ATTEMPT, SELECT, CLIMB_LADDER, FINAL_GATE, REGISTER, LIST_MODELS, PROMOTE,
+    ROLLBACK, SERVE, PREDICT_BATCH, EXPORT, RECORD_STATUS)}
 # The DVC pipeline as a flat list, in run order.
 STAGES = (LOCATE_SOURCES, INGEST, VALIDATE, AUGMENT, CLIMB_LADDER, EVALUATE, FINAL_GATE, REGISTER)

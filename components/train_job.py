@@ -1,0 +1,51 @@
+"""The ``train-job`` step: one rung of the ladder as a distributed ``TFJob`` of Kubeflow's
+training operator (``compile --workers N``), launched and followed from this task."""
+
+from kfp.dsl import Dataset, Input, Metrics, Model, Output
+
+from components.runtime import component, read_params
+
+
+@component
+def train_rung_job(
+    index: int,
+    model: dict,
+    train: dict,
+    augment: dict,
+    cache_dir: str,
+    workers: int,
+    gpus: int,
+    image: str,
+    cache_pvc: str,
+    cache_mount: str,
+    run_id: str,
+    dataset: Input[Dataset],
+    classifier: Output[Model],
+    metrics: Output[Metrics],
+    warm_start: Input[Model] = None,
+) -> None:
+    """Train rung ``index`` on ``workers`` pods of ``image`` with ``gpus`` GPUs each, the
+    PVC ``cache_pvc`` mounted at ``cache_mount`` (as on this task); the job is named after
+    ``run_id`` and the rung. The task's log shows the job's state and its chief's log;
+    ``classifier`` and ``metrics`` are what ``train_rung`` hands on."""
+    import shutil
+    from pathlib import Path
+
+    from image_finetune.cluster import TrainingJobs
+    from image_finetune.console import exit_on_termination
+    from image_finetune.inference import MODEL_FILE
+    from image_finetune.steps.train_job import RESULT_FILE, Launch, train_job
+
+    exit_on_termination()  # a cancelled run deletes its job: see train_job
+    result = train_job(
+        read_params(model=model, train=train, augment=augment), index, Path(dataset.path),
+        Path(classifier.path), Path(cache_dir), Path.cwd(),
+        Launch(run_id, workers, gpus, image, cache_pvc, cache_mount), TrainingJobs.in_cluster(),
+        Path(warm_start.path) / MODEL_FILE if warm_start else None)
+    classifier.metadata.update(rung=index, rung_name=result["rung"], mode=result["mode"],
+                               epochs_run=result["epochs_run"], backend=result["backend"],
+                               workers=workers)
+    for name in ("best_val_accuracy", "epochs_run", "train_seconds", "embed_seconds",
+                 "images_per_second", "trainable_params"):
+        metrics.log_metric(name, result[name])
+    shutil.copyfile(Path(classifier.path) / RESULT_FILE, metrics.path)

@@ -1,0 +1,101 @@
+"""The Kubernetes API, for the few calls a training job's launcher makes: create, read and
+delete a ``TFJob``, find its chief's pod and read that pod's log. Errors become
+:class:`ClusterError` with the API's status and reason (never its request headers)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from image_finetune.errors import ServiceError
+from image_finetune.train_job import GROUP, PLURAL, VERSION, JobState, chief_selector, job_state
+
+NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+BAD_REQUEST, NOT_FOUND, FORBIDDEN = 400, 404, 403
+
+
+class ClusterError(ServiceError):
+    """The Kubernetes API is out of reach or refused a call; the message says which call."""
+
+
+class TrainingJobs:
+    """``TFJob`` objects and their pods in one namespace."""
+
+    def __init__(self, api: client.ApiClient, namespace: str):
+        self.namespace = namespace
+        self.custom = client.CustomObjectsApi(api)
+        self.core = client.CoreV1Api(api)
+
+    @classmethod
+    def in_cluster(cls) -> TrainingJobs:
+        """From inside a pod: its service account's token, its own namespace."""
+        try:
+            config.load_incluster_config()
+            namespace = NAMESPACE_FILE.read_text().strip()
+        except (config.ConfigException, OSError) as exc:
+            raise ClusterError(f"not running in a Kubernetes pod with a service account token "
+                               f"({exc}): a distributed rung launches from a cluster") from None
+        return cls(client.ApiClient(), namespace)
+
+    def create(self, manifest: dict) -> None:
+        try:
+            self.custom.create_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, PLURAL, manifest)
+        except ApiException as exc:
+            raise self._error(f"create TFJob {manifest['metadata']['name']}", exc) from None
+
+    def exists(self, name: str) -> bool:
+        return self._get(name) is not None
+
+    def state(self, name: str) -> JobState:
+        """Where the job stands, from its status conditions."""
+        job = self._get(name)
+        if job is None:
+            raise ClusterError(f"TFJob {name} is gone: someone deleted it while it ran")
+        return job_state(job.get("status"))
+
+    def _get(self, name: str) -> dict | None:
+        try:
+            return self.custom.get_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, PLURAL, name)
+        except ApiException as exc:
+            if exc.status == NOT_FOUND:
+                return None
+            raise self._error(f"read TFJob {name}", exc) from None
+
+    def delete(self, name: str) -> None:
+        """Delete the job and, with it, its pods (gone already is fine)."""
+        try:
+            self.custom.delete_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, PLURAL, name, propagation_policy="Foreground")
+        except ApiException as exc:
+            if exc.status != NOT_FOUND:
+                raise self._error(f"delete TFJob {name}", exc) from None
+
+    def chief_pod(self, name: str) -> str | None:
+        """The name of the job's worker 0 pod, if it exists yet."""
+        try:
+            pods = self.core.list_namespaced_pod(self.namespace,
+                                                 label_selector=chief_selector(name))
+        except ApiException as exc:
+            raise self._error(f"list the pods of TFJob {name}", exc) from None
+        return pods.items[0].metadata.name if pods.items else None
+
+    def log(self, pod: str, since_seconds: int | None = None) -> str:
+        """The pod's log (of the last ``since_seconds``), each line timestamped; "" while
+        its container has not started."""
+        try:
+            return self.core.read_namespaced_pod_log(
+                pod, self.namespace, since_seconds=since_seconds, timestamps=True)
+        except ApiException as exc:
+            if exc.status in (BAD_REQUEST, NOT_FOUND):  # container creating, or the pod just went
+                return ""
+            raise self._error(f"read the log of pod {pod}", exc) from None
+
+    def _error(self, what: str, exc: ApiException) -> ClusterError:
+        hint = (f": the run's service account needs the Role in infra/k8s/train-job-rbac.yaml "
+                f"in namespace {self.namespace}" if exc.status == FORBIDDEN else "")
+        return ClusterError(f"Kubernetes API: could not {what} ({exc.status} {exc.reason})"
+                            f"{hint}")
