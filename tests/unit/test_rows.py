@@ -3,6 +3,7 @@ would give, and the chunked .npy writer writes exactly what np.save writes."""
 
 import hashlib
 import io
+import pickle
 
 import numpy as np
 import pytest
@@ -57,6 +58,14 @@ def test_sharded_rows_look_like_an_array(sharded):
     for key in (23, -24, np.array([3, 23]), np.array([0.5])):
         with pytest.raises(IndexError):
             sharded[key]
+
+
+def test_sharded_rows_pickle_without_their_open_map(sharded):
+    unmapped = len(pickle.dumps(sharded))
+    sharded[20]
+    copy = pickle.loads(pickle.dumps(sharded))
+    assert len(pickle.dumps(sharded)) == unmapped
+    np.testing.assert_array_equal(copy[:], ROWS)
 
 
 def test_write_npy_writes_what_np_save_writes(tmp_path):

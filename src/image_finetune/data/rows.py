@@ -90,6 +90,10 @@ class ShardedRows(RowView):
         self.dtype = np.dtype(dtype)
         self._mapped: tuple[int, np.ndarray] | None = None  # the one shard mapped now
 
+    def __getstate__(self) -> dict:
+        # A worker process maps its own shards: pickling a map would copy the shard.
+        return {**self.__dict__, "_mapped": None}
+
     def shard(self, number: int) -> np.ndarray:
         """Shard ``number`` memory-mapped (the previous one is unmapped)."""
         mapped = self._mapped
