@@ -42,9 +42,10 @@ def per_class_cap(total: int) -> int | None:
 
 def bench_params(args: argparse.Namespace, total: int) -> dict:
     """The params overrides of a run: small model input, one cheap epoch, few latency runs."""
+    sharding = {"shard_size": args.shard_size} if args.shard_size else {}
     return {
-        "data": {"path": str(args.source), "source": "folder", "shard_size": args.shard_size,
-                 "max_per_class": per_class_cap(total)},
+        "data": {"path": str(args.source), "source": "folder",
+                 "max_per_class": per_class_cap(total), **sharding},
         "model": {"image_size": args.image_size},
         "train": {"flip_cache": args.flip_cache, "ladder": [
             {"name": "frozen-head", "epochs": 1, "batch_size": 256, "head_solver": "adam",
@@ -102,7 +103,8 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[6000, 60000],
                         help="total images (train + test); 60000: all of CIFAR-10")
-    parser.add_argument("--shard-size", type=int, default=5000, help="data.shard_size")
+    parser.add_argument("--shard-size", type=int, default=5000,
+                        help="data.shard_size (0: one file per split, the default format)")
     parser.add_argument("--image-size", type=int, default=32, help="model.image_size")
     parser.add_argument("--flip-cache", action="store_true",
                         help="train.flip_cache on (embeds mirrored copies too)")
