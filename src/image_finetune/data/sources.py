@@ -82,8 +82,9 @@ def read_image_folder(
         except ValueError as exc:
             problems.append(str(exc))
             continue
-        sink = sinks.setdefault(split, RowSink(scratch / split))
-        bucket.append((filename, sink.append(image)))
+        if split not in sinks:
+            sinks[split] = RowSink(scratch / split)
+        bucket.append((filename, sinks[split].append(image)))
     if problems:
         raise IngestError(f"{path}: bad files in the image folder", problems)
     return _assemble_folder(path, decoded, class_dirs, sinks)
