@@ -47,6 +47,9 @@ class DataParams(_Section):
     min_validation_per_class: Positive = 20
     max_per_class: Positive | None = None
     seed: int = 42
+    # images per file of the canonical dataset; None: one file per split. Sharded, every
+    # step streams the data a chunk at a time (data beyond RAM)
+    shard_size: Positive | None = None
 
 
 class ValidateParams(_Section):

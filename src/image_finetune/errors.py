@@ -54,3 +54,8 @@ class ServiceError(PipelineError):
     """A service (MLflow server, S3) is unreachable or refused the request."""
 
     exit_code = 7
+
+
+class CorruptInputError(MissingInputError):
+    """A step's input is there but is not what its manifest says (truncated, changed): the
+    step that wrote it must run again."""

@@ -28,16 +28,19 @@ def load_classifier(path: Path) -> keras.Model:
 
 
 def predict_batches(model, images: np.ndarray, batch_size: int, desc: str,
-                    out: np.ndarray | None = None) -> np.ndarray:
-    """Run ``model`` over uint8 images in batches with a progress bar; float32 out. Given
-    ``out`` (a memory-mapped file, say), each batch is written there as it comes, so memory
-    holds one batch, not every output twice."""
+                    out: np.ndarray | None = None, mirror: bool = False) -> np.ndarray:
+    """Run ``model`` over uint8 images (an array or a row view) in batches with a progress
+    bar; float32 out. Given ``out`` (a memory-mapped file, say), each batch is written there
+    as it comes, so memory holds one batch, not every output twice. ``mirror``: each batch
+    flipped left to right first."""
     from tqdm import tqdm
 
     chunks = []
     for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch",
                       mininterval=2.0, file=sys.stderr):
         batch = np.asarray(images[start : start + batch_size])
+        if mirror:
+            batch = batch[:, :, ::-1]
         values = np.asarray(model.predict_on_batch(batch), dtype=np.float32)
         if out is None:
             chunks.append(values)
@@ -50,8 +53,8 @@ def predict_proba(model, images: np.ndarray, batch_size: int, flip_tta: bool) ->
     """Class probabilities; with flip TTA, the mean over the image and its mirror."""
     probs = predict_batches(model, images, batch_size, "predict")
     if flip_tta:
-        mirrored = np.asarray(images)[:, :, ::-1]
-        probs = (probs + predict_batches(model, mirrored, batch_size, "predict mirrored")) / 2.0
+        mirrored = predict_batches(model, images, batch_size, "predict mirrored", mirror=True)
+        probs = (probs + mirrored) / 2.0
     return probs
 
 

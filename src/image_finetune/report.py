@@ -48,7 +48,8 @@ def plot_gallery(
     images: np.ndarray, labels: np.ndarray, probs: np.ndarray, class_names: list[str],
     count: int, path: Path,
 ) -> int:
-    """The most confidently wrong predictions, with true and predicted labels."""
+    """The most confidently wrong predictions, with true and predicted labels (``images``
+    may be a row view: only the pictured rows are read)."""
     import matplotlib
 
     matplotlib.use("Agg")

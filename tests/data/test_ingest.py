@@ -6,12 +6,14 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
 from image_finetune.config import DataParams
 from image_finetune.data.canonical import load_split, read_manifest
 from image_finetune.errors import IngestError
+from image_finetune.validation.facts import dataset_facts
 from tests.conftest import copy_tree, ingest_source, jpeg_bytes
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
@@ -211,3 +213,20 @@ def test_official_binary_archive_and_its_truncation(small_folder, tmp_path):
         ingest_source(params(source="cifar-binary"), bad, tmp_path / "out2")
     with pytest.raises(IngestError, match="not a CIFAR-10 archive"):
         ingest_source(params(source="cifar-python"), good, tmp_path / "out3")
+
+
+def test_sharded_ingest_holds_the_same_data_and_facts(small_folder, tmp_path):
+    single = ingest_source(params(), small_folder, tmp_path / "single")
+    sharded = ingest_source(params(shard_size=64), small_folder, tmp_path / "sharded")
+    for split, entry in sharded["splits"].items():
+        assert [s["rows"] for s in entry.pop("shards")] == [
+            min(64, entry["count"] - start) for start in range(0, entry["count"], 64)]
+        assert entry == single["splits"][split]
+        a, b = load_split(tmp_path / "single", split), load_split(tmp_path / "sharded", split)
+        np.testing.assert_array_equal(np.asarray(b.images), a.images)
+        np.testing.assert_array_equal(np.asarray(b.labels), a.labels)
+    assert {k: v for k, v in sharded.items() if k != "splits"} == {
+        **{k: v for k, v in single.items() if k != "splits"}, "shard_size": 64}
+    for expected, got in zip(dataset_facts(tmp_path / "single"),
+                             dataset_facts(tmp_path / "sharded"), strict=True):
+        pd.testing.assert_frame_equal(got, expected)

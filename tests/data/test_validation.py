@@ -1,15 +1,18 @@
 """The validation suites on real CIFAR-10 data and on deliberately broken copies of it."""
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from image_finetune.config import DataParams, ValidateParams
 from image_finetune.data.canonical import load_split, read_manifest, write_dataset
 from image_finetune.errors import DataValidationError
+from image_finetune.validation.facts import dataset_facts
 from tests.conftest import ingest_source, validate_with
 
 
@@ -176,3 +179,31 @@ def test_failures_name_the_files_they_came_from(small_folder, tmp_path):
     [found] = failures(data, tmp_path)
     assert found["description"] == "not constant (pixel std >= 2.0)"
     assert found["examples"] == [f"test/frog/{victim.name}"]
+
+
+def whole_array_facts(data_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The facts computed the plain way, each split's arrays whole in memory."""
+    images_rows, channel_rows = [], []
+    for split, (images, labels) in arrays(data_dir).items():
+        flat = images.reshape(len(images), -1).astype(np.float32)
+        images_rows.append(pd.DataFrame({
+            "split": split, "label": labels, "min": flat.min(1).astype(np.float64),
+            "max": flat.max(1).astype(np.float64), "mean": flat.mean(1).astype(np.float64),
+            "std": flat.std(1).astype(np.float64),
+            "sha256": [hashlib.sha256(i.tobytes()).hexdigest()[:32] for i in images]}))
+        pixels = images.astype(np.float64) / 255.0
+        for c, channel in enumerate(("red", "green", "blue")):
+            channel_rows.append({"split": split, "channel": channel,
+                                 "mean": pixels[..., c].mean(), "std": pixels[..., c].std()})
+    return pd.concat(images_rows, ignore_index=True), pd.DataFrame(channel_rows)
+
+
+@pytest.mark.parametrize("chunk_rows", [4096, 7])
+def test_streamed_facts_equal_the_whole_array_computation(clean, chunk_rows):
+    facts, channels = dataset_facts(clean, chunk_rows)
+    expected_facts, expected_channels = whole_array_facts(clean)
+    pd.testing.assert_frame_equal(facts[expected_facts.columns], expected_facts,
+                                  check_exact=False, rtol=1e-6)
+    assert facts["sha256"].tolist() == expected_facts["sha256"].tolist()
+    pd.testing.assert_frame_equal(channels, expected_channels, check_exact=False, rtol=1e-9)
+    assert not facts["crosses_test_boundary"].any()

@@ -1,4 +1,6 @@
-"""The canonical format: stratified seeded splits, hashes, atomic writes."""
+"""The canonical format: stratified seeded splits, hashes, atomic writes, shards."""
+
+import json
 
 import numpy as np
 import pytest
@@ -9,10 +11,13 @@ from image_finetune.data.canonical import (
     load_split,
     read_manifest,
     sha256_array,
+    sha256_file,
     split_stratified,
+    verify_shards,
     write_dataset,
 )
-from image_finetune.errors import MissingInputError
+from image_finetune.data.rows import ShardedRows
+from image_finetune.errors import CorruptInputError, MissingInputError
 
 
 def test_split_is_stratified_disjoint_and_seeded():
@@ -79,3 +84,72 @@ def test_write_and_load_round_trip(tmp_path):
         load_split(tmp_path / "d", "test")
     with pytest.raises(MissingInputError, match="run the ingest step first"):
         read_manifest(tmp_path / "nothing")
+
+
+IMAGES = np.random.default_rng(1).integers(0, 256, (10, 4, 4, 3), dtype=np.uint8)
+LABELS = np.array([0, 1, 0, 1, 1, 0, 0, 1, 1, 0], dtype=np.int64)
+
+
+def write_sharded(folder, shard_size=4) -> dict:
+    return write_dataset(folder, ["a", "b"], {"train": (IMAGES, LABELS),
+                                              "test": (IMAGES[:3], LABELS[:3])}, {},
+                         shard_size=shard_size)
+
+
+def test_sharded_round_trip_lists_every_shard_with_its_hash(tmp_path):
+    manifest = write_sharded(tmp_path / "d")
+    shards = manifest["splits"]["train"]["shards"]
+    assert [s["rows"] for s in shards] == [4, 4, 2]
+    assert [s["images"]["file"] for s in shards] == [
+        "train/images-00000.npy", "train/images-00001.npy", "train/images-00002.npy"]
+    for shard in shards:
+        for kind in ("images", "labels"):
+            assert sha256_file(tmp_path / "d" / shard[kind]["file"]) == shard[kind]["sha256"]
+    assert verify_shards(tmp_path / "d") == 8
+    loaded = load_split(tmp_path / "d", "train")
+    assert isinstance(loaded.images, ShardedRows)
+    np.testing.assert_array_equal(loaded.images[:], IMAGES)
+    np.testing.assert_array_equal(np.asarray(loaded.labels), LABELS)
+    in_memory = load_split(tmp_path / "d", "train", mmap=False)
+    np.testing.assert_array_equal(in_memory.images, IMAGES)
+
+
+def test_sharded_and_single_files_hash_the_same_content(tmp_path):
+    sharded = write_sharded(tmp_path / "sharded")["splits"]["train"]
+    single = write_sharded(tmp_path / "single", shard_size=None)["splits"]["train"]
+    assert "shards" not in single
+    assert sharded.pop("shards") and sharded == single
+    assert single["images_sha256"] == sha256_array(IMAGES)
+    assert np.load(tmp_path / "single" / "train_images.npy").tobytes() == IMAGES.tobytes()
+
+
+def test_a_changed_shard_is_refused_by_its_hash(tmp_path):
+    write_sharded(tmp_path / "d")
+    shard = tmp_path / "d" / "train" / "images-00001.npy"
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(CorruptInputError, match="images-00001.npy: sha256 differs"):
+        verify_shards(tmp_path / "d")
+
+
+def test_a_missing_or_truncated_shard_is_named(tmp_path):
+    write_sharded(tmp_path / "d")
+    np.save(tmp_path / "d" / "train" / "labels-00002.npy", LABELS[:1])
+    with pytest.raises(CorruptInputError, match="labels-00002.npy: 1 rows .* says 2 rows"):
+        load_split(tmp_path / "d", "train")
+    (tmp_path / "d" / "train" / "images-00000.npy").unlink()
+    with pytest.raises(MissingInputError, match="images-00000.npy: shard of split 'train'"):
+        load_split(tmp_path / "d", "train")
+    with pytest.raises(MissingInputError, match="images-00000.npy: shard is missing"):
+        verify_shards(tmp_path / "d")
+    (tmp_path / "d" / "test" / "images-00000.npy").write_bytes(b"not numpy")
+    with pytest.raises(CorruptInputError, match="not a readable .npy shard"):
+        load_split(tmp_path / "d", "test")
+
+
+def test_the_manifest_records_the_shard_size_only_where_set(tmp_path):
+    write_sharded(tmp_path / "sharded")
+    write_sharded(tmp_path / "single", shard_size=None)
+    assert json.loads((tmp_path / "sharded" / "manifest.json").read_text())["shard_size"] == 4
+    assert "shard_size" not in json.loads((tmp_path / "single" / "manifest.json").read_text())

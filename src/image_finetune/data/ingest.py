@@ -8,6 +8,7 @@ import numpy as np
 
 from image_finetune.config import DataParams
 from image_finetune.data.canonical import split_stratified
+from image_finetune.data.rows import RowView, take
 from image_finetune.data.sources import (
     RawDataset,
     read_cifar_binary,
@@ -18,11 +19,12 @@ from image_finetune.data.sources import (
 from image_finetune.errors import IngestError
 
 
-def read_source(params: DataParams, source_path: Path) -> RawDataset:
-    """Decode the configured source into per-split arrays."""
+def read_source(params: DataParams, source_path: Path, scratch: Path) -> RawDataset:
+    """Decode the configured source into per-split arrays (an image folder's kept on disk
+    in ``scratch``)."""
     if params.source == "folder":
         return read_image_folder(
-            source_path, params.image_size, params.on_wrong_size, params.max_per_class
+            source_path, params.image_size, params.on_wrong_size, scratch, params.max_per_class
         )
     if params.image_size != 32:
         raise IngestError(f"data.image_size={params.image_size}: {params.source} images are 32x32")
@@ -38,10 +40,11 @@ def read_source(params: DataParams, source_path: Path) -> RawDataset:
 
 def canonical_splits(
     raw: RawDataset, validation_fraction: float, seed: int, min_validation_per_class: int = 1
-) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, list[str]], str]:
-    """(train, validation, test) arrays, the source file of each image where the source
-    names them, and how validation was made: a validation split in the source is kept as
-    is, otherwise it is held out of train, stratified and seeded (see
+) -> tuple[dict[str, tuple[np.ndarray | RowView, np.ndarray]], dict[str, list[str]], str]:
+    """(train, validation, test) images (row views: nothing is copied) and labels, the
+    source file of each image where the source names them, and how validation was made: a
+    validation split in the source is kept as is, otherwise it is held out of train,
+    stratified and seeded (see
     :func:`~image_finetune.data.canonical.held_out_count`)."""
     if "validation" in raw.images:
         chosen = {"train": ("train", None), "validation": ("validation", None)}
@@ -54,8 +57,8 @@ def canonical_splits(
     chosen["test"] = ("test", None)
     splits, sources = {}, {}
     for split, (origin, rows) in chosen.items():
-        take = slice(None) if rows is None else rows
-        splits[split] = (raw.images[origin][take], raw.labels[origin][take])
+        picked = slice(None) if rows is None else rows
+        splits[split] = (take(raw.images[origin], rows), raw.labels[origin][picked])
         if origin in raw.sources:
-            sources[split] = list(np.asarray(raw.sources[origin], dtype=object)[take])
+            sources[split] = list(np.asarray(raw.sources[origin], dtype=object)[picked])
     return splits, sources, holdout

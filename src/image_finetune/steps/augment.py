@@ -21,5 +21,5 @@ def preview_augmentation(params: Params, data: Path, out: Path) -> Path:
     per_class = -(-params.augment.preview_images // len(classes))
     firsts = [np.flatnonzero(labels == c)[:per_class] for c in classes]
     picks = np.stack(firsts, axis=1).ravel()[: params.augment.preview_images]
-    return write_preview(params.augment, np.asarray(train.images)[np.sort(picks)], out,
+    return write_preview(params.augment, train.images[np.sort(picks)], out,
                          params.train.seed)

@@ -47,7 +47,7 @@ def evaluate_classifier(
                                          params.evaluate.latency_runs)
     metrics["model_size_mb"] = Path(model).stat().st_size / 1e6
     metrics["flip_tta"] = params.evaluate.flip_tta
-    _write_results(out, metrics, probs, labels, np.asarray(loaded.images), class_names,
+    _write_results(out, metrics, probs, labels, loaded.images, class_names,
                    params.evaluate.gallery_size)
     write_html(out, title or f"Evaluation on {split}", metrics, class_names)
     if figures is not None:
@@ -58,7 +58,7 @@ def evaluate_classifier(
 
 
 def _write_results(
-    out: Path, metrics: dict, probs: np.ndarray, labels: np.ndarray, images: np.ndarray,
+    out: Path, metrics: dict, probs: np.ndarray, labels: np.ndarray, images,
     class_names: list[str], gallery_size: int,
 ) -> None:
     np.savez_compressed(out / PREDICTIONS_FILE, probabilities=probs.astype(np.float32),

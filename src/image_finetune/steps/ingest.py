@@ -4,6 +4,7 @@ dataset."""
 from __future__ import annotations
 
 import logging
+import tempfile
 from pathlib import Path
 
 from image_finetune.config import Params
@@ -22,18 +23,23 @@ def ingest_data(params: Params, out: Path, root: Path) -> dict:
     return the manifest."""
     data = choose_data(params.data, root)
     source_path = Path(data.path)
-    raw = read_source(data, source_path)
-    if "test" not in raw.images:
-        raise IngestError(f"{source_path}: no test split found")
-    splits, sources, holdout = canonical_splits(raw, data.validation_fraction, data.seed,
-                                                data.min_validation_per_class)
-    # Only the file name and hash: the manifest must not depend on where the data sits.
-    source = {"kind": data.source, "name": source_path.name}
-    if data.source != "tfds" and source_path.is_file():
-        source["sha256"] = sha256_file(source_path)
-    manifest = write_dataset(out, raw.class_names, splits, {
-        "source": source, "validation_holdout": holdout,
-        "params": data.model_dump(mode="json", exclude={"path"})}, sources)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Decoded images wait on the output's disk, not in memory, until they are written.
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.decoded-", dir=out.parent) as scratch:
+        raw = read_source(data, source_path, Path(scratch))
+        if "test" not in raw.images:
+            raise IngestError(f"{source_path}: no test split found")
+        splits, sources, holdout = canonical_splits(raw, data.validation_fraction, data.seed,
+                                                    data.min_validation_per_class)
+        # Only the file name and hash: the manifest must not depend on where the data sits;
+        # nor on the shard size, which the manifest's splits show where it is set.
+        source = {"kind": data.source, "name": source_path.name}
+        if data.source != "tfds" and source_path.is_file():
+            source["sha256"] = sha256_file(source_path)
+        manifest = write_dataset(out, raw.class_names, splits, {
+            "source": source, "validation_holdout": holdout,
+            "params": data.model_dump(mode="json", exclude={"path", "shard_size"})}, sources,
+            data.shard_size)
     counts = {name: info["count"] for name, info in manifest["splits"].items()}
     log.info("ingested %s -> %s: %s", source_path, out, counts)
     warn_small_validation(manifest, data.min_validation_per_class)

@@ -9,10 +9,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 from image_finetune.config import Params
-from image_finetune.data.canonical import atomic_directory, read_manifest
+from image_finetune.data.canonical import atomic_directory, read_manifest, verify_shards
 from image_finetune.errors import DataValidationError
 from image_finetune.steps.layout import VALIDATION_RESULT
-from image_finetune.validation.facts import channel_stats, class_counts, image_facts
+from image_finetune.validation.facts import class_counts, dataset_facts
 from image_finetune.validation.suites import ValidationReport, run_suites
 
 log = logging.getLogger(__name__)
@@ -26,9 +26,10 @@ def validate_data(params: Params, data: Path, out: Path) -> ValidationReport:
     DataValidationError is raised if a blocking expectation failed.
     """
     manifest = read_manifest(data)
-    facts = image_facts(data)
+    verify_shards(data)
+    facts, channels = dataset_facts(data)
     tables = {"images": facts, "class_counts": class_counts(facts, manifest),
-              "channel_stats": channel_stats(data)}
+              "channel_stats": channels}
     with atomic_directory(out) as staging:
         report = run_suites(tables, params.validate_, manifest, staging / "data_docs")
         tables["class_counts"].to_csv(staging / "class_counts.csv", index=False)
