@@ -106,22 +106,9 @@ class EpochOrder(keras.callbacks.Callback):
         self.batches.set_epoch(epoch)
 
 
-class MirroredRows:
-    """Rows of images, each mirrored left to right as it is read."""
-
-    def __init__(self, images):
-        self.images = images
-        self.shape, self.dtype = images.shape, images.dtype
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index):
-        return np.asarray(self.images[index])[..., ::-1, :]
-
-
 def cached_activations(
-    stem: keras.Model, images: np.ndarray, path: Path, batch_size: int, desc: str
+    stem: keras.Model, images: np.ndarray, path: Path, batch_size: int, desc: str,
+    mirror: bool = False,
 ) -> np.ndarray:
     """Activations of ``stem`` over ``images``, computed once and memory-mapped from disk.
     They are written to the file batch by batch: memory holds one batch whatever the
@@ -135,7 +122,7 @@ def cached_activations(
     shape = (len(images), *stem.compute_output_shape((None, *images.shape[1:]))[1:])
     values = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=shape)
     try:
-        predict_batches(stem, images, batch_size, desc, out=values)
+        predict_batches(stem, images, batch_size, desc, out=values, mirror=mirror)
         values.flush()
     except BaseException:
         partial.unlink(missing_ok=True)
@@ -153,12 +140,13 @@ def rung_features(
     """(train, train mirrored or None, validation) inputs of a ``head`` or ``tail`` rung."""
     stem = stem_model(classifier, boundary)
 
-    def activations(model, images, name, desc):
-        return cached_activations(model, images, cache_dir / f"{name}.npy", EMBED_BATCH, desc)
+    def activations(model, images, name, desc, mirror=False):
+        return cached_activations(model, images, cache_dir / f"{name}.npy", EMBED_BATCH, desc,
+                                  mirror)
 
     x_train = activations(stem, train_images, "train", "embed train")
-    x_flip = (activations(stem, MirroredRows(train_images), "train_flip",
-                          "embed mirrored train") if flip else None)
+    x_flip = (activations(stem, train_images, "train_flip", "embed mirrored train", True)
+              if flip else None)
     x_val = activations(stem, validation_images, "validation", "embed validation")
     if mode == "tail":
         return x_train, x_flip, x_val
