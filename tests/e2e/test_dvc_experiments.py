@@ -21,6 +21,8 @@ GATE = {"min_accuracy": 0.3, "min_macro_f1": 0.2, "min_class_recall": 0.0,
         "max_latency_p95_ms": 2000}
 MODEL = "cifar10-classifier"
 # One user's session in steps: later experiments build on earlier ones (kept in order).
+# Each experiment sets its own gate.min_accuracy (0.25 to 0.28), well below what the second
+# rung reaches on this subset (about a third) and above the hopeless first rung's (~0.08).
 pytestmark = pytest.mark.ordered
 
 
@@ -68,7 +70,7 @@ def project(small_folder, no_top_weights, tmp_path_factory):
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     git(project, "add", "-A")
     git(project, "commit", "-qm", "baseline")
-    dvc_ok(project, "exp", "run", "-n", "lenient", "-S", "gate.min_accuracy=0.31")
+    dvc_ok(project, "exp", "run", "-n", "lenient", "-S", "gate.min_accuracy=0.25")
     return project
 
 
@@ -126,17 +128,17 @@ def test_a_fresh_clone_shows_every_figure_without_pulling(applied, tmp_path):
 
 
 def test_a_temporary_experiment_records_into_the_projects_store(applied):
-    dvc_ok(applied, "exp", "run", "--temp", "-n", "stricter", "-S", "gate.min_accuracy=0.32")
+    dvc_ok(applied, "exp", "run", "--temp", "-n", "stricter", "-S", "gate.min_accuracy=0.26")
     versions = registry(applied).search_model_versions(f"name = '{MODEL}'")
     assert "stricter" in {v.tags.get("dvc_experiment") for v in versions}
     assert not list((applied / "mlruns").glob("**/.dvc"))  # nothing of the copy leaked
     diff = json.loads(dvc_ok(applied, "exp", "diff", "lenient", "stricter", "--json"))
     changed = diff["params"]["params.yaml"]["gate.min_accuracy"]
-    assert (changed["old"], changed["new"]) == (0.31, 0.32)
+    assert (changed["old"], changed["new"]) == (0.25, 0.26)
 
 
 def test_a_queued_experiment_runs_when_the_queue_starts(applied):
-    dvc_ok(applied, "exp", "run", "--queue", "-n", "queued", "-S", "gate.min_accuracy=0.33")
+    dvc_ok(applied, "exp", "run", "--queue", "-n", "queued", "-S", "gate.min_accuracy=0.27")
     dvc_ok(applied, "queue", "start", "-j", "1")
     deadline = time.monotonic() + 900
     while any(word in dvc_ok(applied, "queue", "status") for word in ("Queued", "Running")):
@@ -145,7 +147,7 @@ def test_a_queued_experiment_runs_when_the_queue_starts(applied):
     status = dvc_ok(applied, "queue", "status")
     assert "Success" in status, status + dvc_ok(applied, "queue", "logs", "queued")
     record = experiment(json.loads(dvc_ok(applied, "exp", "show", "--json")), "queued")
-    assert record["data"]["params"]["params.yaml"]["data"]["gate"]["min_accuracy"] == 0.33
+    assert record["data"]["params"]["params.yaml"]["data"]["gate"]["min_accuracy"] == 0.27
     versions = registry(applied).search_model_versions(f"name = '{MODEL}'")
     assert "queued" in {v.tags.get("dvc_experiment") for v in versions}
     dvc_ok(applied, "queue", "stop")
@@ -169,7 +171,7 @@ def test_exp_push_sends_the_experiment_to_git_and_its_outputs_to_s3(applied, ser
     dvc_ok(applied, "remote", "modify", "s3", "endpointurl", services["S3_ENDPOINT_URL"])
     git(applied, "add", ".dvc/config")
     git(applied, "commit", "-qm", "the S3 remote")
-    dvc_ok(applied, "exp", "run", "-n", "pushed", "-S", "gate.min_accuracy=0.34")
+    dvc_ok(applied, "exp", "run", "-n", "pushed", "-S", "gate.min_accuracy=0.28")
     dvc_ok(applied, "exp", "push", "-r", "s3", "origin", "pushed")
     refs = subprocess.run(["git", "ls-remote", str(origin)], capture_output=True, text=True,
                           check=True).stdout
