@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,19 +24,11 @@ from pathlib import Path
 
 import yaml
 
+from image_finetune.distribute import local_cluster
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 UNFREEZE = {"tail": "block_13_expand", "end_to_end": "block_11_expand"}
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
 
 
 def write_params(work: Path, args, distribution: str, host_devices: int) -> Path:
@@ -61,17 +52,12 @@ def run_layout(work: Path, args, name: str, distribution: str, processes: int,
     command = [sys.executable, "-m", "image_finetune.cli", "train-rung", "--params",
                str(params), "--index", "0", "--data", str(work / "data"), "--out", str(out),
                "--cache", str(work / f"cache-{name}")]
-    ports = free_ports(processes)
     env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
-    workers = []
-    for index in range(processes):
-        cluster = ({"TF_CONFIG": json.dumps({
-            "cluster": {"worker": [f"127.0.0.1:{port}" for port in ports]},
-            "task": {"type": "worker", "index": index}})} if processes > 1 else {})
-        workers.append(subprocess.Popen(command, env={**env, **cluster,
-                                                      "TF_CPP_MIN_LOG_LEVEL": "2"},
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                        text=True))
+    clusters = local_cluster(processes) if processes > 1 else [None]
+    workers = [subprocess.Popen(command, env={**env, "TF_CPP_MIN_LOG_LEVEL": "2",
+                                              **({"TF_CONFIG": config} if config else {})},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+               for config in clusters]
     for worker in workers:
         _, errors = worker.communicate()
         if worker.returncode:

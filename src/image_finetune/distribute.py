@@ -21,6 +21,7 @@ import functools
 import json
 import logging
 import os
+import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +63,21 @@ def read_cluster(environ: dict[str, str]) -> Cluster | None:
         raise ConfigError(f"{TF_CONFIG_ENV}: task {task!r} is not one of the cluster's "
                           f"{len(workers)} workers")
     return Cluster(workers=len(workers), index=index)
+
+
+def local_cluster(workers: int) -> list[str]:
+    """The ``TF_CONFIG`` of each of ``workers`` processes on this machine, on free ports of
+    127.0.0.1 (tests and benchmarks of multi-worker training; the operator makes a real
+    cluster's)."""
+    sockets = [socket.socket() for _ in range(workers)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    addresses = [f"127.0.0.1:{sock.getsockname()[1]}" for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return [json.dumps({"cluster": {"worker": addresses},
+                        "task": {"type": "worker", "index": index}})
+            for index in range(workers)]
 
 
 def choose_distribution(setting: str, cluster: Cluster | None, local_devices: int) -> str:
@@ -149,6 +165,9 @@ class Replicas:
             self.strategy.reduce("SUM", one, axis=None)
 
 
+ONE_DEVICE = Replicas("one_device", 1)
+
+
 class WorkerSteps(keras.Model):
     """A functional model whose train and test steps return their logs as vectors (see
     :meth:`Replicas.fitting_model`)."""
@@ -178,7 +197,7 @@ def start_replicas(train: TrainParams) -> Replicas:
     if kind == "multi_worker" and backend != "tensorflow":
         raise ConfigError("train.distribution multi_worker needs the tensorflow backend "
                           "(MultiWorkerMirroredStrategy)")
-    replicas = _replicas(kind, backend)
+    replicas = _replicas(kind, backend, cluster)
     log.info("training on %s", replicas.describe())
     return replicas
 
@@ -218,9 +237,9 @@ def _local_devices(backend: str) -> int:
 
 
 @functools.cache
-def _replicas(kind: str, backend: str) -> Replicas:
+def _replicas(kind: str, backend: str, cluster: Cluster | None) -> Replicas:
     if kind == "one_device":
-        return Replicas("one_device", 1)
+        return ONE_DEVICE
     if backend == "jax":
         devices = keras.distribution.list_devices()
         keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
@@ -229,7 +248,6 @@ def _replicas(kind: str, backend: str) -> Replicas:
 
     if kind == "multi_worker":
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
-        cluster = read_cluster(dict(os.environ))
         return Replicas(kind, strategy.num_replicas_in_sync, cluster.workers, cluster.index,
                         strategy)
     devices = [d.name for d in tf.config.list_logical_devices("GPU")] or [

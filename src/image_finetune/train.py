@@ -34,7 +34,7 @@ import numpy as np
 from image_finetune.augment import build_augmentation
 from image_finetune.config import Params, Rung
 from image_finetune.data.canonical import Split, sha256_file
-from image_finetune.distribute import Replicas, start_replicas
+from image_finetune.distribute import ONE_DEVICE, Replicas, start_replicas
 from image_finetune.errors import PipelineError
 from image_finetune.features import (
     EpochOrder,
@@ -264,7 +264,7 @@ def plan_fit(
 ) -> FitPlan:
     """Freeze what the rung keeps frozen and prepare its inputs (caching features first,
     outside the strategy's scope: every worker embeds on its own)."""
-    replicas = replicas or Replicas("one_device", 1)
+    replicas = replicas or ONE_DEVICE
     backbone, head = get_backbone(classifier), get_head(classifier)
     mode = choose_mode(params, rung, backbone)
     trainable = set_trainable(backbone, rung.unfreeze_from) if mode != "head" else 0
@@ -380,7 +380,7 @@ def fit_plan(
     ``observers`` are extra callbacks (a benchmark's clock, say) run after the rung's own.
     Returns the Keras history (per-epoch figures); raises TrainingError on divergence.
     """
-    replicas = replicas or Replicas("one_device", 1)
+    replicas = replicas or ONE_DEVICE
     rung = params.train.ladder[index]
     if uses_solver(rung, plan.mode, len(plan.train.labels)):
         return solve_head(plan, paths, write_log=replicas.is_chief)

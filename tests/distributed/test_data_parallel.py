@@ -9,7 +9,6 @@ import csv
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import pytest
 import yaml
 
 from image_finetune.config import Params
+from image_finetune.distribute import local_cluster
 from tests.conftest import ingest_source
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,21 +50,6 @@ for index in range(len(params.train.ladder)):
     warm = Path(result.model_path)
     print("RESULT", index, result.mode, result.distribution, flush=True)
 """
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
-
-
-def tf_config(ports: list[int], index: int) -> str:
-    return json.dumps({"cluster": {"worker": [f"127.0.0.1:{port}" for port in ports]},
-                       "task": {"type": "worker", "index": index}})
 
 
 def environment(backend: str = "tensorflow", **extra: str) -> dict:
@@ -154,9 +139,8 @@ def test_two_devices_in_one_process_train_every_mode_as_one_device_does(
 def test_two_workers_train_every_mode_as_one_device_does_and_only_the_chief_writes(
         dataset, small_folder, no_top_weights, one_device, tmp_path):
     params = write_params(small_folder, no_top_weights, "multi_worker")
-    ports = free_ports(2)
-    workers = [run_ladder(params, dataset, tmp_path, environment(TF_CONFIG=tf_config(ports, i)))
-               for i in range(2)]
+    workers = [run_ladder(params, dataset, tmp_path, environment(TF_CONFIG=config))
+               for config in local_cluster(2)]
     chief, other = (finished(worker) for worker in workers)
     assert "multi_worker x2 (worker 0 of 2)" in chief
     assert "multi_worker x2 (worker 1 of 2)" in other
@@ -186,11 +170,11 @@ def train_rung_command(params: Path, data: Path, out: Path, cache: Path) -> list
             "--index", "0", "--data", str(data), "--out", str(out), "--cache", str(cache)]
 
 
-def start_workers(command: list[str], ports: list[int], logs: Path) -> list[subprocess.Popen]:
-    return [subprocess.Popen(command, env=environment(TF_CONFIG=tf_config(ports, index)),
+def start_workers(command: list[str], logs: Path) -> list[subprocess.Popen]:
+    return [subprocess.Popen(command, env=environment(TF_CONFIG=config),
                              stdout=(logs / f"worker-{index}.log").open("a"),
                              stderr=subprocess.STDOUT, start_new_session=True)
-            for index in range(len(ports))]
+            for index, config in enumerate(local_cluster(2))]
 
 
 def chief_checkpoint(cache: Path, epochs_done: int, workers, timeout: float = 300) -> Path:
@@ -210,8 +194,7 @@ def test_a_worker_killed_mid_epoch_resumes_with_the_others_from_the_last_checkpo
         dataset, small_folder, no_top_weights, tmp_path):
     params = write_params(small_folder, no_top_weights, "multi_worker", ladder=KILLED_LADDER)
     command = train_rung_command(params, dataset, tmp_path / "attempt", tmp_path / "cache")
-    ports = free_ports(2)
-    workers = start_workers(command, ports, tmp_path)
+    workers = start_workers(command, tmp_path)
     chief_checkpoint(tmp_path / "cache", 2, workers)
     time.sleep(0.3)  # into the next epoch
     os.killpg(workers[1].pid, signal.SIGKILL)
@@ -223,7 +206,7 @@ def test_a_worker_killed_mid_epoch_resumes_with_the_others_from_the_last_checkpo
         workers[0].wait()
     assert not (tmp_path / "attempt" / "model.keras").exists()
 
-    restarted = start_workers(command, free_ports(2), tmp_path)
+    restarted = start_workers(command, tmp_path)
     for worker in restarted:
         assert worker.wait(timeout=600) == 0, (tmp_path / "worker-0.log").read_text()[-3000:]
     for index in range(2):

@@ -10,6 +10,7 @@ from image_finetune.distribute import (
     Cluster,
     Replicas,
     choose_distribution,
+    local_cluster,
     read_cluster,
     refuse_workers,
     scaled_rung,
@@ -91,3 +92,10 @@ def test_replicas_describe_the_cluster_and_only_worker_0_is_chief():
     assert worker.layout == "multi_worker x2" and not worker.is_chief
     assert worker.describe() == "multi_worker x2 (worker 1 of 2)"
     assert Replicas("one_device", 1).describe() == "one_device x1"
+
+
+def test_a_local_cluster_reads_back_as_its_workers_on_distinct_ports():
+    configs = local_cluster(3)
+    assert [read_cluster({"TF_CONFIG": c}) for c in configs] == [Cluster(3, i) for i in range(3)]
+    addresses = json.loads(configs[0])["cluster"]["worker"]
+    assert len(set(addresses)) == 3 and all(a.startswith("127.0.0.1:") for a in addresses)
