@@ -17,8 +17,6 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from image_finetune.data.rows import CHUNK_ROWS, RowView, ShardedRows, iter_chunks, write_npy
+from image_finetune.data.scratch import claimed_folder
 from image_finetune.errors import CorruptInputError, MissingInputError
 
 SPLITS = ("train", "validation", "test")
@@ -88,21 +87,18 @@ def atomic_directory(target: Path) -> Iterator[Path]:
     """Yield a temporary directory that replaces ``target`` only if the block succeeds.
 
     The staging folder is removed on any failure (SIGTERM included, where the entry point
-    turns it into SystemExit); the result gets the permissions the umask gives a folder.
+    turns it into SystemExit); one a killed run left is swept by the next (see
+    :mod:`~image_finetune.data.scratch`). The result gets the permissions the umask gives
+    a folder.
     """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    staging.chmod(0o777 & ~current_umask())
-    try:
+    name = target.name
+    with claimed_folder(target.parent, f".{name}.tmp-") as staging:
+        staging.chmod(0o777 & ~current_umask())
         yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    previous = staging.with_name(staging.name.replace(".tmp-", ".old-"))
-    if target.exists():
-        target.rename(previous)
-    staging.rename(target)
-    shutil.rmtree(previous, ignore_errors=True)
+        with claimed_folder(target.parent, f".{name}.old-") as previous:
+            if target.exists():
+                target.rename(previous)  # onto the empty claimed folder: POSIX replaces it
+            staging.rename(target)
 
 
 def current_umask() -> int:
