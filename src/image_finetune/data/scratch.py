@@ -12,6 +12,7 @@ and whichever container they ran in, and sweeps only the dead. Folders without a
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import glob
 import os
@@ -21,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 LOCK_SUFFIX = ".lock"
+NO_LOCKS = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL})
 
 
 @contextlib.contextmanager
@@ -51,8 +53,8 @@ def sweep_dead_folders(parent: Path, prefix: str) -> list[Path]:
         except OSError:
             continue  # gone meanwhile, or not ours to open
         try:
-            if not _lock_now(descriptor, lock):
-                continue
+            if _lock_now(descriptor, lock) is not True:
+                continue  # alive, or nothing can tell
             folder = lock.with_name(lock.name.removesuffix(LOCK_SUFFIX))
             shutil.rmtree(folder, ignore_errors=True)
             lock.unlink(missing_ok=True)
@@ -64,21 +66,27 @@ def sweep_dead_folders(parent: Path, prefix: str) -> list[Path]:
 
 def _locked_file(parent: Path, prefix: str) -> tuple[int, Path]:
     """A new lock file, locked: retried in the rare case a sweeper took it between its
-    creation and its locking (and removed it)."""
+    creation and its locking (and removed it). Where the filesystem has no locks, the file
+    is kept unlocked: the folder works, but no later run will sweep it."""
     while True:
         descriptor, name = tempfile.mkstemp(prefix=prefix, suffix=LOCK_SUFFIX, dir=parent)
-        if _lock_now(descriptor, Path(name)):
+        if _lock_now(descriptor, Path(name)) is not False:
             return descriptor, Path(name)
         os.close(descriptor)
 
 
-def _lock_now(descriptor: int, path: Path) -> bool:
+def _lock_now(descriptor: int, path: Path) -> bool | None:
     """Lock ``descriptor`` without waiting; True only if it is locked and ``path`` still
-    names the file locked (a lock on a file swept away meanwhile owns nothing)."""
+    names the file locked (a lock on a file swept away meanwhile owns nothing); None where
+    the filesystem cannot lock (some network and FUSE mounts)."""
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return False
+    except OSError as exc:
+        if exc.errno in NO_LOCKS:
+            return None
+        raise
     try:
         named, locked = os.stat(path, follow_symlinks=False), os.fstat(descriptor)
     except FileNotFoundError:
