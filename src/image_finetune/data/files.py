@@ -69,7 +69,8 @@ def clean_path(name: str) -> PurePosixPath:
 
 def walk(path: Path, problems: list[str], max_bytes: int = MAX_FILE_BYTES) -> Iterator[Entry]:
     """Every file and folder under a directory or in an archive, clutter skipped; what is
-    refused (bad names, oversized files, links) is added to ``problems`` by name."""
+    refused (bad names, oversized files, links, FIFOs and devices, a member stored twice)
+    is added to ``problems`` by name."""
     _refuse_special_source(path)
     entries = _walk_directory(path) if path.is_dir() else _walk_archive(path)
     stored: set[PurePosixPath] = set()
