@@ -136,3 +136,17 @@ def test_a_killed_writers_staging_is_swept_a_live_ones_kept(small_folder, tmp_pa
         live.terminate()
         live.wait()
     assert scratch_of(out) == []
+
+
+def test_a_killed_writers_staging_is_swept_before_the_work(tmp_path):
+    """The disk a dead run's copy takes is freed first: even an ingest that then fails."""
+    out = tmp_path / "data"
+    killed = hold_staging(out)
+    killed.kill()
+    killed.wait()
+    assert scratch_of(out)
+    no_train = tmp_path / "source" / "test" / "cat"
+    no_train.mkdir(parents=True)
+    with pytest.raises(IngestError, match="no train/ split"):
+        ingest_source(PARAMS.model_copy(update={"source": "folder"}), no_train.parents[1], out)
+    assert scratch_of(out) == []

@@ -133,3 +133,14 @@ def test_check_params_catches_each_with_exit_2(tmp_path, file):
     output = result.output + (result.stderr if result.stderr_bytes else "")
     assert result.exit_code == ConfigError.exit_code, output
     assert message in output and "Traceback" not in output, output
+
+
+def test_check_params_names_every_bad_key_at_once(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("data:\n  seed: -1\ntrain:\n  seed: 4294967296\n  ladder:\n"
+                    "    - name: head\n      weight_decay: .inf\n")
+    result = runner.invoke(app, ["check-params", "--params", str(path)])
+    output = result.output + (result.stderr if result.stderr_bytes else "")
+    assert result.exit_code == ConfigError.exit_code, output
+    for key in ("data.seed", "train.seed", "train.ladder.0.weight_decay"):
+        assert f"  {key}: " in output, output

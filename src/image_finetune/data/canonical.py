@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from image_finetune.data.rows import CHUNK_ROWS, RowView, ShardedRows, iter_chunks, write_npy
-from image_finetune.data.scratch import claimed_folder
+from image_finetune.data.scratch import claimed_folder, sweep_dead_folders
 from image_finetune.errors import CorruptInputError, MissingInputError
 
 SPLITS = ("train", "validation", "test")
@@ -82,6 +82,16 @@ def split_stratified(
     return np.sort(np.concatenate(keep)), np.sort(np.concatenate(held))
 
 
+STAGING, PREVIOUS = ".tmp-", ".old-"  # beside the target: the new copy, the one it replaces
+
+
+def sweep_dead_writes(target: Path) -> None:
+    """Remove what writers of ``target`` killed mid-way left (see :func:`atomic_directory`):
+    a step calls it first, so a dead run's copy does not eat the disk its work needs."""
+    for kind in (STAGING, PREVIOUS):
+        sweep_dead_folders(target.parent, f".{target.name}{kind}")
+
+
 @contextlib.contextmanager
 def atomic_directory(target: Path) -> Iterator[Path]:
     """Yield a temporary directory that replaces ``target`` only if the block succeeds.
@@ -92,10 +102,10 @@ def atomic_directory(target: Path) -> Iterator[Path]:
     a folder.
     """
     name = target.name
-    with claimed_folder(target.parent, f".{name}.tmp-") as staging:
+    with claimed_folder(target.parent, f".{name}{STAGING}") as staging:
         staging.chmod(0o777 & ~current_umask())
         yield staging
-        with claimed_folder(target.parent, f".{name}.old-") as previous:
+        with claimed_folder(target.parent, f".{name}{PREVIOUS}") as previous:
             if target.exists():
                 target.rename(previous)  # onto the empty claimed folder: POSIX replaces it
             staging.rename(target)

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 from image_finetune.config import Params
-from image_finetune.data.canonical import sha256_file, write_dataset
+from image_finetune.data.canonical import sha256_file, sweep_dead_writes, write_dataset
 from image_finetune.data.ingest import canonical_splits, read_source
 from image_finetune.data.scratch import claimed_folder
 from image_finetune.errors import IngestError
@@ -24,6 +24,7 @@ def ingest_data(params: Params, out: Path, root: Path) -> dict:
     data = choose_data(params.data, root)
     source_path = Path(data.path)
     out.parent.mkdir(parents=True, exist_ok=True)
+    sweep_dead_writes(out)
     # Decoded images wait on the output's disk, not in memory, until they are written; a
     # killed ingest's are swept by the next.
     with claimed_folder(out.parent, f".{out.name}.decoded-") as scratch:
