@@ -23,7 +23,7 @@ def test_uint8_json_nested_and_flat_give_the_same_images():
     for data in (pixels.tolist(), pixels.ravel().tolist()):
         parsed, binary = oip.parse_request(
             request({"datatype": "UINT8", "shape": [2, 4, 4, 3], "data": data}), None)
-        np.testing.assert_array_equal(oip.input_tensor(parsed, binary, 4), pixels)
+        np.testing.assert_array_equal(oip.input_tensor(parsed, binary, 4, 64), pixels)
 
 
 def test_binary_uint8_and_bytes_follow_the_json_header():
@@ -31,20 +31,20 @@ def test_binary_uint8_and_bytes_follow_the_json_header():
     header = request({"datatype": "UINT8", "shape": [1, 4, 4, 3],
                       "parameters": {"binary_data_size": 48}})
     parsed, binary = oip.parse_request(header + pixels.tobytes(), str(len(header)))
-    np.testing.assert_array_equal(oip.input_tensor(parsed, binary, 4), pixels)
+    np.testing.assert_array_equal(oip.input_tensor(parsed, binary, 4, 64), pixels)
     files = [b"first", b"second file"]
     raw = b"".join(struct.pack("<I", len(f)) + f for f in files)
     header = request({"datatype": "BYTES", "shape": [2],
                       "parameters": {"binary_data_size": len(raw)}})
     parsed, binary = oip.parse_request(header + raw, str(len(header)))
-    assert oip.input_tensor(parsed, binary, 4) == files
+    assert oip.input_tensor(parsed, binary, 4, 64) == files
 
 
 def test_bytes_in_json_are_base64():
     parsed, binary = oip.parse_request(request({
         "datatype": "BYTES", "shape": [1], "data": [base64.b64encode(b"\x89PNG").decode()]}),
         None)
-    assert oip.input_tensor(parsed, binary, 4) == [b"\x89PNG"]
+    assert oip.input_tensor(parsed, binary, 4, 64) == [b"\x89PNG"]
 
 
 @pytest.mark.parametrize("body,header,message", [
@@ -69,7 +69,7 @@ def test_malformed_requests_are_refused_with_a_reason(body, header, message):
         header = str(body.index(b"}]}") + 3)
     with pytest.raises(Rejected, match=message) as refused:
         parsed, binary = oip.parse_request(body, header)
-        oip.input_tensor(parsed, binary, 4)
+        oip.input_tensor(parsed, binary, 4, 64)
     assert refused.value.status == 400
 
 
