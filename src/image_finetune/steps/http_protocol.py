@@ -33,7 +33,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._head_bytes, self._refused, self._head_timer = 0, False, None
+        self._head_bytes = self._head_parsed = 0
+        self._refused, self._head_timer = False, None
         self._arm_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -41,23 +42,32 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if not self._refused:  # after a refusal, whatever else arrives is dropped
-            super().data_received(data)
+        if self._refused:  # after a refusal, whatever else arrives is dropped
+            return
+        super().data_received(data)
+        # Still in a request's head: all of it was head (the parser holds a header's value
+        # until it ends, so the headers handed over alone would let a 16 MiB value through).
+        if self._head_timer is not None:
+            self._head_bytes += len(data)
+            self._check_head_size(self._head_bytes)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._head_bytes = 0
+        self._head_bytes = self._head_parsed = 0
         if self._head_timer is None:
             self._arm_head_timer()
 
     def on_url(self, url: bytes) -> None:
-        if self._count(len(url)) and len(self.url) + len(url) > self.max_header_bytes // 4:
+        if len(self.url) + len(url) > self.max_header_bytes // 4:
             self._refuse(414, f"request target over {self.max_header_bytes // 4} bytes")
+        self._head_parsed += len(url)
         if not self._refused:
             super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self._count(len(name) + len(value) + 4):
+        self._head_parsed += len(name) + len(value) + 4
+        self._check_head_size(self._head_parsed)
+        if not self._refused:
             super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
@@ -73,12 +83,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if not self._refused:
             super().on_message_complete()
 
-    def _count(self, size: int) -> bool:
-        """Add ``size`` header bytes; False (and the request refused) once over the cap."""
-        self._head_bytes += size
-        if self._head_bytes > self.max_header_bytes and not self._refused:
+    def _check_head_size(self, size: int) -> None:
+        if size > self.max_header_bytes:
             self._refuse(431, f"request line and headers over {self.max_header_bytes} bytes")
-        return not self._refused
 
     def _arm_head_timer(self) -> None:
         self._head_timer = self.loop.call_later(self.header_timeout, self._head_timed_out)
@@ -99,7 +106,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             return
         self._refused = True
         self._disarm_head_timer()
-        log.info("refused a request from %s: %d %s", self.client, status, message)
+        log.debug("refused a request from %s: %d %s", self.client, status, message)
         body = json.dumps({"detail": message}).encode()
         self.transport.write(
             b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
