@@ -92,3 +92,48 @@ def test_responses_in_json_and_in_binary():
     parsed.outputs = [oip.RequestOutput(name="logits")]
     with pytest.raises(Rejected, match="unknown output 'logits'"):
         oip.infer_response(parsed, "m", "3", probabilities, ["cat", "dog"])
+
+
+HUGE = 2 ** 62  # np.prod of [2^62, 4, 4, 3] wraps to 0 in int64: an empty tensor passed
+
+
+@pytest.mark.parametrize("tensor,status,message", [
+    ({"datatype": "UINT8", "shape": [HUGE, 4, 4, 3], "data": []}, 413, "too many images"),
+    ({"datatype": "UINT8", "shape": [HUGE, 4, 4, 3],
+      "parameters": {"binary_data_size": 0}}, 413, "too many images"),
+    ({"datatype": "BYTES", "shape": [HUGE], "data": []}, 413, "too many images"),
+    ({"datatype": "UINT8", "shape": [65, 4, 4, 3], "data": [0] * 65 * 48}, 413,
+     "too many images"),
+    ({"datatype": "UINT8", "shape": [1, HUGE, HUGE, 3], "data": []}, 400, "expected [N, 4"),
+    ({"datatype": "UINT8", "shape": [0, 4, 4, 3], "data": []}, 400, "expected [N, 4"),
+    ({"datatype": "UINT8", "shape": [-1, 4, 4, 3], "data": []}, 400, "expected [N, 4"),
+])
+def test_declared_shapes_are_checked_before_any_tensor_is_built(tensor, status, message):
+    header = request(tensor)
+    length = str(len(header)) if "parameters" in tensor else None
+    parsed, binary = oip.parse_request(header, length)
+    with pytest.raises(Rejected) as refused:
+        oip.input_tensor(parsed, binary, 4, 64)
+    assert (refused.value.status, message in refused.value.message) == (status, True), \
+        refused.value.message
+
+
+@pytest.mark.parametrize("values,kind", [
+    ([0.5] * 48, "float"), ([1.0] * 48, "float"), ([True] * 48, "bool"),
+    ([1] * 47 + [False], "bool"), ([1] * 47 + [None], "NoneType"),
+    ([[[[1, 2, 3]] * 4] * 3 + [[[1.5, 2, 3]] * 4]], "float"),
+])
+def test_uint8_data_must_be_integers_not_floats_or_booleans(values, kind):
+    parsed, binary = oip.parse_request(request(
+        {"datatype": "UINT8", "shape": [1, 4, 4, 3], "data": values}), None)
+    with pytest.raises(Rejected, match=f"must be integers 0..255, not {kind}") as refused:
+        oip.input_tensor(parsed, binary, 4, 64)
+    assert refused.value.status == 400
+
+
+@pytest.mark.parametrize("values", [[256] * 48, [-1] * 48, [2 ** 70] * 48])
+def test_uint8_data_out_of_range_is_refused(values):
+    parsed, binary = oip.parse_request(request(
+        {"datatype": "UINT8", "shape": [1, 4, 4, 3], "data": values}), None)
+    with pytest.raises(Rejected, match="out of range 0..255"):
+        oip.input_tensor(parsed, binary, 4, 64)
