@@ -120,7 +120,7 @@ def test_declared_shapes_are_checked_before_any_tensor_is_built(tensor, status, 
 
 @pytest.mark.parametrize("values,kind", [
     ([0.5] * 48, "float"), ([1.0] * 48, "float"), ([True] * 48, "bool"),
-    ([1] * 47 + [False], "bool"), ([1] * 47 + [None], "NoneType"),
+    ([1] * 47 + [False], "bool"), ([1] * 47 + [None], "NoneType"), ([1] * 47 + [[1]], "list"),
     ([[[[1, 2, 3]] * 4] * 3 + [[[1.5, 2, 3]] * 4]], "float"),
 ])
 def test_uint8_data_must_be_integers_not_floats_or_booleans(values, kind):

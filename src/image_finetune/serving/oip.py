@@ -187,13 +187,13 @@ def _pixels(tensor: RequestInput, raw: bytes | None) -> np.ndarray:
 
 def _flat(data: list, shape: list[int]) -> list:
     """The values row-major: ``data`` flat, or nested exactly as ``shape`` (each level's
-    lists as long as its dimension, checked before the next level is built)."""
+    lists as long as its dimension, checked before the next level is built). Whether a level
+    is nested is told by its first element: a list among flat values is refused as a value."""
     flat = data
     for dimension in shape[1:]:
-        nested = [isinstance(value, list) for value in flat]
-        if not any(nested):
+        if not flat or not isinstance(flat[0], list):
             return flat
-        if not all(nested) or any(len(value) != dimension for value in flat):
+        if not all(isinstance(value, list) and len(value) == dimension for value in flat):
             raise Rejected(400, f"UINT8 data must be integers, flat or nested as the shape "
                                 f"{shape}")
         flat = [item for value in flat for item in value]
