@@ -10,7 +10,7 @@ working directory, and measures:
 - decoding: the server's CPU seconds for two concurrent requests of 64 solid 4096x4096 PNGs
   (3.8 MB each), and how long a one-JPEG client sent meanwhile waits;
 - slow headers: 150 sockets (over the default limit of 128 requests) sending a header line
-  a second; the share of /readyz polls (10 a second for 8 s) that did not get 200, and how
+  a second; the share of /readyz polls (10 a second for 12 s) that did not get 200, and how
   many sockets the server had cut by then;
 - oversized heads: the status and CPU seconds for a 16 MiB header and a 32 MiB URL.
 
@@ -125,7 +125,7 @@ def decode_amplification(url: str, pid: int) -> None:
           f"{results['jpeg'][0]} after {results['jpeg'][1]:.2f} s")
 
 
-def slow_headers(url: str, port: int, count: int = 150, seconds: float = 8) -> None:
+def slow_headers(url: str, port: int, count: int = 150, seconds: float = 12) -> None:
     sockets = []
     for _ in range(count):
         sock = socket.create_connection(("127.0.0.1", port))
