@@ -66,5 +66,5 @@ async def refuse_busy(send, limit: int, oip: bool) -> None:
     body = json.dumps({"error" if oip else "detail": message}).encode()
     await send({"type": "http.response.start", "status": 503, "headers": [
         (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-        (b"retry-after", b"1"), (b"connection", b"close")]})
+        (b"retry-after", b"1")]})
     await send({"type": "http.response.body", "body": body})

@@ -17,8 +17,9 @@ from image_finetune.serving.errors import Rejected
 IMAGE_FIELDS = frozenset({"files", "file"})  # the multipart parts that carry images
 MAX_FIELD_BYTES = 1024  # a text field beside the images (they are ignored)
 CLIENT_CLOSED = 499  # nginx's status for a request its client abandoned
-# On a refusal while the body is still coming: the connection ends with the answer, rather
-# than staying open while the rest of the body is read and thrown away.
+# A body cut for its timeout: the connection ends with the answer rather than staying open
+# while the rest trickles in. (Not on a 413: closing while a fast sender's bytes are still
+# arriving resets the connection, and the client never reads why.)
 CLOSE = {"Connection": "close"}
 
 
@@ -32,18 +33,15 @@ async def consume(request, limit: int, timeout: float, sink: Callable[[bytes], N
     bytes (at once where Content-Length says so), 408 when it takes over ``timeout``."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
-        raise Rejected(413, f"body of {declared} bytes, over the limit of {limit}", CLOSE)
+        raise Rejected(413, f"body of {declared} bytes, over the limit of {limit}")
     size = 0
     try:
         async with asyncio.timeout(timeout):
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > limit:
-                    raise Rejected(413, f"body over the limit of {limit} bytes", CLOSE)
+                    raise Rejected(413, f"body over the limit of {limit} bytes")
                 sink(chunk)
-    except Rejected as exc:  # a limit reached mid-body, by the sink's parser too
-        exc.headers = {**CLOSE, **exc.headers}
-        raise
     except TimeoutError as exc:
         raise Rejected(408, f"body not received within {timeout:g} s", CLOSE) from exc
     except ClientDisconnect as exc:  # counted apart from the server's own errors
