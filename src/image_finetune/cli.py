@@ -262,11 +262,19 @@ def serve_command(
                                                  "most")] = SERVE_DEFAULTS.max_image_bytes,
     max_body_bytes: Annotated[int, serve_option("max_body_bytes", "bytes per request at "
                                                 "most")] = SERVE_DEFAULTS.max_body_bytes,
-    max_connections: Annotated[int, serve_option("max_connections", "connections at once; "
-                                                 "more get 503")] =
+    max_connections: Annotated[int, serve_option("max_connections", "requests in flight at "
+                                                 "once, probes apart; more get 503")] =
         SERVE_DEFAULTS.max_connections,
     max_pixels: Annotated[int, serve_option("max_pixels", "declared pixels per image at "
                                             "most")] = SERVE_DEFAULTS.max_pixels,
+    max_request_pixels: Annotated[int, serve_option("max_request_pixels", "pixels to decode "
+                                  "per request")] = SERVE_DEFAULTS.max_request_pixels,
+    max_decode_pixels: Annotated[int, serve_option("max_decode_pixels", "pixels decoded at "
+                                 "once, all requests")] = SERVE_DEFAULTS.max_decode_pixels,
+    header_timeout_seconds: Annotated[float, serve_option("header_timeout_seconds", "for a "
+        "request's line and headers")] = SERVE_DEFAULTS.header_timeout_seconds,
+    body_timeout_seconds: Annotated[float, serve_option("body_timeout_seconds", "for a "
+        "request's body")] = SERVE_DEFAULTS.body_timeout_seconds,
     poll_seconds: Annotated[float, serve_option("poll_seconds", "alias polling interval")] =
         SERVE_DEFAULTS.poll_seconds,
     retry_seconds: Annotated[float, serve_option("retry_seconds", "retry interval while the "
@@ -279,13 +287,10 @@ def serve_command(
     from image_finetune.steps.serve import serve_champion
 
     token = read_token(os.environ.get(TOKEN_ENV), token_file)
-    try:
-        settings = ServeSettings(
-            model_name=model_name, alias=alias, tracking_uri=tracking_uri, token=token,
-            max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_images=max_images,
-            max_image_bytes=max_image_bytes, max_body_bytes=max_body_bytes,
-            max_connections=max_connections,
-            max_pixels=max_pixels, poll_seconds=poll_seconds, retry_seconds=retry_seconds)
+    flags = {name: value for name, value in locals().items() if name in ServeSettings.model_fields}
+    try:  # each flag named as its setting is that setting
+        settings = ServeSettings(**{**flags, "token": token,
+                                    "token_file": token_file if token else None})
     except ValidationError as exc:
         raise ConfigError(f"serve settings are invalid:\n{exc}") from exc
     serve_champion(settings, host, port_, no_auth=no_auth, access_log=access_log)

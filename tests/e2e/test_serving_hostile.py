@@ -90,6 +90,10 @@ def hostile_requests(jpeg: bytes, model: str) -> dict[str, tuple[str, dict]]:
         "oip_too_many_images": (infer, {"json": {"inputs": [{
             **tensor, "shape": [MAX_IMAGES + 1, 32, 32, 3],
             "data": [0] * 3072 * (MAX_IMAGES + 1)}]}}),
+        "oip_huge_declared_shape": (infer, {"json": {"inputs": [{
+            **tensor, "shape": [2 ** 62, 32, 32, 3], "data": []}]}}),
+        "oip_float_data": (infer, {"json": {"inputs": [{**tensor, "data": [0.5] * 3072}]}}),
+        "oip_bool_data": (infer, {"json": {"inputs": [{**tensor, "data": [True] * 3072}]}}),
         "oip_bad_base64": (infer, {"json": {"inputs": [{
             "name": "images", "datatype": "BYTES", "shape": [1], "data": ["%%%"]}]}}),
         "oip_bytes_not_an_image": (infer, {"json": {"inputs": [{
@@ -128,6 +132,9 @@ EXPECTED = {
     "oip_out_of_range": (400, "out of range"),
     "oip_too_few_values": (400, "10 values for shape"),
     "oip_too_many_images": (413, "too many images"),
+    "oip_huge_declared_shape": (413, "too many images"),
+    "oip_float_data": (400, "must be integers 0..255, not float"),
+    "oip_bool_data": (400, "must be integers 0..255, not bool"),
     "oip_bad_base64": (400, "base64"),
     "oip_bytes_not_an_image": (400, "not an image file"),
     "oip_header_length_too_long": (400, "does not fit the body"),

@@ -23,8 +23,10 @@ from image_finetune.registry.client import redact
 from image_finetune.serving import oip
 from image_finetune.serving.auth import token_guard
 from image_finetune.serving.batcher import MicroBatcher, Overloaded
-from image_finetune.serving.decode import decode_all
+from image_finetune.serving.budget import DecodeBudget
+from image_finetune.serving.decode import plan_decode
 from image_finetune.serving.errors import Rejected
+from image_finetune.serving.guard import RequestLimit
 from image_finetune.serving.metrics import HttpMetricsMiddleware, ServingMetrics
 from image_finetune.serving.models import LoadedModel, ModelHolder
 from image_finetune.serving.reading import media_type, read_body, read_multipart_images
@@ -95,6 +97,7 @@ class Server:
     batcher: MicroBatcher
     metrics: ServingMetrics
     pool: ThreadPoolExecutor
+    budget: DecodeBudget
 
     def model(self) -> LoadedModel:
         """The model being served; 503 while there is none."""
@@ -118,6 +121,13 @@ class Server:
         """Run CPU work (decoding, JSON of tensors) in the decode pool."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.pool, functools.partial(function, *args))
+
+    async def decode(self, files: list[tuple[str, bytes]], size: int, how: str) -> np.ndarray:
+        """The images as the model's batch: their headers read and their pixels counted
+        (413 over the request's budget) off the decode pool, then decoded in it once they fit
+        the decode budget."""
+        plan = await asyncio.to_thread(plan_decode, files, size, self.settings, how)
+        return await self.budget.run(plan.pixels, self.pool, plan.decode)
 
     async def classify(self, images: np.ndarray) -> tuple[np.ndarray, LoadedModel]:
         """Probabilities from the batcher, and the model that computed them."""
@@ -152,7 +162,8 @@ def create_app(settings: ServeSettings, holder: ModelHolder | None = None) -> Fa
                            settings.max_wait_ms / 1000, settings.max_queued_images,
                            metrics.record_batch)
     server = Server(settings, holder, batcher, metrics,
-                    ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode"))
+                    ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode"),
+                    DecodeBudget(settings.max_decode_pixels, settings.decode_wait_seconds))
 
     @asynccontextmanager
     async def lifespan(_app):
@@ -164,11 +175,12 @@ def create_app(settings: ServeSettings, holder: ModelHolder | None = None) -> Fa
         server.pool.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="image-finetune", lifespan=lifespan, description=__doc__)
+    app.add_middleware(RequestLimit, limit=settings.max_connections)  # inside the metrics
     app.add_middleware(HttpMetricsMiddleware, metrics=metrics)
     app.add_exception_handler(Rejected, refusal)
     add_probes(app, server)
     guarded = APIRouter(dependencies=[Depends(token_guard(
-        settings.token.get_secret_value() if settings.token else None))])
+        settings.token.get_secret_value() if settings.token else None, settings.token_file))])
     add_simple_api(guarded, server)
     add_oip_metadata(guarded, server)
     add_oip_inference(guarded, server)
@@ -264,8 +276,7 @@ def add_simple_api(router: APIRouter, server: Server) -> None:
         with server.batcher.request():
             model = server.model()
             files = await read_images(request, settings)
-            images = await server.off_loop(decode_all, files, model.input_size, settings,
-                                            model.image_fit)
+            images = await server.decode(files, model.input_size, model.image_fit)
             probabilities, model = await server.classify(images)
         best = top_k(probabilities, model.class_names, k or settings.top_k)
         return {"model_name": settings.model_name, "model_version": model.version,
@@ -313,18 +324,12 @@ def add_oip_metadata(router: APIRouter, server: Server) -> None:
         return {"name": name, "ready": True}
 
 
-def oip_images(body: bytes, header_length: str | None, size: int, settings: ServeSettings,
-               how: str) -> tuple[oip.InferRequest, np.ndarray]:
-    """An infer request's images at [N,size,size,3], encoded ones fitted ``how`` (run in the
+def oip_tensor(body: bytes, header_length: str | None, size: int,
+               max_images: int) -> tuple[oip.InferRequest, np.ndarray | list[bytes]]:
+    """An infer request and its images: pixels [N,size,size,3], or encoded files (run in the
     decode pool)."""
     request, binary = oip.parse_request(body, header_length)
-    tensor = oip.input_tensor(request, binary, size)
-    if len(tensor) > settings.max_images:
-        raise Rejected(413, f"too many images: at most {settings.max_images} per request")
-    if isinstance(tensor, np.ndarray):
-        return request, tensor
-    return request, decode_all([(f"{oip.INPUT}[{i}]", data) for i, data in enumerate(tensor)],
-                               size, settings, how)
+    return request, oip.input_tensor(request, binary, size, max_images)
 
 
 def add_oip_inference(router: APIRouter, server: Server) -> None:
@@ -342,8 +347,13 @@ def add_oip_inference(router: APIRouter, server: Server) -> None:
             body = await read_body(request, settings.max_body_bytes,
                                    settings.body_timeout_seconds)
             parsed, images = await server.off_loop(
-                oip_images, body, request.headers.get(oip.HEADER_LENGTH), model.input_size,
-                settings, model.image_fit)
+                oip_tensor, body, request.headers.get(oip.HEADER_LENGTH), model.input_size,
+                settings.max_images)
+            del body  # its images are parsed out: free it before they are decoded
+            if not isinstance(images, np.ndarray):
+                images = await server.decode(
+                    [(f"{oip.INPUT}[{i}]", data) for i, data in enumerate(images)],
+                    model.input_size, model.image_fit)
             probabilities, model = await server.classify(images)
         content, header_length = await server.off_loop(
             oip.infer_response, parsed, name, model.version, probabilities, model.class_names)

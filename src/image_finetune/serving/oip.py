@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import struct
 from typing import Any
 
@@ -126,18 +127,32 @@ def _first_error(exc: ValidationError) -> str:
     return f"{where}: {error['msg']}" if where else error["msg"]
 
 
-def input_tensor(request: InferRequest, binary: bytes, size: int) -> np.ndarray | list[bytes]:
-    """The request's images: a uint8 array (UINT8) or encoded files (BYTES)."""
+def input_tensor(request: InferRequest, binary: bytes, size: int,
+                 max_images: int) -> np.ndarray | list[bytes]:
+    """The request's images: a uint8 array (UINT8) or encoded files (BYTES). The declared
+    shape and image count are checked before anything is built from the data."""
     tensor = request.inputs[0]
     if tensor.name != INPUT:
         raise Rejected(400, f"unknown input {tensor.name!r}: this model takes {INPUT!r}")
     raw = _binary_part(tensor, binary)
     if tensor.datatype == "UINT8":
-        return _pixels(tensor, raw, size)
+        _check_shape(tensor.shape, [size, size, 3], f"[N, {size}, {size}, 3]", max_images)
+        return _pixels(tensor, raw)
     if tensor.datatype == "BYTES":
+        _check_shape(tensor.shape, [], "[N]", max_images)
         return _encoded_files(tensor, raw)
     raise Rejected(400, f"input {INPUT!r} takes UINT8 pixels or BYTES of PNG/JPEG files, "
                         f"not {tensor.datatype}")
+
+
+def _check_shape(shape: list[int], inner: list[int], expected: str, max_images: int) -> None:
+    """``shape`` is [N, *inner] with 1 <= N <= max_images (Python ints: nothing wraps)."""
+    if len(shape) != len(inner) + 1 or shape[1:] != inner or shape[0] < 1:
+        kind = "BYTES" if not inner else "UINT8"
+        raise Rejected(400, f"{kind} input shape {shape}: expected {expected}")
+    if shape[0] > max_images:
+        raise Rejected(413, f"too many images: {shape[0]} declared, at most {max_images} "
+                            "per request")
 
 
 def _binary_part(tensor: RequestInput, binary: bytes) -> bytes | None:
@@ -146,35 +161,52 @@ def _binary_part(tensor: RequestInput, binary: bytes) -> bytes | None:
         if tensor.data is None:
             raise Rejected(400, f"input {tensor.name!r} has neither data nor {BINARY_SIZE}")
         return None
-    if not isinstance(size, int) or size < 0 or size != len(binary):
+    if type(size) is not int or size < 0 or size != len(binary):
         raise Rejected(400, f"{BINARY_SIZE} {size!r} does not match the {len(binary)} "
                             "bytes after the JSON header")
     return binary
 
 
-def _pixels(tensor: RequestInput, raw: bytes | None, size: int) -> np.ndarray:
-    expected = [size, size, 3]
-    if len(tensor.shape) != 4 or tensor.shape[1:] != expected or tensor.shape[0] < 1:
-        raise Rejected(400, f"UINT8 input shape {tensor.shape}: expected [N, {size}, {size}, 3]")
+def _pixels(tensor: RequestInput, raw: bytes | None) -> np.ndarray:
+    expected = math.prod(tensor.shape)
     if raw is not None:
-        values = np.frombuffer(raw, np.uint8)
-    else:
-        try:
-            values = np.asarray(tensor.data, dtype=np.int64).ravel()
-        except (ValueError, TypeError, OverflowError) as exc:
-            raise Rejected(400, "UINT8 data must be integers (flat or nested)") from exc
-        if values.size and (values.min() < 0 or values.max() > 255):
-            raise Rejected(400, "UINT8 data out of range 0..255")
-    if values.size != int(np.prod(tensor.shape)):
-        raise Rejected(400, f"{values.size} values for shape {tensor.shape}")
-    return values.astype(np.uint8, copy=False).reshape(tensor.shape)
+        if len(raw) != expected:
+            raise Rejected(400, f"{len(raw)} values for shape {tensor.shape}")
+        return np.frombuffer(raw, np.uint8).reshape(tensor.shape)
+    values = _flat(tensor.data, tensor.shape)
+    if len(values) != expected:
+        raise Rejected(400, f"{len(values)} values for shape {tensor.shape}")
+    kinds = set(map(type, values))
+    if kinds - {int}:  # bool is not int here: True is not a pixel value
+        names = ", ".join(sorted(kind.__name__ for kind in kinds - {int}))
+        raise Rejected(400, f"UINT8 data must be integers 0..255, not {names}")
+    if min(values) < 0 or max(values) > 255:
+        raise Rejected(400, "UINT8 data out of range 0..255")
+    return np.array(values, dtype=np.uint8).reshape(tensor.shape)
+
+
+def _flat(data: list, shape: list[int]) -> list:
+    """The values row-major: ``data`` flat, or nested exactly as ``shape`` (each level's
+    lists as long as its dimension, checked before the next level is built). Whether a level
+    is nested is told by its first element: a list among flat values is refused as a value."""
+    flat = data
+    for dimension in shape[1:]:
+        if not flat or not isinstance(flat[0], list):
+            return flat
+        if not all(isinstance(value, list) and len(value) == dimension for value in flat):
+            raise Rejected(400, f"UINT8 data must be integers, flat or nested as the shape "
+                                f"{shape}")
+        flat = [item for value in flat for item in value]
+    return flat
 
 
 def _encoded_files(tensor: RequestInput, raw: bytes | None) -> list[bytes]:
-    if len(tensor.shape) != 1 or tensor.shape[0] < 1:
-        raise Rejected(400, f"BYTES input shape {tensor.shape}: expected [N]")
-    files = _split_binary_bytes(raw) if raw is not None else [
-        _from_base64(element) for element in np.asarray(tensor.data, dtype=object).ravel()]
+    if raw is not None:
+        files = _split_binary_bytes(raw)
+    else:
+        if len(tensor.data) != tensor.shape[0]:
+            raise Rejected(400, f"{len(tensor.data)} elements for shape {tensor.shape}")
+        files = [_from_base64(element) for element in tensor.data]
     if len(files) != tensor.shape[0]:
         raise Rejected(400, f"{len(files)} elements for shape {tensor.shape}")
     return files

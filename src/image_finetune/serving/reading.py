@@ -17,6 +17,10 @@ from image_finetune.serving.errors import Rejected
 IMAGE_FIELDS = frozenset({"files", "file"})  # the multipart parts that carry images
 MAX_FIELD_BYTES = 1024  # a text field beside the images (they are ignored)
 CLIENT_CLOSED = 499  # nginx's status for a request its client abandoned
+# A body cut for its timeout: the connection ends with the answer rather than staying open
+# while the rest trickles in. (Not on a 413: closing while a fast sender's bytes are still
+# arriving resets the connection, and the client never reads why.)
+CLOSE = {"Connection": "close"}
 
 
 def media_type(request) -> str:
@@ -39,7 +43,7 @@ async def consume(request, limit: int, timeout: float, sink: Callable[[bytes], N
                     raise Rejected(413, f"body over the limit of {limit} bytes")
                 sink(chunk)
     except TimeoutError as exc:
-        raise Rejected(408, f"body not received within {timeout:.0f} s") from exc
+        raise Rejected(408, f"body not received within {timeout:g} s", CLOSE) from exc
     except ClientDisconnect as exc:  # counted apart from the server's own errors
         raise Rejected(CLIENT_CLOSED, "the client went away while sending") from exc
 

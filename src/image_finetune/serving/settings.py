@@ -29,7 +29,8 @@ class ServeSettings(BaseModel):
     tracking_uri: str = RegistryParams().tracking_uri
     top_k: Positive = 3
     # Limits, each enforced while the request is read. Bodies in flight take at most
-    # max_connections x max_body_bytes of memory (2 GiB by default); more connections get 503.
+    # max_connections x max_body_bytes of memory (2 GiB by default); more requests get 503
+    # (the probes and /metrics are never counted: serving/guard.py).
     max_connections: Positive = 128
     max_body_bytes: Positive = 16 * MIB
     max_image_bytes: Positive = 5 * MIB
@@ -37,6 +38,15 @@ class ServeSettings(BaseModel):
     # A 12-megapixel phone photo fits; a small file declaring a huge image does not.
     max_pixels: Positive = 4096 * 4096
     body_timeout_seconds: Seconds = 30.0
+    # The request line and headers: within this time of their first byte, and this size.
+    header_timeout_seconds: Seconds = 10.0
+    max_header_bytes: Annotated[int, Field(ge=4096)] = 32 * 1024
+    # Pixels decoded (a JPEG at its reduced decoding size): per request, refused over it
+    # before decoding (413); and for all requests being decoded at once, waited for up to
+    # decode_wait_seconds, then 503 (serving/budget.py).
+    max_request_pixels: Positive = 4 * 4096 * 4096
+    max_decode_pixels: Positive = 8 * 4096 * 4096  # two requests at the budget (2 threads)
+    decode_wait_seconds: Seconds = 5.0
     # Dynamic batching: concurrent requests share one model call. On 2 CPU cores a call of
     # 32 images costs less per image than one of 64 (bench/serve_load.py).
     max_batch_size: Positive = 32
@@ -47,11 +57,14 @@ class ServeSettings(BaseModel):
     poll_seconds: Seconds = 30.0
     retry_seconds: Seconds = 5.0
     token: SecretStr | None = None
+    token_file: Path | None = None  # where the token came from: re-read when it changes
 
     @model_validator(mode="after")
     def _a_request_fits_its_limits(self) -> ServeSettings:
         for smaller, larger in (("max_image_bytes", "max_body_bytes"),
-                                ("max_images", "max_queued_images")):
+                                ("max_images", "max_queued_images"),
+                                ("max_pixels", "max_request_pixels"),
+                                ("max_request_pixels", "max_decode_pixels")):
             if getattr(self, smaller) > getattr(self, larger):
                 raise ValueError(f"{smaller} ({getattr(self, smaller)}) is over {larger} "
                                  f"({getattr(self, larger)})")

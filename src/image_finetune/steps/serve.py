@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from image_finetune.serving.app import create_app
 from image_finetune.serving.settings import ServeSettings, check_exposure
+from image_finetune.steps.http_protocol import guarded_protocol
 
 
 def serve_champion(settings: ServeSettings, host: str, port: int, no_auth: bool = False,
@@ -14,7 +15,10 @@ def serve_champion(settings: ServeSettings, host: str, port: int, no_auth: bool 
     import uvicorn
 
     check_exposure(host, settings, no_auth)
-    # One process: the micro-batcher needs every request in one queue to batch them.
+    # One process: the micro-batcher needs every request in one queue to batch them. The
+    # request limit is the app's (RequestLimit: the probes apart), not uvicorn's
+    # limit_concurrency, which counts the probes and every idle connection.
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info",
-                access_log=access_log, limit_concurrency=settings.max_connections,
-                timeout_graceful_shutdown=20)
+                access_log=access_log, timeout_graceful_shutdown=20,
+                http=guarded_protocol(settings.header_timeout_seconds,
+                                      settings.max_header_bytes))
