@@ -167,10 +167,17 @@ def test_a_dead_holders_lock_is_broken_after_its_lease(store, tmp_path, caplog):
     start = time.monotonic()
     with PromotionLock(client_for(store), NAME, LockTiming(timeout=60, lease=1.0, poll=0.05)):
         waited = time.monotonic() - start
+        held = lock_models(store)
     assert 1.0 <= waited < 20
     assert "breaking the stale promotion lock" in caplog.text
-    generations = client_for(store).search_registered_models(f"name LIKE '{NAME}{LOCK_INFIX}%'")
-    assert [m.name for m in generations] == [f"{NAME}{LOCK_INFIX}2"]  # the dead one pruned
+    assert held == [f"{NAME}{LOCK_INFIX}2"]  # the dead one pruned
+    assert lock_models(store) == []  # and nothing of the lock left once released
+
+
+def lock_models(store: RegistryParams) -> list[str]:
+    """The lock's registered models (in the Models list while the lock is held)."""
+    found = client_for(store).search_registered_models(f"name LIKE '{NAME}{LOCK_INFIX}%'")
+    return sorted(m.name for m in found)
 
 
 def test_waiting_for_the_lock_ends_at_its_deadline(store, tmp_path):
