@@ -179,23 +179,22 @@ class PromotionLock:
                     "(its lease: %.1f s)", tags.get("owner"), self.name, silent, lease)
         return True
 
-    def _renew(self) -> None:
-        """Move the heartbeat, then read the lock back: raise LockLostError unless it is still
-        ours, the newest, and was never left unconfirmed for a whole lease."""
+    def _renew(self, beat: bool) -> None:
+        """Read the lock back from the store (moving its heartbeat first when ``beat``):
+        raise LockLostError unless it is still ours and the newest, and this process never
+        went most of a lease without a renewal the store confirmed."""
         from mlflow.exceptions import MlflowException
 
         with self._renewing:
             if self.lost.is_set():
                 raise LockLostError(self._lost_message("it was lost earlier"))
             started = time.monotonic()
-            if started - self._renewed_at >= self.timing.lease * LEASE_MARGIN:
-                self._lose(f"this process went {started - self._renewed_at:.1f} s without "
-                           f"renewing its {self.timing.lease:.1f} s lease (paused or stalled), "
-                           "so a waiter may have broken it")
+            self._require_fresh(started, "paused or stalled")
             try:
-                self._beats += 1
-                self.client.set_registered_model_tag(self._model(self.generation), "heartbeat",
-                                                     str(self._beats))
+                if beat:
+                    self._beats += 1
+                    self.client.set_registered_model_tag(self._model(self.generation),
+                                                         "heartbeat", str(self._beats))
                 generations = self.generations()
             except MlflowException as exc:
                 self._lose(f"the store did not confirm it ({exc.error_code})")
@@ -204,9 +203,17 @@ class PromotionLock:
                 self._lose("another holder broke it and it is gone")
             if max(generations) > self.generation:
                 self._lose(f"another holder took it over (generation {max(generations)})")
-            if time.monotonic() - started >= self.timing.lease * LEASE_MARGIN:
-                self._lose("confirming it took longer than its lease")
-            self._renewed_at = started
+            if beat:
+                self._renewed_at = started
+            self._require_fresh(time.monotonic(), "the store was slow to confirm it")
+
+    def _require_fresh(self, now: float, why: str) -> None:
+        """A waiter may break the lock once a whole lease passed without a heartbeat, as its
+        own clock measures from when it saw the last one: stop well before that."""
+        silent = now - self._renewed_at
+        if silent >= self.timing.lease * LEASE_MARGIN:
+            self._lose(f"this process went {silent:.1f} s without renewing its "
+                       f"{self.timing.lease:g} s lease ({why}), so a waiter may have broken it")
 
     def _lose(self, why: str):
         self.lost.set()
@@ -218,14 +225,17 @@ class PromotionLock:
 
     def confirm(self) -> None:
         """Check synchronously, against the store, that the lock is still ours: call it
-        immediately before each write it fences. Raises LockLostError otherwise."""
-        self._renew()
+        immediately before each write it fences. Raises LockLostError otherwise. Renews
+        the heartbeat too when half the lease has passed since the last renewal."""
+        self._renew(beat=time.monotonic() - self._renewed_at >= self.timing.lease / 2)
 
     def _beat(self) -> None:
         """Renew the lease until stopped; a takeover or a store error marks the lock lost."""
-        while not self._stop.wait(self.timing.lease / 3):
+        # Paced from the start of the last renewal, so slow requests do not stretch the gap.
+        while not self._stop.wait(max(self.timing.lease / 10, self._renewed_at
+                                      + self.timing.lease / 3 - time.monotonic())):
             try:
-                self._renew()
+                self._renew(beat=True)
             except LockLostError as exc:
                 log.error("%s", exc)
                 return
