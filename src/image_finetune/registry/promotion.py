@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 import numpy as np
 
 from image_finetune.config import RegistryParams
-from image_finetune.errors import LockLostError, RegistryStateError
+from image_finetune.errors import ConfigError, LockLostError, RegistryStateError
 from image_finetune.registry.client import (
     RegistryError,
     client_for,
@@ -54,7 +54,8 @@ LOCK_INFIX = ".promotion-lock.g"
 CONTENDED = "RESOURCE_ALREADY_EXISTS"
 ACTIONS = ("promote", "rollback")
 INTENDED, DONE, ABANDONED = "intended", "done", "abandoned"
-# A holder confirms its lock this long before its lease would run out, at the latest.
+# The part of its lease after which a holder no longer trusts an unrenewed lock: a waiter
+# breaks it only after the whole lease, measured from when it saw the last heartbeat.
 LEASE_MARGIN = 0.8
 
 
@@ -273,8 +274,19 @@ class PromotionLock:
 def lock_timing() -> LockTiming:
     """This process's timing, from IMAGE_FINETUNE_LOCK_TIMEOUT / IMAGE_FINETUNE_LOCK_LEASE
     (the lease it stores with the lock when it holds it; a waiter honours the holder's)."""
-    return LockTiming(timeout=float(os.environ.get("IMAGE_FINETUNE_LOCK_TIMEOUT", 120)),
-                      lease=float(os.environ.get("IMAGE_FINETUNE_LOCK_LEASE", 30)))
+    return LockTiming(timeout=_seconds("IMAGE_FINETUNE_LOCK_TIMEOUT", 120),
+                      lease=_seconds("IMAGE_FINETUNE_LOCK_LEASE", 30))
+
+
+def _seconds(variable: str, default: float) -> float:
+    text = os.environ.get(variable, "")
+    try:
+        value = float(text) if text.strip() else default
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{variable}={text!r} is not a positive number of seconds")
+    return value
 
 
 # The promotion history: one tag per promotion or rollback, its entry as JSON.
@@ -343,7 +355,7 @@ def champion_stack(history: list[dict]) -> list[str]:
 def unfinished(history: list[dict]) -> dict | None:
     """The entry of a promotion or rollback that was started and never marked done (its
     process was killed, or the store failed, between its steps)."""
-    return next((e for e in reversed(history) if e["state"] == INTENDED), None)
+    return next((e for e in reversed(history) if e.get("state", DONE) == INTENDED), None)
 
 
 def settled_state(entry: dict, champion: str | None) -> str:
