@@ -99,6 +99,7 @@ class PromotionLock:
         self.token = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self.generation: int | None = None
         self.lost = threading.Event()
+        self._lost_why = ""
         self._renewed_at = 0.0  # monotonic start of the last renewal the store confirmed
         self._beats = 0
         self._renewing = threading.Lock()
@@ -188,7 +189,7 @@ class PromotionLock:
 
         with self._renewing:
             if self.lost.is_set():
-                raise LockLostError(self._lost_message("it was lost earlier"))
+                raise LockLostError(self._lost_message(self._lost_why))
             started = time.monotonic()
             self._require_fresh(started, "paused or stalled")
             try:
@@ -217,6 +218,7 @@ class PromotionLock:
                        f"{self.timing.lease:g} s lease ({why}), so a waiter may have broken it")
 
     def _lose(self, why: str):
+        self._lost_why = why
         self.lost.set()
         raise LockLostError(self._lost_message(why))
 
@@ -244,7 +246,7 @@ class PromotionLock:
     def check(self) -> None:
         """Raise LockLostError if the lock is known to be lost (without asking the store)."""
         if self.lost.is_set():
-            raise LockLostError(self._lost_message("the heartbeat found it lost"))
+            raise LockLostError(self._lost_message(self._lost_why))
 
     def release(self) -> None:
         """Delete our generation, so nothing of the lock stays in the registry, if it is still
