@@ -150,14 +150,15 @@ def test_racing_processes_hold_the_lock_one_at_a_time(store, tmp_path):
 
 def test_a_live_holder_keeps_the_lock_past_its_lease(store, tmp_path):
     log = tmp_path / "lock.log"
-    first = holder(store, log, hold=4.0, lease=1.0)  # renews every third of a second
+    # 2 s: a lease a loaded CI machine's scheduling cannot stall a heartbeat for.
+    first = holder(store, log, hold=6.0, lease=2.0)  # renews every third of its lease
     assert first.stdout.readline().strip() == "holding"
     client = client_for(store)
     start = time.monotonic()
-    with PromotionLock(client, NAME, LockTiming(timeout=60, lease=1.0, poll=0.05)):
+    with PromotionLock(client, NAME, LockTiming(timeout=60, lease=2.0, poll=0.05)):
         waited = time.monotonic() - start
     assert first.wait(timeout=60) == 0
-    assert waited > 2.5, f"the live holder's lock was broken after {waited:.1f} s"
+    assert waited > 4.5, f"the live holder's lock was broken after {waited:.1f} s"
 
 
 def test_a_dead_holders_lock_is_broken_after_its_lease(store, tmp_path, caplog):
@@ -185,7 +186,7 @@ def lock_models(store: RegistryParams) -> list[str]:
 
 def test_waiting_for_the_lock_ends_at_its_deadline(store, tmp_path):
     log = tmp_path / "lock.log"
-    busy = holder(store, log, hold=30, lease=1.0)
+    busy = holder(store, log, hold=30, lease=10.0)  # never stale within the waiter's 2 s
     assert busy.stdout.readline().strip() == "holding"
     start = time.monotonic()
     with pytest.raises(RegistryError, match="could not acquire the promotion lock of lock-test "
