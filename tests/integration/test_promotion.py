@@ -368,13 +368,16 @@ def test_a_holder_paused_past_its_lease_moves_nothing_after_a_waiter_promoted(
         any_store, tmp_path, monkeypatch):
     """The holder stops (SIGSTOP) inside the lock, a waiter breaks the stale lock and
     promotes; resumed (SIGCONT), the holder must find the lock lost and write nothing."""
-    monkeypatch.setenv("IMAGE_FINETUNE_LOCK_LEASE", lease_for(any_store))
+    monkeypatch.setenv("IMAGE_FINETUNE_LOCK_LEASE", lease_for(any_store))  # the holder's
     settings = params_file(any_store, tmp_path)
     promote(any_store, "1", "release")
     holder_process = faulty_cli("pause", "promote", "2", "-p", settings)
     wait_stopped(holder_process)
+    # The waiter waits out the holder's stored lease; its own (30 s) keeps it safe from a
+    # slow store while it holds the lock in turn.
     waiter = subprocess.run([sys.executable, "-m", "image_finetune.cli", "promote", "3",
-                             "-p", settings], capture_output=True, text=True, timeout=300)
+                             "-p", settings], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "IMAGE_FINETUNE_LOCK_LEASE": "30"})
     assert waiter.returncode == 0, waiter.stderr[-2000:]
     os.kill(holder_process.pid, signal.SIGCONT)
     _, stderr = holder_process.communicate(timeout=120)
