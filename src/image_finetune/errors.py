@@ -59,3 +59,19 @@ class ServiceError(PipelineError):
 class CorruptInputError(MissingInputError):
     """A step's input is there but is not what its manifest says (truncated, changed): the
     step that wrote it must run again."""
+
+
+class RegistryError(PipelineError):
+    """The registry refused an operation (no such version, nothing to roll back to, ...)."""
+
+    exit_code = 9
+
+
+class RegistryStateError(RegistryError):
+    """The registry's own records are not as this code writes them (a hand-edited or
+    malformed promotion-history tag): the message names the tag."""
+
+
+class LockLostError(RegistryError):
+    """The promotion lock was taken over (its holder paused or stalled past its lease):
+    the holder stops without writing; running the command again is safe."""

@@ -46,8 +46,10 @@ def template(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def store(template, tmp_path) -> RegistryParams:
-    """A registry of this test's own."""
+def store(template, tmp_path, monkeypatch) -> RegistryParams:
+    """A registry of this test's own (MLFLOW_TRACKING_URI, which would override the
+    commands' params, unset: the server tests of this module set it)."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     shutil.copyfile(template, tmp_path / "mlflow.db")
     return RegistryParams(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", model_name=NAME)
 
@@ -148,14 +150,15 @@ def test_racing_processes_hold_the_lock_one_at_a_time(store, tmp_path):
 
 def test_a_live_holder_keeps_the_lock_past_its_lease(store, tmp_path):
     log = tmp_path / "lock.log"
-    first = holder(store, log, hold=4.0, lease=1.0)  # renews every third of a second
+    # 2 s: a lease a loaded CI machine's scheduling cannot stall a heartbeat for.
+    first = holder(store, log, hold=6.0, lease=2.0)  # renews every third of its lease
     assert first.stdout.readline().strip() == "holding"
     client = client_for(store)
     start = time.monotonic()
-    with PromotionLock(client, NAME, LockTiming(timeout=60, lease=1.0, poll=0.05)):
+    with PromotionLock(client, NAME, LockTiming(timeout=60, lease=2.0, poll=0.05)):
         waited = time.monotonic() - start
     assert first.wait(timeout=60) == 0
-    assert waited > 2.5, f"the live holder's lock was broken after {waited:.1f} s"
+    assert waited > 4.5, f"the live holder's lock was broken after {waited:.1f} s"
 
 
 def test_a_dead_holders_lock_is_broken_after_its_lease(store, tmp_path, caplog):
@@ -167,15 +170,23 @@ def test_a_dead_holders_lock_is_broken_after_its_lease(store, tmp_path, caplog):
     start = time.monotonic()
     with PromotionLock(client_for(store), NAME, LockTiming(timeout=60, lease=1.0, poll=0.05)):
         waited = time.monotonic() - start
+        held = lock_models(store)
     assert 1.0 <= waited < 20
     assert "breaking the stale promotion lock" in caplog.text
-    generations = client_for(store).search_registered_models(f"name LIKE '{NAME}{LOCK_INFIX}%'")
-    assert [m.name for m in generations] == [f"{NAME}{LOCK_INFIX}2"]  # the dead one pruned
+    assert held == [f"{NAME}{LOCK_INFIX}2"]  # the dead one pruned
+    assert lock_models(store) == []  # and nothing of the lock left once released
+
+
+def lock_models(store: RegistryParams) -> list[str]:
+    """The lock's registered models (in the Models list while the lock is held)."""
+    prefix = f"{store.model_name}{LOCK_INFIX}"
+    found = client_for(store).search_registered_models(f"name LIKE '{prefix}%'")
+    return sorted(m.name for m in found if m.name.startswith(prefix))
 
 
 def test_waiting_for_the_lock_ends_at_its_deadline(store, tmp_path):
     log = tmp_path / "lock.log"
-    busy = holder(store, log, hold=30, lease=1.0)
+    busy = holder(store, log, hold=30, lease=10.0)  # never stale within the waiter's 2 s
     assert busy.stdout.readline().strip() == "holding"
     start = time.monotonic()
     with pytest.raises(RegistryError, match="could not acquire the promotion lock of lock-test "
@@ -250,3 +261,220 @@ def test_a_version_that_fails_registration_is_an_error_and_never_aliased(store):
                                           "tags.pipeline_run_id = 'run-that-fails'")
     assert sorted(int(v.version) for v in failed) == [4, 5]  # the retry made its own
     assert champion(store) is None and client.get_registered_model(NAME).aliases == {}
+
+
+# --- Fencing, recovery and the history's own integrity, through the CLI, on a sqlite store
+# of the test's own and on the real MLflow server (PostgreSQL).
+
+# Runs the CLI with a fault injected at one point of the real promotion: "pause" stops the
+# process (SIGSTOP) once it holds the lock and has read the champion, before it writes;
+# "kill-before-alias" / "kill-after-alias" SIGKILL it around the alias write.
+FAULTY_CLI = """
+import os, signal, sys
+from mlflow import MlflowClient
+import image_finetune.registry.promotion as promotion
+from image_finetune.cli import app
+
+fault = os.environ["PROMOTION_FAULT"]
+if fault == "pause":
+    read_champion = promotion.version_by_alias
+
+    def paused(*args):
+        found = read_champion(*args)
+        os.kill(os.getpid(), signal.SIGSTOP)
+        return found
+
+    promotion.version_by_alias = paused
+else:
+    move_alias = MlflowClient.set_registered_model_alias
+
+    def killed(self, *args):
+        if fault == "kill-after-alias":
+            move_alias(self, *args)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    MlflowClient.set_registered_model_alias = killed
+app(args=sys.argv[1:], prog_name="image-finetune")
+"""
+
+
+@pytest.fixture(params=["sqlite", "server"])
+def any_store(request, template, tmp_path, monkeypatch) -> RegistryParams:
+    """A registry with three READY versions and none promoted: a sqlite store of the test's
+    own, or a model of its own on the real MLflow server."""
+    if request.param == "sqlite":
+        return request.getfixturevalue("store")
+    services = request.getfixturevalue("services")
+    for key, value in services.items():
+        monkeypatch.setenv(key, value)
+    return server_model(services["MLFLOW_TRACKING_URI"])
+
+
+def server_model(uri: str) -> RegistryParams:
+    """A registered model of its own on the server, with three READY versions (no model
+    files: promotion never reads them)."""
+    import uuid
+
+    params = RegistryParams(tracking_uri=uri, model_name=f"fence-{uuid.uuid4().hex[:8]}")
+    client = client_for(params)
+    experiment = (client.get_experiment_by_name("promotion-tests")
+                  or client.get_experiment(client.create_experiment("promotion-tests")))
+    run = client.create_run(experiment.experiment_id)
+    client.create_registered_model(params.model_name)
+    for _ in range(3):
+        client.create_model_version(params.model_name, f"{run.info.artifact_uri}/model",
+                                    run_id=run.info.run_id)
+    return params
+
+
+def lease_for(store: RegistryParams) -> str:
+    """A lease a few of the store's round trips long (each takes up to a second on the
+    server of a loaded test machine; the default lease is 30 s)."""
+    return "8" if store.tracking_uri.startswith("http") else "3"
+
+
+def params_file(store: RegistryParams, folder: Path) -> str:
+    path = folder / "params.yaml"
+    path.write_text(f"registry:\n  tracking_uri: {store.tracking_uri}\n"
+                    f"  model_name: {store.model_name}\n")
+    return str(path)
+
+
+def faulty_cli(fault: str, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", FAULTY_CLI, *args], text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "PROMOTION_FAULT": fault})
+
+
+def wait_stopped(process: subprocess.Popen, timeout: float = 120) -> None:
+    """Until ``process`` has stopped itself (state T in /proc)."""
+    deadline = time.monotonic() + timeout
+    while Path(f"/proc/{process.pid}/stat").read_text().split(")")[-1].split()[0] != "T":
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the promotion never reached its pause"
+        time.sleep(0.05)
+
+
+def cli(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+def moves(store: RegistryParams) -> list[tuple]:
+    return [(e["action"], e["version"], e.get("state", "done"))
+            for e in promotion_history(store)]
+
+
+def test_a_holder_paused_past_its_lease_moves_nothing_after_a_waiter_promoted(
+        any_store, tmp_path, monkeypatch):
+    """The holder stops (SIGSTOP) inside the lock, a waiter breaks the stale lock and
+    promotes; resumed (SIGCONT), the holder must find the lock lost and write nothing."""
+    monkeypatch.setenv("IMAGE_FINETUNE_LOCK_LEASE", lease_for(any_store))  # the holder's
+    settings = params_file(any_store, tmp_path)
+    promote(any_store, "1", "release")
+    holder_process = faulty_cli("pause", "promote", "2", "-p", settings)
+    wait_stopped(holder_process)
+    # The waiter waits out the holder's stored lease; its own (30 s) keeps it safe from a
+    # slow store while it holds the lock in turn.
+    waiter = subprocess.run([sys.executable, "-m", "image_finetune.cli", "promote", "3",
+                             "-p", settings], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "IMAGE_FINETUNE_LOCK_LEASE": "30"})
+    assert waiter.returncode == 0, waiter.stderr[-2000:]
+    os.kill(holder_process.pid, signal.SIGCONT)
+    _, stderr = holder_process.communicate(timeout=120)
+    assert holder_process.returncode == RegistryError.exit_code, stderr[-2000:]
+    assert "lost the promotion lock" in stderr and "Traceback" not in stderr
+    assert champion(any_store) == "3"
+    assert moves(any_store) == [("promote", "1", "done"), ("promote", "3", "done")]
+
+
+def test_a_waiter_honours_the_lease_stored_with_the_lock_not_its_own(store, tmp_path):
+    log = tmp_path / "lock.log"
+    silent = holder(store, log, hold=600, lease=4.0)
+    assert silent.stdout.readline().strip() == "holding"
+    os.killpg(silent.pid, signal.SIGSTOP)  # no heartbeat from now on
+    try:
+        start = time.monotonic()
+        with PromotionLock(client_for(store), NAME, LockTiming(timeout=60, lease=0.3,
+                                                               poll=0.05)):
+            waited = time.monotonic() - start
+    finally:
+        os.killpg(silent.pid, signal.SIGKILL)
+        silent.wait()
+    assert 4.0 <= waited < 30, f"the 4 s lease was broken after {waited:.1f} s"
+
+
+@pytest.mark.parametrize("fault", ["kill-after-alias", "kill-before-alias"])
+def test_a_promotion_killed_between_its_steps_is_reported_then_settled(store, tmp_path,
+                                                                       monkeypatch, fault):
+    monkeypatch.setenv("IMAGE_FINETUNE_LOCK_LEASE", "2")  # the dead holder's lock: 2 s
+    settings = params_file(store, tmp_path)
+    promote(store, "1", "release")
+    killed = faulty_cli(fault, "promote", "2", "-p", settings)
+    killed.communicate(timeout=300)
+    assert killed.returncode == -signal.SIGKILL
+    moved = fault == "kill-after-alias"
+    assert champion(store) == ("2" if moved else "1")
+
+    listing = cli("models", "-p", settings)
+    assert listing.exit_code == 0, listing.output
+    assert "UNFINISHED promote to v2" in listing.output
+    assert ("the alias moved but the record was not completed" if moved
+            else "the alias did not move to it") in listing.output
+
+    if moved:  # the next rollback completes the record, then walks back from v2
+        result = cli("rollback", "-p", settings)
+        assert result.exit_code == 0, result.output
+        assert "champion is now v1 (was v2)" in result.output
+        assert moves(store) == [("promote", "1", "done"), ("promote", "2", "done"),
+                                    ("rollback", "1", "done")]
+    else:  # the next promotion marks it abandoned; rollback skips it
+        assert cli("promote", "3", "-p", settings).exit_code == 0
+        assert cli("rollback", "-p", settings).exit_code == 0
+        assert moves(store) == [("promote", "1", "done"), ("promote", "2", "abandoned"),
+                                    ("promote", "3", "done"), ("rollback", "1", "done")]
+    assert champion(store) == "1"
+    assert "UNFINISHED" not in cli("models", "-p", settings).output
+    assert lock_models(store) == []  # nothing of the lock left in the Models list
+
+
+MALFORMED = [
+    ("promotion.000001", "{not json", "not JSON"),
+    ("promotion.000001", "[1, 2]", "a JSON list, not an object"),
+    ("promotion.000001", '{"action": "promote", "at": "now", "by": "me", "reason": "x"}',
+     "'version' is missing"),
+    ("promotion.000001", '{"action": "promote", "version": 2, "at": "now", "by": "me", '
+                         '"reason": "x"}', "'version' is missing or not a str"),
+    ("promotion.000001", '{"action": "demote", "version": "2", "at": "now", "by": "me", '
+                         '"reason": "x"}', "unknown action 'demote'"),
+    ("promotion.000001", '{"seq": "one", "action": "promote", "version": "2", "at": "now", '
+                         '"by": "me", "reason": "x"}', "its seq 'one' is not the 1"),
+    ("promotion.latest", "{}", "its name is not 'promotion.' and a sequence number"),
+]
+
+
+@pytest.mark.parametrize("tag,value,why", MALFORMED)
+def test_a_malformed_history_tag_is_a_registry_error_naming_it(store, tmp_path, tag, value,
+                                                                why):
+    settings = params_file(store, tmp_path)
+    promote(store, "1", "release")
+    client_for(store).set_registered_model_tag(NAME, tag, value)
+    for command in (["models"], ["rollback"], ["promote", "2"]):
+        result = cli(*command, "-p", settings)
+        assert result.exit_code == RegistryError.exit_code, (command, result.output)
+        assert f"promotion-history tag {tag!r} of {NAME} is malformed ({why}" in result.output
+        assert "Traceback" not in result.output
+    assert champion(store) == "1"
+
+
+def test_a_sqlite_store_in_a_missing_folder_is_an_error_not_a_new_store(tmp_path,
+                                                                       monkeypatch):
+    from image_finetune.errors import ConfigError
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    folder = tmp_path / "no" / "such" / "dir"
+    missing = RegistryParams(tracking_uri=f"sqlite:///{folder / 'x.db'}", model_name=NAME)
+    for command in (["models"], ["rollback"], ["promote", "1"]):
+        result = cli(*command, "-p", params_file(missing, tmp_path))
+        assert result.exit_code == ConfigError.exit_code, (command, result.output)
+        assert f"{folder}, which does not exist" in result.output
+    assert not (tmp_path / "no").exists()

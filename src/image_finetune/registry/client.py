@@ -13,19 +13,13 @@ from pathlib import Path
 from typing import TypeVar
 
 from image_finetune.config import RegistryParams
-from image_finetune.errors import PipelineError, ServiceError
+from image_finetune.errors import ConfigError, PipelineError, RegistryError, ServiceError
 from image_finetune.locate import DVC_ROOT_ENV
 
 F = TypeVar("F", bound=Callable)
 # MLflow error codes that mean "the server or its store did not answer".
 UNAVAILABLE = ("TEMPORARILY_UNAVAILABLE", "INTERNAL_ERROR", "REQUEST_LIMIT_EXCEEDED")
 REFUSED = ("UNAUTHENTICATED", "PERMISSION_DENIED")
-
-
-class RegistryError(PipelineError):
-    """The registry refused an operation (no such version, nothing to roll back to, ...)."""
-
-    exit_code = 9
 
 
 def redact(text: str) -> str:
@@ -55,11 +49,25 @@ def local_artifact_root(uri: str) -> str | None:
     return (Path(uri.removeprefix(SQLITE)).resolve().parent / "mlruns").as_uri()
 
 
+def require_store_folder(uri: str) -> None:
+    """Raise ConfigError when a SQLite store's folder does not exist: MLflow would create the
+    folders and an empty store there, and a mistyped URI would read as an empty registry."""
+    if not uri.startswith(SQLITE):
+        return
+    folder = Path(uri.removeprefix(SQLITE).split("?", 1)[0]).parent
+    if not folder.is_dir():
+        raise ConfigError(f"the MLflow store {redact(uri)} is in the folder {folder}, which "
+                          "does not exist: fix registry.tracking_uri (or MLFLOW_TRACKING_URI), "
+                          "or create the folder for a new store")
+
+
 def client_for(params: RegistryParams):
     """The MlflowClient for ``params.tracking_uri`` (registry there too). MLflow's global
     tracking URI is left alone: a process (a notebook, a test session) may talk to several
     stores, so every call here names its store."""
-    return _cached_client(store_uri(params.tracking_uri))
+    uri = store_uri(params.tracking_uri)
+    require_store_folder(uri)
+    return _cached_client(uri)
 
 
 @contextlib.contextmanager
@@ -72,6 +80,7 @@ def mlflow_store(uri: str) -> Iterator[None]:
     # they are put back as they were, unset if they were.
     saved = {name: os.environ.get(name) for name in STORE_ENV}
     uri = store_uri(uri)
+    require_store_folder(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     try:

@@ -5,16 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from image_finetune.config import Params
-from image_finetune.registry.promotion import promote, promotion_history, rollback
+from image_finetune.registry.promotion import promote, promotion_state, rollback
 from image_finetune.registry.versions import list_versions
 
 
 @dataclass(frozen=True)
 class RegistryListing:
-    """Every version (newest first) and the promotion history (oldest first)."""
+    """Every version (newest first), the promotion history (oldest first), and what to say
+    about a promotion left unfinished (None: nothing)."""
 
     versions: list[dict]
     history: list[dict]
+    unfinished: str | None = None
 
     def lines(self) -> list[str]:
         """A table of versions, then the history, as a person reads them."""
@@ -26,14 +28,18 @@ class RegistryListing:
                         f"{accuracy:>8} {f1:>8}  {row['created']}")
         for entry in self.history:
             previous = f"v{entry['previous']}" if entry["previous"] else "none"
+            state = "" if entry["state"] == "done" else f" [{entry['state']}]"
             rows.append(f"{entry['at']} {entry['action']:<8} v{entry['version']} (previous: "
-                        f"{previous}) by {entry['by']}: {entry['reason']}")
+                        f"{previous}) by {entry['by']}: {entry['reason']}{state}")
+        if self.unfinished:
+            rows.append(self.unfinished)
         return rows
 
 
 def list_models(params: Params) -> RegistryListing:
     """The registered model's versions and promotion history."""
-    return RegistryListing(list_versions(params.registry), promotion_history(params.registry))
+    history, unfinished = promotion_state(params.registry)
+    return RegistryListing(list_versions(params.registry), history, unfinished)
 
 
 def promote_version(params: Params, version: str, reason: str) -> dict:
