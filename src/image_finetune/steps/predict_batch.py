@@ -14,7 +14,7 @@ from tqdm import tqdm
 from image_finetune.config import Params
 from image_finetune.data.files import walk
 from image_finetune.data.images import decode_image
-from image_finetune.data.sources import IMAGE_SUFFIXES
+from image_finetune.data.layouts import IMAGE_SUFFIXES
 from image_finetune.inference import class_names_or_indices, image_fit, load_classifier, top_k
 from image_finetune.registry.client import client_for, registry_errors
 from image_finetune.registry.versions import (
