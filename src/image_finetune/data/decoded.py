@@ -88,12 +88,13 @@ def class_problems(class_dirs: dict[str, set[str]], buckets: dict, class_names: 
                    reference: str, kind: str = "class folder") -> list[str]:
     """Each split's classes that are not ``reference``'s, missing or without an image."""
     problems = []
+    absent = "missing class folder" if kind == "class folder" else f"no images with this {kind}"
     for split, names in sorted(class_dirs.items()):
         where = "" if split == UNSPLIT else f"{split}/"
         for unknown in sorted(names - set(class_names)):
             problems.append(f"{where}{unknown}: unknown class (not among {reference}'s classes)")
         for missing in sorted(set(class_names) - names):
-            problems.append(f"{where}{missing}: missing {kind}")
+            problems.append(f"{where}{missing}: {absent}")
         for name in sorted(names & set(class_names)):
             if not buckets.get((split, name)):
                 problems.append(f"{where}{name}: empty class (no images)")
