@@ -73,9 +73,10 @@ def warn_small_split(manifest: dict, split: str, minimum: int) -> None:
     per_class = manifest["splits"][split]["per_class"]
     short = {name: n for name, n in per_class.items() if n < minimum}
     if short:
+        consequence = ("the gate decides on noise; bring more images (each attempt's decision "
+                       "shows the accuracy's 95% interval)" if split == "validation" else
+                       "the test figures are noisy; bring more images (the evaluation shows "
+                       "the accuracy's 95% interval) or raise data.test_fraction")
         log.warning("%s holds fewer than data.min_%s_per_class=%d images for %d of %d classes "
-                    "(%s): %s; bring more images (each attempt's decision shows the accuracy's "
-                    "95%% interval)", split, split, minimum, len(short), len(per_class),
-                    ", ".join(f"{k}: {v}" for k, v in list(short.items())[:5]),
-                    "the gate decides on noise" if split == "validation"
-                    else "the test figures are noisy")
+                    "(%s): %s", split, split, minimum, len(short), len(per_class),
+                    ", ".join(f"{k}: {v}" for k, v in list(short.items())[:5]), consequence)
