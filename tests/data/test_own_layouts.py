@@ -3,6 +3,7 @@ labels file, from real CIFAR-10 JPEGs renamed into those layouts; the split each
 by its content, and the refusals."""
 
 import json
+import os
 import shutil
 import tarfile
 from pathlib import Path
@@ -199,6 +200,25 @@ def test_a_labels_file_is_refused_by_name(tree, tmp_path):
     labels.write_text(text + "web,images/escape.jpg,boat,x\n")
     with pytest.raises(IngestError, match="escape.jpg: a link leading out of the labels"):
         ingest_source(LABELS, labels, tmp_path / "out")
+
+
+def test_hostile_lines_and_files_are_refused_without_a_hang(tree, tmp_path):
+    labels = labels_tree(tree, tmp_path / "set")
+    jsonl = labels.with_name("labels.jsonl")
+    jsonl.write_text("[" * 100000 + "]" * 100000 + "\n"
+                     + json.dumps({"path": "a\u0000b.jpg", "label": "boat"}) + "\n")
+    with pytest.raises(IngestError) as caught:
+        ingest_source(LABELS, jsonl, tmp_path / "out")
+    assert caught.value.problems == ["line 1: not JSON (RecursionError)",
+                                     "line 2: 'a\\x00b.jpg': the path has control characters"]
+    os.mkfifo(tmp_path / "set" / "images" / "fifo.jpg")
+    (tmp_path / "set" / "images" / "loop.jpg").symlink_to("loop.jpg")
+    labels.write_text(labels.read_text() + "web,images/fifo.jpg,boat,x\n"
+                      "web,images/loop.jpg,boat,x\n")
+    with pytest.raises(IngestError, match="bad images in the labels file") as caught:
+        ingest_source(LABELS, labels, tmp_path / "out")
+    assert sorted(p.split(":")[1].strip() for p in caught.value.problems) == [
+        "images/fifo.jpg", "images/loop.jpg"], caught.value.problems
 
 
 def test_a_missing_labels_file_and_a_split_label_without_images(tree, tmp_path):

@@ -24,6 +24,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from image_finetune.data.canonical import sha256_file
 from image_finetune.data.decoded import DecodedImages
 from image_finetune.data.files import MAX_FILE_BYTES
 from image_finetune.data.layouts import KNOWN_SPLITS, UNSPLIT, is_image_name
@@ -75,9 +76,7 @@ def read_labels_file(
 
 def listed_rows(path: Path) -> list[Row]:
     """The rows of a labels file, each checked; every refusal raised at once, by line."""
-    if not path.is_file():
-        raise IngestError(f"{path}: labels file not found (set data.path or "
-                          "$IMAGE_FINETUNE_DATA)")
+    require_labels_file(path)
     suffix = path.suffix.lower()
     if suffix not in LABELS_FILE_SUFFIXES:
         raise IngestError(f"{path}: a labels file is .csv or .jsonl, not {path.suffix or '(none)'}")
@@ -96,6 +95,13 @@ def listed_rows(path: Path) -> list[Row]:
     if not rows:
         raise IngestError(f"{path}: the labels file lists no image")
     return unique(rows)
+
+
+def require_labels_file(path: Path) -> None:
+    """Refuse a labels file that is not there or not a file."""
+    if not path.is_file():
+        raise IngestError(f"{path}: labels file not found (data.source: labels wants data.path "
+                          "or $IMAGE_FINETUNE_DATA to name a .csv or .jsonl file)")
 
 
 def parse_csv(text: str, problems: list[str]) -> list[Row]:
@@ -129,8 +135,8 @@ def parse_jsonl(text: str, problems: list[str]) -> list[Row]:
             continue
         try:
             record = json.loads(line)
-        except ValueError as exc:
-            problems.append(f"line {number}: not JSON ({exc})")
+        except (ValueError, RecursionError) as exc:  # nesting deep enough to exhaust the stack
+            problems.append(f"line {number}: not JSON ({type(exc).__name__})")
             continue
         if not isinstance(record, dict):
             problems.append(f"line {number}: not a JSON object")
@@ -156,6 +162,9 @@ def make_row(line: int, cells: dict, has_split: bool, problems: list[str]) -> Ro
             problems.append(f"line {line}: {what}")
             return None
         values[name] = value.strip()
+    if not values["path"].isprintable():
+        problems.append(f"line {line}: {values['path']!r}: the path has control characters")
+        return None
     return Row(line, PurePosixPath(values["path"].replace("\\", "/")), values["label"],
                values.get("split"))
 
@@ -190,7 +199,12 @@ def listing_problems(rows: list[Row], folder: Path) -> list[str]:
             problems.append(f"{row.path}: listed twice with two {twice} (line {seen.line}: "
                             f"{_labelled(seen)}; line {row.line}: {_labelled(row)})")
     for row in first.values():
-        if not (folder / row.path).exists() and not (folder / row.path).is_symlink():
+        try:
+            there = (folder / row.path).exists() or (folder / row.path).is_symlink()
+        except OSError as exc:  # a name too long, say
+            problems.append(f"line {row.line}: {row.path}: cannot be looked up ({exc.strerror})")
+            continue
+        if not there:
             problems.append(f"line {row.line}: {row.path}: no such file")
     return problems
 
@@ -201,14 +215,20 @@ def _labelled(row: Row) -> str:
 
 def unique(rows: list[Row]) -> list[Row]:
     """Each image once (a line repeated with the same label and split is the same image)."""
-    return list({row.path: row for row in reversed(rows)}.values())[::-1]
+    first: dict[PurePosixPath, Row] = {}
+    for row in rows:
+        first.setdefault(row.path, row)
+    return list(first.values())
 
 
 def read_listed(folder: Path, row: Row) -> bytes:
     """A listed image's bytes, refused with the reason unless it is a regular file inside
     ``folder`` (a resolved, absolute path) and within the size limit."""
     where = f"line {row.line}: {row.path}"
-    real = (folder / row.path).resolve()
+    try:
+        real = (folder / row.path).resolve()
+    except (OSError, RuntimeError) as exc:  # a loop of links
+        raise ValueError(f"{where}: cannot be resolved ({exc})") from None
     if not real.is_relative_to(folder):
         raise ValueError(f"{where}: a link leading out of the labels file's folder")
     try:
@@ -229,7 +249,8 @@ def labels_content_sha256(path: Path) -> str:
     """One hash of a labels file and every image it lists (each by name and content): what
     tells DVC the data changed. A file that cannot be read counts by its refusal (ingest
     names it)."""
-    digest = hashlib.sha256(path.read_bytes())
+    require_labels_file(path)
+    digest = hashlib.sha256(sha256_file(path).encode())
     try:
         rows = listed_rows(path)
     except IngestError as exc:
