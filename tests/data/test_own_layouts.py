@@ -243,6 +243,7 @@ def test_loose_images_get_one_message_naming_the_layouts(tree, tmp_path):
     with pytest.raises(IngestError) as caught:
         ingest_source(PARAMS, loose, tmp_path / "out")
     message = str(caught.value)
+    assert caught.value.exit_code == 3
     assert caught.value.problems == [] and len(message.splitlines()) == 5, message
     assert "its 120 files are in none of the accepted layouts" in message
     for layout in ("split/class/image", "class/image", "a labels file"):
