@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from image_finetune.config import DataParams
+from image_finetune.config import DataParams, ValidateParams
 from image_finetune.data.canonical import load_split, read_sources
 from image_finetune.errors import IngestError
-from tests.conftest import ingest_source
+from tests.conftest import ingest_source, validate_with
 
 # Four CIFAR-10 classes under the names a user might give them.
 RENAMED = {"cat": "kitty", "ship": "boat", "frog": "toad", "truck": "lorry"}
@@ -67,6 +67,13 @@ def test_class_folders_ingest_with_test_and_validation_held_out(ingested):
         labels = np.asarray(load_split(out, split).labels)
         folders = [name.split("/")[0] for name in read_sources(out, split)]
         assert [manifest["class_names"][i] for i in labels] == folders
+
+
+def test_validation_judges_the_balance_of_the_classes_brought(ingested, tmp_path):
+    out, manifest = ingested
+    held = list(manifest["splits"]["test"]["per_class"].values())
+    assert max(held) > 1.2 * np.mean(held)  # the split's own counts vary binomially...
+    validate_with(out, ValidateParams(), tmp_path / "report")  # ...the classes do not: passes
 
 
 def test_the_fractions_hold_roughly_over_the_whole_folder(ingested):

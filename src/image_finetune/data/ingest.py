@@ -18,12 +18,12 @@ from image_finetune.data.sources import (
     read_cifar_python,
     read_tfds,
 )
-from image_finetune.data.stable_split import split_by_content
+from image_finetune.data.stable_split import BY_CONTENT, split_by_content
 from image_finetune.errors import IngestError
 
 # How a split was made: as the source has it, held out of train (stratified, seeded), or
-# by each file's content (data.stable_split).
-FROM_SOURCE, STRATIFIED, BY_CONTENT = "source", "stratified", "content-hash"
+# by each file's content (data.stable_split.BY_CONTENT).
+FROM_SOURCE, STRATIFIED = "source", "stratified"
 
 
 def read_source(params: DataParams, source_path: Path, scratch: Path) -> RawDataset:

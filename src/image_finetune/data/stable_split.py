@@ -7,7 +7,8 @@ below ``test_fraction + validation_fraction`` a validation image, else a trainin
 So the order and the number of files play no part: adding images never moves an earlier one
 (the test set never leaks into training when the dataset grows), an identical copy of an
 image can never sit on both sides of the split, and each class's splits hold the fractions
-approximately (binomially: a class of n images holds about ``fraction * n`` test images).
+approximately (binomially: a class of n images holds about ``fraction * n`` test images), so
+data validation judges the class balance of such a dataset over all its splits together.
 
 Why no per-class minimum is forced: a rule that keeps every file where it was whatever is
 added can depend on nothing but the file itself (were the split of a file to depend on the
@@ -23,6 +24,8 @@ import hashlib
 import numpy as np
 
 SPLITS = ("train", "validation", "test")
+# The manifest's name for splits made here (its test_holdout and validation_holdout).
+BY_CONTENT = "content-hash"
 _SCALE = float(1 << 64)
 
 

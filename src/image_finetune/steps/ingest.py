@@ -9,8 +9,9 @@ from pathlib import Path
 
 from image_finetune.config import DataParams, Params
 from image_finetune.data.canonical import sha256_file, write_dataset
-from image_finetune.data.ingest import BY_CONTENT, canonical_splits, empty_classes, read_source
+from image_finetune.data.ingest import canonical_splits, empty_classes, read_source
 from image_finetune.data.layouts import UNSPLIT
+from image_finetune.data.stable_split import BY_CONTENT
 from image_finetune.errors import IngestError
 from image_finetune.locate import choose_data
 
