@@ -52,6 +52,19 @@ def describe_policy(params: AugmentParams) -> dict:
     }
 
 
+def preview_rows(labels: np.ndarray, count: int) -> np.ndarray:
+    """The rows of ``count`` images to preview, sorted: the first image of each class in
+    turn, then the second, ...; a class that runs out is passed over, so classes of any
+    sizes fill the preview."""
+    labels = np.asarray(labels)
+    rank = np.empty(labels.size, dtype=np.int64)  # each image's place within its class
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        rank[members] = np.arange(members.size)
+    in_turn = np.lexsort((labels, rank))  # by place in class, then by class
+    return np.sort(in_turn[:count])
+
+
 def write_preview(
     params: AugmentParams, images: np.ndarray, out_dir: Path, seed: int
 ) -> Path:

@@ -28,10 +28,14 @@ TRACKING_ENV = "MLFLOW_TRACKING_URI"
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 Positive = Annotated[int, Field(gt=0)]
+# What NumPy's and Keras' random generators take: a seed outside fails deep in a step.
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+# No float param means anything infinite or NaN (``.inf`` is valid YAML): refused everywhere.
+STRICT = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = STRICT
 
 
 class DataParams(_Section):
@@ -54,7 +58,7 @@ class DataParams(_Section):
     test_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
     min_test_per_class: Positive = 20
     max_per_class: Positive | None = None
-    seed: int = 42
+    seed: Seed = 42
     # images per file of the canonical dataset; None: one file per split. Sharded, every
     # step streams the data a chunk at a time (data beyond RAM)
     shard_size: Positive | None = None
@@ -140,7 +144,7 @@ DEFAULT_LADDER = (
 class TrainParams(_Section):
     """The ladder of configurations that the retrain loop climbs (``train``)."""
 
-    seed: int = 42
+    seed: Seed = 42
     cache_features: bool = True
     cache_boundary: str | None = "block_12_add"
     flip_cache: bool = True
@@ -205,12 +209,40 @@ class Params(_Section):
     gate: GateParams = GateParams()
     registry: RegistryParams = RegistryParams()
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(**STRICT, populate_by_name=True)
 
     def digest(self) -> str:
         """A stable sha256 of the effective configuration (for lineage tags and caches)."""
         blob = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class DuplicateKeyError(yaml.MarkedYAMLError):
+    """A mapping names the same key twice (YAML would silently keep the last)."""
+
+    def __init__(self, key, first: yaml.Mark, again: yaml.Mark):
+        super().__init__(problem=f"key {key!r} appears twice (line {first.line + 1} and line "
+                         f"{again.line + 1}): only one may stay", problem_mark=again)
+        self.key = key
+
+
+class StrictLoader(yaml.SafeLoader):
+    """The safe YAML loader, refusing a key written twice in one mapping (a merge ``<<``
+    may still be overridden: that is what it is for)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node.start_mark)
+            except TypeError:
+                continue  # an unhashable key: the base loader says so
+            if first is not key_node.start_mark:
+                raise DuplicateKeyError(key, first, key_node.start_mark)
+        return super().construct_mapping(node, deep)
 
 
 def _format_errors(error: ValidationError) -> str:
@@ -238,7 +270,7 @@ def load_params(path: str | Path = "params.yaml", *, use_env: bool = True) -> Pa
     """Read and validate params.yaml; raise ConfigError naming every bad key."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=StrictLoader) or {}
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
     except IsADirectoryError:
@@ -247,6 +279,8 @@ def load_params(path: str | Path = "params.yaml", *, use_env: bool = True) -> Pa
         raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot be read ({exc.strerror})") from None
+    except DuplicateKeyError as exc:
+        raise ConfigError(f"{path}: {exc.problem}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):

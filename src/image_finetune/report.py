@@ -4,6 +4,7 @@ gallery of the most confident mistakes, headline figures and per-class table."""
 from __future__ import annotations
 
 import base64
+import functools
 import html
 from pathlib import Path
 
@@ -14,6 +15,21 @@ def _png_base64(path: Path) -> str:
     return base64.b64encode(path.read_bytes()).decode()
 
 
+def drawn_as_written(plot):
+    """A plot whose text (class names: a user's folder names) is drawn as written, never
+    parsed as mathtext: ``$\\foo$`` would crash the plot, ``$x^2$`` draw a formula."""
+
+    @functools.wraps(plot)
+    def plot_plainly(*args, **kwargs):
+        import matplotlib
+
+        with matplotlib.rc_context({"text.parse_math": False}):
+            return plot(*args, **kwargs)
+
+    return plot_plainly
+
+
+@drawn_as_written
 def plot_confusion(matrix: np.ndarray, class_names: list[str], path: Path) -> None:
     """Row-normalised confusion-matrix heatmap with counts."""
     import matplotlib
@@ -44,6 +60,7 @@ def plot_confusion(matrix: np.ndarray, class_names: list[str], path: Path) -> No
     plt.close(figure)
 
 
+@drawn_as_written
 def plot_gallery(
     images: np.ndarray, labels: np.ndarray, probs: np.ndarray, class_names: list[str],
     count: int, path: Path,

@@ -285,3 +285,15 @@ def test_class_folders_a_level_too_deep_get_one_message(tree, tmp_path):
     message = str(caught.value)
     assert len(message.splitlines()) == 5, message
     assert "It looks closest to class folders: the images sit 3 folders deep" in message
+
+
+def test_an_empty_class_folder_and_an_empty_folder_are_named(tree, tmp_path):
+    photos = shutil.copytree(tree, tmp_path / "photos")
+    for image in (photos / "toad").iterdir():
+        image.unlink()
+    with pytest.raises(IngestError, match="class folders are inconsistent") as caught:
+        ingest_source(PARAMS, photos, tmp_path / "out")
+    assert caught.value.problems == ["toad: empty class (no images)"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(IngestError, match="empty: no images found; the accepted layouts are"):
+        ingest_source(PARAMS, tmp_path / "empty", tmp_path / "out")

@@ -17,8 +17,6 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from image_finetune.data.rows import CHUNK_ROWS, RowView, ShardedRows, iter_chunks, write_npy
+from image_finetune.data.scratch import claimed_folder, sweep_dead_folders
 from image_finetune.errors import CorruptInputError, MissingInputError
 
 SPLITS = ("train", "validation", "test")
@@ -83,26 +82,33 @@ def split_stratified(
     return np.sort(np.concatenate(keep)), np.sort(np.concatenate(held))
 
 
+STAGING, PREVIOUS = ".tmp-", ".old-"  # beside the target: the new copy, the one it replaces
+
+
+def sweep_dead_writes(target: Path) -> None:
+    """Remove what writers of ``target`` killed mid-way left (see :func:`atomic_directory`):
+    a step calls it first, so a dead run's copy does not eat the disk its work needs."""
+    for kind in (STAGING, PREVIOUS):
+        sweep_dead_folders(target.parent, f".{target.name}{kind}")
+
+
 @contextlib.contextmanager
 def atomic_directory(target: Path) -> Iterator[Path]:
     """Yield a temporary directory that replaces ``target`` only if the block succeeds.
 
     The staging folder is removed on any failure (SIGTERM included, where the entry point
-    turns it into SystemExit); the result gets the permissions the umask gives a folder.
+    turns it into SystemExit); one a killed run left is swept by the next (see
+    :mod:`~image_finetune.data.scratch`). The result gets the permissions the umask gives
+    a folder.
     """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    staging.chmod(0o777 & ~current_umask())
-    try:
+    name = target.name
+    with claimed_folder(target.parent, f".{name}{STAGING}") as staging:
+        staging.chmod(0o777 & ~current_umask())
         yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    previous = staging.with_name(staging.name.replace(".tmp-", ".old-"))
-    if target.exists():
-        target.rename(previous)
-    staging.rename(target)
-    shutil.rmtree(previous, ignore_errors=True)
+        with claimed_folder(target.parent, f".{name}{PREVIOUS}") as previous:
+            if target.exists():
+                target.rename(previous)  # onto the empty claimed folder: POSIX replaces it
+            staging.rename(target)
 
 
 def current_umask() -> int:

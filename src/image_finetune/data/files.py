@@ -4,6 +4,7 @@ prefixes, ``..``, names that are not UTF-8, links) never reach the caller as pat
 
 from __future__ import annotations
 
+import stat
 import tarfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -15,6 +16,7 @@ from image_finetune.errors import IngestError
 MAX_FILE_BYTES = 64 * 1024 * 1024  # an image file larger than this is refused unread
 ARCHIVE_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error)
 CLUTTER = frozenset({"thumbs.db", "desktop.ini", "__macosx"})
+NOT_FOLLOWED = "a link or special file, not followed"
 
 
 @dataclass(frozen=True)
@@ -67,15 +69,20 @@ def clean_path(name: str) -> PurePosixPath:
 
 def walk(path: Path, problems: list[str], max_bytes: int = MAX_FILE_BYTES) -> Iterator[Entry]:
     """Every file and folder under a directory or in an archive, clutter skipped; what is
-    refused (bad names, oversized files, links) is added to ``problems`` by name."""
+    refused (bad names, oversized files, links, FIFOs and devices, a member stored twice)
+    is added to ``problems`` by name."""
+    _refuse_special_source(path)
     entries = _walk_directory(path) if path.is_dir() else _walk_archive(path)
+    stored: set[PurePosixPath] = set()
     for name, size, read in entries:
         problem = name_problem(name)
-        if problem is None and read is None:
-            problem = f"{name}: a link or special file, not followed"
+        if problem is None and isinstance(read, str):
+            problem = f"{name}: {read}"
         rel = clean_path(name) if problem is None else None
         if rel is not None and (not rel.parts or is_clutter(rel)):
             continue
+        if problem is None and size is not None:
+            problem = _stored_twice(rel, stored)
         if problem is None and size is not None and size > max_bytes:
             problem = f"{rel}: {size} bytes, over the limit of {max_bytes} per file"
         if problem is not None:
@@ -84,15 +91,44 @@ def walk(path: Path, problems: list[str], max_bytes: int = MAX_FILE_BYTES) -> It
         yield Entry(rel, size, read)
 
 
+def _refuse_special_source(path: Path) -> None:
+    """The source itself must be a folder or a regular file: a FIFO would block its reader."""
+    mode = path.stat().st_mode if path.exists() else None
+    if mode is not None and not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+        raise IngestError(f"{path}: not a folder or an archive file ({special_kind(mode)}), "
+                          "never opened")
+
+
+def _stored_twice(rel: PurePosixPath, stored: set[PurePosixPath]) -> str | None:
+    """A file met again under the same clean path (an archive can hold two; which one is
+    meant cannot be told)."""
+    if rel in stored:
+        return f"{rel}: stored twice in the archive"
+    stored.add(rel)
+    return None
+
+
+SPECIAL_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                 (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def special_kind(mode: int) -> str:
+    """What a file that is neither a regular file, a folder nor a link is."""
+    return next((kind for test, kind in SPECIAL_KINDS if test(mode)), "a special file")
+
+
 def _walk_directory(root: Path):
     for entry in sorted(root.rglob("*")):
         name = entry.relative_to(root).as_posix()
-        if entry.is_symlink():
-            yield name, 0, None  # refused in walk(): a link may lead outside the tree
-        elif entry.is_dir():
+        mode = entry.lstat().st_mode  # never opened: a FIFO would block its reader
+        if stat.S_ISLNK(mode):
+            yield name, 0, NOT_FOLLOWED  # refused in walk(): a link may lead outside the tree
+        elif stat.S_ISDIR(mode):
             yield name, None, _no_bytes
-        elif entry.is_file():
+        elif stat.S_ISREG(mode):
             yield name, entry.stat().st_size, entry.read_bytes
+        else:
+            yield name, 0, f"not a regular file ({special_kind(mode)}), never opened"
 
 
 def _walk_archive(path: Path):
@@ -104,7 +140,7 @@ def _walk_archive(path: Path):
                 elif member.isfile():
                     yield member.name, member.size, _member_reader(archive, member, path)
                 else:
-                    yield member.name, 0, None
+                    yield member.name, 0, NOT_FOLLOWED
     except ARCHIVE_ERRORS as exc:
         raise IngestError(f"{path}: truncated or unreadable archive ({exc})") from None
 

@@ -67,6 +67,8 @@ def read_image_folder(
             continue
         images.add((placement.split, placement.class_name), placement.name, entry.read,
                    problems, hashed=placement.layout == CLASS_FOLDERS)
+    if not groups and not unplaced:  # not a file: the folders alone say what was meant
+        groups = {folder.group: [] for folder in folders}
     layout, root = choose_layout(path, groups, unplaced)
     problems.extend(stray_problem(rel, layout) for rel in unplaced)
     if problems:

@@ -118,10 +118,10 @@ def stray_problem(rel: PurePosixPath, layout: str) -> str:
 def layout_message(source: object, groups: Groups, unplaced: list[PurePosixPath]) -> str:
     """One message: the accepted layouts, and which one the folder looks closest to."""
     accepted = "\n".join(f"  - {layout}" for layout in ACCEPTED_LAYOUTS)
-    if not groups and not unplaced:
+    count = sum(map(len, groups.values())) + len(unplaced)
+    if count == 0:
         return f"{source}: no images found; the accepted layouts are:\n{accepted}"
     closest, why = closest_layout(groups, unplaced)
-    count = sum(map(len, groups.values())) + len(unplaced)
     return (f"{source}: its {count} files are in none of the accepted layouts:\n{accepted}\n"
             f"It looks closest to {closest}: {why}")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from image_finetune.augment import write_preview
+from image_finetune.augment import preview_rows, write_preview
 from image_finetune.config import Params
 from image_finetune.data.canonical import load_split
 
@@ -16,10 +16,5 @@ def preview_augmentation(params: Params, data: Path, out: Path) -> Path:
     """Write ``policy.json`` and ``preview.png`` (the first train images of each class in
     turn, with augmented copies) to ``out``; return the preview's path."""
     train = load_split(data, "train")
-    labels = np.asarray(train.labels)
-    classes = np.unique(labels)
-    per_class = -(-params.augment.preview_images // len(classes))
-    firsts = [np.flatnonzero(labels == c)[:per_class] for c in classes]
-    picks = np.stack(firsts, axis=1).ravel()[: params.augment.preview_images]
-    return write_preview(params.augment, train.images[np.sort(picks)], out,
-                         params.train.seed)
+    picks = preview_rows(np.asarray(train.labels), params.augment.preview_images)
+    return write_preview(params.augment, train.images[picks], out, params.train.seed)

@@ -4,13 +4,13 @@ splits, test), write the canonical dataset."""
 from __future__ import annotations
 
 import logging
-import tempfile
 from pathlib import Path
 
 from image_finetune.config import DataParams, Params
-from image_finetune.data.canonical import sha256_file, write_dataset
+from image_finetune.data.canonical import sha256_file, sweep_dead_writes, write_dataset
 from image_finetune.data.ingest import canonical_splits, empty_classes, read_source
 from image_finetune.data.layouts import UNSPLIT
+from image_finetune.data.scratch import claimed_folder
 from image_finetune.data.stable_split import BY_CONTENT
 from image_finetune.errors import IngestError
 from image_finetune.locate import choose_data
@@ -29,9 +29,11 @@ def ingest_data(params: Params, out: Path, root: Path) -> dict:
     data = choose_data(params.data, root)
     source_path = Path(data.path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    # Decoded images wait on the output's disk, not in memory, until they are written.
-    with tempfile.TemporaryDirectory(prefix=f".{out.name}.decoded-", dir=out.parent) as scratch:
-        raw = read_source(data, source_path, Path(scratch))
+    sweep_dead_writes(out)
+    # Decoded images wait on the output's disk, not in memory, until they are written; a
+    # killed ingest's are swept by the next.
+    with claimed_folder(out.parent, f".{out.name}.decoded-") as scratch:
+        raw = read_source(data, source_path, scratch)
         if "test" not in raw.images and UNSPLIT not in raw.images:
             raise IngestError(f"{source_path}: no test split found")
         splits, sources, holdout = canonical_splits(raw, data.validation_fraction, data.seed,

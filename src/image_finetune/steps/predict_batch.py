@@ -14,7 +14,6 @@ from tqdm import tqdm
 from image_finetune.config import Params
 from image_finetune.data.files import walk
 from image_finetune.data.images import decode_image
-from image_finetune.data.layouts import IMAGE_SUFFIXES
 from image_finetune.inference import class_names_or_indices, image_fit, load_classifier, top_k
 from image_finetune.registry.client import client_for, registry_errors
 from image_finetune.registry.versions import (
@@ -46,8 +45,8 @@ def predict_batch(
     pending: list[tuple[str, np.ndarray]] = []
     refused: list[str] = []  # names, links and sizes the walk refused: listed, not dropped
     for entry in tqdm(walk(source, refused), desc="predict", unit="img"):
-        if entry.is_folder or entry.path.suffix.lower() not in IMAGE_SUFFIXES:
-            continue
+        if entry.is_folder:
+            continue  # every file is tried: one that is not PNG or JPEG gets its error row
         try:
             pending.append((str(entry.path), decode_image(entry.read(), str(entry.path), size,
                                                           how)))
