@@ -175,7 +175,8 @@ def main() -> None:
     for row in rows:
         tests = [f"{a['test']:.3f} (val {a['validation']:.3f})" for a in row["attempts"]]
         pick = "none passes" if row["pick"] is None else f"attempt {row['pick']}"
-        print(f"| {row['size']} | {row['baseline']:.3f} | {' | '.join(tests)} | {pick} | "
+        size = row["size"] if args.layout == "split" else f"{row['size']} + {TEST_PER_CLASS} pooled"
+        print(f"| {size} | {row['baseline']:.3f} | {' | '.join(tests)} | {pick} | "
               f"{row['seconds']:.0f} s |")
     if args.cifar10:
         print(f"| CIFAR-10 (4,500) | {baseline:.3f} | `bash bench/repro.sh` | | | |")
