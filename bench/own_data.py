@@ -11,7 +11,11 @@ copies, scikit-learn's LogisticRegression with its defaults. With --cifar10, the
 of one more row: CIFAR-10 in full (4,500 training images per class, 1,000 test), the
 default params.yaml as it is; the pipeline's side of that row is `bash bench/repro.sh`
 (the same split: ingest is seeded), which takes a quarter of an hour.
-Usage: python bench/own_data.py [--sizes 50 200 1000] [--cifar10]
+With --layout class, the same images sit in class folders without splits (``<class>/*.png``,
+the layout Keras and torchvision read): ingest holds out data.test_fraction of them as test
+and data.validation_fraction as validation, by each file's content, so the test set is about
+a tenth of N + 300 per class rather than the 300, and both sides use that split.
+Usage: python bench/own_data.py [--sizes 50 200 1000] [--cifar10] [--layout split|class]
 """
 
 from __future__ import annotations
@@ -34,8 +38,9 @@ RENAMED = {"cat": "kitty", "ship": "boat", "frog": "toad"}
 SIZE, TEST_PER_CLASS = 48, 300
 
 
-def make_folder(out: Path, train_per_class: int) -> Path:
-    """The user's folder tree: renamed classes, 48x48 PNGs."""
+def make_folder(out: Path, train_per_class: int, layout: str = "split") -> Path:
+    """The user's folder tree: renamed classes, 48x48 PNGs, in split folders
+    (``split/class/*.png``) or class folders (``class/*.png``)."""
     from PIL import Image
 
     wanted = {"train": train_per_class, "test": TEST_PER_CLASS}
@@ -49,7 +54,9 @@ def make_folder(out: Path, train_per_class: int) -> Path:
             if taken.get(key, 0) >= wanted[parts[0]]:
                 continue
             taken[key] = taken.get(key, 0) + 1
-            target = out / key[0] / key[1] / f"{Path(parts[2]).stem}.png"
+            name = f"{Path(parts[2]).stem}.png"
+            target = (out / key[0] / key[1] / name if layout == "split"
+                      else out / key[1] / f"{key[0]}-{name}")
             target.parent.mkdir(parents=True, exist_ok=True)
             image = Image.open(archive.extractfile(member)).convert("RGB")
             image.resize((SIZE, SIZE), Image.Resampling.BICUBIC).save(target)
@@ -136,12 +143,14 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="*", default=[50, 200, 1000])
     parser.add_argument("--cifar10", action="store_true",
                         help="and the baseline on CIFAR-10 in full")
+    parser.add_argument("--layout", choices=("split", "class"), default="split",
+                        help="split folders, or class folders that ingest splits by content")
     args = parser.parse_args()
     rows = []
     for size in args.sizes:
         with tempfile.TemporaryDirectory(prefix=f"own-data-{size}-") as scratch:
             work = Path(scratch)
-            params, default_gate = the_params(make_folder(work / "images", size))
+            params, default_gate = the_params(make_folder(work / "images", size, args.layout))
             start = time.perf_counter()
             pipeline = run_pipeline(params, default_gate, work)
             seconds = time.perf_counter() - start
@@ -156,8 +165,9 @@ def main() -> None:
             ingest_data(params, Path(scratch) / "data", ROOT)
             baseline = run_baseline(params, Path(scratch))
             print(json.dumps({"size": "CIFAR-10", "baseline": baseline}), flush=True)
-    print(f"\n3 classes, {SIZE}x{SIZE} PNGs, {TEST_PER_CLASS} test images per class; "
-          "the default params.yaml")
+    held_out = (f"{TEST_PER_CLASS} test images per class" if args.layout == "split" else
+                "class folders, test and validation held out by content")
+    print(f"\n3 classes, {SIZE}x{SIZE} PNGs, {held_out}; the default params.yaml")
     print("| training images per class | baseline (frozen + LogisticRegression) | "
           "attempt 0 (head) | attempt 1 (fine-tuned) | the default gate picks | "
           "pipeline wall |")
@@ -165,7 +175,8 @@ def main() -> None:
     for row in rows:
         tests = [f"{a['test']:.3f} (val {a['validation']:.3f})" for a in row["attempts"]]
         pick = "none passes" if row["pick"] is None else f"attempt {row['pick']}"
-        print(f"| {row['size']} | {row['baseline']:.3f} | {' | '.join(tests)} | {pick} | "
+        size = row["size"] if args.layout == "split" else f"{row['size']} + {TEST_PER_CLASS} pooled"
+        print(f"| {size} | {row['baseline']:.3f} | {' | '.join(tests)} | {pick} | "
               f"{row['seconds']:.0f} s |")
     if args.cifar10:
         print(f"| CIFAR-10 (4,500) | {baseline:.3f} | `bash bench/repro.sh` | | | |")

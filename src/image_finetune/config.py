@@ -41,19 +41,34 @@ class _Section(BaseModel):
 class DataParams(_Section):
     """Where the images come from and how the splits are made (``ingest``)."""
 
-    # auto: the folder or tarball at ``path`` when it exists, else tfds (image_finetune.locate)
-    source: Literal["auto", "folder", "cifar-python", "cifar-binary", "tfds"] = "auto"
+    # auto: the folder or tarball at ``path`` when it exists (a .csv or .jsonl file there:
+    # labels), else tfds (image_finetune.locate). folder: split/class/image or class/image;
+    # labels: a labels file (path,label[,split]) (image_finetune.data.layouts)
+    source: Literal["auto", "folder", "labels", "cifar-python", "cifar-binary", "tfds"] = "auto"
     path: str = "../shared/data/cifar10-jpeg.tar.gz"
     tfds_name: str = "cifar10"
     image_size: Positive = 32
     on_wrong_size: Literal["reject", "resize", "center_crop"] = "reject"
     validation_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
     min_validation_per_class: Positive = 20
+    # A source without splits (class folders, a labels file without a split column): the
+    # fraction of each class held out as test, by each file's content (data.stable_split);
+    # a class with fewer test images than the minimum is a loud warning. A source with a
+    # test split (the default) ignores both.
+    test_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
+    min_test_per_class: Positive = 20
     max_per_class: Positive | None = None
     seed: Seed = 42
     # images per file of the canonical dataset; None: one file per split. Sharded, every
     # step streams the data a chunk at a time (data beyond RAM)
     shard_size: Positive | None = None
+
+    @model_validator(mode="after")
+    def _room_for_training(self) -> DataParams:
+        if self.test_fraction + self.validation_fraction >= 1.0:
+            raise ValueError(f"test_fraction ({self.test_fraction}) + validation_fraction "
+                             f"({self.validation_fraction}) must leave images to train on")
+        return self
 
 
 class ValidateParams(_Section):

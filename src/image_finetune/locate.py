@@ -26,6 +26,8 @@ AUTO = "auto"
 # Set by DVC for every stage: the repository's own root, also when `dvc exp run --temp` or a
 # queued experiment runs the stage in a copy under .dvc/tmp/exps.
 DVC_ROOT_ENV = "DVC_ROOT"
+# A local file with one of these suffixes is a labels file (image_finetune.data.labels_file).
+LABELS_FILE_SUFFIXES = (".csv", ".jsonl", ".ndjson")
 DOWNLOADABLE_WEIGHTS = ("mobilenet_v2", "resnet50", "efficientnet_b0")  # Keras' applications
 
 
@@ -48,8 +50,10 @@ def choose_data(data: DataParams, root: Path,
     if data.source != AUTO:
         return data.model_copy(update={"path": str(path)})
     if path.exists():
-        log.info("data: the local copy %s", path)
-        return data.model_copy(update={"source": "folder", "path": str(path)})
+        labels = path.is_file() and path.suffix.lower() in LABELS_FILE_SUFFIXES
+        source = "labels" if labels else "folder"
+        log.info("data: the local copy %s (%s)", path, source)
+        return data.model_copy(update={"source": source, "path": str(path)})
     log.warning("data: no local copy at %s; using TensorFlow Datasets %r (downloaded on first "
                 "use; set data.path to a local copy to stay offline)", path, data.tfds_name)
     return data.model_copy(update={"source": "tfds"})

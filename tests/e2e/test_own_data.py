@@ -1,7 +1,8 @@
-"""Bring your own data: a folder tree with other classes, another image size, shape and
-format, through `dvc repro` with the default recipe (adaptive rungs, the solved head, the
-validation minimum, centre crops) to a registered champion, served by its class names and
-cropped there as in training."""
+"""Bring your own data: a folder of class folders without splits (as Keras and torchvision
+read them), other classes, another image size, shape and format, through `dvc repro` with
+the default recipe (test and validation held out by each file's content, adaptive rungs, the
+solved head, centre crops) to a registered champion, served by its class names and cropped
+there as in training."""
 
 import io
 import json
@@ -14,6 +15,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from image_finetune.data.canonical import read_sources
 from tests.conftest import ROOT
 from tests.e2e.serving_support import serve
 from tests.e2e.test_dvc_repro import dvc, project_copy
@@ -21,7 +23,8 @@ from tests.e2e.test_dvc_repro import dvc, project_copy
 RENAMED = {"cat": "kitty", "ship": "boat", "frog": "toad"}
 SIZE = 48
 BORDER = 12  # noise on the left and right: the photos are 72x48, the subject in the centre
-PER_CLASS = {"train": 60, "test": 20}
+PER_CLASS = {"train": 60, "test": 20}  # taken from CIFAR-10's splits, put in one folder
+HELD_OUT = 0.2  # of 80 images per class: about 16 to test and 16 to validation
 
 
 def landscape(image: Image.Image, rng: np.random.Generator) -> Image.Image:
@@ -33,7 +36,8 @@ def landscape(image: Image.Image, rng: np.random.Generator) -> Image.Image:
 
 
 def own_folder(tarball: Path, out: Path) -> Path:
-    """Three CIFAR-10 classes under the user's names, as 72x48 PNGs."""
+    """Three CIFAR-10 classes under the user's names, as 72x48 PNGs in class folders
+    (``out/<class>/<image>.png``), no split folders."""
     rng = np.random.default_rng(0)
     taken: dict[tuple[str, str], int] = {}
     with tarfile.open(tarball) as archive:
@@ -46,7 +50,7 @@ def own_folder(tarball: Path, out: Path) -> Path:
                 continue
             taken[(split, name)] = taken.get((split, name), 0) + 1
             image = Image.open(archive.extractfile(member)).convert("RGB")
-            target = out / split / name / f"{Path(parts[2]).stem}.png"
+            target = out / name / f"{split}-{Path(parts[2]).stem}.png"
             target.parent.mkdir(parents=True, exist_ok=True)
             landscape(image, rng).save(target)
     return out
@@ -57,7 +61,8 @@ def own_project(cifar_tarball, no_top_weights, tmp_path_factory):
     folder = own_folder(cifar_tarball, tmp_path_factory.mktemp("pond"))
     project = project_copy(tmp_path_factory.mktemp("project"), folder, no_top_weights, {})
     params = yaml.safe_load((ROOT / "params.yaml").read_text())  # the default recipe
-    params["data"].update(path=str(folder), image_size=SIZE, on_wrong_size="center_crop")
+    params["data"].update(path=str(folder), image_size=SIZE, on_wrong_size="center_crop",
+                          test_fraction=HELD_OUT, validation_fraction=HELD_OUT)
     # The backbone at 64 px rather than the default 112 keeps the test short; the rest is
     # the default recipe.
     params["model"].update(weights=str(no_top_weights), image_size=64)
@@ -75,9 +80,11 @@ def test_the_recipe_adapts_to_a_small_dataset_of_other_classes_and_size(own_proj
     project, _, result = own_project
     manifest = json.loads((project / "data" / "ingested" / "manifest.json").read_text())
     assert manifest["class_names"] == ["boat", "kitty", "toad"]
-    # 60 training images per class: 20 held out (the minimum), not 6 (10%).
-    assert manifest["splits"]["validation"]["per_class"] == {"boat": 20, "kitty": 20,
-                                                             "toad": 20}
+    assert manifest["test_holdout"] == manifest["validation_holdout"] == "content-hash"
+    splits = manifest["splits"]
+    for name in manifest["class_names"]:
+        counts = [splits[split]["per_class"][name] for split in ("train", "validation", "test")]
+        assert sum(counts) == 80 and min(counts[1:]) >= 8, (name, counts)
     assert np.load(project / "data" / "ingested" / "train_images.npy",
                    mmap_mode="r").shape[1:] == (SIZE, SIZE, 3)
     log = result.stdout + result.stderr
@@ -100,7 +107,7 @@ def test_the_champion_is_served_by_the_users_class_names(own_project, tmp_path):
            "IMAGE_FINETUNE_MODEL_NAME": "pond-classifier"}
     server = serve(env, [], tmp_path)
     try:
-        files = sorted((folder / "test").glob("*/*.png"))
+        files = [folder / name for name in read_sources(project / "data" / "ingested", "test")]
         response = httpx.post(f"{server.url}/predict", timeout=60, files=[
             ("files", (f.name, f.read_bytes(), "image/png")) for f in files[:30]])
         assert response.status_code == 200, response.text

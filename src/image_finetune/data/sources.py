@@ -1,31 +1,27 @@
-"""Dataset sources: an image-folder tree (directory or .tar.gz), the official
-CIFAR-10 python and binary archives, and tensorflow-datasets.
+"""Dataset sources: the official CIFAR-10 python and binary archives and
+tensorflow-datasets, and the :class:`RawDataset` every reader returns (the image folder's
+and the labels file's readers are :mod:`~image_finetune.data.image_folder` and
+:mod:`~image_finetune.data.labels_file`).
 
-Each reader returns a :class:`RawDataset`: per split, uint8 images [N,H,W,3]
-and int64 labels, with the class names. Problems are collected over the whole
-source and raised once, naming the files.
+A :class:`RawDataset` holds, per split, uint8 images [N,H,W,3] and int64 labels, with the
+class names. Problems are collected over the whole source and raised once, naming the files.
 
-The image folder streams: each image is decoded and written to a scratch folder on disk,
-so memory holds no split whatever the folder's size. The CIFAR archives and TensorFlow
-Datasets are held in memory as they come (about 180 MB for CIFAR-10's 60,000 images).
+The CIFAR archives and TensorFlow Datasets are held in memory as they come (about 180 MB for
+CIFAR-10's 60,000 images).
 """
 
 from __future__ import annotations
 
 import pickle
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
-from image_finetune.data.files import archive_members, walk
-from image_finetune.data.images import decode_image
-from image_finetune.data.rows import RowSink, RowView, take
+from image_finetune.data.files import archive_members
+from image_finetune.data.rows import RowView
 from image_finetune.errors import IngestError
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
-KNOWN_SPLITS = ("train", "validation", "test")
 
 @dataclass
 class RawDataset:
@@ -35,102 +31,8 @@ class RawDataset:
     images: dict[str, np.ndarray | RowView] = field(default_factory=dict)
     labels: dict[str, np.ndarray] = field(default_factory=dict)
     sources: dict[str, list[str]] = field(default_factory=dict)  # file of each image, if any
-
-
-def _strip_common_root(parts: tuple[str, ...]) -> tuple[str, ...]:
-    """``root/split/class/file`` -> ``split/class/file`` (archives often wrap one folder)."""
-    return parts[1:] if len(parts) > 1 and parts[0] not in KNOWN_SPLITS else parts
-
-
-def read_image_folder(
-    path: Path, image_size: int, how: str, scratch: Path, max_per_class: int | None = None
-) -> RawDataset:
-    """Read ``split/class/*.png|jpg|jpeg`` from a directory or a .tar(.gz) archive; the
-    decoded images are kept in ``scratch``, which must outlive the returned dataset.
-
-    Images of another size than ``image_size`` are fitted ``how`` (see
-    :data:`~image_finetune.data.images.FIT_MODES`). Classes are the train split's folders,
-    sorted; every other split must have exactly those classes. Hidden files (``.*``) and
-    OS clutter (Thumbs.db, desktop.ini, __MACOSX) are ignored; anything else that is not an
-    image in a class folder, a name that is not UTF-8, a link or an oversized file is an
-    error naming the file.
-    """
-    if not path.exists():
-        raise IngestError(f"{path}: data source not found (set data.path or $IMAGE_FINETUNE_DATA)")
-    problems: list[str] = []
-    decoded: dict[tuple[str, str], list[tuple[str, int]]] = {}  # file name, row in its sink
-    sinks: dict[str, RowSink] = {}
-    class_dirs: dict[str, set[str]] = {}
-    entries = walk(path, problems)
-    for entry in tqdm(entries, desc=f"decode {path.name}", unit="img", mininterval=1.0):
-        parts = _strip_common_root(entry.path.parts)
-        if entry.is_folder:
-            if len(parts) >= 2 and parts[0] in KNOWN_SPLITS:
-                class_dirs.setdefault(parts[0], set()).add(parts[1])
-            continue
-        problem = _placement_problem(entry.path, parts)
-        if problem:
-            problems.append(problem)
-            continue
-        split, class_name, filename = parts
-        class_dirs.setdefault(split, set()).add(class_name)
-        bucket = decoded.setdefault((split, class_name), [])
-        if max_per_class is not None and len(bucket) >= max_per_class:
-            continue
-        try:
-            image = decode_image(entry.read(), str(entry.path), image_size, how)
-        except ValueError as exc:
-            problems.append(str(exc))
-            continue
-        if split not in sinks:
-            sinks[split] = RowSink(scratch / split)
-        bucket.append((filename, sinks[split].append(image)))
-    if problems:
-        raise IngestError(f"{path}: bad files in the image folder", problems)
-    return _assemble_folder(path, decoded, class_dirs, sinks)
-
-
-def _placement_problem(rel: PurePosixPath, parts: tuple[str, ...]) -> str | None:
-    """Why a file cannot be an image of the dataset (None: it can, by its place and name)."""
-    if len(parts) != 3 or parts[0] not in KNOWN_SPLITS:
-        return f"{rel}: not at split/class/file (splits: {', '.join(KNOWN_SPLITS)})"
-    if PurePosixPath(parts[2]).suffix.lower() not in IMAGE_SUFFIXES:
-        return f"{rel}: not an image file (expected .png, .jpg or .jpeg)"
-    return None
-
-
-def _assemble_folder(
-    path: Path,
-    decoded: dict[tuple[str, str], list[tuple[str, int]]],
-    class_dirs: dict[str, set[str]],
-    sinks: dict[str, RowSink],
-) -> RawDataset:
-    if "train" not in class_dirs:
-        raise IngestError(f"{path}: no train/ split found")
-    class_names = sorted(class_dirs["train"])
-    problems = []
-    for split, names in sorted(class_dirs.items()):
-        for unknown in sorted(names - set(class_names)):
-            problems.append(f"{split}/{unknown}: unknown class (not among train's classes)")
-        for missing in sorted(set(class_names) - names):
-            problems.append(f"{split}/{missing}: missing class folder")
-        for name in sorted(names & set(class_names)):
-            if not decoded.get((split, name)):
-                problems.append(f"{split}/{name}: empty class (no images)")
-    if problems:
-        raise IngestError(f"{path}: the class folders are inconsistent", problems)
-    dataset = RawDataset(class_names=class_names)
-    for split in sorted(class_dirs):
-        rows, labels, sources = [], [], []
-        for index, name in enumerate(class_names):
-            for filename, row in sorted(decoded[(split, name)], key=lambda item: item[0]):
-                rows.append(row)
-                labels.append(index)
-                sources.append(f"{split}/{name}/{filename}")
-        dataset.sources[split] = sources
-        dataset.images[split] = take(sinks[split].rows(), np.asarray(rows, dtype=np.int64))
-        dataset.labels[split] = np.asarray(labels, dtype=np.int64)
-    return dataset
+    # sha256 of each image's file, where ingest splits the images by it (data.stable_split)
+    content_sha256: dict[str, list[str]] = field(default_factory=dict)
 
 
 def _cap_per_class(images: np.ndarray, labels: np.ndarray, cap: int | None):

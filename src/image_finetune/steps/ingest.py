@@ -1,20 +1,25 @@
-"""The ``ingest`` step: read the data source, hold out validation, write the canonical
-dataset."""
+"""The ``ingest`` step: read the data source, hold out validation (and, for a source without
+splits, test), write the canonical dataset."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
-from image_finetune.config import Params
+from image_finetune.config import DataParams, Params
 from image_finetune.data.canonical import sha256_file, sweep_dead_writes, write_dataset
-from image_finetune.data.ingest import canonical_splits, read_source
+from image_finetune.data.ingest import canonical_splits, empty_classes, read_source
+from image_finetune.data.layouts import UNSPLIT
 from image_finetune.data.scratch import claimed_folder
+from image_finetune.data.stable_split import BY_CONTENT
 from image_finetune.errors import IngestError
 from image_finetune.locate import choose_data
 
 log = logging.getLogger(__name__)
 
+# What only a source without splits uses: left out of the manifest of one with splits, whose
+# dataset they do not shape.
+TEST_HOLDOUT_PARAMS = {"test_fraction", "min_test_per_class"}
 
 
 def ingest_data(params: Params, out: Path, root: Path) -> dict:
@@ -29,32 +34,52 @@ def ingest_data(params: Params, out: Path, root: Path) -> dict:
     # killed ingest's are swept by the next.
     with claimed_folder(out.parent, f".{out.name}.decoded-") as scratch:
         raw = read_source(data, source_path, scratch)
-        if "test" not in raw.images:
+        if "test" not in raw.images and UNSPLIT not in raw.images:
             raise IngestError(f"{source_path}: no test split found")
         splits, sources, holdout = canonical_splits(raw, data.validation_fraction, data.seed,
-                                                    data.min_validation_per_class)
-        # Only the file name and hash: the manifest must not depend on where the data sits;
-        # nor on the shard size, which the manifest's splits show where it is set.
-        source = {"kind": data.source, "name": source_path.name}
-        if data.source != "tfds" and source_path.is_file():
-            source["sha256"] = sha256_file(source_path)
-        manifest = write_dataset(out, raw.class_names, splits, {
-            "source": source, "validation_holdout": holdout,
-            "params": data.model_dump(mode="json", exclude={"path", "shard_size"})}, sources,
-            data.shard_size)
+                                                    data.min_validation_per_class,
+                                                    data.test_fraction)
+        if holdout == BY_CONTENT and (empty := empty_classes(splits, raw.class_names)):
+            raise IngestError(f"{source_path}: some classes have too few images to split "
+                              f"(each image goes to test with probability data.test_fraction="
+                              f"{data.test_fraction} and to validation with probability "
+                              f"data.validation_fraction={data.validation_fraction}, by its "
+                              "content): bring more images of them", empty)
+        manifest = write_dataset(out, raw.class_names, splits,
+                                 manifest_extra(data, source_path, holdout), sources,
+                                 data.shard_size)
     counts = {name: info["count"] for name, info in manifest["splits"].items()}
     log.info("ingested %s -> %s: %s", source_path, out, counts)
-    warn_small_validation(manifest, data.min_validation_per_class)
+    warn_small_split(manifest, "validation", data.min_validation_per_class)
+    if holdout == BY_CONTENT:
+        warn_small_split(manifest, "test", data.min_test_per_class)
     return manifest
 
 
-def warn_small_validation(manifest: dict, minimum: int) -> None:
-    """A loud warning when some class has fewer validation images than the minimum."""
-    per_class = manifest["splits"]["validation"]["per_class"]
+def manifest_extra(data: DataParams, source_path: Path, holdout: str) -> dict:
+    """The manifest's record of the source and of how the splits were made. Only the file
+    name and hash: the manifest must not depend on where the data sits; nor on the shard
+    size, which the manifest's splits show where it is set."""
+    source = {"kind": data.source, "name": source_path.name}
+    if data.source != "tfds" and source_path.is_file():
+        source["sha256"] = sha256_file(source_path)
+    unused = {"path", "shard_size"} | (set() if holdout == BY_CONTENT else TEST_HOLDOUT_PARAMS)
+    extra = {"source": source, "validation_holdout": holdout,
+             "params": data.model_dump(mode="json", exclude=unused)}
+    if holdout == BY_CONTENT:  # which file went where: {split}_sources.json, pinned here
+        extra["test_holdout"] = holdout
+    return extra
+
+
+def warn_small_split(manifest: dict, split: str, minimum: int) -> None:
+    """A loud warning when some class has fewer ``split`` images than the minimum."""
+    per_class = manifest["splits"][split]["per_class"]
     short = {name: n for name, n in per_class.items() if n < minimum}
     if short:
-        log.warning("validation holds fewer than data.min_validation_per_class=%d images for "
-                    "%d of %d classes (%s): the gate decides on noise; bring more images "
-                    "(each attempt's decision shows the accuracy's 95%% interval)", minimum,
-                    len(short), len(per_class),
-                    ", ".join(f"{k}: {v}" for k, v in list(short.items())[:5]))
+        consequence = ("the gate decides on noise; bring more images (each attempt's decision "
+                       "shows the accuracy's 95% interval)" if split == "validation" else
+                       "the test figures are noisy; bring more images (the evaluation shows "
+                       "the accuracy's 95% interval) or raise data.test_fraction")
+        log.warning("%s holds fewer than data.min_%s_per_class=%d images for %d of %d classes "
+                    "(%s): %s", split, split, minimum, len(short), len(per_class),
+                    ", ".join(f"{k}: {v}" for k, v in list(short.items())[:5]), consequence)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from image_finetune.config import DataParams, ModelParams, Params
 from image_finetune.data.canonical import sha256_file
+from image_finetune.data.labels_file import labels_content_sha256
 from image_finetune.errors import MissingInputError
 from image_finetune.locate import choose_data, choose_weights
 
@@ -31,14 +32,16 @@ def locate_sources(params: Params, root: Path, out: Path) -> dict:
 
 def data_record(data: DataParams) -> dict:
     """The chosen data: a public dataset by name, or a local copy by name and content (never
-    its place, which differs between machines and experiment copies)."""
+    its place, which differs between machines and experiment copies); a labels file's
+    content is its own and that of every image it lists."""
     if data.source == "tfds":
         return {"source": "tfds", "name": data.tfds_name}
     path = Path(data.path)
     if not path.exists():
         raise MissingInputError(f"{path}: data source not found (set data.path or "
                                 "$IMAGE_FINETUNE_DATA, or data.source: auto to download)")
-    return {"source": data.source, "name": path.name, "sha256": content_sha256(path)}
+    digest = labels_content_sha256(path) if data.source == "labels" else content_sha256(path)
+    return {"source": data.source, "name": path.name, "sha256": digest}
 
 
 def weights_record(model: ModelParams) -> dict:

@@ -17,6 +17,7 @@ import pandas as pd
 
 from image_finetune.data.canonical import SPLITS, load_split, read_manifest, read_sources
 from image_finetune.data.rows import iter_chunks
+from image_finetune.data.stable_split import BY_CONTENT
 
 CHANNELS = ("red", "green", "blue")
 # Rows read at a time. Fixed, not sized by memory: the channel sums' rounding depends on it,
@@ -99,15 +100,20 @@ class ChannelMoments:
 
 
 def class_counts(facts: pd.DataFrame, manifest: dict) -> pd.DataFrame:
-    """Per (split, class) counts from the data beside the manifest's, with balance ratios."""
+    """Per (split, class) counts from the data beside the manifest's, with balance ratios:
+    of the split's counts, or of the whole dataset's where the splits were made by content
+    (their class counts vary binomially by design: data.stable_split)."""
     class_names = manifest["class_names"]
+    whole = facts["label"].value_counts()
     rows = []
     for split in facts["split"].unique():
         labels = facts.loc[facts["split"] == split, "label"]
         observed = labels.value_counts()
         expected = manifest["splits"].get(split, {}).get("per_class", {})
         counts = [int(observed.get(i, 0)) for i in range(len(class_names))]
-        mean = max(float(np.mean(counts)), 1e-9)
+        balanced = ([int(whole.get(i, 0)) for i in range(len(class_names))]
+                    if manifest.get("test_holdout") == BY_CONTENT else counts)
+        mean = max(float(np.mean(balanced)), 1e-9)
         for index, name in enumerate(class_names):
             rows.append(
                 {
@@ -116,7 +122,7 @@ def class_counts(facts: pd.DataFrame, manifest: dict) -> pd.DataFrame:
                     "class_name": name,
                     "count": counts[index],
                     "manifest_count": int(expected.get(name, -1)),
-                    "balance_ratio": counts[index] / mean,
+                    "balance_ratio": balanced[index] / mean,
                 }
             )
     return pd.DataFrame(rows)
