@@ -11,6 +11,7 @@ from components.evaluate import evaluate_classifier
 from components.gate import final_gate, gate_attempt, select_classifier
 from components.ingest import ingest_data
 from components.params import check_params, set_rung
+from components.profile import profile_classifier
 from components.register import register_classifier
 from components.status import record_status
 from components.train import train_rung
@@ -24,6 +25,7 @@ __all__ = [
     "gate_attempt",
     "ingest_data",
     "preview_augmentation",
+    "profile_classifier",
     "record_status",
     "register_classifier",
     "select_classifier",

@@ -153,6 +153,22 @@ def evaluate_command(
     evaluate_classifier(_load(params)[0], data, model, out, split, figures=metrics)
 
 
+@app.command("profile")
+@reported
+def profile_command(
+    params: ParamsOption = DEFAULT_PARAMS,
+    data: port(steps.PROFILE, "data", "canonical dataset") = steps.PROFILE.paths["data"],
+    model: port(steps.PROFILE, "model", "saved classifier") = steps.PROFILE.paths["model"],
+    out: port(steps.PROFILE, "out", "reference profile folder") = steps.PROFILE.paths["out"],
+) -> None:
+    """The reference profile monitoring compares live traffic with: the classifier's
+    summaries of the validation images."""
+    from image_finetune.steps.profile import profile_classifier
+
+    profile = profile_classifier(_load(params)[0], data, model, out)
+    typer.echo(json.dumps(profile.summary(), indent=2))
+
+
 @app.command("gate")
 @reported
 def gate_command(
@@ -180,6 +196,7 @@ def register_command(
     models: port(REGISTER, "models", "train step's output") = REGISTER.paths["models"],
     evaluation: port(REGISTER, "evaluation", "evaluate's output") = REGISTER.paths["evaluation"],
     decision: port(REGISTER, "decision", "final gate decision") = REGISTER.paths["decision"],
+    profile: port(REGISTER, "profile", "reference profile") = REGISTER.paths["profile"],
     out: port(REGISTER, "out", "registration result") = REGISTER.paths["out"],
 ) -> None:
     """Track the run in MLflow; register the model and promote it if it beats the champion."""
@@ -187,7 +204,7 @@ def register_command(
     from image_finetune.steps.register import register_classifier
 
     outcome = register_classifier(config, data, evaluation, decision, out, root,
-                                           models=models, validation=validation)
+                                  models=models, validation=validation, profile=profile)
     typer.echo(json.dumps(outcome, indent=2))
 
 

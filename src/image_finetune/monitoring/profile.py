@@ -14,6 +14,7 @@ import numpy as np
 from image_finetune.errors import MissingInputError
 from image_finetune.monitoring.summaries import IMAGE_STATISTICS
 
+PROFILE_FOLDER = "reference_profile"  # its folder in a step's output and in a version's run
 PROFILE_JSON = "profile.json"
 PROFILE_ARRAYS = "profile.npz"
 FORMAT_VERSION = 1

@@ -17,8 +17,6 @@ RESULT_FILE = "result.json"
 DETAILS_FILE = "details.json"
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.npz"
-# profile (the reference profile a registered version carries; also its artifact path)
-PROFILE_FOLDER = "reference_profile"
 # monitor
 DRIFT_JSON = "drift.json"
 DRIFT_HTML = "drift.html"
