@@ -329,6 +329,48 @@ def predict_batch_command(
     typer.echo(f"{count} images -> {out}")
 
 
+MONITOR = steps.MONITOR
+
+
+@app.command("monitor")
+@reported
+def monitor_command(
+    source: Annotated[Path, typer.Argument(
+        help="folder or .tar(.gz) of images, or an .npz of a server's recorded windows")],
+    out: port(MONITOR, "out", "folder for drift.json and drift.html") = MONITOR.paths["out"],
+    model_name: Annotated[str, typer.Option(help="registered model (default: "
+                                                 "registry.model_name)")] = "",
+    alias: Annotated[str, typer.Option(help="the version this alias names")] = "champion",
+    version: Annotated[str, typer.Option(help="a version number (instead of --alias)")] = "",
+    alpha: Annotated[float, typer.Option(min=0.0001, max=0.5, help="false-alarm rate of "
+                                         "the whole window test")] = 0.05,
+    permutations: Annotated[int, typer.Option(min=20, max=2000, help="MMD permutations")]
+    = 500,
+    max_images: Annotated[int, typer.Option(min=20, help="images read at most")] = 20_000,
+    labels: Annotated[Path | None, typer.Option(
+        help="image-folder tree of labelled feedback (image-finetune feedback export)")] = None,
+    min_labels: Annotated[int, typer.Option(min=1, help="labelled images that start a "
+                                            "retrain by themselves")] = 200,
+    retrain: Annotated[bool, typer.Option(help="on drift or enough labels, run dvc repro "
+                                          "(with the labels as extra training data)")] = False,
+    params: ParamsOption = DEFAULT_PARAMS,
+) -> None:
+    """Test images or recorded windows against a registered version's reference profile:
+    drift.json and drift.html. Exit 0 whether or not drift is found."""
+    from image_finetune.steps.monitor import MonitorSettings, monitor
+
+    config, root = _load(params)
+    if model_name:
+        config = config.model_copy(update={"registry": config.registry.model_copy(
+            update={"model_name": model_name})})
+    settings = MonitorSettings(version=version or None, alias=alias, alpha=alpha,
+                               permutations=permutations, max_images=max_images, labels=labels,
+                               min_labels=min_labels, retrain=retrain)
+    report = monitor(config, source, out, root, settings)
+    typer.echo(json.dumps({key: report[key] for key in (
+        "drift", "model_name", "model_version", "window_size", "labels", "retrain")}, indent=2))
+
+
 @app.command("export-savedmodel")
 @reported
 def export_command(

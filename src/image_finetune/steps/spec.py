@@ -148,13 +148,16 @@ PREDICT_BATCH = StepSpec("predict-batch", "predict_batch", params=("registry",),
 EXPORT = StepSpec("export-savedmodel", "export",
                   reads=(Port("model", "models/selected/model.keras"),),
                   writes=(Port("out", "models/savedmodel/1"),))
+# Images or a server's recorded windows against a registered version's reference profile.
+MONITOR = StepSpec("monitor", "monitor", params=("evaluate.batch_size", "registry"),
+                   writes=(Port("out", "reports/monitor"),))
 RECORD_STATUS = StepSpec("record-status", "record_status",
                          writes=(Port("out", "reports/status.md"),))
 
 CATALOG: dict[str, StepSpec] = {spec.name: spec for spec in (
     CHECK_PARAMS, SET_RUNG, LOCATE_SOURCES, INGEST, VALIDATE, AUGMENT, TRAIN_RUNG, TRAIN_JOB,
     EVALUATE, PROFILE, GATE_ATTEMPT, SELECT, CLIMB_LADDER, FINAL_GATE, REGISTER, LIST_MODELS,
-    PROMOTE, ROLLBACK, SERVE, PREDICT_BATCH, EXPORT, RECORD_STATUS)}
+    PROMOTE, ROLLBACK, SERVE, PREDICT_BATCH, EXPORT, MONITOR, RECORD_STATUS)}
 # The DVC pipeline as a flat list, in run order.
 STAGES = (LOCATE_SOURCES, INGEST, VALIDATE, AUGMENT, CLIMB_LADDER, EVALUATE, FINAL_GATE, PROFILE,
           REGISTER)
