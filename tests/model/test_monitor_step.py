@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from bench.corruptions import gaussian_noise
 from PIL import Image
 from typer.testing import CliRunner
 
-from bench.corruptions import gaussian_noise
 from image_finetune.cli import app
 from image_finetune.config import RegistryParams
 from image_finetune.errors import IngestError, MissingInputError
