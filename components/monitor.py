@@ -22,12 +22,12 @@ def monitor_drift(
     permutations: int = 500,
     min_labels: int = 200,
     labels: Input[Artifact] = None,
-) -> NamedTuple("Monitored", [("drift", bool), ("labels", int), ("retrain", bool),
+) -> NamedTuple("Monitored", [("drift", bool), ("labels_count", int), ("retrain", bool),
                               ("model_version", str)]):
     """Test ``source`` (a folder or archive of images, or an .npz of recorded windows)
     against the reference of the version ``alias`` (or ``version``) names. Outputs: the
-    verdict, the labelled images in ``labels`` (feedback export) and whether the pipeline
-    should retrain (drift, or at least ``min_labels`` labels); drift.json as
+    verdict, ``labels_count`` (labelled images in ``labels``, a feedback export), whether
+    the pipeline should retrain (drift, or at least ``min_labels`` labels); drift.json as
     ``drift_report``, drift.html as ``report``, each test's p-value as metrics."""
     import shutil
     from pathlib import Path

@@ -24,7 +24,7 @@ from image_finetune.steps.final_gate import final_gate
 from image_finetune.steps.monitor import MonitorSettings, monitor
 from image_finetune.steps.profile import profile_classifier
 from image_finetune.steps.register import register_classifier
-from tests.conftest import ROOT
+from tests.conftest import CIFAR_TARBALL, ROOT
 
 UNSEEN_PER_CLASS = 30  # test images per class after the 10 the small model's data holds
 
@@ -101,6 +101,25 @@ def test_noisy_images_are_drift(registered):
     assert report["tests"]["sharpness"]["drift"]
     assert json.loads((out / "drift.json").read_text())["drift"] is True
     assert report["retrain"] == {"wanted": True, "reasons": ["drift"], "ran": False}
+
+
+def test_enough_labels_start_the_pipeline_with_them(registered, tmp_path):
+    labels = tmp_path / "export"
+    (labels / "cat").mkdir(parents=True)
+    for index, image in enumerate(unseen_test_images(CIFAR_TARBALL, 50, 1)[:3]):
+        Image.fromarray(image).save(labels / "cat" / f"{index}.png")
+    not_a_project = tmp_path / "elsewhere"
+    not_a_project.mkdir()
+    report = monitor(registered["params"], registered["clean"], tmp_path / "out", not_a_project,
+                     MonitorSettings(version="1", permutations=200, labels=labels,
+                                     min_labels=3, retrain=True))
+    retrain = report["retrain"]
+    assert report["labels"] == 3 and retrain["wanted"] and retrain["ran"]
+    assert retrain["reasons"][-1] == "3 labelled images (>= 3)"
+    assert retrain["command"][:3] == ["dvc", "exp", "run"]
+    assert retrain["command"][-1] == f'++data.extra_paths=["{labels.resolve()}"]'
+    assert retrain["exit_code"] != 0  # no DVC project there: the failure is reported
+    assert json.loads((tmp_path / "out" / "drift.json").read_text())["retrain"] == retrain
 
 
 def test_recorded_windows_are_tested_like_images(registered, tmp_path):

@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import subprocess
+import sys
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,7 +80,7 @@ def monitor(params: Params, source: Path, out: Path, root: Path,
     version = version_at(client, name, settings.version or f"@{settings.alias}")
     with tempfile.TemporaryDirectory(prefix="image-finetune-monitor-") as work:
         profile = _reference(client, name, str(version.version), Path(work))
-        if source.suffix == ".npz":
+        if is_recorded(source):
             observed = read_recorded(source, profile)
         else:
             observed = _summarise_images(client, params, version, source, profile, Path(work),
@@ -109,6 +111,12 @@ def _reference(client, name: str, version: str, work: Path) -> ReferenceProfile:
         return ReferenceProfile.load(folder).with_version(version)
     except ProfileError as exc:
         raise MissingInputError(f"{name} v{version}: {exc}") from None
+
+
+def is_recorded(source: Path) -> bool:
+    """Recorded windows (an .npz: a zip file) rather than images, by content, not by name:
+    a Kubeflow artifact's file has no suffix."""
+    return source.is_file() and zipfile.is_zipfile(source)
 
 
 def read_recorded(path: Path, profile: ReferenceProfile) -> Observed:
@@ -200,15 +208,16 @@ def retrain_command(settings: MonitorSettings) -> list[str]:
     if settings.labels is None:
         return list(REPRO)
     extra = json.dumps([str(Path(settings.labels).resolve())])
-    return ["dvc", "exp", "run", "--set-param", f"data.extra_paths={extra}"]
+    return ["dvc", "exp", "run", "--set-param", f"++data.extra_paths={extra}"]  # add or set
 
 
 def run_pipeline(root: Path, settings: MonitorSettings) -> dict:
     """Run the pipeline in ``root``; what ran and how it ended (its output streams through)."""
     command = retrain_command(settings)
     log.info("retraining: %s (in %s)", " ".join(command), root)
-    try:
-        code = subprocess.run(command, cwd=root, check=False).returncode
+    try:  # this interpreter's DVC: the one installed beside the project, whatever PATH says
+        code = subprocess.run([sys.executable, "-m", *command], cwd=root,
+                              check=False).returncode
     except OSError as exc:
         raise MissingInputError(f"could not run {command[0]} ({exc}): install DVC or run "
                                 "the pipeline yourself") from None
