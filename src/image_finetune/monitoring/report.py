@@ -9,7 +9,7 @@ import io
 
 import numpy as np
 
-from image_finetune.monitoring.drift import DriftResult, Window
+from image_finetune.monitoring.drift import DriftResult, Window, ks_test
 from image_finetune.monitoring.profile import ReferenceProfile
 from image_finetune.monitoring.summaries import IMAGE_STATISTICS
 
@@ -51,11 +51,11 @@ def _class_probabilities(profile: ReferenceProfile, window: Window) -> bytes:
     bars.set_xticks(positions, profile.class_names, rotation=45, ha="right", fontsize=8)
     bars.set_title("mean probability per class", fontsize=10)
     bars.legend(fontsize=8)
-    shift = [abs(np.median(profile.probabilities[:, c]) - np.median(window.probabilities[:, c]))
+    shift = [ks_test(profile.probabilities[:, c], window.probabilities[:, c])[0]
              for c in positions]
     chosen = int(np.argmax(shift))
     _histograms(worst, profile.probabilities[:, chosen], window.probabilities[:, chosen],
-                f"p({profile.class_names[chosen]}): the most shifted class")
+                f"p({profile.class_names[chosen]}): the class KS finds most shifted")
     return _png(figure)
 
 
