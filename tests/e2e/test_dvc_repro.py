@@ -13,6 +13,7 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
+from image_finetune.registry.versions import download_reference_profile
 from tests.caches import shared_training_cache
 from tests.conftest import small_run_params
 
@@ -121,6 +122,9 @@ def test_the_winner_is_registered_and_promoted_in_the_projects_own_store(repro):
     assert yaml.safe_load(mlmodel.read_text())["metadata"] == {
         "class_names": json.loads(version.tags["class_names"]), "image_fit": "resize"}
     assert client.get_run(version.run_id).data.tags["mlflow.source.git.commit"] == "unknown"
+    # The profile stage's reference profile travels with the version, tagged with it.
+    profile = download_reference_profile(client, "cifar10-classifier", "1", project / "ref")
+    assert json.loads((profile / "profile.json").read_text())["model_version"] == "1"
     attempts = client.search_runs([client.get_run(version.run_id).info.experiment_id],
                                   "tags.kind = 'attempt'")
     assert sorted(r.data.tags["gate_passed"] for r in attempts) == ["False", "True"]

@@ -8,11 +8,18 @@ from pathlib import Path
 
 from image_finetune.config import DataParams, Params
 from image_finetune.data.canonical import sha256_file, sweep_dead_writes, write_dataset
-from image_finetune.data.ingest import canonical_splits, empty_classes, read_source
+from image_finetune.data.ingest import (
+    add_to_train,
+    canonical_splits,
+    empty_classes,
+    read_extra_images,
+    read_source,
+)
 from image_finetune.data.layouts import UNSPLIT
 from image_finetune.data.scratch import claimed_folder
 from image_finetune.data.stable_split import BY_CONTENT
 from image_finetune.errors import IngestError
+from image_finetune.inference import image_fit
 from image_finetune.locate import choose_data
 
 log = logging.getLogger(__name__)
@@ -45,15 +52,33 @@ def ingest_data(params: Params, out: Path, root: Path) -> dict:
                               f"{data.test_fraction} and to validation with probability "
                               f"data.validation_fraction={data.validation_fraction}, by its "
                               "content): bring more images of them", empty)
+        extra = add_extra(data, raw.class_names, splits, sources, scratch)
         manifest = write_dataset(out, raw.class_names, splits,
-                                 manifest_extra(data, source_path, holdout), sources,
-                                 data.shard_size)
+                                 {**manifest_extra(data, source_path, holdout), **extra},
+                                 sources, data.shard_size)
     counts = {name: info["count"] for name, info in manifest["splits"].items()}
     log.info("ingested %s -> %s: %s", source_path, out, counts)
     warn_small_split(manifest, "validation", data.min_validation_per_class)
     if holdout == BY_CONTENT:
         warn_small_split(manifest, "test", data.min_test_per_class)
     return manifest
+
+
+def add_extra(data, class_names: list[str], splits: dict, sources: dict, scratch: Path) -> dict:
+    """``data.extra_paths`` appended to train; what the manifest says of them (nothing when
+    there are none: a run without extras writes the manifest it always wrote)."""
+    if not data.extra_paths:
+        return {}
+    how = image_fit({"params": {"on_wrong_size": data.on_wrong_size}})
+    images, labels, names = read_extra_images(data.extra_paths, class_names, data.image_size,
+                                              how, scratch / "extra")
+    if images is not None:
+        add_to_train(splits, sources, images, labels, names)
+    log.info("extra labelled images: %d from %s", len(labels), data.extra_paths)
+    return {"extra_training": {"folders": [Path(p).name for p in data.extra_paths],
+                               "images": len(labels),
+                               "per_class": {name: int((labels == i).sum())
+                                             for i, name in enumerate(class_names)}}}
 
 
 def manifest_extra(data: DataParams, source_path: Path, holdout: str) -> dict:
@@ -63,7 +88,9 @@ def manifest_extra(data: DataParams, source_path: Path, holdout: str) -> dict:
     source = {"kind": data.source, "name": source_path.name}
     if data.source != "tfds" and source_path.is_file():
         source["sha256"] = sha256_file(source_path)
-    unused = {"path", "shard_size"} | (set() if holdout == BY_CONTENT else TEST_HOLDOUT_PARAMS)
+    unused = {"path", "shard_size", "extra_paths"}
+    if holdout != BY_CONTENT:
+        unused |= TEST_HOLDOUT_PARAMS
     extra = {"source": source, "validation_holdout": holdout,
              "params": data.model_dump(mode="json", exclude=unused)}
     if holdout == BY_CONTENT:  # which file went where: {split}_sources.json, pinned here
