@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from image_finetune.errors import ConfigError
+from image_finetune.locate import DVC_ROOT_ENV  # the project's root, in its copies too
 
 DEFAULT_CACHE = Path(".cache/image_finetune")  # against the project's root
 CACHE_ENV = "IMAGE_FINETUNE_CACHE"
-DVC_ROOT_ENV = "DVC_ROOT"  # the project's root, also in a temporary or queued experiment
 FEATURES, CHECKPOINTS, ATTEMPTS = "features", "checkpoints", "attempts"
 KINDS = (FEATURES, CHECKPOINTS, ATTEMPTS)
 KEY_FILE = "key.json"

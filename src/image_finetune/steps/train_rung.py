@@ -108,10 +108,16 @@ def _train(params, index, data, out, cache, keys, mixed, replicas, weights_path,
                                            weights_path, warm_start)
     paths = TrainingPaths(features=cache / FEATURES / feature_key,
                           checkpoints=cache / CHECKPOINTS / attempt_key)
-    with entry_writing(cache, feature_key):  # one run embeds; the others wait and read
-        claim_entry(paths.features, feature_key, _features_what(params, rung))
+    what = _features_what(params, rung)
+    with ExitStack() as embedding:
+        if replicas.count == 1:  # one run embeds, the others wait and read (workers: each
+            embedding.enter_context(entry_writing(cache, feature_key))  # its own, as before)
+            claim_entry(paths.features, feature_key, what)
         plan = plan_fit(params, rung, classifier, train, validation, n_classes,
                         paths.features, replicas)
+        if replicas.is_chief and paths.features.exists() and not holds_key(paths.features,
+                                                                            feature_key):
+            write_key(paths.features, feature_key, what)  # what the workers embedded
     log.info("rung %d %r: mode=%s image_size=%d trainable=%d epochs=%d batch=%d lr=%g "
              "backend=%s mixed=%s on %s", index, rung.name, plan.mode,
              rung_image_size(params, rung), plan.trainable_params, rung.epochs, rung.batch_size,
