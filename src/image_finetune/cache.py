@@ -60,7 +60,7 @@ def _locked(path: Path, mode: int) -> Iterator[int]:
     (by a prune) while this waited for it, so that holders always share one file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        handle = os.open(path, os.O_RDONLY | os.O_CREAT, 0o666)  # flock needs no write access
         try:
             fcntl.flock(handle, mode)
             if os.path.exists(path) and os.stat(path).st_ino == os.fstat(handle).st_ino:
@@ -85,7 +85,8 @@ def entry_in_use(cache: Path, key: str) -> Iterator[None]:
     a prune leaves them alone until this ends. Marks them used now."""
     path = _lock_path(cache, key)
     with _locked(path, fcntl.LOCK_SH):
-        os.utime(path)
+        with suppress(PermissionError):  # another user's lock file in a shared cache
+            os.utime(path)
         yield
 
 
@@ -102,7 +103,7 @@ def entry_for_removal(cache: Path, key: str) -> Iterator[bool]:
     """True (and the entry held against every user) when nobody uses the entry; else False."""
     path = _lock_path(cache, key)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    handle = os.open(path, os.O_RDONLY | os.O_CREAT, 0o666)
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
