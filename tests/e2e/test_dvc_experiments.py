@@ -1,7 +1,9 @@
 """DVC experiments on a small real project, as a user runs them: `dvc exp run -S` in the
-workspace, `--temp`, and a queue started with `dvc queue start`; `dvc exp show`, `exp diff`,
-`exp apply`, `plots diff`; `dvc metrics show` on a fresh clone reads every figure from git.
-An experiment registers a challenger in the project's own store and never moves @champion."""
+workspace, `--temp`, and a queue started with `dvc queue start -j 2`; `dvc exp show`, `exp
+diff`, `exp apply`, `plots diff`; `dvc metrics show` on a fresh clone reads every figure from
+git. An experiment registers a challenger in the project's own store and never moves
+@champion. Temporary and queued experiments share the workspace's training cache: a gate-only
+one neither embeds nor trains, and its figures are the workspace's."""
 
 import json
 import os
