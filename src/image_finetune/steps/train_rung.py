@@ -183,6 +183,8 @@ def fit_to_data(
 def _keep_finished(out: Path, finished: Path) -> None:
     """Copy the attempt into the cache of finished attempts, with its key, atomically (by
     rename): a reader sees the whole attempt or none."""
+    if holds_key(finished, finished.name):
+        return  # another run sharing the cache finished the same attempt first
     staging = finished.with_name(f".{finished.name}.{uuid.uuid4().hex[:8]}")
     shutil.copytree(out, staging)
     result = json.loads((out / RESULT_FILE).read_text())
