@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -26,6 +27,9 @@ app = typer.Typer(
 ParamsOption = Annotated[Path, typer.Option("--params", "-p", help="params.yaml to read")]
 DEFAULT_PARAMS = Path(PARAMS_FILE)
 ReasonOption = Annotated[str, typer.Option(help="why (kept in the promotion history)")]
+CACHE_HELP = ("the training cache: features, checkpoints, finished attempts (default: "
+              ".cache/image_finetune in the project's root, shared by its experiments; "
+              "IMAGE_FINETUNE_CACHE moves it)")
 
 
 def port(spec: StepSpec, option: str, help: str):
@@ -36,6 +40,13 @@ def port(spec: StepSpec, option: str, help: str):
 def _load(path: Path) -> tuple[Params, Path]:
     """The params and the project root (the params file's folder)."""
     return load_params(path), path.resolve().parent
+
+
+def _cache(option: Path, root: Path) -> Path:
+    """The training cache's place (IMAGE_FINETUNE_CACHE, else against the project's root)."""
+    from image_finetune.cache import cache_location
+
+    return cache_location(option, root)
 
 
 @app.command("locate-sources")
@@ -102,7 +113,7 @@ def train_rung_command(
     index: Annotated[int, typer.Option(min=0, help="the rung of train.ladder to train")] = 0,
     data: port(RUNG, "data", "canonical dataset") = RUNG.paths["data"],
     out: port(RUNG, "out", "the attempt's folder") = RUNG.paths["out"],
-    cache: port(RUNG, "cache", "features, checkpoints, attempts") = RUNG.paths["cache"],
+    cache: port(RUNG, "cache", CACHE_HELP) = RUNG.paths["cache"],
     warm_start: Annotated[Path | None, typer.Option(
         help="the previous rung's model.keras to start from")] = None,
 ) -> None:
@@ -111,7 +122,7 @@ def train_rung_command(
     config, root = _load(params)
     from image_finetune.steps.train_rung import train_rung
 
-    result = train_rung(config, index, data, out, cache, root, warm_start)
+    result = train_rung(config, index, data, out, _cache(cache, root), root, warm_start)
     typer.echo(f"rung {index} {result.rung!r}: best validation accuracy "
                f"{result.best_val_accuracy:.4f} on {result.distribution}")
 
@@ -126,7 +137,7 @@ def train_command(
     data: port(LADDER, "data", "canonical dataset") = LADDER.paths["data"],
     validation: port(LADDER, "validation", "validate step's result") = LADDER.paths["validation"],
     out: port(LADDER, "out", "attempts and selected model") = LADDER.paths["out"],
-    cache: port(LADDER, "cache", "features, checkpoints, attempts") = LADDER.paths["cache"],
+    cache: port(LADDER, "cache", CACHE_HELP) = LADDER.paths["cache"],
     metrics: port(LADDER, "metrics", "the attempts' figures") = LADDER.paths["metrics"],
     live: port(LADDER, "live", "DVCLive's per-epoch figures") = LADDER.paths["live"],
 ) -> None:
@@ -134,7 +145,7 @@ def train_command(
     config, root = _load(params)
     from image_finetune.steps.climb_ladder import climb_ladder
 
-    climb_ladder(config, data, validation, out, cache, root, metrics, live)
+    climb_ladder(config, data, validation, out, _cache(cache, root), root, metrics, live)
 
 
 @app.command("evaluate")
@@ -386,6 +397,38 @@ def export_command(
     from image_finetune.steps.export import export_savedmodel
 
     typer.echo(export_savedmodel(model, out))
+
+
+class CacheAction(StrEnum):
+    """What ``image-finetune cache`` does."""
+
+    ls = "ls"
+    prune = "prune"
+
+
+@app.command("cache")
+@reported
+def cache_command(
+    action: Annotated[CacheAction, typer.Argument(help="ls: list the entries; prune: remove "
+                                                  "some (never one in use)")],
+    older_than: Annotated[str | None, typer.Option(
+        help="prune: entries unused for longer than this (30d, 12h, 90m)")] = None,
+    max_size: Annotated[str | None, typer.Option(
+        help="prune: then the least recently used until the cache fits (10G, 500M)")] = None,
+    cache: port(steps.MANAGE_CACHE, "cache", CACHE_HELP) = steps.MANAGE_CACHE.paths["cache"],
+    params: ParamsOption = DEFAULT_PARAMS,
+) -> None:
+    """List the training cache (feature caches, checkpoints, finished attempts) with sizes
+    and ages, or prune it by age and total size, least recently used first."""
+    folder = _cache(cache, _load(params)[1])
+    from image_finetune.steps.manage_cache import list_cache, prune_cache
+
+    if action is CacheAction.ls:
+        if older_than is not None or max_size is not None:
+            raise ConfigError("cache ls: --older-than and --max-size are prune's options")
+        typer.echo("\n".join(list_cache(folder)))
+        return
+    typer.echo("\n".join(prune_cache(folder, older_than, max_size).lines(folder)))
 
 
 @app.command("check-params")

@@ -113,8 +113,8 @@ def cached_activations(
     """Activations of ``stem`` over ``images``, computed once and memory-mapped from disk.
     They are written to the file batch by batch: memory holds one batch whatever the
     dataset's size or resolution."""
-    if path.exists():
-        return np.load(path, mmap_mode="r")
+    if (cached := _readable(path, len(images))) is not None:
+        return cached
     path.parent.mkdir(parents=True, exist_ok=True)
     # Unique per writer, renamed into place: a killed embedding never leaves a truncated
     # cache behind, and two runs sharing the cache never write the same file.
@@ -131,6 +131,17 @@ def cached_activations(
         del values
     partial.replace(path)
     return np.load(path, mmap_mode="r")
+
+
+def _readable(path: Path, rows: int) -> np.ndarray | None:
+    """The cached activations at ``path``, memory-mapped, if they are whole: float32, one row
+    per image (a damaged or foreign file is computed again, never trusted)."""
+    try:
+        values = np.load(path, mmap_mode="r")
+    except (OSError, ValueError):
+        return None
+    whole = values.dtype == np.float32 and values.ndim > 0 and len(values) == rows
+    return values if whole else None
 
 
 def rung_features(

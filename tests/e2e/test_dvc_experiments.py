@@ -1,7 +1,9 @@
 """DVC experiments on a small real project, as a user runs them: `dvc exp run -S` in the
-workspace, `--temp`, and a queue started with `dvc queue start`; `dvc exp show`, `exp diff`,
-`exp apply`, `plots diff`; `dvc metrics show` on a fresh clone reads every figure from git.
-An experiment registers a challenger in the project's own store and never moves @champion."""
+workspace, `--temp`, and a queue started with `dvc queue start -j 2`; `dvc exp show`, `exp
+diff`, `exp apply`, `plots diff`; `dvc metrics show` on a fresh clone reads every figure from
+git. An experiment registers a challenger in the project's own store and never moves
+@champion. Temporary and queued experiments share the workspace's training cache: a gate-only
+one neither embeds nor trains, and its figures are the workspace's."""
 
 import json
 import os
@@ -10,16 +12,21 @@ import time
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
 from tests.caches import shared_training_cache
+from tests.conftest import FAIL_THEN_PASS_LADDER
 from tests.e2e.test_dvc_repro import dvc, project_copy
 from tests.services import objects_under
 
 GATE = {"min_accuracy": 0.3, "min_macro_f1": 0.2, "min_class_recall": 0.0,
         "max_latency_p95_ms": 2000}
 MODEL = "cifar10-classifier"
+LADDER = tuple(rung["name"] for rung in FAIL_THEN_PASS_LADDER)
+FIGURES = ("metrics/train.json", "metrics/evaluation.json")
+QUEUED = {"queued": 0.27, "queued-too": 0.265}  # gate-only: both reuse the workspace's attempts
 # One user's session in steps: later experiments build on earlier ones (kept in order).
 # Each experiment sets its own gate.min_accuracy (0.25 to 0.28), well below what the second
 # rung reaches on this subset (about a third) and above the hopeless first rung's (~0.08).
@@ -50,6 +57,42 @@ def experiment(shown: list, name: str) -> dict:
 
 def figures(record: dict, path: str) -> dict:
     return record["data"]["metrics"][path]["data"]
+
+
+def without_timings(values: dict) -> dict:
+    return {k: v for k, v in values.items() if "latency" not in k and "seconds" not in k}
+
+
+def model_figures(record: dict) -> dict:
+    """An experiment's figures of its models (its timings left out)."""
+    return {path: without_timings(figures(record, path)) for path in FIGURES}
+
+
+def workspace_figures(project: Path) -> dict:
+    return {path: without_timings(json.loads((project / path).read_text()))
+            for path in FIGURES}
+
+
+def assert_reused_every_attempt(log: str) -> None:
+    """The run's log shows both attempts taken from the cache: nothing embedded or trained."""
+    for index, rung in enumerate(LADDER):
+        assert f"rung {index} {rung!r}: reusing the finished attempt" in log, log[-3000:]
+    assert "embed" not in log and "mode=" not in log, log[-3000:]
+
+
+def assert_cache_whole(cache: Path) -> None:
+    """Every entry of the shared cache names its key and holds what it should; no staging
+    left behind by the runs that shared it."""
+    from image_finetune.cache import ATTEMPTS, FEATURES, holds_key, list_entries
+
+    entries = list_entries(cache)
+    assert {e.kind for e in entries} >= {ATTEMPTS, FEATURES}
+    for entry in entries:
+        assert [p.name for p in entry.paths if p.name.startswith(".")] == [], entry
+        if entry.kind in (ATTEMPTS, FEATURES):
+            assert holds_key(cache / entry.kind / entry.key, entry.key), entry
+    for features in (cache / FEATURES).glob("*/*.npy"):
+        assert len(np.load(features, mmap_mode="r")) > 0, features
 
 
 def registry(project: Path):
@@ -128,29 +171,43 @@ def test_a_fresh_clone_shows_every_figure_without_pulling(applied, tmp_path):
 
 
 def test_a_temporary_experiment_records_into_the_projects_store(applied):
-    dvc_ok(applied, "exp", "run", "--temp", "-n", "stricter", "-S", "gate.min_accuracy=0.26")
+    result = dvc(applied, "exp", "run", "--temp", "-n", "stricter", "-S",
+                 "gate.min_accuracy=0.26")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert_reused_every_attempt(result.stdout + result.stderr)
     versions = registry(applied).search_model_versions(f"name = '{MODEL}'")
     assert "stricter" in {v.tags.get("dvc_experiment") for v in versions}
     assert not list((applied / "mlruns").glob("**/.dvc"))  # nothing of the copy leaked
     diff = json.loads(dvc_ok(applied, "exp", "diff", "lenient", "stricter", "--json"))
     changed = diff["params"]["params.yaml"]["gate.min_accuracy"]
     assert (changed["old"], changed["new"]) == (0.25, 0.26)
+    shown = json.loads(dvc_ok(applied, "exp", "show", "--json"))
+    assert model_figures(experiment(shown, "stricter")) == workspace_figures(applied)
 
 
-def test_a_queued_experiment_runs_when_the_queue_starts(applied):
-    dvc_ok(applied, "exp", "run", "--queue", "-n", "queued", "-S", "gate.min_accuracy=0.27")
-    dvc_ok(applied, "queue", "start", "-j", "1")
+def test_queued_experiments_share_the_projects_cache_two_at_a_time(applied):
+    for name, threshold in QUEUED.items():
+        dvc_ok(applied, "exp", "run", "--queue", "-n", name, "-S",
+               f"gate.min_accuracy={threshold}")
+    dvc_ok(applied, "queue", "start", "-j", "2")
     deadline = time.monotonic() + 900
     while any(word in dvc_ok(applied, "queue", "status") for word in ("Queued", "Running")):
         assert time.monotonic() < deadline, dvc_ok(applied, "queue", "status")
         time.sleep(5)
     status = dvc_ok(applied, "queue", "status")
-    assert "Success" in status, status + dvc_ok(applied, "queue", "logs", "queued")
-    record = experiment(json.loads(dvc_ok(applied, "exp", "show", "--json")), "queued")
-    assert record["data"]["params"]["params.yaml"]["data"]["gate"]["min_accuracy"] == 0.27
+    shown = json.loads(dvc_ok(applied, "exp", "show", "--json"))
     versions = registry(applied).search_model_versions(f"name = '{MODEL}'")
-    assert "queued" in {v.tags.get("dvc_experiment") for v in versions}
+    for name, threshold in QUEUED.items():
+        log = dvc_ok(applied, "queue", "logs", name)
+        assert f"{name}" in status and "Success" in status, status + log
+        assert_reused_every_attempt(log)
+        record = experiment(shown, name)
+        assert record["data"]["params"]["params.yaml"]["data"]["gate"]["min_accuracy"] == \
+            threshold
+        assert model_figures(record) == workspace_figures(applied)
+        assert name in {v.tags.get("dvc_experiment") for v in versions}
     dvc_ok(applied, "queue", "stop")
+    assert_cache_whole(applied / ".cache" / "image_finetune")
 
 
 def test_plots_diff_of_two_experiments(applied, tmp_path):

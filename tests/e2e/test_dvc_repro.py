@@ -42,7 +42,8 @@ def project_copy(tmp: Path, folder: Path, weights: Path, gate: dict,
 
 def dvc(project: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    for leaking in ("IMAGE_FINETUNE_DATA", "IMAGE_FINETUNE_WEIGHTS", "MLFLOW_TRACKING_URI"):
+    for leaking in ("IMAGE_FINETUNE_DATA", "IMAGE_FINETUNE_WEIGHTS", "IMAGE_FINETUNE_CACHE",
+                    "MLFLOW_TRACKING_URI"):
         env.pop(leaking, None)  # a developer's shell must not redirect the run
     return subprocess.run([str(VENV_BIN / "dvc"), *args], cwd=project, env=env,
                           capture_output=True, text=True, timeout=1200)

@@ -137,3 +137,41 @@ def wait_for_checkpoint(root: Path, process: subprocess.Popen, epochs: int) -> P
                 return metadata.parent
         time.sleep(0.2)
     raise AssertionError(f"no checkpoint of {epochs} epochs")
+
+
+ONE_RUNG = """
+import logging
+import sys
+from pathlib import Path
+from image_finetune.config import load_params
+from image_finetune.steps.train_rung import train_rung
+logging.basicConfig(level=logging.INFO)
+data, out, cache = (Path(arg) for arg in sys.argv[2:5])
+train_rung(load_params(sys.argv[1]), 0, data, out, cache, Path(sys.argv[5]))
+"""
+
+
+def test_two_runs_of_one_attempt_at_once_train_it_once_and_an_attempt_is_trusted_by_its_key(
+        small_data, small_folder, no_top_weights, tmp_path, caplog):
+    """Two experiments sharing the cache need the same attempt: one embeds and trains, the
+    other waits for it and reuses it. A finished attempt whose key.json names another key
+    (copied, or half made by hand) is trained again, never reused."""
+    params_file = small_params(tmp_path, small_folder, no_top_weights,
+                               [{**LADDER[0], "epochs": 2}])
+    cache = tmp_path / "cache"
+    runs = [subprocess.Popen(
+        [sys.executable, "-c", ONE_RUNG, str(params_file), str(small_data), str(tmp_path / name),
+         str(cache), str(ROOT)], stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}) for name in ("a", "b")]
+    logs = [run.communicate(timeout=900)[1] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], "\n".join(logs)[-4000:]
+    assert sorted("reusing the finished attempt" in log for log in logs) == [False, True], logs
+    assert sum("embed train" in log for log in logs) == 1, logs
+    results = [json.loads((tmp_path / name / "result.json").read_text()) for name in "ab"]
+    assert results[0]["best_val_accuracy"] == results[1]["best_val_accuracy"]
+    [finished] = list((cache / "attempts").iterdir())
+    (finished / "key.json").write_text(json.dumps({"key": "0" * 16}))
+    with caplog.at_level("INFO"):
+        train_rung(load_params(params_file), 0, small_data, tmp_path / "c", cache, ROOT)
+    assert "reusing the finished attempt" not in caplog.text
+    assert json.loads((finished / "key.json").read_text())["key"] == finished.name

@@ -11,7 +11,8 @@ COMMANDS = typer.main.get_command(app).commands
 WITH_PARAMS = sorted(name for name, command in COMMANDS.items()
                      if any("--params" in p.opts for p in command.params))
 # required positional arguments
-ARGUMENTS = {"promote": ["7"], "predict-batch": ["images"], "monitor": ["images"]}
+ARGUMENTS = {"promote": ["7"], "predict-batch": ["images"], "monitor": ["images"],
+             "cache": ["ls"]}
 runner = CliRunner()
 
 

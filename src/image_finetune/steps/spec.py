@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from image_finetune.cache import DEFAULT_CACHE
 from image_finetune.config import Params
 
 PARAMS_FILE = "params.yaml"
@@ -81,7 +82,8 @@ def _drop_covered(keys: tuple[str, ...]) -> tuple[str, ...]:
 
 ALL_SECTIONS = tuple(sorted(field.alias or name for name, field in Params.model_fields.items()))
 DATA = Port("data", "data/ingested")
-CACHE = Port("cache", ".cache/image_finetune")
+# The training cache: relative to the project's root, shared by its experiments (cache.py).
+CACHE = Port("cache", DEFAULT_CACHE.as_posix())
 
 SOURCES = "data/sources.json"
 
@@ -151,13 +153,14 @@ EXPORT = StepSpec("export-savedmodel", "export",
 # Images or a server's recorded windows against a registered version's reference profile.
 MONITOR = StepSpec("monitor", "monitor", params=("evaluate.batch_size", "registry"),
                    writes=(Port("out", "reports/monitor"),))
+MANAGE_CACHE = StepSpec("cache", "manage_cache", scratch=(CACHE,))
 RECORD_STATUS = StepSpec("record-status", "record_status",
                          writes=(Port("out", "reports/status.md"),))
 
 CATALOG: dict[str, StepSpec] = {spec.name: spec for spec in (
     CHECK_PARAMS, SET_RUNG, LOCATE_SOURCES, INGEST, VALIDATE, AUGMENT, TRAIN_RUNG, TRAIN_JOB,
     EVALUATE, PROFILE, GATE_ATTEMPT, SELECT, CLIMB_LADDER, FINAL_GATE, REGISTER, LIST_MODELS,
-    PROMOTE, ROLLBACK, SERVE, PREDICT_BATCH, EXPORT, MONITOR, RECORD_STATUS)}
+    PROMOTE, ROLLBACK, SERVE, PREDICT_BATCH, EXPORT, MONITOR, MANAGE_CACHE, RECORD_STATUS)}
 # The DVC pipeline as a flat list, in run order.
 STAGES = (LOCATE_SOURCES, INGEST, VALIDATE, AUGMENT, CLIMB_LADDER, EVALUATE, FINAL_GATE, PROFILE,
           REGISTER)

@@ -12,11 +12,23 @@ import tempfile
 import time
 import uuid
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import asdict
 from pathlib import Path
 
 import keras
 
+from image_finetune.cache import (
+    ATTEMPTS,
+    CHECKPOINTS,
+    FEATURES,
+    KEY_FILE,
+    claim_entry,
+    entry_in_use,
+    entry_writing,
+    holds_key,
+    write_key,
+)
 from image_finetune.config import Params, Rung
 from image_finetune.data.canonical import load_split, manifest_digest, read_manifest
 from image_finetune.distribute import Replicas, scaled_rung
@@ -50,28 +62,62 @@ def train_rung(
     params = params.model_copy(update={"model": choose_weights(params.model, root)})
     rung = params.train.ladder[index]
     mixed, replicas = configure_runtime(params)
-    manifest = read_manifest(data)
     weights_path = resolve_weights(params.model, root)
     feature_key, attempt_key = attempt_keys(params, index, weights_path, manifest_digest(data),
                                             warm_start, replicas)
-    finished = cache / "attempts" / attempt_key
-    if (finished / RESULT_FILE).exists():
-        log.info("rung %d %r: reusing the finished attempt %s", index, rung.name, finished)
-        if replicas.is_chief:
-            shutil.copytree(finished, out, dirs_exist_ok=True)
-        replicas.barrier()  # the workers' next rung starts from what the chief copied
-        result = json.loads((finished / RESULT_FILE).read_text())
-        return AttemptResult(**{**result, "model_path": str(out / MODEL_FILE)})
+    # Held while the attempt runs: a prune leaves its entries alone, and a second run of the
+    # same attempt (another experiment) waits, then reuses it. Not across workers, who all
+    # run this step at once and meet in the fit.
+    with ExitStack() as held:
+        held.enter_context(entry_in_use(cache, attempt_key))
+        if replicas.count == 1:
+            held.enter_context(entry_writing(cache, attempt_key))
+        finished = cache / ATTEMPTS / attempt_key
+        if _is_finished(finished, attempt_key):
+            return _reuse(finished, out, index, rung.name, replicas)
+        held.enter_context(entry_in_use(cache, feature_key))
+        return _train(params, index, data, out, cache, (feature_key, attempt_key), mixed,
+                      replicas, weights_path, warm_start, observers)
+
+
+def _is_finished(finished: Path, attempt_key: str) -> bool:
+    """A finished attempt for this key, whole: its key recorded, its result and model there."""
+    return (holds_key(finished, attempt_key) and (finished / RESULT_FILE).exists()
+            and (finished / MODEL_FILE).exists())
+
+
+def _reuse(finished: Path, out: Path, index: int, rung: str,
+           replicas: Replicas) -> AttemptResult:
+    log.info("rung %d %r: reusing the finished attempt %s", index, rung, finished)
+    if replicas.is_chief:
+        shutil.copytree(finished, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns(KEY_FILE))
+    replicas.barrier()  # the workers' next rung starts from what the chief copied
+    result = json.loads((finished / RESULT_FILE).read_text())
+    return AttemptResult(**{**result, "model_path": str(out / MODEL_FILE)})
+
+
+def _train(params, index, data, out, cache, keys, mixed, replicas, weights_path, warm_start,
+           observers) -> AttemptResult:
+    feature_key, attempt_key = keys
+    manifest = read_manifest(data)
     n_classes = len(manifest["class_names"])
     train, validation = load_split(data, "train"), load_split(data, "validation")
     params, rung = fit_to_data(params, index, len(train.labels), replicas)
     with replicas.scope():
         classifier = build_rung_classifier(params, rung, n_classes, int(train.images.shape[1]),
                                            weights_path, warm_start)
-    plan = plan_fit(params, rung, classifier, train, validation, n_classes,
-                    cache / "features" / feature_key, replicas)
-    paths = TrainingPaths(features=cache / "features" / feature_key,
-                          checkpoints=cache / "checkpoints" / attempt_key)
+    paths = TrainingPaths(features=cache / FEATURES / feature_key,
+                          checkpoints=cache / CHECKPOINTS / attempt_key)
+    what = _features_what(params, rung)
+    with ExitStack() as embedding:
+        if replicas.count == 1:  # one run embeds, the others wait and read (workers: each
+            embedding.enter_context(entry_writing(cache, feature_key))  # its own, as before)
+            claim_entry(paths.features, feature_key, what)
+        plan = plan_fit(params, rung, classifier, train, validation, n_classes,
+                        paths.features, replicas)
+        if replicas.is_chief and paths.features.exists() and not holds_key(paths.features,
+                                                                            feature_key):
+            write_key(paths.features, feature_key, what)  # what the workers embedded
     log.info("rung %d %r: mode=%s image_size=%d trainable=%d epochs=%d batch=%d lr=%g "
              "backend=%s mixed=%s on %s", index, rung.name, plan.mode,
              rung_image_size(params, rung), plan.trainable_params, rung.epochs, rung.batch_size,
@@ -90,7 +136,7 @@ def train_rung(
         trainable_params=int(plan.trainable_params), backend=keras.config.backend(),
         mixed_precision=mixed, distribution=replicas.describe(), global_batch=rung.batch_size)
     if replicas.is_chief:
-        _write_attempt(classifier, paths, result, out, finished)
+        _write_attempt(classifier, paths, result, out, cache / ATTEMPTS / attempt_key)
     else:  # saving takes every worker (its reads are collective): the others save aside
         with tempfile.TemporaryDirectory(prefix="attempt-") as aside:
             classifier.save(Path(aside) / MODEL_FILE)
@@ -98,6 +144,12 @@ def train_rung(
                  rung.name, replicas.worker)
     replicas.barrier()  # every worker returns once the attempt is on disk
     return result
+
+
+def _features_what(params: Params, rung: Rung) -> str:
+    """What a feature entry holds, for ``cache ls``."""
+    return (f"{params.model.backbone} {rung_image_size(params, rung)}px up to "
+            f"{params.train.cache_boundary or 'the pool'}")
 
 
 def _write_attempt(classifier: keras.Model, paths: TrainingPaths, result: AttemptResult,
@@ -129,9 +181,15 @@ def fit_to_data(
 
 
 def _keep_finished(out: Path, finished: Path) -> None:
-    """Copy the attempt into the cache of finished attempts, atomically (by rename)."""
+    """Copy the attempt into the cache of finished attempts, with its key, atomically (by
+    rename): a reader sees the whole attempt or none."""
+    if holds_key(finished, finished.name):
+        return  # another run sharing the cache finished the same attempt first
     staging = finished.with_name(f".{finished.name}.{uuid.uuid4().hex[:8]}")
     shutil.copytree(out, staging)
+    result = json.loads((out / RESULT_FILE).read_text())
+    write_key(staging, finished.name, f"rung {result['index']} {result['rung']!r}")
+    shutil.rmtree(finished, ignore_errors=True)  # an untrusted one (no key): replaced
     try:
         staging.rename(finished)
     except OSError:  # another run sharing the cache finished the same attempt first
