@@ -32,7 +32,7 @@ def float_fields(model: type[BaseModel], prefix: tuple = ()) -> list[tuple]:
         inner = [a for a in typing.get_args(annotation) if a is not type(None)]
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             paths += float_fields(annotation, (*prefix, key))
-        elif typing.get_origin(annotation) is list:
+        elif typing.get_origin(annotation) is list and issubclass(inner[0], BaseModel):
             paths += float_fields(inner[0], (*prefix, key, 0))
         elif annotation is float or float in inner:
             paths.append((*prefix, key))

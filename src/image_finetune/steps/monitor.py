@@ -20,7 +20,7 @@ import numpy as np
 from image_finetune.config import Params
 from image_finetune.data.files import walk
 from image_finetune.data.images import decode_image
-from image_finetune.data.sources import IMAGE_SUFFIXES
+from image_finetune.data.layouts import IMAGE_SUFFIXES
 from image_finetune.errors import IngestError, MissingInputError
 from image_finetune.monitoring.drift import DriftResult, Window, test_window
 from image_finetune.monitoring.profile import ProfileError, ReferenceProfile
