@@ -241,6 +241,9 @@ def test_rollout_promotes_a_better_challenger(scene, shadow_server):
     assert champion_version(scene) == challenger
     registry = scene["params"].registry
     assert version_by_alias(client_for(registry), registry.model_name, "challenger") is None
+    wait_until(lambda: httpx.get(f"{url}/readyz").json().get("model_version") == challenger,
+               timeout=120, what="the server never served the promoted challenger")
+    assert rollout_state(url)["challenger"] is None
     scene["state"]["champion"] = challenger
 
 
@@ -264,6 +267,11 @@ def test_after_a_restart_in_canary_mode_feedback_survives_and_the_split_follows_
         assert (f'image_finetune_rollout_requests_total{{model_version="2",role="canary"}} '
                 f'{served.count("2")}.0') in metrics
         assert rollout_state(canary.url)["versions"]["1"]["labelled"] == 3 * REQUESTS
+        aborted = run_cli(scene, "rollout", "abort")
+        assert aborted.returncode == 0, aborted.stderr
+        wait_until(lambda: rollout_state(canary.url)["challenger"] is None, timeout=60)
+        assert {a["model_version"] for a in classify_each(canary.url, scene["files"][:20])} \
+            == {champion}
     finally:
         canary.stop()
     exported = run_cli(scene, "feedback", "export", "--out", str(tmp_path / "feedback"))

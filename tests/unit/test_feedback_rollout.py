@@ -110,7 +110,7 @@ def test_answered_requests_are_bounded_in_count_and_bytes():
         recent.find(ids[0])
     assert expired.value.status == 410
     with pytest.raises(Rejected) as unknown:
-        recent.find("0123456789a-0123456789abcdef")  # well formed, issued before this server
+        recent.find("ffffffffffff-0123456789abcdef")  # issued in the future: never here
     assert unknown.value.status == 404
 
 

@@ -3,9 +3,10 @@
 Each answered request gets an id ``<issued ms, hex>-<random>``; the server remembers the
 recent ones (bounded in count, in image bytes and in time, whatever the traffic) with what
 each model version predicted for each image and a short-lived copy of the image, so that
-``POST /feedback`` can check an id and store the label with the very image it names. An id
-from this server's lifetime that is no longer remembered is expired (410), any other is
-unknown (404): the server tells them apart without keeping anything per forgotten id."""
+``POST /feedback`` can check an id and store the label with the very image it names. A
+well-formed id that is no longer remembered (evicted, past its time, or issued before a
+restart) is expired (410), anything else is unknown (404): told apart by the id's form alone,
+without keeping anything per forgotten id."""
 
 from __future__ import annotations
 
@@ -72,7 +73,6 @@ class RecentRequests:
 
     def __init__(self, max_requests: int, max_bytes: int, ttl: float):
         self.max_requests, self.max_bytes, self.ttl = max_requests, max_bytes, ttl
-        self.started = time.time()
         self.bytes = 0
         self._entries: OrderedDict[str, Answered] = OrderedDict()
         self._lock = threading.Lock()
@@ -108,10 +108,10 @@ class RecentRequests:
         if entry is not None:
             return entry
         issued = issued_at(request_id)
-        if issued is not None and self.started - 1 <= issued <= time.time() + 1:
+        if issued is not None and issued <= time.time() + 1:
             raise Rejected(410, f"request {request_id} has expired: feedback is taken for "
-                                f"{self.ttl:.0f} s after an answer, while the server still "
-                                "remembers the request")
+                                f"{self.ttl:.0f} s after an answer, while this server process "
+                                "still remembers the request (not across a restart)")
         raise Rejected(404, f"unknown request id {request_id[:64]!r}: use the request_id "
                             "(or X-Request-Id header) of an answer of this server")
 

@@ -26,7 +26,7 @@ from image_finetune.serving.feedback import (
 from image_finetune.serving.models import LoadedModel, ModelHolder
 from image_finetune.serving.operate_metrics import OperateMetrics
 from image_finetune.serving.reading import read_body
-from image_finetune.serving.rollout import CANARY, Rollout
+from image_finetune.serving.rollout import CANARY, ChallengerHolder, Rollout
 from image_finetune.serving.settings import ServeSettings
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ class Operations:
         self.bucket = TokenBucket(operate.feedback_rate, operate.feedback_burst)
         challenger = None
         if operate.rollout != "off":
-            challenger = ModelHolder(settings.model_copy(
+            challenger = ChallengerHolder(settings.model_copy(
                 update={"alias": operate.challenger_alias}))
         self.rollout = Rollout(operate.rollout, operate.canary_percent, challenger, metrics,
                                settings.max_batch_size)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from image_finetune.serving.feedback import AnsweredImage
-from image_finetune.serving.models import LoadedModel, ModelHolder
+from image_finetune.serving.models import LoadedModel, MissingModelError, ModelHolder
 from image_finetune.serving.operate_metrics import OperateMetrics
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,18 @@ def in_canary(request_id: str, percent: float) -> bool:
     """Whether a request belongs to the canary's share: the same id always does."""
     bucket = int.from_bytes(hashlib.sha256(request_id.encode()).digest()[:4]) % 10_000
     return bucket < percent * 100
+
+
+class ChallengerHolder(ModelHolder):
+    """The challenger alias' version; none once the alias is gone (an aborted or finished
+    rollout), unlike the champion, which keeps being served whatever the registry says."""
+
+    def refresh(self) -> bool:
+        try:
+            return super().refresh()
+        except MissingModelError:
+            self.current = None
+            raise
 
 
 @dataclass
