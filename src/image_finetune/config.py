@@ -47,6 +47,9 @@ class DataParams(_Section):
     min_validation_per_class: Positive = 20
     max_per_class: Positive | None = None
     seed: int = 42
+    # Image-folder trees of extra labelled images (``class/file`` or ``split/class/file``,
+    # what ``feedback export`` writes), all added to train after validation is held out.
+    extra_paths: list[str] = []
     # images per file of the canonical dataset; None: one file per split. Sharded, every
     # step streams the data a chunk at a time (data beyond RAM)
     shard_size: Positive | None = None
@@ -155,6 +158,9 @@ class EvaluateParams(_Section):
     gallery_size: Annotated[int, Field(ge=0, le=100)] = 36
     latency_runs: Annotated[int, Field(ge=1, le=1000)] = 30
     most_confused: Annotated[int, Field(ge=1, le=45)] = 5
+    # The reference profile (monitoring): PCA width, and the training images it is fitted on.
+    profile_dimensions: Annotated[int, Field(ge=1, le=256)] = 32
+    profile_fit_images: Annotated[int, Field(ge=10, le=100_000)] = 5000
 
 
 class GateParams(_Section):
