@@ -140,7 +140,7 @@ def predict_current(holder: ModelHolder, max_batch_size: int,
     model = holder.current
     if model is None:
         raise Rejected(503, "no model loaded")
-    chunks = [model.predict(batch[start:start + max_batch_size])
+    chunks = [model.answer(batch[start:start + max_batch_size])
               for start in range(0, len(batch), max_batch_size)]
     return np.concatenate(chunks), model
 

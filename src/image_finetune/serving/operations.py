@@ -1,7 +1,7 @@
-"""Operating the served model: request ids, labelled feedback, champion/challenger rollout
-(and drift monitoring), wired beside the inference routes: ``POST /feedback``,
-``GET /rollout``. The routes of app.py call ``classify`` and ``answered``; everything else
-happens here, and nothing here makes an answer wait."""
+"""Operating the served model: drift monitoring, request ids, labelled feedback,
+champion/challenger rollout, wired beside the inference routes: ``GET /monitoring``,
+``POST /feedback``, ``GET /rollout``. The routes of app.py call ``classify`` and
+``answered``; everything else happens here, and nothing here makes an answer wait."""
 
 from __future__ import annotations
 
@@ -24,9 +24,10 @@ from image_finetune.serving.feedback import (
     record_for,
 )
 from image_finetune.serving.models import LoadedModel, ModelHolder
+from image_finetune.serving.monitor import Monitor
 from image_finetune.serving.operate_metrics import OperateMetrics
 from image_finetune.serving.reading import read_body
-from image_finetune.serving.rollout import CANARY, ChallengerHolder, Rollout
+from image_finetune.serving.rollout import CANARY, CHAMPION, ChallengerHolder, Rollout
 from image_finetune.serving.settings import ServeSettings
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class Operations:
                                      operate.feedback_max_image_mib * 1024 * 1024,
                                      operate.feedback_ttl_seconds)
         self.bucket = TokenBucket(operate.feedback_rate, operate.feedback_burst)
+        self.monitor = Monitor(operate, metrics)
         challenger = None
         if operate.rollout != "off":
             challenger = ChallengerHolder(settings.model_copy(
@@ -68,6 +70,7 @@ class Operations:
                                if challenger is not None else None)
 
     def start(self) -> None:
+        self.monitor.start()
         if self.canary_batcher is not None:
             self.canary_batcher.start()
         self.rollout.start()
@@ -75,6 +78,7 @@ class Operations:
             self.metrics.set_accuracy(self.store.accuracy_by_version())
 
     def stop(self) -> None:
+        self.monitor.stop()
         self.rollout.stop()
         if self.canary_batcher is not None:
             self.canary_batcher.stop()
@@ -83,16 +87,20 @@ class Operations:
 
     async def classify(self, images: np.ndarray, request_id: str, champion_classify: Classify
                        ) -> tuple[np.ndarray, LoadedModel, str]:
-        """The probabilities, the model that computed them and its role."""
+        """The probabilities, the model that computed them and its role; the champion's
+        answers go to the drift monitor (queued, never waited for)."""
         role = self.rollout.role_for(request_id, self.holder.current)
         start = time.monotonic()
         if role == CANARY:
             try:
-                probabilities, model = await self.canary_batcher.submit(images)
+                outputs, model = await self.canary_batcher.submit(images)
             except Overloaded as exc:
                 raise Rejected(503, f"overloaded: {exc}; retry", {"Retry-After": "1"}) from exc
         else:
-            probabilities, model = await champion_classify(images)
+            outputs, model = await champion_classify(images)
+        probabilities, projected = model.split(outputs)
+        if role == CHAMPION:
+            self.monitor.add(model, images, probabilities, projected)
         if self.rollout.mode != "off":
             self.rollout.record(model, role, probabilities, time.monotonic() - start)
         return probabilities, model, role
@@ -112,7 +120,12 @@ class Operations:
 
 def add_operation_routes(router: APIRouter, operations: Operations,
                          off_loop: Callable[..., Awaitable]) -> None:
-    """``POST /feedback`` and ``GET /rollout``."""
+    """``GET /monitoring``, ``POST /feedback`` and ``GET /rollout``."""
+
+    @router.get("/monitoring", tags=["operations"])
+    async def monitoring() -> dict:
+        """Drift monitoring: the served version, the window, the last window's tests."""
+        return operations.monitor.state(operations.holder.current)
 
     @router.post("/feedback", status_code=201, tags=["operations"], responses={
         status: {"description": why} for status, why in (

@@ -40,7 +40,10 @@ def in_canary(request_id: str, percent: float) -> bool:
 
 class ChallengerHolder(ModelHolder):
     """The challenger alias' version; none once the alias is gone (an aborted or finished
-    rollout), unlike the champion, which keeps being served whatever the registry says."""
+    rollout), unlike the champion, which keeps being served whatever the registry says.
+    Its answers are not monitored for drift: the windows are the champion's."""
+
+    monitored = False
 
     def refresh(self) -> bool:
         try:

@@ -27,7 +27,9 @@ class OperateSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     monitor: bool = True
-    monitor_window: Positive = 500
+    # Images per tested window: at least monitoring.drift.MIN_WINDOW (not imported here:
+    # the CLI reads these settings without loading scipy).
+    monitor_window: Annotated[int, Field(ge=20)] = 500
     monitor_max_seconds: Seconds = 3600.0  # a partial window is tested after this long
     monitor_record_dir: Path | None = None  # the windows' summaries as .npz, bounded
     monitor_record_max: Positive = 100  # windows kept on disk at most
