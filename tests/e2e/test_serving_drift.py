@@ -13,7 +13,8 @@ import yaml
 
 from image_finetune.config import load_params
 from image_finetune.data.images import decode_image
-from image_finetune.monitoring.drift import Window
+from image_finetune.monitoring.profile import ReferenceProfile
+from image_finetune.steps.monitor import read_recorded
 from image_finetune.steps.profile import profile_classifier
 from image_finetune.steps.register import register_classifier
 from tests.conftest import ROOT, wait_until
@@ -45,7 +46,7 @@ def monitored(champion, tmp_path_factory):
                     "IMAGE_FINETUNE_MODEL_NAME": params.registry.model_name,
                     "IMAGE_FINETUNE_MONITOR_WINDOW": str(WINDOW),
                     "IMAGE_FINETUNE_MONITOR_RECORD_DIR": str(records)}, [], work)
-    yield {"server": server, "records": records,
+    yield {"server": server, "records": records, "profile": profile,
            "files": sorted((champion["folder"] / "test").glob("*/*.jpg"))}
     server.stop()
 
@@ -94,6 +95,5 @@ def test_clean_windows_raise_no_alarm_and_corrupted_ones_do(monitored):
 def test_the_recorded_windows_are_what_the_monitor_step_reads(monitored):
     recorded = sorted(monitored["records"].glob("*.npz"))
     assert len(recorded) == 4
-    with np.load(recorded[0]) as arrays:
-        window = Window(arrays["probabilities"], arrays["projected"], arrays["image_stats"])
-    assert len(window) == WINDOW and window.probabilities.shape[1] == 10
+    observed = read_recorded(recorded[0], ReferenceProfile.load(monitored["profile"]))
+    assert len(observed.window) == WINDOW and observed.window.probabilities.shape[1] == 10

@@ -6,7 +6,8 @@ the served version's reference profile, and the results become metrics and
 ``GET /monitoring``.
 
 Nothing here runs on the request path: a route only puts the answer's arrays in a bounded
-queue; one thread computes the image statistics, fills the window and runs the tests. When
+queue; one thread, at the lowest CPU priority, computes the image statistics, fills the
+window and runs the tests. When
 that thread is behind, the queue is full and the summaries are dropped and counted
 (``image_finetune_monitor_dropped_total``), never waited for. Memory is fixed: the queue
 holds at most ``MAX_QUEUED`` answers (each at most ``max_images`` images), the window at most
@@ -16,6 +17,7 @@ disk."""
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -33,6 +35,7 @@ log = logging.getLogger(__name__)
 MAX_QUEUED = 64  # answers waiting for the monitor thread
 OVERALL = "overall"
 RECORD_PREFIX = "window-"
+MONITOR_NICENESS = 19
 
 
 class Monitor:
@@ -67,6 +70,7 @@ class Monitor:
             self.metrics.monitor_dropped.labels(model.version).inc(len(images))
 
     def _work(self) -> None:
+        lower_priority()
         while not self._stop.is_set():
             try:
                 item = self._queue.get(timeout=1.0)
@@ -148,6 +152,15 @@ class Monitor:
                 "windows_tested": self.windows_tested,
                 "last_window": last or None,
                 "tests": last.get("tests", {}), "drift": bool(last.get("drift", False))}
+
+
+def lower_priority() -> None:
+    """Give the calling thread the lowest CPU priority (Linux: a thread's nice value is its
+    own): under load the tests yield to the answers, fall behind and drop, as designed."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), MONITOR_NICENESS)
+    except (AttributeError, OSError) as exc:  # another OS, or not permitted: keep going
+        log.info("the monitor thread keeps its priority: %s", exc)
 
 
 def recorded_windows(folder: Path) -> list[Path]:
