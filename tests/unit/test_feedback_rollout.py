@@ -57,6 +57,10 @@ def test_a_full_store_refuses_new_feedback_and_keeps_the_old(tmp_path):
     with pytest.raises(FeedbackRefused) as refused:
         store.add(record("c", "cat"))
     assert refused.value.reason == "store_full" and store.count() == 2
+    by_bytes = FeedbackStore(str(tmp_path / "small.db"), max_bytes=3)
+    by_bytes.add(record("a", "cat"))  # two bytes of image
+    with pytest.raises(FeedbackRefused, match="2 of 3 bytes"):
+        by_bytes.add(record("b", "cat"))
 
 
 def test_pairs_are_the_images_both_versions_answered(tmp_path):

@@ -1,8 +1,9 @@
 """Labelled feedback, stored durably: one SQLite file (``IMAGE_FINETUNE_FEEDBACK_URI``), one
 row per labelled image with what each model version predicted for it and the image itself.
 The server writes it, ``feedback export`` turns it into an image-folder tree, and
-``rollout`` reads the paired predictions. Bounded: past ``max_rows`` new feedback is refused
-(nothing already labelled is dropped) until an operator exports and clears it.
+``rollout`` reads the paired predictions. Bounded: past ``max_rows`` rows or ``max_bytes`` of
+images new feedback is refused (nothing already labelled is dropped) until an operator
+exports and clears it.
 
 Why the image is stored with its label: the label is only worth something together with
 the exact pixels that were classified. The server keeps a short-lived copy of each answered
@@ -38,6 +39,7 @@ CREATE TABLE IF NOT EXISTS feedback (
     PRIMARY KEY (request_id, image_index)
 )"""
 DEFAULT_MAX_ROWS = 100_000
+DEFAULT_MAX_BYTES = 2 * 1024**3  # of stored images
 
 
 class FeedbackRefused(Exception):
@@ -102,8 +104,9 @@ def store_path(uri: str) -> Path:
 class FeedbackStore:
     """The feedback table in one SQLite file (WAL: readers never block the server)."""
 
-    def __init__(self, uri: str, max_rows: int = DEFAULT_MAX_ROWS):
-        self.path, self.max_rows = store_path(uri), max_rows
+    def __init__(self, uri: str, max_rows: int = DEFAULT_MAX_ROWS,
+                 max_bytes: int = DEFAULT_MAX_BYTES):
+        self.path, self.max_rows, self.max_bytes = store_path(uri), max_rows, max_bytes
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
@@ -121,9 +124,12 @@ class FeedbackStore:
         changes nothing."""
         marks = ", ".join("?" * len(COLUMNS))
         with self._lock:
-            if self._count() >= self.max_rows:
-                raise FeedbackRefused("store_full", f"the feedback store holds its maximum of "
-                                      f"{self.max_rows} labelled images: export it first")
+            rows, stored = self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(LENGTH(image)), 0) FROM feedback").fetchone()
+            if rows >= self.max_rows or stored + len(record.image or b"") > self.max_bytes:
+                raise FeedbackRefused("store_full", f"the feedback store is full ({rows} of "
+                                      f"{self.max_rows} labelled images, {stored} of "
+                                      f"{self.max_bytes} bytes): export it first")
             try:
                 with self._db:
                     self._db.execute(f"INSERT INTO feedback ({', '.join(COLUMNS)}) "

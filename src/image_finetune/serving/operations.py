@@ -51,7 +51,8 @@ class Operations:
                  predict_with: Callable[[ModelHolder], Callable]):
         operate = settings.operate
         self.settings, self.holder, self.metrics = settings, holder, metrics
-        self.store = (FeedbackStore(operate.feedback_uri, operate.feedback_max_rows)
+        self.store = (FeedbackStore(operate.feedback_uri, operate.feedback_max_rows,
+                                    operate.feedback_max_store_mib * 1024 * 1024)
                       if operate.feedback_uri else None)
         self.recent = RecentRequests(operate.feedback_max_requests,
                                      operate.feedback_max_image_mib * 1024 * 1024,

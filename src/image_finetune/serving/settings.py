@@ -43,6 +43,7 @@ class OperateSettings(BaseModel):
     feedback_max_requests: Positive = 10_000  # answers remembered for feedback
     feedback_max_image_mib: Positive = 64  # their images' bytes at most
     feedback_max_rows: Positive = 100_000  # labelled images stored at most
+    feedback_max_store_mib: Positive = 2048  # their bytes at most
 
 
 class ServeSettings(BaseModel):
