@@ -298,7 +298,11 @@ def serve_command(
     access_log: Annotated[bool, serve_option("access_log", "log every request")] = False,
 ) -> None:
     """Serve models:/<name>@<alias> over HTTP: a simple API and the Open Inference Protocol
-    (reloads when the alias moves). Needs no params.yaml."""
+    (reloads when the alias moves). Needs no params.yaml. Drift monitoring, labelled feedback
+    and shadow/canary rollout are set by environment variables only: IMAGE_FINETUNE_MONITOR
+    (on|off), _MONITOR_WINDOW, _MONITOR_MAX_SECONDS, _MONITOR_RECORD_DIR, _ROLLOUT
+    (off|shadow|canary), _CANARY_PERCENT, _CHALLENGER_ALIAS, _FEEDBACK_URI, _FEEDBACK_RATE,
+    ... (every field of OperateSettings, prefixed IMAGE_FINETUNE_)."""
     from image_finetune.steps.serve import serve_champion
 
     token = read_token(os.environ.get(TOKEN_ENV), token_file)
