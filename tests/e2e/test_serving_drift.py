@@ -45,6 +45,8 @@ def monitored(champion, tmp_path_factory):
     server = serve({"MLFLOW_TRACKING_URI": params.registry.tracking_uri,
                     "IMAGE_FINETUNE_MODEL_NAME": params.registry.model_name,
                     "IMAGE_FINETUNE_MONITOR_WINDOW": str(WINDOW),
+                    # every window tested, none rested over (the rest: a unit test's)
+                    "IMAGE_FINETUNE_MONITOR_CPU_SHARE": "1",
                     "IMAGE_FINETUNE_MONITOR_RECORD_DIR": str(records)}, [], work)
     yield {"server": server, "records": records, "profile": profile,
            "files": sorted((champion["folder"] / "test").glob("*/*.jpg"))}

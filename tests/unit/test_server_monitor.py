@@ -41,10 +41,11 @@ def model() -> LoadedModel:
                        summaries="one-pass model")
 
 
-def monitor(tmp_path=None, window: int = 100) -> tuple[Monitor, CollectorRegistry]:
+def monitor(tmp_path=None, window: int = 100, cpu_share: float = 1.0
+            ) -> tuple[Monitor, CollectorRegistry]:
     registry = CollectorRegistry()
     settings = OperateSettings(monitor_window=window, monitor_record_dir=tmp_path,
-                               monitor_record_max=2)
+                               monitor_record_max=2, monitor_cpu_share=cpu_share)
     return Monitor(settings, OperateMetrics(registry)), registry
 
 
@@ -113,3 +114,18 @@ def test_an_unmonitored_version_adds_nothing(model):
         target.add(plain, *answers(np.random.default_rng(4), 3)[:2], None)
     assert registry.get_sample_value("image_finetune_monitor_dropped_total",
                                      {"model_version": "5"}) is None
+
+
+def test_after_a_test_the_monitor_rests_within_its_cpu_share_dropping_meanwhile(model):
+    target, registry = monitor(cpu_share=0.001)  # rests a thousand times its test's time
+    target.start()
+    try:
+        rng = np.random.default_rng(5)
+        add(target, model, rng, 100)
+        wait_until(lambda: target.windows_tested == 1, timeout=30)
+        add(target, model, rng, 7)
+        assert registry.get_sample_value("image_finetune_monitor_dropped_total",
+                                         {"model_version": "3"}) == 7
+        assert target.state(model)["images_in_window"] == 0
+    finally:
+        target.stop()

@@ -7,7 +7,8 @@ the served version's reference profile, and the results become metrics and
 
 Nothing here runs on the request path: a route only puts the answer's arrays in a bounded
 queue; one thread, at the lowest CPU priority, computes the image statistics, fills the
-window and runs the tests. When
+window and runs the tests. After each test it rests so that testing takes at most
+``monitor_cpu_share`` of one core (answers arriving meanwhile are not summarised). When
 that thread is behind, the queue is full and the summaries are dropped and counted
 (``image_finetune_monitor_dropped_total``), never waited for. Memory is fixed: the queue
 holds at most ``MAX_QUEUED`` answers (each at most ``max_images`` images), the window at most
@@ -48,6 +49,7 @@ class Monitor:
         self.window_started = time.time()
         self.last: dict | None = None  # the last tested window's result
         self.windows_tested = 0
+        self._resume_at = 0.0  # monotonic: summaries are dropped until then (CPU share)
         self._queue: queue.Queue = queue.Queue(MAX_QUEUED)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._work, name="drift-monitor", daemon=True)
@@ -63,6 +65,9 @@ class Monitor:
             projected: np.ndarray | None) -> None:
         """Queue an answer's summaries (O(1); dropped and counted when the queue is full)."""
         if not self.settings.monitor or projected is None or model.profile is None:
+            return
+        if time.monotonic() < self._resume_at:  # resting after a test: its CPU share spent
+            self.metrics.monitor_dropped.labels(model.version).inc(len(images))
             return
         try:
             self._queue.put_nowait((model, images, probabilities, projected))
@@ -109,7 +114,10 @@ class Monitor:
 
     def _test(self) -> None:
         model, window = self.model, self.window
+        started = time.monotonic()
         result = test_window(model.profile, window).to_dict()
+        spent = time.monotonic() - started
+        self._resume_at = time.monotonic() + spent * (1 / self.settings.monitor_cpu_share - 1)
         version = model.version
         for name in TESTS:
             test = result["tests"][name]
