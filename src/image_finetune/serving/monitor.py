@@ -6,8 +6,9 @@ the served version's reference profile, and the results become metrics and
 ``GET /monitoring``.
 
 Nothing here runs on the request path: a route only puts the answer's arrays in a bounded
-queue; one thread, at the lowest CPU priority, computes the image statistics, fills the
-window and runs the tests. After each test it rests so that testing takes at most
+queue; one thread computes the image statistics and fills the window, and the tests run in
+a process of their own at the lowest CPU priority (in a thread they would hold the GIL the
+answers need). After each test the monitor rests so that testing takes at most
 ``monitor_cpu_share`` of one core (answers arriving meanwhile are not summarised). When
 that thread is behind, the queue is full and the summaries are dropped and counted
 (``image_finetune_monitor_dropped_total``), never waited for. Memory is fixed: the queue
@@ -18,10 +19,12 @@ disk."""
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import queue
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -53,13 +56,18 @@ class Monitor:
         self._queue: queue.Queue = queue.Queue(MAX_QUEUED)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._work, name="drift-monitor", daemon=True)
+        self._tester: ProcessPoolExecutor | None = None
 
     def start(self) -> None:
         if self.settings.monitor:
+            self._tester = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context(
+                "spawn"), initializer=lower_priority)  # spawn: never fork a TF process
             self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
+        if self._tester is not None:
+            self._tester.shutdown(wait=False, cancel_futures=True)
 
     def add(self, model: LoadedModel, images: np.ndarray, probabilities: np.ndarray,
             projected: np.ndarray | None) -> None:
@@ -75,7 +83,6 @@ class Monitor:
             self.metrics.monitor_dropped.labels(model.version).inc(len(images))
 
     def _work(self) -> None:
-        lower_priority()
         while not self._stop.is_set():
             try:
                 item = self._queue.get(timeout=1.0)
@@ -115,7 +122,7 @@ class Monitor:
     def _test(self) -> None:
         model, window = self.model, self.window
         started = time.monotonic()
-        result = test_window(model.profile, window).to_dict()
+        result = self._tester.submit(test_arrays, model.profile, window.arrays()).result()
         spent = time.monotonic() - started
         self._resume_at = time.monotonic() + spent * (1 / self.settings.monitor_cpu_share - 1)
         version = model.version
@@ -163,12 +170,19 @@ class Monitor:
 
 
 def lower_priority() -> None:
-    """Give the calling thread the lowest CPU priority (Linux: a thread's nice value is its
-    own): under load the tests yield to the answers, fall behind and drop, as designed."""
+    """The tester process at the lowest CPU priority: under load it yields to the answers."""
     try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), MONITOR_NICENESS)
-    except (AttributeError, OSError) as exc:  # another OS, or not permitted: keep going
-        log.info("the monitor thread keeps its priority: %s", exc)
+        os.nice(MONITOR_NICENESS)
+    except OSError as exc:  # not permitted: keep going
+        log.info("the drift tester keeps its priority: %s", exc)
+
+
+def test_arrays(profile, arrays: dict[str, np.ndarray]) -> dict:
+    """A window's test result as JSON-ready data (run in the tester process)."""
+    return test_window(profile, Window(**arrays)).to_dict()
+
+
+test_arrays.__test__ = False  # not a pytest test
 
 
 def recorded_windows(folder: Path) -> list[Path]:
