@@ -110,14 +110,14 @@ def bench(ports: dict[str, int], seconds: float, rounds: int, client: str) -> No
     form_type, form = multipart(jpegs)
     print(f"{'payload':<16} {'monitor':>7} {'req/s':>8} {'images/s':>9} {'p50 ms':>8} "
           f"{'p99 ms':>8}   (concurrency {CONCURRENCY}, {rounds} x {seconds:.0f} s each, "
-          "rounds alternating)")
+          "rounds alternating, the order too)")
     for label, content_type, body, images in (("1 JPEG", "image/jpeg", jpegs[0], 1),
                                               (f"{BATCH} JPEGs", form_type, form, BATCH)):
         results: dict[str, list] = {mode: [] for mode in ports}
         for port in ports.values():  # warm-up: tracing, connections
             measure(Payload(label, port, "/predict", content_type, body, images), 4, 2, client)
-        for _ in range(rounds):
-            for mode, port in ports.items():
+        for round_ in range(rounds):  # on first, then off first: neither always leads
+            for mode, port in list(ports.items())[::1 if round_ % 2 == 0 else -1]:
                 payload = Payload(label, port, "/predict", content_type, body, images)
                 results[mode].append(measure(payload, CONCURRENCY, seconds, client))
         summary = {}
