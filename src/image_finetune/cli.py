@@ -16,7 +16,12 @@ from pydantic import ValidationError
 from image_finetune.config import TRACKING_ENV, Params, load_params
 from image_finetune.console import reported
 from image_finetune.errors import ConfigError
-from image_finetune.serving.settings import TOKEN_ENV, ServeSettings, read_token
+from image_finetune.serving.settings import (
+    TOKEN_ENV,
+    ServeSettings,
+    operate_from_env,
+    read_token,
+)
 from image_finetune.steps import spec as steps
 from image_finetune.steps.spec import PARAMS_FILE, StepSpec
 
@@ -311,17 +316,74 @@ def serve_command(
     access_log: Annotated[bool, serve_option("access_log", "log every request")] = False,
 ) -> None:
     """Serve models:/<name>@<alias> over HTTP: a simple API and the Open Inference Protocol
-    (reloads when the alias moves). Needs no params.yaml."""
+    (reloads when the alias moves). Needs no params.yaml. Monitoring, feedback and rollout:
+    environment only (IMAGE_FINETUNE_MONITOR, _ROLLOUT, _FEEDBACK_URI, ...: OperateSettings)."""
     from image_finetune.steps.serve import serve_champion
 
     token = read_token(os.environ.get(TOKEN_ENV), token_file)
     flags = {name: value for name, value in locals().items() if name in ServeSettings.model_fields}
-    try:  # each flag named as its setting is that setting
+    try:  # each flag named as its setting is that setting; the operating ones from the env
         settings = ServeSettings(**{**flags, "token": token,
-                                    "token_file": token_file if token else None})
+                                    "token_file": token_file if token else None,
+                                    "operate": operate_from_env(os.environ)})
     except ValidationError as exc:
         raise ConfigError(f"serve settings are invalid:\n{exc}") from exc
     serve_champion(settings, host, port_, no_auth=no_auth, access_log=access_log)
+
+
+class FeedbackAction(StrEnum):
+    export = "export"
+
+
+class RolloutAction(StrEnum):
+    status = "status"
+    promote = "promote"
+    abort = "abort"
+
+
+FeedbackUriOption = Annotated[str | None, typer.Option(
+    "--feedback-uri", envvar="IMAGE_FINETUNE_FEEDBACK_URI", show_envvar=True,
+    help="the server's feedback store: sqlite:///<path> or a path")]
+ChallengerOption = Annotated[str, typer.Option(help="the challenger's alias")]
+
+
+@app.command("feedback")
+@reported
+def feedback_command(
+    action: Annotated[FeedbackAction, typer.Argument(help="export")],
+    feedback_uri: FeedbackUriOption = None,
+    out: port(steps.FEEDBACK, "out", "image-folder tree train/<class>/ to write") =
+        steps.FEEDBACK.paths["out"],
+) -> None:
+    """Export the labelled feedback as an image-folder tree the ingest reads."""
+    from image_finetune.steps.feedback import export_feedback
+
+    typer.echo(json.dumps(export_feedback(feedback_uri, out), indent=2))
+
+
+@app.command("rollout")
+@reported
+def rollout_command(
+    action: Annotated[RolloutAction, typer.Argument(help="status, promote or abort")],
+    feedback_uri: FeedbackUriOption = None,
+    challenger: ChallengerOption = "challenger",
+    min_pairs: Annotated[int, typer.Option(min=1, help="labelled pairs needed to decide")] =
+        100,
+    params: ParamsOption = DEFAULT_PARAMS,
+) -> None:
+    """Decide on the challenger from live labelled pairs (the offline gate's McNemar rule):
+    show the evidence, promote it, or abort the rollout (exit 6 when not promoted)."""
+    from image_finetune.steps.rollout import rollout_abort, rollout_promote, rollout_status
+
+    config = _load(params)[0]
+    if action is RolloutAction.abort:
+        typer.echo(f"v{rollout_abort(config, challenger)} is no longer {challenger}")
+    elif action is RolloutAction.status:
+        decision = rollout_status(config, feedback_uri, challenger, min_pairs)
+        typer.echo(json.dumps(decision.to_json(), indent=2))
+    else:
+        result = rollout_promote(config, feedback_uri, challenger, min_pairs)
+        typer.echo(json.dumps(result, indent=2))
 
 
 BATCH = steps.PREDICT_BATCH

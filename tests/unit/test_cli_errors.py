@@ -12,7 +12,7 @@ WITH_PARAMS = sorted(name for name, command in COMMANDS.items()
                      if any("--params" in p.opts for p in command.params))
 # required positional arguments
 ARGUMENTS = {"promote": ["7"], "predict-batch": ["images"], "monitor": ["images"],
-             "cache": ["ls"]}
+             "cache": ["ls"], "rollout": ["status"]}
 runner = CliRunner()
 
 
@@ -28,7 +28,8 @@ def assert_clean_failure(result, code: int, message: str) -> None:
 
 
 def test_every_command_but_export_reads_a_params_file():
-    assert set(COMMANDS) - set(WITH_PARAMS) <= {"export-savedmodel", "serve"}
+    # serve: flags and environment only; feedback: the server's store, no params
+    assert set(COMMANDS) - set(WITH_PARAMS) <= {"export-savedmodel", "serve", "feedback"}
 
 
 def test_a_params_file_that_is_a_folder(tmp_path):
@@ -80,3 +81,14 @@ def test_missing_inputs_name_the_step_to_run_first(tmp_path):
         args = options if name == "export-savedmodel" else [*options, "--params", str(params)]
         result = invoke(name, *args)
         assert_clean_failure(result, MissingInputError.exit_code, nothing)
+
+
+def test_feedback_export_without_a_store_says_so(tmp_path, monkeypatch):
+    monkeypatch.delenv("IMAGE_FINETUNE_FEEDBACK_URI", raising=False)
+    assert_clean_failure(invoke("feedback", "export", "--out", str(tmp_path / "out")),
+                         ConfigError.exit_code, "no feedback store")
+    missing = tmp_path / "none.db"
+    assert_clean_failure(invoke("feedback", "export", "--feedback-uri", str(missing),
+                                "--out", str(tmp_path / "out")),
+                         MissingInputError.exit_code, "no feedback store at")
+    assert not missing.exists()  # a typo creates nothing

@@ -26,9 +26,12 @@ from image_finetune.serving.batcher import MicroBatcher, Overloaded
 from image_finetune.serving.budget import DecodeBudget
 from image_finetune.serving.decode import plan_decode
 from image_finetune.serving.errors import Rejected
+from image_finetune.serving.feedback import REQUEST_ID_HEADER, new_request_id
 from image_finetune.serving.guard import RequestLimit
 from image_finetune.serving.metrics import HttpMetricsMiddleware, ServingMetrics
 from image_finetune.serving.models import LoadedModel, ModelHolder
+from image_finetune.serving.operate_metrics import OperateMetrics
+from image_finetune.serving.operations import Operations, add_operation_routes
 from image_finetune.serving.reading import media_type, read_body, read_multipart_images
 from image_finetune.serving.settings import ServeSettings
 
@@ -53,6 +56,7 @@ class FilePrediction(BaseModel):
 class PredictResponse(BaseModel):
     model_name: str
     model_version: str
+    request_id: str = Field(description="for POST /feedback (also the X-Request-Id header)")
     predictions: list[FilePrediction]
 
 
@@ -98,6 +102,7 @@ class Server:
     metrics: ServingMetrics
     pool: ThreadPoolExecutor
     budget: DecodeBudget
+    operations: Operations
 
     def model(self) -> LoadedModel:
         """The model being served; 503 while there is none."""
@@ -145,7 +150,7 @@ def predict_current(holder: ModelHolder, max_batch_size: int,
     model = holder.current
     if model is None:
         raise Rejected(503, "no model loaded")
-    chunks = [model.predict(batch[start:start + max_batch_size])
+    chunks = [model.answer(batch[start:start + max_batch_size])
               for start in range(0, len(batch), max_batch_size)]
     return np.concatenate(chunks), model
 
@@ -161,15 +166,21 @@ def create_app(settings: ServeSettings, holder: ModelHolder | None = None) -> Fa
                            settings.max_batch_size,
                            settings.max_wait_ms / 1000, settings.max_queued_images,
                            metrics.record_batch)
+    operations = Operations(settings, holder, OperateMetrics(metrics.registry),
+                            lambda other: functools.partial(predict_current, other,
+                                                            settings.max_batch_size))
     server = Server(settings, holder, batcher, metrics,
                     ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode"),
-                    DecodeBudget(settings.max_decode_pixels, settings.decode_wait_seconds))
+                    DecodeBudget(settings.max_decode_pixels, settings.decode_wait_seconds),
+                    operations)
 
     @asynccontextmanager
     async def lifespan(_app):
         server.batcher.start()
         server.holder.start()
+        server.operations.start()
         yield
+        server.operations.stop()
         server.holder.stop()
         server.batcher.stop()
         server.pool.shutdown(wait=False, cancel_futures=True)
@@ -184,6 +195,7 @@ def create_app(settings: ServeSettings, holder: ModelHolder | None = None) -> Fa
     add_simple_api(guarded, server)
     add_oip_metadata(guarded, server)
     add_oip_inference(guarded, server)
+    add_operation_routes(guarded, server.operations, server.off_loop)
     app.include_router(guarded)
     document_models(app, oip.InferRequest)
     return app
@@ -270,16 +282,21 @@ def add_simple_api(router: APIRouter, server: Server) -> None:
 
     @router.post("/predict", response_model=PredictResponse, openapi_extra=PREDICT_BODY,
                  responses=errors, tags=["simple API"])
-    async def predict(request: Request,
+    async def predict(request: Request, response: Response,
                       k: Annotated[int | None, Query(ge=1, le=100)] = None):
         """Classify one image (the body) or several (multipart ``files``): top-k classes."""
+        request_id = response.headers[REQUEST_ID_HEADER] = new_request_id()
         with server.batcher.request():
             model = server.model()
             files = await read_images(request, settings)
             images = await server.decode(files, model.input_size, model.image_fit)
-            probabilities, model = await server.classify(images)
+            probabilities, model, role = await server.operations.classify(
+                images, request_id, server.classify)
+        server.operations.answered(request_id, images, [data for _, data in files],
+                                   probabilities, model, role)
         best = top_k(probabilities, model.class_names, k or settings.top_k)
         return {"model_name": settings.model_name, "model_version": model.version,
+                "request_id": request_id,
                 "predictions": [{"file": name, "top_k": b}
                                 for (name, _), b in zip(files, best, strict=True)]}
 
@@ -354,10 +371,15 @@ def add_oip_inference(router: APIRouter, server: Server) -> None:
                 images = await server.decode(
                     [(f"{oip.INPUT}[{i}]", data) for i, data in enumerate(images)],
                     model.input_size, model.image_fit)
-            probabilities, model = await server.classify(images)
+            request_id = new_request_id()
+            probabilities, model, role = await server.operations.classify(
+                images, request_id, server.classify)
+        server.operations.answered(request_id, images, None, probabilities, model, role)
         content, header_length = await server.off_loop(
             oip.infer_response, parsed, name, model.version, probabilities, model.class_names)
         if header_length is None:
-            return Response(content, media_type="application/json")
+            return Response(content, media_type="application/json",
+                            headers={REQUEST_ID_HEADER: request_id})
         return Response(content, media_type="application/octet-stream",
-                        headers={oip.HEADER_LENGTH: str(header_length)})
+                        headers={oip.HEADER_LENGTH: str(header_length),
+                                 REQUEST_ID_HEADER: request_id})

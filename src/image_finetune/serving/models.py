@@ -18,6 +18,7 @@ from image_finetune.inference import class_names_or_indices
 from image_finetune.registry.client import client_for
 from image_finetune.registry.versions import (
     download_model,
+    download_reference_profile,
     registered_class_names,
     registered_fit,
     version_by_alias,
@@ -41,15 +42,33 @@ class LoadedModel:
     input_size: int
     image_fit: str  # how images of another size are fitted (as in training)
     loaded_at: float = field(default_factory=time.time)
+    # Drift monitoring: the version's reference profile and the model giving probabilities
+    # and the pooled embedding in one pass (None: not monitored).
+    profile: object | None = None
+    summaries: object | None = None
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities (float32) for a uint8 batch."""
         return np.asarray(self.model.predict_on_batch(images), dtype=np.float32)
 
+    def answer(self, images: np.ndarray) -> np.ndarray:
+        """What the server computes per image: the class probabilities, followed, for a
+        monitored model, by the projected embedding (one forward pass for both)."""
+        if self.summaries is None:
+            return self.predict(images)
+        probabilities, pooled = self.summaries.predict_on_batch(images)
+        return np.concatenate([np.asarray(probabilities, dtype=np.float32),
+                               self.profile.project(np.asarray(pooled, np.float32))], axis=1)
+
+    def split(self, outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(probabilities, projected embedding or None) of ``answer``'s rows."""
+        classes = len(self.class_names)
+        return outputs[:, :classes], outputs[:, classes:] if self.summaries else None
+
     def warm_up(self, batch_sizes: tuple[int, ...]) -> None:
         """Trace the model at these batch sizes, so the first requests are not the slow ones."""
         for size in batch_sizes:
-            self.predict(np.zeros((size, self.input_size, self.input_size, 3), np.uint8))
+            self.answer(np.zeros((size, self.input_size, self.input_size, 3), np.uint8))
 
 
 def load_version(registry: RegistryParams, version) -> LoadedModel:
@@ -66,8 +85,27 @@ def load_version(registry: RegistryParams, version) -> LoadedModel:
                        registered_fit(version))
 
 
+def attach_reference(loaded: LoadedModel, registry: RegistryParams) -> None:
+    """Give a loaded version its reference profile and its one-pass summaries model, when it
+    was registered with a profile (older versions are served unmonitored)."""
+    from image_finetune.monitoring.profile import ReferenceProfile
+    from image_finetune.monitoring.summaries import embedding_model
+
+    with tempfile.TemporaryDirectory(prefix="image-finetune-profile-") as work:
+        folder = download_reference_profile(client_for(registry), registry.model_name,
+                                            loaded.version, work)
+        if folder is None:
+            log.warning("v%s has no reference profile: served without drift monitoring",
+                        loaded.version)
+            return
+        loaded.profile = ReferenceProfile.load(folder)
+    loaded.summaries = embedding_model(loaded.model)
+
+
 class ModelHolder:
     """The model being served, kept current by a background thread."""
+
+    monitored = True  # loads each version's reference profile when monitoring is on
 
     def __init__(self, settings: ServeSettings, on_failure: Callable[[], None] = lambda: None):
         self.settings = settings
@@ -94,6 +132,8 @@ class ModelHolder:
         if self.current and self.current.version == str(version.version):
             return False
         loaded = load_version(self.registry, version)
+        if self.monitored and self.settings.operate.monitor:
+            attach_reference(loaded, self.registry)
         loaded.warm_up((1, self.settings.max_batch_size))
         self.current, self.problem = loaded, None  # one assignment: requests see old or new
         log.info("serving %s v%s", self.settings.model_name, loaded.version)

@@ -1,0 +1,179 @@
+"""Benchmark: what drift monitoring costs the server. One registered model with its reference
+profile, served by two processes of this project's server, one with monitoring on (windows of
+``--window`` images, tested on the server's monitor thread) and one with it off; each is
+driven in turn, rounds alternating, at concurrency 16 with keep-alive connections (``hey``
+where installed, else an asyncio client) with one CIFAR-10 JPEG and with 32 per request.
+Prints requests/s, images/s and p50/p99 latency side by side, the relative change, and how
+many windows the monitored server tested and how many images' summaries it dropped.
+
+Usage: python bench/monitor_overhead.py [--model models/selected/model.keras] [--seconds 10]
+       [--rounds 2] [--window 500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import shutil
+import signal
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serve_load import (  # noqa: E402  (a sibling script: its servers, payloads, loads)
+    BIN,
+    SHARED,
+    Payload,
+    cifar_jpegs,
+    default_profile_model,
+    free_port,
+    measure,
+    multipart,
+    start,
+)
+
+CONCURRENCY = 16
+BATCH = 32
+
+
+def cifar_images(split: str, count: int) -> np.ndarray:
+    """The first ``count`` real CIFAR-10 images of a split of the shared archive, decoded."""
+    from PIL import Image
+
+    images = []
+    with tarfile.open(SHARED / "data" / "cifar10-jpeg.tar.gz") as archive:
+        for member in archive:
+            if member.isfile() and member.name.startswith(f"{split}/"):
+                data = archive.extractfile(member).read()
+                images.append(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
+                if len(images) == count:
+                    return np.stack(images)
+    raise RuntimeError(f"not enough {split} images in the archive")
+
+
+def reference_profile(model_path: Path, out: Path) -> Path:
+    """The model's reference profile: 1000 test images, PCA fitted on 500 training ones."""
+    from image_finetune.inference import load_classifier
+    from image_finetune.monitoring.profile import build_profile
+    from image_finetune.monitoring.summaries import embedding_model, image_statistics, summarise
+
+    summaries = embedding_model(load_classifier(model_path))
+    _, training = summarise(summaries, cifar_images("train", 500), 100)
+    reference = cifar_images("test", 1000)
+    probabilities, embeddings = summarise(summaries, reference, 100)
+    names = [str(i) for i in range(probabilities.shape[1])]
+    build_profile(names, probabilities, embeddings, image_statistics(reference),
+                  training).save(out)
+    return out
+
+
+def register_with_profile(model_path: Path, profile: Path, tracking_uri: str, name: str):
+    """Register the model as champion, its reference profile beside it in its run."""
+    import mlflow
+
+    from image_finetune.inference import load_classifier
+    from image_finetune.monitoring.profile import PROFILE_FOLDER
+    from image_finetune.registry.versions import CHAMPION
+
+    mlflow.set_tracking_uri(tracking_uri)
+    model = load_classifier(model_path)
+    example = np.zeros((1, *model.input_shape[1:]), np.uint8)
+    signature = mlflow.models.infer_signature(example, model.predict_on_batch(example))
+    with tempfile.TemporaryDirectory() as work, mlflow.start_run() as run:
+        mlflow.keras.save_model(model, f"{work}/model", signature=signature)
+        mlflow.log_artifacts(f"{work}/model", "model")
+        mlflow.log_artifacts(str(profile), PROFILE_FOLDER)
+    client = mlflow.MlflowClient()
+    client.create_registered_model(name)
+    version = client.create_model_version(name, f"runs:/{run.info.run_id}/model",
+                                          run.info.run_id)
+    client.set_registered_model_alias(name, CHAMPION, version.version)
+
+
+def monitor_counts(port: int) -> tuple[int, float]:
+    """(windows tested, images dropped) by the server on ``port``."""
+    state = httpx.get(f"http://127.0.0.1:{port}/monitoring", timeout=10).json()
+    dropped = sum(float(line.split()[1]) for line in httpx.get(
+        f"http://127.0.0.1:{port}/metrics", timeout=10).text.splitlines()
+        if line.startswith("image_finetune_monitor_dropped_total{"))
+    return state["windows_tested"], dropped
+
+
+def bench(ports: dict[str, int], seconds: float, rounds: int, client: str) -> None:
+    jpegs = cifar_jpegs(BATCH)
+    form_type, form = multipart(jpegs)
+    print(f"{'payload':<16} {'monitor':>7} {'req/s':>8} {'images/s':>9} {'p50 ms':>8} "
+          f"{'p99 ms':>8}   (concurrency {CONCURRENCY}, {rounds} x {seconds:.0f} s each, "
+          "rounds alternating, the order too)")
+    for label, content_type, body, images in (("1 JPEG", "image/jpeg", jpegs[0], 1),
+                                              (f"{BATCH} JPEGs", form_type, form, BATCH)):
+        results: dict[str, list] = {mode: [] for mode in ports}
+        for port in ports.values():  # warm-up: tracing, connections
+            measure(Payload(label, port, "/predict", content_type, body, images), 4, 2, client)
+        for round_ in range(rounds):  # on first, then off first: neither always leads
+            for mode, port in list(ports.items())[::1 if round_ % 2 == 0 else -1]:
+                payload = Payload(label, port, "/predict", content_type, body, images)
+                results[mode].append(measure(payload, CONCURRENCY, seconds, client))
+        summary = {}
+        for mode, figures in results.items():
+            rate = float(np.mean([f.ok_per_second for f in figures]))
+            p50 = float(np.mean([f.p50 for f in figures]))
+            p99 = float(np.mean([f.p99 for f in figures]))
+            summary[mode] = (rate, p99)
+            errors = sum(f.errors for f in figures)
+            print(f"{label:<16} {mode:>7} {rate:>8.1f} {rate * images:>9.0f} {p50:>8.1f} "
+                  f"{p99:>8.1f}" + (f"   not 200: {errors}" if errors else ""), flush=True)
+        (on_rate, on_p99), (off_rate, off_p99) = summary["on"], summary["off"]
+        print(f"{label:<16} {'change':>7} {100 * (on_rate / off_rate - 1):>+7.1f}% "
+              f"{'':>9} {'':>8} {100 * (on_p99 / off_p99 - 1):>+7.1f}%")
+    windows, dropped = monitor_counts(ports["on"])
+    print(f"monitored server: {windows} windows tested, {dropped:.0f} images' summaries "
+          "dropped (the tester behind)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=Path("models/selected/model.keras"))
+    parser.add_argument("--seconds", type=float, default=10.0, help="per measurement")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--window", type=int, default=500)
+    parser.add_argument("--client", choices=("hey", "asyncio"),
+                        default="hey" if shutil.which("hey") else "asyncio")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as work:
+        model = args.model if args.model.exists() else default_profile_model(
+            Path(work) / "model.keras")
+        uri = f"sqlite:///{work}/mlflow.db"
+        register_with_profile(model, reference_profile(model, Path(work) / "profile"), uri,
+                              "bench")
+        empty = Path(work) / "empty"
+        empty.mkdir()
+        env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "TF_CPP_MIN_LOG_LEVEL": "2",
+               "IMAGE_FINETUNE_MODEL_NAME": "bench",
+               "IMAGE_FINETUNE_MONITOR_WINDOW": str(args.window)}
+        ports = {"on": free_port(), "off": free_port()}
+        servers = [start([str(BIN / "image-finetune"), "serve", "--port", str(port)],
+                         {**env, "IMAGE_FINETUNE_MONITOR": mode},
+                         f"http://127.0.0.1:{port}/readyz", str(empty))
+                   for mode, port in ports.items()]
+        try:
+            print(f"model {'(default profile architecture)' if model != args.model else model}"
+                  f"; client {args.client}; window {args.window}; "
+                  f"load before: {os.getloadavg()[0]:.2f}")
+            bench(ports, args.seconds, args.rounds, args.client)
+            print(f"load after: {os.getloadavg()[0]:.2f}")
+        finally:
+            for server in servers:
+                os.killpg(server.pid, signal.SIGTERM)
+                server.wait(timeout=60)
+
+
+if __name__ == "__main__":
+    main()

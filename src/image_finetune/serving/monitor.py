@@ -1,0 +1,190 @@
+"""Drift monitoring inside the server: each image the champion answers adds its summaries
+(class probabilities, the projected pooled embedding, four image statistics; never the
+image) to a window; a full window (``IMAGE_FINETUNE_MONITOR_WINDOW`` images, or at least
+``MIN_WINDOW`` once ``IMAGE_FINETUNE_MONITOR_MAX_SECONDS`` have passed) is tested against
+the served version's reference profile, and the results become metrics and
+``GET /monitoring``.
+
+Nothing here runs on the request path: a route only puts the answer's arrays in a bounded
+queue; one thread computes the image statistics and fills the window, and the tests run in
+a process of their own at the lowest CPU priority (in a thread they would hold the GIL the
+answers need). After each test the monitor rests so that testing takes at most
+``monitor_cpu_share`` of one core (answers arriving meanwhile are not summarised). When
+that thread is behind, the queue is full and the summaries are dropped and counted
+(``image_finetune_monitor_dropped_total``), never waited for. Memory is fixed: the queue
+holds at most ``MAX_QUEUED`` answers (each at most ``max_images`` images), the window at most
+``window`` images' summaries, and at most ``monitor_record_max`` recorded windows stay on
+disk."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import queue
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from image_finetune.monitoring.drift import MIN_WINDOW, TESTS, Window, test_window
+from image_finetune.monitoring.summaries import image_statistics
+from image_finetune.serving.models import LoadedModel
+from image_finetune.serving.operate_metrics import OperateMetrics
+from image_finetune.serving.settings import OperateSettings
+
+log = logging.getLogger(__name__)
+MAX_QUEUED = 64  # answers waiting for the monitor thread
+OVERALL = "overall"
+RECORD_PREFIX = "window-"
+MONITOR_NICENESS = 19
+
+
+class Monitor:
+    """Windows of live summaries per served version, tested on a thread of their own."""
+
+    def __init__(self, settings: OperateSettings, metrics: OperateMetrics):
+        self.settings, self.metrics = settings, metrics
+        self.window: Window | None = None
+        self.model: LoadedModel | None = None  # whose answers fill the window
+        self.window_started = time.time()
+        self.last: dict | None = None  # the last tested window's result
+        self.windows_tested = 0
+        self._resume_at = 0.0  # monotonic: summaries are dropped until then (CPU share)
+        self._queue: queue.Queue = queue.Queue(MAX_QUEUED)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._work, name="drift-monitor", daemon=True)
+        self._tester: ProcessPoolExecutor | None = None
+
+    def start(self) -> None:
+        if self.settings.monitor:
+            self._tester = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context(
+                "spawn"), initializer=lower_priority)  # spawn: never fork a TF process
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._tester is not None:
+            self._tester.shutdown(wait=False, cancel_futures=True)
+
+    def add(self, model: LoadedModel, images: np.ndarray, probabilities: np.ndarray,
+            projected: np.ndarray | None) -> None:
+        """Queue an answer's summaries (O(1); dropped and counted when the queue is full)."""
+        if not self.settings.monitor or projected is None or model.profile is None:
+            return
+        if time.monotonic() < self._resume_at:  # resting after a test: its CPU share spent
+            self.metrics.monitor_dropped.labels(model.version).inc(len(images))
+            return
+        try:
+            self._queue.put_nowait((model, images, probabilities, projected))
+        except queue.Full:
+            self.metrics.monitor_dropped.labels(model.version).inc(len(images))
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            try:
+                item = self._queue.get(timeout=1.0)
+            except queue.Empty:
+                item = None
+            try:
+                if item is not None:
+                    self._append(*item)
+                self._test_if_due()
+            except Exception:  # a failed window never stops monitoring
+                log.exception("drift monitoring failed on a window; starting a new one")
+                self._new_window(self.model)
+
+    def _new_window(self, model: LoadedModel | None) -> None:
+        self.model = model
+        self.window = (Window.empty(model.profile.dimensions, len(model.class_names))
+                       if model is not None else None)
+        self.window_started = time.time()
+
+    def _append(self, model: LoadedModel, images: np.ndarray, probabilities: np.ndarray,
+                projected: np.ndarray) -> None:
+        if self.model is None or model.version != self.model.version:
+            self._new_window(model)  # a new version: its own reference, its own windows
+        self.window.append(probabilities, projected, image_statistics(images))
+        self.metrics.monitor_images.labels(model.version).inc(len(images))
+
+    def _test_if_due(self) -> None:
+        if self.window is None:
+            return
+        size = len(self.window)
+        timed_out = time.time() - self.window_started >= self.settings.monitor_max_seconds
+        if size >= self.settings.monitor_window or (timed_out and size >= MIN_WINDOW):
+            self._test()
+        elif timed_out:
+            self.window_started = time.time()  # too few images: the next period decides
+
+    def _test(self) -> None:
+        model, window = self.model, self.window
+        started = time.monotonic()
+        result = self._tester.submit(test_arrays, model.profile, window.arrays()).result()
+        spent = time.monotonic() - started
+        self._resume_at = time.monotonic() + spent * (1 / self.settings.monitor_cpu_share - 1)
+        version = model.version
+        for name in TESTS:
+            test = result["tests"][name]
+            self.metrics.drift_detected.labels(version, name).set(int(test["drift"]))
+            self.metrics.drift_p_value.labels(version, name).set(test["p_value"])
+        self.metrics.drift_detected.labels(version, OVERALL).set(int(result["drift"]))
+        self.metrics.drift_p_value.labels(version, OVERALL).set(
+            min(result["tests"][name]["p_value"] for name in TESTS))
+        self.metrics.monitor_windows.labels(version).inc()
+        self.windows_tested += 1
+        self.last = {"model_version": version, "tested_at": time.time(),
+                     "window_size": len(window), "drift": result["drift"],
+                     "tests": result["tests"]}
+        if result["drift"]:
+            log.warning("drift in a window of %d images for v%s: %s", len(window), version,
+                        ", ".join(n for n in TESTS if result["tests"][n]["drift"]))
+        self._record(version, window)
+        self._new_window(model)
+
+    def _record(self, version: str, window: Window) -> None:
+        """Keep the window's summaries as .npz (the monitor step's recorded windows),
+        the newest ``monitor_record_max`` only."""
+        folder = self.settings.monitor_record_dir
+        if folder is None:
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+        name = f"{RECORD_PREFIX}v{version}-{int(time.time() * 1000)}.npz"
+        np.savez_compressed(folder / name, **window.arrays())
+        for old in recorded_windows(folder)[:-self.settings.monitor_record_max]:
+            old.unlink(missing_ok=True)
+
+    def state(self, served: LoadedModel | None) -> dict:
+        """What ``GET /monitoring`` answers."""
+        last = self.last or {}
+        return {"enabled": self.settings.monitor,
+                "model_version": served.version if served else None,
+                "reference_profile": bool(served is not None and served.profile is not None),
+                "window_size": self.settings.monitor_window,
+                "images_in_window": len(self.window) if self.window is not None else 0,
+                "windows_tested": self.windows_tested,
+                "last_window": last or None,
+                "tests": last.get("tests", {}), "drift": bool(last.get("drift", False))}
+
+
+def lower_priority() -> None:
+    """The tester process at the lowest CPU priority: under load it yields to the answers."""
+    try:
+        os.nice(MONITOR_NICENESS)
+    except OSError as exc:  # not permitted: keep going
+        log.info("the drift tester keeps its priority: %s", exc)
+
+
+def test_arrays(profile, arrays: dict[str, np.ndarray]) -> dict:
+    """A window's test result as JSON-ready data (run in the tester process)."""
+    return test_window(profile, Window(**arrays)).to_dict()
+
+
+test_arrays.__test__ = False  # not a pytest test
+
+
+def recorded_windows(folder: Path) -> list[Path]:
+    """The recorded windows in ``folder``, oldest first."""
+    return sorted(folder.glob(f"{RECORD_PREFIX}*.npz"), key=lambda p: p.stat().st_mtime)
