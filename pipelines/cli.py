@@ -4,6 +4,9 @@
     python -m pipelines.cli run-local               # kfp.local, in this environment
     python -m pipelines.cli run-local --runner docker   # each task in the project's image
     python -m pipelines.cli submit --host URL       # to a Kubeflow Pipelines cluster
+    python -m pipelines.cli compile-monitoring      # writes .kfp/monitoring.yaml
+    python -m pipelines.cli schedule --host URL --cron '0 0 3 * * *'   # recurring monitoring
+    python -m pipelines.cli alert-receiver --host URL --pipeline-package .kfp/monitoring.yaml
 
 Each reads params.yaml (``--params``) for the pipeline's defaults and the number of rungs
 to unroll; ``--set section.key=value`` overrides one value (the value is read as YAML).
@@ -21,6 +24,7 @@ from pydantic import ValidationError
 from components.runtime import DEFAULT_IMAGE, IMAGE_ENV
 from image_finetune.config import Params, load_params
 from image_finetune.console import reported
+from image_finetune.errors import ConfigError
 from pipelines.deployment import CACHE_MOUNT, CACHE_PVC, CREDENTIALS_SECRET, Deployment
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -183,6 +187,49 @@ def submit(
         enable_caching=cache, service_account=service_account,
     )
     typer.echo(f"submitted run {result.run_id} to {host} (experiment {experiment!r})")
+
+
+@app.command("alert-receiver")
+@reported
+def alert_receiver(
+    host: Annotated[str, typer.Option(envvar="KFP_HOST", help="KFP API endpoint")],
+    pipeline_package: Annotated[Path, typer.Option(
+        exists=True, dir_okay=False, help="the compiled monitoring pipeline to start "
+                                          "(compile-monitoring)")],
+    token_file: Annotated[Path, typer.Option(
+        exists=True, dir_okay=False, help="the bearer token Alertmanager sends "
+                                          "(a mounted Secret)")],
+    namespace: Annotated[str, typer.Option(envvar="KFP_NAMESPACE",
+                                           help="Kubeflow profile namespace")] = "kubeflow",
+    experiment: Annotated[str, typer.Option(help="KFP experiment")] = "image-finetune-monitoring",
+    listen: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535)] = 8080,
+    min_interval: Annotated[int, typer.Option(
+        min=0, help="seconds between two runs, whatever fires")] = 3600,
+) -> None:
+    """Start the monitoring pipeline when Alertmanager's webhook brings a firing alert
+    labelled retrain="true" (POST /alerts, bearer token; GET /healthz)."""
+    from pipelines.alerts import AlertReceiver, TriggerPolicy, make_server
+    from pipelines.runs import connect, kfp_errors, submit_package
+
+    def submit(run_name: str) -> str:
+        with kfp_errors(host):  # a client per run: the service-account token rotates
+            return submit_package(connect(host, namespace), pipeline_package, experiment,
+                                  namespace, run_name)
+
+    try:
+        receiver = AlertReceiver(token_file.read_text().strip(), TriggerPolicy(min_interval),
+                                 submit)
+    except ValueError as exc:
+        raise ConfigError(f"--token-file {token_file}: {exc}") from None
+    server = make_server(receiver, listen, port)
+    typer.echo(f"alert receiver on http://{listen}:{server.server_address[1]}/alerts: starts "
+               f"{pipeline_package.name} on {host} (experiment {experiment!r}), at most one "
+               f"run per {min_interval} s")
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
 
 
 if __name__ == "__main__":

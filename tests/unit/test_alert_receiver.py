@@ -1,0 +1,223 @@
+"""The alert receiver end to end but for the cluster: Alertmanager's webhook payload (its real
+shape, version 4) posted over HTTP to the receiver's server, which submits the compiled
+pipeline with the real ``kfp.Client`` to a stand-in Kubeflow Pipelines API (tests/kfp_api.py).
+One run per firing retraining alert, however often and from however many Alertmanagers it
+comes; at most one per interval; nothing for resolved or other alerts; bad requests refused
+and nothing started; a refusal by KFP answered 502 so that Alertmanager's retry can start it."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from image_finetune.config import load_params
+from pipelines import cli
+from pipelines.alerts import REMEMBERED_ALERTS, Alert, AlertReceiver, TriggerPolicy, make_server
+from pipelines.deployment import Deployment
+from pipelines.pipeline import compile_pipeline
+from pipelines.runs import connect, kfp_errors, submit_package
+from tests.kfp_api import fake_kfp
+
+ROOT = Path(__file__).resolve().parents[2]
+TOKEN = "alertmanager-shared-secret-0123456789"
+NAMESPACE = "team-ml"
+EXPERIMENT = "image-finetune-monitoring"
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory) -> Path:
+    """A compiled pipeline for the receiver to start (which one does not matter to it)."""
+    path = tmp_path_factory.mktemp("package") / "pipeline.yaml"
+    compile_pipeline(load_params(ROOT / "params.yaml", use_env=False), str(path),
+                     Deployment(image="registry.example.com/ml/image-finetune:1.2.3"))
+    return path
+
+
+def notification(*alerts: dict, status: str = "firing") -> dict:
+    """An Alertmanager webhook notification, as Alertmanager 0.27 sends it."""
+    return {
+        "version": "4", "groupKey": '{}/{component="image-finetune"}:{alertname="x"}',
+        "truncatedAlerts": 0, "status": status, "receiver": "team-ml/image-finetune/retrain",
+        "groupLabels": {"alertname": "ImageFinetuneDriftDetected"},
+        "commonLabels": {"component": "image-finetune"}, "commonAnnotations": {},
+        "externalURL": "http://alertmanager.monitoring:9093", "alerts": list(alerts)}
+
+
+def alert(fingerprint: str = "5c1d2c8a9e0f1b2c", status: str = "firing",
+          starts_at: str = "2026-12-07T03:10:00.000Z", **labels: str) -> dict:
+    return {"status": status, "fingerprint": fingerprint, "startsAt": starts_at,
+            "endsAt": "0001-01-01T00:00:00Z",
+            "generatorURL": "http://prometheus.monitoring:9090/graph?g0.expr=...",
+            "annotations": {"summary": "drift"},
+            "labels": {"alertname": "ImageFinetuneDriftDetected", "severity": "warning",
+                       "component": "image-finetune", "namespace": NAMESPACE,
+                       "model_version": "7", "retrain": "true", **labels}}
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def receiver(package, monkeypatch):
+    """The receiver's HTTP server on a free port, submitting to a stand-in KFP: yields a
+    function that posts (body, token) and returns (status, reply), the stand-in's state and
+    the policy's clock."""
+    monkeypatch.setenv("KFP_TOKEN", "kfp-token")
+    clock = Clock()
+    with fake_kfp() as (url, state):
+        def submit(run_name: str) -> str:
+            with kfp_errors(url):
+                return submit_package(connect(url, NAMESPACE), package, EXPERIMENT, NAMESPACE,
+                                      run_name)
+
+        server = make_server(AlertReceiver(TOKEN, TriggerPolicy(3600, clock), submit),
+                             "127.0.0.1", 0)
+        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+
+        def post(body, token: str | None = TOKEN, method: str = "POST",
+                 path: str = "/alerts", headers: dict | None = None):
+            data = body if isinstance(body, bytes) else json.dumps(body).encode()
+            connection = http.client.HTTPConnection("127.0.0.1", server.server_address[1],
+                                                    timeout=30)
+            sent = {"Content-Type": "application/json", **(headers or {})}
+            if token is not None:
+                sent["Authorization"] = f"Bearer {token}"
+            connection.request(method, path, body=data, headers=sent)
+            response = connection.getresponse()
+            reply = json.loads(response.read())
+            connection.close()
+            return response.status, reply
+
+        yield post, state, clock
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_firing_retraining_alert_starts_one_run_of_the_package(receiver, package):
+    post, state, _ = receiver
+    status, reply = post(notification(alert()))
+    assert (status, reply["started"], reply["alert"]) == (200, "run-1",
+                                                          "ImageFinetuneDriftDetected")
+    [run] = state.posted("runs")
+    assert run.headers["authorization"] == "Bearer kfp-token"
+    assert run.body["display_name"] == "monitoring-ImageFinetuneDriftDetected-5c1d2c8a9e0f1b2c"
+    assert run.body["experiment_id"] == state.experiments[EXPERIMENT]["experiment_id"]
+    compiled = yaml.safe_load_all(package.read_text())
+    assert run.body["pipeline_spec"]["pipeline_spec"]["pipelineInfo"] == next(
+        compiled)["pipelineInfo"]
+
+
+def test_the_same_alert_again_or_from_a_second_alertmanager_starts_nothing(receiver):
+    post, state, clock = receiver
+    replies = []
+
+    def send():
+        replies.append(post(notification(alert())))
+
+    threads = [threading.Thread(target=send) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(reply["reason"] for _, reply in replies) == [
+        "already started for this alert"] * 5 + ["started"]
+    clock.now += 10 * 3600  # Alertmanager's repeat_interval later, still firing
+    assert post(notification(alert()))[1]["reason"] == "already started for this alert"
+    assert len(state.posted("runs")) == 1
+
+
+def test_a_new_alert_within_the_interval_waits_and_starts_after_it(receiver):
+    post, state, clock = receiver
+    assert post(notification(alert()))[1]["started"] == "run-1"
+    later = notification(alert(fingerprint="77aa", starts_at="2026-12-07T03:40:00Z"))
+    status, reply = post(later)
+    assert status == 200 and reply["started"] is None
+    assert reply["reason"].startswith("rate limited")
+    clock.now += 3600
+    assert post(later)[1]["started"] == "run-2"
+    # The same alert resolved, then firing again, is a new firing: a new startsAt.
+    clock.now += 3600
+    assert post(notification(alert(starts_at="2026-12-07T09:00:00Z")))[1]["started"] == "run-3"
+
+
+@pytest.mark.parametrize("body,reason", [
+    (notification(alert(status="resolved"), status="resolved"), "resolved"),
+    (notification(alert(retrain="false")), "no firing retraining alert"),
+    (notification(alert(alertname="ImageFinetuneHighErrorRate", retrain="")),
+     "no firing retraining alert"),
+    (notification(), "resolved"),
+], ids=["resolved", "retrain-false", "other-alert", "no-alerts"])
+def test_resolved_and_other_alerts_start_nothing(receiver, body, reason):
+    post, state, _ = receiver
+    assert post(body) == (200, {"started": None, "reason": reason})
+    assert state.posted("runs") == []
+
+
+@pytest.mark.parametrize("kwargs,status", [
+    ({"token": None}, 401),
+    ({"token": "wrong-token-wrong-token-wrong"}, 401),
+    ({"token": TOKEN[:-1]}, 401),
+    ({"body": b"{not json"}, 400),
+    ({"body": b"\xff\xfe"}, 400),
+    ({"body": {"version": "3", "alerts": []}}, 400),
+    ({"body": {**notification(), "alerts": "all"}}, 400),
+    ({"body": notification({**alert(), "labels": {"alertname": 5}})}, 400),
+    ({"body": notification({**alert(), "status": "pending"})}, 400),
+    ({"body": notification({**alert(), "fingerprint": "f" * 5000})}, 400),
+    ({"headers": {"Content-Length": str(10 ** 9)}, "body": b""}, 413),
+    ({"path": "/"}, 404),
+    ({"method": "GET"}, 404),
+    ({"method": "PUT"}, 405),
+], ids=["no-token", "wrong-token", "token-prefix", "not-json", "not-utf8", "other-version",
+        "alerts-not-a-list", "label-not-a-string", "unknown-status", "huge-fingerprint",
+        "huge-body", "wrong-path", "get", "put"])
+def test_bad_requests_are_refused_and_start_nothing(receiver, kwargs, status):
+    post, state, _ = receiver
+    body = kwargs.pop("body", notification(alert()))
+    code, reply = post(body, **kwargs)
+    assert code == status and reply["error"]
+    assert state.posted("runs") == []
+
+
+def test_a_refusal_by_kfp_is_a_502_and_alertmanagers_retry_starts_the_run(receiver):
+    post, state, _ = receiver
+    state.fail_runs = 403
+    status, reply = post(notification(alert()))
+    assert status == 502 and "403" in reply["error"] and "kfp-token" not in reply["error"]
+    state.fail_runs = None
+    assert post(notification(alert()))[1]["started"] == "run-2"  # the refused one counted
+
+
+def test_the_health_probe_needs_no_token(receiver):
+    post, _, _ = receiver
+    assert post(b"", token=None, method="GET", path="/healthz") == (200, {"status": "ok"})
+
+
+def test_the_policy_remembers_a_bounded_number_of_alerts():
+    policy = TriggerPolicy(0, Clock())
+    alerts = [Alert("a", "firing", f"{n:x}", "t", {"retrain": "true"})
+              for n in range(REMEMBERED_ALERTS + 50)]
+    policy.record(alerts)
+    assert len(policy.started) == REMEMBERED_ALERTS
+    assert policy.choose([alerts[0]])[1] == "started"  # the oldest, forgotten
+    assert policy.choose([alerts[-1]])[1] == "already started for this alert"
+
+
+def test_the_command_refuses_a_short_token(package, tmp_path):
+    token = tmp_path / "token"
+    token.write_text("short\n")
+    result = CliRunner().invoke(cli.app, [
+        "alert-receiver", "--host", "http://127.0.0.1:9", "--pipeline-package", str(package),
+        "--token-file", str(token), "--port", "0"])
+    assert result.exit_code == 2 and "at least 16 characters" in result.output
