@@ -1,6 +1,7 @@
 """The Kubernetes manifests in infra/k8s: each object valid against the Kubernetes API schemas
-(kubernetes-validate, offline, strict: no unknown fields), KServe's pod templates validated
-as pods, and the serving Deployment hardened and started the way the image can start it."""
+(kubernetes-validate, offline, strict: no unknown fields), the Prometheus Operator's objects
+against its CRDs (tests/fixtures/crds), KServe's pod templates validated as pods, and the
+serving Deployment hardened and started the way the image can start it."""
 
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ import typer.main
 import yaml
 
 from image_finetune.cli import app
+from tests.crds import validate_custom_resource
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = sorted((ROOT / "infra" / "k8s").glob("*.yaml"))
 KUBERNETES = "1.30.0"  # the oldest release the manifests must work on
 KSERVE = "serving.kserve.io/v1beta1"
+PROMETHEUS_OPERATOR = "monitoring.coreos.com"
 # Fields of a KServe predictor that are KServe's own; the rest is a pod spec.
 KSERVE_PREDICTOR_FIELDS = {"minReplicas", "maxReplicas", "scaleMetric", "scaleTarget",
                            "containerConcurrency", "timeout", "canaryTrafficPercent",
@@ -47,6 +50,9 @@ def test_every_manifest_is_valid_against_the_kubernetes_schemas(label, doc):
         if "containers" in doc["spec"]["predictor"]:
             kubernetes_validate.validate(predictor_as_pod(doc), KUBERNETES, strict=True)
         return
+    if doc["apiVersion"].startswith(f"{PROMETHEUS_OPERATOR}/"):
+        validate_custom_resource(doc)
+        return
     kubernetes_validate.validate(doc, KUBERNETES, strict=True)
 
 
@@ -63,8 +69,13 @@ def serving_pods() -> list[dict]:
     return [deployment, predictor_as_pod(by_kind("InferenceService", "image-finetune"))["spec"]]
 
 
-@pytest.mark.parametrize("pod", serving_pods(), ids=["deployment", "kserve"])
-def test_serving_pods_are_hardened(pod):
+def receiver_pod() -> dict:
+    return by_kind("Deployment", "image-finetune-alert-receiver")["spec"]["template"]["spec"]
+
+
+@pytest.mark.parametrize("pod", [*serving_pods(), receiver_pod()],
+                         ids=["deployment", "kserve", "alert-receiver"])
+def test_pods_are_hardened(pod):
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     [container] = pod["containers"]
