@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -15,7 +16,12 @@ from pydantic import ValidationError
 from image_finetune.config import TRACKING_ENV, Params, load_params
 from image_finetune.console import reported
 from image_finetune.errors import ConfigError
-from image_finetune.serving.settings import TOKEN_ENV, ServeSettings, read_token
+from image_finetune.serving.settings import (
+    TOKEN_ENV,
+    ServeSettings,
+    operate_from_env,
+    read_token,
+)
 from image_finetune.steps import spec as steps
 from image_finetune.steps.spec import PARAMS_FILE, StepSpec
 
@@ -285,10 +291,66 @@ def serve_command(
             max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_images=max_images,
             max_image_bytes=max_image_bytes, max_body_bytes=max_body_bytes,
             max_connections=max_connections,
-            max_pixels=max_pixels, poll_seconds=poll_seconds, retry_seconds=retry_seconds)
+            max_pixels=max_pixels, poll_seconds=poll_seconds, retry_seconds=retry_seconds,
+            operate=operate_from_env(os.environ))
     except ValidationError as exc:
         raise ConfigError(f"serve settings are invalid:\n{exc}") from exc
     serve_champion(settings, host, port_, no_auth=no_auth, access_log=access_log)
+
+
+class FeedbackAction(StrEnum):
+    export = "export"
+
+
+class RolloutAction(StrEnum):
+    status = "status"
+    promote = "promote"
+    abort = "abort"
+
+
+FeedbackUriOption = Annotated[str | None, typer.Option(
+    "--feedback-uri", envvar="IMAGE_FINETUNE_FEEDBACK_URI", show_envvar=True,
+    help="the server's feedback store: sqlite:///<path> or a path")]
+ChallengerOption = Annotated[str, typer.Option(help="the challenger's alias")]
+
+
+@app.command("feedback")
+@reported
+def feedback_command(
+    action: Annotated[FeedbackAction, typer.Argument(help="export")],
+    feedback_uri: FeedbackUriOption = None,
+    out: port(steps.FEEDBACK, "out", "image-folder tree train/<class>/ to write") =
+        steps.FEEDBACK.paths["out"],
+) -> None:
+    """Export the labelled feedback as an image-folder tree the ingest reads."""
+    from image_finetune.steps.feedback import export_feedback
+
+    typer.echo(json.dumps(export_feedback(feedback_uri, out), indent=2))
+
+
+@app.command("rollout")
+@reported
+def rollout_command(
+    action: Annotated[RolloutAction, typer.Argument(help="status, promote or abort")],
+    feedback_uri: FeedbackUriOption = None,
+    challenger: ChallengerOption = "challenger",
+    min_pairs: Annotated[int, typer.Option(min=1, help="labelled pairs needed to decide")] =
+        100,
+    params: ParamsOption = DEFAULT_PARAMS,
+) -> None:
+    """Decide on the challenger from live labelled pairs (the offline gate's McNemar rule):
+    show the evidence, promote it, or abort the rollout (exit 6 when not promoted)."""
+    from image_finetune.steps.rollout import rollout_abort, rollout_promote, rollout_status
+
+    config = _load(params)[0]
+    if action is RolloutAction.abort:
+        typer.echo(f"v{rollout_abort(config, challenger)} is no longer {challenger}")
+    elif action is RolloutAction.status:
+        decision = rollout_status(config, feedback_uri, challenger, min_pairs)
+        typer.echo(json.dumps(decision.to_json(), indent=2))
+    else:
+        result = rollout_promote(config, feedback_uri, challenger, min_pairs)
+        typer.echo(json.dumps(result, indent=2))
 
 
 BATCH = steps.PREDICT_BATCH

@@ -105,7 +105,7 @@ def undecided(metrics: dict, threshold: float) -> bool:
     return low < threshold <= high
 
 
-def _champion_check(
+def champion_check(
     candidate_correct: np.ndarray, champion: ChampionResults, significance: float
 ) -> Check:
     test = mcnemar_greater(np.asarray(candidate_correct), np.asarray(champion.correct))
@@ -141,6 +141,6 @@ def decide(
     if champion is not None:
         if candidate_correct is None:
             raise ValueError("a champion comparison needs the candidate's per-image results")
-        checks.append(_champion_check(candidate_correct, champion, params.significance))
+        checks.append(champion_check(candidate_correct, champion, params.significance))
         beats = checks[-1].passed
     return Decision(passed=passed, promote=passed and beats, checks=checks, split=split)

@@ -25,8 +25,11 @@ from image_finetune.serving.auth import token_guard
 from image_finetune.serving.batcher import MicroBatcher, Overloaded
 from image_finetune.serving.decode import decode_all
 from image_finetune.serving.errors import Rejected
+from image_finetune.serving.feedback import REQUEST_ID_HEADER, new_request_id
 from image_finetune.serving.metrics import HttpMetricsMiddleware, ServingMetrics
 from image_finetune.serving.models import LoadedModel, ModelHolder
+from image_finetune.serving.operate_metrics import OperateMetrics
+from image_finetune.serving.operations import Operations, add_operation_routes
 from image_finetune.serving.reading import media_type, read_body, read_multipart_images
 from image_finetune.serving.settings import ServeSettings
 
@@ -51,6 +54,7 @@ class FilePrediction(BaseModel):
 class PredictResponse(BaseModel):
     model_name: str
     model_version: str
+    request_id: str = Field(description="for POST /feedback (also the X-Request-Id header)")
     predictions: list[FilePrediction]
 
 
@@ -95,6 +99,7 @@ class Server:
     batcher: MicroBatcher
     metrics: ServingMetrics
     pool: ThreadPoolExecutor
+    operations: Operations
 
     def model(self) -> LoadedModel:
         """The model being served; 503 while there is none."""
@@ -151,14 +156,20 @@ def create_app(settings: ServeSettings, holder: ModelHolder | None = None) -> Fa
                            settings.max_batch_size,
                            settings.max_wait_ms / 1000, settings.max_queued_images,
                            metrics.record_batch)
+    operations = Operations(settings, holder, OperateMetrics(metrics.registry),
+                            lambda other: functools.partial(predict_current, other,
+                                                            settings.max_batch_size))
     server = Server(settings, holder, batcher, metrics,
-                    ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode"))
+                    ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode"),
+                    operations)
 
     @asynccontextmanager
     async def lifespan(_app):
         server.batcher.start()
         server.holder.start()
+        server.operations.start()
         yield
+        server.operations.stop()
         server.holder.stop()
         server.batcher.stop()
         server.pool.shutdown(wait=False, cancel_futures=True)
@@ -172,6 +183,7 @@ def create_app(settings: ServeSettings, holder: ModelHolder | None = None) -> Fa
     add_simple_api(guarded, server)
     add_oip_metadata(guarded, server)
     add_oip_inference(guarded, server)
+    add_operation_routes(guarded, server.operations, server.off_loop)
     app.include_router(guarded)
     document_models(app, oip.InferRequest)
     return app
@@ -258,17 +270,22 @@ def add_simple_api(router: APIRouter, server: Server) -> None:
 
     @router.post("/predict", response_model=PredictResponse, openapi_extra=PREDICT_BODY,
                  responses=errors, tags=["simple API"])
-    async def predict(request: Request,
+    async def predict(request: Request, response: Response,
                       k: Annotated[int | None, Query(ge=1, le=100)] = None):
         """Classify one image (the body) or several (multipart ``files``): top-k classes."""
+        request_id = response.headers[REQUEST_ID_HEADER] = new_request_id()
         with server.batcher.request():
             model = server.model()
             files = await read_images(request, settings)
             images = await server.off_loop(decode_all, files, model.input_size, settings,
                                             model.image_fit)
-            probabilities, model = await server.classify(images)
+            probabilities, model, role = await server.operations.classify(
+                images, request_id, server.classify)
+        server.operations.answered(request_id, images, [data for _, data in files],
+                                   probabilities, model, role)
         best = top_k(probabilities, model.class_names, k or settings.top_k)
         return {"model_name": settings.model_name, "model_version": model.version,
+                "request_id": request_id,
                 "predictions": [{"file": name, "top_k": b}
                                 for (name, _), b in zip(files, best, strict=True)]}
 
@@ -344,10 +361,15 @@ def add_oip_inference(router: APIRouter, server: Server) -> None:
             parsed, images = await server.off_loop(
                 oip_images, body, request.headers.get(oip.HEADER_LENGTH), model.input_size,
                 settings, model.image_fit)
-            probabilities, model = await server.classify(images)
+            request_id = new_request_id()
+            probabilities, model, role = await server.operations.classify(
+                images, request_id, server.classify)
+        server.operations.answered(request_id, images, None, probabilities, model, role)
         content, header_length = await server.off_loop(
             oip.infer_response, parsed, name, model.version, probabilities, model.class_names)
         if header_length is None:
-            return Response(content, media_type="application/json")
+            return Response(content, media_type="application/json",
+                            headers={REQUEST_ID_HEADER: request_id})
         return Response(content, media_type="application/octet-stream",
-                        headers={oip.HEADER_LENGTH: str(header_length)})
+                        headers={oip.HEADER_LENGTH: str(header_length),
+                                 REQUEST_ID_HEADER: request_id})

@@ -5,8 +5,9 @@ params.yaml, so the server runs from an empty working directory (a container ima
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
@@ -17,6 +18,29 @@ Positive = Annotated[int, Field(gt=0)]
 Seconds = Annotated[float, Field(gt=0.0)]
 MIB = 1024 * 1024
 TOKEN_ENV = "IMAGE_FINETUNE_TOKEN"  # the token itself; never a flag (flags show in ps)
+
+
+class OperateSettings(BaseModel):
+    """Operating the model: drift monitoring, labelled feedback, champion/challenger rollout
+    (IMAGE_FINETUNE_MONITOR*, IMAGE_FINETUNE_FEEDBACK*, IMAGE_FINETUNE_ROLLOUT, ...)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    monitor: bool = True
+    monitor_window: Positive = 500
+    monitor_max_seconds: Seconds = 3600.0  # a partial window is tested after this long
+    monitor_record_dir: Path | None = None  # the windows' summaries as .npz, bounded
+    monitor_record_max: Positive = 100  # windows kept on disk at most
+    rollout: Literal["off", "shadow", "canary"] = "off"
+    canary_percent: Annotated[float, Field(ge=0.0, le=100.0)] = 10.0
+    challenger_alias: str = "challenger"
+    feedback_uri: str | None = None  # sqlite:///<path> or a path; None: feedback off
+    feedback_rate: Annotated[float, Field(gt=0.0)] = 50.0  # feedback posts a second
+    feedback_burst: Positive = 100
+    feedback_ttl_seconds: Seconds = 3600.0  # how long an answer takes feedback
+    feedback_max_requests: Positive = 10_000  # answers remembered for feedback
+    feedback_max_image_mib: Positive = 64  # their images' bytes at most
+    feedback_max_rows: Positive = 100_000  # labelled images stored at most
 
 
 class ServeSettings(BaseModel):
@@ -47,6 +71,7 @@ class ServeSettings(BaseModel):
     poll_seconds: Seconds = 30.0
     retry_seconds: Seconds = 5.0
     token: SecretStr | None = None
+    operate: OperateSettings = OperateSettings()
 
     @model_validator(mode="after")
     def _a_request_fits_its_limits(self) -> ServeSettings:
@@ -61,6 +86,15 @@ class ServeSettings(BaseModel):
     def max_parts(self) -> int:
         """Multipart parts per request: the images and a few form fields beside them."""
         return self.max_images + 8
+
+
+def operate_from_env(environ: Mapping[str, str]) -> OperateSettings:
+    """OperateSettings from ``IMAGE_FINETUNE_<SETTING>`` variables (IMAGE_FINETUNE_MONITOR=off,
+    IMAGE_FINETUNE_ROLLOUT=shadow, ...), validated like the flags; unset ones keep their
+    defaults."""
+    variables = {name: f"IMAGE_FINETUNE_{name.upper()}" for name in OperateSettings.model_fields}
+    return OperateSettings(**{name: environ[variable] for name, variable in variables.items()
+                              if environ.get(variable, "") != ""})
 
 
 def read_token(token: str | None, token_file: Path | None) -> str | None:

@@ -143,10 +143,13 @@ EXPORT = StepSpec("export-savedmodel", "export",
                   writes=(Port("out", "models/savedmodel/1"),))
 RECORD_STATUS = StepSpec("record-status", "record_status",
                          writes=(Port("out", "reports/status.md"),))
+# Operating the served model: over the server's feedback store and the registry.
+FEEDBACK = StepSpec("feedback", "feedback", writes=(Port("out", "data/feedback"),))
+ROLLOUT = StepSpec("rollout", "rollout", params=("gate", "registry"))
 
 CATALOG: dict[str, StepSpec] = {spec.name: spec for spec in (
     CHECK_PARAMS, SET_RUNG, LOCATE_SOURCES, INGEST, VALIDATE, AUGMENT, TRAIN_RUNG, TRAIN_JOB,
     EVALUATE, GATE_ATTEMPT, SELECT, CLIMB_LADDER, FINAL_GATE, REGISTER, LIST_MODELS, PROMOTE,
-    ROLLBACK, SERVE, PREDICT_BATCH, EXPORT, RECORD_STATUS)}
+    ROLLBACK, SERVE, PREDICT_BATCH, EXPORT, RECORD_STATUS, FEEDBACK, ROLLOUT)}
 # The DVC pipeline as a flat list, in run order.
 STAGES = (LOCATE_SOURCES, INGEST, VALIDATE, AUGMENT, CLIMB_LADDER, EVALUATE, FINAL_GATE, REGISTER)
