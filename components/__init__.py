@@ -10,7 +10,9 @@ from components.augment import preview_augmentation
 from components.evaluate import evaluate_classifier
 from components.gate import final_gate, gate_attempt, select_classifier
 from components.ingest import ingest_data
+from components.monitor import monitor_drift
 from components.params import check_params, set_rung
+from components.profile import profile_classifier
 from components.register import register_classifier
 from components.status import record_status
 from components.train import train_rung
@@ -23,7 +25,9 @@ __all__ = [
     "final_gate",
     "gate_attempt",
     "ingest_data",
+    "monitor_drift",
     "preview_augmentation",
+    "profile_classifier",
     "record_status",
     "register_classifier",
     "select_classifier",

@@ -22,13 +22,15 @@ def register_classifier(
     validation: Input[Artifact],
     evaluation: Input[Artifact],
     decision: Input[Artifact],
+    profile: Input[Artifact],
     registration: Output[Artifact],
     summary: Output[Markdown],
 ) -> None:
     """Register the classifier that passed the final gate as ``challenger``, and promote it
     to ``champion`` when it beats the current one. Every section is passed: the registered
     version is tagged with the hash of the whole configuration. ``registration`` is the
-    outcome as JSON, ``summary`` the same for the KFP UI."""
+    outcome as JSON, ``summary`` the same for the KFP UI. ``profile``, the reference profile,
+    is logged with the version for monitoring."""
     from pathlib import Path
 
     from image_finetune.inference import MODEL_FILE
@@ -39,7 +41,8 @@ def register_classifier(
     outcome = register_classifier(
         params, Path(dataset.path), Path(evaluation.path), Path(decision.path),
         Path(registration.path), Path.cwd(), model=Path(classifier.path) / MODEL_FILE,
-        validation=Path(validation.path), pipeline_run_id=pipeline_run_id,
+        validation=Path(validation.path), profile=Path(profile.path),
+        pipeline_run_id=pipeline_run_id,
         lineage_extra=lineage)
     registration.metadata.update(outcome)
     Path(summary.path).write_text(

@@ -1,7 +1,8 @@
 """The Kubeflow pipeline: the DAG of ``dvc repro``, built from the components in components/.
 
     set rung 0 -> ... -> set rung n-1 -> check params -> ingest -> validate -> augment -> attempt 0
-      -> dsl.OneOf(the winning classifier) -> evaluate(test) -> final gate -> register/promote
+      -> dsl.OneOf(the winning classifier) -> evaluate(test) -> final gate
+      -> profile(validation) -> register/promote (with the reference profile)
     attempt k:  train(rung k, warm start from rung k-1) -> evaluate(validation) -> gate
                 dsl.If(gate failed): attempt k+1      dsl.Else: hand the classifier on
     the last rung has no next attempt: its gate fails the run, and nothing is registered
@@ -37,6 +38,7 @@ from components import (
     gate_attempt,
     ingest_data,
     preview_augmentation,
+    profile_classifier,
     record_status,
     register_classifier,
     select_classifier,
@@ -180,7 +182,8 @@ def _prepare_data(sections: dict, deployment: Deployment):
 
 def _test_and_register(sections: dict, deployment: Deployment, winner, first_gate, ingested,
                        validated, git_commit: str) -> None:
-    """Evaluate the winner on test, apply the final gate, register and promote."""
+    """Evaluate the winner on test, apply the final gate, profile the winner on validation,
+    register (with the profile) and promote."""
     dataset = ingested.outputs["dataset"]
     tested = deployment.on_cpu(evaluate_classifier(
         split="test", evaluate=sections["evaluate"], train=sections["train"], dataset=dataset,
@@ -191,11 +194,17 @@ def _test_and_register(sections: dict, deployment: Deployment, winner, first_gat
         gate=sections["gate"], registry=sections["registry"],
         evaluation=tested.outputs["evaluation"]), "1", "2G", retries=2, cache=False,
     ).set_display_name("final gate on test")
+    # Only a model that may be registered needs its reference profile.
+    profiled = deployment.on_cpu(profile_classifier(
+        evaluate=sections["evaluate"], train=sections["train"], dataset=dataset,
+        classifier=winner), "4", "8G").set_display_name("profile the winner on validation")
+    profiled.after(decided)
     registered = deployment.on_cpu(register_classifier(
         **sections, pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
         lineage={"git_commit": git_commit, "orchestrator": "kubeflow"},
         classifier=winner, dataset=dataset, validation=validated.outputs["validation"],
         evaluation=tested.outputs["evaluation"], decision=decided.outputs["decision"],
+        profile=profiled.outputs["profile"],
     ), "2", "4G", retries=2, cache=False).set_display_name("register and promote")
     deployment.with_credentials(decided)
     deployment.with_credentials(registered)

@@ -159,6 +159,22 @@ def evaluate_command(
     evaluate_classifier(_load(params)[0], data, model, out, split, figures=metrics)
 
 
+@app.command("profile")
+@reported
+def profile_command(
+    params: ParamsOption = DEFAULT_PARAMS,
+    data: port(steps.PROFILE, "data", "canonical dataset") = steps.PROFILE.paths["data"],
+    model: port(steps.PROFILE, "model", "saved classifier") = steps.PROFILE.paths["model"],
+    out: port(steps.PROFILE, "out", "reference profile folder") = steps.PROFILE.paths["out"],
+) -> None:
+    """The reference profile monitoring compares live traffic with: the classifier's
+    summaries of the validation images."""
+    from image_finetune.steps.profile import profile_classifier
+
+    profile = profile_classifier(_load(params)[0], data, model, out)
+    typer.echo(json.dumps(profile.summary(), indent=2))
+
+
 @app.command("gate")
 @reported
 def gate_command(
@@ -186,6 +202,7 @@ def register_command(
     models: port(REGISTER, "models", "train step's output") = REGISTER.paths["models"],
     evaluation: port(REGISTER, "evaluation", "evaluate's output") = REGISTER.paths["evaluation"],
     decision: port(REGISTER, "decision", "final gate decision") = REGISTER.paths["decision"],
+    profile: port(REGISTER, "profile", "reference profile") = REGISTER.paths["profile"],
     out: port(REGISTER, "out", "registration result") = REGISTER.paths["out"],
 ) -> None:
     """Track the run in MLflow; register the model and promote it if it beats the champion."""
@@ -193,7 +210,7 @@ def register_command(
     from image_finetune.steps.register import register_classifier
 
     outcome = register_classifier(config, data, evaluation, decision, out, root,
-                                           models=models, validation=validation)
+                                  models=models, validation=validation, profile=profile)
     typer.echo(json.dumps(outcome, indent=2))
 
 
@@ -372,6 +389,48 @@ def predict_batch_command(
 
     count = predict_batch(_load(params)[0], source, out, model, data_manifest)
     typer.echo(f"{count} images -> {out}")
+
+
+MONITOR = steps.MONITOR
+
+
+@app.command("monitor")
+@reported
+def monitor_command(
+    source: Annotated[Path, typer.Argument(
+        help="folder or .tar(.gz) of images, or an .npz of a server's recorded windows")],
+    out: port(MONITOR, "out", "folder for drift.json and drift.html") = MONITOR.paths["out"],
+    model_name: Annotated[str, typer.Option(help="registered model (default: "
+                                                 "registry.model_name)")] = "",
+    alias: Annotated[str, typer.Option(help="the version this alias names")] = "champion",
+    version: Annotated[str, typer.Option(help="a version number (instead of --alias)")] = "",
+    alpha: Annotated[float, typer.Option(min=0.0001, max=0.5, help="false-alarm rate of "
+                                         "the whole window test")] = 0.05,
+    permutations: Annotated[int, typer.Option(min=20, max=2000, help="MMD permutations")]
+    = 500,
+    max_images: Annotated[int, typer.Option(min=20, help="images read at most")] = 20_000,
+    labels: Annotated[Path | None, typer.Option(
+        help="image-folder tree of labelled feedback (image-finetune feedback export)")] = None,
+    min_labels: Annotated[int, typer.Option(min=1, help="labelled images that start a "
+                                            "retrain by themselves")] = 200,
+    retrain: Annotated[bool, typer.Option(help="on drift or enough labels, run dvc repro "
+                                          "(with the labels as extra training data)")] = False,
+    params: ParamsOption = DEFAULT_PARAMS,
+) -> None:
+    """Test images or recorded windows against a registered version's reference profile:
+    drift.json and drift.html. Exit 0 whether or not drift is found."""
+    from image_finetune.steps.monitor import MonitorSettings, monitor
+
+    config, root = _load(params)
+    if model_name:
+        config = config.model_copy(update={"registry": config.registry.model_copy(
+            update={"model_name": model_name})})
+    settings = MonitorSettings(version=version or None, alias=alias, alpha=alpha,
+                               permutations=permutations, max_images=max_images, labels=labels,
+                               min_labels=min_labels, retrain=retrain)
+    report = monitor(config, source, out, root, settings)
+    typer.echo(json.dumps({key: report[key] for key in (
+        "drift", "model_name", "model_version", "window_size", "labels", "retrain")}, indent=2))
 
 
 @app.command("export-savedmodel")

@@ -155,6 +155,9 @@ class EvaluateParams(_Section):
     gallery_size: Annotated[int, Field(ge=0, le=100)] = 36
     latency_runs: Annotated[int, Field(ge=1, le=1000)] = 30
     most_confused: Annotated[int, Field(ge=1, le=45)] = 5
+    # The reference profile (monitoring): PCA width, and the training images it is fitted on.
+    profile_dimensions: Annotated[int, Field(ge=1, le=256)] = 32
+    profile_fit_images: Annotated[int, Field(ge=10, le=100_000)] = 5000
 
 
 class GateParams(_Section):

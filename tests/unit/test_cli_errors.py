@@ -10,7 +10,8 @@ from image_finetune.errors import ConfigError, MissingInputError
 COMMANDS = typer.main.get_command(app).commands
 WITH_PARAMS = sorted(name for name, command in COMMANDS.items()
                      if any("--params" in p.opts for p in command.params))
-ARGUMENTS = {"promote": ["7"], "predict-batch": ["images"]}  # required positional arguments
+# required positional arguments
+ARGUMENTS = {"promote": ["7"], "predict-batch": ["images"], "monitor": ["images"]}
 runner = CliRunner()
 
 

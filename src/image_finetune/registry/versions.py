@@ -6,11 +6,13 @@ import json
 import tempfile
 from contextlib import suppress
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 
 from image_finetune.config import RegistryParams
 from image_finetune.gate import ChampionResults
+from image_finetune.monitoring.profile import PROFILE_FOLDER, PROFILE_JSON
 from image_finetune.registry.client import (
     RegistryError,
     client_for,
@@ -64,6 +66,22 @@ def champion_results(params: RegistryParams, labels: np.ndarray) -> ChampionResu
     if champion is None:
         return None
     return ChampionResults(str(champion.version), version_correct(client, champion, labels))
+
+
+@registry_errors
+def download_reference_profile(client, name: str, version: str, dest) -> Path | None:
+    """The reference profile registered with ``name`` v``version``, downloaded into ``dest``:
+    its folder (``ReferenceProfile.load`` reads it), or None for a version registered
+    without one (before profiles existed). A missing version is a RegistryError."""
+    found = client.get_model_version(name, str(version))
+    if not found.run_id:
+        return None
+    listed = {Path(item.path).name for item in client.list_artifacts(found.run_id,
+                                                                      PROFILE_FOLDER)}
+    if PROFILE_JSON not in listed:
+        return None
+    Path(dest).mkdir(parents=True, exist_ok=True)
+    return Path(client.download_artifacts(found.run_id, PROFILE_FOLDER, str(dest)))
 
 
 def download_model(client, tracking_uri: str, name: str, version: str, dst: str) -> str:

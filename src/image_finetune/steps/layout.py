@@ -17,6 +17,9 @@ RESULT_FILE = "result.json"
 DETAILS_FILE = "details.json"
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.npz"
+# monitor
+DRIFT_JSON = "drift.json"
+DRIFT_HTML = "drift.html"
 # gate-attempt, gate
 DECISION_FILE = "decision.json"
 # climb the ladder (the train stage's folder)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from image_finetune.config import Params
 from image_finetune.data.canonical import load_split, manifest_digest, read_manifest, sha256_file
 from image_finetune.inference import MODEL_FILE, image_fit, load_classifier
 from image_finetune.metrics import flatten_metrics
+from image_finetune.monitoring.profile import PROFILE_FOLDER, ReferenceProfile
 from image_finetune.registry import lineage, tracking
 from image_finetune.registry.client import client_for, registry_errors
 from image_finetune.registry.promotion import promote
@@ -43,7 +45,8 @@ log = logging.getLogger(__name__)
 def register_classifier(
     params: Params, data: Path, evaluation: Path, decision: Path, out: Path, root: Path, *,
     models: Path | None = None, model: Path | None = None, validation: Path | None = None,
-    pipeline_run_id: str | None = None, lineage_extra: dict | None = None,
+    profile: Path | None = None, pipeline_run_id: str | None = None,
+    lineage_extra: dict | None = None,
 ) -> dict:
     """Track the run and register its classifier; write the outcome to ``out``.
 
@@ -70,6 +73,8 @@ def register_classifier(
         for key, value in tags.items():
             client.set_tag(parent, key, value)
         outcome = _register(client, parent, params, model, data, evaluation, decision, tags)
+        if outcome["registered"] and profile is not None:
+            _log_profile(client, parent, profile, outcome["version"])
     except BaseException:  # SIGTERM and Ctrl-C too: the run must not stay RUNNING
         tracking.end_run_quietly(client, parent, "FAILED")
         raise
@@ -120,6 +125,14 @@ def _register(client, parent, params, model, data, evaluation, decision_file, ta
     log.info("registered %s v%s (%s)", name, version,
              "promoted to champion" if outcome["promoted"] else outcome["reason"])
     return outcome
+
+
+def _log_profile(client, parent: str, profile: Path, version: str) -> None:
+    """The reference profile, tagged with the version it belongs to, beside the model."""
+    tagged = ReferenceProfile.load(profile).with_version(version)
+    with tempfile.TemporaryDirectory() as work:
+        tracking.log_files(client, parent, [], {PROFILE_FOLDER: tagged.save(Path(work))})
+    client.set_tag(parent, "reference_profile", PROFILE_FOLDER)
 
 
 def _log_evaluation(client, parent: str, evaluation: Path, decision: Path) -> None:

@@ -109,6 +109,12 @@ EVALUATE = StepSpec("evaluate", "evaluate", params=("evaluate", "train.seed"),
                     writes=(Port("out", "reports/evaluation"),
                             Port("metrics", "metrics/evaluation.json", cache=False)),
                     stage=True)
+# The reference profile a registered version carries (monitoring): from validation images.
+PROFILE = StepSpec("profile", "profile",
+                   params=("evaluate.batch_size", "evaluate.profile_dimensions",
+                           "evaluate.profile_fit_images", "train.seed"),
+                   reads=(DATA, Port("model", "models/selected/model.keras")),
+                   writes=(Port("out", "reports/reference_profile"),), stage=True)
 GATE_ATTEMPT = StepSpec("gate-attempt", "gate_attempt", params=("gate",),
                         reads=(Port("evaluation", "models/attempt_0/evaluation"),),
                         writes=(Port("out", "models/attempt_0/decision.json"),))
@@ -128,7 +134,8 @@ FINAL_GATE = StepSpec("gate", "final_gate", params=("gate", "registry"),
 REGISTER = StepSpec("register", "register", params=ALL_SECTIONS,
                     reads=(DATA, Port("validation", "reports/validation"),
                            Port("models", "models"), Port("evaluation", "reports/evaluation"),
-                           Port("decision", "reports/gate.json")),
+                           Port("decision", "reports/gate.json"),
+                           Port("profile", "reports/reference_profile")),
                     writes=(Port("out", "reports/registration.json", cache=False),), stage=True)
 LIST_MODELS = StepSpec("models", "manage_registry", params=("registry",))
 PROMOTE = StepSpec("promote", "manage_registry", params=("registry",))
@@ -141,6 +148,9 @@ PREDICT_BATCH = StepSpec("predict-batch", "predict_batch", params=("registry",),
 EXPORT = StepSpec("export-savedmodel", "export",
                   reads=(Port("model", "models/selected/model.keras"),),
                   writes=(Port("out", "models/savedmodel/1"),))
+# Images or a server's recorded windows against a registered version's reference profile.
+MONITOR = StepSpec("monitor", "monitor", params=("evaluate.batch_size", "registry"),
+                   writes=(Port("out", "reports/monitor"),))
 RECORD_STATUS = StepSpec("record-status", "record_status",
                          writes=(Port("out", "reports/status.md"),))
 # Operating the served model: over the server's feedback store and the registry.
@@ -149,7 +159,8 @@ ROLLOUT = StepSpec("rollout", "rollout", params=("gate", "registry"))
 
 CATALOG: dict[str, StepSpec] = {spec.name: spec for spec in (
     CHECK_PARAMS, SET_RUNG, LOCATE_SOURCES, INGEST, VALIDATE, AUGMENT, TRAIN_RUNG, TRAIN_JOB,
-    EVALUATE, GATE_ATTEMPT, SELECT, CLIMB_LADDER, FINAL_GATE, REGISTER, LIST_MODELS, PROMOTE,
-    ROLLBACK, SERVE, PREDICT_BATCH, EXPORT, RECORD_STATUS, FEEDBACK, ROLLOUT)}
+    EVALUATE, PROFILE, GATE_ATTEMPT, SELECT, CLIMB_LADDER, FINAL_GATE, REGISTER, LIST_MODELS,
+    PROMOTE, ROLLBACK, SERVE, PREDICT_BATCH, EXPORT, MONITOR, RECORD_STATUS, FEEDBACK, ROLLOUT)}
 # The DVC pipeline as a flat list, in run order.
-STAGES = (LOCATE_SOURCES, INGEST, VALIDATE, AUGMENT, CLIMB_LADDER, EVALUATE, FINAL_GATE, REGISTER)
+STAGES = (LOCATE_SOURCES, INGEST, VALIDATE, AUGMENT, CLIMB_LADDER, EVALUATE, FINAL_GATE, PROFILE,
+          REGISTER)

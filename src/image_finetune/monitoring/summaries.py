@@ -1,0 +1,88 @@
+"""What is kept of each image a model answers: its class probabilities, its pooled backbone
+embedding (projected later, by the reference profile) and four cheap image statistics. The
+statistics are pure numpy; the embedding model imports keras only when it is built."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import keras
+
+IMAGE_STATISTICS = ("brightness", "contrast", "saturation", "sharpness")
+# ITU-R BT.601 luma weights: brightness as a viewer perceives it.
+LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+CHUNK = 256  # images per pass: float32 copies of a chunk stay small whatever N is
+
+
+def image_statistics(images: np.ndarray) -> np.ndarray:
+    """float32 [N, 4] per uint8 image [N, H, W, 3]: mean luma (0-1), luma standard deviation
+    (contrast), mean HSV saturation, and the variance of the 4-neighbour Laplacian of the
+    luma (sharpness: blur lowers it, noise raises it)."""
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"image_statistics needs [N, H, W, 3] images, got {images.shape}")
+    if images.shape[1] < 3 or images.shape[2] < 3:
+        raise ValueError(f"images of {images.shape[1]}x{images.shape[2]} are too small "
+                         "for a sharpness measure (3x3 at least)")
+    out = np.empty((len(images), len(IMAGE_STATISTICS)), dtype=np.float32)
+    for start in range(0, len(images), CHUNK):
+        out[start : start + CHUNK] = _chunk_statistics(images[start : start + CHUNK])
+    return out
+
+
+def _chunk_statistics(images: np.ndarray) -> np.ndarray:
+    pixels = images.astype(np.float32) / 255.0
+    luma = pixels @ LUMA_WEIGHTS
+    brightness = luma.mean(axis=(1, 2))
+    contrast = luma.std(axis=(1, 2))
+    high, low = pixels.max(axis=-1), pixels.min(axis=-1)
+    saturation = np.where(high > 0, (high - low) / np.maximum(high, 1e-12), 0.0).mean(axis=(1, 2))
+    laplacian = (luma[:, :-2, 1:-1] + luma[:, 2:, 1:-1] + luma[:, 1:-1, :-2]
+                 + luma[:, 1:-1, 2:] - 4.0 * luma[:, 1:-1, 1:-1])
+    sharpness = laplacian.var(axis=(1, 2))
+    return np.stack([brightness, contrast, saturation, sharpness], axis=1)
+
+
+def embedding_model(classifier: keras.Model) -> keras.Model:
+    """A model mapping the classifier's uint8 input to ``[probabilities, pooled_embedding]``
+    in one forward pass: the classifier's own layers, its head's pooling tapped on the way.
+
+    Works for the classifiers ``model.build_classifier`` makes (a chain of layers ending in
+    the ``head``: pooling, dropout, softmax); anything else is a clear ValueError."""
+    import keras
+
+    try:
+        head = classifier.get_layer("head")
+        pool = head.get_layer("pool")
+    except ValueError as exc:
+        raise ValueError(f"{classifier.name} has no head with a 'pool' layer: it was not "
+                         "built by this project's build_classifier") from exc
+    inputs = keras.Input(classifier.input_shape[1:], dtype="uint8", name="image")
+    x = inputs
+    for layer in classifier.layers[1:]:
+        if layer is head:
+            break
+        x = layer(x, training=False) if isinstance(layer, keras.Model) else layer(x)
+    pooled = pool(x)
+    probabilities = x = pooled
+    for layer in head.layers[1:]:
+        probabilities = x = layer(x)
+    return keras.Model(inputs, [probabilities, pooled], name=f"{classifier.name}_summaries")
+
+
+def summarise(model: keras.Model, images: np.ndarray, batch_size: int = 256
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities [N, C], pooled embeddings [N, D]) of uint8 images, float32, in batches,
+    from an :func:`embedding_model`."""
+    probabilities, embeddings = [], []
+    for start in range(0, len(images), batch_size):
+        batch = np.asarray(images[start : start + batch_size])
+        probs, pooled = model.predict_on_batch(batch)
+        probabilities.append(np.asarray(probs, dtype=np.float32))
+        embeddings.append(np.asarray(pooled, dtype=np.float32))
+    if not probabilities:
+        raise ValueError("no images to summarise")
+    return np.concatenate(probabilities), np.concatenate(embeddings)
