@@ -189,6 +189,91 @@ def submit(
     typer.echo(f"submitted run {result.run_id} to {host} (experiment {experiment!r})")
 
 
+SourceUriOption = Annotated[str, typer.Option(
+    help="the images each run tests: a folder, .tar.gz or recorded windows (.npz) in the "
+         "object store KFP reads")]
+LabelsUriOption = Annotated[str, typer.Option(
+    help="the exported feedback (image-finetune feedback export) to count; '' for none")]
+
+
+@app.command("compile-monitoring")
+@reported
+def compile_monitoring(
+    params: ParamsOption = Path("params.yaml"),
+    overrides: SetOption = None,
+    out: Annotated[Path, typer.Option(help="pipeline YAML to write")] = Path(
+        ".kfp/monitoring.yaml"),
+    source_uri: SourceUriOption = "",
+    labels_uri: LabelsUriOption = "",
+    image: ImageOption = DEFAULT_IMAGE,
+    gpus: GpusOption = 1,
+    workers: WorkersOption = 1,
+    credentials_secret: SecretOption = CREDENTIALS_SECRET,
+    cache_pvc: PvcOption = CACHE_PVC,
+) -> None:
+    """Write the monitoring pipeline's YAML: monitor, then the fine-tuning pipeline only on
+    drift or enough new labels (for the alert receiver's ConfigMap, or the KFP UI)."""
+    from pipelines.monitoring import compile_monitoring_pipeline
+
+    config = read_params(params, overrides, use_env=False)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    deployment = _deployment(image, gpus, credentials_secret, cache_pvc, workers)
+    compile_monitoring_pipeline(config, str(out), deployment, _git_commit(params), source_uri,
+                                labels_uri)
+    typer.echo(f"wrote {out}: monitor -> retrain on drift or new labels "
+               f"({len(config.train.ladder)} attempts), images {image}-cpu/-gpu")
+
+
+@app.command()
+@reported
+def schedule(
+    host: Annotated[str, typer.Option(envvar="KFP_HOST", help="KFP API endpoint")],
+    source_uri: SourceUriOption,
+    cron: Annotated[str | None, typer.Option(
+        help="KFP cron, six fields, seconds first: '0 0 3 * * *' is daily at 03:00")] = None,
+    every: Annotated[int | None, typer.Option(help="or: seconds between runs")] = None,
+    labels_uri: LabelsUriOption = "",
+    min_labels: Annotated[int, typer.Option(
+        min=1, help="new labels that make a retraining worth it without drift")] = 200,
+    namespace: Annotated[str, typer.Option(envvar="KFP_NAMESPACE",
+                                           help="Kubeflow profile namespace")] = "kubeflow",
+    experiment: Annotated[str, typer.Option(help="KFP experiment")] = "image-finetune-monitoring",
+    name: Annotated[str, typer.Option(help="the recurring run's name")] = (
+        "image-finetune-monitoring"),
+    params: ParamsOption = Path("params.yaml"),
+    overrides: SetOption = None,
+    image: ImageOption = DEFAULT_IMAGE,
+    gpus: GpusOption = 1,
+    credentials_secret: SecretOption = CREDENTIALS_SECRET,
+    cache_pvc: PvcOption = CACHE_PVC,
+    service_account: Annotated[str | None, typer.Option(
+        help="Kubernetes service account of the runs' pods")] = None,
+) -> None:
+    """Create a recurring run of the monitoring pipeline: one run at a time, no catch-up
+    (bearer token, if needed: $KFP_TOKEN)."""
+    import tempfile
+
+    from pipelines.monitoring import compile_monitoring_pipeline, monitoring_arguments
+    from pipelines.runs import Schedule, connect, kfp_errors, schedule_package
+
+    when = Schedule(cron=cron, interval_seconds=every)
+    if not source_uri.strip():
+        raise ConfigError("--source-uri: name the images each run tests")
+    config = read_params(params, overrides, use_env=False)
+    deployment = _deployment(image, gpus, credentials_secret, cache_pvc, 1)
+    arguments = {**monitoring_arguments(config, source_uri, labels_uri),
+                 "min_labels": min_labels}
+    with tempfile.TemporaryDirectory() as folder:
+        package = Path(folder) / "monitoring.yaml"
+        compile_monitoring_pipeline(config, str(package), deployment, _git_commit(params),
+                                    source_uri, labels_uri)
+        with kfp_errors(host):
+            made = schedule_package(connect(host, namespace), package, experiment, namespace,
+                                    name, when, arguments, service_account)
+    typer.echo(f"recurring run {made} ({name!r}, {when.describe()}, one at a time, no "
+               f"catch-up) in experiment {experiment!r} on {host}")
+
+
 @app.command("alert-receiver")
 @reported
 def alert_receiver(
@@ -210,7 +295,13 @@ def alert_receiver(
     """Start the monitoring pipeline when Alertmanager's webhook brings a firing alert
     labelled retrain="true" (POST /alerts, bearer token; GET /healthz)."""
     from pipelines.alerts import AlertReceiver, TriggerPolicy, make_server
+    from pipelines.monitoring import default_source
     from pipelines.runs import connect, kfp_errors, submit_package
+
+    if not default_source(str(pipeline_package)):
+        raise ConfigError(f"--pipeline-package {pipeline_package}: not a monitoring pipeline "
+                          "compiled with --source-uri (compile-monitoring --source-uri URI): "
+                          "its runs would have no images to test")
 
     def submit(run_name: str) -> str:
         with kfp_errors(host):  # a client per run: the service-account token rotates

@@ -20,6 +20,7 @@ from image_finetune.config import load_params
 from pipelines import cli
 from pipelines.alerts import REMEMBERED_ALERTS, Alert, AlertReceiver, TriggerPolicy, make_server
 from pipelines.deployment import Deployment
+from pipelines.monitoring import compile_monitoring_pipeline
 from pipelines.pipeline import compile_pipeline
 from pipelines.runs import connect, kfp_errors, submit_package
 from tests.kfp_api import fake_kfp
@@ -32,10 +33,11 @@ EXPERIMENT = "image-finetune-monitoring"
 
 @pytest.fixture(scope="module")
 def package(tmp_path_factory) -> Path:
-    """A compiled pipeline for the receiver to start (which one does not matter to it)."""
-    path = tmp_path_factory.mktemp("package") / "pipeline.yaml"
-    compile_pipeline(load_params(ROOT / "params.yaml", use_env=False), str(path),
-                     Deployment(image="registry.example.com/ml/image-finetune:1.2.3"))
+    """The compiled monitoring pipeline the receiver starts."""
+    path = tmp_path_factory.mktemp("package") / "monitoring.yaml"
+    compile_monitoring_pipeline(load_params(ROOT / "params.yaml", use_env=False), str(path),
+                                Deployment(image="registry.example.com/ml/image-finetune:1.2.3"),
+                                source_uri="s3://ml/windows/latest.npz")
     return path
 
 
@@ -113,9 +115,16 @@ def test_a_firing_retraining_alert_starts_one_run_of_the_package(receiver, packa
     assert run.headers["authorization"] == "Bearer kfp-token"
     assert run.body["display_name"] == "monitoring-ImageFinetuneDriftDetected-5c1d2c8a9e0f1b2c"
     assert run.body["experiment_id"] == state.experiments[EXPERIMENT]["experiment_id"]
-    compiled = yaml.safe_load_all(package.read_text())
-    assert run.body["pipeline_spec"]["pipeline_spec"]["pipelineInfo"] == next(
-        compiled)["pipelineInfo"]
+    compiled = next(yaml.safe_load_all(package.read_text()))
+    sent = run.body["pipeline_spec"]["pipeline_spec"]
+    assert sent["pipelineInfo"] == compiled["pipelineInfo"] == {
+        "name": "image-finetune-monitoring",
+        "displayName": "Image classifier monitoring and retraining",
+        "description": compiled["pipelineInfo"]["description"]}
+    # The run's arguments are the compiled defaults: the images it was compiled to test.
+    assert sent["root"]["inputDefinitions"]["parameters"]["source_uri"]["defaultValue"] == (
+        "s3://ml/windows/latest.npz")
+    assert run.body["runtime_config"]["parameters"] == {}
 
 
 def test_the_same_alert_again_or_from_a_second_alertmanager_starts_nothing(receiver):
@@ -212,6 +221,17 @@ def test_the_policy_remembers_a_bounded_number_of_alerts():
     assert len(policy.started) == REMEMBERED_ALERTS
     assert policy.choose([alerts[0]])[1] == "started"  # the oldest, forgotten
     assert policy.choose([alerts[-1]])[1] == "already started for this alert"
+
+
+def test_the_command_refuses_a_pipeline_without_images_to_test(tmp_path):
+    token = tmp_path / "token"
+    token.write_text(TOKEN)
+    training = tmp_path / "pipeline.yaml"  # the fine-tuning pipeline: no source_uri
+    compile_pipeline(load_params(ROOT / "params.yaml", use_env=False), str(training))
+    result = CliRunner().invoke(cli.app, [
+        "alert-receiver", "--host", "http://127.0.0.1:9", "--pipeline-package", str(training),
+        "--token-file", str(token), "--port", "0"])
+    assert result.exit_code == 2 and "compiled with --source-uri" in result.output
 
 
 def test_the_command_refuses_a_short_token(package, tmp_path):
