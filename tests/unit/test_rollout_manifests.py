@@ -98,6 +98,7 @@ def test_feedback_and_windows_land_on_the_claim_one_pod_writes(mode):
         [mount] = [m for m in mounts if path.is_relative_to(m)]
         assert volumes[mounts[mount]]["persistentVolumeClaim"]["claimName"] == claim[
             "metadata"]["name"]
+    kubernetes_validate.validate(claim, KUBERNETES, strict=True)
     assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
     assert deployment["spec"]["replicas"] == 1
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
