@@ -122,7 +122,7 @@ class TriggerPolicy:
         now = self.clock()
         if self.last_start is not None and now - self.last_start < self.min_interval:
             wait = self.min_interval - (now - self.last_start)
-            return None, f"rate limited: the last run started less than {wait:.0f} s ago"
+            return None, f"rate limited: the next run may start in {wait:.0f} s"
         return fresh[0], "started"
 
     def record(self, alerts: list[Alert]) -> None:
@@ -222,8 +222,11 @@ def handler_for(receiver: AlertReceiver) -> type[BaseHTTPRequestHandler]:
                     "error": f"body over {MAX_BODY_BYTES} bytes"}
             return receiver.handle(self.rfile.read(int(length)))
 
-        do_PUT = do_DELETE = do_PATCH = lambda self: self.reply(  # noqa: E731, N815
-            HTTPStatus.METHOD_NOT_ALLOWED, {"error": "GET /healthz or POST /alerts"})
+        def refuse_method(self):
+            self.reply(HTTPStatus.METHOD_NOT_ALLOWED,
+                       {"error": f"GET {HEALTH_PATH} or POST {ALERTS_PATH}"})
+
+        do_PUT = do_DELETE = do_PATCH = refuse_method  # noqa: N815
 
     return Handler
 
