@@ -42,10 +42,14 @@ def package(tmp_path_factory) -> Path:
 
 
 def notification(*alerts: dict, status: str = "firing") -> dict:
-    """An Alertmanager webhook notification, as Alertmanager 0.27 sends it."""
+    """An Alertmanager webhook notification, as Alertmanager 0.27 sends it for the route of
+    infra/k8s/monitoring-alerts.yaml's AlertmanagerConfig."""
     return {
-        "version": "4", "groupKey": '{}/{component="image-finetune"}:{alertname="x"}',
-        "truncatedAlerts": 0, "status": status, "receiver": "team-ml/image-finetune/retrain",
+        "version": "4",
+        "groupKey": '{}/{namespace="team-ml"}/{retrain="true"}:'
+                    '{alertname="ImageFinetuneDriftDetected", model_version="7"}',
+        "truncatedAlerts": 0, "status": status,
+        "receiver": "team-ml/image-finetune-retrain/retrain",
         "groupLabels": {"alertname": "ImageFinetuneDriftDetected"},
         "commonLabels": {"component": "image-finetune"}, "commonAnnotations": {},
         "externalURL": "http://alertmanager.monitoring:9093", "alerts": list(alerts)}
