@@ -42,6 +42,7 @@ RETRAIN_LABEL = ("retrain", "true")
 REMEMBERED_ALERTS = 10_000  # fingerprints kept for deduplication, oldest forgotten first
 MIN_TOKEN_LENGTH = 16
 SOCKET_TIMEOUT_SECONDS = 10  # a client that stalls mid-request holds a thread no longer
+MAX_CONNECTIONS = 16  # Alertmanager sends one notification per group at a time
 
 
 class BadNotification(ValueError):
@@ -231,8 +232,31 @@ def handler_for(receiver: AlertReceiver) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def make_server(receiver: AlertReceiver, host: str, port: int) -> ThreadingHTTPServer:
+class BoundedServer(ThreadingHTTPServer):
+    """A thread per connection, at most ``max_connections`` at once: the others are closed
+    unanswered (Alertmanager retries), so idle or slow clients cannot take every thread."""
+
+    daemon_threads = True
+
+    def __init__(self, address, handler, max_connections: int):
+        super().__init__(address, handler)
+        self.slots = threading.BoundedSemaphore(max_connections)
+
+    def process_request(self, request, client_address):
+        if not self.slots.acquire(blocking=False):
+            log.warning("connection from %s refused: %s", client_address[0], "too many")
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+
+def make_server(receiver: AlertReceiver, host: str, port: int,
+                max_connections: int = MAX_CONNECTIONS) -> ThreadingHTTPServer:
     """The receiver's HTTP server, bound (port 0: any free port); ``serve_forever`` runs it."""
-    server = ThreadingHTTPServer((host, port), handler_for(receiver))
-    server.daemon_threads = True
-    return server
+    return BoundedServer((host, port), handler_for(receiver), max_connections)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -215,6 +217,35 @@ def test_a_refusal_by_kfp_is_a_502_and_alertmanagers_retry_starts_the_run(receiv
 def test_the_health_probe_needs_no_token(receiver):
     post, _, _ = receiver
     assert post(b"", token=None, method="GET", path="/healthz") == (200, {"status": "ok"})
+
+
+def test_idle_connections_cannot_take_every_thread():
+    server = make_server(AlertReceiver(TOKEN, TriggerPolicy(0), lambda name: "run"),
+                         "127.0.0.1", 0, max_connections=1)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    address = ("127.0.0.1", server.server_address[1])
+    idle = socket.create_connection(address)  # holds the only slot, says nothing
+    try:
+        time.sleep(0.2)
+        second = http.client.HTTPConnection(*address, timeout=10)
+        with pytest.raises((http.client.RemoteDisconnected, ConnectionError)):
+            second.request("GET", "/healthz")
+            second.getresponse()
+    finally:
+        idle.close()
+    for _ in range(50):  # the slot comes back once the idle client is gone
+        time.sleep(0.05)
+        try:
+            third = http.client.HTTPConnection(*address, timeout=10)
+            third.request("GET", "/healthz")
+            if third.getresponse().status == 200:
+                break
+        except (http.client.RemoteDisconnected, ConnectionError):
+            continue
+    else:
+        pytest.fail("the receiver never answered again")
+    server.shutdown()
+    server.server_close()
 
 
 def test_the_policy_remembers_a_bounded_number_of_alerts():
