@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -256,6 +260,33 @@ def test_the_policy_remembers_a_bounded_number_of_alerts():
     assert len(policy.started) == REMEMBERED_ALERTS
     assert policy.choose([alerts[0]])[1] == "started"  # the oldest, forgotten
     assert policy.choose([alerts[-1]])[1] == "already started for this alert"
+
+
+def test_the_command_serves_alertmanager_and_starts_the_run(package, tmp_path):
+    """``pipelines.cli alert-receiver`` as the Deployment runs it, in its own process."""
+    token = tmp_path / "token"
+    token.write_text(TOKEN + "\n")  # a mounted Secret often ends in a newline
+    with fake_kfp() as (url, state):
+        receiver = subprocess.Popen(
+            [sys.executable, "-m", "pipelines.cli", "alert-receiver", "--host", url,
+             "--namespace", NAMESPACE, "--pipeline-package", str(package),
+             "--token-file", str(token), "--port", "0", "--min-interval", "60"],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env={**os.environ, "KFP_TOKEN": "kfp-token"})
+        try:
+            started = receiver.stdout.readline()
+            port = int(re.search(r"http://127\.0\.0\.1:(\d+)/alerts", started)[1])
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            connection.request("POST", "/alerts", body=json.dumps(notification(alert())),
+                               headers={"Authorization": f"Bearer {TOKEN}"})
+            response = connection.getresponse()
+            assert (response.status, json.loads(response.read())["started"]) == (200, "run-1")
+        finally:
+            receiver.terminate()
+            receiver.wait(timeout=30)
+        [run] = state.posted("runs")
+    assert run.headers["authorization"] == "Bearer kfp-token"
+    assert state.experiments["image-finetune-monitoring"]["namespace"] == NAMESPACE
 
 
 def test_the_command_refuses_a_pipeline_without_images_to_test(tmp_path):
