@@ -406,8 +406,8 @@ def monitor_command(
     version: Annotated[str, typer.Option(help="a version number (instead of --alias)")] = "",
     alpha: Annotated[float, typer.Option(min=0.0001, max=0.5, help="false-alarm rate of "
                                          "the whole window test")] = 0.05,
-    permutations: Annotated[int, typer.Option(min=20, max=2000, help="MMD permutations")]
-    = 500,
+    permutations: Annotated[int, typer.Option(min=20, max=2000, help="MMD permutations "
+                                              "(at least 8/alpha)")] = 500,
     max_images: Annotated[int, typer.Option(min=20, help="images read at most")] = 20_000,
     labels: Annotated[Path | None, typer.Option(
         help="image-folder tree of labelled feedback (image-finetune feedback export)")] = None,

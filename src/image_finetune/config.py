@@ -47,6 +47,9 @@ class DataParams(_Section):
     min_validation_per_class: Positive = 20
     max_per_class: Positive | None = None
     seed: int = 42
+    # Image-folder trees of extra labelled images (``class/file`` or ``split/class/file``,
+    # what ``feedback export`` writes), all added to train after validation is held out.
+    extra_paths: list[str] = []
     # images per file of the canonical dataset; None: one file per split. Sharded, every
     # step streams the data a chunk at a time (data beyond RAM)
     shard_size: Positive | None = None

@@ -41,7 +41,10 @@ def local_path(value: str, root: Path, environ: Mapping[str, str] = os.environ) 
 
 def choose_data(data: DataParams, root: Path,
                 environ: Mapping[str, str] = os.environ) -> DataParams:
-    """``data`` with its source decided and a local path made absolute."""
+    """``data`` with its source decided and its local paths (extra ones too) made absolute."""
+    if data.extra_paths:
+        data = data.model_copy(update={"extra_paths": [
+            str(local_path(extra, root, environ)) for extra in data.extra_paths]})
     path = local_path(data.path, root, environ)
     if data.source == "tfds":
         return data

@@ -113,7 +113,7 @@ def test_recorded_windows_are_tested_like_images(registered, tmp_path):
     np.savez(recorded, probabilities=profile.probabilities, projected=profile.projected,
              image_stats=profile.image_stats)
     report = monitor(registered["params"], recorded, tmp_path / "out", ROOT,
-                     MonitorSettings(alias="champion", permutations=100))
+                     MonitorSettings(alias="champion", permutations=200))
     assert report["drift"] is False and report["window_size"] == len(profile)
     np.savez(recorded, probabilities=profile.probabilities, projected=profile.projected[:, :1],
              image_stats=profile.image_stats)

@@ -86,3 +86,19 @@ def test_row_sink_keeps_a_stream_on_disk(tmp_path):
     assert len(list((tmp_path / "sink").iterdir())) == 6
     np.testing.assert_array_equal(stored[:], ROWS)
     assert len(RowSink(tmp_path / "empty").rows()) == 0
+
+
+def test_joined_rows_index_like_the_concatenated_arrays(tmp_path):
+    from image_finetune.data.rows import JoinedRows, RowSink
+
+    first = np.arange(5 * 2 * 3, dtype=np.uint8).reshape(5, 2, 3)
+    sink = RowSink(tmp_path / "sink", size=2)
+    second = np.arange(100, 100 + 3 * 2 * 3, dtype=np.uint8).reshape(3, 2, 3)
+    for row in second:
+        sink.append(row)
+    joined, whole = JoinedRows([first, sink.rows()]), np.concatenate([first, second])
+    assert joined.shape == whole.shape and joined.dtype == whole.dtype
+    for key in (slice(None), [7, 0, 5, 4], slice(3, 7), -1):
+        np.testing.assert_array_equal(joined[key], whole[key])
+    with pytest.raises(ValueError, match="row shape"):
+        JoinedRows([first, np.zeros((2, 3, 3), np.uint8)])

@@ -8,8 +8,11 @@ import numpy as np
 
 from image_finetune.config import DataParams
 from image_finetune.data.canonical import split_stratified
-from image_finetune.data.rows import RowView, take
+from image_finetune.data.files import walk
+from image_finetune.data.images import decode_image
+from image_finetune.data.rows import JoinedRows, RowSink, RowView, take
 from image_finetune.data.sources import (
+    IMAGE_SUFFIXES,
     RawDataset,
     read_cifar_binary,
     read_cifar_python,
@@ -62,3 +65,55 @@ def canonical_splits(
         if origin in raw.sources:
             sources[split] = list(np.asarray(raw.sources[origin], dtype=object)[picked])
     return splits, sources, holdout
+
+
+def read_extra_images(
+    paths: list[str], class_names: list[str], image_size: int, how: str, scratch: Path,
+) -> tuple[RowView | None, np.ndarray, list[str]]:
+    """Labelled images from image-folder trees (``class/file`` or ``split/class/file``; the
+    split, if any, is ignored): rows kept in ``scratch``, labels by ``class_names``, and each
+    image's source name. Files beside the class folders (an export's own records) are
+    skipped; anything else that is not a readable image of a known class is an error."""
+    problems: list[str] = []
+    sink, labels, names = RowSink(scratch), [], []
+    for root in map(Path, paths):
+        for entry in walk(root, problems):
+            parts = entry.path.parts
+            if entry.is_folder or len(parts) < 2:
+                continue  # folders, and an export's own files at its top
+            problem = _extra_problem(entry.path, parts, class_names)
+            if problem:
+                problems.append(f"{root.name}/{problem}")
+                continue
+            try:
+                image = decode_image(entry.read(), str(entry.path), image_size, how)
+            except ValueError as exc:
+                problems.append(f"{root.name}/{exc}")
+                continue
+            sink.append(image)
+            labels.append(class_names.index(parts[-2]))
+            names.append(f"extra/{root.name}/{entry.path.as_posix()}")
+    if problems:
+        raise IngestError("data.extra_paths: bad files in the extra labelled images", problems)
+    rows = sink.rows() if labels else None
+    return rows, np.asarray(labels, dtype=np.int64), names
+
+
+def _extra_problem(path: Path, parts: tuple[str, ...], class_names: list[str]) -> str | None:
+    if len(parts) > 3:
+        return f"{path}: not at class/file or split/class/file"
+    if Path(parts[-1]).suffix.lower() not in IMAGE_SUFFIXES:
+        return f"{path}: not an image file (expected .png, .jpg or .jpeg)"
+    if parts[-2] not in class_names:
+        return f"{path}: unknown class {parts[-2]!r} (not among the data's classes)"
+    return None
+
+
+def add_to_train(splits: dict, sources: dict, extra, labels: np.ndarray,
+                 names: list[str]) -> None:
+    """The extra images appended to the train split (validation and test stay as they
+    were: the gate and the champion comparison see the same images as before)."""
+    images, train_labels = splits["train"]
+    splits["train"] = (JoinedRows([images, extra]), np.concatenate([train_labels, labels]))
+    if "train" in sources:
+        sources["train"] = [*sources["train"], *names]

@@ -136,6 +136,27 @@ class TakenRows(RowView):
         return np.asarray(self.base[self.index[index]])
 
 
+class JoinedRows(RowView):
+    """Arrays or row views of one row shape and dtype, one after another, as one."""
+
+    def __init__(self, parts: Sequence) -> None:
+        self.parts = list(parts)
+        shapes = {tuple(part.shape[1:]) for part in self.parts}
+        if len(shapes) != 1 or len({np.dtype(part.dtype) for part in self.parts}) != 1:
+            raise ValueError(f"joined rows must share a row shape and dtype, got {shapes}")
+        self.starts = np.concatenate([[0], np.cumsum([len(p) for p in self.parts])])
+        self.shape = (int(self.starts[-1]), *shapes.pop())
+        self.dtype = np.dtype(self.parts[0].dtype)
+
+    def rows(self, index: np.ndarray) -> np.ndarray:
+        out = np.empty((index.size, *self.shape[1:]), dtype=self.dtype)
+        owner = np.searchsorted(self.starts, index, side="right") - 1
+        for number in np.unique(owner):
+            picked = owner == number
+            out[picked] = np.asarray(self.parts[number][index[picked] - self.starts[number]])
+        return out
+
+
 def take(base, rows: np.ndarray | None):
     """``base[rows]``, lazily (None: all of ``base``); a take of a take is one take."""
     if rows is None:

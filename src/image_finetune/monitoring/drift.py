@@ -155,6 +155,10 @@ def _check_fits(profile: ReferenceProfile, window: Window, alpha: float, permuta
         raise ValueError(f"alpha must lie in (0, 1), not {alpha}")
     if not 1 <= permutations <= MAX_PERMUTATIONS:
         raise ValueError(f"permutations must lie in 1..{MAX_PERMUTATIONS}, not {permutations}")
+    needed = min_permutations(alpha)
+    if permutations < needed:  # the MMD test could never reach its share of alpha
+        raise ValueError(f"{permutations} permutations cannot give the MMD test a p-value "
+                         f"below alpha/{len(TESTS)}: use {needed} at least")
     if len(window) < MIN_WINDOW:
         raise ValueError(f"a window needs {MIN_WINDOW} images at least to be tested, "
                          f"has {len(window)}")
@@ -163,6 +167,11 @@ def _check_fits(profile: ReferenceProfile, window: Window, alpha: float, permuta
         raise ValueError(f"the window's summaries ({classes} classes, {dimensions} dimensions)"
                          f" do not fit the profile ({len(profile.class_names)} classes, "
                          f"{profile.dimensions} dimensions)")
+
+
+def min_permutations(alpha: float) -> int:
+    """The fewest permutations whose smallest p-value, 1/(P+1), is below alpha/len(TESTS)."""
+    return int(np.floor(len(TESTS) / alpha))
 
 
 def ks_test(reference: np.ndarray, current: np.ndarray) -> tuple[float, float]:

@@ -32,13 +32,28 @@ def locate_sources(params: Params, root: Path, out: Path) -> dict:
 def data_record(data: DataParams) -> dict:
     """The chosen data: a public dataset by name, or a local copy by name and content (never
     its place, which differs between machines and experiment copies)."""
+    extra = extra_record(data)
     if data.source == "tfds":
-        return {"source": "tfds", "name": data.tfds_name}
+        return {"source": "tfds", "name": data.tfds_name, **extra}
     path = Path(data.path)
     if not path.exists():
         raise MissingInputError(f"{path}: data source not found (set data.path or "
                                 "$IMAGE_FINETUNE_DATA, or data.source: auto to download)")
-    return {"source": data.source, "name": path.name, "sha256": content_sha256(path)}
+    return {"source": data.source, "name": path.name, "sha256": content_sha256(path), **extra}
+
+
+def extra_record(data: DataParams) -> dict:
+    """The extra labelled folders (``data.extra_paths``), by name and content: a new export
+    into the same folder re-runs ingest. Nothing when there are none (the record of a run
+    without extras is what it always was). DVC runs this stage every time, so the key needs
+    no place in its params."""
+    if not data.extra_paths:
+        return {}
+    missing = [p for p in data.extra_paths if not Path(p).is_dir()]
+    if missing:
+        raise MissingInputError(f"data.extra_paths: no folder at {', '.join(missing)}")
+    return {"extra": [{"name": Path(p).name, "sha256": content_sha256(Path(p))}
+                      for p in data.extra_paths]}
 
 
 def weights_record(model: ModelParams) -> dict:
