@@ -1,6 +1,6 @@
 """Talking to a Kubeflow Pipelines API: the client (bearer token from $KFP_TOKEN, or the
 in-cluster service-account token that ``kfp.Client`` finds itself), one run of a compiled
-pipeline, and a recurring run of one.
+pipeline, a recurring run of one, and an upload (a pipeline and its versions).
 
 A recurring run of the monitoring pipeline runs one at a time (``max_concurrency=1``: a
 retrain still going when the next tick comes is not started twice) and never catches up
@@ -9,11 +9,13 @@ retrain still going when the next tick comes is not started twice) and never cat
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ SA_TOKEN_PATH = "/var/run/secrets/kubeflow/pipelines/token"
 CRON_FIELD = r"[0-9A-Za-z*?/,#LW-]+"
 CRON = re.compile(rf"{CRON_FIELD}( {CRON_FIELD}){{5}}|@(yearly|annually|monthly|weekly|daily"
                   r"|midnight|hourly|every \d+[smh])")
+EQUALS = 1  # the KFP API filter's EQUALS operation (filter.proto)
 MIN_INTERVAL_SECONDS = 300  # a monitoring pipeline that starts more often only queues up
 
 
@@ -110,3 +113,52 @@ def schedule_package(client, package: Path, experiment: str, namespace: str, nam
         params=arguments or {}, pipeline_package_path=str(package), enabled=True,
         service_account=service_account)
     return created.recurring_run_id
+
+
+@dataclass(frozen=True)
+class Uploaded:
+    """What an upload made: the pipeline (new or found) and its version."""
+
+    pipeline_id: str
+    version_id: str
+    name: str
+    version: str
+    new_pipeline: bool
+
+    def describe(self) -> str:
+        made = "new pipeline" if self.new_pipeline else "new version of pipeline"
+        return (f"uploaded {made} {self.name!r} ({self.pipeline_id}), version "
+                f"{self.version!r} ({self.version_id})")
+
+
+def default_version(git_commit: str, now: datetime | None = None) -> str:
+    """A version name that sorts by time and names the source: ``<commit>-<UTC time>``."""
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%d-%H%M%S")
+    return f"{git_commit[:12]}-{stamp}"
+
+
+def find_pipeline(client, name: str, namespace: str | None) -> str | None:
+    """The id of the pipeline named ``name`` (in ``namespace``, or shared), None if none."""
+    wanted = json.dumps({"predicates": [{"operation": EQUALS, "key": "display_name",
+                                         "stringValue": name}]})
+    found = client.list_pipelines(filter=wanted, namespace=namespace).pipelines or []
+    if len(found) > 1:
+        raise ConfigError(f"{len(found)} pipelines are named {name!r}: name one in the KFP UI "
+                          "uniquely, or upload under another --name")
+    return found[0].pipeline_id if found else None
+
+
+def upload_package(client, package: Path, name: str, version: str,
+                   description: str | None = None, namespace: str | None = None) -> Uploaded:
+    """Upload a compiled pipeline: a new pipeline named ``name`` (whose first version is
+    ``version``) where none is, else a new version ``version`` of it."""
+    pipeline_id = find_pipeline(client, name, namespace)
+    new_pipeline = pipeline_id is None
+    if new_pipeline:
+        pipeline = client.upload_pipeline(str(package), pipeline_name=name,
+                                          description=description, namespace=namespace)
+        pipeline_id = pipeline.pipeline_id
+        # The server names the first version after the pipeline: add the named one to it.
+    made = client.upload_pipeline_version(str(package), pipeline_version_name=version,
+                                          pipeline_id=pipeline_id, description=description)
+    return Uploaded(pipeline_id, made.pipeline_version_id, name, version, new_pipeline)
