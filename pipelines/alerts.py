@@ -8,7 +8,7 @@ Alertmanager sends a group again on every ``group_interval`` while it changes an
 ``repeat_interval`` while it fires, from each of its replicas. So the receiver starts at most
 one run per firing alert (its fingerprint and ``startsAt``: the same alert firing again after
 it resolved is a new one), at most one run per ``min_interval`` overall, only for alerts
-labelled ``retrain="true"`` (infra/k8s/monitoring.yaml) and never for resolved ones.
+labelled ``retrain="true"`` (infra/k8s/components/monitoring) and never for resolved ones.
 
 Replies: 200 with what was done (the run started, or why none: resolved, no retraining alert,
 already started for this alert, rate limited), which Alertmanager must not retry; 400 for a

@@ -14,8 +14,8 @@ from kfp.dsl.pipeline_task import PipelineTask
 from components.runtime import configured_image, cpu_image, gpu_image
 from image_finetune.errors import ConfigError
 
-CREDENTIALS_SECRET = "mlflow-client"  # as infra/k8s/serving.yaml: the same server, keys
-CACHE_PVC = "image-finetune-cache"  # infra/k8s/pipeline-cache.yaml
+CREDENTIALS_SECRET = "mlflow-client"  # as infra/k8s/base/serving.yaml: the same server, keys
+CACHE_PVC = "image-finetune-cache"  # infra/k8s/components/pipeline/pipeline-cache.yaml
 CACHE_MOUNT = "/cache"
 # The Secret's keys are the variables they become, as in `mlflow-client`, which the serving
 # Deployment reads whole. Each is optional: a server wants a token or a user and password,

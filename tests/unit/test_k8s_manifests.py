@@ -1,6 +1,8 @@
-"""The Kubernetes manifests in infra/k8s: each object valid against the Kubernetes API schemas
-(kubernetes-validate, offline, strict: no unknown fields), the Prometheus Operator's objects
-against its CRDs (tests/fixtures/crds), KServe's pod templates validated as pods, and the
+"""The Kubernetes manifests in infra/k8s (the kustomize base, components and overlays: each
+source file; tests/unit/test_kustomize.py renders the overlays): each object valid against
+the Kubernetes API schemas (kubernetes-validate, offline, strict: no unknown fields), the
+Prometheus Operator's and Kubeflow Trainer's objects against their CRDs (tests/fixtures/crds),
+KServe's pod templates validated as pods, and the
 serving Deployment hardened and started the way the image can start it."""
 
 from __future__ import annotations
@@ -17,10 +19,14 @@ from image_finetune.cli import app
 from tests.crds import validate_custom_resource
 
 ROOT = Path(__file__).resolve().parents[2]
-MANIFESTS = sorted((ROOT / "infra" / "k8s").glob("*.yaml"))
+K8S = ROOT / "infra" / "k8s"
+# Whole objects; kustomizations and patches are not (test_kustomize renders them).
+MANIFESTS = sorted(path for path in K8S.rglob("*.yaml")
+                   if path.name != "kustomization.yaml" and not path.name.endswith(".patch.yaml"))
 KUBERNETES = "1.30.0"  # the oldest release the manifests must work on
 KSERVE = "serving.kserve.io/v1beta1"
 PROMETHEUS_OPERATOR = "monitoring.coreos.com"
+TRAINER = "trainer.kubeflow.org"
 # Fields of a KServe predictor that are KServe's own; the rest is a pod spec.
 KSERVE_PREDICTOR_FIELDS = {"minReplicas", "maxReplicas", "scaleMetric", "scaleTarget",
                            "containerConcurrency", "timeout", "canaryTrafficPercent",
@@ -28,7 +34,7 @@ KSERVE_PREDICTOR_FIELDS = {"minReplicas", "maxReplicas", "scaleMetric", "scaleTa
 
 
 def documents() -> list[tuple[str, dict]]:
-    return [(f"{path.name}:{doc['kind']}/{doc['metadata']['name']}", doc)
+    return [(f"{path.relative_to(K8S)}:{doc['kind']}/{doc['metadata']['name']}", doc)
             for path in MANIFESTS for doc in yaml.safe_load_all(path.read_text()) if doc]
 
 
@@ -50,7 +56,7 @@ def test_every_manifest_is_valid_against_the_kubernetes_schemas(label, doc):
         if "containers" in doc["spec"]["predictor"]:
             kubernetes_validate.validate(predictor_as_pod(doc), KUBERNETES, strict=True)
         return
-    if doc["apiVersion"].startswith(f"{PROMETHEUS_OPERATOR}/"):
+    if doc["apiVersion"].startswith((f"{PROMETHEUS_OPERATOR}/", f"{TRAINER}/")):
         validate_custom_resource(doc)
         return
     kubernetes_validate.validate(doc, KUBERNETES, strict=True)

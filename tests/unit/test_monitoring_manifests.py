@@ -1,5 +1,5 @@
 """The operations manifests against what the server exports: every metric the alerts
-(infra/k8s/monitoring.yaml) and the Grafana dashboard (infra/grafana/image-finetune.json) name
+(infra/k8s/components/monitoring) and the Grafana dashboard (infra/grafana/image-finetune.json) name
 is one the server's registry holds (serving/metrics.py's ServingMetrics with
 serving/operate_metrics.py's OperateMetrics, as the app builds it), each PromQL expression
 lexes and balances, the alerts the operators rely on are there and watch the right series,
@@ -99,8 +99,15 @@ def selectors(expr: str, metric: str) -> list[str]:
     return re.findall(rf"\b{metric}\{{([^}}]*)\}}", expr)
 
 
+# Where each manifest this test reads is in the kustomize tree.
+SOURCES = {"monitoring.yaml": K8S / "components" / "monitoring" / "monitoring.yaml",
+           "monitoring-alerts.yaml": K8S / "components" / "alerts" / "monitoring-alerts.yaml",
+           "serving.yaml": K8S / "base" / "serving.yaml",
+           "serving-kserve.yaml": K8S / "overlays" / "kserve" / "inferenceservice.yaml"}
+
+
 def documents(name: str) -> list[dict]:
-    return [doc for doc in yaml.safe_load_all((K8S / name).read_text()) if doc]
+    return [doc for doc in yaml.safe_load_all(SOURCES[name].read_text()) if doc]
 
 
 def one(name: str, kind: str) -> dict:

@@ -414,10 +414,11 @@ def test_each_kubernetes_setting_can_be_turned_off(off, params, tmp_path):
 
 def test_the_default_secret_and_claim_are_the_ones_infra_names():
     manifests = ROOT / "infra" / "k8s"
-    [claim] = [doc for doc in yaml.safe_load_all((manifests / "pipeline-cache.yaml").read_text())
+    cache = manifests / "components" / "pipeline" / "pipeline-cache.yaml"
+    [claim] = [doc for doc in yaml.safe_load_all(cache.read_text())
                if doc and doc["kind"] == "PersistentVolumeClaim"]
     assert claim["metadata"]["name"] == CACHE_PVC
-    serving = yaml.safe_load_all((manifests / "serving.yaml").read_text())
+    serving = yaml.safe_load_all((manifests / "base" / "serving.yaml").read_text())
     [deployment] = [doc for doc in serving if doc and doc["kind"] == "Deployment"]
     [server] = deployment["spec"]["template"]["spec"]["containers"]
     assert {"secretRef": {"name": CREDENTIALS_SECRET}} in server["envFrom"]

@@ -1,8 +1,9 @@
-"""The shadow and canary manifests (infra/k8s/rollout): each patch, merged into serving.yaml's
-Deployment the way ``kubectl patch`` merges it (strategic merge: containers, env, volumes and
-mounts by their keys), is a valid Deployment whose variables the server reads and accepts,
-with its feedback store on the claim feedback.yaml makes; KServe's canary is serving-kserve.yaml
-with only the split, the Serverless mode it needs and the alias of the new revision changed."""
+"""The shadow and canary components (infra/k8s/components/shadow, canary): each patch, merged
+into base/serving.yaml's Deployment the way a strategic merge does it (containers, env,
+volumes and mounts by their keys), is a valid Deployment whose variables the server reads and
+accepts, with its feedback store on the claim components/feedback makes; KServe's canary (the
+kserve overlay with components/kserve-canary, rendered by kubectl kustomize) changes only
+the split, the Serverless mode it needs and the alias of the new revision."""
 
 from __future__ import annotations
 
@@ -16,10 +17,13 @@ import yaml
 from image_finetune.cli import app
 from image_finetune.monitoring.feedback_store import store_path
 from image_finetune.serving.settings import OperateSettings, operate_from_env
+from tests.kustomize import one, render, render_with
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "infra" / "k8s"
-ROLLOUT = K8S / "rollout"
+COMPONENTS = K8S / "components"
+PATCHES = {"serving-shadow.patch.yaml": COMPONENTS / "shadow",
+           "serving-canary.patch.yaml": COMPONENTS / "canary"}
 KUBERNETES = "1.30.0"
 # What strategic merge keys each list by (the Kubernetes API's patchMergeKey).
 MERGE_KEYS = {"containers": "name", "env": "name", "volumes": "name",
@@ -47,12 +51,12 @@ def merge(base, patch, field: str = ""):
 
 
 def serving_deployment() -> dict:
-    return next(doc for doc in yaml.safe_load_all((K8S / "serving.yaml").read_text())
+    return next(doc for doc in yaml.safe_load_all((K8S / "base" / "serving.yaml").read_text())
                 if doc and doc["kind"] == "Deployment")
 
 
 def patched(name: str) -> dict:
-    patch = yaml.safe_load((ROLLOUT / name).read_text())
+    patch = yaml.safe_load((PATCHES[name] / name).read_text())
     assert (patch["kind"], patch["metadata"]["name"]) == ("Deployment", "image-finetune-serve")
     return merge(serving_deployment(), patch)
 
@@ -92,7 +96,7 @@ def test_feedback_and_windows_land_on_the_claim_one_pod_writes(mode):
     [container] = pod["containers"]
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
-    claim = next(doc for doc in yaml.safe_load_all((ROLLOUT / "feedback.yaml").read_text())
+    claim = next(doc for doc in yaml.safe_load_all((COMPONENTS / "feedback" / "feedback.yaml").read_text())
                  if doc)
     for path in (store_path(settings.feedback_uri), settings.monitor_record_dir):
         [mount] = [m for m in mounts if path.is_relative_to(m)]
@@ -115,14 +119,14 @@ def test_a_patch_naming_a_setting_the_server_lacks_would_be_caught():
         operate_from_env({"IMAGE_FINETUNE_CANARY_PERCENT": "150"})
 
 
-def test_kserves_canary_changes_only_the_split_the_mode_and_the_alias():
-    [base] = [d for d in yaml.safe_load_all((K8S / "serving-kserve.yaml").read_text()) if d]
-    [canary] = [d for d in yaml.safe_load_all((ROLLOUT / "kserve-canary.yaml").read_text())
-                if d]
+def test_kserves_canary_changes_only_the_split_the_mode_and_the_alias(tmp_path):
+    base = one(render(K8S / "overlays" / "kserve"), "InferenceService", "image-finetune")
+    canary = one(render_with("kserve", ["kserve-canary"], tmp_path), "InferenceService",
+                 "image-finetune")
     predictor = canary["spec"]["predictor"]
     assert 0 < predictor.pop("canaryTrafficPercent") < 100
     annotations = canary["metadata"]["annotations"]
-    assert annotations.pop("serving.kserve.io/deploymentMode") == "Serverless"
+    assert annotations["serving.kserve.io/deploymentMode"] == "Serverless"
     [container] = predictor["containers"]
     env = {item["name"]: item for item in container["env"]}
     assert env["IMAGE_FINETUNE_ALIAS"]["value"] == "challenger"
