@@ -102,7 +102,8 @@ class TrainingJobs:
         return self.kind.group, self.kind.version
 
     def _error(self, what: str, exc: ApiException) -> ClusterError:
-        hint = (f": the run's service account needs the Role in infra/k8s/components/pipeline/train-job-rbac.yaml "
-                f"in namespace {self.namespace}" if exc.status == FORBIDDEN else "")
+        hint = (": the run's service account needs the Role in infra/k8s/components/pipeline/"
+                f"train-job-rbac.yaml in namespace {self.namespace}"
+                if exc.status == FORBIDDEN else "")
         return ClusterError(f"Kubernetes API: could not {what} ({exc.status} {exc.reason})"
                             f"{hint}")

@@ -49,7 +49,7 @@ def package(tmp_path_factory) -> Path:
 
 def notification(*alerts: dict, status: str = "firing") -> dict:
     """An Alertmanager webhook notification, as Alertmanager 0.27 sends it for the route of
-    infra/k8s/monitoring-alerts.yaml's AlertmanagerConfig."""
+    infra/k8s/components/alerts/monitoring-alerts.yaml's AlertmanagerConfig."""
     return {
         "version": "4",
         "groupKey": '{}/{namespace="team-ml"}/{retrain="true"}:'

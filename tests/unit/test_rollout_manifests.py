@@ -96,8 +96,8 @@ def test_feedback_and_windows_land_on_the_claim_one_pod_writes(mode):
     [container] = pod["containers"]
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
-    claim = next(doc for doc in yaml.safe_load_all((COMPONENTS / "feedback" / "feedback.yaml").read_text())
-                 if doc)
+    feedback = COMPONENTS / "feedback" / "feedback.yaml"
+    claim = next(doc for doc in yaml.safe_load_all(feedback.read_text()) if doc)
     for path in (store_path(settings.feedback_uri), settings.monitor_record_dir):
         [mount] = [m for m in mounts if path.is_relative_to(m)]
         assert volumes[mounts[mount]]["persistentVolumeClaim"]["claimName"] == claim[

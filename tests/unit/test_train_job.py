@@ -28,7 +28,7 @@ from image_finetune.train_job import (
 from tests.crds import definitions
 
 ROOT = Path(__file__).resolve().parents[2]
-RBAC = ROOT / "infra" / "k8s" / "train-job-rbac.yaml"
+RBAC = ROOT / "infra" / "k8s" / "components" / "pipeline" / "train-job-rbac.yaml"
 KUBERNETES = "1.30.0"
 # A TFJob's name is a DNS-1035 label: the operator names services after it.
 DNS_1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")

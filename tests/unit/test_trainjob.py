@@ -147,3 +147,12 @@ def test_the_pipeline_compiled_with_the_trainjob_launcher_passes_it_to_every_lau
                   for key in ("launcher", "runtime", "timeout_seconds")}
         assert inputs == {"launcher": "trainjob", "runtime": "team-tf",
                           "timeout_seconds": 7200}, name
+
+
+def test_the_launchers_role_lets_it_create_follow_and_delete_trainjobs():
+    rbac = ROOT / "infra" / "k8s" / "components" / "pipeline" / "train-job-rbac.yaml"
+    [role] = [doc for doc in yaml.safe_load_all(rbac.read_text()) if doc and doc["kind"] == "Role"]
+    granted = {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
+               for resource in rule["resources"] for verb in rule["verbs"]}
+    assert {(TRAINJOB.group, TRAINJOB.plural, verb) for verb in ("create", "get", "delete")} <= (
+        granted)
