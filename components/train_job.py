@@ -23,6 +23,8 @@ def train_rung_job(
     launcher: str,
     runtime: str,
     timeout_seconds: int,
+    tolerations: list,
+    node_selector: dict,
     dataset: Input[Dataset],
     classifier: Output[Model],
     metrics: Output[Metrics],
@@ -31,9 +33,9 @@ def train_rung_job(
     """Train rung ``index`` on ``workers`` pods of ``image`` with ``gpus`` GPUs each, the
     PVC ``cache_pvc`` mounted at ``cache_mount`` (as on this task); the job is named after
     ``run_id`` and the rung; ``launcher`` is its kind (``tfjob``, or ``trainjob`` run by the
-    ClusterTrainingRuntime ``runtime``), deleted after ``timeout_seconds`` (0: 48 h). The
-    task's log shows the job's state and its chief's log;
-    ``classifier`` and ``metrics`` are what ``train_rung`` hands on."""
+    ClusterTrainingRuntime ``runtime``), deleted after ``timeout_seconds`` (0: 48 h); its GPU
+    pods get ``tolerations`` and ``node_selector``. The task's log shows the job's state and
+    its chief's log; ``classifier`` and ``metrics`` are what ``train_rung`` hands on."""
     import shutil
     from pathlib import Path
 
@@ -41,7 +43,7 @@ def train_rung_job(
     from image_finetune.console import exit_on_termination
     from image_finetune.inference import MODEL_FILE
     from image_finetune.steps.train_job import RESULT_FILE, Launch, train_job
-    from image_finetune.train_job import JobPolicy, job_kind
+    from image_finetune.train_job import JobPolicy, Placement, job_kind
 
     exit_on_termination()  # a cancelled run deletes its job: see train_job
     result = train_job(
@@ -49,7 +51,8 @@ def train_rung_job(
         Path(classifier.path), Path(cache_dir), Path.cwd(),
         Launch(run_id, workers, gpus, image, cache_pvc, cache_mount,
                JobPolicy(timeout_seconds=timeout_seconds or JobPolicy.timeout_seconds),
-               launcher, runtime),
+               launcher, runtime,
+               Placement(tuple(tolerations), tuple(sorted(node_selector.items())))),
         TrainingJobs.in_cluster(job_kind(launcher)),
         Path(warm_start.path) / MODEL_FILE if warm_start else None)
     classifier.metadata.update(rung=index, rung_name=result["rung"], mode=result["mode"],

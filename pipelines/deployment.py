@@ -170,7 +170,9 @@ class Deployment:
         return {"workers": self.workers, "gpus": self.gpus, "image": self.training_image,
                 "cache_pvc": self.cache_pvc, "cache_mount": CACHE_MOUNT,
                 "run_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER, "launcher": self.launcher,
-                "runtime": self.runtime, "timeout_seconds": self.train_timeout}
+                "runtime": self.runtime, "timeout_seconds": self.train_timeout,
+                "tolerations": [t.as_dict() for t in self.tolerations] if self.gpus else [],
+                "node_selector": dict(self.node_selector) if self.gpus else {}}
 
     def for_job_launcher(self, task: PipelineTask) -> PipelineTask:
         """Place a job launcher: a small CPU pod that shares the cache PVC with its job; a

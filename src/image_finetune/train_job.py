@@ -104,6 +104,21 @@ class JobPolicy:
 
 
 @dataclass(frozen=True)
+class Placement:
+    """Where a job's pods may run: tolerations of node taints (Kubernetes Toleration
+    mappings) and the node labels they require (GPU nodes are usually tainted)."""
+
+    tolerations: tuple[dict, ...] = ()
+    node_selector: tuple[tuple[str, str], ...] = ()
+
+    def pod_fields(self) -> dict:
+        """The pod spec's ``tolerations`` and ``nodeSelector``, where there are any."""
+        fields = {"tolerations": [dict(t) for t in self.tolerations]} if self.tolerations else {}
+        return {**fields, **({"nodeSelector": dict(self.node_selector)}
+                             if self.node_selector else {})}
+
+
+@dataclass(frozen=True)
 class JobLayout:
     """The job's folder on the cache volume, seen at the same path by the launcher and by
     every worker: the params and inputs the launcher stages, and the chief's output."""
@@ -143,6 +158,7 @@ class TrainJob:
     cache: str
     warm_start: bool = False
     policy: JobPolicy = field(default_factory=JobPolicy)
+    placement: Placement = field(default_factory=Placement)
 
     @property
     def layout(self) -> JobLayout:
@@ -234,7 +250,7 @@ def trainjob_manifest(job: TrainJob, namespace: str, runtime: str) -> dict:
     ``job.workers`` nodes of ``job.image``, the cache volume patched into each node's pod."""
     labels = {"app": "image-finetune", RUN_LABEL: label_value(job.run_id)}
     env = [*_ENV, {"name": WORKER_HOSTS_ENV, "value": ",".join(worker_hosts(job))}]
-    pod = {"volumes": [_cache_volume(job)],
+    pod = {"volumes": [_cache_volume(job)], **job.placement.pod_fields(),
            "containers": [{"name": TRAINER_NODE, "volumeMounts": [_cache_mount(job)]}]}
     return {
         "apiVersion": TRAINJOB.api_version, "kind": TRAINJOB.kind,
@@ -282,7 +298,8 @@ def _pod_spec(job: TrainJob) -> dict:
         "name": CONTAINER, "image": job.image, "command": worker_command(job),
         "env": list(_ENV), "resources": _resources(job), "volumeMounts": [_cache_mount(job)],
     }
-    return {"containers": [container], "volumes": [_cache_volume(job)]}
+    return {"containers": [container], "volumes": [_cache_volume(job)],
+            **job.placement.pod_fields()}
 
 
 def job_state(status: dict | None) -> JobState:

@@ -6,6 +6,7 @@ nodes make ``TF_CONFIG`` from, the job's states, and the pipeline compiled with
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from image_finetune.errors import ConfigError
 from image_finetune.train_job import (
     TFJOB,
     TRAINJOB,
+    Placement,
     TrainJobError,
     job_kind,
     job_manifest,
@@ -156,3 +158,30 @@ def test_the_launchers_role_lets_it_create_follow_and_delete_trainjobs():
                for resource in rule["resources"] for verb in rule["verbs"]}
     assert {(TRAINJOB.group, TRAINJOB.plural, verb) for verb in ("create", "get", "delete")} <= (
         granted)
+
+
+@pytest.mark.parametrize("launcher", ["tfjob", "trainjob"])
+def test_a_distributed_jobs_gpu_pods_tolerate_the_taint_and_select_the_nodes(launcher):
+    placement = Placement(({"key": "nvidia.com/gpu", "operator": "Exists",
+                            "effect": "NoSchedule"},), (("pool", "l4"),))
+    job = dataclasses.replace(a_job(), placement=placement)
+    manifest = job_manifest(job, "team-ml", launcher, "image-finetune-tensorflow")
+    if launcher == "trainjob":
+        validate_custom_resource(manifest)
+        pod = node_patch(manifest)
+    else:
+        validate_tfjob(manifest)
+        pod = manifest["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]
+    assert pod["tolerations"] == [dict(placement.tolerations[0])]
+    assert pod["nodeSelector"] == {"pool": "l4"}
+
+
+def test_the_compiled_launcher_passes_the_gpu_placement_on(tmp_path):
+    spec, _ = compile_with(tmp_path, "--workers", "2", "--node-selector", "pool=l4")
+    for name, task in training_tasks(spec).items():
+        inputs = {key: json_format.MessageToDict(task.inputs.parameters[key].runtime_value
+                                                 .constant)
+                  for key in ("tolerations", "node_selector")}
+        assert inputs == {"tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists",
+                                           "effect": "NoSchedule"}],
+                          "node_selector": {"pool": "l4"}}, name

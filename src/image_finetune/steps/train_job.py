@@ -25,6 +25,7 @@ from image_finetune.train_job import (
     JobPolicy,
     JobState,
     LogCursor,
+    Placement,
     TrainJob,
     TrainJobError,
     distributed_params,
@@ -54,6 +55,7 @@ class Launch:
     mount: str
     policy: JobPolicy = field(default_factory=JobPolicy)
     launcher: str = "tfjob"
+    placement: Placement = field(default_factory=Placement)
     runtime: str = "image-finetune-tensorflow"
 
 
@@ -103,7 +105,7 @@ def _plan(index: int, cache: Path, launch: Launch, warm_start: bool) -> TrainJob
     return TrainJob(name=job_name(launch.run_id, index), run_id=launch.run_id, index=index,
                     workers=launch.workers, gpus=launch.gpus, image=launch.image,
                     claim=launch.claim, mount=launch.mount, cache=str(cache),
-                    warm_start=warm_start, policy=launch.policy)
+                    warm_start=warm_start, policy=launch.policy, placement=launch.placement)
 
 
 def _stage(params: Params, job: TrainJob, data: Path, warm_start: Path | None) -> None:
