@@ -67,8 +67,20 @@ def definitions() -> dict[tuple[str, str], tuple[dict, dict]]:
     return found
 
 
+@cache
+def validator(api_version: str, kind: str):
+    """The checked, compiled validator of one vendored schema (compiling the large ones,
+    Trainer v2's TrainJob, costs about a second: once per test session)."""
+    _, schema = definitions()[(api_version, kind)]
+    checker = jsonschema.validators.validator_for(schema)
+    checker.check_schema(schema)
+    return checker(schema)
+
+
 def validate_custom_resource(manifest: dict) -> None:
     """Validate a custom resource against its vendored CRD's schema (KeyError: no such CRD
     vendored). Raises jsonschema.ValidationError."""
-    _, schema = definitions()[(manifest["apiVersion"], manifest["kind"])]
-    jsonschema.validate(manifest, schema)
+    error = jsonschema.exceptions.best_match(
+        validator(manifest["apiVersion"], manifest["kind"]).iter_errors(manifest))
+    if error is not None:
+        raise error
