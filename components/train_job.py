@@ -1,5 +1,6 @@
-"""The ``train-job`` step: one rung of the ladder as a distributed ``TFJob`` of Kubeflow's
-training operator (``compile --workers N``), launched and followed from this task."""
+"""The ``train-job`` step: one rung of the ladder as a distributed job of Kubeflow's training
+operator (a ``TFJob``) or of Kubeflow Trainer v2 (a ``TrainJob``; ``compile --workers N
+--launcher``), launched and followed from this task."""
 
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
@@ -19,6 +20,11 @@ def train_rung_job(
     cache_pvc: str,
     cache_mount: str,
     run_id: str,
+    launcher: str,
+    runtime: str,
+    timeout_seconds: int,
+    tolerations: list,
+    node_selector: dict,
     dataset: Input[Dataset],
     classifier: Output[Model],
     metrics: Output[Metrics],
@@ -26,8 +32,10 @@ def train_rung_job(
 ) -> None:
     """Train rung ``index`` on ``workers`` pods of ``image`` with ``gpus`` GPUs each, the
     PVC ``cache_pvc`` mounted at ``cache_mount`` (as on this task); the job is named after
-    ``run_id`` and the rung. The task's log shows the job's state and its chief's log;
-    ``classifier`` and ``metrics`` are what ``train_rung`` hands on."""
+    ``run_id`` and the rung; ``launcher`` is its kind (``tfjob``, or ``trainjob`` run by the
+    ClusterTrainingRuntime ``runtime``), deleted after ``timeout_seconds`` (0: 48 h); its GPU
+    pods get ``tolerations`` and ``node_selector``. The task's log shows the job's state and
+    its chief's log; ``classifier`` and ``metrics`` are what ``train_rung`` hands on."""
     import shutil
     from pathlib import Path
 
@@ -35,12 +43,17 @@ def train_rung_job(
     from image_finetune.console import exit_on_termination
     from image_finetune.inference import MODEL_FILE
     from image_finetune.steps.train_job import RESULT_FILE, Launch, train_job
+    from image_finetune.train_job import JobPolicy, Placement, job_kind
 
     exit_on_termination()  # a cancelled run deletes its job: see train_job
     result = train_job(
         read_params(model=model, train=train, augment=augment), index, Path(dataset.path),
         Path(classifier.path), Path(cache_dir), Path.cwd(),
-        Launch(run_id, workers, gpus, image, cache_pvc, cache_mount), TrainingJobs.in_cluster(),
+        Launch(run_id, workers, gpus, image, cache_pvc, cache_mount,
+               JobPolicy(timeout_seconds=timeout_seconds or JobPolicy.timeout_seconds),
+               launcher, runtime,
+               Placement(tuple(tolerations), tuple(sorted(node_selector.items())))),
+        TrainingJobs.in_cluster(job_kind(launcher)),
         Path(warm_start.path) / MODEL_FILE if warm_start else None)
     classifier.metadata.update(rung=index, rung_name=result["rung"], mode=result["mode"],
                                epochs_run=result["epochs_run"], backend=result["backend"],

@@ -29,7 +29,8 @@ from image_finetune.errors import ConfigError
 # credentials. Nothing else leaks in (host paths such as a CA bundle mean nothing inside).
 FORWARDED_PREFIXES = ("MLFLOW_", "AWS_")
 BUILD_HINT = "build it with `bash infra/docker/build.sh` (or docker pull it)"
-SERVING_MANIFEST = Path(__file__).resolve().parents[1] / "infra" / "k8s" / "serving.yaml"
+SERVING_MANIFEST = (Path(__file__).resolve().parents[1] / "infra" / "k8s" / "base"
+                    / "serving.yaml")
 
 
 @dataclass(frozen=True)

@@ -210,7 +210,7 @@ def _test_and_register(sections: dict, deployment: Deployment, winner, first_gat
     deployment.with_credentials(registered)
 
 
-def _parameter_descriptions(params: Params) -> dict[str, str]:
+def parameter_descriptions(params: Params) -> dict[str, str]:
     """What each parameter of the pipeline for ``params`` is, for the run form."""
     rungs = params.train.ladder
     described = {}
@@ -225,7 +225,7 @@ def _parameter_descriptions(params: Params) -> dict[str, str]:
     return described
 
 
-def _with_parameters(pipeline_func, defaults: dict[str, Any], descriptions: dict[str, str]):
+def with_parameters(pipeline_func, defaults: dict[str, Any], descriptions: dict[str, str]):
     """``pipeline_func(*values)`` with one typed parameter per default, described in its
     docstring: KFP reads a pipeline's parameters from its signature, and these depend on
     the ladder compiled in."""
@@ -259,7 +259,7 @@ def build_pipeline(
                                git_commit)
 
     return dsl.pipeline(name=PIPELINE_NAME, display_name=DISPLAY_NAME, description=DESCRIPTION)(
-        _with_parameters(image_finetune, defaults, _parameter_descriptions(params)))
+        with_parameters(image_finetune, defaults, parameter_descriptions(params)))
 
 
 def compile_pipeline(

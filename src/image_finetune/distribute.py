@@ -7,7 +7,9 @@ learning rate scale with them (``train.distribution``, ``train.batch_scaling``).
   ``train.host_devices`` splits the CPU into that many logical devices, so that tests and
   benchmarks exercise the same code as a multi-GPU node;
 - ``multi_worker``: ``tf.distribute.MultiWorkerMirroredStrategy`` over the cluster that
-  ``TF_CONFIG`` names (what Kubeflow's training operator sets on each TFJob worker).
+  ``TF_CONFIG`` names (what Kubeflow's training operator sets on each TFJob worker; on a
+  Kubeflow Trainer v2 TrainJob's node, made from the worker list the launcher passes and the
+  Indexed Job's completion index: :func:`export_jobset_cluster`).
   Worker 0 is the chief: it alone writes checkpoints, logs and outputs.
 
 A strategy is made once per process: TensorFlow fixes its devices and collectives when its
@@ -33,6 +35,9 @@ from image_finetune.errors import ConfigError
 log = logging.getLogger(__name__)
 
 TF_CONFIG_ENV = "TF_CONFIG"
+# Set by image_finetune.train_job on a TrainJob's nodes, and by Kubernetes on an Indexed Job's.
+WORKER_HOSTS_ENV = "IMAGE_FINETUNE_WORKER_HOSTS"
+COMPLETION_INDEX_ENV = "JOB_COMPLETION_INDEX"
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,27 @@ def read_cluster(environ: dict[str, str]) -> Cluster | None:
         raise ConfigError(f"{TF_CONFIG_ENV}: task {task!r} is not one of the cluster's "
                           f"{len(workers)} workers")
     return Cluster(workers=len(workers), index=index)
+
+
+def jobset_tf_config(environ: dict[str, str]) -> str | None:
+    """The ``TF_CONFIG`` of a TrainJob's node: the workers the launcher lists, this one by
+    its Indexed Job's completion index (None where either is missing)."""
+    hosts = [host for host in environ.get(WORKER_HOSTS_ENV, "").split(",") if host]
+    index = environ.get(COMPLETION_INDEX_ENV, "").strip()
+    if not hosts or not index:
+        return None
+    if not index.isdigit() or int(index) >= len(hosts):
+        raise ConfigError(f"{COMPLETION_INDEX_ENV}={index!r} is not one of the "
+                          f"{len(hosts)} workers in {WORKER_HOSTS_ENV}")
+    return json.dumps({"cluster": {"worker": hosts},
+                       "task": {"type": "worker", "index": int(index)}})
+
+
+def export_jobset_cluster(environ=os.environ) -> None:
+    """Give a TrainJob's node the ``TF_CONFIG`` that TensorFlow's strategy reads, unless one
+    is set already (a TFJob's)."""
+    if not environ.get(TF_CONFIG_ENV) and (made := jobset_tf_config(dict(environ))):
+        environ[TF_CONFIG_ENV] = made
 
 
 def local_cluster(workers: int) -> list[str]:
@@ -186,6 +212,7 @@ def _as_vectors(logs: dict) -> dict:
 def start_replicas(train: TrainParams) -> Replicas:
     """The replicas ``train.distribution`` asks for, made once per process. Call it before
     anything else runs on the backend: devices are fixed when its runtime starts."""
+    export_jobset_cluster()
     cluster = read_cluster(dict(os.environ))
     backend = keras.config.backend()
     if train.host_devices > 1 and train.distribution in ("auto", "mirrored"):

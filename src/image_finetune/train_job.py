@@ -1,10 +1,15 @@
-"""A rung trained as a distributed job of Kubeflow's training operator (a ``TFJob``,
-kubeflow.org/v1): its name, the folders it shares with its launcher on the cache volume, the
-manifest, and what its status conditions say. Pure: no files, no cluster.
+"""A rung trained as a distributed job: a ``TFJob`` of Kubeflow's training operator
+(kubeflow.org/v1) or a ``TrainJob`` of Kubeflow Trainer v2 (trainer.kubeflow.org/v1alpha1,
+run by a ``ClusterTrainingRuntime``: infra/k8s/trainer/): its name, the folders it shares with
+its launcher on the cache volume, the manifests, and what their status conditions say. Pure:
+no files, no cluster.
 
 Every worker runs ``image-finetune train-rung`` with ``train.distribution: multi_worker``
-(``tf.distribute.MultiWorkerMirroredStrategy`` reads the ``TF_CONFIG`` the operator sets);
-only the chief, worker 0, writes the attempt's folder.
+(``tf.distribute.MultiWorkerMirroredStrategy``). The training operator sets ``TF_CONFIG`` on
+each TFJob worker; Trainer v2 has no TensorFlow plugin, so a TrainJob's workers get the
+list of worker addresses (JobSet's stable pod host names) and make ``TF_CONFIG`` from it and
+their Indexed Job's completion index (``image_finetune.distribute``). Only the chief, worker
+0, writes the attempt's folder.
 """
 
 from __future__ import annotations
@@ -30,9 +35,49 @@ REPLICA_INDEX_LABEL = "training.kubeflow.org/replica-index"
 RUN_LABEL = "pipelines.kubeflow.org/run-id"
 MULTI_WORKER = "multi_worker"
 CACHE_VOLUME = "cache"
-# The operator's condition types; Succeeded and Failed are final.
+# The operator's condition types; Succeeded and Failed are final (Trainer v2: Complete).
 SUCCEEDED, FAILED = "Succeeded", "Failed"
-PROGRESS = ("Created", "Running", "Restarting", SUCCEEDED, FAILED)
+COMPLETE = "Complete"
+PROGRESS = ("Created", "Running", "Restarting", "Suspended", SUCCEEDED, COMPLETE, FAILED)
+# Kubeflow Trainer v2: a TrainJob runs as a JobSet of the same name; its ClusterTrainingRuntime
+# (infra/k8s/trainer/) has one replicated job, `node`, an Indexed Job of numNodes pods.
+TRAINER_GROUP, TRAINER_VERSION = "trainer.kubeflow.org", "v1alpha1"
+TRAINER_NODE = "node"
+WORKER_HOSTS_ENV = "IMAGE_FINETUNE_WORKER_HOSTS"
+WORKER_PORT = 2222
+MANAGER = "image-finetune.dev/launcher"  # who owns the TrainJob's runtime patch
+
+
+@dataclass(frozen=True)
+class JobKind:
+    """One kind of distributed job: its API and the labels of its chief's pod."""
+
+    launcher: str
+    group: str
+    version: str
+    plural: str
+    kind: str
+    job_name_label: str
+    chief_labels: tuple[tuple[str, str], ...]
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}"
+
+    def chief_selector(self, name: str) -> str:
+        """The label selector of job ``name``'s worker 0, the chief."""
+        return ",".join(f"{key}={value}" for key, value in
+                        ((self.job_name_label, name), *self.chief_labels))
+
+
+TFJOB = JobKind("tfjob", GROUP, VERSION, PLURAL, KIND, JOB_NAME_LABEL,
+                ((REPLICA_TYPE_LABEL, WORKER.lower()), (REPLICA_INDEX_LABEL, "0")))
+# JobSet's labels on every pod, and the Indexed Job's on each pod.
+TRAINJOB = JobKind("trainjob", TRAINER_GROUP, TRAINER_VERSION, "trainjobs", "TrainJob",
+                   "jobset.sigs.k8s.io/jobset-name",
+                   (("jobset.sigs.k8s.io/replicatedjob-name", TRAINER_NODE),
+                    ("batch.kubernetes.io/job-completion-index", "0")))
+JOB_KINDS = {kind.launcher: kind for kind in (TFJOB, TRAINJOB)}
 
 
 class TrainJobError(PipelineError):
@@ -56,6 +101,21 @@ class JobPolicy:
     ttl_seconds: int = 24 * 3600
     timeout_seconds: int = 48 * 3600
     poll_seconds: float = 15.0
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a job's pods may run: tolerations of node taints (Kubernetes Toleration
+    mappings) and the node labels they require (GPU nodes are usually tainted)."""
+
+    tolerations: tuple[dict, ...] = ()
+    node_selector: tuple[tuple[str, str], ...] = ()
+
+    def pod_fields(self) -> dict:
+        """The pod spec's ``tolerations`` and ``nodeSelector``, where there are any."""
+        fields = {"tolerations": [dict(t) for t in self.tolerations]} if self.tolerations else {}
+        return {**fields, **({"nodeSelector": dict(self.node_selector)}
+                             if self.node_selector else {})}
 
 
 @dataclass(frozen=True)
@@ -98,6 +158,7 @@ class TrainJob:
     cache: str
     warm_start: bool = False
     policy: JobPolicy = field(default_factory=JobPolicy)
+    placement: Placement = field(default_factory=Placement)
 
     @property
     def layout(self) -> JobLayout:
@@ -134,9 +195,15 @@ def label_value(text: str) -> str:
 
 
 def chief_selector(name: str) -> str:
-    """The label selector of job ``name``'s worker 0, the chief."""
-    return (f"{JOB_NAME_LABEL}={name},{REPLICA_TYPE_LABEL}={WORKER.lower()},"
-            f"{REPLICA_INDEX_LABEL}=0")
+    """The label selector of TFJob ``name``'s worker 0, the chief."""
+    return TFJOB.chief_selector(name)
+
+
+def job_kind(launcher: str) -> JobKind:
+    """The job kind a launcher name (``tfjob``, ``trainjob``) stands for."""
+    if launcher not in JOB_KINDS:
+        raise TrainJobError(f"launcher {launcher!r}: expected one of {', '.join(JOB_KINDS)}")
+    return JOB_KINDS[launcher]
 
 
 def distributed_params(tree: dict) -> dict:
@@ -171,17 +238,68 @@ def tfjob_manifest(job: TrainJob, namespace: str) -> dict:
     }
 
 
-def _pod_spec(job: TrainJob) -> dict:
+def worker_hosts(job: TrainJob) -> list[str]:
+    """The TrainJob's workers as JobSet names them: ``<job>-node-0-<i>`` under the job's
+    headless Service (the JobSet's subdomain), each listening on :data:`WORKER_PORT`."""
+    return [f"{job.name}-{TRAINER_NODE}-0-{i}.{job.name}:{WORKER_PORT}"
+            for i in range(job.workers)]
+
+
+def trainjob_manifest(job: TrainJob, namespace: str, runtime: str) -> dict:
+    """The Trainer v2 ``TrainJob`` for ``job``, run by the ClusterTrainingRuntime ``runtime``:
+    ``job.workers`` nodes of ``job.image``, the cache volume patched into each node's pod."""
+    labels = {"app": "image-finetune", RUN_LABEL: label_value(job.run_id)}
+    env = [*_ENV, {"name": WORKER_HOSTS_ENV, "value": ",".join(worker_hosts(job))}]
+    pod = {"volumes": [_cache_volume(job)], **job.placement.pod_fields(),
+           "containers": [{"name": TRAINER_NODE, "volumeMounts": [_cache_mount(job)]}]}
+    return {
+        "apiVersion": TRAINJOB.api_version, "kind": TRAINJOB.kind,
+        "metadata": {"name": job.name, "namespace": namespace, "labels": labels},
+        "spec": {
+            "runtimeRef": {"name": runtime, "apiGroup": TRAINER_GROUP,
+                           "kind": "ClusterTrainingRuntime"},
+            "activeDeadlineSeconds": job.policy.timeout_seconds,
+            "trainer": {"image": job.image, "command": worker_command(job),
+                        "numNodes": job.workers, "env": env,
+                        "resourcesPerNode": _resources(job)},
+            "runtimePatches": [{"manager": MANAGER, "trainingRuntimeSpec": {"template": {
+                "spec": {"replicatedJobs": [{"name": TRAINER_NODE, "template": {"spec": {
+                    "template": {"metadata": {"labels": labels}, "spec": pod}}}}]}}}}],
+        },
+    }
+
+
+_ENV = ({"name": "KERAS_BACKEND", "value": "tensorflow"},
+        {"name": "PYTHONUNBUFFERED", "value": "1"})
+
+
+def _resources(job: TrainJob) -> dict:
     limits = {"nvidia.com/gpu": job.gpus} if job.gpus else {}
+    return {"requests": {"cpu": "4", "memory": "16Gi"}, "limits": limits}
+
+
+def _cache_volume(job: TrainJob) -> dict:
+    return {"name": CACHE_VOLUME, "persistentVolumeClaim": {"claimName": job.claim}}
+
+
+def _cache_mount(job: TrainJob) -> dict:
+    return {"name": CACHE_VOLUME, "mountPath": job.mount}
+
+
+def job_manifest(job: TrainJob, namespace: str, launcher: str, runtime: str) -> dict:
+    """The manifest ``launcher`` creates for ``job``."""
+    if job_kind(launcher) is TRAINJOB:
+        return trainjob_manifest(job, namespace, runtime)
+    return tfjob_manifest(job, namespace)
+
+
+def _pod_spec(job: TrainJob) -> dict:
     container = {
         "name": CONTAINER, "image": job.image, "command": worker_command(job),
-        "env": [{"name": "KERAS_BACKEND", "value": "tensorflow"},
-                {"name": "PYTHONUNBUFFERED", "value": "1"}],
-        "resources": {"requests": {"cpu": "4", "memory": "16Gi"}, "limits": limits},
-        "volumeMounts": [{"name": CACHE_VOLUME, "mountPath": job.mount}],
+        "env": list(_ENV), "resources": _resources(job), "volumeMounts": [_cache_mount(job)],
     }
-    return {"containers": [container], "volumes": [
-        {"name": CACHE_VOLUME, "persistentVolumeClaim": {"claimName": job.claim}}]}
+    return {"containers": [container], "volumes": [_cache_volume(job)],
+            **job.placement.pod_fields()}
 
 
 def job_state(status: dict | None) -> JobState:
@@ -189,18 +307,20 @@ def job_state(status: dict | None) -> JobState:
     true one (the operator keeps its conditions in the order they happened)."""
     true = [c for c in (status or {}).get("conditions") or []
             if c.get("status") == "True" and c.get("type") in PROGRESS]
-    final = [c for c in true if c["type"] in (SUCCEEDED, FAILED)]
+    final = [c for c in true if c["type"] in (SUCCEEDED, COMPLETE, FAILED)]
     if not (final or true):
         return JobState("Pending", "waiting for the training operator")
     latest = (final or true)[-1]
     reason = ": ".join(part for part in (latest.get("reason"), latest.get("message")) if part)
-    return JobState(latest["type"], reason or latest["type"])
+    phase = SUCCEEDED if latest["type"] == COMPLETE else latest["type"]
+    return JobState(phase, reason or latest["type"])
 
 
-def failure_message(name: str, state: JobState, namespace: str) -> str:
+def failure_message(name: str, state: JobState, namespace: str, kind: JobKind = TFJOB) -> str:
     """Why the rung failed, and where to look."""
-    return (f"TFJob {name} {state.phase.lower()}: {state.message}. Its pods stay until the "
-            f"job's TTL: kubectl -n {namespace} logs -l {JOB_NAME_LABEL}={name} --prefix")
+    return (f"{kind.kind} {name} {state.phase.lower()}: {state.message}. Its pods stay until "
+            f"the job's TTL: kubectl -n {namespace} logs -l {kind.job_name_label}={name} "
+            "--prefix")
 
 
 @dataclass(frozen=True)

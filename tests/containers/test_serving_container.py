@@ -1,5 +1,5 @@
 """The inference server in the CPU image, started exactly as the Kubernetes Deployment
-starts it (infra/k8s/serving.yaml: command, args, environment, user, read-only root file
+starts it (infra/k8s/base/serving.yaml: command, args, environment, user, read-only root file
 system, no capabilities), configured by environment variables only: it serves the champion
 the containerized pipeline registered, and labels real test images over HTTP."""
 

@@ -1,6 +1,9 @@
-"""The Kubernetes manifests in infra/k8s: each object valid against the Kubernetes API schemas
-(kubernetes-validate, offline, strict: no unknown fields), KServe's pod templates validated
-as pods, and the serving Deployment hardened and started the way the image can start it."""
+"""The Kubernetes manifests in infra/k8s (the kustomize base, components and overlays: each
+source file; tests/unit/test_kustomize.py renders the overlays): each object valid against
+the Kubernetes API schemas (kubernetes-validate, offline, strict: no unknown fields), the
+Prometheus Operator's and Kubeflow Trainer's objects against their CRDs (tests/fixtures/crds),
+KServe's pod templates validated as pods, and the
+serving Deployment hardened and started the way the image can start it."""
 
 from __future__ import annotations
 
@@ -13,11 +16,17 @@ import typer.main
 import yaml
 
 from image_finetune.cli import app
+from tests.crds import validate_custom_resource
 
 ROOT = Path(__file__).resolve().parents[2]
-MANIFESTS = sorted((ROOT / "infra" / "k8s").glob("*.yaml"))
+K8S = ROOT / "infra" / "k8s"
+# Whole objects; kustomizations and patches are not (test_kustomize renders them).
+MANIFESTS = sorted(path for path in K8S.rglob("*.yaml")
+                   if path.name != "kustomization.yaml" and not path.name.endswith(".patch.yaml"))
 KUBERNETES = "1.30.0"  # the oldest release the manifests must work on
 KSERVE = "serving.kserve.io/v1beta1"
+PROMETHEUS_OPERATOR = "monitoring.coreos.com"
+TRAINER = "trainer.kubeflow.org"
 # Fields of a KServe predictor that are KServe's own; the rest is a pod spec.
 KSERVE_PREDICTOR_FIELDS = {"minReplicas", "maxReplicas", "scaleMetric", "scaleTarget",
                            "containerConcurrency", "timeout", "canaryTrafficPercent",
@@ -25,7 +34,7 @@ KSERVE_PREDICTOR_FIELDS = {"minReplicas", "maxReplicas", "scaleMetric", "scaleTa
 
 
 def documents() -> list[tuple[str, dict]]:
-    return [(f"{path.name}:{doc['kind']}/{doc['metadata']['name']}", doc)
+    return [(f"{path.relative_to(K8S)}:{doc['kind']}/{doc['metadata']['name']}", doc)
             for path in MANIFESTS for doc in yaml.safe_load_all(path.read_text()) if doc]
 
 
@@ -41,13 +50,22 @@ def predictor_as_pod(service: dict) -> dict:
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "predictor"}, "spec": spec}
 
 
-@pytest.mark.parametrize("label,doc", documents(), ids=[label for label, _ in documents()])
-def test_every_manifest_is_valid_against_the_kubernetes_schemas(label, doc):
+def validate_object(doc: dict) -> None:
+    """Validate one object: against the Kubernetes API's schema, a vendored CRD, or (KServe)
+    its predictor as the Pod it becomes."""
     if doc["apiVersion"] == KSERVE:  # a custom resource: its pod template is what can break
         if "containers" in doc["spec"]["predictor"]:
             kubernetes_validate.validate(predictor_as_pod(doc), KUBERNETES, strict=True)
         return
+    if doc["apiVersion"].startswith((f"{PROMETHEUS_OPERATOR}/", f"{TRAINER}/")):
+        validate_custom_resource(doc)
+        return
     kubernetes_validate.validate(doc, KUBERNETES, strict=True)
+
+
+@pytest.mark.parametrize("label,doc", documents(), ids=[label for label, _ in documents()])
+def test_every_manifest_is_valid_against_the_kubernetes_schemas(label, doc):
+    validate_object(doc)
 
 
 def test_an_invalid_manifest_would_be_caught():
@@ -63,8 +81,13 @@ def serving_pods() -> list[dict]:
     return [deployment, predictor_as_pod(by_kind("InferenceService", "image-finetune"))["spec"]]
 
 
-@pytest.mark.parametrize("pod", serving_pods(), ids=["deployment", "kserve"])
-def test_serving_pods_are_hardened(pod):
+def receiver_pod() -> dict:
+    return by_kind("Deployment", "image-finetune-alert-receiver")["spec"]["template"]["spec"]
+
+
+@pytest.mark.parametrize("pod", [*serving_pods(), receiver_pod()],
+                         ids=["deployment", "kserve", "alert-receiver"])
+def test_pods_are_hardened(pod):
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     [container] = pod["containers"]

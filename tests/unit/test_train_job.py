@@ -5,7 +5,6 @@ the launcher's calls, made with the real kubernetes client against a stand-in AP
 
 from __future__ import annotations
 
-import copy
 import re
 from pathlib import Path
 
@@ -26,10 +25,10 @@ from image_finetune.train_job import (
     tfjob_manifest,
     worker_command,
 )
+from tests.crds import definitions
 
 ROOT = Path(__file__).resolve().parents[2]
-CRD = ROOT / "tests" / "fixtures" / "crds" / "kubeflow.org_tfjobs.yaml"
-RBAC = ROOT / "infra" / "k8s" / "train-job-rbac.yaml"
+RBAC = ROOT / "infra" / "k8s" / "components" / "pipeline" / "train-job-rbac.yaml"
 KUBERNETES = "1.30.0"
 # A TFJob's name is a DNS-1035 label: the operator names services after it.
 DNS_1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
@@ -44,24 +43,8 @@ def a_job(workers: int = 2, gpus: int = 1, warm_start: bool = True) -> TrainJob:
 
 
 def crd_schema() -> tuple[dict, dict]:
-    """The CRD, and its v1 schema made strict: an object with properties accepts no
-    other fields (the API server's strict field validation; by default it prunes them)."""
-    [crd] = [doc for doc in yaml.safe_load_all(CRD.read_text()) if doc]
-    [version] = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
-    return crd, strict(copy.deepcopy(version["schema"]["openAPIV3Schema"]))
-
-
-def strict(schema: dict) -> dict:
-    if "properties" in schema and "additionalProperties" not in schema:
-        schema["additionalProperties"] = False
-    for value in schema.values():
-        for child in (value.values() if isinstance(value, dict) else
-                      value if isinstance(value, list) else ()):
-            if isinstance(child, dict):
-                strict(child)
-    if isinstance(schema.get("additionalProperties"), dict):
-        strict(schema["additionalProperties"])
-    return schema
+    """The TFJob CRD, and its v1 schema made strict."""
+    return definitions()[("kubeflow.org/v1", "TFJob")]
 
 
 def validate_tfjob(manifest: dict) -> None:

@@ -1,7 +1,8 @@
-"""The ``train-job`` step: one rung of the ladder trained by a distributed ``TFJob`` of
-Kubeflow's training operator instead of in the step's own process. It stages the params and
-inputs on the cache volume, creates the job, follows it (its state and its chief's log),
-and hands the chief's attempt folder on as the rung's output."""
+"""The ``train-job`` step: one rung of the ladder trained by a distributed job (a ``TFJob`` of
+Kubeflow's training operator, or a ``TrainJob`` of Kubeflow Trainer v2) instead of in the
+step's own process. It stages the params and inputs on the cache volume, creates the job,
+follows it (its state and its chief's log), and hands the chief's attempt folder on as the
+rung's output."""
 
 from __future__ import annotations
 
@@ -24,13 +25,14 @@ from image_finetune.train_job import (
     JobPolicy,
     JobState,
     LogCursor,
+    Placement,
     TrainJob,
     TrainJobError,
     distributed_params,
     failure_message,
+    job_manifest,
     job_name,
     new_log_lines,
-    tfjob_manifest,
 )
 
 log = logging.getLogger(__name__)
@@ -42,7 +44,8 @@ LOG_OVERLAP_SECONDS = 30
 @dataclass(frozen=True)
 class Launch:
     """Where the job runs: ``workers`` pods of ``image`` with ``gpus`` GPUs each, the cache
-    volume ``claim`` mounted at ``mount``; ``run_id`` names the job."""
+    volume ``claim`` mounted at ``mount``; ``run_id`` names the job; ``launcher`` is its kind
+    (``tfjob``, or ``trainjob`` run by the ClusterTrainingRuntime ``runtime``)."""
 
     run_id: str
     workers: int
@@ -51,6 +54,9 @@ class Launch:
     claim: str
     mount: str
     policy: JobPolicy = field(default_factory=JobPolicy)
+    launcher: str = "tfjob"
+    placement: Placement = field(default_factory=Placement)
+    runtime: str = "image-finetune-tensorflow"
 
 
 @dataclass(frozen=True)
@@ -66,27 +72,28 @@ def train_job(
     params: Params, index: int, data: Path, out: Path, cache: Path, root: Path, launch: Launch,
     jobs: TrainingJobs, warm_start: Path | None = None, clock: Clock = Clock(),
 ) -> dict:
-    """Train rung ``index`` as a ``TFJob``; write the chief's ``model.keras``,
-    ``history.csv`` and ``result.json`` to ``out`` and return the result. ``cache`` must be
-    on the volume the workers mount. The weights are chosen here, against ``root`` (as
-    :func:`choose_weights` does for a rung trained in one pod), so every worker builds the
-    same model. Fails with the job's reason if it fails; deletes it if
-    it outlives ``launch.policy.timeout_seconds`` or the wait is cancelled."""
+    """Train rung ``index`` as a distributed job (``launch.launcher``); write the chief's
+    ``model.keras``, ``history.csv`` and ``result.json`` to ``out`` and return the result.
+    ``cache`` must be on the volume the workers mount. The weights are chosen here, against
+    ``root`` (as :func:`choose_weights` does for a rung trained in one pod), so every worker
+    builds the same model. Fails with the job's reason if it fails; deletes it if it outlives
+    ``launch.policy.timeout_seconds`` or the wait is cancelled."""
     job = _plan(index, cache, launch, warm_start is not None)
     if not jobs.exists(job.name):
         chosen = params.model_copy(update={"model": choose_weights(params.model, root)})
         _stage(chosen, job, data, warm_start)
-        jobs.create(tfjob_manifest(job, jobs.namespace))
-        log.info("created TFJob %s: %d workers x %d GPUs", job.name, job.workers, job.gpus)
+        jobs.create(job_manifest(job, jobs.namespace, launch.launcher, launch.runtime))
+        log.info("created %s %s: %d workers x %d GPUs", jobs.kind.kind, job.name, job.workers,
+                 job.gpus)
     else:
-        log.info("TFJob %s exists (a retried launcher): following it", job.name)
+        log.info("%s %s exists (a retried launcher): following it", jobs.kind.kind, job.name)
     try:
         state = _await(job, jobs, clock)
     finally:
         shutil.rmtree(job.layout.data, ignore_errors=True)
     if not state.succeeded:
-        raise TrainJobError(failure_message(job.name, state, jobs.namespace))
-    return _collect(job, out)
+        raise TrainJobError(failure_message(job.name, state, jobs.namespace, jobs.kind))
+    return _collect(job, out, jobs.kind.kind)
 
 
 def _plan(index: int, cache: Path, launch: Launch, warm_start: bool) -> TrainJob:
@@ -98,7 +105,7 @@ def _plan(index: int, cache: Path, launch: Launch, warm_start: bool) -> TrainJob
     return TrainJob(name=job_name(launch.run_id, index), run_id=launch.run_id, index=index,
                     workers=launch.workers, gpus=launch.gpus, image=launch.image,
                     claim=launch.claim, mount=launch.mount, cache=str(cache),
-                    warm_start=warm_start, policy=launch.policy)
+                    warm_start=warm_start, policy=launch.policy, placement=launch.placement)
 
 
 def _stage(params: Params, job: TrainJob, data: Path, warm_start: Path | None) -> None:
@@ -121,7 +128,7 @@ def _await(job: TrainJob, jobs: TrainingJobs, clock: Clock) -> JobState:
     try:
         return _follow(job, jobs, clock)
     except (TrainJobError, KeyboardInterrupt, SystemExit):
-        log.warning("deleting TFJob %s: its launcher stopped waiting", job.name)
+        log.warning("deleting %s %s: its launcher stopped waiting", jobs.kind.kind, job.name)
         jobs.delete(job.name)
         raise
 
@@ -132,13 +139,13 @@ def _follow(job: TrainJob, jobs: TrainingJobs, clock: Clock) -> JobState:
     while True:
         state = jobs.state(job.name)
         if state != shown:
-            log.info("TFJob %s: %s (%s)", job.name, state.phase, state.message)
+            log.info("%s %s: %s (%s)", jobs.kind.kind, job.name, state.phase, state.message)
             shown = state
         chief_log.relay()
         if state.finished:
             return state
         if clock.now() >= deadline:
-            raise TrainJobError(f"TFJob {job.name} did not finish within "
+            raise TrainJobError(f"{jobs.kind.kind} {job.name} did not finish within "
                                 f"{job.policy.timeout_seconds} s; deleted it")
         clock.sleep(job.policy.poll_seconds)
 
@@ -164,13 +171,13 @@ class ChiefLog:
             self.clock.echo(f"[{pod}] {line}")
 
 
-def _collect(job: TrainJob, out: Path) -> dict:
+def _collect(job: TrainJob, out: Path, kind: str) -> dict:
     """The chief's attempt folder, as the rung's output; the job's folder then goes."""
     chief = Path(job.layout.out)
     missing = [name for name in (MODEL_FILE, HISTORY_FILE, RESULT_FILE)
                if not (chief / name).is_file()]
     if missing:
-        raise TrainJobError(f"TFJob {job.name} succeeded but its chief wrote no "
+        raise TrainJobError(f"{kind} {job.name} succeeded but its chief wrote no "
                             f"{', '.join(missing)} in {chief}")
     shutil.copytree(chief, out, dirs_exist_ok=True)
     shutil.rmtree(job.layout.folder, ignore_errors=True)
