@@ -82,6 +82,7 @@ class Window:
                              f"{IMAGE_STATISTICS}, got {image_stats.shape[1]}")
         self._chunks = [(probabilities, projected, image_stats)]
         self._widths = (probabilities.shape[1], projected.shape[1])
+        self._count = len(probabilities)  # kept, not summed: len() runs once per answer
 
     @classmethod
     def empty(cls, dimensions: int, classes: int) -> Window:
@@ -98,9 +99,10 @@ class Window:
             raise ValueError(f"summaries of widths {batch._widths} do not fit a window of "
                              f"{self._widths} (classes, dimensions)")
         self._chunks.append(batch._chunks[0])
+        self._count += batch._count
 
     def __len__(self) -> int:
-        return sum(len(chunk[0]) for chunk in self._chunks)
+        return self._count
 
     def _column(self, index: int) -> np.ndarray:
         if len(self._chunks) > 1:  # join once, then keep the joined arrays

@@ -56,9 +56,9 @@ class LoadedModel:
         monitored model, by the projected embedding (one forward pass for both)."""
         if self.summaries is None:
             return self.predict(images)
-        probabilities, pooled = self.summaries.predict_on_batch(images)
+        probabilities, projected = self.summaries.predict_on_batch(images)
         return np.concatenate([np.asarray(probabilities, dtype=np.float32),
-                               self.profile.project(np.asarray(pooled, np.float32))], axis=1)
+                               np.asarray(projected, dtype=np.float32)], axis=1)
 
     def split(self, outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """(probabilities, projected embedding or None) of ``answer``'s rows."""
@@ -89,7 +89,7 @@ def attach_reference(loaded: LoadedModel, registry: RegistryParams) -> None:
     """Give a loaded version its reference profile and its one-pass summaries model, when it
     was registered with a profile (older versions are served unmonitored)."""
     from image_finetune.monitoring.profile import ReferenceProfile
-    from image_finetune.monitoring.summaries import embedding_model
+    from image_finetune.monitoring.summaries import embedding_model, projecting_model
 
     with tempfile.TemporaryDirectory(prefix="image-finetune-profile-") as work:
         folder = download_reference_profile(client_for(registry), registry.model_name,
@@ -99,7 +99,8 @@ def attach_reference(loaded: LoadedModel, registry: RegistryParams) -> None:
                         loaded.version)
             return
         loaded.profile = ReferenceProfile.load(folder)
-    loaded.summaries = embedding_model(loaded.model)
+    loaded.summaries = projecting_model(embedding_model(loaded.model), loaded.profile.mean,
+                                        loaded.profile.components)
 
 
 class ModelHolder:
