@@ -84,17 +84,27 @@ class Monitor:
 
     def _work(self) -> None:
         while not self._stop.is_set():
+            items = self._drain()
             try:
-                item = self._queue.get(timeout=1.0)
-            except queue.Empty:
-                item = None
-            try:
-                if item is not None:
-                    self._append(*item)
+                for model, images, probabilities, projected in joined_by_model(items):
+                    self._append(model, images, probabilities, projected)
                 self._test_if_due()
             except Exception:  # a failed window never stops monitoring
                 log.exception("drift monitoring failed on a window; starting a new one")
                 self._new_window(self.model)
+
+    def _drain(self) -> list[tuple]:
+        """What is queued (waiting up to a second for the first): one request's answers at a
+        time would cost the answers' thread their interpreter lock once per request."""
+        try:
+            items = [self._queue.get(timeout=1.0)]
+        except queue.Empty:
+            return []
+        while True:
+            try:
+                items.append(self._queue.get_nowait())
+            except queue.Empty:
+                return items
 
     def _new_window(self, model: LoadedModel | None) -> None:
         self.model = model
@@ -167,6 +177,18 @@ class Monitor:
                 "windows_tested": self.windows_tested,
                 "last_window": last or None,
                 "tests": last.get("tests", {}), "drift": bool(last.get("drift", False))}
+
+
+def joined_by_model(items: list[tuple]) -> list[tuple]:
+    """Consecutive queued answers of one model version joined into one batch each."""
+    groups: list[list[tuple]] = []
+    for item in items:
+        if groups and groups[-1][0][0] is item[0]:
+            groups[-1].append(item)
+        else:
+            groups.append([item])
+    return [(group[0][0], *(np.concatenate([item[i] for item in group]) for i in (1, 2, 3)))
+            for group in groups]
 
 
 def lower_priority() -> None:
