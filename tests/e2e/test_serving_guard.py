@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 from tests.e2e.serving_support import Server, free_port, png, serve, wait_for
+from tests.secrets_volume import rotate_like_kubelet
 
 MAX_CONNECTIONS = 40
 HEADER_TIMEOUT = 3
@@ -201,14 +202,6 @@ def test_a_large_jpeg_is_decoded_at_a_reduced_size_and_classified(guarded):
     assert response.status_code == 200, response.text
     assert len(response.json()["predictions"]) == 16
 
-
-def rotate_like_kubelet(mount: Path, token: str, version: int) -> None:
-    """A Secret volume's update: a new folder, then the ..data link swapped to it."""
-    folder = mount / f"..{version}"
-    folder.mkdir()
-    (folder / "token").write_text(token + "\n")
-    (mount / "..data_tmp").symlink_to(folder.name)
-    os.replace(mount / "..data_tmp", mount / "..data")
 
 
 def test_a_rotated_token_secret_takes_effect_without_a_restart(tmp_path):

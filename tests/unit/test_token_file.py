@@ -3,7 +3,6 @@ works and the old one stops, without a restart; a file caught empty keeps the la
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials
 
 from image_finetune.serving.auth import token_guard
 from image_finetune.serving.errors import Rejected
+from tests.secrets_volume import rotate_like_kubelet
 
 
 def bearer(token: str) -> HTTPAuthorizationCredentials:
@@ -25,14 +25,6 @@ def allowed(check, token: str) -> bool:
         return False
     return True
 
-
-def rotate_like_kubelet(mount: Path, token: str, version: int) -> None:
-    """A Secret volume's update: a new timestamped folder, then ..data swapped to it."""
-    folder = mount / f"..{version}"
-    folder.mkdir()
-    (folder / "token").write_text(token + "\n")
-    (mount / "..data_tmp").symlink_to(folder.name)
-    os.replace(mount / "..data_tmp", mount / "..data")
 
 
 @pytest.fixture
