@@ -35,6 +35,20 @@ def register(params, data: Path, evaluation: Path, decision: Path, model: Path, 
                                pipeline_run_id=run)
 
 
+def own_registry_params(champion: dict, work: Path):
+    """(params, params.yaml) of the serving tests' champion with the registry moved to a
+    sqlite store in ``work``: a module that promotes or registers leaves the others alone."""
+    import yaml
+
+    from image_finetune.config import load_params
+
+    settings = yaml.safe_load(champion["params_file"].read_text())
+    settings["registry"]["tracking_uri"] = f"sqlite:///{work / 'mlflow.db'}"
+    params_file = work / "params.yaml"
+    params_file.write_text(yaml.safe_dump(settings))
+    return load_params(params_file, use_env=False), params_file
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -9,16 +9,14 @@ from __future__ import annotations
 import httpx
 import numpy as np
 import pytest
-import yaml
 
-from image_finetune.config import load_params
 from image_finetune.data.images import decode_image
 from image_finetune.monitoring.profile import ReferenceProfile
 from image_finetune.steps.monitor import read_recorded
 from image_finetune.steps.profile import profile_classifier
 from image_finetune.steps.register import register_classifier
 from tests.conftest import ROOT, wait_until
-from tests.e2e.serving_support import png, serve
+from tests.e2e.serving_support import own_registry_params, png, serve
 
 pytestmark = pytest.mark.ordered
 WINDOW = 50
@@ -29,11 +27,7 @@ def monitored(champion, tmp_path_factory):
     """The champion with its reference profile in a registry of this module's own, served
     with 50-image windows whose summaries are recorded."""
     work = tmp_path_factory.mktemp("drift")
-    settings = yaml.safe_load(champion["params_file"].read_text())
-    settings["registry"]["tracking_uri"] = f"sqlite:///{work / 'mlflow.db'}"
-    params_file = work / "params.yaml"
-    params_file.write_text(yaml.safe_dump(settings))
-    params = load_params(params_file, use_env=False)
+    params, _ = own_registry_params(champion, work)
     profile = work / "profile"
     profile_classifier(params, champion["data"], champion["model_path"], profile)
     outcome = register_classifier(params, champion["data"], champion["evaluation"],

@@ -21,7 +21,6 @@ import httpx
 import pytest
 import yaml
 
-from image_finetune.config import load_params
 from image_finetune.monitoring.feedback_store import FeedbackStore
 from image_finetune.registry.client import client_for
 from image_finetune.registry.versions import version_by_alias
@@ -29,7 +28,7 @@ from image_finetune.serving.rollout import in_canary
 from image_finetune.steps.evaluate import evaluate_classifier
 from image_finetune.steps.final_gate import final_gate
 from tests.conftest import wait_until
-from tests.e2e.serving_support import register, serve
+from tests.e2e.serving_support import own_registry_params, register, serve
 from tests.e2e.test_serving import relabelled_copy
 
 pytestmark = pytest.mark.ordered
@@ -42,11 +41,7 @@ def scene(champion, tmp_path_factory):
     """The serving tests' champion registered as v1 in a registry of this module's own,
     the rotated challenger evaluated once, and the environment of its servers."""
     work = tmp_path_factory.mktemp("operate")
-    settings = yaml.safe_load(champion["params_file"].read_text())
-    settings["registry"]["tracking_uri"] = f"sqlite:///{work / 'mlflow.db'}"
-    params_file = work / "params.yaml"
-    params_file.write_text(yaml.safe_dump(settings))
-    params = load_params(params_file, use_env=False)
+    params, params_file = own_registry_params(champion, work)
     assert register(params, champion["data"], champion["evaluation"], champion["decision"],
                     champion["model_path"], "operate-1")["version"] == "1"
     rotated = relabelled_copy(champion["model_path"], work / "rotated.keras")
