@@ -23,20 +23,24 @@ import typer
 import yaml
 from pydantic import ValidationError
 
-from image_finetune.components.runtime import DEFAULT_IMAGE, IMAGE_ENV
 from image_finetune.config import Params, load_params
-from image_finetune.console import reported
+from image_finetune.console import exit_without_extra, reported
 from image_finetune.errors import ConfigError
-from image_finetune.pipelines.deployment import (
-    CACHE_MOUNT,
-    CACHE_PVC,
-    CREDENTIALS_SECRET,
-    GPU_TOLERATION,
-    LAUNCHERS,
-    Deployment,
-    Toleration,
-    parse_node_selector,
-)
+
+try:  # kfp: the `pipeline` extra; without it, the extra to install instead of a traceback
+    from image_finetune.components.runtime import DEFAULT_IMAGE, IMAGE_ENV
+    from image_finetune.pipelines.deployment import (
+        CACHE_MOUNT,
+        CACHE_PVC,
+        CREDENTIALS_SECRET,
+        GPU_TOLERATION,
+        LAUNCHERS,
+        Deployment,
+        Toleration,
+        parse_node_selector,
+    )
+except ModuleNotFoundError as missing:
+    exit_without_extra(missing)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Compile, run locally (kfp.local) or submit the Kubeflow pipeline.")

@@ -17,6 +17,20 @@ class ConfigError(PipelineError, ValueError):
     exit_code = 2
 
 
+class MissingExtraError(PipelineError, ImportError):
+    """A command needs an optional package that is not installed; the message names the
+    extra (pyproject.toml's optional dependencies) that installs it. A usage error: the same
+    exit code as a bad option."""
+
+    exit_code = 2
+
+    def __init__(self, package: str, extra: str):
+        self.package, self.extra = package, extra
+        super().__init__(
+            f"this needs {package!r}, which is not installed: it comes with the {extra!r} "
+            f"extra: pip install 'image-finetune[{extra}]' (in a clone: uv sync --extra {extra})")
+
+
 class IngestError(PipelineError, ValueError):
     """The source cannot be ingested; the message names the offending files."""
 

@@ -14,6 +14,14 @@ from pathlib import Path
 import pandas as pd
 
 from image_finetune.config import ValidateParams
+from image_finetune.extras import require
+
+# Imported here, where validation runs and nowhere else: the `validate` extra. A missing one
+# stops the step before it reads any data, with the extra to install. No usage reports
+# (GX reads the setting when it is imported).
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+gx = require("great_expectations")
+gxe = require("great_expectations.expectations")
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +77,6 @@ def _expectations(params: ValidateParams, manifest: dict) -> dict[str, list]:
 
 
 def _image_expectations(params: ValidateParams, manifest: dict) -> list:
-    import great_expectations.expectations as gxe
-
     n_classes = len(manifest["class_names"])
     # The shape the ingest was asked for, not whatever the arrays happen to have.
     side = manifest.get("params", {}).get("image_size")
@@ -106,8 +112,6 @@ def _image_expectations(params: ValidateParams, manifest: dict) -> list:
 
 
 def _count_expectations(params: ValidateParams) -> list:
-    import great_expectations.expectations as gxe
-
     tolerance = params.class_balance_tolerance
     return [
         gxe.ExpectColumnPairValuesToBeEqual(
@@ -124,8 +128,6 @@ def _count_expectations(params: ValidateParams) -> list:
 
 
 def _channel_expectations(params: ValidateParams) -> list:
-    import great_expectations.expectations as gxe
-
     low_mean, high_mean = params.channel_mean_range
     low_std, high_std = params.channel_std_range
     return [
@@ -172,9 +174,6 @@ def run_suites(
     tables: dict[str, pd.DataFrame], params: ValidateParams, manifest: dict, docs_dir: Path | None
 ) -> ValidationReport:
     """Run every suite with Great Expectations; build Data Docs into ``docs_dir``."""
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    import great_expectations as gx
-
     context = gx.get_context(mode="ephemeral")
     for site in list(context.list_data_docs_sites()):
         context.delete_data_docs_site(site)  # GX's default site would be built in the temp dir
