@@ -9,6 +9,7 @@ code depends on (what its dvc.yaml stage lists as code deps).
 from __future__ import annotations
 
 import ast
+import os
 import sys
 from functools import cache
 from pathlib import Path
@@ -18,9 +19,12 @@ ROOT = Path(__file__).resolve().parent
 
 
 def module_files() -> dict[str, Path]:
-    """Every module of the package, by dotted name."""
+    """Every module of the package, by dotted name, the linked subpackages (pipelines,
+    components: links to the repository's top-level folders) included."""
     modules = {}
-    for path in sorted(ROOT.rglob("*.py")):
+    found = (Path(folder, name) for folder, _, names in os.walk(ROOT, followlinks=True)
+             for name in names if name.endswith(".py"))
+    for path in sorted(found):
         parts = path.relative_to(ROOT.parent).with_suffix("").parts
         name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
         modules[name] = path
