@@ -65,3 +65,31 @@ def test_the_installed_distribution_carries_the_pipeline_and_its_components(tmp_
     shown = subprocess.run([str(script), "--help"], cwd=tmp_path, env=env,
                            capture_output=True, text=True)
     assert shown.returncode == 0 and "compile" in shown.stdout, shown.stderr
+
+
+SUPPORTED_PYTHONS = (11, 12, 13)  # requires-python ">=3.11,<3.14"
+
+
+def wheel_fits(filename: str, minor: int, platform: str) -> bool:
+    """Whether a wheel installs on CPython 3.<minor> on ``platform`` (a tag fragment)."""
+    python, abi, platforms = filename.removesuffix(".whl").split("-")[-3:]
+    pythons = python.split(".")
+    fits_python = ("py3" in pythons or f"cp3{minor}" in pythons
+                   or (abi == "abi3" and any(p.startswith("cp3") and int(p[3:]) <= minor
+                                             for p in pythons)))
+    return fits_python and any(p == "any" or platform in p for p in platforms.split("."))
+
+
+def test_every_supported_python_gets_a_wheel_of_every_locked_binary():
+    """Linux x86_64, CPython 3.11-3.13: no locked package with Linux wheels lacks one for a
+    supported version (it would be built from source there, or not install at all)."""
+    assert PYPROJECT["project"]["requires-python"] == ">=3.11,<3.14"
+    missing = []
+    for package in LOCK["package"]:
+        wheels = [w["url"].rsplit("/", 1)[1] for w in package.get("wheels", [])]
+        if not any("linux" in w and "x86_64" in w for w in wheels):
+            continue  # pure Python, sdist only, or not for Linux (pywin32)
+        missing += [f"{package['name']} {package['version']}: cp3{minor}"
+                    for minor in SUPPORTED_PYTHONS
+                    if not any(wheel_fits(w, minor, "x86_64") for w in wheels)]
+    assert missing == []
