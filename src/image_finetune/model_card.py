@@ -32,6 +32,9 @@ class CardFacts:
     lineage: dict = field(default_factory=dict)  # pipeline_run_id, git_commit, params_sha256
 
 
+SPLIT_ORDER = {"train": 0, "validation": 1, "test": 2}
+
+
 @dataclass(frozen=True)
 class Section:
     title: str
@@ -80,7 +83,7 @@ def intended_use(facts: CardFacts) -> Section:
 def data_section(facts: CardFacts) -> Section:
     source, splits = facts.manifest.get("source", {}), facts.manifest.get("splits", {})
     rows = []
-    for name, split in splits.items():
+    for name, split in sorted(splits.items(), key=lambda item: SPLIT_ORDER.get(item[0], 9)):
         counts = list(split.get("per_class", {}).values()) or [0]
         rows.append([name, str(split.get("count", "?")), f"{min(counts)}–{max(counts)}",
                      f"`{str(split.get('images_sha256', ''))[:16]}`"])
@@ -221,7 +224,8 @@ STYLE = """body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem aut
 color:#1b1f24;line-height:1.45}h1{font-size:1.6rem}h2{font-size:1.2rem;border-bottom:1px solid
 #d0d7de;padding-bottom:.2rem;margin-top:1.6rem}table{border-collapse:collapse;margin:.4rem 0}
 td,th{border:1px solid #d0d7de;padding:.2rem .6rem;text-align:left;font-size:.9rem}
-th{background:#f6f8fa}code{background:#f6f8fa;padding:0 .2rem;font-size:.85rem}
+th{background:#f6f8fa}code{background:#f6f8fa;padding:0 .2rem;font-size:.85rem;
+white-space:nowrap}
 figure{display:inline-block;margin:.5rem}img{max-width:28rem}"""
 
 
