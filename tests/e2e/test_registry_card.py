@@ -9,6 +9,7 @@ import base64
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,8 @@ from image_finetune.data.canonical import manifest_digest, read_manifest
 from image_finetune.inference import load_classifier
 from image_finetune.registry.client import client_for
 from image_finetune.registry.versions import download_model
+from image_finetune.serving.decode import decode_all
+from image_finetune.serving.settings import ServeSettings
 from tests.conftest import ROOT
 from tests.e2e.serving_support import free_port, wait_for
 from tests.unit.test_model_card import check_portable
@@ -85,12 +88,12 @@ def mlflow_server(champion, tmp_path_factory):
         [sys.executable, "-m", "mlflow", "models", "serve", "-m",
          f"models:/{registry.model_name}/1", "--env-manager", "local", "-h", "127.0.0.1",
          "-p", str(port)], env=env, cwd=tmp_path_factory.mktemp("mlflow-serve"),
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     try:
         wait_for(f"http://127.0.0.1:{port}/ping", process)
         yield f"http://127.0.0.1:{port}"
     finally:
-        process.terminate()
+        os.killpg(process.pid, signal.SIGTERM)  # the CLI and the uvicorn it started
         process.wait(timeout=60)
 
 
@@ -99,18 +102,22 @@ def invoke(url: str, images: list[str]) -> httpx.Response:
         "dataframe_split": {"columns": ["image"], "data": [[image] for image in images]}})
 
 
-def test_mlflow_models_serve_answers_a_jpeg_with_a_label(champion, mlflow_server):
-    cats = sorted((champion["folder"] / "test" / "cat").glob("*.jpg"))[:2]
-    encoded = [base64.b64encode(path.read_bytes()).decode() for path in cats]
+def test_mlflow_models_serve_answers_jpegs_as_the_server_would(champion, mlflow_server):
+    files = sorted((champion["folder"] / "test" / "cat").glob("*.jpg"))[:2] + sorted(
+        (champion["folder"] / "test" / "ship").glob("*.jpg"))[:2]
+    encoded = [base64.b64encode(path.read_bytes()).decode() for path in files]
     response = invoke(mlflow_server, encoded)
     assert response.status_code == 200, response.text
     predictions = response.json()["predictions"]
     names = read_manifest(champion["data"])["class_names"]
-    assert len(predictions) == 2 and all(p["label"] in names for p in predictions)
-    for prediction in predictions:
-        assert len(prediction["probabilities"]) == len(names)
-        assert sum(prediction["probabilities"]) == pytest.approx(1.0, abs=1e-4)
-        assert names[int(np.argmax(prediction["probabilities"]))] == prediction["label"]
+    assert len(predictions) == 4 and all(p["label"] in names for p in predictions)
+    # The same probabilities as the trained model on the server's decoding of the files.
+    model = load_classifier(champion["model_path"])
+    images = decode_all([(p.name, p.read_bytes()) for p in files], int(model.input_shape[1]),
+                        ServeSettings(), "resize")
+    expected = np.asarray(model.predict_on_batch(images))
+    np.testing.assert_allclose([p["probabilities"] for p in predictions], expected, atol=1e-5)
+    assert [p["label"] for p in predictions] == [names[i] for i in expected.argmax(axis=1)]
 
 
 @pytest.mark.parametrize(("image", "says"), [

@@ -179,6 +179,8 @@ CARD_PICTURES = {"Confusion matrix (test)": "confusion_matrix.png",
                  "Misclassified test images": "misclassified.png"}
 # The canonical splits as MLflow's dataset contexts.
 DATASET_CONTEXTS = {"train": "training", "validation": "validation", "test": "test"}
+# What a dataset input's profile shows of a split (not a sharded split's list of shards).
+PROFILED = ("count", "per_class", "images_sha256", "labels_sha256")
 
 
 def data_source_uri(params: Params, manifest: dict) -> str:
@@ -197,7 +199,8 @@ def data_inputs(params: Params, data: Path) -> list[tracking.DatasetRef]:
     name = f"{manifest.get('source', {}).get('name') or params.data.tfds_name}@{digest[:12]}"
     source = data_source_uri(params, manifest)
     return [tracking.DatasetRef(name, split["images_sha256"], source, DATASET_CONTEXTS[key],
-                                {"manifest_sha256": digest, "split": key, **split})
+                                {"manifest_sha256": digest, "split": key,
+                                 **{k: v for k, v in split.items() if k in PROFILED}})
             for key, split in manifest["splits"].items() if key in DATASET_CONTEXTS]
 
 
