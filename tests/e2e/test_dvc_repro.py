@@ -129,6 +129,12 @@ def test_the_winner_is_registered_and_promoted_in_the_projects_own_store(repro):
     attempts = client.search_runs([client.get_run(version.run_id).info.experiment_id],
                                   "tags.kind = 'attempt'")
     assert sorted(r.data.tags["gate_passed"] for r in attempts) == ["False", "True"]
+    # The model card tells the loop's story: both attempts, the first one's failed checks.
+    card = Path(client.download_artifacts(version.run_id, "model_card.md", str(project)))
+    text = card.read_text()
+    assert "| 0 | `hopeless-head` |" in text and "| 1 | `top-blocks` |" in text
+    assert "| failed | FAIL accuracy" in text and "2 attempt(s), rung `top-blocks` passed" in (
+        version.description)
     # Rung 1 starts from rung 0's weights: the loop chains its attempts (or reuses a finished
     # attempt of another test from the shared cache, whose key holds its warm start's hash).
     output = result.stdout + result.stderr

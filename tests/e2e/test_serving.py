@@ -9,7 +9,6 @@ import asyncio
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ from image_finetune.inference import load_classifier
 from image_finetune.registry.promotion import promote, rollback
 from image_finetune.steps.evaluate import evaluate_classifier
 from image_finetune.steps.final_gate import final_gate
-from tests.e2e.serving_support import free_port, register, wait_for
+from tests.e2e.serving_support import register
 
 CLIENTS = 16
 
@@ -200,31 +199,6 @@ def test_batch_inference_writes_a_csv_and_names_unreadable_files(champion, tmp_p
     assert sum(r["error"] == "" for r in rows) == 20
     classes = set(read_manifest(champion["data"])["class_names"])
     assert {r["predicted"] for r in rows if not r["error"]} <= classes  # names, not indices
-
-
-def test_mlflow_models_serve_answers_with_the_same_predictions(champion):
-    port = free_port()
-    params = champion["params"]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": params.registry.tracking_uri,
-           "TF_CPP_MIN_LOG_LEVEL": "2", "PATH": f"{Path(sys.executable).parent}:"
-           f"{os.environ['PATH']}"}
-    process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m",
-         f"models:/{params.registry.model_name}@champion", "--env-manager", "local",
-         "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        wait_for(f"http://127.0.0.1:{port}/ping", process)
-        images = np.asarray(load_split(champion["data"], "test").images[:8])
-        response = httpx.post(f"http://127.0.0.1:{port}/invocations", timeout=60,
-                              json={"inputs": images.tolist()})
-        assert response.status_code == 200, response.text
-        served = np.asarray(response.json()["predictions"])
-        expected = np.asarray(load_classifier(champion["model_path"]).predict_on_batch(images))
-        np.testing.assert_allclose(served, expected, atol=1e-5)
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
 
 
 def test_tf_serving_export_takes_uint8_images(champion, tmp_path):

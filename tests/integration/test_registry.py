@@ -3,6 +3,7 @@ models trained on real CIFAR-10 images with real pretrained weights."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -13,7 +14,9 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
+from packaging.requirements import Requirement
 
 from image_finetune.config import Params, RegistryParams
 from image_finetune.data.canonical import load_split
@@ -24,7 +27,9 @@ from image_finetune.steps.evaluate import evaluate_classifier
 from image_finetune.steps.final_gate import final_gate
 from image_finetune.steps.register import register_classifier
 from image_finetune.steps.train_rung import train_rung
+from tests.conftest import jpeg_bytes
 from tests.services import ROOT, run_services
+from tests.unit.test_model_card import check_portable
 
 
 @pytest.fixture(scope="module")
@@ -105,8 +110,13 @@ def test_register_promote_and_serve_the_champion(registered):
     uri = f"models:/{params.registry.model_name}@{CHAMPION}"
     loaded = mlflow.keras.load_model(uri)
     np.testing.assert_allclose(np.asarray(loaded.predict_on_batch(images)), expected, atol=1e-5)
+    # The pyfunc flavor takes encoded images (base64) and answers labels and probabilities.
     pyfunc = mlflow.pyfunc.load_model(uri)
-    np.testing.assert_allclose(np.asarray(pyfunc.predict(images)), expected, atol=1e-5)
+    encoded = [base64.b64encode(jpeg_bytes(image)).decode() for image in images[:4]]
+    answered = pyfunc.predict(pd.DataFrame({"image": encoded}))
+    names = json.loads((data / "manifest.json").read_text())["class_names"]
+    assert set(answered["label"]) <= set(names)
+    assert np.stack(answered["probabilities"]).shape == (4, len(names))
     version = mlflow.MlflowClient().get_model_version(params.registry.model_name, "1")
     # Lineage against values computed here, independently of the code under test.
     manifest = data / "manifest.json"
@@ -122,9 +132,25 @@ def test_register_promote_and_serve_the_champion(registered):
         (work_of(setup) / "first" / "evaluation" / "metrics.json").read_text())["accuracy"])
     requirements = Path(mlflow.artifacts.download_artifacts(
         run_id=version.run_id, artifact_path="model/requirements.txt",
-        dst_path=str(work_of(setup) / "first"))).read_text().split()
-    assert {r.split("==")[0] for r in requirements} == {"mlflow", "keras", "numpy",
-                                                         "tensorflow-cpu"}
+        dst_path=str(work_of(setup) / "first"))).read_text().splitlines()
+    assert {Requirement(r).name for r in requirements} == {
+        "mlflow", "keras", "numpy", "tensorflow-cpu", "tensorflow", "pandas", "pillow",
+        "pydantic"}
+    check_portable(requirements)
+
+
+def test_the_version_has_a_card_and_its_data_as_dataset_inputs_on_the_server(registered):
+    import mlflow
+
+    params, data, _, work = registered["setup"]
+    client = mlflow.MlflowClient()
+    version = client.get_model_version(params.registry.model_name, "1")
+    assert "test accuracy" in version.description
+    page = Path(client.download_artifacts(version.run_id, "model_card.html", str(work)))
+    assert hashlib.sha256((data / "manifest.json").read_bytes()).hexdigest() in page.read_text()
+    contexts = sorted(tag.value for item in client.get_run(version.run_id).inputs.dataset_inputs
+                      for tag in item.tags if tag.key == "mlflow.data.context")
+    assert contexts == ["test", "training", "validation"]
 
 
 def test_a_candidate_inside_the_noise_is_registered_but_not_promoted(registered):

@@ -3,9 +3,11 @@ ladder, batched metrics and parameters, artifacts."""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from image_finetune.config import Params
@@ -130,3 +132,35 @@ def log_files(client, run_id: str, files: list[Path], folders: dict[str, Path] |
     for artifact_path, folder in (folders or {}).items():
         if folder.exists():
             client.log_artifacts(run_id, str(folder), artifact_path)
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    """One dataset a run read, as MLflow records it (``mlflow.log_input``'s entity)."""
+
+    name: str
+    digest: str  # MLflow keeps at most 36 characters
+    source: str  # a URI: file:///..., s3://..., tfds:cifar10
+    context: str  # training, validation, test
+    profile: dict
+
+
+def source_type(uri: str) -> str:
+    """MLflow's source type for a dataset URI (``local`` for files)."""
+    scheme = uri.split(":", 1)[0].lower() if ":" in uri else "file"
+    return {"file": "local", "https": "http"}.get(scheme, scheme)
+
+
+def log_dataset_inputs(client, run_id: str, refs: list[DatasetRef]) -> None:
+    """Record the datasets as the run's inputs, each with its context tag (a retry records
+    nothing twice: the store keeps one input per dataset and context)."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    inputs = [DatasetInput(Dataset(name=ref.name, digest=ref.digest[:36],
+                                   source_type=source_type(ref.source),
+                                   source=json.dumps({"uri": ref.source}),
+                                   profile=json.dumps(ref.profile)),
+                           tags=[InputTag(MLFLOW_DATASET_CONTEXT, ref.context)])
+              for ref in refs]
+    client.log_inputs(run_id, datasets=inputs)

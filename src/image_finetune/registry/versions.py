@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Callable
 from contextlib import suppress
 from datetime import UTC, datetime
 from pathlib import Path
@@ -127,35 +128,44 @@ REGISTRATION_WAIT_S = 300
 @registry_errors
 def register_version(
     client, tracking_uri: str, model_name: str, run_id: str, model, example: np.ndarray,
-    tags: dict[str, str],
+    tags: dict[str, str], log_model: Callable | None = None,
 ) -> str:
-    """Log ``model`` in ``run_id`` as an MLflow LoggedModel (Keras flavor, signature from
-    ``example``, class names and image fit in its metadata; the run's figures logged so far are
-    linked to it) and register it as a version of ``model_name``, waiting until it is READY.
+    """Log ``model`` in ``run_id`` as an MLflow LoggedModel (by ``log_model``, Keras flavor
+    alone by default; class names and image fit in its metadata; requirements that install
+    on Linux, macOS and GPU hosts; the run's figures logged so far are linked to it) and
+    register it as a version of ``model_name``, waiting until it is READY.
 
-    Idempotent per pipeline run: a retry of the same run (same ``pipeline_run_id`` tag)
-    returns the version it already registered. A version that fails registration, or is not
-    ready in time, is an error: it is never aliased."""
+    ``log_model(model, example, pip_requirements, metadata)`` logs in the active run and
+    returns MLflow's ModelInfo. Idempotent per pipeline run: a retry of the same run (same
+    ``pipeline_run_id`` tag) returns the version it already registered. A version that fails
+    registration, or is not ready in time, is an error: it is never aliased."""
     import mlflow
 
     existing = _registered_by_run(client, model_name, tags["pipeline_run_id"])
     if existing is not None:
         return _ready(model_name, existing)
-    signature = mlflow.models.infer_signature(example, np.asarray(model.predict_on_batch(example)))
     metadata = {key: json.loads(tags[key]) if key == "class_names" else tags[key]
                 for key in MODEL_METADATA if key in tags}
     with mlflow_store(tracking_uri):
         with mlflow.start_run(run_id=run_id):
-            # No input_example: MLflow 3.17's Keras flavor writes it before it creates the
-            # model's folder, and fails; the signature holds the input's schema.
-            logged = mlflow.keras.log_model(
-                model, name="model", signature=signature,
-                pip_requirements=serving_requirements(), metadata=metadata)
+            logged = (log_model or log_keras)(model, example, serving_requirements(), metadata)
         client.update_run(run_id, status="RUNNING")  # its pipeline run ends it, not this
         created = mlflow.register_model(logged.model_uri, model_name, tags=tags,
                                         await_registration_for=REGISTRATION_WAIT_S)
     # Read back: a store may fail the registration after answering the creation.
     return _ready(model_name, client.get_model_version(model_name, created.version))
+
+
+def log_keras(model, example: np.ndarray, pip_requirements: list[str], metadata: dict):
+    """Log ``model`` in the active run with the Keras flavor alone (its pyfunc takes uint8
+    tensors), its signature inferred from ``example``."""
+    import mlflow
+
+    signature = mlflow.models.infer_signature(example, np.asarray(model.predict_on_batch(example)))
+    # No input_example: MLflow 3.17's Keras flavor writes it before it creates the model's
+    # folder, and fails; the signature holds the input's schema.
+    return mlflow.keras.log_model(model, name="model", signature=signature,
+                                  pip_requirements=pip_requirements, metadata=metadata)
 
 
 def _ready(name: str, version) -> str:
@@ -171,12 +181,17 @@ def _ready(name: str, version) -> str:
 # The distributions that provide each Keras backend, in order of preference.
 BACKEND_DISTRIBUTIONS = {"tensorflow": ("tensorflow-cpu", "tensorflow"), "jax": ("jax",),
                          "torch": ("torch",)}
+# tensorflow-cpu has wheels for Linux x86_64 only; everywhere else (macOS arm64, Linux
+# aarch64, Windows) the same release is published as tensorflow.
+CPU_ONLY_PLATFORMS = 'sys_platform == "linux" and platform_machine == "x86_64"'
+OTHER_PLATFORMS = 'sys_platform != "linux" or platform_machine != "x86_64"'
 
 
 def serving_requirements() -> list[str]:
     """The pinned packages a registered model needs to be served: MLflow, Keras, NumPy and
-    the backend it was saved with, at the versions installed here. Stating them saves
-    MLflow's inference of requirements, which loads the model in a subprocess (~25 s)."""
+    the backend it was saved with, at the versions installed here. TensorFlow is pinned with
+    environment markers so that any host installs it (see ``portable_tensorflow``). Stating
+    them saves MLflow's inference of requirements, which loads the model in a subprocess."""
     from importlib.metadata import PackageNotFoundError, version
 
     import keras
@@ -184,8 +199,18 @@ def serving_requirements() -> list[str]:
     pinned = [f"{name}=={version(name)}" for name in ("mlflow", "keras", "numpy")]
     for name in BACKEND_DISTRIBUTIONS.get(keras.backend.backend(), ()):
         with suppress(PackageNotFoundError):
-            return [*pinned, f"{name}=={version(name)}"]
+            found = version(name)
+            if name.startswith("tensorflow"):
+                return [*pinned, *portable_tensorflow(found)]
+            return [*pinned, f"{name}=={found}"]
     return pinned
+
+
+def portable_tensorflow(release: str) -> list[str]:
+    """TensorFlow ``release`` as two requirement lines of which exactly one applies on any
+    host: the small CPU-only build on Linux x86_64, the full one elsewhere."""
+    return [f"tensorflow-cpu=={release}; {CPU_ONLY_PLATFORMS}",
+            f"tensorflow=={release}; {OTHER_PLATFORMS}"]
 
 
 def _registered_by_run(client, model_name: str, pipeline_run_id: str):

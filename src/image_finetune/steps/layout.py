@@ -17,11 +17,15 @@ RESULT_FILE = "result.json"
 DETAILS_FILE = "details.json"
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.npz"
+ENGINE_FILE = "engine.json"  # the serving engine's figures, where it was measured
 # monitor
 DRIFT_JSON = "drift.json"
 DRIFT_HTML = "drift.html"
 # gate-attempt, gate
 DECISION_FILE = "decision.json"
+# register (artifacts of the version's run)
+CARD_MARKDOWN = "model_card.md"
+CARD_HTML = "model_card.html"
 # climb the ladder (the train stage's folder)
 SUMMARY_FILE = "summary.json"
 SELECTED = "selected"

@@ -18,17 +18,22 @@ from image_finetune.config import Params
 from image_finetune.data.canonical import load_split, manifest_digest, read_manifest, sha256_file
 from image_finetune.inference import MODEL_FILE, image_fit, load_classifier
 from image_finetune.metrics import flatten_metrics
+from image_finetune.model_card import CardFacts, card_description, card_html, card_markdown
 from image_finetune.monitoring.profile import PROFILE_FOLDER, ReferenceProfile
 from image_finetune.registry import lineage, tracking
 from image_finetune.registry.client import client_for, registry_errors
 from image_finetune.registry.promotion import promote
 from image_finetune.registry.versions import CHALLENGER, CHAMPION, is_alias, register_version
+from image_finetune.serving.pyfunc import log_image_classifier
 from image_finetune.stats import per_image_correct
 from image_finetune.steps.final_gate import read_decision
 from image_finetune.steps.gate_attempt import read_summary
 from image_finetune.steps.layout import (
+    CARD_HTML,
+    CARD_MARKDOWN,
     DECISION_FILE,
     DETAILS_FILE,
+    ENGINE_FILE,
     EVALUATION,
     HISTORY_FILE,
     RESULT_FILE,
@@ -72,9 +77,14 @@ def register_classifier(
         tags = _lineage_tags(params, run_id, data, root, lineage_extra)
         for key, value in tags.items():
             client.set_tag(parent, key, value)
+        tracking.log_dataset_inputs(client, parent, data_inputs(params, data))
         outcome = _register(client, parent, params, model, data, evaluation, decision, tags)
         if outcome["registered"] and profile is not None:
             _log_profile(client, parent, profile, outcome["version"])
+        if outcome["registered"]:
+            facts = card_facts(params, outcome["version"], data, evaluation, decision, models,
+                               tags)
+            publish_card(client, parent, facts, evaluation)
     except BaseException:  # SIGTERM and Ctrl-C too: the run must not stay RUNNING
         tracking.end_run_quietly(client, parent, "FAILED")
         raise
@@ -102,7 +112,7 @@ def _register(client, parent, params, model, data, evaluation, decision_file, ta
     name = params.registry.model_name
     example = np.asarray(load_split(data, "test").images[:4])
     version = register_version(client, params.registry.tracking_uri, name, parent,
-                               load_classifier(model), example, tags)
+                               load_classifier(model), example, tags, log_image_classifier)
     client.set_registered_model_alias(name, CHALLENGER, version)
     outcome = {"registered": True, "version": version, "model_uri": f"runs:/{parent}/model",
                "promoted": False, "reason": "promotion disabled (registry.promote: false)"}
@@ -161,3 +171,66 @@ def _log_attempts(client, parent: str, params: Params, run_id: str, models: Path
         files = [folder / DECISION_FILE, folder / RESULT_FILE, folder / HISTORY_FILE]
         tracking.log_files(client, child, files, {EVALUATION: folder / EVALUATION})
         client.set_terminated(child)
+
+
+# The evaluation's pictures a card shows, by caption (those that exist).
+CARD_PICTURES = {"Confusion matrix (test)": "confusion_matrix.png",
+                 "Reliability (calibration)": "reliability.png",
+                 "Misclassified test images": "misclassified.png"}
+# The canonical splits as MLflow's dataset contexts.
+DATASET_CONTEXTS = {"train": "training", "validation": "validation", "test": "test"}
+# What a dataset input's profile shows of a split (not a sharded split's list of shards).
+PROFILED = ("count", "per_class", "images_sha256", "labels_sha256")
+
+
+def data_source_uri(params: Params, manifest: dict) -> str:
+    """Where the data came from, as a URI: the source path (a file URI for a local one) or
+    the TFDS dataset's name."""
+    if manifest.get("source", {}).get("kind") == "tfds":
+        return f"tfds:{params.data.tfds_name}"
+    path = params.data.path
+    return path if "://" in path else Path(path).resolve().as_uri()
+
+
+def data_inputs(params: Params, data: Path) -> list[tracking.DatasetRef]:
+    """The canonical dataset's splits as the run's MLflow dataset inputs: one name per
+    dataset (its source and manifest digest), each split's image hash as its digest."""
+    manifest, digest = read_manifest(data), manifest_digest(data)
+    name = f"{manifest.get('source', {}).get('name') or params.data.tfds_name}@{digest[:12]}"
+    source = data_source_uri(params, manifest)
+    return [tracking.DatasetRef(name, split["images_sha256"], source, DATASET_CONTEXTS[key],
+                                {"manifest_sha256": digest, "split": key,
+                                 **{k: v for k, v in split.items() if k in PROFILED}})
+            for key, split in manifest["splits"].items() if key in DATASET_CONTEXTS]
+
+
+def card_facts(params: Params, version: str, data: Path, evaluation: Path, decision: Path,
+               models: Path | None, tags: dict) -> CardFacts:
+    """What the pipeline's files say of the registered version, for its model card."""
+    metrics, _, _ = read_evaluation(evaluation)
+    engine = evaluation / ENGINE_FILE
+    attempts = [r.to_json() for r in read_summary(models)] if models is not None else []
+    return CardFacts(
+        model_name=params.registry.model_name, version=str(version),
+        backbone=params.model.backbone, class_names=json.loads(tags["class_names"]),
+        image_fit=tags.get("image_fit", "resize"), manifest=read_manifest(data),
+        manifest_sha256=manifest_digest(data), test=metrics,
+        decision=read_decision(decision).to_json(), attempts=attempts,
+        engine=json.loads(engine.read_text()) if engine.exists() else None,
+        lineage={key: tags[key] for key in ("pipeline_run_id", "git_commit", "params_sha256")
+                 if key in tags})
+
+
+def publish_card(client, parent: str, facts: CardFacts, evaluation: Path) -> None:
+    """The card as the version's description and as Markdown and HTML in its run."""
+    pictures = {caption: evaluation / name for caption, name in CARD_PICTURES.items()
+                if (evaluation / name).exists()}
+    with tempfile.TemporaryDirectory() as work:
+        markdown, page = Path(work) / CARD_MARKDOWN, Path(work) / CARD_HTML
+        markdown.write_text(card_markdown(facts, {caption: f"{EVALUATION}/{path.name}"
+                                                  for caption, path in pictures.items()}))
+        page.write_text(card_html(facts, {caption: path.read_bytes()
+                                          for caption, path in pictures.items()}))
+        tracking.log_files(client, parent, [markdown, page])
+    client.update_model_version(facts.model_name, facts.version,
+                                description=card_description(facts))
