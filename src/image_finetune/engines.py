@@ -252,8 +252,12 @@ def quantize_openvino(source: Path, target: Path, images: np.ndarray) -> Path:
 def quantize_onnx(source: Path, target: Path, images: np.ndarray) -> Path:
     """ONNX Runtime static quantization: QDQ format, int8 weights per channel, uint8
     activations with min-max ranges from the calibration images."""
-    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     class Batches(CalibrationDataReader):
         def __init__(self, name: str):
