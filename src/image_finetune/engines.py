@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -281,7 +280,7 @@ def quantize_onnx(source: Path, target: Path, images: np.ndarray) -> Path:
             return next(self.batches, None)
 
     input_name = onnx_input_name(source)
-    with quiet_loggers("onnxruntime", "root"):
+    with quiet_loggers("onnxruntime"):
         quantize_static(str(source), str(target), Batches(input_name),
                         quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
@@ -511,12 +510,3 @@ def compile_keras(model: keras.Model, engine: str, workdir: Path,
         return keras_predictor(model)
     convert_keras(model, workdir, engines=(engine,))
     return open_predictor(workdir, engine, "fp32", threads)
-
-
-def remove_engine_files(folder: Path) -> None:
-    """Remove the model files an engine folder may hold (before writing a fresh one)."""
-    for relative in MODEL_FILES.values():
-        path = Path(folder) / relative
-        path.unlink(missing_ok=True)
-        path.with_suffix(".bin").unlink(missing_ok=True)
-    shutil.rmtree(Path(folder) / OPENVINO_FOLDER, ignore_errors=True)
