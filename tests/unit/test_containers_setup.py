@@ -48,7 +48,9 @@ def test_the_image_lock_is_the_main_locks_runtime_subset():
                      "libclang", "pyarrow"):
         assert left_out not in image and left_out in main
     for needed in ("tensorflow-cpu", "keras", "mlflow", "kfp", "great-expectations",
-                   "fastapi", "uvicorn", "docker"):
+                   "fastapi", "uvicorn", "docker",
+                   # the export-engine step's converters, quantizer and engines
+                   "tf2onnx", "onnx", "nncf", "onnxruntime", "openvino"):
         assert needed in image
 
 
