@@ -407,10 +407,13 @@ def alert_receiver(
     port: Annotated[int, typer.Option(min=0, max=65535)] = 8080,
     min_interval: Annotated[int, typer.Option(
         min=0, help="seconds between two runs, whatever fires")] = 3600,
+    state_file: Annotated[Path | None, typer.Option(
+        dir_okay=False, help="SQLite file remembering the alerts a run was started for, "
+                             "across restarts (on a volume); none: in memory only")] = None,
 ) -> None:
     """Start the monitoring pipeline when Alertmanager's webhook brings a firing alert
     labelled retrain="true" (POST /alerts, bearer token; GET /healthz)."""
-    from pipelines.alerts import AlertReceiver, TriggerPolicy, make_server
+    from pipelines.alerts import AlertReceiver, StartedAlerts, TriggerPolicy, make_server
     from pipelines.monitoring import default_source
     from pipelines.runs import connect, kfp_errors, submit_package
 
@@ -425,8 +428,12 @@ def alert_receiver(
                                   namespace, run_name)
 
     try:
-        receiver = AlertReceiver(token_file.read_text().strip(), TriggerPolicy(min_interval),
-                                 submit)
+        memory = StartedAlerts(state_file) if state_file is not None else None
+    except ValueError as exc:
+        raise ConfigError(f"--state-file: {exc}") from None
+    try:
+        receiver = AlertReceiver(token_file.read_text().strip(),
+                                 TriggerPolicy(min_interval, memory=memory), submit)
     except ValueError as exc:
         raise ConfigError(f"--token-file {token_file}: {exc}") from None
     server = make_server(receiver, listen, port)
