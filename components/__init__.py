@@ -8,6 +8,7 @@ changing a value re-runs only the steps that read it: KFP's cache key covers a t
 
 from components.augment import preview_augmentation
 from components.evaluate import evaluate_classifier
+from components.feedback import export_labelled_feedback, mark_feedback_used
 from components.gate import final_gate, gate_attempt, select_classifier
 from components.ingest import ingest_data
 from components.monitor import monitor_drift
@@ -22,9 +23,11 @@ from components.validate import validate_data
 __all__ = [
     "check_params",
     "evaluate_classifier",
+    "export_labelled_feedback",
     "final_gate",
     "gate_attempt",
     "ingest_data",
+    "mark_feedback_used",
     "monitor_drift",
     "preview_augmentation",
     "profile_classifier",

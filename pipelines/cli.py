@@ -310,6 +310,10 @@ SourceUriOption = Annotated[str, typer.Option(
          "object store KFP reads")]
 LabelsUriOption = Annotated[str, typer.Option(
     help="the exported feedback (image-finetune feedback export) to count; '' for none")]
+FeedbackPvcOption = Annotated[str, typer.Option(
+    help="the server's feedback volume (infra/k8s/components/feedback: "
+         "image-finetune-feedback): each run exports the labelled feedback from its store, "
+         "counts the new labels and retrains on them; '' for none (or --labels-uri)")]
 
 
 @app.command("compile-monitoring")
@@ -321,6 +325,7 @@ def compile_monitoring(
         ".kfp/monitoring.yaml"),
     source_uri: SourceUriOption = "",
     labels_uri: LabelsUriOption = "",
+    feedback_pvc: FeedbackPvcOption = "",
     image: ImageOption = DEFAULT_IMAGE,
     gpus: GpusOption = 1,
     workers: WorkersOption = 1,
@@ -335,7 +340,7 @@ def compile_monitoring(
     out.parent.mkdir(parents=True, exist_ok=True)
     deployment = _deployment(image, gpus, credentials_secret, cache_pvc, workers)
     compile_monitoring_pipeline(config, str(out), deployment, _git_commit(params), source_uri,
-                                labels_uri)
+                                labels_uri, feedback_pvc)
     typer.echo(f"wrote {out}: monitor -> retrain on drift or new labels "
                f"({len(config.train.ladder)} attempts), images {image}-cpu/-gpu")
 
@@ -349,6 +354,7 @@ def schedule(
         help="KFP cron, six fields, seconds first: '0 0 3 * * *' is daily at 03:00")] = None,
     every: Annotated[int | None, typer.Option(help="or: seconds between runs")] = None,
     labels_uri: LabelsUriOption = "",
+    feedback_pvc: FeedbackPvcOption = "",
     min_labels: Annotated[int, typer.Option(
         min=1, help="new labels that make a retraining worth it without drift")] = 200,
     namespace: Annotated[str, typer.Option(envvar="KFP_NAMESPACE",
@@ -377,12 +383,12 @@ def schedule(
         raise ConfigError("--source-uri: name the images each run tests")
     config = read_params(params, overrides, use_env=False)
     deployment = _deployment(image, gpus, credentials_secret, cache_pvc, 1)
-    arguments = {**monitoring_arguments(config, source_uri, labels_uri),
+    arguments = {**monitoring_arguments(config, source_uri, labels_uri, feedback_pvc),
                  "min_labels": min_labels}
     with tempfile.TemporaryDirectory() as folder:
         package = Path(folder) / "monitoring.yaml"
         compile_monitoring_pipeline(config, str(package), deployment, _git_commit(params),
-                                    source_uri, labels_uri)
+                                    source_uri, labels_uri, feedback_pvc)
         with kfp_errors(host):
             made = schedule_package(connect(host, namespace), package, experiment, namespace,
                                     name, when, arguments, service_account)
