@@ -3,8 +3,9 @@ profile, served by two processes of this project's server, one with monitoring o
 ``--window`` images, tested on the server's monitor thread) and one with it off; each is
 driven in turn, rounds alternating, at concurrency 16 with keep-alive connections (``hey``
 where installed, else an asyncio client) with one CIFAR-10 JPEG and with 32 per request.
-Prints requests/s, images/s and p50/p99 latency side by side, the relative change, and how
-many windows the monitored server tested and how many images' summaries it dropped.
+Prints requests/s, images/s and p50/p99 latency side by side, the relative change, and what
+the monitored server did: windows tested, images sampled into windows, skipped by the
+sampling share (and the share now), and dropped because its queue was full.
 
 Usage: python bench/monitor_overhead.py [--model models/selected/model.keras] [--seconds 10]
        [--rounds 2] [--window 500]
@@ -96,13 +97,19 @@ def register_with_profile(model_path: Path, profile: Path, tracking_uri: str, na
     client.set_registered_model_alias(name, CHAMPION, version.version)
 
 
-def monitor_counts(port: int) -> tuple[int, float]:
-    """(windows tested, images dropped) by the server on ``port``."""
+def monitor_counts(port: int) -> dict[str, float]:
+    """What the monitored server on ``port`` did: windows tested, images monitored, skipped
+    (not sampled), dropped (queue full), and the sampling share now."""
     state = httpx.get(f"http://127.0.0.1:{port}/monitoring", timeout=10).json()
-    dropped = sum(float(line.split()[1]) for line in httpx.get(
-        f"http://127.0.0.1:{port}/metrics", timeout=10).text.splitlines()
-        if line.startswith("image_finetune_monitor_dropped_total{"))
-    return state["windows_tested"], dropped
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+
+    def total(metric: str) -> float:
+        return sum(float(line.split()[-1]) for line in text.splitlines()
+                   if line.startswith(f"{metric}{{"))
+
+    return {"windows": state["windows_tested"], "share": state.get("sample_share", 1.0),
+            **{name: total(f"image_finetune_monitor_{name}_total")
+               for name in ("images", "skipped", "dropped")}}
 
 
 def bench(ports: dict[str, int], seconds: float, rounds: int, client: str) -> None:
@@ -132,9 +139,10 @@ def bench(ports: dict[str, int], seconds: float, rounds: int, client: str) -> No
         (on_rate, on_p99), (off_rate, off_p99) = summary["on"], summary["off"]
         print(f"{label:<16} {'change':>7} {100 * (on_rate / off_rate - 1):>+7.1f}% "
               f"{'':>9} {'':>8} {100 * (on_p99 / off_p99 - 1):>+7.1f}%")
-    windows, dropped = monitor_counts(ports["on"])
-    print(f"monitored server: {windows} windows tested, {dropped:.0f} images' summaries "
-          "dropped (the tester behind)")
+    counts = monitor_counts(ports["on"])
+    print(f"monitored server: {counts['windows']} windows tested, {counts['images']:.0f} "
+          f"images monitored, {counts['skipped']:.0f} skipped by sampling (share now "
+          f"{counts['share']:.3f}), {counts['dropped']:.0f} dropped (queue full)")
 
 
 def main() -> None:
