@@ -102,6 +102,9 @@ class Monitor:
         if self.settings.monitor:
             self._tester = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context(
                 "spawn"), initializer=lower_priority)  # spawn: never fork a TF process
+            # Started now, while the model loads: its interpreter, numpy and scipy would
+            # otherwise start beside the answers, at the first full window.
+            self._tester.submit(os.getpid)
             self._thread.start()
 
     def stop(self) -> None:
