@@ -3,11 +3,12 @@ profile, served by two processes of this project's server, one with monitoring o
 ``--window`` images, tested on the server's monitor thread) and one with it off; each is
 driven in turn, rounds alternating, at concurrency 16 with keep-alive connections (``hey``
 where installed, else an asyncio client) with one CIFAR-10 JPEG and with 32 per request.
-Prints requests/s, images/s and p50/p99 latency side by side, the relative change, and how
-many windows the monitored server tested and how many images' summaries it dropped.
+Prints requests/s, images/s and p50/p99 latency side by side, the relative change, and what
+the monitored server did: windows tested, images sampled into windows, skipped by the
+sampling share (and the share now), and dropped because its queue was full.
 
 Usage: python bench/monitor_overhead.py [--model models/selected/model.keras] [--seconds 10]
-       [--rounds 2] [--window 500]
+       [--batch-seconds 30] [--rounds 2] [--window 500]
 """
 
 from __future__ import annotations
@@ -96,45 +97,66 @@ def register_with_profile(model_path: Path, profile: Path, tracking_uri: str, na
     client.set_registered_model_alias(name, CHAMPION, version.version)
 
 
-def monitor_counts(port: int) -> tuple[int, float]:
-    """(windows tested, images dropped) by the server on ``port``."""
+def monitor_counts(port: int) -> dict[str, float]:
+    """What the monitored server on ``port`` did: windows tested, images monitored, skipped
+    (not sampled), dropped (queue full), and the sampling share now."""
     state = httpx.get(f"http://127.0.0.1:{port}/monitoring", timeout=10).json()
-    dropped = sum(float(line.split()[1]) for line in httpx.get(
-        f"http://127.0.0.1:{port}/metrics", timeout=10).text.splitlines()
-        if line.startswith("image_finetune_monitor_dropped_total{"))
-    return state["windows_tested"], dropped
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+
+    def total(metric: str) -> float:
+        return sum(float(line.split()[-1]) for line in text.splitlines()
+                   if line.startswith(f"{metric}{{"))
+
+    return {"windows": state["windows_tested"], "share": state.get("sample_share", 1.0),
+            **{name: total(f"image_finetune_monitor_{name}_total")
+               for name in ("images", "skipped", "dropped")}}
 
 
-def bench(ports: dict[str, int], seconds: float, rounds: int, client: str) -> None:
+def mean_of_given(values: list[float]) -> float:
+    """The mean of the latencies the load generator gave (0: too few answers, left out)."""
+    given = [v for v in values if v]
+    return float(np.mean(given)) if given else 0.0
+
+
+def change(on: float, off: float) -> str:
+    return f"{100 * (on / off - 1):>+7.1f}%" if on and off else f"{'-':>8}"
+
+
+def bench(ports: dict[str, int], seconds: float, batch_seconds: float, rounds: int,
+          client: str) -> None:
     jpegs = cifar_jpegs(BATCH)
     form_type, form = multipart(jpegs)
     print(f"{'payload':<16} {'monitor':>7} {'req/s':>8} {'images/s':>9} {'p50 ms':>8} "
-          f"{'p99 ms':>8}   (concurrency {CONCURRENCY}, {rounds} x {seconds:.0f} s each, "
-          "rounds alternating, the order too)")
+          f"{'p99 ms':>8}   (concurrency {CONCURRENCY}, {rounds} rounds of {seconds:.0f} s "
+          f"(1 JPEG) or {batch_seconds:.0f} s ({BATCH}), alternating, the order too)")
     for label, content_type, body, images in (("1 JPEG", "image/jpeg", jpegs[0], 1),
                                               (f"{BATCH} JPEGs", form_type, form, BATCH)):
+        span = seconds if images == 1 else batch_seconds  # enough answers for a p99
         results: dict[str, list] = {mode: [] for mode in ports}
         for port in ports.values():  # warm-up: tracing, connections
             measure(Payload(label, port, "/predict", content_type, body, images), 4, 2, client)
         for round_ in range(rounds):  # on first, then off first: neither always leads
             for mode, port in list(ports.items())[::1 if round_ % 2 == 0 else -1]:
                 payload = Payload(label, port, "/predict", content_type, body, images)
-                results[mode].append(measure(payload, CONCURRENCY, seconds, client))
+                results[mode].append(measure(payload, CONCURRENCY, span, client))
         summary = {}
         for mode, figures in results.items():
             rate = float(np.mean([f.ok_per_second for f in figures]))
-            p50 = float(np.mean([f.p50 for f in figures]))
-            p99 = float(np.mean([f.p99 for f in figures]))
+            p50 = mean_of_given([f.p50 for f in figures])
+            p99 = mean_of_given([f.p99 for f in figures])
             summary[mode] = (rate, p99)
             errors = sum(f.errors for f in figures)
+            spread = " / ".join(f"{f.ok_per_second:.1f} req/s {f.p99:.0f} ms" for f in figures)
             print(f"{label:<16} {mode:>7} {rate:>8.1f} {rate * images:>9.0f} {p50:>8.1f} "
-                  f"{p99:>8.1f}" + (f"   not 200: {errors}" if errors else ""), flush=True)
+                  f"{p99:>8.1f}   rounds: {spread}"
+                  + (f"   not 200: {errors}" if errors else ""), flush=True)
         (on_rate, on_p99), (off_rate, off_p99) = summary["on"], summary["off"]
-        print(f"{label:<16} {'change':>7} {100 * (on_rate / off_rate - 1):>+7.1f}% "
-              f"{'':>9} {'':>8} {100 * (on_p99 / off_p99 - 1):>+7.1f}%")
-    windows, dropped = monitor_counts(ports["on"])
-    print(f"monitored server: {windows} windows tested, {dropped:.0f} images' summaries "
-          "dropped (the tester behind)")
+        print(f"{label:<16} {'change':>7} {change(on_rate, off_rate)} "
+              f"{'':>9} {'':>8} {change(on_p99, off_p99)}")
+    counts = monitor_counts(ports["on"])
+    print(f"monitored server: {counts['windows']} windows tested, {counts['images']:.0f} "
+          f"images monitored, {counts['skipped']:.0f} skipped by sampling (share now "
+          f"{counts['share']:.3f}), {counts['dropped']:.0f} dropped (queue full)")
 
 
 def main() -> None:
@@ -142,6 +164,8 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=Path("models/selected/model.keras"))
     parser.add_argument("--seconds", type=float, default=10.0, help="per measurement")
+    parser.add_argument("--batch-seconds", type=float, default=30.0,
+                        help=f"per measurement of {BATCH} JPEGs a request")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--window", type=int, default=500)
     parser.add_argument("--client", choices=("hey", "asyncio"),
@@ -167,7 +191,7 @@ def main() -> None:
             print(f"model {'(default profile architecture)' if model != args.model else model}"
                   f"; client {args.client}; window {args.window}; "
                   f"load before: {os.getloadavg()[0]:.2f}")
-            bench(ports, args.seconds, args.rounds, args.client)
+            bench(ports, args.seconds, args.batch_seconds, args.rounds, args.client)
             print(f"load after: {os.getloadavg()[0]:.2f}")
         finally:
             for server in servers:

@@ -9,6 +9,7 @@ changing a value re-runs only the steps that read it: KFP's cache key covers a t
 from image_finetune.components.augment import preview_augmentation
 from image_finetune.components.evaluate import evaluate_classifier
 from image_finetune.components.export_engine import export_engine
+from image_finetune.components.feedback import export_labelled_feedback, mark_feedback_used
 from image_finetune.components.gate import final_gate, gate_attempt, select_classifier
 from image_finetune.components.ingest import ingest_data
 from image_finetune.components.monitor import monitor_drift
@@ -24,9 +25,11 @@ __all__ = [
     "check_params",
     "evaluate_classifier",
     "export_engine",
+    "export_labelled_feedback",
     "final_gate",
     "gate_attempt",
     "ingest_data",
+    "mark_feedback_used",
     "monitor_drift",
     "preview_augmentation",
     "profile_classifier",

@@ -9,6 +9,8 @@ Alertmanager sends a group again on every ``group_interval`` while it changes an
 one run per firing alert (its fingerprint and ``startsAt``: the same alert firing again after
 it resolved is a new one), at most one run per ``min_interval`` overall, only for alerts
 labelled ``retrain="true"`` (infra/k8s/components/monitoring) and never for resolved ones.
+What it started, and when, is kept in a small SQLite file (``--state-file``, on a volume): a
+restarted receiver does not start the same alert's run again, nor a run within the interval.
 
 Replies: 200 with what was done (the run started, or why none: resolved, no retraining alert,
 already started for this alert, rate limited), which Alertmanager must not retry; 400 for a
@@ -22,6 +24,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import sqlite3
 import threading
 import time
 from collections import OrderedDict
@@ -29,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from image_finetune.errors import PipelineError
@@ -102,15 +106,64 @@ def parse_notification(body: bytes) -> tuple[str, list[Alert]]:
     return group_key, [_alert(raw, index) for index, raw in enumerate(alerts)]
 
 
+class StartedAlerts:
+    """The alerts a run was started for, and the last start, in one SQLite file: at most
+    ``limit`` alerts, the oldest forgotten first. Written before the receiver answers, so a
+    restart (or a crash right after) remembers every run it reported started."""
+
+    SCHEMA = ("CREATE TABLE IF NOT EXISTS started (fingerprint TEXT NOT NULL, "
+              "starts_at TEXT NOT NULL, started_at REAL NOT NULL, "
+              "PRIMARY KEY (fingerprint, starts_at))")
+
+    def __init__(self, path: Path, limit: int = REMEMBERED_ALERTS):
+        self.path, self.limit = Path(path), limit
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute(self.SCHEMA)
+            self._db.commit()
+        except (OSError, sqlite3.Error) as exc:
+            raise ValueError(f"cannot keep the receiver's state in {self.path}: {exc}") from None
+
+    def load(self) -> tuple[OrderedDict, float | None]:
+        """The remembered alerts (oldest first) and the last start (None: never)."""
+        rows = self._db.execute("SELECT fingerprint, starts_at, started_at FROM started "
+                                "ORDER BY started_at, rowid").fetchall()
+        started = OrderedDict(((fingerprint, starts_at), at) for fingerprint, starts_at, at
+                              in rows)
+        return started, (max(started.values()) if started else None)
+
+    def remember(self, keys: list[tuple[str, str]], at: float) -> None:
+        """Record that a run started at ``at`` for these alerts; forget the oldest past the
+        limit."""
+        with self._db:
+            self._db.executemany("INSERT OR REPLACE INTO started VALUES (?, ?, ?)",
+                                 [(*key, at) for key in keys])
+            self._db.execute("DELETE FROM started WHERE rowid NOT IN (SELECT rowid FROM "
+                             "started ORDER BY started_at DESC, rowid DESC LIMIT ?)",
+                             (self.limit,))
+
+    def close(self) -> None:
+        self._db.close()
+
+
 @dataclass
 class TriggerPolicy:
     """Which notifications start a run: a firing retraining alert not started before, at
-    most one run per ``min_interval`` seconds. Its memory is bounded."""
+    most one run per ``min_interval`` seconds. Its memory is bounded, and kept in ``memory``
+    (a :class:`StartedAlerts` file) where one is given; the clock is the wall clock for that
+    reason (a monotonic clock starts again with the process)."""
 
     min_interval: float
-    clock: Callable[[], float] = time.monotonic
+    clock: Callable[[], float] = time.time
+    memory: StartedAlerts | None = None
     started: OrderedDict = field(default_factory=OrderedDict)
     last_start: float | None = None
+
+    def __post_init__(self):
+        if self.memory is not None:
+            self.started, self.last_start = self.memory.load()
 
     def choose(self, alerts: list[Alert]) -> tuple[Alert | None, str]:
         """The alert to start a run for, or None and why not."""
@@ -122,18 +175,26 @@ class TriggerPolicy:
                           "no firing retraining alert" if firing else "resolved")
         now = self.clock()
         if self.last_start is not None and now - self.last_start < self.min_interval:
-            wait = self.min_interval - (now - self.last_start)
+            # a clock set back never makes the wait longer than one interval
+            wait = min(self.min_interval - (now - self.last_start), self.min_interval)
             return None, f"rate limited: the next run may start in {wait:.0f} s"
         return fresh[0], "started"
 
     def record(self, alerts: list[Alert]) -> None:
         """A run started for these alerts (each firing retraining alert of the group)."""
         self.last_start = self.clock()
-        for alert in alerts:
-            if alert.status == "firing" and alert.retrains:
-                self.started[alert.key] = self.last_start
-                self.started.move_to_end(alert.key)
-        while len(self.started) > REMEMBERED_ALERTS:
+        keys = [alert.key for alert in alerts if alert.status == "firing" and alert.retrains]
+        if self.memory is not None:
+            try:
+                self.memory.remember(keys, self.last_start)
+            except sqlite3.Error as exc:  # the run started: say so, remember it in memory
+                log.error("the receiver's state file %s was not written (%s): a restart "
+                          "may start this alert's run again", self.memory.path, exc)
+        for key in keys:
+            self.started[key] = self.last_start
+            self.started.move_to_end(key)
+        limit = self.memory.limit if self.memory is not None else REMEMBERED_ALERTS
+        while len(self.started) > limit:
             self.started.popitem(last=False)
 
 

@@ -315,6 +315,10 @@ SourceUriOption = Annotated[str, typer.Option(
          "object store KFP reads")]
 LabelsUriOption = Annotated[str, typer.Option(
     help="the exported feedback (image-finetune feedback export) to count; '' for none")]
+FeedbackPvcOption = Annotated[str, typer.Option(
+    help="the server's feedback volume (infra/k8s/components/feedback: "
+         "image-finetune-feedback): each run exports the labelled feedback from its store, "
+         "counts the new labels and retrains on them; '' for none (or --labels-uri)")]
 
 
 @app.command("compile-monitoring")
@@ -326,6 +330,7 @@ def compile_monitoring(
         ".kfp/monitoring.yaml"),
     source_uri: SourceUriOption = "",
     labels_uri: LabelsUriOption = "",
+    feedback_pvc: FeedbackPvcOption = "",
     image: ImageOption = DEFAULT_IMAGE,
     gpus: GpusOption = 1,
     workers: WorkersOption = 1,
@@ -340,7 +345,7 @@ def compile_monitoring(
     out.parent.mkdir(parents=True, exist_ok=True)
     deployment = _deployment(image, gpus, credentials_secret, cache_pvc, workers)
     compile_monitoring_pipeline(config, str(out), deployment, _git_commit(params), source_uri,
-                                labels_uri)
+                                labels_uri, feedback_pvc)
     typer.echo(f"wrote {out}: monitor -> retrain on drift or new labels "
                f"({len(config.train.ladder)} attempts), images {image}-cpu/-gpu")
 
@@ -354,6 +359,7 @@ def schedule(
         help="KFP cron, six fields, seconds first: '0 0 3 * * *' is daily at 03:00")] = None,
     every: Annotated[int | None, typer.Option(help="or: seconds between runs")] = None,
     labels_uri: LabelsUriOption = "",
+    feedback_pvc: FeedbackPvcOption = "",
     min_labels: Annotated[int, typer.Option(
         min=1, help="new labels that make a retraining worth it without drift")] = 200,
     namespace: Annotated[str, typer.Option(envvar="KFP_NAMESPACE",
@@ -385,12 +391,12 @@ def schedule(
         raise ConfigError("--source-uri: name the images each run tests")
     config = read_params(params, overrides, use_env=False)
     deployment = _deployment(image, gpus, credentials_secret, cache_pvc, 1)
-    arguments = {**monitoring_arguments(config, source_uri, labels_uri),
+    arguments = {**monitoring_arguments(config, source_uri, labels_uri, feedback_pvc),
                  "min_labels": min_labels}
     with tempfile.TemporaryDirectory() as folder:
         package = Path(folder) / "monitoring.yaml"
         compile_monitoring_pipeline(config, str(package), deployment, _git_commit(params),
-                                    source_uri, labels_uri)
+                                    source_uri, labels_uri, feedback_pvc)
         with kfp_errors(host):
             made = schedule_package(connect(host, namespace), package, experiment, namespace,
                                     name, when, arguments, service_account)
@@ -415,10 +421,18 @@ def alert_receiver(
     port: Annotated[int, typer.Option(min=0, max=65535)] = 8080,
     min_interval: Annotated[int, typer.Option(
         min=0, help="seconds between two runs, whatever fires")] = 3600,
+    state_file: Annotated[Path | None, typer.Option(
+        dir_okay=False, help="SQLite file remembering the alerts a run was started for, "
+                             "across restarts (on a volume); none: in memory only")] = None,
 ) -> None:
     """Start the monitoring pipeline when Alertmanager's webhook brings a firing alert
     labelled retrain="true" (POST /alerts, bearer token; GET /healthz)."""
-    from image_finetune.pipelines.alerts import AlertReceiver, TriggerPolicy, make_server
+    from image_finetune.pipelines.alerts import (
+        AlertReceiver,
+        StartedAlerts,
+        TriggerPolicy,
+        make_server,
+    )
     from image_finetune.pipelines.monitoring import default_source
     from image_finetune.pipelines.runs import connect, kfp_errors, submit_package
 
@@ -433,8 +447,12 @@ def alert_receiver(
                                   namespace, run_name)
 
     try:
-        receiver = AlertReceiver(token_file.read_text().strip(), TriggerPolicy(min_interval),
-                                 submit)
+        memory = StartedAlerts(state_file) if state_file is not None else None
+    except ValueError as exc:
+        raise ConfigError(f"--state-file: {exc}") from None
+    try:
+        receiver = AlertReceiver(token_file.read_text().strip(),
+                                 TriggerPolicy(min_interval, memory=memory), submit)
     except ValueError as exc:
         raise ConfigError(f"--token-file {token_file}: {exc}") from None
     server = make_server(receiver, listen, port)

@@ -64,6 +64,7 @@ from image_finetune.steps.spec import ALL_SECTIONS
 
 PIPELINE_NAME = "image-finetune"
 DISPLAY_NAME = "Image classifier fine-tuning"
+EXTRA_DATA = "extra_data"  # the labelled-images input of a pipeline built with extra_data
 # The sections an attempt (train, evaluate on validation, gate) reads.
 ATTEMPT_SECTIONS = ("model", "train", "augment", "evaluate", "gate")
 DESCRIPTION = ("Fine-tune a pretrained CNN: ingest, validate, augment, climb the ladder of "
@@ -169,9 +170,12 @@ def _check_params(arguments: dict, params: Params, deployment: Deployment) -> Pi
     return deployment.on_cpu(checked, "100m", "512M").set_display_name("check params")
 
 
-def _prepare_data(sections: dict, deployment: Deployment):
-    """ingest -> validate -> preview the augmentation; return the three tasks."""
-    ingested = deployment.on_cpu(ingest_data(data=sections["data"]), "2", "4G", retries=2)
+def _prepare_data(sections: dict, deployment: Deployment, extra=None):
+    """ingest (with ``extra`` labelled images, where given) -> validate -> preview the
+    augmentation; return the three tasks."""
+    more = {"extra": extra} if extra is not None else {}
+    ingested = deployment.on_cpu(ingest_data(data=sections["data"], **more), "2", "4G",
+                                 retries=2)
     ingested.set_display_name("ingest")
     dataset = ingested.outputs["dataset"]
     validated = deployment.on_cpu(validate_data(validate=sections["validate"], dataset=dataset),
@@ -231,44 +235,55 @@ def parameter_descriptions(params: Params) -> dict[str, str]:
         described[name] = f"params.yaml's {name} section, less its typed parameters"
     described["cache_dir"] = ("training feature cache, checkpoints and finished attempts "
                               "(empty: a scratch folder per task)")
+    described[EXTRA_DATA] = ("labelled images added to train (an image-folder tree: a "
+                             "feedback export), beside data.extra_paths")
     return described
 
 
-def with_parameters(pipeline_func, defaults: dict[str, Any], descriptions: dict[str, str]):
-    """``pipeline_func(*values)`` with one typed parameter per default, described in its
-    docstring: KFP reads a pipeline's parameters from its signature, and these depend on
-    the ladder compiled in."""
+def with_parameters(pipeline_func, defaults: dict[str, Any], descriptions: dict[str, str],
+                    artifacts: dict[str, Any] | None = None):
+    """``pipeline_func(*values)`` with one input per ``artifacts`` entry (its annotation, no
+    default), then one typed parameter per default, described in its docstring: KFP reads a
+    pipeline's parameters from its signature, and these depend on the ladder compiled in."""
+    artifacts = artifacts or {}
     pipeline_func.__signature__ = inspect.Signature([
-        inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=value,
-                          annotation=type(value)) for name, value in defaults.items()])
+        *(inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=kind)
+          for name, kind in artifacts.items()),
+        *(inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=value,
+                            annotation=type(value)) for name, value in defaults.items())])
     pipeline_func.__doc__ = "\n".join([DESCRIPTION, "", "Args:", *(
-        f"    {name}: {descriptions[name]}" for name in defaults)])
+        f"    {name}: {descriptions[name]}" for name in [*artifacts, *defaults])])
     return pipeline_func
 
 
 def build_pipeline(
-    params: Params, deployment: Deployment | None = None, git_commit: str = "unknown"
+    params: Params, deployment: Deployment | None = None, git_commit: str = "unknown",
+    extra_data: bool = False,
 ) -> GraphComponent:
     """The pipeline for ``params``: one attempt per rung, ``params`` as the parameters'
-    defaults. ``git_commit`` (of the pipeline's source) tags registered models."""
+    defaults. ``git_commit`` (of the pipeline's source) tags registered models. With
+    ``extra_data`` it takes an input artifact of labelled images (``extra_data``: the
+    monitoring pipeline's feedback export) that the ingest adds to train."""
     deployment = deployment or Deployment()
     defaults = {**pipeline_arguments(params), "cache_dir": deployment.cache_dir}
+    artifacts = {EXTRA_DATA: Input[Dataset]} if extra_data else {}
     ladder = Ladder(params, deployment)
 
     def image_finetune(*values) -> None:
-        arguments = dict(zip(defaults, values, strict=True))
+        arguments = dict(zip([*artifacts, *defaults], values, strict=True))
         status = deployment.on_cpu(record_status(), "100m", "256M", cache=False)
         with dsl.ExitHandler(status.set_display_name("record the final status"), "fine-tune"):
             checked = _check_params(arguments, params, deployment)
             sections = {name: checked.outputs[name] for name in ALL_SECTIONS}
-            ingested, validated, previewed = _prepare_data(sections, deployment)
+            ingested, validated, previewed = _prepare_data(sections, deployment,
+                                                           arguments.get(EXTRA_DATA))
             winner, first_gate = ladder.attempt(0, sections, ingested.outputs["dataset"],
                                                 arguments["cache_dir"], after=(previewed,))
             _test_and_register(sections, deployment, winner, first_gate, ingested, validated,
                                git_commit)
 
     return dsl.pipeline(name=PIPELINE_NAME, display_name=DISPLAY_NAME, description=DESCRIPTION)(
-        with_parameters(image_finetune, defaults, parameter_descriptions(params)))
+        with_parameters(image_finetune, defaults, parameter_descriptions(params), artifacts))
 
 
 def compile_pipeline(

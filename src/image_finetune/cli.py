@@ -454,10 +454,12 @@ def monitor_command(
     max_images: Annotated[int, typer.Option(min=20, help="images read at most")] = 20_000,
     labels: Annotated[Path | None, typer.Option(
         help="image-folder tree of labelled feedback (image-finetune feedback export)")] = None,
-    min_labels: Annotated[int, typer.Option(min=1, help="labelled images that start a "
-                                            "retrain by themselves")] = 200,
+    min_labels: Annotated[int, typer.Option(min=1, help="new labelled images (since the "
+                                            "last completed retrain) that start a retrain by "
+                                            "themselves")] = 200,
     retrain: Annotated[bool, typer.Option(help="on drift or enough labels, run dvc repro "
                                           "(with the labels as extra training data)")] = False,
+    feedback_uri: FeedbackUriOption = None,
     params: ParamsOption = DEFAULT_PARAMS,
 ) -> None:
     """Test images or recorded windows against a registered version's reference profile:
@@ -470,7 +472,8 @@ def monitor_command(
             update={"model_name": model_name})})
     settings = MonitorSettings(version=version or None, alias=alias, alpha=alpha,
                                permutations=permutations, max_images=max_images, labels=labels,
-                               min_labels=min_labels, retrain=retrain)
+                               min_labels=min_labels, retrain=retrain,
+                               feedback_uri=feedback_uri)
     report = monitor(config, source, out, root, settings)
     typer.echo(json.dumps({key: report[key] for key in (
         "drift", "model_name", "model_version", "window_size", "labels", "retrain")}, indent=2))

@@ -115,7 +115,7 @@ def test_enough_labels_start_the_pipeline_with_them(registered, tmp_path):
                                      min_labels=3, retrain=True))
     retrain = report["retrain"]
     assert report["labels"] == 3 and retrain["wanted"] and retrain["ran"]
-    assert retrain["reasons"][-1] == "3 labelled images (>= 3)"
+    assert retrain["reasons"][-1] == "3 new labelled images (>= 3)"
     assert retrain["command"][:3] == ["dvc", "exp", "run"]
     assert retrain["command"][-1] == f'++data.extra_paths=["{labels.resolve()}"]'
     assert retrain["exit_code"] != 0  # no DVC project there: the failure is reported

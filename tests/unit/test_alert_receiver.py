@@ -28,6 +28,7 @@ from image_finetune.pipelines.alerts import (
     REMEMBERED_ALERTS,
     Alert,
     AlertReceiver,
+    StartedAlerts,
     TriggerPolicy,
     make_server,
 )
@@ -268,32 +269,84 @@ def test_the_policy_remembers_a_bounded_number_of_alerts():
     assert policy.choose([alerts[-1]])[1] == "already started for this alert"
 
 
-def test_the_command_serves_alertmanager_and_starts_the_run(package, tmp_path):
+def start_receiver_process(url: str, package: Path, token: Path, state: Path):
     """``image-finetune-pipeline alert-receiver`` as the Deployment runs it, in its own
-    process."""
+    process; the process and its port."""
+    receiver = subprocess.Popen(
+        [sys.executable, "-m", "image_finetune.pipelines.cli", "alert-receiver", "--host", url,
+         "--namespace", NAMESPACE, "--pipeline-package", str(package),
+         "--token-file", str(token), "--port", "0", "--min-interval", "60",
+         "--state-file", str(state)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "KFP_TOKEN": "kfp-token"})
+    started = receiver.stdout.readline()
+    match = re.search(r"http://127\.0\.0\.1:(\d+)/alerts", started)
+    if match is None:
+        receiver.kill()
+        pytest.fail(f"the receiver did not start: {started}{receiver.stdout.read()}")
+    return receiver, int(match[1])
+
+
+def post_to(port: int, body: dict) -> tuple[int, dict]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    connection.request("POST", "/alerts", body=json.dumps(body),
+                       headers={"Authorization": f"Bearer {TOKEN}"})
+    response = connection.getresponse()
+    reply = response.status, json.loads(response.read())
+    connection.close()
+    return reply
+
+
+def test_the_command_serves_alertmanager_and_a_restart_remembers_the_started_alert(
+        package, tmp_path):
+    """The run is started once; the receiver restarted on the same state file neither starts
+    the same alert's run again nor another run within the interval."""
     token = tmp_path / "token"
     token.write_text(TOKEN + "\n")  # a mounted Secret often ends in a newline
+    state_file = tmp_path / "state" / "alerts.db"
     with fake_kfp() as (url, state):
-        receiver = subprocess.Popen(
-            [sys.executable, "-m", "image_finetune.pipelines.cli", "alert-receiver", "--host", url,
-             "--namespace", NAMESPACE, "--pipeline-package", str(package),
-             "--token-file", str(token), "--port", "0", "--min-interval", "60"],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env={**os.environ, "KFP_TOKEN": "kfp-token"})
-        try:
-            started = receiver.stdout.readline()
-            port = int(re.search(r"http://127\.0\.0\.1:(\d+)/alerts", started)[1])
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-            connection.request("POST", "/alerts", body=json.dumps(notification(alert())),
-                               headers={"Authorization": f"Bearer {TOKEN}"})
-            response = connection.getresponse()
-            assert (response.status, json.loads(response.read())["started"]) == (200, "run-1")
-        finally:
-            receiver.terminate()
-            receiver.wait(timeout=30)
+        for restart, expected in enumerate([
+                (200, "started"), (200, "already started for this alert")]):
+            receiver, port = start_receiver_process(url, package, token, state_file)
+            try:
+                status, reply = post_to(port, notification(alert()))
+                assert (status, reply["reason"]) == expected, restart
+                if restart:
+                    _, other = post_to(port, notification(alert(fingerprint="99ff")))
+                    assert other["reason"].startswith("rate limited")
+            finally:
+                receiver.terminate()
+                receiver.wait(timeout=30)
         [run] = state.posted("runs")
     assert run.headers["authorization"] == "Bearer kfp-token"
     assert state.experiments["image-finetune-monitoring"]["namespace"] == NAMESPACE
+
+
+def test_the_state_file_keeps_a_bounded_number_of_alerts_the_newest(tmp_path):
+    clock = Clock()
+    alerts = [Alert("a", "firing", f"{n:x}", "t", {"retrain": "true"}) for n in range(8)]
+    policy = TriggerPolicy(0, clock, StartedAlerts(tmp_path / "alerts.db", limit=5))
+    for one_alert in alerts:
+        clock.now += 1
+        policy.record([one_alert])
+    assert len(policy.started) == 5
+    restarted = TriggerPolicy(0, clock, StartedAlerts(tmp_path / "alerts.db", limit=5))
+    assert list(restarted.started) == [a.key for a in alerts[3:]]
+    assert restarted.last_start == clock.now
+    assert restarted.choose([alerts[0]])[1] == "started"  # the oldest, forgotten
+    assert restarted.choose([alerts[-1]])[1] == "already started for this alert"
+
+
+def test_an_unusable_state_file_is_a_clear_error(package, tmp_path):
+    token = tmp_path / "token"
+    token.write_text(TOKEN)
+    not_a_database = tmp_path / "alerts.db"
+    not_a_database.write_bytes(b"not sqlite " * 200)
+    result = CliRunner().invoke(cli.app, [
+        "alert-receiver", "--host", "http://127.0.0.1:9", "--pipeline-package", str(package),
+        "--token-file", str(token), "--port", "0", "--state-file", str(not_a_database)])
+    assert result.exit_code == 2 and "--state-file" in result.output
+    assert "Traceback" not in result.output
 
 
 def test_the_command_refuses_a_pipeline_without_images_to_test(tmp_path):

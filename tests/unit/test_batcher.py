@@ -106,3 +106,23 @@ def test_every_request_is_answered_under_load(max_wait):
     batches = [np.full((1 + i % 3, 1, 1, 3), i) for i in range(300)]
     answers = run_requests(batcher, batches)
     assert [rows[0].item() for rows, _ in answers] == [3 * i for i in range(300)]
+
+
+def test_each_model_call_is_observed_once_after_its_answers_and_a_failing_observer_is_harmless():
+    seen, recorder = [], Recorder()
+
+    def observe(images, outputs, tag):
+        seen.append((images.copy(), outputs.copy(), tag))
+        raise RuntimeError("the observer broke")  # answers must not notice
+
+    batcher = MicroBatcher(slow_row_sums, max_batch_size=8, max_wait=0.05, max_queued_images=100,
+                           record=recorder, observe=observe)
+    batches = [np.full((n, 2, 2, 3), i, np.int64) for i, n in enumerate([1, 2, 3, 1, 2, 1])]
+    answers = run_requests(batcher, batches)
+    assert all(tag == "v1" for _, tag in answers)
+    assert len(seen) == len(recorder.records) < len(batches)  # per call, not per request
+    assert [len(images) for images, _, _ in seen] == [r.images for r in recorder.records]
+    for images, outputs, tag in seen:
+        assert tag == "v1" and np.array_equal(outputs, row_sums(images)[0])
+    assert sorted(int(i) for images, _, _ in seen for i in images[:, 0, 0, 0]) == sorted(
+        i for i, n in enumerate([1, 2, 3, 1, 2, 1]) for _ in range(n))

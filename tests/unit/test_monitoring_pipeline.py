@@ -144,8 +144,16 @@ def test_the_monitor_is_never_cached_retries_and_reads_the_registry(monitoring):
 def test_without_a_labels_uri_there_is_no_labels_input(params, tmp_path):
     spec, _ = compiled(tmp_path, params, source_uri=SOURCE)
     assert "labels_uri" not in spec.root.input_definitions.parameters
+    assert "feedback_uri" not in spec.root.input_definitions.parameters
     assert "import the exported feedback" not in by_name(spec.root.dag)
     assert default_source(str(tmp_path / "monitoring.yaml")) == SOURCE
+    # Nor extra data for the retrain: its ingest leaves the optional input out.
+    condition = dag_of(spec, by_name(spec.root.dag)["drift-or-new-labels"])
+    [retrain] = condition.tasks.values()
+    assert "extra_data" not in retrain.inputs.artifacts
+    ingest, _ = nested_ingest(spec, dag_of(spec, retrain))
+    assert "extra" not in ingest.inputs.artifacts
+    assert spec.components["comp-ingest-data"].input_definitions.artifacts["extra"].is_optional
 
 
 def test_schedule_creates_one_at_a_time_recurring_run_without_catch_up(monkeypatch):
@@ -210,3 +218,84 @@ def test_schedule_reports_a_refusal_by_kfp(monkeypatch):
         "--params", str(ROOT / "params.yaml")])
     assert result.exit_code == 7 and "unreachable" in result.output
     assert "kfp-token" not in result.output
+
+
+# -- labelled feedback: exported from the server's store, trained on by the retrain ----------
+
+FEEDBACK_PVC = "image-finetune-feedback"
+
+
+@pytest.fixture(scope="module")
+def from_store(params, tmp_path_factory) -> tuple[PipelineSpec, dict]:
+    return compiled(tmp_path_factory.mktemp("from-store"), params, source_uri=SOURCE,
+                    feedback_pvc=FEEDBACK_PVC)
+
+
+def pvc_mounts(platform: dict, spec: PipelineSpec, task) -> list[tuple[str, str]]:
+    label = spec.components[task.component_ref.name].executor_label
+    executor = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"][label]
+    return [(m["constant"], m["mountPath"]) for m in executor.get("pvcMount", [])]
+
+
+def nested_ingest(spec: PipelineSpec, dag):
+    """The ingest task of the fine-tuning pipeline nested somewhere under ``dag``, and the
+    DAG component holding it."""
+    for task in dag.tasks.values():
+        component = spec.components[task.component_ref.name]
+        if task.task_info.name == "ingest":
+            return task, dag
+        if component.WhichOneof("implementation") == "dag":
+            found = nested_ingest(spec, component.dag)
+            if found:
+                return found
+    return None
+
+
+def test_the_store_is_exported_counted_and_handed_to_the_retrains_ingest(from_store):
+    spec, platform = from_store
+    tasks = by_name(spec.root.dag)
+    assert set(tasks) == {"import the images", "export the labelled feedback", "monitor",
+                          "drift-or-new-labels"}
+    exported = tasks["export the labelled feedback"]
+    assert exported.caching_options.enable_cache is False  # new labels every run
+    assert pvc_mounts(platform, spec, exported) == [(FEEDBACK_PVC, "/var/lib/image-finetune")]
+    assert exported.inputs.parameters["feedback_uri"].component_input_parameter == (
+        "feedback_uri")
+    inputs = spec.root.input_definitions.parameters
+    assert inputs["feedback_uri"].default_value.string_value == (
+        "sqlite:////var/lib/image-finetune/feedback.db")  # as components/shadow mounts it
+    assert "labels_uri" not in inputs
+    # The monitor counts the export; the retrain is given the same export as extra data.
+    labels = tasks["monitor"].inputs.artifacts["labels"].task_output_artifact
+    assert (labels.producer_task, labels.output_artifact_key) == (
+        "export-labelled-feedback", "labels")
+    condition = dag_of(spec, tasks["drift-or-new-labels"])
+    inner = by_name(condition)
+    retrain = inner["retrain: the fine-tuning pipeline"]
+    assert retrain.inputs.artifacts["extra_data"].component_input_artifact == (
+        "pipelinechannel--export-labelled-feedback-labels")
+    ingest, _ = nested_ingest(spec, dag_of(spec, retrain))
+    assert ingest.inputs.artifacts["extra"].component_input_artifact.endswith("extra_data")
+    # Only after the retrain ran to its end does the store's watermark move.
+    marked = inner["mark the feedback used"]
+    assert list(marked.dependent_tasks) == ["image-finetune"]  # the nested retrain
+    assert marked.inputs.artifacts["labels"].component_input_artifact == (
+        "pipelinechannel--export-labelled-feedback-labels")
+    assert pvc_mounts(platform, spec, marked) == [(FEEDBACK_PVC, "/var/lib/image-finetune")]
+    assert marked.caching_options.enable_cache is False
+
+
+def test_imported_labels_are_handed_to_the_retrain_too(spec):
+    condition = dag_of(spec, by_name(spec.root.dag)["drift-or-new-labels"])
+    inner = by_name(condition)
+    assert set(inner) == {"retrain: the fine-tuning pipeline"}  # no store: no watermark
+    handed = inner["retrain: the fine-tuning pipeline"].inputs.artifacts["extra_data"]
+    assert handed.component_input_artifact == "pipelinechannel--importer-artifact"
+
+
+def test_labels_come_from_one_place_only(params, tmp_path):
+    from image_finetune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="not both"):
+        compiled(tmp_path, params, source_uri=SOURCE, labels_uri=LABELS,
+                 feedback_pvc=FEEDBACK_PVC)

@@ -1,7 +1,9 @@
 """The server's drift monitor below HTTP: answers are queued in O(1) and dropped (counted)
 when the tester is behind, never waited for; full windows are tested on the monitor's own
 thread against the served version's profile, into metrics and ``GET /monitoring``'s state;
-a new version starts a new window; recorded windows stay bounded on disk."""
+a new version starts a new window; recorded windows stay bounded on disk; under load a
+fixed share of the answers is sampled into the windows, the share a metric and the rest
+counted."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from image_finetune.monitoring.profile import build_profile
 from image_finetune.monitoring.summaries import image_statistics
 from image_finetune.serving.models import LoadedModel
-from image_finetune.serving.monitor import MAX_QUEUED, Monitor
+from image_finetune.serving.monitor import MAX_QUEUED, MIN_SHARE, Monitor, Sampler
 from image_finetune.serving.operate_metrics import OperateMetrics
 from image_finetune.serving.settings import OperateSettings
 from tests.conftest import wait_until
@@ -116,16 +118,41 @@ def test_an_unmonitored_version_adds_nothing(model):
                                      {"model_version": "5"}) is None
 
 
-def test_after_a_test_the_monitor_rests_within_its_cpu_share_dropping_meanwhile(model):
-    target, registry = monitor(cpu_share=0.001)  # rests a thousand times its test's time
+def test_under_load_a_fixed_share_is_sampled_into_the_window_and_the_rest_counted(model):
+    target, registry = monitor(cpu_share=0.001)  # testing may take a thousandth of a core
     target.start()
     try:
         rng = np.random.default_rng(5)
-        add(target, model, rng, 100)
+        add(target, model, rng, 100)  # the first window: every image, then the share is set
         wait_until(lambda: target.windows_tested == 1, timeout=30)
-        add(target, model, rng, 7)
+        share = target.state(model)["sample_share"]
+        assert MIN_SHARE <= share < 1.0
+        assert registry.get_sample_value("image_finetune_monitor_sample_share",
+                                         {"model_version": "3"}) == share
+        for _ in range(20):
+            add(target, model, rng, 50)
+        labels = {"model_version": "3"}
+        wait_until(lambda: (registry.get_sample_value("image_finetune_monitor_images_total",
+                                                      labels) or 0)
+                   + registry.get_sample_value("image_finetune_monitor_skipped_total", labels)
+                   == 1100, timeout=30)
+        skipped = registry.get_sample_value("image_finetune_monitor_skipped_total", labels)
+        assert skipped >= 1000 * (1 - share) - 100  # about the share, never a burst
         assert registry.get_sample_value("image_finetune_monitor_dropped_total",
-                                         {"model_version": "3"}) == 7
-        assert target.state(model)["images_in_window"] == 0
+                                         labels) is None
     finally:
         target.stop()
+
+
+def test_the_share_keeps_testing_within_the_cpu_share_at_the_rate_seen():
+    sampler = Sampler()
+    assert sampler.pick(10) is None and sampler.share == 1.0  # every image until a test
+    sampler.since -= 10.0  # 1000 images offered in 10 s: 100 a second
+    sampler.seen = 1000
+    # A window of 500 costs 2 s: at 10% of a core, 25 images a second can be tested.
+    assert sampler.retune(2.0, 500, 0.1) == pytest.approx(0.25, rel=0.01)
+    picked = sampler.pick(10_000)
+    assert 2200 < len(picked) < 2800 and len(set(picked.tolist())) == len(picked)
+    sampler.since -= 10.0  # a quiet period: 10 images a second, all can be tested
+    sampler.seen = 100
+    assert sampler.retune(2.0, 500, 0.1) == 1.0

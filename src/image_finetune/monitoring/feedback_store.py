@@ -9,14 +9,21 @@ Why the image is stored with its label: the label is only worth something togeth
 the exact pixels that were classified. The server keeps a short-lived copy of each answered
 image (bounded in count, bytes and time, in memory) and writes it here only when a label
 arrives, so the training set grows with what the model really saw, and a client cannot pair
-a label with a different image than the one answered."""
+a label with a different image than the one answered.
+
+Beside the labels, the store keeps the retrain watermark: the newest ``received_at`` of the
+labels a completed retraining was given. Labels received after it are the *new* ones that
+``monitor``'s ``min_labels`` counts; the watermark moves only when a retraining ran to its end
+(``advance_watermark``), so labels a failed or skipped retraining never used stay new."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
-from dataclasses import astuple, dataclass, fields
+from dataclasses import asdict, astuple, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +45,15 @@ CREATE TABLE IF NOT EXISTS feedback (
     image_format TEXT,
     PRIMARY KEY (request_id, image_index)
 )"""
+WATERMARK_SCHEMA = """
+CREATE TABLE IF NOT EXISTS retrain_watermarks (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    watermark REAL NOT NULL,
+    recorded_at REAL NOT NULL,
+    note TEXT NOT NULL
+)"""
+MAX_WATERMARKS = 1000  # the newest kept: a history for operators, bounded
+EXPORT_RECORD = "feedback-export.json"  # what an export says of itself, beside the tree
 DEFAULT_MAX_ROWS = 100_000
 DEFAULT_MAX_BYTES = 2 * 1024**3  # of stored images
 
@@ -113,6 +129,7 @@ class FeedbackStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # an accepted label survives a crash
         self._db.execute(SCHEMA)
+        self._db.execute(WATERMARK_SCHEMA)
         self._db.commit()
 
     def close(self) -> None:
@@ -144,6 +161,32 @@ class FeedbackStore:
     def count(self) -> int:
         with self._lock:
             return self._count()
+
+    def watermark(self) -> float:
+        """The newest ``received_at`` a completed retraining used (0.0: none yet)."""
+        with self._lock:
+            return float(self._db.execute(
+                "SELECT COALESCE(MAX(watermark), 0.0) FROM retrain_watermarks").fetchone()[0])
+
+    def advance_watermark(self, to: float, note: str) -> bool:
+        """Labels received up to ``to`` were used by a retraining that ran to its end; False
+        (and nothing changes) where the watermark is already there or past it."""
+        with self._lock, self._db:
+            current = self._db.execute(
+                "SELECT COALESCE(MAX(watermark), 0.0) FROM retrain_watermarks").fetchone()[0]
+            if to <= current:
+                return False
+            self._db.execute("INSERT INTO retrain_watermarks (watermark, recorded_at, note) "
+                             "VALUES (?, ?, ?)", (float(to), time.time(), note[:1000]))
+            self._db.execute("DELETE FROM retrain_watermarks WHERE id NOT IN (SELECT id FROM "
+                             "retrain_watermarks ORDER BY id DESC LIMIT ?)", (MAX_WATERMARKS,))
+            return True
+
+    def watermark_history(self) -> list[tuple[float, float, str]]:
+        """(watermark, when it was recorded, why) of the kept retrainings, oldest first."""
+        with self._lock:
+            return self._db.execute("SELECT watermark, recorded_at, note FROM "
+                                    "retrain_watermarks ORDER BY id").fetchall()
 
     def records(self, with_images: bool = False) -> Iterator[FeedbackRecord]:
         """Every labelled image, oldest first (images left out unless asked for)."""
@@ -184,3 +227,36 @@ class FeedbackStore:
                              column(champion, True), column(challenger, True))
 
 
+
+
+@dataclass(frozen=True)
+class ExportRecord:
+    """What an export of the store says of itself (``EXPORT_RECORD`` at its top): the
+    images written, how many were received after the retrain watermark, the watermark then,
+    and the newest ``received_at`` exported (where a completed retraining moves the
+    watermark to)."""
+
+    images: int
+    new_images: int
+    watermark: float
+    newest_received_at: float
+
+    def write(self, folder: Path) -> None:
+        (Path(folder) / EXPORT_RECORD).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def read(cls, folder: Path) -> ExportRecord | None:
+        """The record of the export in ``folder``; None where it is not an export (a folder
+        of labelled images made by hand); ValueError where the record is unreadable."""
+        path = Path(folder) / EXPORT_RECORD
+        if not path.is_file():
+            return None
+        try:
+            raw = json.loads(path.read_text())
+            record = cls(int(raw["images"]), int(raw["new_images"]),
+                         float(raw["watermark"]), float(raw["newest_received_at"]))
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path}: not a feedback export's record ({exc})") from None
+        if not 0 <= record.new_images <= record.images:
+            raise ValueError(f"{path}: {record.new_images} new of {record.images} images")
+        return record

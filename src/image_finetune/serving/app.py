@@ -162,13 +162,14 @@ def create_app(settings: ServeSettings, holder: ModelHolder | None = None) -> Fa
     """The FastAPI application; the model loads in the background once it starts."""
     metrics = ServingMetrics()
     holder = holder or ModelHolder(settings, on_failure=metrics.refresh_failures.inc)
-    batcher = MicroBatcher(functools.partial(predict_current, holder, settings.max_batch_size),
-                           settings.max_batch_size,
-                           settings.max_wait_ms / 1000, settings.max_queued_images,
-                           metrics.record_batch)
     operations = Operations(settings, holder, OperateMetrics(metrics.registry),
                             lambda other: functools.partial(predict_current, other,
                                                             settings.max_batch_size))
+    # The champion's batches go to the drift monitor once answered (the canary's never do).
+    batcher = MicroBatcher(functools.partial(predict_current, holder, settings.max_batch_size),
+                           settings.max_batch_size,
+                           settings.max_wait_ms / 1000, settings.max_queued_images,
+                           metrics.record_batch, operations.monitor.add_answers)
     server = Server(settings, holder, batcher, metrics,
                     ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode"),
                     DecodeBudget(settings.max_decode_pixels, settings.decode_wait_seconds),

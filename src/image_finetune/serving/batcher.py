@@ -70,12 +70,15 @@ class MicroBatcher:
     """Coalesces concurrent requests into model calls on one worker thread.
 
     ``infer(batch)`` returns ``(outputs, tag)``: one output row per image and a tag handed
-    to every request of the batch (the model version that answered)."""
+    to every request of the batch (the model version that answered). ``observe(images,
+    outputs, tag)`` sees each batch once its answers are out (the drift monitor's hand-off:
+    one per model call, not per request); it must return at once."""
 
     def __init__(self, infer: Callable[[np.ndarray], tuple[np.ndarray, object]],
                  max_batch_size: int, max_wait: float, max_queued_images: int,
-                 record: Callable[[BatchRecord], None] = lambda record: None):
-        self.infer, self.record = infer, record
+                 record: Callable[[BatchRecord], None] = lambda record: None,
+                 observe: Callable[[np.ndarray, np.ndarray, object], None] | None = None):
+        self.infer, self.record, self.observe = infer, record, observe
         self.max_batch_size, self.max_wait = max_batch_size, max_wait
         self.max_queued_images = max_queued_images
         self.in_flight = 0  # requests between their start and their answer (loop thread)
@@ -167,3 +170,8 @@ class MicroBatcher:
             offset += len(pending.images)
         self.record(BatchRecord(len(images), len(batch), self.queued_images,
                                 start - batch[0].queued_at, seconds))
+        if self.observe is not None:
+            try:
+                self.observe(images, outputs, tag)
+            except Exception:  # watching never stops answering
+                log.exception("observing a batch of %d images failed", len(images))

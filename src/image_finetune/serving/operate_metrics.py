@@ -32,6 +32,12 @@ class OperateMetrics:
                                       "Images whose summaries were monitored", ["model_version"])
         self.monitor_dropped = counter("image_finetune_monitor_dropped_total", "Summaries "
                                        "dropped because the tester was behind", ["model_version"])
+        self.monitor_skipped = counter("image_finetune_monitor_skipped_total", "Answered "
+                                       "images not sampled into the window (under load a "
+                                       "share is)", ["model_version"])
+        self.monitor_sample_share = gauge("image_finetune_monitor_sample_share", "Share of "
+                                          "answered images sampled into the window",
+                                          ["model_version"])
         self.feedback = counter("image_finetune_feedback_total", "Feedback by outcome",
                                 ["model_version", "outcome"])
         self.online_accuracy = gauge("image_finetune_online_accuracy", "Accuracy on labelled "

@@ -27,7 +27,7 @@ from image_finetune.serving.models import LoadedModel, ModelHolder
 from image_finetune.serving.monitor import Monitor
 from image_finetune.serving.operate_metrics import OperateMetrics
 from image_finetune.serving.reading import read_body
-from image_finetune.serving.rollout import CANARY, CHAMPION, ChallengerHolder, Rollout
+from image_finetune.serving.rollout import CANARY, ChallengerHolder, Rollout
 from image_finetune.serving.settings import ServeSettings
 
 log = logging.getLogger(__name__)
@@ -88,8 +88,8 @@ class Operations:
 
     async def classify(self, images: np.ndarray, request_id: str, champion_classify: Classify
                        ) -> tuple[np.ndarray, LoadedModel, str]:
-        """The probabilities, the model that computed them and its role; the champion's
-        answers go to the drift monitor (queued, never waited for)."""
+        """The probabilities, the model that computed them and its role (the champion's
+        batcher hands its answers to the drift monitor itself: app.py)."""
         role = self.rollout.role_for(request_id, self.holder.current)
         start = time.monotonic()
         if role == CANARY:
@@ -99,9 +99,7 @@ class Operations:
                 raise Rejected(503, f"overloaded: {exc}; retry", {"Retry-After": "1"}) from exc
         else:
             outputs, model = await champion_classify(images)
-        probabilities, projected = model.split(outputs)
-        if role == CHAMPION:
-            self.monitor.add(model, images, probabilities, projected)
+        probabilities, _ = model.split(outputs)
         if self.rollout.mode != "off":
             self.rollout.record(model, role, probabilities, time.monotonic() - start)
         return probabilities, model, role

@@ -31,9 +31,9 @@ class OperateSettings(BaseModel):
     # the CLI reads these settings without loading scipy).
     monitor_window: Annotated[int, Field(ge=20)] = 500
     monitor_max_seconds: Seconds = 3600.0  # a partial window is tested after this long
-    # The share of one core window tests may take: under heavy traffic the monitor tests a
-    # window, rests, and drops (and counts) the summaries meanwhile, so it costs the answers
-    # little whatever the rate (bench/monitor_overhead.py).
+    # The share of one core window tests may take: under heavy traffic the monitor samples
+    # that share of the answered images into its windows (a metric, and the rest counted),
+    # so it costs the answers little whatever the rate (bench/monitor_overhead.py).
     monitor_cpu_share: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1
     monitor_record_dir: Path | None = None  # the windows' summaries as .npz, bounded
     monitor_record_max: Positive = 100  # windows kept on disk at most

@@ -2,14 +2,22 @@
 tree ``train/<class>/<request id>-<image index>.jpg|png`` that the ingest reads (a folder
 source) beside the original data on the next run. Each file is the image the server answered,
 byte for byte as the client sent it (a raw OIP tensor as a PNG). Exporting again writes the
-same names: the tree grows, nothing is duplicated."""
+same names: the tree grows, nothing is duplicated. Its record (``feedback-export.json`` at
+the top, which the ingest skips) says how many of the images are new since the last
+completed retraining; ``mark_retrained`` moves that watermark once a retraining that was
+given the export has run to its end."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from image_finetune.errors import ConfigError, MissingInputError
-from image_finetune.monitoring.feedback_store import FeedbackStore, store_path
+from image_finetune.monitoring.feedback_store import (
+    EXPORT_RECORD,
+    ExportRecord,
+    FeedbackStore,
+    store_path,
+)
 
 SPLIT = "train"
 SUFFIXES = {"jpeg": ".jpg", "png": ".png"}
@@ -35,11 +43,14 @@ def open_store(feedback_uri: str | None) -> FeedbackStore:
 
 
 def export_feedback(feedback_uri: str | None, out: Path) -> dict:
-    """Write every labelled image under ``out/train/<label>/``; the counts written and
-    skipped (no image kept, or a label that cannot be a folder name)."""
+    """Write every labelled image under ``out/train/<label>/`` and the export's record; the
+    counts written, new since the retrain watermark, and skipped (no image kept, or a label
+    that cannot be a folder name)."""
     store = open_store(feedback_uri)
-    written, skipped, classes = 0, [], set()
+    written, new, newest, skipped, classes = 0, 0, 0.0, [], set()
+    out.mkdir(parents=True, exist_ok=True)
     try:
+        watermark = store.watermark()
         for record in store.records(with_images=True):
             name = f"{record.request_id}-{record.image_index}"
             if not record.image or not safe_folder_name(record.label):
@@ -49,8 +60,35 @@ def export_feedback(feedback_uri: str | None, out: Path) -> dict:
             folder.mkdir(parents=True, exist_ok=True)
             (folder / f"{name}{SUFFIXES[record.image_format]}").write_bytes(record.image)
             written += 1
+            new += record.received_at > watermark
+            newest = max(newest, record.received_at)
             classes.add(record.label)
     finally:
         store.close()
-    return {"out": str(out), "images": written, "classes": sorted(classes),
-            "skipped": skipped}
+    ExportRecord(written, new, watermark, max(newest, watermark)).write(out)
+    return {"out": str(out), "images": written, "new_since_retrain": new,
+            "classes": sorted(classes), "skipped": skipped}
+
+
+def read_export_record(export: Path) -> ExportRecord | None:
+    """The record of an export (None: a folder of labels made by hand); a clear error where
+    it is unreadable."""
+    try:
+        return ExportRecord.read(export)
+    except ValueError as exc:
+        raise MissingInputError(str(exc)) from None
+
+
+def mark_retrained(feedback_uri: str | None, export: Path, note: str = "retrained") -> dict:
+    """A retraining given ``export`` ran to its end: its labels are no longer new. The
+    watermark moves to the newest label exported, so labels that arrived meanwhile stay new."""
+    record = read_export_record(export)
+    if record is None:
+        raise MissingInputError(f"{export}: no {EXPORT_RECORD}: not an export of "
+                                "image-finetune feedback")
+    store = open_store(feedback_uri)
+    try:
+        moved = store.advance_watermark(record.newest_received_at, note)
+        return {"watermark": store.watermark(), "advanced": moved}
+    finally:
+        store.close()

@@ -1,8 +1,11 @@
 """The ``monitor`` step: a folder or archive of images, or the windows a server recorded,
 tested against a registered version's reference profile; ``drift.json`` and a
 self-contained ``drift.html``. With ``retrain``: when drift is found or enough labelled
-images have arrived, the pipeline runs again (``dvc repro``, the labels as extra training
-data). Finding drift is not an error: the JSON says ``"drift": true|false``."""
+images have arrived since the last completed retraining (an export's record says how many
+are new; every image of a folder made by hand counts), the pipeline runs again (``dvc
+repro``, the labels as extra training data); once it has run to its end, the feedback store's
+watermark moves past the labels it was given. Finding drift is not an error: the JSON says
+``"drift": true|false``."""
 
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ from image_finetune.registry.versions import (
     registered_fit,
     version_at,
 )
+from image_finetune.steps.feedback import mark_retrained, read_export_record
 from image_finetune.steps.layout import DRIFT_HTML, DRIFT_JSON
 
 log = logging.getLogger(__name__)
@@ -55,8 +59,9 @@ class MonitorSettings:
     seed: int = 0
     max_images: int = 20_000
     labels: Path | None = None  # an image-folder tree of labelled feedback
-    min_labels: int = 200
+    min_labels: int = 200  # new labels (since the last completed retraining) that retrain
     retrain: bool = False
+    feedback_uri: str | None = None  # the store whose watermark a completed retrain moves
 
 
 @dataclass
@@ -87,14 +92,14 @@ def monitor(params: Params, source: Path, out: Path, root: Path,
                                          settings.max_images)
     result = test_window(profile, observed.window, settings.alpha, settings.permutations,
                          settings.seed)
-    labelled = count_labelled(settings.labels) if settings.labels else 0
+    labelled, total = count_labelled(settings.labels) if settings.labels else (0, 0)
     report = {**result.to_dict(), "model_name": name, "model_version": str(version.version),
               "source": str(source), "unreadable": observed.problems[:MAX_LISTED_PROBLEMS],
-              "labels": labelled, "min_labels": settings.min_labels,
+              "labels": labelled, "labels_total": total, "min_labels": settings.min_labels,
               "retrain": _retrain_decision(result, labelled, settings)}
     write_report(out, report, result, profile, observed)
     if report["retrain"]["wanted"] and settings.retrain:
-        report["retrain"].update(run_pipeline(root, settings))
+        report["retrain"].update(retrain(root, settings))
         (out / DRIFT_JSON).write_text(json.dumps(report, indent=2) + "\n")
     log.info("%s v%s on %s: %s", name, version.version, source,
              "DRIFT" if result.drift else "no drift")
@@ -186,17 +191,20 @@ def _load_version(client, tracking_uri: str, version, work: Path):
     return mlflow.keras.load_model(local)
 
 
-def count_labelled(labels: Path) -> int:
-    """Labelled images in an image-folder tree (what ``feedback export`` writes)."""
+def count_labelled(labels: Path) -> tuple[int, int]:
+    """(new, all) labelled images in an image-folder tree: new since the last completed
+    retraining where it is an export (its record says), else every image counts as new."""
     if not Path(labels).is_dir():
         raise MissingInputError(f"{labels}: no folder of labelled images there")
-    return sum(1 for entry in walk(Path(labels), [])
-               if not entry.is_folder and entry.path.suffix.lower() in IMAGE_SUFFIXES)
+    total = sum(1 for entry in walk(Path(labels), [])
+                if not entry.is_folder and entry.path.suffix.lower() in IMAGE_SUFFIXES)
+    record = read_export_record(Path(labels))
+    return (min(record.new_images, total) if record is not None else total), total
 
 
 def _retrain_decision(result: DriftResult, labelled: int, settings: MonitorSettings) -> dict:
     reasons = (["drift"] if result.drift else []) + (
-        [f"{labelled} labelled images (>= {settings.min_labels})"]
+        [f"{labelled} new labelled images (>= {settings.min_labels})"]
         if settings.labels and labelled >= settings.min_labels else [])
     return {"wanted": bool(reasons), "reasons": reasons, "ran": False}
 
@@ -222,6 +230,17 @@ def run_pipeline(root: Path, settings: MonitorSettings) -> dict:
         raise MissingInputError(f"could not run {command[0]} ({exc}): install DVC or run "
                                 "the pipeline yourself") from None
     return {"ran": True, "command": command, "exit_code": code}
+
+
+def retrain(root: Path, settings: MonitorSettings) -> dict:
+    """Run the pipeline; once it has run to its end with exported labels, move the feedback
+    store's watermark past them (a failed run leaves them new: the next check counts them)."""
+    outcome = run_pipeline(root, settings)
+    if (outcome["exit_code"] == 0 and settings.labels is not None and settings.feedback_uri
+            and read_export_record(settings.labels) is not None):
+        outcome["watermark"] = mark_retrained(settings.feedback_uri, settings.labels,
+                                              f"image-finetune monitor --retrain in {root}")
+    return outcome
 
 
 def write_report(out: Path, report: dict, result: DriftResult, profile: ReferenceProfile,
