@@ -46,6 +46,7 @@ from image_finetune.train import (
     fit_plan,
     plan_fit,
     rung_image_size,
+    stem_engine,
 )
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ def train_rung(
     mixed, replicas = configure_runtime(params)
     weights_path = resolve_weights(params.model, root)
     feature_key, attempt_key = attempt_keys(params, index, weights_path, manifest_digest(data),
-                                            warm_start, replicas)
+                                            warm_start, replicas, step=__name__)
     # Held while the attempt runs: a prune leaves its entries alone, and a second run of the
     # same attempt (another experiment) waits, then reuses it. Not across workers, who all
     # run this step at once and meet in the fit.
@@ -149,7 +150,7 @@ def _train(params, index, data, out, cache, keys, mixed, replicas, weights_path,
 def _features_what(params: Params, rung: Rung) -> str:
     """What a feature entry holds, for ``cache ls``."""
     return (f"{params.model.backbone} {rung_image_size(params, rung)}px up to "
-            f"{params.train.cache_boundary or 'the pool'}")
+            f"{params.train.cache_boundary or 'the pool'} on {stem_engine(params)}")
 
 
 def _write_attempt(classifier: keras.Model, paths: TrainingPaths, result: AttemptResult,
