@@ -63,14 +63,19 @@ def stem_model(classifier: keras.Model, boundary: str | None) -> keras.Model:
     return keras.Model(inputs, stem(x, training=False), name="feature_stem")
 
 
-def choose_stem_engine(requested: str, backend: str, accelerated: bool) -> str:
-    """The engine the frozen parts embed on: a named one as named (``tensorflow``: the Keras
-    model itself); ``auto``: the fast CPU engine (engines.resolve_engine) where Keras runs
-    TensorFlow on a CPU, else Keras (the engines are CPU engines exported through a
-    TensorFlow SavedModel)."""
+# Converting a frozen part to an engine takes 5-25 s of CPU; Keras embeds 300-1,000 images/s
+# at 96 px on a CPU, so below this many images to embed Keras is done first.
+MIN_ENGINE_IMAGES = 10_000
+
+
+def choose_stem_engine(requested: str, backend: str, accelerated: bool, images: int) -> str:
+    """The engine the frozen parts embed ``images`` on: a named one as named (``tensorflow``:
+    the Keras model itself); ``auto``: the fast CPU engine (engines.resolve_engine) where
+    Keras runs TensorFlow on a CPU and there are at least MIN_ENGINE_IMAGES, else Keras (the
+    engines are CPU engines, exported through a TensorFlow SavedModel)."""
     if requested != "auto":
         return resolve_engine(requested)
-    if backend != "tensorflow" or accelerated:
+    if backend != "tensorflow" or accelerated or images < MIN_ENGINE_IMAGES:
         return "tensorflow"
     return resolve_engine("auto")
 

@@ -10,7 +10,7 @@ import pytest
 from image_finetune import codegraph, train
 from image_finetune.config import Params, parse_params
 from image_finetune.errors import ConfigError
-from image_finetune.features import choose_stem_engine
+from image_finetune.features import MIN_ENGINE_IMAGES, choose_stem_engine
 
 TRAIN_RUNG = "image_finetune.steps.train_rung"
 
@@ -62,9 +62,10 @@ def test_the_code_that_computes_the_features_is_in_their_key(module, edited):
 
 def test_the_step_that_adapts_the_rung_shapes_the_attempt_not_the_features(edited):
     params = Params()
-    keys = train.attempt_keys(params, 1, None, "data", None, step=TRAIN_RUNG)
+    keys = train.attempt_keys(params, 1, None, "data", None, step=TRAIN_RUNG, engine="openvino")
     edited.add(module_path(TRAIN_RUNG).resolve())
-    again = train.attempt_keys(params, 1, None, "data", None, step=TRAIN_RUNG)
+    again = train.attempt_keys(params, 1, None, "data", None, step=TRAIN_RUNG,
+                               engine="openvino")
     assert again[0] == keys[0]  # the features: train_rung.py does not compute them
     assert again[1] != keys[1]  # the attempt: fit_to_data adapts its rung
 
@@ -83,26 +84,37 @@ def with_stem_engine(engine: str) -> Params:
 
 
 def test_the_feature_key_records_the_stem_engine():
-    keys = {engine: train.attempt_keys(with_stem_engine(engine), 0, None, "data", None)
+    keys = {engine: train.attempt_keys(Params(), 0, None, "data", None, engine=engine)
             for engine in ("tensorflow", "onnxruntime", "openvino")}
     assert len({features for features, _ in keys.values()}) == 3
     assert len({attempt for _, attempt in keys.values()}) == 3
-    auto = train.attempt_keys(with_stem_engine("auto"), 0, None, "data", None)
-    assert auto == keys[train.stem_engine(with_stem_engine("auto"))]  # auto: what it resolves
+
+
+def test_the_params_choose_the_stem_engine(monkeypatch):
+    """CIFAR-10's 45,000 training images (and their mirrored copies) embed on the fast engine;
+    a small subset on Keras (converting would take longer than embedding); a named engine is
+    used whatever the size. The serving engine's environment variable plays no part."""
+    from image_finetune.engines import resolve_engine
+
+    monkeypatch.delenv("IMAGE_FINETUNE_ENGINE", raising=False)
+    fast = resolve_engine("auto")
+    monkeypatch.setenv("IMAGE_FINETUNE_ENGINE", "tensorflow")
+    assert train.stem_engine(with_stem_engine("auto"), 45_000, 5_000) == fast
+    assert train.stem_engine(with_stem_engine("auto"), 240, 60) == "tensorflow"
+    assert train.stem_engine(with_stem_engine("onnxruntime"), 240, 60) == "onnxruntime"
+    assert train.stem_engine(with_stem_engine("tensorflow"), 45_000, 5_000) == "tensorflow"
 
 
 def test_auto_embeds_on_the_fast_engine_only_for_tensorflow_on_a_cpu(monkeypatch):
-    monkeypatch.delenv("IMAGE_FINETUNE_ENGINE", raising=False)
     from image_finetune.engines import resolve_engine
 
-    fast = resolve_engine("auto")
-    assert choose_stem_engine("auto", "tensorflow", accelerated=False) == fast
-    assert choose_stem_engine("auto", "tensorflow", accelerated=True) == "tensorflow"
-    assert choose_stem_engine("auto", "jax", accelerated=False) == "tensorflow"
-    assert choose_stem_engine("onnxruntime", "jax", accelerated=True) == "onnxruntime"
-    # the params decide, never the serving engine's environment variable
-    monkeypatch.setenv("IMAGE_FINETUNE_ENGINE", "tensorflow")
-    assert choose_stem_engine("auto", "tensorflow", accelerated=False) == fast
+    monkeypatch.delenv("IMAGE_FINETUNE_ENGINE", raising=False)
+    fast, many = resolve_engine("auto"), MIN_ENGINE_IMAGES
+    assert choose_stem_engine("auto", "tensorflow", False, many) == fast
+    assert choose_stem_engine("auto", "tensorflow", False, many - 1) == "tensorflow"
+    assert choose_stem_engine("auto", "tensorflow", True, many) == "tensorflow"
+    assert choose_stem_engine("auto", "jax", False, many) == "tensorflow"
+    assert choose_stem_engine("onnxruntime", "jax", True, 1) == "onnxruntime"
 
 
 def test_an_unknown_stem_engine_is_refused_with_the_choices():
