@@ -52,6 +52,13 @@ def head_accuracy(features: dict, y_train, y_validation) -> float:
     return max(fit.score(features["pooled_validation"], y_validation) for fit in fits)
 
 
+def sample(split, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded sample of ``count`` rows (the splits are stored class by class)."""
+    rows = np.sort(np.random.default_rng(0).choice(len(split.labels), min(count, len(
+        split.labels)), replace=False))
+    return np.asarray(split.images[rows]), np.asarray(split.labels[rows])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=Path("data/ingested"))
@@ -61,10 +68,8 @@ def main() -> None:
     params = Params()
     boundary = params.train.cache_boundary
     train, validation = load_split(args.data, "train"), load_split(args.data, "validation")
-    x_train, y_train = np.asarray(train.images[: args.train]), np.asarray(
-        train.labels[: args.train])
-    x_val, y_val = np.asarray(validation.images[: args.validation]), np.asarray(
-        validation.labels[: args.validation])
+    x_train, y_train = sample(train, args.train)
+    x_val, y_val = sample(validation, args.validation)
     model = params.model.model_copy(update={"weights": str(WEIGHTS)})
     classifier = build_classifier(build_backbone(model, model.image_size, WEIGHTS), 10, model,
                                   int(x_train.shape[1]))
