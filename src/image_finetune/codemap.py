@@ -1,6 +1,5 @@
-"""The package's own import graph: which module imports which (at any level, function
-bodies included; ``TYPE_CHECKING`` blocks left out), its cycles, and the files a step's
-code depends on (what its dvc.yaml stage lists as code deps).
+"""The package's own import graph (read by :mod:`image_finetune.codegraph`) printed, its
+cycles, and the files a step's code depends on (what its dvc.yaml stage lists as code deps).
 
     python -m image_finetune.codemap             # the import graph, one module a line
     python -m image_finetune.codemap --stages    # the dvc.yaml stages the step catalog implies
@@ -9,61 +8,10 @@ code depends on (what its dvc.yaml stage lists as code deps).
 from __future__ import annotations
 
 import ast
-import os
 import sys
-from functools import cache
 from pathlib import Path
 
-PACKAGE = "image_finetune"
-ROOT = Path(__file__).resolve().parent
-
-
-def module_files() -> dict[str, Path]:
-    """Every module of the package, by dotted name, the linked subpackages (pipelines,
-    components: links to the repository's top-level folders) included."""
-    modules = {}
-    found = (Path(folder, name) for folder, _, names in os.walk(ROOT, followlinks=True)
-             for name in names if name.endswith(".py"))
-    for path in sorted(found):
-        parts = path.relative_to(ROOT.parent).with_suffix("").parts
-        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-        modules[name] = path
-    return modules
-
-
-def _is_type_checking(node: ast.AST) -> bool:
-    return isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
-
-
-def imported_names(tree: ast.AST) -> list[tuple[str, list[str]]]:
-    """(module, names imported from it) for every import outside TYPE_CHECKING blocks."""
-    found, stack = [], [tree]
-    while stack:
-        node = stack.pop()
-        if _is_type_checking(node):
-            continue
-        if isinstance(node, ast.Import):
-            found += [(alias.name, []) for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            found.append((node.module, [alias.name for alias in node.names]))
-        stack.extend(ast.iter_child_nodes(node))
-    return found
-
-
-@cache
-def import_graph() -> dict[str, frozenset[str]]:
-    """Each package module -> the package modules it imports."""
-    modules = module_files()
-    graph = {}
-    for name, path in modules.items():
-        targets = set()
-        for module, names in imported_names(ast.parse(path.read_text())):
-            if module.split(".")[0] != PACKAGE:
-                continue
-            subs = {f"{module}.{n}" for n in names} & modules.keys()
-            targets |= subs or {module}
-        graph[name] = frozenset(targets - {name})
-    return graph
+from image_finetune.codegraph import PACKAGE, ROOT, closure, import_graph, module_files
 
 
 def cycles() -> list[list[str]]:
@@ -83,17 +31,6 @@ def cycles() -> list[list[str]]:
         if module not in state:
             visit(module, [module])
     return found
-
-
-def closure(module: str) -> set[str]:
-    """``module`` and every package module it imports, directly or not."""
-    graph, seen, todo = import_graph(), set(), [module]
-    while todo:
-        current = todo.pop()
-        if current not in seen:
-            seen.add(current)
-            todo.extend(graph.get(current, ()))
-    return seen
 
 
 def code_files(module: str, project_root: Path) -> list[str]:

@@ -2,6 +2,8 @@
 trainable rest of the classifier trains on its cached activations.
 
 - the stem/tail split of a backbone at ``train.cache_boundary``;
+- the frozen parts embedded on a fast CPU engine (ONNX Runtime or OpenVINO, fp32), whose
+  features equal Keras's within 2e-4 (measured: bench/stem_engine.py), or on Keras itself;
 - cached activations (and those of mirrored copies, so horizontal flips survive
   caching), memory-mapped from disk and written atomically under unique names;
 - the batches a rung trains on, read row by row from those files (or the images);
@@ -12,7 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -20,10 +25,16 @@ import keras
 import numpy as np
 from keras import layers
 
+from image_finetune.engines import compile_keras, resolve_engine
 from image_finetune.inference import predict_batches
 from image_finetune.model import get_backbone, get_head, layer_index
 
+log = logging.getLogger(__name__)
+
 EMBED_BATCH = 256
+# The frozen parts embed in fp32 on every engine: int8 has not been shown to keep the
+# trained head's accuracy (the cache key records the precision all the same).
+STEM_PRECISION = "fp32"
 
 
 def cache_key(*parts: object) -> str:
@@ -50,6 +61,46 @@ def stem_model(classifier: keras.Model, boundary: str | None) -> keras.Model:
             x = layer(x)
     stem = backbone if boundary is None else split_backbone(backbone, boundary)[0]
     return keras.Model(inputs, stem(x, training=False), name="feature_stem")
+
+
+# Converting a frozen part to an engine takes 5-25 s of CPU; Keras embeds 300-1,000 images/s
+# at 96 px on a CPU, so below this many images to embed Keras is done first.
+MIN_ENGINE_IMAGES = 10_000
+
+
+def choose_stem_engine(requested: str, backend: str, accelerated: bool, images: int) -> str:
+    """The engine the frozen parts embed ``images`` on: a named one as named (``tensorflow``:
+    the Keras model itself); ``auto``: the fast CPU engine (engines.resolve_engine) where
+    Keras runs TensorFlow on a CPU and there are at least MIN_ENGINE_IMAGES, else Keras (the
+    engines are CPU engines, exported through a TensorFlow SavedModel)."""
+    if requested != "auto":
+        return resolve_engine(requested)
+    if backend != "tensorflow" or accelerated or images < MIN_ENGINE_IMAGES:
+        return "tensorflow"
+    return resolve_engine("auto")
+
+
+class FrozenPart:
+    """A frozen part of the classifier (the stem, or the rest of the backbone to the pool)
+    run on ``engine``. It is converted the first time it has images to embed, into
+    ``workdir``: a run that finds its features cached converts nothing."""
+
+    def __init__(self, model: keras.Model, engine: str, workdir: Path):
+        self.model, self.engine, self.workdir = model, engine, workdir
+        self.compiled = None
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The shape of one image's features."""
+        return tuple(self.model.compute_output_shape((None, *input_shape))[1:])
+
+    def predictor(self):
+        """The part on its engine (``predict_on_batch``), converted on first use."""
+        if self.compiled is None:
+            start = time.perf_counter()
+            self.compiled = compile_keras(self.model, self.engine, self.workdir)
+            log.info("%s on %s %s (converted in %.1f s)", self.model.name, self.engine,
+                     STEM_PRECISION, time.perf_counter() - start)
+        return self.compiled
 
 
 class RowBatches(keras.utils.PyDataset):
@@ -107,10 +158,10 @@ class EpochOrder(keras.callbacks.Callback):
 
 
 def cached_activations(
-    stem: keras.Model, images: np.ndarray, path: Path, batch_size: int, desc: str,
+    part: FrozenPart, images: np.ndarray, path: Path, batch_size: int, desc: str,
     mirror: bool = False,
 ) -> np.ndarray:
-    """Activations of ``stem`` over ``images``, computed once and memory-mapped from disk.
+    """Activations of ``part`` over ``images``, computed once and memory-mapped from disk.
     They are written to the file batch by batch: memory holds one batch whatever the
     dataset's size or resolution."""
     if (cached := _readable(path, len(images))) is not None:
@@ -119,10 +170,15 @@ def cached_activations(
     # Unique per writer, renamed into place: a killed embedding never leaves a truncated
     # cache behind, and two runs sharing the cache never write the same file.
     partial = path.with_name(f".{path.stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}.npy")
-    shape = (len(images), *stem.compute_output_shape((None, *images.shape[1:]))[1:])
+    shape = (len(images), *part.output_shape(images.shape[1:]))
     values = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=shape)
     try:
-        predict_batches(stem, images, batch_size, desc, out=values, mirror=mirror)
+        predictor = part.predictor()
+        start = time.perf_counter()
+        predict_batches(predictor, images, batch_size, desc, out=values, mirror=mirror)
+        seconds = time.perf_counter() - start
+        log.info("%s: %d images on %s in %.1f s (%.0f images/s)", desc, len(images),
+                 part.engine, seconds, len(images) / max(seconds, 1e-9))
         values.flush()
     except BaseException:
         partial.unlink(missing_ok=True)
@@ -147,29 +203,42 @@ def _readable(path: Path, rows: int) -> np.ndarray | None:
 def rung_features(
     classifier: keras.Model, mode: str, boundary: str | None, flip: bool,
     train_images: np.ndarray, validation_images: np.ndarray, cache_dir: Path,
+    engine: str = "tensorflow",
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-    """(train, train mirrored or None, validation) inputs of a ``head`` or ``tail`` rung."""
-    stem = stem_model(classifier, boundary)
+    """(train, train mirrored or None, validation) inputs of a ``head`` or ``tail`` rung, the
+    frozen parts run on ``engine`` (see :func:`choose_stem_engine`)."""
+    with tempfile.TemporaryDirectory(prefix="frozen-engine-") as workdir:
+        stem = FrozenPart(stem_model(classifier, boundary), engine, Path(workdir) / "stem")
 
-    def activations(model, images, name, desc, mirror=False):
-        return cached_activations(model, images, cache_dir / f"{name}.npy", EMBED_BATCH, desc,
-                                  mirror)
+        def activations(part, images, name, desc, mirror=False):
+            return cached_activations(part, images, cache_dir / f"{name}.npy", EMBED_BATCH,
+                                      desc, mirror)
 
-    x_train = activations(stem, train_images, "train", "embed train")
-    x_flip = (activations(stem, train_images, "train_flip", "embed mirrored train", True)
-              if flip else None)
-    x_val = activations(stem, validation_images, "validation", "embed validation")
-    if mode == "tail":
-        return x_train, x_flip, x_val
-    # Head-only: the frozen rest of the backbone (if any) runs once more, to pooled features.
+        x_train = activations(stem, train_images, "train", "embed train")
+        x_flip = (activations(stem, train_images, "train_flip", "embed mirrored train", True)
+                  if flip else None)
+        x_val = activations(stem, validation_images, "validation", "embed validation")
+        if mode == "tail":
+            return x_train, x_flip, x_val
+        # Head-only: the frozen rest of the backbone (if any) runs once more, to pooled
+        # features.
+        pool = FrozenPart(pool_model(classifier, boundary, x_train.shape[1:]), engine,
+                          Path(workdir) / "pool")
+
+        def pooled(source, name):
+            return None if source is None else activations(pool, source, f"pooled_{name}",
+                                                           f"pool {name}")
+
+        return pooled(x_train, "train"), pooled(x_flip, "train_flip"), pooled(x_val,
+                                                                             "validation")
+
+
+def pool_model(classifier: keras.Model, boundary: str | None, shape) -> keras.Model:
+    """Features at ``boundary`` (None: the backbone's output) -> the rest of the backbone ->
+    the head's pooling (layers shared, not copied)."""
     rest = [split_backbone(get_backbone(classifier), boundary)[1]] if boundary else []
-    pool = keras.Sequential([*rest, get_head(classifier).get_layer("pool")])
-
-    def pooled(source, name):
-        return None if source is None else activations(pool, source, f"pooled_{name}",
-                                                       f"pool {name}")
-
-    return pooled(x_train, "train"), pooled(x_flip, "train_flip"), pooled(x_val, "validation")
+    return keras.Sequential([keras.Input(shape), *rest, get_head(classifier).get_layer("pool")],
+                            name="feature_pool")
 
 
 def trainable_part(classifier: keras.Model, mode: str, boundary: str | None, shape) -> keras.Model:

@@ -32,14 +32,17 @@ import keras
 import numpy as np
 
 from image_finetune.augment import build_augmentation
+from image_finetune.codegraph import source_digest
 from image_finetune.config import Params, Rung
 from image_finetune.data.canonical import Split, sha256_file
 from image_finetune.distribute import ONE_DEVICE, Replicas, start_replicas
 from image_finetune.errors import PipelineError
 from image_finetune.features import (
+    STEM_PRECISION,
     EpochOrder,
     RowBatches,
     cache_key,
+    choose_stem_engine,
     rung_features,
     trainable_part,
 )
@@ -138,12 +141,29 @@ def rung_image_size(params: Params, rung: Rung) -> int:
     return rung.image_size or params.model.image_size
 
 
-def code_fingerprint() -> str:
-    """Hash of the modules that shape models and features: caches die with a code change."""
-    from image_finetune import augment, features, model
+# The code that shapes the feature cache: this module builds the classifier and embeds
+# through features/model/inference/engines. Its whole import closure is hashed (codegraph),
+# never a hand-kept list; an attempt adds the closure of the step that runs it.
+FEATURE_CODE = (__name__,)
 
-    modules = (model, augment, features, sys.modules[__name__])
-    return cache_key(*(Path(m.__file__).read_text() for m in modules))
+
+def code_fingerprint(modules: tuple[str, ...] = FEATURE_CODE) -> str:
+    """Hash of the source of ``modules`` and everything they import: caches die with a
+    change to any module that shaped them."""
+    return cache_key(source_digest(*modules))
+
+
+def mirrors_cached(params: Params) -> bool:
+    """Whether the feature cache holds mirrored copies of the training images too."""
+    return params.train.flip_cache and params.augment.horizontal_flip
+
+
+def stem_engine(params: Params, train_size: int, validation_size: int) -> str:
+    """The engine a rung's frozen parts embed on (features.choose_stem_engine), given the
+    sizes of the splits they embed."""
+    images = train_size * (2 if mirrors_cached(params) else 1) + validation_size
+    return choose_stem_engine(params.train.stem_engine, keras.config.backend(),
+                              accelerator_available(), images)
 
 
 def weights_fingerprint(params: Params, weights_path: Path | None) -> str:
@@ -153,14 +173,20 @@ def weights_fingerprint(params: Params, weights_path: Path | None) -> str:
 
 def attempt_keys(
     params: Params, index: int, weights_path: Path | None, data_digest: str,
-    warm_start: Path | None, replicas: Replicas | None = None,
+    warm_start: Path | None, replicas: Replicas | None = None, step: str | None = None, *,
+    engine: str,
 ) -> tuple[str, str]:
-    """(feature cache key, attempt key): what determines the cache and the attempt."""
+    """(feature cache key, attempt key): what determines the cache and the attempt. ``step``:
+    the module that runs the attempt (it adapts the rung: its code shapes the attempt too);
+    ``engine``: the one the frozen parts embed on (:func:`stem_engine`)."""
     rung = params.train.ladder[index]
     features = cache_key(params.model.backbone, weights_fingerprint(params, weights_path),
                          rung_image_size(params, rung), params.train.cache_boundary,
-                         data_digest, keras.config.backend(), code_fingerprint())
-    attempt = cache_key(features, rung.model_dump(mode="json"), params.model.dropout,
+                         data_digest, keras.config.backend(), code_fingerprint(),
+                         engine, STEM_PRECISION)
+    attempt_code = FEATURE_CODE + ((step,) if step else ())
+    attempt = cache_key(features, code_fingerprint(attempt_code),
+                        rung.model_dump(mode="json"), params.model.dropout,
                         params.augment.model_dump(mode="json"), params.train.seed,
                         params.train.cache_features, params.train.flip_cache,
                         sha256_file(warm_start) if warm_start else None,
@@ -260,10 +286,11 @@ class FitPlan:
 
 def plan_fit(
     params: Params, rung: Rung, classifier: keras.Model, train: Split, validation: Split,
-    n_classes: int, feature_dir: Path, replicas: Replicas | None = None,
+    n_classes: int, feature_dir: Path, replicas: Replicas | None = None, *, engine: str,
 ) -> FitPlan:
-    """Freeze what the rung keeps frozen and prepare its inputs (caching features first,
-    outside the strategy's scope: every worker embeds on its own)."""
+    """Freeze what the rung keeps frozen and prepare its inputs (caching features first, the
+    frozen parts on ``engine``, outside the strategy's scope: every worker embeds on its
+    own)."""
     replicas = replicas or ONE_DEVICE
     backbone, head = get_backbone(classifier), get_head(classifier)
     mode = choose_mode(params, rung, backbone)
@@ -276,9 +303,9 @@ def plan_fit(
         model, x_train, mirrored, x_val = classifier, train.images, None, validation.images
     else:
         boundary = params.train.cache_boundary
-        flip = params.train.flip_cache and params.augment.horizontal_flip
-        x_train, mirrored, x_val = rung_features(classifier, mode, boundary, flip, train.images,
-                                                 validation.images, feature_dir)
+        x_train, mirrored, x_val = rung_features(classifier, mode, boundary,
+                                                 mirrors_cached(params), train.images,
+                                                 validation.images, feature_dir, engine)
         with replicas.scope():
             model = trainable_part(classifier, mode, boundary, x_train.shape[1:])
     batches = RowBatches(x_train, train.labels, n_classes, rung.batch_size, seed, mirrored, even)

@@ -11,7 +11,7 @@ import pytest
 import typer.main
 import yaml
 
-from image_finetune import codemap, components
+from image_finetune import codegraph, codemap, components
 from image_finetune.cli import app
 from image_finetune.steps.spec import ALL_SECTIONS, CATALOG, STAGES
 
@@ -63,16 +63,16 @@ def test_a_cycle_would_be_found(monkeypatch):
 
 def test_imports_run_down_the_layers():
     upward = [f"{module} ({layer_of(module)}) imports {target} ({layer_of(target)})"
-              for module, targets in codemap.import_graph().items()
+              for module, targets in codegraph.import_graph().items()
               for target in targets if LAYERS[layer_of(target)] > LAYERS[layer_of(module)]]
     assert upward == []
 
 
 def test_lower_layers_do_not_use_the_libraries_of_higher_ones():
     found = []
-    for module, path in codemap.module_files().items():
+    for module, path in codegraph.module_files().items():
         rank = LAYERS[layer_of(module)]
-        for name, _ in codemap.imported_names(ast.parse(path.read_text())):
+        for name, _ in codegraph.imported_names(ast.parse(path.read_text())):
             owner = FORBIDDEN_BELOW.get(name.split(".")[0])
             if owner and rank < LAYERS[owner]:
                 found.append(f"{module} imports {name}")
@@ -156,7 +156,7 @@ def test_each_stage_lists_the_code_its_step_runs(spec, dvc_stages):
     code = {d for d in dvc_stages[spec.name]["deps"] if d.startswith("src/")}
     module = f"image_finetune.steps.{spec.module}"
     assert f"src/image_finetune/steps/{spec.module}.py" in code
-    imported = {f"src/{m.replace('.', '/')}.py" for m in codemap.closure(module)}
+    imported = {f"src/{m.replace('.', '/')}.py" for m in codegraph.closure(module)}
     assert code == {f for f in imported if (ROOT / f).exists()}
 
 

@@ -7,7 +7,7 @@ import ast
 
 import pytest
 
-from image_finetune.codemap import imported_names, module_files
+from image_finetune.codegraph import imported_names, module_files
 from tests.conftest import ROOT
 
 SCRIPTS = sorted((ROOT / "bench").glob("*.py"))

@@ -206,9 +206,10 @@ def test_an_entry_is_trusted_only_with_its_key(tmp_path):
 def test_damaged_cached_activations_are_computed_again(tmp_path):
     import keras
 
-    from image_finetune.features import cached_activations
+    from image_finetune.features import FrozenPart, cached_activations
 
-    stem = keras.Sequential([keras.Input((2, 2, 3)), keras.layers.Flatten()])
+    flatten = keras.Sequential([keras.Input((2, 2, 3)), keras.layers.Flatten()])
+    stem = FrozenPart(flatten, "tensorflow", tmp_path / "engine")
     images = np.arange(4 * 12, dtype="uint8").reshape(4, 2, 2, 3)
     path = tmp_path / "train.npy"
     np.save(path, np.zeros((4, 12), "float32"))

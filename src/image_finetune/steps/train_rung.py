@@ -46,6 +46,7 @@ from image_finetune.train import (
     fit_plan,
     plan_fit,
     rung_image_size,
+    stem_engine,
 )
 
 log = logging.getLogger(__name__)
@@ -63,8 +64,10 @@ def train_rung(
     rung = params.train.ladder[index]
     mixed, replicas = configure_runtime(params)
     weights_path = resolve_weights(params.model, root)
+    splits = read_manifest(data)["splits"]
+    engine = stem_engine(params, splits["train"]["count"], splits["validation"]["count"])
     feature_key, attempt_key = attempt_keys(params, index, weights_path, manifest_digest(data),
-                                            warm_start, replicas)
+                                            warm_start, replicas, step=__name__, engine=engine)
     # Held while the attempt runs: a prune leaves its entries alone, and a second run of the
     # same attempt (another experiment) waits, then reuses it. Not across workers, who all
     # run this step at once and meet in the fit.
@@ -77,7 +80,7 @@ def train_rung(
             return _reuse(finished, out, index, rung.name, replicas)
         held.enter_context(entry_in_use(cache, feature_key))
         return _train(params, index, data, out, cache, (feature_key, attempt_key), mixed,
-                      replicas, weights_path, warm_start, observers)
+                      replicas, weights_path, warm_start, observers, engine)
 
 
 def _is_finished(finished: Path, attempt_key: str) -> bool:
@@ -97,7 +100,7 @@ def _reuse(finished: Path, out: Path, index: int, rung: str,
 
 
 def _train(params, index, data, out, cache, keys, mixed, replicas, weights_path, warm_start,
-           observers) -> AttemptResult:
+           observers, engine) -> AttemptResult:
     feature_key, attempt_key = keys
     manifest = read_manifest(data)
     n_classes = len(manifest["class_names"])
@@ -108,13 +111,13 @@ def _train(params, index, data, out, cache, keys, mixed, replicas, weights_path,
                                            weights_path, warm_start)
     paths = TrainingPaths(features=cache / FEATURES / feature_key,
                           checkpoints=cache / CHECKPOINTS / attempt_key)
-    what = _features_what(params, rung)
+    what = _features_what(params, rung, engine)
     with ExitStack() as embedding:
         if replicas.count == 1:  # one run embeds, the others wait and read (workers: each
             embedding.enter_context(entry_writing(cache, feature_key))  # its own, as before)
             claim_entry(paths.features, feature_key, what)
         plan = plan_fit(params, rung, classifier, train, validation, n_classes,
-                        paths.features, replicas)
+                        paths.features, replicas, engine=engine)
         if replicas.is_chief and paths.features.exists() and not holds_key(paths.features,
                                                                             feature_key):
             write_key(paths.features, feature_key, what)  # what the workers embedded
@@ -146,10 +149,10 @@ def _train(params, index, data, out, cache, keys, mixed, replicas, weights_path,
     return result
 
 
-def _features_what(params: Params, rung: Rung) -> str:
+def _features_what(params: Params, rung: Rung, engine: str) -> str:
     """What a feature entry holds, for ``cache ls``."""
     return (f"{params.model.backbone} {rung_image_size(params, rung)}px up to "
-            f"{params.train.cache_boundary or 'the pool'}")
+            f"{params.train.cache_boundary or 'the pool'} on {engine}")
 
 
 def _write_attempt(classifier: keras.Model, paths: TrainingPaths, result: AttemptResult,
