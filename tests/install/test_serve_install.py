@@ -6,10 +6,7 @@ labels a real CIFAR-10 JPEG as the Keras model does."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -19,11 +16,11 @@ import httpx
 import numpy as np
 import pytest
 
-from image_finetune.data.canonical import read_manifest
 from image_finetune.data.images import decode_image
 from image_finetune.inference import load_classifier
 from tests.conftest import ROOT, missing_part
-from tests.e2e.serving_support import Server, engine_folder, free_port, log_engine, wait_for
+from tests.e2e.serving_support import Server
+from tests.engine_registry import engine_registry
 
 UNWANTED = ("tensorflow", "keras", "great_expectations", "tf2onnx", "nncf")
 MODEL_NAME = "installed"
@@ -40,7 +37,7 @@ def uv() -> Path:
 def serve_venv(tmp_path_factory) -> Path:
     """A fresh venv with the serve extra's locked packages and the project, no more."""
     work = tmp_path_factory.mktemp("serve-install")
-    requirements = work / "requirements.txt"
+    requirements, source = work / "requirements.txt", project_copy(work / "source")
     start = time.perf_counter()
     for command in (
         [uv(), "export", "--frozen", "--no-dev", "--extra", "serve", "--no-emit-project",
@@ -49,7 +46,7 @@ def serve_venv(tmp_path_factory) -> Path:
         [uv(), "pip", "install", "-q", "--python", work / "venv" / "bin" / "python",
          "--require-hashes", "-r", requirements],
         [uv(), "pip", "install", "-q", "--python", work / "venv" / "bin" / "python",
-         "--no-deps", ROOT],
+         "--no-deps", source],
     ):
         done = subprocess.run([str(part) for part in command], cwd=ROOT, capture_output=True,
                               text=True, timeout=600)
@@ -58,40 +55,26 @@ def serve_venv(tmp_path_factory) -> Path:
     return work / "venv"
 
 
+def project_copy(out: Path) -> Path:
+    """What a wheel is built from (its build leaves build/ and egg-info in its source)."""
+    import shutil
+
+    for name in ("pyproject.toml", "README.md"):
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, out / name)
+    for name in ("src", "components", "pipelines"):
+        shutil.copytree(ROOT / name, out / name, symlinks=True,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    return out
+
+
 @pytest.fixture(scope="module")
 def registry(small_model, tmp_path_factory):
-    """The session's small model registered with its engine folder in a sqlite store, behind
-    a real MLflow tracking server (mlflow-skinny reads a registry only through one)."""
-    from mlflow import MlflowClient
-
-    from image_finetune.registry.versions import register_version
-
+    """The session's small model registered with its engine folder, behind a real MLflow
+    tracking server (mlflow-skinny reads a registry only through one)."""
     work = tmp_path_factory.mktemp("install-registry")
-    store = f"sqlite:///{work / 'mlflow.db'}"
-    names = read_manifest(small_model["data"])["class_names"]
-    client = MlflowClient(store)
-    run = client.create_run(client.create_experiment("install")).info.run_id
-    example = np.zeros((2, 32, 32, 3), np.uint8)
-    version = register_version(client, store, MODEL_NAME, run,
-                               load_classifier(small_model["model"]), example,
-                               {"pipeline_run_id": "install-1", "class_names": json.dumps(names),
-                                "image_fit": "resize"})
-    log_engine(store, MODEL_NAME, version, engine_folder(small_model["model"], work / "engine",
-                                                         names))
-    client.set_registered_model_alias(MODEL_NAME, "champion", version)
-    port = free_port()
-    process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", store,
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
-    try:
-        wait_for(f"http://127.0.0.1:{port}/health", process)
-        yield {"uri": f"http://127.0.0.1:{port}", "names": names, "work": work}
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
+    with engine_registry(small_model["model"], small_model["data"], work, MODEL_NAME) as found:
+        yield {**found, "work": work}
 
 
 def test_the_serve_install_has_no_tensorflow_keras_or_great_expectations(serve_venv):
