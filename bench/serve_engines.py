@@ -51,9 +51,13 @@ def cold_start(env: dict, port: int, workdir: str) -> tuple[subprocess.Popen, fl
     process = subprocess.Popen([sys.executable, "-m", "image_finetune.cli", "serve", "--port",
                                 str(port)], env=env, cwd=workdir, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
     while True:
         if process.poll() is not None:
             raise SystemExit(f"the server exited ({process.returncode})")
+        if time.monotonic() > deadline:
+            os.killpg(process.pid, signal.SIGTERM)
+            raise SystemExit(f"not ready in 300 s: {httpx.get(f'http://127.0.0.1:{port}/readyz').text}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
                 seconds = time.perf_counter() - start
