@@ -294,6 +294,15 @@ def serve_option(setting: str, help: str, envvar: str = ""):
                         envvar=envvar or f"IMAGE_FINETUNE_{setting.upper()}")
 
 
+ENGINE_HELP = ("what the model runs on: auto, tensorflow, onnxruntime or openvino (versions "
+               "without an engine folder run on Keras)")
+PRECISION_HELP = ("auto (what the version's engine manifest serves), fp32, or int8 (where the "
+                  "manifest found it servable)")
+TOKEN_FILE_HELP = ("file holding the bearer token clients must send (a mounted Secret); or set "
+                   "IMAGE_FINETUNE_TOKEN")
+NO_AUTH_HELP = "serve a non-loopback address without a token (something in front authenticates)"
+
+
 @app.command("serve")
 @reported
 def serve_command(
@@ -303,14 +312,13 @@ def serve_command(
     tracking_uri: Annotated[str, serve_option("tracking_uri", "MLflow tracking/registry URI",
                                               envvar=TRACKING_ENV)] =
         SERVE_DEFAULTS.tracking_uri,
+    engine: Annotated[str, serve_option("engine", ENGINE_HELP)] = SERVE_DEFAULTS.engine,
+    precision: Annotated[str, serve_option("precision", PRECISION_HELP)] =
+        SERVE_DEFAULTS.precision,
     host: Annotated[str, serve_option("host", "address to bind")] = "127.0.0.1",
     port_: Annotated[int, serve_option("port", "port")] = 8080,
-    token_file: Annotated[Path | None, serve_option(
-        "token_file", "file holding the bearer token clients must send (a mounted Secret); "
-        "or set IMAGE_FINETUNE_TOKEN")] = None,
-    no_auth: Annotated[bool, serve_option("no_auth", "serve a non-loopback address without "
-                                          "a token (something in front authenticates)")] =
-        False,
+    token_file: Annotated[Path | None, serve_option("token_file", TOKEN_FILE_HELP)] = None,
+    no_auth: Annotated[bool, serve_option("no_auth", NO_AUTH_HELP)] = False,
     max_batch_size: Annotated[int, serve_option("max_batch_size", "images per model call "
                                                 "at most")] = SERVE_DEFAULTS.max_batch_size,
     max_wait_ms: Annotated[float, serve_option("max_wait_ms", "how long a model call waits "
@@ -425,12 +433,16 @@ def predict_batch_command(
                                             "(default: the champion)")] = "",
     data_manifest: port(BATCH, "data_manifest", "class names for a bare .keras") =
         BATCH.paths["data_manifest"],
+    engine: Annotated[str | None, typer.Option(
+        envvar="IMAGE_FINETUNE_ENGINE", show_envvar=True,
+        help="auto, tensorflow, onnxruntime or openvino, for a registered version with an "
+             "engine folder (default: auto)")] = None,
     params: ParamsOption = DEFAULT_PARAMS,
 ) -> None:
     """Batch inference over a folder or archive of images, to a CSV."""
     from image_finetune.steps.predict_batch import predict_batch
 
-    count = predict_batch(_load(params)[0], source, out, model, data_manifest)
+    count = predict_batch(_load(params)[0], source, out, model, data_manifest, engine=engine)
     typer.echo(f"{count} images -> {out}")
 
 
