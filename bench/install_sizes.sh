@@ -17,7 +17,7 @@ roles=(
   "validate|--extra validate"
   "train|--extra train"
   "pipeline|--extra pipeline"
-  "dvc-repro|--extra dvc --extra train --extra validate --extra tracking"
+  "dvc-repro|--extra dvc --extra train --extra validate --extra tracking --extra engine --extra export"
   "all|--all-extras"
 )
 echo "python: $("$python" --version)"
