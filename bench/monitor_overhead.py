@@ -13,12 +13,8 @@ Usage: python bench/monitor_overhead.py [--model models/selected/model.keras] [-
 from __future__ import annotations
 
 import argparse
-import io
 import os
-import shutil
-import signal
 import sys
-import tarfile
 import tempfile
 from pathlib import Path
 
@@ -26,35 +22,22 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_load import (  # noqa: E402  (a sibling script: its servers, payloads, loads)
+from harness import (  # noqa: E402  (bench/harness.py: what the benchmarks share)
     BIN,
-    SHARED,
     Payload,
+    cifar_images,
     cifar_jpegs,
+    default_client,
     default_profile_model,
     free_port,
     measure,
     multipart,
     start,
+    stop,
 )
 
 CONCURRENCY = 16
 BATCH = 32
-
-
-def cifar_images(split: str, count: int) -> np.ndarray:
-    """The first ``count`` real CIFAR-10 images of a split of the shared archive, decoded."""
-    from PIL import Image
-
-    images = []
-    with tarfile.open(SHARED / "data" / "cifar10-jpeg.tar.gz") as archive:
-        for member in archive:
-            if member.isfile() and member.name.startswith(f"{split}/"):
-                data = archive.extractfile(member).read()
-                images.append(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
-                if len(images) == count:
-                    return np.stack(images)
-    raise RuntimeError(f"not enough {split} images in the archive")
 
 
 def reference_profile(model_path: Path, out: Path) -> Path:
@@ -145,7 +128,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--window", type=int, default=500)
     parser.add_argument("--client", choices=("hey", "asyncio"),
-                        default="hey" if shutil.which("hey") else "asyncio")
+                        default=default_client())
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as work:
         model = args.model if args.model.exists() else default_profile_model(
@@ -171,8 +154,7 @@ def main() -> None:
             print(f"load after: {os.getloadavg()[0]:.2f}")
         finally:
             for server in servers:
-                os.killpg(server.pid, signal.SIGTERM)
-                server.wait(timeout=60)
+                stop(server)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ import contextlib
 import io
 import json
 import os
-import signal
 import socket
 import sys
 import tempfile
@@ -39,7 +38,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_load import ROOT, cifar_jpegs, default_profile_model, free_port, register, start  # noqa: E402
+from harness import ROOT, cifar_jpegs, default_profile_model, free_port, register, start, stop  # noqa: E402
 
 MIB = 1 << 20
 
@@ -215,8 +214,7 @@ def main() -> None:
             slow_headers(url, port)
             oversized_heads(port, server.pid)
         finally:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=60)
+            stop(server)
 
 
 if __name__ == "__main__":
