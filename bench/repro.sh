@@ -5,7 +5,7 @@
 #   bash bench/repro.sh                                   # the default profile
 #   bash bench/repro.sh model.backbone=efficientnet_lite0 \
 #       model.weights=../shared/weights/efficientnet_lite0_imagenet_torch_layout.npz
-# Each argument overrides one params.yaml value (section.key=value, as `pipelines.cli --set`).
+# Each argument overrides one params.yaml value (section.key=value, as `image_finetune.pipelines.cli --set`).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d)
@@ -19,7 +19,7 @@ import sys
 
 import yaml
 
-from pipelines.cli import apply_override
+from image_finetune.pipelines.cli import apply_override
 
 tree = yaml.safe_load(open("params.yaml"))
 for assignment in sys.argv[1:]:

@@ -6,18 +6,18 @@ it reads (as the DVC stage lists them), as mappings validated by ``check-params`
 changing a value re-runs only the steps that read it: KFP's cache key covers a task's inputs.
 """
 
-from components.augment import preview_augmentation
-from components.evaluate import evaluate_classifier
-from components.gate import final_gate, gate_attempt, select_classifier
-from components.ingest import ingest_data
-from components.monitor import monitor_drift
-from components.params import check_params, set_rung
-from components.profile import profile_classifier
-from components.register import register_classifier
-from components.status import record_status
-from components.train import train_rung
-from components.train_job import train_rung_job
-from components.validate import validate_data
+from image_finetune.components.augment import preview_augmentation
+from image_finetune.components.evaluate import evaluate_classifier
+from image_finetune.components.gate import final_gate, gate_attempt, select_classifier
+from image_finetune.components.ingest import ingest_data
+from image_finetune.components.monitor import monitor_drift
+from image_finetune.components.params import check_params, set_rung
+from image_finetune.components.profile import profile_classifier
+from image_finetune.components.register import register_classifier
+from image_finetune.components.status import record_status
+from image_finetune.components.train import train_rung
+from image_finetune.components.train_job import train_rung_job
+from image_finetune.components.validate import validate_data
 
 __all__ = [
     "check_params",

@@ -2,7 +2,7 @@
 
 from kfp.dsl import HTML, Artifact, Dataset, Input, Output
 
-from components.runtime import component, read_params
+from image_finetune.components.runtime import component, read_params
 
 
 @component

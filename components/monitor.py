@@ -5,7 +5,7 @@ from typing import NamedTuple
 
 from kfp.dsl import HTML, Artifact, Input, Metrics, Output
 
-from components.runtime import component, read_params
+from image_finetune.components.runtime import component, read_params
 
 
 @component

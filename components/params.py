@@ -4,7 +4,7 @@ config before any work (``check-params``), which hands every section on."""
 
 from typing import NamedTuple
 
-from components.runtime import component, read_params
+from image_finetune.components.runtime import component, read_params
 
 
 @component

@@ -3,7 +3,7 @@
 
 from kfp.dsl import Artifact, Dataset, Input, Model, Output
 
-from components.runtime import component, read_params
+from image_finetune.components.runtime import component, read_params
 
 
 @component

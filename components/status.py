@@ -2,7 +2,7 @@
 
 from kfp.dsl import Markdown, Output, PipelineTaskFinalStatus
 
-from components.runtime import component
+from image_finetune.components.runtime import component
 
 
 @component

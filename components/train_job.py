@@ -4,7 +4,7 @@ operator (a ``TFJob``) or of Kubeflow Trainer v2 (a ``TrainJob``; ``compile --wo
 
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
-from components.runtime import component, read_params
+from image_finetune.components.runtime import component, read_params
 
 
 @component

@@ -1,13 +1,14 @@
-"""Compile, run locally, or submit the Kubeflow pipeline.
+"""Compile, run locally, or submit the Kubeflow pipeline (``image-finetune-pipeline``, or
+``python -m image_finetune.pipelines.cli``).
 
-    python -m pipelines.cli compile                 # writes .kfp/pipeline.yaml
-    python -m pipelines.cli run-local               # kfp.local, in this environment
-    python -m pipelines.cli run-local --runner docker   # each task in the project's image
-    python -m pipelines.cli submit --host URL       # to a Kubeflow Pipelines cluster
-    python -m pipelines.cli upload --host URL --version v2   # a pipeline (version) in the UI
-    python -m pipelines.cli compile-monitoring      # writes .kfp/monitoring.yaml
-    python -m pipelines.cli schedule --host URL --cron '0 0 3 * * *'   # recurring monitoring
-    python -m pipelines.cli alert-receiver --host URL --pipeline-package .kfp/monitoring.yaml
+    image-finetune-pipeline compile                 # writes .kfp/pipeline.yaml
+    image-finetune-pipeline run-local               # kfp.local, in this environment
+    image-finetune-pipeline run-local --runner docker   # each task in the project's image
+    image-finetune-pipeline submit --host URL       # to a Kubeflow Pipelines cluster
+    image-finetune-pipeline upload --host URL --version v2   # a pipeline (version) in the UI
+    image-finetune-pipeline compile-monitoring      # writes .kfp/monitoring.yaml
+    image-finetune-pipeline schedule --host URL --cron '0 0 3 * * *'   # recurring monitoring
+    image-finetune-pipeline alert-receiver --host URL --pipeline-package .kfp/monitoring.yaml
 
 Each reads params.yaml (``--params``) for the pipeline's defaults and the number of rungs
 to unroll; ``--set section.key=value`` overrides one value (the value is read as YAML).
@@ -22,11 +23,11 @@ import typer
 import yaml
 from pydantic import ValidationError
 
-from components.runtime import DEFAULT_IMAGE, IMAGE_ENV
+from image_finetune.components.runtime import DEFAULT_IMAGE, IMAGE_ENV
 from image_finetune.config import Params, load_params
 from image_finetune.console import reported
 from image_finetune.errors import ConfigError
-from pipelines.deployment import (
+from image_finetune.pipelines.deployment import (
     CACHE_MOUNT,
     CACHE_PVC,
     CREDENTIALS_SECRET,
@@ -153,7 +154,7 @@ def compile(
     train_retries: TrainRetriesOption = Deployment.train_retries,
 ) -> None:
     """Write the pipeline YAML (upload it with `upload` or in the KFP UI, or submit it)."""
-    from pipelines.pipeline import compile_pipeline
+    from image_finetune.pipelines.pipeline import compile_pipeline
 
     start = time.perf_counter()
     config = read_params(params, overrides, use_env=False)
@@ -185,8 +186,8 @@ def run_local(
     image: ImageOption = DEFAULT_IMAGE,
 ) -> None:
     """Run the pipeline here with kfp.local (no cluster): tasks in subprocesses or containers."""
-    from pipelines.local import RUNNERS
-    from pipelines.local import run_local as run
+    from image_finetune.pipelines.local import RUNNERS
+    from image_finetune.pipelines.local import run_local as run
 
     if runner not in RUNNERS:
         raise typer.BadParameter(f"{runner!r}: expected one of {', '.join(RUNNERS)}",
@@ -234,7 +235,7 @@ def submit(
     """Submit a run to a Kubeflow Pipelines cluster (bearer token, if needed: $KFP_TOKEN)."""
     import kfp
 
-    from pipelines.pipeline import build_pipeline, pipeline_arguments
+    from image_finetune.pipelines.pipeline import build_pipeline, pipeline_arguments
 
     config = read_params(params, overrides, use_env=False)
     deployment = _deployment(image, gpus, credentials_secret, cache_pvc, workers, **placement(
@@ -286,8 +287,8 @@ def upload(
     new version of it where one of that name exists (bearer token, if needed: $KFP_TOKEN)."""
     import tempfile
 
-    from pipelines.pipeline import compile_pipeline
-    from pipelines.runs import connect, default_version, kfp_errors, upload_package
+    from image_finetune.pipelines.pipeline import compile_pipeline
+    from image_finetune.pipelines.runs import connect, default_version, kfp_errors, upload_package
 
     commit = _git_commit(params)
     with tempfile.TemporaryDirectory() as folder:
@@ -329,7 +330,7 @@ def compile_monitoring(
 ) -> None:
     """Write the monitoring pipeline's YAML: monitor, then the fine-tuning pipeline only on
     drift or enough new labels (for the alert receiver's ConfigMap, or the KFP UI)."""
-    from pipelines.monitoring import compile_monitoring_pipeline
+    from image_finetune.pipelines.monitoring import compile_monitoring_pipeline
 
     config = read_params(params, overrides, use_env=False)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -369,8 +370,11 @@ def schedule(
     (bearer token, if needed: $KFP_TOKEN)."""
     import tempfile
 
-    from pipelines.monitoring import compile_monitoring_pipeline, monitoring_arguments
-    from pipelines.runs import Schedule, connect, kfp_errors, schedule_package
+    from image_finetune.pipelines.monitoring import (
+        compile_monitoring_pipeline,
+        monitoring_arguments,
+    )
+    from image_finetune.pipelines.runs import Schedule, connect, kfp_errors, schedule_package
 
     when = Schedule(cron=cron, interval_seconds=every)
     if not source_uri.strip():
@@ -410,9 +414,9 @@ def alert_receiver(
 ) -> None:
     """Start the monitoring pipeline when Alertmanager's webhook brings a firing alert
     labelled retrain="true" (POST /alerts, bearer token; GET /healthz)."""
-    from pipelines.alerts import AlertReceiver, TriggerPolicy, make_server
-    from pipelines.monitoring import default_source
-    from pipelines.runs import connect, kfp_errors, submit_package
+    from image_finetune.pipelines.alerts import AlertReceiver, TriggerPolicy, make_server
+    from image_finetune.pipelines.monitoring import default_source
+    from image_finetune.pipelines.runs import connect, kfp_errors, submit_package
 
     if not default_source(str(pipeline_package)):
         raise ConfigError(f"--pipeline-package {pipeline_package}: not a monitoring pipeline "

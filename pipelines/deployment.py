@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from kfp import dsl, kubernetes
 from kfp.dsl.pipeline_task import PipelineTask
 
-from components.runtime import configured_image, cpu_image, gpu_image
+from image_finetune.components.runtime import configured_image, cpu_image, gpu_image
 from image_finetune.errors import ConfigError
 
 CREDENTIALS_SECRET = "mlflow-client"  # as infra/k8s/base/serving.yaml: the same server, keys

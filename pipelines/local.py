@@ -26,10 +26,9 @@ from kfp.local import io
 from kfp.local.orchestrator.orchestrator_utils import OrchestratorUtils
 from kfp.pipeline_spec import pipeline_spec_pb2
 
-from components.runtime import configured_image
+from image_finetune.components.runtime import configured_image
 from image_finetune.config import Params
-from image_finetune.registry.lineage import git_commit
-from pipelines.containers import (
+from image_finetune.pipelines.containers import (
     ContainerRecord,
     Mount,
     absolute_paths,
@@ -41,8 +40,9 @@ from pipelines.containers import (
     runner_arguments,
     tracking_folder,
 )
-from pipelines.deployment import Deployment
-from pipelines.pipeline import build_pipeline, pipeline_arguments
+from image_finetune.pipelines.deployment import Deployment
+from image_finetune.pipelines.pipeline import build_pipeline, pipeline_arguments
+from image_finetune.registry.lineage import git_commit
 
 RUNNERS = ("subprocess", "docker")
 

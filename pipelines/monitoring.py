@@ -17,8 +17,8 @@ an .npz of recorded windows, in the object store KFP reads), where the exported 
 (``labels_uri``: only when compiled with one), the alias or version to test against, the
 tests' level and permutations, and how many labels make a retraining worth it. The URIs
 given at compile time are the defaults a scheduled or alert-started run uses. A recurring run of
-it (``pipelines.cli schedule``) is the periodic check; an alert starts it too
-(``pipelines.cli alert-receiver``).
+it (``image_finetune.pipelines.cli schedule``) is the periodic check; an alert starts it too
+(``image_finetune.pipelines.cli alert-receiver``).
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ from kfp import compiler, dsl
 from kfp.dsl import Artifact
 from kfp.dsl.graph_component import GraphComponent
 
-from components import monitor_drift
+from image_finetune.components import monitor_drift
 from image_finetune.config import Params
-from pipelines.deployment import Deployment
-from pipelines.pipeline import (
+from image_finetune.pipelines.deployment import Deployment
+from image_finetune.pipelines.pipeline import (
     build_pipeline,
     parameter_descriptions,
     pipeline_arguments,

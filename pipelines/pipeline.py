@@ -31,7 +31,7 @@ from kfp.dsl.graph_component import GraphComponent
 from kfp.dsl.pipeline_channel import PipelineChannel
 from kfp.dsl.pipeline_task import PipelineTask
 
-from components import (
+from image_finetune.components import (
     check_params,
     evaluate_classifier,
     final_gate,
@@ -57,8 +57,8 @@ from image_finetune.knobs import (
     rung_knob,
     section_remainders,
 )
+from image_finetune.pipelines.deployment import Deployment
 from image_finetune.steps.spec import ALL_SECTIONS
-from pipelines.deployment import Deployment
 
 PIPELINE_NAME = "image-finetune"
 DISPLAY_NAME = "Image classifier fine-tuning"

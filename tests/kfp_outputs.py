@@ -2,7 +2,7 @@
 
 import json
 
-from pipelines.local import LocalRun
+from image_finetune.pipelines.local import LocalRun
 
 
 def produced(run: LocalRun, output: str) -> list[dict]:

@@ -276,6 +276,12 @@ def serve_command(
     tracking_uri: Annotated[str, serve_option("tracking_uri", "MLflow tracking/registry URI",
                                               envvar=TRACKING_ENV)] =
         SERVE_DEFAULTS.tracking_uri,
+    engine: Annotated[str, serve_option(
+        "engine", "what the model runs on: auto, tensorflow, onnxruntime or openvino "
+        "(versions without an engine folder run on Keras)")] = SERVE_DEFAULTS.engine,
+    precision: Annotated[str, serve_option(
+        "precision", "auto (what the version's engine manifest serves), fp32, or int8 "
+        "(where the manifest found it servable)")] = SERVE_DEFAULTS.precision,
     host: Annotated[str, serve_option("host", "address to bind")] = "127.0.0.1",
     port_: Annotated[int, serve_option("port", "port")] = 8080,
     token_file: Annotated[Path | None, serve_option(
@@ -398,12 +404,16 @@ def predict_batch_command(
                                             "(default: the champion)")] = "",
     data_manifest: port(BATCH, "data_manifest", "class names for a bare .keras") =
         BATCH.paths["data_manifest"],
+    engine: Annotated[str | None, typer.Option(
+        envvar="IMAGE_FINETUNE_ENGINE", show_envvar=True,
+        help="auto, tensorflow, onnxruntime or openvino, for a registered version with an "
+             "engine folder (default: auto)")] = None,
     params: ParamsOption = DEFAULT_PARAMS,
 ) -> None:
     """Batch inference over a folder or archive of images, to a CSV."""
     from image_finetune.steps.predict_batch import predict_batch
 
-    count = predict_batch(_load(params)[0], source, out, model, data_manifest)
+    count = predict_batch(_load(params)[0], source, out, model, data_manifest, engine=engine)
     typer.echo(f"{count} images -> {out}")
 
 

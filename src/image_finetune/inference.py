@@ -94,4 +94,18 @@ def image_fit(manifest: dict) -> str:
 
 def class_names_or_indices(names: list[str] | None, model) -> list[str]:
     """The given class names, or the output indices as names when none are known."""
-    return names or [str(i) for i in range(int(model.output_shape[-1]))]
+    return names or [str(i) for i in range(model_classes(model))]
+
+
+def model_classes(model) -> int:
+    """How many classes a Keras classifier or an engine's Predictor gives probabilities for."""
+    classes = getattr(model, "num_classes", None)
+    return int(classes if classes is not None else model.output_shape[-1])
+
+
+def model_input_size(model) -> int:
+    """The side of the square uint8 images a Keras classifier ([N, S, S, 3]) or an engine's
+    Predictor (input_shape (S, S, 3)) takes."""
+    if hasattr(model, "num_classes"):  # a Predictor: (H, W, C)
+        return int(model.input_shape[0])
+    return int(model.input_shape[1])

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from image_finetune.config import Params
-from pipelines.deployment import Deployment
-from pipelines.local import LocalRun, run_local
+from image_finetune.pipelines.deployment import Deployment
+from image_finetune.pipelines.local import LocalRun, run_local
 from tests.conftest import PASSABLE_GATE, ROOT, missing_part, small_run_params
 
 

@@ -8,7 +8,7 @@ import pytest
 from mlflow import MlflowClient
 
 from image_finetune.errors import ConfigError
-from pipelines.local import run_local
+from image_finetune.pipelines.local import run_local
 from tests.conftest import PASSABLE_GATE, ROOT
 from tests.containers.conftest import container_params
 from tests.kfp_outputs import produced

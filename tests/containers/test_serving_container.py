@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from pipelines.containers import Mount, start_server_container, tracking_folder
+from image_finetune.pipelines.containers import Mount, start_server_container, tracking_folder
 from tests.conftest import wait_until
 from tests.e2e.serving_support import free_port
 

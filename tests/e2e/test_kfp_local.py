@@ -15,8 +15,8 @@ import pytest
 from mlflow import MlflowClient
 
 from image_finetune.config import Params
+from image_finetune.pipelines.local import LocalRun, run_local
 from image_finetune.registry.lineage import git_commit
-from pipelines.local import LocalRun, run_local
 from tests.caches import shared_training_cache
 from tests.conftest import PASSABLE_GATE, small_run_params
 from tests.kfp_outputs import decisions, executed, produced

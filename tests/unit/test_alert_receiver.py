@@ -23,12 +23,18 @@ import yaml
 from typer.testing import CliRunner
 
 from image_finetune.config import load_params
-from pipelines import cli
-from pipelines.alerts import REMEMBERED_ALERTS, Alert, AlertReceiver, TriggerPolicy, make_server
-from pipelines.deployment import Deployment
-from pipelines.monitoring import compile_monitoring_pipeline
-from pipelines.pipeline import compile_pipeline
-from pipelines.runs import connect, kfp_errors, submit_package
+from image_finetune.pipelines import cli
+from image_finetune.pipelines.alerts import (
+    REMEMBERED_ALERTS,
+    Alert,
+    AlertReceiver,
+    TriggerPolicy,
+    make_server,
+)
+from image_finetune.pipelines.deployment import Deployment
+from image_finetune.pipelines.monitoring import compile_monitoring_pipeline
+from image_finetune.pipelines.pipeline import compile_pipeline
+from image_finetune.pipelines.runs import connect, kfp_errors, submit_package
 from tests.kfp_api import fake_kfp
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -263,12 +269,13 @@ def test_the_policy_remembers_a_bounded_number_of_alerts():
 
 
 def test_the_command_serves_alertmanager_and_starts_the_run(package, tmp_path):
-    """``pipelines.cli alert-receiver`` as the Deployment runs it, in its own process."""
+    """``image-finetune-pipeline alert-receiver`` as the Deployment runs it, in its own
+    process."""
     token = tmp_path / "token"
     token.write_text(TOKEN + "\n")  # a mounted Secret often ends in a newline
     with fake_kfp() as (url, state):
         receiver = subprocess.Popen(
-            [sys.executable, "-m", "pipelines.cli", "alert-receiver", "--host", url,
+            [sys.executable, "-m", "image_finetune.pipelines.cli", "alert-receiver", "--host", url,
              "--namespace", NAMESPACE, "--pipeline-package", str(package),
              "--token-file", str(token), "--port", "0", "--min-interval", "60"],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

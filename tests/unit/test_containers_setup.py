@@ -12,7 +12,7 @@ import pytest
 
 from image_finetune.config import Params
 from image_finetune.errors import ConfigError
-from pipelines.containers import (
+from image_finetune.pipelines.containers import (
     Mount,
     absolute_paths,
     blocked_ancestor,

@@ -9,8 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from image_finetune.errors import ConfigError
-from pipelines import cli
-from pipelines.deployment import Toleration, parse_node_selector
+from image_finetune.pipelines import cli
+from image_finetune.pipelines.deployment import Toleration, parse_node_selector
 from tests.kfp_api import fake_kfp
 from tests.unit.test_pipeline_spec import container_tasks, kubernetes_settings
 from tests.unit.test_train_job_spec import compile_with, training_tasks

@@ -54,11 +54,13 @@ def test_the_lock_is_universal():
 
 
 def test_the_installed_distribution_carries_the_pipeline_and_its_components(tmp_path):
-    code = "import pipelines.cli, components.train; print(pipelines.cli.__file__)"
+    code = ("import image_finetune.pipelines.cli as cli, image_finetune.components.train; "
+            "print(cli.__file__)")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     found = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
                            capture_output=True, text=True, check=True)
-    assert found.stdout.strip() == str(ROOT / "pipelines" / "cli.py")
+    # Installed through src/image_finetune/pipelines, the link to the top-level folder.
+    assert Path(found.stdout.strip()).resolve() == ROOT / "pipelines" / "cli.py"
     script = Path(sys.executable).parent / "image-finetune-pipeline"
     shown = subprocess.run([str(script), "--help"], cwd=tmp_path, env=env,
                            capture_output=True, text=True)

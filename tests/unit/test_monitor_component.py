@@ -4,7 +4,7 @@ outputs the monitoring pipeline reads, and the optional labels input."""
 from kfp import compiler, dsl
 from kfp.dsl import Artifact
 
-from components import monitor_drift
+from image_finetune.components import monitor_drift
 
 
 def test_the_monitor_component_gives_the_verdict_the_pipeline_branches_on(tmp_path):

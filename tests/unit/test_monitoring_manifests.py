@@ -19,10 +19,10 @@ import typer.main
 import yaml
 from prometheus_client import CollectorRegistry
 
+from image_finetune.pipelines import cli
+from image_finetune.pipelines.alerts import ALERTS_PATH, HEALTH_PATH, RETRAIN_LABEL
 from image_finetune.serving.metrics import ServingMetrics
 from image_finetune.serving.operate_metrics import OperateMetrics
-from pipelines import cli
-from pipelines.alerts import ALERTS_PATH, HEALTH_PATH, RETRAIN_LABEL
 from tests.crds import validate_custom_resource
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -264,7 +264,7 @@ def test_the_receiver_runs_the_alert_receiver_command_with_its_options():
     assert kfp_token["sources"][0]["serviceAccountToken"]["audience"] == (
         "pipelines.kubeflow.org")
     pyproject = (ROOT / "pyproject.toml").read_text()
-    assert 'image-finetune-pipeline = "pipelines.cli:app"' in pyproject
+    assert 'image-finetune-pipeline = "image_finetune.pipelines.cli:app"' in pyproject
 
 
 @pytest.mark.parametrize("file,kind,breakage", [

@@ -15,10 +15,10 @@ from kfp.pipeline_spec import pipeline_spec_pb2
 from typer.testing import CliRunner
 
 from image_finetune.config import Params, load_params
-from pipelines import cli
-from pipelines.deployment import Deployment
-from pipelines.monitoring import compile_monitoring_pipeline, default_source
-from pipelines.pipeline import compile_pipeline, pipeline_arguments
+from image_finetune.pipelines import cli
+from image_finetune.pipelines.deployment import Deployment
+from image_finetune.pipelines.monitoring import compile_monitoring_pipeline, default_source
+from image_finetune.pipelines.pipeline import compile_pipeline, pipeline_arguments
 from tests.kfp_api import fake_kfp
 
 ROOT = Path(__file__).resolve().parents[2]

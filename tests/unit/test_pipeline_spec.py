@@ -14,13 +14,18 @@ from kfp.kubernetes import kubernetes_executor_config_pb2
 from kfp.pipeline_spec import pipeline_spec_pb2
 from typer.testing import CliRunner
 
-from components import check_params, set_rung
+from image_finetune.components import check_params, set_rung
 from image_finetune.config import Params, load_params
 from image_finetune.errors import ConfigError
 from image_finetune.knobs import merge_knobs, parse_sections
-from pipelines import cli
-from pipelines.deployment import CACHE_PVC, CREDENTIAL_VARIABLES, CREDENTIALS_SECRET, Deployment
-from pipelines.pipeline import compile_pipeline, pipeline_arguments
+from image_finetune.pipelines import cli
+from image_finetune.pipelines.deployment import (
+    CACHE_PVC,
+    CREDENTIAL_VARIABLES,
+    CREDENTIALS_SECRET,
+    Deployment,
+)
+from image_finetune.pipelines.pipeline import compile_pipeline, pipeline_arguments
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "registry.example.com/ml/image-finetune:1.2.3"
@@ -352,7 +357,8 @@ def test_components_are_self_contained_lightweight_components(spec):
     for task in container_tasks(spec, spec.root.dag):
         command = " ".join(executor(spec, task)["command"])
         assert "kfp.dsl.executor_main" in command and "pip install" not in command
-        assert "from components" not in command and "from pipelines" not in command
+        assert not any(f"{package} import" in command or f"{package}." in command
+                       for package in ("image_finetune.components", "image_finetune.pipelines"))
         assert "def read_params(" in command  # the shared helper is embedded
 
 

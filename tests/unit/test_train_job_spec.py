@@ -9,8 +9,8 @@ import pytest
 from google.protobuf import json_format
 from typer.testing import CliRunner
 
-from components import train_rung, train_rung_job
-from pipelines import cli
+from image_finetune.components import train_rung, train_rung_job
+from image_finetune.pipelines import cli
 from tests.unit.test_pipeline_spec import IMAGE, constant, container_tasks, executor, parsed
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -84,6 +84,28 @@ def download_reference_profile(client, name: str, version: str, dest) -> Path | 
     return Path(client.download_artifacts(found.run_id, PROFILE_FOLDER, str(dest)))
 
 
+# The fast-engine folder a version is registered with (engines.py's files and engine.json,
+# steps/layout.py's ENGINE_FOLDER and ENGINE_MANIFEST): a run artifact beside the model.
+ENGINE_ARTIFACT = "engine"
+ENGINE_MANIFEST_FILE = "engine.json"
+
+
+@registry_errors
+def download_engine(client, name: str, version: str, dest) -> Path | None:
+    """The engine folder registered with ``name`` v``version``, downloaded into ``dest``
+    (``engines.open_predictor`` opens it), or None for a version registered without one
+    (before engines existed: it is served on Keras). A missing version is a RegistryError."""
+    found = client.get_model_version(name, str(version))
+    if not found.run_id:
+        return None
+    listed = {Path(item.path).name for item in client.list_artifacts(found.run_id,
+                                                                      ENGINE_ARTIFACT)}
+    if ENGINE_MANIFEST_FILE not in listed:
+        return None
+    Path(dest).mkdir(parents=True, exist_ok=True)
+    return Path(client.download_artifacts(found.run_id, ENGINE_ARTIFACT, str(dest)))
+
+
 def download_model(client, tracking_uri: str, name: str, version: str, dst: str) -> str:
     """A registered version's model files downloaded into ``dst``; their local path. Resolved
     through ``client``: MLflow's own ``models:/`` resolution reads the process's global

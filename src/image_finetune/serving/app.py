@@ -69,6 +69,10 @@ class ModelInfo(BaseModel):
     input_dtype: str
     image_fit: str = Field(description="how images of another size are fitted: resize "
                                        "(stretched) or center_crop (aspect ratio kept)")
+    engine: str = Field(description="what computes the answers: tensorflow (Keras), "
+                                    "onnxruntime or openvino")
+    precision: str = Field(description="fp32, or int8 where the version's int8 variant "
+                                       "passed its accuracy rule")
     loaded_at: float
     max_images: int
     max_image_bytes: int
@@ -307,7 +311,8 @@ def add_simple_api(router: APIRouter, server: Server) -> None:
         return ModelInfo(
             model_name=settings.model_name, alias=settings.alias, model_version=model.version,
             class_names=model.class_names, input_shape=[model.input_size] * 2 + [3],
-            input_dtype="uint8", image_fit=model.image_fit, loaded_at=model.loaded_at,
+            input_dtype="uint8", image_fit=model.image_fit, engine=model.engine,
+            precision=model.precision, loaded_at=model.loaded_at,
             max_images=settings.max_images, max_image_bytes=settings.max_image_bytes,
             max_pixels=settings.max_pixels)
 
@@ -331,7 +336,7 @@ def add_oip_metadata(router: APIRouter, server: Server) -> None:
     async def model_metadata(name: str, version: str | None = None):
         model = server.model_named(name, version)
         return oip.model_metadata(name, model.version, model.input_size,
-                                  len(model.class_names))
+                                  len(model.class_names), model.engine, model.precision)
 
     @router.get("/v2/models/{name}/ready", responses=OIP_ERRORS, tags=[OIP])
     @router.get("/v2/models/{name}/versions/{version}/ready", responses=OIP_ERRORS,

@@ -1,22 +1,28 @@
 """The served model: ``models:/<name>@<alias>``, loaded in the background, retried while the
 registry cannot be reached (the server stays up and unready), and swapped without a gap
-when the alias moves."""
+when the alias moves. A version registered with an engine folder is served on the chosen
+fast engine (ONNX Runtime or OpenVINO: no TensorFlow in the process); one without, or with
+engine ``tensorflow``, on Keras as it was trained."""
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from image_finetune.config import RegistryParams
-from image_finetune.inference import class_names_or_indices
+from image_finetune.inference import class_names_or_indices, model_input_size
 from image_finetune.registry.client import client_for
 from image_finetune.registry.versions import (
+    ENGINE_MANIFEST_FILE,
+    download_engine,
     download_model,
     download_reference_profile,
     registered_class_names,
@@ -26,24 +32,31 @@ from image_finetune.registry.versions import (
 from image_finetune.serving.settings import ServeSettings
 
 log = logging.getLogger(__name__)
+KERAS_ENGINE = "tensorflow"
 
 
 class MissingModelError(LookupError):
     """The registry has no version under the served alias."""
 
 
+class PrecisionError(ValueError):
+    """The precision asked for is not one the version may serve at."""
+
+
 @dataclass
 class LoadedModel:
     """One model version, ready to predict."""
 
-    model: object
+    model: object  # a Keras model or an engine's Predictor: predict_on_batch(uint8 images)
     version: str
     class_names: list[str]
     input_size: int
     image_fit: str  # how images of another size are fitted (as in training)
+    engine: str = KERAS_ENGINE  # what computes the answers
+    precision: str = "fp32"
     loaded_at: float = field(default_factory=time.time)
     # Drift monitoring: the version's reference profile and the model giving probabilities
-    # and the pooled embedding in one pass (None: not monitored).
+    # and the projected pooled embedding in one pass (None: not monitored).
     profile: object | None = None
     summaries: object | None = None
 
@@ -71,25 +84,63 @@ class LoadedModel:
             self.answer(np.zeros((size, self.input_size, self.input_size, 3), np.uint8))
 
 
-def load_version(registry: RegistryParams, version) -> LoadedModel:
-    """Load one registered version, with its class names. The artifacts are downloaded into
-    a temporary folder that is gone once the model is in memory: reloads leave nothing."""
+def load_version(registry: RegistryParams, version, engine: str = "auto",
+                 precision: str = "auto") -> LoadedModel:
+    """Load one registered version, with its class names: on ``engine`` (resolved by
+    engines.resolve_engine) from its engine folder where it has one, else on Keras. The
+    artifacts are downloaded into a temporary folder that is gone once the model is in
+    memory: reloads leave nothing."""
+    from image_finetune.engines import open_predictor, resolve_engine
+
+    chosen = resolve_engine(engine)
+    client = client_for(registry)
+    with tempfile.TemporaryDirectory(prefix="image-finetune-model-") as work:
+        folder = (download_engine(client, registry.model_name, version.version,
+                                  Path(work) / "engine")
+                  if chosen != KERAS_ENGINE else None)
+        if folder is None:
+            model = _keras_model(client, registry, version, work, precision)
+            served, at = KERAS_ENGINE, "fp32"
+        else:
+            at = served_precision(json.loads((folder / ENGINE_MANIFEST_FILE).read_text()),
+                                  precision, str(version.version))
+            model = open_predictor(folder, chosen, at)
+            served, at = model.engine, model.precision
+    names = class_names_or_indices(registered_class_names(version), model)
+    return LoadedModel(model, str(version.version), names, model_input_size(model),
+                       registered_fit(version), engine=served, precision=at)
+
+
+def _keras_model(client, registry: RegistryParams, version, work: str, precision: str):
     import mlflow
 
-    with tempfile.TemporaryDirectory(prefix="image-finetune-model-") as work:
-        local = download_model(client_for(registry), registry.tracking_uri,
-                               registry.model_name, version.version, work)
-        model = mlflow.keras.load_model(local)
-    names = class_names_or_indices(registered_class_names(version), model)
-    return LoadedModel(model, str(version.version), names, int(model.input_shape[1]),
-                       registered_fit(version))
+    if precision == "int8":
+        log.warning("v%s has no engine folder: served on Keras in fp32, not int8",
+                    version.version)
+    local = download_model(client, registry.tracking_uri, registry.model_name,
+                           version.version, work)
+    return mlflow.keras.load_model(local)
+
+
+def served_precision(manifest: dict, requested: str, version: str) -> str:
+    """The precision a version's engine serves at: ``auto`` is the manifest's
+    ``serving_precision``; int8 only where the manifest found the int8 variant servable
+    (evaluated beside fp32 on the whole test split and passing the accuracy rule)."""
+    if requested == "auto":
+        return manifest.get("serving_precision", "fp32")
+    if requested == "int8":
+        int8 = manifest.get("int8") or {}
+        if not int8.get("servable"):
+            raise PrecisionError(f"v{version} has no servable int8 variant "
+                                 f"({int8.get('reason') or 'none was made'}); serve it in "
+                                 "fp32 or auto")
+    return requested
 
 
 def attach_reference(loaded: LoadedModel, registry: RegistryParams) -> None:
     """Give a loaded version its reference profile and its one-pass summaries model, when it
     was registered with a profile (older versions are served unmonitored)."""
     from image_finetune.monitoring.profile import ReferenceProfile
-    from image_finetune.monitoring.summaries import embedding_model, projecting_model
 
     with tempfile.TemporaryDirectory(prefix="image-finetune-profile-") as work:
         folder = download_reference_profile(client_for(registry), registry.model_name,
@@ -99,8 +150,58 @@ def attach_reference(loaded: LoadedModel, registry: RegistryParams) -> None:
                         loaded.version)
             return
         loaded.profile = ReferenceProfile.load(folder)
-    loaded.summaries = projecting_model(embedding_model(loaded.model), loaded.profile.mean,
-                                        loaded.profile.components)
+    loaded.summaries = summaries_model(loaded)
+
+
+def summaries_model(loaded: LoadedModel):
+    """What gives a monitored version's probabilities and projected embedding in one pass:
+    on Keras, the classifier's own layers with the projection inside the graph; on an
+    engine, its ``embedding`` output projected without BLAS (ProjectedOutputs). None where
+    the engine's graph has no embedding."""
+    from image_finetune.monitoring.summaries import embedding_model, projecting_model
+
+    mean, components = loaded.profile.mean, loaded.profile.components
+    if loaded.engine == KERAS_ENGINE:
+        return projecting_model(embedding_model(loaded.model), mean, components)
+    outputs = ProjectedOutputs(loaded.model, mean, components)
+    if not outputs.available():
+        log.warning("v%s's %s graph has no embedding output: served without drift "
+                    "monitoring", loaded.version, loaded.engine)
+        loaded.profile = None
+        return None
+    return outputs
+
+
+class ProjectedOutputs:
+    """An engine's Predictor giving ``(probabilities [N, C], projected [N, k])`` in one pass:
+    its ``embedding`` output minus ``mean``, on the rows of ``components`` (what
+    ReferenceProfile.project computes).
+
+    The projection is ``np.einsum`` without ``optimize``: numpy's own loops, never BLAS. A
+    BLAS product leaves OpenBLAS's threads spinning after each call beside the engine's, and
+    on 2 cores that cost the Keras server a third of its throughput (commit bd2d2ca; that
+    path projects inside its graph). The product is tiny (a batch of a few dozen rows,
+    D x k), so numpy's loops lose nothing (measured: bench/serve_projection.py)."""
+
+    def __init__(self, predictor, mean: np.ndarray, components: np.ndarray):
+        self.predictor = predictor
+        self.mean = np.asarray(mean, np.float32)
+        self.components = np.asarray(components, np.float32)
+
+    def available(self) -> bool:
+        """Whether the engine's graph gives the embedding the projection needs."""
+        from image_finetune.engines import EMBEDDING
+
+        probe = np.zeros((1, *self.predictor.input_shape), np.uint8)
+        return EMBEDDING in self.predictor.outputs(probe)
+
+    def predict_on_batch(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        from image_finetune.engines import EMBEDDING, PROBABILITIES
+
+        outputs = self.predictor.outputs(images)
+        centred = outputs[EMBEDDING] - self.mean
+        return (outputs[PROBABILITIES],
+                np.einsum("nd,kd->nk", centred, self.components, optimize=False))
 
 
 class ModelHolder:
@@ -132,7 +233,8 @@ class ModelHolder:
         version = self.target()
         if self.current and self.current.version == str(version.version):
             return False
-        loaded = load_version(self.registry, version)
+        loaded = load_version(self.registry, version, self.settings.engine,
+                              self.settings.precision)
         if self.monitored and self.settings.operate.monitor:
             attach_reference(loaded, self.registry)
         loaded.warm_up((1, self.settings.max_batch_size))
@@ -151,7 +253,7 @@ class ModelHolder:
         self._stop.set()
 
     def _keep_current(self) -> None:
-        import_model_libraries()
+        import_model_libraries(self.settings.engine)
         while not self._stop.is_set():
             try:
                 self.refresh()
@@ -173,11 +275,18 @@ class ModelHolder:
                         self.current.version, message)
 
 
-def import_model_libraries() -> None:
-    """Import MLflow and Keras (tens of seconds on a small machine) before the first look at
-    the registry, so that a server waiting for its registry is ready soon after it returns."""
+def import_model_libraries(engine: str) -> None:
+    """Import MLflow and the engine (Keras where it serves: tens of seconds on a small
+    machine) before the first look at the registry, so that a server waiting for its
+    registry is ready soon after it returns. A version without an engine folder imports
+    Keras when it loads."""
     try:
-        import keras  # noqa: F401
-        import mlflow.keras  # noqa: F401
+        import mlflow  # noqa: F401
+
+        from image_finetune.engines import resolve_engine
+
+        if resolve_engine(engine) == KERAS_ENGINE:
+            import keras  # noqa: F401
+            import mlflow.keras  # noqa: F401
     except ImportError:  # reported, with the reason, by the first load
         log.exception("importing the model libraries failed")

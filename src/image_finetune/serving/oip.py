@@ -39,6 +39,9 @@ class ModelMetadata(BaseModel):
     platform: str
     inputs: list[TensorMetadata]
     outputs: list[TensorMetadata]
+    # An extension of the protocol's metadata (as Triton adds its own fields): what computes
+    # the answers and at which precision.
+    parameters: dict[str, str] = Field(default_factory=dict)
 
 
 class ServerMetadata(BaseModel):
@@ -96,9 +99,15 @@ class InferResponse(BaseModel):
     outputs: list[ResponseOutput]
 
 
-def model_metadata(name: str, version: str, size: int, classes: int) -> ModelMetadata:
+# The platform names Triton and KServe give these runtimes (Keras keeps its own).
+PLATFORMS = {"tensorflow": "keras", "onnxruntime": "onnxruntime_onnx", "openvino": "openvino"}
+
+
+def model_metadata(name: str, version: str, size: int, classes: int, engine: str,
+                   precision: str) -> ModelMetadata:
     return ModelMetadata(
-        name=name, versions=[version], platform="keras",
+        name=name, versions=[version], platform=PLATFORMS.get(engine, engine),
+        parameters={"engine": engine, "precision": precision},
         inputs=[TensorMetadata(name=INPUT, datatype="UINT8", shape=[-1, size, size, 3])],
         outputs=[TensorMetadata(name=PROBABILITIES, datatype="FP32", shape=[-1, classes]),
                  TensorMetadata(name=LABELS, datatype="BYTES", shape=[-1])])

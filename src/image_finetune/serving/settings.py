@@ -17,6 +17,9 @@ from image_finetune.errors import ConfigError
 Positive = Annotated[int, Field(gt=0)]
 Seconds = Annotated[float, Field(gt=0.0)]
 MIB = 1024 * 1024
+# What a version is served on (IMAGE_FINETUNE_ENGINE, engines.resolve_engine checks the name)
+# and at which precision: auto is the one the version's engine manifest says serves.
+PRECISION_CHOICES = ("auto", "fp32", "int8")
 TOKEN_ENV = "IMAGE_FINETUNE_TOKEN"  # the token itself; never a flag (flags show in ps)
 
 
@@ -58,6 +61,10 @@ class ServeSettings(BaseModel):
     model_name: str = RegistryParams().model_name
     alias: str = "champion"
     tracking_uri: str = RegistryParams().tracking_uri
+    # auto: the fastest engine installed (engines.DEFAULT_ENGINE first); versions registered
+    # without an engine folder are served on Keras whatever this says.
+    engine: str = "auto"
+    precision: Literal[PRECISION_CHOICES] = "auto"
     top_k: Positive = 3
     # Limits, each enforced while the request is read. Bodies in flight take at most
     # max_connections x max_body_bytes of memory (2 GiB by default); more requests get 503
@@ -90,6 +97,17 @@ class ServeSettings(BaseModel):
     token: SecretStr | None = None
     token_file: Path | None = None  # where the token came from: re-read when it changes
     operate: OperateSettings = OperateSettings()
+
+    @model_validator(mode="after")
+    def _a_known_engine(self) -> ServeSettings:
+        if self.engine == "auto":  # the default: the CLI's start imports no engines module
+            return self
+        from image_finetune.engines import ENGINES  # names only: no engine is imported
+
+        if self.engine not in ENGINES:
+            raise ValueError(f"unknown engine {self.engine!r}: choose auto, "
+                             f"{', '.join(ENGINES)}")
+        return self
 
     @model_validator(mode="after")
     def _a_request_fits_its_limits(self) -> ServeSettings:

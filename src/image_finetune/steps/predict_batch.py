@@ -1,5 +1,7 @@
 """The ``predict-batch`` step: batched inference over a folder or archive of images, to
-a CSV. Unreadable files are listed with their error, never dropped."""
+a CSV. Unreadable files are listed with their error, never dropped. A registered version
+with an engine folder runs on the chosen engine (IMAGE_FINETUNE_ENGINE, ``--engine``), at the
+precision its manifest serves; anything else on Keras."""
 
 from __future__ import annotations
 
@@ -14,9 +16,17 @@ from tqdm import tqdm
 from image_finetune.config import Params
 from image_finetune.data.files import walk
 from image_finetune.data.images import decode_image
-from image_finetune.inference import class_names_or_indices, image_fit, load_classifier, top_k
+from image_finetune.inference import (
+    class_names_or_indices,
+    image_fit,
+    load_classifier,
+    model_input_size,
+    top_k,
+)
 from image_finetune.registry.client import client_for, registry_errors
 from image_finetune.registry.versions import (
+    ENGINE_MANIFEST_FILE,
+    download_engine,
     download_model,
     registered_class_names,
     registered_fit,
@@ -28,19 +38,22 @@ COLUMNS = ["file", "predicted", "probability", "top_k", "error"]
 
 def predict_batch(
     params: Params, source: Path, out: Path, model: str = "", data_manifest: Path | None = None,
-    batch_size: int = 256, k: int = 3,
+    batch_size: int = 256, k: int = 3, engine: str | None = None,
 ) -> int:
     """Label every image under ``source`` with ``model`` (``models:/name@alias``,
     ``runs:/...`` or a .keras file; default: the registry's champion); write ``out``.
     Class names and how images of another size are fitted come from the registered version,
-    or for a bare file from ``data_manifest``. Returns the number of rows."""
+    or for a bare file from ``data_manifest``. ``engine``: engines.resolve_engine's choice
+    (None: IMAGE_FINETUNE_ENGINE, else auto). Returns the number of rows."""
+    from image_finetune.engines import resolve_engine
+
     uri = model or f"models:/{params.registry.model_name}@champion"
-    classifier, names, how = _load(params, uri)
+    classifier, names, how = _load(params, uri, resolve_engine(engine))
     if names is None and data_manifest is not None and data_manifest.exists():
         manifest = json.loads(data_manifest.read_text())
         names, how = manifest["class_names"], image_fit(manifest)
     names = class_names_or_indices(names, classifier)
-    size = int(classifier.input_shape[1])
+    size = model_input_size(classifier)
     rows: list[dict] = []
     pending: list[tuple[str, np.ndarray]] = []
     refused: list[str] = []  # names, links and sizes the walk refused: listed, not dropped
@@ -81,25 +94,44 @@ def _label(classifier, pending: list[tuple[str, np.ndarray]], names: list[str], 
 
 
 @registry_errors
-def _load(params: Params, uri: str) -> tuple[object, list[str] | None, str]:
+def _load(params: Params, uri: str, engine: str) -> tuple[object, list[str] | None, str]:
     """The model behind a URI or file, with the class names and image fit its registry
-    version carries (a file or run carries neither: stretched, names unknown)."""
+    version carries (a file or run carries neither: stretched, names unknown); a registered
+    version on ``engine`` where it has an engine folder."""
     if not uri.startswith(("models:/", "runs:/")):
         return load_classifier(Path(uri)), None, "resize"
+    client = client_for(params.registry)  # fails fast when the store is not there
+    if not uri.startswith("models:/"):
+        return _run_model(client, uri), None, "resize"
+    name, _, ref = uri.removeprefix("models:/").replace("@", "/@").partition("/")
+    version = version_at(client, name, ref)
+    with tempfile.TemporaryDirectory(prefix="image-finetune-model-") as work:
+        model = _engine_model(client, name, version, engine, Path(work) / "engine")
+        if model is None:
+            import mlflow
+
+            model = mlflow.keras.load_model(download_model(
+                client, params.registry.tracking_uri, name, version.version, work))
+    return model, registered_class_names(version), registered_fit(version)
+
+
+def _engine_model(client, name: str, version, engine: str, dest: Path):
+    """The version's engine Predictor at the precision its manifest serves (None: it has no
+    engine folder, or TensorFlow is the engine asked for)."""
+    from image_finetune.engines import open_predictor
+
+    if engine == "tensorflow":
+        return None
+    folder = download_engine(client, name, version.version, dest)
+    if folder is None:
+        return None
+    manifest = json.loads((folder / ENGINE_MANIFEST_FILE).read_text())
+    return open_predictor(folder, engine, manifest.get("serving_precision", "fp32"))
+
+
+def _run_model(client, uri: str):
     import mlflow
 
-    client = client_for(params.registry)  # fails fast when the store is not there
-    version = None
+    run_id, _, path = uri.removeprefix("runs:/").partition("/")
     with tempfile.TemporaryDirectory(prefix="image-finetune-model-") as work:
-        if uri.startswith("models:/"):
-            name, _, ref = uri.removeprefix("models:/").replace("@", "/@").partition("/")
-            version = version_at(client, name, ref)
-            local = download_model(client, params.registry.tracking_uri, name, version.version,
-                                   work)
-        else:
-            run_id, _, path = uri.removeprefix("runs:/").partition("/")
-            local = client.download_artifacts(run_id, path, work)
-        model = mlflow.keras.load_model(local)
-    if version is None:
-        return model, None, "resize"
-    return model, registered_class_names(version), registered_fit(version)
+        return mlflow.keras.load_model(client.download_artifacts(run_id, path, work))
