@@ -21,7 +21,7 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -44,6 +44,7 @@ class Payload:
     content_type: str
     body: bytes
     images: int
+    headers: dict[str, str] = field(default_factory=dict)  # beside the content type
 
 
 @dataclass
@@ -72,7 +73,12 @@ def default_profile_model(path: Path) -> Path:
     return path
 
 
-def register(model_path: Path, tracking_uri: str, name: str) -> None:
+def register(model_path: Path, tracking_uri: str, name: str,
+             artifacts: dict[str, Path] | None = None,
+             tags: dict[str, str] | None = None) -> None:
+    """Register the classifier as ``name``'s champion in the store at ``tracking_uri``, with
+    folders logged beside it in its run ({artifact path: folder}: a reference profile, an
+    engine folder) and tags on the version."""
     import mlflow
 
     from image_finetune.inference import load_classifier
@@ -85,10 +91,12 @@ def register(model_path: Path, tracking_uri: str, name: str) -> None:
     with tempfile.TemporaryDirectory() as work, mlflow.start_run() as run:
         mlflow.keras.save_model(model, f"{work}/model", signature=signature)
         mlflow.log_artifacts(f"{work}/model", "model")
+        for artifact_path, folder in (artifacts or {}).items():
+            mlflow.log_artifacts(str(folder), artifact_path)
     client = mlflow.MlflowClient()
     client.create_registered_model(name)
     version = client.create_model_version(name, f"runs:/{run.info.run_id}/model",
-                                          run.info.run_id)
+                                          run.info.run_id, tags=tags)
     client.set_registered_model_alias(name, CHAMPION, version.version)
 
 
@@ -151,6 +159,27 @@ def cifar_images(split: str, count: int) -> np.ndarray:
     raise RuntimeError(f"not enough {split} images in the archive")
 
 
+def cifar_per_class(split: str, per_class: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(images, labels, class names): the first ``per_class`` images of every class of a
+    split of the shared archive (it stores each class's images together)."""
+    from PIL import Image
+
+    files: dict[str, list[bytes]] = {}
+    with tarfile.open(CIFAR_TARBALL) as archive:
+        for member in archive:
+            parts = member.name.split("/")
+            if member.isfile() and len(parts) == 3 and parts[0] == split and \
+                    len(files.setdefault(parts[1], [])) < per_class:
+                files[parts[1]].append(archive.extractfile(member).read())
+    names = sorted(files)
+    if not names or min(len(files[n]) for n in names) < per_class:
+        raise RuntimeError(f"fewer than {per_class} {split} images of some class in the archive")
+    images = [np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+              for name in names for data in files[name]]
+    labels = np.repeat(np.arange(len(names)), per_class)
+    return np.stack(images), labels, names
+
+
 def multipart(jpegs: list[bytes]) -> tuple[str, bytes]:
     boundary = uuid.uuid4().hex
     parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="files"; '
@@ -167,6 +196,7 @@ def run_hey(payload: Payload, concurrency: int, seconds: float) -> Figures:
         out = subprocess.run(
             ["hey", "-z", f"{seconds}s", "-c", str(concurrency), "-m", "POST", "-T",
              payload.content_type, "-D", body.name,
+             *[arg for k, v in payload.headers.items() for arg in ("-H", f"{k}: {v}")],
              f"http://127.0.0.1:{payload.port}{payload.path}"],
             capture_output=True, text=True, check=True).stdout
     quantile = {int(q): float(s) * 1000 for q, s in re.findall(r"(\d+)%+ in ([\d.]+) secs", out)}
@@ -197,7 +227,8 @@ async def read_response(reader: asyncio.StreamReader) -> int:
 
 async def asyncio_load(payload: Payload, concurrency: int, seconds: float) -> Figures:
     request = (f"POST {payload.path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
-               f"{payload.content_type}\r\nContent-Length: {len(payload.body)}\r\n\r\n"
+               f"{payload.content_type}\r\nContent-Length: {len(payload.body)}\r\n"
+               + "".join(f"{k}: {v}\r\n" for k, v in payload.headers.items()) + "\r\n"
                ).encode() + payload.body
     latencies: list[float] = []
     errors = [0]

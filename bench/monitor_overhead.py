@@ -32,6 +32,7 @@ from harness import (  # noqa: E402  (bench/harness.py: what the benchmarks shar
     free_port,
     measure,
     multipart,
+    register,
     start,
     stop,
 )
@@ -54,29 +55,6 @@ def reference_profile(model_path: Path, out: Path) -> Path:
     build_profile(names, probabilities, embeddings, image_statistics(reference),
                   training).save(out)
     return out
-
-
-def register_with_profile(model_path: Path, profile: Path, tracking_uri: str, name: str):
-    """Register the model as champion, its reference profile beside it in its run."""
-    import mlflow
-
-    from image_finetune.inference import load_classifier
-    from image_finetune.monitoring.profile import PROFILE_FOLDER
-    from image_finetune.registry.versions import CHAMPION
-
-    mlflow.set_tracking_uri(tracking_uri)
-    model = load_classifier(model_path)
-    example = np.zeros((1, *model.input_shape[1:]), np.uint8)
-    signature = mlflow.models.infer_signature(example, model.predict_on_batch(example))
-    with tempfile.TemporaryDirectory() as work, mlflow.start_run() as run:
-        mlflow.keras.save_model(model, f"{work}/model", signature=signature)
-        mlflow.log_artifacts(f"{work}/model", "model")
-        mlflow.log_artifacts(str(profile), PROFILE_FOLDER)
-    client = mlflow.MlflowClient()
-    client.create_registered_model(name)
-    version = client.create_model_version(name, f"runs:/{run.info.run_id}/model",
-                                          run.info.run_id)
-    client.set_registered_model_alias(name, CHAMPION, version.version)
 
 
 def monitor_counts(port: int) -> tuple[int, float]:
@@ -130,12 +108,14 @@ def main() -> None:
     parser.add_argument("--client", choices=("hey", "asyncio"),
                         default=default_client())
     args = parser.parse_args()
+    from image_finetune.monitoring.profile import PROFILE_FOLDER
+
     with tempfile.TemporaryDirectory() as work:
         model = args.model if args.model.exists() else default_profile_model(
             Path(work) / "model.keras")
         uri = f"sqlite:///{work}/mlflow.db"
-        register_with_profile(model, reference_profile(model, Path(work) / "profile"), uri,
-                              "bench")
+        register(model, uri, "bench",
+                 {PROFILE_FOLDER: reference_profile(model, Path(work) / "profile")})
         empty = Path(work) / "empty"
         empty.mkdir()
         env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "TF_CPP_MIN_LOG_LEVEL": "2",
