@@ -89,7 +89,10 @@ def register(model_path: Path, tracking_uri: str, name: str,
     example = np.zeros((1, *model.input_shape[1:]), np.uint8)
     signature = mlflow.models.infer_signature(example, model.predict_on_batch(example))
     with tempfile.TemporaryDirectory() as work, mlflow.start_run() as run:
-        mlflow.keras.save_model(model, f"{work}/model", signature=signature)
+        # Requirements named, not inferred: inferring them loads the model again in a
+        # subprocess (TensorFlow's import: seconds of CPU the servers' figures do not need).
+        mlflow.keras.save_model(model, f"{work}/model", signature=signature,
+                                pip_requirements=["tensorflow", "keras"])
         mlflow.log_artifacts(f"{work}/model", "model")
         for artifact_path, folder in (artifacts or {}).items():
             mlflow.log_artifacts(str(folder), artifact_path)
