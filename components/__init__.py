@@ -8,6 +8,7 @@ changing a value re-runs only the steps that read it: KFP's cache key covers a t
 
 from image_finetune.components.augment import preview_augmentation
 from image_finetune.components.evaluate import evaluate_classifier
+from image_finetune.components.export_engine import export_engine
 from image_finetune.components.gate import final_gate, gate_attempt, select_classifier
 from image_finetune.components.ingest import ingest_data
 from image_finetune.components.monitor import monitor_drift
@@ -22,6 +23,7 @@ from image_finetune.components.validate import validate_data
 __all__ = [
     "check_params",
     "evaluate_classifier",
+    "export_engine",
     "final_gate",
     "gate_attempt",
     "ingest_data",

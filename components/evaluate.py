@@ -16,11 +16,14 @@ def evaluate_classifier(
     metrics: Output[Metrics],
     confusion: Output[ClassificationMetrics],
     report: Output[HTML],
+    engine_folder: Input[Artifact] = None,
 ) -> None:
     """Evaluate a classifier on one split: metrics, confusion matrix, gallery, HTML report.
 
     ``evaluation`` is the step's whole output folder (details.json, predictions.npz, ...),
     which the gates read; the other outputs show the same results in the KFP UI.
+    ``engine_folder``, the export-engine step's output, is what the test evaluation measures:
+    the engine and precision that will serve (the validation evaluations run on Keras).
     """
     import shutil
     from pathlib import Path
@@ -34,7 +37,8 @@ def evaluate_classifier(
     results = evaluate_classifier(
         read_params(evaluate=evaluate, train=train), Path(dataset.path),
         Path(classifier.path) / MODEL_FILE, out, split,
-        f"Rung {rung} ({classifier.metadata['rung_name']}) on {split}")
+        f"Rung {rung} ({classifier.metadata['rung_name']}) on {split}",
+        engine=Path(engine_folder.path) if engine_folder else None)
     for name, artifact in (("report.html", report), (METRICS_FILE, metrics),
                            ("confusion_matrix.json", confusion)):
         shutil.copyfile(out / name, artifact.path)
@@ -42,4 +46,5 @@ def evaluate_classifier(
     for name, value in flatten_metrics(results).items():
         metrics.log_metric(name, value)
     evaluation.metadata.update(split=split, rung=rung, accuracy=results["accuracy"],
-                               macro_f1=results["macro_f1"], count=results["count"])
+                               macro_f1=results["macro_f1"], count=results["count"],
+                               engine=results["engine"], precision=results["precision"])

@@ -26,6 +26,7 @@ def check_params(
     evaluate: dict,
     gate: dict,
     registry: dict,
+    engine: dict,
     data_path: str,
     backbone: str,
     model_image_size: int,
@@ -35,7 +36,7 @@ def check_params(
     max_latency_p95_ms: float,
 ) -> NamedTuple("Sections", [("data", dict), ("validate", dict), ("augment", dict),
                               ("model", dict), ("train", dict), ("evaluate", dict),
-                              ("gate", dict), ("registry", dict)]):
+                              ("gate", dict), ("registry", dict), ("engine", dict)]):
     """Put the knobs in their sections and validate every section (``image-finetune
     check-params``); the ladder must have the number of rungs the pipeline was compiled for.
     Returns the sections every later step reads: validated, so the same values make the same
@@ -44,7 +45,8 @@ def check_params(
     from image_finetune.steps.check_params import check_params
 
     sections = {"data": data, "validate": validate, "augment": augment, "model": model,
-                "train": train, "evaluate": evaluate, "gate": gate, "registry": registry}
+                "train": train, "evaluate": evaluate, "gate": gate, "registry": registry,
+                "engine": engine}
     knobs = {"data_path": data_path, "backbone": backbone, "model_image_size": model_image_size,
              "min_accuracy": min_accuracy, "min_macro_f1": min_macro_f1,
              "min_class_recall": min_class_recall, "max_latency_p95_ms": max_latency_p95_ms}

@@ -1,7 +1,8 @@
 """The Kubeflow pipeline: the DAG of ``dvc repro``, built from the components in components/.
 
     set rung 0 -> ... -> set rung n-1 -> check params -> ingest -> validate -> augment -> attempt 0
-      -> dsl.OneOf(the winning classifier) -> evaluate(test) -> final gate
+      -> dsl.OneOf(the winning classifier) -> export the engine -> evaluate(test, on the engine)
+      -> final gate
       -> profile(validation) -> register/promote (with the reference profile)
     attempt k:  train(rung k, warm start from rung k-1) -> evaluate(validation) -> gate
                 dsl.If(gate failed): attempt k+1      dsl.Else: hand the classifier on
@@ -34,6 +35,7 @@ from kfp.dsl.pipeline_task import PipelineTask
 from image_finetune.components import (
     check_params,
     evaluate_classifier,
+    export_engine,
     final_gate,
     gate_attempt,
     ingest_data,
@@ -182,13 +184,20 @@ def _prepare_data(sections: dict, deployment: Deployment):
 
 def _test_and_register(sections: dict, deployment: Deployment, winner, first_gate, ingested,
                        validated, git_commit: str) -> None:
-    """Evaluate the winner on test, apply the final gate, profile the winner on validation,
-    register (with the profile) and promote."""
+    """Export the winner to the fast engine, evaluate it on test on the engine that will
+    serve, apply the final gate, profile the winner on validation, register (with the profile
+    and the engine) and promote."""
     dataset = ingested.outputs["dataset"]
+    exported = deployment.on_cpu(export_engine(
+        engine=sections["engine"], evaluate=sections["evaluate"], gate=sections["gate"],
+        train=sections["train"], dataset=dataset, classifier=winner), "4", "8G",
+    ).set_display_name("export the engine")
+    exported.after(first_gate)
+    engine_folder = exported.outputs["engine_folder"]
     tested = deployment.on_cpu(evaluate_classifier(
         split="test", evaluate=sections["evaluate"], train=sections["train"], dataset=dataset,
-        classifier=winner), "4", "8G").set_display_name("evaluate the winner on test")
-    tested.after(first_gate)
+        classifier=winner, engine_folder=engine_folder), "4", "8G",
+    ).set_display_name("evaluate the winner on test")
     # The champion changes between runs: the final gate and registration never cache.
     decided = deployment.on_cpu(final_gate(
         gate=sections["gate"], registry=sections["registry"],
@@ -204,7 +213,7 @@ def _test_and_register(sections: dict, deployment: Deployment, winner, first_gat
         lineage={"git_commit": git_commit, "orchestrator": "kubeflow"},
         classifier=winner, dataset=dataset, validation=validated.outputs["validation"],
         evaluation=tested.outputs["evaluation"], decision=decided.outputs["decision"],
-        profile=profiled.outputs["profile"],
+        profile=profiled.outputs["profile"], engine_folder=engine_folder,
     ), "2", "4G", retries=2, cache=False).set_display_name("register and promote")
     deployment.with_credentials(decided)
     deployment.with_credentials(registered)

@@ -153,20 +153,45 @@ def train_command(
     climb_ladder(config, data, validation, out, _cache(cache, root), root, metrics, live)
 
 
+EXPORT_ENGINE = steps.EXPORT_ENGINE
+
+
+@app.command("export-engine")
+@reported
+def export_engine_command(
+    params: ParamsOption = DEFAULT_PARAMS,
+    data: port(EXPORT_ENGINE, "data", "canonical dataset") = EXPORT_ENGINE.paths["data"],
+    model: port(EXPORT_ENGINE, "model", "saved classifier") = EXPORT_ENGINE.paths["model"],
+    out: port(EXPORT_ENGINE, "out", "engine folder to write") = EXPORT_ENGINE.paths["out"],
+) -> None:
+    """The classifier on the fast inference engine: ONNX and OpenVINO fp32 checked against
+    Keras on test, int8 judged beside fp32 on test; engine.json says what serves."""
+    from image_finetune.steps.export_engine import export_engine
+
+    manifest = export_engine(_load(params)[0], data, model, out)
+    typer.echo(json.dumps({key: manifest[key] for key in (
+        "default_engine", "serving_precision", "agreement", "int8")}, indent=2))
+
+
 @app.command("evaluate")
 @reported
 def evaluate_command(
     params: ParamsOption = DEFAULT_PARAMS,
     data: port(steps.EVALUATE, "data", "canonical dataset") = steps.EVALUATE.paths["data"],
     model: port(steps.EVALUATE, "model", "saved classifier") = steps.EVALUATE.paths["model"],
+    engine: port(steps.EVALUATE, "engine", "export-engine's folder: evaluate on the engine "
+                 "and precision that will serve") = steps.EVALUATE.paths["engine"],
     out: port(steps.EVALUATE, "out", "report directory") = steps.EVALUATE.paths["out"],
     metrics: port(steps.EVALUATE, "metrics", "flat figures") = steps.EVALUATE.paths["metrics"],
     split: Annotated[str, typer.Option(help="train, validation or test")] = "test",
+    keras: Annotated[bool, typer.Option(help="evaluate the Keras model itself, not the "
+                                              "engine")] = False,
 ) -> None:
     """Evaluate a model on one split: metrics, confusion matrix, gallery, HTML report."""
     from image_finetune.steps.evaluate import evaluate_classifier
 
-    evaluate_classifier(_load(params)[0], data, model, out, split, figures=metrics)
+    evaluate_classifier(_load(params)[0], data, model, out, split, figures=metrics,
+                        engine=None if keras else engine)
 
 
 @app.command("profile")
@@ -213,6 +238,7 @@ def register_command(
     evaluation: port(REGISTER, "evaluation", "evaluate's output") = REGISTER.paths["evaluation"],
     decision: port(REGISTER, "decision", "final gate decision") = REGISTER.paths["decision"],
     profile: port(REGISTER, "profile", "reference profile") = REGISTER.paths["profile"],
+    engine: port(REGISTER, "engine", "export-engine's folder") = REGISTER.paths["engine"],
     out: port(REGISTER, "out", "registration result") = REGISTER.paths["out"],
 ) -> None:
     """Track the run in MLflow; register the model and promote it if it beats the champion."""
@@ -220,7 +246,8 @@ def register_command(
     from image_finetune.steps.register import register_classifier
 
     outcome = register_classifier(config, data, evaluation, decision, out, root,
-                                  models=models, validation=validation, profile=profile)
+                                  models=models, validation=validation, profile=profile,
+                                  engine=engine)
     typer.echo(json.dumps(outcome, indent=2))
 
 

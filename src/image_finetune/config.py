@@ -192,6 +192,20 @@ class GateParams(_Section):
     significance: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.05
 
 
+class EngineParams(_Section):
+    """The fast inference engine everything that only predicts runs on (``export-engine``):
+    the model exported to ONNX and OpenVINO, checked against Keras on test, and an int8
+    variant that serves only where it loses at most ``max_int8_loss_points`` accuracy points
+    on test and is not significantly worse by the exact McNemar test at
+    ``gate.significance``."""
+
+    # auto: image_finetune.engines.DEFAULT_ENGINE where it installs (the faster one, measured)
+    engine: Literal["auto", "tensorflow", "onnxruntime", "openvino"] = "auto"
+    int8: bool = True
+    calibration_images: Annotated[int, Field(ge=1, le=100_000)] = 300
+    max_int8_loss_points: Annotated[float, Field(ge=0.0, le=100.0)] = 0.5
+
+
 class RegistryParams(_Section):
     """MLflow tracking, registration and promotion (``register``)."""
 
@@ -214,6 +228,7 @@ class Params(_Section):
     evaluate: EvaluateParams = EvaluateParams()
     gate: GateParams = GateParams()
     registry: RegistryParams = RegistryParams()
+    engine: EngineParams = EngineParams()
 
     model_config = ConfigDict(**STRICT, populate_by_name=True)
 

@@ -75,3 +75,10 @@ class RegistryStateError(RegistryError):
 class LockLostError(RegistryError):
     """The promotion lock was taken over (its holder paused or stalled past its lease):
     the holder stops without writing; running the command again is safe."""
+
+
+class EngineError(PipelineError):
+    """An exported engine does not give the Keras model's answers (beyond the documented
+    tolerance): it is not served; the message gives the figures."""
+
+    exit_code = 10

@@ -102,6 +102,8 @@ def write_html(out_dir: Path, title: str, metrics: dict, class_names: list[str])
         for p in metrics["most_confused"]
     )
     latency = metrics.get("latency", {})
+    ran_on = html.escape(f"{metrics.get('engine', 'tensorflow')} "
+                         f"{metrics.get('precision', 'fp32')}")
     low, high = metrics["accuracy_ci95"]
     pictures = "".join(
         f"<h2>{caption}</h2><img alt='{caption}' src='data:image/png;base64,"
@@ -121,7 +123,7 @@ ECE {metrics['ece']:.4f}.</p>
 <p>Latency: batch 1 p50 {latency.get('batch1_p50_ms', float('nan')):.1f} ms,
 p95 {latency.get('batch1_p95_ms', float('nan')):.1f} ms; batch 256
 {latency.get('batch256_images_per_second', float('nan')):.0f} images/s.
-Model size {metrics.get('model_size_mb', float('nan')):.1f} MB.</p>
+Model size {metrics.get('model_size_mb', float('nan')):.1f} MB. Run on {ran_on}.</p>
 <h2>Per class</h2><table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th>
 <th>support</th></tr>{rows}</table>
 <h2>Most confused pairs</h2><ol>{pairs}</ol>{pictures}</body></html>"""

@@ -34,7 +34,8 @@ DagSpec = pipeline_spec_pb2.DagSpec
 ALL_COMPLETED = pipeline_spec_pb2.PipelineTaskSpec.TriggerPolicy.ALL_UPSTREAM_TASKS_COMPLETED
 ParameterType = pipeline_spec_pb2.ParameterType
 KubernetesConfig = kubernetes_executor_config_pb2.KubernetesExecutorConfig
-SECTIONS = ("data", "validate", "augment", "model", "train", "evaluate", "gate", "registry")
+SECTIONS = ("data", "validate", "augment", "model", "train", "evaluate", "gate", "registry",
+            "engine")
 
 
 @pytest.fixture(scope="module")
@@ -208,6 +209,7 @@ KFP_TASKS = {"locate-sources": [], "ingest": ["ingest"], "validate": ["validate 
              "augment": ["preview the augmentation"],
              "train": ["train rung 0 (frozen-head)", "evaluate rung 0 on validation",
                        "gate rung 0"],
+             "export-engine": ["export the engine"],
              "evaluate": ["evaluate the winner on test"], "gate": ["final gate on test"],
              "profile": ["profile the winner on validation"],
              "register": ["register and promote"]}
@@ -252,7 +254,7 @@ def test_the_knobs_go_back_into_their_sections_before_any_step_reads_them(spec):
                                                                  if n.startswith("set rung"))}]
     read = {(task.task_info.name, name): source(task, name) for task in readers
             for name in set(task.inputs.parameters) & set(SECTIONS)}
-    assert len(read) == 24 and all(f == f"{check}.{name}" for (_, name), f in read.items())
+    assert len(read) == 29 and all(f == f"{check}.{name}" for (_, name), f in read.items())
     retry = by_name(dag_of(spec, branches(spec, dag)["rung-0-failed"]))[
         "retrain with rung 1 (top-blocks)"]
     assert source(retry, "gate") == f"{check}-gate"  # check's output, into the branch

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from image_finetune.config import RegistryParams
+from image_finetune.engines import MANIFEST_FILE
 from image_finetune.gate import ChampionResults
 from image_finetune.monitoring.profile import PROFILE_FOLDER, PROFILE_JSON
 from image_finetune.registry.client import (
@@ -84,23 +85,21 @@ def download_reference_profile(client, name: str, version: str, dest) -> Path | 
     return Path(client.download_artifacts(found.run_id, PROFILE_FOLDER, str(dest)))
 
 
-# The fast-engine folder a version is registered with (engines.py's files and engine.json,
-# steps/layout.py's ENGINE_FOLDER and ENGINE_MANIFEST): a run artifact beside the model.
-ENGINE_ARTIFACT = "engine"
-ENGINE_MANIFEST_FILE = "engine.json"
+ENGINE_ARTIFACT = "engine"  # steps.layout.ENGINE_FOLDER: the register step logs it there
+ENGINE_MANIFEST_FILE = MANIFEST_FILE  # the name the server and predict-batch import
 
 
 @registry_errors
 def download_engine(client, name: str, version: str, dest) -> Path | None:
-    """The engine folder registered with ``name`` v``version``, downloaded into ``dest``
-    (``engines.open_predictor`` opens it), or None for a version registered without one
-    (before engines existed: it is served on Keras). A missing version is a RegistryError."""
+    """The engine folder registered with ``name`` v``version``, downloaded into ``dest``: its
+    path (engines.open_predictor reads it), or None for a version registered before engines
+    existed (serve it on Keras). A missing version is a RegistryError."""
     found = client.get_model_version(name, str(version))
     if not found.run_id:
         return None
     listed = {Path(item.path).name for item in client.list_artifacts(found.run_id,
                                                                       ENGINE_ARTIFACT)}
-    if ENGINE_MANIFEST_FILE not in listed:
+    if MANIFEST_FILE not in listed:
         return None
     Path(dest).mkdir(parents=True, exist_ok=True)
     return Path(client.download_artifacts(found.run_id, ENGINE_ARTIFACT, str(dest)))

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
+from image_finetune import engines
 from image_finetune.config import Params
 from image_finetune.data.canonical import load_split, read_manifest
+from image_finetune.engines import Predictor
 from image_finetune.inference import load_classifier, measure_latency, predict_proba
 from image_finetune.metrics import STRUCTURED, classification_metrics, figures_with_classes
 from image_finetune.report import plot_confusion, plot_gallery, write_html
@@ -28,13 +30,15 @@ log = logging.getLogger(__name__)
 
 def evaluate_classifier(
     params: Params, data: Path, model: Path, out: Path, split: str = "test",
-    title: str | None = None, figures: Path | None = None,
+    title: str | None = None, figures: Path | None = None, engine: Path | None = None,
 ) -> dict:
     """Evaluate the classifier in ``model`` on ``split``; write every result to ``out`` and
-    the scalar figures, per class too, to ``figures`` (a flat metrics file) if given."""
+    the scalar figures, per class too, to ``figures`` (a flat metrics file) if given.
+    ``engine``: the export-engine step's folder; accuracy and latency are then measured on
+    the engine and precision that will serve (its manifest says which), else on Keras."""
     loaded = load_split(data, split)
     class_names = read_manifest(data)["class_names"]
-    classifier = load_classifier(model)
+    classifier, model_files = serving_model(model, engine)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     probs = predict_proba(classifier, loaded.images, params.evaluate.batch_size,
@@ -45,8 +49,9 @@ def evaluate_classifier(
     metrics["predict_seconds"] = round(time.perf_counter() - start, 2)
     metrics["latency"] = measure_latency(classifier, tuple(loaded.images.shape[1:]),
                                          params.evaluate.latency_runs)
-    metrics["model_size_mb"] = Path(model).stat().st_size / 1e6
+    metrics["model_size_mb"] = sum(path.stat().st_size for path in model_files) / 1e6
     metrics["flip_tta"] = params.evaluate.flip_tta
+    metrics["engine"], metrics["precision"] = classifier.engine, classifier.precision
     _write_results(out, metrics, probs, labels, loaded.images, class_names,
                    params.evaluate.gallery_size)
     write_html(out, title or f"Evaluation on {split}", metrics, class_names)
@@ -55,6 +60,18 @@ def evaluate_classifier(
     log.info("%s: accuracy %.4f macro F1 %.4f (%d images)", title or split, metrics["accuracy"],
              metrics["macro_f1"], metrics["count"])
     return metrics
+
+
+def serving_model(model: Path, engine: Path | None) -> tuple[Predictor, list[Path]]:
+    """The predictor that will serve and its model files: the engine folder's default engine
+    at its serving precision, or the Keras model (no folder, or an engine of tensorflow)."""
+    if engine is not None:
+        manifest = engines.read_manifest(engine)
+        if manifest["default_engine"] != "tensorflow":
+            name, precision = manifest["default_engine"], manifest["serving_precision"]
+            return (engines.open_predictor(engine, name, precision),
+                    engines.model_files(engine, name, precision))
+    return engines.keras_predictor(load_classifier(model)), [Path(model)]
 
 
 def _write_results(

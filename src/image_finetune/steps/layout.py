@@ -17,6 +17,11 @@ RESULT_FILE = "result.json"
 DETAILS_FILE = "details.json"
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.npz"
+# export-engine: the engine folder (its model files: engines.MODEL_FILES) and its manifest,
+# engines.MANIFEST_FILE spelled again so that every stage reading this module does not
+# depend on the engines module (a unit test holds the two equal)
+ENGINE_FOLDER = "engine"
+ENGINE_MANIFEST = "engine.json"
 # monitor
 DRIFT_JSON = "drift.json"
 DRIFT_HTML = "drift.html"

@@ -16,6 +16,7 @@ import numpy as np
 
 from image_finetune.config import Params
 from image_finetune.data.canonical import load_split, manifest_digest, read_manifest, sha256_file
+from image_finetune.engines import read_manifest as read_engine_manifest
 from image_finetune.inference import MODEL_FILE, image_fit, load_classifier
 from image_finetune.metrics import flatten_metrics
 from image_finetune.monitoring.profile import PROFILE_FOLDER, ReferenceProfile
@@ -29,6 +30,7 @@ from image_finetune.steps.gate_attempt import read_summary
 from image_finetune.steps.layout import (
     DECISION_FILE,
     DETAILS_FILE,
+    ENGINE_FOLDER,
     EVALUATION,
     HISTORY_FILE,
     RESULT_FILE,
@@ -46,13 +48,15 @@ def register_classifier(
     params: Params, data: Path, evaluation: Path, decision: Path, out: Path, root: Path, *,
     models: Path | None = None, model: Path | None = None, validation: Path | None = None,
     profile: Path | None = None, pipeline_run_id: str | None = None,
-    lineage_extra: dict | None = None,
+    lineage_extra: dict | None = None, engine: Path | None = None,
 ) -> dict:
     """Track the run and register its classifier; write the outcome to ``out``.
 
     ``models`` is the train stage's folder (``dvc repro``): its selected model is
     registered and each attempt becomes a nested run; or ``model`` is the classifier file
-    alone (Kubeflow). ``validation`` adds the data checks. A retry with the same
+    alone (Kubeflow). ``validation`` adds the data checks. ``engine``, the export-engine
+    step's folder, is logged as the version's ``engine/`` artifact and its choice (engine,
+    serving precision, the int8 figures) tagged on the version. A retry with the same
     ``pipeline_run_id`` (by default: derived from the model, its evaluation and decision)
     reuses its run and its version; a failure ends the run FAILED."""
     if model is None and models is None:
@@ -70,6 +74,8 @@ def register_classifier(
         tracking.log_files(client, parent, data_files, files_under="data")
         _log_evaluation(client, parent, evaluation, decision)
         tags = _lineage_tags(params, run_id, data, root, lineage_extra)
+        if engine is not None:
+            tags.update(_log_engine(client, parent, engine))
         for key, value in tags.items():
             client.set_tag(parent, key, value)
         outcome = _register(client, parent, params, model, data, evaluation, decision, tags)
@@ -133,6 +139,20 @@ def _log_profile(client, parent: str, profile: Path, version: str) -> None:
     with tempfile.TemporaryDirectory() as work:
         tracking.log_files(client, parent, [], {PROFILE_FOLDER: tagged.save(Path(work))})
     client.set_tag(parent, "reference_profile", PROFILE_FOLDER)
+
+
+def _log_engine(client, parent: str, engine: Path) -> dict[str, str]:
+    """The engine folder as the run's ``engine/`` artifact (what download_engine fetches);
+    the tags that say what it serves."""
+    manifest = read_engine_manifest(engine)
+    tracking.log_files(client, parent, [], {ENGINE_FOLDER: engine})
+    tags = {"engine": manifest["default_engine"],
+            "engine_precision": manifest["serving_precision"]}
+    int8 = manifest.get("int8") or {}
+    for key in ("accuracy", "fp32_accuracy", "loss_points", "mcnemar_p_value", "servable"):
+        if key in int8:
+            tags[f"int8_{key}"] = str(int8[key])
+    return tags
 
 
 def _log_evaluation(client, parent: str, evaluation: Path, decision: Path) -> None:

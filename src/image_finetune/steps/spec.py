@@ -106,8 +106,17 @@ TRAIN_RUNG = StepSpec("train-rung", "train_rung", params=("augment", "model", "t
 # Kubeflow's, with --workers N: the same rung as a distributed TFJob (see its module).
 TRAIN_JOB = StepSpec("train-job", "train_job", params=TRAIN_RUNG.params, reads=(DATA,),
                      writes=TRAIN_RUNG.writes, scratch=(CACHE,))
+# The selected classifier on the fast engine, fp32 checked and int8 judged on test. Not in
+# models/: DVC refuses an output inside another stage's output (train's models/).
+ENGINE = Port("engine", "engine")
+EXPORT_ENGINE = StepSpec("export-engine", "export_engine",
+                         params=("engine", "evaluate.batch_size", "gate.significance",
+                                 "train.seed"),
+                         reads=(DATA, Port("model", "models/selected/model.keras")),
+                         writes=(Port("out", ENGINE.path),), stage=True)
+# On the engine and precision that will serve (the export-engine step's folder says which).
 EVALUATE = StepSpec("evaluate", "evaluate", params=("evaluate", "train.seed"),
-                    reads=(DATA, Port("model", "models/selected/model.keras")),
+                    reads=(DATA, Port("model", "models/selected/model.keras"), ENGINE),
                     writes=(Port("out", "reports/evaluation"),
                             Port("metrics", "metrics/evaluation.json", cache=False)),
                     stage=True)
@@ -137,7 +146,7 @@ REGISTER = StepSpec("register", "register", params=ALL_SECTIONS,
                     reads=(DATA, Port("validation", "reports/validation"),
                            Port("models", "models"), Port("evaluation", "reports/evaluation"),
                            Port("decision", "reports/gate.json"),
-                           Port("profile", "reports/reference_profile")),
+                           Port("profile", "reports/reference_profile"), ENGINE),
                     writes=(Port("out", "reports/registration.json", cache=False),), stage=True)
 LIST_MODELS = StepSpec("models", "manage_registry", params=("registry",))
 PROMOTE = StepSpec("promote", "manage_registry", params=("registry",))
@@ -162,9 +171,9 @@ ROLLOUT = StepSpec("rollout", "rollout", params=("gate", "registry"))
 
 CATALOG: dict[str, StepSpec] = {spec.name: spec for spec in (
     CHECK_PARAMS, SET_RUNG, LOCATE_SOURCES, INGEST, VALIDATE, AUGMENT, TRAIN_RUNG, TRAIN_JOB,
-    EVALUATE, PROFILE, GATE_ATTEMPT, SELECT, CLIMB_LADDER, FINAL_GATE, REGISTER, LIST_MODELS,
-    PROMOTE, ROLLBACK, SERVE, PREDICT_BATCH, EXPORT, MONITOR, MANAGE_CACHE, RECORD_STATUS,
-    FEEDBACK, ROLLOUT)}
+    EXPORT_ENGINE, EVALUATE, PROFILE, GATE_ATTEMPT, SELECT, CLIMB_LADDER, FINAL_GATE, REGISTER,
+    LIST_MODELS, PROMOTE, ROLLBACK, SERVE, PREDICT_BATCH, EXPORT, MONITOR, MANAGE_CACHE,
+    RECORD_STATUS, FEEDBACK, ROLLOUT)}
 # The DVC pipeline as a flat list, in run order.
-STAGES = (LOCATE_SOURCES, INGEST, VALIDATE, AUGMENT, CLIMB_LADDER, EVALUATE, FINAL_GATE, PROFILE,
-          REGISTER)
+STAGES = (LOCATE_SOURCES, INGEST, VALIDATE, AUGMENT, CLIMB_LADDER, EXPORT_ENGINE, EVALUATE,
+          FINAL_GATE, PROFILE, REGISTER)
