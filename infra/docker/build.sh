@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Build the project's images and print each one's build time and size.
-#   bash infra/docker/build.sh            # the CPU image: $IMAGE_FINETUNE_IMAGE-cpu
+#   bash infra/docker/build.sh            # the CPU image ($IMAGE_FINETUNE_IMAGE-cpu) and the
+#                                         # slim serving image ($IMAGE_FINETUNE_IMAGE-serve)
 #   bash infra/docker/build.sh --gpu      # and the GPU image, where its base can be had
+#   bash infra/docker/build.sh --serve    # the serving image alone
 # Tags follow the image setting the pipeline uses (pipelines/cli.py --image, the k8s
 # manifests): IMAGE_FINETUNE_IMAGE, default ghcr.io/image-finetune/image-finetune:0.1.0.
 # The CPU image's base is python:3.11-slim-bookworm when a registry serves it; otherwise a
@@ -34,7 +36,13 @@ if [[ -z "$base" ]]; then
     base=$local_base
   fi
 fi
+if [[ "${1:-}" == "--serve" ]]; then
+  build infra/docker/Dockerfile.serve "$image-serve" "$base"
+  exit 0
+fi
 build infra/docker/Dockerfile.cpu "$image-cpu" "$base"
+# The slim serving image (no TensorFlow): the Deployment's and the InferenceService's.
+build infra/docker/Dockerfile.serve "$image-serve" "$base"
 
 if [[ "${1:-}" == "--gpu" ]]; then
   gpu_base=${GPU_BASE_IMAGE:-tensorflow/tensorflow:2.21.0-gpu}

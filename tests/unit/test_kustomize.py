@@ -86,6 +86,14 @@ def test_local_runs_one_small_replica_of_the_loaded_image(rendered):
     assert not [o for o in objects if o["apiVersion"].startswith("monitoring.coreos.com")]
 
 
+@pytest.mark.parametrize("overlay", ["cluster-cpu", "kserve", "local"])
+def test_the_server_runs_the_slim_serving_image_and_the_rest_the_cpu_image(overlay, rendered):
+    for where, image in images(rendered[overlay]).items():
+        serves = where.startswith(("Deployment/image-finetune-serve/",
+                                   "InferenceService/image-finetune/"))
+        assert image == f"{IMAGE}:0.1.0-{'serve' if serves else 'cpu'}", (where, image)
+
+
 def test_cluster_cpu_adds_monitoring_alerts_and_the_pipelines_volume(rendered):
     kinds = {o["kind"] for o in rendered["cluster-cpu"]}
     assert kinds >= {"ServiceMonitor", "PrometheusRule", "AlertmanagerConfig",
@@ -163,15 +171,19 @@ def test_namespace_image_and_resources_are_kustomize_fields(tree):
 
     def change(doc):
         doc["namespace"] = "vision-prod"
-        doc["images"] = [{"name": IMAGE, "newName": "registry.example.com/ml/serve",
-                          "newTag": "2.0.0-cpu"}]
+        doc["images"] = [{"name": IMAGE, "newName": "registry.example.com/ml/image",
+                          "newTag": "2.0.0-cpu"},
+                         {"name": "image-finetune-serve",
+                          "newName": "registry.example.com/ml/image", "newTag": "2.0.0-serve"}]
 
     set_field(overlay / "kustomization.yaml", change)
     set_field(overlay / "resources.patch.yaml", lambda doc: doc["spec"]["template"]["spec"][
         "containers"][0]["resources"]["limits"].update(cpu="6"))
     objects = render(overlay)
     assert {o["metadata"]["namespace"] for o in objects} == {"vision-prod"}
-    assert set(images(objects).values()) == {"registry.example.com/ml/serve:2.0.0-cpu"}
+    assert set(images(objects).values()) == {"registry.example.com/ml/image:2.0.0-cpu",
+                                             "registry.example.com/ml/image:2.0.0-serve"}
+    assert serving_container(objects)["image"] == "registry.example.com/ml/image:2.0.0-serve"
     assert serving_container(objects)["resources"]["limits"]["cpu"] == "6"
     config = one(objects, "AlertmanagerConfig", "image-finetune-retrain")
     [webhook] = config["spec"]["receivers"][0]["webhookConfigs"]
