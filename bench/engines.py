@@ -72,7 +72,10 @@ from harness import cifar_per_class as read_per_class  # noqa: E402
 SECTIONS = ("machine", "model", "embed", "http", "images")
 ISA_FEATURES = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8",
                 "amx_bf16")
-PACKAGES = ("tensorflow", "keras", "onnxruntime", "openvino", "nncf", "tf2onnx", "onnx")
+# {name: its distributions, the first installed counts} (TensorFlow ships as tensorflow-cpu)
+PACKAGES = {"tensorflow": ("tensorflow", "tensorflow-cpu"), "keras": ("keras",),
+            "onnxruntime": ("onnxruntime",), "openvino": ("openvino",), "nncf": ("nncf",),
+            "tf2onnx": ("tf2onnx",), "onnx": ("onnx",)}
 MODEL_NAME = "bench"
 FULL_IMAGE = os.environ.get("IMAGE_FINETUNE_IMAGE",
                             "ghcr.io/image-finetune/image-finetune:0.1.0") + "-cpu"
@@ -98,7 +101,7 @@ class Plan:
 
 
 FULL = Plan(batches=(1, 8, 32, 256), rounds=5, round_images=64, calibration_per_class=30,
-            test_per_class=200, embed_images=2048, embed_batch=256, concurrency=(1, 16, 64),
+            test_per_class=1000, embed_images=2048, embed_batch=256, concurrency=(1, 16, 64),
             seconds=5.0, many=32, serve_int8=True)
 QUICK = Plan(batches=(1, 8), rounds=2, round_images=8, calibration_per_class=2,
              test_per_class=2, embed_images=32, embed_batch=16, concurrency=(1, 16),
@@ -123,9 +126,11 @@ def machine() -> dict:
     memory = next((line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
                    if line.startswith("MemTotal")), "0")
     versions = {}
-    for package in PACKAGES:
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            versions[package] = metadata.version(package)
+    for package, distributions in PACKAGES.items():
+        for distribution in distributions:
+            with contextlib.suppress(metadata.PackageNotFoundError):
+                versions[package] = metadata.version(distribution)
+                break
     return {"date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "cpu": fields.get("model name", "?"), "cores": os.cpu_count(),
             "memory_gib": round(int(memory) / 2**20, 1), "kernel": platform.release(),
@@ -186,18 +191,24 @@ def predictors(classifier, folder: Path) -> list:
 
 
 def model_alone(classifier, folder: Path, plan: Plan) -> dict:
-    """Throughput per engine, precision and batch size, and each variant's agreement with
-    Keras and accuracy on real test images."""
+    """Throughput per engine, precision and batch size; each variant's accuracy and agreement
+    with Keras on real test images; and the int8 accuracy rule (engines.int8_verdict, with
+    params.yaml's defaults) for each fast engine, on those images."""
+    from image_finetune.config import Params
+    from image_finetune.engines import agreement, int8_verdict
+    from image_finetune.stats import per_image_correct
+
     images, labels, _ = cifar_per_class("test", plan.test_per_class)
-    rows, reference = [], None
+    rows, correct, reference = [], {}, None
     for predictor in predictors(classifier, folder):
         probabilities = in_batches(predictor.predict_on_batch, images)
-        if reference is None:
-            reference = probabilities
+        reference = probabilities if reference is None else reference
+        correct[predictor.engine, predictor.precision] = per_image_correct(probabilities, labels)
+        match = agreement(reference, probabilities)
         row = {"engine": predictor.engine, "precision": predictor.precision,
                "accuracy": float(np.mean(probabilities.argmax(1) == labels)),
-               "disagreements": int(np.sum(probabilities.argmax(1) != reference.argmax(1))),
-               "max_abs_difference": float(np.max(np.abs(probabilities - reference))),
+               "disagreements": match["disagreements"],
+               "max_abs_difference": match["max_abs_probability_difference"],
                "images_per_second": {}}
         for batch in plan.batches:
             row["images_per_second"][batch] = round(
@@ -205,17 +216,12 @@ def model_alone(classifier, folder: Path, plan: Plan) -> dict:
         print(f"  model {row['engine']:<11} {row['precision']:<4} "
               f"{row['images_per_second']}", flush=True)
         rows.append(row)
-    return {"test_images": len(images), "rows": rows}
-
-
-def int8_rule(rows: list[dict], engine: str, test_images: int) -> dict:
-    """Whether ``engine``'s int8 variant may serve, by the pipeline's rule on the bench's test
-    images: at most 0.5 points lost against fp32 (the pipeline also asks that the exact
-    McNemar test does not find it significantly worse, on the whole test split)."""
-    accuracy = {r["precision"]: r["accuracy"] for r in rows if r["engine"] == engine}
-    lost = 100 * (accuracy["fp32"] - accuracy["int8"])
-    return {"engine": engine, "loss_points": round(lost, 2), "servable": lost <= 0.5,
-            "images": test_images}
+    defaults = Params()
+    rules = [{"engine": engine, **int8_verdict(correct[engine, "fp32"], correct[engine, "int8"],
+                                               defaults.engine.max_int8_loss_points,
+                                               defaults.gate.significance)}
+             for engine in sorted({e for e, _ in correct} - {"tensorflow"})]
+    return {"test_images": len(images), "rows": rows, "int8_rule": rules}
 
 
 # -- the frozen stem -------------------------------------------------------------------------
@@ -252,24 +258,23 @@ def embed(classifier, boundary: str, workdir: Path, plan: Plan) -> dict:
 # -- HTTP ------------------------------------------------------------------------------------
 
 
-def engine_manifest(folder: Path, classifier, class_names: list[str], int8: dict) -> dict:
-    """engine.json as the export-engine step writes it (the fields the server reads)."""
-    import hashlib
+def engine_manifest(folder: Path, classifier, class_names: list[str], int8: dict | None) -> dict:
+    """engine.json as the export-engine step writes it, from the bench's own measurements
+    (the step needs an ingested data folder): the default engine, serving fp32, and the int8
+    verdict the server checks before it serves int8."""
+    from image_finetune.engines import (
+        DEFAULT_ENGINE,
+        EMBEDDING,
+        MANIFEST_FILE,
+        PROBABILITIES,
+        file_hashes,
+    )
 
-    from image_finetune.engines import DEFAULT_ENGINE, MODEL_FILES
-
-    files = {}
-    for relative in MODEL_FILES.values():
-        for path in (folder / relative, (folder / relative).with_suffix(".bin")):
-            if path.exists():
-                files[str(path.relative_to(folder))] = hashlib.sha256(
-                    path.read_bytes()).hexdigest()
     manifest = {"default_engine": DEFAULT_ENGINE, "serving_precision": "fp32",
-                "input_shape": list(classifier.input_shape[1:]), "class_names": class_names,
-                "outputs": ["probabilities", "embedding"], "files": files,
-                "int8": {**int8, "reason": "" if int8["servable"] else
-                         f"loses {int8['loss_points']} points on the bench's test images"}}
-    (folder / "engine.json").write_text(json.dumps(manifest, indent=2))
+                "input_shape": [int(d) for d in classifier.input_shape[1:]],
+                "class_names": class_names, "outputs": [PROBABILITIES, EMBEDDING],
+                "files": file_hashes(folder), "agreement": {}, "int8": int8}
+    (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 
@@ -416,10 +421,11 @@ def markdown(report: dict) -> str:
                          f"{r['max_abs_difference']:.2g} |")
         lines += ["", f"Accuracy and agreement with Keras on {alone['test_images']} test "
                   "images (every class alike).", ""]
-        for rule in report.get("int8_rule", []):
-            lines.append(f"- int8 on {rule['engine']}: {rule['loss_points']} points lost; "
+        for rule in alone["int8_rule"]:
+            lines.append(f"- int8 on {rule['engine']}: {rule['loss_points']:.2f} points lost, "
+                         f"McNemar p {rule['mcnemar_p_value']:.3g}: "
                          f"{'servable' if rule['servable'] else 'not servable'} "
-                         "(at most 0.5 points)")
+                         f"({rule['reason']})")
         lines.append("")
     if emb := report.get("embed"):
         lines += [f"## Frozen stem up to `{emb['boundary']}` (batch {emb['batch']}, "
@@ -509,25 +515,20 @@ def run(args) -> dict:
         folder = work / "engine"
         if sections & {"model", "http"}:
             report["export_seconds"] = export(classifier, folder, plan)
-        int8_servable = False
+        int8 = None
         if "model" in sections:
             report["model_alone"] = model_alone(classifier, folder, plan)
-            from image_finetune.engines import DEFAULT_ENGINE, FAST_ENGINES
+            from image_finetune.engines import DEFAULT_ENGINE
 
-            report["int8_rule"] = [int8_rule(report["model_alone"]["rows"], engine,
-                                             report["model_alone"]["test_images"])
-                                   for engine in FAST_ENGINES]
-            int8_servable = any(r["servable"] for r in report["int8_rule"]
-                                if r["engine"] == DEFAULT_ENGINE)
+            int8 = next(r for r in report["model_alone"]["int8_rule"]
+                        if r["engine"] == DEFAULT_ENGINE)
         if "embed" in sections:
             report["embed"] = embed(classifier, boundary, work / "stem", plan)
         if "http" in sections:
             names = [str(i) for i in range(int(classifier.output_shape[-1]))]
-            rule = next((r for r in report.get("int8_rule", []) if r["servable"]),
-                        {"engine": "", "loss_points": None, "servable": False, "images": 0})
-            engine_manifest(folder, classifier, names, rule)
+            engine_manifest(folder, classifier, names, int8)
             report["http"] = http(model_path, folder, work / "http", plan, args.client,
-                                  int8_servable)
+                                  bool(int8 and int8["servable"]))
     if "images" in sections:
         report["image_sizes"] = image_sizes()
     report["load_after"] = round(os.getloadavg()[0], 2)
