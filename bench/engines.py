@@ -484,11 +484,11 @@ def tiny_classifier(path: Path) -> Path:
 
 def classifier_file(args, work: Path) -> tuple[Path, str, str]:
     """(the .keras file, how to name it in the report, the stem's boundary)."""
-    from image_finetune.config import ModelParams
+    from image_finetune.config import Params
 
     if args.quick:
         return tiny_classifier(work / "tiny.keras"), "tiny classifier (--quick)", "block_1"
-    boundary = ModelParams().cache_boundary
+    boundary = Params().train.cache_boundary
     if args.model.exists():
         return args.model, str(args.model), boundary
     if not MOBILENET_WEIGHTS.exists():
