@@ -375,19 +375,84 @@ def http(model_path: Path, folder: Path, work: Path, plan: Plan, client: str,
 
 
 def image_sizes() -> dict:
-    """The serving images' sizes as ``docker image ls`` gives them; n/a where not built."""
+    """The serving images' sizes as ``docker image ls`` gives them (and in bytes, from
+    ``docker image inspect``); n/a where not built or Docker is not reachable."""
     sizes = {}
     for kind, tag in (("full", FULL_IMAGE), ("slim", SLIM_IMAGE)):
-        try:
-            out = subprocess.run(["docker", "image", "ls", "--format", "{{.Size}}", tag],
-                                 capture_output=True, text=True, timeout=30).stdout.split()
-        except (OSError, subprocess.TimeoutExpired):
-            out = []
-        sizes[kind] = {"image": tag, "size": out[0] if out else "n/a"}
+        listed = docker("image", "ls", "--format", "{{.Size}}", tag).split()
+        inspected = docker("image", "inspect", "--format", "{{.Size}}", tag).strip()
+        sizes[kind] = {"image": tag, "size": listed[0] if listed else "n/a",
+                       "bytes": int(inspected) if inspected.isdigit() else None}
     return sizes
 
 
+def docker(*arguments: str) -> str:
+    """A docker command's output; empty where it fails."""
+    try:
+        done = subprocess.run(["docker", *arguments], capture_output=True, text=True,
+                              timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return done.stdout if done.returncode == 0 else ""
+
+
 # -- the report ------------------------------------------------------------------------------
+
+
+def http_row(server: dict, payload: str, concurrency: int) -> dict | None:
+    return next((r for r in server["rows"] if r["payload"] == payload
+                 and r["concurrency"] == concurrency), None)
+
+
+def ratio_target(label: str, value: float | None, limit: float, at_least: bool) -> tuple:
+    if value is None:
+        return label, "n/a", None
+    return label, f"{value:.2f}x", value >= limit if at_least else value <= limit
+
+
+def targets(report: dict) -> list[tuple[str, str, bool | None]]:
+    """Issue 26's targets, each as (target, measured, met): ratios within this run."""
+    from image_finetune.engines import DEFAULT_ENGINE
+
+    found = []
+    if alone := report.get("model_alone"):
+        best = {(r["engine"], r["precision"]): max(r["images_per_second"].values())
+                for r in alone["rows"]}
+        keras = best["tensorflow", "fp32"]
+        rule = {r["engine"]: r for r in alone["int8_rule"]}
+        for engine in sorted({e for e, _ in best} - {"tensorflow"}):
+            found.append(ratio_target(f"model alone, {engine} fp32 at its best batch >= 2x "
+                                      "Keras's best", best[engine, "fp32"] / keras, 2, True))
+            servable = "servable" if rule[engine]["servable"] else "NOT servable by the rule"
+            found.append(ratio_target(f"model alone, {engine} int8 ({servable}) >= 3x Keras's "
+                                      "best", best[engine, "int8"] / keras, 3, True))
+    servers = {(s["engine"], s["precision"]): s for s in report.get("http", {}).get("servers", [])}
+    keras_server, engine_server = servers.get(("tensorflow", "fp32")), servers.get(
+        (DEFAULT_ENGINE, "fp32"))
+    if keras_server and engine_server:
+        base, fast = (http_row(s, "/predict, 1 JPEG", 16)
+                      for s in (keras_server, engine_server))
+        found.append(ratio_target(f"/predict 1 JPEG c16 on {DEFAULT_ENGINE} >= 2x Keras's req/s",
+                                  fast["requests_per_second"] / base["requests_per_second"],
+                                  2, True))
+        base, fast = (http_row(s, "/predict, 1 JPEG", 1)
+                      for s in (keras_server, engine_server))
+        found.append(ratio_target("/predict 1 JPEG c1 median <= 0.5x Keras's",
+                                  fast["p50_ms"] / base["p50_ms"]
+                                  if fast["p50_ms"] and base["p50_ms"] else None, 0.5, False))
+        worst = max((r["healthz_p99_ms"] or 0) for r in engine_server["rows"])
+        busy = http_row(engine_server, "/predict, 1 JPEG", 16)["healthz_p99_ms"]
+        found.append((f"/healthz p99 under load < 5 ms ({DEFAULT_ENGINE} server)",
+                      f"{busy} ms at /predict 1 JPEG c16; {worst} ms at worst",
+                      busy is not None and busy < 5))
+        found.append(ratio_target("cold start to ready <= 0.25x Keras server's",
+                                  engine_server["cold_start_s"] / keras_server["cold_start_s"],
+                                  0.25, False))
+    sizes = report.get("image_sizes", {})
+    if sizes.get("full", {}).get("bytes") and sizes.get("slim", {}).get("bytes"):
+        found.append(ratio_target("slim serving image <= 0.25x the full image",
+                                  sizes["slim"]["bytes"] / sizes["full"]["bytes"], 0.25, False))
+    return found
 
 
 def markdown(report: dict) -> str:
@@ -455,6 +520,12 @@ def markdown(report: dict) -> str:
     if sizes := report.get("image_sizes"):
         lines += ["## Serving images (`docker image ls`)", ""]
         lines += [f"- {kind}: `{s['image']}` {s['size']}" for kind, s in sizes.items()]
+        lines.append("")
+    if found := targets(report):
+        lines += ["## Issue 26's targets (ratios within this run)", "",
+                  "| target | measured | met |", "|---|---|---|"]
+        lines += [f"| {label} | {value} | {'-' if met is None else 'yes' if met else 'no'} |"
+                  for label, value, met in found]
         lines.append("")
     return "\n".join(lines)
 
