@@ -100,8 +100,8 @@ class Plan:
     serve_int8: bool  # a third server at int8, where it passes the accuracy rule
 
 
-FULL = Plan(batches=(1, 8, 32, 256), rounds=5, round_images=64, calibration_per_class=30,
-            test_per_class=1000, embed_images=2048, embed_batch=256, concurrency=(1, 16, 64),
+FULL = Plan(batches=(1, 8, 32, 256), rounds=3, round_images=64, calibration_per_class=30,
+            test_per_class=300, embed_images=1024, embed_batch=256, concurrency=(1, 16, 64),
             seconds=5.0, many=32, serve_int8=True)
 QUICK = Plan(batches=(1, 8), rounds=2, round_images=8, calibration_per_class=2,
              test_per_class=2, embed_images=32, embed_batch=16, concurrency=(1, 16),
