@@ -332,6 +332,7 @@ def load_table(port: int, plan: Plan, client: str) -> list[dict]:
                          "images_per_second": round(figures.ok_per_second * payload.images, 1),
                          "p50_ms": quantile(figures.p50), "p95_ms": quantile(figures.p95),
                          "p99_ms": quantile(figures.p99), "not_200": figures.errors,
+                         "not_200_statuses": figures.statuses,
                          "healthz_p99_ms": round(float(np.percentile(health, 99)), 1)
                          if health else None})
             print(f"  http {payload.label:<22} c{concurrency:<3} "
@@ -514,9 +515,12 @@ def markdown(report: dict) -> str:
                              f"{r['payload']} | {r['concurrency']} | "
                              f"{r['requests_per_second']:.1f} | {r['images_per_second']:.0f} | "
                              f"{dash(r['p50_ms'])} | {dash(r['p95_ms'])} | {dash(r['p99_ms'])} | "
-                             f"{dash(r['healthz_p99_ms'])} | {r['not_200']} |")
+                             f"{dash(r['healthz_p99_ms'])} | {r['not_200']}"
+                             f"{' (' + r['not_200_statuses'] + ')' if r['not_200'] else ''} |")
         lines += ["", "-: too few answers in the cell for the quantile (hey gives p99 from "
-                  "100 answers on).", ""]
+                  "100 answers on). Not 200: by status; 503 is the server's backpressure (at "
+                  "most max_queued_images images waiting: 64 x 32 is over the default 1024).",
+                  ""]
     if sizes := report.get("image_sizes"):
         lines += ["## Serving images (`docker image ls`)", ""]
         lines += [f"- {kind}: `{s['image']}` {s['size']}" for kind, s in sizes.items()]
