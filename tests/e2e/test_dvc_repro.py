@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
-from image_finetune.registry.versions import download_reference_profile
+from image_finetune.registry.versions import download_engine, download_reference_profile
 from tests.caches import shared_training_cache
 from tests.conftest import small_run_params
 
@@ -98,6 +98,11 @@ def test_final_report_and_gate(repro):
     assert html.count("data:image/png;base64,") == 2
     gate = json.loads((project / "reports" / "gate.json").read_text())
     assert gate["passed"] is True and gate["split"] == "test"
+    # The test figures are the serving engine's, as the export-engine stage chose it.
+    engine = json.loads((project / "engine" / "engine.json").read_text())
+    assert (details["engine"], details["precision"]) == (engine["default_engine"],
+                                                         engine["serving_precision"])
+    assert all(a["disagreements"] == 0 for a in engine["agreement"].values())
     assert (project / "reports" / "validation" / "data_docs" / "index.html").exists()
     assert (project / "reports" / "augment" / "preview.png").exists()
 
@@ -126,6 +131,11 @@ def test_the_winner_is_registered_and_promoted_in_the_projects_own_store(repro):
     # The profile stage's reference profile travels with the version, tagged with it.
     profile = download_reference_profile(client, "cifar10-classifier", "1", project / "ref")
     assert json.loads((profile / "profile.json").read_text())["model_version"] == "1"
+    # And the engine folder the server runs, tagged with what serves.
+    engine = download_engine(client, "cifar10-classifier", "1", project / "eng")
+    manifest = json.loads((engine / "engine.json").read_text())
+    assert version.tags["engine"] == manifest["default_engine"]
+    assert version.tags["engine_precision"] == manifest["serving_precision"]
     attempts = client.search_runs([client.get_run(version.run_id).info.experiment_id],
                                   "tags.kind = 'attempt'")
     assert sorted(r.data.tags["gate_passed"] for r in attempts) == ["False", "True"]
@@ -145,7 +155,7 @@ def test_second_repro_is_a_no_op(repro):
     assert result.returncode == 0, output[-3000:]
     # Only the sources are looked at again (DVC always runs that stage); nothing else runs.
     assert re.findall(r"Running stage '([^']+)'", output) == ["locate-sources"]
-    for stage in ("ingest", "train", "evaluate", "register"):
+    for stage in ("ingest", "train", "export-engine", "evaluate", "register"):
         assert f"Stage '{stage}' didn't change, skipping" in output
     print(f"no-op dvc repro: {elapsed:.2f} s")
 

@@ -101,6 +101,11 @@ def test_rungs_are_judged_on_validation_and_only_the_winner_on_test(passing):
         ("test", 1), ("validation", 0), ("validation", 1)]
     [test] = [e for e in evaluations if e["split"] == "test"]
     assert test["count"] == 100
+    # the winner is measured on the engine that serves it; the rungs on Keras
+    [engine] = produced(run, "engine_folder")
+    assert (test["engine"], test["precision"]) == (engine["default_engine"],
+                                                   engine["serving_precision"])
+    assert {e["engine"] for e in evaluations if e["split"] == "validation"} == {"tensorflow"}
     report = Path(test["uri"]).parent / "report"  # the same task's HTML output
     assert "Rung 1 (top-blocks) on test" in report.read_text()
     matrices = [m["confusionMatrix"] for m in produced(run, "confusion")]
