@@ -51,7 +51,8 @@ def small_run_params(folder: Path, weights: Path, gate: dict) -> dict:
     return params
 
 
-TIERS = ("unit", "data", "model", "distributed", "e2e", "integration", "faults", "containers")
+TIERS = ("unit", "data", "model", "distributed", "e2e", "integration", "faults", "containers",
+         "install")
 
 
 ORDER_SEED = "IMAGE_FINETUNE_TEST_ORDER_SEED"

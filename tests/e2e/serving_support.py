@@ -49,6 +49,18 @@ def own_registry_params(champion: dict, work: Path):
     return load_params(params_file, use_env=False), params_file
 
 
+def relabelled_copy(model_path: Path, out: Path) -> Path:
+    """The champion with its output classes rotated by one: different weights, so every
+    image gets a different label, and which version answers is plain to see."""
+    from image_finetune.inference import load_classifier
+
+    model = load_classifier(model_path)
+    kernel, bias = model.layers[-1].get_weights()
+    model.layers[-1].set_weights([np.roll(kernel, 1, axis=1), np.roll(bias, 1)])
+    model.save(out)
+    return out
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -74,18 +86,25 @@ def wait_for(url: str, process: subprocess.Popen, status: int = 200,
 class Server:
     """`image-finetune serve` in a process of its own, configured by ``env`` and ``args``."""
 
-    def __init__(self, env: dict[str, str], args: list[str], workdir: Path):
+    def __init__(self, env: dict[str, str], args: list[str], workdir: Path,
+                 command: list[str] | None = None):
+        """``command``: another installation's ``image-finetune serve`` (run without this
+        checkout's PYTHONPATH), instead of this one's."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         base = {k: v for k, v in os.environ.items()
-                if not k.startswith(("IMAGE_FINETUNE_", "MLFLOW_"))}
+                if not k.startswith(("IMAGE_FINETUNE_", "MLFLOW_"))
+                and not (command and k == "PYTHONPATH")}
+        self.started = time.monotonic()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "image_finetune.cli", "serve", "--port", str(self.port),
-             *args], env={**base, "TF_CPP_MIN_LOG_LEVEL": "2", **env}, cwd=workdir,
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            [*(command or [sys.executable, "-m", "image_finetune.cli", "serve"]), "--port",
+             str(self.port), *args], env={**base, "TF_CPP_MIN_LOG_LEVEL": "2", **env},
+            cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.ready_seconds: float | None = None  # from the process' start to /readyz 200
 
     def wait_ready(self) -> None:
         wait_for(f"{self.url}/readyz", self.process)
+        self.ready_seconds = time.monotonic() - self.started
 
     def rss_bytes(self) -> int:
         status = Path(f"/proc/{self.process.pid}/status").read_text()
@@ -139,3 +158,35 @@ def png(pixels: np.ndarray, **options) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG", **options)
     return buffer.getvalue()
+
+
+def engine_folder(model_path: Path, out: Path, class_names: list[str],
+                  int8_calibration: np.ndarray | None = None) -> Path:
+    """A trained classifier's engine folder as the export-engine step lays it out
+    (engines.convert_keras: ONNX and OpenVINO IR with probabilities and embedding; with
+    calibration images, OpenVINO's int8 variant marked servable and served by default)."""
+    import json
+
+    from image_finetune.engines import convert_keras, quantize_int8
+    from image_finetune.inference import load_classifier
+
+    convert_keras(load_classifier(model_path), out)
+    int8 = {"servable": False, "reason": "not made"}
+    if int8_calibration is not None:
+        quantize_int8(out, "openvino", int8_calibration)
+        int8 = {"engine": "openvino", "servable": True, "reason": "made for the test"}
+    manifest = {"default_engine": "openvino",
+                "serving_precision": "int8" if int8["servable"] else "fp32",
+                "input_shape": [32, 32, 3], "class_names": class_names,
+                "outputs": ["probabilities", "embedding"], "int8": int8}
+    (out / "engine.json").write_text(json.dumps(manifest))
+    return out
+
+
+def log_engine(tracking_uri: str, model_name: str, version: str, folder: Path) -> None:
+    """Log an engine folder as ``version``'s ``engine/`` artifact (beside its model)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    run_id = client.get_model_version(model_name, version).run_id
+    client.log_artifacts(run_id, str(folder), "engine")

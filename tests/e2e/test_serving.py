@@ -25,7 +25,7 @@ from image_finetune.inference import load_classifier
 from image_finetune.registry.promotion import promote, rollback
 from image_finetune.steps.evaluate import evaluate_classifier
 from image_finetune.steps.final_gate import final_gate
-from tests.e2e.serving_support import free_port, register, wait_for
+from tests.e2e.serving_support import free_port, register, relabelled_copy, wait_for
 
 CLIENTS = 16
 
@@ -111,6 +111,8 @@ def test_concurrent_clients_get_the_offline_labels_in_shared_batches(champion, s
 def test_metadata_and_prometheus_metrics(server):
     metadata = httpx.get(f"{server.url}/metadata").json()
     assert metadata["input_shape"] == [32, 32, 3] and len(metadata["class_names"]) == 10
+    # v1 was registered without an engine folder: it is served on Keras, in fp32.
+    assert (metadata["engine"], metadata["precision"]) == ("tensorflow", "fp32")
     metrics = httpx.get(f"{server.url}/metrics").text
     for name in ('http_requests_total{method="POST",route="/predict",status="200"}',
                  'http_request_duration_seconds_bucket{le="0.005",method="GET",'
@@ -118,16 +120,6 @@ def test_metadata_and_prometheus_metrics(server):
                  "inference_queue_depth_bucket", "inference_model_seconds_bucket",
                  "process_resident_memory_bytes", "served_model_version"):
         assert name in metrics, name
-
-
-def relabelled_copy(model_path: Path, out: Path) -> Path:
-    """The champion with its output classes rotated by one: different weights, so every
-    image gets a different label, and which version answers is plain to see."""
-    model = load_classifier(model_path)
-    kernel, bias = model.layers[-1].get_weights()
-    model.layers[-1].set_weights([np.roll(kernel, 1, axis=1), np.roll(bias, 1)])
-    model.save(out)
-    return out
 
 
 def served_top(url: str, files: list[Path]) -> tuple[str, list[str], np.ndarray]:

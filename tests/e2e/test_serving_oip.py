@@ -48,6 +48,8 @@ def test_health_and_metadata(server, model_name):
     assert {o["name"]: o["shape"] for o in metadata["outputs"]} == {
         "probabilities": [-1, 10], "labels": [-1]}
     [version] = metadata["versions"]
+    assert metadata["platform"] == "keras"  # no engine folder: served on Keras
+    assert metadata["parameters"] == {"engine": "tensorflow", "precision": "fp32"}
     assert httpx.get(f"{url}/v2/models/{model_name}/ready").json()["ready"] is True
     assert httpx.get(f"{url}/v2/models/{model_name}/versions/{version}/ready").status_code == 200
     missing = httpx.get(f"{url}/v2/models/{model_name}/versions/999")

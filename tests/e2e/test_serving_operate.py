@@ -28,8 +28,7 @@ from image_finetune.serving.rollout import in_canary
 from image_finetune.steps.evaluate import evaluate_classifier
 from image_finetune.steps.final_gate import final_gate
 from tests.conftest import wait_until
-from tests.e2e.serving_support import own_registry_params, register, serve
-from tests.e2e.test_serving import relabelled_copy
+from tests.e2e.serving_support import own_registry_params, register, relabelled_copy, serve
 
 pytestmark = pytest.mark.ordered
 REQUESTS = 30  # per challenger

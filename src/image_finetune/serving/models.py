@@ -199,9 +199,16 @@ class ProjectedOutputs:
         from image_finetune.engines import EMBEDDING, PROBABILITIES
 
         outputs = self.predictor.outputs(images)
-        centred = outputs[EMBEDDING] - self.mean
-        return (outputs[PROBABILITIES],
-                np.einsum("nd,kd->nk", centred, self.components, optimize=False))
+        return outputs[PROBABILITIES], project_without_blas(outputs[EMBEDDING], self.mean,
+                                                            self.components)
+
+
+def project_without_blas(embedding: np.ndarray, mean: np.ndarray, components: np.ndarray
+                         ) -> np.ndarray:
+    """ReferenceProfile.project's ``(embedding - mean) @ components.T`` (float32 [N, k]) by
+    numpy's own einsum loops: no BLAS call, so no BLAS threads left spinning."""
+    centred = np.asarray(embedding, np.float32) - mean
+    return np.einsum("nd,kd->nk", centred, components, optimize=False)
 
 
 class ModelHolder:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import tempfile
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from image_finetune.registry.versions import (
     version_at,
 )
 
+log = logging.getLogger(__name__)
 COLUMNS = ["file", "predicted", "probability", "top_k", "error"]
 
 
@@ -49,6 +51,8 @@ def predict_batch(
 
     uri = model or f"models:/{params.registry.model_name}@champion"
     classifier, names, how = _load(params, uri, resolve_engine(engine))
+    log.info("predict-batch: %s on %s %s", uri, getattr(classifier, "engine", "tensorflow"),
+             getattr(classifier, "precision", "fp32"))
     if names is None and data_manifest is not None and data_manifest.exists():
         manifest = json.loads(data_manifest.read_text())
         names, how = manifest["class_names"], image_fit(manifest)
