@@ -565,7 +565,8 @@ def classifier_file(args, work: Path) -> tuple[Path, str, str]:
         return tiny_classifier(work / "tiny.keras"), "tiny classifier (--quick)", "block_1"
     boundary = Params().train.cache_boundary
     if args.model.exists():
-        return args.model, str(args.model), boundary
+        path = args.model.resolve()
+        return path, str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path), boundary
     if not MOBILENET_WEIGHTS.exists():
         raise SystemExit(f"no {args.model} and no {MOBILENET_WEIGHTS} to build one from")
     return (default_profile_model(work / "model.keras"),
@@ -587,6 +588,9 @@ def run(args) -> dict:
         work = Path(scratch)
         model_path, report["model"], boundary = classifier_file(args, work)
         classifier = load_classifier(model_path)
+        report["model"] += (f" ({classifier.name}, uint8 input "
+                            f"{'x'.join(map(str, classifier.input_shape[1:]))}, "
+                            f"{classifier.count_params():,} parameters)")
         folder = work / "engine"
         if sections & {"model", "http"}:
             report["export_seconds"] = export(classifier, folder, plan)
