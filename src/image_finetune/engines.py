@@ -32,11 +32,19 @@ ENGINE_ENV = "IMAGE_FINETUNE_ENGINE"
 ENGINES = ("tensorflow", "onnxruntime", "openvino")
 FAST_ENGINES = ("onnxruntime", "openvino")
 PRECISIONS = ("fp32", "int8")
-# OpenVINO: faster than ONNX Runtime on this model (MobileNetV2 at 96 px inside a 32x32 uint8
-# classifier) on this 2-core AMD EPYC (avx2 fma avx512f avx512_vnni avx512_bf16), fp32 images/s,
-# first look under a load of 6 (other jobs), to be measured again quietly:
-#   batch 1: onnxruntime 138-223, openvino 80-153; batch 32: 169-178 vs 188-366;
-#   batch 256: 191-266 vs 277-361.
+# OpenVINO, because what serves is int8 wherever the accuracy rule lets it, and OpenVINO's
+# int8 (NNCF) is the fastest variant by far and the more accurate one; in fp32 (int8 refused)
+# ONNX Runtime is ~15% faster. Measured 07:58 UTC 2026-12-07 on this model (MobileNetV2 at
+# 96 px inside the 32x32 uint8 classifier) on the 2-core AMD EPYC (avx2 fma avx512f
+# avx512_vnni avx512_bf16), as images per CPU-second with one inference thread (process CPU
+# time: the machine ran other jobs at a load of ~10, so wall time measured the neighbours),
+# three rounds, /tmp script in the eng-core report:
+#                      batch 1    batch 32    batch 256
+#   tensorflow fp32    152-155    341-365     319-323
+#   onnxruntime fp32   536-589    638-666     595-609
+#   openvino fp32      378-439    533-590     508-513
+#   onnxruntime int8   816-875    996-1030    935-990   (QDQ per-channel; -0.46 points)
+#   openvino int8      659-888    1454-1459   1401-1404 (NNCF; -0.06 to -0.16 points)
 DEFAULT_ENGINE = "openvino"
 
 # the classifier graph's named outputs; a model without a pooled head has one, "output"
