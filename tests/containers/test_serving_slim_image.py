@@ -51,8 +51,10 @@ def slim_server(docker_client, serve_image, open_workspace, small_model):
     (work / "registry").mkdir(parents=True)
     data = shutil.copytree(small_model["data"], work / "data")  # readable by the image's user
     evaluation = work / "evaluation"
-    evaluate_classifier(small_model["params"], data, small_model["model"], evaluation, "test",
-                        "offline")
+    params = small_model["params"]  # without flip TTA: the server answers one pass
+    params = params.model_copy(update={"evaluate": params.evaluate.model_copy(
+        update={"flip_tta": False})})
+    evaluate_classifier(params, data, small_model["model"], evaluation, "test", "offline")
     token_folder = work / "secret"
     token_folder.mkdir()
     token = secrets.token_hex(16)
@@ -91,7 +93,14 @@ def test_the_slim_image_labels_the_test_split_as_the_offline_evaluation(slim_ser
                                   "shape": list(chunk.shape), "data": chunk.ravel().tolist()}]})
         assert response.status_code == 200, response.text
         labels += {o["name"]: o for o in response.json()["outputs"]}["labels"]["data"]
-    assert labels == [slim_server["names"][i] for i in np.argmax(offline, axis=1)]
+    # Where the offline top two classes are within the engine's tolerance (1e-4), either
+    # label is the model's answer: those ties are left out (a small model has a few).
+    ordered = np.sort(offline, axis=1)
+    clear = ordered[:, -1] - ordered[:, -2] > 1e-4
+    assert clear.mean() > 0.9
+    expected = [slim_server["names"][i] for i in np.argmax(offline, axis=1)]
+    assert [a for a, c in zip(labels, clear, strict=True) if c] == [
+        e for e, c in zip(expected, clear, strict=True) if c]
     print(f"slim serving container: ready in {slim_server['ready_seconds']:.1f} s, "
           f"{len(labels)} test images labelled as offline")
 

@@ -24,7 +24,7 @@ from image_finetune.pipelines.containers import (
 from tests.conftest import ROOT, locked_versions
 
 DOCKER = ROOT / "infra" / "docker"
-DOCKERFILES = [DOCKER / "Dockerfile.cpu", DOCKER / "Dockerfile.gpu"]
+DOCKERFILES = [DOCKER / "Dockerfile.cpu", DOCKER / "Dockerfile.gpu", DOCKER / "Dockerfile.serve"]
 
 
 @pytest.fixture
@@ -63,9 +63,22 @@ def test_the_build_context_holds_exactly_what_the_dockerfiles_copy():
         assert not re.search(r"^# *syntax=", text, re.M)  # would pull a frontend image
         assert re.search(r"^ARG BASE_IMAGE=", text, re.M)
         assert re.search(r"^USER \$\{USER_ID\}:0$", text, re.M)
-        copied |= {source for sources in re.findall(r"^COPY (.+) \S+$", text, re.M)
+        # from the build context (COPY --from=<stage> copies from an earlier stage)
+        copied |= {source for sources in re.findall(r"^COPY (?!--from)(.+) \S+$", text, re.M)
                    for source in sources.split()}
     assert copied == allowed
+
+
+def test_the_serving_image_lock_is_the_serve_extra_without_tensorflow():
+    serve, main = pins(DOCKER / "requirements.serve.lock"), locked_versions()
+    assert all(version in main.get(name, ()) for name, version in serve.items())
+    assert "--hash=sha256:" in (DOCKER / "requirements.serve.lock").read_text()
+    for left_out in ("tensorflow-cpu", "keras", "great-expectations", "mlflow", "onnx",
+                     "nncf", "pandas", "cryptography", "gitpython", "pytest"):
+        assert left_out not in serve
+    for needed in ("openvino", "mlflow-skinny", "fastapi", "uvicorn", "uvloop", "httptools",
+                   "scipy", "pillow", "numpy", "prometheus-client", "python-multipart"):
+        assert needed in serve
 
 
 def test_tracking_folders_of_local_stores_and_none_for_servers():

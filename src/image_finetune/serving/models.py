@@ -111,9 +111,20 @@ def load_version(registry: RegistryParams, version, engine: str = "auto",
                        registered_fit(version), engine=served, precision=at)
 
 
-def _keras_model(client, registry: RegistryParams, version, work: str, precision: str):
-    import mlflow
+class KerasMissingError(RuntimeError):
+    """A version that only Keras can serve, in an install without it (the serve extra)."""
 
+
+def _keras_model(client, registry: RegistryParams, version, work: str, precision: str):
+    try:
+        import keras  # noqa: F401
+        import mlflow.keras  # noqa: F401
+    except ImportError as exc:
+        raise KerasMissingError(
+            f"v{version.version} has no engine folder (registered before engines, or without "
+            f"the export-engine step) and this install has no Keras ({exc.name} is missing): "
+            "serve it from an install with the train extra, or register it with its engine "
+            "folder") from exc
     if precision == "int8":
         log.warning("v%s has no engine folder: served on Keras in fp32, not int8",
                     version.version)
