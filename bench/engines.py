@@ -57,6 +57,7 @@ from harness import (  # noqa: E402  (bench/harness.py: what the benchmarks shar
     ROOT,
     Payload,
     cifar_jpegs,
+    cpu_seconds,
     default_client,
     default_profile_model,
     free_port,
@@ -142,22 +143,24 @@ def machine() -> dict:
 # -- the model alone -------------------------------------------------------------------------
 
 
-def images_per_second(predict, images: np.ndarray, batch: int, plan: Plan) -> float:
-    """``batch`` images per call: three warm-up calls, then ``plan.rounds`` rounds of calls;
-    images/s of the best round's median call."""
+def images_per_second(predict, images: np.ndarray, batch: int, plan: Plan) -> tuple[float, float]:
+    """``batch`` images per call: three warm-up calls, then ``plan.rounds`` rounds of calls.
+    (images/s of the best round's median call, images per CPU-second of this process in its
+    most frugal round): the second holds when neighbours load the machine, the first not."""
     batch_images = np.ascontiguousarray(np.resize(images, (batch, *images.shape[1:])))
     for _ in range(3):
         predict(batch_images)
     calls = max(3, -(-plan.round_images // batch))
-    medians = []
+    medians, cpu = [], []
     for _ in range(plan.rounds):
-        times = []
+        times, cpu_begin = [], time.process_time()
         for _ in range(calls):
             begin = time.perf_counter()
             predict(batch_images)
             times.append(time.perf_counter() - begin)
+        cpu.append(time.process_time() - cpu_begin)
         medians.append(float(np.median(times)))
-    return batch / min(medians)
+    return batch / min(medians), batch * calls / max(min(cpu), 1e-9)
 
 
 def in_batches(predict, images: np.ndarray, batch: int = 256) -> np.ndarray:
@@ -210,9 +213,11 @@ def model_alone(classifier, folder: Path, plan: Plan) -> dict:
                "disagreements": match["disagreements"],
                "max_abs_difference": match["max_abs_probability_difference"],
                "images_per_second": {}}
+        row["images_per_cpu_second"] = {}
         for batch in plan.batches:
-            row["images_per_second"][batch] = round(
-                images_per_second(predictor.predict_on_batch, images, batch, plan), 1)
+            wall, cpu = images_per_second(predictor.predict_on_batch, images, batch, plan)
+            row["images_per_second"][batch] = round(wall, 1)
+            row["images_per_cpu_second"][batch] = round(cpu, 1)
         print(f"  model {row['engine']:<11} {row['precision']:<4} "
               f"{row['images_per_second']}", flush=True)
         rows.append(row)
@@ -316,7 +321,7 @@ def quantile(milliseconds: float) -> float | None:
     return round(milliseconds, 1) if milliseconds else None
 
 
-def load_table(port: int, plan: Plan, client: str) -> list[dict]:
+def load_table(port: int, pid: int, plan: Plan, client: str) -> list[dict]:
     rows = []
     for payload in http_payloads(port, plan.many):
         measure(payload, 2, min(1.0, plan.seconds), client)  # warm-up: connections, batches
@@ -324,7 +329,9 @@ def load_table(port: int, plan: Plan, client: str) -> list[dict]:
             health, done = [], threading.Event()
             prober = threading.Thread(target=probe_health, args=(port, done, health))
             prober.start()
+            cpu_before = cpu_seconds(pid)
             figures = measure(payload, concurrency, plan.seconds, client)
+            server_cpu = cpu_seconds(pid) - cpu_before
             done.set()
             prober.join()
             rows.append({"payload": payload.label, "concurrency": concurrency,
@@ -333,6 +340,8 @@ def load_table(port: int, plan: Plan, client: str) -> list[dict]:
                          "p50_ms": quantile(figures.p50), "p95_ms": quantile(figures.p95),
                          "p99_ms": quantile(figures.p99), "not_200": figures.errors,
                          "not_200_statuses": figures.statuses,
+                         "server_cpu_ms_per_request": round(
+                             1000 * server_cpu / max(figures.requests, 1), 2),
                          "healthz_p99_ms": round(float(np.percentile(health, 99)), 1)
                          if health else None})
             print(f"  http {payload.label:<22} c{concurrency:<3} "
@@ -366,7 +375,7 @@ def http(model_path: Path, folder: Path, work: Path, plan: Plan, client: str,
                   flush=True)
             servers.append({"engine": served[0], "precision": served[1],
                             "asked": f"{engine} {precision}", "cold_start_s": round(cold, 2),
-                            "rows": load_table(port, plan, client)})
+                            "rows": load_table(port, process.pid, plan, client)})
         finally:
             stop(process)
     return {"client": client, "seconds": plan.seconds, "servers": servers}
@@ -485,6 +494,13 @@ def markdown(report: dict) -> str:
                          + " | ".join(f"{ips[b]:.0f}" for b in batches)
                          + f" | {ratio:.2f}x | {r['accuracy']:.4f} | {r['disagreements']} | "
                          f"{r['max_abs_difference']:.2g} |")
+        lines += ["", "Images per CPU-second of the benchmark process (all its threads; "
+                  "robust to neighbours' load, blind to how many cores an engine keeps busy):",
+                  "", "| engine | precision | " + " | ".join(f"batch {b}" for b in batches)
+                  + " |", "|---|---|" + "---:|" * len(batches)]
+        for r in alone["rows"]:
+            lines.append(f"| {r['engine']} | {r['precision']} | " + " | ".join(
+                f"{r['images_per_cpu_second'][b]:.0f}" for b in batches) + " |")
         lines += ["", f"Accuracy and agreement with Keras on {alone['test_images']} test "
                   "images (every class alike).", ""]
         for rule in alone["int8_rule"]:
@@ -507,15 +523,16 @@ def markdown(report: dict) -> str:
         lines += [f"## HTTP (client {web['client']}, {web['seconds']:g} s per cell; /healthz "
                   "probed 20 times a second meanwhile)", "",
                   "| server | cold start s | payload | conc | req/s | images/s | p50 ms | "
-                  "p95 ms | p99 ms | /healthz p99 ms | not 200 |",
-                  "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "p95 ms | p99 ms | /healthz p99 ms | server CPU ms/req | not 200 |",
+                  "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for s in web["servers"]:
             for r in s["rows"]:
                 lines.append(f"| {s['engine']} {s['precision']} | {s['cold_start_s']} | "
                              f"{r['payload']} | {r['concurrency']} | "
                              f"{r['requests_per_second']:.1f} | {r['images_per_second']:.0f} | "
                              f"{dash(r['p50_ms'])} | {dash(r['p95_ms'])} | {dash(r['p99_ms'])} | "
-                             f"{dash(r['healthz_p99_ms'])} | {r['not_200']}"
+                             f"{dash(r['healthz_p99_ms'])} | "
+                             f"{r['server_cpu_ms_per_request']} | {r['not_200']}"
                              f"{' (' + r['not_200_statuses'] + ')' if r['not_200'] else ''} |")
         lines += ["", "-: too few answers in the cell for the quantile (hey gives p99 from "
                   "100 answers on). Not 200: by status; 503 is the server's backpressure (at "
