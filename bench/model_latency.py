@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_load import ROOT, default_profile_model  # noqa: E402
+from harness import ROOT, default_profile_model  # noqa: E402
 
 
 def main() -> None:

@@ -14,12 +14,8 @@ Usage: python bench/monitor_overhead.py [--model models/selected/model.keras] [-
 from __future__ import annotations
 
 import argparse
-import io
 import os
-import shutil
-import signal
 import sys
-import tarfile
 import tempfile
 from pathlib import Path
 
@@ -27,35 +23,23 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_load import (  # noqa: E402  (a sibling script: its servers, payloads, loads)
+from harness import (  # noqa: E402  (bench/harness.py: what the benchmarks share)
     BIN,
-    SHARED,
     Payload,
+    cifar_images,
     cifar_jpegs,
+    default_client,
     default_profile_model,
     free_port,
     measure,
     multipart,
+    register,
     start,
+    stop,
 )
 
 CONCURRENCY = 16
 BATCH = 32
-
-
-def cifar_images(split: str, count: int) -> np.ndarray:
-    """The first ``count`` real CIFAR-10 images of a split of the shared archive, decoded."""
-    from PIL import Image
-
-    images = []
-    with tarfile.open(SHARED / "data" / "cifar10-jpeg.tar.gz") as archive:
-        for member in archive:
-            if member.isfile() and member.name.startswith(f"{split}/"):
-                data = archive.extractfile(member).read()
-                images.append(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
-                if len(images) == count:
-                    return np.stack(images)
-    raise RuntimeError(f"not enough {split} images in the archive")
 
 
 def reference_profile(model_path: Path, out: Path) -> Path:
@@ -72,29 +56,6 @@ def reference_profile(model_path: Path, out: Path) -> Path:
     build_profile(names, probabilities, embeddings, image_statistics(reference),
                   training).save(out)
     return out
-
-
-def register_with_profile(model_path: Path, profile: Path, tracking_uri: str, name: str):
-    """Register the model as champion, its reference profile beside it in its run."""
-    import mlflow
-
-    from image_finetune.inference import load_classifier
-    from image_finetune.monitoring.profile import PROFILE_FOLDER
-    from image_finetune.registry.versions import CHAMPION
-
-    mlflow.set_tracking_uri(tracking_uri)
-    model = load_classifier(model_path)
-    example = np.zeros((1, *model.input_shape[1:]), np.uint8)
-    signature = mlflow.models.infer_signature(example, model.predict_on_batch(example))
-    with tempfile.TemporaryDirectory() as work, mlflow.start_run() as run:
-        mlflow.keras.save_model(model, f"{work}/model", signature=signature)
-        mlflow.log_artifacts(f"{work}/model", "model")
-        mlflow.log_artifacts(str(profile), PROFILE_FOLDER)
-    client = mlflow.MlflowClient()
-    client.create_registered_model(name)
-    version = client.create_model_version(name, f"runs:/{run.info.run_id}/model",
-                                          run.info.run_id)
-    client.set_registered_model_alias(name, CHAMPION, version.version)
 
 
 def monitor_counts(port: int) -> dict[str, float]:
@@ -169,14 +130,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--window", type=int, default=500)
     parser.add_argument("--client", choices=("hey", "asyncio"),
-                        default="hey" if shutil.which("hey") else "asyncio")
+                        default=default_client())
     args = parser.parse_args()
+    from image_finetune.monitoring.profile import PROFILE_FOLDER
+
     with tempfile.TemporaryDirectory() as work:
         model = args.model if args.model.exists() else default_profile_model(
             Path(work) / "model.keras")
         uri = f"sqlite:///{work}/mlflow.db"
-        register_with_profile(model, reference_profile(model, Path(work) / "profile"), uri,
-                              "bench")
+        register(model, uri, "bench",
+                 {PROFILE_FOLDER: reference_profile(model, Path(work) / "profile")})
         empty = Path(work) / "empty"
         empty.mkdir()
         env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "TF_CPP_MIN_LOG_LEVEL": "2",
@@ -195,8 +158,7 @@ def main() -> None:
             print(f"load after: {os.getloadavg()[0]:.2f}")
         finally:
             for server in servers:
-                os.killpg(server.pid, signal.SIGTERM)
-                server.wait(timeout=60)
+                stop(server)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ import contextlib
 import io
 import json
 import os
-import signal
 import socket
 import sys
 import tempfile
@@ -39,7 +38,16 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_load import ROOT, cifar_jpegs, default_profile_model, free_port, register, start  # noqa: E402
+from harness import (  # noqa: E402  (bench/harness.py: what the benchmarks share)
+    ROOT,
+    cifar_jpegs,
+    cpu_seconds,
+    default_profile_model,
+    free_port,
+    register,
+    start,
+    stop,
+)
 
 MIB = 1 << 20
 
@@ -48,11 +56,6 @@ def rss_bytes(pid: int) -> int:
     status = Path(f"/proc/{pid}/status").read_text()
     return int(next(line for line in status.splitlines()
                     if line.startswith("VmRSS")).split()[1]) * 1024
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def oip_json_body(size: int) -> bytes:
@@ -215,8 +218,7 @@ def main() -> None:
             slow_headers(url, port)
             oversized_heads(port, server.pid)
         finally:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=60)
+            stop(server)
 
 
 if __name__ == "__main__":

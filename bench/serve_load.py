@@ -17,144 +17,42 @@ Usage: python bench/serve_load.py [--model models/selected/model.keras] [--secon
 from __future__ import annotations
 
 import argparse
-import asyncio
-import http.client
+import io
 import json
 import os
-import re
-import shutil
-import signal
-import socket
-import subprocess
 import sys
-import tarfile
 import tempfile
 import threading
-import time
-import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-SHARED = Path(os.environ.get("IMAGE_FINETUNE_SHARED", ROOT.parent / "shared"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import (  # noqa: E402  (bench/harness.py: what the benchmarks share)
+    BIN,
+    ROOT,
+    Payload,
+    cifar_jpegs,
+    default_client,
+    default_profile_model,
+    free_port,
+    measure,
+    multipart,
+    probe_health,
+    register,
+    start,
+    stop,
+)
+
 CONCURRENCY = (1, 4, 16, 64)
 BATCH = 32
-
-
-@dataclass
-class Payload:
-    """One kind of request: where it goes and what it carries."""
-
-    label: str
-    port: int
-    path: str
-    content_type: str
-    body: bytes
-    images: int
-
-
-@dataclass
-class Figures:
-    requests_per_second: float  # answered, whatever the status
-    p50: float
-    p95: float
-    p99: float
-    requests: int
-    errors: int  # not 200
-    statuses: str = ""  # the non-200 answers by status, e.g. "503:12"
-
-    @property
-    def ok_per_second(self) -> float:
-        return self.requests_per_second * (1 - self.errors / max(self.requests, 1))
-
-
-# -- the model and the servers ---------------------------------------------------------------
-
-
-def default_profile_model(path: Path) -> Path:
-    """The default profile's classifier (uint8 32x32 in, resize to 96, MobileNetV2, head)."""
-    from image_finetune.config import ModelParams
-    from image_finetune.model import build_backbone, build_classifier, resolve_weights
-
-    params = ModelParams(weights=str(SHARED / "weights" /
-                                     "mobilenet_v2_1.0_imagenet_no_top.weights.h5"))
-    backbone = build_backbone(params, params.image_size, resolve_weights(params, ROOT))
-    build_classifier(backbone, 10, params, 32).save(path)
-    return path
-
-
-def register(model_path: Path, tracking_uri: str, name: str) -> None:
-    import mlflow
-
-    from image_finetune.inference import load_classifier
-    from image_finetune.registry.versions import CHAMPION
-
-    mlflow.set_tracking_uri(tracking_uri)
-    model = load_classifier(model_path)
-    example = np.zeros((1, *model.input_shape[1:]), np.uint8)
-    signature = mlflow.models.infer_signature(example, model.predict_on_batch(example))
-    with tempfile.TemporaryDirectory() as work, mlflow.start_run() as run:
-        mlflow.keras.save_model(model, f"{work}/model", signature=signature)
-        mlflow.log_artifacts(f"{work}/model", "model")
-    client = mlflow.MlflowClient()
-    client.create_registered_model(name)
-    version = client.create_model_version(name, f"runs:/{run.info.run_id}/model",
-                                          run.info.run_id)
-    client.set_registered_model_alias(name, CHAMPION, version.version)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start(command: list[str], env: dict, ready_url: str, cwd: str) -> subprocess.Popen:
-    process = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(ready_url, timeout=2).status_code == 200:
-                return process
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    os.killpg(process.pid, signal.SIGTERM)
-    raise RuntimeError(f"{command[0]} not ready at {ready_url}")
 
 
 # -- payloads --------------------------------------------------------------------------------
 
 
-def cifar_jpegs(count: int) -> list[bytes]:
-    """The first real CIFAR-10 test JPEGs of the shared archive."""
-    jpegs = []
-    with tarfile.open(SHARED / "data" / "cifar10-jpeg.tar.gz") as archive:
-        for member in archive:
-            if member.isfile() and member.name.startswith("test/"):
-                jpegs.append(archive.extractfile(member).read())
-                if len(jpegs) == count:
-                    return jpegs
-    raise RuntimeError("not enough test images in the archive")
-
-
-def multipart(jpegs: list[bytes]) -> tuple[str, bytes]:
-    boundary = uuid.uuid4().hex
-    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="files"; '
-             f'filename="{i}.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'.encode() + data + b"\r\n"
-             for i, data in enumerate(jpegs)]
-    return f"multipart/form-data; boundary={boundary}", b"".join(parts) + \
-        f"--{boundary}--\r\n".encode()
-
-
 def payloads(ours: int, theirs: int) -> list[Payload]:
-    import io
-
     from PIL import Image
 
     jpegs = cifar_jpegs(BATCH)
@@ -174,86 +72,7 @@ def payloads(ours: int, theirs: int) -> list[Payload]:
     ]
 
 
-# -- load generators -------------------------------------------------------------------------
-
-
-def run_hey(payload: Payload, concurrency: int, seconds: float) -> Figures:
-    with tempfile.NamedTemporaryFile(suffix=".body") as body:
-        body.write(payload.body)
-        body.flush()
-        out = subprocess.run(
-            ["hey", "-z", f"{seconds}s", "-c", str(concurrency), "-m", "POST", "-T",
-             payload.content_type, "-D", body.name,
-             f"http://127.0.0.1:{payload.port}{payload.path}"],
-            capture_output=True, text=True, check=True).stdout
-    quantile = {int(q): float(s) * 1000 for q, s in re.findall(r"(\d+)%+ in ([\d.]+) secs", out)}
-    statuses = {code: int(n) for code, n in re.findall(r"\[(\d+)\]\s+(\d+) responses", out)}
-    failures = sum(int(n) for n in re.findall(r"\[(\d+)\]\s+(?:Get|Post) ", out))
-    requests = sum(statuses.values()) + failures
-    errors = requests - statuses.get("200", 0)
-    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    other = " ".join(f"{code}:{n}" for code, n in statuses.items() if code != "200")
-    return Figures(rate, quantile.get(50, 0), quantile.get(95, 0), quantile.get(99, 0),
-                   requests, errors, (other + (f" failed:{failures}" if failures else "")).strip())
-
-
-async def read_response(reader: asyncio.StreamReader) -> int:
-    """Read one HTTP/1.1 response (Content-Length or chunked); its status."""
-    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
-    status = int(head.split(" ", 2)[1])
-    length = re.search(r"(?im)^content-length:\s*(\d+)", head)
-    if length:
-        await reader.readexactly(int(length.group(1)))
-        return status
-    while True:  # chunked
-        size = int((await reader.readuntil(b"\r\n")).strip(), 16)
-        await reader.readexactly(size + 2)
-        if size == 0:
-            return status
-
-
-async def asyncio_load(payload: Payload, concurrency: int, seconds: float) -> Figures:
-    request = (f"POST {payload.path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
-               f"{payload.content_type}\r\nContent-Length: {len(payload.body)}\r\n\r\n"
-               ).encode() + payload.body
-    latencies: list[float] = []
-    errors = [0]
-    deadline = time.perf_counter() + seconds
-
-    async def connection() -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", payload.port)
-        while time.perf_counter() < deadline:
-            begin = time.perf_counter()
-            writer.write(request)
-            status = await read_response(reader)
-            latencies.append((time.perf_counter() - begin) * 1000)
-            errors[0] += status != 200
-        writer.close()
-
-    start = time.perf_counter()
-    await asyncio.gather(*(connection() for _ in range(concurrency)))
-    p50, p95, p99 = np.percentile(latencies, [50, 95, 99])
-    return Figures(len(latencies) / (time.perf_counter() - start), p50, p95, p99,
-                   len(latencies), errors[0], f"not 200: {errors[0]}" if errors[0] else "")
-
-
-def probe_health(port: int, stop: threading.Event, latencies: list[float]) -> None:
-    """/healthz 20 times a second on a connection of its own."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    while not stop.wait(0.05):
-        begin = time.perf_counter()
-        connection.request("GET", "/healthz")
-        connection.getresponse().read()
-        latencies.append((time.perf_counter() - begin) * 1000)
-
-
 # -- the run ---------------------------------------------------------------------------------
-
-
-def measure(payload: Payload, concurrency: int, seconds: float, client: str) -> Figures:
-    if client == "hey":
-        return run_hey(payload, concurrency, seconds)
-    return asyncio.run(asyncio_load(payload, concurrency, seconds))
 
 
 def model_totals(port: int) -> tuple[float, float, float]:
@@ -309,7 +128,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=ROOT / "models/selected/model.keras")
     parser.add_argument("--seconds", type=float, default=5.0, help="per case")
     parser.add_argument("--client", choices=("hey", "asyncio"),
-                        default="hey" if shutil.which("hey") else "asyncio")
+                        default=default_client())
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as work:
         model = args.model if args.model.exists() else default_profile_model(
@@ -337,8 +156,7 @@ def main() -> None:
             print(f"load after: {os.getloadavg()[0]:.2f}")
         finally:
             for server in servers:
-                os.killpg(server.pid, signal.SIGTERM)
-                server.wait(timeout=30)
+                stop(server, timeout=30)
 
 
 if __name__ == "__main__":
