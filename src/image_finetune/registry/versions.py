@@ -70,20 +70,26 @@ def champion_results(params: RegistryParams, labels: np.ndarray) -> ChampionResu
     return ChampionResults(str(champion.version), version_correct(client, champion, labels))
 
 
+def download_version_folder(client, name: str, version: str, folder: str, marker: str,
+                            dest) -> Path | None:
+    """A folder logged in the run of ``name`` v``version`` (its ``marker`` file says it is
+    whole), downloaded into ``dest``; None for a version registered without it."""
+    found = client.get_model_version(name, str(version))
+    if not found.run_id:
+        return None
+    listed = {Path(item.path).name for item in client.list_artifacts(found.run_id, folder)}
+    if marker not in listed:
+        return None
+    Path(dest).mkdir(parents=True, exist_ok=True)
+    return Path(client.download_artifacts(found.run_id, folder, str(dest)))
+
+
 @registry_errors
 def download_reference_profile(client, name: str, version: str, dest) -> Path | None:
     """The reference profile registered with ``name`` v``version``, downloaded into ``dest``:
     its folder (``ReferenceProfile.load`` reads it), or None for a version registered
     without one (before profiles existed). A missing version is a RegistryError."""
-    found = client.get_model_version(name, str(version))
-    if not found.run_id:
-        return None
-    listed = {Path(item.path).name for item in client.list_artifacts(found.run_id,
-                                                                      PROFILE_FOLDER)}
-    if PROFILE_JSON not in listed:
-        return None
-    Path(dest).mkdir(parents=True, exist_ok=True)
-    return Path(client.download_artifacts(found.run_id, PROFILE_FOLDER, str(dest)))
+    return download_version_folder(client, name, version, PROFILE_FOLDER, PROFILE_JSON, dest)
 
 
 ENGINE_ARTIFACT = "engine"  # steps.layout.ENGINE_FOLDER: the register step logs it there
@@ -94,15 +100,7 @@ def download_engine(client, name: str, version: str, dest) -> Path | None:
     """The engine folder registered with ``name`` v``version``, downloaded into ``dest``: its
     path (engines.open_predictor reads it), or None for a version registered before engines
     existed (serve it on Keras). A missing version is a RegistryError."""
-    found = client.get_model_version(name, str(version))
-    if not found.run_id:
-        return None
-    listed = {Path(item.path).name for item in client.list_artifacts(found.run_id,
-                                                                      ENGINE_ARTIFACT)}
-    if MANIFEST_FILE not in listed:
-        return None
-    Path(dest).mkdir(parents=True, exist_ok=True)
-    return Path(client.download_artifacts(found.run_id, ENGINE_ARTIFACT, str(dest)))
+    return download_version_folder(client, name, version, ENGINE_ARTIFACT, MANIFEST_FILE, dest)
 
 
 def download_model(client, tracking_uri: str, name: str, version: str, dst: str) -> str:
