@@ -25,13 +25,8 @@ from image_finetune.inference import (
     top_k,
 )
 from image_finetune.registry.client import client_for, registry_errors
-from image_finetune.registry.versions import (
-    download_engine,
-    download_model,
-    registered_class_names,
-    registered_fit,
-    version_at,
-)
+from image_finetune.registry.versions import registered_class_names, version_at
+from image_finetune.serving.models import load_version
 
 log = logging.getLogger(__name__)
 COLUMNS = ["file", "predicted", "probability", "top_k", "error"]
@@ -107,29 +102,10 @@ def _load(params: Params, uri: str, engine: str) -> tuple[object, list[str] | No
     if not uri.startswith("models:/"):
         return _run_model(client, uri), None, "resize"
     name, _, ref = uri.removeprefix("models:/").replace("@", "/@").partition("/")
+    registry = params.registry.model_copy(update={"model_name": name})
     version = version_at(client, name, ref)
-    with tempfile.TemporaryDirectory(prefix="image-finetune-model-") as work:
-        model = _engine_model(client, name, version, engine, Path(work) / "engine")
-        if model is None:
-            import mlflow
-
-            model = mlflow.keras.load_model(download_model(
-                client, params.registry.tracking_uri, name, version.version, work))
-    return model, registered_class_names(version), registered_fit(version)
-
-
-def _engine_model(client, name: str, version, engine: str, dest: Path):
-    """The version's engine Predictor at the precision its manifest serves (None: it has no
-    engine folder, or TensorFlow is the engine asked for)."""
-    from image_finetune.engines import open_predictor, read_manifest
-
-    if engine == "tensorflow":
-        return None
-    folder = download_engine(client, name, version.version, dest)
-    if folder is None:
-        return None
-    manifest = read_manifest(folder)
-    return open_predictor(folder, engine, manifest.get("serving_precision", "fp32"))
+    loaded = load_version(registry, version, engine)
+    return loaded.model, registered_class_names(version), loaded.image_fit
 
 
 def _run_model(client, uri: str):
