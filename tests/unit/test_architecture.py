@@ -209,3 +209,15 @@ def test_components_receive_exactly_the_sections_their_step_reads():
         [module] = step_imports(function)
         received = set(inspect.signature(function).parameters) & set(ALL_SECTIONS)
         assert received == set(by_module[module].sections), f"component {name}"
+
+
+def test_test_module_basenames_are_unique_across_tiers():
+    """pytest imports test modules by basename (rootdir-relative, no package per tier): two
+    tiers with the same file name stop the whole run at collection."""
+    seen: dict[str, Path] = {}
+    clashes = []
+    for path in sorted((ROOT / "tests").rglob("test_*.py")):
+        if path.name in seen:
+            clashes.append(f"{seen[path.name].relative_to(ROOT)} and {path.relative_to(ROOT)}")
+        seen.setdefault(path.name, path)
+    assert not clashes, clashes
