@@ -21,12 +21,12 @@ import os
 import re
 import shutil
 import time
-import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+from image_finetune.atomic import write_text_atomic
 from image_finetune.errors import ConfigError
 from image_finetune.locate import DVC_ROOT_ENV  # the project's root, in its copies too
 
@@ -121,9 +121,7 @@ def entry_for_removal(cache: Path, key: str) -> Iterator[bool]:
 
 def write_key(folder: Path, key: str, what: str) -> None:
     """Record in ``folder`` the key it is an entry for (and what it holds, for ``cache ls``)."""
-    staging = folder / f".{KEY_FILE}.{uuid.uuid4().hex[:8]}"
-    staging.write_text(json.dumps({"key": key, "what": what}) + "\n")
-    staging.replace(folder / KEY_FILE)
+    write_text_atomic(folder / KEY_FILE, json.dumps({"key": key, "what": what}) + "\n")
 
 
 def read_key(folder: Path) -> dict:

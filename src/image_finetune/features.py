@@ -15,16 +15,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import keras
 import numpy as np
 from keras import layers
 
+from image_finetune.atomic import atomic_file
 from image_finetune.engines import compile_keras, resolve_engine
 from image_finetune.inference import predict_batches
 from image_finetune.model import get_backbone, get_head, layer_index
@@ -166,26 +165,19 @@ def cached_activations(
     dataset's size or resolution."""
     if (cached := _readable(path, len(images))) is not None:
         return cached
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Unique per writer, renamed into place: a killed embedding never leaves a truncated
-    # cache behind, and two runs sharing the cache never write the same file.
-    partial = path.with_name(f".{path.stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}.npy")
     shape = (len(images), *part.output_shape(images.shape[1:]))
-    values = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=shape)
-    try:
-        predictor = part.predictor()
-        start = time.perf_counter()
-        predict_batches(predictor, images, batch_size, desc, out=values, mirror=mirror)
-        seconds = time.perf_counter() - start
-        log.info("%s: %d images on %s in %.1f s (%.0f images/s)", desc, len(images),
-                 part.engine, seconds, len(images) / max(seconds, 1e-9))
-        values.flush()
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    finally:
-        del values
-    partial.replace(path)
+    with atomic_file(path) as partial:
+        values = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=shape)
+        try:
+            predictor = part.predictor()
+            start = time.perf_counter()
+            predict_batches(predictor, images, batch_size, desc, out=values, mirror=mirror)
+            seconds = time.perf_counter() - start
+            log.info("%s: %d images on %s in %.1f s (%.0f images/s)", desc, len(images),
+                     part.engine, seconds, len(images) / max(seconds, 1e-9))
+            values.flush()
+        finally:
+            del values
     return np.load(path, mmap_mode="r")
 
 

@@ -143,7 +143,7 @@ import sys, time
 from pathlib import Path
 import typer
 from image_finetune.console import reported
-from image_finetune.data.canonical import atomic_directory
+from image_finetune.atomic import atomic_directory
 
 @reported
 def stage(target: str) -> None:

@@ -98,7 +98,7 @@ HOLDER = """
 import sys, time
 from pathlib import Path
 from image_finetune.console import exit_on_termination
-from image_finetune.data.canonical import atomic_directory
+from image_finetune.atomic import atomic_directory
 
 exit_on_termination()
 with atomic_directory(Path(sys.argv[1])) as staging:

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
+from image_finetune.atomic import atomic_directory
 from image_finetune.data.canonical import (
-    atomic_directory,
     held_out_count,
     load_split,
     read_manifest,

@@ -13,18 +13,16 @@ end, so an interrupted or failed ingest never leaves partial outputs.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from image_finetune.atomic import atomic_directory
 from image_finetune.data.rows import CHUNK_ROWS, RowView, ShardedRows, iter_chunks, write_npy
-from image_finetune.data.scratch import claimed_folder, sweep_dead_folders
 from image_finetune.errors import CorruptInputError, MissingInputError
 
 SPLITS = ("train", "validation", "test")
@@ -80,42 +78,6 @@ def split_stratified(
         held.append(members[:n_held])
         keep.append(members[n_held:])
     return np.sort(np.concatenate(keep)), np.sort(np.concatenate(held))
-
-
-STAGING, PREVIOUS = ".tmp-", ".old-"  # beside the target: the new copy, the one it replaces
-
-
-def sweep_dead_writes(target: Path) -> None:
-    """Remove what writers of ``target`` killed mid-way left (see :func:`atomic_directory`):
-    a step calls it first, so a dead run's copy does not eat the disk its work needs."""
-    for kind in (STAGING, PREVIOUS):
-        sweep_dead_folders(target.parent, f".{target.name}{kind}")
-
-
-@contextlib.contextmanager
-def atomic_directory(target: Path) -> Iterator[Path]:
-    """Yield a temporary directory that replaces ``target`` only if the block succeeds.
-
-    The staging folder is removed on any failure (SIGTERM included, where the entry point
-    turns it into SystemExit); one a killed run left is swept by the next (see
-    :mod:`~image_finetune.data.scratch`). The result gets the permissions the umask gives
-    a folder.
-    """
-    name = target.name
-    with claimed_folder(target.parent, f".{name}{STAGING}") as staging:
-        staging.chmod(0o777 & ~current_umask())
-        yield staging
-        with claimed_folder(target.parent, f".{name}{PREVIOUS}") as previous:
-            if target.exists():
-                target.rename(previous)  # onto the empty claimed folder: POSIX replaces it
-            staging.rename(target)
-
-
-def current_umask() -> int:
-    """The process's umask (reading it means setting it: set it straight back)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def write_dataset(

@@ -6,8 +6,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from image_finetune.atomic import sweep_dead_writes
 from image_finetune.config import DataParams, Params
-from image_finetune.data.canonical import sha256_file, sweep_dead_writes, write_dataset
+from image_finetune.data.canonical import sha256_file, write_dataset
 from image_finetune.data.ingest import (
     add_to_train,
     canonical_splits,

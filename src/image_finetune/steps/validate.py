@@ -8,8 +8,9 @@ import logging
 from dataclasses import asdict
 from pathlib import Path
 
+from image_finetune.atomic import atomic_directory
 from image_finetune.config import Params
-from image_finetune.data.canonical import atomic_directory, read_manifest, verify_shards
+from image_finetune.data.canonical import read_manifest, verify_shards
 from image_finetune.errors import DataValidationError
 from image_finetune.steps.layout import VALIDATION_RESULT
 from image_finetune.validation.facts import class_counts, dataset_facts
