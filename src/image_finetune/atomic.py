@@ -1,7 +1,7 @@
 """Writes that readers see whole or not at all: a folder or a file is written under a unique
 name beside its target and renamed into place only when the write succeeded. A writer killed
 mid-way leaves no partial target; what it left beside it is swept by the next writer (see
-:mod:`image_finetune.data.scratch`)."""
+:mod:`image_finetune.scratch`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from image_finetune.data.scratch import claimed_folder, sweep_dead_folders
+from image_finetune.scratch import claimed_folder, sweep_dead_folders
 
 STAGING, PREVIOUS = ".tmp-", ".old-"  # beside the target: the new copy, the one it replaces
 

@@ -3,6 +3,7 @@ cycles, and the files a step's code depends on (what its dvc.yaml stage lists as
 
     python -m image_finetune.codemap             # the import graph, one module a line
     python -m image_finetune.codemap --stages    # the dvc.yaml stages the step catalog implies
+    python -m image_finetune.codemap --dot | tred | dot -Tsvg -o docs/import-graph.svg
 """
 
 from __future__ import annotations
@@ -12,6 +13,27 @@ import sys
 from pathlib import Path
 
 from image_finetune.codegraph import PACKAGE, ROOT, closure, import_graph, module_files
+
+# Imports run down: each module may import its own layer and the layers below it
+# (tests/unit/test_architecture.py holds the package to it).
+LAYERS = {"domain": 0, "services": 1, "serving": 2, "steps": 3, "adapters": 4}
+SERVICES = ("registry", "storage", "cluster")
+ADAPTERS = ("cli", "console", "codemap", "pipelines", "components")
+LAYER_COLOURS = {"domain": "#e8f1fa", "services": "#fdf1dc", "serving": "#e6f4e6",
+                 "steps": "#f3e8f7", "adapters": "#f1f1f1"}
+
+
+def layer_of(module: str) -> str:
+    """The layer a package module belongs to (see ``LAYERS``)."""
+    name = module.removeprefix(PACKAGE).lstrip(".")
+    top = name.split(".")[0]
+    if top in SERVICES:
+        return "services"
+    if top in ("serving", "steps"):
+        return top
+    if top in ADAPTERS or not name:
+        return "adapters"
+    return "domain"
 
 
 def cycles() -> list[list[str]]:
@@ -61,8 +83,35 @@ def stage_entry(spec, project_root: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def package_of(module: str) -> str:
+    """The node a module is drawn as: its subpackage, or itself at the top level."""
+    name = module.removeprefix(PACKAGE).lstrip(".") or PACKAGE
+    return name.split(".")[0]
+
+
+def dot_graph() -> str:
+    """The import graph between subpackages and top-level modules, one box per layer, in
+    Graphviz's language (the package's own ``__init__`` left out: it imports nothing)."""
+    edges = {(package_of(m), package_of(t)) for m, targets in import_graph().items()
+             for t in targets if package_of(m) != package_of(t)}
+    nodes = {package_of(m): layer_of(m) for m in import_graph() if m != PACKAGE}
+    lines = ["digraph imports {", "  rankdir=TB; node [shape=box, style=filled, fontsize=11];"]
+    for layer in sorted(LAYERS, key=LAYERS.__getitem__, reverse=True):
+        lines += [f'  subgraph "cluster_{layer}" {{', f'    label="{layer}";',
+                  f'    style=filled; color="{LAYER_COLOURS[layer]}";']
+        lines += [f'    "{n}" [fillcolor=white];' for n, lay in sorted(nodes.items())
+                  if lay == layer]
+        lines.append("  }")
+    lines += [f'  "{a}" -> "{b}";' for a, b in sorted(edges) if a in nodes and b in nodes]
+    return "\n".join([*lines, "}"]) + "\n"
+
+
 def main(argv: list[str]) -> None:
-    """Print the import graph, or the dvc.yaml stages with ``--stages``."""
+    """Print the import graph, the dvc.yaml stages with ``--stages``, or the graph between
+    subpackages in Graphviz's language with ``--dot``."""
+    if "--dot" in argv:
+        print(dot_graph(), end="")
+        return
     if "--stages" in argv:
         from image_finetune.steps.spec import STAGES
 

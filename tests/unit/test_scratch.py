@@ -6,7 +6,7 @@ import fcntl
 
 import pytest
 
-from image_finetune.data.scratch import claimed_folder, sweep_dead_folders
+from image_finetune.scratch import claimed_folder, sweep_dead_folders
 
 PREFIX = ".data.decoded-"
 

@@ -17,11 +17,11 @@ from image_finetune.data.ingest import (
     read_source,
 )
 from image_finetune.data.layouts import UNSPLIT
-from image_finetune.data.scratch import claimed_folder
 from image_finetune.data.stable_split import BY_CONTENT
 from image_finetune.errors import IngestError
 from image_finetune.inference import image_fit
 from image_finetune.locate import choose_data
+from image_finetune.scratch import claimed_folder
 
 log = logging.getLogger(__name__)
 
