@@ -12,7 +12,7 @@ from image_finetune.components.runtime import component, read_params
 def gate_attempt(
     index: int, rung: str, rungs: int, gate: dict, evaluation: Input[Artifact],
     decision: Output[Artifact], previous: Input[Artifact] = None,
-) -> NamedTuple("Verdict", [("passed", bool)]):
+) -> NamedTuple("Verdict", [("passed", bool)]):  # type: ignore[valid-type]
     """Decide on an attempt's validation results; ``passed`` says whether it met them.
 
     ``previous`` is the previous attempt's decision (the loop's record so far). The

@@ -22,7 +22,7 @@ def monitor_drift(
     permutations: int = 500,
     min_labels: int = 200,
     labels: Input[Artifact] = None,
-) -> NamedTuple("Monitored", [("drift", bool), ("labels_count", int), ("retrain", bool),
+) -> NamedTuple("Monitored", [("drift", bool), ("labels_count", int), ("retrain", bool),  # type: ignore[valid-type]
                               ("model_version", str)]):
     """Test ``source`` (a folder or archive of images, or an .npz of recorded windows)
     against the reference of the version ``alias`` (or ``version``) names. Outputs: the

@@ -34,7 +34,7 @@ def check_params(
     min_macro_f1: float,
     min_class_recall: float,
     max_latency_p95_ms: float,
-) -> NamedTuple("Sections", [("data", dict), ("validate", dict), ("augment", dict),
+) -> NamedTuple("Sections", [("data", dict), ("validate", dict), ("augment", dict),  # type: ignore[valid-type]
                               ("model", dict), ("train", dict), ("evaluate", dict),
                               ("gate", dict), ("registry", dict), ("engine", dict)]):
     """Put the knobs in their sections and validate every section (``image-finetune

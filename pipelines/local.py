@@ -109,6 +109,7 @@ def run_local(
     deployment = Deployment(image=image or configured_image(), gpus=0, credentials_secret=None,
                             cache_pvc=None)
     records: list[ContainerRecord] = []
+    tasks_run_by: contextlib.AbstractContextManager[None]
     if runner == "docker":
         params = absolute_paths(params, project_root)
         task_runner = docker_runner(params, deployment, pipeline_root, cache_dir)

@@ -178,7 +178,7 @@ def default_source(package: str) -> str:
     import yaml
 
     try:
-        spec = next(yaml.safe_load_all(Path(package).read_text()), None)
+        spec: Any = next(yaml.safe_load_all(Path(package).read_text()), None)  # None: TypeError
         default = spec["root"]["inputDefinitions"]["parameters"]["source_uri"]["defaultValue"]
     except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError):
         return ""  # not a compiled monitoring pipeline

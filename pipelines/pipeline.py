@@ -229,7 +229,7 @@ def parameter_descriptions(params: Params) -> dict[str, str]:
     described = {}
     for name in knob_names(len(rungs)):
         path = knob_path(name)
-        rung = f" (rung {rungs[path[2]].name})" if path[0] == "train" else ""
+        rung = f" (rung {rungs[int(path[2])].name})" if path[0] == "train" else ""
         described[name] = f"params.yaml {dotted(path)}{rung}"
     for name in ALL_SECTIONS:
         described[name] = f"params.yaml's {name} section, less its typed parameters"

@@ -154,7 +154,7 @@ def upload_package(client, package: Path, name: str, version: str,
     ``version``) where none is, else a new version ``version`` of it."""
     pipeline_id = find_pipeline(client, name, namespace)
     new_pipeline = pipeline_id is None
-    if new_pipeline:
+    if pipeline_id is None:
         pipeline = client.upload_pipeline(str(package), pipeline_name=name,
                                           description=description, namespace=namespace)
         pipeline_id = pipeline.pipeline_id

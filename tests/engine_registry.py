@@ -17,7 +17,8 @@ import numpy as np
 
 from image_finetune.data.canonical import read_manifest
 from image_finetune.inference import load_classifier
-from tests.e2e.serving_support import engine_folder, free_port, log_engine, wait_for
+from tests.e2e.serving_support import engine_folder, log_engine, wait_for
+from tests.support import free_port
 
 
 @contextlib.contextmanager

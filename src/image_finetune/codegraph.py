@@ -35,7 +35,8 @@ def _is_type_checking(node: ast.AST) -> bool:
 
 def imported_names(tree: ast.AST) -> list[tuple[str, list[str]]]:
     """(module, names imported from it) for every import outside TYPE_CHECKING blocks."""
-    found, stack = [], [tree]
+    found: list[tuple[str, list[str]]] = []
+    stack = [tree]
     while stack:
         node = stack.pop()
         if _is_type_checking(node):

@@ -74,7 +74,7 @@ def EfficientNetLite0(include_top: bool = True, weights: str | None = None,  # n
     return model
 
 
-def _torch_names() -> dict[str, str]:
+def _torch_names() -> dict[str, tuple[str, str]]:
     """Our convolution layer -> the state dict's prefix of its conv and of its BatchNorm."""
     names = {"Conv1": ("_conv_stem", "_bn0"), "Conv_1": ("_conv_head", "_bn1")}
     for index, (_, _, expansion, _) in enumerate(block_settings()):

@@ -395,7 +395,7 @@ class KerasPredictor:
         self.model = model
         self.input_shape = tuple(int(d) for d in model.input_shape[1:])
         self.num_classes = int(model.output_shape[-1])
-        self.both = None
+        self.both: keras.Model | None = None  # the model with its embedding output too
 
     def predict_on_batch(self, images: np.ndarray) -> np.ndarray:
         return np.asarray(self.model.predict_on_batch(np.asarray(images)), dtype=np.float32)

@@ -15,6 +15,8 @@ from image_finetune.errors import MissingInputError
 if TYPE_CHECKING:  # keras is imported where a model is loaded, not by importers of this module
     import keras
 
+    from image_finetune.data.rows import Rows
+
 MODEL_FILE = "model.keras"
 
 
@@ -27,7 +29,7 @@ def load_classifier(path: Path) -> keras.Model:
     return keras.saving.load_model(path, compile=False)
 
 
-def predict_batches(model, images: np.ndarray, batch_size: int, desc: str,
+def predict_batches(model, images: Rows, batch_size: int, desc: str,
                     out: np.ndarray | None = None, mirror: bool = False) -> np.ndarray:
     """Run ``model`` over uint8 images (an array or a row view) in batches with a progress
     bar; float32 out. Given ``out`` (a memory-mapped file, say), each batch is written there
@@ -49,7 +51,7 @@ def predict_batches(model, images: np.ndarray, batch_size: int, desc: str,
     return out if out is not None else np.concatenate(chunks)
 
 
-def predict_proba(model, images: np.ndarray, batch_size: int, flip_tta: bool) -> np.ndarray:
+def predict_proba(model, images: Rows, batch_size: int, flip_tta: bool) -> np.ndarray:
     """Class probabilities; with flip TTA, the mean over the image and its mirror."""
     probs = predict_batches(model, images, batch_size, "predict")
     if flip_tta:

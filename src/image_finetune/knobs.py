@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from image_finetune.config import Params, parse_params
@@ -61,7 +62,7 @@ def knob_path(name: str) -> KeyPath:
     return ("train", "ladder", int(match[1]), match[2])
 
 
-def dotted(path: KeyPath) -> str:
+def dotted(path: Sequence[str | int]) -> str:
     """A params.yaml path as the typed config's errors write it: train.ladder.0.epochs."""
     return ".".join(str(part) for part in path)
 

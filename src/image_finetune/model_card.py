@@ -153,7 +153,7 @@ def limits_section(facts: CardFacts) -> Section:
     test, lines = facts.test, []
     recalls = {name: v.get("recall", 0.0) for name, v in test.get("per_class", {}).items()}
     if recalls:
-        weakest = min(recalls, key=recalls.get)
+        weakest = min(recalls, key=recalls.__getitem__)
         lines.append(f"Weakest class: {weakest} (recall {figure(recalls[weakest])}).")
     confused = test.get("most_confused", [])
     if confused:

@@ -44,10 +44,10 @@ def plot_confusion(matrix: np.ndarray, class_names: list[str], path: Path) -> No
     side = max(6.5, 0.25 * n + 2.5)
     figure, axis = plt.subplots(figsize=(side + 1, side))
     image = axis.imshow(rates, cmap="Blues", vmin=0, vmax=1)
-    labels = {"fontsize": 9 if n <= 30 else 7}
+    fontsize = 9 if n <= 30 else 7
     axis.set_xticks(range(n), class_names, rotation=45 if n <= 30 else 90, ha="right"
-                    if n <= 30 else "center", **labels)
-    axis.set_yticks(range(n), class_names, **labels)
+                    if n <= 30 else "center", fontsize=fontsize)
+    axis.set_yticks(range(n), class_names, fontsize=fontsize)
     axis.set_xlabel("predicted")
     axis.set_ylabel("true")
     for (row, col), count in np.ndenumerate(matrix):

@@ -15,7 +15,7 @@ import pytest
 from image_finetune.config import Params
 from image_finetune.pipelines.deployment import Deployment
 from image_finetune.pipelines.local import LocalRun, run_local
-from tests.conftest import PASSABLE_GATE, ROOT, missing_part, small_run_params
+from tests.support import PASSABLE_GATE, ROOT, container_params, missing_part
 
 
 @dataclass(frozen=True)
@@ -59,12 +59,6 @@ def open_workspace() -> Path:
     folder.chmod(0o755)
     yield folder
     shutil.rmtree(folder, ignore_errors=True)
-
-
-def container_params(workspace: Path, data: Path, weights: Path, gate: dict) -> Params:
-    raw = small_run_params(data, weights, gate)
-    raw["registry"]["tracking_uri"] = f"sqlite:///{workspace / 'tracking' / 'mlflow.db'}"
-    return Params.model_validate(raw)
 
 
 @pytest.fixture(scope="session")

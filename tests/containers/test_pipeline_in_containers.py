@@ -9,9 +9,8 @@ from mlflow import MlflowClient
 
 from image_finetune.errors import ConfigError
 from image_finetune.pipelines.local import run_local
-from tests.conftest import PASSABLE_GATE, ROOT
-from tests.containers.conftest import container_params
 from tests.kfp_outputs import produced
+from tests.support import PASSABLE_GATE, ROOT, container_params
 
 IMAGE_USER = "1000:0"  # infra/docker/Dockerfile.cpu: USER 1000, group 0
 

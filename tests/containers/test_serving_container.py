@@ -10,8 +10,7 @@ import httpx
 import pytest
 
 from image_finetune.pipelines.containers import Mount, start_server_container, tracking_folder
-from tests.conftest import wait_until
-from tests.e2e.serving_support import free_port
+from tests.support import free_port, wait_until
 
 
 @pytest.fixture(scope="module")

@@ -17,10 +17,9 @@ from image_finetune.pipelines.containers import Mount, start_server_container
 from image_finetune.pipelines.deployment import Deployment
 from image_finetune.steps.evaluate import evaluate_classifier
 from image_finetune.steps.layout import read_evaluation
-from tests.conftest import missing_part, wait_until
 from tests.containers.test_serving_container import logs, ready
-from tests.e2e.serving_support import free_port
 from tests.engine_registry import engine_registry
+from tests.support import free_port, missing_part, wait_until
 
 MODEL_NAME = "slim-served"
 

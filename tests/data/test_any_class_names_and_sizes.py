@@ -14,7 +14,7 @@ from image_finetune.config import DataParams, Params
 from image_finetune.report import plot_confusion, plot_gallery
 from image_finetune.steps.augment import preview_augmentation
 from image_finetune.steps.predict_batch import predict_batch
-from tests.conftest import ingest_source
+from tests.support import ingest_source
 
 # mathtext: a command it does not know, an unclosed formula, a lone dollar, an underscore
 ODD_NAMES = ["$\\foo$", "$x", "cost in $", "a_b^c", "100%", "{}\\"]

@@ -13,7 +13,7 @@ import pytest
 from image_finetune.config import DataParams
 from image_finetune.data.canonical import load_split
 from image_finetune.errors import IngestError
-from tests.conftest import ingest_source
+from tests.support import ingest_source
 
 
 def params(**overrides) -> DataParams:

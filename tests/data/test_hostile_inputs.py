@@ -17,7 +17,7 @@ import pytest
 
 from image_finetune.config import DataParams
 from image_finetune.errors import IngestError
-from tests.conftest import copy_tree, ingest_source
+from tests.support import copy_tree, ingest_source
 
 PARAMS = DataParams(validation_fraction=0.2)
 

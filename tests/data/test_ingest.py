@@ -14,7 +14,7 @@ from image_finetune.config import DataParams
 from image_finetune.data.canonical import load_split, read_manifest
 from image_finetune.errors import IngestError
 from image_finetune.validation.facts import dataset_facts
-from tests.conftest import copy_tree, ingest_source, jpeg_bytes
+from tests.support import copy_tree, ingest_source, jpeg_bytes
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
            "truck"]

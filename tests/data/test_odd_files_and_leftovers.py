@@ -14,7 +14,7 @@ import yaml
 
 from image_finetune.config import DataParams
 from image_finetune.errors import IngestError
-from tests.conftest import copy_tree, ingest_source, wait_until
+from tests.support import copy_tree, ingest_source, wait_until
 
 PARAMS = DataParams(validation_fraction=0.2)
 

@@ -15,7 +15,7 @@ from image_finetune.config import DataParams
 from image_finetune.data.canonical import load_split, read_sources
 from image_finetune.errors import IngestError
 from image_finetune.validation.facts import class_counts, dataset_facts
-from tests.conftest import ingest_source
+from tests.support import ingest_source
 
 # Four CIFAR-10 classes under the names a user might give them.
 RENAMED = {"cat": "kitty", "ship": "boat", "frog": "toad", "truck": "lorry"}

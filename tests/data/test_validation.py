@@ -13,7 +13,7 @@ from image_finetune.config import DataParams, ValidateParams
 from image_finetune.data.canonical import load_split, read_manifest, write_dataset
 from image_finetune.errors import DataValidationError
 from image_finetune.validation.facts import dataset_facts
-from tests.conftest import ingest_source, validate_with
+from tests.support import ingest_source, validate_with
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +169,7 @@ def test_missing_dataset_is_a_clear_error(tmp_path):
 def test_failures_name_the_files_they_came_from(small_folder, tmp_path):
     from PIL import Image
 
-    from tests.conftest import copy_tree
+    from tests.support import copy_tree
 
     folder = copy_tree(small_folder, tmp_path / "tree")
     victim = sorted((folder / "test" / "frog").iterdir())[3]

@@ -20,9 +20,7 @@ import yaml
 
 from image_finetune.config import Params
 from image_finetune.distribute import local_cluster
-from tests.conftest import ingest_source
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support import ROOT, SMALL_SPLIT, ingest_source, small_params
 
 # Three rungs, one per training mode, warm-started in turn. No random augmentation and no
 # dropout: the replicas draw other random numbers than one device does.
@@ -59,11 +57,10 @@ def environment(backend: str = "tensorflow", **extra: str) -> dict:
 
 def write_params(folder: Path, weights: Path, distribution: str, ladder=LADDER,
                  host_devices: int = 1) -> Path:
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["data"].update(path=str(folder), validation_fraction=0.2, min_validation_per_class=1)
-    params["model"].update(weights=str(weights), image_size=32, dropout=0.0)
-    params["augment"].update(horizontal_flip=False, translate=0.0)
-    params["train"].update(ladder=ladder, distribution=distribution, host_devices=host_devices)
+    params = small_params(folder, weights, ladder, from_project=True,
+                          model={"image_size": 32, "dropout": 0.0},
+                          augment={"horizontal_flip": False, "translate": 0.0},
+                          train={"distribution": distribution, "host_devices": host_devices})
     path = folder.parent / f"params-{distribution}-{os.getpid()}-{time.monotonic_ns()}.yaml"
     path.write_text(yaml.safe_dump(params))
     return path
@@ -72,8 +69,7 @@ def write_params(folder: Path, weights: Path, distribution: str, ladder=LADDER,
 @pytest.fixture(scope="module")
 def dataset(small_folder, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("parallel") / "data"
-    ingest_source(Params().data.model_copy(update={"validation_fraction": 0.2,
-                                                   "min_validation_per_class": 1}),
+    ingest_source(Params().data.model_copy(update=SMALL_SPLIT),
                   small_folder, out)
     return out
 

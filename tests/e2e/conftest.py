@@ -12,7 +12,6 @@ from image_finetune.config import load_params
 from image_finetune.steps.evaluate import evaluate_classifier
 from image_finetune.steps.final_gate import final_gate
 from image_finetune.steps.train_rung import train_rung
-from tests.conftest import ROOT, extract_subset, ingest_source
 from tests.e2e.serving_support import (
     MAX_BODY_BYTES,
     MAX_IMAGE_BYTES,
@@ -21,6 +20,7 @@ from tests.e2e.serving_support import (
     register,
     serve,
 )
+from tests.support import ROOT, extract_subset, ingest_source
 
 
 @pytest.fixture(scope="session")

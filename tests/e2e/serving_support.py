@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from tests.conftest import ROOT
+from tests.support import ROOT, free_port
 
 # The shared server's limits: small, so the tests reach them with small requests.
 MAX_IMAGES = 50
@@ -59,12 +59,6 @@ def relabelled_copy(model_path: Path, out: Path) -> Path:
     model.layers[-1].set_weights([np.roll(kernel, 1, axis=1), np.roll(bias, 1)])
     model.save(out)
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for(url: str, process: subprocess.Popen, status: int = 200,

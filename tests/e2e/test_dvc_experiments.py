@@ -17,9 +17,9 @@ import pytest
 import yaml
 
 from tests.caches import shared_training_cache
-from tests.conftest import FAIL_THEN_PASS_LADDER
 from tests.e2e.test_dvc_repro import dvc, project_copy
 from tests.services import objects_under
+from tests.support import FAIL_THEN_PASS_LADDER
 
 GATE = {"min_accuracy": 0.3, "min_macro_f1": 0.2, "min_class_recall": 0.0,
         "max_latency_p95_ms": 2000}

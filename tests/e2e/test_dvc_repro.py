@@ -15,7 +15,7 @@ import yaml
 
 from image_finetune.registry.versions import download_engine, download_reference_profile
 from tests.caches import shared_training_cache
-from tests.conftest import small_run_params
+from tests.support import small_run_params
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin"

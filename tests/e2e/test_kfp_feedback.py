@@ -12,7 +12,7 @@ from kfp import dsl, local
 
 from image_finetune.components import export_labelled_feedback, ingest_data, mark_feedback_used
 from image_finetune.monitoring.feedback_store import FeedbackRecord, FeedbackStore
-from tests.conftest import small_run_params
+from tests.support import small_run_params
 
 LABELLED = 6
 

@@ -18,8 +18,8 @@ from image_finetune.config import Params
 from image_finetune.pipelines.local import LocalRun, run_local
 from image_finetune.registry.lineage import git_commit
 from tests.caches import shared_training_cache
-from tests.conftest import PASSABLE_GATE, small_run_params
 from tests.kfp_outputs import decisions, executed, produced
+from tests.support import PASSABLE_GATE, small_run_params
 
 ROOT = Path(__file__).resolve().parents[2]
 IMPOSSIBLE = {**PASSABLE_GATE, "min_accuracy": 0.999}

@@ -16,9 +16,9 @@ import yaml
 from PIL import Image
 
 from image_finetune.data.canonical import read_sources
-from tests.conftest import ROOT
 from tests.e2e.serving_support import serve
 from tests.e2e.test_dvc_repro import dvc, project_copy
+from tests.support import ROOT
 
 RENAMED = {"cat": "kitty", "ship": "boat", "frog": "toad"}
 SIZE = 48

@@ -25,8 +25,8 @@ from image_finetune.registry.client import client_for
 from image_finetune.registry.versions import download_model
 from image_finetune.serving.decode import decode_all
 from image_finetune.serving.settings import ServeSettings
-from tests.conftest import ROOT
-from tests.e2e.serving_support import free_port, wait_for
+from tests.e2e.serving_support import wait_for
+from tests.support import ROOT, free_port
 from tests.unit.test_model_card import check_portable
 
 DVC = str(Path(sys.executable).with_name("dvc"))

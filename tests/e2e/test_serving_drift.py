@@ -15,8 +15,8 @@ from image_finetune.monitoring.profile import ReferenceProfile
 from image_finetune.steps.monitor import read_recorded
 from image_finetune.steps.profile import profile_classifier
 from image_finetune.steps.register import register_classifier
-from tests.conftest import ROOT, wait_until
 from tests.e2e.serving_support import own_registry_params, png, serve
+from tests.support import ROOT, wait_until
 
 pytestmark = pytest.mark.ordered
 WINDOW = 50

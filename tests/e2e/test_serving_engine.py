@@ -29,7 +29,6 @@ from image_finetune.steps.final_gate import final_gate
 from image_finetune.steps.predict_batch import predict_batch
 from image_finetune.steps.profile import profile_classifier
 from image_finetune.steps.register import register_classifier
-from tests.conftest import ROOT, wait_until
 from tests.e2e.serving_support import (
     engine_folder,
     log_engine,
@@ -38,6 +37,7 @@ from tests.e2e.serving_support import (
     relabelled_copy,
     serve,
 )
+from tests.support import ROOT, wait_until
 
 # One server's life: answers, monitoring, then the alias moving to an int8 version.
 pytestmark = pytest.mark.ordered

@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.e2e.serving_support import Server, free_port, png, serve, wait_for
+from tests.e2e.serving_support import Server, png, serve, wait_for
 from tests.secrets_volume import rotate_like_kubelet
+from tests.support import free_port
 
 MAX_CONNECTIONS = 40
 HEADER_TIMEOUT = 3

@@ -27,8 +27,8 @@ from image_finetune.registry.versions import version_by_alias
 from image_finetune.serving.rollout import in_canary
 from image_finetune.steps.evaluate import evaluate_classifier
 from image_finetune.steps.final_gate import final_gate
-from tests.conftest import wait_until
 from tests.e2e.serving_support import own_registry_params, register, relabelled_copy, serve
+from tests.support import wait_until
 
 pytestmark = pytest.mark.ordered
 REQUESTS = 30  # per challenger

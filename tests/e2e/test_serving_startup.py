@@ -18,8 +18,8 @@ import httpx
 import pytest
 
 from image_finetune.data.canonical import load_split
-from tests.conftest import wait_until
-from tests.e2e.serving_support import Server, free_port, wait_for
+from tests.e2e.serving_support import Server, wait_for
+from tests.support import free_port, wait_until
 
 TOKEN = "s3cret-token-for-tests"
 # One server's life in steps: unready while the registry is down, ready once it is up,

@@ -22,8 +22,8 @@ from image_finetune.inference import load_classifier
 from image_finetune.registry.versions import CHAMPION
 from image_finetune.steps.evaluate import evaluate_classifier
 from image_finetune.steps.final_gate import final_gate
-from tests.conftest import wait_until
 from tests.services import ROOT, kill_hard, objects_under, run_services
+from tests.support import wait_until
 
 VENV_BIN = ROOT / ".venv" / "bin"
 EXIT_CODES = (7, 9)  # ServiceError, RegistryError

@@ -18,9 +18,9 @@ import pytest
 
 from image_finetune.data.images import decode_image
 from image_finetune.inference import load_classifier
-from tests.conftest import ROOT, missing_part
 from tests.e2e.serving_support import Server
 from tests.engine_registry import engine_registry
+from tests.support import ROOT, missing_part
 
 UNWANTED = ("tensorflow", "keras", "great_expectations", "tf2onnx", "nncf")
 MODEL_NAME = "installed"

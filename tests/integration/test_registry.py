@@ -27,8 +27,8 @@ from image_finetune.steps.evaluate import evaluate_classifier
 from image_finetune.steps.final_gate import final_gate
 from image_finetune.steps.register import register_classifier
 from image_finetune.steps.train_rung import train_rung
-from tests.conftest import jpeg_bytes
 from tests.services import ROOT, run_services
+from tests.support import jpeg_bytes
 from tests.unit.test_model_card import check_portable
 
 

@@ -11,23 +11,21 @@ import pytest
 import yaml
 
 from image_finetune.config import Params
-from tests.conftest import ingest_source, missing_part, validate_with
+from tests.support import ingest_source, missing_part, small_params, validate_with
 
 
 def backend_params(folder: Path, weights: Path) -> dict:
-    return {
-        "data": {"path": str(folder), "validation_fraction": 0.2,
-                 "min_validation_per_class": 1},
-        "model": {"weights": str(weights), "image_size": 64},
-        "train": {"cache_boundary": "block_12_add", "ladder": [
-            {"name": "head", "epochs": 8, "batch_size": 32, "learning_rate": 0.003},
-            {"name": "top", "unfreeze_from": "block_13_expand", "epochs": 1, "batch_size": 64,
-             "learning_rate": 0.0001}]},
-        "evaluate": {"flip_tta": False, "bootstrap_samples": 100, "latency_runs": 2,
-                     "gallery_size": 0},
-        "gate": {"min_accuracy": 0.99, "min_macro_f1": 0.0, "min_class_recall": 0.0,
-                 "max_latency_p95_ms": 100000},
-    }
+    return small_params(
+        folder, weights,
+        [{"name": "head", "epochs": 8, "batch_size": 32, "learning_rate": 0.003},
+         {"name": "top", "unfreeze_from": "block_13_expand", "epochs": 1, "batch_size": 64,
+          "learning_rate": 0.0001}],
+        model={"image_size": 64}, train={"cache_boundary": "block_12_add"},
+        evaluate={"flip_tta": False, "bootstrap_samples": 100, "latency_runs": 2,
+                  "gallery_size": 0},
+        gate={"min_accuracy": 0.99, "min_macro_f1": 0.0, "min_class_recall": 0.0,
+              "max_latency_p95_ms": 100000},
+    )
 
 
 @pytest.fixture(scope="module")

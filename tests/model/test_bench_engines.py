@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 from image_finetune.engines import DEFAULT_ENGINE, ENGINES
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 SCRIPT = ROOT / "bench" / "engines.py"
 

@@ -19,7 +19,7 @@ from image_finetune.monitoring.summaries import embedding_model
 from image_finetune.stats import per_image_correct
 from image_finetune.steps.evaluate import evaluate_classifier
 from image_finetune.steps.export_engine import export_engine
-from tests.conftest import ROOT, extract_subset, ingest_source
+from tests.support import ROOT, extract_subset, ingest_source
 
 TEST_PER_CLASS = 100  # 1,000 test images: one image is 0.1 point, the rule allows 0.5
 

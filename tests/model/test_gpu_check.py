@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CIFAR_TARBALL, ROOT, WEIGHTS_DIR, locked_versions, missing_part
+from tests.support import CIFAR_TARBALL, ROOT, WEIGHTS_DIR, locked_versions, missing_part
 
 SCRIPT = ROOT / "bench" / "gpu_check.sh"
 ABSENT_ON_DEVICE = ("tensorflow", "tensorflow_datasets", "mlflow", "great_expectations",

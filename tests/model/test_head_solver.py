@@ -14,18 +14,14 @@ from image_finetune.config import Params
 from image_finetune.data.canonical import load_split
 from image_finetune.inference import load_classifier
 from image_finetune.steps.train_rung import train_rung
-from tests.conftest import ROOT, ingest_source
+from tests.support import ROOT, ingest_source, small_params
 
 
 def head_params(folder: Path, weights: Path, solver: str) -> Params:
-    return Params.model_validate({
-        "data": {"path": str(folder), "validation_fraction": 0.2,
-                 "min_validation_per_class": 1},
-        "model": {"weights": str(weights), "image_size": 64},
-        "train": {"cache_boundary": None, "ladder": [
-            {"name": "head", "epochs": 8, "batch_size": 32, "learning_rate": 0.003,
-             "head_solver": solver}]},
-    })
+    return Params.model_validate(small_params(
+        folder, weights, [{"name": "head", "epochs": 8, "batch_size": 32,
+                           "learning_rate": 0.003, "head_solver": solver}],
+        model={"image_size": 64}, train={"cache_boundary": None}))
 
 
 def two_classes(small_folder: Path, out: Path) -> Path:

@@ -14,24 +14,22 @@ from image_finetune.config import Params
 from image_finetune.errors import GateFailedError
 from image_finetune.inference import MODEL_FILE, load_classifier
 from image_finetune.steps.climb_ladder import climb_ladder
-from tests.conftest import ROOT, ingest_source, validate_with
+from tests.support import ROOT, ingest_source, small_params, validate_with
 
 HOPELESS = {"epochs": 1, "batch_size": 64, "learning_rate": 1e-7}
 LEARNS = {"epochs": 6, "batch_size": 32, "learning_rate": 0.003}
 
 
 def ladder_params(folder: Path, weights: Path, rungs: list[dict]) -> Params:
-    return Params.model_validate({
-        "data": {"path": str(folder), "validation_fraction": 0.2,
-                 "min_validation_per_class": 1},
-        "model": {"weights": str(weights), "image_size": 64},
-        "train": {"cache_boundary": None, "ladder": rungs},
-        "evaluate": {"flip_tta": False, "bootstrap_samples": 100, "latency_runs": 1,
-                     "gallery_size": 0},
+    return Params.model_validate(small_params(
+        folder, weights, rungs,
+        model={"image_size": 64}, train={"cache_boundary": None},
+        evaluate={"flip_tta": False, "bootstrap_samples": 100, "latency_runs": 1,
+                  "gallery_size": 0},
         # Chance is 0.1; a head that learns for 6 epochs reaches about 0.4 here.
-        "gate": {"min_accuracy": 0.25, "min_macro_f1": 0.0, "min_class_recall": 0.0,
-                 "max_latency_p95_ms": 100000},
-    })
+        gate={"min_accuracy": 0.25, "min_macro_f1": 0.0, "min_class_recall": 0.0,
+              "max_latency_p95_ms": 100000},
+    ))
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from image_finetune.steps.final_gate import final_gate
 from image_finetune.steps.monitor import MonitorSettings, monitor
 from image_finetune.steps.profile import profile_classifier
 from image_finetune.steps.register import register_classifier
-from tests.conftest import CIFAR_TARBALL, ROOT
+from tests.support import CIFAR_TARBALL, ROOT
 
 UNSEEN_PER_CLASS = 30  # test images per class after the 10 the small model's data holds
 

@@ -15,27 +15,21 @@ import yaml
 
 from image_finetune.config import Params, load_params
 from image_finetune.steps.train_rung import train_rung
-from tests.conftest import ingest_source
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support import ROOT, SMALL_SPLIT, ingest_source, small_params
 
 
-def small_params(tmp_path: Path, folder: Path, weights: Path, ladder: list[dict]) -> Path:
+def write_small_params(tmp_path: Path, folder: Path, weights: Path, ladder: list[dict]
+                       ) -> Path:
     path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump({
-        "data": {"path": str(folder), "validation_fraction": 0.2,
-                 "min_validation_per_class": 1},
-        "model": {"weights": str(weights)},
-        "train": {"ladder": ladder, "flip_cache": True},
-    }))
+    path.write_text(yaml.safe_dump(small_params(folder, weights, ladder,
+                                                train={"flip_cache": True})))
     return path
 
 
 @pytest.fixture(scope="module")
 def small_data(small_folder, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ingested") / "data"
-    ingest_source(Params().data.model_copy(update={"validation_fraction": 0.2,
-                 "min_validation_per_class": 1}), small_folder, out)
+    ingest_source(Params().data.model_copy(update=SMALL_SPLIT), small_folder, out)
     return out
 
 
@@ -73,7 +67,7 @@ def weights(path: Path) -> list:
 
 def test_same_params_give_the_same_weights_in_another_process_and_fine_tuning_keeps_accuracy(
         small_data, small_folder, no_top_weights, tmp_path):
-    params_file = small_params(tmp_path, small_folder, no_top_weights, LADDER)
+    params_file = write_small_params(tmp_path, small_folder, no_top_weights, LADDER)
     params = load_params(params_file)
     head = train_rung(params, 0, small_data, tmp_path / "a" / "0", tmp_path / "a" / "cache", ROOT)
     top = train_rung(params, 1, small_data, tmp_path / "a" / "1", tmp_path / "a" / "cache", ROOT,
@@ -97,7 +91,7 @@ def test_interrupted_attempt_resumes_from_its_last_checkpoint(
         small_folder, no_top_weights, tmp_path):
     ladder = [{"name": "top", "unfreeze_from": "block_13_expand", "epochs": 5, "batch_size": 16,
                "learning_rate": 0.0003}]
-    params = small_params(tmp_path, small_folder, no_top_weights, ladder)
+    params = write_small_params(tmp_path, small_folder, no_top_weights, ladder)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     cli = [sys.executable, "-m", "image_finetune.cli"]
     for step in (["ingest", "--out", "data"], ["validate", "--data", "data", "--out", "checks"]):
@@ -156,7 +150,7 @@ def test_two_runs_of_one_attempt_at_once_train_it_once_and_an_attempt_is_trusted
     """Two experiments sharing the cache need the same attempt: one embeds and trains, the
     other waits for it and reuses it. A finished attempt whose key.json names another key
     (copied, or half made by hand) is trained again, never reused."""
-    params_file = small_params(tmp_path, small_folder, no_top_weights,
+    params_file = write_small_params(tmp_path, small_folder, no_top_weights,
                                [{**LADDER[0], "epochs": 2}])
     cache = tmp_path / "cache"
     runs = [subprocess.Popen(

@@ -8,7 +8,7 @@ import ast
 import pytest
 
 from image_finetune.codegraph import imported_names, module_files
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 SCRIPTS = sorted((ROOT / "bench").glob("*.py"))
 

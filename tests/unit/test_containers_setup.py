@@ -21,7 +21,7 @@ from image_finetune.pipelines.containers import (
     prepare_mounts,
     tracking_folder,
 )
-from tests.conftest import ROOT, locked_versions
+from tests.support import ROOT, locked_versions
 
 DOCKER = ROOT / "infra" / "docker"
 DOCKERFILES = [DOCKER / "Dockerfile.cpu", DOCKER / "Dockerfile.gpu", DOCKER / "Dockerfile.serve"]

@@ -11,7 +11,7 @@ import pytest
 
 from image_finetune.errors import MissingExtraError
 from image_finetune.extras import EXTRA_OF, missing_extra, raise_missing_extra, require
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 EXTRAS = PYPROJECT["project"]["optional-dependencies"]

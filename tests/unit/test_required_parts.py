@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.conftest import REQUIRE_ENV, missing_part
+from tests.support import REQUIRE_ENV, missing_part
 
 
 def test_a_missing_part_skips_for_a_developer(monkeypatch):
@@ -18,6 +18,6 @@ def test_a_missing_part_fails_where_every_part_is_required(monkeypatch):
 
 
 def test_ci_requires_every_part():
-    from tests.conftest import ROOT
+    from tests.support import ROOT
 
     assert f"export {REQUIRE_ENV}=1" in (ROOT / ".ci" / "run").read_text()

@@ -19,7 +19,7 @@ from image_finetune.serving.models import LoadedModel
 from image_finetune.serving.monitor import MAX_QUEUED, MIN_SHARE, Monitor, Sampler
 from image_finetune.serving.operate_metrics import OperateMetrics
 from image_finetune.serving.settings import OperateSettings
-from tests.conftest import wait_until
+from tests.support import wait_until
 
 CLASSES, WIDTH, SIZE = 4, 12, 8
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 # What the Docker image copies before `pip install .` (infra/docker/Dockerfile.cpu).
 BUILD_INPUTS = ("pyproject.toml", "README.md", "src", "pipelines", "components")

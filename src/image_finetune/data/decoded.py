@@ -8,6 +8,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -78,7 +79,8 @@ class DecodedImages:
                     files.append(image)
             dataset.sources[split] = [image.name for image in files]
             if files and files[0].sha256 is not None:
-                dataset.content_sha256[split] = [image.sha256 for image in files]
+                # hashed is one setting per dataset: the first file hashed, every file is
+                dataset.content_sha256[split] = cast("list[str]", [image.sha256 for image in files])
             dataset.images[split] = take(self.sinks[split].rows(), np.asarray(rows, np.int64))
             dataset.labels[split] = np.asarray(labels, dtype=np.int64)
         return dataset

@@ -78,10 +78,13 @@ def walk(path: Path, problems: list[str], max_bytes: int = MAX_FILE_BYTES) -> It
         problem = name_problem(name)
         if problem is None and isinstance(read, str):
             problem = f"{name}: {read}"
-        rel = clean_path(name) if problem is None else None
-        if rel is not None and (not rel.parts or is_clutter(rel)):
+        if problem is not None:
+            problems.append(problem)
             continue
-        if problem is None and size is not None:
+        rel = clean_path(name)
+        if not rel.parts or is_clutter(rel):
+            continue
+        if size is not None:
             problem = _stored_twice(rel, stored)
         if problem is None and size is not None and size > max_bytes:
             problem = f"{rel}: {size} bytes, over the limit of {max_bytes} per file"

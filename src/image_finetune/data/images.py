@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import io
 import struct
+from typing import cast
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 # MPO is how cameras and phones store JPEGs with extra frames; the first frame is the photo.
 ACCEPTED_FORMATS = frozenset({"PNG", "JPEG", "MPO"})
-# PIL's own bomb threshold (~89.5 megapixels): what ingest always accepted.
-DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS
+# PIL's own bomb threshold (~89.5 megapixels): what ingest always accepted. PIL types it
+# int | None (None: a user turned the check off); its default, read here, is an int.
+DEFAULT_MAX_PIXELS = cast(int, Image.MAX_IMAGE_PIXELS)
 # Transparent pixels are shown on white, as image viewers and browsers show them.
 BACKGROUND = (255, 255, 255)
 ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
@@ -61,7 +61,8 @@ def canonical_splits(
     if UNSPLIT in raw.images:
         rows = split_by_content(raw.content_sha256[UNSPLIT], seed, test_fraction,
                                 validation_fraction)
-        chosen = {split: (UNSPLIT, rows[split]) for split in ("train", "validation", "test")}
+        chosen: dict[str, tuple[str, np.ndarray | None]] = {
+            split: (UNSPLIT, rows[split]) for split in ("train", "validation", "test")}
         holdout = BY_CONTENT
     elif "validation" in raw.images:
         chosen = {"train": ("train", None), "validation": ("validation", None)}
@@ -72,10 +73,11 @@ def canonical_splits(
         chosen = {"train": ("train", keep), "validation": ("train", held)}
         holdout = STRATIFIED
     chosen.setdefault("test", ("test", None))
-    splits, sources = {}, {}
-    for split, (origin, rows) in chosen.items():
-        picked = slice(None) if rows is None else rows
-        splits[split] = (take(raw.images[origin], rows), raw.labels[origin][picked])
+    splits: dict[str, tuple[np.ndarray | RowView, np.ndarray]] = {}
+    sources: dict[str, list[str]] = {}
+    for split, (origin, index) in chosen.items():
+        picked = slice(None) if index is None else index
+        splits[split] = (take(raw.images[origin], index), raw.labels[origin][picked])
         if origin in raw.sources:
             sources[split] = list(np.asarray(raw.sources[origin], dtype=object)[picked])
     return splits, sources, holdout
@@ -85,7 +87,7 @@ def empty_classes(splits: dict[str, tuple], class_names: list[str]) -> list[str]
     """Each class a split holds no image of, as problems naming the class and split."""
     counts = {split: np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(class_names))
               for split, (_, labels) in splits.items()}
-    totals = sum(counts.values())
+    totals = sum(counts.values(), start=np.zeros(len(class_names), dtype=np.int64))
     return [f"{name}: none of its {totals[index]} images falls in {split}"
             for split, per_class in counts.items()
             for index, name in enumerate(class_names) if per_class[index] == 0]
@@ -123,7 +125,8 @@ def read_extra_images(
     return rows, np.asarray(labels, dtype=np.int64), names
 
 
-def _extra_problem(path: Path, parts: tuple[str, ...], class_names: list[str]) -> str | None:
+def _extra_problem(path: PurePosixPath, parts: tuple[str, ...], class_names: list[str]
+                   ) -> str | None:
     if len(parts) > 3:
         return f"{path}: not at class/file or split/class/file"
     if Path(parts[-1]).suffix.lower() not in IMAGE_SUFFIXES:

@@ -22,6 +22,7 @@ import os
 import re
 import stat
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path, PurePosixPath
 
 from image_finetune.data.canonical import sha256_file
@@ -61,7 +62,7 @@ def read_labels_file(
     has_split = rows[0].split is not None
     for row in rows:
         split = row.split or UNSPLIT
-        images.add((split, row.label), str(row.path), lambda row=row: read_listed(folder, row),
+        images.add((split, row.label), str(row.path), partial(read_listed, folder, row),
                    problems, hashed=not has_split)
     if problems:
         raise IngestError(f"{path}: bad images in the labels file", problems)
@@ -191,7 +192,8 @@ def row_problems(rows: list[Row]) -> list[str]:
 
 def listing_problems(rows: list[Row], folder: Path) -> list[str]:
     """An image listed twice with two labels or splits; a listed image that is not there."""
-    problems, first = [], {}
+    problems: list[str] = []
+    first: dict[PurePosixPath, Row] = {}
     for row in rows:
         seen = first.setdefault(row.path, row)
         if (seen.label, seen.split) != (row.label, row.split):

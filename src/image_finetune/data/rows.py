@@ -79,6 +79,9 @@ class RowView:
         return whole if dtype is None else whole.astype(dtype)
 
 
+Rows = np.ndarray | RowView  # what a reader of rows in batches takes: an array or a view
+
+
 class ShardedRows(RowView):
     """The rows of ``.npy`` shards (same row shape and dtype), in order, as one array."""
 

@@ -106,8 +106,9 @@ class Window:
 
     def _column(self, index: int) -> np.ndarray:
         if len(self._chunks) > 1:  # join once, then keep the joined arrays
-            self._chunks = [tuple(np.concatenate([c[i] for c in self._chunks])
-                                  for i in range(3))]
+            probabilities, projected, stats = (np.concatenate([c[i] for c in self._chunks])
+                                               for i in range(3))
+            self._chunks = [(probabilities, projected, stats)]
         return self._chunks[0][index]
 
     @property
@@ -149,7 +150,7 @@ def test_window(profile: ReferenceProfile, window: Window, alpha: float = 0.05,
                        len(profile), profile.model_version, describe(profile, window))
 
 
-test_window.__test__ = False  # a domain function, not a pytest test
+vars(test_window)["__test__"] = False  # a domain function, not a pytest test
 
 
 def _check_fits(profile: ReferenceProfile, window: Window, alpha: float, permutations: int):

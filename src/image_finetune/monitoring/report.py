@@ -106,10 +106,10 @@ def test_figures(profile: ReferenceProfile, window: Window) -> dict[str, bytes]:
     return figures
 
 
-test_figures.__test__ = False  # a domain function, not a pytest test
+vars(test_figures)["__test__"] = False  # a domain function, not a pytest test
 
 
-def sample_grid(images: np.ndarray, count: int = SAMPLE_GRID) -> bytes | None:
+def sample_grid(images: np.ndarray | None, count: int = SAMPLE_GRID) -> bytes | None:
     """A grid of up to ``count`` of the window's images, evenly spaced (None: no images)."""
     if images is None or not len(images):
         return None

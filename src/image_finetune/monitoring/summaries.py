@@ -11,6 +11,8 @@ import numpy as np
 if TYPE_CHECKING:
     import keras
 
+    from image_finetune.data.rows import Rows
+
 IMAGE_STATISTICS = ("brightness", "contrast", "saturation", "sharpness")
 # ITU-R BT.601 luma weights: brightness as a viewer perceives it.
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -92,7 +94,7 @@ def projecting_model(summaries: keras.Model, mean: np.ndarray, components: np.nd
                        name=f"{summaries.name}_projected")
 
 
-def summarise(model: keras.Model, images: np.ndarray, batch_size: int = 256
+def summarise(model: keras.Model, images: Rows, batch_size: int = 256
               ) -> tuple[np.ndarray, np.ndarray]:
     """(probabilities [N, C], pooled embeddings [N, D]) of uint8 images, float32, in batches,
     from an :func:`embedding_model`."""

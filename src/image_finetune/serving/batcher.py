@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 import numpy as np
 
@@ -66,7 +67,10 @@ class Overloaded(Exception):
     """More images are waiting than the server accepts to queue."""
 
 
-class MicroBatcher:
+Tag = TypeVar("Tag")  # what answered a batch (the serving code's LoadedModel)
+
+
+class MicroBatcher(Generic[Tag]):
     """Coalesces concurrent requests into model calls on one worker thread.
 
     ``infer(batch)`` returns ``(outputs, tag)``: one output row per image and a tag handed
@@ -74,10 +78,10 @@ class MicroBatcher:
     outputs, tag)`` sees each batch once its answers are out (the drift monitor's hand-off:
     one per model call, not per request); it must return at once."""
 
-    def __init__(self, infer: Callable[[np.ndarray], tuple[np.ndarray, object]],
+    def __init__(self, infer: Callable[[np.ndarray], tuple[np.ndarray, Tag]],
                  max_batch_size: int, max_wait: float, max_queued_images: int,
                  record: Callable[[BatchRecord], None] = lambda record: None,
-                 observe: Callable[[np.ndarray, np.ndarray, object], None] | None = None):
+                 observe: Callable[[np.ndarray, np.ndarray, Tag], None] | None = None):
         self.infer, self.record, self.observe = infer, record, observe
         self.max_batch_size, self.max_wait = max_batch_size, max_wait
         self.max_queued_images = max_queued_images
@@ -107,7 +111,7 @@ class MicroBatcher:
         finally:
             self.in_flight -= 1
 
-    async def submit(self, images: np.ndarray) -> tuple[np.ndarray, object]:
+    async def submit(self, images: np.ndarray) -> tuple[np.ndarray, Tag]:
         """The model's rows for ``images``, and the batch's tag."""
         with self._count_lock:
             if self.queued_images + len(images) > self.max_queued_images:

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -30,6 +31,9 @@ from image_finetune.registry.versions import (
 )
 from image_finetune.serving.settings import ServeSettings
 
+if TYPE_CHECKING:  # loaded only for a monitored version (attach_reference)
+    from image_finetune.monitoring.profile import ReferenceProfile
+
 log = logging.getLogger(__name__)
 KERAS_ENGINE = "tensorflow"
 
@@ -42,11 +46,17 @@ class PrecisionError(ValueError):
     """The precision asked for is not one the version may serve at."""
 
 
+class PredictsBatches(Protocol):
+    """A Keras model or an engine's Predictor (or a summaries model, giving two outputs)."""
+
+    def predict_on_batch(self, images: np.ndarray) -> Any: ...
+
+
 @dataclass
 class LoadedModel:
     """One model version, ready to predict."""
 
-    model: object  # a Keras model or an engine's Predictor: predict_on_batch(uint8 images)
+    model: PredictsBatches  # a Keras model or an engine's Predictor (uint8 images)
     version: str
     class_names: list[str]
     input_size: int
@@ -56,8 +66,8 @@ class LoadedModel:
     loaded_at: float = field(default_factory=time.time)
     # Drift monitoring: the version's reference profile and the model giving probabilities
     # and the projected pooled embedding in one pass (None: not monitored).
-    profile: object | None = None
-    summaries: object | None = None
+    profile: ReferenceProfile | None = None
+    summaries: PredictsBatches | None = None
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities (float32) for a uint8 batch."""
@@ -162,18 +172,18 @@ def attach_reference(loaded: LoadedModel, registry: RegistryParams) -> None:
             log.warning("v%s has no reference profile: served without drift monitoring",
                         loaded.version)
             return
-        loaded.profile = ReferenceProfile.load(folder)
-    loaded.summaries = summaries_model(loaded)
+        loaded.profile = profile = ReferenceProfile.load(folder)
+    loaded.summaries = summaries_model(loaded, profile)
 
 
-def summaries_model(loaded: LoadedModel):
+def summaries_model(loaded: LoadedModel, profile: ReferenceProfile):
     """What gives a monitored version's probabilities and projected embedding in one pass:
     on Keras, the classifier's own layers with the projection inside the graph; on an
     engine, its ``embedding`` output projected without BLAS (ProjectedOutputs). None where
     the engine's graph has no embedding."""
     from image_finetune.monitoring.summaries import embedding_model, projecting_model
 
-    mean, components = loaded.profile.mean, loaded.profile.components
+    mean, components = profile.mean, profile.components
     if loaded.engine == KERAS_ENGINE:
         return projecting_model(embedding_model(loaded.model), mean, components)
     outputs = ProjectedOutputs(loaded.model, mean, components)
@@ -235,7 +245,7 @@ class ModelHolder:
                                        model_name=settings.model_name)
         self.on_failure = on_failure  # called on every failed load or refresh
         self.current: LoadedModel | None = None
-        self.problem = "not loaded yet"  # why there is no model (None once one is served)
+        self.problem: str | None = "not loaded yet"  # why there is no model (None: served)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 

@@ -33,6 +33,7 @@ import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -41,6 +42,9 @@ from image_finetune.monitoring.summaries import image_statistics
 from image_finetune.serving.models import LoadedModel
 from image_finetune.serving.operate_metrics import OperateMetrics
 from image_finetune.serving.settings import OperateSettings
+
+if TYPE_CHECKING:
+    from image_finetune.monitoring.profile import ReferenceProfile
 
 log = logging.getLogger(__name__)
 MAX_QUEUED = 64  # hand-offs waiting for the monitor thread
@@ -79,6 +83,13 @@ class Sampler:
             affordable = cpu_share * window / cpu_seconds  # images per second to test
             self.share = float(min(1.0, max(MIN_SHARE, affordable / rate)))
         return self.share
+
+
+def _profile(model: LoadedModel) -> ReferenceProfile:
+    """A monitored version's reference profile (the server hands only those to the monitor)."""
+    if model.profile is None:
+        raise ValueError(f"v{model.version} has no reference profile: it is not monitored")
+    return model.profile
 
 
 class Monitor:
@@ -163,7 +174,7 @@ class Monitor:
 
     def _new_window(self, model: LoadedModel | None) -> None:
         self.model = model
-        self.window = (Window.empty(model.profile.dimensions, len(model.class_names))
+        self.window = (Window.empty(_profile(model).dimensions, len(model.class_names))
                        if model is not None else None)
         self.window_started = time.time()
         self._window_cpu = 0.0
@@ -173,6 +184,7 @@ class Monitor:
         started = time.thread_time()
         if self.model is None or model.version != self.model.version:
             self._new_window(model)  # a new version: its own reference, its own windows
+        assert self.window is not None  # _new_window(model) opened one
         self.window.append(probabilities, projected, image_statistics(images))
         self.metrics.monitor_images.labels(model.version).inc(len(images))
         self._window_cpu += time.thread_time() - started
@@ -188,8 +200,9 @@ class Monitor:
             self.window_started = time.time()  # too few images: the next period decides
 
     def _test(self) -> None:
-        model, window = self.model, self.window
-        result = self._tester.submit(test_arrays, model.profile, window.arrays()).result()
+        model, window, tester = self.model, self.window, self._tester
+        assert model is not None and window is not None and tester is not None  # a window is due
+        result = tester.submit(test_arrays, _profile(model), window.arrays()).result()
         share = self.sampler.retune(result.pop("cpu_seconds") + self._window_cpu,
                                     len(window), self.settings.monitor_cpu_share)
         version = model.version
@@ -220,7 +233,8 @@ class Monitor:
             return
         folder.mkdir(parents=True, exist_ok=True)
         name = f"{RECORD_PREFIX}v{version}-{int(time.time() * 1000)}.npz"
-        np.savez_compressed(folder / name, **window.arrays())
+        # allow_pickle: numpy's default, named so that the arrays' names are the only **keys
+        np.savez_compressed(folder / name, allow_pickle=True, **window.arrays())
         for old in recorded_windows(folder)[:-self.settings.monitor_record_max]:
             old.unlink(missing_ok=True)
 
@@ -276,7 +290,7 @@ def test_arrays(profile, arrays: dict[str, np.ndarray]) -> dict:
     return {**result, "cpu_seconds": time.process_time() - started}
 
 
-test_arrays.__test__ = False  # not a pytest test
+vars(test_arrays)["__test__"] = False  # not a pytest test
 
 
 def recorded_windows(folder: Path) -> list[Path]:

@@ -164,11 +164,17 @@ def _check_shape(shape: list[int], inner: list[int], expected: str, max_images: 
                             "per request")
 
 
+def _listed(tensor: RequestInput) -> list:
+    """The tensor's ``data``: a tensor without binary data has it, else it is refused."""
+    if tensor.data is None:
+        raise Rejected(400, f"input {tensor.name!r} has neither data nor {BINARY_SIZE}")
+    return tensor.data
+
+
 def _binary_part(tensor: RequestInput, binary: bytes) -> bytes | None:
     size = (tensor.parameters or {}).get(BINARY_SIZE)
     if size is None:
-        if tensor.data is None:
-            raise Rejected(400, f"input {tensor.name!r} has neither data nor {BINARY_SIZE}")
+        _listed(tensor)  # refused here when it has neither
         return None
     if type(size) is not int or size < 0 or size != len(binary):
         raise Rejected(400, f"{BINARY_SIZE} {size!r} does not match the {len(binary)} "
@@ -182,7 +188,7 @@ def _pixels(tensor: RequestInput, raw: bytes | None) -> np.ndarray:
         if len(raw) != expected:
             raise Rejected(400, f"{len(raw)} values for shape {tensor.shape}")
         return np.frombuffer(raw, np.uint8).reshape(tensor.shape)
-    values = _flat(tensor.data, tensor.shape)
+    values = _flat(_listed(tensor), tensor.shape)
     if len(values) != expected:
         raise Rejected(400, f"{len(values)} values for shape {tensor.shape}")
     kinds = set(map(type, values))
@@ -213,9 +219,10 @@ def _encoded_files(tensor: RequestInput, raw: bytes | None) -> list[bytes]:
     if raw is not None:
         files = _split_binary_bytes(raw)
     else:
-        if len(tensor.data) != tensor.shape[0]:
-            raise Rejected(400, f"{len(tensor.data)} elements for shape {tensor.shape}")
-        files = [_from_base64(element) for element in tensor.data]
+        data = _listed(tensor)
+        if len(data) != tensor.shape[0]:
+            raise Rejected(400, f"{len(data)} elements for shape {tensor.shape}")
+        files = [_from_base64(element) for element in data]
     if len(files) != tensor.shape[0]:
         raise Rejected(400, f"{len(files)} elements for shape {tensor.shape}")
     return files

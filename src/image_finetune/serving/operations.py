@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import NoReturn
 
 import numpy as np
 from fastapi import APIRouter, Request
@@ -93,6 +94,7 @@ class Operations:
         role = self.rollout.role_for(request_id, self.holder.current)
         start = time.monotonic()
         if role == CANARY:
+            assert self.canary_batcher is not None  # a canary role means a challenger is served
             try:
                 outputs, model = await self.canary_batcher.submit(images)
             except Overloaded as exc:
@@ -142,7 +144,8 @@ def add_operation_routes(router: APIRouter, operations: Operations,
 
 
 async def take_feedback(operations: Operations, request: Request, off_loop) -> JSONResponse:
-    def refuse(status: int, outcome: str, message: str, version: str = "", headers=None):
+    def refuse(status: int, outcome: str, message: str, version: str = "",
+               headers=None) -> NoReturn:
         operations.metrics.feedback.labels(version, outcome).inc()
         raise Rejected(status, message, headers)
 

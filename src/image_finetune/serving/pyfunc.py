@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import mlflow
@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 from mlflow.models import Model, ModelSignature
+from mlflow.pyfunc.model import PythonModel
 from mlflow.types import ColSpec, DataType, Schema
 from mlflow.types.schema import Array
 
@@ -78,7 +79,7 @@ def image_bytes(row: int, text: str | bytes, max_bytes: int) -> bytes:
         raise bad_input(f"row {row}: not valid base64 ({exc})") from None
 
 
-class ImageClassifier(mlflow.pyfunc.PythonModel):
+class ImageClassifier(PythonModel):
     """Images (base64) in; the most probable class and every class' probability out."""
 
     def __init__(self, class_names: list[str], image_fit: str):
@@ -90,7 +91,7 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         self.size = int(self.model.input_shape[1])
         self.settings = ServeSettings()
 
-    def decode(self, texts: list[str | bytes]) -> np.ndarray:
+    def decode(self, texts: Sequence[str | bytes]) -> np.ndarray:
         """The rows as one uint8 batch, each fitted to the model's input as the server does."""
         batch = np.empty((len(texts), self.size, self.size, 3), np.uint8)
         for row, text in enumerate(texts):

@@ -53,7 +53,8 @@ def export_feedback(feedback_uri: str | None, out: Path) -> dict:
         watermark = store.watermark()
         for record in store.records(with_images=True):
             name = f"{record.request_id}-{record.image_index}"
-            if not record.image or not safe_folder_name(record.label):
+            if (not record.image or record.image_format is None
+                    or not safe_folder_name(record.label)):
                 skipped.append(name)
                 continue
             folder = out / SPLIT / record.label

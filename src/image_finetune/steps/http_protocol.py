@@ -7,6 +7,7 @@ concatenated. Used by ``serve.serve_champion``."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 
@@ -30,8 +31,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     header_timeout: float = 10.0
     max_header_bytes: int = 32 * 1024
+    _head_timer: asyncio.TimerHandle | None  # set per connection (connection_made)
 
-    def connection_made(self, transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport) -> None:
         super().connection_made(transport)
         self._head_bytes = self._head_parsed = 0
         self._refused, self._head_timer = False, None

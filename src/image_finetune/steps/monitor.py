@@ -155,7 +155,7 @@ def read_images(source: Path, size: int, how: str, limit: int) -> tuple[np.ndarr
     """Every image under a folder or .tar(.gz) (up to ``limit``), fitted to ``size``, and
     the files that could not be read, each with why."""
     problems: list[str] = []
-    images = []
+    images: list[np.ndarray] = []
     for entry in walk(source, problems):
         if entry.is_folder or entry.path.suffix.lower() not in IMAGE_SUFFIXES:
             continue

@@ -63,9 +63,10 @@ def register_classifier(
     serving precision, the int8 figures) tagged on the version. A retry with the same
     ``pipeline_run_id`` (by default: derived from the model, its evaluation and decision)
     reuses its run and its version; a failure ends the run FAILED."""
-    if model is None and models is None:
-        raise ValueError("register_classifier needs models or model")
-    model = model or models / SELECTED / MODEL_FILE
+    if model is None:
+        if models is None:
+            raise ValueError("register_classifier needs models or model")
+        model = models / SELECTED / MODEL_FILE
     run_id = pipeline_run_id or lineage.inputs_run_id(
         [model, evaluation / DETAILS_FILE, decision], params.digest())
     client = client_for(params.registry)
