@@ -19,8 +19,8 @@ import pytest
 import yaml
 
 from image_finetune.config import Params
-from image_finetune.distribute import local_cluster
 from tests.conftest import ingest_source
+from tests.local_cluster import local_cluster
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -16,7 +16,6 @@ import pytest
 import yaml
 from google.protobuf import json_format
 
-from image_finetune.distribute import export_jobset_cluster, jobset_tf_config, read_cluster
 from image_finetune.errors import ConfigError
 from image_finetune.train_job import (
     TFJOB,
@@ -28,6 +27,11 @@ from image_finetune.train_job import (
     job_state,
     trainjob_manifest,
     worker_hosts,
+)
+from image_finetune.training.distribute import (
+    export_jobset_cluster,
+    jobset_tf_config,
+    read_cluster,
 )
 from tests.crds import validate_custom_resource
 from tests.unit.test_train_job import KUBERNETES, a_job, validate_tfjob
