@@ -17,7 +17,12 @@ import yaml
 from google.protobuf import json_format
 
 from image_finetune.errors import ConfigError
-from image_finetune.train_job import (
+from image_finetune.training.distribute import (
+    export_jobset_cluster,
+    jobset_tf_config,
+    read_cluster,
+)
+from image_finetune.training.job_spec import (
     TFJOB,
     TRAINJOB,
     Placement,
@@ -27,11 +32,6 @@ from image_finetune.train_job import (
     job_state,
     trainjob_manifest,
     worker_hosts,
-)
-from image_finetune.training.distribute import (
-    export_jobset_cluster,
-    jobset_tf_config,
-    read_cluster,
 )
 from tests.crds import validate_custom_resource
 from tests.unit.test_train_job import KUBERNETES, a_job, validate_tfjob

@@ -35,7 +35,8 @@ from image_finetune.training.runtime import local_devices, split_host
 log = logging.getLogger(__name__)
 
 TF_CONFIG_ENV = "TF_CONFIG"
-# Set by image_finetune.train_job on a TrainJob's nodes, and by Kubernetes on an Indexed Job's.
+# Set by image_finetune.training.job_spec on a TrainJob's nodes, and by Kubernetes on an
+# Indexed Job's.
 WORKER_HOSTS_ENV = "IMAGE_FINETUNE_WORKER_HOSTS"
 COMPLETION_INDEX_ENV = "JOB_COMPLETION_INDEX"
 
