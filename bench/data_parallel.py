@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from image_finetune.distribute import local_cluster
+from tests.local_cluster import local_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"

@@ -57,7 +57,7 @@ def read_cifar(tarball: Path, per_class: dict[str, int]):
 
 def frozen_classifier(weights: Path, classes: int):
     from image_finetune.config import ModelParams
-    from image_finetune.model import build_backbone, build_classifier
+    from image_finetune.training.model import build_backbone, build_classifier
 
     params = ModelParams(backbone="mobilenet_v2", weights=str(weights))
     backbone = build_backbone(params, params.image_size, weights)
@@ -69,14 +69,14 @@ def fit_head(classifier, features: np.ndarray, labels: np.ndarray) -> None:
     from sklearn.linear_model import LogisticRegression
 
     solver = LogisticRegression(C=0.5, max_iter=1000).fit(features, labels)
-    dense = classifier.get_layer("head").get_layer("logits")
+    dense = classifier.softmax
     dense.set_weights([solver.coef_.T.astype(np.float32),
                        solver.intercept_.astype(np.float32)])
 
 
 def softmax_head(classifier, pooled: np.ndarray) -> np.ndarray:
     """The head's probabilities from pooled features (what the classifier outputs)."""
-    kernel, bias = classifier.get_layer("head").get_layer("logits").get_weights()
+    kernel, bias = classifier.softmax.get_weights()
     logits = pooled @ kernel + bias
     logits -= logits.max(axis=1, keepdims=True)
     return (np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)).astype(np.float32)
@@ -173,7 +173,7 @@ def build(args):
     for index in range(len(names)):
         held[np.flatnonzero(labels == index)[: args.validation_per_class]] = True
     classifier = frozen_classifier(WEIGHTS, len(names))
-    model = embedding_model(classifier)
+    model = embedding_model(classifier.model)
     train_pooled = pooled_features(model, images[~held], "train")
     fit_head(classifier, train_pooled, labels[~held])
     val_pooled = pooled_features(model, images[held], "validation")

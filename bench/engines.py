@@ -236,9 +236,10 @@ def embed(classifier, boundary: str, workdir: Path, plan: Plan) -> dict:
     """Images/s of the feature cache's stem on Keras and on each fast engine, batch
     ``plan.embed_batch``, and the largest feature difference from Keras."""
     from image_finetune.engines import ENGINES, compile_keras
-    from image_finetune.features import stem_model
+    from image_finetune.training.features import stem_model
+    from image_finetune.training.model import classifier_parts
 
-    stem = stem_model(classifier, boundary)
+    stem = stem_model(classifier_parts(classifier), boundary)
     images, _, _ = cifar_per_class("train", max(1, plan.embed_images // 10))
     rows, reference = [], None
     for engine in ENGINES:
@@ -568,13 +569,13 @@ def tiny_classifier(path: Path) -> Path:
     import keras
 
     from image_finetune.config import ModelParams
-    from image_finetune.model import build_classifier
+    from image_finetune.training.model import build_classifier
 
     inputs = keras.Input((32, 32, 3))
     x = keras.layers.Conv2D(8, 3, strides=2, activation="relu", name="block_1")(inputs)
     x = keras.layers.Conv2D(16, 3, strides=2, activation="relu", name="block_2")(x)
     backbone = keras.Model(inputs, x, name="tiny_backbone")
-    build_classifier(backbone, 10, ModelParams(weights="none"), 32).save(path)
+    build_classifier(backbone, 10, ModelParams(weights="none"), 32).model.save(path)
     return path
 
 

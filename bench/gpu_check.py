@@ -129,15 +129,19 @@ def measure_throughput(params, backbone: str, size: int, n_classes: int, train, 
     """Training images/s of the whole classifier (every layer trainable) at ``size`` px."""
     import keras
 
-    from image_finetune.model import get_backbone, set_trainable
-    from image_finetune.train import build_rung_classifier, compile_for_rung
+    from image_finetune.training.fit import build_rung_classifier, compile_for_rung
+    from image_finetune.training.model import set_trainable
+    from image_finetune.training.plan import DataFacts, RuntimeFacts, plan_rung
 
     params = with_model(params, backbone, weights, image_size=size)
-    rung = params.train.ladder[-1]
-    model = build_rung_classifier(params, rung, n_classes, int(train.images.shape[1]), weights,
-                                  None)
-    set_trainable(get_backbone(model), "all")
-    compile_for_rung(params, rung, model, steps_per_epoch=max(steps + warmup, 1))
+    plan = plan_rung(params, len(params.train.ladder) - 1, DataFacts(len(train.labels), 0, ""),
+                     RuntimeFacts(keras.config.backend(), True))
+    rung = plan.written  # as written: the batch is the one measured
+    classifier = build_rung_classifier(plan, n_classes, int(train.images.shape[1]), weights,
+                                       None)
+    set_trainable(classifier.backbone, "all")
+    model = classifier.model
+    compile_for_rung(rung, plan.jit_compile, model, steps_per_epoch=max(steps + warmup, 1))
     batch = rung.batch_size
     rows = [(i * batch) % max(len(train.labels) - batch, 1) for i in range(steps + warmup)]
     labels = keras.utils.to_categorical(train.labels, n_classes)

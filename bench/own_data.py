@@ -115,15 +115,17 @@ def run_baseline(params, work: Path) -> float:
     from sklearn.linear_model import LogisticRegression
 
     from image_finetune.data.canonical import load_split
-    from image_finetune.features import stem_model
     from image_finetune.inference import predict_batches
-    from image_finetune.model import resolve_weights
-    from image_finetune.train import build_rung_classifier
+    from image_finetune.training.features import stem_model
+    from image_finetune.training.fit import build_rung_classifier
+    from image_finetune.training.model import resolve_weights
+    from image_finetune.training.plan import DataFacts, RuntimeFacts, plan_rung
 
     train, test = load_split(work / "data", "train"), load_split(work / "data", "test")
     classes = int(np.max(train.labels)) + 1
-    classifier = build_rung_classifier(params, params.train.ladder[0], classes,
-                                       params.data.image_size,
+    plan = plan_rung(params, 0, DataFacts(len(train.labels), 0, ""),
+                     RuntimeFacts(keras.config.backend(), False))
+    classifier = build_rung_classifier(plan, classes, params.data.image_size,
                                        resolve_weights(params.model, ROOT), None)
     pooled = keras.Sequential([stem_model(classifier, None), keras.layers.GlobalAveragePooling2D()])
 

@@ -21,9 +21,9 @@ import numpy as np
 from image_finetune.config import Params
 from image_finetune.data.canonical import load_split
 from image_finetune.engines import FAST_ENGINES, engine_available
-from image_finetune.features import rung_features
-from image_finetune.model import build_backbone, build_classifier
-from image_finetune.train import SOLVER_STRENGTHS
+from image_finetune.training.features import rung_features
+from image_finetune.training.head_solver import SOLVER_STRENGTHS
+from image_finetune.training.model import build_backbone, build_classifier
 
 WEIGHTS = Path(os.environ.get("IMAGE_FINETUNE_SHARED", "../shared")) / "weights" / (
     "mobilenet_v2_1.0_imagenet_no_top.weights.h5")

@@ -20,12 +20,10 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from image_finetune.config import ModelParams  # noqa: E402
-from image_finetune.features import split_backbone  # noqa: E402
-from image_finetune.model import (  # noqa: E402
+from image_finetune.training.features import split_backbone  # noqa: E402
+from image_finetune.training.model import (  # noqa: E402
     build_backbone,
     build_classifier,
-    get_backbone,
-    get_head,
     set_trainable,
 )
 
@@ -62,18 +60,17 @@ def main() -> None:
     for name, size, unfreeze, boundary in CASES:
         params = ModelParams(backbone=name, weights="none", image_size=size)
         classifier = build_classifier(build_backbone(params, size, None), 10, params, 32)
-        backbone = get_backbone(classifier)
+        backbone = classifier.backbone
         set_trainable(backbone, unfreeze)
-        e2e = images_per_second(classifier, images, labels, args.batch, args.steps)
+        e2e = images_per_second(classifier.model, images, labels, args.batch, args.steps)
         stem, tail = split_backbone(backbone, boundary)
         cache_input = keras.Input(tail.input_shape[1:])
-        tail_model = keras.Model(cache_input, get_head(classifier)(tail(cache_input)))
+        tail_model = keras.Model(cache_input, classifier.head(tail(cache_input)))
         features = rng.normal(size=(n, *tail.input_shape[1:])).astype("float32")
         tail_speed = images_per_second(tail_model, features, labels, args.batch, args.steps)
         pooled_input = keras.Input((backbone.output_shape[-1],))
-        head = get_head(classifier)
-        head_model = keras.Model(pooled_input, head.get_layer("logits")(
-            head.get_layer("dropout")(pooled_input)))
+        head_model = keras.Model(pooled_input, classifier.softmax(
+            classifier.dropout(pooled_input)))
         pooled = rng.normal(size=(n, backbone.output_shape[-1])).astype("float32")
         head_speed = images_per_second(head_model, pooled, labels, args.batch, args.steps)
         print(f"{name:<16}{size:>5}{e2e:>12.0f}{tail_speed:>10.0f}{head_speed:>10.0f}"

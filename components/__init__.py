@@ -18,7 +18,7 @@ from image_finetune.components.profile import profile_classifier
 from image_finetune.components.register import register_classifier
 from image_finetune.components.status import record_status
 from image_finetune.components.train import train_rung
-from image_finetune.components.train_job import train_rung_job
+from image_finetune.components.train_rung_job import train_rung_job
 from image_finetune.components.validate import validate_data
 
 __all__ = [

@@ -11,7 +11,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from image_finetune.errors import ServiceError
-from image_finetune.train_job import TFJOB, JobKind, JobState, job_state
+from image_finetune.training.job_spec import TFJOB, JobKind, JobState, job_state
 
 NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 BAD_REQUEST, NOT_FOUND, FORBIDDEN = 400, 404, 403

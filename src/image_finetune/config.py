@@ -117,6 +117,13 @@ class ModelParams(_Section):
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.2
 
 
+# How a rung trains (image_finetune.training.fit.choose_mode): ``head``, the frozen backbone's
+# pooled features cached and the head trained on them; ``tail``, activations cached at
+# ``train.cache_boundary`` and the layers after it trained; ``end_to_end``, on the images.
+RungMode = Literal["head", "tail", "end_to_end"]
+HeadSolver = Literal["auto", "lbfgs", "adam"]
+
+
 class Rung(_Section):
     """One attempt of the retrain loop; later rungs are stronger and warm-start."""
 
@@ -132,7 +139,7 @@ class Rung(_Section):
     early_stopping_patience: Positive | None = None
     # Off unless asked (the default ladder asks): a rung spelled out stays as written.
     min_steps: Positive = 1
-    head_solver: Literal["auto", "lbfgs", "adam"] = "adam"
+    head_solver: HeadSolver = "adam"
 
 
 DEFAULT_LADDER = (
@@ -151,10 +158,10 @@ class TrainParams(_Section):
     cache_features: bool = True
     cache_boundary: str | None = "block_12_add"
     flip_cache: bool = True
-    # What the frozen parts embed on (image_finetune.features.choose_stem_engine): auto, the
-    # fast CPU engine (engines.resolve_engine) where Keras runs TensorFlow on a CPU and the
-    # data is large enough to pay for the conversion, else Keras; tensorflow: the Keras model
-    # itself; or a named engine. The cache key records it.
+    # What the frozen parts embed on (image_finetune.training.features.choose_stem_engine):
+    # auto, the fast CPU engine (engines.resolve_engine) where Keras runs TensorFlow on a CPU
+    # and the data is large enough to pay for the conversion, else Keras; tensorflow: the
+    # Keras model itself; or a named engine. The cache key records it.
     stem_engine: Literal["auto", "tensorflow", "onnxruntime", "openvino"] = "auto"
     mixed_precision: Literal["auto", "off", "on"] = "auto"
     jit_compile: Literal["auto", "off", "on"] = "auto"

@@ -38,7 +38,7 @@ def own_folder(small_folder, root, sizes: dict[str, int], test_per_class: int = 
     ([1, 0, 1, 1, 1], 3, [0, 1, 2]),
 ])
 def test_the_preview_takes_each_class_in_turn_whatever_its_size(labels, count, expected):
-    from image_finetune.augment import preview_rows
+    from image_finetune.training.augment import preview_rows
 
     assert sorted(preview_rows(np.array(labels), count)) == sorted(expected)
     assert len(preview_rows(np.array(labels), count)) == min(count, len(labels))

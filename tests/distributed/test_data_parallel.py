@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from image_finetune.config import Params
-from image_finetune.distribute import local_cluster
+from tests.local_cluster import local_cluster
 from tests.support import ROOT, SMALL_SPLIT, ingest_source, small_params
 
 # Three rungs, one per training mode, warm-started in turn. No random augmentation and no

@@ -8,12 +8,11 @@ import pytest
 from PIL import Image
 
 from image_finetune.config import ModelParams
-from image_finetune.features import split_backbone
-from image_finetune.model import (
+from image_finetune.training.features import split_backbone
+from image_finetune.training.model import (
     BACKBONES,
     build_backbone,
     build_classifier,
-    get_backbone,
     preprocess_layer,
     set_trainable,
 )
@@ -43,13 +42,14 @@ def test_full_top_weights_name_the_sample_photos(backbone, full_weights, lite0_w
 @pytest.mark.parametrize("backbone", sorted(BACKBONES))
 def test_each_backbone_builds_and_classifies_cifar_sized_input(backbone):
     params = ModelParams(backbone=backbone, weights="none", image_size=64)
-    model = build_classifier(build_backbone(params, 64, None), 10, params, 32)
+    classifier = build_classifier(build_backbone(params, 64, None), 10, params, 32)
+    model = classifier.model
     images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
     probs = np.asarray(model.predict_on_batch(images))
     assert probs.shape == (3, 10)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
     # Resized inside the model: the backbone sees 64x64, not CIFAR's 32x32.
-    assert get_backbone(model).input_shape[1:3] == (64, 64)
+    assert classifier.backbone.input_shape[1:3] == (64, 64)
 
 
 def test_missing_weights_file_is_a_clear_error(tmp_path):

@@ -7,7 +7,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from image_finetune.train import TrainingPaths, prepare_resume
+from image_finetune.training.checkpoints import TrainingPaths, prepare_resume
 
 
 def write_pair(folder: Path, epoch: int, suffix: str = "") -> None:

@@ -109,9 +109,9 @@ def test_evaluate_measures_the_engine_and_precision_that_serve(exported, tmp_pat
 def test_a_stem_like_model_compiles_to_the_engine_with_one_output(small_model, tmp_path):
     import keras
 
-    from image_finetune.model import get_backbone
+    from image_finetune.training.model import classifier_parts
 
-    backbone = get_backbone(load_classifier(small_model["model"]))
+    backbone = classifier_parts(load_classifier(small_model["model"])).backbone
     stem = keras.Model(backbone.inputs, backbone.get_layer("block_2_add").output)
     images = np.random.default_rng(0).uniform(-1, 1, (8, *stem.input_shape[1:])).astype(
         np.float32)

@@ -11,8 +11,8 @@ from PIL import Image
 
 from image_finetune.config import ModelParams
 from image_finetune.engines import FAST_ENGINES, engine_available, resolve_engine
-from image_finetune.features import rung_features
-from image_finetune.model import build_backbone, build_classifier
+from image_finetune.training.features import rung_features
+from image_finetune.training.model import build_backbone, build_classifier
 
 BOUNDARY = "block_12_add"  # the default profile's cache boundary, at its 96 px
 # Measured on 3,000 + 1,000 CIFAR-10 images (bench/stem_engine.py): features up to 30 in

@@ -125,6 +125,62 @@ def test_functions_stay_short():
     assert long == []
 
 
+# The one module that knows the classifier's layers by name (its builder: the rest reach the
+# parts through training.model.Classifier), and a backbone's own definition, which loads its
+# weights layer by layer.
+LAYER_NAME_OWNERS = ("src/image_finetune/training/model.py",
+                     "src/image_finetune/efficientnet_lite.py")
+
+
+def _names_a_layer(call: ast.Call) -> bool:
+    """``x.get_layer("name")`` (a literal or formatted string, or ``name=``)."""
+    return (isinstance(call.func, ast.Attribute) and call.func.attr == "get_layer"
+            and (any(isinstance(a, ast.Constant | ast.JoinedStr) for a in call.args)
+                 or any(k.arg == "name" for k in call.keywords)))
+
+
+def _filters_layers_by_name(node: ast.AST) -> bool:
+    """A loop or comprehension over ``x.layers`` that reads each layer's ``.name``."""
+    if isinstance(node, ast.For):
+        loops = [(node.target, node.iter)]
+    elif isinstance(node, ast.ListComp | ast.SetComp | ast.GeneratorExp | ast.DictComp):
+        loops = [(g.target, g.iter) for g in node.generators]
+    else:
+        return False
+    return any(isinstance(it, ast.Attribute) and it.attr == "layers"
+               and isinstance(target, ast.Name)
+               and any(isinstance(n, ast.Attribute) and n.attr == "name"
+                       and isinstance(n.value, ast.Name) and n.value.id == target.id
+                       for n in ast.walk(node))
+               for target, it in loops)
+
+
+def layer_name_lookups(path: Path) -> list[str]:
+    """Where one file finds a model's layers by their names."""
+    found = [node.lineno for node in ast.walk(ast.parse(path.read_text()))
+             if (isinstance(node, ast.Call) and _names_a_layer(node))
+             or _filters_layers_by_name(node)]
+    return [f"{path.relative_to(ROOT)}:{line}" for line in found]
+
+
+def test_only_the_model_module_looks_layers_up_by_name():
+    assert [use for path in python_files() if str(path.relative_to(ROOT)) not in
+            LAYER_NAME_OWNERS for use in layer_name_lookups(path)] == []
+
+
+def test_the_layer_name_check_finds_both_forms(tmp_path):
+    sneaky = tmp_path / "sneaky.py"
+    sneaky.write_text('head = classifier.get_layer("head")\n'
+                      'x = [layer for layer in model.layers if layer.name == "pool"]\n'
+                      "for layer in model.layers:\n    if layer.name in NAMES:\n        pass\n"
+                      "ok = model.get_layer(index=2), [p.name for p in paths]\n")
+    sneaky = sneaky.rename(ROOT / "tests" / "unit" / f".sneaky_{id(sneaky)}.py")
+    try:
+        assert len(layer_name_lookups(sneaky)) == 3
+    finally:
+        sneaky.unlink()
+
+
 # -- dvc.yaml against the catalog ------------------------------------------------------------
 
 

@@ -206,7 +206,7 @@ def test_an_entry_is_trusted_only_with_its_key(tmp_path):
 def test_damaged_cached_activations_are_computed_again(tmp_path):
     import keras
 
-    from image_finetune.features import FrozenPart, cached_activations
+    from image_finetune.training.features import FrozenPart, cached_activations
 
     flatten = keras.Sequential([keras.Input((2, 2, 3)), keras.layers.Flatten()])
     stem = FrozenPart(flatten, "tensorflow", tmp_path / "engine")

@@ -3,16 +3,29 @@ cache (any edit there invalidates it), and recording the engine the frozen stem 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from image_finetune import codegraph, train
+from image_finetune import codegraph
 from image_finetune.config import Params, parse_params
 from image_finetune.errors import ConfigError
-from image_finetune.features import MIN_ENGINE_IMAGES, choose_stem_engine
+from image_finetune.training import plan as rung_plan
+from image_finetune.training.features import MIN_ENGINE_IMAGES, choose_stem_engine
+from image_finetune.training.plan import DataFacts, RuntimeFacts, cache_keys, plan_rung
 
 TRAIN_RUNG = "image_finetune.steps.train_rung"
+FEATURE_CODE = "image_finetune.training.fit"
+ON_A_CPU = RuntimeFacts("tensorflow", accelerated=False)
+
+
+def keys_of(params: Params, index: int, engine: str, step: str | None = None):
+    """The cache keys of rung ``index`` on CIFAR-10-sized data, its frozen parts on
+    ``engine``."""
+    plan = plan_rung(params, index, DataFacts(45_000, 5_000, "data"), ON_A_CPU)
+    plan = replace(plan, engine=engine)
+    return cache_keys(plan, None, None, step=step)
 
 
 @pytest.fixture
@@ -35,47 +48,52 @@ def module_path(name: str) -> Path:
 
 
 def test_editing_any_module_in_the_closure_changes_the_key(edited):
-    """Every module train.py imports, directly or not, is in the feature key: each module of
-    the closure is edited in turn."""
-    modules = sorted(codegraph.closure("image_finetune.train"))
+    """Every module training/fit.py imports, directly or not, is in the feature key: each
+    module of the closure is edited in turn."""
+    modules = sorted(codegraph.closure(FEATURE_CODE))
     assert len(modules) > 10
-    before = train.code_fingerprint()
+    before = rung_plan.code_fingerprint()
     unchanged = []
     for name in modules:
         edited.clear()
         edited.add(module_path(name).resolve())
-        if train.code_fingerprint() == before:
+        if rung_plan.code_fingerprint() == before:
             unchanged.append(name)
     assert unchanged == []
 
 
-@pytest.mark.parametrize("module", ["inference", "efficientnet_lite", "features", "model",
-                                    "augment", "train", "engines"])
+@pytest.mark.parametrize("module", ["inference", "efficientnet_lite", "training.features",
+                                    "training.model", "training.augment", "training.fit",
+                                    "training.plan", "engines"])
 def test_the_code_that_computes_the_features_is_in_their_key(module, edited):
     """inference.py (predict_batches embeds the features) and efficientnet_lite.py (a
     backbone) were missing from the hand-kept list this replaces (issue 28); engines.py
     embeds on the fast engine."""
-    before = train.code_fingerprint()
+    before = rung_plan.code_fingerprint()
     edited.add(module_path(f"image_finetune.{module}").resolve())
-    assert train.code_fingerprint() != before
+    assert rung_plan.code_fingerprint() != before
 
 
 def test_the_step_that_adapts_the_rung_shapes_the_attempt_not_the_features(edited):
     params = Params()
-    keys = train.attempt_keys(params, 1, None, "data", None, step=TRAIN_RUNG, engine="openvino")
+    keys = keys_of(params, 1, "openvino", step=TRAIN_RUNG)
     edited.add(module_path(TRAIN_RUNG).resolve())
-    again = train.attempt_keys(params, 1, None, "data", None, step=TRAIN_RUNG,
-                               engine="openvino")
-    assert again[0] == keys[0]  # the features: train_rung.py does not compute them
-    assert again[1] != keys[1]  # the attempt: fit_to_data adapts its rung
+    again = keys_of(params, 1, "openvino", step=TRAIN_RUNG)
+    assert again.features == keys.features  # the features: train_rung.py does not compute them
+    assert again.attempt != keys.attempt  # the attempt: the step runs it
 
 
 def test_a_module_outside_the_closure_leaves_the_key_alone(edited):
     outside = "image_finetune.serving.app"
-    assert outside not in codegraph.closure("image_finetune.train")
-    before = train.code_fingerprint()
+    assert outside not in codegraph.closure(FEATURE_CODE)
+    before = rung_plan.code_fingerprint()
     edited.add(module_path(outside).resolve())
-    assert train.code_fingerprint() == before
+    assert rung_plan.code_fingerprint() == before
+
+
+def stem_engine(params: Params, train_size: int, validation_size: int) -> str:
+    """The engine the plan of rung 0 embeds on, with TensorFlow on a CPU."""
+    return plan_rung(params, 0, DataFacts(train_size, validation_size, "data"), ON_A_CPU).engine
 
 
 def with_stem_engine(engine: str) -> Params:
@@ -84,10 +102,10 @@ def with_stem_engine(engine: str) -> Params:
 
 
 def test_the_feature_key_records_the_stem_engine():
-    keys = {engine: train.attempt_keys(Params(), 0, None, "data", None, engine=engine)
+    keys = {engine: keys_of(Params(), 0, engine)
             for engine in ("tensorflow", "onnxruntime", "openvino")}
-    assert len({features for features, _ in keys.values()}) == 3
-    assert len({attempt for _, attempt in keys.values()}) == 3
+    assert len({key.features for key in keys.values()}) == 3
+    assert len({key.attempt for key in keys.values()}) == 3
 
 
 def test_the_params_choose_the_stem_engine(monkeypatch):
@@ -99,10 +117,10 @@ def test_the_params_choose_the_stem_engine(monkeypatch):
     monkeypatch.delenv("IMAGE_FINETUNE_ENGINE", raising=False)
     fast = resolve_engine("auto")
     monkeypatch.setenv("IMAGE_FINETUNE_ENGINE", "tensorflow")
-    assert train.stem_engine(with_stem_engine("auto"), 45_000, 5_000) == fast
-    assert train.stem_engine(with_stem_engine("auto"), 240, 60) == "tensorflow"
-    assert train.stem_engine(with_stem_engine("onnxruntime"), 240, 60) == "onnxruntime"
-    assert train.stem_engine(with_stem_engine("tensorflow"), 45_000, 5_000) == "tensorflow"
+    assert stem_engine(with_stem_engine("auto"), 45_000, 5_000) == fast
+    assert stem_engine(with_stem_engine("auto"), 240, 60) == "tensorflow"
+    assert stem_engine(with_stem_engine("onnxruntime"), 240, 60) == "onnxruntime"
+    assert stem_engine(with_stem_engine("tensorflow"), 45_000, 5_000) == "tensorflow"
 
 
 def test_auto_embeds_on_the_fast_engine_only_for_tensorflow_on_a_cpu(monkeypatch):

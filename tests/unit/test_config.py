@@ -108,7 +108,7 @@ def test_digest_changes_with_any_value(tmp_path):
 @pytest.mark.parametrize("train_size,batch,epochs", [(45_000, 256, 8), (180, 23, 38), (5, 1, 60)])
 def test_a_rung_adapts_its_batch_and_epochs_to_the_data(train_size, batch, epochs):
     from image_finetune.config import Rung
-    from image_finetune.train import adapt_rung
+    from image_finetune.training.plan import adapt_rung
 
     rung = Rung(name="head", epochs=8, batch_size=256, min_steps=300)
     adapted = adapt_rung(rung, train_size)
@@ -119,7 +119,7 @@ def test_a_rung_adapts_its_batch_and_epochs_to_the_data(train_size, batch, epoch
 
 def test_a_rung_that_does_not_ask_stays_as_written():
     from image_finetune.config import Rung
-    from image_finetune.train import adapt_rung
+    from image_finetune.training.plan import adapt_rung
 
     rung = Rung(name="as-written", epochs=2, batch_size=256)
     assert adapt_rung(rung, 180) == rung

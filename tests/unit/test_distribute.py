@@ -6,16 +6,16 @@ import json
 import pytest
 
 from image_finetune.config import Rung, TrainParams
-from image_finetune.distribute import (
+from image_finetune.errors import ConfigError
+from image_finetune.training.distribute import (
     Cluster,
     Replicas,
     choose_distribution,
-    local_cluster,
     read_cluster,
     refuse_workers,
     scaled_rung,
 )
-from image_finetune.errors import ConfigError
+from tests.local_cluster import local_cluster
 
 
 def tf_config(workers: int, index: int, kind: str = "worker", chief: bool = False) -> dict:

@@ -15,7 +15,7 @@ import typer.main
 import yaml
 
 from image_finetune.cli import app
-from image_finetune.train_job import (
+from image_finetune.training.job_spec import (
     JobState,
     LogCursor,
     TrainJob,

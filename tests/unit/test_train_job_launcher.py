@@ -19,7 +19,7 @@ from kubernetes import client
 from image_finetune.cluster import ClusterError, TrainingJobs
 from image_finetune.config import load_params
 from image_finetune.steps.train_job import Clock, Launch, train_job
-from image_finetune.train_job import JobPolicy, TrainJobError
+from image_finetune.training.job_spec import JobPolicy, TrainJobError
 
 ROOT = Path(__file__).resolve().parents[2]
 NAMESPACE = "team-ml"

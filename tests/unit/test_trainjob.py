@@ -16,9 +16,13 @@ import pytest
 import yaml
 from google.protobuf import json_format
 
-from image_finetune.distribute import export_jobset_cluster, jobset_tf_config, read_cluster
 from image_finetune.errors import ConfigError
-from image_finetune.train_job import (
+from image_finetune.training.distribute import (
+    export_jobset_cluster,
+    jobset_tf_config,
+    read_cluster,
+)
+from image_finetune.training.job_spec import (
     TFJOB,
     TRAINJOB,
     Placement,

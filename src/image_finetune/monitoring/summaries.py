@@ -56,16 +56,14 @@ def embedding_model(classifier: keras.Model) -> keras.Model:
     """A model mapping the classifier's uint8 input to ``[probabilities, pooled_embedding]``
     in one forward pass: the classifier's own layers, its head's pooling tapped on the way.
 
-    Works for the classifiers ``model.build_classifier`` makes (a chain of layers ending in
-    the ``head``: pooling, dropout, softmax); anything else is a clear ValueError."""
+    Works for the classifiers ``training.model.build_classifier`` makes (a chain of layers
+    ending in the ``head``: pooling, dropout, softmax); anything else is a clear ValueError."""
     import keras
 
-    try:
-        head = classifier.get_layer("head")
-        pool = head.get_layer("pool")
-    except ValueError as exc:
-        raise ValueError(f"{classifier.name} has no head with a 'pool' layer: it was not "
-                         "built by this project's build_classifier") from exc
+    from image_finetune.training.model import classifier_parts
+
+    parts = classifier_parts(classifier)
+    head, pool = parts.head, parts.pool
     inputs = keras.Input(classifier.input_shape[1:], dtype="uint8", name="image")
     x = inputs
     for layer in classifier.layers[1:]:
@@ -74,7 +72,7 @@ def embedding_model(classifier: keras.Model) -> keras.Model:
         x = layer(x, training=False) if isinstance(layer, keras.Model) else layer(x)
     pooled = pool(x)
     probabilities = x = pooled
-    for layer in head.layers[1:]:
+    for layer in (parts.dropout, parts.softmax):
         probabilities = x = layer(x)
     return keras.Model(inputs, [probabilities, pooled], name=f"{classifier.name}_summaries")
 

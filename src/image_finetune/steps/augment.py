@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from image_finetune.augment import preview_rows, write_preview
 from image_finetune.config import Params
 from image_finetune.data.canonical import load_split
+from image_finetune.training.augment import preview_rows, write_preview
 
 
 def preview_augmentation(params: Params, data: Path, out: Path) -> Path:

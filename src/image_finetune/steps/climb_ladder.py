@@ -12,7 +12,6 @@ import shutil
 from pathlib import Path
 
 from image_finetune.config import Params
-from image_finetune.distribute import refuse_workers
 from image_finetune.errors import DataValidationError, MissingInputError
 from image_finetune.inference import MODEL_FILE
 from image_finetune.ladder import AttemptRecord, ladder_figures
@@ -28,6 +27,7 @@ from image_finetune.steps.layout import (
     write_figures,
 )
 from image_finetune.steps.live_metrics import live_metrics
+from image_finetune.training.distribute import refuse_workers
 
 
 def climb_ladder(

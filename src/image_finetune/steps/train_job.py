@@ -21,7 +21,7 @@ from image_finetune.config import Params
 from image_finetune.inference import MODEL_FILE
 from image_finetune.locate import choose_weights
 from image_finetune.steps.layout import HISTORY_FILE, RESULT_FILE
-from image_finetune.train_job import (
+from image_finetune.training.job_spec import (
     JobPolicy,
     JobState,
     LogCursor,

@@ -23,6 +23,11 @@ from image_finetune.errors import ConfigError, MissingInputError
 log = logging.getLogger(__name__)
 
 CLASSIFIER_INPUT = "image"
+# The layers' names in a saved classifier. They are this module's alone: every other module
+# reaches the parts through :class:`Classifier`. The softmax layer keeps the name ``logits``
+# that every model saved so far carries (a warm start or a drift profile reads those).
+HEAD, POOL, DROPOUT, SOFTMAX = "head", "pool", "dropout", "logits"
+RESIZE, PREPROCESS, AUGMENTATION = "resize", "preprocess", "augmentation"
 
 
 @dataclass(frozen=True)
@@ -48,16 +53,16 @@ def preprocess_layer(mode: str) -> keras.Layer:
     """A backbone's ``preprocess_input`` (0-255 floats in) from built-in layers only, so a
     saved model loads anywhere (MLflow pyfunc, TF Serving) without custom objects."""
     if mode == "tf":
-        return layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocess")
+        return layers.Rescaling(1.0 / 127.5, offset=-1.0, name=PREPROCESS)
     if mode == "caffe":
         # RGB -> BGR and mean subtraction are one fixed affine map on the channel axis.
         permutation = np.eye(3, dtype="float32")[::-1]
         return layers.Dense(
-            3, trainable=False, name="preprocess",
+            3, trainable=False, name=PREPROCESS,
             kernel_initializer=keras.initializers.Constant(permutation.tolist()),
             bias_initializer=keras.initializers.Constant([-m for m in _CAFFE_MEAN_BGR]))
     if mode == "none":
-        return layers.Identity(name="preprocess")
+        return layers.Identity(name=PREPROCESS)
     raise ValueError(f"unknown preprocessing mode {mode!r}")
 
 
@@ -106,13 +111,55 @@ def resolve_weights(params: ModelParams, root: Path) -> Path | None:
     return path if path.is_absolute() else (root / path).resolve()
 
 
+@dataclass(frozen=True)
+class Classifier:
+    """A classifier and its parts: uint8 ``inputs`` -> (augmentation) -> ``resize`` (None at
+    the backbone's own resolution) -> ``preprocess`` -> ``backbone`` -> ``head`` (``pool``,
+    ``dropout``, ``softmax``) -> ``outputs``, the class probabilities."""
+
+    model: keras.Model
+    backbone: keras.Model
+    resize: keras.Layer | None
+    preprocess: keras.Layer
+    head: keras.Sequential
+    pool: keras.Layer
+    dropout: keras.Layer
+    softmax: keras.Layer
+
+    @property
+    def inputs(self):
+        """The uint8 image input."""
+        return self.model.inputs[0]
+
+    @property
+    def outputs(self):
+        """The class probabilities."""
+        return self.model.outputs[0]
+
+
+def classifier_parts(model: keras.Model) -> Classifier:
+    """The parts of a classifier that :func:`build_classifier` made (or one loaded from its
+    saved file); a clear ValueError for any other model."""
+    try:
+        head = model.get_layer(HEAD)
+        pool, dropout, softmax = (head.get_layer(name) for name in (POOL, DROPOUT, SOFTMAX))
+        preprocess = model.get_layer(PREPROCESS)
+    except ValueError as exc:
+        raise ValueError(f"{model.name} has no {HEAD!r} with {POOL!r}, {DROPOUT!r} and "
+                         f"{SOFTMAX!r} layers: it was not built by build_classifier") from exc
+    backbone = next(layer for layer in model.layers if isinstance(layer, keras.Model)
+                    and layer.name not in (HEAD, AUGMENTATION))
+    resize = next((layer for layer in model.layers if layer.name == RESIZE), None)
+    return Classifier(model, backbone, resize, preprocess, head, pool, dropout, softmax)
+
+
 def build_classifier(
     backbone: keras.Model,
     n_classes: int,
     params: ModelParams,
     input_size: int,
     augmentation: keras.Layer | None = None,
-) -> keras.Model:
+) -> Classifier:
     """uint8 [S,S,3] -> (augment) -> resize -> preprocess -> backbone -> head (softmax)."""
     spec = BACKBONES[params.backbone]
     image_size = backbone.input_shape[1]
@@ -120,35 +167,36 @@ def build_classifier(
     x = layers.Rescaling(1.0, name="to_float")(inputs)
     if augmentation is not None:
         x = augmentation(x)
+    resize = None
     if image_size != input_size:
-        x = layers.Resizing(image_size, image_size, interpolation="bilinear", name="resize")(x)
-    x = preprocess_layer(spec.preprocess)(x)
+        resize = layers.Resizing(image_size, image_size, interpolation="bilinear", name=RESIZE)
+        x = resize(x)
+    preprocess = preprocess_layer(spec.preprocess)
+    x = preprocess(x)
     x = backbone(x, training=False)
-    outputs = build_head(n_classes, params.dropout)(x)
-    return keras.Model(inputs, outputs, name=f"{params.backbone}_classifier")
+    head = build_head(n_classes, params.dropout)
+    outputs = head(x)
+    model = keras.Model(inputs, outputs, name=f"{params.backbone}_classifier")
+    pool, dropout, softmax = head.layers
+    return Classifier(model, backbone, resize, preprocess, head, pool, dropout, softmax)
 
 
 def build_head(n_classes: int, dropout: float) -> keras.Sequential:
     """Global average pooling, dropout and a softmax layer (float32 under mixed precision)."""
     return keras.Sequential(
         [
-            layers.GlobalAveragePooling2D(name="pool"),
-            layers.Dropout(dropout, name="dropout"),
-            layers.Dense(n_classes, activation="softmax", dtype="float32", name="logits"),
+            layers.GlobalAveragePooling2D(name=POOL),
+            layers.Dropout(dropout, name=DROPOUT),
+            layers.Dense(n_classes, activation="softmax", dtype="float32", name=SOFTMAX),
         ],
-        name="head",
+        name=HEAD,
     )
 
 
-def get_backbone(classifier: keras.Model) -> keras.Model:
-    """The backbone sub-model of a classifier built by :func:`build_classifier`."""
-    return next(layer for layer in classifier.layers if isinstance(layer, keras.Model)
-                and layer.name not in ("head", "augmentation"))
-
-
-def get_head(classifier: keras.Model) -> keras.Sequential:
-    """The head of a classifier built by :func:`build_classifier`."""
-    return classifier.get_layer("head")
+def backbone_layer(backbone: keras.Model, name: str) -> keras.Layer:
+    """A backbone layer by its name (a config names it: ``train.cache_boundary``), with a
+    clear error listing valid block starts."""
+    return backbone.layers[layer_index(backbone, name)]
 
 
 def layer_index(backbone: keras.Model, name: str) -> int:

@@ -24,9 +24,10 @@ import numpy as np
 from keras import layers
 
 from image_finetune.atomic import atomic_file
+from image_finetune.config import RungMode
 from image_finetune.engines import compile_keras, resolve_engine
 from image_finetune.inference import predict_batches
-from image_finetune.model import get_backbone, get_head, layer_index
+from image_finetune.training.model import Classifier, backbone_layer
 
 log = logging.getLogger(__name__)
 
@@ -43,20 +44,19 @@ def cache_key(*parts: object) -> str:
 
 def split_backbone(backbone: keras.Model, boundary: str) -> tuple[keras.Model, keras.Model]:
     """(stem, tail) sharing the backbone's layers: stem ends at ``boundary``, tail starts there."""
-    layer_index(backbone, boundary)
-    cut = backbone.get_layer(boundary).output
+    cut = backbone_layer(backbone, boundary).output
     stem = keras.Model(backbone.input, cut, name=f"{backbone.name}_stem")
     tail = keras.Model(cut, backbone.output, name=f"{backbone.name}_tail")
     return stem, tail
 
 
-def stem_model(classifier: keras.Model, boundary: str | None) -> keras.Model:
+def stem_model(classifier: Classifier, boundary: str | None) -> keras.Model:
     """uint8 images -> resize -> preprocess -> backbone up to ``boundary`` (None: all)."""
-    backbone = get_backbone(classifier)
-    inputs = keras.Input(classifier.input_shape[1:], dtype="uint8")
+    backbone = classifier.backbone
+    inputs = keras.Input(classifier.model.input_shape[1:], dtype="uint8")
     x = layers.Rescaling(1.0)(inputs)
-    for layer in classifier.layers:
-        if layer.name in ("resize", "preprocess"):
+    for layer in (classifier.resize, classifier.preprocess):
+        if layer is not None:
             x = layer(x)
     stem = backbone if boundary is None else split_backbone(backbone, boundary)[0]
     return keras.Model(inputs, stem(x, training=False), name="feature_stem")
@@ -193,7 +193,7 @@ def _readable(path: Path, rows: int) -> np.ndarray | None:
 
 
 def rung_features(
-    classifier: keras.Model, mode: str, boundary: str | None, flip: bool,
+    classifier: Classifier, mode: RungMode, boundary: str | None, flip: bool,
     train_images: np.ndarray, validation_images: np.ndarray, cache_dir: Path,
     engine: str = "tensorflow",
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
@@ -225,20 +225,20 @@ def rung_features(
                                                                              "validation")
 
 
-def pool_model(classifier: keras.Model, boundary: str | None, shape) -> keras.Model:
+def pool_model(classifier: Classifier, boundary: str | None, shape) -> keras.Model:
     """Features at ``boundary`` (None: the backbone's output) -> the rest of the backbone ->
     the head's pooling (layers shared, not copied)."""
-    rest = [split_backbone(get_backbone(classifier), boundary)[1]] if boundary else []
-    return keras.Sequential([keras.Input(shape), *rest, get_head(classifier).get_layer("pool")],
-                            name="feature_pool")
+    rest = [split_backbone(classifier.backbone, boundary)[1]] if boundary else []
+    return keras.Sequential([keras.Input(shape), *rest, classifier.pool], name="feature_pool")
 
 
-def trainable_part(classifier: keras.Model, mode: str, boundary: str | None, shape) -> keras.Model:
+def trainable_part(classifier: Classifier, mode: RungMode, boundary: str | None,
+                   shape) -> keras.Model:
     """The part of the classifier that trains on cached features (layers shared, not copied)."""
-    head = get_head(classifier)
     inputs = keras.Input(shape)
     if mode == "head":
-        x = head.get_layer("dropout")(inputs)
-        return keras.Model(inputs, head.get_layer("logits")(x), name="head_on_features")
-    _, tail = split_backbone(get_backbone(classifier), boundary)
-    return keras.Model(inputs, head(tail(inputs, training=False)), name="tail_on_features")
+        x = classifier.dropout(inputs)
+        return keras.Model(inputs, classifier.softmax(x), name="head_on_features")
+    _, tail = split_backbone(classifier.backbone, boundary)
+    return keras.Model(inputs, classifier.head(tail(inputs, training=False)),
+                       name="tail_on_features")

@@ -23,7 +23,6 @@ import functools
 import json
 import logging
 import os
-import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,11 +30,13 @@ import keras
 
 from image_finetune.config import Rung, TrainParams
 from image_finetune.errors import ConfigError
+from image_finetune.training.runtime import local_devices, split_host
 
 log = logging.getLogger(__name__)
 
 TF_CONFIG_ENV = "TF_CONFIG"
-# Set by image_finetune.train_job on a TrainJob's nodes, and by Kubernetes on an Indexed Job's.
+# Set by image_finetune.training.job_spec on a TrainJob's nodes, and by Kubernetes on an
+# Indexed Job's.
 WORKER_HOSTS_ENV = "IMAGE_FINETUNE_WORKER_HOSTS"
 COMPLETION_INDEX_ENV = "JOB_COMPLETION_INDEX"
 
@@ -89,21 +90,6 @@ def export_jobset_cluster(environ=os.environ) -> None:
     is set already (a TFJob's)."""
     if not environ.get(TF_CONFIG_ENV) and (made := jobset_tf_config(dict(environ))):
         environ[TF_CONFIG_ENV] = made
-
-
-def local_cluster(workers: int) -> list[str]:
-    """The ``TF_CONFIG`` of each of ``workers`` processes on this machine, on free ports of
-    127.0.0.1 (tests and benchmarks of multi-worker training; the operator makes a real
-    cluster's)."""
-    sockets = [socket.socket() for _ in range(workers)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    addresses = [f"127.0.0.1:{sock.getsockname()[1]}" for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return [json.dumps({"cluster": {"worker": addresses},
-                        "task": {"type": "worker", "index": index}})
-            for index in range(workers)]
 
 
 def choose_distribution(setting: str, cluster: Cluster | None, local_devices: int) -> str:
@@ -216,8 +202,8 @@ def start_replicas(train: TrainParams) -> Replicas:
     cluster = read_cluster(dict(os.environ))
     backend = keras.config.backend()
     if train.host_devices > 1 and train.distribution in ("auto", "mirrored"):
-        _split_host(backend, train.host_devices)
-    kind = choose_distribution(train.distribution, cluster, _local_devices(backend))
+        split_host(backend, train.host_devices)
+    kind = choose_distribution(train.distribution, cluster, local_devices(backend))
     if kind != "one_device" and backend not in ("tensorflow", "jax"):
         raise ConfigError(f"train.distribution {kind}: the {backend} backend trains on one "
                           "device here (use tensorflow or jax)")
@@ -227,40 +213,6 @@ def start_replicas(train: TrainParams) -> Replicas:
     replicas = _replicas(kind, backend, cluster)
     log.info("training on %s", replicas.describe())
     return replicas
-
-
-@functools.cache
-def _split_host(backend: str, host_devices: int) -> None:
-    if backend == "jax":
-        import jax
-
-        jax.config.update("jax_num_cpu_devices", host_devices)
-        return
-    if backend != "tensorflow":
-        return
-    import tensorflow as tf
-
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    try:
-        tf.config.set_logical_device_configuration(
-            cpu, [tf.config.LogicalDeviceConfiguration()] * host_devices)
-    except RuntimeError as exc:  # the runtime started before: the split is fixed by now
-        raise ConfigError(f"train.host_devices {host_devices}: TensorFlow's devices were set "
-                          f"up before training started in this process ({exc})") from exc
-
-
-def _local_devices(backend: str) -> int:
-    if backend == "jax":
-        import jax
-
-        return len(jax.devices())
-    if backend != "tensorflow":
-        return 1
-    import tensorflow as tf
-
-    gpus = tf.config.list_physical_devices("GPU")
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    return len(gpus) or len(tf.config.get_logical_device_configuration(cpu) or [cpu])
 
 
 @functools.cache

@@ -8,8 +8,8 @@ Every worker runs ``image-finetune train-rung`` with ``train.distribution: multi
 (``tf.distribute.MultiWorkerMirroredStrategy``). The training operator sets ``TF_CONFIG`` on
 each TFJob worker; Trainer v2 has no TensorFlow plugin, so a TrainJob's workers get the
 list of worker addresses (JobSet's stable pod host names) and make ``TF_CONFIG`` from it and
-their Indexed Job's completion index (``image_finetune.distribute``). Only the chief, worker
-0, writes the attempt's folder.
+their Indexed Job's completion index (``image_finetune.training.distribute``). Only the
+chief, worker 0, writes the attempt's folder.
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ def train_rung_job(
     from image_finetune.console import exit_on_termination
     from image_finetune.inference import MODEL_FILE
     from image_finetune.steps.train_job import RESULT_FILE, Launch, train_job
-    from image_finetune.train_job import JobPolicy, Placement, job_kind
+    from image_finetune.training.job_spec import JobPolicy, Placement, job_kind
 
     exit_on_termination()  # a cancelled run deletes its job: see train_job
     result = train_job(
