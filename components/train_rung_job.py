@@ -51,8 +51,8 @@ def train_rung_job(
         Path(classifier.path), Path(cache_dir), Path.cwd(),
         Launch(run_id, workers, gpus, image, cache_pvc, cache_mount,
                JobPolicy(timeout_seconds=timeout_seconds or JobPolicy.timeout_seconds),
-               launcher, runtime,
-               Placement(tuple(tolerations), tuple(sorted(node_selector.items())))),
+               launcher=launcher, runtime=runtime,
+               placement=Placement(tuple(tolerations), tuple(sorted(node_selector.items())))),
         TrainingJobs.in_cluster(job_kind(launcher)),
         Path(warm_start.path) / MODEL_FILE if warm_start else None)
     classifier.metadata.update(rung=index, rung_name=result["rung"], mode=result["mode"],

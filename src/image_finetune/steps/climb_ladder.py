@@ -97,7 +97,7 @@ def _write_summary(out: Path, records: list[AttemptRecord], rungs: int) -> None:
 
 def _combine_histories(attempt_dirs: list[Path], path: Path) -> None:
     """One CSV of every attempt's epochs on a common ``step`` axis (a DVC plot)."""
-    rows = []
+    rows: list[dict[str, object]] = []
     for attempt, directory in enumerate(attempt_dirs):
         with (directory / HISTORY_FILE).open() as handle:
             rows += [{"step": len(rows) + i, "attempt": attempt, **record}

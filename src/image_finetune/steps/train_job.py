@@ -156,7 +156,8 @@ class ChiefLog:
 
     def __init__(self, name: str, jobs: TrainingJobs, clock: Clock):
         self.name, self.jobs, self.clock = name, jobs, clock
-        self.cursor, self.read_at = LogCursor(), None
+        self.cursor = LogCursor()
+        self.read_at: float | None = None
 
     def relay(self) -> None:
         pod = self.jobs.chief_pod(self.name)

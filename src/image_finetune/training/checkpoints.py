@@ -58,7 +58,7 @@ CHECKPOINT = ("latest.weights.h5", "training_metadata.json")
 PREVIOUS = tuple(f"{name}.bkp" for name in CHECKPOINT)
 
 
-def checkpoint_epoch(folder: Path, names: tuple[str, str]) -> int | None:
+def checkpoint_epoch(folder: Path, names: tuple[str, ...]) -> int | None:
     """The epochs a checkpoint pair has completed, or None where it is missing or corrupt."""
     import h5py
 

@@ -226,6 +226,8 @@ def _replicas(kind: str, backend: str, cluster: Cluster | None) -> Replicas:
     import tensorflow as tf
 
     if kind == "multi_worker":
+        if cluster is None:
+            raise ConfigError("multi_worker training needs TF_CONFIG to name the cluster")
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
         return Replicas(kind, strategy.num_replicas_in_sync, cluster.workers, cluster.index,
                         strategy)

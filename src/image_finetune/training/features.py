@@ -25,7 +25,9 @@ from keras import layers
 
 from image_finetune.atomic import atomic_file
 from image_finetune.config import RungMode
-from image_finetune.engines import compile_keras, resolve_engine
+from image_finetune.data.rows import Rows
+from image_finetune.engines import Predictor, compile_keras, resolve_engine
+from image_finetune.errors import ConfigError
 from image_finetune.inference import predict_batches
 from image_finetune.training.model import Classifier, backbone_layer
 
@@ -86,7 +88,7 @@ class FrozenPart:
 
     def __init__(self, model: keras.Model, engine: str, workdir: Path):
         self.model, self.engine, self.workdir = model, engine, workdir
-        self.compiled = None
+        self.compiled: Predictor | None = None
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         """The shape of one image's features."""
@@ -116,6 +118,7 @@ class RowBatches(keras.utils.PyDataset):
         self.rows, self.labels, self.mirrored = rows, labels, mirrored
         self.n_classes, self.batch_size, self.seed = n_classes, batch_size, seed
         self.multiple_of = multiple_of
+        self.plan: tuple[np.ndarray, np.ndarray | None]
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
@@ -194,7 +197,7 @@ def _readable(path: Path, rows: int) -> np.ndarray | None:
 
 def rung_features(
     classifier: Classifier, mode: RungMode, boundary: str | None, flip: bool,
-    train_images: np.ndarray, validation_images: np.ndarray, cache_dir: Path,
+    train_images: Rows, validation_images: Rows, cache_dir: Path,
     engine: str = "tensorflow",
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """(train, train mirrored or None, validation) inputs of a ``head`` or ``tail`` rung, the
@@ -239,6 +242,8 @@ def trainable_part(classifier: Classifier, mode: RungMode, boundary: str | None,
     if mode == "head":
         x = classifier.dropout(inputs)
         return keras.Model(inputs, classifier.softmax(x), name="head_on_features")
+    if boundary is None:
+        raise ConfigError("a tail rung trains on cached features: it needs train.cache_boundary")
     _, tail = split_backbone(classifier.backbone, boundary)
     return keras.Model(inputs, classifier.head(tail(inputs, training=False)),
                        name="tail_on_features")
