@@ -28,9 +28,8 @@ def evaluate_classifier(
     import shutil
     from pathlib import Path
 
-    from image_finetune.inference import MODEL_FILE
-    from image_finetune.metrics import flatten_metrics
-    from image_finetune.steps.evaluate import METRICS_FILE, evaluate_classifier
+    from image_finetune.steps.evaluate import METRICS_FILE, evaluate_classifier, flatten_metrics
+    from image_finetune.steps.layout import MODEL_FILE
 
     rung = int(classifier.metadata["rung"])  # metadata numbers come back as floats
     out = Path(evaluation.path)

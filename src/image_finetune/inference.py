@@ -15,8 +15,6 @@ from image_finetune.errors import MissingInputError
 if TYPE_CHECKING:  # keras is imported where a model is loaded, not by importers of this module
     import keras
 
-MODEL_FILE = "model.keras"
-
 
 def load_classifier(path: Path) -> keras.Model:
     """Load a saved classifier, with a clear error where it is missing."""

@@ -36,7 +36,7 @@ from image_finetune.codegraph import source_digest
 from image_finetune.config import Params, Rung
 from image_finetune.data.canonical import Split, sha256_file
 from image_finetune.distribute import ONE_DEVICE, Replicas, start_replicas
-from image_finetune.errors import PipelineError
+from image_finetune.errors import TrainingError
 from image_finetune.features import (
     STEM_PRECISION,
     EpochOrder,
@@ -58,12 +58,6 @@ from image_finetune.model import (
 )
 
 log = logging.getLogger(__name__)
-
-
-class TrainingError(PipelineError):
-    """Training diverged or could not run."""
-
-    exit_code = 8
 
 
 @dataclass

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from image_finetune.config import RegistryParams
-from image_finetune.engines import MANIFEST_FILE
+from image_finetune.engines import ENGINE_MANIFEST
 from image_finetune.gate import ChampionResults
 from image_finetune.monitoring.profile import PROFILE_FOLDER, PROFILE_JSON
 from image_finetune.registry.client import (
@@ -100,7 +100,7 @@ def download_engine(client, name: str, version: str, dest) -> Path | None:
     """The engine folder registered with ``name`` v``version``, downloaded into ``dest``: its
     path (engines.open_predictor reads it), or None for a version registered before engines
     existed (serve it on Keras). A missing version is a RegistryError."""
-    return download_version_folder(client, name, version, ENGINE_ARTIFACT, MANIFEST_FILE, dest)
+    return download_version_folder(client, name, version, ENGINE_ARTIFACT, ENGINE_MANIFEST, dest)
 
 
 def download_model(client, tracking_uri: str, name: str, version: str, dst: str) -> str:

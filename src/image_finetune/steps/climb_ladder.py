@@ -14,17 +14,17 @@ from pathlib import Path
 from image_finetune.config import Params
 from image_finetune.distribute import refuse_workers
 from image_finetune.errors import DataValidationError, MissingInputError
-from image_finetune.inference import MODEL_FILE
 from image_finetune.ladder import AttemptRecord, ladder_figures
 from image_finetune.steps import evaluate, gate_attempt, select, train_rung
-from image_finetune.steps.gate_attempt import read_records
 from image_finetune.steps.layout import (
     DECISION_FILE,
     EVALUATION,
     HISTORY_FILE,
+    MODEL_FILE,
     SELECTED,
     SUMMARY_FILE,
     attempt_folder,
+    read_records,
     write_figures,
 )
 from image_finetune.steps.live_metrics import live_metrics

@@ -16,6 +16,7 @@ from image_finetune.data.canonical import load_split, read_manifest
 from image_finetune.engines import Predictor
 from image_finetune.inference import load_classifier, measure_latency, predict_proba
 from image_finetune.metrics import STRUCTURED, classification_metrics, figures_with_classes
+from image_finetune.metrics import flatten_metrics as flatten_metrics  # the component logs these
 from image_finetune.report import plot_confusion, plot_gallery, write_html
 from image_finetune.steps.layout import (
     DETAILS_FILE,

@@ -17,7 +17,7 @@ import numpy as np
 from image_finetune.config import Params
 from image_finetune.data.canonical import load_split, manifest_digest, read_manifest, sha256_file
 from image_finetune.engines import read_manifest as read_engine_manifest
-from image_finetune.inference import MODEL_FILE, image_fit, load_classifier
+from image_finetune.inference import image_fit, load_classifier
 from image_finetune.metrics import flatten_metrics
 from image_finetune.model_card import CardFacts, card_description, card_html, card_markdown
 from image_finetune.monitoring.profile import PROFILE_FOLDER, ReferenceProfile
@@ -27,8 +27,6 @@ from image_finetune.registry.promotion import promote
 from image_finetune.registry.versions import CHALLENGER, CHAMPION, is_alias, register_version
 from image_finetune.serving.pyfunc import log_image_classifier
 from image_finetune.stats import per_image_correct
-from image_finetune.steps.final_gate import read_decision
-from image_finetune.steps.gate_attempt import read_summary
 from image_finetune.steps.layout import (
     CARD_HTML,
     CARD_MARKDOWN,
@@ -37,11 +35,13 @@ from image_finetune.steps.layout import (
     ENGINE_FOLDER,
     EVALUATION,
     HISTORY_FILE,
+    MODEL_FILE,
     RESULT_FILE,
     SELECTED,
-    VALIDATION_RESULT,
     attempt_folder,
+    read_decision,
     read_evaluation,
+    read_summary,
 )
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def register_classifier(
         if models is not None:
             _log_attempts(client, parent, params, run_id, models)
         data_files = [data / "manifest.json"] + (
-            [validation / VALIDATION_RESULT] if validation else [])
+            [validation / RESULT_FILE] if validation else [])
         tracking.log_files(client, parent, data_files, files_under="data")
         _log_evaluation(client, parent, evaluation, decision)
         tags = _lineage_tags(params, run_id, data, root, lineage_extra)

@@ -32,10 +32,9 @@ from image_finetune.cache import (
 from image_finetune.config import Params, Rung
 from image_finetune.data.canonical import load_split, manifest_digest, read_manifest
 from image_finetune.distribute import Replicas, scaled_rung
-from image_finetune.inference import MODEL_FILE
 from image_finetune.locate import choose_weights
 from image_finetune.model import resolve_weights
-from image_finetune.steps.layout import HISTORY_FILE, RESULT_FILE
+from image_finetune.steps.layout import HISTORY_FILE, MODEL_FILE, RESULT_FILE
 from image_finetune.train import (
     AttemptResult,
     TrainingPaths,

@@ -12,7 +12,7 @@ from image_finetune.atomic import atomic_directory
 from image_finetune.config import Params
 from image_finetune.data.canonical import read_manifest, verify_shards
 from image_finetune.errors import DataValidationError
-from image_finetune.steps.layout import VALIDATION_RESULT
+from image_finetune.steps.layout import RESULT_FILE
 from image_finetune.validation.facts import class_counts, dataset_facts
 from image_finetune.validation.suites import ValidationReport, run_suites
 
@@ -38,7 +38,7 @@ def validate_data(params: Params, data: Path, out: Path) -> ValidationReport:
         payload = asdict(report)
         payload["data_docs"] = "data_docs/index.html" if report.data_docs else None
         payload["images"] = int(len(facts))
-        (staging / VALIDATION_RESULT).write_text(json.dumps(payload, indent=2, default=str) + "\n")
+        (staging / RESULT_FILE).write_text(json.dumps(payload, indent=2, default=str) + "\n")
     log.info("%s", report.summary())
     if not report.success:
         raise DataValidationError(report.summary())

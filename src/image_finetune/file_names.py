@@ -1,0 +1,7 @@
+"""The names of the files that domain modules below the steps read and write themselves:
+one definition each, re-exported by ``steps.layout`` (the steps' one home of file names).
+Kept in this tiny module so that a stage naming a file does not depend on the code that
+reads it."""
+
+MODEL_FILE = "model.keras"  # a saved classifier (inference.load_classifier)
+ENGINE_MANIFEST = "engine.json"  # an exported engine's manifest (engines.read_manifest)
