@@ -9,7 +9,6 @@ that use them: the server imports this module and must not pull TensorFlow in.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -23,6 +22,7 @@ import numpy as np
 
 from image_finetune.errors import ConfigError, MissingInputError
 from image_finetune.file_names import ENGINE_MANIFEST
+from image_finetune.hashing import sha256_file
 from image_finetune.monitoring.summaries import embedding_model
 from image_finetune.stats import mcnemar_greater
 
@@ -374,11 +374,7 @@ def file_hashes(folder: Path) -> dict[str, str]:
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         relative = path.relative_to(folder).as_posix()
         if relative != ENGINE_MANIFEST:
-            digest = hashlib.sha256()
-            with path.open("rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
-            hashes[relative] = digest.hexdigest()
+            hashes[relative] = sha256_file(path)
     return hashes
 
 

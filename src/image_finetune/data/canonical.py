@@ -13,9 +13,7 @@ end, so an interrupted or failed ingest never leaves partial outputs.
 
 from __future__ import annotations
 
-import hashlib
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +22,7 @@ import numpy as np
 from image_finetune.atomic import atomic_directory
 from image_finetune.data.rows import CHUNK_ROWS, RowView, ShardedRows, iter_chunks, write_npy
 from image_finetune.errors import CorruptInputError, MissingInputError
+from image_finetune.hashing import content_digest, hashed, sha256_bytes, sha256_file
 
 SPLITS = ("train", "validation", "test")
 MANIFEST = "manifest.json"
@@ -36,22 +35,6 @@ class Split:
     name: str
     images: np.ndarray | RowView
     labels: np.ndarray | RowView
-
-
-def sha256_array(array: np.ndarray) -> str:
-    """Content hash of an array's dtype, shape and bytes."""
-    digest = _content_digest(array)
-    digest.update(np.ascontiguousarray(array).data)
-    return digest.hexdigest()
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def held_out_count(class_size: int, fraction: float, minimum: int) -> int:
@@ -112,7 +95,7 @@ def write_dataset(
             if sources and name in sources:
                 names = json.dumps([str(s) for s in sources[name]]).encode()
                 (staging / f"{name}_sources.json").write_bytes(names)
-                manifest["splits"][name]["sources_sha256"] = hashlib.sha256(names).hexdigest()
+                manifest["splits"][name]["sources_sha256"] = sha256_bytes(names)
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
 
@@ -128,14 +111,14 @@ def write_split_files(
 ) -> dict:
     """Write one split's files under ``folder``; return its manifest entries: the content
     hashes and, sharded, the list of shards."""
-    content = {"images": _content_digest(images), "labels": _content_digest(labels)}
+    content = {"images": content_digest(images), "labels": content_digest(labels)}
     shards = []
     for number, (start, stop) in enumerate(shard_ranges(len(images), shard_size)):
         shard: dict = {"rows": stop - start}
         for kind, array in (("images", images), ("labels", labels)):
             file = shard_file(name, kind, number, shard_size)
             (folder / file).parent.mkdir(parents=True, exist_ok=True)
-            chunks = _hashed(iter_chunks(array, CHUNK_ROWS, start, stop), content[kind])
+            chunks = hashed(iter_chunks(array, CHUNK_ROWS, start, stop), content[kind])
             digest = write_npy(folder / file, (stop - start, *array.shape[1:]), array.dtype,
                                chunks)
             shard[kind] = {"file": file, "sha256": digest}
@@ -154,17 +137,6 @@ def shard_ranges(count: int, shard_size: int | None) -> list[tuple[int, int]]:
 def shard_file(split: str, kind: str, number: int, shard_size: int | None) -> str:
     """Where a split's ``images`` or ``labels`` shard lives, relative to the dataset."""
     return f"{split}_{kind}.npy" if shard_size is None else f"{split}/{kind}-{number:05d}.npy"
-
-
-def _content_digest(array):
-    """The running form of :func:`sha256_array`: fed the array's bytes, it gives its hash."""
-    return hashlib.sha256(f"{np.dtype(array.dtype).str}{tuple(array.shape)}".encode())
-
-
-def _hashed(chunks, digest) -> Iterator[np.ndarray]:
-    for chunk in chunks:
-        digest.update(np.ascontiguousarray(chunk).data)
-        yield chunk
 
 
 def read_sources(data_dir: Path, split: str) -> list[str] | None:

@@ -11,9 +11,9 @@ import logging
 from pathlib import Path
 
 from image_finetune.config import DataParams, ModelParams, Params
-from image_finetune.data.canonical import sha256_file
 from image_finetune.data.labels_file import labels_content_sha256
 from image_finetune.errors import MissingInputError
+from image_finetune.hashing import sha256_file
 from image_finetune.locate import choose_data, choose_weights
 
 log = logging.getLogger(__name__)

@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from image_finetune.config import Params
-from image_finetune.data.canonical import load_split, manifest_digest, read_manifest, sha256_file
+from image_finetune.data.canonical import load_split, manifest_digest, read_manifest
 from image_finetune.engines import read_manifest as read_engine_manifest
+from image_finetune.hashing import sha256_file
 from image_finetune.inference import image_fit, load_classifier
 from image_finetune.metrics import flatten_metrics
 from image_finetune.model_card import CardFacts, card_description, card_html, card_markdown
