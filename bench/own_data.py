@@ -117,14 +117,13 @@ def run_baseline(params, work: Path) -> float:
     from image_finetune.data.canonical import load_split
     from image_finetune.features import stem_model
     from image_finetune.inference import predict_batches
-    from image_finetune.model import resolve_weights
     from image_finetune.train import build_rung_classifier
 
     train, test = load_split(work / "data", "train"), load_split(work / "data", "test")
     classes = int(np.max(train.labels)) + 1
     classifier = build_rung_classifier(params, params.train.ladder[0], classes,
                                        params.data.image_size,
-                                       resolve_weights(params.model, ROOT), None)
+                                       params.model.weights_path(ROOT), None)
     pooled = keras.Sequential([stem_model(classifier, None), keras.layers.GlobalAveragePooling2D()])
 
     def features(images, name):

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from image_finetune.config import Params, resolve_path
+from image_finetune.config import NAMED_WEIGHTS, Params, resolve_path
 from image_finetune.errors import ConfigError
 
 # What a task may need from this process's environment: MLflow's and S3's settings and
@@ -67,7 +67,7 @@ def absolute_paths(params: Params, project_root: Path) -> Params:
     in a container do not start in the project folder."""
     data = resolve_path(params.data.path, project_root)
     updates = {"data": params.data.model_copy(update={"path": str(data)})}
-    if params.model.weights not in ("imagenet", "none"):
+    if params.model.weights not in NAMED_WEIGHTS:
         weights = resolve_path(params.model.weights, project_root)
         updates["model"] = params.model.model_copy(update={"weights": str(weights)})
     uri = params.registry.tracking_uri
@@ -80,7 +80,7 @@ def absolute_paths(params: Params, project_root: Path) -> Params:
 def mounts_for(params: Params, cache_dir: Path) -> list[Mount]:
     """What the tasks read (read-only) and write (read-write), beside the pipeline root."""
     mounts = [Mount(Path(params.data.path), writable=False), Mount(cache_dir, writable=True)]
-    if params.model.weights not in ("imagenet", "none"):
+    if params.model.weights not in NAMED_WEIGHTS:
         mounts.append(Mount(Path(params.model.weights), writable=False))
     folder = tracking_folder(params.registry.tracking_uri)
     if folder is not None:
