@@ -9,9 +9,10 @@ import time
 import httpx
 import pytest
 
-from image_finetune.pipelines.containers import Mount, start_server_container, tracking_folder
+from image_finetune.pipelines.containers import Mount, tracking_folder
 from tests.conftest import wait_until
 from tests.e2e.serving_support import free_port
+from tests.serving_container import start_server_container
 
 
 @pytest.fixture(scope="module")
