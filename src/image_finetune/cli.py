@@ -38,9 +38,9 @@ CACHE_HELP = ("the training cache: features, checkpoints, finished attempts (def
               "IMAGE_FINETUNE_CACHE moves it)")
 
 
-def port(spec: StepSpec, option: str, help: str):
+def path_option(spec: StepSpec, option: str, help: str):
     """A path option named and defaulted as the step declares it."""
-    return Annotated[Path, typer.Option(spec.port(option).flag, help=help)]
+    return Annotated[Path, typer.Option(spec.path_option(option).flag, help=help)]
 
 
 def _load(path: Path) -> tuple[Params, Path]:
@@ -59,7 +59,7 @@ def _cache(option: Path, root: Path) -> Path:
 @reported
 def locate_sources_command(
     params: ParamsOption = DEFAULT_PARAMS,
-    out: port(steps.LOCATE_SOURCES, "out", "record of the chosen data and weights")
+    out: path_option(steps.LOCATE_SOURCES, "out", "record of the chosen data and weights")
     = steps.LOCATE_SOURCES.paths["out"],
 ) -> None:
     """Choose the data and backbone weights (local copies, else public downloads) and record
@@ -74,7 +74,8 @@ def locate_sources_command(
 @reported
 def ingest_command(
     params: ParamsOption = DEFAULT_PARAMS,
-    out: port(steps.INGEST, "out", "canonical dataset directory") = steps.INGEST.paths["out"],
+    out: path_option(steps.INGEST, "out", "canonical dataset directory") = (
+        steps.INGEST.paths["out"]),
 ) -> None:
     """Read the data source and write canonical train/validation/test arrays."""
     config, root = _load(params)
@@ -87,8 +88,8 @@ def ingest_command(
 @reported
 def validate_command(
     params: ParamsOption = DEFAULT_PARAMS,
-    data: port(steps.VALIDATE, "data", "canonical dataset") = steps.VALIDATE.paths["data"],
-    out: port(steps.VALIDATE, "out", "report directory") = steps.VALIDATE.paths["out"],
+    data: path_option(steps.VALIDATE, "data", "canonical dataset") = steps.VALIDATE.paths["data"],
+    out: path_option(steps.VALIDATE, "out", "report directory") = steps.VALIDATE.paths["out"],
 ) -> None:
     """Run the data-validation suites; fail on any blocking expectation."""
     from image_finetune.steps.validate import validate_data
@@ -100,8 +101,8 @@ def validate_command(
 @reported
 def augment_command(
     params: ParamsOption = DEFAULT_PARAMS,
-    data: port(steps.AUGMENT, "data", "canonical dataset") = steps.AUGMENT.paths["data"],
-    out: port(steps.AUGMENT, "out", "policy and preview") = steps.AUGMENT.paths["out"],
+    data: path_option(steps.AUGMENT, "data", "canonical dataset") = steps.AUGMENT.paths["data"],
+    out: path_option(steps.AUGMENT, "out", "policy and preview") = steps.AUGMENT.paths["out"],
 ) -> None:
     """Write the augmentation policy and a preview grid of augmented real images."""
     from image_finetune.steps.augment import preview_augmentation
@@ -117,9 +118,9 @@ RUNG = steps.TRAIN_RUNG
 def train_rung_command(
     params: ParamsOption = DEFAULT_PARAMS,
     index: Annotated[int, typer.Option(min=0, help="the rung of train.ladder to train")] = 0,
-    data: port(RUNG, "data", "canonical dataset") = RUNG.paths["data"],
-    out: port(RUNG, "out", "the attempt's folder") = RUNG.paths["out"],
-    cache: port(RUNG, "cache", CACHE_HELP) = RUNG.paths["cache"],
+    data: path_option(RUNG, "data", "canonical dataset") = RUNG.paths["data"],
+    out: path_option(RUNG, "out", "the attempt's folder") = RUNG.paths["out"],
+    cache: path_option(RUNG, "cache", CACHE_HELP) = RUNG.paths["cache"],
     warm_start: Annotated[Path | None, typer.Option(
         help="the previous rung's model.keras to start from")] = None,
 ) -> None:
@@ -140,12 +141,13 @@ LADDER = steps.CLIMB_LADDER
 @reported
 def train_command(
     params: ParamsOption = DEFAULT_PARAMS,
-    data: port(LADDER, "data", "canonical dataset") = LADDER.paths["data"],
-    validation: port(LADDER, "validation", "validate step's result") = LADDER.paths["validation"],
-    out: port(LADDER, "out", "attempts and selected model") = LADDER.paths["out"],
-    cache: port(LADDER, "cache", CACHE_HELP) = LADDER.paths["cache"],
-    metrics: port(LADDER, "metrics", "the attempts' figures") = LADDER.paths["metrics"],
-    live: port(LADDER, "live", "DVCLive's per-epoch figures") = LADDER.paths["live"],
+    data: path_option(LADDER, "data", "canonical dataset") = LADDER.paths["data"],
+    validation: path_option(LADDER, "validation", "validate step's result") = (
+        LADDER.paths["validation"]),
+    out: path_option(LADDER, "out", "attempts and selected model") = LADDER.paths["out"],
+    cache: path_option(LADDER, "cache", CACHE_HELP) = LADDER.paths["cache"],
+    metrics: path_option(LADDER, "metrics", "the attempts' metrics") = LADDER.paths["metrics"],
+    live: path_option(LADDER, "live", "DVCLive's per-epoch metrics") = LADDER.paths["live"],
 ) -> None:
     """Climb the ladder: train, evaluate on validation and gate each rung until one passes."""
     config, root = _load(params)
@@ -161,9 +163,9 @@ EXPORT_ENGINE = steps.EXPORT_ENGINE
 @reported
 def export_engine_command(
     params: ParamsOption = DEFAULT_PARAMS,
-    data: port(EXPORT_ENGINE, "data", "canonical dataset") = EXPORT_ENGINE.paths["data"],
-    model: port(EXPORT_ENGINE, "model", "saved classifier") = EXPORT_ENGINE.paths["model"],
-    out: port(EXPORT_ENGINE, "out", "engine folder to write") = EXPORT_ENGINE.paths["out"],
+    data: path_option(EXPORT_ENGINE, "data", "canonical dataset") = EXPORT_ENGINE.paths["data"],
+    model: path_option(EXPORT_ENGINE, "model", "saved classifier") = EXPORT_ENGINE.paths["model"],
+    out: path_option(EXPORT_ENGINE, "out", "engine folder to write") = EXPORT_ENGINE.paths["out"],
 ) -> None:
     """The classifier on the fast inference engine: ONNX and OpenVINO fp32 checked against
     Keras on test, int8 judged beside fp32 on test; engine.json says what serves."""
@@ -178,12 +180,13 @@ def export_engine_command(
 @reported
 def evaluate_command(
     params: ParamsOption = DEFAULT_PARAMS,
-    data: port(steps.EVALUATE, "data", "canonical dataset") = steps.EVALUATE.paths["data"],
-    model: port(steps.EVALUATE, "model", "saved classifier") = steps.EVALUATE.paths["model"],
-    engine: port(steps.EVALUATE, "engine", "export-engine's folder: evaluate on the engine "
+    data: path_option(steps.EVALUATE, "data", "canonical dataset") = steps.EVALUATE.paths["data"],
+    model: path_option(steps.EVALUATE, "model", "saved classifier") = steps.EVALUATE.paths["model"],
+    engine: path_option(steps.EVALUATE, "engine", "export-engine's folder: evaluate on the engine "
                  "and precision that will serve") = steps.EVALUATE.paths["engine"],
-    out: port(steps.EVALUATE, "out", "report directory") = steps.EVALUATE.paths["out"],
-    metrics: port(steps.EVALUATE, "metrics", "flat figures") = steps.EVALUATE.paths["metrics"],
+    out: path_option(steps.EVALUATE, "out", "report directory") = steps.EVALUATE.paths["out"],
+    metrics: path_option(steps.EVALUATE, "metrics", "flat metrics") = (
+        steps.EVALUATE.paths["metrics"]),
     split: Annotated[str, typer.Option(help="train, validation or test")] = "test",
     keras: Annotated[bool, typer.Option(help="evaluate the Keras model itself, not the "
                                               "engine")] = False,
@@ -191,7 +194,7 @@ def evaluate_command(
     """Evaluate a model on one split: metrics, confusion matrix, gallery, HTML report."""
     from image_finetune.steps.evaluate import evaluate_classifier
 
-    evaluate_classifier(_load(params)[0], data, model, out, split, figures=metrics,
+    evaluate_classifier(_load(params)[0], data, model, out, split, metrics_file=metrics,
                         engine=None if keras else engine)
 
 
@@ -199,9 +202,9 @@ def evaluate_command(
 @reported
 def profile_command(
     params: ParamsOption = DEFAULT_PARAMS,
-    data: port(steps.PROFILE, "data", "canonical dataset") = steps.PROFILE.paths["data"],
-    model: port(steps.PROFILE, "model", "saved classifier") = steps.PROFILE.paths["model"],
-    out: port(steps.PROFILE, "out", "reference profile folder") = steps.PROFILE.paths["out"],
+    data: path_option(steps.PROFILE, "data", "canonical dataset") = steps.PROFILE.paths["data"],
+    model: path_option(steps.PROFILE, "model", "saved classifier") = steps.PROFILE.paths["model"],
+    out: path_option(steps.PROFILE, "out", "reference profile folder") = steps.PROFILE.paths["out"],
 ) -> None:
     """The reference profile monitoring compares live traffic with: the classifier's
     summaries of the validation images."""
@@ -215,9 +218,9 @@ def profile_command(
 @reported
 def gate_command(
     params: ParamsOption = DEFAULT_PARAMS,
-    evaluation: port(steps.FINAL_GATE, "evaluation", "evaluate step's output") =
+    evaluation: path_option(steps.FINAL_GATE, "evaluation", "evaluate step's output") =
         steps.FINAL_GATE.paths["evaluation"],
-    out: port(steps.FINAL_GATE, "out", "decision JSON") = steps.FINAL_GATE.paths["out"],
+    out: path_option(steps.FINAL_GATE, "out", "decision JSON") = steps.FINAL_GATE.paths["out"],
 ) -> None:
     """The final "meets requirements?" decision on the test evaluation (and the champion)."""
     from image_finetune.steps.final_gate import final_gate
@@ -233,14 +236,16 @@ REGISTER = steps.REGISTER
 @reported
 def register_command(
     params: ParamsOption = DEFAULT_PARAMS,
-    data: port(REGISTER, "data", "canonical dataset") = REGISTER.paths["data"],
-    validation: port(REGISTER, "validation", "validate's output") = REGISTER.paths["validation"],
-    models: port(REGISTER, "models", "train step's output") = REGISTER.paths["models"],
-    evaluation: port(REGISTER, "evaluation", "evaluate's output") = REGISTER.paths["evaluation"],
-    decision: port(REGISTER, "decision", "final gate decision") = REGISTER.paths["decision"],
-    profile: port(REGISTER, "profile", "reference profile") = REGISTER.paths["profile"],
-    engine: port(REGISTER, "engine", "export-engine's folder") = REGISTER.paths["engine"],
-    out: port(REGISTER, "out", "registration result") = REGISTER.paths["out"],
+    data: path_option(REGISTER, "data", "canonical dataset") = REGISTER.paths["data"],
+    validation: path_option(REGISTER, "validation", "validate's output") = (
+        REGISTER.paths["validation"]),
+    models: path_option(REGISTER, "models", "train step's output") = REGISTER.paths["models"],
+    evaluation: path_option(REGISTER, "evaluation", "evaluate's output") = (
+        REGISTER.paths["evaluation"]),
+    decision: path_option(REGISTER, "decision", "final gate decision") = REGISTER.paths["decision"],
+    profile: path_option(REGISTER, "profile", "reference profile") = REGISTER.paths["profile"],
+    engine: path_option(REGISTER, "engine", "export-engine's folder") = REGISTER.paths["engine"],
+    out: path_option(REGISTER, "out", "registration result") = REGISTER.paths["out"],
 ) -> None:
     """Track the run in MLflow; register the model and promote it if it beats the champion."""
     config, root = _load(params)
@@ -373,7 +378,7 @@ ChallengerOption = Annotated[str, typer.Option(help="the challenger's alias")]
 def feedback_command(
     action: Annotated[FeedbackAction, typer.Argument(help="export")],
     feedback_uri: FeedbackUriOption = None,
-    out: port(steps.FEEDBACK, "out", "image-folder tree train/<class>/ to write") =
+    out: path_option(steps.FEEDBACK, "out", "image-folder tree train/<class>/ to write") =
         steps.FEEDBACK.paths["out"],
 ) -> None:
     """Export the labelled feedback as an image-folder tree the ingest reads."""
@@ -414,10 +419,10 @@ BATCH = steps.PREDICT_BATCH
 @reported
 def predict_batch_command(
     source: Annotated[Path, typer.Argument(help="folder or .tar(.gz) of images")],
-    out: port(BATCH, "out", "CSV of predictions") = BATCH.paths["out"],
+    out: path_option(BATCH, "out", "CSV of predictions") = BATCH.paths["out"],
     model: Annotated[str, typer.Option(help="models:/name@alias, runs:/..., or a .keras "
                                             "(default: the champion)")] = "",
-    data_manifest: port(BATCH, "data_manifest", "class names for a bare .keras") =
+    data_manifest: path_option(BATCH, "data_manifest", "class names for a bare .keras") =
         BATCH.paths["data_manifest"],
     engine: Annotated[str | None, typer.Option(
         envvar="IMAGE_FINETUNE_ENGINE", show_envvar=True,
@@ -440,7 +445,7 @@ MONITOR = steps.MONITOR
 def monitor_command(
     source: Annotated[Path, typer.Argument(
         help="folder or .tar(.gz) of images, or an .npz of a server's recorded windows")],
-    out: port(MONITOR, "out", "folder for drift.json and drift.html") = MONITOR.paths["out"],
+    out: path_option(MONITOR, "out", "folder for drift.json and drift.html") = MONITOR.paths["out"],
     model_name: Annotated[str, typer.Option(help="registered model (default: "
                                                  "registry.model_name)")] = "",
     alias: Annotated[str, typer.Option(help="the version this alias names")] = "champion",
@@ -480,8 +485,8 @@ def monitor_command(
 @app.command("export-savedmodel")
 @reported
 def export_command(
-    model: port(steps.EXPORT, "model", "saved classifier") = steps.EXPORT.paths["model"],
-    out: port(steps.EXPORT, "out", "SavedModel directory") = steps.EXPORT.paths["out"],
+    model: path_option(steps.EXPORT, "model", "saved classifier") = steps.EXPORT.paths["model"],
+    out: path_option(steps.EXPORT, "out", "SavedModel directory") = steps.EXPORT.paths["out"],
 ) -> None:
     """Export a TF Serving SavedModel whose serving signature takes uint8 images."""
     from image_finetune.steps.export import export_savedmodel
@@ -505,7 +510,7 @@ def cache_command(
         help="prune: entries unused for longer than this (30d, 12h, 90m)")] = None,
     max_size: Annotated[str | None, typer.Option(
         help="prune: then the least recently used until the cache fits (10G, 500M)")] = None,
-    cache: port(steps.MANAGE_CACHE, "cache", CACHE_HELP) = steps.MANAGE_CACHE.paths["cache"],
+    cache: path_option(steps.MANAGE_CACHE, "cache", CACHE_HELP) = steps.MANAGE_CACHE.paths["cache"],
     params: ParamsOption = DEFAULT_PARAMS,
 ) -> None:
     """List the training cache (feature caches, checkpoints, finished attempts) with sizes

@@ -248,7 +248,7 @@ def test_cli_path_defaults_are_the_declared_places():
     for name, command in cli_commands().items():
         options = {param.opts[0]: param.default for param in command.params if param.opts}
         for option, path in CATALOG[name].paths.items():
-            flag = CATALOG[name].port(option).flag
+            flag = CATALOG[name].path_option(option).flag
             assert Path(options[flag]) == path, f"image-finetune {name} {flag}"
 
 

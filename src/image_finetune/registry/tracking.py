@@ -41,12 +41,12 @@ def log_params(client, run_id: str, params: dict[str, str]) -> None:
         client.log_batch(run_id, params=items[start : start + PARAM_BATCH])
 
 
-def log_figures(client, run_id: str, figures: dict[str, float], step: int = 0) -> None:
+def log_metric_values(client, run_id: str, values: dict[str, float], step: int = 0) -> None:
     """Log metrics in batches (one call per up to 900 values, not one per value)."""
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    items = [Metric(k, float(v), now, step) for k, v in figures.items()]
+    items = [Metric(k, float(v), now, step) for k, v in values.items()]
     for start in range(0, len(items), BATCH):
         client.log_batch(run_id, metrics=items[start : start + BATCH])
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from image_finetune.config import Params
 from image_finetune.distribute import refuse_workers
 from image_finetune.errors import DataValidationError, MissingInputError
-from image_finetune.ladder import AttemptRecord, ladder_figures
+from image_finetune.ladder import AttemptRecord, ladder_metrics
 from image_finetune.steps import evaluate, gate_attempt, select, train_rung
 from image_finetune.steps.layout import (
     DECISION_FILE,
@@ -25,7 +25,7 @@ from image_finetune.steps.layout import (
     SUMMARY_FILE,
     attempt_folder,
     read_records,
-    write_figures,
+    write_metrics_file,
 )
 from image_finetune.steps.live_metrics import live_metrics
 
@@ -59,7 +59,7 @@ def climb_ladder(
                                             else previous)
         _write_summary(out, records, len(params.train.ladder))
         if metrics is not None:
-            write_figures(metrics, ladder_figures(records, len(params.train.ladder)))
+            write_metrics_file(metrics, ladder_metrics(records, len(params.train.ladder)))
     winner = records[-1]
     return select.select_classifier(attempt_folder(out, winner.index) / MODEL_FILE,
                                     out / SELECTED, winner.to_json())

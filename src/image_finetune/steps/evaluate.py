@@ -15,14 +15,14 @@ from image_finetune.config import Params
 from image_finetune.data.canonical import load_split, read_manifest
 from image_finetune.engines import Predictor
 from image_finetune.inference import load_classifier, measure_latency, predict_proba
-from image_finetune.metrics import STRUCTURED, classification_metrics, figures_with_classes
+from image_finetune.metrics import STRUCTURED, classification_metrics, flatten_metrics_with_classes
 from image_finetune.metrics import flatten_metrics as flatten_metrics  # the component logs these
 from image_finetune.report import plot_confusion, plot_gallery, write_html
 from image_finetune.steps.layout import (
     DETAILS_FILE,
     METRICS_FILE,
     PREDICTIONS_FILE,
-    write_figures,
+    write_metrics_file,
 )
 
 log = logging.getLogger(__name__)
@@ -31,10 +31,10 @@ log = logging.getLogger(__name__)
 
 def evaluate_classifier(
     params: Params, data: Path, model: Path, out: Path, split: str = "test",
-    title: str | None = None, figures: Path | None = None, engine: Path | None = None,
+    title: str | None = None, metrics_file: Path | None = None, engine: Path | None = None,
 ) -> dict:
     """Evaluate the classifier in ``model`` on ``split``; write every result to ``out`` and
-    the scalar figures, per class too, to ``figures`` (a flat metrics file) if given.
+    the scalar metrics, per class too, to ``metrics_file`` (flat: name -> number) if given.
     ``engine``: the export-engine step's folder; accuracy and latency are then measured on
     the engine and precision that will serve (its manifest says which), else on Keras."""
     loaded = load_split(data, split)
@@ -56,8 +56,8 @@ def evaluate_classifier(
     _write_results(out, metrics, probs, labels, loaded.images, class_names,
                    params.evaluate.gallery_size)
     write_html(out, title or f"Evaluation on {split}", metrics, class_names)
-    if figures is not None:
-        write_figures(figures, figures_with_classes(metrics))
+    if metrics_file is not None:
+        write_metrics_file(metrics_file, flatten_metrics_with_classes(metrics))
     log.info("%s: accuracy %.4f macro F1 %.4f (%d images)", title or split, metrics["accuracy"],
              metrics["macro_f1"], metrics["count"])
     return metrics

@@ -50,10 +50,10 @@ def attempt_folder(models: Path, index: int) -> Path:
     return models / f"attempt_{index}"
 
 
-def write_figures(path: Path, figures: dict[str, float]) -> None:
+def write_metrics_file(path: Path, values: dict[str, float]) -> None:
     """A metrics file DVC reads whole: one flat JSON object of numbers, sorted by name."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(dict(sorted(figures.items())), indent=2) + "\n")
+    path.write_text(json.dumps(dict(sorted(values.items())), indent=2) + "\n")
 
 
 def read_evaluation(evaluation: Path) -> tuple[dict, np.ndarray, np.ndarray]:

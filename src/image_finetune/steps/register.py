@@ -167,7 +167,7 @@ def _log_engine(client, parent: str, engine: Path) -> dict[str, str]:
 
 def _log_evaluation(client, parent: str, evaluation: Path, decision: Path) -> None:
     metrics, _, _ = read_evaluation(evaluation)
-    tracking.log_figures(client, parent, flatten_metrics(metrics, "test_"))
+    tracking.log_metric_values(client, parent, flatten_metrics(metrics, "test_"))
     tracking.log_files(client, parent, [decision], {EVALUATION: evaluation})
     client.set_tag(parent, "final_gate_passed", str(read_decision(decision).passed))
 
@@ -187,7 +187,7 @@ def _log_attempts(client, parent: str, params: Params, run_id: str, models: Path
         with (folder / HISTORY_FILE).open() as handle:
             tracking.log_epochs(client, child, list(csv.DictReader(handle)))
         metrics, _, _ = read_evaluation(folder / EVALUATION)
-        tracking.log_figures(client, child, flatten_metrics(metrics, "val_"))
+        tracking.log_metric_values(client, child, flatten_metrics(metrics, "val_"))
         files = [folder / DECISION_FILE, folder / RESULT_FILE, folder / HISTORY_FILE]
         tracking.log_files(client, child, files, {EVALUATION: folder / EVALUATION})
         client.set_terminated(child)
