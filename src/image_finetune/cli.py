@@ -134,12 +134,12 @@ def train_rung_command(
                f"{result.best_val_accuracy:.4f} on {result.distribution}")
 
 
-LADDER = steps.CLIMB_LADDER
+LADDER = steps.CLIMB_LADDER  # the `train` command (the stage users know) climbs the ladder
 
 
 @app.command("train")
 @reported
-def train_command(
+def climb_ladder_command(
     params: ParamsOption = DEFAULT_PARAMS,
     data: path_option(LADDER, "data", "canonical dataset") = LADDER.paths["data"],
     validation: path_option(LADDER, "validation", "validate step's result") = (

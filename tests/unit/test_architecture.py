@@ -23,7 +23,7 @@ MAX_FUNCTION_LINES = 60
 LAYERS = {
     "domain": 0, "services": 1, "serving": 2, "steps": 3, "adapters": 4,
 }
-SERVICES = ("registry", "cluster")
+SERVICES = ("registry", "kube")
 ADAPTERS = ("cli", "console", "codemap", "pipelines", "components")
 # Third-party packages that belong to one layer and never below it.
 FORBIDDEN_BELOW = {"mlflow": "services", "boto3": "services", "fastapi": "serving",

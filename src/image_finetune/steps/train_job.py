@@ -16,9 +16,9 @@ from pathlib import Path, PurePosixPath
 
 import yaml
 
-from image_finetune.cluster import TrainingJobs
 from image_finetune.config import Params
 from image_finetune.errors import exit_on_termination as exit_on_termination  # component's
+from image_finetune.kube import TrainingJobs
 from image_finetune.locate import choose_weights
 from image_finetune.steps.layout import HISTORY_FILE, MODEL_FILE, RESULT_FILE
 from image_finetune.train_job import (
