@@ -22,10 +22,10 @@ import numpy as np
 from image_finetune.atomic import atomic_directory
 from image_finetune.data.rows import CHUNK_ROWS, RowView, ShardedRows, iter_chunks, write_npy
 from image_finetune.errors import CorruptInputError, MissingInputError
+from image_finetune.file_names import DATA_MANIFEST
 from image_finetune.hashing import content_digest, hashed, sha256_bytes, sha256_file
 
 SPLITS = ("train", "validation", "test")
-MANIFEST = "manifest.json"
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ def write_dataset(
                 names = json.dumps([str(s) for s in sources[name]]).encode()
                 (staging / f"{name}_sources.json").write_bytes(names)
                 manifest["splits"][name]["sources_sha256"] = sha256_bytes(names)
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        (staging / DATA_MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
 
 
@@ -147,7 +147,7 @@ def read_sources(data_dir: Path, split: str) -> list[str] | None:
 
 def read_manifest(data_dir: Path) -> dict:
     """The dataset's manifest.json, with a clear error where there is none."""
-    path = Path(data_dir) / MANIFEST
+    path = Path(data_dir) / DATA_MANIFEST
     if not path.exists():
         raise MissingInputError(f"{path}: no canonical dataset here (run the ingest step first)")
     return json.loads(path.read_text())
@@ -175,7 +175,7 @@ def load_split(data_dir: Path, name: str, mmap: bool = True) -> Split:
 
 def _listed_shards(data_dir: Path, name: str) -> list[dict] | None:
     """The shards the manifest lists for ``name`` (None: not sharded, or no manifest)."""
-    if not (data_dir / MANIFEST).exists():
+    if not (data_dir / DATA_MANIFEST).exists():
         return None
     return read_manifest(data_dir)["splits"].get(name, {}).get("shards")
 
@@ -226,4 +226,4 @@ def verify_shards(data_dir: Path) -> int:
 
 def manifest_digest(data_dir: Path) -> str:
     """sha256 of manifest.json: one hash that pins every array of the dataset."""
-    return sha256_file(Path(data_dir) / MANIFEST)
+    return sha256_file(Path(data_dir) / DATA_MANIFEST)

@@ -19,7 +19,11 @@ from image_finetune.metrics import STRUCTURED, classification_metrics, flatten_m
 from image_finetune.metrics import flatten_metrics as flatten_metrics  # the component logs these
 from image_finetune.report import plot_confusion, plot_gallery, write_html
 from image_finetune.steps.layout import (
+    CONFUSION_JSON,
+    CONFUSION_PAIRS_CSV,
+    CONFUSION_PNG,
     DETAILS_FILE,
+    GALLERY_PNG,
     METRICS_FILE,
     PREDICTIONS_FILE,
     write_metrics_file,
@@ -82,12 +86,12 @@ def _write_results(
     np.savez_compressed(out / PREDICTIONS_FILE, probabilities=probs.astype(np.float32),
                         labels=labels)
     plot_confusion(np.asarray(metrics["confusion_matrix"]), class_names,
-                   out / "confusion_matrix.png")
+                   out / CONFUSION_PNG)
     if gallery_size:
-        plot_gallery(images, labels, probs, class_names, gallery_size, out / "misclassified.png")
-    (out / "confusion_matrix.json").write_text(json.dumps(
+        plot_gallery(images, labels, probs, class_names, gallery_size, out / GALLERY_PNG)
+    (out / CONFUSION_JSON).write_text(json.dumps(
         {"class_names": class_names, "matrix": metrics["confusion_matrix"]}) + "\n")
-    with (out / "confusion_pairs.csv").open("w") as handle:
+    with (out / CONFUSION_PAIRS_CSV).open("w") as handle:
         handle.write("actual,predicted\n")
         handle.writelines(f"{class_names[t]},{class_names[p]}\n"
                           for t, p in zip(labels, probs.argmax(axis=1), strict=True))

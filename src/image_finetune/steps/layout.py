@@ -11,21 +11,39 @@ from pathlib import Path
 import numpy as np
 
 from image_finetune.errors import MissingInputError
-from image_finetune.file_names import ENGINE_MANIFEST, MODEL_FILE
+from image_finetune.file_names import (
+    CONFUSION_PNG,
+    DATA_MANIFEST,
+    ENGINE_MANIFEST,
+    GALLERY_PNG,
+    MODEL_FILE,
+    REPORT_HTML,
+)
 from image_finetune.gate import Decision
 from image_finetune.ladder import AttemptRecord
 from image_finetune.monitoring.feedback_store import EXPORT_RECORD, ExportRecord
 
-__all__ = ["ENGINE_MANIFEST", "EXPORT_RECORD", "MODEL_FILE"]  # re-exported: defined below steps
+# Re-exported: defined below the steps, where domain modules read or write them too.
+__all__ = ["CONFUSION_PNG", "DATA_MANIFEST", "ENGINE_MANIFEST", "EXPORT_RECORD", "GALLERY_PNG",
+           "MODEL_FILE", "REPORT_HTML"]
 
 # validate, train-rung (an attempt's folder): the step's result
 RESULT_FILE = "result.json"
+# validate: the Data Docs site and two of the tables the expectations ran on
+DATA_DOCS_FOLDER = "data_docs"
+CLASS_COUNTS_CSV = "class_counts.csv"
+CHANNEL_STATS_CSV = "channel_stats.csv"
 # train-rung (an attempt's folder); the classifier: MODEL_FILE
 HISTORY_FILE = "history.csv"
 # evaluate
 DETAILS_FILE = "details.json"
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.npz"
+CONFUSION_JSON = "confusion_matrix.json"
+CONFUSION_PAIRS_CSV = "confusion_pairs.csv"
+# (and REPORT_HTML, CONFUSION_PNG, GALLERY_PNG; RELIABILITY_PNG: named by the model card's
+# pictures, written by no step yet)
+RELIABILITY_PNG = "reliability.png"
 # export-engine: the engine folder (its model files: engines.MODEL_FILES; ENGINE_MANIFEST)
 ENGINE_FOLDER = "engine"
 # monitor

@@ -31,12 +31,16 @@ from image_finetune.stats import per_image_correct
 from image_finetune.steps.layout import (
     CARD_HTML,
     CARD_MARKDOWN,
+    CONFUSION_PNG,
+    DATA_MANIFEST,
     DECISION_FILE,
     DETAILS_FILE,
     ENGINE_FOLDER,
     EVALUATION,
+    GALLERY_PNG,
     HISTORY_FILE,
     MODEL_FILE,
+    RELIABILITY_PNG,
     RESULT_FILE,
     SELECTED,
     attempt_folder,
@@ -74,7 +78,7 @@ def register_classifier(
     try:
         if models is not None:
             _log_attempts(client, parent, params, run_id, models)
-        data_files = [data / "manifest.json"] + (
+        data_files = [data / DATA_MANIFEST] + (
             [validation / RESULT_FILE] if validation else [])
         tracking.log_files(client, parent, data_files, files_under="data")
         _log_evaluation(client, parent, evaluation, decision)
@@ -194,9 +198,9 @@ def _log_attempts(client, parent: str, params: Params, run_id: str, models: Path
 
 
 # The evaluation's pictures a card shows, by caption (those that exist).
-CARD_PICTURES = {"Confusion matrix (test)": "confusion_matrix.png",
-                 "Reliability (calibration)": "reliability.png",
-                 "Misclassified test images": "misclassified.png"}
+CARD_PICTURES = {"Confusion matrix (test)": CONFUSION_PNG,
+                 "Reliability (calibration)": RELIABILITY_PNG,
+                 "Misclassified test images": GALLERY_PNG}
 # The canonical splits as MLflow's dataset contexts.
 DATASET_CONTEXTS = {"train": "training", "validation": "validation", "test": "test"}
 # What a dataset input's profile shows of a split (not a sharded split's list of shards).
