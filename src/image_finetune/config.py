@@ -15,7 +15,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -107,8 +107,10 @@ class AugmentParams(_Section):
 
 # Backbones: Keras' applications (their ImageNet weights download by name), and the one
 # built here (efficientnet_lite.py: weights from a local file only).
-KERAS_BACKBONES = ("mobilenet_v2", "resnet50", "efficientnet_b0")
-BACKBONES = (*KERAS_BACKBONES, "efficientnet_lite0")
+KerasBackbone = Literal["mobilenet_v2", "resnet50", "efficientnet_b0"]
+Backbone = Literal[KerasBackbone, "efficientnet_lite0"]
+KERAS_BACKBONES: tuple[str, ...] = get_args(KerasBackbone)
+BACKBONES: tuple[str, ...] = get_args(Backbone)  # nested Literals flatten
 # ``model.weights`` that name no file: Keras' ImageNet weights, or none (random init).
 IMAGENET, NO_WEIGHTS = "imagenet", "none"
 NAMED_WEIGHTS = (IMAGENET, NO_WEIGHTS)
@@ -117,7 +119,7 @@ NAMED_WEIGHTS = (IMAGENET, NO_WEIGHTS)
 class ModelParams(_Section):
     """Backbone, pretrained weights and head."""
 
-    backbone: Literal[BACKBONES] = "mobilenet_v2"
+    backbone: Backbone = "mobilenet_v2"
     # auto: ``weights_file`` when it exists, else imagenet | imagenet | none | a file
     weights: str = "auto"
     weights_file: str = "../shared/weights/mobilenet_v2_1.0_imagenet_no_top.weights.h5"

@@ -10,11 +10,14 @@ import os
 import re
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from image_finetune.config import RegistryParams
 from image_finetune.errors import ConfigError, PipelineError, RegistryError, ServiceError
 from image_finetune.locate import DVC_ROOT_ENV
+
+if TYPE_CHECKING:  # mlflow is imported when an error is caught (mlflow_error)
+    from mlflow.exceptions import MlflowException
 
 F = TypeVar("F", bound=Callable)
 # MLflow error codes that mean "the server or its store did not answer".
@@ -142,7 +145,7 @@ def refused_credentials(uri: str, status: int | str) -> str:
             "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)")
 
 
-def mlflow_error() -> type[Exception]:
+def mlflow_error() -> type[MlflowException]:
     """MLflow's exception class, the one way this package catches what MLflow raises:
     ``except mlflow_error() as exc``. Imported when an error is being caught, since
     importing mlflow takes a second and the registry's importers must not pay it."""
