@@ -1,6 +1,7 @@
-"""Where code lives: no import cycles, imports only down the layers, no reaching into other
-modules' private names, short functions; and dvc.yaml, the CLI and the Kubeflow components
-agree with the step catalog (src/image_finetune/steps/spec.py)."""
+"""Where code lives: no import cycles, imports only down the layers, no step importing another
+step, components importing only steps, no reaching into other modules' private names, short
+functions; and dvc.yaml, the CLI and the Kubeflow components agree with the step catalog
+(src/image_finetune/steps/spec.py)."""
 
 import ast
 import inspect
@@ -88,7 +89,8 @@ COMPOSED_STEPS = {"climb_ladder": {"train_rung", "evaluate", "gate_attempt", "se
 
 def step_to_step_imports(graph: dict[str, frozenset[str]]) -> list[str]:
     """Imports of one catalog step's module by another step module (steps hand each other
-    files, named and read back by steps.layout, never code)."""
+    files, named and read back by steps.layout, never code). A module of steps/ that no
+    catalog entry names (http_protocol, live_metrics) is a helper of its step, not a step."""
     steps = {f"image_finetune.steps.{spec.module}" for spec in CATALOG.values()}
     shared = {f"image_finetune.steps.{name}" for name in SHARED_STEP_MODULES}
     found = []
