@@ -29,9 +29,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from image_finetune.config import Params  # noqa: E402
-from image_finetune.pipelines.containers import Mount, start_server_container, tracking_folder  # noqa: E402
+from image_finetune.pipelines.containers import Mount, tracking_folder  # noqa: E402
 from image_finetune.pipelines.deployment import Deployment  # noqa: E402
 from image_finetune.pipelines.local import run_local  # noqa: E402
+from tests.serving_container import start_server_container  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 LADDER = [  # tests/conftest.py's FAIL_THEN_PASS_LADDER

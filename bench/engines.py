@@ -271,7 +271,7 @@ def engine_manifest(folder: Path, classifier, class_names: list[str], int8: dict
     from image_finetune.engines import (
         DEFAULT_ENGINE,
         EMBEDDING,
-        MANIFEST_FILE,
+        ENGINE_MANIFEST,
         PROBABILITIES,
         file_hashes,
     )
@@ -280,7 +280,7 @@ def engine_manifest(folder: Path, classifier, class_names: list[str], int8: dict
                 "input_shape": [int(d) for d in classifier.input_shape[1:]],
                 "class_names": class_names, "outputs": [PROBABILITIES, EMBEDDING],
                 "files": file_hashes(folder), "agreement": {}, "int8": int8}
-    (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    (folder / ENGINE_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 

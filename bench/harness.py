@@ -65,10 +65,10 @@ class Figures:
 def default_profile_model(path: Path) -> Path:
     """The default profile's classifier (uint8 32x32 in, resize to 96, MobileNetV2, head)."""
     from image_finetune.config import ModelParams
-    from image_finetune.training.model import build_backbone, build_classifier, resolve_weights
+    from image_finetune.training.model import build_backbone, build_classifier
 
     params = ModelParams(weights=str(MOBILENET_WEIGHTS))
-    backbone = build_backbone(params, params.image_size, resolve_weights(params, ROOT))
+    backbone = build_backbone(params, params.image_size(params, ROOT))
     build_classifier(backbone, 10, params, 32).model.save(path)
     return path
 

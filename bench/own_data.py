@@ -118,7 +118,6 @@ def run_baseline(params, work: Path) -> float:
     from image_finetune.inference import predict_batches
     from image_finetune.training.features import stem_model
     from image_finetune.training.fit import build_rung_classifier
-    from image_finetune.training.model import resolve_weights
     from image_finetune.training.plan import DataFacts, RuntimeFacts, plan_rung
 
     train, test = load_split(work / "data", "train"), load_split(work / "data", "test")
@@ -126,7 +125,7 @@ def run_baseline(params, work: Path) -> float:
     plan = plan_rung(params, 0, DataFacts(len(train.labels), 0, ""),
                      RuntimeFacts(keras.config.backend(), False))
     classifier = build_rung_classifier(plan, classes, params.data.image_size,
-                                       resolve_weights(params.model, ROOT), None)
+                                       params.model.weights_path(ROOT), None)
     pooled = keras.Sequential([stem_model(classifier, None), keras.layers.GlobalAveragePooling2D()])
 
     def features(images, name):

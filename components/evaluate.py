@@ -28,9 +28,13 @@ def evaluate_classifier(
     import shutil
     from pathlib import Path
 
-    from image_finetune.inference import MODEL_FILE
-    from image_finetune.metrics import flatten_metrics
-    from image_finetune.steps.evaluate import METRICS_FILE, evaluate_classifier
+    from image_finetune.steps.evaluate import evaluate_classifier, flatten_metrics
+    from image_finetune.steps.layout import (
+        CONFUSION_JSON,
+        METRICS_FILE,
+        MODEL_FILE,
+        REPORT_HTML,
+    )
 
     rung = int(classifier.metadata["rung"])  # metadata numbers come back as floats
     out = Path(evaluation.path)
@@ -39,8 +43,8 @@ def evaluate_classifier(
         Path(classifier.path) / MODEL_FILE, out, split,
         f"Rung {rung} ({classifier.metadata['rung_name']}) on {split}",
         engine=Path(engine_folder.path) if engine_folder else None)
-    for name, artifact in (("report.html", report), (METRICS_FILE, metrics),
-                           ("confusion_matrix.json", confusion)):
+    for name, artifact in ((REPORT_HTML, report), (METRICS_FILE, metrics),
+                           (CONFUSION_JSON, confusion)):
         shutil.copyfile(out / name, artifact.path)
     confusion.log_confusion_matrix(list(results["per_class"]), results["confusion_matrix"])
     for name, value in flatten_metrics(results).items():

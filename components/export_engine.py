@@ -21,8 +21,8 @@ def export_engine(
     serves (the default engine and its serving precision)."""
     from pathlib import Path
 
-    from image_finetune.inference import MODEL_FILE
     from image_finetune.steps.export_engine import export_engine
+    from image_finetune.steps.layout import MODEL_FILE
 
     manifest = export_engine(read_params(engine=engine, evaluate=evaluate, gate=gate,
                                          train=train), Path(dataset.path),

@@ -35,7 +35,7 @@ def select_classifier(classifier: Input[Model], winner: Output[Model]) -> None:
     """Hand the classifier that passed its gate on (``dsl.OneOf`` collects it from here)."""
     from pathlib import Path
 
-    from image_finetune.inference import MODEL_FILE
+    from image_finetune.steps.layout import MODEL_FILE
     from image_finetune.steps.select import select_classifier
 
     select_classifier(Path(classifier.path) / MODEL_FILE, Path(winner.path))

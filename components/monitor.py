@@ -32,6 +32,7 @@ def monitor_drift(
     import shutil
     from pathlib import Path
 
+    from image_finetune.steps.layout import DRIFT_HTML
     from image_finetune.steps.monitor import MonitorSettings, monitor
 
     folder = Path(drift_report.path)
@@ -40,7 +41,7 @@ def monitor_drift(
                          version=version or None, alias=alias, alpha=alpha,
                          permutations=permutations, min_labels=min_labels,
                          labels=Path(labels.path) if labels is not None else None))
-    shutil.copyfile(folder / "drift.html", report.path)
+    shutil.copyfile(folder / DRIFT_HTML, report.path)
     metrics.log_metric("drift", float(result["drift"]))
     for name, test in result["tests"].items():
         metrics.log_metric(f"{name}_p_value", test["p_value"])

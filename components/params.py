@@ -41,8 +41,7 @@ def check_params(
     check-params``); the ladder must have the number of rungs the pipeline was compiled for.
     Returns the sections every later step reads: validated, so the same values make the same
     cache keys however they were written."""
-    from image_finetune.knobs import merge_knobs, section_mappings
-    from image_finetune.steps.check_params import check_params
+    from image_finetune.steps.check_params import check_params, merge_knobs, section_mappings
 
     sections = {"data": data, "validate": validate, "augment": augment, "model": model,
                 "train": train, "evaluate": evaluate, "gate": gate, "registry": registry,

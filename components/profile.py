@@ -18,7 +18,7 @@ def profile_classifier(
     (profile.json + profile.npz) that the register step logs with the version."""
     from pathlib import Path
 
-    from image_finetune.inference import MODEL_FILE
+    from image_finetune.steps.layout import MODEL_FILE
     from image_finetune.steps.profile import profile_classifier
 
     made = profile_classifier(read_params(evaluate=evaluate, train=train), Path(dataset.path),

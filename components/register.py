@@ -36,7 +36,7 @@ def register_classifier(
     output, as its ``engine/`` artifact (what the server runs)."""
     from pathlib import Path
 
-    from image_finetune.inference import MODEL_FILE
+    from image_finetune.steps.layout import MODEL_FILE
     from image_finetune.steps.register import register_classifier
 
     params = read_params(data=data, validate=validate, augment=augment, model=model, train=train,

@@ -15,7 +15,7 @@ from kfp import dsl
 from kfp.dsl.python_component import PythonComponent
 
 if TYPE_CHECKING:
-    from image_finetune.config import Params
+    from image_finetune.steps.check_params import Params
 
 IMAGE_ENV = "IMAGE_FINETUNE_IMAGE"
 DEFAULT_IMAGE = "ghcr.io/image-finetune/image-finetune:0.1.0"
@@ -42,7 +42,7 @@ def read_params(**sections: dict) -> "Params":
 
     Embedded in every component's source, so it imports what it needs itself.
     """
-    from image_finetune.knobs import parse_sections
+    from image_finetune.steps.check_params import parse_sections
 
     return parse_sections(sections, "pipeline parameters")
 

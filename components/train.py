@@ -29,8 +29,8 @@ def train_rung(
     import tempfile
     from pathlib import Path
 
-    from image_finetune.inference import MODEL_FILE
-    from image_finetune.steps.train_rung import RESULT_FILE, train_rung
+    from image_finetune.steps.layout import MODEL_FILE, RESULT_FILE
+    from image_finetune.steps.train_rung import train_rung
 
     result = train_rung(
         read_params(model=model, train=train, augment=augment), index, Path(dataset.path),

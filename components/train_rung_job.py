@@ -39,11 +39,16 @@ def train_rung_job(
     import shutil
     from pathlib import Path
 
-    from image_finetune.cluster import TrainingJobs
-    from image_finetune.console import exit_on_termination
-    from image_finetune.inference import MODEL_FILE
-    from image_finetune.steps.train_job import RESULT_FILE, Launch, train_job
-    from image_finetune.training.job_spec import JobPolicy, Placement, job_kind
+    from image_finetune.steps.layout import MODEL_FILE, RESULT_FILE
+    from image_finetune.steps.train_job import (
+        JobPolicy,
+        Launch,
+        Placement,
+        TrainingJobs,
+        exit_on_termination,
+        job_kind,
+        train_job,
+    )
 
     exit_on_termination()  # a cancelled run deletes its job: see train_job
     result = train_job(

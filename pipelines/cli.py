@@ -25,7 +25,7 @@ from pydantic import ValidationError
 
 from image_finetune.config import Params, load_params
 from image_finetune.console import exit_without_extra, reported
-from image_finetune.errors import ConfigError
+from image_finetune.errors import RUN_FAILED, ConfigError
 
 try:  # kfp: the `pipeline` extra; without it, the extra to install instead of a traceback
     from image_finetune.components.runtime import DEFAULT_IMAGE, IMAGE_ENV
@@ -204,7 +204,7 @@ def run_local(
     typer.echo(f"kfp.local run ({runner}{where}) {verdict} in {outcome.seconds:.0f} s; "
                f"outputs in {outcome.pipeline_root}")
     if not outcome.succeeded:
-        raise typer.Exit(1)
+        raise typer.Exit(RUN_FAILED)
 
 
 @app.command()

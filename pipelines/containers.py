@@ -22,15 +22,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from image_finetune.config import Params, resolve_path
+from image_finetune.config import NAMED_WEIGHTS, Params, resolve_path
 from image_finetune.errors import ConfigError
 
 # What a task may need from this process's environment: MLflow's and S3's settings and
 # credentials. Nothing else leaks in (host paths such as a CA bundle mean nothing inside).
 FORWARDED_PREFIXES = ("MLFLOW_", "AWS_")
 BUILD_HINT = "build it with `bash infra/docker/build.sh` (or docker pull it)"
-SERVING_MANIFEST = (Path(__file__).resolve().parents[1] / "infra" / "k8s" / "base"
-                    / "serving.yaml")
 
 
 @dataclass(frozen=True)
@@ -67,7 +65,7 @@ def absolute_paths(params: Params, project_root: Path) -> Params:
     in a container do not start in the project folder."""
     data = resolve_path(params.data.path, project_root)
     updates = {"data": params.data.model_copy(update={"path": str(data)})}
-    if params.model.weights not in ("imagenet", "none"):
+    if params.model.weights not in NAMED_WEIGHTS:
         weights = resolve_path(params.model.weights, project_root)
         updates["model"] = params.model.model_copy(update={"weights": str(weights)})
     uri = params.registry.tracking_uri
@@ -80,7 +78,7 @@ def absolute_paths(params: Params, project_root: Path) -> Params:
 def mounts_for(params: Params, cache_dir: Path) -> list[Mount]:
     """What the tasks read (read-only) and write (read-write), beside the pipeline root."""
     mounts = [Mount(Path(params.data.path), writable=False), Mount(cache_dir, writable=True)]
-    if params.model.weights not in ("imagenet", "none"):
+    if params.model.weights not in NAMED_WEIGHTS:
         mounts.append(Mount(Path(params.model.weights), writable=False))
     folder = tracking_folder(params.registry.tracking_uri)
     if folder is not None:
@@ -234,37 +232,3 @@ def containers_that_report(records: list[ContainerRecord]) -> Iterator[None]:
     finally:
         os.umask(umask)
         docker_task_handler.run_docker_container = original
-
-
-def serving_deployment() -> tuple[dict, dict]:
-    """The serving Deployment's pod security context and its one container (serving.yaml)."""
-    import yaml
-
-    documents = yaml.safe_load_all(SERVING_MANIFEST.read_text())
-    [deployment] = [d for d in documents if d and d["kind"] == "Deployment"]
-    pod = deployment["spec"]["template"]["spec"]
-    [container] = pod["containers"]
-    return pod["securityContext"], container
-
-
-def start_server_container(client, image: str, environment: dict[str, str], token_folder: Path,
-                           mounts: list[Mount], port: int):
-    """The inference server in ``image`` as the Deployment starts it: its command, args,
-    environment (``environment`` adds what its Secrets would), user, read-only root file
-    system, no capabilities, ``/tmp`` in memory, the token folder mounted where it reads it,
-    port 8080 published on 127.0.0.1:``port``. Returns the running container."""
-    from docker.types import Mount as DockerMount
-
-    pod, spec = serving_deployment()
-    [token_mount] = [m for m in spec["volumeMounts"] if m["name"] == "token"]
-    binds = [DockerMount(token_mount["mountPath"], str(token_folder), type="bind",
-                         read_only=True)]
-    binds += [DockerMount(str(m.path), str(m.path), type="bind", read_only=not m.writable)
-              for m in mounts]
-    return client.containers.run(
-        image, entrypoint=spec["command"], command=spec["args"], detach=True,
-        user=f"{pod['runAsUser']}:{pod['runAsGroup']}",
-        environment={**{e["name"]: e["value"] for e in spec["env"]}, **environment},
-        read_only=spec["securityContext"]["readOnlyRootFilesystem"], cap_drop=["ALL"],
-        security_opt=["no-new-privileges"], tmpfs={"/tmp": "size=1g"},
-        ports={"8080/tcp": ("127.0.0.1", port)}, mounts=binds)

@@ -60,13 +60,13 @@ from image_finetune.knobs import (
     section_remainders,
 )
 from image_finetune.pipelines.deployment import Deployment
-from image_finetune.steps.spec import ALL_SECTIONS
+from image_finetune.steps.spec import ALL_SECTIONS, CLIMB_LADDER
 
 PIPELINE_NAME = "image-finetune"
 DISPLAY_NAME = "Image classifier fine-tuning"
 EXTRA_DATA = "extra_data"  # the labelled-images input of a pipeline built with extra_data
-# The sections an attempt (train, evaluate on validation, gate) reads.
-ATTEMPT_SECTIONS = ("model", "train", "augment", "evaluate", "gate")
+# The sections an attempt (train, evaluate on validation, gate) reads: the retrain loop's.
+ATTEMPT_SECTIONS = CLIMB_LADDER.sections
 DESCRIPTION = ("Fine-tune a pretrained CNN: ingest, validate, augment, climb the ladder of "
                "training configurations until one passes the gate, evaluate on test, register "
                "and promote in MLflow.")
@@ -146,8 +146,8 @@ class Ladder:
         def retry(model: dict, train: dict, augment: dict, evaluate: dict, gate: dict,
                   cache_dir: str, dataset: Input[Dataset], warm_start: Input[Model],
                   previous: Input[Artifact]) -> Model:
-            sections = {"model": model, "train": train, "augment": augment,
-                        "evaluate": evaluate, "gate": gate}
+            sections = {name: value for name, value in locals().items()
+                        if name in ATTEMPT_SECTIONS}
             winner, _ = self.attempt(index, sections, dataset, cache_dir, warm_start, previous)
             return winner
 

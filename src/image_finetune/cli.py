@@ -4,11 +4,12 @@ places in the project."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal, get_origin
 
 import typer
 from pydantic import ValidationError
@@ -40,7 +41,7 @@ CACHE_HELP = ("the training cache: features, checkpoints, finished attempts (def
 def path_option(spec: StepSpec, option: str, help: str) -> typer.models.OptionInfo:
     """A path option named as the step declares it (its default is the step's declared path:
     ``spec.paths[option]``)."""
-    return typer.Option(spec.port(option).flag, help=help)
+    return typer.Option(spec.path_option(option).flag, help=help)
 
 
 def _load(path: Path) -> tuple[Params, Path]:
@@ -144,12 +145,12 @@ def train_rung_command(
                f"{result.best_val_accuracy:.4f} on {result.distribution}")
 
 
-LADDER = steps.CLIMB_LADDER
+LADDER = steps.CLIMB_LADDER  # the `train` command (the stage users know) climbs the ladder
 
 
 @app.command("train")
 @reported
-def train_command(
+def climb_ladder_command(
     params: ParamsOption = DEFAULT_PARAMS,
     data: Annotated[Path, path_option(LADDER, "data", "canonical dataset")] = LADDER.paths["data"],
     validation: Annotated[
@@ -217,7 +218,7 @@ def evaluate_command(
         Path, path_option(steps.EVALUATE, "out", "report directory")
     ] = steps.EVALUATE.paths["out"],
     metrics: Annotated[
-        Path, path_option(steps.EVALUATE, "metrics", "flat figures")
+        Path, path_option(steps.EVALUATE, "metrics", "flat metrics")
     ] = steps.EVALUATE.paths["metrics"],
     split: Annotated[str, typer.Option(help="train, validation or test")] = "test",
     keras: Annotated[bool, typer.Option(help="evaluate the Keras model itself, not the "
@@ -226,7 +227,7 @@ def evaluate_command(
     """Evaluate a model on one split: metrics, confusion matrix, gallery, HTML report."""
     from image_finetune.steps.evaluate import evaluate_classifier
 
-    evaluate_classifier(_load(params)[0], data, model, out, split, figures=metrics,
+    evaluate_classifier(_load(params)[0], data, model, out, split, metrics_file=metrics,
                         engine=None if keras else engine)
 
 
@@ -347,78 +348,57 @@ def models_command(params: ParamsOption = DEFAULT_PARAMS) -> None:
     typer.echo("\n".join(list_models(_load(params)[0]).lines()))
 
 
-SERVE_DEFAULTS = ServeSettings()
-
-
-def serve_option(setting: str, help: str, envvar: str = ""):
+def serve_option(setting: str, help: str | None, envvar: str = ""):
     """A serve setting's flag, also read from IMAGE_FINETUNE_<SETTING> (or ``envvar``)."""
     return typer.Option(f"--{setting.replace('_', '-')}", help=help, show_envvar=True,
                         envvar=envvar or f"IMAGE_FINETUNE_{setting.upper()}")
 
 
-ENGINE_HELP = ("what the model runs on: auto, tensorflow, onnxruntime or openvino (versions "
-               "without an engine folder run on Keras)")
-PRECISION_HELP = ("auto (what the version's engine manifest serves), fp32, or int8 (where the "
-                  "manifest found it servable)")
+# ServeSettings' fields that are no flag: the token (flags show in ps), where it came from
+# (--token-file below reads it), and the operating settings (environment only).
+NOT_SERVE_FLAGS = ("token", "token_file", "operate")
+SERVE_ENVVARS = {"tracking_uri": TRACKING_ENV}  # MLflow's own variable, not ours
 TOKEN_FILE_HELP = ("file holding the bearer token clients must send (a mounted Secret); or set "
                    "IMAGE_FINETUNE_TOKEN")
 NO_AUTH_HELP = "serve a non-loopback address without a token (something in front authenticates)"
+KEYWORD = inspect.Parameter.KEYWORD_ONLY
 
 
-@app.command("serve")
-@reported
-def serve_command(
-    model_name: Annotated[str, serve_option("model_name", "registered model to serve")] =
-        SERVE_DEFAULTS.model_name,
-    alias: Annotated[str, serve_option("alias", "its alias to serve")] = SERVE_DEFAULTS.alias,
-    tracking_uri: Annotated[str, serve_option("tracking_uri", "MLflow tracking/registry URI",
-                                              envvar=TRACKING_ENV)] =
-        SERVE_DEFAULTS.tracking_uri,
-    engine: Annotated[str, serve_option("engine", ENGINE_HELP)] = SERVE_DEFAULTS.engine,
-    precision: Annotated[str, serve_option("precision", PRECISION_HELP)] =
-        SERVE_DEFAULTS.precision,
-    host: Annotated[str, serve_option("host", "address to bind")] = "127.0.0.1",
-    port_: Annotated[int, serve_option("port", "port")] = 8080,
-    token_file: Annotated[Path | None, serve_option("token_file", TOKEN_FILE_HELP)] = None,
-    no_auth: Annotated[bool, serve_option("no_auth", NO_AUTH_HELP)] = False,
-    max_batch_size: Annotated[int, serve_option("max_batch_size", "images per model call "
-                                                "at most")] = SERVE_DEFAULTS.max_batch_size,
-    max_wait_ms: Annotated[float, serve_option("max_wait_ms", "how long a model call waits "
-                                               "for requests in flight")] =
-        SERVE_DEFAULTS.max_wait_ms,
-    max_images: Annotated[int, serve_option("max_images", "images per request at most")] =
-        SERVE_DEFAULTS.max_images,
-    max_image_bytes: Annotated[int, serve_option("max_image_bytes", "bytes per image at "
-                                                 "most")] = SERVE_DEFAULTS.max_image_bytes,
-    max_body_bytes: Annotated[int, serve_option("max_body_bytes", "bytes per request at "
-                                                "most")] = SERVE_DEFAULTS.max_body_bytes,
-    max_connections: Annotated[int, serve_option("max_connections", "requests in flight at "
-                                                 "once, probes apart; more get 503")] =
-        SERVE_DEFAULTS.max_connections,
-    max_pixels: Annotated[int, serve_option("max_pixels", "declared pixels per image at "
-                                            "most")] = SERVE_DEFAULTS.max_pixels,
-    max_request_pixels: Annotated[int, serve_option("max_request_pixels", "pixels to decode "
-                                  "per request")] = SERVE_DEFAULTS.max_request_pixels,
-    max_decode_pixels: Annotated[int, serve_option("max_decode_pixels", "pixels decoded at "
-                                 "once, all requests")] = SERVE_DEFAULTS.max_decode_pixels,
-    header_timeout_seconds: Annotated[float, serve_option("header_timeout_seconds", "for a "
-        "request's line and headers")] = SERVE_DEFAULTS.header_timeout_seconds,
-    body_timeout_seconds: Annotated[float, serve_option("body_timeout_seconds", "for a "
-        "request's body")] = SERVE_DEFAULTS.body_timeout_seconds,
-    poll_seconds: Annotated[float, serve_option("poll_seconds", "alias polling interval")] =
-        SERVE_DEFAULTS.poll_seconds,
-    retry_seconds: Annotated[float, serve_option("retry_seconds", "retry interval while the "
-                                                 "registry is away")] =
-        SERVE_DEFAULTS.retry_seconds,
-    access_log: Annotated[bool, serve_option("access_log", "log every request")] = False,
-) -> None:
+def flag_type(annotation) -> type:
+    """The type a setting's flag parses: its own, or str for a choice (the setting checks
+    it, so a wrong value reads as the other invalid settings do)."""
+    return str if get_origin(annotation) is Literal else annotation
+
+
+def serve_options() -> list[inspect.Parameter]:
+    """One option per ServeSettings field (name, default and help from the field), then
+    the options that are not settings."""
+    settings = [
+        inspect.Parameter(name, KEYWORD, default=field.default, annotation=Annotated[
+            flag_type(field.annotation),
+            serve_option(name, field.description, SERVE_ENVVARS.get(name, ""))])
+        for name, field in ServeSettings.model_fields.items() if name not in NOT_SERVE_FLAGS]
+    return [*settings,
+            inspect.Parameter("host", KEYWORD, default="127.0.0.1", annotation=Annotated[
+                str, serve_option("host", "address to bind")]),
+            inspect.Parameter("port_", KEYWORD, default=8080, annotation=Annotated[
+                int, serve_option("port", "port")]),
+            inspect.Parameter("token_file", KEYWORD, default=None, annotation=Annotated[
+                Path | None, serve_option("token_file", TOKEN_FILE_HELP)]),
+            inspect.Parameter("no_auth", KEYWORD, default=False, annotation=Annotated[
+                bool, serve_option("no_auth", NO_AUTH_HELP)]),
+            inspect.Parameter("access_log", KEYWORD, default=False, annotation=Annotated[
+                bool, serve_option("access_log", "log every request")])]
+
+
+def serve_command(*, host: str, port_: int, token_file: Path | None, no_auth: bool,
+                  access_log: bool, **flags) -> None:
     """Serve models:/<name>@<alias> over HTTP: a simple API and the Open Inference Protocol
     (reloads when the alias moves). Needs no params.yaml. Monitoring, feedback and rollout:
     environment only (IMAGE_FINETUNE_MONITOR, _ROLLOUT, _FEEDBACK_URI, ...: OperateSettings)."""
     from image_finetune.steps.serve import serve_champion
 
     token = read_token(os.environ.get(TOKEN_ENV), token_file)
-    flags = {name: value for name, value in locals().items() if name in ServeSettings.model_fields}
     try:  # each flag named as its setting is that setting; the operating ones from the env
         settings = ServeSettings(**{**flags, "token": token,
                                     "token_file": token_file if token else None,
@@ -426,6 +406,12 @@ def serve_command(
     except ValidationError as exc:
         raise ConfigError(f"serve settings are invalid:\n{exc}") from exc
     serve_champion(settings, host, port_, no_auth=no_auth, access_log=access_log)
+
+
+# The options come from ServeSettings: a new setting is a new flag without a second edit.
+serve_command.__signature__ = inspect.Signature(serve_options())  # type: ignore[attr-defined]
+serve_command.__annotations__ = {p.name: p.annotation for p in serve_options()}
+app.command("serve")(reported(serve_command))
 
 
 class FeedbackAction(StrEnum):

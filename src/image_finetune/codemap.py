@@ -17,7 +17,7 @@ from image_finetune.codegraph import PACKAGE, ROOT, closure, import_graph, modul
 # Imports run down: each module may import its own layer and the layers below it
 # (tests/unit/test_architecture.py holds the package to it).
 LAYERS = {"domain": 0, "services": 1, "serving": 2, "steps": 3, "adapters": 4}
-SERVICES = ("registry", "storage", "cluster")
+SERVICES = ("registry", "kube")
 ADAPTERS = ("cli", "console", "codemap", "pipelines", "components")
 LAYER_COLOURS = {"domain": "#e8f1fa", "services": "#fdf1dc", "serving": "#e6f4e6",
                  "steps": "#f3e8f7", "adapters": "#f1f1f1"}

@@ -15,7 +15,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -105,16 +105,33 @@ class AugmentParams(_Section):
     preview_images: Annotated[int, Field(ge=1, le=64)] = 16
 
 
+# Backbones: Keras' applications (their ImageNet weights download by name), and the one
+# built here (efficientnet_lite.py: weights from a local file only).
+KerasBackbone = Literal["mobilenet_v2", "resnet50", "efficientnet_b0"]
+Backbone = Literal[KerasBackbone, "efficientnet_lite0"]
+KERAS_BACKBONES: tuple[str, ...] = get_args(KerasBackbone)
+BACKBONES: tuple[str, ...] = get_args(Backbone)  # nested Literals flatten
+# ``model.weights`` that name no file: Keras' ImageNet weights, or none (random init).
+IMAGENET, NO_WEIGHTS = "imagenet", "none"
+NAMED_WEIGHTS = (IMAGENET, NO_WEIGHTS)
+
+
 class ModelParams(_Section):
     """Backbone, pretrained weights and head."""
 
-    backbone: Literal["mobilenet_v2", "resnet50", "efficientnet_b0",
-                      "efficientnet_lite0"] = "mobilenet_v2"
+    backbone: Backbone = "mobilenet_v2"
     # auto: ``weights_file`` when it exists, else imagenet | imagenet | none | a file
     weights: str = "auto"
     weights_file: str = "../shared/weights/mobilenet_v2_1.0_imagenet_no_top.weights.h5"
     image_size: Annotated[int, Field(ge=32, le=512)] = 96
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.2
+
+    def weights_path(self, root: Path) -> Path | None:
+        """The local weights file ``weights`` names, resolved against ``root`` (the project's
+        root); None for imagenet or none."""
+        if self.weights.lower() in NAMED_WEIGHTS:
+            return None
+        return resolve_path(self.weights, root)
 
 
 # How a rung trains (image_finetune.training.fit.choose_mode): ``head``, the frozen backbone's

@@ -7,13 +7,12 @@ import functools
 import logging
 import signal
 import sys
-import threading
 from collections.abc import Callable
 from typing import NoReturn, TypeVar
 
 import typer
 
-from image_finetune.errors import PipelineError
+from image_finetune.errors import PipelineError, exit_on_termination, signal_exit_code
 from image_finetune.extras import raise_missing_extra
 
 F = TypeVar("F", bound=Callable)
@@ -28,17 +27,6 @@ def setup_logging() -> None:
     )
     for noisy in QUIET_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def exit_on_termination() -> None:
-    """SIGTERM (what DVC, Kubeflow and Kubernetes send to cancel) exits like Ctrl-C does,
-    through every ``finally`` and cleanup on the way, with exit code 143."""
-
-    def terminate(signum, _frame):
-        raise SystemExit(128 + signum)
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, terminate)
 
 
 def reported(func: F) -> F:
@@ -59,7 +47,7 @@ def reported(func: F) -> F:
         except KeyboardInterrupt:
             typer.secho("error: interrupted; nothing half-written was kept", fg=typer.colors.RED,
                         err=True)
-            raise typer.Exit(128 + signal.SIGINT) from None
+            raise typer.Exit(signal_exit_code(signal.SIGINT)) from None
 
     return wrapper  # type: ignore[return-value]
 

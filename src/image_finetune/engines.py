@@ -9,7 +9,6 @@ that use them: the server imports this module and must not pull TensorFlow in.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -22,6 +21,8 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from image_finetune.errors import ConfigError, MissingInputError
+from image_finetune.file_names import ENGINE_MANIFEST
+from image_finetune.hashing import sha256_file
 from image_finetune.monitoring.summaries import embedding_model
 from image_finetune.stats import mcnemar_greater
 
@@ -58,7 +59,6 @@ OPENVINO_FOLDER = "openvino"
 OPENVINO_FILE = "model.xml"
 OPENVINO_INT8_FILE = "model.int8.xml"
 ONNX_OPSET = 17
-MANIFEST_FILE = "engine.json"  # steps.layout.ENGINE_MANIFEST: what the export-engine step wrote
 # An fp32 engine gives Keras's probabilities within this, or the export fails: float32
 # summation order differs between the engines' kernels (measured: 1.3e-5 at most over the
 # 10,000 CIFAR-10 test images, both engines, MobileNetV2 classifier), never more.
@@ -357,7 +357,7 @@ def int8_verdict(fp32_correct: np.ndarray, int8_correct: np.ndarray, max_loss_po
 
 def read_manifest(folder: Path) -> dict:
     """An engine folder's manifest (engine.json), with a clear error where it is missing."""
-    path = Path(folder) / MANIFEST_FILE
+    path = Path(folder) / ENGINE_MANIFEST
     if not path.is_file():
         raise MissingInputError(f"{path}: not an engine folder (run the export-engine step)")
     try:
@@ -373,12 +373,8 @@ def file_hashes(folder: Path) -> dict[str, str]:
     hashes = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         relative = path.relative_to(folder).as_posix()
-        if relative != MANIFEST_FILE:
-            digest = hashlib.sha256()
-            with path.open("rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
-            hashes[relative] = digest.hexdigest()
+        if relative != ENGINE_MANIFEST:
+            hashes[relative] = sha256_file(path)
     return hashes
 
 

@@ -2,7 +2,31 @@
 
 from __future__ import annotations
 
+import signal
+import threading
+
 MAX_LISTED = 20
+# Exit codes outside the errors below: a pipeline run that did not succeed (the KFP
+# runner's CLI), and a process ended by a signal (the shell's 128 + signal number).
+RUN_FAILED = 1
+SIGNAL_EXIT_BASE = 128
+
+
+def signal_exit_code(signum: int) -> int:
+    """The exit code of a process ended by signal ``signum`` (130 for Ctrl-C, 143 for
+    SIGTERM), as a shell reports it."""
+    return SIGNAL_EXIT_BASE + signum
+
+
+def exit_on_termination() -> None:
+    """SIGTERM (what DVC, Kubeflow and Kubernetes send to cancel) exits like Ctrl-C does,
+    through every ``finally`` and cleanup on the way, with exit code 143."""
+
+    def terminate(signum, _frame):
+        raise SystemExit(signal_exit_code(signum))
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, terminate)
 
 
 class PipelineError(Exception):
@@ -75,6 +99,12 @@ class CorruptInputError(MissingInputError):
     step that wrote it must run again."""
 
 
+class TrainingError(PipelineError):
+    """Training diverged or could not run."""
+
+    exit_code = 8
+
+
 class RegistryError(PipelineError):
     """The registry refused an operation (no such version, nothing to roll back to, ...)."""
 
@@ -94,5 +124,12 @@ class LockLostError(RegistryError):
 class EngineError(PipelineError):
     """An exported engine does not give the Keras model's answers (beyond the documented
     tolerance): it is not served; the message gives the figures."""
+
+    exit_code = 10
+
+
+class TrainJobError(PipelineError):
+    """A distributed rung failed, timed out or was refused; the message says why and where
+    its logs are. (It shares EngineError's exit code: kept as it was.)"""
 
     exit_code = 10

@@ -17,8 +17,6 @@ if TYPE_CHECKING:  # keras is imported where a model is loaded, not by importers
 
     from image_finetune.data.rows import Rows
 
-MODEL_FILE = "model.keras"
-
 
 def load_classifier(path: Path) -> keras.Model:
     """Load a saved classifier, with a clear error where it is missing."""

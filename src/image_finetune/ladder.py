@@ -40,18 +40,18 @@ class AttemptRecord:
         return cls(**{**payload, "failures": tuple(payload["failures"])})
 
 
-def ladder_figures(records: list[AttemptRecord], rungs: int) -> dict[str, float]:
-    """The loop's figures under flat names (a DVC metrics file): each attempt's validation
+def ladder_metrics(records: list[AttemptRecord], rungs: int) -> dict[str, float]:
+    """The loop's metrics as flat name: number pairs (a DVC metrics file): each attempt's validation
     accuracy and macro F1 and whether it passed, the rungs, and the selected attempt (absent
     when none passed)."""
-    figures: dict[str, float] = {"rungs": rungs, "attempts": len(records)}
+    values: dict[str, float] = {"rungs": rungs, "attempts": len(records)}
     for record in records:
         name = f"attempt_{record.index}"
-        figures |= {f"{name}.val_accuracy": record.val_accuracy,
+        values |= {f"{name}.val_accuracy": record.val_accuracy,
                     f"{name}.val_macro_f1": record.val_macro_f1,
                     f"{name}.passed": int(record.passed)}
     winner = next((r.index for r in records if r.passed), None)
-    return figures if winner is None else {**figures, "selected": winner}
+    return values if winner is None else {**values, "selected": winner}
 
 
 def ladder_verdict(records: list[AttemptRecord], rungs: int) -> int | None:

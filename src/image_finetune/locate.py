@@ -18,7 +18,14 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from image_finetune.config import DataParams, ModelParams, resolve_path
+from image_finetune.config import (
+    IMAGENET,
+    KERAS_BACKBONES,
+    NAMED_WEIGHTS,
+    DataParams,
+    ModelParams,
+    resolve_path,
+)
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +35,6 @@ AUTO = "auto"
 DVC_ROOT_ENV = "DVC_ROOT"
 # A local file with one of these suffixes is a labels file (image_finetune.data.labels_file).
 LABELS_FILE_SUFFIXES = (".csv", ".jsonl", ".ndjson")
-DOWNLOADABLE_WEIGHTS = ("mobilenet_v2", "resnet50", "efficientnet_b0")  # Keras' applications
 
 
 def local_path(value: str, root: Path, environ: Mapping[str, str] = os.environ) -> Path:
@@ -66,7 +72,7 @@ def choose_weights(model: ModelParams, root: Path,
                    environ: Mapping[str, str] = os.environ) -> ModelParams:
     """``model`` with its weights decided: a local file (absolute), ``imagenet`` or ``none``."""
     choice = model.weights.lower()
-    if choice in ("imagenet", "none"):
+    if choice in NAMED_WEIGHTS:
         return model.model_copy(update={"weights": choice})
     if choice != AUTO:
         return model.model_copy(update={"weights": str(local_path(model.weights, root, environ))})
@@ -74,10 +80,10 @@ def choose_weights(model: ModelParams, root: Path,
     if path.exists():
         log.info("weights: the local copy %s", path)
         return model.model_copy(update={"weights": str(path)})
-    if model.backbone not in DOWNLOADABLE_WEIGHTS:
+    if model.backbone not in KERAS_BACKBONES:
         log.warning("weights: no local copy at %s and %s has no download; the run will say "
                     "what is missing", path, model.backbone)
         return model.model_copy(update={"weights": str(path)})
     log.warning("weights: no local copy at %s; using Keras' ImageNet weights for %s "
                 "(downloaded on first use)", path, model.backbone)
-    return model.model_copy(update={"weights": "imagenet"})
+    return model.model_copy(update={"weights": IMAGENET})

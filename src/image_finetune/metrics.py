@@ -8,7 +8,7 @@ import numpy as np
 from image_finetune.config import EvaluateParams
 from image_finetune.stats import bootstrap_accuracy_interval, per_image_correct
 
-# Not scalar figures: left out of flat metric listings (MLflow, KFP).
+# Not scalar metrics: left out of flat metric listings (MLflow, KFP).
 STRUCTURED = ("per_class", "confusion_matrix", "most_confused")
 
 
@@ -88,11 +88,11 @@ def flatten_metrics(metrics: dict, prefix: str = "") -> dict[str, float]:
     return flat
 
 
-def figures_with_classes(metrics: dict) -> dict[str, float]:
-    """:func:`flatten_metrics` plus each class's figures as ``per_class.<class>.<figure>``:
+def flatten_metrics_with_classes(metrics: dict) -> dict[str, float]:
+    """:func:`flatten_metrics` plus each class's metrics as ``per_class.<class>.<metric>``:
     for metric files (DVC), not metric stores, which refuse many characters a class folder's
     name may hold."""
-    per_class = {f"per_class.{name}.{figure}": float(value)
-                 for name, figures in metrics.get("per_class", {}).items()
-                 for figure, value in figures.items()}
+    per_class = {f"per_class.{name}.{metric}": float(value)
+                 for name, values in metrics.get("per_class", {}).items()
+                 for metric, value in values.items()}
     return {**flatten_metrics(metrics), **per_class}

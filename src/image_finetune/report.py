@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from image_finetune.file_names import CONFUSION_PNG, GALLERY_PNG, REPORT_HTML
+
 
 def _png_base64(path: Path) -> str:
     return base64.b64encode(path.read_bytes()).decode()
@@ -108,8 +110,8 @@ def write_html(out_dir: Path, title: str, metrics: dict, class_names: list[str])
     pictures = "".join(
         f"<h2>{caption}</h2><img alt='{caption}' src='data:image/png;base64,"
         f"{_png_base64(out_dir / name)}'>"
-        for caption, name in (("Confusion matrix", "confusion_matrix.png"),
-                              ("Most confident mistakes", "misclassified.png"))
+        for caption, name in (("Confusion matrix", CONFUSION_PNG),
+                              ("Most confident mistakes", GALLERY_PNG))
         if (out_dir / name).exists()
     )
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
@@ -127,6 +129,6 @@ Model size {metrics.get('model_size_mb', float('nan')):.1f} MB. Run on {ran_on}.
 <h2>Per class</h2><table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th>
 <th>support</th></tr>{rows}</table>
 <h2>Most confused pairs</h2><ol>{pairs}</ol>{pictures}</body></html>"""
-    path = out_dir / "report.html"
+    path = out_dir / REPORT_HTML
     path.write_text(page)
     return path

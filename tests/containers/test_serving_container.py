@@ -9,7 +9,8 @@ import time
 import httpx
 import pytest
 
-from image_finetune.pipelines.containers import Mount, start_server_container, tracking_folder
+from image_finetune.pipelines.containers import Mount, tracking_folder
+from tests.serving_container import start_server_container
 from tests.support import free_port, wait_until
 
 

@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 
 from image_finetune.data.canonical import load_split
-from image_finetune.pipelines.containers import Mount, start_server_container
+from image_finetune.pipelines.containers import Mount
 from image_finetune.pipelines.deployment import Deployment
 from image_finetune.steps.evaluate import evaluate_classifier
 from image_finetune.steps.layout import read_evaluation
 from tests.containers.test_serving_container import logs, ready
 from tests.engine_registry import engine_registry
+from tests.serving_container import start_server_container
 from tests.support import free_port, missing_part, wait_until
 
 MODEL_NAME = "slim-served"

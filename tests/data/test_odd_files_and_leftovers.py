@@ -97,7 +97,7 @@ def test_the_scratch_of_a_killed_ingest_is_swept_by_the_next(cifar_tarball, smal
 HOLDER = """
 import sys, time
 from pathlib import Path
-from image_finetune.console import exit_on_termination
+from image_finetune.errors import exit_on_termination
 from image_finetune.atomic import atomic_directory
 
 exit_on_termination()

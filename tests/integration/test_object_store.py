@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from image_finetune.errors import ServiceError
-from image_finetune.storage import check_bucket
+from tests.object_store import check_bucket
 from tests.services import ROOT
 
 VENV_BIN = ROOT / ".venv" / "bin"

@@ -19,14 +19,8 @@ from typer.testing import CliRunner
 from image_finetune.cli import app
 from image_finetune.config import RegistryParams
 from image_finetune.registry.client import RegistryError, client_for
-from image_finetune.registry.promotion import (
-    LOCK_INFIX,
-    LockTiming,
-    PromotionLock,
-    promote,
-    promotion_history,
-    rollback,
-)
+from image_finetune.registry.lock import LOCK_INFIX, LockTiming, PromotionLock
+from image_finetune.registry.promotion import promote, promotion_history, rollback
 from image_finetune.registry.versions import CHAMPION, version_by_alias
 
 NAME = "lock-test"
@@ -106,7 +100,7 @@ HOLDER = """
 import sys, time
 from image_finetune.config import RegistryParams
 from image_finetune.registry.client import client_for
-from image_finetune.registry.promotion import LockTiming, PromotionLock
+from image_finetune.registry.lock import LockTiming, PromotionLock
 uri, name, log, hold, rounds, lease = sys.argv[1:7]
 client = client_for(RegistryParams(tracking_uri=uri, model_name=name))
 for _ in range(int(rounds)):

@@ -109,3 +109,10 @@ def test_preprocess_layer_matches_keras_preprocess_input():
         np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-4)
 
 
+
+
+def test_every_configurable_backbone_has_a_builder():
+    from image_finetune import config
+    from image_finetune.training.model import BACKBONES
+
+    assert set(BACKBONES) == set(config.BACKBONES)

@@ -12,8 +12,9 @@ import pytest
 
 from image_finetune.config import Params
 from image_finetune.errors import GateFailedError
-from image_finetune.inference import MODEL_FILE, load_classifier
+from image_finetune.inference import load_classifier
 from image_finetune.steps.climb_ladder import climb_ladder
+from image_finetune.steps.layout import MODEL_FILE
 from tests.support import ROOT, ingest_source, small_params, validate_with
 
 HOPELESS = {"epochs": 1, "batch_size": 64, "learning_rate": 1e-7}

@@ -1,6 +1,7 @@
-"""Where code lives: no import cycles, imports only down the layers, no reaching into other
-modules' private names, short functions; and dvc.yaml, the CLI and the Kubeflow components
-agree with the step catalog (src/image_finetune/steps/spec.py)."""
+"""Where code lives: no import cycles, imports only down the layers, no step importing another
+step, components importing only steps, no reaching into other modules' private names, short
+functions; and dvc.yaml, the CLI and the Kubeflow components agree with the step catalog
+(src/image_finetune/steps/spec.py)."""
 
 import ast
 import inspect
@@ -19,30 +20,12 @@ ROOT = Path(__file__).resolve().parents[2]
 SOURCES = [ROOT / "src", ROOT / "components", ROOT / "pipelines"]
 MAX_FUNCTION_LINES = 60
 
-# Imports run down: each module may import its own layer and the layers below it.
-LAYERS = {
-    "domain": 0, "services": 1, "serving": 2, "steps": 3, "adapters": 4,
-}
-SERVICES = ("registry", "storage", "cluster")
-ADAPTERS = ("cli", "console", "codemap", "pipelines", "components")
+# The layers (imports run down) are codemap's: LAYERS and layer_of.
+LAYERS, layer_of = codemap.LAYERS, codemap.layer_of
 # Third-party packages that belong to one layer and never below it.
 FORBIDDEN_BELOW = {"mlflow": "services", "boto3": "services", "fastapi": "serving",
                    "uvicorn": "steps", "typer": "adapters", "kfp": "adapters",
                    "kubernetes": "services"}
-
-
-def layer_of(module: str) -> str:
-    name = module.removeprefix("image_finetune").lstrip(".")
-    top = name.split(".")[0]
-    if top in SERVICES:
-        return "services"
-    if top == "serving":
-        return "serving"
-    if top == "steps":
-        return "steps"
-    if top in ADAPTERS or not name:
-        return "adapters"
-    return "domain"
 
 
 def python_files():
@@ -77,6 +60,67 @@ def test_lower_layers_do_not_use_the_libraries_of_higher_ones():
             if owner and rank < LAYERS[owner]:
                 found.append(f"{module} imports {name}")
     assert found == []
+
+
+# The modules every step may read: the catalog, and the layout (file names and readers).
+SHARED_STEP_MODULES = ("spec", "layout")
+# The train stage of ``dvc repro`` is the retrain loop, composed of the steps that the
+# Kubeflow pipeline runs as separate tasks per rung: it alone runs other steps.
+COMPOSED_STEPS = {"climb_ladder": {"train_rung", "evaluate", "gate_attempt", "select"}}
+
+
+def step_to_step_imports(graph: dict[str, frozenset[str]]) -> list[str]:
+    """Imports of one catalog step's module by another step module (steps hand each other
+    files, named and read back by steps.layout, never code). A module of steps/ that no
+    catalog entry names (http_protocol, live_metrics) is a helper of its step, not a step."""
+    steps = {f"image_finetune.steps.{spec.module}" for spec in CATALOG.values()}
+    shared = {f"image_finetune.steps.{name}" for name in SHARED_STEP_MODULES}
+    found = []
+    for module, targets in graph.items():
+        if not module.startswith("image_finetune.steps."):
+            continue
+        allowed = {f"image_finetune.steps.{name}"
+                   for name in COMPOSED_STEPS.get(module.rsplit(".", 1)[1], ())}
+        found += [f"{module} imports {target}" for target in sorted(targets)
+                  if target in steps - shared - allowed]
+    return found
+
+
+def test_no_step_imports_another_step():
+    assert step_to_step_imports(codegraph.import_graph()) == []
+
+
+def test_a_step_importing_a_step_would_be_found():
+    graph = {"image_finetune.steps.register": frozenset({"image_finetune.steps.final_gate",
+                                                         "image_finetune.steps.layout"})}
+    assert step_to_step_imports(graph) == [
+        "image_finetune.steps.register imports image_finetune.steps.final_gate"]
+
+
+def non_step_imports(path: Path) -> list[str]:
+    """First-party imports of a component's file (TYPE_CHECKING ones included) that are not
+    of a step module or of the components package itself."""
+    allowed = ("image_finetune.steps.", "image_finetune.components.")
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = ([node.module or ""] if isinstance(node, ast.ImportFrom)
+                 else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+        found += [f"{path.name} imports {name}" for name in names
+                  if name.split(".")[0] == "image_finetune" and not name.startswith(allowed)]
+    return found
+
+
+def test_components_import_only_steps():
+    """A component is a thin adapter over one step: what else it needs (file names,
+    params parsing, the metrics it logs) comes through the steps layer."""
+    files = sorted((ROOT / "components").glob("*.py"))
+    assert files and [use for path in files for use in non_step_imports(path)] == []
+
+
+def test_a_component_importing_the_domain_would_be_found(tmp_path):
+    sneaky = tmp_path / "sneaky.py"
+    sneaky.write_text("def f():\n    from image_finetune.inference import MODEL_FILE\n")
+    assert non_step_imports(sneaky) == ["sneaky.py imports image_finetune.inference"]
 
 
 def private_uses(path: Path) -> list[str]:
@@ -224,11 +268,13 @@ def cli_commands() -> dict:
 
 
 def step_imports(function) -> set[str]:
-    """The step modules a function imports (``image_finetune.steps.<module>``)."""
+    """The step modules a function imports (``image_finetune.steps.<module>``; the catalog
+    and the layout are not steps)."""
     tree = ast.parse(inspect.getsource(function).lstrip())
+    shared = {f"image_finetune.steps.{name}" for name in SHARED_STEP_MODULES}
     return {node.module.removeprefix("image_finetune.steps.") for node in ast.walk(tree)
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
-                "image_finetune.steps.") and node.module != "image_finetune.steps.spec"}
+                "image_finetune.steps.") and node.module not in shared}
 
 
 def test_every_cli_command_is_a_catalog_step_and_calls_exactly_that_step():
@@ -242,7 +288,7 @@ def test_cli_path_defaults_are_the_declared_places():
     for name, command in cli_commands().items():
         options = {param.opts[0]: param.default for param in command.params if param.opts}
         for option, path in CATALOG[name].paths.items():
-            flag = CATALOG[name].port(option).flag
+            flag = CATALOG[name].path_option(option).flag
             assert Path(options[flag]) == path, f"image-finetune {name} {flag}"
 
 

@@ -10,14 +10,13 @@ from image_finetune.data.canonical import (
     held_out_count,
     load_split,
     read_manifest,
-    sha256_array,
-    sha256_file,
     split_stratified,
     verify_shards,
     write_dataset,
 )
 from image_finetune.data.rows import ShardedRows
 from image_finetune.errors import CorruptInputError, MissingInputError
+from image_finetune.hashing import sha256_array, sha256_file
 
 
 def test_split_is_stratified_disjoint_and_seeded():

@@ -115,7 +115,6 @@ def test_precisions_and_model_files_are_checked(tmp_path):
 
 
 def test_the_manifest_is_read_with_clear_errors(tmp_path):
-    assert ENGINE_MANIFEST == engines.MANIFEST_FILE  # spelled twice: held equal here
     with pytest.raises(MissingInputError, match="not an engine folder"):
         engines.read_manifest(tmp_path)
     (tmp_path / ENGINE_MANIFEST).write_bytes(b"\xff{not json")

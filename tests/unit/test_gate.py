@@ -7,7 +7,7 @@ import pytest
 from image_finetune.config import GateParams
 from image_finetune.errors import GateFailedError
 from image_finetune.gate import ChampionResults, Decision, decide, undecided
-from image_finetune.ladder import AttemptRecord, ladder_figures, ladder_verdict
+from image_finetune.ladder import AttemptRecord, ladder_metrics, ladder_verdict
 from image_finetune.stats import mcnemar_greater
 
 GOOD = {"accuracy": 0.9, "macro_f1": 0.9, "min_class_recall": 0.8,
@@ -133,9 +133,9 @@ def test_the_last_rung_failing_fails_the_run_with_every_attempts_reasons():
 def test_the_ladders_figures_are_flat_numbers_per_attempt():
     records = [AttemptRecord(0, "head", False, ("FAIL accuracy",), 0.61, 0.6),
                AttemptRecord(1, "blocks", True, (), 0.9, 0.89)]
-    figures = ladder_figures(records, 3)
+    figures = ladder_metrics(records, 3)
     assert figures == {"rungs": 3, "attempts": 2, "selected": 1,
                        "attempt_0.val_accuracy": 0.61, "attempt_0.val_macro_f1": 0.6,
                        "attempt_0.passed": 0, "attempt_1.val_accuracy": 0.9,
                        "attempt_1.val_macro_f1": 0.89, "attempt_1.passed": 1}
-    assert "selected" not in ladder_figures(records[:1], 3)  # nothing passed: nothing selected
+    assert "selected" not in ladder_metrics(records[:1], 3)  # nothing passed: nothing selected

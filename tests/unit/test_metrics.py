@@ -7,8 +7,8 @@ from image_finetune.config import EvaluateParams
 from image_finetune.metrics import (
     classification_metrics,
     expected_calibration_error,
-    figures_with_classes,
     flatten_metrics,
+    flatten_metrics_with_classes,
     most_confused_pairs,
 )
 from image_finetune.stats import bootstrap_accuracy_interval
@@ -64,7 +64,7 @@ def test_metric_files_keep_each_class_and_the_interval_as_flat_numbers():
     metrics = {"accuracy": 0.9, "accuracy_ci95": [0.88, 0.92],
                "per_class": {"ship": {"recall": 0.5, "support": 10}, "a b/c": {"f1": 1.0}},
                "confusion_matrix": [[1]], "most_confused": [{"true": "a"}]}
-    assert figures_with_classes(metrics) == {
+    assert flatten_metrics_with_classes(metrics) == {
         "accuracy": 0.9, "accuracy_ci95.low": 0.88, "accuracy_ci95.high": 0.92,
         "per_class.ship.recall": 0.5, "per_class.ship.support": 10.0,
         "per_class.a b/c.f1": 1.0}

@@ -10,16 +10,15 @@ import json
 import pytest
 
 from image_finetune.errors import ConfigError, RegistryStateError
+from image_finetune.registry.lock import lock_timing, stored_lease
 from image_finetune.registry.promotion import (
     ABANDONED,
     DONE,
     INTENDED,
     champion_stack,
     history_key,
-    lock_timing,
     parse_history,
     settled_state,
-    stored_lease,
     unfinished,
     unfinished_report,
 )

@@ -16,8 +16,8 @@ import pytest
 import yaml
 from kubernetes import client
 
-from image_finetune.cluster import ClusterError, TrainingJobs
 from image_finetune.config import load_params
+from image_finetune.kube import ClusterError, TrainingJobs
 from image_finetune.steps.train_job import Clock, Launch, train_job
 from image_finetune.training.job_spec import JobPolicy, TrainJobError
 

@@ -13,9 +13,7 @@ end, so an interrupted or failed ingest never leaves partial outputs.
 
 from __future__ import annotations
 
-import hashlib
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,9 +22,10 @@ import numpy as np
 from image_finetune.atomic import atomic_directory
 from image_finetune.data.rows import CHUNK_ROWS, RowView, ShardedRows, iter_chunks, write_npy
 from image_finetune.errors import CorruptInputError, MissingInputError
+from image_finetune.file_names import DATA_MANIFEST
+from image_finetune.hashing import content_digest, hashed, sha256_bytes, sha256_file
 
 SPLITS = ("train", "validation", "test")
-MANIFEST = "manifest.json"
 
 
 @dataclass(frozen=True)
@@ -36,22 +35,6 @@ class Split:
     name: str
     images: np.ndarray | RowView
     labels: np.ndarray | RowView
-
-
-def sha256_array(array: np.ndarray) -> str:
-    """Content hash of an array's dtype, shape and bytes."""
-    digest = _content_digest(array)
-    digest.update(np.ascontiguousarray(array).data)
-    return digest.hexdigest()
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def held_out_count(class_size: int, fraction: float, minimum: int) -> int:
@@ -112,8 +95,8 @@ def write_dataset(
             if sources and name in sources:
                 names = json.dumps([str(s) for s in sources[name]]).encode()
                 (staging / f"{name}_sources.json").write_bytes(names)
-                manifest["splits"][name]["sources_sha256"] = hashlib.sha256(names).hexdigest()
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+                manifest["splits"][name]["sources_sha256"] = sha256_bytes(names)
+        (staging / DATA_MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
 
 
@@ -128,14 +111,14 @@ def write_split_files(
 ) -> dict:
     """Write one split's files under ``folder``; return its manifest entries: the content
     hashes and, sharded, the list of shards."""
-    content = {"images": _content_digest(images), "labels": _content_digest(labels)}
+    content = {"images": content_digest(images), "labels": content_digest(labels)}
     shards = []
     for number, (start, stop) in enumerate(shard_ranges(len(images), shard_size)):
         shard: dict = {"rows": stop - start}
         for kind, array in (("images", images), ("labels", labels)):
             file = shard_file(name, kind, number, shard_size)
             (folder / file).parent.mkdir(parents=True, exist_ok=True)
-            chunks = _hashed(iter_chunks(array, CHUNK_ROWS, start, stop), content[kind])
+            chunks = hashed(iter_chunks(array, CHUNK_ROWS, start, stop), content[kind])
             digest = write_npy(folder / file, (stop - start, *array.shape[1:]), array.dtype,
                                chunks)
             shard[kind] = {"file": file, "sha256": digest}
@@ -156,17 +139,6 @@ def shard_file(split: str, kind: str, number: int, shard_size: int | None) -> st
     return f"{split}_{kind}.npy" if shard_size is None else f"{split}/{kind}-{number:05d}.npy"
 
 
-def _content_digest(array):
-    """The running form of :func:`sha256_array`: fed the array's bytes, it gives its hash."""
-    return hashlib.sha256(f"{np.dtype(array.dtype).str}{tuple(array.shape)}".encode())
-
-
-def _hashed(chunks, digest) -> Iterator[np.ndarray]:
-    for chunk in chunks:
-        digest.update(np.ascontiguousarray(chunk).data)
-        yield chunk
-
-
 def read_sources(data_dir: Path, split: str) -> list[str] | None:
     """The file each image of ``split`` came from (None: the source did not name them)."""
     path = Path(data_dir) / f"{split}_sources.json"
@@ -175,7 +147,7 @@ def read_sources(data_dir: Path, split: str) -> list[str] | None:
 
 def read_manifest(data_dir: Path) -> dict:
     """The dataset's manifest.json, with a clear error where there is none."""
-    path = Path(data_dir) / MANIFEST
+    path = Path(data_dir) / DATA_MANIFEST
     if not path.exists():
         raise MissingInputError(f"{path}: no canonical dataset here (run the ingest step first)")
     return json.loads(path.read_text())
@@ -203,7 +175,7 @@ def load_split(data_dir: Path, name: str, mmap: bool = True) -> Split:
 
 def _listed_shards(data_dir: Path, name: str) -> list[dict] | None:
     """The shards the manifest lists for ``name`` (None: not sharded, or no manifest)."""
-    if not (data_dir / MANIFEST).exists():
+    if not (data_dir / DATA_MANIFEST).exists():
         return None
     return read_manifest(data_dir)["splits"].get(name, {}).get("shards")
 
@@ -254,4 +226,4 @@ def verify_shards(data_dir: Path) -> int:
 
 def manifest_digest(data_dir: Path) -> str:
     """sha256 of manifest.json: one hash that pins every array of the dataset."""
-    return sha256_file(Path(data_dir) / MANIFEST)
+    return sha256_file(Path(data_dir) / DATA_MANIFEST)

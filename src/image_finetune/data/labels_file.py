@@ -25,12 +25,12 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path, PurePosixPath
 
-from image_finetune.data.canonical import sha256_file
 from image_finetune.data.decoded import DecodedImages
 from image_finetune.data.files import MAX_FILE_BYTES
 from image_finetune.data.layouts import KNOWN_SPLITS, UNSPLIT, is_image_name
 from image_finetune.data.sources import RawDataset
 from image_finetune.errors import IngestError
+from image_finetune.hashing import sha256_file
 from image_finetune.locate import LABELS_FILE_SUFFIXES
 
 MAX_LABELS_FILE_BYTES = 256 * 1024 * 1024

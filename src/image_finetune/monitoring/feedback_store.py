@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from image_finetune.errors import ConfigError, MissingInputError
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS feedback (
     request_id TEXT NOT NULL,
@@ -260,3 +262,29 @@ class ExportRecord:
         if not 0 <= record.new_images <= record.images:
             raise ValueError(f"{path}: {record.new_images} new of {record.images} images")
         return record
+
+
+def open_existing_store(feedback_uri: str | None) -> FeedbackStore:
+    """The server's feedback store; it must exist (a typo must not create an empty one)."""
+    if not feedback_uri:
+        raise ConfigError("no feedback store: pass --feedback-uri or set "
+                          "IMAGE_FINETUNE_FEEDBACK_URI (the server's)")
+    try:
+        path = store_path(feedback_uri)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if not path.is_file():
+        raise MissingInputError(f"no feedback store at {path}")
+    return FeedbackStore(feedback_uri)
+
+
+def mark_export_retrained(feedback_uri: str | None, record: ExportRecord, note: str) -> dict:
+    """A retraining given the export that ``record`` describes ran to its end: its labels are
+    no longer new. The watermark moves to the newest label exported, so labels that arrived
+    meanwhile stay new."""
+    store = open_existing_store(feedback_uri)
+    try:
+        moved = store.advance_watermark(record.newest_received_at, note)
+        return {"watermark": store.watermark(), "advanced": moved}
+    finally:
+        store.close()

@@ -10,11 +10,14 @@ import os
 import re
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from image_finetune.config import RegistryParams
 from image_finetune.errors import ConfigError, PipelineError, RegistryError, ServiceError
 from image_finetune.locate import DVC_ROOT_ENV
+
+if TYPE_CHECKING:  # mlflow is imported when an error is caught (mlflow_error)
+    from mlflow.exceptions import MlflowException
 
 F = TypeVar("F", bound=Callable)
 # MLflow error codes that mean "the server or its store did not answer".
@@ -143,6 +146,15 @@ def refused_credentials(uri: str, status: int | str) -> str:
             "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)")
 
 
+def mlflow_error() -> type[MlflowException]:
+    """MLflow's exception class, the one way this package catches what MLflow raises:
+    ``except mlflow_error() as exc``. Imported when an error is being caught, since
+    importing mlflow takes a second and the registry's importers must not pay it."""
+    from mlflow.exceptions import MlflowException
+
+    return MlflowException
+
+
 def not_found(exc) -> bool:
     """Whether an MlflowException says "no such thing" (rather than "who are you?" or "the
     store did not answer", which must never read as an empty registry)."""
@@ -154,13 +166,11 @@ def registry_errors(func: F) -> F:
     server or its store did not answer), with credentials redacted."""
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
-        from mlflow.exceptions import MlflowException
-
         try:
             return func(*args, **kwargs)
         except PipelineError:
             raise  # already says what is wrong (a missing input is an OSError too)
-        except MlflowException as exc:
+        except mlflow_error() as exc:
             message = redact(exc.message if hasattr(exc, "message") else str(exc))[:400]
             if exc.error_code in REFUSED:
                 raise ServiceError(refused_credentials(os.environ.get(

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-import uuid
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 
 # MLflow's standard tag for the code's commit: its UI links a run to its source by it.
@@ -33,11 +31,6 @@ def dvc_experiment(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
     if not name:
         return {}
     return {"dvc_experiment": name, "dvc_experiment_baseline": environ.get(DVC_BASELINE_ENV, "")}
-
-
-def new_pipeline_run_id(prefix: str = "dvc") -> str:
-    """A unique, sortable id for one pipeline run."""
-    return f"{prefix}-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
 
 
 def inputs_run_id(files: list[Path], params_sha256: str, prefix: str = "dvc") -> str:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from image_finetune.config import Params
-from image_finetune.registry.client import local_artifact_root, store_uri
+from image_finetune.registry.client import local_artifact_root, mlflow_error, store_uri
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +41,12 @@ def log_params(client, run_id: str, params: dict[str, str]) -> None:
         client.log_batch(run_id, params=items[start : start + PARAM_BATCH])
 
 
-def log_figures(client, run_id: str, figures: dict[str, float], step: int = 0) -> None:
+def log_metric_values(client, run_id: str, values: dict[str, float], step: int = 0) -> None:
     """Log metrics in batches (one call per up to 900 values, not one per value)."""
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    items = [Metric(k, float(v), now, step) for k, v in figures.items()]
+    items = [Metric(k, float(v), now, step) for k, v in values.items()]
     for start in range(0, len(items), BATCH):
         client.log_batch(run_id, metrics=items[start : start + BATCH])
 
@@ -66,15 +66,13 @@ def log_epochs(client, run_id: str, rows: list[dict]) -> None:
 def experiment_named(client, name: str, tracking_uri: str):
     """The experiment called ``name``, created on first use (also by a concurrent run); a
     local store's artifacts go beside its database, wherever the process runs."""
-    from mlflow.exceptions import MlflowException
-
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         root = local_artifact_root(store_uri(tracking_uri))
         location = f"{root}/{re.sub(r'[^A-Za-z0-9._-]+', '-', name)}" if root else None
         try:
             client.create_experiment(name, artifact_location=location)
-        except MlflowException as exc:
+        except mlflow_error() as exc:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
         experiment = client.get_experiment_by_name(name)

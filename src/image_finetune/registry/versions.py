@@ -12,12 +12,13 @@ from pathlib import Path
 import numpy as np
 
 from image_finetune.config import RegistryParams
-from image_finetune.engines import MANIFEST_FILE
+from image_finetune.engines import ENGINE_MANIFEST
 from image_finetune.gate import ChampionResults
 from image_finetune.monitoring.profile import PROFILE_FOLDER, PROFILE_JSON
 from image_finetune.registry.client import (
     RegistryError,
     client_for,
+    mlflow_error,
     mlflow_store,
     not_found,
     registry_errors,
@@ -31,11 +32,9 @@ PREDICTIONS_ARTIFACT = "evaluation/predictions.npz"
 
 def version_by_alias(client, name: str, alias: str):
     """The version an alias points at (None: no such model or alias)."""
-    from mlflow.exceptions import MlflowException
-
     try:
         return client.get_model_version_by_alias(name, alias)
-    except MlflowException as exc:
+    except mlflow_error() as exc:
         if not_found(exc):
             return None
         raise
@@ -100,7 +99,7 @@ def download_engine(client, name: str, version: str, dest) -> Path | None:
     """The engine folder registered with ``name`` v``version``, downloaded into ``dest``: its
     path (engines.open_predictor reads it), or None for a version registered before engines
     existed (serve it on Keras). A missing version is a RegistryError."""
-    return download_version_folder(client, name, version, ENGINE_ARTIFACT, MANIFEST_FILE, dest)
+    return download_version_folder(client, name, version, ENGINE_ARTIFACT, ENGINE_MANIFEST, dest)
 
 
 def download_model(client, tracking_uri: str, name: str, version: str, dst: str) -> str:
@@ -233,12 +232,10 @@ def portable_tensorflow(release: str) -> list[str]:
 
 def _registered_by_run(client, model_name: str, pipeline_run_id: str):
     """The version a pipeline run already registered (None: none yet)."""
-    from mlflow.exceptions import MlflowException
-
     try:
         found = client.search_model_versions(
             f"name = '{model_name}' and tags.pipeline_run_id = '{pipeline_run_id}'")
-    except MlflowException as exc:
+    except mlflow_error() as exc:
         if not_found(exc):
             return None  # no such model yet
         raise
@@ -249,13 +246,11 @@ def _registered_by_run(client, model_name: str, pipeline_run_id: str):
 @registry_errors
 def list_versions(params: RegistryParams) -> list[dict]:
     """Every version with its aliases and key metrics, newest first."""
-    from mlflow.exceptions import MlflowException
-
     client = client_for(params)
     try:
         # Search results do not carry aliases in every store; the registered model does.
         alias_map = client.get_registered_model(params.model_name).aliases
-    except MlflowException as exc:
+    except mlflow_error() as exc:
         if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
             return []  # nothing registered yet
         raise

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from image_finetune.config import RegistryParams
-from image_finetune.errors import PipelineError
+from image_finetune.errors import MissingExtraError, PipelineError
 from image_finetune.inference import class_names_or_indices, model_input_size
 from image_finetune.registry.client import client_for
 from image_finetune.registry.versions import (
@@ -124,7 +124,7 @@ class KerasMissingError(PipelineError):
     """A version that only Keras can serve, in an install without it (the serve extra); a
     usage error, as a missing extra is."""
 
-    exit_code = 2
+    exit_code = MissingExtraError.exit_code
 
 
 def _keras_model(client, registry: RegistryParams, version, work: str, precision: str):

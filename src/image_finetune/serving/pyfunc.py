@@ -25,7 +25,8 @@ from mlflow.pyfunc.model import PythonModel
 from mlflow.types import ColSpec, DataType, Schema
 from mlflow.types.schema import Array
 
-from image_finetune.inference import MODEL_FILE, load_classifier, predict_batches
+from image_finetune.file_names import MODEL_FILE
+from image_finetune.inference import load_classifier, predict_batches
 from image_finetune.serving.decode import decode_all
 from image_finetune.serving.errors import Rejected
 from image_finetune.serving.settings import ServeSettings

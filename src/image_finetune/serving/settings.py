@@ -58,42 +58,56 @@ class ServeSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    model_name: str = RegistryParams().model_name
-    alias: str = "champion"
-    tracking_uri: str = RegistryParams().tracking_uri
+    # Each field but token, token_file and operate is an option of ``image-finetune serve``
+    # (cli.serve_options): its description is the option's help.
+    model_name: str = Field(RegistryParams().model_name, description="registered model to serve")
+    alias: str = Field("champion", description="its alias to serve")
+    tracking_uri: str = Field(RegistryParams().tracking_uri,
+                              description="MLflow tracking/registry URI")
     # auto: the fastest engine installed (engines.DEFAULT_ENGINE first); versions registered
     # without an engine folder are served on Keras whatever this says.
-    engine: str = "auto"
-    precision: Literal[PRECISION_CHOICES] = "auto"
-    top_k: Positive = 3
+    engine: str = Field("auto", description=(
+        "what the model runs on: auto, tensorflow, onnxruntime or openvino (versions without an "
+        "engine folder run on Keras)"))
+    precision: Literal[PRECISION_CHOICES] = Field("auto", description=(
+        "auto (what the version's engine manifest serves), fp32, or int8 (where the manifest "
+        "found it servable)"))
+    top_k: Positive = Field(3, description="classes answered per image unless a request asks")
     # Limits, each enforced while the request is read. Bodies in flight take at most
     # max_connections x max_body_bytes of memory (2 GiB by default); more requests get 503
     # (the probes and /metrics are never counted: serving/guard.py).
-    max_connections: Positive = 128
-    max_body_bytes: Positive = 16 * MIB
-    max_image_bytes: Positive = 5 * MIB
-    max_images: Positive = 64
+    max_connections: Positive = Field(128, description=(
+        "requests in flight at once, probes apart; more get 503"))
+    max_body_bytes: Positive = Field(16 * MIB, description="bytes per request at most")
+    max_image_bytes: Positive = Field(5 * MIB, description="bytes per image at most")
+    max_images: Positive = Field(64, description="images per request at most")
     # A 12-megapixel phone photo fits; a small file declaring a huge image does not.
-    max_pixels: Positive = 4096 * 4096
-    body_timeout_seconds: Seconds = 30.0
+    max_pixels: Positive = Field(4096 * 4096, description="declared pixels per image at most")
+    body_timeout_seconds: Seconds = Field(30.0, description="for a request's body")
     # The request line and headers: within this time of their first byte, and this size.
-    header_timeout_seconds: Seconds = 10.0
-    max_header_bytes: Annotated[int, Field(ge=4096)] = 32 * 1024
+    header_timeout_seconds: Seconds = Field(10.0, description="for a request's line and headers")
+    max_header_bytes: Annotated[int, Field(ge=4096)] = Field(
+        32 * 1024, description="bytes of a request's line and headers at most")
     # Pixels decoded (a JPEG at its reduced decoding size): per request, refused over it
     # before decoding (413); and for all requests being decoded at once, waited for up to
     # decode_wait_seconds, then 503 (serving/budget.py).
-    max_request_pixels: Positive = 4 * 4096 * 4096
-    max_decode_pixels: Positive = 8 * 4096 * 4096  # two requests at the budget (2 threads)
-    decode_wait_seconds: Seconds = 5.0
+    max_request_pixels: Positive = Field(4 * 4096 * 4096,
+                                         description="pixels to decode per request")
+    max_decode_pixels: Positive = Field(  # two requests at the budget (2 threads)
+        8 * 4096 * 4096, description="pixels decoded at once, all requests")
+    decode_wait_seconds: Seconds = Field(5.0, description=(
+        "how long a request waits for the decode budget; then 503"))
     # Dynamic batching: concurrent requests share one model call. On 2 CPU cores a call of
     # 32 images costs less per image than one of 64 (bench/serve_load.py).
-    max_batch_size: Positive = 32
-    max_wait_ms: Annotated[float, Field(ge=0.0, le=1000.0)] = 5.0
-    max_queued_images: Positive = 1024
-    decode_threads: Positive = 2
+    max_batch_size: Positive = Field(32, description="images per model call at most")
+    max_wait_ms: Annotated[float, Field(ge=0.0, le=1000.0)] = Field(5.0, description=(
+        "how long a model call waits for requests in flight"))
+    max_queued_images: Positive = Field(1024, description=(
+        "images waiting for a model call at most; more get 503"))
+    decode_threads: Positive = Field(2, description="threads decoding images")
     # The registry: alias polling once loaded, retrying while it cannot be reached.
-    poll_seconds: Seconds = 30.0
-    retry_seconds: Seconds = 5.0
+    poll_seconds: Seconds = Field(30.0, description="alias polling interval")
+    retry_seconds: Seconds = Field(5.0, description="retry interval while the registry is away")
     token: SecretStr | None = None
     token_file: Path | None = None  # where the token came from: re-read when it changes
     operate: OperateSettings = OperateSettings()

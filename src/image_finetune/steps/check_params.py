@@ -5,6 +5,12 @@ from __future__ import annotations
 from image_finetune.config import Params
 from image_finetune.errors import ConfigError
 
+# The Kubeflow components import steps only: how they parse the sections they receive, merge
+# the knobs into them and hand the sections on.
+from image_finetune.knobs import merge_knobs as merge_knobs
+from image_finetune.knobs import parse_sections as parse_sections
+from image_finetune.knobs import section_mappings as section_mappings
+
 
 def check_params(params: Params, rungs: int | None = None) -> str:
     """The effective configuration as JSON. With ``rungs`` (what a compiled pipeline

@@ -13,18 +13,18 @@ from pathlib import Path
 
 from image_finetune.config import Params
 from image_finetune.errors import DataValidationError, MissingInputError
-from image_finetune.inference import MODEL_FILE
-from image_finetune.ladder import AttemptRecord, ladder_figures
+from image_finetune.ladder import AttemptRecord, ladder_metrics
 from image_finetune.steps import evaluate, gate_attempt, select, train_rung
-from image_finetune.steps.gate_attempt import read_records
 from image_finetune.steps.layout import (
     DECISION_FILE,
     EVALUATION,
     HISTORY_FILE,
+    MODEL_FILE,
     SELECTED,
     SUMMARY_FILE,
     attempt_folder,
-    write_figures,
+    read_records,
+    write_metrics_file,
 )
 from image_finetune.steps.live_metrics import live_metrics
 from image_finetune.training.distribute import refuse_workers
@@ -59,7 +59,7 @@ def climb_ladder(
                                             else previous)
         _write_summary(out, records, len(params.train.ladder))
         if metrics is not None:
-            write_figures(metrics, ladder_figures(records, len(params.train.ladder)))
+            write_metrics_file(metrics, ladder_metrics(records, len(params.train.ladder)))
     winner = records[-1]
     return select.select_classifier(attempt_folder(out, winner.index) / MODEL_FILE,
                                     out / SELECTED, winner.to_json())

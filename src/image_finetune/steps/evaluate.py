@@ -15,13 +15,18 @@ from image_finetune.config import Params
 from image_finetune.data.canonical import load_split, read_manifest
 from image_finetune.engines import Predictor
 from image_finetune.inference import load_classifier, measure_latency, predict_proba
-from image_finetune.metrics import STRUCTURED, classification_metrics, figures_with_classes
+from image_finetune.metrics import STRUCTURED, classification_metrics, flatten_metrics_with_classes
+from image_finetune.metrics import flatten_metrics as flatten_metrics  # the component logs these
 from image_finetune.report import plot_confusion, plot_gallery, write_html
 from image_finetune.steps.layout import (
+    CONFUSION_JSON,
+    CONFUSION_PAIRS_CSV,
+    CONFUSION_PNG,
     DETAILS_FILE,
+    GALLERY_PNG,
     METRICS_FILE,
     PREDICTIONS_FILE,
-    write_figures,
+    write_metrics_file,
 )
 
 log = logging.getLogger(__name__)
@@ -30,10 +35,10 @@ log = logging.getLogger(__name__)
 
 def evaluate_classifier(
     params: Params, data: Path, model: Path, out: Path, split: str = "test",
-    title: str | None = None, figures: Path | None = None, engine: Path | None = None,
+    title: str | None = None, metrics_file: Path | None = None, engine: Path | None = None,
 ) -> dict:
     """Evaluate the classifier in ``model`` on ``split``; write every result to ``out`` and
-    the scalar figures, per class too, to ``figures`` (a flat metrics file) if given.
+    the scalar metrics, per class too, to ``metrics_file`` (flat: name -> number) if given.
     ``engine``: the export-engine step's folder; accuracy and latency are then measured on
     the engine and precision that will serve (its manifest says which), else on Keras."""
     loaded = load_split(data, split)
@@ -55,8 +60,8 @@ def evaluate_classifier(
     _write_results(out, metrics, probs, labels, loaded.images, class_names,
                    params.evaluate.gallery_size)
     write_html(out, title or f"Evaluation on {split}", metrics, class_names)
-    if figures is not None:
-        write_figures(figures, figures_with_classes(metrics))
+    if metrics_file is not None:
+        write_metrics_file(metrics_file, flatten_metrics_with_classes(metrics))
     log.info("%s: accuracy %.4f macro F1 %.4f (%d images)", title or split, metrics["accuracy"],
              metrics["macro_f1"], metrics["count"])
     return metrics
@@ -81,12 +86,12 @@ def _write_results(
     np.savez_compressed(out / PREDICTIONS_FILE, probabilities=probs.astype(np.float32),
                         labels=labels)
     plot_confusion(np.asarray(metrics["confusion_matrix"]), class_names,
-                   out / "confusion_matrix.png")
+                   out / CONFUSION_PNG)
     if gallery_size:
-        plot_gallery(images, labels, probs, class_names, gallery_size, out / "misclassified.png")
-    (out / "confusion_matrix.json").write_text(json.dumps(
+        plot_gallery(images, labels, probs, class_names, gallery_size, out / GALLERY_PNG)
+    (out / CONFUSION_JSON).write_text(json.dumps(
         {"class_names": class_names, "matrix": metrics["confusion_matrix"]}) + "\n")
-    with (out / "confusion_pairs.csv").open("w") as handle:
+    with (out / CONFUSION_PAIRS_CSV).open("w") as handle:
         handle.write("actual,predicted\n")
         handle.writelines(f"{class_names[t]},{class_names[p]}\n"
                           for t, p in zip(labels, probs.argmax(axis=1), strict=True))

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from image_finetune.errors import ConfigError, MissingInputError
+from image_finetune.errors import MissingInputError
 from image_finetune.monitoring.feedback_store import (
-    EXPORT_RECORD,
     ExportRecord,
-    FeedbackStore,
-    store_path,
+    mark_export_retrained,
+    open_existing_store,
 )
+from image_finetune.steps.layout import EXPORT_RECORD, read_export_record
 
 SPLIT = "train"
 SUFFIXES = {"jpeg": ".jpg", "png": ".png"}
@@ -28,25 +28,11 @@ def safe_folder_name(label: str) -> bool:
     return bool(label) and not label.startswith(".") and "/" not in label and "\\" not in label
 
 
-def open_store(feedback_uri: str | None) -> FeedbackStore:
-    """The server's feedback store; it must exist (a typo must not create an empty one)."""
-    if not feedback_uri:
-        raise ConfigError("no feedback store: pass --feedback-uri or set "
-                          "IMAGE_FINETUNE_FEEDBACK_URI (the server's)")
-    try:
-        path = store_path(feedback_uri)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    if not path.is_file():
-        raise MissingInputError(f"no feedback store at {path}")
-    return FeedbackStore(feedback_uri)
-
-
 def export_feedback(feedback_uri: str | None, out: Path) -> dict:
     """Write every labelled image under ``out/train/<label>/`` and the export's record; the
     counts written, new since the retrain watermark, and skipped (no image kept, or a label
     that cannot be a folder name)."""
-    store = open_store(feedback_uri)
+    store = open_existing_store(feedback_uri)
     written, new, newest, skipped, classes = 0, 0, 0.0, [], set()
     out.mkdir(parents=True, exist_ok=True)
     try:
@@ -71,25 +57,11 @@ def export_feedback(feedback_uri: str | None, out: Path) -> dict:
             "classes": sorted(classes), "skipped": skipped}
 
 
-def read_export_record(export: Path) -> ExportRecord | None:
-    """The record of an export (None: a folder of labels made by hand); a clear error where
-    it is unreadable."""
-    try:
-        return ExportRecord.read(export)
-    except ValueError as exc:
-        raise MissingInputError(str(exc)) from None
-
-
 def mark_retrained(feedback_uri: str | None, export: Path, note: str = "retrained") -> dict:
-    """A retraining given ``export`` ran to its end: its labels are no longer new. The
-    watermark moves to the newest label exported, so labels that arrived meanwhile stay new."""
+    """A retraining given ``export`` ran to its end: its labels are no longer new (the
+    watermark moves to the newest label exported)."""
     record = read_export_record(export)
     if record is None:
         raise MissingInputError(f"{export}: no {EXPORT_RECORD}: not an export of "
                                 "image-finetune feedback")
-    store = open_store(feedback_uri)
-    try:
-        moved = store.advance_watermark(record.newest_received_at, note)
-        return {"watermark": store.watermark(), "advanced": moved}
-    finally:
-        store.close()
+    return mark_export_retrained(feedback_uri, record, note)

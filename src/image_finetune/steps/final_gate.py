@@ -17,7 +17,6 @@ from image_finetune.steps.layout import read_evaluation
 log = logging.getLogger(__name__)
 
 
-
 def final_gate(params: Params, evaluation: Path, out: Path) -> Decision:
     """Decide on the test evaluation in ``evaluation``; write the decision to ``out``.
     Raises GateFailedError (after writing it) when the model falls short."""
@@ -33,7 +32,3 @@ def final_gate(params: Params, evaluation: Path, out: Path) -> Decision:
                               + "\n  ".join(c.line for c in decision.failures))
     return decision
 
-
-def read_decision(path: Path) -> Decision:
-    """A decision file written by a gate."""
-    return Decision.from_json(json.loads(Path(path).read_text()))

@@ -15,7 +15,7 @@ from pathlib import Path
 from image_finetune.config import Params
 from image_finetune.gate import Decision, decide, undecided
 from image_finetune.ladder import AttemptRecord, ladder_verdict
-from image_finetune.steps.layout import SUMMARY_FILE, read_evaluation
+from image_finetune.steps.layout import read_evaluation, read_records
 
 log = logging.getLogger(__name__)
 
@@ -27,20 +27,6 @@ class AttemptVerdict:
     decision: Decision
     records: list[AttemptRecord]
     winner: int | None
-
-
-def read_records(decision_file: Path | None) -> list[AttemptRecord]:
-    """The retrain loop's record as of an attempt's decision file (empty: no file)."""
-    if decision_file is None:
-        return []
-    payload = json.loads(Path(decision_file).read_text())
-    return [AttemptRecord.from_json(r) for r in payload.get("ladder", [])]
-
-
-def read_summary(models: Path) -> list[AttemptRecord]:
-    """The retrain loop's record from the train stage's folder."""
-    summary = json.loads((models / SUMMARY_FILE).read_text())
-    return [AttemptRecord.from_json(r) for r in summary["attempts"]]
 
 
 def gate_attempt(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from image_finetune.atomic import sweep_dead_writes
 from image_finetune.config import DataParams, Params
-from image_finetune.data.canonical import sha256_file, write_dataset
+from image_finetune.data.canonical import write_dataset
 from image_finetune.data.ingest import (
     add_to_train,
     canonical_splits,
@@ -19,6 +19,7 @@ from image_finetune.data.ingest import (
 from image_finetune.data.layouts import UNSPLIT
 from image_finetune.data.stable_split import BY_CONTENT
 from image_finetune.errors import IngestError
+from image_finetune.hashing import sha256_file
 from image_finetune.inference import image_fit
 from image_finetune.locate import choose_data
 from image_finetune.scratch import claimed_folder

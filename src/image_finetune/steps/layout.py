@@ -1,5 +1,7 @@
 """The files steps hand each other: their names inside a step's output folder and how to
-read them back. One place, so that a step never guesses another step's layout."""
+read them back. One place, so that a step never guesses another step's layout, and no step
+imports another to read its output. Names that domain modules below the steps also need are
+defined there (``file_names``, the feedback store's export record) and re-exported here."""
 
 from __future__ import annotations
 
@@ -8,20 +10,42 @@ from pathlib import Path
 
 import numpy as np
 
-# validate
-VALIDATION_RESULT = "result.json"
-# train-rung (an attempt's folder)
-HISTORY_FILE = "history.csv"
+from image_finetune.errors import MissingInputError
+from image_finetune.file_names import (
+    CONFUSION_PNG,
+    DATA_MANIFEST,
+    ENGINE_MANIFEST,
+    GALLERY_PNG,
+    MODEL_FILE,
+    REPORT_HTML,
+)
+from image_finetune.gate import Decision
+from image_finetune.ladder import AttemptRecord
+from image_finetune.monitoring.feedback_store import EXPORT_RECORD, ExportRecord
+
+# Re-exported: defined below the steps, where domain modules read or write them too.
+__all__ = ["CONFUSION_PNG", "DATA_MANIFEST", "ENGINE_MANIFEST", "EXPORT_RECORD", "GALLERY_PNG",
+           "MODEL_FILE", "REPORT_HTML"]
+
+# validate, train-rung (an attempt's folder): the step's result
 RESULT_FILE = "result.json"
+# validate: the Data Docs site and two of the tables the expectations ran on
+DATA_DOCS_FOLDER = "data_docs"
+CLASS_COUNTS_CSV = "class_counts.csv"
+CHANNEL_STATS_CSV = "channel_stats.csv"
+# train-rung (an attempt's folder); the classifier: MODEL_FILE
+HISTORY_FILE = "history.csv"
 # evaluate
 DETAILS_FILE = "details.json"
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.npz"
-# export-engine: the engine folder (its model files: engines.MODEL_FILES) and its manifest,
-# engines.MANIFEST_FILE spelled again so that every stage reading this module does not
-# depend on the engines module (a unit test holds the two equal)
+CONFUSION_JSON = "confusion_matrix.json"
+CONFUSION_PAIRS_CSV = "confusion_pairs.csv"
+# (and REPORT_HTML, CONFUSION_PNG, GALLERY_PNG; RELIABILITY_PNG: named by the model card's
+# pictures, written by no step yet)
+RELIABILITY_PNG = "reliability.png"
+# export-engine: the engine folder (its model files: engines.MODEL_FILES; ENGINE_MANIFEST)
 ENGINE_FOLDER = "engine"
-ENGINE_MANIFEST = "engine.json"
 # monitor
 DRIFT_JSON = "drift.json"
 DRIFT_HTML = "drift.html"
@@ -34,6 +58,9 @@ CARD_HTML = "model_card.html"
 SUMMARY_FILE = "summary.json"
 SELECTED = "selected"
 EVALUATION = "evaluation"
+# select: the selected attempt's record beside its classifier
+ATTEMPT_FILE = "attempt.json"
+# feedback export: its record at the top of the tree (EXPORT_RECORD)
 
 
 def attempt_folder(models: Path, index: int) -> Path:
@@ -41,10 +68,10 @@ def attempt_folder(models: Path, index: int) -> Path:
     return models / f"attempt_{index}"
 
 
-def write_figures(path: Path, figures: dict[str, float]) -> None:
+def write_metrics_file(path: Path, values: dict[str, float]) -> None:
     """A metrics file DVC reads whole: one flat JSON object of numbers, sorted by name."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(dict(sorted(figures.items())), indent=2) + "\n")
+    path.write_text(json.dumps(dict(sorted(values.items())), indent=2) + "\n")
 
 
 def read_evaluation(evaluation: Path) -> tuple[dict, np.ndarray, np.ndarray]:
@@ -52,3 +79,31 @@ def read_evaluation(evaluation: Path) -> tuple[dict, np.ndarray, np.ndarray]:
     metrics = json.loads((evaluation / DETAILS_FILE).read_text())
     predictions = np.load(evaluation / PREDICTIONS_FILE)
     return metrics, predictions["probabilities"], predictions["labels"]
+
+
+def read_records(decision_file: Path | None) -> list[AttemptRecord]:
+    """The retrain loop's record as of an attempt's decision file (empty: no file)."""
+    if decision_file is None:
+        return []
+    payload = json.loads(Path(decision_file).read_text())
+    return [AttemptRecord.from_json(r) for r in payload.get("ladder", [])]
+
+
+def read_summary(models: Path) -> list[AttemptRecord]:
+    """The retrain loop's record from the train stage's folder."""
+    summary = json.loads((models / SUMMARY_FILE).read_text())
+    return [AttemptRecord.from_json(r) for r in summary["attempts"]]
+
+
+def read_decision(path: Path) -> Decision:
+    """A decision file written by a gate."""
+    return Decision.from_json(json.loads(Path(path).read_text()))
+
+
+def read_export_record(export: Path) -> ExportRecord | None:
+    """The record of a feedback export (None: a folder of labels made by hand); a clear
+    error where it is unreadable."""
+    try:
+        return ExportRecord.read(export)
+    except ValueError as exc:
+        raise MissingInputError(str(exc)) from None

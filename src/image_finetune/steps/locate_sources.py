@@ -10,10 +10,10 @@ import json
 import logging
 from pathlib import Path
 
-from image_finetune.config import DataParams, ModelParams, Params
-from image_finetune.data.canonical import sha256_file
+from image_finetune.config import NAMED_WEIGHTS, DataParams, ModelParams, Params
 from image_finetune.data.labels_file import labels_content_sha256
 from image_finetune.errors import MissingInputError
+from image_finetune.hashing import sha256_file
 from image_finetune.locate import choose_data, choose_weights
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def extra_record(data: DataParams) -> dict:
 
 def weights_record(model: ModelParams) -> dict:
     """The chosen weights: ``imagenet``/``none`` for the backbone, or a file by content."""
-    if model.weights in ("imagenet", "none"):
+    if model.weights in NAMED_WEIGHTS:
         return {"backbone": model.backbone, "weights": model.weights}
     path = Path(model.weights)
     if not path.is_file():

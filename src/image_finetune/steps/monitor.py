@@ -26,6 +26,7 @@ from image_finetune.data.images import decode_image
 from image_finetune.data.layouts import IMAGE_SUFFIXES
 from image_finetune.errors import IngestError, MissingInputError
 from image_finetune.monitoring.drift import DriftResult, Window, test_window
+from image_finetune.monitoring.feedback_store import mark_export_retrained
 from image_finetune.monitoring.profile import ProfileError, ReferenceProfile
 from image_finetune.monitoring.report import drift_html, sample_grid, test_figures
 from image_finetune.monitoring.summaries import embedding_model, image_statistics, summarise
@@ -37,8 +38,7 @@ from image_finetune.registry.versions import (
     registered_fit,
     version_at,
 )
-from image_finetune.steps.feedback import mark_retrained, read_export_record
-from image_finetune.steps.layout import DRIFT_HTML, DRIFT_JSON
+from image_finetune.steps.layout import DRIFT_HTML, DRIFT_JSON, read_export_record
 
 log = logging.getLogger(__name__)
 
@@ -236,10 +236,12 @@ def retrain(root: Path, settings: MonitorSettings) -> dict:
     """Run the pipeline; once it has run to its end with exported labels, move the feedback
     store's watermark past them (a failed run leaves them new: the next check counts them)."""
     outcome = run_pipeline(root, settings)
-    if (outcome["exit_code"] == 0 and settings.labels is not None and settings.feedback_uri
-            and read_export_record(settings.labels) is not None):
-        outcome["watermark"] = mark_retrained(settings.feedback_uri, settings.labels,
-                                              f"image-finetune monitor --retrain in {root}")
+    record = (read_export_record(settings.labels)
+              if outcome["exit_code"] == 0 and settings.labels is not None
+              and settings.feedback_uri else None)
+    if record is not None:
+        outcome["watermark"] = mark_export_retrained(
+            settings.feedback_uri, record, f"image-finetune monitor --retrain in {root}")
     return outcome
 
 

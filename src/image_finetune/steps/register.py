@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from image_finetune.config import Params
-from image_finetune.data.canonical import load_split, manifest_digest, read_manifest, sha256_file
+from image_finetune.data.canonical import load_split, manifest_digest, read_manifest
 from image_finetune.engines import read_manifest as read_engine_manifest
-from image_finetune.inference import MODEL_FILE, image_fit, load_classifier
+from image_finetune.hashing import sha256_file
+from image_finetune.inference import image_fit, load_classifier
 from image_finetune.metrics import flatten_metrics
 from image_finetune.model_card import CardFacts, card_description, card_html, card_markdown
 from image_finetune.monitoring.profile import PROFILE_FOLDER, ReferenceProfile
@@ -27,21 +28,25 @@ from image_finetune.registry.promotion import promote
 from image_finetune.registry.versions import CHALLENGER, CHAMPION, is_alias, register_version
 from image_finetune.serving.pyfunc import log_image_classifier
 from image_finetune.stats import per_image_correct
-from image_finetune.steps.final_gate import read_decision
-from image_finetune.steps.gate_attempt import read_summary
 from image_finetune.steps.layout import (
     CARD_HTML,
     CARD_MARKDOWN,
+    CONFUSION_PNG,
+    DATA_MANIFEST,
     DECISION_FILE,
     DETAILS_FILE,
     ENGINE_FOLDER,
     EVALUATION,
+    GALLERY_PNG,
     HISTORY_FILE,
+    MODEL_FILE,
+    RELIABILITY_PNG,
     RESULT_FILE,
     SELECTED,
-    VALIDATION_RESULT,
     attempt_folder,
+    read_decision,
     read_evaluation,
+    read_summary,
 )
 
 log = logging.getLogger(__name__)
@@ -74,8 +79,8 @@ def register_classifier(
     try:
         if models is not None:
             _log_attempts(client, parent, params, run_id, models)
-        data_files = [data / "manifest.json"] + (
-            [validation / VALIDATION_RESULT] if validation else [])
+        data_files = [data / DATA_MANIFEST] + (
+            [validation / RESULT_FILE] if validation else [])
         tracking.log_files(client, parent, data_files, files_under="data")
         _log_evaluation(client, parent, evaluation, decision)
         tags = _lineage_tags(params, run_id, data, root, lineage_extra)
@@ -167,7 +172,7 @@ def _log_engine(client, parent: str, engine: Path) -> dict[str, str]:
 
 def _log_evaluation(client, parent: str, evaluation: Path, decision: Path) -> None:
     metrics, _, _ = read_evaluation(evaluation)
-    tracking.log_figures(client, parent, flatten_metrics(metrics, "test_"))
+    tracking.log_metric_values(client, parent, flatten_metrics(metrics, "test_"))
     tracking.log_files(client, parent, [decision], {EVALUATION: evaluation})
     client.set_tag(parent, "final_gate_passed", str(read_decision(decision).passed))
 
@@ -187,16 +192,16 @@ def _log_attempts(client, parent: str, params: Params, run_id: str, models: Path
         with (folder / HISTORY_FILE).open() as handle:
             tracking.log_epochs(client, child, list(csv.DictReader(handle)))
         metrics, _, _ = read_evaluation(folder / EVALUATION)
-        tracking.log_figures(client, child, flatten_metrics(metrics, "val_"))
+        tracking.log_metric_values(client, child, flatten_metrics(metrics, "val_"))
         files = [folder / DECISION_FILE, folder / RESULT_FILE, folder / HISTORY_FILE]
         tracking.log_files(client, child, files, {EVALUATION: folder / EVALUATION})
         client.set_terminated(child)
 
 
 # The evaluation's pictures a card shows, by caption (those that exist).
-CARD_PICTURES = {"Confusion matrix (test)": "confusion_matrix.png",
-                 "Reliability (calibration)": "reliability.png",
-                 "Misclassified test images": "misclassified.png"}
+CARD_PICTURES = {"Confusion matrix (test)": CONFUSION_PNG,
+                 "Reliability (calibration)": RELIABILITY_PNG,
+                 "Misclassified test images": GALLERY_PNG}
 # The canonical splits as MLflow's dataset contexts.
 DATASET_CONTEXTS = {"train": "training", "validation": "validation", "test": "test"}
 # What a dataset input's profile shows of a split (not a sharded split's list of shards).

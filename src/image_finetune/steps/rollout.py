@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from image_finetune.config import Params
 from image_finetune.errors import GateFailedError
+from image_finetune.monitoring.feedback_store import open_existing_store
 from image_finetune.monitoring.rollout import RolloutDecision, decide_rollout
 from image_finetune.registry.client import RegistryError, client_for, registry_errors
 from image_finetune.registry.promotion import promote
 from image_finetune.registry.versions import CHAMPION, version_by_alias
-from image_finetune.steps.feedback import open_store
 
 
 @registry_errors
@@ -36,7 +36,7 @@ def rollout_status(params: Params, feedback_uri: str | None, challenger_alias: s
                    min_pairs: int) -> RolloutDecision:
     """What the live labelled pairs say about the challenger (changes nothing)."""
     champion, challenger = rollout_versions(params, challenger_alias)
-    store = open_store(feedback_uri)
+    store = open_existing_store(feedback_uri)
     try:
         pairs = store.pairs(champion, challenger)
     finally:

@@ -6,9 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
-from image_finetune.inference import MODEL_FILE
-
-ATTEMPT_FILE = "attempt.json"
+from image_finetune.steps.layout import ATTEMPT_FILE, MODEL_FILE
 
 
 def select_classifier(model: Path, out: Path, attempt: dict | None = None) -> Path:

@@ -16,7 +16,7 @@ CLI = "image-finetune"
 
 
 @dataclass(frozen=True)
-class Port:
+class PathOption:
     """A path a step reads or writes: its CLI option and its place in the project."""
 
     option: str
@@ -36,12 +36,12 @@ class StepSpec:
     name: str  # the CLI command; the dvc.yaml stage where ``stage``
     module: str  # image_finetune.steps.<module> implements it
     params: tuple[str, ...] = ()  # params.yaml keys it reads: sections or section.key
-    reads: tuple[Port, ...] = ()
-    writes: tuple[Port, ...] = ()
+    reads: tuple[PathOption, ...] = ()
+    writes: tuple[PathOption, ...] = ()
     # Files DVC re-runs the stage for without the step reading them: the sources record
     # stands for the data and weights files (wherever they are, downloaded or local).
     watches: tuple[str, ...] = ()
-    scratch: tuple[Port, ...] = ()  # caches: named in the command, neither deps nor outs
+    scratch: tuple[PathOption, ...] = ()  # caches: named in the command, neither deps nor outs
     stage: bool = False
     always_changed: bool = False  # DVC runs it every time (it looks outside the project)
 
@@ -50,16 +50,16 @@ class StepSpec:
         """The params.yaml sections it reads (what a KFP component receives)."""
         return tuple(sorted({key.split(".")[0] for key in self.params}))
 
-    def port(self, option: str) -> Port:
-        """The read, write or scratch port named ``option``."""
-        for port in (*self.reads, *self.writes, *self.scratch):
-            if port.option == option:
-                return port
-        raise KeyError(f"step {self.name!r} has no port {option!r}")
+    def path_option(self, option: str) -> PathOption:
+        """The read, write or scratch path option named ``option``."""
+        for path in (*self.reads, *self.writes, *self.scratch):
+            if path.option == option:
+                return path
+        raise KeyError(f"step {self.name!r} has no path option {option!r}")
 
     @property
     def paths(self) -> dict[str, Path]:
-        """Each port's place in the project (the CLI options' defaults), by option."""
+        """Each path option's place in the project (the CLI options' defaults), by option."""
         return {p.option: Path(p.path) for p in (*self.reads, *self.writes, *self.scratch)}
 
     def command(self) -> str:
@@ -81,9 +81,9 @@ def _drop_covered(keys: tuple[str, ...]) -> tuple[str, ...]:
 
 
 ALL_SECTIONS = tuple(sorted(field.alias or name for name, field in Params.model_fields.items()))
-DATA = Port("data", "data/ingested")
+DATA = PathOption("data", "data/ingested")
 # The training cache: relative to the project's root, shared by its experiments (cache.py).
-CACHE = Port("cache", DEFAULT_CACHE.as_posix())
+CACHE = PathOption("cache", DEFAULT_CACHE.as_posix())
 
 SOURCES = "data/sources.json"
 
@@ -93,80 +93,82 @@ LOCATE_SOURCES = StepSpec(
     "locate-sources", "locate_sources",
     params=("data.path", "data.source", "data.tfds_name", "model.backbone", "model.weights",
             "model.weights_file"),
-    writes=(Port("out", SOURCES),), stage=True, always_changed=True)
+    writes=(PathOption("out", SOURCES),), stage=True, always_changed=True)
 INGEST = StepSpec("ingest", "ingest", params=("data",), watches=(SOURCES,),
-                  writes=(Port("out", "data/ingested"),), stage=True)
+                  writes=(PathOption("out", "data/ingested"),), stage=True)
 VALIDATE = StepSpec("validate", "validate", params=("validate",), reads=(DATA,),
-                    writes=(Port("out", "reports/validation"),), stage=True)
+                    writes=(PathOption("out", "reports/validation"),), stage=True)
 AUGMENT = StepSpec("augment", "augment", params=("augment", "train.seed"), reads=(DATA,),
-                   writes=(Port("out", "reports/augment"),), stage=True)
+                   writes=(PathOption("out", "reports/augment"),), stage=True)
 TRAIN_RUNG = StepSpec("train-rung", "train_rung", params=("augment", "model", "train"),
                       watches=(SOURCES,), reads=(DATA,),
-                      writes=(Port("out", "models/attempt_0"),), scratch=(CACHE,))
+                      writes=(PathOption("out", "models/attempt_0"),), scratch=(CACHE,))
 # Kubeflow's, with --workers N: the same rung as a distributed TFJob (see its module).
 TRAIN_JOB = StepSpec("train-job", "train_job", params=TRAIN_RUNG.params, reads=(DATA,),
                      writes=TRAIN_RUNG.writes, scratch=(CACHE,))
 # The selected classifier on the fast engine, fp32 checked and int8 judged on test. Not in
 # models/: DVC refuses an output inside another stage's output (train's models/).
-ENGINE = Port("engine", "engine")
+ENGINE = PathOption("engine", "engine")
 EXPORT_ENGINE = StepSpec("export-engine", "export_engine",
                          params=("engine", "evaluate.batch_size", "gate.significance",
                                  "train.seed"),
-                         reads=(DATA, Port("model", "models/selected/model.keras")),
-                         writes=(Port("out", ENGINE.path),), stage=True)
+                         reads=(DATA, PathOption("model", "models/selected/model.keras")),
+                         writes=(PathOption("out", ENGINE.path),), stage=True)
 # On the engine and precision that will serve (the export-engine step's folder says which).
 EVALUATE = StepSpec("evaluate", "evaluate", params=("evaluate", "train.seed"),
-                    reads=(DATA, Port("model", "models/selected/model.keras"), ENGINE),
-                    writes=(Port("out", "reports/evaluation"),
-                            Port("metrics", "metrics/evaluation.json", cache=False)),
+                    reads=(DATA, PathOption("model", "models/selected/model.keras"), ENGINE),
+                    writes=(PathOption("out", "reports/evaluation"),
+                            PathOption("metrics", "metrics/evaluation.json", cache=False)),
                     stage=True)
 # The reference profile a registered version carries (monitoring): from validation images.
 PROFILE = StepSpec("profile", "profile",
                    params=("evaluate.batch_size", "evaluate.profile_dimensions",
                            "evaluate.profile_fit_images", "train.seed"),
-                   reads=(DATA, Port("model", "models/selected/model.keras")),
-                   writes=(Port("out", "reports/reference_profile"),), stage=True)
+                   reads=(DATA, PathOption("model", "models/selected/model.keras")),
+                   writes=(PathOption("out", "reports/reference_profile"),), stage=True)
 GATE_ATTEMPT = StepSpec("gate-attempt", "gate_attempt", params=("gate",),
-                        reads=(Port("evaluation", "models/attempt_0/evaluation"),),
-                        writes=(Port("out", "models/attempt_0/decision.json"),))
-SELECT = StepSpec("select", "select", reads=(Port("model", "models/attempt_0/model.keras"),),
-                  writes=(Port("out", "models/selected"),))
+                        reads=(PathOption("evaluation", "models/attempt_0/evaluation"),),
+                        writes=(PathOption("out", "models/attempt_0/decision.json"),))
+SELECT = StepSpec("select", "select", reads=(PathOption("model", "models/attempt_0/model.keras"),),
+                  writes=(PathOption("out", "models/selected"),))
 CLIMB_LADDER = union(
     "train", "climb_ladder", TRAIN_RUNG, EVALUATE, GATE_ATTEMPT,
     watches=TRAIN_RUNG.watches,
-    reads=(DATA, Port("validation", "reports/validation/result.json")),
-    writes=(Port("out", "models"), Port("metrics", "metrics/train.json", cache=False),
-            Port("live", "dvclive", cache=False)),
+    reads=(DATA, PathOption("validation", "reports/validation/result.json")),
+    writes=(PathOption("out", "models"), PathOption("metrics", "metrics/train.json", cache=False),
+            PathOption("live", "dvclive", cache=False)),
     scratch=(CACHE,), stage=True)
 FINAL_GATE = StepSpec("gate", "final_gate", params=("gate", "registry"),
-                      reads=(Port("evaluation", "reports/evaluation"),),
-                      writes=(Port("out", "reports/gate.json", cache=False),), stage=True)
+                      reads=(PathOption("evaluation", "reports/evaluation"),),
+                      writes=(PathOption("out", "reports/gate.json", cache=False),), stage=True)
 # Every section: the registered version is tagged with the hash of the whole configuration.
 REGISTER = StepSpec("register", "register", params=ALL_SECTIONS,
-                    reads=(DATA, Port("validation", "reports/validation"),
-                           Port("models", "models"), Port("evaluation", "reports/evaluation"),
-                           Port("decision", "reports/gate.json"),
-                           Port("profile", "reports/reference_profile"), ENGINE),
-                    writes=(Port("out", "reports/registration.json", cache=False),), stage=True)
+                    reads=(DATA, PathOption("validation", "reports/validation"),
+                           PathOption("models", "models"),
+                           PathOption("evaluation", "reports/evaluation"),
+                           PathOption("decision", "reports/gate.json"),
+                           PathOption("profile", "reports/reference_profile"), ENGINE),
+                    writes=(PathOption("out", "reports/registration.json", cache=False),),
+                    stage=True)
 LIST_MODELS = StepSpec("models", "manage_registry", params=("registry",))
 PROMOTE = StepSpec("promote", "manage_registry", params=("registry",))
 ROLLBACK = StepSpec("rollback", "manage_registry", params=("registry",))
 # Configured by flags and environment variables (ServeSettings): no params.yaml in an image.
 SERVE = StepSpec("serve", "serve")
 PREDICT_BATCH = StepSpec("predict-batch", "predict_batch", params=("registry",),
-                         reads=(Port("data_manifest", "data/ingested/manifest.json"),),
-                         writes=(Port("out", "predictions.csv"),))
+                         reads=(PathOption("data_manifest", "data/ingested/manifest.json"),),
+                         writes=(PathOption("out", "predictions.csv"),))
 EXPORT = StepSpec("export-savedmodel", "export",
-                  reads=(Port("model", "models/selected/model.keras"),),
-                  writes=(Port("out", "models/savedmodel/1"),))
+                  reads=(PathOption("model", "models/selected/model.keras"),),
+                  writes=(PathOption("out", "models/savedmodel/1"),))
 # Images or a server's recorded windows against a registered version's reference profile.
 MONITOR = StepSpec("monitor", "monitor", params=("evaluate.batch_size", "registry"),
-                   writes=(Port("out", "reports/monitor"),))
+                   writes=(PathOption("out", "reports/monitor"),))
 MANAGE_CACHE = StepSpec("cache", "manage_cache", scratch=(CACHE,))
 RECORD_STATUS = StepSpec("record-status", "record_status",
-                         writes=(Port("out", "reports/status.md"),))
+                         writes=(PathOption("out", "reports/status.md"),))
 # Operating the served model: over the server's feedback store and the registry.
-FEEDBACK = StepSpec("feedback", "feedback", writes=(Port("out", "data/feedback"),))
+FEEDBACK = StepSpec("feedback", "feedback", writes=(PathOption("out", "data/feedback"),))
 ROLLOUT = StepSpec("rollout", "rollout", params=("gate", "registry"))
 
 CATALOG: dict[str, StepSpec] = {spec.name: spec for spec in (

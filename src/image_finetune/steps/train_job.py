@@ -16,24 +16,25 @@ from pathlib import Path, PurePosixPath
 
 import yaml
 
-from image_finetune.cluster import TrainingJobs
 from image_finetune.config import Params
-from image_finetune.inference import MODEL_FILE
+from image_finetune.errors import TrainJobError
+from image_finetune.errors import exit_on_termination as exit_on_termination  # component's
+from image_finetune.kube import TrainingJobs
 from image_finetune.locate import choose_weights
-from image_finetune.steps.layout import HISTORY_FILE, RESULT_FILE
+from image_finetune.steps.layout import HISTORY_FILE, MODEL_FILE, RESULT_FILE
 from image_finetune.training.job_spec import (
     JobPolicy,
     JobState,
     LogCursor,
     Placement,
     TrainJob,
-    TrainJobError,
     distributed_params,
     failure_message,
     job_manifest,
     job_name,
     new_log_lines,
 )
+from image_finetune.training.job_spec import job_kind as job_kind  # the component's
 
 log = logging.getLogger(__name__)
 # How far back a log read reaches beyond the time since the last one: reads overlap, and

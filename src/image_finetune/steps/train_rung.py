@@ -32,9 +32,8 @@ from image_finetune.cache import (
 )
 from image_finetune.config import Params
 from image_finetune.data.canonical import load_split, manifest_digest, read_manifest
-from image_finetune.inference import MODEL_FILE
 from image_finetune.locate import choose_weights
-from image_finetune.steps.layout import HISTORY_FILE, RESULT_FILE
+from image_finetune.steps.layout import HISTORY_FILE, MODEL_FILE, RESULT_FILE
 from image_finetune.training.checkpoints import TrainingPaths
 from image_finetune.training.distribute import Replicas, start_replicas
 from image_finetune.training.fit import (
@@ -43,7 +42,7 @@ from image_finetune.training.fit import (
     fit_rung,
     prepare_fit,
 )
-from image_finetune.training.model import Classifier, resolve_weights
+from image_finetune.training.model import Classifier
 from image_finetune.training.plan import (
     CacheKeys,
     DataFacts,
@@ -69,7 +68,7 @@ def train_rung(
     replicas = start_replicas(params.train)  # first: devices are fixed once the runtime starts
     mixed = configure_backend(params.train.seed, params.train.mixed_precision)
     model = choose_weights(params.model, root)
-    weights_path = resolve_weights(model, root)
+    weights_path = model.weights_path(root)
     plan = plan_rung(params, index, _data_facts(data),
                      RuntimeFacts(keras.config.backend(), accelerator_available(),
                                   replicas.count, replicas.layout), model)

@@ -12,7 +12,12 @@ from image_finetune.atomic import atomic_directory
 from image_finetune.config import Params
 from image_finetune.data.canonical import read_manifest, verify_shards
 from image_finetune.errors import DataValidationError
-from image_finetune.steps.layout import VALIDATION_RESULT
+from image_finetune.steps.layout import (
+    CHANNEL_STATS_CSV,
+    CLASS_COUNTS_CSV,
+    DATA_DOCS_FOLDER,
+    RESULT_FILE,
+)
 from image_finetune.validation.facts import class_counts, dataset_facts
 from image_finetune.validation.suites import ValidationReport, run_suites
 
@@ -32,13 +37,13 @@ def validate_data(params: Params, data: Path, out: Path) -> ValidationReport:
     tables = {"images": facts, "class_counts": class_counts(facts, manifest),
               "channel_stats": channels}
     with atomic_directory(out) as staging:
-        report = run_suites(tables, params.validate_, manifest, staging / "data_docs")
-        tables["class_counts"].to_csv(staging / "class_counts.csv", index=False)
-        tables["channel_stats"].to_csv(staging / "channel_stats.csv", index=False)
+        report = run_suites(tables, params.validate_, manifest, staging / DATA_DOCS_FOLDER)
+        tables["class_counts"].to_csv(staging / CLASS_COUNTS_CSV, index=False)
+        tables["channel_stats"].to_csv(staging / CHANNEL_STATS_CSV, index=False)
         payload = asdict(report)
-        payload["data_docs"] = "data_docs/index.html" if report.data_docs else None
+        payload["data_docs"] = f"{DATA_DOCS_FOLDER}/index.html" if report.data_docs else None
         payload["images"] = int(len(facts))
-        (staging / VALIDATION_RESULT).write_text(json.dumps(payload, indent=2, default=str) + "\n")
+        (staging / RESULT_FILE).write_text(json.dumps(payload, indent=2, default=str) + "\n")
     log.info("%s", report.summary())
     if not report.success:
         raise DataValidationError(report.summary())

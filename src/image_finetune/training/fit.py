@@ -30,7 +30,7 @@ import numpy as np
 
 from image_finetune.config import Rung, RungMode
 from image_finetune.data.canonical import Split
-from image_finetune.errors import PipelineError
+from image_finetune.errors import TrainingError
 from image_finetune.inference import load_classifier
 from image_finetune.training.augment import build_augmentation
 from image_finetune.training.checkpoints import (
@@ -60,12 +60,6 @@ from image_finetune.training.model import (
 from image_finetune.training.plan import RungPlan
 
 log = logging.getLogger(__name__)
-
-
-class TrainingError(PipelineError):
-    """Training diverged or could not run."""
-
-    exit_code = 8
 
 
 @dataclass

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import PurePosixPath
 
-from image_finetune.errors import PipelineError
-from image_finetune.inference import MODEL_FILE
+from image_finetune.errors import TrainJobError
+from image_finetune.file_names import MODEL_FILE
 
 GROUP, VERSION, PLURAL, KIND = "kubeflow.org", "v1", "tfjobs", "TFJob"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -78,13 +78,6 @@ TRAINJOB = JobKind("trainjob", TRAINER_GROUP, TRAINER_VERSION, "trainjobs", "Tra
                    (("jobset.sigs.k8s.io/replicatedjob-name", TRAINER_NODE),
                     ("batch.kubernetes.io/job-completion-index", "0")))
 JOB_KINDS = {kind.launcher: kind for kind in (TFJOB, TRAINJOB)}
-
-
-class TrainJobError(PipelineError):
-    """A distributed rung failed, timed out or was refused; the message says why and where
-    its logs are."""
-
-    exit_code = 10
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from image_finetune.config import ModelParams
+from image_finetune.config import IMAGENET, NAMED_WEIGHTS, Backbone, ModelParams
 from image_finetune.efficientnet_lite import EfficientNetLite0
 from image_finetune.errors import ConfigError, MissingInputError
 
@@ -38,7 +38,7 @@ class BackboneSpec:
     preprocess: str  # "tf": [-1, 1]; "caffe": BGR minus ImageNet means; "none": raw 0-255
 
 
-BACKBONES: dict[str, BackboneSpec] = {
+BACKBONES: dict[Backbone, BackboneSpec] = {  # one per config.Backbone (tested)
     "mobilenet_v2": BackboneSpec(keras.applications.MobileNetV2, "tf"),
     "resnet50": BackboneSpec(keras.applications.ResNet50, "caffe"),
     "efficientnet_b0": BackboneSpec(keras.applications.EfficientNetB0, "none"),
@@ -74,7 +74,7 @@ def build_backbone(params: ModelParams, image_size: int, weights_path: Path | No
     """
     spec = BACKBONES[params.backbone]
     choice = params.weights.lower()
-    if weights_path is None and choice not in ("imagenet", "none"):
+    if weights_path is None and choice not in NAMED_WEIGHTS:
         raise ValueError(f"model.weights={params.weights!r} names no weights to load: "
                          "decide them first (image_finetune.locate.choose_weights)")
     if weights_path is not None and not weights_path.exists():
@@ -82,7 +82,7 @@ def build_backbone(params: ModelParams, image_size: int, weights_path: Path | No
             f"{weights_path}: backbone weights not found (set model.weights or "
             "$IMAGE_FINETUNE_WEIGHTS; use 'imagenet' to download or 'none')"
         )
-    weights = str(weights_path) if weights_path else ("imagenet" if choice == "imagenet" else None)
+    weights = str(weights_path) if weights_path else (IMAGENET if choice == IMAGENET else None)
     try:
         backbone = spec.build(
             include_top=False, weights=weights, input_shape=(image_size, image_size, 3)
@@ -90,7 +90,7 @@ def build_backbone(params: ModelParams, image_size: int, weights_path: Path | No
     except ValueError as exc:
         raise ConfigError(f"model.weights={params.weights!r} for {params.backbone}: {exc}") from exc
     except Exception as exc:  # Keras' download error is a bare Exception
-        if weights != "imagenet" or "URL fetch failure" not in str(exc):
+        if weights != IMAGENET or "URL fetch failure" not in str(exc):
             raise
         raise MissingInputError(f"could not download the ImageNet weights of "
                                 f"{params.backbone} ({exc}); set model.weights_file to a local "
@@ -101,14 +101,6 @@ def build_backbone(params: ModelParams, image_size: int, weights_path: Path | No
         if isinstance(layer, layers.BatchNormalization):
             layer.trainable = False
     return backbone
-
-
-def resolve_weights(params: ModelParams, root: Path) -> Path | None:
-    """A local weights file path from ``model.weights``, or None for imagenet/none."""
-    if params.weights.lower() in ("imagenet", "none"):
-        return None
-    path = Path(params.weights).expanduser()
-    return path if path.is_absolute() else (root / path).resolve()
 
 
 @dataclass(frozen=True)

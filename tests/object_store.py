@@ -1,4 +1,5 @@
-"""S3-compatible object storage (boto3): reachability and credential checks with clear errors.
+"""S3-compatible object storage (boto3): reachability and credential checks with clear errors
+(the integration tests' check that the store the services started answers).
 
 MLflow artifacts (through the tracking server) and DVC's remote live on the same store;
 the endpoint and credentials come from the environment only (``AWS_ENDPOINT_URL_S3`` or
