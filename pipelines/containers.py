@@ -22,6 +22,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import BaseModel
+
 from image_finetune.config import NAMED_WEIGHTS, Params, resolve_path
 from image_finetune.errors import ConfigError
 
@@ -64,7 +66,7 @@ def absolute_paths(params: Params, project_root: Path) -> Params:
     """``params`` with its data, weights and local tracking store as absolute paths: tasks
     in a container do not start in the project folder."""
     data = resolve_path(params.data.path, project_root)
-    updates = {"data": params.data.model_copy(update={"path": str(data)})}
+    updates: dict[str, BaseModel] = {"data": params.data.model_copy(update={"path": str(data)})}
     if params.model.weights not in NAMED_WEIGHTS:
         weights = resolve_path(params.model.weights, project_root)
         updates["model"] = params.model.model_copy(update={"weights": str(weights)})

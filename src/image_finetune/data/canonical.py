@@ -14,8 +14,10 @@ end, so an interrupted or failed ingest never leaves partial outputs.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -66,7 +68,7 @@ def split_stratified(
 def write_dataset(
     out_dir: Path,
     class_names: list[str],
-    splits: dict[str, tuple[np.ndarray | RowView, np.ndarray | RowView]],
+    splits: Mapping[str, tuple[np.ndarray | RowView, np.ndarray | RowView]],
     extra_manifest: dict,
     sources: dict[str, list[str]] | None = None,
     shard_size: int | None = None,
@@ -162,9 +164,9 @@ def load_split(data_dir: Path, name: str, mmap: bool = True) -> Split:
         images, labels = (sharded_rows(data_dir, name, shards, kind)
                           for kind in ("images", "labels"))
         if not mmap:
-            images, labels = np.asarray(images), np.asarray(labels)
+            return Split(name=name, images=np.asarray(images), labels=np.asarray(labels))
         return Split(name=name, images=images, labels=labels)
-    mode = "r" if mmap else None
+    mode: Literal["r"] | None = "r" if mmap else None
     try:
         images = np.load(data_dir / f"{name}_images.npy", mmap_mode=mode, allow_pickle=False)
         labels = np.load(data_dir / f"{name}_labels.npy", mmap_mode=mode, allow_pickle=False)

@@ -24,9 +24,13 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING, NoReturn
 
 from image_finetune.errors import ConfigError, LockLostError
 from image_finetune.registry.client import RegistryError, mlflow_error
+
+if TYPE_CHECKING:
+    from mlflow.entities.model_registry import RegisteredModel
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +103,7 @@ class PromotionLock:
     def _model(self, generation: int) -> str:
         return f"{self.name}{LOCK_INFIX}{generation}"
 
-    def generations(self) -> dict[int, object]:
+    def generations(self) -> dict[int, RegisteredModel]:
         """The lock's generations in the registry, by number."""
         prefix = f"{self.name}{LOCK_INFIX}"
         found = self.client.search_registered_models(f"name LIKE '{prefix}%'")
@@ -164,18 +168,21 @@ class PromotionLock:
                 raise LockLostError(self._lost_message(self._lost_why))
             started = time.monotonic()
             self._require_fresh(started, "paused or stalled")
+            held = self.generation
+            if held is None:
+                self._lose("it was released")
             try:
                 if beat:
                     self._beats += 1
-                    self.client.set_registered_model_tag(self._model(self.generation),
+                    self.client.set_registered_model_tag(self._model(held),
                                                          "heartbeat", str(self._beats))
                 generations = self.generations()
             except mlflow_error() as exc:
                 self._lose(f"the store did not confirm it ({exc.error_code})")
-            mine = generations.get(self.generation)
+            mine = generations.get(held)
             if mine is None or mine.tags.get("owner") != self.token:
                 self._lose("another holder broke it and it is gone")
-            if max(generations) > self.generation:
+            if max(generations) > held:
                 self._lose(f"another holder took it over (generation {max(generations)})")
             if beat:
                 self._renewed_at = started
@@ -189,7 +196,7 @@ class PromotionLock:
             self._lose(f"this process went {silent:.1f} s without renewing its "
                        f"{self.timing.lease:g} s lease ({why}), so a waiter may have broken it")
 
-    def _lose(self, why: str):
+    def _lose(self, why: str) -> NoReturn:
         self._lost_why = why
         self.lost.set()
         raise LockLostError(self._lost_message(why))

@@ -8,6 +8,7 @@ import functools
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -64,7 +65,7 @@ def create_app(settings: ServeSettings, holder: ModelHolder | None = None) -> Fa
     app = FastAPI(title="image-finetune", lifespan=lifespan, description=__doc__)
     app.add_middleware(RequestLimit, limit=settings.max_connections)  # inside the metrics
     app.add_middleware(HttpMetricsMiddleware, metrics=metrics)
-    app.add_exception_handler(Rejected, refusal)
+    app.add_exception_handler(Rejected, refusal)  # type: ignore[arg-type]  # Starlette types handlers for Exception
     add_probes(app, server)
     guarded = APIRouter(dependencies=[Depends(token_guard(
         settings.token.get_secret_value() if settings.token else None, settings.token_file))])
@@ -90,13 +91,15 @@ def document_models(app: FastAPI, *models: type[BaseModel]) -> None:
     OpenAPI components."""
     generate = app.openapi
 
-    def openapi() -> dict:
-        if app.openapi_schema is None:
-            schemas = generate().setdefault("components", {}).setdefault("schemas", {})
-            schemas.update(oip.json_schema_components(*models))
-        return app.openapi_schema
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = generate()  # FastAPI keeps it as app.openapi_schema
+        schema.setdefault("components", {}).setdefault("schemas", {}).update(
+            oip.json_schema_components(*models))
+        return schema
 
-    app.openapi = openapi
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented override
 
 
 # -- probes and metrics (never behind a token, never behind inference) ----------------------

@@ -2,6 +2,8 @@
 and ``infer`` on a UINT8 tensor or on encoded files; the protocol's ``error`` on refusals
 (its health probes answer in the app, outside the token)."""
 
+from typing import Any
+
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -16,7 +18,8 @@ INFER_BODY = {"requestBody": {"required": True, "content": {
     "application/octet-stream": {"schema": {"type": "string", "format": "binary"},
                                  "description": "binary tensor data extension"}}}}
 OIP = "open inference protocol"
-OIP_ERRORS = {status: {"model": oip.ErrorMessage} for status in (400, 401, 404, 413, 503)}
+OIP_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": oip.ErrorMessage} for status in (400, 401, 404, 413, 503)}
 
 
 def add_oip_metadata(router: APIRouter, server: Server) -> None:

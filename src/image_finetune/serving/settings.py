@@ -7,7 +7,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
@@ -19,7 +19,8 @@ Seconds = Annotated[float, Field(gt=0.0)]
 MIB = 1024 * 1024
 # What a version is served on (IMAGE_FINETUNE_ENGINE, engines.resolve_engine checks the name)
 # and at which precision: auto is the one the version's engine manifest says serves.
-PRECISION_CHOICES = ("auto", "fp32", "int8")
+Precision = Literal["auto", "fp32", "int8"]
+PRECISION_CHOICES: tuple[str, ...] = get_args(Precision)
 TOKEN_ENV = "IMAGE_FINETUNE_TOKEN"  # the token itself; never a flag (flags show in ps)
 
 
@@ -69,7 +70,7 @@ class ServeSettings(BaseModel):
     engine: str = Field("auto", description=(
         "what the model runs on: auto, tensorflow, onnxruntime or openvino (versions without an "
         "engine folder run on Keras)"))
-    precision: Literal[PRECISION_CHOICES] = Field("auto", description=(
+    precision: Precision = Field("auto", description=(
         "auto (what the version's engine manifest serves), fp32, or int8 (where the manifest "
         "found it servable)"))
     top_k: Positive = Field(3, description="classes answered per image unless a request asks")

@@ -1,7 +1,7 @@
 """The simple API: ``POST /predict`` (one raw image, or multipart ``files``: top-k classes)
 and ``GET /metadata``, with FastAPI's ``detail`` on refusals."""
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
@@ -78,7 +78,8 @@ async def read_images(request: Request, settings: ServeSettings) -> list[tuple[s
 
 def add_simple_api(router: APIRouter, server: Server) -> None:
     settings = server.settings
-    errors = {status: {"model": Detail} for status in (400, 401, 408, 413, 415, 503)}
+    errors: dict[int | str, dict[str, Any]] = {
+        status: {"model": Detail} for status in (400, 401, 408, 413, 415, 503)}
 
     @router.post("/predict", response_model=PredictResponse, openapi_extra=PREDICT_BODY,
                  responses=errors, tags=["simple API"])
