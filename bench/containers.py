@@ -37,8 +37,13 @@ from tests.serving_container import start_server_container  # noqa: E402
 SHARED = ROOT.parent / "shared"
 LADDER = [  # tests/conftest.py's FAIL_THEN_PASS_LADDER
     {"name": "hopeless-head", "epochs": 1, "learning_rate": 1.0e-7, "batch_size": 64},
-    {"name": "top-blocks", "unfreeze_from": "block_13_expand", "epochs": 2,
-     "learning_rate": 0.0005, "batch_size": 32},
+    {
+        "name": "top-blocks",
+        "unfreeze_from": "block_13_expand",
+        "epochs": 2,
+        "learning_rate": 0.0005,
+        "batch_size": 32,
+    },
 ]
 
 
@@ -46,14 +51,19 @@ def subset_params(work: Path, per_class: int, runner: str) -> Params:
     from image_finetune.config import load_params
 
     raw = load_params(ROOT / "params.yaml", use_env=False).model_dump(mode="json", by_alias=True)
-    raw["data"].update(path=str(SHARED / "data" / "cifar10-jpeg.tar.gz"),
-                       max_per_class=per_class, validation_fraction=0.2)
-    raw["model"]["weights"] = str(SHARED / "weights" /
-                                  "mobilenet_v2_1.0_imagenet_no_top.weights.h5")
+    raw["data"].update(
+        path=str(SHARED / "data" / "cifar10-jpeg.tar.gz"),
+        max_per_class=per_class,
+        validation_fraction=0.2,
+    )
+    raw["model"]["weights"] = str(
+        SHARED / "weights" / "mobilenet_v2_1.0_imagenet_no_top.weights.h5"
+    )
     raw["train"]["ladder"] = LADDER
     raw["evaluate"].update(bootstrap_samples=200, latency_runs=5, gallery_size=12)
-    raw["gate"].update(min_accuracy=0.3, min_macro_f1=0.2, min_class_recall=0.0,
-                       max_latency_p95_ms=2000)
+    raw["gate"].update(
+        min_accuracy=0.3, min_macro_f1=0.2, min_class_recall=0.0, max_latency_p95_ms=2000
+    )
     raw["registry"]["tracking_uri"] = f"sqlite:///{work / runner / 'tracking' / 'mlflow.db'}"
     return Params.model_validate(raw)
 
@@ -61,12 +71,14 @@ def subset_params(work: Path, per_class: int, runner: str) -> Params:
 def pipeline_runs(work: Path, per_class: int) -> Params:
     for runner in ("subprocess", "docker"):
         params = subset_params(work, per_class, runner)
-        run = run_local(params, ROOT, work / runner / "run", work / runner / "cache",
-                        runner=runner)
+        run = run_local(params, ROOT, work / runner / "run", work / runner / "cache", runner=runner)
         assert run.succeeded, run.error
-        per_task = (f", {len(run.containers)} containers, "
-                    f"{statistics.mean(c.seconds for c in run.containers):.1f} s each"
-                    if run.containers else "")
+        per_task = (
+            f", {len(run.containers)} containers, "
+            f"{statistics.mean(c.seconds for c in run.containers):.1f} s each"
+            if run.containers
+            else ""
+        )
         print(f"pipeline, {runner} runner: {run.seconds:.0f} s{per_task}", flush=True)
     return params
 
@@ -82,9 +94,14 @@ def timed(action, repeats: int) -> float:
 
 def container_start(client, image: str) -> None:
     bare = timed(lambda: client.containers.run(image, ["true"], remove=True), 5)
-    tf = timed(lambda: client.containers.run(
-        image, ["python3", "-c", "import tensorflow, keras, image_finetune.steps.train_rung"],
-        remove=True), 3)
+    tf = timed(
+        lambda: client.containers.run(
+            image,
+            ["python3", "-c", "import tensorflow, keras, image_finetune.steps.train_rung"],
+            remove=True,
+        ),
+        3,
+    )
     print(f"container start: {bare:.2f} s (true), {tf:.1f} s (importing TensorFlow and a step)")
 
 
@@ -96,9 +113,16 @@ def serving(client, image: str, params: Params, work: Path) -> None:
     registry = params.registry
     start = time.perf_counter()
     container = start_server_container(
-        client, image, {"IMAGE_FINETUNE_MODEL_NAME": registry.model_name,
-                        "MLFLOW_TRACKING_URI": registry.tracking_uri}, work / "secret",
-        [Mount(tracking_folder(registry.tracking_uri), writable=True)], port=18080)
+        client,
+        image,
+        {
+            "IMAGE_FINETUNE_MODEL_NAME": registry.model_name,
+            "MLFLOW_TRACKING_URI": registry.tracking_uri,
+        },
+        work / "secret",
+        [Mount(tracking_folder(registry.tracking_uri), writable=True)],
+        port=18080,
+    )
     try:
         while True:
             try:
@@ -112,15 +136,20 @@ def serving(client, image: str, params: Params, work: Path) -> None:
         latencies = []
         for _ in range(21):
             begin = time.perf_counter()
-            response = httpx.post("http://127.0.0.1:18080/predict", content=image_bytes,
-                                  headers={"content-type": "image/png",
-                                           "authorization": f"Bearer {token}"}, timeout=60)
+            response = httpx.post(
+                "http://127.0.0.1:18080/predict",
+                content=image_bytes,
+                headers={"content-type": "image/png", "authorization": f"Bearer {token}"},
+                timeout=60,
+            )
             response.raise_for_status()
             latencies.append((time.perf_counter() - begin) * 1000)
         later = sorted(latencies[1:])
-        print(f"serving container: ready {ready:.1f} s after docker run, first request "
-              f"{latencies[0]:.0f} ms, then p50 {statistics.median(later):.1f} ms, "
-              f"p95 {later[int(0.95 * len(later)) - 1]:.1f} ms")
+        print(
+            f"serving container: ready {ready:.1f} s after docker run, first request "
+            f"{latencies[0]:.0f} ms, then p50 {statistics.median(later):.1f} ms, "
+            f"p95 {later[int(0.95 * len(later)) - 1]:.1f} ms"
+        )
     finally:
         container.remove(force=True)
 

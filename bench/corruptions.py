@@ -87,6 +87,10 @@ def jpeg_compression(images: np.ndarray, severity: int, rng: np.random.Generator
     return out
 
 
-CORRUPTIONS = {"gaussian_noise": gaussian_noise, "defocus_blur": defocus_blur,
-               "contrast": contrast, "brightness": brightness,
-               "jpeg_compression": jpeg_compression}
+CORRUPTIONS = {
+    "gaussian_noise": gaussian_noise,
+    "defocus_blur": defocus_blur,
+    "contrast": contrast,
+    "brightness": brightness,
+    "jpeg_compression": jpeg_compression,
+}

@@ -34,30 +34,61 @@ UNFREEZE = {"tail": "block_13_expand", "end_to_end": "block_11_expand"}
 def write_params(work: Path, args, distribution: str, host_devices: int) -> Path:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["data"].update(path=str(args.source), max_per_class=args.per_class)
-    params["model"].update(weights=str(SHARED / "weights" /
-                                        "mobilenet_v2_1.0_imagenet_no_top.weights.h5"),
-                           image_size=args.image_size)
-    params["train"].update(distribution=distribution, host_devices=host_devices, ladder=[
-        {"name": args.mode, "unfreeze_from": UNFREEZE[args.mode], "epochs": args.epochs,
-         "batch_size": args.batch, "learning_rate": 0.0005}])
+    params["model"].update(
+        weights=str(SHARED / "weights" / "mobilenet_v2_1.0_imagenet_no_top.weights.h5"),
+        image_size=args.image_size,
+    )
+    params["train"].update(
+        distribution=distribution,
+        host_devices=host_devices,
+        ladder=[
+            {
+                "name": args.mode,
+                "unfreeze_from": UNFREEZE[args.mode],
+                "epochs": args.epochs,
+                "batch_size": args.batch,
+                "learning_rate": 0.0005,
+            }
+        ],
+    )
     path = work / f"params-{distribution}-{host_devices}.yaml"
     path.write_text(yaml.safe_dump(params))
     return path
 
 
-def run_layout(work: Path, args, name: str, distribution: str, processes: int,
-               host_devices: int = 1) -> dict:
+def run_layout(
+    work: Path, args, name: str, distribution: str, processes: int, host_devices: int = 1
+) -> dict:
     params = write_params(work, args, distribution, host_devices)
     out = work / name
-    command = [sys.executable, "-m", "image_finetune.cli", "train-rung", "--params",
-               str(params), "--index", "0", "--data", str(work / "data"), "--out", str(out),
-               "--cache", str(work / f"cache-{name}")]
+    command = [
+        sys.executable,
+        "-m",
+        "image_finetune.cli",
+        "train-rung",
+        "--params",
+        str(params),
+        "--index",
+        "0",
+        "--data",
+        str(work / "data"),
+        "--out",
+        str(out),
+        "--cache",
+        str(work / f"cache-{name}"),
+    ]
     env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
     clusters = local_cluster(processes) if processes > 1 else [None]
-    workers = [subprocess.Popen(command, env={**env, "TF_CPP_MIN_LOG_LEVEL": "2",
-                                              **({"TF_CONFIG": config} if config else {})},
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-               for config in clusters]
+    workers = [
+        subprocess.Popen(
+            command,
+            env={**env, "TF_CPP_MIN_LOG_LEVEL": "2", **({"TF_CONFIG": config} if config else {})},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for config in clusters
+    ]
     for worker in workers:
         _, errors = worker.communicate()
         if worker.returncode:
@@ -75,19 +106,39 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=32)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-data-parallel-"))
-    subprocess.run([sys.executable, "-m", "image_finetune.cli", "ingest", "--params",
-                    str(write_params(work, args, "one_device", 1)), "--out",
-                    str(work / "data")], check=True, capture_output=True)
-    layouts = [("1 device", "one_device", 1, 1), ("2 logical devices", "mirrored", 1, 2),
-               ("2 workers", "multi_worker", 2, 1)]
-    print("| layout | mode | global batch | images/s | best val. accuracy |\n"
-          "|---|---|---:|---:|---:|", flush=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "image_finetune.cli",
+            "ingest",
+            "--params",
+            str(write_params(work, args, "one_device", 1)),
+            "--out",
+            str(work / "data"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    layouts = [
+        ("1 device", "one_device", 1, 1),
+        ("2 logical devices", "mirrored", 1, 2),
+        ("2 workers", "multi_worker", 2, 1),
+    ]
+    print(
+        "| layout | mode | global batch | images/s | best val. accuracy |\n"
+        "|---|---|---:|---:|---:|",
+        flush=True,
+    )
     for name, distribution, processes, devices in layouts:
         print(f"# {name} ...", file=sys.stderr, flush=True)
         result = run_layout(work, args, distribution, distribution, processes, devices)
-        print(f"| {name} ({result['distribution']}) | {result['mode']} | "
-              f"{result['global_batch']} | {result['images_per_second']:.0f} | "
-              f"{result['best_val_accuracy']:.4f} |", flush=True)
+        print(
+            f"| {name} ({result['distribution']}) | {result['mode']} | "
+            f"{result['global_batch']} | {result['images_per_second']:.0f} | "
+            f"{result['best_val_accuracy']:.4f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -44,8 +44,7 @@ def read_cifar(tarball: Path, per_class: dict[str, int]):
                 continue
             bucket = found[parts[0]].setdefault(parts[1], [])
             if len(bucket) < per_class[parts[0]]:
-                bucket.append(np.asarray(Image.open(archive.extractfile(member))
-                                         .convert("RGB")))
+                bucket.append(np.asarray(Image.open(archive.extractfile(member)).convert("RGB")))
     names = sorted(found["train"])
     splits = {}
     for split, classes in found.items():
@@ -70,8 +69,7 @@ def fit_head(classifier, features: np.ndarray, labels: np.ndarray) -> None:
 
     solver = LogisticRegression(C=0.5, max_iter=1000).fit(features, labels)
     dense = classifier.softmax
-    dense.set_weights([solver.coef_.T.astype(np.float32),
-                       solver.intercept_.astype(np.float32)])
+    dense.set_weights([solver.coef_.T.astype(np.float32), solver.intercept_.astype(np.float32)])
 
 
 def softmax_head(classifier, pooled: np.ndarray) -> np.ndarray:
@@ -87,8 +85,11 @@ def pooled_features(model, images: np.ndarray, label: str) -> np.ndarray:
 
     start = time.perf_counter()
     _, pooled = summarise(model, images, 128)
-    print(f"  embedded {label}: {len(images)} images in {time.perf_counter() - start:.0f} s",
-          file=sys.stderr, flush=True)
+    print(
+        f"  embedded {label}: {len(images)} images in {time.perf_counter() - start:.0f} s",
+        file=sys.stderr,
+        flush=True,
+    )
     return pooled
 
 
@@ -117,8 +118,10 @@ def detection(profile, windows, args) -> tuple[float, dict[str, float]]:
     """The share of windows found drifting, and each test's share."""
     from image_finetune.monitoring.drift import TESTS, test_window
 
-    results = [test_window(profile, window, args.alpha, args.permutations, seed)
-               for seed, window in enumerate(windows)]
+    results = [
+        test_window(profile, window, args.alpha, args.permutations, seed)
+        for seed, window in enumerate(windows)
+    ]
     fired = {name: float(np.mean([r.tests[name].drift for r in results])) for name in TESTS}
     return float(np.mean([r.drift for r in results])), fired
 
@@ -140,13 +143,15 @@ def label_shift_windows(data: Summaries, count: int, size: int, rng):
 
 def row(label: str, severity: str, power: float, fired: dict, accuracy: float, target: str):
     tests = ", ".join(f"{k} {v:.2f}" for k, v in fired.items() if v >= 0.05) or "-"
-    print(f"{label:<18} {severity:>8} {power:>6.3f} {accuracy:>9.3f} {target:>8}  {tests}",
-          flush=True)
+    print(
+        f"{label:<18} {severity:>8} {power:>6.3f} {accuracy:>9.3f} {target:>8}  {tests}", flush=True
+    )
 
 
 def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--train-per-class", type=int, default=300)
     parser.add_argument("--validation-per-class", type=int, default=200)
     parser.add_argument("--test-per-class", type=int, default=500)
@@ -165,8 +170,10 @@ def build(args):
     from image_finetune.monitoring.profile import build_profile
     from image_finetune.monitoring.summaries import embedding_model, image_statistics
 
-    per_class = {"train": args.train_per_class + args.validation_per_class,
-                 "test": args.test_per_class}
+    per_class = {
+        "train": args.train_per_class + args.validation_per_class,
+        "test": args.test_per_class,
+    }
     splits, names = read_cifar(TARBALL, per_class)
     images, labels = splits["train"]
     held = np.zeros(len(labels), bool)
@@ -179,8 +186,13 @@ def build(args):
     val_pooled = pooled_features(model, images[held], "validation")
     check = np.asarray(model.predict_on_batch(images[held][:8])[0])
     assert np.allclose(check, softmax_head(classifier, val_pooled[:8]), atol=1e-4)
-    profile = build_profile(names, softmax_head(classifier, val_pooled), val_pooled,
-                            image_statistics(images[held]), train_pooled)
+    profile = build_profile(
+        names,
+        softmax_head(classifier, val_pooled),
+        val_pooled,
+        image_statistics(images[held]),
+        train_pooled,
+    )
     clean = Summaries(classifier, model, profile, *splits["test"], "clean test")
     validation_accuracy = float((profile.probabilities.argmax(1) == labels[held]).mean())
     return classifier, model, profile, clean, splits["test"], validation_accuracy
@@ -192,26 +204,34 @@ def main() -> None:
     started = time.perf_counter()
     rng = np.random.default_rng(args.seed)
     classifier, model, profile, clean, (test_images, test_labels), val_acc = build(args)
-    print(f"model: frozen MobileNetV2 96 px + logistic head on {10 * args.train_per_class} "
-          f"train images; validation accuracy {val_acc:.3f}; reference {len(profile)} "
-          f"validation images, PCA {profile.dimensions} on train features; windows of "
-          f"{args.window}, alpha {args.alpha}, {args.permutations} MMD permutations")
-    print(f"{'condition':<18} {'severity':>8} {'drift':>6} {'accuracy':>9} {'target':>8}  "
-          "tests that fired (share of windows)")
-    far, fired = detection(profile, random_windows(clean, args.clean_windows, args.window,
-                                                   rng), args)
+    print(
+        f"model: frozen MobileNetV2 96 px + logistic head on {10 * args.train_per_class} "
+        f"train images; validation accuracy {val_acc:.3f}; reference {len(profile)} "
+        f"validation images, PCA {profile.dimensions} on train features; windows of "
+        f"{args.window}, alpha {args.alpha}, {args.permutations} MMD permutations"
+    )
+    print(
+        f"{'condition':<18} {'severity':>8} {'drift':>6} {'accuracy':>9} {'target':>8}  "
+        "tests that fired (share of windows)"
+    )
+    far, fired = detection(
+        profile, random_windows(clean, args.clean_windows, args.window, rng), args
+    )
     row(f"clean x{args.clean_windows}", "-", far, fired, clean.accuracy(), "<=0.05")
-    power, fired = detection(profile, label_shift_windows(clean, args.windows, args.window,
-                                                          rng), args)
+    power, fired = detection(
+        profile, label_shift_windows(clean, args.windows, args.window, rng), args
+    )
     row("label shift", "half", power, fired, clean.accuracy(), ">=0.90")
     subset = rng.choice(len(test_labels), args.corrupted_images, replace=False)
     for name, corrupt in CORRUPTIONS.items():
         for severity, target in ((3, ">=0.90"), (5, ">=0.99")):
             images = corrupt(test_images[subset], severity, np.random.default_rng(severity))
-            data = Summaries(classifier, model, profile, images, test_labels[subset],
-                             f"{name} {severity}")
-            power, fired = detection(profile, random_windows(data, args.windows,
-                                                             args.window, rng), args)
+            data = Summaries(
+                classifier, model, profile, images, test_labels[subset], f"{name} {severity}"
+            )
+            power, fired = detection(
+                profile, random_windows(data, args.windows, args.window, rng), args
+            )
             row(name, str(severity), power, fired, data.accuracy(), target)
     print(f"total {time.perf_counter() - started:.0f} s")
 

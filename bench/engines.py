@@ -71,17 +71,33 @@ from harness import (  # noqa: E402  (bench/harness.py: what the benchmarks shar
 from harness import cifar_per_class as read_per_class  # noqa: E402
 
 SECTIONS = ("machine", "model", "embed", "http", "images")
-ISA_FEATURES = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8",
-                "amx_bf16")
+ISA_FEATURES = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512_vnni",
+    "avx512_bf16",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+)
 # {name: its distributions, the first installed counts} (TensorFlow ships as tensorflow-cpu)
-PACKAGES = {"tensorflow": ("tensorflow", "tensorflow-cpu"), "keras": ("keras",),
-            "onnxruntime": ("onnxruntime",), "openvino": ("openvino",), "nncf": ("nncf",),
-            "tf2onnx": ("tf2onnx",), "onnx": ("onnx",)}
+PACKAGES = {
+    "tensorflow": ("tensorflow", "tensorflow-cpu"),
+    "keras": ("keras",),
+    "onnxruntime": ("onnxruntime",),
+    "openvino": ("openvino",),
+    "nncf": ("nncf",),
+    "tf2onnx": ("tf2onnx",),
+    "onnx": ("onnx",),
+}
 MODEL_NAME = "bench"
-FULL_IMAGE = os.environ.get("IMAGE_FINETUNE_IMAGE",
-                            "ghcr.io/image-finetune/image-finetune:0.1.0") + "-cpu"
-SLIM_IMAGE = os.environ.get("IMAGE_FINETUNE_IMAGE",
-                            "ghcr.io/image-finetune/image-finetune:0.1.0") + "-serve"
+FULL_IMAGE = (
+    os.environ.get("IMAGE_FINETUNE_IMAGE", "ghcr.io/image-finetune/image-finetune:0.1.0") + "-cpu"
+)
+SLIM_IMAGE = (
+    os.environ.get("IMAGE_FINETUNE_IMAGE", "ghcr.io/image-finetune/image-finetune:0.1.0") + "-serve"
+)
 
 
 @dataclass(frozen=True)
@@ -101,12 +117,32 @@ class Plan:
     serve_int8: bool  # a third server at int8, where it passes the accuracy rule
 
 
-FULL = Plan(batches=(1, 8, 32, 256), rounds=3, round_images=64, calibration_per_class=30,
-            test_per_class=300, embed_images=1024, embed_batch=256, concurrency=(1, 16, 64),
-            seconds=5.0, many=32, serve_int8=True)
-QUICK = Plan(batches=(1, 8), rounds=2, round_images=8, calibration_per_class=2,
-             test_per_class=2, embed_images=32, embed_batch=16, concurrency=(1, 16),
-             seconds=0.3, many=32, serve_int8=False)
+FULL = Plan(
+    batches=(1, 8, 32, 256),
+    rounds=3,
+    round_images=64,
+    calibration_per_class=30,
+    test_per_class=300,
+    embed_images=1024,
+    embed_batch=256,
+    concurrency=(1, 16, 64),
+    seconds=5.0,
+    many=32,
+    serve_int8=True,
+)
+QUICK = Plan(
+    batches=(1, 8),
+    rounds=2,
+    round_images=8,
+    calibration_per_class=2,
+    test_per_class=2,
+    embed_images=32,
+    embed_batch=16,
+    concurrency=(1, 16),
+    seconds=0.3,
+    many=32,
+    serve_int8=False,
+)
 
 
 @functools.cache
@@ -121,23 +157,36 @@ def cifar_per_class(split: str, per_class: int) -> tuple[np.ndarray, np.ndarray,
 def machine() -> dict:
     """What the figures were measured on."""
     cpuinfo = Path("/proc/cpuinfo").read_text()
-    fields = {key.strip(): value.strip() for key, value in
-              (line.split(":", 1) for line in cpuinfo.splitlines() if ":" in line)}
+    fields = {
+        key.strip(): value.strip()
+        for key, value in (line.split(":", 1) for line in cpuinfo.splitlines() if ":" in line)
+    }
     flags = set(fields.get("flags", "").split())
-    memory = next((line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
-                   if line.startswith("MemTotal")), "0")
+    memory = next(
+        (
+            line.split()[1]
+            for line in Path("/proc/meminfo").read_text().splitlines()
+            if line.startswith("MemTotal")
+        ),
+        "0",
+    )
     versions = {}
     for package, distributions in PACKAGES.items():
         for distribution in distributions:
             with contextlib.suppress(metadata.PackageNotFoundError):
                 versions[package] = metadata.version(distribution)
                 break
-    return {"date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-            "cpu": fields.get("model name", "?"), "cores": os.cpu_count(),
-            "memory_gib": round(int(memory) / 2**20, 1), "kernel": platform.release(),
-            "isa": {feature: feature in flags for feature in ISA_FEATURES},
-            "python": platform.python_version(), "versions": versions,
-            "load_before": round(os.getloadavg()[0], 2)}
+    return {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": fields.get("model name", "?"),
+        "cores": os.cpu_count(),
+        "memory_gib": round(int(memory) / 2**20, 1),
+        "kernel": platform.release(),
+        "isa": {feature: feature in flags for feature in ISA_FEATURES},
+        "python": platform.python_version(),
+        "versions": versions,
+        "load_before": round(os.getloadavg()[0], 2),
+    }
 
 
 # -- the model alone -------------------------------------------------------------------------
@@ -164,8 +213,12 @@ def images_per_second(predict, images: np.ndarray, batch: int, plan: Plan) -> tu
 
 
 def in_batches(predict, images: np.ndarray, batch: int = 256) -> np.ndarray:
-    return np.concatenate([np.asarray(predict(images[i : i + batch]), dtype=np.float32)
-                           for i in range(0, len(images), batch)])
+    return np.concatenate(
+        [
+            np.asarray(predict(images[i : i + batch]), dtype=np.float32)
+            for i in range(0, len(images), batch)
+        ]
+    )
 
 
 def export(classifier, folder: Path, plan: Plan) -> dict:
@@ -188,9 +241,11 @@ def export(classifier, folder: Path, plan: Plan) -> dict:
 def predictors(classifier, folder: Path) -> list:
     from image_finetune.engines import FAST_ENGINES, PRECISIONS, keras_predictor, open_predictor
 
-    return [keras_predictor(classifier)] + [open_predictor(folder, engine, precision)
-                                            for engine in FAST_ENGINES
-                                            for precision in PRECISIONS]
+    return [keras_predictor(classifier)] + [
+        open_predictor(folder, engine, precision)
+        for engine in FAST_ENGINES
+        for precision in PRECISIONS
+    ]
 
 
 def model_alone(classifier, folder: Path, plan: Plan) -> dict:
@@ -208,24 +263,37 @@ def model_alone(classifier, folder: Path, plan: Plan) -> dict:
         reference = probabilities if reference is None else reference
         correct[predictor.engine, predictor.precision] = per_image_correct(probabilities, labels)
         match = agreement(reference, probabilities)
-        row = {"engine": predictor.engine, "precision": predictor.precision,
-               "accuracy": float(np.mean(probabilities.argmax(1) == labels)),
-               "disagreements": match["disagreements"],
-               "max_abs_difference": match["max_abs_probability_difference"],
-               "images_per_second": {}}
+        row = {
+            "engine": predictor.engine,
+            "precision": predictor.precision,
+            "accuracy": float(np.mean(probabilities.argmax(1) == labels)),
+            "disagreements": match["disagreements"],
+            "max_abs_difference": match["max_abs_probability_difference"],
+            "images_per_second": {},
+        }
         row["images_per_cpu_second"] = {}
         for batch in plan.batches:
             wall, cpu = images_per_second(predictor.predict_on_batch, images, batch, plan)
             row["images_per_second"][batch] = round(wall, 1)
             row["images_per_cpu_second"][batch] = round(cpu, 1)
-        print(f"  model {row['engine']:<11} {row['precision']:<4} "
-              f"{row['images_per_second']}", flush=True)
+        print(
+            f"  model {row['engine']:<11} {row['precision']:<4} {row['images_per_second']}",
+            flush=True,
+        )
         rows.append(row)
     defaults = Params()
-    rules = [{"engine": engine, **int8_verdict(correct[engine, "fp32"], correct[engine, "int8"],
-                                               defaults.engine.max_int8_loss_points,
-                                               defaults.gate.significance)}
-             for engine in sorted({e for e, _ in correct} - {"tensorflow"})]
+    rules = [
+        {
+            "engine": engine,
+            **int8_verdict(
+                correct[engine, "fp32"],
+                correct[engine, "int8"],
+                defaults.engine.max_int8_loss_points,
+                defaults.gate.significance,
+            ),
+        }
+        for engine in sorted({e for e, _ in correct} - {"tensorflow"})
+    ]
     return {"test_images": len(images), "rows": rows, "int8_rule": rules}
 
 
@@ -253,12 +321,22 @@ def embed(classifier, boundary: str, workdir: Path, plan: Plan) -> dict:
             begin = time.perf_counter()
             in_batches(predictor.predict_on_batch, images, plan.embed_batch)
             seconds.append(time.perf_counter() - begin)
-        rows.append({"engine": engine, "images_per_second": round(len(images) / min(seconds), 1),
-                     "max_abs_difference": float(np.max(np.abs(features - reference))),
-                     "max_abs_feature": float(np.max(np.abs(reference)))})
+        rows.append(
+            {
+                "engine": engine,
+                "images_per_second": round(len(images) / min(seconds), 1),
+                "max_abs_difference": float(np.max(np.abs(features - reference))),
+                "max_abs_feature": float(np.max(np.abs(reference))),
+            }
+        )
         print(f"  embed {engine:<11} {rows[-1]['images_per_second']:.0f} images/s", flush=True)
-    return {"boundary": boundary, "batch": plan.embed_batch, "images": len(images),
-            "output_shape": list(reference.shape[1:]), "rows": rows}
+    return {
+        "boundary": boundary,
+        "batch": plan.embed_batch,
+        "images": len(images),
+        "output_shape": list(reference.shape[1:]),
+        "rows": rows,
+    }
 
 
 # -- HTTP ------------------------------------------------------------------------------------
@@ -276,10 +354,16 @@ def engine_manifest(folder: Path, classifier, class_names: list[str], int8: dict
         file_hashes,
     )
 
-    manifest = {"default_engine": DEFAULT_ENGINE, "serving_precision": "fp32",
-                "input_shape": [int(d) for d in classifier.input_shape[1:]],
-                "class_names": class_names, "outputs": [PROBABILITIES, EMBEDDING],
-                "files": file_hashes(folder), "agreement": {}, "int8": int8}
+    manifest = {
+        "default_engine": DEFAULT_ENGINE,
+        "serving_precision": "fp32",
+        "input_shape": [int(d) for d in classifier.input_shape[1:]],
+        "class_names": class_names,
+        "outputs": [PROBABILITIES, EMBEDDING],
+        "files": file_hashes(folder),
+        "agreement": {},
+        "int8": int8,
+    }
     (folder / ENGINE_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
@@ -287,9 +371,18 @@ def engine_manifest(folder: Path, classifier, class_names: list[str], int8: dict
 def oip_bytes(jpegs: list[bytes]) -> tuple[bytes, dict[str, str]]:
     """An OIP infer request of BYTES JPEGs with the binary tensor data extension."""
     data = b"".join(struct.pack("<I", len(j)) + j for j in jpegs)
-    header = json.dumps({"inputs": [{"name": "images", "datatype": "BYTES",
-                                     "shape": [len(jpegs)],
-                                     "parameters": {"binary_data_size": len(data)}}]}).encode()
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "images",
+                    "datatype": "BYTES",
+                    "shape": [len(jpegs)],
+                    "parameters": {"binary_data_size": len(data)},
+                }
+            ]
+        }
+    ).encode()
     return header + data, {"Inference-Header-Content-Length": str(len(header))}
 
 
@@ -300,19 +393,25 @@ def http_payloads(port: int, many: int) -> list[Payload]:
     many_oip, many_headers = oip_bytes(jpegs)
     infer = f"/v2/models/{MODEL_NAME}/infer"
     octets = "application/octet-stream"
-    return [Payload("/predict, 1 JPEG", port, "/predict", "image/jpeg", jpegs[0], 1),
-            Payload(f"/predict, {many} JPEGs", port, "/predict", form_type, form, many),
-            Payload("OIP infer, 1 JPEG", port, infer, octets, one_oip, 1, one_headers),
-            Payload(f"OIP infer, {many} JPEGs", port, infer, octets, many_oip, many,
-                    many_headers)]
+    return [
+        Payload("/predict, 1 JPEG", port, "/predict", "image/jpeg", jpegs[0], 1),
+        Payload(f"/predict, {many} JPEGs", port, "/predict", form_type, form, many),
+        Payload("OIP infer, 1 JPEG", port, infer, octets, one_oip, 1, one_headers),
+        Payload(f"OIP infer, {many} JPEGs", port, infer, octets, many_oip, many, many_headers),
+    ]
 
 
 def serve(env: dict, cwd: Path) -> tuple[subprocess.Popen, int, float]:
     """A server process: (process, port, seconds from its start to /readyz 200)."""
     port = free_port()
     begin = time.perf_counter()
-    process = start([str(BIN / "image-finetune"), "serve", "--port", str(port)], env,
-                    f"http://127.0.0.1:{port}/readyz", str(cwd), poll_seconds=0.05)
+    process = start(
+        [str(BIN / "image-finetune"), "serve", "--port", str(port)],
+        env,
+        f"http://127.0.0.1:{port}/readyz",
+        str(cwd),
+        poll_seconds=0.05,
+    )
     return process, port, time.perf_counter() - begin
 
 
@@ -335,24 +434,37 @@ def load_table(port: int, pid: int, plan: Plan, client: str) -> list[dict]:
             server_cpu = cpu_seconds(pid) - cpu_before
             done.set()
             prober.join()
-            rows.append({"payload": payload.label, "concurrency": concurrency,
-                         "requests_per_second": round(figures.requests_per_second, 1),
-                         "images_per_second": round(figures.ok_per_second * payload.images, 1),
-                         "p50_ms": quantile(figures.p50), "p95_ms": quantile(figures.p95),
-                         "p99_ms": quantile(figures.p99), "not_200": figures.errors,
-                         "not_200_statuses": figures.statuses,
-                         "server_cpu_ms_per_request": round(
-                             1000 * server_cpu / max(figures.requests, 1), 2),
-                         "healthz_p99_ms": round(float(np.percentile(health, 99)), 1)
-                         if health else None})
-            print(f"  http {payload.label:<22} c{concurrency:<3} "
-                  f"{figures.requests_per_second:>7.1f} req/s p50 {rows[-1]['p50_ms']} ms "
-                  f"p99 {rows[-1]['p99_ms']} ms", flush=True)
+            rows.append(
+                {
+                    "payload": payload.label,
+                    "concurrency": concurrency,
+                    "requests_per_second": round(figures.requests_per_second, 1),
+                    "images_per_second": round(figures.ok_per_second * payload.images, 1),
+                    "p50_ms": quantile(figures.p50),
+                    "p95_ms": quantile(figures.p95),
+                    "p99_ms": quantile(figures.p99),
+                    "not_200": figures.errors,
+                    "not_200_statuses": figures.statuses,
+                    "server_cpu_ms_per_request": round(
+                        1000 * server_cpu / max(figures.requests, 1), 2
+                    ),
+                    "healthz_p99_ms": round(float(np.percentile(health, 99)), 1)
+                    if health
+                    else None,
+                }
+            )
+            print(
+                f"  http {payload.label:<22} c{concurrency:<3} "
+                f"{figures.requests_per_second:>7.1f} req/s p50 {rows[-1]['p50_ms']} ms "
+                f"p99 {rows[-1]['p99_ms']} ms",
+                flush=True,
+            )
     return rows
 
 
-def http(model_path: Path, folder: Path, work: Path, plan: Plan, client: str,
-         int8_servable: bool) -> dict:
+def http(
+    model_path: Path, folder: Path, work: Path, plan: Plan, client: str, int8_servable: bool
+) -> dict:
     """Each server configuration in turn (never two at once: they share the cores)."""
     from image_finetune.engines import DEFAULT_ENGINE
 
@@ -360,8 +472,12 @@ def http(model_path: Path, folder: Path, work: Path, plan: Plan, client: str,
     register(model_path, uri, MODEL_NAME, {"engine": folder})
     empty = work / "empty"
     empty.mkdir()
-    base = {**os.environ, "MLFLOW_TRACKING_URI": uri, "TF_CPP_MIN_LOG_LEVEL": "2",
-            "IMAGE_FINETUNE_MODEL_NAME": MODEL_NAME}
+    base = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": uri,
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "IMAGE_FINETUNE_MODEL_NAME": MODEL_NAME,
+    }
     configurations = [("tensorflow", "fp32"), (DEFAULT_ENGINE, "fp32")]
     if int8_servable and plan.serve_int8:
         configurations.append((DEFAULT_ENGINE, "int8"))
@@ -372,11 +488,18 @@ def http(model_path: Path, folder: Path, work: Path, plan: Plan, client: str,
         try:
             metadata_ = httpx.get(f"http://127.0.0.1:{port}/metadata", timeout=10).json()
             served = (metadata_.get("engine", "tensorflow"), metadata_.get("precision", "fp32"))
-            print(f"  server on {served[0]} {served[1]}: ready {cold:.1f} s after start",
-                  flush=True)
-            servers.append({"engine": served[0], "precision": served[1],
-                            "asked": f"{engine} {precision}", "cold_start_s": round(cold, 2),
-                            "rows": load_table(port, process.pid, plan, client)})
+            print(
+                f"  server on {served[0]} {served[1]}: ready {cold:.1f} s after start", flush=True
+            )
+            servers.append(
+                {
+                    "engine": served[0],
+                    "precision": served[1],
+                    "asked": f"{engine} {precision}",
+                    "cold_start_s": round(cold, 2),
+                    "rows": load_table(port, process.pid, plan, client),
+                }
+            )
         finally:
             stop(process)
     return {"client": client, "seconds": plan.seconds, "servers": servers}
@@ -392,16 +515,18 @@ def image_sizes() -> dict:
     for kind, tag in (("full", FULL_IMAGE), ("slim", SLIM_IMAGE)):
         listed = docker("image", "ls", "--format", "{{.Size}}", tag).split()
         inspected = docker("image", "inspect", "--format", "{{.Size}}", tag).strip()
-        sizes[kind] = {"image": tag, "size": listed[0] if listed else "n/a",
-                       "bytes": int(inspected) if inspected.isdigit() else None}
+        sizes[kind] = {
+            "image": tag,
+            "size": listed[0] if listed else "n/a",
+            "bytes": int(inspected) if inspected.isdigit() else None,
+        }
     return sizes
 
 
 def docker(*arguments: str) -> str:
     """A docker command's output; empty where it fails."""
     try:
-        done = subprocess.run(["docker", *arguments], capture_output=True, text=True,
-                              timeout=30)
+        done = subprocess.run(["docker", *arguments], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return ""
     return done.stdout if done.returncode == 0 else ""
@@ -411,8 +536,10 @@ def docker(*arguments: str) -> str:
 
 
 def http_row(server: dict, payload: str, concurrency: int) -> dict | None:
-    return next((r for r in server["rows"] if r["payload"] == payload
-                 and r["concurrency"] == concurrency), None)
+    return next(
+        (r for r in server["rows"] if r["payload"] == payload and r["concurrency"] == concurrency),
+        None,
+    )
 
 
 def ratio_target(label: str, value: float | None, limit: float, at_least: bool) -> tuple:
@@ -425,20 +552,40 @@ def server_targets(keras_server: dict, engine_server: dict) -> list[tuple]:
     """The server's targets for one engine server against the Keras one."""
     name = f"{engine_server['engine']} {engine_server['precision']}"
     base, fast = (http_row(s, "/predict, 1 JPEG", 16) for s in (keras_server, engine_server))
-    found = [ratio_target(f"/predict 1 JPEG c16 on {name} >= 2x Keras's req/s",
-                          fast["requests_per_second"] / base["requests_per_second"], 2, True)]
+    found = [
+        ratio_target(
+            f"/predict 1 JPEG c16 on {name} >= 2x Keras's req/s",
+            fast["requests_per_second"] / base["requests_per_second"],
+            2,
+            True,
+        )
+    ]
     base, fast = (http_row(s, "/predict, 1 JPEG", 1) for s in (keras_server, engine_server))
-    found.append(ratio_target(f"/predict 1 JPEG c1 median on {name} <= 0.5x Keras's",
-                              fast["p50_ms"] / base["p50_ms"]
-                              if fast["p50_ms"] and base["p50_ms"] else None, 0.5, False))
+    found.append(
+        ratio_target(
+            f"/predict 1 JPEG c1 median on {name} <= 0.5x Keras's",
+            fast["p50_ms"] / base["p50_ms"] if fast["p50_ms"] and base["p50_ms"] else None,
+            0.5,
+            False,
+        )
+    )
     worst = max((r["healthz_p99_ms"] or 0) for r in engine_server["rows"])
     busy = http_row(engine_server, "/predict, 1 JPEG", 16)["healthz_p99_ms"]
-    found.append((f"/healthz p99 under load < 5 ms ({name} server)",
-                  f"{busy} ms at /predict 1 JPEG c16; {worst} ms at worst",
-                  busy is not None and busy < 5))
-    found.append(ratio_target(f"cold start to ready on {name} <= 0.25x Keras server's",
-                              engine_server["cold_start_s"] / keras_server["cold_start_s"],
-                              0.25, False))
+    found.append(
+        (
+            f"/healthz p99 under load < 5 ms ({name} server)",
+            f"{busy} ms at /predict 1 JPEG c16; {worst} ms at worst",
+            busy is not None and busy < 5,
+        )
+    )
+    found.append(
+        ratio_target(
+            f"cold start to ready on {name} <= 0.25x Keras server's",
+            engine_server["cold_start_s"] / keras_server["cold_start_s"],
+            0.25,
+            False,
+        )
+    )
     return found
 
 
@@ -448,16 +595,30 @@ def targets(report: dict) -> list[tuple[str, str, bool | None]]:
 
     found = []
     if alone := report.get("model_alone"):
-        best = {(r["engine"], r["precision"]): max(r["images_per_second"].values())
-                for r in alone["rows"]}
+        best = {
+            (r["engine"], r["precision"]): max(r["images_per_second"].values())
+            for r in alone["rows"]
+        }
         keras = best["tensorflow", "fp32"]
         rule = {r["engine"]: r for r in alone["int8_rule"]}
         for engine in sorted({e for e, _ in best} - {"tensorflow"}):
-            found.append(ratio_target(f"model alone, {engine} fp32 at its best batch >= 2x "
-                                      "Keras's best", best[engine, "fp32"] / keras, 2, True))
+            found.append(
+                ratio_target(
+                    f"model alone, {engine} fp32 at its best batch >= 2x Keras's best",
+                    best[engine, "fp32"] / keras,
+                    2,
+                    True,
+                )
+            )
             servable = "servable" if rule[engine]["servable"] else "NOT servable by the rule"
-            found.append(ratio_target(f"model alone, {engine} int8 ({servable}) >= 3x Keras's "
-                                      "best", best[engine, "int8"] / keras, 3, True))
+            found.append(
+                ratio_target(
+                    f"model alone, {engine} int8 ({servable}) >= 3x Keras's best",
+                    best[engine, "int8"] / keras,
+                    3,
+                    True,
+                )
+            )
     servers = {(s["engine"], s["precision"]): s for s in report.get("http", {}).get("servers", [])}
     keras_server = servers.get(("tensorflow", "fp32"))
     for precision in ("fp32", "int8"):
@@ -465,93 +626,145 @@ def targets(report: dict) -> list[tuple[str, str, bool | None]]:
             found += server_targets(keras_server, servers[DEFAULT_ENGINE, precision])
     sizes = report.get("image_sizes", {})
     if sizes.get("full", {}).get("bytes") and sizes.get("slim", {}).get("bytes"):
-        found.append(ratio_target("slim serving image <= 0.25x the full image",
-                                  sizes["slim"]["bytes"] / sizes["full"]["bytes"], 0.25, False))
+        found.append(
+            ratio_target(
+                "slim serving image <= 0.25x the full image",
+                sizes["slim"]["bytes"] / sizes["full"]["bytes"],
+                0.25,
+                False,
+            )
+        )
     return found
 
 
 def markdown(report: dict) -> str:
     lines = []
     if m := report.get("machine"):
-        lines += [f"# Inference engines side by side, {m['date']}", "",
-                  f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Linux "
-                  f"{m['kernel']}; load average {m['load_before']} before, "
-                  f"{report.get('load_after', '?')} after.", "",
-                  "CPU features: " + ", ".join(f"{k} {'yes' if v else 'no'}"
-                                               for k, v in m["isa"].items()), "",
-                  f"Python {m['python']}; " + ", ".join(f"{k} {v}" for k, v in
-                                                        m["versions"].items()), ""]
+        lines += [
+            f"# Inference engines side by side, {m['date']}",
+            "",
+            f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Linux "
+            f"{m['kernel']}; load average {m['load_before']} before, "
+            f"{report.get('load_after', '?')} after.",
+            "",
+            "CPU features: "
+            + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in m["isa"].items()),
+            "",
+            f"Python {m['python']}; " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()),
+            "",
+        ]
     lines += [f"Model: {report['model']}", ""]
     if "export_seconds" in report:
-        lines += ["Export (s): " + ", ".join(f"{k} {v}" for k, v in
-                                             report["export_seconds"].items()), ""]
+        lines += [
+            "Export (s): " + ", ".join(f"{k} {v}" for k, v in report["export_seconds"].items()),
+            "",
+        ]
     if alone := report.get("model_alone"):
         batches = list(alone["rows"][0]["images_per_second"])
         keras = alone["rows"][0]["images_per_second"]
-        lines += ["## Model alone (images/s; best of the rounds' median call)", "",
-                  "| engine | precision | " + " | ".join(f"batch {b}" for b in batches)
-                  + " | best vs Keras best | accuracy | disagreements | max abs diff |",
-                  "|---|---|" + "---:|" * (len(batches) + 4)]
+        lines += [
+            "## Model alone (images/s; best of the rounds' median call)",
+            "",
+            "| engine | precision | "
+            + " | ".join(f"batch {b}" for b in batches)
+            + " | best vs Keras best | accuracy | disagreements | max abs diff |",
+            "|---|---|" + "---:|" * (len(batches) + 4),
+        ]
         for r in alone["rows"]:
             ips = r["images_per_second"]
             ratio = max(ips.values()) / max(keras.values())
-            lines.append(f"| {r['engine']} | {r['precision']} | "
-                         + " | ".join(f"{ips[b]:.0f}" for b in batches)
-                         + f" | {ratio:.2f}x | {r['accuracy']:.4f} | {r['disagreements']} | "
-                         f"{r['max_abs_difference']:.2g} |")
-        lines += ["", "Images per CPU-second of the benchmark process (all its threads; "
-                  "robust to neighbours' load, blind to how many cores an engine keeps busy):",
-                  "", "| engine | precision | " + " | ".join(f"batch {b}" for b in batches)
-                  + " |", "|---|---|" + "---:|" * len(batches)]
+            lines.append(
+                f"| {r['engine']} | {r['precision']} | "
+                + " | ".join(f"{ips[b]:.0f}" for b in batches)
+                + f" | {ratio:.2f}x | {r['accuracy']:.4f} | {r['disagreements']} | "
+                f"{r['max_abs_difference']:.2g} |"
+            )
+        lines += [
+            "",
+            "Images per CPU-second of the benchmark process (all its threads; "
+            "robust to neighbours' load, blind to how many cores an engine keeps busy):",
+            "",
+            "| engine | precision | " + " | ".join(f"batch {b}" for b in batches) + " |",
+            "|---|---|" + "---:|" * len(batches),
+        ]
         for r in alone["rows"]:
-            lines.append(f"| {r['engine']} | {r['precision']} | " + " | ".join(
-                f"{r['images_per_cpu_second'][b]:.0f}" for b in batches) + " |")
-        lines += ["", f"Accuracy and agreement with Keras on {alone['test_images']} test "
-                  "images (every class alike).", ""]
+            lines.append(
+                f"| {r['engine']} | {r['precision']} | "
+                + " | ".join(f"{r['images_per_cpu_second'][b]:.0f}" for b in batches)
+                + " |"
+            )
+        lines += [
+            "",
+            f"Accuracy and agreement with Keras on {alone['test_images']} test "
+            "images (every class alike).",
+            "",
+        ]
         for rule in alone["int8_rule"]:
-            lines.append(f"- int8 on {rule['engine']}: {rule['loss_points']:.2f} points lost, "
-                         f"McNemar p {rule['mcnemar_p_value']:.3g}: "
-                         f"{'servable' if rule['servable'] else 'not servable'} "
-                         f"({rule['reason']})")
+            lines.append(
+                f"- int8 on {rule['engine']}: {rule['loss_points']:.2f} points lost, "
+                f"McNemar p {rule['mcnemar_p_value']:.3g}: "
+                f"{'servable' if rule['servable'] else 'not servable'} "
+                f"({rule['reason']})"
+            )
         lines.append("")
     if emb := report.get("embed"):
-        lines += [f"## Frozen stem up to `{emb['boundary']}` (batch {emb['batch']}, "
-                  f"{emb['images']} images, features {emb['output_shape']})", "",
-                  "| engine | images/s | vs Keras | max abs feature diff |", "|---|---:|---:|---:|"]
+        lines += [
+            f"## Frozen stem up to `{emb['boundary']}` (batch {emb['batch']}, "
+            f"{emb['images']} images, features {emb['output_shape']})",
+            "",
+            "| engine | images/s | vs Keras | max abs feature diff |",
+            "|---|---:|---:|---:|",
+        ]
         keras = emb["rows"][0]["images_per_second"]
         for r in emb["rows"]:
-            lines.append(f"| {r['engine']} | {r['images_per_second']:.0f} | "
-                         f"{r['images_per_second'] / keras:.2f}x | "
-                         f"{r['max_abs_difference']:.2g} (of {r['max_abs_feature']:.3g}) |")
+            lines.append(
+                f"| {r['engine']} | {r['images_per_second']:.0f} | "
+                f"{r['images_per_second'] / keras:.2f}x | "
+                f"{r['max_abs_difference']:.2g} (of {r['max_abs_feature']:.3g}) |"
+            )
         lines.append("")
     if web := report.get("http"):
-        lines += [f"## HTTP (client {web['client']}, {web['seconds']:g} s per cell; /healthz "
-                  "probed 20 times a second meanwhile)", "",
-                  "| server | cold start s | payload | conc | req/s | images/s | p50 ms | "
-                  "p95 ms | p99 ms | /healthz p99 ms | server CPU ms/req | not 200 |",
-                  "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            f"## HTTP (client {web['client']}, {web['seconds']:g} s per cell; /healthz "
+            "probed 20 times a second meanwhile)",
+            "",
+            "| server | cold start s | payload | conc | req/s | images/s | p50 ms | "
+            "p95 ms | p99 ms | /healthz p99 ms | server CPU ms/req | not 200 |",
+            "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
         for s in web["servers"]:
             for r in s["rows"]:
-                lines.append(f"| {s['engine']} {s['precision']} | {s['cold_start_s']} | "
-                             f"{r['payload']} | {r['concurrency']} | "
-                             f"{r['requests_per_second']:.1f} | {r['images_per_second']:.0f} | "
-                             f"{dash(r['p50_ms'])} | {dash(r['p95_ms'])} | {dash(r['p99_ms'])} | "
-                             f"{dash(r['healthz_p99_ms'])} | "
-                             f"{r['server_cpu_ms_per_request']} | {r['not_200']}"
-                             f"{' (' + r['not_200_statuses'] + ')' if r['not_200'] else ''} |")
-        lines += ["", "-: too few answers in the cell for the quantile (hey gives p99 from "
-                  "100 answers on). Not 200: by status; 503 is the server's backpressure (at "
-                  "most max_queued_images images waiting: 64 x 32 is over the default 1024).",
-                  ""]
+                lines.append(
+                    f"| {s['engine']} {s['precision']} | {s['cold_start_s']} | "
+                    f"{r['payload']} | {r['concurrency']} | "
+                    f"{r['requests_per_second']:.1f} | {r['images_per_second']:.0f} | "
+                    f"{dash(r['p50_ms'])} | {dash(r['p95_ms'])} | {dash(r['p99_ms'])} | "
+                    f"{dash(r['healthz_p99_ms'])} | "
+                    f"{r['server_cpu_ms_per_request']} | {r['not_200']}"
+                    f"{' (' + r['not_200_statuses'] + ')' if r['not_200'] else ''} |"
+                )
+        lines += [
+            "",
+            "-: too few answers in the cell for the quantile (hey gives p99 from "
+            "100 answers on). Not 200: by status; 503 is the server's backpressure (at "
+            "most max_queued_images images waiting: 64 x 32 is over the default 1024).",
+            "",
+        ]
     if sizes := report.get("image_sizes"):
         lines += ["## Serving images (`docker image ls`)", ""]
         lines += [f"- {kind}: `{s['image']}` {s['size']}" for kind, s in sizes.items()]
         lines.append("")
     if found := targets(report):
-        lines += ["## Issue 26's targets (ratios within this run)", "",
-                  "| target | measured | met |", "|---|---|---|"]
-        lines += [f"| {label} | {value} | {'-' if met is None else 'yes' if met else 'no'} |"
-                  for label, value, met in found]
+        lines += [
+            "## Issue 26's targets (ratios within this run)",
+            "",
+            "| target | measured | met |",
+            "|---|---|---|",
+        ]
+        lines += [
+            f"| {label} | {value} | {'-' if met is None else 'yes' if met else 'no'} |"
+            for label, value, met in found
+        ]
         lines.append("")
     return "\n".join(lines)
 
@@ -591,8 +804,11 @@ def classifier_file(args, work: Path) -> tuple[Path, str, str]:
         return path, str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path), boundary
     if not MOBILENET_WEIGHTS.exists():
         raise SystemExit(f"no {args.model} and no {MOBILENET_WEIGHTS} to build one from")
-    return (default_profile_model(work / "model.keras"),
-            "the default profile's architecture (ImageNet backbone, untrained head)", boundary)
+    return (
+        default_profile_model(work / "model.keras"),
+        "the default profile's architecture (ImageNet backbone, untrained head)",
+        boundary,
+    )
 
 
 def run(args) -> dict:
@@ -610,9 +826,11 @@ def run(args) -> dict:
         work = Path(scratch)
         model_path, report["model"], boundary = classifier_file(args, work)
         classifier = load_classifier(model_path)
-        report["model"] += (f" ({classifier.name}, uint8 input "
-                            f"{'x'.join(map(str, classifier.input_shape[1:]))}, "
-                            f"{classifier.count_params():,} parameters)")
+        report["model"] += (
+            f" ({classifier.name}, uint8 input "
+            f"{'x'.join(map(str, classifier.input_shape[1:]))}, "
+            f"{classifier.count_params():,} parameters)"
+        )
         folder = work / "engine"
         if sections & {"model", "http"}:
             report["export_seconds"] = export(classifier, folder, plan)
@@ -621,15 +839,22 @@ def run(args) -> dict:
             report["model_alone"] = model_alone(classifier, folder, plan)
             from image_finetune.engines import DEFAULT_ENGINE
 
-            int8 = next(r for r in report["model_alone"]["int8_rule"]
-                        if r["engine"] == DEFAULT_ENGINE)
+            int8 = next(
+                r for r in report["model_alone"]["int8_rule"] if r["engine"] == DEFAULT_ENGINE
+            )
         if "embed" in sections:
             report["embed"] = embed(classifier, boundary, work / "stem", plan)
         if "http" in sections:
             names = [str(i) for i in range(int(classifier.output_shape[-1]))]
             engine_manifest(folder, classifier, names, int8)
-            report["http"] = http(model_path, folder, work / "http", plan, args.client,
-                                  bool(int8 and int8["servable"]))
+            report["http"] = http(
+                model_path,
+                folder,
+                work / "http",
+                plan,
+                args.client,
+                bool(int8 and int8["servable"]),
+            )
     if "images" in sections:
         report["image_sizes"] = image_sizes()
     report["load_after"] = round(os.getloadavg()[0], 2)
@@ -637,15 +862,24 @@ def run(args) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", type=Path, default=ROOT / "models/selected/model.keras")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results",
-                        help="where engines-<date>.json and .md go")
-    parser.add_argument("--quick", action="store_true",
-                        help="a tiny classifier, small batches, short loads")
-    parser.add_argument("--sections", default=",".join(SECTIONS),
-                        help=f"comma-separated subset of {','.join(SECTIONS)}")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / "bench" / "results",
+        help="where engines-<date>.json and .md go",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="a tiny classifier, small batches, short loads"
+    )
+    parser.add_argument(
+        "--sections",
+        default=",".join(SECTIONS),
+        help=f"comma-separated subset of {','.join(SECTIONS)}",
+    )
     parser.add_argument("--seconds", type=float, default=0.0, help="per HTTP measurement")
     parser.add_argument("--client", choices=("hey", "asyncio"), default=default_client())
     args = parser.parse_args()

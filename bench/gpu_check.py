@@ -45,11 +45,16 @@ def missing_assets(assets: Path, backbones: list[str]) -> list[str]:
         try:
             __import__(module)
         except ImportError as exc:
-            problems.append(f"Python package {module!r} cannot be imported ({exc}): run "
-                            "through bench/gpu_check.sh, which installs .gpu-check/wheels")
+            problems.append(
+                f"Python package {module!r} cannot be imported ({exc}): run "
+                "through bench/gpu_check.sh, which installs .gpu-check/wheels"
+            )
     files = [assets / "data" / DATA_FILE] + [assets / "weights" / WEIGHTS[b] for b in backbones]
-    problems += [f"missing {path}: run `bash bench/gpu_check.sh --prepare` on a machine "
-                 "that has ../shared" for path in files if not path.is_file()]
+    problems += [
+        f"missing {path}: run `bash bench/gpu_check.sh --prepare` on a machine that has ../shared"
+        for path in files
+        if not path.is_file()
+    ]
     return problems
 
 
@@ -87,8 +92,9 @@ class Clock:
         return time.perf_counter() - self.start - self.paused
 
 
-def test_accuracy_clock(test, n_classes: int, clock: Clock, budget: float, targets,
-                        max_steps: int | None):
+def test_accuracy_clock(
+    test, n_classes: int, clock: Clock, budget: float, targets, max_steps: int | None
+):
     """A Keras callback: evaluate ``test`` after every epoch, note when each target is
     reached, stop once the highest is reached or the budget is spent."""
     import keras
@@ -110,8 +116,9 @@ def test_accuracy_clock(test, n_classes: int, clock: Clock, budget: float, targe
         def on_epoch_end(self, epoch, logs=None):
             paused_at = time.perf_counter()
             seconds = clock.seconds()
-            accuracy = self.model.evaluate(test.images, labels, batch_size=1024, verbose=0,
-                                           return_dict=True)["accuracy"]
+            accuracy = self.model.evaluate(
+                test.images, labels, batch_size=1024, verbose=0, return_dict=True
+            )["accuracy"]
             clock.paused += time.perf_counter() - paused_at
             self.curve.append({"seconds": round(seconds, 1), "test_accuracy": round(accuracy, 4)})
             print(f"    {seconds:7.1f} s  test accuracy {accuracy:.4f}", flush=True)
@@ -124,8 +131,9 @@ def test_accuracy_clock(test, n_classes: int, clock: Clock, budget: float, targe
     return TestAccuracyClock()
 
 
-def measure_throughput(params, backbone: str, size: int, n_classes: int, train, weights: Path,
-                       steps: int, warmup: int) -> float:
+def measure_throughput(
+    params, backbone: str, size: int, n_classes: int, train, weights: Path, steps: int, warmup: int
+) -> float:
     """Training images/s of the whole classifier (every layer trainable) at ``size`` px."""
     import keras
 
@@ -134,11 +142,14 @@ def measure_throughput(params, backbone: str, size: int, n_classes: int, train, 
     from image_finetune.training.plan import DataFacts, RuntimeFacts, plan_rung
 
     params = with_model(params, backbone, weights, image_size=size)
-    plan = plan_rung(params, len(params.train.ladder) - 1, DataFacts(len(train.labels), 0, ""),
-                     RuntimeFacts(keras.config.backend(), True))
+    plan = plan_rung(
+        params,
+        len(params.train.ladder) - 1,
+        DataFacts(len(train.labels), 0, ""),
+        RuntimeFacts(keras.config.backend(), True),
+    )
     rung = plan.written  # as written: the batch is the one measured
-    classifier = build_rung_classifier(plan, n_classes, int(train.images.shape[1]), weights,
-                                       None)
+    classifier = build_rung_classifier(plan, n_classes, int(train.images.shape[1]), weights, None)
     set_trainable(classifier.backbone, "all")
     model = classifier.model
     compile_for_rung(rung, plan.jit_compile, model, steps_per_epoch=max(steps + warmup, 1))
@@ -146,15 +157,23 @@ def measure_throughput(params, backbone: str, size: int, n_classes: int, train, 
     rows = [(i * batch) % max(len(train.labels) - batch, 1) for i in range(steps + warmup)]
     labels = keras.utils.to_categorical(train.labels, n_classes)
     for start in rows[:warmup]:  # compiles; train_on_batch returns host floats: each call syncs
-        model.train_on_batch(train.images[start:start + batch], labels[start:start + batch])
+        model.train_on_batch(train.images[start : start + batch], labels[start : start + batch])
     began = time.perf_counter()
     for start in rows[warmup:]:
-        model.train_on_batch(train.images[start:start + batch], labels[start:start + batch])
+        model.train_on_batch(train.images[start : start + batch], labels[start : start + batch])
     return steps * min(batch, len(train.labels)) / (time.perf_counter() - began)
 
 
-def time_to_accuracy(params, backbone: str, data: Path, work: Path, weights: Path, test,
-                     budget: float, max_steps: int | None) -> dict:
+def time_to_accuracy(
+    params,
+    backbone: str,
+    data: Path,
+    work: Path,
+    weights: Path,
+    test,
+    budget: float,
+    max_steps: int | None,
+) -> dict:
     """Climb the profile's ladder (every rung, whatever the gate) with the test clock."""
     from image_finetune.steps.train_rung import train_rung
 
@@ -163,17 +182,29 @@ def time_to_accuracy(params, backbone: str, data: Path, work: Path, weights: Pat
     for index, rung in enumerate(params.train.ladder):
         if clock.seconds() > budget:
             break
-        observer = test_accuracy_clock(test, int(test.labels.max()) + 1, clock, budget,
-                                       TARGETS, max_steps)
+        observer = test_accuracy_clock(
+            test, int(test.labels.max()) + 1, clock, budget, TARGETS, max_steps
+        )
         print(f"  rung {index} {rung.name}", flush=True)
-        result = train_rung(params, index, data, work / backbone / str(index),
-                            work / "cache", ROOT, warm, observers=[observer])
+        result = train_rung(
+            params,
+            index,
+            data,
+            work / backbone / str(index),
+            work / "cache",
+            ROOT,
+            warm,
+            observers=[observer],
+        )
         warm = Path(result.model_path)
         curves += [{"rung": rung.name, **point} for point in observer.curve]
         reached = {**observer.reached, **reached}
-    return {"curve": curves, "seconds_to": {f"{t:.0%}": reached.get(t) for t in TARGETS},
-            "best_test_accuracy": max((p["test_accuracy"] for p in curves), default=math.nan),
-            "training_seconds": round(clock.seconds(), 1)}
+    return {
+        "curve": curves,
+        "seconds_to": {f"{t:.0%}": reached.get(t) for t in TARGETS},
+        "best_test_accuracy": max((p["test_accuracy"] for p in curves), default=math.nan),
+        "training_seconds": round(clock.seconds(), 1),
+    }
 
 
 def load_profile(args) -> object:
@@ -183,33 +214,52 @@ def load_profile(args) -> object:
     data = {"path": str(args.assets / "data" / DATA_FILE)}
     if not args.dry_run:
         return params.model_copy(update={"data": params.data.model_copy(update=data)})
-    ladder = [rung.model_copy(update={"batch_size": 8, "epochs": 1})
-              for rung in params.train.ladder]
-    return params.model_copy(update={
-        "data": params.data.model_copy(update={**data, "max_per_class": 10}),
-        "model": params.model.model_copy(update={"image_size": 32}),
-        "train": params.train.model_copy(update={"ladder": ladder})})
+    ladder = [
+        rung.model_copy(update={"batch_size": 8, "epochs": 1}) for rung in params.train.ladder
+    ]
+    return params.model_copy(
+        update={
+            "data": params.data.model_copy(update={**data, "max_per_class": 10}),
+            "model": params.model.model_copy(update={"image_size": 32}),
+            "train": params.train.model_copy(update={"ladder": ladder}),
+        }
+    )
 
 
 def with_model(params, backbone: str, weights: Path, **changes):
     """The profile with another backbone (and its weights file)."""
-    model = params.model.model_copy(update={"backbone": backbone, "weights": str(weights),
-                                            **changes})
+    model = params.model.model_copy(
+        update={"backbone": backbone, "weights": str(weights), **changes}
+    )
     return params.model_copy(update={"model": model})
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--assets", type=Path, default=ROOT / ".gpu-check",
-                        help="folder with data/, weights/ (and wheels/); default .gpu-check")
-    parser.add_argument("--backbones", nargs="+", choices=sorted(WEIGHTS),
-                        default=["efficientnet_lite0", "mobilenet_v2"])
-    parser.add_argument("--budget", type=float, default=150.0,
-                        help="training seconds per backbone for the time-to-accuracy runs")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--assets",
+        type=Path,
+        default=ROOT / ".gpu-check",
+        help="folder with data/, weights/ (and wheels/); default .gpu-check",
+    )
+    parser.add_argument(
+        "--backbones",
+        nargs="+",
+        choices=sorted(WEIGHTS),
+        default=["efficientnet_lite0", "mobilenet_v2"],
+    )
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=150.0,
+        help="training seconds per backbone for the time-to-accuracy runs",
+    )
     parser.add_argument("--steps", type=int, default=30, help="timed steps per throughput run")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="a tiny subset, one step per phase, any device")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="a tiny subset, one step per phase, any device"
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     return parser.parse_args(argv)
 
@@ -218,8 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     began = time.perf_counter()
     if problems := missing_assets(args.assets, args.backbones):
-        print("gpu check cannot start:\n" + "\n".join(f"  - {p}" for p in problems),
-              file=sys.stderr)
+        print(
+            "gpu check cannot start:\n" + "\n".join(f"  - {p}" for p in problems), file=sys.stderr
+        )
         return 2
     if problem := accelerator_problem(args.dry_run):
         print(f"gpu check cannot start: {problem}", file=sys.stderr)
@@ -247,17 +298,30 @@ def main(argv: list[str] | None = None) -> int:
             weights = args.assets / "weights" / WEIGHTS[backbone]
             row = figures["backbones"][backbone] = {"images_per_second": {}}
             for size in sizes:
-                rate = measure_throughput(params, backbone, size, n_classes, train, weights,
-                                          steps, warmup)
+                rate = measure_throughput(
+                    params, backbone, size, n_classes, train, weights, steps, warmup
+                )
                 row["images_per_second"][size] = round(rate, 1)
                 print(f"{backbone} at {size} px: {rate:,.0f} training images/s", flush=True)
         for backbone in args.backbones:
-            print(f"{backbone}: time to {' and '.join(f'{t:.0%}' for t in TARGETS)} "
-                  f"test accuracy (budget {args.budget:.0f} s)", flush=True)
+            print(
+                f"{backbone}: time to {' and '.join(f'{t:.0%}' for t in TARGETS)} "
+                f"test accuracy (budget {args.budget:.0f} s)",
+                flush=True,
+            )
             row = figures["backbones"][backbone]
-            row.update(time_to_accuracy(params, backbone, work / "data", work / "runs",
-                                        args.assets / "weights" / WEIGHTS[backbone], test,
-                                        args.budget, 1 if args.dry_run else None))
+            row.update(
+                time_to_accuracy(
+                    params,
+                    backbone,
+                    work / "data",
+                    work / "runs",
+                    args.assets / "weights" / WEIGHTS[backbone],
+                    test,
+                    args.budget,
+                    1 if args.dry_run else None,
+                )
+            )
     figures["peak_gpu_memory_gib"] = peak_memory_gib()
     figures["wall_seconds"] = round(time.perf_counter() - began, 1)
     print_table(figures)
@@ -277,8 +341,10 @@ def print_table(figures: dict) -> None:
         cells.append(f"{row['best_test_accuracy']:.4f}")
         print(f"| {name} | " + " | ".join(cells) + " |")
     memory = figures["peak_gpu_memory_gib"]
-    print(f"\npeak device memory: {'n/a' if memory is None else f'{memory} GiB'}; ingest "
-          f"{figures['ingest_seconds']} s; wall {figures['wall_seconds']} s")
+    print(
+        f"\npeak device memory: {'n/a' if memory is None else f'{memory} GiB'}; ingest "
+        f"{figures['ingest_seconds']} s; wall {figures['wall_seconds']} s"
+    )
 
 
 if __name__ == "__main__":

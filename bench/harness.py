@@ -73,9 +73,13 @@ def default_profile_model(path: Path) -> Path:
     return path
 
 
-def register(model_path: Path, tracking_uri: str, name: str,
-             artifacts: dict[str, Path] | None = None,
-             tags: dict[str, str] | None = None) -> None:
+def register(
+    model_path: Path,
+    tracking_uri: str,
+    name: str,
+    artifacts: dict[str, Path] | None = None,
+    tags: dict[str, str] | None = None,
+) -> None:
     """Register the classifier as ``name``'s champion in the store at ``tracking_uri``, with
     folders logged beside it in its run ({artifact path: folder}: a reference profile, an
     engine folder) and tags on the version."""
@@ -91,15 +95,17 @@ def register(model_path: Path, tracking_uri: str, name: str,
     with tempfile.TemporaryDirectory() as work, mlflow.start_run() as run:
         # Requirements named, not inferred: inferring them loads the model again in a
         # subprocess (TensorFlow's import: seconds of CPU the servers' figures do not need).
-        mlflow.keras.save_model(model, f"{work}/model", signature=signature,
-                                pip_requirements=["tensorflow", "keras"])
+        mlflow.keras.save_model(
+            model, f"{work}/model", signature=signature, pip_requirements=["tensorflow", "keras"]
+        )
         mlflow.log_artifacts(f"{work}/model", "model")
         for artifact_path, folder in (artifacts or {}).items():
             mlflow.log_artifacts(str(folder), artifact_path)
     client = mlflow.MlflowClient()
     client.create_registered_model(name)
-    version = client.create_model_version(name, f"runs:/{run.info.run_id}/model",
-                                          run.info.run_id, tags=tags)
+    version = client.create_model_version(
+        name, f"runs:/{run.info.run_id}/model", run.info.run_id, tags=tags
+    )
     client.set_registered_model_alias(name, CHAMPION, version.version)
 
 
@@ -115,11 +121,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start(command: list[str], env: dict, ready_url: str, cwd: str,
-          poll_seconds: float = 0.5) -> subprocess.Popen:
+def start(
+    command: list[str], env: dict, ready_url: str, cwd: str, poll_seconds: float = 0.5
+) -> subprocess.Popen:
     """Start a server in a session of its own; returned once ``ready_url`` answers 200."""
-    process = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(
+        command,
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         try:
@@ -177,25 +190,37 @@ def cifar_per_class(split: str, per_class: int) -> tuple[np.ndarray, np.ndarray,
     with tarfile.open(CIFAR_TARBALL) as archive:
         for member in archive:
             parts = member.name.split("/")
-            if member.isfile() and len(parts) == 3 and parts[0] == split and \
-                    len(files.setdefault(parts[1], [])) < per_class:
+            if (
+                member.isfile()
+                and len(parts) == 3
+                and parts[0] == split
+                and len(files.setdefault(parts[1], [])) < per_class
+            ):
                 files[parts[1]].append(archive.extractfile(member).read())
     names = sorted(files)
     if not names or min(len(files[n]) for n in names) < per_class:
         raise RuntimeError(f"fewer than {per_class} {split} images of some class in the archive")
-    images = [np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-              for name in names for data in files[name]]
+    images = [
+        np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+        for name in names
+        for data in files[name]
+    ]
     labels = np.repeat(np.arange(len(names)), per_class)
     return np.stack(images), labels, names
 
 
 def multipart(jpegs: list[bytes]) -> tuple[str, bytes]:
     boundary = uuid.uuid4().hex
-    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="files"; '
-             f'filename="{i}.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'.encode() + data + b"\r\n"
-             for i, data in enumerate(jpegs)]
-    return f"multipart/form-data; boundary={boundary}", b"".join(parts) + \
-        f"--{boundary}--\r\n".encode()
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="files"; '
+        f'filename="{i}.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'.encode()
+        + data
+        + b"\r\n"
+        for i, data in enumerate(jpegs)
+    ]
+    return f"multipart/form-data; boundary={boundary}", b"".join(
+        parts
+    ) + f"--{boundary}--\r\n".encode()
 
 
 def run_hey(payload: Payload, concurrency: int, seconds: float) -> Figures:
@@ -203,11 +228,25 @@ def run_hey(payload: Payload, concurrency: int, seconds: float) -> Figures:
         body.write(payload.body)
         body.flush()
         out = subprocess.run(
-            ["hey", "-z", f"{seconds}s", "-c", str(concurrency), "-m", "POST", "-T",
-             payload.content_type, "-D", body.name,
-             *[arg for k, v in payload.headers.items() for arg in ("-H", f"{k}: {v}")],
-             f"http://127.0.0.1:{payload.port}{payload.path}"],
-            capture_output=True, text=True, check=True).stdout
+            [
+                "hey",
+                "-z",
+                f"{seconds}s",
+                "-c",
+                str(concurrency),
+                "-m",
+                "POST",
+                "-T",
+                payload.content_type,
+                "-D",
+                body.name,
+                *[arg for k, v in payload.headers.items() for arg in ("-H", f"{k}: {v}")],
+                f"http://127.0.0.1:{payload.port}{payload.path}",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
     quantile = {int(q): float(s) * 1000 for q, s in re.findall(r"(\d+)%+ in ([\d.]+) secs", out)}
     statuses = {code: int(n) for code, n in re.findall(r"\[(\d+)\]\s+(\d+) responses", out)}
     failures = sum(int(n) for n in re.findall(r"\[(\d+)\]\s+(?:Get|Post) ", out))
@@ -215,8 +254,15 @@ def run_hey(payload: Payload, concurrency: int, seconds: float) -> Figures:
     errors = requests - statuses.get("200", 0)
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     other = " ".join(f"{code}:{n}" for code, n in statuses.items() if code != "200")
-    return Figures(rate, quantile.get(50, 0), quantile.get(95, 0), quantile.get(99, 0),
-                   requests, errors, (other + (f" failed:{failures}" if failures else "")).strip())
+    return Figures(
+        rate,
+        quantile.get(50, 0),
+        quantile.get(95, 0),
+        quantile.get(99, 0),
+        requests,
+        errors,
+        (other + (f" failed:{failures}" if failures else "")).strip(),
+    )
 
 
 async def read_response(reader: asyncio.StreamReader) -> int:
@@ -235,10 +281,12 @@ async def read_response(reader: asyncio.StreamReader) -> int:
 
 
 async def asyncio_load(payload: Payload, concurrency: int, seconds: float) -> Figures:
-    request = (f"POST {payload.path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
-               f"{payload.content_type}\r\nContent-Length: {len(payload.body)}\r\n"
-               + "".join(f"{k}: {v}\r\n" for k, v in payload.headers.items()) + "\r\n"
-               ).encode() + payload.body
+    request = (
+        f"POST {payload.path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+        f"{payload.content_type}\r\nContent-Length: {len(payload.body)}\r\n"
+        + "".join(f"{k}: {v}\r\n" for k, v in payload.headers.items())
+        + "\r\n"
+    ).encode() + payload.body
     latencies: list[float] = []
     errors = [0]
     deadline = time.perf_counter() + seconds
@@ -256,8 +304,15 @@ async def asyncio_load(payload: Payload, concurrency: int, seconds: float) -> Fi
     start = time.perf_counter()
     await asyncio.gather(*(connection() for _ in range(concurrency)))
     p50, p95, p99 = np.percentile(latencies, [50, 95, 99])
-    return Figures(len(latencies) / (time.perf_counter() - start), p50, p95, p99,
-                   len(latencies), errors[0], f"not 200: {errors[0]}" if errors[0] else "")
+    return Figures(
+        len(latencies) / (time.perf_counter() - start),
+        p50,
+        p95,
+        p99,
+        len(latencies),
+        errors[0],
+        f"not 200: {errors[0]}" if errors[0] else "",
+    )
 
 
 def probe_health(port: int, stop: threading.Event, latencies: list[float]) -> None:
@@ -279,5 +334,3 @@ def measure(payload: Payload, concurrency: int, seconds: float, client: str) -> 
     if client == "hey":
         return run_hey(payload, concurrency, seconds)
     return asyncio.run(asyncio_load(payload, concurrency, seconds))
-
-

@@ -26,8 +26,9 @@ def peak_rss_mb() -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--source", type=Path,
-                        default=ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz")
+    parser.add_argument(
+        "--source", type=Path, default=ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory() as work:
@@ -37,14 +38,18 @@ def main() -> None:
         manifest = ingest_data(params, data, ROOT)
         seconds = time.perf_counter() - start
         total = sum(s["count"] for s in manifest["splits"].values())
-        print(f"ingest:   {seconds:6.1f} s  {total / seconds:8.0f} images/s  "
-              f"({total} images, peak RSS {peak_rss_mb():.0f} MB)")
+        print(
+            f"ingest:   {seconds:6.1f} s  {total / seconds:8.0f} images/s  "
+            f"({total} images, peak RSS {peak_rss_mb():.0f} MB)"
+        )
         start = time.perf_counter()
         report = validate_data(params, data, Path(work) / "report")
         seconds = time.perf_counter() - start
-        print(f"validate: {seconds:6.1f} s  {total / seconds:8.0f} images/s  "
-              f"({report.evaluated} expectations, success={report.success}, "
-              f"peak RSS {peak_rss_mb():.0f} MB)")
+        print(
+            f"validate: {seconds:6.1f} s  {total / seconds:8.0f} images/s  "
+            f"({report.evaluated} expectations, success={report.success}, "
+            f"peak RSS {peak_rss_mb():.0f} MB)"
+        )
 
 
 if __name__ == "__main__":

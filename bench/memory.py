@@ -45,12 +45,25 @@ def bench_params(args: argparse.Namespace, total: int) -> dict:
     """The params overrides of a run: small model input, one cheap epoch, few latency runs."""
     sharding = {"shard_size": args.shard_size} if args.shard_size else {}
     return {
-        "data": {"path": str(args.source), "source": "folder",
-                 "max_per_class": per_class_cap(total), **sharding},
+        "data": {
+            "path": str(args.source),
+            "source": "folder",
+            "max_per_class": per_class_cap(total),
+            **sharding,
+        },
         "model": {"image_size": args.image_size},
-        "train": {"flip_cache": args.flip_cache, "ladder": [
-            {"name": "frozen-head", "epochs": 1, "batch_size": 256, "head_solver": "adam",
-             "learning_rate": 0.001}]},
+        "train": {
+            "flip_cache": args.flip_cache,
+            "ladder": [
+                {
+                    "name": "frozen-head",
+                    "epochs": 1,
+                    "batch_size": 256,
+                    "head_solver": "adam",
+                    "learning_rate": 0.001,
+                }
+            ],
+        },
         "evaluate": {"latency_runs": 3, "bootstrap_samples": 200},
     }
 
@@ -102,36 +115,64 @@ def measure(step: str, overrides: dict, work: Path) -> tuple[float, float, float
     process; its log goes to ``work/<step>.log``. RSS counts the pages of memory-mapped files
     a step reads (reclaimable page cache); the anonymous part, sampled every 0.1 s, is the
     memory the step itself holds."""
-    command = [sys.executable, __file__, "--child", step, "--overrides", json.dumps(overrides),
-               "--work", str(work)]
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        step,
+        "--overrides",
+        json.dumps(overrides),
+        "--work",
+        str(work),
+    ]
     start = time.perf_counter()
     anonymous = 0
     with (work / f"{step}.log").open("w") as log:
-        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                 env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+        child = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        )
         while True:  # this child's own usage, not all children's
             pid, status, usage = os.wait4(child.pid, os.WNOHANG)
             if pid:
                 break
             anonymous = max(anonymous, anonymous_kib(child.pid))
             time.sleep(0.1)
-    return (usage.ru_maxrss / 1024, anonymous / 1024, time.perf_counter() - start,
-            os.waitstatus_to_exitcode(status))
+    return (
+        usage.ru_maxrss / 1024,
+        anonymous / 1024,
+        time.perf_counter() - start,
+        os.waitstatus_to_exitcode(status),
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[6000, 60000],
-                        help="total images (train + test); 60000: all of CIFAR-10")
-    parser.add_argument("--shard-size", type=int, default=5000,
-                        help="data.shard_size (0: one file per split, the default format)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=[6000, 60000],
+        help="total images (train + test); 60000: all of CIFAR-10",
+    )
+    parser.add_argument(
+        "--shard-size",
+        type=int,
+        default=5000,
+        help="data.shard_size (0: one file per split, the default format)",
+    )
     parser.add_argument("--image-size", type=int, default=32, help="model.image_size")
-    parser.add_argument("--flip-cache", action="store_true",
-                        help="train.flip_cache on (embeds mirrored copies too)")
+    parser.add_argument(
+        "--flip-cache", action="store_true", help="train.flip_cache on (embeds mirrored copies too)"
+    )
     parser.add_argument("--steps", nargs="+", choices=STEPS, default=list(STEPS))
-    parser.add_argument("--source", type=Path,
-                        default=ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz")
+    parser.add_argument(
+        "--source", type=Path, default=ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+    )
     parser.add_argument("--work", type=Path, help="keep the runs here (default: a temp dir)")
     parser.add_argument("--child", choices=STEPS, help=argparse.SUPPRESS)
     parser.add_argument("--overrides", help=argparse.SUPPRESS)
@@ -152,20 +193,28 @@ def run_all(args: argparse.Namespace, work_root: Path) -> list[tuple]:
         work = work_root / f"n{total}"
         work.mkdir(parents=True, exist_ok=True)
         for step in args.steps:
-            print(f"[{time.strftime('%H:%M:%S')}] {total} images: {step} ...", file=sys.stderr,
-                  flush=True)
+            print(
+                f"[{time.strftime('%H:%M:%S')}] {total} images: {step} ...",
+                file=sys.stderr,
+                flush=True,
+            )
             peak, anonymous, seconds, status = measure(step, bench_params(args, total), work)
-            print(f"[{time.strftime('%H:%M:%S')}]   peak RSS {peak:.0f} MiB (anonymous "
-                  f"{anonymous:.0f}), {seconds:.1f} s"
-                  + (f", FAILED ({status}): see {work / step}.log" if status else ""),
-                  file=sys.stderr, flush=True)
+            print(
+                f"[{time.strftime('%H:%M:%S')}]   peak RSS {peak:.0f} MiB (anonymous "
+                f"{anonymous:.0f}), {seconds:.1f} s"
+                + (f", FAILED ({status}): see {work / step}.log" if status else ""),
+                file=sys.stderr,
+                flush=True,
+            )
             rows.append((step, total, peak, anonymous, seconds, status))
     return rows
 
 
 def print_table(rows: list[tuple], args: argparse.Namespace) -> None:
-    print(f"\nshard_size {args.shard_size}, model.image_size {args.image_size}, "
-          f"flip_cache {args.flip_cache}\n")
+    print(
+        f"\nshard_size {args.shard_size}, model.image_size {args.image_size}, "
+        f"flip_cache {args.flip_cache}\n"
+    )
     print("| step | images | peak RSS MiB | of it anonymous (sampled) MiB | seconds |")
     print("|---|---:|---:|---:|---:|")
     for step, total, peak, anonymous, seconds, status in rows:

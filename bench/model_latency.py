@@ -21,19 +21,23 @@ from harness import ROOT, default_profile_model  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", type=Path, default=ROOT / "models/selected/model.keras")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from image_finetune.inference import load_classifier
 
     with tempfile.TemporaryDirectory() as work:
-        path = args.model if args.model.exists() else default_profile_model(
-            Path(work) / "model.keras")
+        path = (
+            args.model if args.model.exists() else default_profile_model(Path(work) / "model.keras")
+        )
         model = load_classifier(path)
-    print(f"model {path.name if path == args.model else '(default profile architecture)'}; "
-          f"load before: {os.getloadavg()[0]:.2f}")
+    print(
+        f"model {path.name if path == args.model else '(default profile architecture)'}; "
+        f"load before: {os.getloadavg()[0]:.2f}"
+    )
     print(f"{'batch':>5} {'ms/call':>8} {'images/s':>9}")
     for batch in (1, 8, 32, 256):
         images = np.zeros((batch, *model.input_shape[1:]), np.uint8)

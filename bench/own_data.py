@@ -55,8 +55,11 @@ def make_folder(out: Path, train_per_class: int, layout: str = "split") -> Path:
                 continue
             taken[key] = taken.get(key, 0) + 1
             name = f"{Path(parts[2]).stem}.png"
-            target = (out / key[0] / key[1] / name if layout == "split"
-                      else out / key[1] / f"{key[0]}-{name}")
+            target = (
+                out / key[0] / key[1] / name
+                if layout == "split"
+                else out / key[1] / f"{key[0]}-{name}"
+            )
             target.parent.mkdir(parents=True, exist_ok=True)
             image = Image.open(archive.extractfile(member)).convert("RGB")
             image.resize((SIZE, SIZE), Image.Resampling.BICUBIC).save(target)
@@ -94,14 +97,16 @@ def run_pipeline(params, default_gate, work: Path) -> dict:
     ingest_data(params, data, ROOT)
     validate_data(params, data, work / "validation")
     with contextlib.suppress(GateFailedError):  # the gate above lets every rung run
-        climb_ladder(params, data, work / "validation" / "result.json", work / "models",
-                     work / "cache", ROOT)
+        climb_ladder(
+            params, data, work / "validation" / "result.json", work / "models", work / "cache", ROOT
+        )
     attempts, pick = [], None
     for index in range(len(params.train.ladder)):
         folder = work / "models" / f"attempt_{index}"
         validation = json.loads((folder / "evaluation" / "details.json").read_text())
-        test = evaluate_classifier(params, data, folder / "model.keras",
-                                   work / f"test_{index}", "test")
+        test = evaluate_classifier(
+            params, data, folder / "model.keras", work / f"test_{index}", "test"
+        )
         attempts.append({"validation": validation["accuracy"], "test": test["accuracy"]})
         if pick is None and decide(validation, default_gate, "validation").passed:
             pick = index
@@ -122,30 +127,42 @@ def run_baseline(params, work: Path) -> float:
 
     train, test = load_split(work / "data", "train"), load_split(work / "data", "test")
     classes = int(np.max(train.labels)) + 1
-    plan = plan_rung(params, 0, DataFacts(len(train.labels), 0, ""),
-                     RuntimeFacts(keras.config.backend(), False))
-    classifier = build_rung_classifier(plan, classes, params.data.image_size,
-                                       params.model.weights_path(ROOT), None)
+    plan = plan_rung(
+        params, 0, DataFacts(len(train.labels), 0, ""), RuntimeFacts(keras.config.backend(), False)
+    )
+    classifier = build_rung_classifier(
+        plan, classes, params.data.image_size, params.model.weights_path(ROOT), None
+    )
     pooled = keras.Sequential([stem_model(classifier, None), keras.layers.GlobalAveragePooling2D()])
 
     def features(images, name):
         return predict_batches(pooled, np.asarray(images), 128, name)
 
-    x = np.concatenate([features(train.images, "train"),
-                        features(np.asarray(train.images)[:, :, ::-1], "mirrored")])
+    x = np.concatenate(
+        [
+            features(train.images, "train"),
+            features(np.asarray(train.images)[:, :, ::-1], "mirrored"),
+        ]
+    )
     y = np.tile(np.asarray(train.labels), 2)
     fit = LogisticRegression(max_iter=2000).fit(x, y)
     return float(fit.score(features(test.images, "test"), np.asarray(test.labels)))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sizes", type=int, nargs="*", default=[50, 200, 1000])
-    parser.add_argument("--cifar10", action="store_true",
-                        help="and the baseline on CIFAR-10 in full")
-    parser.add_argument("--layout", choices=("split", "class"), default="split",
-                        help="split folders, or class folders that ingest splits by content")
+    parser.add_argument(
+        "--cifar10", action="store_true", help="and the baseline on CIFAR-10 in full"
+    )
+    parser.add_argument(
+        "--layout",
+        choices=("split", "class"),
+        default="split",
+        help="split folders, or class folders that ingest splits by content",
+    )
     args = parser.parse_args()
     rows = []
     for size in args.sizes:
@@ -155,8 +172,14 @@ def main() -> None:
             start = time.perf_counter()
             pipeline = run_pipeline(params, default_gate, work)
             seconds = time.perf_counter() - start
-            rows.append({"size": size, "baseline": run_baseline(params, work),
-                         "seconds": seconds, **pipeline})
+            rows.append(
+                {
+                    "size": size,
+                    "baseline": run_baseline(params, work),
+                    "seconds": seconds,
+                    **pipeline,
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
     if args.cifar10:
         from image_finetune.steps.ingest import ingest_data
@@ -166,19 +189,26 @@ def main() -> None:
             ingest_data(params, Path(scratch) / "data", ROOT)
             baseline = run_baseline(params, Path(scratch))
             print(json.dumps({"size": "CIFAR-10", "baseline": baseline}), flush=True)
-    held_out = (f"{TEST_PER_CLASS} test images per class" if args.layout == "split" else
-                "class folders, test and validation held out by content")
+    held_out = (
+        f"{TEST_PER_CLASS} test images per class"
+        if args.layout == "split"
+        else "class folders, test and validation held out by content"
+    )
     print(f"\n3 classes, {SIZE}x{SIZE} PNGs, {held_out}; the default params.yaml")
-    print("| training images per class | baseline (frozen + LogisticRegression) | "
-          "attempt 0 (head) | attempt 1 (fine-tuned) | the default gate picks | "
-          "pipeline wall |")
+    print(
+        "| training images per class | baseline (frozen + LogisticRegression) | "
+        "attempt 0 (head) | attempt 1 (fine-tuned) | the default gate picks | "
+        "pipeline wall |"
+    )
     print("| --- | --- | --- | --- | --- | --- |")
     for row in rows:
         tests = [f"{a['test']:.3f} (val {a['validation']:.3f})" for a in row["attempts"]]
         pick = "none passes" if row["pick"] is None else f"attempt {row['pick']}"
         size = row["size"] if args.layout == "split" else f"{row['size']} + {TEST_PER_CLASS} pooled"
-        print(f"| {size} | {row['baseline']:.3f} | {' | '.join(tests)} | {pick} | "
-              f"{row['seconds']:.0f} s |")
+        print(
+            f"| {size} | {row['baseline']:.3f} | {' | '.join(tests)} | {pick} | "
+            f"{row['seconds']:.0f} s |"
+        )
     if args.cifar10:
         print(f"| CIFAR-10 (4,500) | {baseline:.3f} | `bash bench/repro.sh` | | | |")
 

@@ -54,14 +54,15 @@ MIB = 1 << 20
 
 def rss_bytes(pid: int) -> int:
     status = Path(f"/proc/{pid}/status").read_text()
-    return int(next(line for line in status.splitlines()
-                    if line.startswith("VmRSS")).split()[1]) * 1024
+    return (
+        int(next(line for line in status.splitlines() if line.startswith("VmRSS")).split()[1])
+        * 1024
+    )
 
 
 def oip_json_body(size: int) -> bytes:
     """An infer request of ``size`` bytes whose UINT8 data has the wrong count."""
-    head = b'{"inputs": [{"name": "images", "datatype": "UINT8", "shape": [1, 32, 32, 3], ' \
-           b'"data": ['
+    head = b'{"inputs": [{"name": "images", "datatype": "UINT8", "shape": [1, 32, 32, 3], "data": ['
     count = (size - len(head) - 4) // 2
     return head + b"0," * (count - 1) + b"0]}]}"
 
@@ -80,8 +81,12 @@ def memory_burst(url: str, pid: int) -> None:
 
     def post(_) -> int:
         try:
-            return httpx.post(f"{url}/v2/models/bench/infer", content=body, timeout=120,
-                              headers={"content-type": "application/json"}).status_code
+            return httpx.post(
+                f"{url}/v2/models/bench/infer",
+                content=body,
+                timeout=120,
+                headers={"content-type": "application/json"},
+            ).status_code
         except httpx.HTTPError:
             return 0
 
@@ -93,9 +98,11 @@ def memory_burst(url: str, pid: int) -> None:
     stop.set()
     sampler.join()
     counts = {code: codes.count(code) for code in sorted(set(codes))}
-    print(f"memory: 64 x 16 MiB OIP JSON bodies in {took:.1f} s, statuses {counts}; RSS "
-          f"before {before / MIB:.0f} MiB, peak {peak[0] / MIB:.0f} MiB, 5 s after "
-          f"{rss_bytes(pid) / MIB:.0f} MiB")
+    print(
+        f"memory: 64 x 16 MiB OIP JSON bodies in {took:.1f} s, statuses {counts}; RSS "
+        f"before {before / MIB:.0f} MiB, peak {peak[0] / MIB:.0f} MiB, 5 s after "
+        f"{rss_bytes(pid) / MIB:.0f} MiB"
+    )
 
 
 def solid_png() -> bytes:
@@ -114,18 +121,22 @@ def decode_amplification(url: str, pid: int) -> None:
         response = httpx.post(f"{url}/predict", timeout=300, **arguments)
         results[key] = (response.status_code, time.perf_counter() - start_time)
 
-    threads = [threading.Thread(target=post, args=(f"heavy{i}",), kwargs={"files": heavy})
-               for i in range(2)]
+    threads = [
+        threading.Thread(target=post, args=(f"heavy{i}",), kwargs={"files": heavy})
+        for i in range(2)
+    ]
     for thread in threads:
         thread.start()
     time.sleep(0.2)
     post("jpeg", content=jpeg, headers={"content-type": "image/jpeg"})
     for thread in threads:
         thread.join()
-    print(f"decoding: 2 x 64 solid 4096x4096 PNGs -> {results['heavy0'][0]}, "
-          f"{results['heavy1'][0]} in {max(results['heavy0'][1], results['heavy1'][1]):.1f} s; "
-          f"server CPU {cpu_seconds(pid) - cpu_before:.1f} s; one JPEG sent meanwhile: "
-          f"{results['jpeg'][0]} after {results['jpeg'][1]:.2f} s")
+    print(
+        f"decoding: 2 x 64 solid 4096x4096 PNGs -> {results['heavy0'][0]}, "
+        f"{results['heavy1'][0]} in {max(results['heavy0'][1], results['heavy1'][1]):.1f} s; "
+        f"server CPU {cpu_seconds(pid) - cpu_before:.1f} s; one JPEG sent meanwhile: "
+        f"{results['jpeg'][0]} after {results['jpeg'][1]:.2f} s"
+    )
 
 
 def slow_headers(url: str, port: int, count: int = 150, seconds: float = 12) -> None:
@@ -158,8 +169,10 @@ def slow_headers(url: str, port: int, count: int = 150, seconds: float = 12) -> 
     dripper.join()
     for sock in sockets:
         sock.close()
-    print(f"slow headers: {count} sockets, one header line a second: {failed} of {polls} "
-          f"/readyz polls in {seconds:.0f} s not 200; {cut} sockets cut by then")
+    print(
+        f"slow headers: {count} sockets, one header line a second: {failed} of {polls} "
+        f"/readyz polls in {seconds:.0f} s not 200; {cut} sockets cut by then"
+    )
 
 
 def was_cut(sock: socket.socket) -> bool:
@@ -176,9 +189,12 @@ def was_cut(sock: socket.socket) -> bool:
 
 def oversized_heads(port: int, pid: int) -> None:
     for label, request in [
-            ("16 MiB header", b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (16 * MIB)
-             + b"\r\n\r\n"),
-            ("32 MiB URL", b"GET /healthz?" + b"a" * (32 * MIB) + b" HTTP/1.1\r\nHost: x\r\n\r\n")]:
+        (
+            "16 MiB header",
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (16 * MIB) + b"\r\n\r\n",
+        ),
+        ("32 MiB URL", b"GET /healthz?" + b"a" * (32 * MIB) + b" HTTP/1.1\r\nHost: x\r\n\r\n"),
+    ]:
         before = cpu_seconds(pid)
         with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
             with contextlib.suppress(OSError):
@@ -192,27 +208,41 @@ def oversized_heads(port: int, pid: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", type=Path, default=ROOT / "models/selected/model.keras")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as work:
-        model = args.model if args.model.exists() else default_profile_model(
-            Path(work) / "model.keras")
+        model = (
+            args.model if args.model.exists() else default_profile_model(Path(work) / "model.keras")
+        )
         uri = f"sqlite:///{work}/mlflow.db"
         register(model, uri, "bench")
         empty = Path(work) / "empty"
         empty.mkdir()
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "TF_CPP_MIN_LOG_LEVEL": "2",
-               "IMAGE_FINETUNE_MODEL_NAME": "bench"}
-        server = start([sys.executable, "-m", "image_finetune.cli", "serve", "--port",
-                        str(port)], env, f"{url}/readyz", str(empty))
+        env = {
+            **os.environ,
+            "MLFLOW_TRACKING_URI": uri,
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+            "IMAGE_FINETUNE_MODEL_NAME": "bench",
+        }
+        server = start(
+            [sys.executable, "-m", "image_finetune.cli", "serve", "--port", str(port)],
+            env,
+            f"{url}/readyz",
+            str(empty),
+        )
         try:
             print(f"server code: {json.dumps(os.environ.get('PYTHONPATH', '(installed)'))}")
-            httpx.post(f"{url}/predict", content=cifar_jpegs(1)[0], timeout=60,
-                       headers={"content-type": "image/jpeg"})
+            httpx.post(
+                f"{url}/predict",
+                content=cifar_jpegs(1)[0],
+                timeout=60,
+                headers={"content-type": "image/jpeg"},
+            )
             memory_burst(url, server.pid)
             decode_amplification(url, server.pid)
             slow_headers(url, port)

@@ -58,17 +58,43 @@ def payloads(ours: int, theirs: int) -> list[Payload]:
     jpegs = cifar_jpegs(BATCH)
     pixels = np.stack([np.asarray(Image.open(io.BytesIO(j)).convert("RGB")) for j in jpegs])
     form_type, form = multipart(jpegs)
-    tensor = {"inputs": [{"name": "images", "datatype": "UINT8", "shape": list(pixels.shape),
-                          "data": pixels.ravel().tolist()}]}
+    tensor = {
+        "inputs": [
+            {
+                "name": "images",
+                "datatype": "UINT8",
+                "shape": list(pixels.shape),
+                "data": pixels.ravel().tolist(),
+            }
+        ]
+    }
     return [
         Payload("ours /predict, 1 JPEG", ours, "/predict", "image/jpeg", jpegs[0], 1),
         Payload(f"ours /predict, {BATCH} JPEGs", ours, "/predict", form_type, form, BATCH),
-        Payload(f"ours OIP infer, {BATCH} UINT8", ours, "/v2/models/bench/infer",
-                "application/json", json.dumps(tensor).encode(), BATCH),
-        Payload("mlflow /invocations, 1 image", theirs, "/invocations", "application/json",
-                json.dumps({"inputs": pixels[:1].tolist()}).encode(), 1),
-        Payload(f"mlflow /invocations, {BATCH}", theirs, "/invocations", "application/json",
-                json.dumps({"inputs": pixels.tolist()}).encode(), BATCH),
+        Payload(
+            f"ours OIP infer, {BATCH} UINT8",
+            ours,
+            "/v2/models/bench/infer",
+            "application/json",
+            json.dumps(tensor).encode(),
+            BATCH,
+        ),
+        Payload(
+            "mlflow /invocations, 1 image",
+            theirs,
+            "/invocations",
+            "application/json",
+            json.dumps({"inputs": pixels[:1].tolist()}).encode(),
+            1,
+        ),
+        Payload(
+            f"mlflow /invocations, {BATCH}",
+            theirs,
+            "/invocations",
+            "application/json",
+            json.dumps({"inputs": pixels.tolist()}).encode(),
+            BATCH,
+        ),
     ]
 
 
@@ -78,10 +104,16 @@ def payloads(ours: int, theirs: int) -> list[Payload]:
 def model_totals(port: int) -> tuple[float, float, float]:
     """(model seconds, model calls, images) so far, from our server's /metrics."""
     lines = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text.splitlines()
-    value = {line.split()[0]: float(line.split()[1]) for line in lines
-             if line.startswith(("inference_model_seconds_", "inference_batch_size_"))}
-    return (value["inference_model_seconds_sum"], value["inference_model_seconds_count"],
-            value["inference_batch_size_sum"])
+    value = {
+        line.split()[0]: float(line.split()[1])
+        for line in lines
+        if line.startswith(("inference_model_seconds_", "inference_batch_size_"))
+    }
+    return (
+        value["inference_model_seconds_sum"],
+        value["inference_model_seconds_count"],
+        value["inference_batch_size_sum"],
+    )
 
 
 def cell(milliseconds: float) -> str:
@@ -90,9 +122,11 @@ def cell(milliseconds: float) -> str:
 
 
 def bench(cases: list[Payload], seconds: float, client: str, health_port: int) -> None:
-    print(f"{'payload':<32} {'conc':>4} {'req/s':>8} {'images/s':>9} {'p50 ms':>8} "
-          f"{'p95 ms':>8} {'p99 ms':>8} {'model ms/call':>13} {'img/call':>8}  not 200\n"
-          "(images/s: answered with 200; model ms/call and img/call: our server's /metrics)")
+    print(
+        f"{'payload':<32} {'conc':>4} {'req/s':>8} {'images/s':>9} {'p50 ms':>8} "
+        f"{'p95 ms':>8} {'p99 ms':>8} {'model ms/call':>13} {'img/call':>8}  not 200\n"
+        "(images/s: answered with 200; model ms/call and img/call: our server's /metrics)"
+    )
     for payload in cases:
         measure(payload, 2, 1.0, client)  # warm-up: tracing, connections
         for concurrency in CONCURRENCY:
@@ -112,46 +146,77 @@ def bench(cases: list[Payload], seconds: float, client: str, health_port: int) -
                 after = model_totals(health_port)
                 spent, calls, images = (b - a for a, b in zip(before, after, strict=True))
                 server = f"{spent / max(calls, 1) * 1000:>13.1f} {images / max(calls, 1):>8.1f}"
-            print(f"{payload.label:<32} {concurrency:>4} {figures.requests_per_second:>8.0f} "
-                  f"{figures.ok_per_second * payload.images:>9.0f} {cell(figures.p50)}"
-                  f"{cell(figures.p95)}{cell(figures.p99)} {server or ' ' * 22}  "
-                  f"{figures.statuses or '-'}", flush=True)
+            print(
+                f"{payload.label:<32} {concurrency:>4} {figures.requests_per_second:>8.0f} "
+                f"{figures.ok_per_second * payload.images:>9.0f} {cell(figures.p50)}"
+                f"{cell(figures.p95)}{cell(figures.p99)} {server or ' ' * 22}  "
+                f"{figures.statuses or '-'}",
+                flush=True,
+            )
             if health:
                 p50, p99 = np.percentile(health, [50, 99])
-                print(f"{'  /healthz meanwhile':<32} {'':>4} {len(health):>8} probes "
-                      f"{'':>9} {p50:>8.1f} {'':>8} {p99:>8.1f}", flush=True)
+                print(
+                    f"{'  /healthz meanwhile':<32} {'':>4} {len(health):>8} probes "
+                    f"{'':>9} {p50:>8.1f} {'':>8} {p99:>8.1f}",
+                    flush=True,
+                )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", type=Path, default=ROOT / "models/selected/model.keras")
     parser.add_argument("--seconds", type=float, default=5.0, help="per case")
-    parser.add_argument("--client", choices=("hey", "asyncio"),
-                        default=default_client())
+    parser.add_argument("--client", choices=("hey", "asyncio"), default=default_client())
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as work:
-        model = args.model if args.model.exists() else default_profile_model(
-            Path(work) / "model.keras")
+        model = (
+            args.model if args.model.exists() else default_profile_model(Path(work) / "model.keras")
+        )
         uri = f"sqlite:///{work}/mlflow.db"
         register(model, uri, "bench")
         empty = Path(work) / "empty"
         empty.mkdir()
-        env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "TF_CPP_MIN_LOG_LEVEL": "2",
-               "IMAGE_FINETUNE_MODEL_NAME": "bench"}
+        env = {
+            **os.environ,
+            "MLFLOW_TRACKING_URI": uri,
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+            "IMAGE_FINETUNE_MODEL_NAME": "bench",
+        }
         ours, theirs = free_port(), free_port()
         servers = [
-            start([str(BIN / "image-finetune"), "serve", "--port", str(ours)], env,
-                  f"http://127.0.0.1:{ours}/readyz", str(empty)),
-            start([str(BIN / "mlflow"), "models", "serve", "-m", "models:/bench@champion",
-                   "--env-manager", "local", "--host", "127.0.0.1", "--port", str(theirs)],
-                  {**env, "PATH": f"{BIN}:{os.environ['PATH']}"},
-                  f"http://127.0.0.1:{theirs}/ping", work),
+            start(
+                [str(BIN / "image-finetune"), "serve", "--port", str(ours)],
+                env,
+                f"http://127.0.0.1:{ours}/readyz",
+                str(empty),
+            ),
+            start(
+                [
+                    str(BIN / "mlflow"),
+                    "models",
+                    "serve",
+                    "-m",
+                    "models:/bench@champion",
+                    "--env-manager",
+                    "local",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(theirs),
+                ],
+                {**env, "PATH": f"{BIN}:{os.environ['PATH']}"},
+                f"http://127.0.0.1:{theirs}/ping",
+                work,
+            ),
         ]
         try:
-            print(f"model {'(default profile architecture)' if model != args.model else model}"
-                  f"; client {args.client}; {args.seconds:.0f} s per case; "
-                  f"load before: {os.getloadavg()[0]:.2f}")
+            print(
+                f"model {'(default profile architecture)' if model != args.model else model}"
+                f"; client {args.client}; {args.seconds:.0f} s per case; "
+                f"load before: {os.getloadavg()[0]:.2f}"
+            )
             bench(payloads(ours, theirs), args.seconds, args.client, ours)
             print(f"load after: {os.getloadavg()[0]:.2f}")
         finally:

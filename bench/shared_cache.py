@@ -42,8 +42,11 @@ VENV_BIN = ROOT / ".venv" / "bin"
 def tree_files(tree: Path) -> list[str]:
     """The project's files in ``tree``: git's tracked files, or every file of an archive."""
     if (tree / ".git").exists():
-        listed = subprocess.run(["git", "ls-files", "-z"], cwd=tree, capture_output=True,
-                                check=True).stdout.decode().split("\0")
+        listed = (
+            subprocess.run(["git", "ls-files", "-z"], cwd=tree, capture_output=True, check=True)
+            .stdout.decode()
+            .split("\0")
+        )
         return [name for name in listed if name and (tree / name).is_file()]
     return [str(p.relative_to(tree)) for p in tree.rglob("*") if p.is_file()]
 
@@ -57,21 +60,33 @@ def project_from(tree: Path, work: Path, folder: Path) -> Path:
     params = small_run_params(folder, NO_TOP_WEIGHTS, PASSABLE_GATE)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for command in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "baseline"]):
-        subprocess.run(["git", "-c", "user.name=bench", "-c", "user.email=bench@example.com",
-                        *command], cwd=project, check=True)
+        subprocess.run(
+            ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.com", *command],
+            cwd=project,
+            check=True,
+        )
     return project
 
 
 def timed_dvc(project: Path, tree: Path, *args: str) -> tuple[float, str]:
     """(wall seconds, log) of one dvc command run with ``tree``'s code."""
-    env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}",
-           "PYTHONPATH": f"{tree / 'src'}:{tree}", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    for leaking in ("IMAGE_FINETUNE_CACHE", "IMAGE_FINETUNE_DATA", "IMAGE_FINETUNE_WEIGHTS",
-                    "MLFLOW_TRACKING_URI"):
+    env = {
+        **os.environ,
+        "PATH": f"{VENV_BIN}:{os.environ['PATH']}",
+        "PYTHONPATH": f"{tree / 'src'}:{tree}",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+    for leaking in (
+        "IMAGE_FINETUNE_CACHE",
+        "IMAGE_FINETUNE_DATA",
+        "IMAGE_FINETUNE_WEIGHTS",
+        "MLFLOW_TRACKING_URI",
+    ):
         env.pop(leaking, None)
     start = time.perf_counter()
-    result = subprocess.run([str(VENV_BIN / "dvc"), *args], cwd=project, env=env,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [str(VENV_BIN / "dvc"), *args], cwd=project, env=env, capture_output=True, text=True
+    )
     seconds = time.perf_counter() - start
     log = result.stdout + result.stderr
     if result.returncode:
@@ -83,11 +98,17 @@ def measure(label: str, tree: Path, folder: Path) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"shared-cache-{label}-") as work:
         project = project_from(tree, Path(work), folder)
         repro, _ = timed_dvc(project, tree, "repro")
-        experiment, log = timed_dvc(project, tree, "exp", "run", "--temp", "-n", "gate-only",
-                                    "-S", "gate.min_accuracy=0.26")
-    return {"label": label, "repro": repro, "experiment": experiment,
-            "embedded": "embed train" in log, "trained": log.count(" mode="),
-            "reused": log.count("reusing the finished attempt")}
+        experiment, log = timed_dvc(
+            project, tree, "exp", "run", "--temp", "-n", "gate-only", "-S", "gate.min_accuracy=0.26"
+        )
+    return {
+        "label": label,
+        "repro": repro,
+        "experiment": experiment,
+        "embedded": "embed train" in log,
+        "trained": log.count(" mode="),
+        "reused": log.count("reusing the finished attempt"),
+    }
 
 
 def main() -> None:
@@ -97,15 +118,20 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=30)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="shared-cache-data-") as data:
-        folder = extract_subset(CIFAR_TARBALL, Path(data),
-                                {"train": args.per_class, "test": 10})
-        rows = [measure(label, tree.resolve(), folder)
-                for label, tree in (("before", args.before), ("after", args.after))]
-    print(f"{'code':<8}{'dvc repro s':>13}{'exp --temp s':>14}  embedded  rungs trained  "
-          "attempts reused")
+        folder = extract_subset(CIFAR_TARBALL, Path(data), {"train": args.per_class, "test": 10})
+        rows = [
+            measure(label, tree.resolve(), folder)
+            for label, tree in (("before", args.before), ("after", args.after))
+        ]
+    print(
+        f"{'code':<8}{'dvc repro s':>13}{'exp --temp s':>14}  embedded  rungs trained  "
+        "attempts reused"
+    )
     for row in rows:
-        print(f"{row['label']:<8}{row['repro']:>13.1f}{row['experiment']:>14.1f}  "
-              f"{'yes' if row['embedded'] else 'no':<8}  {row['trained']:<13}  {row['reused']}")
+        print(
+            f"{row['label']:<8}{row['repro']:>13.1f}{row['experiment']:>14.1f}  "
+            f"{'yes' if row['embedded'] else 'no':<8}  {row['trained']:<13}  {row['reused']}"
+        )
 
 
 if __name__ == "__main__":

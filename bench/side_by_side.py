@@ -32,9 +32,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT.parent / "shared" / "weights" / "mobilenet_v2_1.0_imagenet_no_top.weights.h5"
-LABELS = {"a": "the tutorial's recipe (frozen, 32x32, /255)",
-          "b": "Keras' transfer-learning guide (head, then all layers at 1e-5)",
-          "c": "our default profile (`dvc repro` from nothing)"}
+LABELS = {
+    "a": "the tutorial's recipe (frozen, 32x32, /255)",
+    "b": "Keras' transfer-learning guide (head, then all layers at 1e-5)",
+    "c": "our default profile (`dvc repro` from nothing)",
+}
 TEST_RESERVE = 0.1  # of the budget, kept back for the test evaluation
 
 
@@ -70,18 +72,30 @@ def tutorial_recipe(data: Path, budget: float) -> dict:
 
     deadline = Deadline(time.perf_counter() + budget * (1 - TEST_RESERVE))
     keras.utils.set_random_seed(42)
-    backbone = keras.applications.MobileNetV2(include_top=False, weights=str(WEIGHTS),
-                                              input_shape=(32, 32, 3), pooling="avg")
+    backbone = keras.applications.MobileNetV2(
+        include_top=False, weights=str(WEIGHTS), input_shape=(32, 32, 3), pooling="avg"
+    )
     backbone.trainable = False
     inputs = keras.Input((32, 32, 3), dtype="uint8")
     features = keras.Model(inputs, backbone(keras.layers.Rescaling(1 / 255)(inputs)))
     train, test = load_split(data, "train"), load_split(data, "test")
     x_train = predict_batches(features, train.images, 256, "embed train")
-    head = keras.Sequential([keras.Input(x_train.shape[1:]), keras.layers.Dropout(0.2),
-                             keras.layers.Dense(10, activation="softmax")])
+    head = keras.Sequential(
+        [
+            keras.Input(x_train.shape[1:]),
+            keras.layers.Dropout(0.2),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
     head.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
-    head.fit(x_train, np.asarray(train.labels), batch_size=256, epochs=10, verbose=2,
-             callbacks=[deadline.callback()])
+    head.fit(
+        x_train,
+        np.asarray(train.labels),
+        batch_size=256,
+        epochs=10,
+        verbose=2,
+        callbacks=[deadline.callback()],
+    )
     x_test = predict_batches(features, test.images, 256, "embed test")
     return {"accuracy": float((head.predict(x_test, verbose=0).argmax(1) == test.labels).mean())}
 
@@ -97,10 +111,10 @@ def keras_guide_recipe(data: Path, budget: float, image_size: int) -> dict:
     start = time.perf_counter()
     keras.utils.set_random_seed(42)
     train, test = load_split(data, "train", mmap=False), load_split(data, "test")
-    augmentation = keras.Sequential([layers.RandomFlip("horizontal"),
-                                     layers.RandomRotation(0.1)])
-    base = keras.applications.MobileNetV2(include_top=False, weights=str(WEIGHTS),
-                                          input_shape=(image_size, image_size, 3))
+    augmentation = keras.Sequential([layers.RandomFlip("horizontal"), layers.RandomRotation(0.1)])
+    base = keras.applications.MobileNetV2(
+        include_top=False, weights=str(WEIGHTS), input_shape=(image_size, image_size, 3)
+    )
     base.trainable = False
     inputs = keras.Input(train.images.shape[1:], dtype="uint8")
     x = layers.Resizing(image_size, image_size)(augmentation(layers.Rescaling(1.0)(inputs)))
@@ -109,8 +123,10 @@ def keras_guide_recipe(data: Path, budget: float, image_size: int) -> dict:
     model = keras.Model(inputs, layers.Dense(10, activation="softmax")(x))
     labels = np.asarray(train.labels)
     phases = []
-    for name, trainable, rate, epochs, share in (("head", False, 1e-3, 20, 0.5),
-                                                 ("fine-tune all", True, 1e-5, 10, 1.0)):
+    for name, trainable, rate, epochs, share in (
+        ("head", False, 1e-3, 20, 0.5),
+        ("fine-tune all", True, 1e-5, 10, 1.0),
+    ):
         base.trainable = trainable
         # The guide's `training=False` alone does not keep BatchNorm in inference mode here
         # once the backbone is trainable (Keras 3.15: the training-mode loss of the frozen
@@ -119,23 +135,42 @@ def keras_guide_recipe(data: Path, budget: float, image_size: int) -> dict:
         for layer in base.layers:
             if isinstance(layer, layers.BatchNormalization):
                 layer.trainable = False
-        model.compile(keras.optimizers.Adam(rate), "sparse_categorical_crossentropy",
-                      metrics=["accuracy"])
+        model.compile(
+            keras.optimizers.Adam(rate), "sparse_categorical_crossentropy", metrics=["accuracy"]
+        )
         deadline = Deadline(start + budget * share * (1 - TEST_RESERVE))
-        history = model.fit(train.images, labels, batch_size=64, epochs=epochs, verbose=2,
-                            callbacks=[deadline.callback()])
-        phases.append(f"{name}: {len(history.history['loss'])} epochs (last one cut short "
-                      "by the budget)" if deadline.left() <= 0 else f"{name}: {epochs} epochs")
+        history = model.fit(
+            train.images,
+            labels,
+            batch_size=64,
+            epochs=epochs,
+            verbose=2,
+            callbacks=[deadline.callback()],
+        )
+        phases.append(
+            f"{name}: {len(history.history['loss'])} epochs (last one cut short by the budget)"
+            if deadline.left() <= 0
+            else f"{name}: {epochs} epochs"
+        )
     probabilities = model.predict(test.images, batch_size=256, verbose=0)
-    return {"accuracy": float((probabilities.argmax(1) == test.labels).mean()),
-            "phases": phases}
+    return {"accuracy": float((probabilities.argmax(1) == test.labels).mean()), "phases": phases}
 
 
 def run_recipe(recipe: str, data: Path, budget: float, image_size: int) -> dict:
     """One recipe in its own process (its own threads and memory); wall time measured here."""
     start = time.perf_counter()
-    command = [sys.executable, __file__, "--one", recipe, "--data", str(data),
-               "--budget", str(budget), "--image-size", str(image_size)]
+    command = [
+        sys.executable,
+        __file__,
+        "--one",
+        recipe,
+        "--data",
+        str(data),
+        "--budget",
+        str(budget),
+        "--image-size",
+        str(image_size),
+    ]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode:
         sys.exit(f"recipe {recipe} failed:\n{result.stderr[-3000:]}")
@@ -145,8 +180,9 @@ def run_recipe(recipe: str, data: Path, budget: float, image_size: int) -> dict:
 
 def run_profile() -> dict:
     """(c): bench/repro.sh, the default profile from nothing; its own figures parsed."""
-    result = subprocess.run(["bash", str(ROOT / "bench" / "repro.sh")], capture_output=True,
-                            text=True)
+    result = subprocess.run(
+        ["bash", str(ROOT / "bench" / "repro.sh")], capture_output=True, text=True
+    )
     print(result.stdout)
     if result.returncode:
         sys.exit(f"bench/repro.sh failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
@@ -157,15 +193,28 @@ def run_profile() -> dict:
 
 def ingest(work: Path) -> float:
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "image_finetune.cli", "ingest", "--params",
-                    str(ROOT / "params.yaml"), "--out", str(work / "data")], check=True,
-                   cwd=ROOT, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "image_finetune.cli",
+            "ingest",
+            "--params",
+            str(ROOT / "params.yaml"),
+            "--out",
+            str(work / "data"),
+        ],
+        check=True,
+        cwd=ROOT,
+        capture_output=True,
+    )
     return time.perf_counter() - start
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--budget", type=float, default=900.0, help="wall seconds per recipe")
     parser.add_argument("--recipes", nargs="+", choices=sorted(LABELS), default=sorted(LABELS))
     parser.add_argument("--one", choices=("a", "b"), help=argparse.SUPPRESS)
@@ -173,8 +222,11 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        figures = (tutorial_recipe(args.data, args.budget) if args.one == "a" else
-                   keras_guide_recipe(args.data, args.budget, args.image_size))
+        figures = (
+            tutorial_recipe(args.data, args.budget)
+            if args.one == "a"
+            else keras_guide_recipe(args.data, args.budget, args.image_size)
+        )
         print(json.dumps(figures))
         return
     from image_finetune.config import load_params
@@ -186,15 +238,21 @@ def main() -> None:
             print(f"ingest (shared by a and b): {ingest(Path(work)):.0f} s", flush=True)
         for recipe in args.recipes:
             print(f"({recipe}) {LABELS[recipe]} ...", flush=True)
-            rows[recipe] = (run_profile() if recipe == "c" else
-                            run_recipe(recipe, Path(work) / "data", args.budget, image_size))
+            rows[recipe] = (
+                run_profile()
+                if recipe == "c"
+                else run_recipe(recipe, Path(work) / "data", args.budget, image_size)
+            )
             print(f"    {rows[recipe]}", flush=True)
-    print(f"\nwall budget {args.budget:.0f} s per recipe; MobileNetV2 at {image_size} px "
-          "for (b) and (c); this machine's CPUs")
+    print(
+        f"\nwall budget {args.budget:.0f} s per recipe; MobileNetV2 at {image_size} px "
+        "for (b) and (c); this machine's CPUs"
+    )
     print("\n| recipe | test accuracy | wall time |\n| --- | --- | --- |")
     for recipe, row in rows.items():
-        print(f"| ({recipe}) {LABELS[recipe]} | {row['accuracy']:.4f} | "
-              f"{row['wall_seconds']:.0f} s |")
+        print(
+            f"| ({recipe}) {LABELS[recipe]} | {row['accuracy']:.4f} | {row['wall_seconds']:.0f} s |"
+        )
 
 
 if __name__ == "__main__":

@@ -36,8 +36,9 @@ CASES = [
 ]
 
 
-def images_per_second(model: keras.Model, x: np.ndarray, y: np.ndarray, batch: int,
-                      steps: int) -> float:
+def images_per_second(
+    model: keras.Model, x: np.ndarray, y: np.ndarray, batch: int, steps: int
+) -> float:
     model.compile(keras.optimizers.AdamW(1e-4), "categorical_crossentropy")
     model.fit(x[:batch], y[:batch], batch_size=batch, epochs=1, verbose=0)  # trace, warm up
     start = time.perf_counter()
@@ -55,8 +56,10 @@ def main() -> None:
     images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
     labels = np.eye(10, dtype="float32")[rng.integers(0, 10, n)]
     print(f"backend {keras.config.backend()}, batch {args.batch}, {args.steps} timed steps")
-    print(f"{'backbone':<16}{'px':>5}{'end_to_end':>12}{'tail':>10}{'head':>10}"
-          f"{'tail speedup':>14}   (images/s)")
+    print(
+        f"{'backbone':<16}{'px':>5}{'end_to_end':>12}{'tail':>10}{'head':>10}"
+        f"{'tail speedup':>14}   (images/s)"
+    )
     for name, size, unfreeze, boundary in CASES:
         params = ModelParams(backbone=name, weights="none", image_size=size)
         classifier = build_classifier(build_backbone(params, size, None), 10, params, 32)
@@ -69,12 +72,13 @@ def main() -> None:
         features = rng.normal(size=(n, *tail.input_shape[1:])).astype("float32")
         tail_speed = images_per_second(tail_model, features, labels, args.batch, args.steps)
         pooled_input = keras.Input((backbone.output_shape[-1],))
-        head_model = keras.Model(pooled_input, classifier.softmax(
-            classifier.dropout(pooled_input)))
+        head_model = keras.Model(pooled_input, classifier.softmax(classifier.dropout(pooled_input)))
         pooled = rng.normal(size=(n, backbone.output_shape[-1])).astype("float32")
         head_speed = images_per_second(head_model, pooled, labels, args.batch, args.steps)
-        print(f"{name:<16}{size:>5}{e2e:>12.0f}{tail_speed:>10.0f}{head_speed:>10.0f}"
-              f"{tail_speed / e2e:>13.1f}x")
+        print(
+            f"{name:<16}{size:>5}{e2e:>12.0f}{tail_speed:>10.0f}{head_speed:>10.0f}"
+            f"{tail_speed / e2e:>13.1f}x"
+        )
 
 
 if __name__ == "__main__":

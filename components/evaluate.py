@@ -39,16 +39,29 @@ def evaluate_classifier(
     rung = int(classifier.metadata["rung"])  # metadata numbers come back as floats
     out = Path(evaluation.path)
     results = evaluate_classifier(
-        read_params(evaluate=evaluate, train=train), Path(dataset.path),
-        Path(classifier.path) / MODEL_FILE, out, split,
+        read_params(evaluate=evaluate, train=train),
+        Path(dataset.path),
+        Path(classifier.path) / MODEL_FILE,
+        out,
+        split,
         f"Rung {rung} ({classifier.metadata['rung_name']}) on {split}",
-        engine=Path(engine_folder.path) if engine_folder else None)
-    for name, artifact in ((REPORT_HTML, report), (METRICS_FILE, metrics),
-                           (CONFUSION_JSON, confusion)):
+        engine=Path(engine_folder.path) if engine_folder else None,
+    )
+    for name, artifact in (
+        (REPORT_HTML, report),
+        (METRICS_FILE, metrics),
+        (CONFUSION_JSON, confusion),
+    ):
         shutil.copyfile(out / name, artifact.path)
     confusion.log_confusion_matrix(list(results["per_class"]), results["confusion_matrix"])
     for name, value in flatten_metrics(results).items():
         metrics.log_metric(name, value)
-    evaluation.metadata.update(split=split, rung=rung, accuracy=results["accuracy"],
-                               macro_f1=results["macro_f1"], count=results["count"],
-                               engine=results["engine"], precision=results["precision"])
+    evaluation.metadata.update(
+        split=split,
+        rung=rung,
+        accuracy=results["accuracy"],
+        macro_f1=results["macro_f1"],
+        count=results["count"],
+        engine=results["engine"],
+        precision=results["precision"],
+    )

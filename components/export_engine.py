@@ -24,12 +24,19 @@ def export_engine(
     from image_finetune.steps.export_engine import export_engine
     from image_finetune.steps.layout import MODEL_FILE
 
-    manifest = export_engine(read_params(engine=engine, evaluate=evaluate, gate=gate,
-                                         train=train), Path(dataset.path),
-                             Path(classifier.path) / MODEL_FILE, Path(engine_folder.path))
+    manifest = export_engine(
+        read_params(engine=engine, evaluate=evaluate, gate=gate, train=train),
+        Path(dataset.path),
+        Path(classifier.path) / MODEL_FILE,
+        Path(engine_folder.path),
+    )
     int8 = manifest["int8"] or {}
     engine_folder.metadata.update(
         default_engine=manifest["default_engine"],
         serving_precision=manifest["serving_precision"],
-        **{f"int8_{key}": int8[key] for key in ("accuracy", "loss_points", "servable")
-           if key in int8})
+        **{
+            f"int8_{key}": int8[key]
+            for key in ("accuracy", "loss_points", "servable")
+            if key in int8
+        },
+    )

@@ -18,9 +18,11 @@ def export_labelled_feedback(feedback_uri: str, labels: Output[Dataset]) -> int:
     from image_finetune.steps.feedback import export_feedback
 
     exported = export_feedback(feedback_uri, Path(labels.path))
-    labels.metadata.update(images=exported["images"],
-                           new_since_retrain=exported["new_since_retrain"],
-                           classes=exported["classes"])
+    labels.metadata.update(
+        images=exported["images"],
+        new_since_retrain=exported["new_since_retrain"],
+        classes=exported["classes"],
+    )
     return int(exported["new_since_retrain"])
 
 
@@ -32,5 +34,8 @@ def mark_feedback_used(feedback_uri: str, labels: Input[Dataset]) -> float:
 
     from image_finetune.steps.feedback import mark_retrained
 
-    return float(mark_retrained(feedback_uri, Path(labels.path),
-                                "the monitoring pipeline's retraining")["watermark"])
+    return float(
+        mark_retrained(feedback_uri, Path(labels.path), "the monitoring pipeline's retraining")[
+            "watermark"
+        ]
+    )

@@ -10,8 +10,13 @@ from image_finetune.components.runtime import component, read_params
 
 @component
 def gate_attempt(
-    index: int, rung: str, rungs: int, gate: dict, evaluation: Input[Artifact],
-    decision: Output[Artifact], previous: Input[Artifact] = None,
+    index: int,
+    rung: str,
+    rungs: int,
+    gate: dict,
+    evaluation: Input[Artifact],
+    decision: Output[Artifact],
+    previous: Input[Artifact] = None,
 ) -> NamedTuple("Verdict", [("passed", bool)]):  # type: ignore[valid-type]
     """Decide on an attempt's validation results; ``passed`` says whether it met them.
 
@@ -23,8 +28,15 @@ def gate_attempt(
 
     from image_finetune.steps.gate_attempt import gate_attempt
 
-    verdict = gate_attempt(read_params(gate=gate), index, rung, rungs, Path(evaluation.path),
-                           Path(decision.path), Path(previous.path) if previous else None)
+    verdict = gate_attempt(
+        read_params(gate=gate),
+        index,
+        rung,
+        rungs,
+        Path(evaluation.path),
+        Path(decision.path),
+        Path(previous.path) if previous else None,
+    )
     decision.metadata.update(split="validation", rung=index, passed=verdict.decision.passed)
     print("\n".join(verdict.decision.reasons))
     return (verdict.decision.passed,)
@@ -44,7 +56,10 @@ def select_classifier(classifier: Input[Model], winner: Output[Model]) -> None:
 
 @component
 def final_gate(
-    gate: dict, registry: dict, evaluation: Input[Artifact], decision: Output[Artifact],
+    gate: dict,
+    registry: dict,
+    evaluation: Input[Artifact],
+    decision: Output[Artifact],
 ) -> None:
     """The final decision on the test evaluation: thresholds, and a McNemar test against the
     registry's champion where there is one. Fails the run when the model falls short."""
@@ -52,7 +67,8 @@ def final_gate(
 
     from image_finetune.steps.final_gate import final_gate
 
-    verdict = final_gate(read_params(gate=gate, registry=registry), Path(evaluation.path),
-                         Path(decision.path))
+    verdict = final_gate(
+        read_params(gate=gate, registry=registry), Path(evaluation.path), Path(decision.path)
+    )
     decision.metadata.update(split="test", passed=verdict.passed, promote=verdict.promote)
     print("\n".join(verdict.reasons))

@@ -22,5 +22,6 @@ def ingest_data(data: dict, dataset: Output[Dataset], extra: Input[Dataset] = No
 
     manifest = ingest_data(read_params(data=data), Path(dataset.path), Path.cwd())
     dataset.metadata["class_names"] = manifest["class_names"]
-    dataset.metadata["splits"] = {name: split["count"]
-                                  for name, split in manifest["splits"].items()}
+    dataset.metadata["splits"] = {
+        name: split["count"] for name, split in manifest["splits"].items()
+    }

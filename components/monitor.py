@@ -22,8 +22,15 @@ def monitor_drift(
     permutations: int = 500,
     min_labels: int = 200,
     labels: Input[Artifact] = None,
-) -> NamedTuple("Monitored", [("drift", bool), ("labels_count", int), ("retrain", bool),  # type: ignore[valid-type]
-                              ("model_version", str)]):
+) -> NamedTuple(
+    "Monitored",
+    [
+        ("drift", bool),
+        ("labels_count", int),
+        ("retrain", bool),  # type: ignore[valid-type]
+        ("model_version", str),
+    ],
+):
     """Test ``source`` (a folder or archive of images, or an .npz of recorded windows)
     against the reference of the version ``alias`` (or ``version``) names. Outputs: the
     verdict, ``labels_count`` (labelled images in ``labels``, a feedback export), whether
@@ -36,16 +43,30 @@ def monitor_drift(
     from image_finetune.steps.monitor import MonitorSettings, monitor
 
     folder = Path(drift_report.path)
-    result = monitor(read_params(evaluate=evaluate, registry=registry), Path(source.path),
-                     folder, Path.cwd(), MonitorSettings(
-                         version=version or None, alias=alias, alpha=alpha,
-                         permutations=permutations, min_labels=min_labels,
-                         labels=Path(labels.path) if labels is not None else None))
+    result = monitor(
+        read_params(evaluate=evaluate, registry=registry),
+        Path(source.path),
+        folder,
+        Path.cwd(),
+        MonitorSettings(
+            version=version or None,
+            alias=alias,
+            alpha=alpha,
+            permutations=permutations,
+            min_labels=min_labels,
+            labels=Path(labels.path) if labels is not None else None,
+        ),
+    )
     shutil.copyfile(folder / DRIFT_HTML, report.path)
     metrics.log_metric("drift", float(result["drift"]))
     for name, test in result["tests"].items():
         metrics.log_metric(f"{name}_p_value", test["p_value"])
-    drift_report.metadata.update(drift=result["drift"], model_version=result["model_version"],
-                                 labels=result["labels"])
-    return (bool(result["drift"]), int(result["labels"]), bool(result["retrain"]["wanted"]),
-            str(result["model_version"]))
+    drift_report.metadata.update(
+        drift=result["drift"], model_version=result["model_version"], labels=result["labels"]
+    )
+    return (
+        bool(result["drift"]),
+        int(result["labels"]),
+        bool(result["retrain"]["wanted"]),
+        str(result["model_version"]),
+    )

@@ -34,21 +34,46 @@ def check_params(
     min_macro_f1: float,
     min_class_recall: float,
     max_latency_p95_ms: float,
-) -> NamedTuple("Sections", [("data", dict), ("validate", dict), ("augment", dict),  # type: ignore[valid-type]
-                              ("model", dict), ("train", dict), ("evaluate", dict),
-                              ("gate", dict), ("registry", dict), ("engine", dict)]):
+) -> NamedTuple(
+    "Sections",
+    [
+        ("data", dict),
+        ("validate", dict),
+        ("augment", dict),  # type: ignore[valid-type]
+        ("model", dict),
+        ("train", dict),
+        ("evaluate", dict),
+        ("gate", dict),
+        ("registry", dict),
+        ("engine", dict),
+    ],
+):
     """Put the knobs in their sections and validate every section (``image-finetune
     check-params``); the ladder must have the number of rungs the pipeline was compiled for.
     Returns the sections every later step reads: validated, so the same values make the same
     cache keys however they were written."""
     from image_finetune.steps.check_params import check_params, merge_knobs, section_mappings
 
-    sections = {"data": data, "validate": validate, "augment": augment, "model": model,
-                "train": train, "evaluate": evaluate, "gate": gate, "registry": registry,
-                "engine": engine}
-    knobs = {"data_path": data_path, "backbone": backbone, "model_image_size": model_image_size,
-             "min_accuracy": min_accuracy, "min_macro_f1": min_macro_f1,
-             "min_class_recall": min_class_recall, "max_latency_p95_ms": max_latency_p95_ms}
+    sections = {
+        "data": data,
+        "validate": validate,
+        "augment": augment,
+        "model": model,
+        "train": train,
+        "evaluate": evaluate,
+        "gate": gate,
+        "registry": registry,
+        "engine": engine,
+    }
+    knobs = {
+        "data_path": data_path,
+        "backbone": backbone,
+        "model_image_size": model_image_size,
+        "min_accuracy": min_accuracy,
+        "min_macro_f1": min_macro_f1,
+        "min_class_recall": min_class_recall,
+        "max_latency_p95_ms": max_latency_p95_ms,
+    }
     params = read_params(**merge_knobs(sections, knobs))
     print(check_params(params, rungs))
     mappings = section_mappings(params)

@@ -21,7 +21,14 @@ def profile_classifier(
     from image_finetune.steps.layout import MODEL_FILE
     from image_finetune.steps.profile import profile_classifier
 
-    made = profile_classifier(read_params(evaluate=evaluate, train=train), Path(dataset.path),
-                              Path(classifier.path) / MODEL_FILE, Path(profile.path))
-    profile.metadata.update(images=len(made), dimensions=made.dimensions,
-                            mean_confidence=float(made.probabilities.max(axis=1).mean()))
+    made = profile_classifier(
+        read_params(evaluate=evaluate, train=train),
+        Path(dataset.path),
+        Path(classifier.path) / MODEL_FILE,
+        Path(profile.path),
+    )
+    profile.metadata.update(
+        images=len(made),
+        dimensions=made.dimensions,
+        mean_confidence=float(made.probabilities.max(axis=1).mean()),
+    )

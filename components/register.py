@@ -39,15 +39,34 @@ def register_classifier(
     from image_finetune.steps.layout import MODEL_FILE
     from image_finetune.steps.register import register_classifier
 
-    params = read_params(data=data, validate=validate, augment=augment, model=model, train=train,
-                         evaluate=evaluate, gate=gate, registry=registry, engine=engine)
+    params = read_params(
+        data=data,
+        validate=validate,
+        augment=augment,
+        model=model,
+        train=train,
+        evaluate=evaluate,
+        gate=gate,
+        registry=registry,
+        engine=engine,
+    )
     outcome = register_classifier(
-        params, Path(dataset.path), Path(evaluation.path), Path(decision.path),
-        Path(registration.path), Path.cwd(), model=Path(classifier.path) / MODEL_FILE,
-        validation=Path(validation.path), profile=Path(profile.path),
+        params,
+        Path(dataset.path),
+        Path(evaluation.path),
+        Path(decision.path),
+        Path(registration.path),
+        Path.cwd(),
+        model=Path(classifier.path) / MODEL_FILE,
+        validation=Path(validation.path),
+        profile=Path(profile.path),
         pipeline_run_id=pipeline_run_id,
-        lineage_extra=lineage, engine=Path(engine_folder.path))
+        lineage_extra=lineage,
+        engine=Path(engine_folder.path),
+    )
     registration.metadata.update(outcome)
     Path(summary.path).write_text(
         f"# {params.registry.model_name} v{outcome['version']}\n\n"
-        + "\n".join(f"- {key}: {value}" for key, value in outcome.items()) + "\n")
+        + "\n".join(f"- {key}: {value}" for key, value in outcome.items())
+        + "\n"
+    )

@@ -12,7 +12,8 @@ def record_status(status: PipelineTaskFinalStatus, run_status: Output[Markdown])
 
     from image_finetune.steps.record_status import record_status
 
-    facts = record_status(status.state, status.pipeline_job_resource_name,
-                          status.error_message, Path(run_status.path))
+    facts = record_status(
+        status.state, status.pipeline_job_resource_name, status.error_message, Path(run_status.path)
+    )
     run_status.metadata.update(facts)
     print(f"pipeline {status.state}: {facts['error'] or 'no error'}")

@@ -33,12 +33,28 @@ def train_rung(
     from image_finetune.steps.train_rung import train_rung
 
     result = train_rung(
-        read_params(model=model, train=train, augment=augment), index, Path(dataset.path),
-        Path(classifier.path), Path(cache_dir or tempfile.mkdtemp(prefix="image-finetune-")),
-        Path.cwd(), Path(warm_start.path) / MODEL_FILE if warm_start else None)
-    classifier.metadata.update(rung=index, rung_name=result.rung, mode=result.mode,
-                               epochs_run=result.epochs_run, backend=result.backend)
-    for name in ("best_val_accuracy", "epochs_run", "train_seconds", "embed_seconds",
-                 "images_per_second", "trainable_params"):
+        read_params(model=model, train=train, augment=augment),
+        index,
+        Path(dataset.path),
+        Path(classifier.path),
+        Path(cache_dir or tempfile.mkdtemp(prefix="image-finetune-")),
+        Path.cwd(),
+        Path(warm_start.path) / MODEL_FILE if warm_start else None,
+    )
+    classifier.metadata.update(
+        rung=index,
+        rung_name=result.rung,
+        mode=result.mode,
+        epochs_run=result.epochs_run,
+        backend=result.backend,
+    )
+    for name in (
+        "best_val_accuracy",
+        "epochs_run",
+        "train_seconds",
+        "embed_seconds",
+        "images_per_second",
+        "trainable_params",
+    ):
         metrics.log_metric(name, getattr(result, name))
     shutil.copyfile(Path(classifier.path) / RESULT_FILE, metrics.path)

@@ -52,18 +52,42 @@ def train_rung_job(
 
     exit_on_termination()  # a cancelled run deletes its job: see train_job
     result = train_job(
-        read_params(model=model, train=train, augment=augment), index, Path(dataset.path),
-        Path(classifier.path), Path(cache_dir), Path.cwd(),
-        Launch(run_id, workers, gpus, image, cache_pvc, cache_mount,
-               JobPolicy(timeout_seconds=timeout_seconds or JobPolicy.timeout_seconds),
-               launcher=launcher, runtime=runtime,
-               placement=Placement(tuple(tolerations), tuple(sorted(node_selector.items())))),
+        read_params(model=model, train=train, augment=augment),
+        index,
+        Path(dataset.path),
+        Path(classifier.path),
+        Path(cache_dir),
+        Path.cwd(),
+        Launch(
+            run_id,
+            workers,
+            gpus,
+            image,
+            cache_pvc,
+            cache_mount,
+            JobPolicy(timeout_seconds=timeout_seconds or JobPolicy.timeout_seconds),
+            launcher=launcher,
+            runtime=runtime,
+            placement=Placement(tuple(tolerations), tuple(sorted(node_selector.items()))),
+        ),
         TrainingJobs.in_cluster(job_kind(launcher)),
-        Path(warm_start.path) / MODEL_FILE if warm_start else None)
-    classifier.metadata.update(rung=index, rung_name=result["rung"], mode=result["mode"],
-                               epochs_run=result["epochs_run"], backend=result["backend"],
-                               workers=workers)
-    for name in ("best_val_accuracy", "epochs_run", "train_seconds", "embed_seconds",
-                 "images_per_second", "trainable_params"):
+        Path(warm_start.path) / MODEL_FILE if warm_start else None,
+    )
+    classifier.metadata.update(
+        rung=index,
+        rung_name=result["rung"],
+        mode=result["mode"],
+        epochs_run=result["epochs_run"],
+        backend=result["backend"],
+        workers=workers,
+    )
+    for name in (
+        "best_val_accuracy",
+        "epochs_run",
+        "train_seconds",
+        "embed_seconds",
+        "images_per_second",
+        "trainable_params",
+    ):
         metrics.log_metric(name, result[name])
     shutil.copyfile(Path(classifier.path) / RESULT_FILE, metrics.path)

@@ -7,7 +7,9 @@ from image_finetune.components.runtime import component, read_params
 
 @component
 def validate_data(
-    validate: dict, dataset: Input[Dataset], validation: Output[Artifact],
+    validate: dict,
+    dataset: Input[Dataset],
+    validation: Output[Artifact],
     summary: Output[Markdown],
 ) -> None:
     """Run the Great Expectations suites; fail on any blocking expectation.
@@ -19,7 +21,8 @@ def validate_data(
 
     from image_finetune.steps.validate import validate_data
 
-    report = validate_data(read_params(validate=validate), Path(dataset.path),
-                           Path(validation.path))
+    report = validate_data(
+        read_params(validate=validate), Path(dataset.path), Path(validation.path)
+    )
     Path(summary.path).write_text(f"```\n{report.summary()}\n```\n")
     validation.metadata.update(expectations=report.evaluated, warnings=len(report.warnings))

@@ -81,14 +81,20 @@ def _alert(raw: Any, index: int) -> Alert:
     where = f"alerts[{index}]"
     if not isinstance(raw, dict) or not isinstance(raw.get("labels"), dict):
         raise BadNotification(f"{where}: expected an object with labels")
-    labels = {_text(k, f"{where}.labels", 256): _text(v, f"{where}.labels.{k}")
-              for k, v in raw["labels"].items()}
+    labels = {
+        _text(k, f"{where}.labels", 256): _text(v, f"{where}.labels.{k}")
+        for k, v in raw["labels"].items()
+    }
     status = _text(raw.get("status"), f"{where}.status")
     if status not in ("firing", "resolved"):
         raise BadNotification(f"{where}.status: {status!r} is neither firing nor resolved")
-    return Alert(name=labels.get("alertname", ""), status=status,
-                 fingerprint=_text(raw.get("fingerprint"), f"{where}.fingerprint", 64),
-                 starts_at=_text(raw.get("startsAt"), f"{where}.startsAt", 64), labels=labels)
+    return Alert(
+        name=labels.get("alertname", ""),
+        status=status,
+        fingerprint=_text(raw.get("fingerprint"), f"{where}.fingerprint", 64),
+        starts_at=_text(raw.get("startsAt"), f"{where}.startsAt", 64),
+        labels=labels,
+    )
 
 
 def parse_notification(body: bytes) -> tuple[str, list[Alert]]:
@@ -98,7 +104,7 @@ def parse_notification(body: bytes) -> tuple[str, list[Alert]]:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadNotification(f"not JSON: {exc}") from None
     if not isinstance(payload, dict) or payload.get("version") != "4":
-        raise BadNotification("expected Alertmanager's webhook payload, version \"4\"")
+        raise BadNotification('expected Alertmanager\'s webhook payload, version "4"')
     alerts = payload.get("alerts")
     if not isinstance(alerts, list):
         raise BadNotification("alerts: expected a list")
@@ -111,9 +117,11 @@ class StartedAlerts:
     ``limit`` alerts, the oldest forgotten first. Written before the receiver answers, so a
     restart (or a crash right after) remembers every run it reported started."""
 
-    SCHEMA = ("CREATE TABLE IF NOT EXISTS started (fingerprint TEXT NOT NULL, "
-              "starts_at TEXT NOT NULL, started_at REAL NOT NULL, "
-              "PRIMARY KEY (fingerprint, starts_at))")
+    SCHEMA = (
+        "CREATE TABLE IF NOT EXISTS started (fingerprint TEXT NOT NULL, "
+        "starts_at TEXT NOT NULL, started_at REAL NOT NULL, "
+        "PRIMARY KEY (fingerprint, starts_at))"
+    )
 
     def __init__(self, path: Path, limit: int = REMEMBERED_ALERTS):
         self.path, self.limit = Path(path), limit
@@ -128,21 +136,24 @@ class StartedAlerts:
 
     def load(self) -> tuple[OrderedDict, float | None]:
         """The remembered alerts (oldest first) and the last start (None: never)."""
-        rows = self._db.execute("SELECT fingerprint, starts_at, started_at FROM started "
-                                "ORDER BY started_at, rowid").fetchall()
-        started = OrderedDict(((fingerprint, starts_at), at) for fingerprint, starts_at, at
-                              in rows)
+        rows = self._db.execute(
+            "SELECT fingerprint, starts_at, started_at FROM started ORDER BY started_at, rowid"
+        ).fetchall()
+        started = OrderedDict(((fingerprint, starts_at), at) for fingerprint, starts_at, at in rows)
         return started, (max(started.values()) if started else None)
 
     def remember(self, keys: list[tuple[str, str]], at: float) -> None:
         """Record that a run started at ``at`` for these alerts; forget the oldest past the
         limit."""
         with self._db:
-            self._db.executemany("INSERT OR REPLACE INTO started VALUES (?, ?, ?)",
-                                 [(*key, at) for key in keys])
-            self._db.execute("DELETE FROM started WHERE rowid NOT IN (SELECT rowid FROM "
-                             "started ORDER BY started_at DESC, rowid DESC LIMIT ?)",
-                             (self.limit,))
+            self._db.executemany(
+                "INSERT OR REPLACE INTO started VALUES (?, ?, ?)", [(*key, at) for key in keys]
+            )
+            self._db.execute(
+                "DELETE FROM started WHERE rowid NOT IN (SELECT rowid FROM "
+                "started ORDER BY started_at DESC, rowid DESC LIMIT ?)",
+                (self.limit,),
+            )
 
     def close(self) -> None:
         self._db.close()
@@ -171,8 +182,13 @@ class TriggerPolicy:
         retraining = [alert for alert in firing if alert.retrains]
         fresh = [alert for alert in retraining if alert.key not in self.started]
         if not fresh:
-            return None, ("already started for this alert" if retraining else
-                          "no firing retraining alert" if firing else "resolved")
+            return None, (
+                "already started for this alert"
+                if retraining
+                else "no firing retraining alert"
+                if firing
+                else "resolved"
+            )
         now = self.clock()
         if self.last_start is not None and now - self.last_start < self.min_interval:
             # a clock set back never makes the wait longer than one interval
@@ -188,8 +204,12 @@ class TriggerPolicy:
             try:
                 self.memory.remember(keys, self.last_start)
             except sqlite3.Error as exc:  # the run started: say so, remember it in memory
-                log.error("the receiver's state file %s was not written (%s): a restart "
-                          "may start this alert's run again", self.memory.path, exc)
+                log.error(
+                    "the receiver's state file %s was not written (%s): a restart "
+                    "may start this alert's run again",
+                    self.memory.path,
+                    exc,
+                )
         for key in keys:
             self.started[key] = self.last_start
             self.started.move_to_end(key)
@@ -211,13 +231,15 @@ class AlertReceiver:
 
     def __post_init__(self):
         if len(self.token) < MIN_TOKEN_LENGTH:
-            raise ValueError(f"the receiver's token must have at least {MIN_TOKEN_LENGTH} "
-                             "characters")
+            raise ValueError(
+                f"the receiver's token must have at least {MIN_TOKEN_LENGTH} characters"
+            )
 
     def authorized(self, header: str | None) -> bool:
         scheme, _, credentials = (header or "").partition(" ")
         return scheme.lower() == "bearer" and hmac.compare_digest(
-            credentials.strip().encode(), self.token.encode())
+            credentials.strip().encode(), self.token.encode()
+        )
 
     def handle(self, body: bytes) -> tuple[int, dict]:
         try:
@@ -281,12 +303,14 @@ def handler_for(receiver: AlertReceiver) -> type[BaseHTTPRequestHandler]:
             if int(length) > MAX_BODY_BYTES:
                 self.close_connection = True  # the body is left unread
                 return HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {
-                    "error": f"body over {MAX_BODY_BYTES} bytes"}
+                    "error": f"body over {MAX_BODY_BYTES} bytes"
+                }
             return receiver.handle(self.rfile.read(int(length)))
 
         def refuse_method(self):
-            self.reply(HTTPStatus.METHOD_NOT_ALLOWED,
-                       {"error": f"GET {HEALTH_PATH} or POST {ALERTS_PATH}"})
+            self.reply(
+                HTTPStatus.METHOD_NOT_ALLOWED, {"error": f"GET {HEALTH_PATH} or POST {ALERTS_PATH}"}
+            )
 
         do_PUT = do_DELETE = do_PATCH = refuse_method  # noqa: N815
 
@@ -317,7 +341,8 @@ class BoundedServer(ThreadingHTTPServer):
             self.slots.release()
 
 
-def make_server(receiver: AlertReceiver, host: str, port: int,
-                max_connections: int = MAX_CONNECTIONS) -> ThreadingHTTPServer:
+def make_server(
+    receiver: AlertReceiver, host: str, port: int, max_connections: int = MAX_CONNECTIONS
+) -> ThreadingHTTPServer:
     """The receiver's HTTP server, bound (port 0: any free port); ``serve_forever`` runs it."""
     return BoundedServer((host, port), handler_for(receiver), max_connections)

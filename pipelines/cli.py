@@ -42,45 +42,95 @@ try:  # kfp: the `pipeline` extra; without it, the extra to install instead of a
 except ModuleNotFoundError as missing:
     exit_without_extra(missing)
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Compile, run locally (kfp.local) or submit the Kubeflow pipeline.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Compile, run locally (kfp.local) or submit the Kubeflow pipeline.",
+)
 
 TOKEN_ENV = "KFP_TOKEN"
 
 ParamsOption = Annotated[Path, typer.Option("--params", "-p", help="params.yaml to read")]
-SetOption = Annotated[list[str] | None, typer.Option(
-    "--set", help="override a value: section.key=value (YAML); repeatable; list items by "
-                  "index, e.g. train.ladder.0.epochs=2")]
-ImageOption = Annotated[str, typer.Option(
-    envvar=IMAGE_ENV, help="image setting: steps run on IMAGE-cpu, training on IMAGE-gpu")]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        help="override a value: section.key=value (YAML); repeatable; list items by "
+        "index, e.g. train.ladder.0.epochs=2",
+    ),
+]
+ImageOption = Annotated[
+    str,
+    typer.Option(
+        envvar=IMAGE_ENV, help="image setting: steps run on IMAGE-cpu, training on IMAGE-gpu"
+    ),
+]
 GpusOption = Annotated[int, typer.Option(min=0, help="GPUs per training task (0: train on CPU)")]
-WorkersOption = Annotated[int, typer.Option(
-    min=1, help="workers per rung: more than 1 trains each rung as a distributed job "
-                "(--launcher; N workers x --gpus each; needs the cache PVC)")]
-LauncherOption = Annotated[str, typer.Option(
-    help="the job of a rung with --workers > 1: tfjob (Kubeflow training operator v1) or "
-         "trainjob (Kubeflow Trainer v2, run by --runtime)")]
-RuntimeOption = Annotated[str, typer.Option(
-    help="the ClusterTrainingRuntime a TrainJob references (infra/k8s/trainer/)")]
-TolerationOption = Annotated[list[str] | None, typer.Option(
-    "--toleration", help=f"a taint the GPU tasks tolerate, KEY[=VALUE]:EFFECT; repeatable "
-                         f"(default {GPU_TOLERATION}; 'none' for none)")]
-NodeSelectorOption = Annotated[list[str] | None, typer.Option(
-    "--node-selector", help="a node label the GPU tasks require, KEY=VALUE; repeatable "
-                            "(e.g. cloud.google.com/gke-accelerator=nvidia-l4)")]
-TrainTimeoutOption = Annotated[int, typer.Option(
-    min=0, help="seconds a training task (or a distributed job) may run; 0: no limit")]
-StepTimeoutOption = Annotated[int, typer.Option(
-    min=0, help="seconds any other task may run; 0: no limit")]
-TrainRetriesOption = Annotated[int, typer.Option(
-    min=0, max=10, help="retries of a failed training task; with the cache PVC a retry "
-                        "resumes from the last checkpoint")]
-SecretOption = Annotated[str, typer.Option(
-    help="Kubernetes Secret whose MLflow/S3 credentials the final gate and registration get "
-         "as environment variables (keys: the variables' names); '' for none")]
-PvcOption = Annotated[str, typer.Option(
-    help=f"PersistentVolumeClaim mounted at {CACHE_MOUNT} on the training tasks, where "
-         "cache_dir then points by default; '' for none (a scratch folder per task)")]
+WorkersOption = Annotated[
+    int,
+    typer.Option(
+        min=1,
+        help="workers per rung: more than 1 trains each rung as a distributed job "
+        "(--launcher; N workers x --gpus each; needs the cache PVC)",
+    ),
+]
+LauncherOption = Annotated[
+    str,
+    typer.Option(
+        help="the job of a rung with --workers > 1: tfjob (Kubeflow training operator v1) or "
+        "trainjob (Kubeflow Trainer v2, run by --runtime)"
+    ),
+]
+RuntimeOption = Annotated[
+    str, typer.Option(help="the ClusterTrainingRuntime a TrainJob references (infra/k8s/trainer/)")
+]
+TolerationOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--toleration",
+        help=f"a taint the GPU tasks tolerate, KEY[=VALUE]:EFFECT; repeatable "
+        f"(default {GPU_TOLERATION}; 'none' for none)",
+    ),
+]
+NodeSelectorOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--node-selector",
+        help="a node label the GPU tasks require, KEY=VALUE; repeatable "
+        "(e.g. cloud.google.com/gke-accelerator=nvidia-l4)",
+    ),
+]
+TrainTimeoutOption = Annotated[
+    int,
+    typer.Option(min=0, help="seconds a training task (or a distributed job) may run; 0: no limit"),
+]
+StepTimeoutOption = Annotated[
+    int, typer.Option(min=0, help="seconds any other task may run; 0: no limit")
+]
+TrainRetriesOption = Annotated[
+    int,
+    typer.Option(
+        min=0,
+        max=10,
+        help="retries of a failed training task; with the cache PVC a retry "
+        "resumes from the last checkpoint",
+    ),
+]
+SecretOption = Annotated[
+    str,
+    typer.Option(
+        help="Kubernetes Secret whose MLflow/S3 credentials the final gate and registration get "
+        "as environment variables (keys: the variables' names); '' for none"
+    ),
+]
+PvcOption = Annotated[
+    str,
+    typer.Option(
+        help=f"PersistentVolumeClaim mounted at {CACHE_MOUNT} on the training tasks, where "
+        "cache_dir then points by default; '' for none (a scratch folder per task)"
+    ),
+]
 
 
 def apply_override(tree: dict, assignment: str) -> None:
@@ -95,8 +145,9 @@ def apply_override(tree: dict, assignment: str) -> None:
             node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
         node[int(leaf) if isinstance(node, list) else leaf] = yaml.safe_load(value)
     except (IndexError, KeyError, TypeError, ValueError) as exc:
-        raise typer.BadParameter(f"{assignment!r}: no such key ({exc})",
-                                 param_hint="--set") from exc
+        raise typer.BadParameter(
+            f"{assignment!r}: no such key ({exc})", param_hint="--set"
+        ) from exc
 
 
 def read_params(path: Path, overrides: list[str] | None, use_env: bool) -> Params:
@@ -110,26 +161,47 @@ def read_params(path: Path, overrides: list[str] | None, use_env: bool) -> Param
         raise typer.BadParameter(str(exc), param_hint="--set") from exc
 
 
-def _deployment(image: str, gpus: int, credentials_secret: str, cache_pvc: str,
-                workers: int, **placement) -> Deployment:
-    return Deployment(image=image, gpus=gpus, credentials_secret=credentials_secret or None,
-                      cache_pvc=cache_pvc or None, workers=workers, **placement)
+def _deployment(
+    image: str, gpus: int, credentials_secret: str, cache_pvc: str, workers: int, **placement
+) -> Deployment:
+    return Deployment(
+        image=image,
+        gpus=gpus,
+        credentials_secret=credentials_secret or None,
+        cache_pvc=cache_pvc or None,
+        workers=workers,
+        **placement,
+    )
 
 
-def placement(launcher: str, runtime: str, tolerations: list[str] | None,
-              node_selector: list[str] | None, train_timeout: int, step_timeout: int,
-              train_retries: int) -> dict:
+def placement(
+    launcher: str,
+    runtime: str,
+    tolerations: list[str] | None,
+    node_selector: list[str] | None,
+    train_timeout: int,
+    step_timeout: int,
+    train_retries: int,
+) -> dict:
     """The Deployment's placement fields from the command's options."""
     if launcher not in LAUNCHERS:
-        raise typer.BadParameter(f"{launcher!r}: expected one of {', '.join(LAUNCHERS)}",
-                                 param_hint="--launcher")
-    chosen = [GPU_TOLERATION] if tolerations is None else [
-        text for text in tolerations if text != "none"]
-    return {"launcher": launcher, "runtime": runtime,
-            "tolerations": tuple(Toleration.parse(text) for text in chosen),
-            "node_selector": parse_node_selector(node_selector or []),
-            "train_timeout": train_timeout, "step_timeout": step_timeout,
-            "train_retries": train_retries}
+        raise typer.BadParameter(
+            f"{launcher!r}: expected one of {', '.join(LAUNCHERS)}", param_hint="--launcher"
+        )
+    chosen = (
+        [GPU_TOLERATION]
+        if tolerations is None
+        else [text for text in tolerations if text != "none"]
+    )
+    return {
+        "launcher": launcher,
+        "runtime": runtime,
+        "tolerations": tuple(Toleration.parse(text) for text in chosen),
+        "node_selector": parse_node_selector(node_selector or []),
+        "train_timeout": train_timeout,
+        "step_timeout": step_timeout,
+        "train_retries": train_retries,
+    }
 
 
 def _git_commit(params: Path) -> str:
@@ -163,15 +235,30 @@ def compile(
     start = time.perf_counter()
     config = read_params(params, overrides, use_env=False)
     out.parent.mkdir(parents=True, exist_ok=True)
-    deployment = _deployment(image, gpus, credentials_secret, cache_pvc, workers, **placement(
-        launcher, runtime, tolerations, node_selector, train_timeout, step_timeout,
-        train_retries))
+    deployment = _deployment(
+        image,
+        gpus,
+        credentials_secret,
+        cache_pvc,
+        workers,
+        **placement(
+            launcher,
+            runtime,
+            tolerations,
+            node_selector,
+            train_timeout,
+            step_timeout,
+            train_retries,
+        ),
+    )
     compile_pipeline(config, str(out), deployment, _git_commit(params))
     kind = "TFJob" if launcher == "tfjob" else f"TrainJob ({runtime})"
     jobs = f", each rung a {kind} of {workers} workers x {gpus} GPUs" if workers > 1 else ""
-    typer.echo(f"wrote {out}: {len(config.train.ladder)} attempts{jobs}, images {image}-cpu/-gpu, "
-               f"secret {credentials_secret or '-'}, cache PVC {cache_pvc or '-'} "
-               f"({time.perf_counter() - start:.1f} s)")
+    typer.echo(
+        f"wrote {out}: {len(config.train.ladder)} attempts{jobs}, images {image}-cpu/-gpu, "
+        f"secret {credentials_secret or '-'}, cache PVC {cache_pvc or '-'} "
+        f"({time.perf_counter() - start:.1f} s)"
+    )
 
 
 @app.command("run-local")
@@ -180,13 +267,19 @@ def run_local(
     params: ParamsOption = Path("params.yaml"),
     overrides: SetOption = None,
     pipeline_root: Annotated[Path, typer.Option(help="where the tasks' outputs go")] = Path(
-        ".kfp/local"),
-    cache_dir: Annotated[Path, typer.Option(help="training feature cache and finished "
-                                                 "attempts")] = Path(".cache/image_finetune"),
+        ".kfp/local"
+    ),
+    cache_dir: Annotated[
+        Path, typer.Option(help="training feature cache and finished attempts")
+    ] = Path(".cache/image_finetune"),
     cache: Annotated[bool, typer.Option(help="kfp.local's task cache")] = False,
-    runner: Annotated[str, typer.Option(
-        help="subprocess: tasks in this environment; docker: each task in the CPU image "
-             "(infra/docker/build.sh), data and weights mounted read-only")] = "subprocess",
+    runner: Annotated[
+        str,
+        typer.Option(
+            help="subprocess: tasks in this environment; docker: each task in the CPU image "
+            "(infra/docker/build.sh), data and weights mounted read-only"
+        ),
+    ] = "subprocess",
     image: ImageOption = DEFAULT_IMAGE,
 ) -> None:
     """Run the pipeline here with kfp.local (no cluster): tasks in subprocesses or containers."""
@@ -194,15 +287,19 @@ def run_local(
     from image_finetune.pipelines.local import run_local as run
 
     if runner not in RUNNERS:
-        raise typer.BadParameter(f"{runner!r}: expected one of {', '.join(RUNNERS)}",
-                                 param_hint="--runner")
+        raise typer.BadParameter(
+            f"{runner!r}: expected one of {', '.join(RUNNERS)}", param_hint="--runner"
+        )
     config = read_params(params, overrides, use_env=True)
-    outcome = run(config, params.resolve().parent, pipeline_root, cache_dir, cache,
-                  runner=runner, image=image)
+    outcome = run(
+        config, params.resolve().parent, pipeline_root, cache_dir, cache, runner=runner, image=image
+    )
     verdict = "succeeded" if outcome.succeeded else f"FAILED: {outcome.error}"
     where = f", {len(outcome.containers)} containers" if runner == "docker" else ""
-    typer.echo(f"kfp.local run ({runner}{where}) {verdict} in {outcome.seconds:.0f} s; "
-               f"outputs in {outcome.pipeline_root}")
+    typer.echo(
+        f"kfp.local run ({runner}{where}) {verdict} in {outcome.seconds:.0f} s; "
+        f"outputs in {outcome.pipeline_root}"
+    )
     if not outcome.succeeded:
         raise typer.Exit(RUN_FAILED)
 
@@ -211,8 +308,9 @@ def run_local(
 @reported
 def submit(
     host: Annotated[str, typer.Option(envvar="KFP_HOST", help="KFP API endpoint")],
-    namespace: Annotated[str, typer.Option(envvar="KFP_NAMESPACE",
-                                           help="Kubeflow profile namespace")] = "kubeflow",
+    namespace: Annotated[
+        str, typer.Option(envvar="KFP_NAMESPACE", help="Kubeflow profile namespace")
+    ] = "kubeflow",
     experiment: Annotated[str, typer.Option(help="KFP experiment")] = "image-finetune",
     run_name: Annotated[str | None, typer.Option(help="default: pipeline name and time")] = None,
     params: ParamsOption = Path("params.yaml"),
@@ -222,11 +320,16 @@ def submit(
     workers: WorkersOption = 1,
     credentials_secret: SecretOption = CREDENTIALS_SECRET,
     cache_pvc: PvcOption = CACHE_PVC,
-    cache_dir: Annotated[str | None, typer.Option(
-        help=f"training cache inside the pods (default: {CACHE_MOUNT} with a cache PVC, else "
-             "a scratch folder per task); a mounted volume makes retries resume")] = None,
-    service_account: Annotated[str | None, typer.Option(
-        help="Kubernetes service account of the run's pods")] = None,
+    cache_dir: Annotated[
+        str | None,
+        typer.Option(
+            help=f"training cache inside the pods (default: {CACHE_MOUNT} with a cache PVC, else "
+            "a scratch folder per task); a mounted volume makes retries resume"
+        ),
+    ] = None,
+    service_account: Annotated[
+        str | None, typer.Option(help="Kubernetes service account of the run's pods")
+    ] = None,
     cache: Annotated[bool, typer.Option(help="KFP's task cache")] = True,
     launcher: LauncherOption = "tfjob",
     runtime: RuntimeOption = Deployment.runtime,
@@ -242,17 +345,34 @@ def submit(
     from image_finetune.pipelines.pipeline import build_pipeline, pipeline_arguments
 
     config = read_params(params, overrides, use_env=False)
-    deployment = _deployment(image, gpus, credentials_secret, cache_pvc, workers, **placement(
-        launcher, runtime, tolerations, node_selector, train_timeout, step_timeout,
-        train_retries))
+    deployment = _deployment(
+        image,
+        gpus,
+        credentials_secret,
+        cache_pvc,
+        workers,
+        **placement(
+            launcher,
+            runtime,
+            tolerations,
+            node_selector,
+            train_timeout,
+            step_timeout,
+            train_retries,
+        ),
+    )
     where = {"cache_dir": cache_dir} if cache_dir is not None else {}
-    client = kfp.Client(host=host, namespace=namespace,
-                        existing_token=os.environ.get(TOKEN_ENV) or None)
+    client = kfp.Client(
+        host=host, namespace=namespace, existing_token=os.environ.get(TOKEN_ENV) or None
+    )
     result = client.create_run_from_pipeline_func(
         build_pipeline(config, deployment, _git_commit(params)),
         arguments={**pipeline_arguments(config), **where},
-        run_name=run_name, experiment_name=experiment, namespace=namespace,
-        enable_caching=cache, service_account=service_account,
+        run_name=run_name,
+        experiment_name=experiment,
+        namespace=namespace,
+        enable_caching=cache,
+        service_account=service_account,
     )
     typer.echo(f"submitted run {result.run_id} to {host} (experiment {experiment!r})")
 
@@ -262,16 +382,29 @@ def submit(
 def upload(
     host: Annotated[str, typer.Option(envvar="KFP_HOST", help="KFP API endpoint")],
     name: Annotated[str, typer.Option(help="the pipeline's name in KFP")] = "image-finetune",
-    version: Annotated[str | None, typer.Option(
-        help="the new version's name (default: the git commit and the time)")] = None,
-    description: Annotated[str | None, typer.Option(
-        help="the pipeline's (first upload) or the version's description")] = None,
-    namespace: Annotated[str | None, typer.Option(
-        envvar="KFP_NAMESPACE", help="profile namespace of a namespaced pipeline "
-                                     "(default: a shared one)")] = None,
-    package: Annotated[Path | None, typer.Option(
-        exists=True, dir_okay=False, help="a compiled pipeline YAML to upload (default: "
-                                          "compile it here from the options below)")] = None,
+    version: Annotated[
+        str | None,
+        typer.Option(help="the new version's name (default: the git commit and the time)"),
+    ] = None,
+    description: Annotated[
+        str | None, typer.Option(help="the pipeline's (first upload) or the version's description")
+    ] = None,
+    namespace: Annotated[
+        str | None,
+        typer.Option(
+            envvar="KFP_NAMESPACE",
+            help="profile namespace of a namespaced pipeline (default: a shared one)",
+        ),
+    ] = None,
+    package: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help="a compiled pipeline YAML to upload (default: "
+            "compile it here from the options below)",
+        ),
+    ] = None,
     params: ParamsOption = Path("params.yaml"),
     overrides: SetOption = None,
     image: ImageOption = DEFAULT_IMAGE,
@@ -298,27 +431,58 @@ def upload(
     with tempfile.TemporaryDirectory() as folder:
         if package is None:
             package = Path(folder) / "pipeline.yaml"
-            deployment = _deployment(image, gpus, credentials_secret, cache_pvc, workers,
-                                     **placement(launcher, runtime, tolerations, node_selector,
-                                                 train_timeout, step_timeout, train_retries))
-            compile_pipeline(read_params(params, overrides, use_env=False), str(package),
-                             deployment, commit)
+            deployment = _deployment(
+                image,
+                gpus,
+                credentials_secret,
+                cache_pvc,
+                workers,
+                **placement(
+                    launcher,
+                    runtime,
+                    tolerations,
+                    node_selector,
+                    train_timeout,
+                    step_timeout,
+                    train_retries,
+                ),
+            )
+            compile_pipeline(
+                read_params(params, overrides, use_env=False), str(package), deployment, commit
+            )
         with kfp_errors(host):
-            uploaded = upload_package(connect(host, namespace or "kubeflow"), package, name,
-                                      version or default_version(commit), description,
-                                      namespace)
+            uploaded = upload_package(
+                connect(host, namespace or "kubeflow"),
+                package,
+                name,
+                version or default_version(commit),
+                description,
+                namespace,
+            )
     typer.echo(f"{uploaded.describe()} on {host}")
 
 
-SourceUriOption = Annotated[str, typer.Option(
-    help="the images each run tests: a folder, .tar.gz or recorded windows (.npz) in the "
-         "object store KFP reads")]
-LabelsUriOption = Annotated[str, typer.Option(
-    help="the exported feedback (image-finetune feedback export) to count; '' for none")]
-FeedbackPvcOption = Annotated[str, typer.Option(
-    help="the server's feedback volume (infra/k8s/components/feedback: "
-         "image-finetune-feedback): each run exports the labelled feedback from its store, "
-         "counts the new labels and retrains on them; '' for none (or --labels-uri)")]
+SourceUriOption = Annotated[
+    str,
+    typer.Option(
+        help="the images each run tests: a folder, .tar.gz or recorded windows (.npz) in the "
+        "object store KFP reads"
+    ),
+]
+LabelsUriOption = Annotated[
+    str,
+    typer.Option(
+        help="the exported feedback (image-finetune feedback export) to count; '' for none"
+    ),
+]
+FeedbackPvcOption = Annotated[
+    str,
+    typer.Option(
+        help="the server's feedback volume (infra/k8s/components/feedback: "
+        "image-finetune-feedback): each run exports the labelled feedback from its store, "
+        "counts the new labels and retrains on them; '' for none (or --labels-uri)"
+    ),
+]
 
 
 @app.command("compile-monitoring")
@@ -327,7 +491,8 @@ def compile_monitoring(
     params: ParamsOption = Path("params.yaml"),
     overrides: SetOption = None,
     out: Annotated[Path, typer.Option(help="pipeline YAML to write")] = Path(
-        ".kfp/monitoring.yaml"),
+        ".kfp/monitoring.yaml"
+    ),
     source_uri: SourceUriOption = "",
     labels_uri: LabelsUriOption = "",
     feedback_pvc: FeedbackPvcOption = "",
@@ -344,10 +509,13 @@ def compile_monitoring(
     config = read_params(params, overrides, use_env=False)
     out.parent.mkdir(parents=True, exist_ok=True)
     deployment = _deployment(image, gpus, credentials_secret, cache_pvc, workers)
-    compile_monitoring_pipeline(config, str(out), deployment, _git_commit(params), source_uri,
-                                labels_uri, feedback_pvc)
-    typer.echo(f"wrote {out}: monitor -> retrain on drift or new labels "
-               f"({len(config.train.ladder)} attempts), images {image}-cpu/-gpu")
+    compile_monitoring_pipeline(
+        config, str(out), deployment, _git_commit(params), source_uri, labels_uri, feedback_pvc
+    )
+    typer.echo(
+        f"wrote {out}: monitor -> retrain on drift or new labels "
+        f"({len(config.train.ladder)} attempts), images {image}-cpu/-gpu"
+    )
 
 
 @app.command()
@@ -355,26 +523,32 @@ def compile_monitoring(
 def schedule(
     host: Annotated[str, typer.Option(envvar="KFP_HOST", help="KFP API endpoint")],
     source_uri: SourceUriOption,
-    cron: Annotated[str | None, typer.Option(
-        help="KFP cron, six fields, seconds first: '0 0 3 * * *' is daily at 03:00")] = None,
+    cron: Annotated[
+        str | None,
+        typer.Option(help="KFP cron, six fields, seconds first: '0 0 3 * * *' is daily at 03:00"),
+    ] = None,
     every: Annotated[int | None, typer.Option(help="or: seconds between runs")] = None,
     labels_uri: LabelsUriOption = "",
     feedback_pvc: FeedbackPvcOption = "",
-    min_labels: Annotated[int, typer.Option(
-        min=1, help="new labels that make a retraining worth it without drift")] = 200,
-    namespace: Annotated[str, typer.Option(envvar="KFP_NAMESPACE",
-                                           help="Kubeflow profile namespace")] = "kubeflow",
+    min_labels: Annotated[
+        int, typer.Option(min=1, help="new labels that make a retraining worth it without drift")
+    ] = 200,
+    namespace: Annotated[
+        str, typer.Option(envvar="KFP_NAMESPACE", help="Kubeflow profile namespace")
+    ] = "kubeflow",
     experiment: Annotated[str, typer.Option(help="KFP experiment")] = "image-finetune-monitoring",
     name: Annotated[str, typer.Option(help="the recurring run's name")] = (
-        "image-finetune-monitoring"),
+        "image-finetune-monitoring"
+    ),
     params: ParamsOption = Path("params.yaml"),
     overrides: SetOption = None,
     image: ImageOption = DEFAULT_IMAGE,
     gpus: GpusOption = 1,
     credentials_secret: SecretOption = CREDENTIALS_SECRET,
     cache_pvc: PvcOption = CACHE_PVC,
-    service_account: Annotated[str | None, typer.Option(
-        help="Kubernetes service account of the runs' pods")] = None,
+    service_account: Annotated[
+        str | None, typer.Option(help="Kubernetes service account of the runs' pods")
+    ] = None,
 ) -> None:
     """Create a recurring run of the monitoring pipeline: one run at a time, no catch-up
     (bearer token, if needed: $KFP_TOKEN)."""
@@ -391,39 +565,75 @@ def schedule(
         raise ConfigError("--source-uri: name the images each run tests")
     config = read_params(params, overrides, use_env=False)
     deployment = _deployment(image, gpus, credentials_secret, cache_pvc, 1)
-    arguments = {**monitoring_arguments(config, source_uri, labels_uri, feedback_pvc),
-                 "min_labels": min_labels}
+    arguments = {
+        **monitoring_arguments(config, source_uri, labels_uri, feedback_pvc),
+        "min_labels": min_labels,
+    }
     with tempfile.TemporaryDirectory() as folder:
         package = Path(folder) / "monitoring.yaml"
-        compile_monitoring_pipeline(config, str(package), deployment, _git_commit(params),
-                                    source_uri, labels_uri, feedback_pvc)
+        compile_monitoring_pipeline(
+            config,
+            str(package),
+            deployment,
+            _git_commit(params),
+            source_uri,
+            labels_uri,
+            feedback_pvc,
+        )
         with kfp_errors(host):
-            made = schedule_package(connect(host, namespace), package, experiment, namespace,
-                                    name, when, arguments, service_account)
-    typer.echo(f"recurring run {made} ({name!r}, {when.describe()}, one at a time, no "
-               f"catch-up) in experiment {experiment!r} on {host}")
+            made = schedule_package(
+                connect(host, namespace),
+                package,
+                experiment,
+                namespace,
+                name,
+                when,
+                arguments,
+                service_account,
+            )
+    typer.echo(
+        f"recurring run {made} ({name!r}, {when.describe()}, one at a time, no "
+        f"catch-up) in experiment {experiment!r} on {host}"
+    )
 
 
 @app.command("alert-receiver")
 @reported
 def alert_receiver(
     host: Annotated[str, typer.Option(envvar="KFP_HOST", help="KFP API endpoint")],
-    pipeline_package: Annotated[Path, typer.Option(
-        exists=True, dir_okay=False, help="the compiled monitoring pipeline to start "
-                                          "(compile-monitoring)")],
-    token_file: Annotated[Path, typer.Option(
-        exists=True, dir_okay=False, help="the bearer token Alertmanager sends "
-                                          "(a mounted Secret)")],
-    namespace: Annotated[str, typer.Option(envvar="KFP_NAMESPACE",
-                                           help="Kubeflow profile namespace")] = "kubeflow",
+    pipeline_package: Annotated[
+        Path,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help="the compiled monitoring pipeline to start (compile-monitoring)",
+        ),
+    ],
+    token_file: Annotated[
+        Path,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help="the bearer token Alertmanager sends (a mounted Secret)",
+        ),
+    ],
+    namespace: Annotated[
+        str, typer.Option(envvar="KFP_NAMESPACE", help="Kubeflow profile namespace")
+    ] = "kubeflow",
     experiment: Annotated[str, typer.Option(help="KFP experiment")] = "image-finetune-monitoring",
     listen: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535)] = 8080,
-    min_interval: Annotated[int, typer.Option(
-        min=0, help="seconds between two runs, whatever fires")] = 3600,
-    state_file: Annotated[Path | None, typer.Option(
-        dir_okay=False, help="SQLite file remembering the alerts a run was started for, "
-                             "across restarts (on a volume); none: in memory only")] = None,
+    min_interval: Annotated[
+        int, typer.Option(min=0, help="seconds between two runs, whatever fires")
+    ] = 3600,
+    state_file: Annotated[
+        Path | None,
+        typer.Option(
+            dir_okay=False,
+            help="SQLite file remembering the alerts a run was started for, "
+            "across restarts (on a volume); none: in memory only",
+        ),
+    ] = None,
 ) -> None:
     """Start the monitoring pipeline when Alertmanager's webhook brings a firing alert
     labelled retrain="true" (POST /alerts, bearer token; GET /healthz)."""
@@ -437,28 +647,34 @@ def alert_receiver(
     from image_finetune.pipelines.runs import connect, kfp_errors, submit_package
 
     if not default_source(str(pipeline_package)):
-        raise ConfigError(f"--pipeline-package {pipeline_package}: not a monitoring pipeline "
-                          "compiled with --source-uri (compile-monitoring --source-uri URI): "
-                          "its runs would have no images to test")
+        raise ConfigError(
+            f"--pipeline-package {pipeline_package}: not a monitoring pipeline "
+            "compiled with --source-uri (compile-monitoring --source-uri URI): "
+            "its runs would have no images to test"
+        )
 
     def submit(run_name: str) -> str:
         with kfp_errors(host):  # a client per run: the service-account token rotates
-            return submit_package(connect(host, namespace), pipeline_package, experiment,
-                                  namespace, run_name)
+            return submit_package(
+                connect(host, namespace), pipeline_package, experiment, namespace, run_name
+            )
 
     try:
         memory = StartedAlerts(state_file) if state_file is not None else None
     except ValueError as exc:
         raise ConfigError(f"--state-file: {exc}") from None
     try:
-        receiver = AlertReceiver(token_file.read_text().strip(),
-                                 TriggerPolicy(min_interval, memory=memory), submit)
+        receiver = AlertReceiver(
+            token_file.read_text().strip(), TriggerPolicy(min_interval, memory=memory), submit
+        )
     except ValueError as exc:
         raise ConfigError(f"--token-file {token_file}: {exc}") from None
     server = make_server(receiver, listen, port)
-    typer.echo(f"alert receiver on http://{listen}:{server.server_address[1]}/alerts: starts "
-               f"{pipeline_package.name} on {host} (experiment {experiment!r}), at most one "
-               f"run per {min_interval} s")
+    typer.echo(
+        f"alert receiver on http://{listen}:{server.server_address[1]}/alerts: starts "
+        f"{pipeline_package.name} on {host} (experiment {experiment!r}), at most one "
+        f"run per {min_interval} s"
+    )
     try:
         server.serve_forever()
     finally:

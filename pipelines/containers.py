@@ -94,8 +94,10 @@ def container_user(image_user: str) -> str:
         return f"{os.getuid()}:{os.getgid()}"
     uid = image_user.partition(":")[0]
     if uid in ("", "0", "root"):
-        raise ConfigError(f"the image runs as root (USER {image_user or 'unset'}); its "
-                          "Dockerfile must name a non-root user")
+        raise ConfigError(
+            f"the image runs as root (USER {image_user or 'unset'}); its "
+            "Dockerfile must name a non-root user"
+        )
     return f"{uid}:0"
 
 
@@ -135,11 +137,13 @@ def prepare_mounts(mounts: list[Mount], user: str) -> None:
             raise ConfigError(
                 f"{mount.path}: the tasks' user ({user}) cannot enter {blocked} "
                 f"(mode {stat.filemode(blocked.stat().st_mode)}); put the run's paths "
-                f"elsewhere or `chmod o+x {blocked}`")
+                f"elsewhere or `chmod o+x {blocked}`"
+            )
         if not mount.writable and not readable(mount.path, uid, gid):
             raise ConfigError(
                 f"{mount.path}: the tasks' user ({user}) cannot read it (mode "
-                f"{stat.filemode(mount.path.stat().st_mode)}); `chmod -R o+rX {mount.path}`")
+                f"{stat.filemode(mount.path.stat().st_mode)}); `chmod -R o+rX {mount.path}`"
+            )
         if mount.writable and os.getuid() == 0:
             _open_to_group(mount.path)
 
@@ -163,8 +167,10 @@ def runner_arguments(mounts: list[Mount], user: str, working_dir: Path) -> dict:
         "user": user,
         "working_dir": str(working_dir),
         "network_mode": "host",  # the services on 127.0.0.1 (MLflow, S3)
-        "mounts": [DockerMount(str(m.path), str(m.path), type="bind", read_only=not m.writable)
-                   for m in mounts],
+        "mounts": [
+            DockerMount(str(m.path), str(m.path), type="bind", read_only=not m.writable)
+            for m in mounts
+        ],
     }
 
 
@@ -184,8 +190,9 @@ def image_user(image: str) -> str:
 
 
 def forwarded_environment() -> dict[str, str]:
-    return {name: value for name, value in os.environ.items()
-            if name.startswith(FORWARDED_PREFIXES)}
+    return {
+        name: value for name, value in os.environ.items() if name.startswith(FORWARDED_PREFIXES)
+    }
 
 
 def task_name(command: list[str]) -> str:
@@ -199,22 +206,28 @@ def task_name(command: list[str]) -> str:
 
 
 def _run_and_record(records: list[ContainerRecord], environment: dict[str, str]):
-    def run_container(client, image: str, command: list[str], volumes: dict,
-                      **run_args) -> int:
+    def run_container(client, image: str, command: list[str], volumes: dict, **run_args) -> int:
         run_args.pop("auto_remove", None)
         run_args["environment"] = {**environment, **run_args.get("environment", {})}
         start = time.perf_counter()
-        container = client.containers.run(image=image, command=command, detach=True,
-                                          volumes=volumes, **run_args)
+        container = client.containers.run(
+            image=image, command=command, detach=True, volumes=volumes, **run_args
+        )
         try:
             for line in container.logs(stream=True, follow=True):
                 print(line.decode(errors="replace"), end="")
             exit_code = int(container.wait()["StatusCode"])
         finally:
             container.remove(force=True)
-        records.append(ContainerRecord(task_name(command), image,
-                                       container.attrs["Config"].get("User", ""), exit_code,
-                                       time.perf_counter() - start))
+        records.append(
+            ContainerRecord(
+                task_name(command),
+                image,
+                container.attrs["Config"].get("User", ""),
+                exit_code,
+                time.perf_counter() - start,
+            )
+        )
         return exit_code
 
     return run_container

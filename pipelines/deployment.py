@@ -20,16 +20,23 @@ CACHE_MOUNT = "/cache"
 # The Secret's keys are the variables they become, as in `mlflow-client`, which the serving
 # Deployment reads whole. Each is optional: a server wants a token or a user and password,
 # and the S3 keys only matter where MLflow's artifacts are on S3.
-CREDENTIAL_VARIABLES = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
-                        "MLFLOW_TRACKING_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                        "MLFLOW_S3_ENDPOINT_URL")
+CREDENTIAL_VARIABLES = (
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "MLFLOW_S3_ENDPOINT_URL",
+)
 # GPU nodes are usually tainted so that only GPU pods land there; the NVIDIA device plugin's
 # and the clouds' taint key (GKE: nvidia.com/gpu=present:NoSchedule) is tolerated by default.
 GPU_TOLERATION = "nvidia.com/gpu:NoSchedule"
 TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 # A qualified Kubernetes name (label key or taint key): an optional DNS prefix and a name.
-QUALIFIED_NAME = re.compile(r"([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?"
-                            r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+QUALIFIED_NAME = re.compile(
+    r"([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+)
 LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
 LAUNCHERS = ("tfjob", "trainjob")  # the training operator v1's TFJob, Kubeflow Trainer v2's
 
@@ -48,16 +55,24 @@ class Toleration:
         """``KEY[=VALUE]:EFFECT``, e.g. ``nvidia.com/gpu:NoSchedule``."""
         taint, _, effect = text.rpartition(":")
         key, sep, value = taint.partition("=")
-        if (not QUALIFIED_NAME.fullmatch(key) or effect not in TAINT_EFFECTS
-                or (sep and not LABEL_VALUE.fullmatch(value))):
-            raise ConfigError(f"toleration {text!r}: expected KEY[=VALUE]:EFFECT with a "
-                              f"Kubernetes taint key and EFFECT one of {', '.join(TAINT_EFFECTS)}"
-                              " (e.g. nvidia.com/gpu:NoSchedule)")
+        if (
+            not QUALIFIED_NAME.fullmatch(key)
+            or effect not in TAINT_EFFECTS
+            or (sep and not LABEL_VALUE.fullmatch(value))
+        ):
+            raise ConfigError(
+                f"toleration {text!r}: expected KEY[=VALUE]:EFFECT with a "
+                f"Kubernetes taint key and EFFECT one of {', '.join(TAINT_EFFECTS)}"
+                " (e.g. nvidia.com/gpu:NoSchedule)"
+            )
         return cls(key, effect, value if sep else None)
 
     def as_dict(self) -> dict:
-        operator = {"operator": "Equal", "value": self.value} if self.value is not None else {
-            "operator": "Exists"}
+        operator = (
+            {"operator": "Equal", "value": self.value}
+            if self.value is not None
+            else {"operator": "Exists"}
+        )
         return {"key": self.key, **operator, "effect": self.effect}
 
 
@@ -67,8 +82,9 @@ def parse_node_selector(texts: list[str] | tuple[str, ...]) -> tuple[tuple[str, 
     for text in texts:
         key, sep, value = text.partition("=")
         if not sep or not QUALIFIED_NAME.fullmatch(key) or not LABEL_VALUE.fullmatch(value):
-            raise ConfigError(f"node selector {text!r}: expected KEY=VALUE with a Kubernetes "
-                              "label key and value")
+            raise ConfigError(
+                f"node selector {text!r}: expected KEY=VALUE with a Kubernetes label key and value"
+            )
         pairs.append((key, value))
     return tuple(pairs)
 
@@ -105,8 +121,7 @@ class Deployment:
         if self.workers < 1:
             raise ConfigError(f"workers must be at least 1, not {self.workers}")
         if self.launcher not in LAUNCHERS:
-            raise ConfigError(f"launcher {self.launcher!r}: expected one of "
-                              f"{', '.join(LAUNCHERS)}")
+            raise ConfigError(f"launcher {self.launcher!r}: expected one of {', '.join(LAUNCHERS)}")
         for name in ("train_timeout", "step_timeout", "train_retries"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be 0 or more, not {getattr(self, name)}")
@@ -114,7 +129,8 @@ class Deployment:
             raise ConfigError(
                 f"--workers {self.workers} needs the cache PVC: the job's workers read their "
                 f"inputs from it and the chief writes the model there; name one with "
-                f"--cache-pvc (default {CACHE_PVC}) instead of ''")
+                f"--cache-pvc (default {CACHE_PVC}) instead of ''"
+            )
 
     @property
     def distributed(self) -> bool:
@@ -156,9 +172,13 @@ class Deployment:
             task.set_container_image(self.training_image)
             task.set_accelerator_type(self.accelerator).set_accelerator_limit(self.gpus)
             for toleration in self.tolerations:
-                kubernetes.add_toleration(task, key=toleration.key,
-                                          operator=toleration.as_dict()["operator"],
-                                          value=toleration.value, effect=toleration.effect)
+                kubernetes.add_toleration(
+                    task,
+                    key=toleration.key,
+                    operator=toleration.as_dict()["operator"],
+                    value=toleration.value,
+                    effect=toleration.effect,
+                )
             for key, value in self.node_selector:
                 kubernetes.add_node_selector(task, label_key=key, label_value=value)
         if self.cache_pvc:
@@ -167,12 +187,19 @@ class Deployment:
 
     def job_inputs(self) -> dict:
         """What a job launcher needs to know of where its job runs."""
-        return {"workers": self.workers, "gpus": self.gpus, "image": self.training_image,
-                "cache_pvc": self.cache_pvc, "cache_mount": CACHE_MOUNT,
-                "run_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER, "launcher": self.launcher,
-                "runtime": self.runtime, "timeout_seconds": self.train_timeout,
-                "tolerations": [t.as_dict() for t in self.tolerations] if self.gpus else [],
-                "node_selector": dict(self.node_selector) if self.gpus else {}}
+        return {
+            "workers": self.workers,
+            "gpus": self.gpus,
+            "image": self.training_image,
+            "cache_pvc": self.cache_pvc,
+            "cache_mount": CACHE_MOUNT,
+            "run_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+            "launcher": self.launcher,
+            "runtime": self.runtime,
+            "timeout_seconds": self.train_timeout,
+            "tolerations": [t.as_dict() for t in self.tolerations] if self.gpus else [],
+            "node_selector": dict(self.node_selector) if self.gpus else {},
+        }
 
     def for_job_launcher(self, task: PipelineTask) -> PipelineTask:
         """Place a job launcher: a small CPU pod that shares the cache PVC with its job; a
@@ -185,6 +212,9 @@ class Deployment:
         """Give a step that talks to MLflow (or its S3 store) the Secret's credentials."""
         if self.credentials_secret:
             kubernetes.use_secret_as_env(
-                task, secret_name=self.credentials_secret,
-                secret_key_to_env={name: name for name in CREDENTIAL_VARIABLES}, optional=True)
+                task,
+                secret_name=self.credentials_secret,
+                secret_key_to_env={name: name for name in CREDENTIAL_VARIABLES},
+                optional=True,
+            )
         return task

@@ -48,8 +48,10 @@ RUNNERS = ("subprocess", "docker")
 
 # Expected under the subprocess runner: the images are not Python images, and resource
 # requests and display names only mean something to a cluster.
-_LOCAL_NOISE = (r"You may be attemping to run a task that uses custom or non-Python base image",
-                r"Task '.*': settings \[.*\] have no effect in the current local runner")
+_LOCAL_NOISE = (
+    r"You may be attemping to run a task that uses custom or non-Python base image",
+    r"Task '.*': settings \[.*\] have no effect in the current local runner",
+)
 
 
 @dataclass(frozen=True)
@@ -72,11 +74,15 @@ def _dag_output_artifacts(
         produced = []
         for selector in spec.artifact_selectors:
             with contextlib.suppress(ValueError):  # a branch that did not run
-                produced.append(io_store.get_task_output(selector.producer_subtask,
-                                                         selector.output_artifact_key))
+                produced.append(
+                    io_store.get_task_output(
+                        selector.producer_subtask, selector.output_artifact_key
+                    )
+                )
         if len(produced) != 1:
-            raise ValueError(f"DAG output {name!r}: {len(produced)} branches produced it, "
-                             "expected exactly one")
+            raise ValueError(
+                f"DAG output {name!r}: {len(produced)} branches produced it, expected exactly one"
+            )
         outputs[name] = produced[0]
     return outputs
 
@@ -93,8 +99,13 @@ def oneof_artifact_outputs() -> Iterator[None]:
 
 
 def run_local(
-    params: Params, project_root: Path, pipeline_root: Path, cache_dir: Path,
-    enable_caching: bool = False, runner: str = "subprocess", image: str | None = None,
+    params: Params,
+    project_root: Path,
+    pipeline_root: Path,
+    cache_dir: Path,
+    enable_caching: bool = False,
+    runner: str = "subprocess",
+    image: str | None = None,
 ) -> LocalRun:
     """Compile the pipeline for ``params`` and run it with them as arguments.
 
@@ -106,8 +117,9 @@ def run_local(
     """
     pipeline_root, cache_dir = pipeline_root.resolve(), cache_dir.resolve()
     # No cluster here: no GPUs, no Secret, no volume claim.
-    deployment = Deployment(image=image or configured_image(), gpus=0, credentials_secret=None,
-                            cache_pvc=None)
+    deployment = Deployment(
+        image=image or configured_image(), gpus=0, credentials_secret=None, cache_pvc=None
+    )
     records: list[ContainerRecord] = []
     tasks_run_by: contextlib.AbstractContextManager[None]
     if runner == "docker":
@@ -117,25 +129,36 @@ def run_local(
     else:
         task_runner, tasks_run_by = local.SubprocessRunner(use_venv=False), contextlib.nullcontext()
     pipeline = build_pipeline(params, deployment, git_commit=git_commit(project_root))
-    local.init(runner=task_runner, pipeline_root=str(pipeline_root), raise_on_error=True,
-               enable_caching=enable_caching, cache_root=str(cache_dir / "kfp-local"))
+    local.init(
+        runner=task_runner,
+        pipeline_root=str(pipeline_root),
+        raise_on_error=True,
+        enable_caching=enable_caching,
+        cache_root=str(cache_dir / "kfp-local"),
+    )
     arguments = {**pipeline_arguments(params), "cache_dir": str(cache_dir)}
     start = time.perf_counter()
-    with (warnings.catch_warnings(), contextlib.chdir(project_root), oneof_artifact_outputs(),
-          tasks_run_by):
+    with (
+        warnings.catch_warnings(),
+        contextlib.chdir(project_root),
+        oneof_artifact_outputs(),
+        tasks_run_by,
+    ):
         for message in _LOCAL_NOISE:
             warnings.filterwarnings("ignore", message=message)
         try:
             pipeline(**arguments)
         except RuntimeError as exc:  # kfp.local's "finished with status FAILURE"
             error = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # kfp.local colours its messages
-            return LocalRun(False, pipeline_root, time.perf_counter() - start, error,
-                            tuple(records))
+            return LocalRun(
+                False, pipeline_root, time.perf_counter() - start, error, tuple(records)
+            )
     return LocalRun(True, pipeline_root, time.perf_counter() - start, containers=tuple(records))
 
 
-def docker_runner(params: Params, deployment: Deployment, pipeline_root: Path,
-                  cache_dir: Path) -> local.DockerRunner:
+def docker_runner(
+    params: Params, deployment: Deployment, pipeline_root: Path, cache_dir: Path
+) -> local.DockerRunner:
     """kfp.local's DockerRunner on the CPU image, with what the tasks read and write mounted
     and a non-root user; clear errors for a missing image or an unreachable path."""
     image = deployment.cpu_image

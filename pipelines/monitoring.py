@@ -52,26 +52,34 @@ from image_finetune.pipelines.pipeline import (
 
 PIPELINE_NAME = "image-finetune-monitoring"
 DISPLAY_NAME = "Image classifier monitoring and retraining"
-DESCRIPTION = ("Test the served model's recent images against its reference profile; retrain "
-               "with the fine-tuning pipeline only on drift or enough new labels. The "
-               "retrained model passes the same gates and becomes the challenger; drift alone "
-               "never promotes.")
+DESCRIPTION = (
+    "Test the served model's recent images against its reference profile; retrain "
+    "with the fine-tuning pipeline only on drift or enough new labels. The "
+    "retrained model passes the same gates and becomes the challenger; drift alone "
+    "never promotes."
+)
 MONITOR_DEFAULTS: dict[str, Any] = {
-    "source_uri": "", "alias": "champion", "version": "", "alpha": 0.05,
-    "permutations": 500, "min_labels": 200}
+    "source_uri": "",
+    "alias": "champion",
+    "version": "",
+    "alpha": 0.05,
+    "permutations": 500,
+    "min_labels": 200,
+}
 FEEDBACK_MOUNT = "/var/lib/image-finetune"  # as the serving pod mounts the feedback volume
 DEFAULT_FEEDBACK_URI = f"sqlite:///{FEEDBACK_MOUNT}/feedback.db"  # components/shadow, canary
 MONITOR_DESCRIPTIONS = {
     "feedback_uri": "the server's feedback store on the feedback volume (sqlite:///<path>), "
-                    "exported for the monitor and the retraining",
+    "exported for the monitor and the retraining",
     "source_uri": "the images to test: a folder or .tar.gz of images, or an .npz of the "
-                  "server's recorded windows (s3://, gs://, minio:// as KFP reads)",
+    "server's recorded windows (s3://, gs://, minio:// as KFP reads)",
     "labels_uri": "the exported feedback (image-finetune feedback export), counted as labels",
     "alias": "the registry alias of the version to test against",
     "version": "a version number instead of the alias ('' for the alias)",
     "alpha": "the drift tests' significance level (Bonferroni-corrected in the step)",
     "permutations": "permutations of the embedding's MMD test",
-    "min_labels": "labelled images that make a retraining worth it without drift"}
+    "min_labels": "labelled images that make a retraining worth it without drift",
+}
 
 
 def retraining_params(params: Params) -> Params:
@@ -80,18 +88,30 @@ def retraining_params(params: Params) -> Params:
     return params.model_copy(update={"registry": registry})
 
 
-def monitoring_arguments(params: Params, source_uri: str = "", labels_uri: str = "",
-                         feedback_pvc: str = "") -> dict[str, Any]:
+def monitoring_arguments(
+    params: Params, source_uri: str = "", labels_uri: str = "", feedback_pvc: str = ""
+) -> dict[str, Any]:
     """The monitoring pipeline's parameters and their defaults for ``params``: with a
     ``labels_uri`` parameter only where one is given, a ``feedback_uri`` one only where the
     feedback volume is."""
     if labels_uri and feedback_pvc:
-        raise ConfigError("labels come either from --labels-uri (an export made elsewhere) or "
-                          "from the server's store on --feedback-pvc, not both")
-    labels = ({"labels_uri": labels_uri} if labels_uri else
-              {"feedback_uri": DEFAULT_FEEDBACK_URI} if feedback_pvc else {})
-    return {**pipeline_arguments(retraining_params(params)), **MONITOR_DEFAULTS,
-            "source_uri": source_uri, **labels}
+        raise ConfigError(
+            "labels come either from --labels-uri (an export made elsewhere) or "
+            "from the server's store on --feedback-pvc, not both"
+        )
+    labels = (
+        {"labels_uri": labels_uri}
+        if labels_uri
+        else {"feedback_uri": DEFAULT_FEEDBACK_URI}
+        if feedback_pvc
+        else {}
+    )
+    return {
+        **pipeline_arguments(retraining_params(params)),
+        **MONITOR_DEFAULTS,
+        "source_uri": source_uri,
+        **labels,
+    }
 
 
 def monitoring_descriptions(params: Params) -> dict[str, str]:
@@ -102,7 +122,8 @@ def monitoring_descriptions(params: Params) -> dict[str, str]:
 def _imported(uri, name: str):
     """An artifact at ``uri`` (a pipeline parameter), re-read on every run."""
     return dsl.importer(artifact_uri=uri, artifact_class=Artifact, reimport=True).set_display_name(
-        f"import the {name}")
+        f"import the {name}"
+    )
 
 
 def _on_feedback_volume(task, deployment: Deployment, claim: str, cpu: str):
@@ -117,60 +138,96 @@ def _labels(arguments: dict, deployment: Deployment, feedback_pvc: str):
     if "labels_uri" in arguments:
         return _imported(arguments["labels_uri"], "exported feedback").output
     if feedback_pvc:
-        return _on_feedback_volume(export_labelled_feedback(
-            feedback_uri=arguments["feedback_uri"]), deployment, feedback_pvc, "1",
-        ).set_display_name("export the labelled feedback").outputs["labels"]
+        return (
+            _on_feedback_volume(
+                export_labelled_feedback(feedback_uri=arguments["feedback_uri"]),
+                deployment,
+                feedback_pvc,
+                "1",
+            )
+            .set_display_name("export the labelled feedback")
+            .outputs["labels"]
+        )
     return None
 
 
 def build_monitoring_pipeline(
-    params: Params, deployment: Deployment | None = None, git_commit: str = "unknown",
-    source_uri: str = "", labels_uri: str = "", feedback_pvc: str = "",
+    params: Params,
+    deployment: Deployment | None = None,
+    git_commit: str = "unknown",
+    source_uri: str = "",
+    labels_uri: str = "",
+    feedback_pvc: str = "",
 ) -> GraphComponent:
     """The monitoring pipeline for ``params``, the URIs as its parameters' defaults; with a
     ``labels_uri``, or the server's feedback volume ``feedback_pvc`` (whose store it
     exports), it counts the labelled feedback and the retraining trains on it too."""
     deployment = deployment or Deployment()
-    defaults = {**monitoring_arguments(params, source_uri, labels_uri, feedback_pvc),
-                "cache_dir": deployment.cache_dir}
+    defaults = {
+        **monitoring_arguments(params, source_uri, labels_uri, feedback_pvc),
+        "cache_dir": deployment.cache_dir,
+    }
     with_labels = bool(labels_uri or feedback_pvc)
-    training = build_pipeline(retraining_params(params), deployment, git_commit,
-                              extra_data=with_labels)
+    training = build_pipeline(
+        retraining_params(params), deployment, git_commit, extra_data=with_labels
+    )
     training_names = [*pipeline_arguments(params), "cache_dir"]
 
     def image_finetune_monitoring(*values) -> None:
         arguments = dict(zip(defaults, values, strict=True))
         labels = _labels(arguments, deployment, feedback_pvc)
         given = {"labels": labels} if labels is not None else {}
-        monitored = deployment.on_cpu(monitor_drift(
-            evaluate=arguments["evaluate"], registry=arguments["registry"],
-            source=_imported(arguments["source_uri"], "images").output,
-            **{name: arguments[name] for name in
-               ("alias", "version", "alpha", "permutations", "min_labels")}, **given,
-        ), "2", "8G", retries=2, cache=False).set_display_name("monitor")
+        monitored = deployment.on_cpu(
+            monitor_drift(
+                evaluate=arguments["evaluate"],
+                registry=arguments["registry"],
+                source=_imported(arguments["source_uri"], "images").output,
+                **{
+                    name: arguments[name]
+                    for name in ("alias", "version", "alpha", "permutations", "min_labels")
+                },
+                **given,
+            ),
+            "2",
+            "8G",
+            retries=2,
+            cache=False,
+        ).set_display_name("monitor")
         deployment.with_credentials(monitored)
         with dsl.If(monitored.outputs["retrain"] == True, name="drift-or-new-labels"):  # noqa: E712
             extra = {EXTRA_DATA: labels} if labels is not None else {}
-            retrained = training(**{name: arguments[name] for name in training_names},
-                                 **extra).set_display_name("retrain: the fine-tuning pipeline")
+            retrained = training(
+                **{name: arguments[name] for name in training_names}, **extra
+            ).set_display_name("retrain: the fine-tuning pipeline")
             if feedback_pvc:
-                _on_feedback_volume(mark_feedback_used(
-                    feedback_uri=arguments["feedback_uri"], labels=labels), deployment,
-                    feedback_pvc, "100m").set_display_name(
-                    "mark the feedback used").after(retrained)
+                _on_feedback_volume(
+                    mark_feedback_used(feedback_uri=arguments["feedback_uri"], labels=labels),
+                    deployment,
+                    feedback_pvc,
+                    "100m",
+                ).set_display_name("mark the feedback used").after(retrained)
 
     return dsl.pipeline(name=PIPELINE_NAME, display_name=DISPLAY_NAME, description=DESCRIPTION)(
-        with_parameters(image_finetune_monitoring, defaults, monitoring_descriptions(params)))
+        with_parameters(image_finetune_monitoring, defaults, monitoring_descriptions(params))
+    )
 
 
 def compile_monitoring_pipeline(
-    params: Params, package_path: str, deployment: Deployment | None = None,
-    git_commit: str = "unknown", source_uri: str = "", labels_uri: str = "",
+    params: Params,
+    package_path: str,
+    deployment: Deployment | None = None,
+    git_commit: str = "unknown",
+    source_uri: str = "",
+    labels_uri: str = "",
     feedback_pvc: str = "",
 ) -> None:
     """Write the monitoring pipeline's YAML (what ``schedule`` and the alert receiver run)."""
-    compiler.Compiler().compile(build_monitoring_pipeline(
-        params, deployment, git_commit, source_uri, labels_uri, feedback_pvc), package_path)
+    compiler.Compiler().compile(
+        build_monitoring_pipeline(
+            params, deployment, git_commit, source_uri, labels_uri, feedback_pvc
+        ),
+        package_path,
+    )
 
 
 def default_source(package: str) -> str:

@@ -28,8 +28,10 @@ SA_TOKEN_PATH_ENV = "KF_PIPELINES_SA_TOKEN_PATH"
 SA_TOKEN_PATH = "/var/run/secrets/kubeflow/pipelines/token"
 # KFP's cron: six fields, seconds first (robfig/cron), e.g. "0 0 3 * * *" daily at 03:00.
 CRON_FIELD = r"[0-9A-Za-z*?/,#LW-]+"
-CRON = re.compile(rf"{CRON_FIELD}( {CRON_FIELD}){{5}}|@(yearly|annually|monthly|weekly|daily"
-                  r"|midnight|hourly|every \d+[smh])")
+CRON = re.compile(
+    rf"{CRON_FIELD}( {CRON_FIELD}){{5}}|@(yearly|annually|monthly|weekly|daily"
+    r"|midnight|hourly|every \d+[smh])"
+)
 EQUALS = 1  # the KFP API filter's EQUALS operation (filter.proto)
 MIN_INTERVAL_SECONDS = 300  # a monitoring pipeline that starts more often only queues up
 
@@ -44,11 +46,14 @@ def kfp_errors(host: str) -> Iterator[None]:
     try:
         yield
     except ApiException as exc:
-        raise ServiceError(f"Kubeflow Pipelines at {host} refused: {exc.status} "
-                           f"{exc.reason}: {str(exc.body or '')[:300]}") from None
+        raise ServiceError(
+            f"Kubeflow Pipelines at {host} refused: {exc.status} "
+            f"{exc.reason}: {str(exc.body or '')[:300]}"
+        ) from None
     except (HTTPError, OSError) as exc:
-        raise ServiceError(f"Kubeflow Pipelines at {host} unreachable: "
-                           f"{type(exc).__name__}") from None
+        raise ServiceError(
+            f"Kubeflow Pipelines at {host} unreachable: {type(exc).__name__}"
+        ) from None
 
 
 def bearer_token() -> str | None:
@@ -81,37 +86,65 @@ class Schedule:
         if (self.cron is None) == (self.interval_seconds is None):
             raise ConfigError("give a schedule as --cron or as --every, exactly one of them")
         if self.cron is not None and not CRON.fullmatch(self.cron.strip()):
-            raise ConfigError(f"--cron {self.cron!r}: expected KFP's six fields, seconds "
-                              "first (e.g. '0 0 3 * * *': daily at 03:00), or @daily/@hourly")
+            raise ConfigError(
+                f"--cron {self.cron!r}: expected KFP's six fields, seconds "
+                "first (e.g. '0 0 3 * * *': daily at 03:00), or @daily/@hourly"
+            )
         if self.interval_seconds is not None and self.interval_seconds < MIN_INTERVAL_SECONDS:
-            raise ConfigError(f"--every {self.interval_seconds}: at least "
-                              f"{MIN_INTERVAL_SECONDS} seconds between runs")
+            raise ConfigError(
+                f"--every {self.interval_seconds}: at least "
+                f"{MIN_INTERVAL_SECONDS} seconds between runs"
+            )
 
     def describe(self) -> str:
         return f"cron {self.cron!r}" if self.cron else f"every {self.interval_seconds} s"
 
 
-def submit_package(client, package: Path, experiment: str, namespace: str, run_name: str,
-                   arguments: dict[str, Any] | None = None) -> str:
+def submit_package(
+    client,
+    package: Path,
+    experiment: str,
+    namespace: str,
+    run_name: str,
+    arguments: dict[str, Any] | None = None,
+) -> str:
     """Start one run of a compiled pipeline; return its run id."""
     result = client.create_run_from_pipeline_package(
-        str(package), arguments=arguments or {}, run_name=run_name,
-        experiment_name=experiment, namespace=namespace)
+        str(package),
+        arguments=arguments or {},
+        run_name=run_name,
+        experiment_name=experiment,
+        namespace=namespace,
+    )
     return result.run_id
 
 
-def schedule_package(client, package: Path, experiment: str, namespace: str, name: str,
-                     schedule: Schedule, arguments: dict[str, Any] | None = None,
-                     service_account: str | None = None) -> str:
+def schedule_package(
+    client,
+    package: Path,
+    experiment: str,
+    namespace: str,
+    name: str,
+    schedule: Schedule,
+    arguments: dict[str, Any] | None = None,
+    service_account: str | None = None,
+) -> str:
     """Create a recurring run of a compiled pipeline, one run at a time and no catch-up, in
     ``experiment`` (made if missing); return the recurring run's id."""
     found = client.create_experiment(name=experiment, namespace=namespace)
     created = client.create_recurring_run(
-        experiment_id=found.experiment_id, job_name=name,
-        description=f"{name}: {schedule.describe()}", cron_expression=schedule.cron,
-        interval_second=schedule.interval_seconds, max_concurrency=1, no_catchup=True,
-        params=arguments or {}, pipeline_package_path=str(package), enabled=True,
-        service_account=service_account)
+        experiment_id=found.experiment_id,
+        job_name=name,
+        description=f"{name}: {schedule.describe()}",
+        cron_expression=schedule.cron,
+        interval_second=schedule.interval_seconds,
+        max_concurrency=1,
+        no_catchup=True,
+        params=arguments or {},
+        pipeline_package_path=str(package),
+        enabled=True,
+        service_account=service_account,
+    )
     return created.recurring_run_id
 
 
@@ -127,8 +160,10 @@ class Uploaded:
 
     def describe(self) -> str:
         made = "new pipeline" if self.new_pipeline else "new version of pipeline"
-        return (f"uploaded {made} {self.name!r} ({self.pipeline_id}), version "
-                f"{self.version!r} ({self.version_id})")
+        return (
+            f"uploaded {made} {self.name!r} ({self.pipeline_id}), version "
+            f"{self.version!r} ({self.version_id})"
+        )
 
 
 def default_version(git_commit: str, now: datetime | None = None) -> str:
@@ -139,26 +174,40 @@ def default_version(git_commit: str, now: datetime | None = None) -> str:
 
 def find_pipeline(client, name: str, namespace: str | None) -> str | None:
     """The id of the pipeline named ``name`` (in ``namespace``, or shared), None if none."""
-    wanted = json.dumps({"predicates": [{"operation": EQUALS, "key": "display_name",
-                                         "stringValue": name}]})
+    wanted = json.dumps(
+        {"predicates": [{"operation": EQUALS, "key": "display_name", "stringValue": name}]}
+    )
     found = client.list_pipelines(filter=wanted, namespace=namespace).pipelines or []
     if len(found) > 1:
-        raise ConfigError(f"{len(found)} pipelines are named {name!r}: name one in the KFP UI "
-                          "uniquely, or upload under another --name")
+        raise ConfigError(
+            f"{len(found)} pipelines are named {name!r}: name one in the KFP UI "
+            "uniquely, or upload under another --name"
+        )
     return found[0].pipeline_id if found else None
 
 
-def upload_package(client, package: Path, name: str, version: str,
-                   description: str | None = None, namespace: str | None = None) -> Uploaded:
+def upload_package(
+    client,
+    package: Path,
+    name: str,
+    version: str,
+    description: str | None = None,
+    namespace: str | None = None,
+) -> Uploaded:
     """Upload a compiled pipeline: a new pipeline named ``name`` (whose first version is
     ``version``) where none is, else a new version ``version`` of it."""
     pipeline_id = find_pipeline(client, name, namespace)
     new_pipeline = pipeline_id is None
     if pipeline_id is None:
-        pipeline = client.upload_pipeline(str(package), pipeline_name=name,
-                                          description=description, namespace=namespace)
+        pipeline = client.upload_pipeline(
+            str(package), pipeline_name=name, description=description, namespace=namespace
+        )
         pipeline_id = pipeline.pipeline_id
         # The server names the first version after the pipeline: add the named one to it.
-    made = client.upload_pipeline_version(str(package), pipeline_version_name=version,
-                                          pipeline_id=pipeline_id, description=description)
+    made = client.upload_pipeline_version(
+        str(package),
+        pipeline_version_name=version,
+        pipeline_id=pipeline_id,
+        description=description,
+    )
     return Uploaded(pipeline_id, made.pipeline_version_id, name, version, new_pipeline)

@@ -26,8 +26,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 
-TIERS = ("unit", "data", "model", "distributed", "e2e", "integration", "faults", "containers",
-         "install")
+TIERS = (
+    "unit",
+    "data",
+    "model",
+    "distributed",
+    "e2e",
+    "integration",
+    "faults",
+    "containers",
+    "install",
+)
 
 
 ORDER_SEED = "IMAGE_FINETUNE_TEST_ORDER_SEED"
@@ -112,8 +121,9 @@ def small_model(small_folder, no_top_weights, tmp_path_factory) -> dict:
 @pytest.fixture(scope="session")
 def small_folder(cifar_tarball: Path, tmp_path_factory) -> Path:
     """A real CIFAR-10 subset: 30 train and 10 test images per class, as a folder tree."""
-    return extract_subset(cifar_tarball, tmp_path_factory.mktemp("cifar-small"),
-                          {"train": 30, "test": 10})
+    return extract_subset(
+        cifar_tarball, tmp_path_factory.mktemp("cifar-small"), {"train": 30, "test": 10}
+    )
 
 
 @pytest.fixture(scope="session")
@@ -135,8 +145,10 @@ def service_stack():
     try:
         env = services_env(generated)
     except RuntimeError as exc:
-        pytest.fail(f"the services are running but the credentials they were started with "
-                    f"are not in the environment (export them): {exc}")
+        pytest.fail(
+            f"the services are running but the credentials they were started with "
+            f"are not in the environment (export them): {exc}"
+        )
     env.update(generated)  # what a test needs to restart a service
     yield env
     if not already_up:

@@ -32,8 +32,11 @@ def strict(schema: dict) -> dict:
 def nested_schemas(schema: dict) -> list[dict]:
     """The schemas directly inside ``schema`` (OpenAPI v3's structural subset)."""
     nested = list(schema.get("properties", {}).values())
-    nested += [schema[key] for key in ("items", "additionalProperties", "not")
-               if isinstance(schema.get(key), dict)]
+    nested += [
+        schema[key]
+        for key in ("items", "additionalProperties", "not")
+        if isinstance(schema.get(key), dict)
+    ]
     for key in ("allOf", "anyOf", "oneOf"):
         nested += schema.get(key, [])
     return nested
@@ -81,6 +84,7 @@ def validate_custom_resource(manifest: dict) -> None:
     """Validate a custom resource against its vendored CRD's schema (KeyError: no such CRD
     vendored). Raises jsonschema.ValidationError."""
     error = jsonschema.exceptions.best_match(
-        validator(manifest["apiVersion"], manifest["kind"]).iter_errors(manifest))
+        validator(manifest["apiVersion"], manifest["kind"]).iter_errors(manifest)
+    )
     if error is not None:
         raise error

@@ -22,8 +22,9 @@ from tests.support import free_port
 
 
 @contextlib.contextmanager
-def engine_registry(model: Path, data: Path, work: Path, name: str,
-                    host: str = "127.0.0.1") -> Iterator[dict]:
+def engine_registry(
+    model: Path, data: Path, work: Path, name: str, host: str = "127.0.0.1"
+) -> Iterator[dict]:
     """``model`` (trained on the canonical ``data``) registered as ``name`` v1, champion,
     with its engine folder, in a sqlite store under ``work`` (its artifacts too), served by
     ``mlflow server`` on ``host``: {"uri", "names", "version"}."""
@@ -36,19 +37,39 @@ def engine_registry(model: Path, data: Path, work: Path, name: str,
     client = MlflowClient(store)
     experiment = client.create_experiment(name, artifact_location=str(work / "artifacts"))
     run = client.create_run(experiment).info.run_id
-    version = register_version(client, store, name, run, load_classifier(model),
-                               np.zeros((2, 32, 32, 3), np.uint8),
-                               {"pipeline_run_id": f"{name}-1", "class_names": json.dumps(names),
-                                "image_fit": "resize"})
+    version = register_version(
+        client,
+        store,
+        name,
+        run,
+        load_classifier(model),
+        np.zeros((2, 32, 32, 3), np.uint8),
+        {"pipeline_run_id": f"{name}-1", "class_names": json.dumps(names), "image_fit": "resize"},
+    )
     log_engine(store, name, version, engine_folder(model, work / "engine", names))
     client.set_registered_model_alias(name, "champion", version)
     port = free_port()
     process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", store,
-         "--host", host, "--port", str(port), "--workers", "1",
-         "--allowed-hosts", f"{host},{host}:{port}"],
-        cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+        [
+            str(Path(sys.executable).parent / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            store,
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--allowed-hosts",
+            f"{host},{host}:{port}",
+        ],
+        cwd=work,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+    )
     try:
         wait_for(f"http://{host}:{port}/health", process)
         yield {"uri": f"http://{host}:{port}", "names": names, "version": version}

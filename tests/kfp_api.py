@@ -55,8 +55,11 @@ class FakeKfp:
         if request.method == "POST" and resource == "/runs":
             if self.fail_runs:
                 return self.fail_runs, {"error_message": "refused", "code": 3}
-            return 200, {**request.body, "run_id": f"run-{len(self.posted('runs'))}",
-                         "state": "PENDING"}
+            return 200, {
+                **request.body,
+                "run_id": f"run-{len(self.posted('runs'))}",
+                "state": "PENDING",
+            }
         if request.method == "POST" and resource == "/recurringruns":
             return 200, {**request.body, "recurring_run_id": "recurring-1", "status": "ENABLED"}
         if match := re.fullmatch(r"/runs/([\w-]+)", resource):
@@ -66,19 +69,30 @@ class FakeKfp:
     def pipeline(self, request: Request, resource: str) -> tuple[int, dict]:
         query = {key: values[0] for key, values in request.query.items()}
         if request.method == "POST" and resource == "/pipelines/upload":
-            made = {"pipeline_id": f"pipeline-{len(self.pipelines) + 1}",
-                    "display_name": query["name"], "description": query.get("description")}
+            made = {
+                "pipeline_id": f"pipeline-{len(self.pipelines) + 1}",
+                "display_name": query["name"],
+                "description": query.get("description"),
+            }
             self.pipelines[query["name"]] = made
-            self.versions.append({"pipeline_id": made["pipeline_id"],
-                                  "pipeline_version_id": f"version-{len(self.versions) + 1}",
-                                  "display_name": query["name"], "spec": request.body})
+            self.versions.append(
+                {
+                    "pipeline_id": made["pipeline_id"],
+                    "pipeline_version_id": f"version-{len(self.versions) + 1}",
+                    "display_name": query["name"],
+                    "spec": request.body,
+                }
+            )
             return 200, made
         if request.method == "POST" and resource == "/pipelines/upload_version":
             if query["pipelineid"] not in {p["pipeline_id"] for p in self.pipelines.values()}:
                 return 404, {"error_message": f"no pipeline {query['pipelineid']}", "code": 5}
-            made = {"pipeline_id": query["pipelineid"], "display_name": query["name"],
-                    "description": query.get("description"),
-                    "pipeline_version_id": f"version-{len(self.versions) + 1}"}
+            made = {
+                "pipeline_id": query["pipelineid"],
+                "display_name": query["name"],
+                "description": query.get("description"),
+                "pipeline_version_id": f"version-{len(self.versions) + 1}",
+            }
             self.versions.append({**made, "spec": request.body})
             return 200, made
         if request.method == "GET" and resource == "/pipelines":
@@ -112,8 +126,9 @@ def handler(state: FakeKfp):
             else:
                 body = json.loads(raw) if raw else None
             headers = {name.lower(): value for name, value in self.headers.items()}
-            status, reply = state.answer(Request(method, url.path, parse_qs(url.query),
-                                                 headers, body))
+            status, reply = state.answer(
+                Request(method, url.path, parse_qs(url.query), headers, body)
+            )
             data = json.dumps(reply).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")

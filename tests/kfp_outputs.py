@@ -10,8 +10,10 @@ def produced(run: LocalRun, output: str) -> list[dict]:
     found = []
     for record in run.pipeline_root.rglob("executor_output.json"):
         artifacts = json.loads(record.read_text()).get("artifacts", {})
-        found += [{**a.get("metadata", {}), "uri": a["uri"]}
-                  for a in artifacts.get(output, {}).get("artifacts", [])]
+        found += [
+            {**a.get("metadata", {}), "uri": a["uri"]}
+            for a in artifacts.get(output, {}).get("artifacts", [])
+        ]
     return found
 
 

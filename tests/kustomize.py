@@ -12,8 +12,9 @@ from pathlib import Path
 import yaml
 
 K8S = Path(__file__).resolve().parents[1] / "infra" / "k8s"
-OVERLAYS = sorted(path.name for path in (K8S / "overlays").iterdir()
-                  if (path / "kustomization.yaml").is_file())
+OVERLAYS = sorted(
+    path.name for path in (K8S / "overlays").iterdir() if (path / "kustomization.yaml").is_file()
+)
 
 
 class Loader(yaml.SafeLoader):
@@ -27,15 +28,21 @@ Loader.add_constructor("tag:yaml.org,2002:value", Loader.construct_yaml_str)
 def kubectl() -> str:
     found = shutil.which("kubectl")
     if found is None:
-        raise RuntimeError("kubectl is not installed: the kustomize tests render with "
-                           "`kubectl kustomize`")
+        raise RuntimeError(
+            "kubectl is not installed: the kustomize tests render with `kubectl kustomize`"
+        )
     return found
 
 
 def render(folder: Path) -> list[dict]:
     """The objects ``kubectl kustomize folder`` renders."""
-    done = subprocess.run([kubectl(), "kustomize", str(folder)], capture_output=True,
-                          text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [kubectl(), "kustomize", str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     if done.returncode:
         raise AssertionError(f"kubectl kustomize {folder} failed: {done.stderr.strip()}")
     return [doc for doc in yaml.load_all(done.stdout, Loader=Loader) if doc]
@@ -44,13 +51,16 @@ def render(folder: Path) -> list[dict]:
 def render_with(overlay: str, components: list[str], folder: Path) -> list[dict]:
     """The overlay with ``components`` (names under infra/k8s/components) added, from a
     kustomization in ``folder`` (kustomize takes only relative paths)."""
+
     def relative(path: Path) -> str:
         return os.path.relpath(path, folder)
 
-    kustomization = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-                     "resources": [relative(K8S / "overlays" / overlay)],
-                     "components": [relative(K8S / "components" / name)
-                                    for name in components]}
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [relative(K8S / "overlays" / overlay)],
+        "components": [relative(K8S / "components" / name) for name in components],
+    }
     (folder / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
     return render(folder)
 

@@ -17,6 +17,7 @@ def local_cluster(workers: int) -> list[str]:
     addresses = [f"127.0.0.1:{sock.getsockname()[1]}" for sock in sockets]
     for sock in sockets:
         sock.close()
-    return [json.dumps({"cluster": {"worker": addresses},
-                        "task": {"type": "worker", "index": index}})
-            for index in range(workers)]
+    return [
+        json.dumps({"cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}})
+        for index in range(workers)
+    ]

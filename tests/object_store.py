@@ -26,8 +26,11 @@ def check_bucket(bucket: str, endpoint: str | None = None) -> None:
 
     endpoint = endpoint or s3_endpoint()
     # A new session: the default one caches the credentials it first resolved.
-    client = boto3.session.Session().client("s3", endpoint_url=endpoint, config=Config(
-        connect_timeout=5, read_timeout=10, retries={"max_attempts": 1}))
+    client = boto3.session.Session().client(
+        "s3",
+        endpoint_url=endpoint,
+        config=Config(connect_timeout=5, read_timeout=10, retries={"max_attempts": 1}),
+    )
     where = f"S3 bucket {bucket!r} at {endpoint or 'AWS'}"
     try:
         client.head_bucket(Bucket=bucket)
@@ -36,10 +39,16 @@ def check_bucket(bucket: str, endpoint: str | None = None) -> None:
     except ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "")
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        if status in (401, 403) or code in ("InvalidAccessKeyId", "SignatureDoesNotMatch",
-                                             "AccessDenied", "403"):
-            raise ServiceError(f"{where}: the credentials were rejected ({code or status}); "
-                               "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY") from exc
+        if status in (401, 403) or code in (
+            "InvalidAccessKeyId",
+            "SignatureDoesNotMatch",
+            "AccessDenied",
+            "403",
+        ):
+            raise ServiceError(
+                f"{where}: the credentials were rejected ({code or status}); "
+                "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
+            ) from exc
         if status == 404 or code in ("404", "NoSuchBucket"):
             raise ServiceError(f"{where}: no such bucket") from exc
         raise ServiceError(f"{where}: {code or status} ({exc})") from exc

@@ -15,16 +15,22 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "infra" / "services"
 # What `all.sh start` needs in the environment (infra/services/env.sh); no defaults
 # outside IMAGE_FINETUNE_SERVICES_DEV=1.
-CREDENTIALS = ("POSTGRES_PASSWORD", "S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY",
-               "MLFLOW_AUTH_ADMIN_PASSWORD")
+CREDENTIALS = (
+    "POSTGRES_PASSWORD",
+    "S3_ACCESS_KEY_ID",
+    "S3_SECRET_ACCESS_KEY",
+    "MLFLOW_AUTH_ADMIN_PASSWORD",
+)
 
 
 def random_credentials() -> dict[str, str]:
     """Fresh credentials for each of CREDENTIALS missing from the environment."""
-    fresh = {"POSTGRES_PASSWORD": secrets.token_urlsafe(24),
-             "S3_ACCESS_KEY_ID": f"test-{secrets.token_hex(8)}",
-             "S3_SECRET_ACCESS_KEY": secrets.token_urlsafe(30),
-             "MLFLOW_AUTH_ADMIN_PASSWORD": secrets.token_urlsafe(24)}
+    fresh = {
+        "POSTGRES_PASSWORD": secrets.token_urlsafe(24),
+        "S3_ACCESS_KEY_ID": f"test-{secrets.token_hex(8)}",
+        "S3_SECRET_ACCESS_KEY": secrets.token_urlsafe(30),
+        "MLFLOW_AUTH_ADMIN_PASSWORD": secrets.token_urlsafe(24),
+    }
     return {key: value for key, value in fresh.items() if not os.environ.get(key)}
 
 
@@ -35,15 +41,23 @@ class ServicesEnv(dict):
     SECRET = ("PASSWORD", "SECRET")
 
     def __repr__(self) -> str:
-        return repr({key: "***" if any(word in key for word in self.SECRET) else value
-                     for key, value in self.items()})
+        return repr(
+            {
+                key: "***" if any(word in key for word in self.SECRET) else value
+                for key, value in self.items()
+            }
+        )
 
 
 def services_env(credentials: dict[str, str] | None = None) -> ServicesEnv:
     """The client environment that all.sh prints as export lines (credentials included);
     ``credentials`` are those the stack was started with, where not in os.environ."""
-    result = subprocess.run(["bash", str(SCRIPTS / "all.sh"), "env"], capture_output=True,
-                            text=True, env={**os.environ, **(credentials or {})})
+    result = subprocess.run(
+        ["bash", str(SCRIPTS / "all.sh"), "env"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(credentials or {})},
+    )
     if result.returncode != 0:
         raise RuntimeError(f"all.sh env failed: {result.stderr.strip()[-500:]}")
     env = ServicesEnv()
@@ -59,20 +73,35 @@ def run_services(action: str, *only: str, env: dict[str, str] | None = None) -> 
     the environment (credentials the stack was started with)."""
     scripts = [SCRIPTS / f"{name}.sh" for name in only] or [SCRIPTS / "all.sh"]
     for script in scripts:
-        subprocess.run(["bash", str(script), action], check=True, timeout=600,
-                       env={**os.environ, **(env or {})})
+        subprocess.run(
+            ["bash", str(script), action],
+            check=True,
+            timeout=600,
+            env={**os.environ, **(env or {})},
+        )
 
 
 def services_up() -> bool:
-    return subprocess.run(["bash", str(SCRIPTS / "all.sh"), "status"],
-                          capture_output=True).returncode == 0
+    return (
+        subprocess.run(["bash", str(SCRIPTS / "all.sh"), "status"], capture_output=True).returncode
+        == 0
+    )
 
 
 @functools.cache
 def _default_state_dir() -> str:
-    return subprocess.run(["bash", "-c", 'source "$1"; printf %s "$SERVICES_STATE_DIR"', "-",
-                           str(SCRIPTS / "env.sh")],
-                          capture_output=True, text=True, check=True).stdout
+    return subprocess.run(
+        [
+            "bash",
+            "-c",
+            'source "$1"; printf %s "$SERVICES_STATE_DIR"',
+            "-",
+            str(SCRIPTS / "env.sh"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
 
 
 def state_dir() -> Path:
@@ -101,9 +130,12 @@ def objects_under(services: dict[str, str], prefix: str) -> int:
     """How many objects the DVC bucket holds under ``prefix/`` (the stack's S3 server)."""
     import boto3
 
-    s3 = boto3.client("s3", endpoint_url=services["S3_ENDPOINT_URL"],
-                      aws_access_key_id=services["AWS_ACCESS_KEY_ID"],
-                      aws_secret_access_key=services["AWS_SECRET_ACCESS_KEY"],
-                      region_name=services["AWS_DEFAULT_REGION"])
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=services["S3_ENDPOINT_URL"],
+        aws_access_key_id=services["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=services["AWS_SECRET_ACCESS_KEY"],
+        region_name=services["AWS_DEFAULT_REGION"],
+    )
     listing = s3.list_objects_v2(Bucket=services["S3_DVC_BUCKET"], Prefix=f"{prefix}/")
     return listing.get("KeyCount", 0)

@@ -33,18 +33,33 @@ SMALL_SPLIT = {"validation_fraction": 0.2, "min_validation_per_class": 1}
 # Rung 0 cannot learn at this learning rate; rung 1 can. So the loop must go round once.
 FAIL_THEN_PASS_LADDER = [
     {"name": "hopeless-head", "epochs": 1, "learning_rate": 1.0e-7, "batch_size": 64},
-    {"name": "top-blocks", "unfreeze_from": "block_13_expand", "epochs": 2,
-     "learning_rate": 0.0005, "batch_size": 32},
+    {
+        "name": "top-blocks",
+        "unfreeze_from": "block_13_expand",
+        "epochs": 2,
+        "learning_rate": 0.0005,
+        "batch_size": 32,
+    },
 ]
 
 
 # A gate the two-rung ladder's second rung passes on the small subset (and its first fails).
-PASSABLE_GATE = {"min_accuracy": 0.3, "min_macro_f1": 0.2, "min_class_recall": 0.0,
-                 "max_latency_p95_ms": 2000}
+PASSABLE_GATE = {
+    "min_accuracy": 0.3,
+    "min_macro_f1": 0.2,
+    "min_class_recall": 0.0,
+    "max_latency_p95_ms": 2000,
+}
 
 
-def small_params(folder: Path, weights: Path | str, ladder: list[dict], *,
-                 from_project: bool = False, **sections: dict) -> dict:
+def small_params(
+    folder: Path,
+    weights: Path | str,
+    ladder: list[dict],
+    *,
+    from_project: bool = False,
+    **sections: dict,
+) -> dict:
     """Raw params (a params.yaml's tree) for a run on the small real subset in ``folder``:
     its split (SMALL_SPLIT), the backbone ``weights``, the ``ladder``, then each of
     ``sections`` (``model={"image_size": 64}``, ``gate={...}``) updating its section.
@@ -52,8 +67,11 @@ def small_params(folder: Path, weights: Path | str, ladder: list[dict], *,
     import yaml
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text()) if from_project else {}
-    base = {"data": {"path": str(folder), **SMALL_SPLIT}, "model": {"weights": str(weights)},
-            "train": {"ladder": ladder}}
+    base = {
+        "data": {"path": str(folder), **SMALL_SPLIT},
+        "model": {"weights": str(weights)},
+        "train": {"ladder": ladder},
+    }
     for name, values in [*base.items(), *sections.items()]:
         params.setdefault(name, {}).update(values)
     return params
@@ -62,10 +80,14 @@ def small_params(folder: Path, weights: Path | str, ladder: list[dict], *,
 def small_run_params(folder: Path, weights: Path, gate: dict) -> dict:
     """The project's params.yaml for a small real subset: the two-rung ladder whose first
     rung fails, cheap evaluation, and the given gate."""
-    return small_params(folder, weights, FAIL_THEN_PASS_LADDER, from_project=True,
-                        evaluate={"bootstrap_samples": 200, "latency_runs": 5,
-                                  "gallery_size": 12},
-                        gate=gate)
+    return small_params(
+        folder,
+        weights,
+        FAIL_THEN_PASS_LADDER,
+        from_project=True,
+        evaluate={"bootstrap_samples": 200, "latency_runs": 5, "gallery_size": 12},
+        gate=gate,
+    )
 
 
 def container_params(workspace: Path, data: Path, weights: Path, gate: dict) -> Params:
@@ -81,12 +103,18 @@ def small_model_params(folder: Path, weights: Path) -> dict:
     """A cheap profile: 32 px, the frozen backbone's head for three epochs, a gate anyone
     passes (the tests that use it are about what happens around the model)."""
     return small_params(
-        folder, weights,
+        folder,
+        weights,
         [{"name": "head", "epochs": 3, "batch_size": 32, "learning_rate": 0.003}],
-        model={"image_size": 32}, train={"cache_boundary": None},
+        model={"image_size": 32},
+        train={"cache_boundary": None},
         evaluate={"bootstrap_samples": 200, "latency_runs": 3, "gallery_size": 6},
-        gate={"min_accuracy": 0.0, "min_macro_f1": 0.0, "min_class_recall": 0.0,
-              "max_latency_p95_ms": 10000},
+        gate={
+            "min_accuracy": 0.0,
+            "min_macro_f1": 0.0,
+            "min_class_recall": 0.0,
+            "max_latency_p95_ms": 10000,
+        },
     )
 
 
@@ -105,8 +133,9 @@ def locked_versions() -> dict[str, set[str]]:
     return versions
 
 
-def wait_until(condition, timeout: float = 60, interval: float = 0.5,
-               what: str = "the condition never held") -> None:
+def wait_until(
+    condition, timeout: float = 60, interval: float = 0.5, what: str = "the condition never held"
+) -> None:
     """Poll ``condition`` until it holds; fail with ``what`` after ``timeout`` seconds."""
     import time
 

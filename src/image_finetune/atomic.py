@@ -47,8 +47,9 @@ def atomic_file(target: Path) -> Iterator[Path]:
     when the block succeeds and is removed when it fails. Unique per writer, so two
     processes writing the same target never write the same file; the last one wins whole."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}"
-                               f"{target.suffix}")
+    partial = target.with_name(
+        f".{target.stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}{target.suffix}"
+    )
     try:
         yield partial
         partial.replace(target)

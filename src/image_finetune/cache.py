@@ -167,8 +167,11 @@ class Entry:
 
 def _size(path: Path) -> int:
     """Bytes under ``path`` (files that a run removes meanwhile count nothing)."""
-    files = [path] if not path.is_dir() or path.is_symlink() else [
-        Path(top) / name for top, _, names in os.walk(path) for name in names]
+    files = (
+        [path]
+        if not path.is_dir() or path.is_symlink()
+        else [Path(top) / name for top, _, names in os.walk(path) for name in names]
+    )
     total = 0
     for file in files:
         with suppress(FileNotFoundError):
@@ -196,8 +199,17 @@ def list_entries(cache: Path) -> list[Entry]:
             created = min(map(_mtime, paths))
             lock = _lock_path(cache, key)
             used = max(created, _mtime(lock))
-            entries.append(Entry(kind, key, tuple(paths), sum(map(_size, paths)), created, used,
-                                 read_key(cache / kind / key).get("what", "")))
+            entries.append(
+                Entry(
+                    kind,
+                    key,
+                    tuple(paths),
+                    sum(map(_size, paths)),
+                    created,
+                    used,
+                    read_key(cache / kind / key).get("what", ""),
+                )
+            )
     return sorted(entries, key=lambda e: (e.last_used, e.kind, e.key))
 
 
@@ -207,8 +219,9 @@ def is_in_use(cache: Path, entry: Entry) -> bool:
         return not free
 
 
-def should_prune(entry: Entry, now: float, total: int, older_than: float | None,
-                 max_size: int | None) -> bool:
+def should_prune(
+    entry: Entry, now: float, total: int, older_than: float | None, max_size: int | None
+) -> bool:
     """Whether ``entry`` goes: unused for longer than ``older_than`` seconds, or the cache
     (``total`` bytes now) is over ``max_size`` (entries offered least recently used first)."""
     expired = older_than is not None and now - entry.last_used > older_than
@@ -244,18 +257,23 @@ def parse_duration(text: str) -> float:
     """Seconds in ``30d``, ``12h``, ``90m``, ``45s``, ``2w`` (one number, one unit)."""
     match = DURATION.match(text) if len(text) <= MAX_TEXT else None
     if not match or not math.isfinite(seconds := float(match[1]) * SECONDS[match[2].lower()]):
-        raise ConfigError(f"--older-than {text[:MAX_TEXT]!r}: not a duration; write a number "
-                          "and a unit, s, m, h, d or w (e.g. 30d, 12h)")
+        raise ConfigError(
+            f"--older-than {text[:MAX_TEXT]!r}: not a duration; write a number "
+            "and a unit, s, m, h, d or w (e.g. 30d, 12h)"
+        )
     return seconds
 
 
 def parse_size(text: str) -> int:
     """Bytes in ``500M``, ``10G``, ``1.5GiB``, ``2T``, ``4096`` (K, M, G, T: powers of 1024)."""
     match = SIZE.match(text) if len(text) <= MAX_TEXT else None
-    if not match or not math.isfinite(value := float(match[1]) * 1024 ** POWERS[
-            (match[2] or "").lower()]):
-        raise ConfigError(f"--max-size {text[:MAX_TEXT]!r}: not a size; write a number and "
-                          "an optional unit, K, M, G or T (powers of 1024; e.g. 10G, 500M)")
+    if not match or not math.isfinite(
+        value := float(match[1]) * 1024 ** POWERS[(match[2] or "").lower()]
+    ):
+        raise ConfigError(
+            f"--max-size {text[:MAX_TEXT]!r}: not a size; write a number and "
+            "an optional unit, K, M, G or T (powers of 1024; e.g. 10G, 500M)"
+        )
     return int(value)
 
 

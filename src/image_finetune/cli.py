@@ -33,9 +33,11 @@ app = typer.Typer(
 ParamsOption = Annotated[Path, typer.Option("--params", "-p", help="params.yaml to read")]
 DEFAULT_PARAMS = Path(PARAMS_FILE)
 ReasonOption = Annotated[str, typer.Option(help="why (kept in the promotion history)")]
-CACHE_HELP = ("the training cache: features, checkpoints, finished attempts (default: "
-              ".cache/image_finetune in the project's root, shared by its experiments; "
-              "IMAGE_FINETUNE_CACHE moves it)")
+CACHE_HELP = (
+    "the training cache: features, checkpoints, finished attempts (default: "
+    ".cache/image_finetune in the project's root, shared by its experiments; "
+    "IMAGE_FINETUNE_CACHE moves it)"
+)
 
 
 def path_option(spec: StepSpec, option: str, help: str) -> typer.models.OptionInfo:
@@ -132,8 +134,9 @@ def train_rung_command(
     data: Annotated[Path, path_option(RUNG, "data", "canonical dataset")] = RUNG.paths["data"],
     out: Annotated[Path, path_option(RUNG, "out", "the attempt's folder")] = RUNG.paths["out"],
     cache: Annotated[Path, path_option(RUNG, "cache", CACHE_HELP)] = RUNG.paths["cache"],
-    warm_start: Annotated[Path | None, typer.Option(
-        help="the previous rung's model.keras to start from")] = None,
+    warm_start: Annotated[
+        Path | None, typer.Option(help="the previous rung's model.keras to start from")
+    ] = None,
 ) -> None:
     """Train one rung of the ladder (what each worker of a distributed job runs: with
     TF_CONFIG set, each trains its share and the chief writes the attempt)."""
@@ -141,8 +144,10 @@ def train_rung_command(
     from image_finetune.steps.train_rung import train_rung
 
     result = train_rung(config, index, data, out, _cache(cache, root), root, warm_start)
-    typer.echo(f"rung {index} {result.rung!r}: best validation accuracy "
-               f"{result.best_val_accuracy:.4f} on {result.distribution}")
+    typer.echo(
+        f"rung {index} {result.rung!r}: best validation accuracy "
+        f"{result.best_val_accuracy:.4f} on {result.distribution}"
+    )
 
 
 LADDER = steps.CLIMB_LADDER  # the `train` command (the stage users know) climbs the ladder
@@ -156,9 +161,9 @@ def climb_ladder_command(
     validation: Annotated[
         Path, path_option(LADDER, "validation", "validate step's result")
     ] = LADDER.paths["validation"],
-    out: Annotated[
-        Path, path_option(LADDER, "out", "attempts and selected model")
-    ] = LADDER.paths["out"],
+    out: Annotated[Path, path_option(LADDER, "out", "attempts and selected model")] = LADDER.paths[
+        "out"
+    ],
     cache: Annotated[Path, path_option(LADDER, "cache", CACHE_HELP)] = LADDER.paths["cache"],
     metrics: Annotated[
         Path, path_option(LADDER, "metrics", "the attempts' figures")
@@ -196,8 +201,15 @@ def export_engine_command(
     from image_finetune.steps.export_engine import export_engine
 
     manifest = export_engine(_load(params)[0], data, model, out)
-    typer.echo(json.dumps({key: manifest[key] for key in (
-        "default_engine", "serving_precision", "agreement", "int8")}, indent=2))
+    typer.echo(
+        json.dumps(
+            {
+                key: manifest[key]
+                for key in ("default_engine", "serving_precision", "agreement", "int8")
+            },
+            indent=2,
+        )
+    )
 
 
 @app.command("evaluate")
@@ -210,10 +222,14 @@ def evaluate_command(
     model: Annotated[
         Path, path_option(steps.EVALUATE, "model", "saved classifier")
     ] = steps.EVALUATE.paths["model"],
-    engine: Annotated[Path, path_option(
-        steps.EVALUATE, "engine",
-        "export-engine's folder: evaluate on the engine and precision that will serve",
-    )] = steps.EVALUATE.paths["engine"],
+    engine: Annotated[
+        Path,
+        path_option(
+            steps.EVALUATE,
+            "engine",
+            "export-engine's folder: evaluate on the engine and precision that will serve",
+        ),
+    ] = steps.EVALUATE.paths["engine"],
     out: Annotated[
         Path, path_option(steps.EVALUATE, "out", "report directory")
     ] = steps.EVALUATE.paths["out"],
@@ -221,14 +237,22 @@ def evaluate_command(
         Path, path_option(steps.EVALUATE, "metrics", "flat metrics")
     ] = steps.EVALUATE.paths["metrics"],
     split: Annotated[str, typer.Option(help="train, validation or test")] = "test",
-    keras: Annotated[bool, typer.Option(help="evaluate the Keras model itself, not the "
-                                              "engine")] = False,
+    keras: Annotated[
+        bool, typer.Option(help="evaluate the Keras model itself, not the engine")
+    ] = False,
 ) -> None:
     """Evaluate a model on one split: metrics, confusion matrix, gallery, HTML report."""
     from image_finetune.steps.evaluate import evaluate_classifier
 
-    evaluate_classifier(_load(params)[0], data, model, out, split, metrics_file=metrics,
-                        engine=None if keras else engine)
+    evaluate_classifier(
+        _load(params)[0],
+        data,
+        model,
+        out,
+        split,
+        metrics_file=metrics,
+        engine=None if keras else engine,
+    )
 
 
 @app.command("profile")
@@ -259,8 +283,7 @@ def gate_command(
     params: ParamsOption = DEFAULT_PARAMS,
     evaluation: Annotated[
         Path, path_option(steps.FINAL_GATE, "evaluation", "evaluate step's output")
-    ] =
-        steps.FINAL_GATE.paths["evaluation"],
+    ] = steps.FINAL_GATE.paths["evaluation"],
     out: Annotated[
         Path, path_option(steps.FINAL_GATE, "out", "decision JSON")
     ] = steps.FINAL_GATE.paths["out"],
@@ -279,9 +302,9 @@ REGISTER = steps.REGISTER
 @reported
 def register_command(
     params: ParamsOption = DEFAULT_PARAMS,
-    data: Annotated[
-        Path, path_option(REGISTER, "data", "canonical dataset")
-    ] = REGISTER.paths["data"],
+    data: Annotated[Path, path_option(REGISTER, "data", "canonical dataset")] = REGISTER.paths[
+        "data"
+    ],
     validation: Annotated[
         Path, path_option(REGISTER, "validation", "validate's output")
     ] = REGISTER.paths["validation"],
@@ -300,17 +323,26 @@ def register_command(
     engine: Annotated[
         Path, path_option(REGISTER, "engine", "export-engine's folder")
     ] = REGISTER.paths["engine"],
-    out: Annotated[
-        Path, path_option(REGISTER, "out", "registration result")
-    ] = REGISTER.paths["out"],
+    out: Annotated[Path, path_option(REGISTER, "out", "registration result")] = REGISTER.paths[
+        "out"
+    ],
 ) -> None:
     """Track the run in MLflow; register the model and promote it if it beats the champion."""
     config, root = _load(params)
     from image_finetune.steps.register import register_classifier
 
-    outcome = register_classifier(config, data, evaluation, decision, out, root,
-                                  models=models, validation=validation, profile=profile,
-                                  engine=engine)
+    outcome = register_classifier(
+        config,
+        data,
+        evaluation,
+        decision,
+        out,
+        root,
+        models=models,
+        validation=validation,
+        profile=profile,
+        engine=engine,
+    )
     typer.echo(json.dumps(outcome, indent=2))
 
 
@@ -350,16 +382,22 @@ def models_command(params: ParamsOption = DEFAULT_PARAMS) -> None:
 
 def serve_option(setting: str, help: str | None, envvar: str = ""):
     """A serve setting's flag, also read from IMAGE_FINETUNE_<SETTING> (or ``envvar``)."""
-    return typer.Option(f"--{setting.replace('_', '-')}", help=help, show_envvar=True,
-                        envvar=envvar or f"IMAGE_FINETUNE_{setting.upper()}")
+    return typer.Option(
+        f"--{setting.replace('_', '-')}",
+        help=help,
+        show_envvar=True,
+        envvar=envvar or f"IMAGE_FINETUNE_{setting.upper()}",
+    )
 
 
 # ServeSettings' fields that are no flag: the token (flags show in ps), where it came from
 # (--token-file below reads it), and the operating settings (environment only).
 NOT_SERVE_FLAGS = ("token", "token_file", "operate")
 SERVE_ENVVARS = {"tracking_uri": TRACKING_ENV}  # MLflow's own variable, not ours
-TOKEN_FILE_HELP = ("file holding the bearer token clients must send (a mounted Secret); or set "
-                   "IMAGE_FINETUNE_TOKEN")
+TOKEN_FILE_HELP = (
+    "file holding the bearer token clients must send (a mounted Secret); or set "
+    "IMAGE_FINETUNE_TOKEN"
+)
 NO_AUTH_HELP = "serve a non-loopback address without a token (something in front authenticates)"
 KEYWORD = inspect.Parameter.KEYWORD_ONLY
 
@@ -374,25 +412,53 @@ def serve_options() -> list[inspect.Parameter]:
     """One option per ServeSettings field (name, default and help from the field), then
     the options that are not settings."""
     settings = [
-        inspect.Parameter(name, KEYWORD, default=field.default, annotation=Annotated[
-            flag_type(field.annotation),
-            serve_option(name, field.description, SERVE_ENVVARS.get(name, ""))])
-        for name, field in ServeSettings.model_fields.items() if name not in NOT_SERVE_FLAGS]
-    return [*settings,
-            inspect.Parameter("host", KEYWORD, default="127.0.0.1", annotation=Annotated[
-                str, serve_option("host", "address to bind")]),
-            inspect.Parameter("port_", KEYWORD, default=8080, annotation=Annotated[
-                int, serve_option("port", "port")]),
-            inspect.Parameter("token_file", KEYWORD, default=None, annotation=Annotated[
-                Path | None, serve_option("token_file", TOKEN_FILE_HELP)]),
-            inspect.Parameter("no_auth", KEYWORD, default=False, annotation=Annotated[
-                bool, serve_option("no_auth", NO_AUTH_HELP)]),
-            inspect.Parameter("access_log", KEYWORD, default=False, annotation=Annotated[
-                bool, serve_option("access_log", "log every request")])]
+        inspect.Parameter(
+            name,
+            KEYWORD,
+            default=field.default,
+            annotation=Annotated[
+                flag_type(field.annotation),
+                serve_option(name, field.description, SERVE_ENVVARS.get(name, "")),
+            ],
+        )
+        for name, field in ServeSettings.model_fields.items()
+        if name not in NOT_SERVE_FLAGS
+    ]
+    return [
+        *settings,
+        inspect.Parameter(
+            "host",
+            KEYWORD,
+            default="127.0.0.1",
+            annotation=Annotated[str, serve_option("host", "address to bind")],
+        ),
+        inspect.Parameter(
+            "port_", KEYWORD, default=8080, annotation=Annotated[int, serve_option("port", "port")]
+        ),
+        inspect.Parameter(
+            "token_file",
+            KEYWORD,
+            default=None,
+            annotation=Annotated[Path | None, serve_option("token_file", TOKEN_FILE_HELP)],
+        ),
+        inspect.Parameter(
+            "no_auth",
+            KEYWORD,
+            default=False,
+            annotation=Annotated[bool, serve_option("no_auth", NO_AUTH_HELP)],
+        ),
+        inspect.Parameter(
+            "access_log",
+            KEYWORD,
+            default=False,
+            annotation=Annotated[bool, serve_option("access_log", "log every request")],
+        ),
+    ]
 
 
-def serve_command(*, host: str, port_: int, token_file: Path | None, no_auth: bool,
-                  access_log: bool, **flags) -> None:
+def serve_command(
+    *, host: str, port_: int, token_file: Path | None, no_auth: bool, access_log: bool, **flags
+) -> None:
     """Serve models:/<name>@<alias> over HTTP: a simple API and the Open Inference Protocol
     (reloads when the alias moves). Needs no params.yaml. Monitoring, feedback and rollout:
     environment only (IMAGE_FINETUNE_MONITOR, _ROLLOUT, _FEEDBACK_URI, ...: OperateSettings)."""
@@ -400,9 +466,14 @@ def serve_command(*, host: str, port_: int, token_file: Path | None, no_auth: bo
 
     token = read_token(os.environ.get(TOKEN_ENV), token_file)
     try:  # each flag named as its setting is that setting; the operating ones from the env
-        settings = ServeSettings(**{**flags, "token": token,
-                                    "token_file": token_file if token else None,
-                                    "operate": operate_from_env(os.environ)})
+        settings = ServeSettings(
+            **{
+                **flags,
+                "token": token,
+                "token_file": token_file if token else None,
+                "operate": operate_from_env(os.environ),
+            }
+        )
     except ValidationError as exc:
         raise ConfigError(f"serve settings are invalid:\n{exc}") from exc
     serve_champion(settings, host, port_, no_auth=no_auth, access_log=access_log)
@@ -424,9 +495,15 @@ class RolloutAction(StrEnum):
     abort = "abort"
 
 
-FeedbackUriOption = Annotated[str | None, typer.Option(
-    "--feedback-uri", envvar="IMAGE_FINETUNE_FEEDBACK_URI", show_envvar=True,
-    help="the server's feedback store: sqlite:///<path> or a path")]
+FeedbackUriOption = Annotated[
+    str | None,
+    typer.Option(
+        "--feedback-uri",
+        envvar="IMAGE_FINETUNE_FEEDBACK_URI",
+        show_envvar=True,
+        help="the server's feedback store: sqlite:///<path> or a path",
+    ),
+]
 ChallengerOption = Annotated[str, typer.Option(help="the challenger's alias")]
 
 
@@ -437,8 +514,7 @@ def feedback_command(
     feedback_uri: FeedbackUriOption = None,
     out: Annotated[
         Path, path_option(steps.FEEDBACK, "out", "image-folder tree train/<class>/ to write")
-    ] =
-        steps.FEEDBACK.paths["out"],
+    ] = steps.FEEDBACK.paths["out"],
 ) -> None:
     """Export the labelled feedback as an image-folder tree the ingest reads."""
     from image_finetune.steps.feedback import export_feedback
@@ -452,8 +528,7 @@ def rollout_command(
     action: Annotated[RolloutAction, typer.Argument(help="status, promote or abort")],
     feedback_uri: FeedbackUriOption = None,
     challenger: ChallengerOption = "challenger",
-    min_pairs: Annotated[int, typer.Option(min=1, help="labelled pairs needed to decide")] =
-        100,
+    min_pairs: Annotated[int, typer.Option(min=1, help="labelled pairs needed to decide")] = 100,
     params: ParamsOption = DEFAULT_PARAMS,
 ) -> None:
     """Decide on the challenger from live labelled pairs (the offline gate's McNemar rule):
@@ -479,16 +554,21 @@ BATCH = steps.PREDICT_BATCH
 def predict_batch_command(
     source: Annotated[Path, typer.Argument(help="folder or .tar(.gz) of images")],
     out: Annotated[Path, path_option(BATCH, "out", "CSV of predictions")] = BATCH.paths["out"],
-    model: Annotated[str, typer.Option(help="models:/name@alias, runs:/..., or a .keras "
-                                            "(default: the champion)")] = "",
+    model: Annotated[
+        str, typer.Option(help="models:/name@alias, runs:/..., or a .keras (default: the champion)")
+    ] = "",
     data_manifest: Annotated[
         Path, path_option(BATCH, "data_manifest", "class names for a bare .keras")
-    ] =
-        BATCH.paths["data_manifest"],
-    engine: Annotated[str | None, typer.Option(
-        envvar="IMAGE_FINETUNE_ENGINE", show_envvar=True,
-        help="auto, tensorflow, onnxruntime or openvino, for a registered version with an "
-             "engine folder (default: auto)")] = None,
+    ] = BATCH.paths["data_manifest"],
+    engine: Annotated[
+        str | None,
+        typer.Option(
+            envvar="IMAGE_FINETUNE_ENGINE",
+            show_envvar=True,
+            help="auto, tensorflow, onnxruntime or openvino, for a registered version with an "
+            "engine folder (default: auto)",
+        ),
+    ] = None,
     params: ParamsOption = DEFAULT_PARAMS,
 ) -> None:
     """Batch inference over a folder or archive of images, to a CSV."""
@@ -504,27 +584,48 @@ MONITOR = steps.MONITOR
 @app.command("monitor")
 @reported
 def monitor_command(
-    source: Annotated[Path, typer.Argument(
-        help="folder or .tar(.gz) of images, or an .npz of a server's recorded windows")],
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help="folder or .tar(.gz) of images, or an .npz of a server's recorded windows"
+        ),
+    ],
     out: Annotated[
         Path, path_option(MONITOR, "out", "folder for drift.json and drift.html")
     ] = MONITOR.paths["out"],
-    model_name: Annotated[str, typer.Option(help="registered model (default: "
-                                                 "registry.model_name)")] = "",
+    model_name: Annotated[
+        str, typer.Option(help="registered model (default: registry.model_name)")
+    ] = "",
     alias: Annotated[str, typer.Option(help="the version this alias names")] = "champion",
     version: Annotated[str, typer.Option(help="a version number (instead of --alias)")] = "",
-    alpha: Annotated[float, typer.Option(min=0.0001, max=0.5, help="false-alarm rate of "
-                                         "the whole window test")] = 0.05,
-    permutations: Annotated[int, typer.Option(min=20, max=2000, help="MMD permutations "
-                                              "(at least 8/alpha)")] = 500,
+    alpha: Annotated[
+        float, typer.Option(min=0.0001, max=0.5, help="false-alarm rate of the whole window test")
+    ] = 0.05,
+    permutations: Annotated[
+        int, typer.Option(min=20, max=2000, help="MMD permutations (at least 8/alpha)")
+    ] = 500,
     max_images: Annotated[int, typer.Option(min=20, help="images read at most")] = 20_000,
-    labels: Annotated[Path | None, typer.Option(
-        help="image-folder tree of labelled feedback (image-finetune feedback export)")] = None,
-    min_labels: Annotated[int, typer.Option(min=1, help="new labelled images (since the "
-                                            "last completed retrain) that start a retrain by "
-                                            "themselves")] = 200,
-    retrain: Annotated[bool, typer.Option(help="on drift or enough labels, run dvc repro "
-                                          "(with the labels as extra training data)")] = False,
+    labels: Annotated[
+        Path | None,
+        typer.Option(
+            help="image-folder tree of labelled feedback (image-finetune feedback export)"
+        ),
+    ] = None,
+    min_labels: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="new labelled images (since the "
+            "last completed retrain) that start a retrain by "
+            "themselves",
+        ),
+    ] = 200,
+    retrain: Annotated[
+        bool,
+        typer.Option(
+            help="on drift or enough labels, run dvc repro (with the labels as extra training data)"
+        ),
+    ] = False,
     feedback_uri: FeedbackUriOption = None,
     params: ParamsOption = DEFAULT_PARAMS,
 ) -> None:
@@ -534,15 +635,37 @@ def monitor_command(
 
     config, root = _load(params)
     if model_name:
-        config = config.model_copy(update={"registry": config.registry.model_copy(
-            update={"model_name": model_name})})
-    settings = MonitorSettings(version=version or None, alias=alias, alpha=alpha,
-                               permutations=permutations, max_images=max_images, labels=labels,
-                               min_labels=min_labels, retrain=retrain,
-                               feedback_uri=feedback_uri)
+        config = config.model_copy(
+            update={"registry": config.registry.model_copy(update={"model_name": model_name})}
+        )
+    settings = MonitorSettings(
+        version=version or None,
+        alias=alias,
+        alpha=alpha,
+        permutations=permutations,
+        max_images=max_images,
+        labels=labels,
+        min_labels=min_labels,
+        retrain=retrain,
+        feedback_uri=feedback_uri,
+    )
     report = monitor(config, source, out, root, settings)
-    typer.echo(json.dumps({key: report[key] for key in (
-        "drift", "model_name", "model_version", "window_size", "labels", "retrain")}, indent=2))
+    typer.echo(
+        json.dumps(
+            {
+                key: report[key]
+                for key in (
+                    "drift",
+                    "model_name",
+                    "model_version",
+                    "window_size",
+                    "labels",
+                    "retrain",
+                )
+            },
+            indent=2,
+        )
+    )
 
 
 @app.command("export-savedmodel")
@@ -571,12 +694,17 @@ class CacheAction(StrEnum):
 @app.command("cache")
 @reported
 def cache_command(
-    action: Annotated[CacheAction, typer.Argument(help="ls: list the entries; prune: remove "
-                                                  "some (never one in use)")],
-    older_than: Annotated[str | None, typer.Option(
-        help="prune: entries unused for longer than this (30d, 12h, 90m)")] = None,
-    max_size: Annotated[str | None, typer.Option(
-        help="prune: then the least recently used until the cache fits (10G, 500M)")] = None,
+    action: Annotated[
+        CacheAction,
+        typer.Argument(help="ls: list the entries; prune: remove some (never one in use)"),
+    ],
+    older_than: Annotated[
+        str | None, typer.Option(help="prune: entries unused for longer than this (30d, 12h, 90m)")
+    ] = None,
+    max_size: Annotated[
+        str | None,
+        typer.Option(help="prune: then the least recently used until the cache fits (10G, 500M)"),
+    ] = None,
     cache: Annotated[
         Path, path_option(steps.MANAGE_CACHE, "cache", CACHE_HELP)
     ] = steps.MANAGE_CACHE.paths["cache"],

@@ -20,8 +20,12 @@ def module_files() -> dict[str, Path]:
     """Every module of the package, by dotted name, the linked subpackages (pipelines,
     components: links to the repository's top-level folders) included."""
     modules = {}
-    found = (Path(folder, name) for folder, _, names in os.walk(ROOT, followlinks=True)
-             for name in names if name.endswith(".py"))
+    found = (
+        Path(folder, name)
+        for folder, _, names in os.walk(ROOT, followlinks=True)
+        for name in names
+        if name.endswith(".py")
+    )
     for path in sorted(found):
         parts = path.relative_to(ROOT.parent).with_suffix("").parts
         name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)

@@ -19,8 +19,13 @@ from image_finetune.codegraph import PACKAGE, ROOT, closure, import_graph, modul
 LAYERS = {"domain": 0, "services": 1, "serving": 2, "steps": 3, "adapters": 4}
 SERVICES = ("registry", "kube")
 ADAPTERS = ("cli", "console", "codemap", "pipelines", "components")
-LAYER_COLOURS = {"domain": "#e8f1fa", "services": "#fdf1dc", "serving": "#e6f4e6",
-                 "steps": "#f3e8f7", "adapters": "#f1f1f1"}
+LAYER_COLOURS = {
+    "domain": "#e8f1fa",
+    "services": "#fdf1dc",
+    "serving": "#e6f4e6",
+    "steps": "#f3e8f7",
+    "adapters": "#f1f1f1",
+}
 
 
 def layer_of(module: str) -> str:
@@ -44,7 +49,7 @@ def cycles() -> list[list[str]]:
         state[node] = "open"
         for target in sorted(graph.get(node, ())):
             if state.get(target) == "open":
-                found.append([*path[path.index(target):], target])
+                found.append([*path[path.index(target) :], target])
             elif target not in state:
                 visit(target, [*path, target])
         state[node] = "done"
@@ -66,8 +71,7 @@ def code_files(module: str, project_root: Path) -> list[str]:
 
 def _has_code(path: Path) -> bool:
     body = ast.parse(path.read_text()).body
-    return any(not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))
-               for n in body)
+    return any(not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)) for n in body)
 
 
 def stage_entry(spec, project_root: Path) -> str:
@@ -78,8 +82,10 @@ def stage_entry(spec, project_root: Path) -> str:
     lines += [f"      - {port.path}" for port in spec.reads]
     lines += [f"      - {f}" for f in code_files(f"{PACKAGE}.steps.{spec.module}", project_root)]
     lines += ["    params:", *(f"      - {key}" for key in spec.params), "    outs:"]
-    lines += [f"      - {p.path}" if p.cache else f"      - {p.path}:\n          cache: false"
-              for p in spec.writes]
+    lines += [
+        f"      - {p.path}" if p.cache else f"      - {p.path}:\n          cache: false"
+        for p in spec.writes
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -92,15 +98,23 @@ def package_of(module: str) -> str:
 def dot_graph() -> str:
     """The import graph between subpackages and top-level modules, one box per layer, in
     Graphviz's language (the package's own ``__init__`` left out: it imports nothing)."""
-    edges = {(package_of(m), package_of(t)) for m, targets in import_graph().items()
-             for t in targets if package_of(m) != package_of(t)}
+    edges = {
+        (package_of(m), package_of(t))
+        for m, targets in import_graph().items()
+        for t in targets
+        if package_of(m) != package_of(t)
+    }
     nodes = {package_of(m): layer_of(m) for m in import_graph() if m != PACKAGE}
     lines = ["digraph imports {", "  rankdir=TB; node [shape=box, style=filled, fontsize=11];"]
     for layer in sorted(LAYERS, key=LAYERS.__getitem__, reverse=True):
-        lines += [f'  subgraph "cluster_{layer}" {{', f'    label="{layer}";',
-                  f'    style=filled; color="{LAYER_COLOURS[layer]}";']
-        lines += [f'    "{n}" [fillcolor=white];' for n, lay in sorted(nodes.items())
-                  if lay == layer]
+        lines += [
+            f'  subgraph "cluster_{layer}" {{',
+            f'    label="{layer}";',
+            f'    style=filled; color="{LAYER_COLOURS[layer]}";',
+        ]
+        lines += [
+            f'    "{n}" [fillcolor=white];' for n, lay in sorted(nodes.items()) if lay == layer
+        ]
         lines.append("  }")
     lines += [f'  "{a}" -> "{b}";' for a, b in sorted(edges) if a in nodes and b in nodes]
     return "\n".join([*lines, "}"]) + "\n"

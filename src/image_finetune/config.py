@@ -69,8 +69,10 @@ class DataParams(_Section):
     @model_validator(mode="after")
     def _room_for_training(self) -> DataParams:
         if self.test_fraction + self.validation_fraction >= 1.0:
-            raise ValueError(f"test_fraction ({self.test_fraction}) + validation_fraction "
-                             f"({self.validation_fraction}) must leave images to train on")
+            raise ValueError(
+                f"test_fraction ({self.test_fraction}) + validation_fraction "
+                f"({self.validation_fraction}) must leave images to train on"
+            )
         return self
 
 
@@ -160,11 +162,27 @@ class Rung(_Section):
 
 
 DEFAULT_LADDER = (
-    Rung(name="frozen-head", epochs=8, learning_rate=0.001, label_smoothing=0.1,
-         batch_size=256, head_solver="auto", min_steps=300),
-    Rung(name="top-blocks", unfreeze_from="block_13_expand", epochs=4, learning_rate=0.0005,
-         warmup_epochs=0.3, weight_decay=0.00005, label_smoothing=0.1, batch_size=128,
-         early_stopping_patience=2, min_steps=300),
+    Rung(
+        name="frozen-head",
+        epochs=8,
+        learning_rate=0.001,
+        label_smoothing=0.1,
+        batch_size=256,
+        head_solver="auto",
+        min_steps=300,
+    ),
+    Rung(
+        name="top-blocks",
+        unfreeze_from="block_13_expand",
+        epochs=4,
+        learning_rate=0.0005,
+        warmup_epochs=0.3,
+        weight_decay=0.00005,
+        label_smoothing=0.1,
+        batch_size=128,
+        early_stopping_patience=2,
+        min_steps=300,
+    ),
 )
 
 
@@ -271,8 +289,11 @@ class DuplicateKeyError(yaml.MarkedYAMLError):
     """A mapping names the same key twice (YAML would silently keep the last)."""
 
     def __init__(self, key, first: yaml.Mark, again: yaml.Mark):
-        super().__init__(problem=f"key {key!r} appears twice (line {first.line + 1} and line "
-                         f"{again.line + 1}): only one may stay", problem_mark=again)
+        super().__init__(
+            problem=f"key {key!r} appears twice (line {first.line + 1} and line "
+            f"{again.line + 1}): only one may stay",
+            problem_mark=again,
+        )
         self.key = key
 
 
@@ -304,8 +325,11 @@ def _format_errors(error: ValidationError) -> str:
 
 
 def _apply_env(raw: dict) -> dict:
-    overrides = {DATA_ENV: ("data", "path"), WEIGHTS_ENV: ("model", "weights"),
-                 TRACKING_ENV: ("registry", "tracking_uri")}
+    overrides = {
+        DATA_ENV: ("data", "path"),
+        WEIGHTS_ENV: ("model", "weights"),
+        TRACKING_ENV: ("registry", "tracking_uri"),
+    }
     for env, (section, key) in overrides.items():
         value = os.environ.get(env)
         if value:

@@ -22,7 +22,8 @@ QUIET_LOGGERS = ("great_expectations", "absl", "tensorflow", "h5py", "urllib3", 
 def setup_logging() -> None:
     """Timestamped INFO logs on stderr; third-party chatter at WARNING."""
     logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
     for noisy in QUIET_LOGGERS:
@@ -45,8 +46,9 @@ def reported(func: F) -> F:
         except PipelineError as exc:
             raise typer.Exit(report(exc)) from exc
         except KeyboardInterrupt:
-            typer.secho("error: interrupted; nothing half-written was kept", fg=typer.colors.RED,
-                        err=True)
+            typer.secho(
+                "error: interrupted; nothing half-written was kept", fg=typer.colors.RED, err=True
+            )
             raise typer.Exit(signal_exit_code(signal.SIGINT)) from None
 
     return wrapper  # type: ignore[return-value]

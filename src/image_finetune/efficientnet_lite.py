@@ -18,8 +18,15 @@ import numpy as np
 from keras import layers
 
 # (kernel, stride, expansion, output channels, repeats) per stage.
-STAGES = ((3, 1, 1, 16, 1), (3, 2, 6, 24, 2), (5, 2, 6, 40, 2), (3, 2, 6, 80, 3),
-          (5, 1, 6, 112, 3), (5, 2, 6, 192, 4), (3, 1, 6, 320, 1))
+STAGES = (
+    (3, 1, 1, 16, 1),
+    (3, 2, 6, 24, 2),
+    (5, 2, 6, 40, 2),
+    (3, 2, 6, 80, 3),
+    (5, 1, 6, 112, 3),
+    (5, 2, 6, 192, 4),
+    (3, 1, 6, 320, 1),
+)
 STEM, HEAD, CLASSES = 32, 1280, 1000
 EPSILON = 1e-3
 
@@ -36,8 +43,9 @@ def _block(x, index: int, kernel: int, stride: int, expansion: int, filters: int
     inputs, channels = x, x.shape[-1]
     if expansion != 1:
         x = _conv_bn(x, channels * expansion, 1, 1, f"{prefix}_expand")
-    x = layers.DepthwiseConv2D(kernel, stride, padding="same", use_bias=False,
-                               name=f"{prefix}_depthwise")(x)
+    x = layers.DepthwiseConv2D(
+        kernel, stride, padding="same", use_bias=False, name=f"{prefix}_depthwise"
+    )(x)
     x = layers.BatchNormalization(epsilon=EPSILON, name=f"{prefix}_depthwise_BN")(x)
     x = layers.ReLU(6.0, name=f"{prefix}_depthwise_relu")(x)
     x = _conv_bn(x, filters, 1, 1, f"{prefix}_project", activate=False)
@@ -48,18 +56,25 @@ def _block(x, index: int, kernel: int, stride: int, expansion: int, filters: int
 
 def block_settings() -> list[tuple[int, int, int, int]]:
     """(kernel, stride, expansion, filters) of every block, in order."""
-    return [(kernel, stride if repeat == 0 else 1, expansion, filters)
-            for kernel, stride, expansion, filters, repeats in STAGES
-            for repeat in range(repeats)]
+    return [
+        (kernel, stride if repeat == 0 else 1, expansion, filters)
+        for kernel, stride, expansion, filters, repeats in STAGES
+        for repeat in range(repeats)
+    ]
 
 
-def EfficientNetLite0(include_top: bool = True, weights: str | None = None,  # noqa: N802
-                      input_shape: tuple[int, int, int] = (224, 224, 3)) -> keras.Model:
+def EfficientNetLite0(
+    include_top: bool = True,
+    weights: str | None = None,  # noqa: N802
+    input_shape: tuple[int, int, int] = (224, 224, 3),
+) -> keras.Model:
     """The network, in keras.applications' calling convention. ``weights``: None (random)
     or the ``.npz`` file; Keras has no download of these weights ("imagenet" is refused)."""
     if weights is not None and not str(weights).endswith(".npz"):
-        raise ValueError("EfficientNet-Lite0 loads its ImageNet weights from the .npz file "
-                         "(model.weights: path); there is no download")
+        raise ValueError(
+            "EfficientNet-Lite0 loads its ImageNet weights from the .npz file "
+            "(model.weights: path); there is no download"
+        )
     inputs = keras.Input(input_shape)
     x = _conv_bn(inputs, STEM, 3, 2, "Conv1")
     for index, setting in enumerate(block_settings()):
@@ -100,9 +115,11 @@ def load_torch_weights(model: keras.Model, path: Path) -> None:
         kernel = take(f"{conv}.weight")
         depthwise = isinstance(model.get_layer(ours), layers.DepthwiseConv2D)
         model.get_layer(ours).set_weights(
-            [kernel.transpose(2, 3, 0, 1) if depthwise else kernel.transpose(2, 3, 1, 0)])
-        model.get_layer(f"{ours}_BN").set_weights([take(f"{bn}.{part}") for part in (
-            "weight", "bias", "running_mean", "running_var")])
+            [kernel.transpose(2, 3, 0, 1) if depthwise else kernel.transpose(2, 3, 1, 0)]
+        )
+        model.get_layer(f"{ours}_BN").set_weights(
+            [take(f"{bn}.{part}") for part in ("weight", "bias", "running_mean", "running_var")]
+        )
     if any(layer.name == "predictions" for layer in model.layers):
         model.get_layer("predictions").set_weights([take("_fc.weight").T, take("_fc.bias")])
     else:

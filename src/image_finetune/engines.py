@@ -63,9 +63,12 @@ ONNX_OPSET = 17
 # summation order differs between the engines' kernels (measured: 1.3e-5 at most over the
 # 10,000 CIFAR-10 test images, both engines, MobileNetV2 classifier), never more.
 FP32_TOLERANCE = 1e-4
-MODEL_FILES = {("onnxruntime", "fp32"): ONNX_FILE, ("onnxruntime", "int8"): ONNX_INT8_FILE,
-               ("openvino", "fp32"): f"{OPENVINO_FOLDER}/{OPENVINO_FILE}",
-               ("openvino", "int8"): f"{OPENVINO_FOLDER}/{OPENVINO_INT8_FILE}"}
+MODEL_FILES = {
+    ("onnxruntime", "fp32"): ONNX_FILE,
+    ("onnxruntime", "int8"): ONNX_INT8_FILE,
+    ("openvino", "fp32"): f"{OPENVINO_FOLDER}/{OPENVINO_FILE}",
+    ("openvino", "int8"): f"{OPENVINO_FOLDER}/{OPENVINO_INT8_FILE}",
+}
 # OpenVINO's CPU plugin computes in bf16 by default where the CPU has it (avx512_bf16 here):
 # probabilities 0.02 off. fp32 is asked for explicitly, int8 variants too (their
 # non-quantized layers then stay fp32, as the accuracy rule evaluated them).
@@ -106,8 +109,10 @@ def resolve_engine(requested: str | None = None) -> str:
                 return engine
         return "tensorflow"
     if choice not in ENGINES:
-        raise ConfigError(f"engine {choice!r} is not one of auto, {', '.join(ENGINES)} "
-                          f"(the --engine option or ${ENGINE_ENV})")
+        raise ConfigError(
+            f"engine {choice!r} is not one of auto, {', '.join(ENGINES)} "
+            f"(the --engine option or ${ENGINE_ENV})"
+        )
     return choice
 
 
@@ -115,8 +120,9 @@ def engine_available(engine: str) -> bool:
     """Whether the engine's package imports here."""
     import importlib.util
 
-    package = {"tensorflow": "tensorflow", "onnxruntime": "onnxruntime",
-               "openvino": "openvino"}[engine]
+    package = {"tensorflow": "tensorflow", "onnxruntime": "onnxruntime", "openvino": "openvino"}[
+        engine
+    ]
     return importlib.util.find_spec(package) is not None
 
 
@@ -130,8 +136,9 @@ def check_precision(precision: str) -> str:
 def model_file(folder: Path, engine: str, precision: str = "fp32") -> Path:
     """Where ``engine``'s ``precision`` model lives inside an engine folder."""
     if engine not in FAST_ENGINES:
-        raise ConfigError(f"engine {engine!r} has no file in an engine folder "
-                          f"(one of {', '.join(FAST_ENGINES)})")
+        raise ConfigError(
+            f"engine {engine!r} has no file in an engine folder (one of {', '.join(FAST_ENGINES)})"
+        )
     return Path(folder) / MODEL_FILES[engine, check_precision(precision)]
 
 
@@ -165,8 +172,10 @@ def write_savedmodel(model: keras.Model, out: Path) -> Path:
     graph = output_model(model)
     names = [PROBABILITIES, EMBEDDING] if graph is not model else [OUTPUT]
     if len(graph.outputs) != len(names):
-        raise ValueError(f"{model.name} has {len(graph.outputs)} outputs: only single-output "
-                         "models and this project's classifiers can be exported")
+        raise ValueError(
+            f"{model.name} has {len(graph.outputs)} outputs: only single-output "
+            "models and this project's classifiers can be exported"
+        )
 
     def serve(images):
         values = graph(images, training=False)
@@ -193,11 +202,11 @@ def convert_keras(model: keras.Model, folder: Path, engines=FAST_ENGINES) -> dic
     with tempfile.TemporaryDirectory(dir=folder, prefix=".savedmodel-") as scratch:
         savedmodel = write_savedmodel(model, Path(scratch) / "savedmodel")
         if "onnxruntime" in engines:
-            written["onnxruntime"] = savedmodel_to_onnx(savedmodel, model_file(folder,
-                                                                                "onnxruntime"))
+            written["onnxruntime"] = savedmodel_to_onnx(
+                savedmodel, model_file(folder, "onnxruntime")
+            )
         if "openvino" in engines:
-            written["openvino"] = savedmodel_to_openvino(savedmodel, model_file(folder,
-                                                                                 "openvino"))
+            written["openvino"] = savedmodel_to_openvino(savedmodel, model_file(folder, "openvino"))
     return written
 
 
@@ -208,11 +217,21 @@ def savedmodel_to_onnx(savedmodel: Path, out: Path) -> Path:
         from tf2onnx import tf_loader
 
         graph_def, inputs, outputs, renames = tf_loader.from_saved_model(
-            str(savedmodel), None, None, tag="serve", signatures=["serving_default"],
-            return_tensors_to_rename=True)
-        tf2onnx.convert.from_graph_def(graph_def, input_names=inputs, output_names=outputs,
-                                       opset=ONNX_OPSET, tensors_to_rename=renames,
-                                       output_path=str(out))
+            str(savedmodel),
+            None,
+            None,
+            tag="serve",
+            signatures=["serving_default"],
+            return_tensors_to_rename=True,
+        )
+        tf2onnx.convert.from_graph_def(
+            graph_def,
+            input_names=inputs,
+            output_names=outputs,
+            opset=ONNX_OPSET,
+            tensors_to_rename=renames,
+            output_path=str(out),
+        )
     return out
 
 
@@ -221,8 +240,7 @@ def savedmodel_to_openvino(savedmodel: Path, out: Path) -> Path:
     import openvino
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    openvino.save_model(openvino.convert_model(str(savedmodel)), str(out),
-                        compress_to_fp16=False)
+    openvino.save_model(openvino.convert_model(str(savedmodel)), str(out), compress_to_fp16=False)
     return out
 
 
@@ -268,8 +286,9 @@ def quantize_openvino(source: Path, target: Path, images: np.ndarray) -> Path:
         import nncf
 
         dataset = nncf.Dataset([images[i : i + 1] for i in range(len(images))])
-        quantized = nncf.quantize(openvino.Core().read_model(str(source)), dataset,
-                                  subset_size=len(images))
+        quantized = nncf.quantize(
+            openvino.Core().read_model(str(source)), dataset, subset_size=len(images)
+        )
     openvino.save_model(quantized, str(target), compress_to_fp16=False)
     return target
 
@@ -293,9 +312,15 @@ def quantize_onnx(source: Path, target: Path, images: np.ndarray) -> Path:
 
     input_name = onnx_input_name(source)
     with quiet_loggers("onnxruntime"):
-        quantize_static(str(source), str(target), Batches(input_name),
-                        quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        quantize_static(
+            str(source),
+            str(target),
+            Batches(input_name),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+        )
     return target
 
 
@@ -315,16 +340,19 @@ def agreement(reference: np.ndarray, probabilities: np.ndarray) -> dict:
     images: predicted classes that differ, and the largest absolute probability difference."""
     reference, probabilities = np.asarray(reference), np.asarray(probabilities)
     if reference.shape != probabilities.shape:
-        raise ValueError(f"agreement needs the same images: {reference.shape} vs "
-                         f"{probabilities.shape}")
-    return {"images": len(reference),
-            "disagreements": int(np.sum(reference.argmax(1) != probabilities.argmax(1))),
-            "max_abs_probability_difference": float(np.abs(reference - probabilities).max(
-                initial=0.0))}
+        raise ValueError(
+            f"agreement needs the same images: {reference.shape} vs {probabilities.shape}"
+        )
+    return {
+        "images": len(reference),
+        "disagreements": int(np.sum(reference.argmax(1) != probabilities.argmax(1))),
+        "max_abs_probability_difference": float(np.abs(reference - probabilities).max(initial=0.0)),
+    }
 
 
-def int8_verdict(fp32_correct: np.ndarray, int8_correct: np.ndarray, max_loss_points: float,
-                 significance: float) -> dict:
+def int8_verdict(
+    fp32_correct: np.ndarray, int8_correct: np.ndarray, max_loss_points: float, significance: float
+) -> dict:
     """Whether an int8 variant may serve, from per-image correctness of the fp32 model and of
     the int8 one on the same (test) images: only if it loses at most ``max_loss_points``
     accuracy points AND the exact one-sided McNemar test does not find fp32 right
@@ -341,15 +369,24 @@ def int8_verdict(fp32_correct: np.ndarray, int8_correct: np.ndarray, max_loss_po
     if loss > max_loss_points:
         reasons.append(f"loses {loss:.2f} accuracy points (at most {max_loss_points} allowed)")
     if test["p_value"] < significance:
-        reasons.append(f"significantly worse than fp32 by McNemar (p = {test['p_value']:.3g} "
-                       f"< {significance}: fp32 alone right on {test['candidate_only_correct']}"
-                       f" images, int8 alone on {test['champion_only_correct']})")
-    return {"images": images, "accuracy": float(int8_correct.mean()),
-            "fp32_accuracy": float(fp32_correct.mean()), "loss_points": loss,
-            "mcnemar_p_value": test["p_value"], "servable": not reasons,
-            "reason": "; ".join(reasons) or (
-                f"loses {loss:.2f} points (at most {max_loss_points}) and is not significantly "
-                f"worse (McNemar p = {test['p_value']:.3g} >= {significance})")}
+        reasons.append(
+            f"significantly worse than fp32 by McNemar (p = {test['p_value']:.3g} "
+            f"< {significance}: fp32 alone right on {test['candidate_only_correct']}"
+            f" images, int8 alone on {test['champion_only_correct']})"
+        )
+    return {
+        "images": images,
+        "accuracy": float(int8_correct.mean()),
+        "fp32_accuracy": float(fp32_correct.mean()),
+        "loss_points": loss,
+        "mcnemar_p_value": test["p_value"],
+        "servable": not reasons,
+        "reason": "; ".join(reasons)
+        or (
+            f"loses {loss:.2f} points (at most {max_loss_points}) and is not significantly "
+            f"worse (McNemar p = {test['p_value']:.3g} >= {significance})"
+        ),
+    }
 
 
 # -- the engine folder ----------------------------------------------------------------------
@@ -363,8 +400,9 @@ def read_manifest(folder: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MissingInputError(f"{path}: unreadable engine manifest ({exc}); run the "
-                                "export-engine step again") from None
+        raise MissingInputError(
+            f"{path}: unreadable engine manifest ({exc}); run the export-engine step again"
+        ) from None
 
 
 def file_hashes(folder: Path) -> dict[str, str]:
@@ -402,8 +440,10 @@ class KerasPredictor:
         if self.both is self.model:
             return {OUTPUT: self.predict_on_batch(images)}
         probabilities, embedding = self.both.predict_on_batch(np.asarray(images))
-        return {PROBABILITIES: np.asarray(probabilities, dtype=np.float32),
-                EMBEDDING: np.asarray(embedding, dtype=np.float32)}
+        return {
+            PROBABILITIES: np.asarray(probabilities, dtype=np.float32),
+            EMBEDDING: np.asarray(embedding, dtype=np.float32),
+        }
 
 
 def keras_predictor(model: keras.Model) -> KerasPredictor:
@@ -422,8 +462,9 @@ class OnnxPredictor:
         options.log_severity_level = 3  # errors only
         if threads:
             options.intra_op_num_threads = threads
-        self.session = onnxruntime.InferenceSession(str(path), options,
-                                                    providers=["CPUExecutionProvider"])
+        self.session = onnxruntime.InferenceSession(
+            str(path), options, providers=["CPUExecutionProvider"]
+        )
         self.precision = precision
         [model_input] = self.session.get_inputs()
         self.input_name = model_input.name
@@ -431,14 +472,16 @@ class OnnxPredictor:
         self.input_shape = tuple(int(d) for d in model_input.shape[1:])
         self.names = [o.name for o in self.session.get_outputs()]
         self.primary = PROBABILITIES if PROBABILITIES in self.names else self.names[0]
-        self.num_classes = int(self.session.get_outputs()[self.names.index(self.primary)]
-                               .shape[-1])
+        self.num_classes = int(self.session.get_outputs()[self.names.index(self.primary)].shape[-1])
 
     def outputs(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        values = self.session.run(None, {self.input_name: as_input(images, self.dtype,
-                                                                   self.input_shape)})
-        return {name: np.asarray(v, dtype=np.float32)
-                for name, v in zip(self.names, values, strict=True)}
+        values = self.session.run(
+            None, {self.input_name: as_input(images, self.dtype, self.input_shape)}
+        )
+        return {
+            name: np.asarray(v, dtype=np.float32)
+            for name, v in zip(self.names, values, strict=True)
+        }
 
     def predict_on_batch(self, images: np.ndarray) -> np.ndarray:
         return self.outputs(images)[self.primary]
@@ -475,8 +518,10 @@ class OpenVinoPredictor:
         if request is None:
             request = self.local.request = self.compiled.create_infer_request()
         results = request.infer([as_input(images, self.dtype, self.input_shape)])
-        return {name: np.array(results[output], dtype=np.float32)  # a copy: the request reuses
-                for name, output in zip(self.names, self.compiled.outputs, strict=True)}
+        return {
+            name: np.array(results[output], dtype=np.float32)  # a copy: the request reuses
+            for name, output in zip(self.names, self.compiled.outputs, strict=True)
+        }
 
     def predict_on_batch(self, images: np.ndarray) -> np.ndarray:
         return self.outputs(images)[self.primary]
@@ -486,31 +531,39 @@ def as_input(images: np.ndarray, dtype: np.dtype, shape: tuple[int, ...]) -> np.
     """A contiguous batch of the model's input dtype, with a clear error for a wrong shape."""
     batch = np.ascontiguousarray(images, dtype=dtype)
     if batch.ndim != len(shape) + 1 or tuple(batch.shape[1:]) != shape:
-        raise ValueError(f"the model takes images of shape [N, {', '.join(map(str, shape))}]"
-                         f", got {list(batch.shape)}")
+        raise ValueError(
+            f"the model takes images of shape [N, {', '.join(map(str, shape))}]"
+            f", got {list(batch.shape)}"
+        )
     return batch
 
 
-def open_predictor(folder: Path, engine: str = "auto", precision: str = "fp32",
-                   threads: int | None = None) -> Predictor:
+def open_predictor(
+    folder: Path, engine: str = "auto", precision: str = "fp32", threads: int | None = None
+) -> Predictor:
     """A predictor over an engine folder's ``engine`` model at ``precision``; ``auto`` picks
     as resolve_engine does, among the engines whose file the folder has."""
     folder = Path(folder)
     precision = check_precision(precision)
     engine = resolve_engine(engine)
     if engine == "tensorflow":
-        raise ConfigError("an engine folder holds no TensorFlow model: load the Keras model "
-                          "(inference.load_classifier) and use keras_predictor")
+        raise ConfigError(
+            "an engine folder holds no TensorFlow model: load the Keras model "
+            "(inference.load_classifier) and use keras_predictor"
+        )
     path = model_file(folder, engine, precision)
     if not path.exists():
-        raise MissingInputError(f"{path}: the engine folder has no {precision} {engine} model "
-                                "(run the export-engine step)")
+        raise MissingInputError(
+            f"{path}: the engine folder has no {precision} {engine} model "
+            "(run the export-engine step)"
+        )
     cls = OnnxPredictor if engine == "onnxruntime" else OpenVinoPredictor
     return cls(path, precision, threads)
 
 
-def compile_keras(model: keras.Model, engine: str, workdir: Path,
-                  threads: int | None = None) -> Predictor:
+def compile_keras(
+    model: keras.Model, engine: str, workdir: Path, threads: int | None = None
+) -> Predictor:
     """Convert ``model`` (a classifier, or any one-input model such as a frozen stem) and open
     it on ``engine`` in one call; ``tensorflow`` gives the Keras model itself."""
     engine = resolve_engine(engine)

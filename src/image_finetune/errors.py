@@ -52,7 +52,8 @@ class MissingExtraError(PipelineError, ImportError):
         self.package, self.extra = package, extra
         super().__init__(
             f"this needs {package!r}, which is not installed: it comes with the {extra!r} "
-            f"extra: pip install 'image-finetune[{extra}]' (in a clone: uv sync --extra {extra})")
+            f"extra: pip install 'image-finetune[{extra}]' (in a clone: uv sync --extra {extra})"
+        )
 
 
 class IngestError(PipelineError, ValueError):

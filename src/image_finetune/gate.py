@@ -65,22 +65,37 @@ class Decision:
 
     def to_json(self) -> dict:
         """The decision file's content."""
-        return {"passed": self.passed, "promote": self.promote, "split": self.split,
-                "reasons": self.reasons, "checks": [asdict(c) for c in self.checks]}
+        return {
+            "passed": self.passed,
+            "promote": self.promote,
+            "split": self.split,
+            "reasons": self.reasons,
+            "checks": [asdict(c) for c in self.checks],
+        }
 
     @classmethod
     def from_json(cls, payload: dict) -> Decision:
         """A decision read back from its file."""
-        return cls(passed=payload["passed"], promote=payload["promote"],
-                   checks=[Check(**c) for c in payload["checks"]], split=payload["split"])
+        return cls(
+            passed=payload["passed"],
+            promote=payload["promote"],
+            checks=[Check(**c) for c in payload["checks"]],
+            split=payload["split"],
+        )
 
 
-def _threshold(name: str, value: float, threshold: float, at_least: bool, unit: str = "",
-               note: str = "") -> Check:
+def _threshold(
+    name: str, value: float, threshold: float, at_least: bool, unit: str = "", note: str = ""
+) -> Check:
     passed = value >= threshold if at_least else value <= threshold
     sign = ">=" if at_least else "<="
-    return Check(name, bool(passed), float(value), float(threshold),
-                 f"{value:.4g}{unit} (required {sign} {threshold:.4g}{unit}{note})")
+    return Check(
+        name,
+        bool(passed),
+        float(value),
+        float(threshold),
+        f"{value:.4g}{unit} (required {sign} {threshold:.4g}{unit}{note})",
+    )
 
 
 def _accuracy_check(metrics: dict, threshold: float) -> Check:
@@ -89,12 +104,18 @@ def _accuracy_check(metrics: dict, threshold: float) -> Check:
     if "accuracy_ci95" not in metrics:
         return _threshold("accuracy", metrics["accuracy"], threshold, True)
     low, high = metrics["accuracy_ci95"]
-    check = _threshold("accuracy", metrics["accuracy"], threshold, True,
-                       note=f"; 95% CI {low:.4g}-{high:.4g}")
+    check = _threshold(
+        "accuracy", metrics["accuracy"], threshold, True, note=f"; 95% CI {low:.4g}-{high:.4g}"
+    )
     if not undecided(metrics, threshold):
         return check
-    return Check(check.name, check.passed, check.value, check.threshold, check.detail
-                 + " UNDECIDED: the threshold is inside the interval, the split is too small")
+    return Check(
+        check.name,
+        check.passed,
+        check.value,
+        check.threshold,
+        check.detail + " UNDECIDED: the threshold is inside the interval, the split is too small",
+    )
 
 
 def undecided(metrics: dict, threshold: float) -> bool:
@@ -110,11 +131,15 @@ def champion_check(
 ) -> Check:
     test = mcnemar_greater(np.asarray(candidate_correct), np.asarray(champion.correct))
     return Check(
-        "beats_champion", test["p_value"] < significance, test["p_value"], significance,
+        "beats_champion",
+        test["p_value"] < significance,
+        test["p_value"],
+        significance,
         f"McNemar vs champion v{champion.version}: candidate-only correct "
         f"{test['candidate_only_correct']}, champion-only correct "
         f"{test['champion_only_correct']}, one-sided p={test['p_value']:.4g} "
-        f"(required < {significance})")
+        f"(required < {significance})",
+    )
 
 
 def decide(
@@ -133,8 +158,13 @@ def decide(
         _accuracy_check(metrics, params.min_accuracy),
         _threshold("macro_f1", metrics["macro_f1"], params.min_macro_f1, True),
         _threshold("min_class_recall", metrics["min_class_recall"], params.min_class_recall, True),
-        _threshold("latency_p95_batch1", metrics["latency"]["batch1_p95_ms"],
-                   params.max_latency_p95_ms, False, " ms"),
+        _threshold(
+            "latency_p95_batch1",
+            metrics["latency"]["batch1_p95_ms"],
+            params.max_latency_p95_ms,
+            False,
+            " ms",
+        ),
     ]
     passed = all(c.passed for c in checks)
     beats = True

@@ -27,8 +27,14 @@ def load_classifier(path: Path) -> keras.Model:
     return keras.saving.load_model(path, compile=False)
 
 
-def predict_batches(model, images: Rows, batch_size: int, desc: str,
-                    out: np.ndarray | None = None, mirror: bool = False) -> np.ndarray:
+def predict_batches(
+    model,
+    images: Rows,
+    batch_size: int,
+    desc: str,
+    out: np.ndarray | None = None,
+    mirror: bool = False,
+) -> np.ndarray:
     """Run ``model`` over uint8 images (an array or a row view) in batches with a progress
     bar; float32 out. Given ``out`` (a memory-mapped file, say), each batch is written there
     as it comes, so memory holds one batch, not every output twice. ``mirror``: each batch
@@ -36,8 +42,9 @@ def predict_batches(model, images: Rows, batch_size: int, desc: str,
     from tqdm import tqdm
 
     chunks = []
-    for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch",
-                      mininterval=2.0, file=sys.stderr):
+    for start in tqdm(
+        range(0, len(images), batch_size), desc=desc, unit="batch", mininterval=2.0, file=sys.stderr
+    ):
         batch = np.asarray(images[start : start + batch_size])
         if mirror:
             batch = batch[:, :, ::-1]
@@ -72,16 +79,17 @@ def measure_latency(model, input_shape: tuple, runs: int) -> dict:
         figures[f"batch{batch}_p50_ms"] = float(np.percentile(times, 50))
         figures[f"batch{batch}_p95_ms"] = float(np.percentile(times, 95))
         if batch > 1:
-            figures[f"batch{batch}_images_per_second"] = float(
-                batch / (np.median(times) / 1000.0))
+            figures[f"batch{batch}_images_per_second"] = float(batch / (np.median(times) / 1000.0))
     return figures
 
 
 def top_k(probabilities: np.ndarray, class_names: list[str], k: int) -> list[list[dict]]:
     """The k most probable classes of each row, most probable first."""
     order = np.argsort(-probabilities, axis=1)[:, :k]
-    return [[{"class": class_names[i], "probability": round(float(row[i]), 6)} for i in best]
-            for row, best in zip(probabilities, order, strict=True)]
+    return [
+        [{"class": class_names[i], "probability": round(float(row[i]), 6)} for i in best]
+        for row, best in zip(probabilities, order, strict=True)
+    ]
 
 
 def image_fit(manifest: dict) -> str:

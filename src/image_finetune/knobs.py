@@ -47,8 +47,10 @@ def rung_knob(index: int, field: str) -> str:
 
 def knob_names(rungs: int) -> list[str]:
     """Every knob of a pipeline compiled for a ladder of ``rungs`` rungs."""
-    return [*SECTION_KNOBS, *(rung_knob(index, field)
-                              for index in range(rungs) for field in RUNG_FIELDS)]
+    return [
+        *SECTION_KNOBS,
+        *(rung_knob(index, field) for index in range(rungs) for field in RUNG_FIELDS),
+    ]
 
 
 def knob_path(name: str) -> KeyPath:
@@ -57,8 +59,10 @@ def knob_path(name: str) -> KeyPath:
         return SECTION_KNOBS[name]
     match = RUNG_KNOB.fullmatch(name)
     if match is None:
-        raise ConfigError(f"{name!r} is not a pipeline parameter of params.yaml: expected one of "
-                          f"{', '.join(SECTION_KNOBS)}, rung<k>_epochs, rung<k>_learning_rate")
+        raise ConfigError(
+            f"{name!r} is not a pipeline parameter of params.yaml: expected one of "
+            f"{', '.join(SECTION_KNOBS)}, rung<k>_epochs, rung<k>_learning_rate"
+        )
     return ("train", "ladder", int(match[1]), match[2])
 
 
@@ -104,8 +108,10 @@ def merge_knobs(sections: dict[str, dict], knobs: dict[str, Any]) -> dict[str, d
         *parents, leaf = path
         node = _node(merged, parents, name, create=True)
         if leaf in node:
-            raise ConfigError(f"{dotted(path)} is the pipeline parameter {name}; leave it out "
-                              f"of the {path[0]} parameter")
+            raise ConfigError(
+                f"{dotted(path)} is the pipeline parameter {name}; leave it out "
+                f"of the {path[0]} parameter"
+            )
         node[leaf] = value
     return merged
 
@@ -127,8 +133,9 @@ def _node(tree: dict, parents: list[str | int], knob: str, create: bool = False)
         if isinstance(part, int):
             if not isinstance(node, list) or part >= len(node):
                 rungs = len(node) if isinstance(node, list) else 0
-                raise ConfigError(f"{knob}: {dotted(parents[:depth])} has {rungs} rung(s), "
-                                  f"no rung {part}")
+                raise ConfigError(
+                    f"{knob}: {dotted(parents[:depth])} has {rungs} rung(s), no rung {part}"
+                )
             node = node[part]
         else:
             node = node.setdefault(part, {}) if create else node[part]

@@ -36,14 +36,17 @@ class TrainingJobs:
             config.load_incluster_config()
             namespace = NAMESPACE_FILE.read_text().strip()
         except (config.ConfigException, OSError) as exc:
-            raise ClusterError(f"not running in a Kubernetes pod with a service account token "
-                               f"({exc}): a distributed rung launches from a cluster") from None
+            raise ClusterError(
+                f"not running in a Kubernetes pod with a service account token "
+                f"({exc}): a distributed rung launches from a cluster"
+            ) from None
         return cls(client.ApiClient(), namespace, kind)
 
     def create(self, manifest: dict) -> None:
         try:
             self.custom.create_namespaced_custom_object(
-                *self._api(), self.namespace, self.kind.plural, manifest)
+                *self._api(), self.namespace, self.kind.plural, manifest
+            )
         except ApiException as exc:
             name = manifest["metadata"]["name"]
             raise self._error(f"create {self.kind.kind} {name}", exc) from None
@@ -55,14 +58,14 @@ class TrainingJobs:
         """Where the job stands, from its status conditions."""
         job = self._get(name)
         if job is None:
-            raise ClusterError(f"{self.kind.kind} {name} is gone: someone deleted it while it "
-                               "ran")
+            raise ClusterError(f"{self.kind.kind} {name} is gone: someone deleted it while it ran")
         return job_state(job.get("status"))
 
     def _get(self, name: str) -> dict | None:
         try:
             return self.custom.get_namespaced_custom_object(
-                *self._api(), self.namespace, self.kind.plural, name)
+                *self._api(), self.namespace, self.kind.plural, name
+            )
         except ApiException as exc:
             if exc.status == NOT_FOUND:
                 return None
@@ -72,8 +75,12 @@ class TrainingJobs:
         """Delete the job and, with it, its pods (gone already is fine)."""
         try:
             self.custom.delete_namespaced_custom_object(
-                *self._api(), self.namespace, self.kind.plural, name,
-                propagation_policy="Foreground")
+                *self._api(),
+                self.namespace,
+                self.kind.plural,
+                name,
+                propagation_policy="Foreground",
+            )
         except ApiException as exc:
             if exc.status != NOT_FOUND:
                 raise self._error(f"delete {self.kind.kind} {name}", exc) from None
@@ -81,8 +88,9 @@ class TrainingJobs:
     def chief_pod(self, name: str) -> str | None:
         """The name of the job's worker 0 pod, if it exists yet."""
         try:
-            pods = self.core.list_namespaced_pod(self.namespace,
-                                                 label_selector=self.kind.chief_selector(name))
+            pods = self.core.list_namespaced_pod(
+                self.namespace, label_selector=self.kind.chief_selector(name)
+            )
         except ApiException as exc:
             raise self._error(f"list the pods of {self.kind.kind} {name}", exc) from None
         return pods.items[0].metadata.name if pods.items else None
@@ -92,7 +100,8 @@ class TrainingJobs:
         its container has not started."""
         try:
             return self.core.read_namespaced_pod_log(
-                pod, self.namespace, since_seconds=since_seconds, timestamps=True)
+                pod, self.namespace, since_seconds=since_seconds, timestamps=True
+            )
         except ApiException as exc:
             if exc.status in (BAD_REQUEST, NOT_FOUND):  # container creating, or the pod just went
                 return ""
@@ -102,8 +111,10 @@ class TrainingJobs:
         return self.kind.group, self.kind.version
 
     def _error(self, what: str, exc: ApiException) -> ClusterError:
-        hint = (": the run's service account needs the Role in infra/k8s/components/pipeline/"
-                f"train-job-rbac.yaml in namespace {self.namespace}"
-                if exc.status == FORBIDDEN else "")
-        return ClusterError(f"Kubernetes API: could not {what} ({exc.status} {exc.reason})"
-                            f"{hint}")
+        hint = (
+            ": the run's service account needs the Role in infra/k8s/components/pipeline/"
+            f"train-job-rbac.yaml in namespace {self.namespace}"
+            if exc.status == FORBIDDEN
+            else ""
+        )
+        return ClusterError(f"Kubernetes API: could not {what} ({exc.status} {exc.reason}){hint}")

@@ -27,8 +27,14 @@ class AttemptRecord:
     @classmethod
     def of(cls, index: int, rung: str, decision: Decision, metrics: dict) -> AttemptRecord:
         """The record of an attempt from its decision and validation metrics."""
-        return cls(index, rung, decision.passed, tuple(c.line for c in decision.failures),
-                   float(metrics["accuracy"]), float(metrics["macro_f1"]))
+        return cls(
+            index,
+            rung,
+            decision.passed,
+            tuple(c.line for c in decision.failures),
+            float(metrics["accuracy"]),
+            float(metrics["macro_f1"]),
+        )
 
     def to_json(self) -> dict:
         """As stored in decision files and the loop's summary."""
@@ -47,9 +53,11 @@ def ladder_metrics(records: list[AttemptRecord], rungs: int) -> dict[str, float]
     values: dict[str, float] = {"rungs": rungs, "attempts": len(records)}
     for record in records:
         name = f"attempt_{record.index}"
-        values |= {f"{name}.val_accuracy": record.val_accuracy,
-                    f"{name}.val_macro_f1": record.val_macro_f1,
-                    f"{name}.passed": int(record.passed)}
+        values |= {
+            f"{name}.val_accuracy": record.val_accuracy,
+            f"{name}.val_macro_f1": record.val_macro_f1,
+            f"{name}.passed": int(record.passed),
+        }
     winner = next((r.index for r in records if r.passed), None)
     return values if winner is None else {**values, "selected": winner}
 
@@ -65,6 +73,5 @@ def ladder_verdict(records: list[AttemptRecord], rungs: int) -> int | None:
             return record.index
     if records and records[-1].index >= rungs - 1:
         lines = [f"attempt {r.index} ({r.rung}): " + "; ".join(r.failures) for r in records]
-        raise GateFailedError("every rung of the ladder failed the gate:\n  "
-                              + "\n  ".join(lines))
+        raise GateFailedError("every rung of the ladder failed the gate:\n  " + "\n  ".join(lines))
     return None

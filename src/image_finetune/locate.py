@@ -47,12 +47,16 @@ def local_path(value: str, root: Path, environ: Mapping[str, str] = os.environ) 
     return resolve_path(value, Path(repository))
 
 
-def choose_data(data: DataParams, root: Path,
-                environ: Mapping[str, str] = os.environ) -> DataParams:
+def choose_data(
+    data: DataParams, root: Path, environ: Mapping[str, str] = os.environ
+) -> DataParams:
     """``data`` with its source decided and its local paths (extra ones too) made absolute."""
     if data.extra_paths:
-        data = data.model_copy(update={"extra_paths": [
-            str(local_path(extra, root, environ)) for extra in data.extra_paths]})
+        data = data.model_copy(
+            update={
+                "extra_paths": [str(local_path(extra, root, environ)) for extra in data.extra_paths]
+            }
+        )
     path = local_path(data.path, root, environ)
     if data.source == "tfds":
         return data
@@ -63,13 +67,18 @@ def choose_data(data: DataParams, root: Path,
         source = "labels" if labels else "folder"
         log.info("data: the local copy %s (%s)", path, source)
         return data.model_copy(update={"source": source, "path": str(path)})
-    log.warning("data: no local copy at %s; using TensorFlow Datasets %r (downloaded on first "
-                "use; set data.path to a local copy to stay offline)", path, data.tfds_name)
+    log.warning(
+        "data: no local copy at %s; using TensorFlow Datasets %r (downloaded on first "
+        "use; set data.path to a local copy to stay offline)",
+        path,
+        data.tfds_name,
+    )
     return data.model_copy(update={"source": "tfds"})
 
 
-def choose_weights(model: ModelParams, root: Path,
-                   environ: Mapping[str, str] = os.environ) -> ModelParams:
+def choose_weights(
+    model: ModelParams, root: Path, environ: Mapping[str, str] = os.environ
+) -> ModelParams:
     """``model`` with its weights decided: a local file (absolute), ``imagenet`` or ``none``."""
     choice = model.weights.lower()
     if choice in NAMED_WEIGHTS:
@@ -81,9 +90,16 @@ def choose_weights(model: ModelParams, root: Path,
         log.info("weights: the local copy %s", path)
         return model.model_copy(update={"weights": str(path)})
     if model.backbone not in KERAS_BACKBONES:
-        log.warning("weights: no local copy at %s and %s has no download; the run will say "
-                    "what is missing", path, model.backbone)
+        log.warning(
+            "weights: no local copy at %s and %s has no download; the run will say what is missing",
+            path,
+            model.backbone,
+        )
         return model.model_copy(update={"weights": str(path)})
-    log.warning("weights: no local copy at %s; using Keras' ImageNet weights for %s "
-                "(downloaded on first use)", path, model.backbone)
+    log.warning(
+        "weights: no local copy at %s; using Keras' ImageNet weights for %s "
+        "(downloaded on first use)",
+        path,
+        model.backbone,
+    )
     return model.model_copy(update={"weights": IMAGENET})

@@ -34,13 +34,21 @@ def most_confused_pairs(matrix: np.ndarray, class_names: list[str], top: int) ->
         true, pred = np.unravel_index(flat, off.shape)
         if off[true, pred] == 0:
             break
-        pairs.append({"true": class_names[true], "predicted": class_names[pred],
-                      "count": int(off[true, pred])})
+        pairs.append(
+            {
+                "true": class_names[true],
+                "predicted": class_names[pred],
+                "count": int(off[true, pred]),
+            }
+        )
     return pairs
 
 
 def classification_metrics(
-    labels: np.ndarray, probs: np.ndarray, class_names: list[str], params: EvaluateParams,
+    labels: np.ndarray,
+    probs: np.ndarray,
+    class_names: list[str],
+    params: EvaluateParams,
     seed: int = 0,
 ) -> dict:
     """Accuracy, macro and per-class P/R/F1, confusion matrix, ECE, bootstrap CI."""
@@ -50,7 +58,8 @@ def classification_metrics(
     correct = per_image_correct(probs, labels)
     indices = list(range(len(class_names)))
     precision, recall, f1, support = precision_recall_fscore_support(
-        labels, predicted, labels=indices, zero_division=0)
+        labels, predicted, labels=indices, zero_division=0
+    )
     matrix = confusion_matrix(labels, predicted, labels=indices)
     low, high = bootstrap_accuracy_interval(correct, params.bootstrap_samples, seed)
     return {
@@ -92,7 +101,9 @@ def flatten_metrics_with_classes(metrics: dict) -> dict[str, float]:
     """:func:`flatten_metrics` plus each class's metrics as ``per_class.<class>.<metric>``:
     for metric files (DVC), not metric stores, which refuse many characters a class folder's
     name may hold."""
-    per_class = {f"per_class.{name}.{metric}": float(value)
-                 for name, values in metrics.get("per_class", {}).items()
-                 for metric, value in values.items()}
+    per_class = {
+        f"per_class.{name}.{metric}": float(value)
+        for name, values in metrics.get("per_class", {}).items()
+        for metric, value in values.items()
+    }
     return {**flatten_metrics(metrics), **per_class}

@@ -47,15 +47,27 @@ def plot_confusion(matrix: np.ndarray, class_names: list[str], path: Path) -> No
     figure, axis = plt.subplots(figsize=(side + 1, side))
     image = axis.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     fontsize = 9 if n <= 30 else 7
-    axis.set_xticks(range(n), class_names, rotation=45 if n <= 30 else 90, ha="right"
-                    if n <= 30 else "center", fontsize=fontsize)
+    axis.set_xticks(
+        range(n),
+        class_names,
+        rotation=45 if n <= 30 else 90,
+        ha="right" if n <= 30 else "center",
+        fontsize=fontsize,
+    )
     axis.set_yticks(range(n), class_names, fontsize=fontsize)
     axis.set_xlabel("predicted")
     axis.set_ylabel("true")
     for (row, col), count in np.ndenumerate(matrix):
         if n <= 30 and count:
-            axis.text(col, row, str(count), ha="center", va="center", fontsize=7,
-                      color="white" if rates[row, col] > 0.5 else "black")
+            axis.text(
+                col,
+                row,
+                str(count),
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if rates[row, col] > 0.5 else "black",
+            )
     figure.colorbar(image, fraction=0.046, pad=0.04, label="share of the true class")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
@@ -64,8 +76,12 @@ def plot_confusion(matrix: np.ndarray, class_names: list[str], path: Path) -> No
 
 @drawn_as_written
 def plot_gallery(
-    images: np.ndarray, labels: np.ndarray, probs: np.ndarray, class_names: list[str],
-    count: int, path: Path,
+    images: np.ndarray,
+    labels: np.ndarray,
+    probs: np.ndarray,
+    class_names: list[str],
+    count: int,
+    path: Path,
 ) -> int:
     """The most confidently wrong predictions, with true and predicted labels (``images``
     may be a row view: only the pictured rows are read)."""
@@ -84,8 +100,11 @@ def plot_gallery(
         axis.axis("off")
     for axis, index in zip(np.ravel(axes), wrong, strict=False):
         axis.imshow(images[index], interpolation="nearest")
-        axis.set_title(f"true {class_names[labels[index]]}\npred {class_names[predicted[index]]}"
-                       f" {probs[index, predicted[index]]:.2f}", fontsize=7)
+        axis.set_title(
+            f"true {class_names[labels[index]]}\npred {class_names[predicted[index]]}"
+            f" {probs[index, predicted[index]]:.2f}",
+            fontsize=7,
+        )
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
@@ -104,28 +123,31 @@ def write_html(out_dir: Path, title: str, metrics: dict, class_names: list[str])
         for p in metrics["most_confused"]
     )
     latency = metrics.get("latency", {})
-    ran_on = html.escape(f"{metrics.get('engine', 'tensorflow')} "
-                         f"{metrics.get('precision', 'fp32')}")
+    ran_on = html.escape(
+        f"{metrics.get('engine', 'tensorflow')} {metrics.get('precision', 'fp32')}"
+    )
     low, high = metrics["accuracy_ci95"]
     pictures = "".join(
         f"<h2>{caption}</h2><img alt='{caption}' src='data:image/png;base64,"
         f"{_png_base64(out_dir / name)}'>"
-        for caption, name in (("Confusion matrix", CONFUSION_PNG),
-                              ("Most confident mistakes", GALLERY_PNG))
+        for caption, name in (
+            ("Confusion matrix", CONFUSION_PNG),
+            ("Most confident mistakes", GALLERY_PNG),
+        )
         if (out_dir / name).exists()
     )
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;max-width:960px;margin:2em auto}}td,th{{padding:2px 10px;
 text-align:right}}td:first-child{{text-align:left}}img{{max-width:100%}}</style></head><body>
 <h1>{html.escape(title)}</h1>
-<p><b>Accuracy {metrics['accuracy']:.4f}</b> (95% CI {low:.4f}-{high:.4f}, n={metrics['count']}),
-macro F1 {metrics['macro_f1']:.4f}, macro precision {metrics['macro_precision']:.4f},
-macro recall {metrics['macro_recall']:.4f}, lowest class recall {metrics['min_class_recall']:.4f},
-ECE {metrics['ece']:.4f}.</p>
-<p>Latency: batch 1 p50 {latency.get('batch1_p50_ms', float('nan')):.1f} ms,
-p95 {latency.get('batch1_p95_ms', float('nan')):.1f} ms; batch 256
-{latency.get('batch256_images_per_second', float('nan')):.0f} images/s.
-Model size {metrics.get('model_size_mb', float('nan')):.1f} MB. Run on {ran_on}.</p>
+<p><b>Accuracy {metrics["accuracy"]:.4f}</b> (95% CI {low:.4f}-{high:.4f}, n={metrics["count"]}),
+macro F1 {metrics["macro_f1"]:.4f}, macro precision {metrics["macro_precision"]:.4f},
+macro recall {metrics["macro_recall"]:.4f}, lowest class recall {metrics["min_class_recall"]:.4f},
+ECE {metrics["ece"]:.4f}.</p>
+<p>Latency: batch 1 p50 {latency.get("batch1_p50_ms", float("nan")):.1f} ms,
+p95 {latency.get("batch1_p95_ms", float("nan")):.1f} ms; batch 256
+{latency.get("batch256_images_per_second", float("nan")):.0f} images/s.
+Model size {metrics.get("model_size_mb", float("nan")):.1f} MB. Run on {ran_on}.</p>
 <h2>Per class</h2><table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th>
 <th>support</th></tr>{rows}</table>
 <h2>Most confused pairs</h2><ol>{pairs}</ol>{pictures}</body></html>"""

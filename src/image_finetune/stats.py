@@ -20,11 +20,15 @@ def mcnemar_greater(candidate_correct: np.ndarray, champion_correct: np.ndarray)
     if candidate_correct.shape != champion_correct.shape:
         raise ValueError(
             f"paired test needs the same images: {candidate_correct.shape} vs "
-            f"{champion_correct.shape}")
+            f"{champion_correct.shape}"
+        )
     wins = int(np.sum(candidate_correct & ~champion_correct))
     losses = int(np.sum(~candidate_correct & champion_correct))
-    p_value = 1.0 if wins + losses == 0 else float(
-        binomtest(wins, wins + losses, 0.5, alternative="greater").pvalue)
+    p_value = (
+        1.0
+        if wins + losses == 0
+        else float(binomtest(wins, wins + losses, 0.5, alternative="greater").pvalue)
+    )
     return {"candidate_only_correct": wins, "champion_only_correct": losses, "p_value": p_value}
 
 
@@ -35,8 +39,12 @@ def bootstrap_accuracy_interval(
     from scipy.stats import bootstrap
 
     result = bootstrap(
-        (np.asarray(correct).astype(float),), np.mean, n_resamples=samples,
-        confidence_level=level, method="percentile", rng=np.random.default_rng(seed),
+        (np.asarray(correct).astype(float),),
+        np.mean,
+        n_resamples=samples,
+        confidence_level=level,
+        method="percentile",
+        rng=np.random.default_rng(seed),
         vectorized=True,
     )
     return float(result.confidence_interval.low), float(result.confidence_interval.high)

@@ -68,9 +68,10 @@ def container_run(cpu_image, open_workspace, small_folder, no_top_weights) -> Co
     data = shutil.copytree(small_folder, open_workspace / "data")
     data.chmod(0o755)  # copied from pytest's root-only folder
     params = container_params(open_workspace, data, no_top_weights, PASSABLE_GATE)
-    run = run_local(params, ROOT, open_workspace / "run", open_workspace / "cache",
-                    runner="docker")
+    run = run_local(params, ROOT, open_workspace / "run", open_workspace / "cache", runner="docker")
     seconds = [c.seconds for c in run.containers] or [0.0]
-    print(f"kfp.local run in containers: {run.seconds:.0f} s, {len(run.containers)} "
-          f"containers, {sum(seconds) / len(seconds):.1f} s each on average")
+    print(
+        f"kfp.local run in containers: {run.seconds:.0f} s, {len(run.containers)} "
+        f"containers, {sum(seconds) / len(seconds):.1f} s each on average"
+    )
     return ContainerPipelineRun(run, params, open_workspace)

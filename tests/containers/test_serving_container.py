@@ -26,16 +26,31 @@ def serving_container(docker_client, cpu_image, container_run):
     port = free_port()
     start = time.perf_counter()
     container = start_server_container(
-        docker_client, cpu_image, {"IMAGE_FINETUNE_MODEL_NAME": registry.model_name,
-                                   "MLFLOW_TRACKING_URI": registry.tracking_uri},
-        token_file.parent, [Mount(tracking_folder(registry.tracking_uri), writable=True)], port)
+        docker_client,
+        cpu_image,
+        {
+            "IMAGE_FINETUNE_MODEL_NAME": registry.model_name,
+            "MLFLOW_TRACKING_URI": registry.tracking_uri,
+        },
+        token_file.parent,
+        [Mount(tracking_folder(registry.tracking_uri), writable=True)],
+        port,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: ready(url, container), timeout=240,
-                   what=f"the serving container never became ready: {logs(container)}")
+        wait_until(
+            lambda: ready(url, container),
+            timeout=240,
+            what=f"the serving container never became ready: {logs(container)}",
+        )
         ready_seconds = time.perf_counter() - start
-        yield {"url": url, "token": token, "container": container,
-               "ready_seconds": ready_seconds, "folder": container_run.workspace / "data"}
+        yield {
+            "url": url,
+            "token": token,
+            "container": container,
+            "ready_seconds": ready_seconds,
+            "folder": container_run.workspace / "data",
+        }
     finally:
         container.remove(force=True)
 
@@ -59,24 +74,31 @@ def test_the_served_champion_labels_real_test_images(serving_container):
     files = sorted(folder.glob("*/*.jpg"))
     classes = sorted(p.name for p in folder.iterdir())
     start = time.perf_counter()
-    first = httpx.post(f"{url}/predict", content=files[0].read_bytes(), timeout=60,
-                       headers={"content-type": "image/jpeg",
-                                "authorization": f"Bearer {token}"})
+    first = httpx.post(
+        f"{url}/predict",
+        content=files[0].read_bytes(),
+        timeout=60,
+        headers={"content-type": "image/jpeg", "authorization": f"Bearer {token}"},
+    )
     first_ms = (time.perf_counter() - start) * 1000
     assert first.status_code == 200, first.text
     correct = 0
     for offset in range(0, len(files), 50):
-        chunk = files[offset:offset + 50]
-        response = httpx.post(f"{url}/predict", timeout=60,
-                              headers={"authorization": f"Bearer {token}"},
-                              files=[("files", (f.name, f.read_bytes(), "image/jpeg"))
-                                     for f in chunk])
+        chunk = files[offset : offset + 50]
+        response = httpx.post(
+            f"{url}/predict",
+            timeout=60,
+            headers={"authorization": f"Bearer {token}"},
+            files=[("files", (f.name, f.read_bytes(), "image/jpeg")) for f in chunk],
+        )
         assert response.status_code == 200, response.text
         for file, prediction in zip(chunk, response.json()["predictions"], strict=True):
             assert {answer["class"] for answer in prediction["top_k"]} <= set(classes)
             correct += prediction["top_k"][0]["class"] == file.parent.name
-    print(f"serving container: ready in {serving_container['ready_seconds']:.1f} s, first "
-          f"request {first_ms:.0f} ms, test accuracy {correct / len(files):.3f}")
+    print(
+        f"serving container: ready in {serving_container['ready_seconds']:.1f} s, first "
+        f"request {first_ms:.0f} ms, test accuracy {correct / len(files):.3f}"
+    )
     assert correct / len(files) >= 0.3  # the gate the registered model passed on test
 
 
@@ -84,6 +106,7 @@ def test_the_server_runs_as_the_deployments_user_and_refuses_strangers(serving_c
     url, container = serving_container["url"], serving_container["container"]
     code, output = container.exec_run(["id", "-u"])
     assert code == 0 and output.decode().strip() == "1000"
-    refused = httpx.post(f"{url}/predict", content=b"x", timeout=10,
-                         headers={"content-type": "image/jpeg"})
+    refused = httpx.post(
+        f"{url}/predict", content=b"x", timeout=10, headers={"content-type": "image/jpeg"}
+    )
     assert refused.status_code == 401

@@ -52,28 +52,47 @@ def slim_server(docker_client, serve_image, open_workspace, small_model):
     data = shutil.copytree(small_model["data"], work / "data")  # readable by the image's user
     evaluation = work / "evaluation"
     params = small_model["params"]  # without flip TTA: the server answers one pass
-    params = params.model_copy(update={"evaluate": params.evaluate.model_copy(
-        update={"flip_tta": False})})
+    params = params.model_copy(
+        update={"evaluate": params.evaluate.model_copy(update={"flip_tta": False})}
+    )
     evaluate_classifier(params, data, small_model["model"], evaluation, "test", "offline")
     token_folder = work / "secret"
     token_folder.mkdir()
     token = secrets.token_hex(16)
     (token_folder / "token").write_text(token + "\n")
-    with engine_registry(small_model["model"], data, work / "registry", MODEL_NAME,
-                         host=bridge_gateway(docker_client)) as registry:
+    with engine_registry(
+        small_model["model"],
+        data,
+        work / "registry",
+        MODEL_NAME,
+        host=bridge_gateway(docker_client),
+    ) as registry:
         port = free_port()
         start = time.perf_counter()
         container = start_server_container(
-            docker_client, serve_image, {"IMAGE_FINETUNE_MODEL_NAME": MODEL_NAME,
-                                         "MLFLOW_TRACKING_URI": registry["uri"]},
-            token_folder, [Mount(work / "registry", writable=False)], port)
+            docker_client,
+            serve_image,
+            {"IMAGE_FINETUNE_MODEL_NAME": MODEL_NAME, "MLFLOW_TRACKING_URI": registry["uri"]},
+            token_folder,
+            [Mount(work / "registry", writable=False)],
+            port,
+        )
         url = f"http://127.0.0.1:{port}"
         try:
-            wait_until(lambda: ready(url, container), timeout=240,
-                       what=f"the slim serving container never became ready: {logs(container)}")
-            yield {"url": url, "token": token, "container": container, "data": data,
-                   "evaluation": evaluation, "names": registry["names"],
-                   "ready_seconds": time.perf_counter() - start}
+            wait_until(
+                lambda: ready(url, container),
+                timeout=240,
+                what=f"the slim serving container never became ready: {logs(container)}",
+            )
+            yield {
+                "url": url,
+                "token": token,
+                "container": container,
+                "data": data,
+                "evaluation": evaluation,
+                "names": registry["names"],
+                "ready_seconds": time.perf_counter() - start,
+            }
         finally:
             container.remove(force=True)
 
@@ -86,11 +105,22 @@ def test_the_slim_image_labels_the_test_split_as_the_offline_evaluation(slim_ser
     _, offline, _ = read_evaluation(slim_server["evaluation"])
     labels = []
     for start in range(0, len(images), 50):  # the Deployment's 64 images per request at most
-        chunk = images[start:start + 50]
-        response = httpx.post(f"{url}/v2/models/{MODEL_NAME}/infer", headers=headers,
-                              timeout=120, json={"inputs": [{
-                                  "name": "images", "datatype": "UINT8",
-                                  "shape": list(chunk.shape), "data": chunk.ravel().tolist()}]})
+        chunk = images[start : start + 50]
+        response = httpx.post(
+            f"{url}/v2/models/{MODEL_NAME}/infer",
+            headers=headers,
+            timeout=120,
+            json={
+                "inputs": [
+                    {
+                        "name": "images",
+                        "datatype": "UINT8",
+                        "shape": list(chunk.shape),
+                        "data": chunk.ravel().tolist(),
+                    }
+                ]
+            },
+        )
         assert response.status_code == 200, response.text
         labels += {o["name"]: o for o in response.json()["outputs"]}["labels"]["data"]
     # Where the offline top two classes are within the engine's tolerance (1e-4), either
@@ -100,15 +130,25 @@ def test_the_slim_image_labels_the_test_split_as_the_offline_evaluation(slim_ser
     assert clear.mean() > 0.9
     expected = [slim_server["names"][i] for i in np.argmax(offline, axis=1)]
     assert [a for a, c in zip(labels, clear, strict=True) if c] == [
-        e for e, c in zip(expected, clear, strict=True) if c]
-    print(f"slim serving container: ready in {slim_server['ready_seconds']:.1f} s, "
-          f"{len(labels)} test images labelled as offline")
+        e for e, c in zip(expected, clear, strict=True) if c
+    ]
+    print(
+        f"slim serving container: ready in {slim_server['ready_seconds']:.1f} s, "
+        f"{len(labels)} test images labelled as offline"
+    )
 
 
 def test_the_slim_image_has_no_tensorflow_keras_or_great_expectations(slim_server):
-    code, output = slim_server["container"].exec_run(["python3", "-c", (
-        "import importlib.util as u; print([n for n in ('tensorflow', 'keras', "
-        "'great_expectations', 'onnx', 'nncf') if u.find_spec(n)])")])
+    code, output = slim_server["container"].exec_run(
+        [
+            "python3",
+            "-c",
+            (
+                "import importlib.util as u; print([n for n in ('tensorflow', 'keras', "
+                "'great_expectations', 'onnx', 'nncf') if u.find_spec(n)])"
+            ),
+        ]
+    )
     assert code == 0 and output.decode().strip() == "[]", output.decode()
     code, output = slim_server["container"].exec_run(["id", "-u"])
     assert output.decode().strip() == "1000"

@@ -32,11 +32,14 @@ def own_folder(small_folder, root, sizes: dict[str, int], test_per_class: int = 
     return root
 
 
-@pytest.mark.parametrize(("labels", "count", "expected"), [
-    ([0, 0, 0, 1, 1, 1], 4, [0, 3, 1, 4]),
-    ([0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1], 16, list(range(11))),
-    ([1, 0, 1, 1, 1], 3, [0, 1, 2]),
-])
+@pytest.mark.parametrize(
+    ("labels", "count", "expected"),
+    [
+        ([0, 0, 0, 1, 1, 1], 4, [0, 3, 1, 4]),
+        ([0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1], 16, list(range(11))),
+        ([1, 0, 1, 1, 1], 3, [0, 1, 2]),
+    ],
+)
 def test_the_preview_takes_each_class_in_turn_whatever_its_size(labels, count, expected):
     from image_finetune.training.augment import preview_rows
 
@@ -85,9 +88,14 @@ def tiny_classifier(tmp_path_factory):
     """A real (untrained) two-class Keras classifier of 32x32 images, saved as .keras."""
     import keras
 
-    model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Rescaling(1 / 255),
-                              keras.layers.GlobalAveragePooling2D(),
-                              keras.layers.Dense(2, activation="softmax")])
+    model = keras.Sequential(
+        [
+            keras.Input((32, 32, 3)),
+            keras.layers.Rescaling(1 / 255),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(2, activation="softmax"),
+        ]
+    )
     path = tmp_path_factory.mktemp("tiny") / "classifier.keras"
     model.save(path)
     return path

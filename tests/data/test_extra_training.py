@@ -17,8 +17,7 @@ from tests.support import ingest_source
 
 
 def params(**overrides) -> DataParams:
-    return DataParams(**{"validation_fraction": 0.2, "min_validation_per_class": 1,
-                         **overrides})
+    return DataParams(**{"validation_fraction": 0.2, "min_validation_per_class": 1, **overrides})
 
 
 def export_like(small_folder: Path, out: Path) -> Path:
@@ -35,8 +34,10 @@ def test_extra_images_join_train_and_nothing_else(small_folder, tmp_path):
     plain = ingest_source(params(), small_folder, tmp_path / "plain")
     extra = export_like(small_folder, tmp_path / "export")
     more = ingest_source(params(extra_paths=[str(extra)]), small_folder, tmp_path / "more")
-    counts = {split: (plain["splits"][split]["count"], more["splits"][split]["count"])
-              for split in ("train", "validation", "test")}
+    counts = {
+        split: (plain["splits"][split]["count"], more["splits"][split]["count"])
+        for split in ("train", "validation", "test")
+    }
     assert counts["train"][1] == counts["train"][0] + 5
     assert counts["validation"][0] == counts["validation"][1]
     assert counts["test"][0] == counts["test"][1]
@@ -44,8 +45,9 @@ def test_extra_images_join_train_and_nothing_else(small_folder, tmp_path):
     assert more["extra_training"]["per_class"]["cat"] == 3
     train = load_split(tmp_path / "more", "train")
     cat = more["class_names"].index("cat")
-    assert list(np.asarray(train.labels)[-5:]) == [cat] * 3 + [more["class_names"].index(
-        "ship")] * 2
+    assert (
+        list(np.asarray(train.labels)[-5:]) == [cat] * 3 + [more["class_names"].index("ship")] * 2
+    )
     assert "extra_training" not in plain and "extra_paths" not in plain["params"]
 
 

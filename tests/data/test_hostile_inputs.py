@@ -38,8 +38,9 @@ class Zeros(io.RawIOBase):
         return count
 
 
-def add_member(archive: tarfile.TarFile, name: str, data: bytes | None = None,
-               size: int | None = None) -> None:
+def add_member(
+    archive: tarfile.TarFile, name: str, data: bytes | None = None, size: int | None = None
+) -> None:
     info = tarfile.TarInfo(name)
     info.size = len(data) if data is not None else size
     archive.addfile(info, io.BytesIO(data) if data is not None else Zeros(size))
@@ -67,18 +68,23 @@ def cifar_python_archive(path: Path, batch: object) -> Path:
 def test_a_crafted_cifar_pickle_is_refused_without_running_anything(tmp_path):
     marker = tmp_path / "pwned"
     archive = cifar_python_archive(tmp_path / "evil.tar.gz", {b"data": Exploit(marker)})
-    with pytest.raises(IngestError, match=r"data_batch_1 is not a CIFAR-10 batch "
-                                          r"\(posix.system is not part of the CIFAR-10 format"):
-        ingest_source(PARAMS.model_copy(update={"source": "cifar-python"}), archive,
-                      tmp_path / "out")
+    with pytest.raises(
+        IngestError,
+        match=r"data_batch_1 is not a CIFAR-10 batch "
+        r"\(posix.system is not part of the CIFAR-10 format",
+    ):
+        ingest_source(
+            PARAMS.model_copy(update={"source": "cifar-python"}), archive, tmp_path / "out"
+        )
     assert not marker.exists(), "the pickle's payload ran"
 
 
 def test_a_genuine_cifar_pickle_still_loads(tmp_path):
     batch = {b"data": np.zeros((4, 3072), np.uint8), b"labels": [0, 1, 0, 1]}
     archive = cifar_python_archive(tmp_path / "ok.tar.gz", batch)
-    manifest = ingest_source(PARAMS.model_copy(update={"source": "cifar-python"}), archive,
-                             tmp_path / "out")
+    manifest = ingest_source(
+        PARAMS.model_copy(update={"source": "cifar-python"}), archive, tmp_path / "out"
+    )
     assert manifest["splits"]["test"]["count"] == 4
 
 
@@ -95,12 +101,12 @@ def test_an_archive_bomb_member_is_refused_unread(small_folder, tmp_path):
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert "train/cat/huge.png: 419430400 bytes, over the limit of 67108864 per file" in str(
-        caught.value)
+        caught.value
+    )
     assert peak < 100 * 1024 * 1024, f"peak {peak / 2**20:.0f} MiB: the member was read"
 
 
-def test_a_folder_packed_with_dot_paths_and_clutter_ingests_like_the_folder(small_folder,
-                                                                           tmp_path):
+def test_a_folder_packed_with_dot_paths_and_clutter_ingests_like_the_folder(small_folder, tmp_path):
     folder = copy_tree(small_folder, tmp_path / "tree")
     (folder / ".DS_Store").write_bytes(b"\0Bud1")
     (folder / "train" / "cat" / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0")
@@ -114,8 +120,7 @@ def test_a_folder_packed_with_dot_paths_and_clutter_ingests_like_the_folder(smal
     assert from_folder["splits"] == from_archive["splits"]
 
 
-def test_a_class_name_that_is_not_utf8_is_refused_with_its_bytes_escaped(small_folder,
-                                                                        tmp_path):
+def test_a_class_name_that_is_not_utf8_is_refused_with_its_bytes_escaped(small_folder, tmp_path):
     folder = copy_tree(small_folder, tmp_path / "tree")
     os.rename(bytes(folder / "train" / "cat"), bytes(folder / "train") + b"/caf\xe9")
     with pytest.raises(IngestError, match=r"train/caf\\xe9: name is not valid UTF-8"):
@@ -161,9 +166,13 @@ def test_a_signal_while_writing_leaves_no_staging_behind(tmp_path, signum):
     """What DVC, Kubeflow or Kubernetes (SIGTERM) and Ctrl-C (SIGINT) do to a command."""
     # SIG_DFL first: a runner started in the background passes SIGINT on ignored, and
     # Python keeps an ignored SIGINT ignored.
-    writer = subprocess.Popen([sys.executable, "-c", STAGING_SCRIPT, str(tmp_path / "data")],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    writer = subprocess.Popen(
+        [sys.executable, "-c", STAGING_SCRIPT, str(tmp_path / "data")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     assert writer.stdout.readline().strip() == "staged"
     assert list(tmp_path.glob(".data.tmp-*"))
     writer.send_signal(signum)

@@ -31,16 +31,24 @@ def encode(image: Image.Image, format: str, **options) -> bytes:
 
 
 def png_chunk(kind: bytes, body: bytes) -> bytes:
-    return (struct.pack(">I", len(body)) + kind + body
-            + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
+    return (
+        struct.pack(">I", len(body))
+        + kind
+        + body
+        + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+    )
 
 
 def raw_png(width: int, height: int, bit_depth: int, color_type: int, rows: bytes) -> bytes:
     """A PNG written by hand: for what PIL cannot write (16-bit RGB) or would not (a header
     declaring a size its data does not have)."""
     header = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header)
-            + png_chunk(b"IDAT", zlib.compress(rows)) + png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", header)
+        + png_chunk(b"IDAT", zlib.compress(rows))
+        + png_chunk(b"IEND", b"")
+    )
 
 
 def sample(seed: int = 0, size: int = 32) -> np.ndarray:
@@ -128,8 +136,7 @@ def test_exif_orientation_is_applied():
 @pytest.mark.parametrize("format", ["GIF", "BMP", "TIFF", "WEBP"])
 def test_other_formats_are_refused_by_name(format):
     data = encode(Image.fromarray(sample(size=8)), format)
-    with pytest.raises(UnsupportedImageFormatError,
-                       match=f"f: {format} images are not accepted"):
+    with pytest.raises(UnsupportedImageFormatError, match=f"f: {format} images are not accepted"):
         decode_image(data, "f", 8, "resize")
 
 
@@ -183,7 +190,7 @@ def test_damaged_files_raise_value_errors_only(format):
 def banded(width: int, height: int, band: int) -> Image.Image:
     """A width x height image, blue, with red bands ``band`` pixels wide left and right."""
     pixels = np.full((height, width, 3), BLUE, np.uint8)
-    pixels[:, :band] = pixels[:, width - band:] = RED
+    pixels[:, :band] = pixels[:, width - band :] = RED
     return Image.fromarray(pixels)
 
 
@@ -212,4 +219,3 @@ def test_a_square_image_of_the_right_size_is_left_alone_in_every_mode():
 def test_an_unknown_fit_is_refused():
     with pytest.raises(ValueError, match="unknown fit 'squash'"):
         decode_image(encode(Image.fromarray(sample()), "PNG"), "x", 32, "squash")
-

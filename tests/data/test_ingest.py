@@ -16,8 +16,7 @@ from image_finetune.errors import IngestError
 from image_finetune.validation.facts import dataset_facts
 from tests.support import copy_tree, ingest_source, jpeg_bytes
 
-CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
-           "truck"]
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
 def params(**overrides) -> DataParams:
@@ -33,8 +32,10 @@ def test_validation_below_the_minimum_is_a_loud_warning(small_folder, tmp_path, 
     assert set(manifest["splits"]["validation"]["per_class"].values()) == {6}
     assert "fewer than data.min_validation_per_class" not in caplog.text
     ingest_source(params(), small_folder, tmp_path / "b")
-    assert ("fewer than data.min_validation_per_class=20 images for 10 of 10 classes "
-            "(airplane: 10" in caplog.text)
+    assert (
+        "fewer than data.min_validation_per_class=20 images for 10 of 10 classes "
+        "(airplane: 10" in caplog.text
+    )
 
 
 def test_real_subset_ingests_with_a_stratified_validation_split(small_folder, tmp_path):
@@ -57,9 +58,10 @@ def test_ingest_is_byte_identical_for_the_same_source_and_params(small_folder, t
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
     ingest_source(params(seed=1), small_folder, tmp_path / "c")
     assert (tmp_path / "a" / "validation_labels.npy").read_bytes() != (
-        tmp_path / "c" / "validation_labels.npy").read_bytes() or (
-        tmp_path / "a" / "validation_images.npy").read_bytes() != (
-        tmp_path / "c" / "validation_images.npy").read_bytes()
+        tmp_path / "c" / "validation_labels.npy"
+    ).read_bytes() or (tmp_path / "a" / "validation_images.npy").read_bytes() != (
+        tmp_path / "c" / "validation_images.npy"
+    ).read_bytes()
 
 
 def test_tarball_and_directory_give_the_same_arrays(small_folder, tmp_path):
@@ -86,8 +88,10 @@ def test_corrupt_jpeg_is_named(small_folder, tmp_path):
     victim = first_file(folder)
     victim.write_bytes(victim.read_bytes()[: len(victim.read_bytes()) // 3])
     error = expect_failure(folder, tmp_path, "bad files")
-    assert error.problems == [f"train/cat/{victim.name}: corrupt or truncated image "
-                              + error.problems[0].split("image ", 1)[1]]
+    assert error.problems == [
+        f"train/cat/{victim.name}: corrupt or truncated image "
+        + error.problems[0].split("image ", 1)[1]
+    ]
 
 
 def test_non_image_file_is_named(small_folder, tmp_path):
@@ -95,9 +99,10 @@ def test_non_image_file_is_named(small_folder, tmp_path):
     (folder / "train" / "dog" / "notes.txt").write_text("hello")
     (folder / "train" / "dog" / "fake.jpg").write_text("not really a jpeg")
     error = expect_failure(folder, tmp_path, "bad files")
-    assert sorted(error.problems) == ["train/dog/fake.jpg: not an image file",
-                                      "train/dog/notes.txt: not an image file (expected .png, "
-                                      ".jpg or .jpeg)"]
+    assert sorted(error.problems) == [
+        "train/dog/fake.jpg: not an image file",
+        "train/dog/notes.txt: not an image file (expected .png, .jpg or .jpeg)",
+    ]
 
 
 def test_wrong_size_is_rejected_or_resized(small_folder, tmp_path):
@@ -106,8 +111,10 @@ def test_wrong_size_is_rejected_or_resized(small_folder, tmp_path):
     image = np.asarray(Image.open(victim))[:31]
     victim.write_bytes(jpeg_bytes(image))
     error = expect_failure(folder, tmp_path, "bad files")
-    assert error.problems == [f"test/ship/{victim.name}: size 31x32, expected 32x32 "
-                              "(set data.on_wrong_size: resize or center_crop to accept it)"]
+    assert error.problems == [
+        f"test/ship/{victim.name}: size 31x32, expected 32x32 "
+        "(set data.on_wrong_size: resize or center_crop to accept it)"
+    ]
     manifest = ingest_source(params(on_wrong_size="resize"), folder, tmp_path / "resized")
     assert manifest["splits"]["test"]["count"] == 100
 
@@ -148,8 +155,7 @@ def test_truncated_archive_is_reported(small_folder, tmp_path):
 
 def test_missing_source_is_reported(tmp_path):
     # An explicit folder source: never replaced by a download (auto would fetch tfds).
-    expect_failure(tmp_path / "nowhere.tar.gz", tmp_path, "data source not found",
-                   source="folder")
+    expect_failure(tmp_path / "nowhere.tar.gz", tmp_path, "data source not found", source="folder")
 
 
 def _real_arrays(small_folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -176,10 +182,16 @@ def test_official_python_archive(small_folder, tmp_path):
             part = slice(i - 1, None, 5)
             batch = {b"data": to_rows(train[0][part]), b"labels": train[1][part].tolist()}
             _add(archive, f"cifar-10-batches-py/data_batch_{i}", pickle.dumps(batch))
-        _add(archive, "cifar-10-batches-py/test_batch",
-             pickle.dumps({b"data": to_rows(test[0]), b"labels": test[1].tolist()}))
-        _add(archive, "cifar-10-batches-py/batches.meta",
-             pickle.dumps({b"label_names": [c.encode() for c in CLASSES]}))
+        _add(
+            archive,
+            "cifar-10-batches-py/test_batch",
+            pickle.dumps({b"data": to_rows(test[0]), b"labels": test[1].tolist()}),
+        )
+        _add(
+            archive,
+            "cifar-10-batches-py/batches.meta",
+            pickle.dumps({b"label_names": [c.encode() for c in CLASSES]}),
+        )
     manifest = ingest_source(params(source="cifar-python"), tarball, tmp_path / "out")
     assert manifest["class_names"] == CLASSES
     test_split = load_split(tmp_path / "out", "test")
@@ -199,8 +211,11 @@ def test_official_binary_archive_and_its_truncation(small_folder, tmp_path):
             for i in range(1, 6):
                 part = slice(i - 1, None, 5)
                 data = records(train[0][part], train[1][part])
-                _add(archive, f"cifar-10-batches-bin/data_batch_{i}.bin",
-                     data[:-7] if truncate and i == 3 else data)
+                _add(
+                    archive,
+                    f"cifar-10-batches-bin/data_batch_{i}.bin",
+                    data[:-7] if truncate and i == 3 else data,
+                )
             _add(archive, "cifar-10-batches-bin/test_batch.bin", records(*test))
             _add(archive, "cifar-10-batches-bin/batches.meta.txt", "\n".join(CLASSES).encode())
         return path
@@ -220,13 +235,17 @@ def test_sharded_ingest_holds_the_same_data_and_facts(small_folder, tmp_path):
     sharded = ingest_source(params(shard_size=64), small_folder, tmp_path / "sharded")
     for split, entry in sharded["splits"].items():
         assert [s["rows"] for s in entry.pop("shards")] == [
-            min(64, entry["count"] - start) for start in range(0, entry["count"], 64)]
+            min(64, entry["count"] - start) for start in range(0, entry["count"], 64)
+        ]
         assert entry == single["splits"][split]
         a, b = load_split(tmp_path / "single", split), load_split(tmp_path / "sharded", split)
         np.testing.assert_array_equal(np.asarray(b.images), a.images)
         np.testing.assert_array_equal(np.asarray(b.labels), a.labels)
     assert {k: v for k, v in sharded.items() if k != "splits"} == {
-        **{k: v for k, v in single.items() if k != "splits"}, "shard_size": 64}
-    for expected, got in zip(dataset_facts(tmp_path / "single"),
-                             dataset_facts(tmp_path / "sharded"), strict=True):
+        **{k: v for k, v in single.items() if k != "splits"},
+        "shard_size": 64,
+    }
+    for expected, got in zip(
+        dataset_facts(tmp_path / "single"), dataset_facts(tmp_path / "sharded"), strict=True
+    ):
         pd.testing.assert_frame_equal(got, expected)

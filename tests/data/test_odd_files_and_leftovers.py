@@ -73,17 +73,30 @@ def scratch_of(out: Path) -> list[str]:
     return sorted(p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}."))
 
 
-def test_the_scratch_of_a_killed_ingest_is_swept_by_the_next(cifar_tarball, small_folder,
-                                                           tmp_path):
+def test_the_scratch_of_a_killed_ingest_is_swept_by_the_next(cifar_tarball, small_folder, tmp_path):
     out = tmp_path / "work" / "data"
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"data": {"source": "folder", "path": str(cifar_tarball)}}))
-    ingest = subprocess.Popen([sys.executable, "-m", "image_finetune.cli", "ingest", "-p",
-                               str(params), "--out", str(out)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ingest = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "image_finetune.cli",
+            "ingest",
+            "-p",
+            str(params),
+            "--out",
+            str(out),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
-        wait_until(lambda: any(out.parent.glob(f".{out.name}.decoded-*/train/rows-*.npy")),
-                   timeout=300, what="the ingest never wrote decoded images")
+        wait_until(
+            lambda: any(out.parent.glob(f".{out.name}.decoded-*/train/rows-*.npy")),
+            timeout=300,
+            what="the ingest never wrote decoded images",
+        )
     finally:
         ingest.kill()  # SIGKILL: no handler runs
         ingest.wait()
@@ -110,8 +123,9 @@ with atomic_directory(Path(sys.argv[1])) as staging:
 
 def hold_staging(target: Path) -> subprocess.Popen:
     """A process that stays in the middle of writing ``target``."""
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(target)],
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(target)], stdout=subprocess.PIPE, text=True
+    )
     assert holder.stdout.readline().strip() == "staged"
     return holder
 

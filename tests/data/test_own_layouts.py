@@ -19,25 +19,36 @@ from tests.support import ingest_source
 
 # Four CIFAR-10 classes under the names a user might give them.
 RENAMED = {"cat": "kitty", "ship": "boat", "frog": "toad", "truck": "lorry"}
-PARAMS = DataParams(source="folder", validation_fraction=0.15, test_fraction=0.15,
-                    min_validation_per_class=1, min_test_per_class=1)
+PARAMS = DataParams(
+    source="folder",
+    validation_fraction=0.15,
+    test_fraction=0.15,
+    min_validation_per_class=1,
+    min_test_per_class=1,
+)
 
 
 def class_tree(small_folder: Path, out: Path, per_class: int, skip: int = 0) -> Path:
     """``out/<class>/<file>.jpg``: ``per_class`` real images of each renamed class (train's,
     then test's), after the first ``skip``."""
     for cifar, name in RENAMED.items():
-        files = [f for split in ("train", "test")
-                 for f in sorted((small_folder / split / cifar).iterdir())]
+        files = [
+            f
+            for split in ("train", "test")
+            for f in sorted((small_folder / split / cifar).iterdir())
+        ]
         (out / name).mkdir(parents=True, exist_ok=True)
-        for file in files[skip:skip + per_class]:
+        for file in files[skip : skip + per_class]:
             shutil.copy(file, out / name / f"{file.parent.parent.name}-{file.name}")
     return out
 
 
 def where_each_file_went(data_dir: Path) -> dict[str, str]:
-    return {name: split for split in ("train", "validation", "test")
-            for name in read_sources(data_dir, split)}
+    return {
+        name: split
+        for split in ("train", "validation", "test")
+        for name in read_sources(data_dir, split)
+    }
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +88,8 @@ def test_validation_judges_the_balance_of_the_classes_brought(ingested):
     counts = class_counts(dataset_facts(out)[0], manifest)  # ...the classes brought do not
     assert set(counts["balance_ratio"]) == {1.0}
     assert counts.groupby("class_name")["count"].sum().to_dict() == dict.fromkeys(
-        manifest["class_names"], 30)
+        manifest["class_names"], 30
+    )
 
 
 def test_the_fractions_hold_roughly_over_the_whole_folder(ingested):
@@ -127,15 +139,17 @@ def test_a_class_too_small_to_split_is_named(small_folder, tmp_path):
         file.unlink()
     with pytest.raises(IngestError, match="too few images to split") as caught:
         ingest_source(PARAMS, tree, tmp_path / "out")
-    assert [p for p in caught.value.problems if not p.startswith("toad: none of its 1 images")] \
-        == []
+    assert [
+        p for p in caught.value.problems if not p.startswith("toad: none of its 1 images")
+    ] == []
     assert len(caught.value.problems) == 2  # one image: in one split, missing from two
 
 
 def test_the_test_minimum_is_a_loud_warning(tree, tmp_path, caplog):
     ingest_source(PARAMS.model_copy(update={"min_test_per_class": 25}), tree, tmp_path / "out")
-    assert "test holds fewer than data.min_test_per_class=25 images for 4 of 4 classes" \
-        in caplog.text
+    assert (
+        "test holds fewer than data.min_test_per_class=25 images for 4 of 4 classes" in caplog.text
+    )
 
 
 def labels_tree(tree: Path, out: Path) -> Path:
@@ -163,7 +177,8 @@ def test_a_labels_file_splits_like_the_class_folders(tree, ingested, tmp_path):
     # Same images, same content: the same split, the same arrays.
     assert from_labels["splits"] == {
         split: {**entry, "sources_sha256": from_labels["splits"][split]["sources_sha256"]}
-        for split, entry in manifest["splits"].items()}
+        for split, entry in manifest["splits"].items()
+    }
     assert read_sources(tmp_path / "out", "test")[0].startswith("images/part")
 
 
@@ -172,9 +187,12 @@ def test_a_json_lines_file_with_a_split_column_keeps_its_splits(tree, tmp_path):
     rows = [line.split(",") for line in labels.read_text().splitlines()[1:]]
     splits = ["test" if i % 5 == 0 else "train" for i in range(len(rows))]
     jsonl = labels.with_name("labels.jsonl")
-    jsonl.write_text("".join(json.dumps({"path": path, "label": label, "split": split,
-                                         "score": 0.9}) + "\n"
-                             for (_, path, label, _), split in zip(rows, splits, strict=True)))
+    jsonl.write_text(
+        "".join(
+            json.dumps({"path": path, "label": label, "split": split, "score": 0.9}) + "\n"
+            for (_, path, label, _), split in zip(rows, splits, strict=True)
+        )
+    )
     manifest = ingest_source(LABELS, jsonl, tmp_path / "out")
     assert manifest["splits"]["test"]["count"] == splits.count("test")
     assert manifest["validation_holdout"] == "stratified"  # held out of train, as folders
@@ -189,14 +207,20 @@ def test_a_labels_file_is_refused_by_name(tree, tmp_path):
     (tmp_path / "set" / "images" / "escape.jpg").symlink_to(outside)
     text = labels.read_text()
     first = images[0].relative_to(tmp_path / "set").as_posix()
-    labels.write_text(text + "\n".join([
-        "web,images/nowhere.jpg,boat,x",  # a missing file
-        "web,,kitty,x",  # a label with no image
-        f"web,{first},toad,x",  # listed twice with two labels
-        "web,../secret.jpg,boat,x",  # climbs out
-        f"web,{outside},boat,x",  # absolute
-        "web,images/escape.jpg,boat,x",  # a link leading out
-    ]) + "\n")
+    labels.write_text(
+        text
+        + "\n".join(
+            [
+                "web,images/nowhere.jpg,boat,x",  # a missing file
+                "web,,kitty,x",  # a label with no image
+                f"web,{first},toad,x",  # listed twice with two labels
+                "web,../secret.jpg,boat,x",  # climbs out
+                f"web,{outside},boat,x",  # absolute
+                "web,images/escape.jpg,boat,x",  # a link leading out
+            ]
+        )
+        + "\n"
+    )
     with pytest.raises(IngestError) as caught:
         ingest_source(LABELS, labels, tmp_path / "out")
     problems = "\n".join(caught.value.problems)
@@ -216,20 +240,30 @@ def test_a_labels_file_is_refused_by_name(tree, tmp_path):
 def test_hostile_lines_and_files_are_refused_without_a_hang(tree, tmp_path):
     labels = labels_tree(tree, tmp_path / "set")
     jsonl = labels.with_name("labels.jsonl")
-    jsonl.write_text("[" * 100000 + "]" * 100000 + "\n"
-                     + json.dumps({"path": "a\u0000b.jpg", "label": "boat"}) + "\n")
+    jsonl.write_text(
+        "[" * 100000
+        + "]" * 100000
+        + "\n"
+        + json.dumps({"path": "a\u0000b.jpg", "label": "boat"})
+        + "\n"
+    )
     with pytest.raises(IngestError) as caught:
         ingest_source(LABELS, jsonl, tmp_path / "out")
-    assert caught.value.problems == ["line 1: not JSON (RecursionError)",
-                                     "line 2: 'a\\x00b.jpg': the path has control characters"]
+    assert caught.value.problems == [
+        "line 1: not JSON (RecursionError)",
+        "line 2: 'a\\x00b.jpg': the path has control characters",
+    ]
     os.mkfifo(tmp_path / "set" / "images" / "fifo.jpg")
     (tmp_path / "set" / "images" / "loop.jpg").symlink_to("loop.jpg")
-    labels.write_text(labels.read_text() + "web,images/fifo.jpg,boat,x\n"
-                      "web,images/loop.jpg,boat,x\n")
+    labels.write_text(
+        labels.read_text() + "web,images/fifo.jpg,boat,x\nweb,images/loop.jpg,boat,x\n"
+    )
     with pytest.raises(IngestError, match="bad images in the labels file") as caught:
         ingest_source(LABELS, labels, tmp_path / "out")
     assert sorted(p.split(":")[1].strip() for p in caught.value.problems) == [
-        "images/fifo.jpg", "images/loop.jpg"], caught.value.problems
+        "images/fifo.jpg",
+        "images/loop.jpg",
+    ], caught.value.problems
 
 
 def test_a_missing_labels_file_and_a_split_label_without_images(tree, tmp_path):
@@ -239,7 +273,8 @@ def test_a_missing_labels_file_and_a_split_label_without_images(tree, tmp_path):
     lines = labels.read_text().splitlines()
     with_split = [lines[0] + ",split"] + [
         line + ("," + ("test" if "lorry" not in line and i % 4 == 0 else "train"))
-        for i, line in enumerate(lines[1:])]
+        for i, line in enumerate(lines[1:])
+    ]
     labels.write_text("\n".join(with_split) + "\n")
     with pytest.raises(IngestError, match="labels are inconsistent") as caught:
         ingest_source(LABELS, labels, tmp_path / "out")

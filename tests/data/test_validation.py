@@ -25,15 +25,20 @@ def clean(small_folder, tmp_path_factory) -> Path:
 
 
 def arrays(data_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    return {s: (np.array(load_split(data_dir, s).images), np.array(load_split(data_dir, s).labels))
-            for s in ("train", "validation", "test")}
+    return {
+        s: (np.array(load_split(data_dir, s).images), np.array(load_split(data_dir, s).labels))
+        for s in ("train", "validation", "test")
+    }
 
 
 def rewrite(data_dir: Path, target: Path, splits: dict, keep_manifest_counts: bool = False):
     """Write broken arrays as a canonical dataset (manifest counts follow the arrays)."""
     manifest = read_manifest(data_dir)
-    extra = {k: v for k, v in manifest.items()
-             if k not in ("class_names", "image_shape", "splits", "format")}
+    extra = {
+        k: v
+        for k, v in manifest.items()
+        if k not in ("class_names", "image_shape", "splits", "format")
+    }
     names = manifest["class_names"]
     if keep_manifest_counts:
         write_dataset(target, names, splits, extra)
@@ -129,8 +134,10 @@ def test_ten_times_class_imbalance(clean, tmp_path):
     rng = np.random.default_rng(0)
     # Distinct pixels, so the imbalance is not also a duplicate problem.
     noise = rng.integers(0, 3, (len(extra), *images.shape[1:]), dtype=np.uint8)
-    splits["train"] = (np.concatenate([images, images[extra] ^ noise]),
-                       np.concatenate([labels, labels[extra]]))
+    splits["train"] = (
+        np.concatenate([images, images[extra] ^ noise]),
+        np.concatenate([labels, labels[extra]]),
+    )
     found = failures(rewrite(clean, tmp_path / "d", splits), tmp_path)
     assert descriptions(found) == ["class balance within +-20% of the split mean"]
 
@@ -145,8 +152,9 @@ def test_counts_that_disagree_with_the_manifest(clean, tmp_path):
 def test_duplicates_within_a_split_warn_without_failing(clean, tmp_path):
     splits = arrays(clean)
     splits["train"][0][1] = splits["train"][0][0]
-    report = validate_with(rewrite(clean, tmp_path / "d", splits), ValidateParams(),
-                              tmp_path / "report")
+    report = validate_with(
+        rewrite(clean, tmp_path / "d", splits), ValidateParams(), tmp_path / "report"
+    )
     assert report.success
     assert [w.description for w in report.warnings] == ["no exact duplicates within a split"]
 
@@ -186,15 +194,29 @@ def whole_array_facts(data_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     images_rows, channel_rows = [], []
     for split, (images, labels) in arrays(data_dir).items():
         flat = images.reshape(len(images), -1).astype(np.float32)
-        images_rows.append(pd.DataFrame({
-            "split": split, "label": labels, "min": flat.min(1).astype(np.float64),
-            "max": flat.max(1).astype(np.float64), "mean": flat.mean(1).astype(np.float64),
-            "std": flat.std(1).astype(np.float64),
-            "sha256": [hashlib.sha256(i.tobytes()).hexdigest()[:32] for i in images]}))
+        images_rows.append(
+            pd.DataFrame(
+                {
+                    "split": split,
+                    "label": labels,
+                    "min": flat.min(1).astype(np.float64),
+                    "max": flat.max(1).astype(np.float64),
+                    "mean": flat.mean(1).astype(np.float64),
+                    "std": flat.std(1).astype(np.float64),
+                    "sha256": [hashlib.sha256(i.tobytes()).hexdigest()[:32] for i in images],
+                }
+            )
+        )
         pixels = images.astype(np.float64) / 255.0
         for c, channel in enumerate(("red", "green", "blue")):
-            channel_rows.append({"split": split, "channel": channel,
-                                 "mean": pixels[..., c].mean(), "std": pixels[..., c].std()})
+            channel_rows.append(
+                {
+                    "split": split,
+                    "channel": channel,
+                    "mean": pixels[..., c].mean(),
+                    "std": pixels[..., c].std(),
+                }
+            )
     return pd.concat(images_rows, ignore_index=True), pd.DataFrame(channel_rows)
 
 
@@ -202,8 +224,9 @@ def whole_array_facts(data_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 def test_streamed_facts_equal_the_whole_array_computation(clean, chunk_rows):
     facts, channels = dataset_facts(clean, chunk_rows)
     expected_facts, expected_channels = whole_array_facts(clean)
-    pd.testing.assert_frame_equal(facts[expected_facts.columns], expected_facts,
-                                  check_exact=False, rtol=1e-6)
+    pd.testing.assert_frame_equal(
+        facts[expected_facts.columns], expected_facts, check_exact=False, rtol=1e-6
+    )
     assert facts["sha256"].tolist() == expected_facts["sha256"].tolist()
     pd.testing.assert_frame_equal(channels, expected_channels, check_exact=False, rtol=1e-9)
     assert not facts["crosses_test_boundary"].any()

@@ -26,10 +26,20 @@ from tests.support import ROOT, SMALL_SPLIT, ingest_source, small_params
 # dropout: the replicas draw other random numbers than one device does.
 LADDER = [
     {"name": "head", "epochs": 2, "batch_size": 32, "learning_rate": 0.003},
-    {"name": "tail", "unfreeze_from": "block_13_expand", "epochs": 2, "batch_size": 32,
-     "learning_rate": 0.0005},
-    {"name": "whole", "unfreeze_from": "block_11_expand", "epochs": 1, "batch_size": 32,
-     "learning_rate": 0.0001},
+    {
+        "name": "tail",
+        "unfreeze_from": "block_13_expand",
+        "epochs": 2,
+        "batch_size": 32,
+        "learning_rate": 0.0005,
+    },
+    {
+        "name": "whole",
+        "unfreeze_from": "block_11_expand",
+        "epochs": 1,
+        "batch_size": 32,
+        "learning_rate": 0.0001,
+    },
 ]
 
 RUN_LADDER = """
@@ -55,12 +65,18 @@ def environment(backend: str = "tensorflow", **extra: str) -> dict:
     return {**env, "TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_BACKEND": backend, **extra}
 
 
-def write_params(folder: Path, weights: Path, distribution: str, ladder=LADDER,
-                 host_devices: int = 1) -> Path:
-    params = small_params(folder, weights, ladder, from_project=True,
-                          model={"image_size": 32, "dropout": 0.0},
-                          augment={"horizontal_flip": False, "translate": 0.0},
-                          train={"distribution": distribution, "host_devices": host_devices})
+def write_params(
+    folder: Path, weights: Path, distribution: str, ladder=LADDER, host_devices: int = 1
+) -> Path:
+    params = small_params(
+        folder,
+        weights,
+        ladder,
+        from_project=True,
+        model={"image_size": 32, "dropout": 0.0},
+        augment={"horizontal_flip": False, "translate": 0.0},
+        train={"distribution": distribution, "host_devices": host_devices},
+    )
     path = folder.parent / f"params-{distribution}-{os.getpid()}-{time.monotonic_ns()}.yaml"
     path.write_text(yaml.safe_dump(params))
     return path
@@ -69,15 +85,19 @@ def write_params(folder: Path, weights: Path, distribution: str, ladder=LADDER,
 @pytest.fixture(scope="module")
 def dataset(small_folder, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("parallel") / "data"
-    ingest_source(Params().data.model_copy(update=SMALL_SPLIT),
-                  small_folder, out)
+    ingest_source(Params().data.model_copy(update=SMALL_SPLIT), small_folder, out)
     return out
 
 
 def run_ladder(params: Path, data: Path, out: Path, env: dict) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", RUN_LADDER, str(params), str(data), str(out),
-                             str(ROOT)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", RUN_LADDER, str(params), str(data), str(out), str(ROOT)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def finished(process: subprocess.Popen, timeout: float = 600) -> str:
@@ -113,19 +133,23 @@ def assert_same_rungs(reference: Path, other: Path, exact: tuple[str, ...] = ("h
         result = json.loads((other / str(rung) / "result.json").read_text())
         assert result["mode"] == mode and result["global_batch"] == 32
         strict = mode in exact
-        for mine, theirs in zip(epochs(reference / str(rung)), epochs(other / str(rung)),
-                                strict=True):
+        for mine, theirs in zip(
+            epochs(reference / str(rung)), epochs(other / str(rung)), strict=True
+        ):
             assert theirs["loss"] == pytest.approx(mine["loss"], rel=1e-4 if strict else 0.05)
             assert theirs["val_accuracy"] == pytest.approx(
-                mine["val_accuracy"], abs=1e-6 if strict else 0.1), (rung, mine, theirs)
-        for mine, theirs in zip(weights(reference / str(rung)), weights(other / str(rung)),
-                                strict=True):
+                mine["val_accuracy"], abs=1e-6 if strict else 0.1
+            ), (rung, mine, theirs)
+        for mine, theirs in zip(
+            weights(reference / str(rung)), weights(other / str(rung)), strict=True
+        ):
             drift = np.linalg.norm(theirs - mine) / (np.linalg.norm(mine) + 1e-6)
             assert drift <= (1e-4 if strict else 0.05), (rung, drift)
 
 
 def test_two_devices_in_one_process_train_every_mode_as_one_device_does(
-        dataset, small_folder, no_top_weights, one_device, tmp_path):
+    dataset, small_folder, no_top_weights, one_device, tmp_path
+):
     params = write_params(small_folder, no_top_weights, "mirrored", host_devices=2)
     output = finished(run_ladder(params, dataset, tmp_path, environment()))
     assert output.count("mirrored x2") >= 3, output[-3000:]
@@ -133,10 +157,13 @@ def test_two_devices_in_one_process_train_every_mode_as_one_device_does(
 
 
 def test_two_workers_train_every_mode_as_one_device_does_and_only_the_chief_writes(
-        dataset, small_folder, no_top_weights, one_device, tmp_path):
+    dataset, small_folder, no_top_weights, one_device, tmp_path
+):
     params = write_params(small_folder, no_top_weights, "multi_worker")
-    workers = [run_ladder(params, dataset, tmp_path, environment(TF_CONFIG=config))
-               for config in local_cluster(2)]
+    workers = [
+        run_ladder(params, dataset, tmp_path, environment(TF_CONFIG=config))
+        for config in local_cluster(2)
+    ]
     chief, other = (finished(worker) for worker in workers)
     assert "multi_worker x2 (worker 0 of 2)" in chief
     assert "multi_worker x2 (worker 1 of 2)" in other
@@ -146,31 +173,60 @@ def test_two_workers_train_every_mode_as_one_device_does_and_only_the_chief_writ
 
 
 def test_two_jax_devices_train_every_mode_as_one_jax_device_does(
-        dataset, small_folder, no_top_weights, tmp_path):
+    dataset, small_folder, no_top_weights, tmp_path
+):
     """keras.distribution.DataParallel over two CPU devices: each batch is sharded evenly."""
     for distribution, devices in (("one_device", 1), ("mirrored", 2)):
         params = write_params(small_folder, no_top_weights, distribution, host_devices=devices)
         finished(run_ladder(params, dataset, tmp_path / distribution, environment("jax")))
     shown = json.loads((tmp_path / "mirrored" / "2" / "result.json").read_text())
     assert (shown["backend"], shown["distribution"]) == ("jax", "mirrored x2")
-    assert_same_rungs(tmp_path / "one_device", tmp_path / "mirrored",
-                      exact=("head", "tail", "end_to_end"))
+    assert_same_rungs(
+        tmp_path / "one_device", tmp_path / "mirrored", exact=("head", "tail", "end_to_end")
+    )
 
 
-KILLED_LADDER = [{"name": "tail", "unfreeze_from": "block_13_expand", "epochs": 6,
-                  "batch_size": 8, "learning_rate": 0.0003}]
+KILLED_LADDER = [
+    {
+        "name": "tail",
+        "unfreeze_from": "block_13_expand",
+        "epochs": 6,
+        "batch_size": 8,
+        "learning_rate": 0.0003,
+    }
+]
 
 
 def train_rung_command(params: Path, data: Path, out: Path, cache: Path) -> list[str]:
-    return [sys.executable, "-m", "image_finetune.cli", "train-rung", "--params", str(params),
-            "--index", "0", "--data", str(data), "--out", str(out), "--cache", str(cache)]
+    return [
+        sys.executable,
+        "-m",
+        "image_finetune.cli",
+        "train-rung",
+        "--params",
+        str(params),
+        "--index",
+        "0",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--cache",
+        str(cache),
+    ]
 
 
 def start_workers(command: list[str], logs: Path) -> list[subprocess.Popen]:
-    return [subprocess.Popen(command, env=environment(TF_CONFIG=config),
-                             stdout=(logs / f"worker-{index}.log").open("a"),
-                             stderr=subprocess.STDOUT, start_new_session=True)
-            for index, config in enumerate(local_cluster(2))]
+    return [
+        subprocess.Popen(
+            command,
+            env=environment(TF_CONFIG=config),
+            stdout=(logs / f"worker-{index}.log").open("a"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        for index, config in enumerate(local_cluster(2))
+    ]
 
 
 def chief_checkpoint(cache: Path, epochs_done: int, workers, timeout: float = 300) -> Path:
@@ -187,7 +243,8 @@ def chief_checkpoint(cache: Path, epochs_done: int, workers, timeout: float = 30
 
 
 def test_a_worker_killed_mid_epoch_resumes_with_the_others_from_the_last_checkpoint(
-        dataset, small_folder, no_top_weights, tmp_path):
+    dataset, small_folder, no_top_weights, tmp_path
+):
     params = write_params(small_folder, no_top_weights, "multi_worker", ladder=KILLED_LADDER)
     command = train_rung_command(params, dataset, tmp_path / "attempt", tmp_path / "cache")
     workers = start_workers(command, tmp_path)

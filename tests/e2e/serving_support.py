@@ -30,9 +30,16 @@ def register(params, data: Path, evaluation: Path, decision: Path, model: Path, 
     """Register a trained model (promoted where it beats the champion) as the pipeline does."""
     from image_finetune.steps.register import register_classifier
 
-    return register_classifier(params, data, evaluation, decision,
-                               evaluation.parent / f"{run}.json", ROOT, model=model,
-                               pipeline_run_id=run)
+    return register_classifier(
+        params,
+        data,
+        evaluation,
+        decision,
+        evaluation.parent / f"{run}.json",
+        ROOT,
+        model=model,
+        pipeline_run_id=run,
+    )
 
 
 def own_registry_params(champion: dict, work: Path):
@@ -61,8 +68,9 @@ def relabelled_copy(model_path: Path, out: Path) -> Path:
     return out
 
 
-def wait_for(url: str, process: subprocess.Popen, status: int = 200,
-             timeout: float = 240) -> httpx.Response:
+def wait_for(
+    url: str, process: subprocess.Popen, status: int = 200, timeout: float = 240
+) -> httpx.Response:
     """Poll ``url`` until it answers ``status``; fail with the server's stderr if it dies."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -80,20 +88,32 @@ def wait_for(url: str, process: subprocess.Popen, status: int = 200,
 class Server:
     """`image-finetune serve` in a process of its own, configured by ``env`` and ``args``."""
 
-    def __init__(self, env: dict[str, str], args: list[str], workdir: Path,
-                 command: list[str] | None = None):
+    def __init__(
+        self, env: dict[str, str], args: list[str], workdir: Path, command: list[str] | None = None
+    ):
         """``command``: another installation's ``image-finetune serve`` (run without this
         checkout's PYTHONPATH), instead of this one's."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        base = {k: v for k, v in os.environ.items()
-                if not k.startswith(("IMAGE_FINETUNE_", "MLFLOW_"))
-                and not (command and k == "PYTHONPATH")}
+        base = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("IMAGE_FINETUNE_", "MLFLOW_"))
+            and not (command and k == "PYTHONPATH")
+        }
         self.started = time.monotonic()
         self.process = subprocess.Popen(
-            [*(command or [sys.executable, "-m", "image_finetune.cli", "serve"]), "--port",
-             str(self.port), *args], env={**base, "TF_CPP_MIN_LOG_LEVEL": "2", **env},
-            cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            [
+                *(command or [sys.executable, "-m", "image_finetune.cli", "serve"]),
+                "--port",
+                str(self.port),
+                *args,
+            ],
+            env={**base, "TF_CPP_MIN_LOG_LEVEL": "2", **env},
+            cwd=workdir,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         self.ready_seconds: float | None = None  # from the process' start to /readyz 200
 
     def wait_ready(self) -> None:
@@ -102,8 +122,10 @@ class Server:
 
     def rss_bytes(self) -> int:
         status = Path(f"/proc/{self.process.pid}/status").read_text()
-        return int(next(line for line in status.splitlines()
-                        if line.startswith("VmRSS")).split()[1]) * 1024
+        return (
+            int(next(line for line in status.splitlines() if line.startswith("VmRSS")).split()[1])
+            * 1024
+        )
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -122,16 +144,26 @@ def serve(env: dict[str, str], args: list[str], workdir: Path) -> Server:
     return server
 
 
-def stream_body(port: int, path: str, content_type: str, total: int, prefix: bytes = b"",
-                declared: int | None = None, chunk: int = 1 << 20) -> tuple[int, int]:
+def stream_body(
+    port: int,
+    path: str,
+    content_type: str,
+    total: int,
+    prefix: bytes = b"",
+    declared: int | None = None,
+    chunk: int = 1 << 20,
+) -> tuple[int, int]:
     """Send ``prefix`` then ``total`` zero bytes, chunked (or only a Content-Length header
     declaring ``declared`` bytes), stopping as soon as the server answers: (status, bytes
     sent by then). A well-behaved client would send everything before reading."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-    framing = (f"Content-Length: {declared}" if declared is not None
-               else "Transfer-Encoding: chunked")
-    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}"
-                 f"\r\n{framing}\r\n\r\n".encode())
+    framing = (
+        f"Content-Length: {declared}" if declared is not None else "Transfer-Encoding: chunked"
+    )
+    sock.sendall(
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}"
+        f"\r\n{framing}\r\n\r\n".encode()
+    )
     if prefix:
         sock.sendall(f"{len(prefix):x}\r\n".encode() + prefix + b"\r\n")
     piece = f"{chunk:x}\r\n".encode() + b"\0" * chunk + b"\r\n"
@@ -154,8 +186,9 @@ def png(pixels: np.ndarray, **options) -> bytes:
     return buffer.getvalue()
 
 
-def engine_folder(model_path: Path, out: Path, class_names: list[str],
-                  int8_calibration: np.ndarray | None = None) -> Path:
+def engine_folder(
+    model_path: Path, out: Path, class_names: list[str], int8_calibration: np.ndarray | None = None
+) -> Path:
     """A trained classifier's engine folder as the export-engine step lays it out
     (engines.convert_keras: ONNX and OpenVINO IR with probabilities and embedding; with
     calibration images, OpenVINO's int8 variant marked servable and served by default)."""
@@ -169,10 +202,14 @@ def engine_folder(model_path: Path, out: Path, class_names: list[str],
     if int8_calibration is not None:
         quantize_int8(out, "openvino", int8_calibration)
         int8 = {"engine": "openvino", "servable": True, "reason": "made for the test"}
-    manifest = {"default_engine": "openvino",
-                "serving_precision": "int8" if int8["servable"] else "fp32",
-                "input_shape": [32, 32, 3], "class_names": class_names,
-                "outputs": ["probabilities", "embedding"], "int8": int8}
+    manifest = {
+        "default_engine": "openvino",
+        "serving_precision": "int8" if int8["servable"] else "fp32",
+        "input_shape": [32, 32, 3],
+        "class_names": class_names,
+        "outputs": ["probabilities", "embedding"],
+        "int8": int8,
+    }
     (out / "engine.json").write_text(json.dumps(manifest))
     return out
 

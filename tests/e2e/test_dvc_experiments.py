@@ -21,8 +21,12 @@ from tests.e2e.test_dvc_repro import dvc, project_copy
 from tests.services import objects_under
 from tests.support import FAIL_THEN_PASS_LADDER
 
-GATE = {"min_accuracy": 0.3, "min_macro_f1": 0.2, "min_class_recall": 0.0,
-        "max_latency_p95_ms": 2000}
+GATE = {
+    "min_accuracy": 0.3,
+    "min_macro_f1": 0.2,
+    "min_class_recall": 0.0,
+    "max_latency_p95_ms": 2000,
+}
 MODEL = "cifar10-classifier"
 LADDER = tuple(rung["name"] for rung in FAIL_THEN_PASS_LADDER)
 FIGURES = ("metrics/train.json", "metrics/evaluation.json")
@@ -34,9 +38,13 @@ pytestmark = pytest.mark.ordered
 
 
 def git(project: Path, *args: str) -> str:
-    return subprocess.run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com",
-                           *args], cwd=project, capture_output=True, text=True,
-                          check=True).stdout.strip()
+    return subprocess.run(
+        ["git", "-c", "user.name=test", "-c", "user.email=test@example.com", *args],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
 
 
 def dvc_ok(project: Path, *args: str) -> str:
@@ -69,8 +77,7 @@ def model_figures(record: dict) -> dict:
 
 
 def workspace_figures(project: Path) -> dict:
-    return {path: without_timings(json.loads((project / path).read_text()))
-            for path in FIGURES}
+    return {path: without_timings(json.loads((project / path).read_text())) for path in FIGURES}
 
 
 def assert_reused_every_attempt(log: str) -> None:
@@ -104,8 +111,13 @@ def registry(project: Path):
 @pytest.fixture(scope="module")
 def project(small_folder, no_top_weights, tmp_path_factory):
     """A committed project and its first experiment, run in the workspace."""
-    project = project_copy(tmp_path_factory.mktemp("experiments"), small_folder,
-                           no_top_weights, GATE, shared_training_cache(tmp_path_factory))
+    project = project_copy(
+        tmp_path_factory.mktemp("experiments"),
+        small_folder,
+        no_top_weights,
+        GATE,
+        shared_training_cache(tmp_path_factory),
+    )
     # Relative, as the default ../shared: a temporary copy must find them from elsewhere.
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["data"]["path"] = os.path.relpath(small_folder, project)
@@ -134,8 +146,14 @@ def test_an_experiment_registers_a_challenger_and_leaves_the_champion_alone(proj
 def test_exp_show_has_every_figure_flat(project):
     record = experiment(json.loads(dvc_ok(project, "exp", "show", "--json")), "lenient")
     test = figures(record, "metrics/evaluation.json")
-    assert {"accuracy", "macro_f1", "accuracy_ci95.low", "accuracy_ci95.high",
-            "per_class.airplane.recall", "per_class.truck.f1"} <= set(test)
+    assert {
+        "accuracy",
+        "macro_f1",
+        "accuracy_ci95.low",
+        "accuracy_ci95.high",
+        "per_class.airplane.recall",
+        "per_class.truck.f1",
+    } <= set(test)
     assert test["accuracy_ci95.low"] <= test["accuracy"] <= test["accuracy_ci95.high"]
     ladder = figures(record, "metrics/train.json")
     assert ladder["selected"] == 1 and ladder["attempt_0.passed"] == 0
@@ -146,7 +164,7 @@ def test_exp_show_has_every_figure_flat(project):
 
 def test_dvclive_has_every_attempts_epochs_on_one_axis(project):
     history = (project / "models" / "history.csv").read_text().splitlines()[1:]
-    curve = (project / "dvclive" / "plots" / "metrics" / "eval" / "accuracy.tsv")
+    curve = project / "dvclive" / "plots" / "metrics" / "eval" / "accuracy.tsv"
     rows = curve.read_text().splitlines()[1:]
     assert [int(row.split("\t")[0]) for row in rows] == list(range(len(history)))
     assert len(history) >= 2  # both attempts' epochs
@@ -171,8 +189,7 @@ def test_a_fresh_clone_shows_every_figure_without_pulling(applied, tmp_path):
 
 
 def test_a_temporary_experiment_records_into_the_projects_store(applied):
-    result = dvc(applied, "exp", "run", "--temp", "-n", "stricter", "-S",
-                 "gate.min_accuracy=0.26")
+    result = dvc(applied, "exp", "run", "--temp", "-n", "stricter", "-S", "gate.min_accuracy=0.26")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert_reused_every_attempt(result.stdout + result.stderr)
     versions = registry(applied).search_model_versions(f"name = '{MODEL}'")
@@ -187,8 +204,7 @@ def test_a_temporary_experiment_records_into_the_projects_store(applied):
 
 def test_queued_experiments_share_the_projects_cache_two_at_a_time(applied):
     for name, threshold in QUEUED.items():
-        dvc_ok(applied, "exp", "run", "--queue", "-n", name, "-S",
-               f"gate.min_accuracy={threshold}")
+        dvc_ok(applied, "exp", "run", "--queue", "-n", name, "-S", f"gate.min_accuracy={threshold}")
     dvc_ok(applied, "queue", "start", "-j", "2")
     deadline = time.monotonic() + 900
     while any(word in dvc_ok(applied, "queue", "status") for word in ("Queued", "Running")):
@@ -202,8 +218,7 @@ def test_queued_experiments_share_the_projects_cache_two_at_a_time(applied):
         assert f"{name}" in status and "Success" in status, status + log
         assert_reused_every_attempt(log)
         record = experiment(shown, name)
-        assert record["data"]["params"]["params.yaml"]["data"]["gate"]["min_accuracy"] == \
-            threshold
+        assert record["data"]["params"]["params.yaml"]["data"]["gate"]["min_accuracy"] == threshold
         assert model_figures(record) == workspace_figures(applied)
         assert name in {v.tags.get("dvc_experiment") for v in versions}
     dvc_ok(applied, "queue", "stop")
@@ -216,8 +231,7 @@ def test_plots_diff_of_two_experiments(applied, tmp_path):
     assert (out / "index.html").exists()
 
 
-def test_exp_push_sends_the_experiment_to_git_and_its_outputs_to_s3(applied, services,
-                                                                    tmp_path):
+def test_exp_push_sends_the_experiment_to_git_and_its_outputs_to_s3(applied, services, tmp_path):
     origin = tmp_path / "origin.git"
     subprocess.run(["git", "init", "-q", "--bare", str(origin)], check=True)
     git(applied, "remote", "add", "origin", str(origin))
@@ -230,10 +244,10 @@ def test_exp_push_sends_the_experiment_to_git_and_its_outputs_to_s3(applied, ser
     git(applied, "commit", "-qm", "the S3 remote")
     dvc_ok(applied, "exp", "run", "-n", "pushed", "-S", "gate.min_accuracy=0.28")
     dvc_ok(applied, "exp", "push", "-r", "s3", "origin", "pushed")
-    refs = subprocess.run(["git", "ls-remote", str(origin)], capture_output=True, text=True,
-                          check=True).stdout
-    assert any(line.endswith("/pushed") and "refs/exps/" in line
-               for line in refs.splitlines())
+    refs = subprocess.run(
+        ["git", "ls-remote", str(origin)], capture_output=True, text=True, check=True
+    ).stdout
+    assert any(line.endswith("/pushed") and "refs/exps/" in line for line in refs.splitlines())
     assert objects_under(services, prefix) > 0  # the experiment's outputs, in the bucket
 
 

@@ -20,12 +20,17 @@ from tests.support import small_run_params
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin"
 
-def project_copy(tmp: Path, folder: Path, weights: Path, gate: dict,
-                 cache: Path | None = None) -> Path:
+
+def project_copy(
+    tmp: Path, folder: Path, weights: Path, gate: dict, cache: Path | None = None
+) -> Path:
     """The project's tracked files in a fresh git repo, with small-run params (and, given,
     a training cache shared with other runs in place of its own)."""
-    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True,
-                           check=True).stdout.decode().split("\0")
+    files = (
+        subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True)
+        .stdout.decode()
+        .split("\0")
+    )
     for name in filter(None, files):
         source = ROOT / name
         if source.is_file():
@@ -42,18 +47,37 @@ def project_copy(tmp: Path, folder: Path, weights: Path, gate: dict,
 
 def dvc(project: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    for leaking in ("IMAGE_FINETUNE_DATA", "IMAGE_FINETUNE_WEIGHTS", "IMAGE_FINETUNE_CACHE",
-                    "MLFLOW_TRACKING_URI"):
+    for leaking in (
+        "IMAGE_FINETUNE_DATA",
+        "IMAGE_FINETUNE_WEIGHTS",
+        "IMAGE_FINETUNE_CACHE",
+        "MLFLOW_TRACKING_URI",
+    ):
         env.pop(leaking, None)  # a developer's shell must not redirect the run
-    return subprocess.run([str(VENV_BIN / "dvc"), *args], cwd=project, env=env,
-                          capture_output=True, text=True, timeout=1200)
+    return subprocess.run(
+        [str(VENV_BIN / "dvc"), *args],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
 
 
 @pytest.fixture(scope="module")
 def repro(small_folder, no_top_weights, tmp_path_factory):
-    project = project_copy(tmp_path_factory.mktemp("project"), small_folder, no_top_weights,
-                           {"min_accuracy": 0.3, "min_macro_f1": 0.2, "min_class_recall": 0.0,
-                            "max_latency_p95_ms": 2000}, shared_training_cache(tmp_path_factory))
+    project = project_copy(
+        tmp_path_factory.mktemp("project"),
+        small_folder,
+        no_top_weights,
+        {
+            "min_accuracy": 0.3,
+            "min_macro_f1": 0.2,
+            "min_class_recall": 0.0,
+            "max_latency_p95_ms": 2000,
+        },
+        shared_training_cache(tmp_path_factory),
+    )
     result = dvc(project, "repro")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return project, result
@@ -79,8 +103,9 @@ def test_attempts_are_judged_on_validation_and_only_the_final_step_reads_test(re
     project, _ = repro
     manifest = json.loads((project / "data" / "ingested" / "manifest.json").read_text())
     for index in (0, 1):
-        metrics = json.loads((project / "models" / f"attempt_{index}" / "evaluation" /
-                              "metrics.json").read_text())
+        metrics = json.loads(
+            (project / "models" / f"attempt_{index}" / "evaluation" / "metrics.json").read_text()
+        )
         assert metrics["count"] == manifest["splits"]["validation"]["count"]
     final = json.loads((project / "reports" / "evaluation" / "metrics.json").read_text())
     assert final["count"] == manifest["splits"]["test"]["count"] == 100
@@ -90,8 +115,16 @@ def test_final_report_and_gate(repro):
     project, _ = repro
     report = project / "reports" / "evaluation"
     details = json.loads((report / "details.json").read_text())
-    for key in ("accuracy", "macro_f1", "accuracy_ci95", "ece", "per_class", "most_confused",
-                "latency", "model_size_mb"):
+    for key in (
+        "accuracy",
+        "macro_f1",
+        "accuracy_ci95",
+        "ece",
+        "per_class",
+        "most_confused",
+        "latency",
+        "model_size_mb",
+    ):
         assert key in details
     assert len(details["confusion_matrix"]) == 10
     html = (report / "report.html").read_text()
@@ -100,8 +133,10 @@ def test_final_report_and_gate(repro):
     assert gate["passed"] is True and gate["split"] == "test"
     # The test figures are the serving engine's, as the export-engine stage chose it.
     engine = json.loads((project / "engine" / "engine.json").read_text())
-    assert (details["engine"], details["precision"]) == (engine["default_engine"],
-                                                         engine["serving_precision"])
+    assert (details["engine"], details["precision"]) == (
+        engine["default_engine"],
+        engine["serving_precision"],
+    )
     assert all(a["disagreements"] == 0 for a in engine["agreement"].values())
     assert (project / "reports" / "validation" / "data_docs" / "index.html").exists()
     assert (project / "reports" / "augment" / "preview.png").exists()
@@ -126,7 +161,9 @@ def test_the_winner_is_registered_and_promoted_in_the_projects_own_store(repro):
     assert linked["test_accuracy"] == client.get_run(version.run_id).data.metrics["test_accuracy"]
     mlmodel = Path(urlparse(logged.artifact_location).path) / "MLmodel"
     assert yaml.safe_load(mlmodel.read_text())["metadata"] == {
-        "class_names": json.loads(version.tags["class_names"]), "image_fit": "resize"}
+        "class_names": json.loads(version.tags["class_names"]),
+        "image_fit": "resize",
+    }
     assert client.get_run(version.run_id).data.tags["mlflow.source.git.commit"] == "unknown"
     # The profile stage's reference profile travels with the version, tagged with it.
     profile = download_reference_profile(client, "cifar10-classifier", "1", project / "ref")
@@ -136,20 +173,24 @@ def test_the_winner_is_registered_and_promoted_in_the_projects_own_store(repro):
     manifest = json.loads((engine / "engine.json").read_text())
     assert version.tags["engine"] == manifest["default_engine"]
     assert version.tags["engine_precision"] == manifest["serving_precision"]
-    attempts = client.search_runs([client.get_run(version.run_id).info.experiment_id],
-                                  "tags.kind = 'attempt'")
+    attempts = client.search_runs(
+        [client.get_run(version.run_id).info.experiment_id], "tags.kind = 'attempt'"
+    )
     assert sorted(r.data.tags["gate_passed"] for r in attempts) == ["False", "True"]
     # The model card tells the loop's story: both attempts, the first one's failed checks.
     card = Path(client.download_artifacts(version.run_id, "model_card.md", str(project)))
     text = card.read_text()
     assert "| 0 | `hopeless-head` |" in text and "| 1 | `top-blocks` |" in text
     assert "| failed | FAIL accuracy" in text and "2 attempt(s), rung `top-blocks` passed" in (
-        version.description)
+        version.description
+    )
     # Rung 1 starts from rung 0's weights: the loop chains its attempts (or reuses a finished
     # attempt of another test from the shared cache, whose key holds its warm start's hash).
     output = result.stdout + result.stderr
-    assert ("warm start from models/attempt_0/model.keras" in output
-            or "rung 1 'top-blocks': reusing the finished attempt" in output)
+    assert (
+        "warm start from models/attempt_0/model.keras" in output
+        or "rung 1 'top-blocks': reusing the finished attempt" in output
+    )
 
 
 def test_second_repro_is_a_no_op(repro):

@@ -30,26 +30,47 @@ def real_jpegs(tarball: Path, count: int) -> list[bytes]:
 
 
 def test_the_exported_feedback_reaches_the_ingest_and_is_then_marked_used(
-        cifar_tarball, small_folder, no_top_weights, tmp_path):
+    cifar_tarball, small_folder, no_top_weights, tmp_path
+):
     uri = f"sqlite:///{tmp_path / 'feedback.db'}"
     store = FeedbackStore(uri)
     for index, jpeg in enumerate(real_jpegs(cifar_tarball, LABELLED)):
-        store.add(FeedbackRecord(f"req-{index}", 0, "cat", time.time(), "1", "champion",
-                                 "dog", 0.7, image=jpeg, image_format="jpeg"))
+        store.add(
+            FeedbackRecord(
+                f"req-{index}",
+                0,
+                "cat",
+                time.time(),
+                "1",
+                "champion",
+                "dog",
+                0.7,
+                image=jpeg,
+                image_format="jpeg",
+            )
+        )
     store.close()
-    data = {key: value for key, value in  # a KFP struct holds no nulls: None is the default
-            small_run_params(small_folder, no_top_weights, {})["data"].items()
-            if value is not None}
+    data = {
+        key: value
+        for key, value in small_run_params(  # a KFP struct holds no nulls: None is the default
+            small_folder, no_top_weights, {}
+        )["data"].items()
+        if value is not None
+    }
 
     @dsl.pipeline(name="feedback-into-ingest")
     def hand_off(feedback_uri: str, data: dict):
         exported = export_labelled_feedback(feedback_uri=feedback_uri)
         ingested = ingest_data(data=data, extra=exported.outputs["labels"])
-        mark_feedback_used(feedback_uri=feedback_uri,
-                           labels=exported.outputs["labels"]).after(ingested)
+        mark_feedback_used(feedback_uri=feedback_uri, labels=exported.outputs["labels"]).after(
+            ingested
+        )
 
-    local.init(runner=local.SubprocessRunner(use_venv=False),
-               pipeline_root=str(tmp_path / "root"), raise_on_error=True)
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(tmp_path / "root"),
+        raise_on_error=True,
+    )
     hand_off(feedback_uri=uri, data=data)
     [manifest] = (tmp_path / "root").rglob("dataset/manifest.json")
     extra = json.loads(manifest.read_text())["extra_training"]

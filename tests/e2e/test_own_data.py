@@ -30,8 +30,9 @@ HELD_OUT = 0.2  # of 80 images per class: about 16 to test and 16 to validation
 def landscape(image: Image.Image, rng: np.random.Generator) -> Image.Image:
     """The image at SIZE x SIZE between two bands of noise that a centre crop removes."""
     canvas = rng.integers(0, 256, (SIZE, SIZE + 2 * BORDER, 3), dtype=np.uint8)
-    canvas[:, BORDER:BORDER + SIZE] = np.asarray(
-        image.resize((SIZE, SIZE), Image.Resampling.BICUBIC))
+    canvas[:, BORDER : BORDER + SIZE] = np.asarray(
+        image.resize((SIZE, SIZE), Image.Resampling.BICUBIC)
+    )
     return Image.fromarray(canvas)
 
 
@@ -61,14 +62,20 @@ def own_project(cifar_tarball, no_top_weights, tmp_path_factory):
     folder = own_folder(cifar_tarball, tmp_path_factory.mktemp("pond"))
     project = project_copy(tmp_path_factory.mktemp("project"), folder, no_top_weights, {})
     params = yaml.safe_load((ROOT / "params.yaml").read_text())  # the default recipe
-    params["data"].update(path=str(folder), image_size=SIZE, on_wrong_size="center_crop",
-                          test_fraction=HELD_OUT, validation_fraction=HELD_OUT)
+    params["data"].update(
+        path=str(folder),
+        image_size=SIZE,
+        on_wrong_size="center_crop",
+        test_fraction=HELD_OUT,
+        validation_fraction=HELD_OUT,
+    )
     # The backbone at 64 px rather than the default 112 keeps the test short; the rest is
     # the default recipe.
     params["model"].update(weights=str(no_top_weights), image_size=64)
     params["evaluate"].update(bootstrap_samples=200, latency_runs=5, gallery_size=12)
-    params["gate"].update(min_accuracy=0.6, min_macro_f1=0.6, min_class_recall=0.3,
-                          max_latency_p95_ms=2000)
+    params["gate"].update(
+        min_accuracy=0.6, min_macro_f1=0.6, min_class_recall=0.3, max_latency_p95_ms=2000
+    )
     params["registry"]["model_name"] = "pond-classifier"
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     result = dvc(project, "repro")
@@ -85,8 +92,11 @@ def test_the_recipe_adapts_to_a_small_dataset_of_other_classes_and_size(own_proj
     for name in manifest["class_names"]:
         counts = [splits[split]["per_class"][name] for split in ("train", "validation", "test")]
         assert sum(counts) == 80 and min(counts[1:]) >= 8, (name, counts)
-    assert np.load(project / "data" / "ingested" / "train_images.npy",
-                   mmap_mode="r").shape[1:] == (SIZE, SIZE, 3)
+    assert np.load(project / "data" / "ingested" / "train_images.npy", mmap_mode="r").shape[1:] == (
+        SIZE,
+        SIZE,
+        3,
+    )
     log = result.stdout + result.stderr
     assert "head solved by L-BFGS" in log
     summary = json.loads((project / "models" / "summary.json").read_text())
@@ -103,13 +113,18 @@ def test_the_recipe_adapts_to_a_small_dataset_of_other_classes_and_size(own_proj
 
 def test_the_champion_is_served_by_the_users_class_names(own_project, tmp_path):
     project, folder, _ = own_project
-    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}",
-           "IMAGE_FINETUNE_MODEL_NAME": "pond-classifier"}
+    env = {
+        "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}",
+        "IMAGE_FINETUNE_MODEL_NAME": "pond-classifier",
+    }
     server = serve(env, [], tmp_path)
     try:
         files = [folder / name for name in read_sources(project / "data" / "ingested", "test")]
-        response = httpx.post(f"{server.url}/predict", timeout=60, files=[
-            ("files", (f.name, f.read_bytes(), "image/png")) for f in files[:30]])
+        response = httpx.post(
+            f"{server.url}/predict",
+            timeout=60,
+            files=[("files", (f.name, f.read_bytes(), "image/png")) for f in files[:30]],
+        )
         assert response.status_code == 200, response.text
         labels = [p["top_k"][0]["class"] for p in response.json()["predictions"]]
         assert set(labels) <= {"boat", "kitty", "toad"}
@@ -120,8 +135,12 @@ def test_the_champion_is_served_by_the_users_class_names(own_project, tmp_path):
         assert metadata["input_shape"] == [SIZE, SIZE, 3]
         buffer = io.BytesIO()  # another size again: cropped as in training
         Image.open(files[0]).resize((144, 96)).save(buffer, format="PNG")
-        other = httpx.post(f"{server.url}/predict", content=buffer.getvalue(),
-                           headers={"content-type": "image/png"}, timeout=30)
+        other = httpx.post(
+            f"{server.url}/predict",
+            content=buffer.getvalue(),
+            headers={"content-type": "image/png"},
+            timeout=30,
+        )
         assert other.status_code == 200
         assert other.json()["predictions"][0]["top_k"][0]["class"] in {"boat", "kitty", "toad"}
     finally:

@@ -55,11 +55,14 @@ def test_the_version_carries_its_model_card(champion, version, tmp_path):
 def test_the_training_and_evaluation_data_are_dataset_inputs_of_the_run(champion, version):
     run = client_for(champion["params"].registry).get_run(version.run_id)
     manifest, digest = read_manifest(champion["data"]), manifest_digest(champion["data"])
-    found = {tag.value: item.dataset for item in run.inputs.dataset_inputs
-             for tag in item.tags if tag.key == "mlflow.data.context"}
+    found = {
+        tag.value: item.dataset
+        for item in run.inputs.dataset_inputs
+        for tag in item.tags
+        if tag.key == "mlflow.data.context"
+    }
     assert set(found) == {"training", "validation", "test"}
-    for context, split in (("training", "train"), ("validation", "validation"),
-                           ("test", "test")):
+    for context, split in (("training", "train"), ("validation", "validation"), ("test", "test")):
         dataset = found[context]
         assert dataset.name.endswith(digest[:12])
         assert dataset.digest == manifest["splits"][split]["images_sha256"][:36]
@@ -69,10 +72,14 @@ def test_the_training_and_evaluation_data_are_dataset_inputs_of_the_run(champion
 
 def test_the_logged_requirements_install_on_a_mac_and_a_gpu_host(champion, tmp_path):
     registry = champion["params"].registry
-    local = download_model(client_for(registry), registry.tracking_uri, registry.model_name,
-                           "1", str(tmp_path))
-    lines = [line for line in (Path(local) / "requirements.txt").read_text().splitlines()
-             if line.strip() and not line.startswith("#")]
+    local = download_model(
+        client_for(registry), registry.tracking_uri, registry.model_name, "1", str(tmp_path)
+    )
+    lines = [
+        line
+        for line in (Path(local) / "requirements.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     check_portable(lines)
 
 
@@ -80,15 +87,35 @@ def test_the_logged_requirements_install_on_a_mac_and_a_gpu_host(champion, tmp_p
 def mlflow_server(champion, tmp_path_factory):
     """`mlflow models serve` over the registered version, in the local environment."""
     registry, port = champion["params"].registry, free_port()
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")},
-           "MLFLOW_TRACKING_URI": registry.tracking_uri, "TF_CPP_MIN_LOG_LEVEL": "2",
-           # MLflow starts `uvicorn` by name: the venv's, as in an activated environment.
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")},
+        "MLFLOW_TRACKING_URI": registry.tracking_uri,
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        # MLflow starts `uvicorn` by name: the venv's, as in an activated environment.
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     process = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "models", "serve", "-m",
-         f"models:/{registry.model_name}/1", "--env-manager", "local", "-h", "127.0.0.1",
-         "-p", str(port)], env=env, cwd=tmp_path_factory.mktemp("mlflow-serve"),
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "models",
+            "serve",
+            "-m",
+            f"models:/{registry.model_name}/1",
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        env=env,
+        cwd=tmp_path_factory.mktemp("mlflow-serve"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
         wait_for(f"http://127.0.0.1:{port}/ping", process)
         yield f"http://127.0.0.1:{port}"
@@ -98,13 +125,18 @@ def mlflow_server(champion, tmp_path_factory):
 
 
 def invoke(url: str, images: list[str]) -> httpx.Response:
-    return httpx.post(f"{url}/invocations", timeout=60, json={
-        "dataframe_split": {"columns": ["image"], "data": [[image] for image in images]}})
+    return httpx.post(
+        f"{url}/invocations",
+        timeout=60,
+        json={"dataframe_split": {"columns": ["image"], "data": [[image] for image in images]}},
+    )
 
 
 def test_mlflow_models_serve_answers_jpegs_as_the_server_would(champion, mlflow_server):
-    files = sorted((champion["folder"] / "test" / "cat").glob("*.jpg"))[:2] + sorted(
-        (champion["folder"] / "test" / "ship").glob("*.jpg"))[:2]
+    files = (
+        sorted((champion["folder"] / "test" / "cat").glob("*.jpg"))[:2]
+        + sorted((champion["folder"] / "test" / "ship").glob("*.jpg"))[:2]
+    )
     encoded = [base64.b64encode(path.read_bytes()).decode() for path in files]
     response = invoke(mlflow_server, encoded)
     assert response.status_code == 200, response.text
@@ -113,17 +145,24 @@ def test_mlflow_models_serve_answers_jpegs_as_the_server_would(champion, mlflow_
     assert len(predictions) == 4 and all(p["label"] in names for p in predictions)
     # The same probabilities as the trained model on the server's decoding of the files.
     model = load_classifier(champion["model_path"])
-    images = decode_all([(p.name, p.read_bytes()) for p in files], int(model.input_shape[1]),
-                        ServeSettings(), "resize")
+    images = decode_all(
+        [(p.name, p.read_bytes()) for p in files],
+        int(model.input_shape[1]),
+        ServeSettings(),
+        "resize",
+    )
     expected = np.asarray(model.predict_on_batch(images))
     np.testing.assert_allclose([p["probabilities"] for p in predictions], expected, atol=1e-5)
     assert [p["label"] for p in predictions] == [names[i] for i in expected.argmax(axis=1)]
 
 
-@pytest.mark.parametrize(("image", "says"), [
-    ("not base64 at all!", "not valid base64"),
-    (base64.b64encode(b"plain text, no image").decode(), "row 0"),
-])
+@pytest.mark.parametrize(
+    ("image", "says"),
+    [
+        ("not base64 at all!", "not valid base64"),
+        (base64.b64encode(b"plain text, no image").decode(), "row 0"),
+    ],
+)
 def test_mlflow_models_serve_refuses_a_bad_image_clearly(mlflow_server, image, says):
     response = invoke(mlflow_server, [image])
     assert response.status_code == 400, response.text
@@ -146,7 +185,7 @@ def test_dvc_artifacts_get_fetches_the_pushed_model(champion, tmp_path):
     output, pushed to a local remote and tagged as a version: `dvc artifacts get` fetches it
     into a fresh folder, and it loads."""
     declared = yaml.safe_load((ROOT / "dvc.yaml").read_text())["artifacts"]
-    (name, artifact), = declared.items()
+    ((name, artifact),) = declared.items()
     assert artifact["type"] == "model" and artifact["path"] == "models/selected/model.keras"
     repo = tmp_path / "repo"
     (repo / "models" / "selected").mkdir(parents=True)
@@ -161,13 +200,25 @@ def test_dvc_artifacts_get_fetches_the_pushed_model(champion, tmp_path):
     dvc(repo, "push")
     # A version in the DVC model registry is a Git tag (GTO's format, `gto register` makes
     # the same): `dvc artifacts get` fetches the newest version's file from the remote.
-    git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "tag", "-a", f"{name}@v1.0.0",
-        "-m", f"Registering artifact {name} version v1.0.0")
+    git(
+        repo,
+        "-c",
+        "user.name=t",
+        "-c",
+        "user.email=t@t",
+        "tag",
+        "-a",
+        f"{name}@v1.0.0",
+        "-m",
+        f"Registering artifact {name} version v1.0.0",
+    )
     fresh = tmp_path / "fresh"
     fresh.mkdir()
     dvc(fresh, "artifacts", "get", str(repo), name, "-o", str(fresh / "model.keras"))
     fetched = load_classifier(fresh / "model.keras")
     images = np.zeros((2, *fetched.input_shape[1:]), np.uint8)
-    np.testing.assert_allclose(fetched.predict_on_batch(images),
-                               load_classifier(champion["model_path"]).predict_on_batch(images),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        fetched.predict_on_batch(images),
+        load_classifier(champion["model_path"]).predict_on_batch(images),
+        atol=1e-6,
+    )

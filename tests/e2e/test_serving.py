@@ -42,9 +42,12 @@ def test_server_labels_real_test_images_like_the_offline_evaluation(champion, se
     classes = sorted(p.name for p in (champion["folder"] / "test").iterdir())
     correct = 0
     for start in range(0, len(files), 50):
-        chunk = files[start:start + 50]
-        response = httpx.post(f"{url}/predict", timeout=60, files=[
-            ("files", (f.name, f.read_bytes(), "image/jpeg")) for f in chunk])
+        chunk = files[start : start + 50]
+        response = httpx.post(
+            f"{url}/predict",
+            timeout=60,
+            files=[("files", (f.name, f.read_bytes(), "image/jpeg")) for f in chunk],
+        )
         assert response.status_code == 200, response.text
         body = response.json()
         assert body["model_version"] == "1"
@@ -54,8 +57,12 @@ def test_server_labels_real_test_images_like_the_offline_evaluation(champion, se
     assert classes[0] == "airplane"
     # The server decodes the files as ingest did and runs the same model: the same answers.
     assert correct / len(files) == pytest.approx(champion["offline_accuracy"], abs=1e-9)
-    one = httpx.post(f"{url}/predict", content=files[0].read_bytes(),
-                     headers={"content-type": "image/jpeg"}, timeout=30)
+    one = httpx.post(
+        f"{url}/predict",
+        content=files[0].read_bytes(),
+        headers={"content-type": "image/jpeg"},
+        timeout=30,
+    )
     assert one.status_code == 200 and len(one.json()["predictions"]) == 1
 
 
@@ -64,8 +71,12 @@ def test_any_image_size_is_resized_as_in_training(server):
 
     buffer = io.BytesIO()
     Image.fromarray(np.full((300, 200, 3), 120, np.uint8)).save(buffer, format="PNG")
-    response = httpx.post(f"{server.url}/predict", content=buffer.getvalue(),
-                          headers={"content-type": "image/png"}, timeout=30)
+    response = httpx.post(
+        f"{server.url}/predict",
+        content=buffer.getvalue(),
+        headers={"content-type": "image/png"},
+        timeout=30,
+    )
     assert response.status_code == 200
 
 
@@ -76,8 +87,11 @@ async def classify_concurrently(url: str, files: list[Path]) -> dict[Path, dict]
     async def client(mine: list[Path]) -> None:
         async with httpx.AsyncClient(timeout=120) as http:
             for file in mine:
-                response = await http.post(f"{url}/predict", content=file.read_bytes(),
-                                           headers={"content-type": "image/jpeg"})
+                response = await http.post(
+                    f"{url}/predict",
+                    content=file.read_bytes(),
+                    headers={"content-type": "image/jpeg"},
+                )
                 assert response.status_code == 200, response.text
                 answers[file] = response.json()["predictions"][0]["top_k"][0]
 
@@ -88,8 +102,11 @@ async def classify_concurrently(url: str, files: list[Path]) -> dict[Path, dict]
 def batch_size_totals(url: str) -> tuple[float, float]:
     """(images, model calls) so far, from the Prometheus metrics."""
     lines = httpx.get(f"{url}/metrics").text.splitlines()
-    value = {line.split()[0]: float(line.split()[1]) for line in lines
-             if line.startswith("inference_batch_size_")}
+    value = {
+        line.split()[0]: float(line.split()[1])
+        for line in lines
+        if line.startswith("inference_batch_size_")
+    }
     return value["inference_batch_size_sum"], value["inference_batch_size_count"]
 
 
@@ -113,23 +130,33 @@ def test_metadata_and_prometheus_metrics(server):
     # v1 was registered without an engine folder: it is served on Keras, in fp32.
     assert (metadata["engine"], metadata["precision"]) == ("tensorflow", "fp32")
     metrics = httpx.get(f"{server.url}/metrics").text
-    for name in ('http_requests_total{method="POST",route="/predict",status="200"}',
-                 'http_request_duration_seconds_bucket{le="0.005",method="GET",'
-                 'route="/metadata"}', "inference_batch_size_bucket",
-                 "inference_queue_depth_bucket", "inference_model_seconds_bucket",
-                 "process_resident_memory_bytes", "served_model_version"):
+    for name in (
+        'http_requests_total{method="POST",route="/predict",status="200"}',
+        'http_request_duration_seconds_bucket{le="0.005",method="GET",route="/metadata"}',
+        "inference_batch_size_bucket",
+        "inference_queue_depth_bucket",
+        "inference_model_seconds_bucket",
+        "process_resident_memory_bytes",
+        "served_model_version",
+    ):
         assert name in metrics, name
 
 
 def served_top(url: str, files: list[Path]) -> tuple[str, list[str], np.ndarray]:
     """(version, top class, its probability) for ``files``, in one request."""
-    response = httpx.post(f"{url}/predict", timeout=60, files=[
-        ("files", (f.name, f.read_bytes(), "image/jpeg")) for f in files])
+    response = httpx.post(
+        f"{url}/predict",
+        timeout=60,
+        files=[("files", (f.name, f.read_bytes(), "image/jpeg")) for f in files],
+    )
     assert response.status_code == 200, response.text  # no gap while a version loads
     body = response.json()
     tops = [p["top_k"][0] for p in body["predictions"]]
-    return body["model_version"], [t["class"] for t in tops], np.array(
-        [t["probability"] for t in tops])
+    return (
+        body["model_version"],
+        [t["class"] for t in tops],
+        np.array([t["probability"] for t in tops]),
+    )
 
 
 def test_moving_the_alias_swaps_the_served_model(champion, server):
@@ -144,8 +171,10 @@ def test_moving_the_alias_swaps_the_served_model(champion, server):
     new = outcome["version"]  # "2", unless another test registered into this store first
     files = sorted((champion["folder"] / "test").glob("*/*.jpg"))[::20]
     names = read_manifest(champion["data"])["class_names"]
-    expected = {"1": offline_probabilities(champion, files),
-                new: offline_probabilities({**champion, "model_path": v2}, files)}
+    expected = {
+        "1": offline_probabilities(champion, files),
+        new: offline_probabilities({**champion, "model_path": v2}, files),
+    }
     assert served_top(server.url, files)[0] == "1"
     promote(params.registry, new, "test: move the alias")
     try:
@@ -177,10 +206,23 @@ def test_batch_inference_writes_a_csv_and_names_unreadable_files(champion, tmp_p
     (folder / "ship" / "broken.jpg").write_bytes(b"\xff\xd8 not really")
     out = tmp_path / "predictions.csv"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    result = subprocess.run([sys.executable, "-m", "image_finetune.cli", "predict-batch",
-                             str(folder), "--out", str(out), "-p",
-                             str(champion["params_file"])], env=env, capture_output=True,
-                            text=True, cwd=tmp_path)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "image_finetune.cli",
+            "predict-batch",
+            str(folder),
+            "--out",
+            str(out),
+            "-p",
+            str(champion["params_file"]),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     import csv
 

@@ -30,20 +30,37 @@ def monitored(champion, tmp_path_factory):
     params, _ = own_registry_params(champion, work)
     profile = work / "profile"
     profile_classifier(params, champion["data"], champion["model_path"], profile)
-    outcome = register_classifier(params, champion["data"], champion["evaluation"],
-                                  champion["decision"], work / "registration.json", ROOT,
-                                  model=champion["model_path"], profile=profile,
-                                  pipeline_run_id="drift-1")
+    outcome = register_classifier(
+        params,
+        champion["data"],
+        champion["evaluation"],
+        champion["decision"],
+        work / "registration.json",
+        ROOT,
+        model=champion["model_path"],
+        profile=profile,
+        pipeline_run_id="drift-1",
+    )
     assert outcome["promoted"]
     records = work / "windows"
-    server = serve({"MLFLOW_TRACKING_URI": params.registry.tracking_uri,
-                    "IMAGE_FINETUNE_MODEL_NAME": params.registry.model_name,
-                    "IMAGE_FINETUNE_MONITOR_WINDOW": str(WINDOW),
-                    # every window tested, none rested over (the rest: a unit test's)
-                    "IMAGE_FINETUNE_MONITOR_CPU_SHARE": "1",
-                    "IMAGE_FINETUNE_MONITOR_RECORD_DIR": str(records)}, [], work)
-    yield {"server": server, "records": records, "profile": profile,
-           "files": sorted((champion["folder"] / "test").glob("*/*.jpg"))}
+    server = serve(
+        {
+            "MLFLOW_TRACKING_URI": params.registry.tracking_uri,
+            "IMAGE_FINETUNE_MODEL_NAME": params.registry.model_name,
+            "IMAGE_FINETUNE_MONITOR_WINDOW": str(WINDOW),
+            # every window tested, none rested over (the rest: a unit test's)
+            "IMAGE_FINETUNE_MONITOR_CPU_SHARE": "1",
+            "IMAGE_FINETUNE_MONITOR_RECORD_DIR": str(records),
+        },
+        [],
+        work,
+    )
+    yield {
+        "server": server,
+        "records": records,
+        "profile": profile,
+        "files": sorted((champion["folder"] / "test").glob("*/*.jpg")),
+    }
     server.stop()
 
 
@@ -56,15 +73,21 @@ def corrupted(jpeg: bytes) -> bytes:
 
 
 def send_window(url: str, images: list[bytes], kind: str) -> None:
-    response = httpx.post(f"{url}/predict", timeout=120, files=[
-        ("files", (f"{i}.{kind}", data, f"image/{kind}")) for i, data in enumerate(images)])
+    response = httpx.post(
+        f"{url}/predict",
+        timeout=120,
+        files=[("files", (f"{i}.{kind}", data, f"image/{kind}")) for i, data in enumerate(images)],
+    )
     assert response.status_code == 200, response.text
 
 
 def window_result(url: str, count: int) -> dict:
     """``GET /monitoring`` once ``count`` windows have been tested."""
-    wait_until(lambda: httpx.get(f"{url}/monitoring").json()["windows_tested"] >= count,
-               timeout=120, what=f"window {count} was never tested")
+    wait_until(
+        lambda: httpx.get(f"{url}/monitoring").json()["windows_tested"] >= count,
+        timeout=120,
+        what=f"window {count} was never tested",
+    )
     return httpx.get(f"{url}/monitoring").json()
 
 

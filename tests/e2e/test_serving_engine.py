@@ -55,24 +55,43 @@ def on_engine(champion, tmp_path_factory):
     params, _ = own_registry_params(champion, work)
     profile = work / "profile"
     profile_classifier(params, champion["data"], champion["model_path"], profile)
-    outcome = register_classifier(params, champion["data"], champion["evaluation"],
-                                  champion["decision"], work / "registration.json", ROOT,
-                                  model=champion["model_path"], profile=profile,
-                                  pipeline_run_id="engine-1")
+    outcome = register_classifier(
+        params,
+        champion["data"],
+        champion["evaluation"],
+        champion["decision"],
+        work / "registration.json",
+        ROOT,
+        model=champion["model_path"],
+        profile=profile,
+        pipeline_run_id="engine-1",
+    )
     assert outcome["promoted"] and outcome["version"] == "1"
     names = read_manifest(champion["data"])["class_names"]
     folder = engine_folder(champion["model_path"], work / "engine-v1", names)
     log_engine(params.registry.tracking_uri, params.registry.model_name, "1", folder)
     records = work / "windows"
-    server = serve({"MLFLOW_TRACKING_URI": params.registry.tracking_uri,
-                    "IMAGE_FINETUNE_MODEL_NAME": params.registry.model_name,
-                    "IMAGE_FINETUNE_POLL_SECONDS": "1",
-                    "IMAGE_FINETUNE_MONITOR_WINDOW": str(WINDOW),
-                    "IMAGE_FINETUNE_MONITOR_CPU_SHARE": "1",
-                    "IMAGE_FINETUNE_MONITOR_RECORD_DIR": str(records)}, [], work)
-    yield {"server": server, "params": params, "work": work, "names": names,
-           "profile": profile, "records": records,
-           "files": sorted((champion["folder"] / "test").glob("*/*.jpg"))}
+    server = serve(
+        {
+            "MLFLOW_TRACKING_URI": params.registry.tracking_uri,
+            "IMAGE_FINETUNE_MODEL_NAME": params.registry.model_name,
+            "IMAGE_FINETUNE_POLL_SECONDS": "1",
+            "IMAGE_FINETUNE_MONITOR_WINDOW": str(WINDOW),
+            "IMAGE_FINETUNE_MONITOR_CPU_SHARE": "1",
+            "IMAGE_FINETUNE_MONITOR_RECORD_DIR": str(records),
+        },
+        [],
+        work,
+    )
+    yield {
+        "server": server,
+        "params": params,
+        "work": work,
+        "names": names,
+        "profile": profile,
+        "records": records,
+        "files": sorted((champion["folder"] / "test").glob("*/*.jpg")),
+    }
     server.stop()
 
 
@@ -96,16 +115,21 @@ def test_metadata_names_the_engine_and_precision(on_engine):
 
 def test_monitoring_projects_the_engines_embedding_as_keras_does(on_engine, keras_model):
     url, files = on_engine["server"].url, on_engine["files"][:WINDOW]
-    response = httpx.post(f"{url}/predict", timeout=60, files=[
-        ("files", (f.name, f.read_bytes(), "image/jpeg")) for f in files])
+    response = httpx.post(
+        f"{url}/predict",
+        timeout=60,
+        files=[("files", (f.name, f.read_bytes(), "image/jpeg")) for f in files],
+    )
     assert response.status_code == 200, response.text
-    wait_until(lambda: httpx.get(f"{url}/monitoring").json()["windows_tested"] >= 1,
-               timeout=120, what="the engine's window was never tested")
+    wait_until(
+        lambda: httpx.get(f"{url}/monitoring").json()["windows_tested"] >= 1,
+        timeout=120,
+        what="the engine's window was never tested",
+    )
     [recorded] = on_engine["records"].glob("*.npz")
     window = np.load(recorded)
     profile = ReferenceProfile.load(on_engine["profile"])
-    summaries = projecting_model(embedding_model(keras_model), profile.mean,
-                                 profile.components)
+    summaries = projecting_model(embedding_model(keras_model), profile.mean, profile.components)
     probabilities, projected = summaries.predict_on_batch(pixels(files))
     np.testing.assert_allclose(window["probabilities"], probabilities, atol=TOLERANCE)
     np.testing.assert_allclose(window["projected"], projected, atol=1e-3)
@@ -114,9 +138,20 @@ def test_monitoring_projects_the_engines_embedding_as_keras_does(on_engine, kera
 def test_the_engines_answers_are_the_keras_models(on_engine, keras_model, champion):
     url, name = on_engine["server"].url, on_engine["params"].registry.model_name
     images = np.asarray(load_split(champion["data"], "test").images[:40])
-    response = httpx.post(f"{url}/v2/models/{name}/infer", timeout=60, json={"inputs": [
-        {"name": "images", "datatype": "UINT8", "shape": list(images.shape),
-         "data": images.ravel().tolist()}]})
+    response = httpx.post(
+        f"{url}/v2/models/{name}/infer",
+        timeout=60,
+        json={
+            "inputs": [
+                {
+                    "name": "images",
+                    "datatype": "UINT8",
+                    "shape": list(images.shape),
+                    "data": images.ravel().tolist(),
+                }
+            ]
+        },
+    )
     assert response.status_code == 200, response.text
     served = {o["name"]: o for o in response.json()["outputs"]}["probabilities"]
     probabilities = np.asarray(served["data"], np.float32).reshape(served["shape"])
@@ -148,9 +183,20 @@ print(json.dumps({"label": answer["predictions"][0]["top_k"][0]["class"], "engin
 
 def test_the_serving_process_imports_no_tensorflow_keras_or_great_expectations(on_engine):
     registry, jpeg = on_engine["params"].registry, on_engine["files"][0]
-    done = subprocess.run([sys.executable, "-c", NO_TENSORFLOW, registry.tracking_uri,
-                           registry.model_name, str(jpeg)], capture_output=True, text=True,
-                          timeout=300, cwd=on_engine["work"])
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            NO_TENSORFLOW,
+            registry.tracking_uri,
+            registry.model_name,
+            str(jpeg),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=on_engine["work"],
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["engine"] == "openvino" and result["label"] in on_engine["names"]
@@ -169,7 +215,8 @@ def test_predict_batch_runs_on_the_engine(on_engine, keras_model, tmp_path, capl
     labelled = {row["file"]: row["predicted"] for row in rows}
     expected = keras_model.predict_on_batch(pixels(on_engine["files"])).argmax(axis=1)
     assert [labelled[str(f.relative_to(folder))] for f in on_engine["files"]] == [
-        on_engine["names"][i] for i in expected]
+        on_engine["names"][i] for i in expected
+    ]
 
 
 def test_moving_the_alias_loads_the_new_versions_engine_folder(on_engine, champion):
@@ -178,16 +225,17 @@ def test_moving_the_alias_loads_the_new_versions_engine_folder(on_engine, champi
     evaluation = work / "evaluation-v2"
     evaluate_classifier(params, champion["data"], v2, evaluation, "test", "relabelled")
     final_gate(params, evaluation, work / "gate-v2.json")
-    outcome = register(params, champion["data"], evaluation, work / "gate-v2.json", v2,
-                       "engine-2")
+    outcome = register(params, champion["data"], evaluation, work / "gate-v2.json", v2, "engine-2")
     calibration = np.asarray(load_split(champion["data"], "train").images[:64])
     folder = engine_folder(v2, work / "engine-v2", on_engine["names"], calibration)
-    log_engine(params.registry.tracking_uri, params.registry.model_name, outcome["version"],
-               folder)
+    log_engine(params.registry.tracking_uri, params.registry.model_name, outcome["version"], folder)
     files = on_engine["files"][::20]
     promote(params.registry, outcome["version"], "test: move the alias to the int8 version")
-    wait_until(lambda: httpx.get(f"{url}/metadata").json()["model_version"]
-               == outcome["version"], timeout=120, what="the new version was never served")
+    wait_until(
+        lambda: httpx.get(f"{url}/metadata").json()["model_version"] == outcome["version"],
+        timeout=120,
+        what="the new version was never served",
+    )
     metadata = httpx.get(f"{url}/metadata").json()
     assert (metadata["engine"], metadata["precision"]) == ("openvino", "int8")
     # v2's own int8 model answers (its classes are v1's rotated by one: v1 never agrees).
@@ -196,7 +244,10 @@ def test_moving_the_alias_loads_the_new_versions_engine_folder(on_engine, champi
 
 
 def top_labels(url: str, files) -> list[str]:
-    response = httpx.post(f"{url}/predict", timeout=60, files=[
-        ("files", (f.name, f.read_bytes(), "image/jpeg")) for f in files])
+    response = httpx.post(
+        f"{url}/predict",
+        timeout=60,
+        files=[("files", (f.name, f.read_bytes(), "image/jpeg")) for f in files],
+    )
     assert response.status_code == 200, response.text
     return [p["top_k"][0]["class"] for p in response.json()["predictions"]]

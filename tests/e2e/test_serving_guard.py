@@ -34,11 +34,13 @@ def guarded(champion, tmp_path_factory):
     """The champion served with a modest request limit and short timeouts; the default
     image limits (64 images of up to 4096x4096)."""
     registry = champion["params"].registry
-    env = {"MLFLOW_TRACKING_URI": registry.tracking_uri,
-           "IMAGE_FINETUNE_MODEL_NAME": registry.model_name,
-           "IMAGE_FINETUNE_MAX_CONNECTIONS": str(MAX_CONNECTIONS),
-           "IMAGE_FINETUNE_HEADER_TIMEOUT_SECONDS": str(HEADER_TIMEOUT),
-           "IMAGE_FINETUNE_BODY_TIMEOUT_SECONDS": str(BODY_TIMEOUT)}
+    env = {
+        "MLFLOW_TRACKING_URI": registry.tracking_uri,
+        "IMAGE_FINETUNE_MODEL_NAME": registry.model_name,
+        "IMAGE_FINETUNE_MAX_CONNECTIONS": str(MAX_CONNECTIONS),
+        "IMAGE_FINETUNE_HEADER_TIMEOUT_SECONDS": str(HEADER_TIMEOUT),
+        "IMAGE_FINETUNE_BODY_TIMEOUT_SECONDS": str(BODY_TIMEOUT),
+    }
     running = serve(env, [], tmp_path_factory.mktemp("guarded"))
     yield running
     running.stop()
@@ -52,8 +54,9 @@ def jpeg(champion) -> bytes:
 def statuses(url: str, jpeg: bytes) -> dict[str, int]:
     """What the probes and a well-behaved prediction get now."""
     seen = {path: httpx.get(f"{url}{path}", timeout=10).status_code for path in PROBES}
-    seen["/predict"] = httpx.post(f"{url}/predict", content=jpeg, timeout=30,
-                                  headers={"content-type": "image/jpeg"}).status_code
+    seen["/predict"] = httpx.post(
+        f"{url}/predict", content=jpeg, timeout=30, headers={"content-type": "image/jpeg"}
+    ).status_code
     return seen
 
 
@@ -99,8 +102,9 @@ class Tricklers:
 def test_sockets_trickling_headers_neither_starve_the_probes_nor_predictions(guarded, jpeg):
     """50 sockets sending a header line a second, more than the request limit: the probes
     and a prediction answer 200 meanwhile, and each socket is cut with 408."""
-    tricklers = Tricklers(guarded.port, 50, b"GET /readyz HTTP/1.1\r\nHost: x\r\n",
-                          b"X-Slow: y\r\n")
+    tricklers = Tricklers(
+        guarded.port, 50, b"GET /readyz HTTP/1.1\r\nHost: x\r\n", b"X-Slow: y\r\n"
+    )
     try:
         time.sleep(0.5)
         during = statuses(guarded.url, jpeg)
@@ -113,12 +117,13 @@ def test_sockets_trickling_headers_neither_starve_the_probes_nor_predictions(gua
     assert b"HTTP/1.1 408 Request Timeout" in cut
 
 
-def test_trickling_bodies_are_cut_at_the_body_timeout_and_never_block_the_probes(guarded,
-                                                                                  jpeg):
+def test_trickling_bodies_are_cut_at_the_body_timeout_and_never_block_the_probes(guarded, jpeg):
     """Slots held by slow bodies can make predictions wait (503, retry), never the probes;
     the bodies are cut with 408 after the body timeout, and predictions answer again."""
-    opening = (b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
-               b"Content-Length: 100000\r\n\r\n\xff")
+    opening = (
+        b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+        b"Content-Length: 100000\r\n\r\n\xff"
+    )
     tricklers = Tricklers(guarded.port, MAX_CONNECTIONS + 5, opening, b"\0")
     try:
         time.sleep(0.5)
@@ -129,8 +134,11 @@ def test_trickling_bodies_are_cut_at_the_body_timeout_and_never_block_the_probes
     assert {during[path] for path in PROBES} == {200}, during
     assert during["/predict"] == 503  # every slot is held by a slow body: retry later
     assert b"(still open)" not in cut, cut  # b"": closed, the answer lost to a reset
-    assert set(cut) <= {b"HTTP/1.1 408 Request Timeout", b"HTTP/1.1 503 Service Unavailable",
-                        b""}, set(cut)
+    assert set(cut) <= {
+        b"HTTP/1.1 408 Request Timeout",
+        b"HTTP/1.1 503 Service Unavailable",
+        b"",
+    }, set(cut)
     assert b"HTTP/1.1 408 Request Timeout" in cut
     assert statuses(guarded.url, jpeg)["/predict"] == 200
 
@@ -153,8 +161,9 @@ def test_an_oversized_header_or_url_is_refused_before_it_is_read(guarded, jpeg):
     big_header = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (16 << 20) + b"\r\n\r\n"
     assert raw_request(guarded.port, big_header).startswith(b"HTTP/1.1 431")
     many = b"".join(b"X-%d: %s\r\n" % (i, b"a" * 60) for i in range(1000))
-    assert raw_request(guarded.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + many
-                       + b"\r\n").startswith(b"HTTP/1.1 431")
+    assert raw_request(
+        guarded.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + many + b"\r\n"
+    ).startswith(b"HTTP/1.1 431")
     big_url = b"GET /healthz?" + b"a" * (32 << 20) + b" HTTP/1.1\r\nHost: x\r\n\r\n"
     assert raw_request(guarded.port, big_url).startswith(b"HTTP/1.1 414")
     assert cpu_seconds(guarded.process.pid) - start < 1.0  # not parsed to the end
@@ -162,12 +171,10 @@ def test_an_oversized_header_or_url_is_refused_before_it_is_read(guarded, jpeg):
 
 
 def multipart_of(images: list[bytes]) -> dict:
-    return {"files": [("files", (f"{i}.png", data, "image/png"))
-                      for i, data in enumerate(images)]}
+    return {"files": [("files", (f"{i}.png", data, "image/png")) for i, data in enumerate(images)]}
 
 
-def test_images_cheap_to_send_and_costly_to_decode_are_refused_before_decoding(guarded,
-                                                                              jpeg):
+def test_images_cheap_to_send_and_costly_to_decode_are_refused_before_decoding(guarded, jpeg):
     """Two requests of 64 solid 4096x4096 PNGs (3.8 MB each, within max_images and
     max_pixels) used to cost 45 CPU-seconds while a one-JPEG client waited: now they are
     refused by their pixel budget from the headers alone, and the JPEG is answered."""
@@ -177,8 +184,10 @@ def test_images_cheap_to_send_and_costly_to_decode_are_refused_before_decoding(g
     def post(key: str, **arguments) -> None:
         results[key] = httpx.post(f"{guarded.url}/predict", timeout=120, **arguments)
 
-    heavy = [threading.Thread(target=post, args=(f"heavy{i}",),
-                              kwargs=multipart_of([solid] * 64)) for i in range(2)]
+    heavy = [
+        threading.Thread(target=post, args=(f"heavy{i}",), kwargs=multipart_of([solid] * 64))
+        for i in range(2)
+    ]
     for thread in heavy:
         thread.start()
     post("jpeg", content=jpeg, headers={"content-type": "image/jpeg"})
@@ -198,11 +207,13 @@ def test_a_large_jpeg_is_decoded_at_a_reduced_size_and_classified(guarded):
     photo = np.dstack([x * 255 // 4000, y * 255 // 3000, (x + y) * 255 // 7000])
     buffer = io.BytesIO()
     Image.fromarray(photo.astype(np.uint8)).save(buffer, format="JPEG", quality=80)
-    response = httpx.post(f"{guarded.url}/predict", timeout=120, files=[
-        ("files", (f"{i}.jpg", buffer.getvalue(), "image/jpeg")) for i in range(16)])
+    response = httpx.post(
+        f"{guarded.url}/predict",
+        timeout=120,
+        files=[("files", (f"{i}.jpg", buffer.getvalue(), "image/jpeg")) for i in range(16)],
+    )
     assert response.status_code == 200, response.text
     assert len(response.json()["predictions"]) == 16
-
 
 
 def test_a_rotated_token_secret_takes_effect_without_a_restart(tmp_path):
@@ -213,15 +224,21 @@ def test_a_rotated_token_secret_takes_effect_without_a_restart(tmp_path):
     rotate_like_kubelet(mount, "first-token", 1)
     (mount / "token").symlink_to("..data/token")
     (tmp_path / "empty").mkdir()
-    server = Server({"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}",
-                     "IMAGE_FINETUNE_TOKEN_FILE": str(mount / "token")}, [],
-                    tmp_path / "empty")
+    server = Server(
+        {
+            "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}",
+            "IMAGE_FINETUNE_TOKEN_FILE": str(mount / "token"),
+        },
+        [],
+        tmp_path / "empty",
+    )
     try:
         wait_for(f"{server.url}/healthz", server.process)
 
         def status(token: str) -> int:
-            return httpx.get(f"{server.url}/v2", timeout=10,
-                             headers={"authorization": f"Bearer {token}"}).status_code
+            return httpx.get(
+                f"{server.url}/v2", timeout=10, headers={"authorization": f"Bearer {token}"}
+            ).status_code
 
         assert (status("first-token"), status("second-token")) == (200, 401)
         rotate_like_kubelet(mount, "second-token", 2)

@@ -30,13 +30,22 @@ MIB = 1024 * 1024
 
 def declared_png(width: int, height: int) -> bytes:
     """A PNG of a few dozen bytes whose header declares width x height pixels."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
-        return (struct.pack(">I", len(body)) + kind + body
-                + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
+        return (
+            struct.pack(">I", len(body))
+            + kind
+            + body
+            + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+        )
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b""))
-            + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b""))
+        + chunk(b"IEND", b"")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +66,7 @@ def hostile_requests(jpeg: bytes, model: str) -> dict[str, tuple[str, dict]]:
     gif = io.BytesIO()
     Image.new("RGB", (8, 8)).save(gif, format="GIF")
     infer = f"/v2/models/{model}/infer"
-    tensor = {"name": "images", "datatype": "UINT8", "shape": [1, 32, 32, 3],
-              "data": [0] * 3072}
+    tensor = {"name": "images", "datatype": "UINT8", "shape": [1, 32, 32, 3], "data": [0] * 3072}
     return {
         "not_an_image": ("/predict", raw(b"hello, not a picture")),
         "empty": ("/predict", raw(b"", "image/jpeg")),
@@ -71,13 +79,22 @@ def hostile_requests(jpeg: bytes, model: str) -> dict[str, tuple[str, dict]]:
         "pil_decompression_bomb": ("/predict", raw(declared_png(20_000, 10_000))),
         "too_many_images": ("/predict", files(*[jpeg] * (MAX_IMAGES + 1), kind="image/jpeg")),
         "part_over_the_limit": ("/predict", files(b"\0" * (MAX_IMAGE_BYTES + 1))),
-        "too_many_parts": ("/predict", {"data": {f"field{i}": "x" for i in range(100)},
-                                        "files": [("files", ("a.jpg", jpeg, "image/jpeg"))]}),
-        "text_field_named_files": ("/predict", {"data": {"files": "hello"},
-                                                "files": [("other", ("a", b"a", "text/plain"))]}),
+        "too_many_parts": (
+            "/predict",
+            {
+                "data": {f"field{i}": "x" for i in range(100)},
+                "files": [("files", ("a.jpg", jpeg, "image/jpeg"))],
+            },
+        ),
+        "text_field_named_files": (
+            "/predict",
+            {"data": {"files": "hello"}, "files": [("other", ("a", b"a", "text/plain"))]},
+        ),
         "no_boundary": ("/predict", raw(b"--x\r\n", "multipart/form-data")),
-        "malformed_multipart": ("/predict", raw(b"garbage" * 10,
-                                                "multipart/form-data; boundary=xyz")),
+        "malformed_multipart": (
+            "/predict",
+            raw(b"garbage" * 10, "multipart/form-data; boundary=xyz"),
+        ),
         "negative_k": ("/predict?k=-1", raw(jpeg, "image/jpeg")),
         "zero_k": ("/predict?k=0", raw(jpeg, "image/jpeg")),
         "oip_not_json": (infer, raw(b"{not json", "application/json")),
@@ -87,22 +104,61 @@ def hostile_requests(jpeg: bytes, model: str) -> dict[str, tuple[str, dict]]:
         "oip_wrong_shape": (infer, {"json": {"inputs": [{**tensor, "shape": [1, 28, 28, 3]}]}}),
         "oip_out_of_range": (infer, {"json": {"inputs": [{**tensor, "data": [256] * 3072}]}}),
         "oip_too_few_values": (infer, {"json": {"inputs": [{**tensor, "data": [0] * 10}]}}),
-        "oip_too_many_images": (infer, {"json": {"inputs": [{
-            **tensor, "shape": [MAX_IMAGES + 1, 32, 32, 3],
-            "data": [0] * 3072 * (MAX_IMAGES + 1)}]}}),
-        "oip_huge_declared_shape": (infer, {"json": {"inputs": [{
-            **tensor, "shape": [2 ** 62, 32, 32, 3], "data": []}]}}),
+        "oip_too_many_images": (
+            infer,
+            {
+                "json": {
+                    "inputs": [
+                        {
+                            **tensor,
+                            "shape": [MAX_IMAGES + 1, 32, 32, 3],
+                            "data": [0] * 3072 * (MAX_IMAGES + 1),
+                        }
+                    ]
+                }
+            },
+        ),
+        "oip_huge_declared_shape": (
+            infer,
+            {"json": {"inputs": [{**tensor, "shape": [2**62, 32, 32, 3], "data": []}]}},
+        ),
         "oip_float_data": (infer, {"json": {"inputs": [{**tensor, "data": [0.5] * 3072}]}}),
         "oip_bool_data": (infer, {"json": {"inputs": [{**tensor, "data": [True] * 3072}]}}),
-        "oip_bad_base64": (infer, {"json": {"inputs": [{
-            "name": "images", "datatype": "BYTES", "shape": [1], "data": ["%%%"]}]}}),
-        "oip_bytes_not_an_image": (infer, {"json": {"inputs": [{
-            "name": "images", "datatype": "BYTES", "shape": [1],
-            "data": [base64.b64encode(b"hello").decode()]}]}}),
-        "oip_header_length_too_long": (infer, {
-            "content": b'{"inputs": []}', "headers": {
-                "content-type": "application/octet-stream",
-                "inference-header-content-length": "1000"}}),
+        "oip_bad_base64": (
+            infer,
+            {
+                "json": {
+                    "inputs": [
+                        {"name": "images", "datatype": "BYTES", "shape": [1], "data": ["%%%"]}
+                    ]
+                }
+            },
+        ),
+        "oip_bytes_not_an_image": (
+            infer,
+            {
+                "json": {
+                    "inputs": [
+                        {
+                            "name": "images",
+                            "datatype": "BYTES",
+                            "shape": [1],
+                            "data": [base64.b64encode(b"hello").decode()],
+                        }
+                    ]
+                }
+            },
+        ),
+        "oip_header_length_too_long": (
+            infer,
+            {
+                "content": b'{"inputs": []}',
+                "headers": {
+                    "content-type": "application/octet-stream",
+                    "inference-header-content-length": "1000",
+                },
+            },
+        ),
     }
 
 
@@ -149,7 +205,8 @@ def assert_still_serving(url: str, jpeg: bytes) -> None:
 
 @pytest.mark.parametrize("kind", sorted(EXPECTED))
 def test_each_hostile_request_gets_its_4xx_and_the_server_keeps_serving(
-        champion, server, jpeg, kind):
+    champion, server, jpeg, kind
+):
     path, arguments = hostile_requests(jpeg, champion["params"].registry.model_name)[kind]
     status, message = EXPECTED[kind]
     start = time.perf_counter()
@@ -162,17 +219,24 @@ def test_each_hostile_request_gets_its_4xx_and_the_server_keeps_serving(
     assert_still_serving(server.url, jpeg)
 
 
-MULTIPART_START = (b'--b\r\nContent-Disposition: form-data; name="files"; '
-                   b'filename="big.png"\r\nContent-Type: image/png\r\n\r\n')
+MULTIPART_START = (
+    b'--b\r\nContent-Disposition: form-data; name="files"; '
+    b'filename="big.png"\r\nContent-Type: image/png\r\n\r\n'
+)
 
 
-@pytest.mark.parametrize("path,content_type,prefix", [
-    ("/predict", "image/jpeg", b""),
-    ("/predict", "multipart/form-data; boundary=b", MULTIPART_START),
-    ("/v2/models/served/infer", "application/json", b"")],
-    ids=["raw image", "multipart part", "inference request"])
-def test_a_streamed_body_is_refused_at_the_limit_not_buffered(server, jpeg, path,
-                                                              content_type, prefix):
+@pytest.mark.parametrize(
+    "path,content_type,prefix",
+    [
+        ("/predict", "image/jpeg", b""),
+        ("/predict", "multipart/form-data; boundary=b", MULTIPART_START),
+        ("/v2/models/served/infer", "application/json", b""),
+    ],
+    ids=["raw image", "multipart part", "inference request"],
+)
+def test_a_streamed_body_is_refused_at_the_limit_not_buffered(
+    server, jpeg, path, content_type, prefix
+):
     """200 MiB sent chunked (no Content-Length): the refusal comes at the limit, long before
     the end, and the server's memory does not grow by the body."""
     before = server.rss_bytes()
@@ -184,8 +248,9 @@ def test_a_streamed_body_is_refused_at_the_limit_not_buffered(server, jpeg, path
 
 
 def test_a_declared_length_over_the_limit_is_refused_before_the_body(server, jpeg):
-    status, sent = stream_body(server.port, "/v2/models/served/infer", "application/json",
-                               0, declared=64 * MIB)
+    status, sent = stream_body(
+        server.port, "/v2/models/served/infer", "application/json", 0, declared=64 * MIB
+    )
     assert status == 413 and sent == 0
     assert_still_serving(server.url, jpeg)
 
@@ -193,11 +258,14 @@ def test_a_declared_length_over_the_limit_is_refused_before_the_body(server, jpe
 def test_costly_valid_images_do_not_stall_the_probes(server, jpeg):
     """Images within every limit that cost real decoding work (each as many pixels as the
     budget allows): the probes answer meanwhile, and so does the request."""
-    side = int(MAX_PIXELS ** 0.5)
+    side = int(MAX_PIXELS**0.5)
     heavy = png(np.full((side, side, 3), 90, np.uint8))
     result = {}
-    worker = threading.Thread(target=lambda: result.update(response=httpx.post(
-        f"{server.url}/predict", timeout=120, **files(*[heavy] * 12))))
+    worker = threading.Thread(
+        target=lambda: result.update(
+            response=httpx.post(f"{server.url}/predict", timeout=120, **files(*[heavy] * 12))
+        )
+    )
     worker.start()
     probes = []
     while worker.is_alive():
@@ -221,8 +289,7 @@ def unusual_images() -> dict[str, bytes]:
         ("exif.jpg", Image.fromarray(pixels), {"format": "JPEG", "exif": exif.tobytes()}),
         ("palette.png", Image.fromarray(pixels).quantize(32), {"format": "PNG"}),
         ("gray.png", Image.fromarray(pixels[..., 0]), {"format": "PNG"}),
-        ("gray16.png", Image.fromarray(pixels[..., 0].astype(np.uint16) * 257),
-         {"format": "PNG"}),
+        ("gray16.png", Image.fromarray(pixels[..., 0].astype(np.uint16) * 257), {"format": "PNG"}),
         ("cmyk.jpg", Image.fromarray(pixels).convert("CMYK"), {"format": "JPEG"}),
         ("alpha.png", Image.fromarray(np.dstack([pixels, pixels[..., :1]])), {"format": "PNG"}),
     ]:
@@ -234,7 +301,12 @@ def unusual_images() -> dict[str, bytes]:
 
 def test_images_as_users_send_them_are_classified(server):
     images = unusual_images()
-    response = httpx.post(f"{server.url}/predict", timeout=60, files=[
-        ("files", (name, data, "application/octet-stream")) for name, data in images.items()])
+    response = httpx.post(
+        f"{server.url}/predict",
+        timeout=60,
+        files=[
+            ("files", (name, data, "application/octet-stream")) for name, data in images.items()
+        ],
+    )
     assert response.status_code == 200, response.text
     assert [p["file"] for p in response.json()["predictions"]] == list(images)

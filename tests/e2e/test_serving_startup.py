@@ -39,10 +39,14 @@ def unready_server(champion, registry_port, tmp_path_factory):
     (work / "tmp").mkdir()
     (work / "empty").mkdir()
     (work / "token").write_text(TOKEN + "\n")  # Secrets often end in a newline
-    env = {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{registry_port}",
-           "IMAGE_FINETUNE_MODEL_NAME": champion["params"].registry.model_name,
-           "IMAGE_FINETUNE_RETRY_SECONDS": "1", "IMAGE_FINETUNE_POLL_SECONDS": "1",
-           "IMAGE_FINETUNE_TOKEN_FILE": str(work / "token"), "TMPDIR": str(work / "tmp")}
+    env = {
+        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{registry_port}",
+        "IMAGE_FINETUNE_MODEL_NAME": champion["params"].registry.model_name,
+        "IMAGE_FINETUNE_RETRY_SECONDS": "1",
+        "IMAGE_FINETUNE_POLL_SECONDS": "1",
+        "IMAGE_FINETUNE_TOKEN_FILE": str(work / "token"),
+        "TMPDIR": str(work / "tmp"),
+    }
     server = Server(env, [], work / "empty")
     yield server, work / "tmp"
     server.stop()
@@ -54,13 +58,27 @@ def registry(champion, registry_port, tmp_path_factory):
     mlflow = Path(sys.executable).parent / "mlflow"
     hosts = f"127.0.0.1,127.0.0.1:{registry_port},localhost,localhost:{registry_port}"
     process = subprocess.Popen(
-        [str(mlflow), "server", "--backend-store-uri", champion["params"].registry.tracking_uri,
-         "--host", "127.0.0.1", "--port", str(registry_port), "--workers", "1",
-         "--allowed-hosts", hosts],
-        cwd=tmp_path_factory.mktemp("registry"), stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            str(mlflow),
+            "server",
+            "--backend-store-uri",
+            champion["params"].registry.tracking_uri,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(registry_port),
+            "--workers",
+            "1",
+            "--allowed-hosts",
+            hosts,
+        ],
+        cwd=tmp_path_factory.mktemp("registry"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
         # Without its job runner: seven fewer processes importing MLflow on a small machine.
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+    )
     yield process
     with contextlib.suppress(ProcessLookupError):  # a test may have killed it already
         os.killpg(process.pid, signal.SIGTERM)  # the server and the workers it starts
@@ -70,9 +88,14 @@ def registry(champion, registry_port, tmp_path_factory):
 def infer_request(champion) -> tuple[str, dict]:
     """(the infer path, an OIP request for one real test image) for the champion's model."""
     image = load_split(champion["data"], "test").images[:1].tolist()
-    return (f"/v2/models/{champion['params'].registry.model_name}/infer",
-            {"inputs": [{"name": "images", "datatype": "UINT8", "shape": [1, 32, 32, 3],
-                         "data": image}]})
+    return (
+        f"/v2/models/{champion['params'].registry.model_name}/infer",
+        {
+            "inputs": [
+                {"name": "images", "datatype": "UINT8", "shape": [1, 32, 32, 3], "data": image}
+            ]
+        },
+    )
 
 
 def reason_unready(url: str) -> str:
@@ -87,8 +110,11 @@ def test_unready_while_the_registry_is_down_then_ready_when_it_is_up(unready_ser
     # Its first try takes a while.
     wait_until(lambda: "unreachable" in reason_unready(server.url), 120)
     assert httpx.get(f"{server.url}/v2/health/ready").status_code == 503
-    predicted = httpx.post(f"{server.url}/predict", content=b"x", headers={
-        "content-type": "image/png", "authorization": f"Bearer {TOKEN}"})
+    predicted = httpx.post(
+        f"{server.url}/predict",
+        content=b"x",
+        headers={"content-type": "image/png", "authorization": f"Bearer {TOKEN}"},
+    )
     assert predicted.status_code == 503 and "no model loaded yet" in predicted.json()["detail"]
     time.sleep(2)  # retries go on: still alive, still unready
     assert "unreachable" in reason_unready(server.url)
@@ -98,12 +124,12 @@ def test_unready_while_the_registry_is_down_then_ready_when_it_is_up(unready_ser
     metrics = httpx.get(f"{server.url}/metrics").text
     assert 'http_requests_total{method="GET",route="/readyz",status="503"}' in metrics
     assert 'route="/predict",status="503"' in metrics
-    assert not [p for p in temp.rglob("*") if p.is_file() and p.stat().st_size > 100_000], \
+    assert not [p for p in temp.rglob("*") if p.is_file() and p.stat().st_size > 100_000], (
         "a model copy was left in the temporary directory"
+    )
 
 
-def test_the_token_is_required_except_by_probes_and_metrics(champion, unready_server,
-                                                            registry):
+def test_the_token_is_required_except_by_probes_and_metrics(champion, unready_server, registry):
     server, _ = unready_server
     wait_for(f"{server.url}/readyz", server.process)
     path, request = infer_request(champion)
@@ -115,37 +141,54 @@ def test_the_token_is_required_except_by_probes_and_metrics(champion, unready_se
     allowed = httpx.post(infer, json=request, headers={"authorization": f"Bearer {TOKEN}"})
     assert allowed.status_code == 200, allowed.text
     assert httpx.get(f"{server.url}/metadata").status_code == 401
-    for open_path in ("/healthz", "/readyz", "/v2/health/live", "/v2/health/ready",
-                      "/metrics"):
+    for open_path in ("/healthz", "/readyz", "/v2/health/live", "/v2/health/ready", "/metrics"):
         assert httpx.get(f"{server.url}{open_path}").status_code == 200, open_path
 
 
 def test_serving_other_machines_without_a_token_is_refused(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "image_finetune.cli", "serve", "--host", "0.0.0.0",
-         "--port", str(free_port())], cwd=tmp_path, capture_output=True, text=True,
-        env={"PATH": "/usr/bin:/bin", "IMAGE_FINETUNE_MODEL_NAME": "x"}, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "image_finetune.cli",
+            "serve",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            str(free_port()),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "IMAGE_FINETUNE_MODEL_NAME": "x"},
+        timeout=120,
+    )
     assert result.returncode == 2
     assert "without a token" in result.stderr
 
 
 def refresh_failures(url: str) -> float:
     metrics = httpx.get(f"{url}/metrics").text
-    return float(next(line.split()[1] for line in metrics.splitlines()
-                      if line.startswith("model_refresh_failures_total ")))
+    return float(
+        next(
+            line.split()[1]
+            for line in metrics.splitlines()
+            if line.startswith("model_refresh_failures_total ")
+        )
+    )
 
 
 def answers_with(url: str, version: str, champion) -> None:
     path, request = infer_request(champion)
-    infer = httpx.post(f"{url}{path}", json=request,
-                       headers={"authorization": f"Bearer {TOKEN}"})
+    infer = httpx.post(f"{url}{path}", json=request, headers={"authorization": f"Bearer {TOKEN}"})
     assert infer.status_code == 200, infer.text
     assert infer.json()["model_version"] == version
     assert httpx.get(f"{url}/readyz").json()["model_version"] == version
 
 
-def test_a_failing_refresh_keeps_serving_the_loaded_model(champion, unready_server, registry,
-                                                          registry_port):
+def test_a_failing_refresh_keeps_serving_the_loaded_model(
+    champion, unready_server, registry, registry_port
+):
     """The poller's failure paths, once the server is ready: the alias moved to a version that
     cannot be loaded, then the registry killed. Each failure is counted; the server keeps
     answering with the model it has, and stays ready."""
@@ -156,8 +199,7 @@ def test_a_failing_refresh_keeps_serving_the_loaded_model(champion, unready_serv
     name = champion["params"].registry.model_name
     client = MlflowClient(f"http://127.0.0.1:{registry_port}")
     run = client.create_run("0")  # a version whose run holds no model: it cannot be loaded
-    broken = client.create_model_version(name, f"{run.info.artifact_uri}/model",
-                                         run.info.run_id)
+    broken = client.create_model_version(name, f"{run.info.artifact_uri}/model", run.info.run_id)
     client.set_registered_model_alias(name, "champion", broken.version)
     try:
         failures = refresh_failures(server.url)

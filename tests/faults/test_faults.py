@@ -34,16 +34,26 @@ def candidate(services, small_model, tmp_path_factory) -> dict:
     """The session's small model, evaluated on test and past the final gate, to be
     registered under a name of this module's own."""
     work = tmp_path_factory.mktemp("faults")
-    params = small_model["params"].model_copy(update={"registry": RegistryParams(
-        tracking_uri=services["MLFLOW_TRACKING_URI"],
-        model_name=f"faults-{uuid.uuid4().hex[:8]}")})
+    params = small_model["params"].model_copy(
+        update={
+            "registry": RegistryParams(
+                tracking_uri=services["MLFLOW_TRACKING_URI"],
+                model_name=f"faults-{uuid.uuid4().hex[:8]}",
+            )
+        }
+    )
     data, model = small_model["data"], small_model["model"]
     evaluate_classifier(params, data, model, work / "evaluation", "test")
     final_gate(params, work / "evaluation", work / "gate.json")
     params_file = work / "params.json"
     params_file.write_text(json.dumps(params.model_dump(mode="json", by_alias=True)))
-    return {"params": params, "params_file": params_file, "data": data, "model": model,
-            "work": work}
+    return {
+        "params": params,
+        "params_file": params_file,
+        "data": data,
+        "model": model,
+        "work": work,
+    }
 
 
 REGISTER = """
@@ -69,10 +79,22 @@ except typer.Exit as stop:  # what the image-finetune command line does with it
 
 
 def register(candidate: dict, run_id: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", REGISTER, str(candidate["params_file"]),
-                             str(candidate["data"]), str(candidate["model"]),
-                             str(candidate["work"]), run_id], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            REGISTER,
+            str(candidate["params_file"]),
+            str(candidate["data"]),
+            str(candidate["model"]),
+            str(candidate["work"]),
+            run_id,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
 
 
 def when(condition, timeout: float = 120) -> None:
@@ -91,8 +113,9 @@ def parent_runs(candidate: dict, run_id: str) -> list:
     experiment = mlflow.get_experiment_by_name(candidate["params"].registry.experiment)
     if experiment is None:
         return []
-    return client().search_runs([experiment.experiment_id],
-                                f"tags.pipeline_run_id = '{run_id}' and tags.kind = 'pipeline'")
+    return client().search_runs(
+        [experiment.experiment_id], f"tags.pipeline_run_id = '{run_id}' and tags.kind = 'pipeline'"
+    )
 
 
 def assert_champion_loads(candidate: dict) -> None:
@@ -105,8 +128,11 @@ def assert_champion_loads(candidate: dict) -> None:
         return  # no champion yet: nothing that could fail to load
     images = np.asarray(load_split(candidate["data"], "test").images[:8])
     loaded = mlflow.keras.load_model(f"models:/{name}@{CHAMPION}")
-    np.testing.assert_allclose(np.asarray(loaded.predict_on_batch(images)), np.asarray(
-        load_classifier(candidate["model"]).predict_on_batch(images)), atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(loaded.predict_on_batch(images)),
+        np.asarray(load_classifier(candidate["model"]).predict_on_batch(images)),
+        atol=1e-5,
+    )
 
 
 def test_mlflow_server_killed_during_registration(candidate):
@@ -123,7 +149,8 @@ def test_mlflow_server_killed_during_registration(candidate):
     assert retry.returncode == 0, stderr[-2000:]
     name = candidate["params"].registry.model_name
     versions = client().search_model_versions(
-        f"name = '{name}' and tags.pipeline_run_id = '{run_id}'")
+        f"name = '{name}' and tags.pipeline_run_id = '{run_id}'"
+    )
     assert len(versions) == 1 and versions[0].status == "READY"  # nothing half-registered
     [run] = parent_runs(candidate, run_id)
     assert run.info.status == "FINISHED"
@@ -155,9 +182,13 @@ def test_postgres_killed_during_a_promotion(candidate, monkeypatch):
     monkeypatch.setenv("IMAGE_FINETUNE_LOCK_LEASE", "2")  # the dead holder's lock: 2 s
     monkeypatch.setenv("IMAGE_FINETUNE_LOCK_TIMEOUT", "30")
     lock_taken = threading.Event()
-    promoting = subprocess.Popen([sys.executable, "-c", PROMOTE, params.registry.tracking_uri,
-                                  name, version], stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    promoting = subprocess.Popen(
+        [sys.executable, "-c", PROMOTE, params.registry.tracking_uri, name, version],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
 
     def locked() -> bool:
         found = client().search_registered_models(f"name LIKE '{name}.promotion-lock.g%'")
@@ -173,13 +204,25 @@ def test_postgres_killed_during_a_promotion(candidate, monkeypatch):
         assert promoting.returncode in EXIT_CODES, stderr[-2000:]
         assert "Traceback" not in stderr
     assert_champion_loads(candidate)  # whatever happened, the alias points at a model
-    retry = subprocess.run([sys.executable, "-c", PROMOTE, params.registry.tracking_uri,
-                            name, version], capture_output=True, text=True, cwd=ROOT,
-                           timeout=300)
+    retry = subprocess.run(
+        [sys.executable, "-c", PROMOTE, params.registry.tracking_uri, name, version],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert retry.returncode == 0, retry.stderr[-2000:]
     assert client().get_model_version_by_alias(name, CHAMPION).version == version
-    history = json.loads(max((v for k, v in client().get_registered_model(name).tags.items()
-                              if k.startswith("promotion.")), key=lambda v: json.loads(v)["seq"]))
+    history = json.loads(
+        max(
+            (
+                v
+                for k, v in client().get_registered_model(name).tags.items()
+                if k.startswith("promotion.")
+            ),
+            key=lambda v: json.loads(v)["seq"],
+        )
+    )
     assert history["version"] == version
     assert_champion_loads(candidate)
 
@@ -197,10 +240,12 @@ def dvc(project: Path, *args: str, background: bool = False):
     env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
     command = [str(VENV_BIN / "dvc"), *args]
     if background:
-        return subprocess.Popen(command, cwd=project, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
-    return subprocess.run(command, cwd=project, env=env, capture_output=True, text=True,
-                          timeout=900)
+        return subprocess.Popen(
+            command, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+    return subprocess.run(
+        command, cwd=project, env=env, capture_output=True, text=True, timeout=900
+    )
 
 
 def test_rgw_killed_during_dvc_push(services, tmp_path):
@@ -214,8 +259,10 @@ def test_rgw_killed_during_dvc_push(services, tmp_path):
     assert dvc(tmp_path, "add", "payload").returncode == 0
     prefix = f"faults-{uuid.uuid4().hex[:8]}"
     remote = f"s3://{services['S3_DVC_BUCKET']}/{prefix}"
-    for args in (("remote", "add", "-d", "s3", remote),
-                 ("remote", "modify", "s3", "endpointurl", services["S3_ENDPOINT_URL"])):
+    for args in (
+        ("remote", "add", "-d", "s3", remote),
+        ("remote", "modify", "s3", "endpointurl", services["S3_ENDPOINT_URL"]),
+    ):
         assert dvc(tmp_path, *args).returncode == 0
     pushing = dvc(tmp_path, "push", background=True)
     # Under way: the first objects have landed (the directory listing goes last). A fixed

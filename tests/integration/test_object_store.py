@@ -36,25 +36,38 @@ def test_unreachable_server_and_missing_bucket_are_clear_errors(services):
 
 def dvc(project: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
-    return subprocess.run([str(VENV_BIN / "dvc"), *args], cwd=project, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [str(VENV_BIN / "dvc"), *args],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_dvc_push_then_pull_into_an_empty_cache_round_trips_the_outputs(
-        services, small_folder, tmp_path):
-    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True,
-                           check=True).stdout.decode().split("\0")
+    services, small_folder, tmp_path
+):
+    files = (
+        subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True)
+        .stdout.decode()
+        .split("\0")
+    )
     for name in filter(None, files):
         if (ROOT / name).is_file():
             (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, tmp_path / name)
     params = (tmp_path / "params.yaml").read_text()
     (tmp_path / "params.yaml").write_text(
-        params.replace("path: ../shared/data/cifar10-jpeg.tar.gz", f"path: {small_folder}"))
+        params.replace("path: ../shared/data/cifar10-jpeg.tar.gz", f"path: {small_folder}")
+    )
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
     prefix = f"s3://{services['S3_DVC_BUCKET']}/{uuid.uuid4().hex[:8]}"
-    for args in (("remote", "add", "-f", "s3", prefix),
-                 ("remote", "modify", "s3", "endpointurl", services["S3_ENDPOINT_URL"])):
+    for args in (
+        ("remote", "add", "-f", "s3", prefix),
+        ("remote", "modify", "s3", "endpointurl", services["S3_ENDPOINT_URL"]),
+    ):
         assert dvc(tmp_path, *args).returncode == 0
     assert dvc(tmp_path, "repro", "ingest").returncode == 0
     before = {p.name: p.read_bytes() for p in (tmp_path / "data" / "ingested").iterdir()}

@@ -31,8 +31,9 @@ def template(tmp_path_factory) -> Path:
     """An MLflow store with three READY versions of NAME, made once (its schema migrations
     take seconds); each test gets a copy of its own."""
     folder = tmp_path_factory.mktemp("template")
-    client = client_for(RegistryParams(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}",
-                                       model_name=NAME))
+    client = client_for(
+        RegistryParams(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}", model_name=NAME)
+    )
     client.create_registered_model(NAME)
     for _ in range(3):
         client.create_model_version(NAME, f"file://{folder}/artifacts")
@@ -58,16 +59,23 @@ def test_rollback_walks_the_history_back_one_champion_per_call(store):
         promote(store, version, f"release {version}")
     assert rollback(store, "bad 3")["version"] == "2" and champion(store) == "2"
     assert rollback(store, "bad 2")["version"] == "1" and champion(store) == "1"
-    with pytest.raises(RegistryError, match="first in the promotion history: there is "
-                                            "nothing to roll back to"):
+    with pytest.raises(
+        RegistryError, match="first in the promotion history: there is nothing to roll back to"
+    ):
         rollback(store, "one too many")
     assert champion(store) == "1"
     promote(store, "3", "fixed")
     assert rollback(store, "again")["version"] == "1"  # 2 was rolled back: not restored
     actions = [(e["action"], e["version"]) for e in promotion_history(store)]
-    assert actions == [("promote", "1"), ("promote", "2"), ("promote", "3"),
-                       ("rollback", "2"), ("rollback", "1"), ("promote", "3"),
-                       ("rollback", "1")]
+    assert actions == [
+        ("promote", "1"),
+        ("promote", "2"),
+        ("promote", "3"),
+        ("rollback", "2"),
+        ("rollback", "1"),
+        ("promote", "3"),
+        ("rollback", "1"),
+    ]
 
 
 def test_a_champion_moved_behind_the_registrys_back_is_not_rolled_back_blindly(store):
@@ -78,13 +86,14 @@ def test_a_champion_moved_behind_the_registrys_back_is_not_rolled_back_blindly(s
         rollback(store, "which one?")
 
 
-@pytest.mark.parametrize("version,message", [("99", "has no version '99'"),
-                                             ("abc", "has no version 'abc'")])
-def test_promoting_a_missing_version_is_a_registry_error_with_its_exit_code(store, tmp_path,
-                                                                           version, message):
+@pytest.mark.parametrize(
+    "version,message", [("99", "has no version '99'"), ("abc", "has no version 'abc'")]
+)
+def test_promoting_a_missing_version_is_a_registry_error_with_its_exit_code(
+    store, tmp_path, version, message
+):
     params = tmp_path / "params.yaml"
-    params.write_text(f"registry:\n  tracking_uri: {store.tracking_uri}\n"
-                      f"  model_name: {NAME}\n")
+    params.write_text(f"registry:\n  tracking_uri: {store.tracking_uri}\n  model_name: {NAME}\n")
     result = CliRunner().invoke(app, ["promote", version, "--params", str(params)])
     assert result.exit_code == RegistryError.exit_code, result.output
     assert message in result.output and "Traceback" not in result.output
@@ -116,8 +125,21 @@ for _ in range(int(rounds)):
 
 def holder(store: RegistryParams, log: Path, hold: float, rounds: int = 1, lease: float = 30):
     return subprocess.Popen(
-        [sys.executable, "-c", HOLDER, store.tracking_uri, NAME, str(log), str(hold),
-         str(rounds), str(lease)], stdout=subprocess.PIPE, text=True, start_new_session=True)
+        [
+            sys.executable,
+            "-c",
+            HOLDER,
+            store.tracking_uri,
+            NAME,
+            str(log),
+            str(hold),
+            str(rounds),
+            str(lease),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def intervals(log: Path) -> list[tuple[float, float]]:
@@ -183,10 +205,10 @@ def test_waiting_for_the_lock_ends_at_its_deadline(store, tmp_path):
     busy = holder(store, log, hold=30, lease=10.0)  # never stale within the waiter's 2 s
     assert busy.stdout.readline().strip() == "holding"
     start = time.monotonic()
-    with pytest.raises(RegistryError, match="could not acquire the promotion lock of lock-test "
-                                            "within 2 s"):
-        PromotionLock(client_for(store), NAME, LockTiming(timeout=2, lease=1.0, poll=0.1)
-                      ).acquire()
+    with pytest.raises(
+        RegistryError, match="could not acquire the promotion lock of lock-test within 2 s"
+    ):
+        PromotionLock(client_for(store), NAME, LockTiming(timeout=2, lease=1.0, poll=0.1)).acquire()
     assert time.monotonic() - start < 10
     os.killpg(busy.pid, signal.SIGKILL)
     busy.wait()
@@ -207,8 +229,9 @@ class FailingStore:
 
         self.calls += 1
         if self.calls <= self.failures:
-            raise MlflowException("permission denied for table registered_models",
-                                  error_code="PERMISSION_DENIED")
+            raise MlflowException(
+                "permission denied for table registered_models", error_code="PERMISSION_DENIED"
+            )
         return self.client.create_registered_model(*args, **kwargs)
 
 
@@ -241,18 +264,23 @@ def test_a_version_that_fails_registration_is_an_error_and_never_aliased(store):
             "CREATE TRIGGER fail_registration AFTER INSERT ON model_versions BEGIN "
             "UPDATE model_versions SET status = 'FAILED_REGISTRATION', "
             "status_message = 'artifact copy failed: quota exceeded' "
-            "WHERE name = NEW.name AND version = NEW.version; END")
+            "WHERE name = NEW.name AND version = NEW.version; END"
+        )
     client = client_for(store)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
     example = np.zeros((1, 4), np.float32)
     tags = {"pipeline_run_id": "run-that-fails"}
     for _ in ("first try", "retry"):
         run_id = client.create_run("0").info.run_id
-        with pytest.raises(RegistryError, match=r"v\d failed registration: artifact copy "
-                                                "failed: quota exceeded"):
+        with pytest.raises(
+            RegistryError,
+            match=r"v\d failed registration: artifact copy "
+            "failed: quota exceeded",
+        ):
             register_version(client, store.tracking_uri, NAME, run_id, model, example, tags)
-    failed = client.search_model_versions(f"name = '{NAME}' and "
-                                          "tags.pipeline_run_id = 'run-that-fails'")
+    failed = client.search_model_versions(
+        f"name = '{NAME}' and tags.pipeline_run_id = 'run-that-fails'"
+    )
     assert sorted(int(v.version) for v in failed) == [4, 5]  # the retry made its own
     assert champion(store) is None and client.get_registered_model(NAME).aliases == {}
 
@@ -311,13 +339,15 @@ def server_model(uri: str) -> RegistryParams:
 
     params = RegistryParams(tracking_uri=uri, model_name=f"fence-{uuid.uuid4().hex[:8]}")
     client = client_for(params)
-    experiment = (client.get_experiment_by_name("promotion-tests")
-                  or client.get_experiment(client.create_experiment("promotion-tests")))
+    experiment = client.get_experiment_by_name("promotion-tests") or client.get_experiment(
+        client.create_experiment("promotion-tests")
+    )
     run = client.create_run(experiment.experiment_id)
     client.create_registered_model(params.model_name)
     for _ in range(3):
-        client.create_model_version(params.model_name, f"{run.info.artifact_uri}/model",
-                                    run_id=run.info.run_id)
+        client.create_model_version(
+            params.model_name, f"{run.info.artifact_uri}/model", run_id=run.info.run_id
+        )
     return params
 
 
@@ -329,15 +359,20 @@ def lease_for(store: RegistryParams) -> str:
 
 def params_file(store: RegistryParams, folder: Path) -> str:
     path = folder / "params.yaml"
-    path.write_text(f"registry:\n  tracking_uri: {store.tracking_uri}\n"
-                    f"  model_name: {store.model_name}\n")
+    path.write_text(
+        f"registry:\n  tracking_uri: {store.tracking_uri}\n  model_name: {store.model_name}\n"
+    )
     return str(path)
 
 
 def faulty_cli(fault: str, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", FAULTY_CLI, *args], text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**os.environ, "PROMOTION_FAULT": fault})
+    return subprocess.Popen(
+        [sys.executable, "-c", FAULTY_CLI, *args],
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PROMOTION_FAULT": fault},
+    )
 
 
 def wait_stopped(process: subprocess.Popen, timeout: float = 120) -> None:
@@ -354,12 +389,12 @@ def cli(*args: str):
 
 
 def moves(store: RegistryParams) -> list[tuple]:
-    return [(e["action"], e["version"], e.get("state", "done"))
-            for e in promotion_history(store)]
+    return [(e["action"], e["version"], e.get("state", "done")) for e in promotion_history(store)]
 
 
 def test_a_holder_paused_past_its_lease_moves_nothing_after_a_waiter_promoted(
-        any_store, tmp_path, monkeypatch):
+    any_store, tmp_path, monkeypatch
+):
     """The holder stops (SIGSTOP) inside the lock, a waiter breaks the stale lock and
     promotes; resumed (SIGCONT), the holder must find the lock lost and write nothing."""
     monkeypatch.setenv("IMAGE_FINETUNE_LOCK_LEASE", lease_for(any_store))  # the holder's
@@ -369,9 +404,13 @@ def test_a_holder_paused_past_its_lease_moves_nothing_after_a_waiter_promoted(
     wait_stopped(holder_process)
     # The waiter waits out the holder's stored lease; its own (30 s) keeps it safe from a
     # slow store while it holds the lock in turn.
-    waiter = subprocess.run([sys.executable, "-m", "image_finetune.cli", "promote", "3",
-                             "-p", settings], capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "IMAGE_FINETUNE_LOCK_LEASE": "30"})
+    waiter = subprocess.run(
+        [sys.executable, "-m", "image_finetune.cli", "promote", "3", "-p", settings],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "IMAGE_FINETUNE_LOCK_LEASE": "30"},
+    )
     assert waiter.returncode == 0, waiter.stderr[-2000:]
     os.kill(holder_process.pid, signal.SIGCONT)
     _, stderr = holder_process.communicate(timeout=120)
@@ -388,8 +427,7 @@ def test_a_waiter_honours_the_lease_stored_with_the_lock_not_its_own(store, tmp_
     os.killpg(silent.pid, signal.SIGSTOP)  # no heartbeat from now on
     try:
         start = time.monotonic()
-        with PromotionLock(client_for(store), NAME, LockTiming(timeout=60, lease=0.3,
-                                                               poll=0.05)):
+        with PromotionLock(client_for(store), NAME, LockTiming(timeout=60, lease=0.3, poll=0.05)):
             waited = time.monotonic() - start
     finally:
         os.killpg(silent.pid, signal.SIGKILL)
@@ -398,8 +436,9 @@ def test_a_waiter_honours_the_lease_stored_with_the_lock_not_its_own(store, tmp_
 
 
 @pytest.mark.parametrize("fault", ["kill-after-alias", "kill-before-alias"])
-def test_a_promotion_killed_between_its_steps_is_reported_then_settled(store, tmp_path,
-                                                                       monkeypatch, fault):
+def test_a_promotion_killed_between_its_steps_is_reported_then_settled(
+    store, tmp_path, monkeypatch, fault
+):
     monkeypatch.setenv("IMAGE_FINETUNE_LOCK_LEASE", "2")  # the dead holder's lock: 2 s
     settings = params_file(store, tmp_path)
     promote(store, "1", "release")
@@ -412,20 +451,30 @@ def test_a_promotion_killed_between_its_steps_is_reported_then_settled(store, tm
     listing = cli("models", "-p", settings)
     assert listing.exit_code == 0, listing.output
     assert "UNFINISHED promote to v2" in listing.output
-    assert ("the alias moved but the record was not completed" if moved
-            else "the alias did not move to it") in listing.output
+    assert (
+        "the alias moved but the record was not completed"
+        if moved
+        else "the alias did not move to it"
+    ) in listing.output
 
     if moved:  # the next rollback completes the record, then walks back from v2
         result = cli("rollback", "-p", settings)
         assert result.exit_code == 0, result.output
         assert "champion is now v1 (was v2)" in result.output
-        assert moves(store) == [("promote", "1", "done"), ("promote", "2", "done"),
-                                    ("rollback", "1", "done")]
+        assert moves(store) == [
+            ("promote", "1", "done"),
+            ("promote", "2", "done"),
+            ("rollback", "1", "done"),
+        ]
     else:  # the next promotion marks it abandoned; rollback skips it
         assert cli("promote", "3", "-p", settings).exit_code == 0
         assert cli("rollback", "-p", settings).exit_code == 0
-        assert moves(store) == [("promote", "1", "done"), ("promote", "2", "abandoned"),
-                                    ("promote", "3", "done"), ("rollback", "1", "done")]
+        assert moves(store) == [
+            ("promote", "1", "done"),
+            ("promote", "2", "abandoned"),
+            ("promote", "3", "done"),
+            ("rollback", "1", "done"),
+        ]
     assert champion(store) == "1"
     assert "UNFINISHED" not in cli("models", "-p", settings).output
     assert lock_models(store) == []  # nothing of the lock left in the Models list
@@ -434,21 +483,33 @@ def test_a_promotion_killed_between_its_steps_is_reported_then_settled(store, tm
 MALFORMED = [
     ("promotion.000001", "{not json", "not JSON"),
     ("promotion.000001", "[1, 2]", "a JSON list, not an object"),
-    ("promotion.000001", '{"action": "promote", "at": "now", "by": "me", "reason": "x"}',
-     "'version' is missing"),
-    ("promotion.000001", '{"action": "promote", "version": 2, "at": "now", "by": "me", '
-                         '"reason": "x"}', "'version' is missing or not a str"),
-    ("promotion.000001", '{"action": "demote", "version": "2", "at": "now", "by": "me", '
-                         '"reason": "x"}', "unknown action 'demote'"),
-    ("promotion.000001", '{"seq": "one", "action": "promote", "version": "2", "at": "now", '
-                         '"by": "me", "reason": "x"}', "its seq 'one' is not the 1"),
+    (
+        "promotion.000001",
+        '{"action": "promote", "at": "now", "by": "me", "reason": "x"}',
+        "'version' is missing",
+    ),
+    (
+        "promotion.000001",
+        '{"action": "promote", "version": 2, "at": "now", "by": "me", "reason": "x"}',
+        "'version' is missing or not a str",
+    ),
+    (
+        "promotion.000001",
+        '{"action": "demote", "version": "2", "at": "now", "by": "me", "reason": "x"}',
+        "unknown action 'demote'",
+    ),
+    (
+        "promotion.000001",
+        '{"seq": "one", "action": "promote", "version": "2", "at": "now", '
+        '"by": "me", "reason": "x"}',
+        "its seq 'one' is not the 1",
+    ),
     ("promotion.latest", "{}", "its name is not 'promotion.' and a sequence number"),
 ]
 
 
 @pytest.mark.parametrize("tag,value,why", MALFORMED)
-def test_a_malformed_history_tag_is_a_registry_error_naming_it(store, tmp_path, tag, value,
-                                                                why):
+def test_a_malformed_history_tag_is_a_registry_error_naming_it(store, tmp_path, tag, value, why):
     settings = params_file(store, tmp_path)
     promote(store, "1", "release")
     client_for(store).set_registered_model_tag(NAME, tag, value)
@@ -460,8 +521,7 @@ def test_a_malformed_history_tag_is_a_registry_error_naming_it(store, tmp_path, 
     assert champion(store) == "1"
 
 
-def test_a_sqlite_store_in_a_missing_folder_is_an_error_not_a_new_store(tmp_path,
-                                                                       monkeypatch):
+def test_a_sqlite_store_in_a_missing_folder_is_an_error_not_a_new_store(tmp_path, monkeypatch):
     from image_finetune.errors import ConfigError
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

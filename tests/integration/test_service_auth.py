@@ -24,8 +24,12 @@ WRONG_PASSWORD = "not-the-password-0123"
 
 def call(services, auth=None) -> int:
     """HTTP status of an API call that needs a user."""
-    return requests.get(f"{services['MLFLOW_TRACKING_URI']}{SEARCH}", params={"max_results": 1},
-                        auth=auth, timeout=10).status_code
+    return requests.get(
+        f"{services['MLFLOW_TRACKING_URI']}{SEARCH}",
+        params={"max_results": 1},
+        auth=auth,
+        timeout=10,
+    ).status_code
 
 
 def admin(services) -> tuple[str, str]:
@@ -62,8 +66,7 @@ def champion(services):
 
 
 @pytest.mark.parametrize("who", ["anonymous", "wrong password"])
-def test_the_champion_cannot_be_moved_without_the_credentials(services, champion, who,
-                                                              monkeypatch):
+def test_the_champion_cannot_be_moved_without_the_credentials(services, champion, who, monkeypatch):
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -74,9 +77,11 @@ def test_the_champion_cannot_be_moved_without_the_credentials(services, champion
     else:
         monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", WRONG_PASSWORD)
     intruder = MlflowClient(services["MLFLOW_TRACKING_URI"])
-    for attempt in (lambda: intruder.set_registered_model_alias(name, "champion", "2"),
-                    lambda: intruder.delete_registered_model_alias(name, "champion"),
-                    lambda: intruder.get_model_version_by_alias(name, "champion")):
+    for attempt in (
+        lambda: intruder.set_registered_model_alias(name, "champion", "2"),
+        lambda: intruder.delete_registered_model_alias(name, "champion"),
+        lambda: intruder.get_model_version_by_alias(name, "champion"),
+    ):
         with pytest.raises(MlflowException) as refused:
             attempt()
         assert "401" in str(refused.value) or refused.value.error_code == "UNAUTHENTICATED"
@@ -93,36 +98,49 @@ def test_a_user_without_a_grant_cannot_move_the_champion(services, champion, mon
     admin_client, name = champion
     users = f"{services['MLFLOW_TRACKING_URI']}/api/2.0/mlflow/users"
     username, password = f"nogrant-{uuid.uuid4().hex[:6]}", f"pw-{uuid.uuid4().hex}"
-    created = requests.post(f"{users}/create", json={"username": username, "password": password},
-                            auth=admin(services), timeout=10)
+    created = requests.post(
+        f"{users}/create",
+        json={"username": username, "password": password},
+        auth=admin(services),
+        timeout=10,
+    )
     assert created.status_code == 200, created.text
     try:
         monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", username)
         monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
         with pytest.raises(MlflowException) as refused:
             MlflowClient(services["MLFLOW_TRACKING_URI"]).set_registered_model_alias(
-                name, "champion", "2")
+                name, "champion", "2"
+            )
         assert refused.value.error_code == "PERMISSION_DENIED"
         monkeypatch.undo()
         assert admin_client.get_model_version_by_alias(name, "champion").version == "1"
     finally:
         monkeypatch.undo()
-        requests.delete(f"{users}/delete", json={"username": username}, auth=admin(services),
-                        timeout=10).raise_for_status()
+        requests.delete(
+            f"{users}/delete", json={"username": username}, auth=admin(services), timeout=10
+        ).raise_for_status()
 
 
 @pytest.mark.parametrize("password", [None, WRONG_PASSWORD], ids=["no password", "wrong"])
 def test_the_cli_says_the_server_refused_the_credentials(services, password, tmp_path):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["registry"].update(tracking_uri=services["MLFLOW_TRACKING_URI"],
-                              model_name=f"auth-{uuid.uuid4().hex[:8]}")
+    params["registry"].update(
+        tracking_uri=services["MLFLOW_TRACKING_URI"], model_name=f"auth-{uuid.uuid4().hex[:8]}"
+    )
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(params))
     env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_PASSWORD"}
     if password:
         env["MLFLOW_TRACKING_PASSWORD"] = password
-    result = subprocess.run([str(VENV_BIN / "image-finetune"), "models", "-p", str(params_file)],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [str(VENV_BIN / "image-finetune"), "models", "-p", str(params_file)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 7, output[-2000:]
     assert "refused the credentials" in output
@@ -135,24 +153,35 @@ def ceph(*args: str, keyring: Path | None = None) -> subprocess.CompletedProcess
     env = {key: value for key, value in os.environ.items() if key != "CEPH_ARGS"}
     if keyring:
         env["CEPH_ARGS"] = f"-n client.admin --keyring {keyring}"
-    return subprocess.run(["ceph", "-c", str(state_dir() / "ceph" / "ceph.conf"),
-                           "--connect-timeout", "10", *args],
-                          env=env, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        ["ceph", "-c", str(state_dir() / "ceph" / "ceph.conf"), "--connect-timeout", "10", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_ceph_refuses_a_client_without_the_admin_keyring(services, tmp_path):
     keyrings = state_dir() / "ceph" / "keyring"
     assert stat.S_IMODE(keyrings.stat().st_mode) == 0o700
     names = sorted(path.name for path in keyrings.glob("*.keyring"))
-    assert names == ["client.admin.keyring", "client.rgw.local.keyring", "mon.keyring",
-                     "osd.0.keyring"]
+    assert names == [
+        "client.admin.keyring",
+        "client.rgw.local.keyring",
+        "mon.keyring",
+        "osd.0.keyring",
+    ]
     for path in keyrings.glob("*.keyring"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
 
     assert ceph("-s").returncode != 0  # no keyring at all
     forged = tmp_path / "forged.keyring"
-    subprocess.run(["ceph-authtool", "--create-keyring", str(forged), "--gen-key",
-                    "-n", "client.admin"], check=True, capture_output=True)
+    subprocess.run(
+        ["ceph-authtool", "--create-keyring", str(forged), "--gen-key", "-n", "client.admin"],
+        check=True,
+        capture_output=True,
+    )
     assert ceph("-s", keyring=forged).returncode != 0  # the right name, another key
     status = ceph("-s", keyring=keyrings / "client.admin.keyring")
     assert status.returncode == 0, status.stderr
@@ -174,8 +203,12 @@ def test_credentials_stay_out_of_logs_and_process_lists(services):
     if os.environ.get("POSTGRES_PASSWORD"):
         secrets.add(os.environ["POSTGRES_PASSWORD"])
     secrets = {secret.encode() for secret in secrets}
-    logs = [path for pattern in ("**/*.log", "**/*.stderr", "**/*.ini", "**/*.conf")
-            for path in state_dir().glob(pattern) if path.is_file()]
+    logs = [
+        path
+        for pattern in ("**/*.log", "**/*.stderr", "**/*.ini", "**/*.conf")
+        for path in state_dir().glob(pattern)
+        if path.is_file()
+    ]
     assert any(path.name == "mlflow.log" for path in logs)
     for path in logs:
         content = path.read_bytes()

@@ -1,7 +1,6 @@
 """Backbones: real pretrained weights really load, every registered backbone builds,
 and BatchNorm stays in inference mode while fine-tuning."""
 
-
 import keras
 import numpy as np
 import pytest
@@ -17,8 +16,13 @@ from image_finetune.training.model import (
     set_trainable,
 )
 
-SAMPLES = {"parrot.jpg": "macaw", "hot_dog.jpg": "hotdog", "bird.png": "chickadee",
-           "dragonfly.png": "dragonfly", "cat.png": "Egyptian cat"}
+SAMPLES = {
+    "parrot.jpg": "macaw",
+    "hot_dog.jpg": "hotdog",
+    "bird.png": "chickadee",
+    "dragonfly.png": "dragonfly",
+    "cat.png": "Egyptian cat",
+}
 
 
 @pytest.mark.parametrize("backbone", ["mobilenet_v2", "efficientnet_lite0"])
@@ -27,12 +31,19 @@ def test_full_top_weights_name_the_sample_photos(backbone, full_weights, lite0_w
     # The file's first line is "background": Keras' 1000 classes start at line 2.
     labels = (weights_dir / "imagenet_labels.txt").read_text().splitlines()[1:]
     weights = {"mobilenet_v2": full_weights, "efficientnet_lite0": lite0_weights}[backbone]
-    model = BACKBONES[backbone].build(weights=str(weights), include_top=True,
-                                      input_shape=(224, 224, 3))
+    model = BACKBONES[backbone].build(
+        weights=str(weights), include_top=True, input_shape=(224, 224, 3)
+    )
     names = sorted(SAMPLES)
-    photos = np.stack([
-        np.asarray(Image.open(weights_dir / "samples" / n).convert("RGB").resize((224, 224)),
-                   dtype="float32") for n in names])
+    photos = np.stack(
+        [
+            np.asarray(
+                Image.open(weights_dir / "samples" / n).convert("RGB").resize((224, 224)),
+                dtype="float32",
+            )
+            for n in names
+        ]
+    )
     preprocess = preprocess_layer(BACKBONES[backbone].preprocess)
     probs = np.asarray(model.predict_on_batch(preprocess(photos)))
     top1 = [labels[i].split(",")[0] for i in probs.argmax(axis=1)]
@@ -71,8 +82,9 @@ def test_batchnorm_statistics_never_move_while_fine_tuning(no_top_weights):
     """With BN folded into the convolutions, BN in training mode collapses accuracy."""
     backbone = build_backbone(ModelParams(), 96, no_top_weights)
     set_trainable(backbone, "block_13_expand")
-    batchnorms = [layer for layer in backbone.layers
-                  if isinstance(layer, keras.layers.BatchNormalization)]
+    batchnorms = [
+        layer for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization)
+    ]
     assert batchnorms and not any(layer.trainable for layer in batchnorms)
     assert backbone.get_layer("block_13_expand").trainable
     assert not backbone.get_layer("block_12_expand").trainable
@@ -80,12 +92,17 @@ def test_batchnorm_statistics_never_move_while_fine_tuning(no_top_weights):
     before = [keras.ops.convert_to_numpy(bn.moving_mean) for bn in batchnorms[-5:]]
     inputs = keras.Input(tail.input_shape[1:])
     head = keras.layers.Dense(10, activation="softmax")(
-        keras.layers.GlobalAveragePooling2D()(tail(inputs)))
+        keras.layers.GlobalAveragePooling2D()(tail(inputs))
+    )
     model = keras.Model(inputs, head)
     model.compile("adam", "sparse_categorical_crossentropy")
     rng = np.random.default_rng(0)
-    model.fit(rng.normal(size=(16, *tail.input_shape[1:])).astype("float32") * 3,
-              rng.integers(0, 10, 16), epochs=1, verbose=0)
+    model.fit(
+        rng.normal(size=(16, *tail.input_shape[1:])).astype("float32") * 3,
+        rng.integers(0, 10, 16),
+        epochs=1,
+        verbose=0,
+    )
     after = [keras.ops.convert_to_numpy(bn.moving_mean) for bn in batchnorms[-5:]]
     for old, new in zip(before, after, strict=True):
         np.testing.assert_array_equal(old, new)
@@ -95,20 +112,21 @@ def test_stem_and_tail_compose_to_the_backbone(no_top_weights):
     backbone = build_backbone(ModelParams(), 96, no_top_weights)
     stem, tail = split_backbone(backbone, "block_12_add")
     x = np.random.default_rng(1).uniform(-1, 1, (2, 96, 96, 3)).astype("float32")
-    np.testing.assert_allclose(tail.predict_on_batch(stem.predict_on_batch(x)),
-                               backbone.predict_on_batch(x), atol=1e-5)
+    np.testing.assert_allclose(
+        tail.predict_on_batch(stem.predict_on_batch(x)), backbone.predict_on_batch(x), atol=1e-5
+    )
 
 
 def test_preprocess_layer_matches_keras_preprocess_input():
     x = np.random.default_rng(2).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
-    for name, module in (("mobilenet_v2", keras.applications.mobilenet_v2),
-                         ("resnet50", keras.applications.resnet50),
-                         ("efficientnet_b0", keras.applications.efficientnet)):
+    for name, module in (
+        ("mobilenet_v2", keras.applications.mobilenet_v2),
+        ("resnet50", keras.applications.resnet50),
+        ("efficientnet_b0", keras.applications.efficientnet),
+    ):
         expected = module.preprocess_input(x.copy())
         actual = keras.ops.convert_to_numpy(preprocess_layer(BACKBONES[name].preprocess)(x))
         np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-4)
-
-
 
 
 def test_every_configurable_backbone_has_a_builder():

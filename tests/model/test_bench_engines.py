@@ -16,23 +16,37 @@ SCRIPT = ROOT / "bench" / "engines.py"
 
 
 def test_quick_run_measures_every_part_and_writes_the_table(tmp_path, cifar_tarball):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")]),
-        "IMAGE_FINETUNE_SHARED": str(cifar_tarball.parents[1])}
-    done = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(tmp_path)],
-                          env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            [str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")]
+        ),
+        "IMAGE_FINETUNE_SHARED": str(cifar_tarball.parents[1]),
+    }
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--out", str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     [written] = tmp_path.glob("engines-*-quick.json")
     report = json.loads(written.read_text())
     table = written.with_suffix(".md").read_text()
 
-    assert set(report["machine"]["isa"]) >= {"avx2", "fma", "avx512f", "avx512_vnni",
-                                              "avx512_bf16"}
+    assert set(report["machine"]["isa"]) >= {"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16"}
     assert "CPU features: avx2" in table
 
     rows = {(r["engine"], r["precision"]): r for r in report["model_alone"]["rows"]}
-    assert set(rows) == {("tensorflow", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8"),
-                         ("openvino", "fp32"), ("openvino", "int8")}
+    assert set(rows) == {
+        ("tensorflow", "fp32"),
+        ("onnxruntime", "fp32"),
+        ("onnxruntime", "int8"),
+        ("openvino", "fp32"),
+        ("openvino", "int8"),
+    }
     for row in rows.values():
         assert set(row["images_per_second"]) == {"1", "8"}
         assert min(row["images_per_second"].values()) > 0
@@ -46,11 +60,17 @@ def test_quick_run_measures_every_part_and_writes_the_table(tmp_path, cifar_tarb
     assert max(r["max_abs_difference"] for r in stem.values()) < 1e-3
 
     servers = report["http"]["servers"]
-    assert [(s["engine"], s["precision"]) for s in servers] == [("tensorflow", "fp32"),
-                                                                (DEFAULT_ENGINE, "fp32")]
+    assert [(s["engine"], s["precision"]) for s in servers] == [
+        ("tensorflow", "fp32"),
+        (DEFAULT_ENGINE, "fp32"),
+    ]
     for server in servers:
         assert server["cold_start_s"] > 0
         assert {r["payload"] for r in server["rows"]} == {
-            "/predict, 1 JPEG", "/predict, 32 JPEGs", "OIP infer, 1 JPEG", "OIP infer, 32 JPEGs"}
+            "/predict, 1 JPEG",
+            "/predict, 32 JPEGs",
+            "OIP infer, 1 JPEG",
+            "OIP infer, 32 JPEGs",
+        }
         assert all(r["not_200"] == 0 and r["requests_per_second"] > 0 for r in server["rows"])
     assert set(report["image_sizes"]) == {"full", "slim"}

@@ -18,8 +18,9 @@ def write_pair(folder: Path, epoch: int, suffix: str = "") -> None:
 
 
 def paths(tmp_path: Path) -> TrainingPaths:
-    training = TrainingPaths(features=tmp_path / "features",
-                             checkpoints=tmp_path / "checkpoints" / "attempt")
+    training = TrainingPaths(
+        features=tmp_path / "features", checkpoints=tmp_path / "checkpoints" / "attempt"
+    )
     training.history.parent.mkdir(parents=True, exist_ok=True)
     training.history.write_text("epoch,loss\n0,1.0\n1,0.9\n2,0.8\n")
     return training

@@ -29,16 +29,25 @@ def exported(small_model, cifar_tarball, tmp_path_factory) -> dict:
     """The session's small classifier through the export-engine step, on a dataset with the
     small model's training images and 1,000 real test images."""
     work = tmp_path_factory.mktemp("engines")
-    folder = extract_subset(cifar_tarball, work / "images", {"train": 30,
-                                                             "test": TEST_PER_CLASS})
-    params = small_model["params"].model_copy(update={
-        "engine": EngineParams(calibration_images=200),
-        "evaluate": EvaluateParams(flip_tta=False, bootstrap_samples=100, latency_runs=2,
-                                   gallery_size=0)})
+    folder = extract_subset(cifar_tarball, work / "images", {"train": 30, "test": TEST_PER_CLASS})
+    params = small_model["params"].model_copy(
+        update={
+            "engine": EngineParams(calibration_images=200),
+            "evaluate": EvaluateParams(
+                flip_tta=False, bootstrap_samples=100, latency_runs=2, gallery_size=0
+            ),
+        }
+    )
     ingest_source(params.data, folder, work / "data")
     manifest = export_engine(params, work / "data", small_model["model"], work / "engine")
-    return {"params": params, "data": work / "data", "model": small_model["model"],
-            "engine": work / "engine", "manifest": manifest, "work": work}
+    return {
+        "params": params,
+        "data": work / "data",
+        "model": small_model["model"],
+        "engine": work / "engine",
+        "manifest": manifest,
+        "work": work,
+    }
 
 
 def test_fp32_engines_give_keras_answers_within_the_tolerance(exported):
@@ -51,14 +60,16 @@ def test_fp32_engines_give_keras_answers_within_the_tolerance(exported):
 
 def test_both_named_outputs_match_keras_and_bad_shapes_are_refused(exported):
     images = np.asarray(load_split(exported["data"], "test").images[:64])
-    probabilities, embedding = embedding_model(load_classifier(exported["model"])
-                                               ).predict_on_batch(images)
+    probabilities, embedding = embedding_model(load_classifier(exported["model"])).predict_on_batch(
+        images
+    )
     for engine in engines.FAST_ENGINES:
         predictor = engines.open_predictor(exported["engine"], engine, threads=1)
         outputs = predictor.outputs(images)
         assert (predictor.input_shape, predictor.num_classes) == ((32, 32, 3), 10)
-        np.testing.assert_allclose(outputs["probabilities"], probabilities,
-                                   atol=engines.FP32_TOLERANCE)
+        np.testing.assert_allclose(
+            outputs["probabilities"], probabilities, atol=engines.FP32_TOLERANCE
+        )
         np.testing.assert_allclose(outputs["embedding"], embedding, rtol=1e-3, atol=1e-3)
         with pytest.raises(ValueError, match=r"shape \[N, 32, 32, 3\]"):
             predictor.predict_on_batch(images[:, :16])
@@ -81,12 +92,11 @@ def test_int8_calibrated_on_black_images_is_refused(exported, tmp_path):
     engines.quantize_int8(folder, engine, np.zeros((200, 32, 32, 3), np.uint8))
     test = load_split(exported["data"], "test")
     labels = np.asarray(test.labels)
-    fp32 = predict_batches(engines.open_predictor(folder, engine, "fp32"), test.images, 256,
-                           "fp32")
-    int8 = predict_batches(engines.open_predictor(folder, engine, "int8"), test.images, 256,
-                           "int8")
-    verdict = engines.int8_verdict(per_image_correct(fp32, labels),
-                                   per_image_correct(int8, labels), 0.5, 0.05)
+    fp32 = predict_batches(engines.open_predictor(folder, engine, "fp32"), test.images, 256, "fp32")
+    int8 = predict_batches(engines.open_predictor(folder, engine, "int8"), test.images, 256, "int8")
+    verdict = engines.int8_verdict(
+        per_image_correct(fp32, labels), per_image_correct(int8, labels), 0.5, 0.05
+    )
     assert not verdict["servable"] and verdict["loss_points"] > 0.5, verdict
     assert "loses" in verdict["reason"]
     # wrecked, not unlucky: the int8 model answers one class whatever the image
@@ -95,13 +105,22 @@ def test_int8_calibrated_on_black_images_is_refused(exported, tmp_path):
 
 def test_evaluate_measures_the_engine_and_precision_that_serve(exported, tmp_path):
     manifest = exported["manifest"]
-    metrics = evaluate_classifier(exported["params"], exported["data"], exported["model"],
-                                  tmp_path / "evaluation", "test", engine=exported["engine"])
-    assert (metrics["engine"], metrics["precision"]) == (manifest["default_engine"],
-                                                        manifest["serving_precision"])
+    metrics = evaluate_classifier(
+        exported["params"],
+        exported["data"],
+        exported["model"],
+        tmp_path / "evaluation",
+        "test",
+        engine=exported["engine"],
+    )
+    assert (metrics["engine"], metrics["precision"]) == (
+        manifest["default_engine"],
+        manifest["serving_precision"],
+    )
     assert metrics["accuracy"] == pytest.approx(manifest["int8"]["accuracy"])
-    keras = evaluate_classifier(exported["params"], exported["data"], exported["model"],
-                                tmp_path / "keras", "test")
+    keras = evaluate_classifier(
+        exported["params"], exported["data"], exported["model"], tmp_path / "keras", "test"
+    )
     assert (keras["engine"], keras["precision"]) == ("tensorflow", "fp32")
     assert keras["accuracy"] == pytest.approx(manifest["int8"]["fp32_accuracy"])
 
@@ -113,8 +132,7 @@ def test_a_stem_like_model_compiles_to_the_engine_with_one_output(small_model, t
 
     backbone = classifier_parts(load_classifier(small_model["model"])).backbone
     stem = keras.Model(backbone.inputs, backbone.get_layer("block_2_add").output)
-    images = np.random.default_rng(0).uniform(-1, 1, (8, *stem.input_shape[1:])).astype(
-        np.float32)
+    images = np.random.default_rng(0).uniform(-1, 1, (8, *stem.input_shape[1:])).astype(np.float32)
     expected = np.asarray(stem.predict_on_batch(images))
     for engine in engines.FAST_ENGINES:
         predictor = engines.compile_keras(stem, engine, tmp_path / engine)
@@ -129,17 +147,27 @@ def test_registration_carries_the_engine_folder(exported, tmp_path):
     from image_finetune.steps.final_gate import final_gate
     from image_finetune.steps.register import register_classifier
 
-    registry = RegistryParams(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
-                              model_name="engined")
+    registry = RegistryParams(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", model_name="engined")
     params = exported["params"].model_copy(update={"registry": registry})
     evaluation = tmp_path / "evaluation"
-    evaluate_classifier(params, exported["data"], exported["model"], evaluation, "test",
-                        engine=exported["engine"])
+    evaluate_classifier(
+        params, exported["data"], exported["model"], evaluation, "test", engine=exported["engine"]
+    )
     final_gate(params, evaluation, tmp_path / "gate.json")
-    outcomes = {engine: register_classifier(
-        params, exported["data"], evaluation, tmp_path / "gate.json", tmp_path / "out.json",
-        ROOT, model=exported["model"], engine=engine, pipeline_run_id=str(engine))
-        for engine in (exported["engine"], None)}
+    outcomes = {
+        engine: register_classifier(
+            params,
+            exported["data"],
+            evaluation,
+            tmp_path / "gate.json",
+            tmp_path / "out.json",
+            ROOT,
+            model=exported["model"],
+            engine=engine,
+            pipeline_run_id=str(engine),
+        )
+        for engine in (exported["engine"], None)
+    }
     outcome = outcomes[exported["engine"]]
     client = client_for(registry)
     version = client.get_model_version("engined", outcome["version"])
@@ -149,8 +177,9 @@ def test_registration_carries_the_engine_folder(exported, tmp_path):
     assert float(version.tags["int8_loss_points"]) == manifest["int8"]["loss_points"]
     folder = download_engine(client, "engined", outcome["version"], tmp_path / "download")
     assert engines.file_hashes(folder) == manifest["files"]
-    predictor = engines.open_predictor(Path(folder), manifest["default_engine"],
-                                       manifest["serving_precision"])
+    predictor = engines.open_predictor(
+        Path(folder), manifest["default_engine"], manifest["serving_precision"]
+    )
     assert predictor.precision == manifest["serving_precision"]
     # a version registered before engines existed: none, so it is served on Keras
     assert download_engine(client, "engined", outcomes[None]["version"], tmp_path / "x") is None

@@ -14,8 +14,16 @@ import pytest
 from tests.support import CIFAR_TARBALL, ROOT, WEIGHTS_DIR, locked_versions, missing_part
 
 SCRIPT = ROOT / "bench" / "gpu_check.sh"
-ABSENT_ON_DEVICE = ("tensorflow", "tensorflow_datasets", "mlflow", "great_expectations",
-                    "boto3", "kfp", "dvc", "sklearn")
+ABSENT_ON_DEVICE = (
+    "tensorflow",
+    "tensorflow_datasets",
+    "mlflow",
+    "great_expectations",
+    "boto3",
+    "kfp",
+    "dvc",
+    "sklearn",
+)
 BLOCKER = f"""
 import sys
 
@@ -30,9 +38,11 @@ sys.meta_path.insert(0, DeviceAbsent())
 
 def assets_from_shared(folder: Path) -> Path:
     """The layout ``--prepare`` makes, linked to ../shared (no wheels: keras is installed)."""
-    for sub, source in (("data", CIFAR_TARBALL),
-                        ("weights", WEIGHTS_DIR / "mobilenet_v2_1.0_imagenet_no_top.weights.h5"),
-                        ("weights", WEIGHTS_DIR / "efficientnet_lite0_imagenet_torch_layout.npz")):
+    for sub, source in (
+        ("data", CIFAR_TARBALL),
+        ("weights", WEIGHTS_DIR / "mobilenet_v2_1.0_imagenet_no_top.weights.h5"),
+        ("weights", WEIGHTS_DIR / "efficientnet_lite0_imagenet_torch_layout.npz"),
+    ):
         if not source.is_file():
             missing_part(f"{source} not found (set IMAGE_FINETUNE_SHARED)")
         (folder / sub).mkdir(parents=True, exist_ok=True)
@@ -44,11 +54,21 @@ def run_check(tmp_path: Path, assets: Path, *args: str) -> subprocess.CompletedP
     blocker = tmp_path / "blocker"
     blocker.mkdir(exist_ok=True)
     (blocker / "sitecustomize.py").write_text(BLOCKER)
-    env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(blocker),
-           "GPU_CHECK_ASSETS": str(assets)}
+    env = {
+        **os.environ,
+        "PYTHON": sys.executable,
+        "PYTHONPATH": str(blocker),
+        "GPU_CHECK_ASSETS": str(assets),
+    }
     env.pop("KERAS_BACKEND", None)
-    return subprocess.run(["bash", str(SCRIPT), *args], env=env, capture_output=True, text=True,
-                          timeout=900, cwd=tmp_path)
+    return subprocess.run(
+        ["bash", str(SCRIPT), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=tmp_path,
+    )
 
 
 def test_dry_run_measures_every_phase_without_tensorflow(tmp_path):
@@ -58,8 +78,15 @@ def test_dry_run_measures_every_phase_without_tensorflow(tmp_path):
     figures_file = tmp_path / "figures.json"
     # One backbone keeps it short (each rung compiles three functions on a CPU); the other
     # trains in tests/model/test_backbones.py and takes the same code path here.
-    result = run_check(tmp_path, assets, "--dry-run", "--backbones", "efficientnet_lite0",
-                       "--json", str(figures_file))
+    result = run_check(
+        tmp_path,
+        assets,
+        "--dry-run",
+        "--backbones",
+        "efficientnet_lite0",
+        "--json",
+        str(figures_file),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     figures = json.loads(figures_file.read_text())
     assert set(figures["backbones"]) == {"efficientnet_lite0"}

@@ -22,15 +22,28 @@ LEARNS = {"epochs": 6, "batch_size": 32, "learning_rate": 0.003}
 
 
 def ladder_params(folder: Path, weights: Path, rungs: list[dict]) -> Params:
-    return Params.model_validate(small_params(
-        folder, weights, rungs,
-        model={"image_size": 64}, train={"cache_boundary": None},
-        evaluate={"flip_tta": False, "bootstrap_samples": 100, "latency_runs": 1,
-                  "gallery_size": 0},
-        # Chance is 0.1; a head that learns for 6 epochs reaches about 0.4 here.
-        gate={"min_accuracy": 0.25, "min_macro_f1": 0.0, "min_class_recall": 0.0,
-              "max_latency_p95_ms": 100000},
-    ))
+    return Params.model_validate(
+        small_params(
+            folder,
+            weights,
+            rungs,
+            model={"image_size": 64},
+            train={"cache_boundary": None},
+            evaluate={
+                "flip_tta": False,
+                "bootstrap_samples": 100,
+                "latency_runs": 1,
+                "gallery_size": 0,
+            },
+            # Chance is 0.1; a head that learns for 6 epochs reaches about 0.4 here.
+            gate={
+                "min_accuracy": 0.25,
+                "min_macro_f1": 0.0,
+                "min_class_recall": 0.0,
+                "max_latency_p95_ms": 100000,
+            },
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -56,19 +69,29 @@ def climb(params: Params, validated, out: Path, cache: Path) -> dict:
 
 
 def test_fail_fail_pass_stops_at_the_first_pass_and_chains_warm_starts(
-        small_folder, no_top_weights, validated, cache, tmp_path, caplog):
-    rungs = [{"name": "hopeless-1", **HOPELESS}, {"name": "hopeless-2", **HOPELESS},
-             {"name": "learns", **LEARNS}, {"name": "never-tried", **LEARNS}]
+    small_folder, no_top_weights, validated, cache, tmp_path, caplog
+):
+    rungs = [
+        {"name": "hopeless-1", **HOPELESS},
+        {"name": "hopeless-2", **HOPELESS},
+        {"name": "learns", **LEARNS},
+        {"name": "never-tried", **LEARNS},
+    ]
     caplog.set_level(logging.INFO, logger="image_finetune")
-    summary = climb(ladder_params(small_folder, no_top_weights, rungs), validated,
-                    tmp_path / "models", cache)
+    summary = climb(
+        ladder_params(small_folder, no_top_weights, rungs), validated, tmp_path / "models", cache
+    )
     assert [(a["index"], a["passed"]) for a in summary["attempts"]] == [
-        (0, False), (1, False), (2, True)]
+        (0, False),
+        (1, False),
+        (2, True),
+    ]
     assert summary["selected"] == 2 and summary["rungs"] == 4
     assert not (tmp_path / "models" / "attempt_3").exists()  # the loop stopped at the pass
     warm_starts = [r.getMessage() for r in caplog.records if "warm start" in r.getMessage()]
-    assert warm_starts == [f"warm start from {tmp_path}/models/attempt_{k}/{MODEL_FILE}"
-                           for k in (0, 1)]
+    assert warm_starts == [
+        f"warm start from {tmp_path}/models/attempt_{k}/{MODEL_FILE}" for k in (0, 1)
+    ]
     selected = load_classifier(tmp_path / "models" / "selected" / MODEL_FILE).get_weights()
     winner = load_classifier(tmp_path / "models" / "attempt_2" / MODEL_FILE).get_weights()
     assert all((a == b).all() for a, b in zip(selected, winner, strict=True))
@@ -77,11 +100,15 @@ def test_fail_fail_pass_stops_at_the_first_pass_and_chains_warm_starts(
 
 
 def test_a_ladder_whose_rungs_all_fail_fails_with_every_attempts_reasons(
-        small_folder, no_top_weights, validated, cache, tmp_path):
+    small_folder, no_top_weights, validated, cache, tmp_path
+):
     rungs = [{"name": "hopeless-1", **HOPELESS}, {"name": "hopeless-2", **HOPELESS}]
     params = ladder_params(small_folder, no_top_weights, rungs)
-    with pytest.raises(GateFailedError, match=r"(?s)attempt 0 \(hopeless-1\): FAIL accuracy"
-                                              r".*attempt 1 \(hopeless-2\): FAIL accuracy"):
+    with pytest.raises(
+        GateFailedError,
+        match=r"(?s)attempt 0 \(hopeless-1\): FAIL accuracy"
+        r".*attempt 1 \(hopeless-2\): FAIL accuracy",
+    ):
         climb(params, validated, tmp_path / "models", cache)
     summary = json.loads((tmp_path / "models" / "summary.json").read_text())
     assert summary["selected"] is None and len(summary["attempts"]) == 2

@@ -56,16 +56,29 @@ def registered(small_model, cifar_tarball, tmp_path_factory) -> dict:
     """The session's small model registered twice in a local store: v1 with its reference
     profile, v2 without one (as versions registered before profiles existed)."""
     work = tmp_path_factory.mktemp("monitor")
-    params = small_model["params"].model_copy(update={"registry": RegistryParams(
-        tracking_uri=f"sqlite:///{work}/mlflow.db", model_name="monitored")})
+    params = small_model["params"].model_copy(
+        update={
+            "registry": RegistryParams(
+                tracking_uri=f"sqlite:///{work}/mlflow.db", model_name="monitored"
+            )
+        }
+    )
     data, model = small_model["data"], small_model["model"]
     profile_classifier(params, data, model, work / "profile")
     evaluate_classifier(params, data, model, work / "evaluation", "test")
     final_gate(params, work / "evaluation", work / "gate.json")
     for run, profile in (("with-profile", work / "profile"), ("without-profile", None)):
-        register_classifier(params, data, work / "evaluation", work / "gate.json",
-                            work / f"{run}.json", ROOT, model=model, profile=profile,
-                            pipeline_run_id=run)
+        register_classifier(
+            params,
+            data,
+            work / "evaluation",
+            work / "gate.json",
+            work / f"{run}.json",
+            ROOT,
+            model=model,
+            profile=profile,
+            pipeline_run_id=run,
+        )
     images = unseen_test_images(cifar_tarball, 10, UNSEEN_PER_CLASS)
     noisy = gaussian_noise(np.stack(images), 3, np.random.default_rng(0))
     clean = write_folder(images, work / "clean")
@@ -85,8 +98,13 @@ def test_the_profile_is_registered_with_its_version(registered, tmp_path):
 
 
 def test_clean_images_raise_no_alarm(registered):
-    report = monitor(registered["params"], registered["clean"], registered["work"] / "clean-out",
-                     ROOT, MonitorSettings(version="1", permutations=200))
+    report = monitor(
+        registered["params"],
+        registered["clean"],
+        registered["work"] / "clean-out",
+        ROOT,
+        MonitorSettings(version="1", permutations=200),
+    )
     assert report["drift"] is False, report["tests"]
     assert report["window_size"] == 10 * UNSEEN_PER_CLASS and report["unreadable"] == []
     page = (registered["work"] / "clean-out" / "drift.html").read_text()
@@ -95,8 +113,13 @@ def test_clean_images_raise_no_alarm(registered):
 
 def test_noisy_images_are_drift(registered):
     out = registered["work"] / "noisy-out"
-    report = monitor(registered["params"], registered["noisy"], out, ROOT,
-                     MonitorSettings(version="1", permutations=200))
+    report = monitor(
+        registered["params"],
+        registered["noisy"],
+        out,
+        ROOT,
+        MonitorSettings(version="1", permutations=200),
+    )
     assert report["drift"] is True
     assert report["tests"]["sharpness"]["drift"]
     assert json.loads((out / "drift.json").read_text())["drift"] is True
@@ -110,9 +133,13 @@ def test_enough_labels_start_the_pipeline_with_them(registered, tmp_path):
         Image.fromarray(image).save(labels / "cat" / f"{index}.png")
     not_a_project = tmp_path / "elsewhere"
     not_a_project.mkdir()
-    report = monitor(registered["params"], registered["clean"], tmp_path / "out", not_a_project,
-                     MonitorSettings(version="1", permutations=200, labels=labels,
-                                     min_labels=3, retrain=True))
+    report = monitor(
+        registered["params"],
+        registered["clean"],
+        tmp_path / "out",
+        not_a_project,
+        MonitorSettings(version="1", permutations=200, labels=labels, min_labels=3, retrain=True),
+    )
     retrain = report["retrain"]
     assert report["labels"] == 3 and retrain["wanted"] and retrain["ran"]
     assert retrain["reasons"][-1] == "3 new labelled images (>= 3)"
@@ -126,16 +153,30 @@ def test_recorded_windows_are_tested_like_images(registered, tmp_path):
     from image_finetune.monitoring.profile import ReferenceProfile
 
     client = client_for(registered["params"].registry)
-    profile = ReferenceProfile.load(download_reference_profile(client, "monitored", "1",
-                                                               tmp_path / "p"))
+    profile = ReferenceProfile.load(
+        download_reference_profile(client, "monitored", "1", tmp_path / "p")
+    )
     recorded = tmp_path / "windows.npz"
-    np.savez(recorded, probabilities=profile.probabilities, projected=profile.projected,
-             image_stats=profile.image_stats)
-    report = monitor(registered["params"], recorded, tmp_path / "out", ROOT,
-                     MonitorSettings(alias="champion", permutations=200))
+    np.savez(
+        recorded,
+        probabilities=profile.probabilities,
+        projected=profile.projected,
+        image_stats=profile.image_stats,
+    )
+    report = monitor(
+        registered["params"],
+        recorded,
+        tmp_path / "out",
+        ROOT,
+        MonitorSettings(alias="champion", permutations=200),
+    )
     assert report["drift"] is False and report["window_size"] == len(profile)
-    np.savez(recorded, probabilities=profile.probabilities, projected=profile.projected[:, :1],
-             image_stats=profile.image_stats)
+    np.savez(
+        recorded,
+        probabilities=profile.probabilities,
+        projected=profile.projected[:, :1],
+        image_stats=profile.image_stats,
+    )
     with pytest.raises(IngestError, match="dimensions"):
         monitor(registered["params"], recorded, tmp_path / "out", ROOT)
 
@@ -155,14 +196,25 @@ def test_bad_requests_fail_clearly(registered, tmp_path):
 
 def test_the_command_reports_drift_and_errors_by_exit_code(registered, tmp_path):
     params_file = tmp_path / "params.yaml"
-    params_file.write_text(json.dumps(registered["params"].model_dump(mode="json",
-                                                                      by_alias=True)))
+    params_file.write_text(json.dumps(registered["params"].model_dump(mode="json", by_alias=True)))
     runner = CliRunner()
-    found = runner.invoke(app, ["monitor", str(registered["noisy"]), "--version", "1",
-                                "--out", str(tmp_path / "out"), "--params", str(params_file)])
+    found = runner.invoke(
+        app,
+        [
+            "monitor",
+            str(registered["noisy"]),
+            "--version",
+            "1",
+            "--out",
+            str(tmp_path / "out"),
+            "--params",
+            str(params_file),
+        ],
+    )
     assert found.exit_code == 0, found.output
     assert json.loads(found.stdout)["drift"] is True
-    refused = runner.invoke(app, ["monitor", str(registered["clean"]), "--version", "2",
-                                  "--params", str(params_file)])
+    refused = runner.invoke(
+        app, ["monitor", str(registered["clean"]), "--version", "2", "--params", str(params_file)]
+    )
     assert refused.exit_code == MissingInputError.exit_code
     assert "no reference profile" in refused.output and "Traceback" not in refused.output

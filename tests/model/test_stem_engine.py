@@ -22,8 +22,9 @@ MAX_ABS_DIFFERENCE = 1e-3
 
 
 def images_of(folder: Path) -> np.ndarray:
-    return np.stack([np.asarray(Image.open(p).convert("RGB"))
-                     for p in sorted(folder.glob("*/*.jpg"))])
+    return np.stack(
+        [np.asarray(Image.open(p).convert("RGB")) for p in sorted(folder.glob("*/*.jpg"))]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +84,7 @@ def test_the_pool_part_on_an_engine_equals_keras_within_the_tolerance(stem_input
     assert_close(pooled, embed(stem_inputs, "tensorflow", first_runs("tensorflow")[1], "head"))
 
 
-def test_two_runs_on_the_default_engine_give_identical_features(stem_inputs, first_runs,
-                                                                tmp_path):
+def test_two_runs_on_the_default_engine_give_identical_features(stem_inputs, first_runs, tmp_path):
     engine = resolve_engine("auto")
     first, folder = first_runs(engine)
     second = embed(stem_inputs, engine, tmp_path)  # converted again, as a second run does

@@ -18,11 +18,11 @@ from image_finetune.steps.train_rung import train_rung
 from tests.support import ROOT, SMALL_SPLIT, ingest_source, small_params
 
 
-def write_small_params(tmp_path: Path, folder: Path, weights: Path, ladder: list[dict]
-                       ) -> Path:
+def write_small_params(tmp_path: Path, folder: Path, weights: Path, ladder: list[dict]) -> Path:
     path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(small_params(folder, weights, ladder,
-                                                train={"flip_cache": True})))
+    path.write_text(
+        yaml.safe_dump(small_params(folder, weights, ladder, train={"flip_cache": True}))
+    )
     return path
 
 
@@ -35,8 +35,13 @@ def small_data(small_folder, tmp_path_factory) -> Path:
 
 LADDER = [
     {"name": "head", "epochs": 10, "batch_size": 32, "learning_rate": 0.003},
-    {"name": "top", "unfreeze_from": "block_13_expand", "epochs": 1, "batch_size": 32,
-     "learning_rate": 0.00005},
+    {
+        "name": "top",
+        "unfreeze_from": "block_13_expand",
+        "epochs": 1,
+        "batch_size": 32,
+        "learning_rate": 0.00005,
+    },
 ]
 
 
@@ -66,15 +71,34 @@ def weights(path: Path) -> list:
 
 
 def test_same_params_give_the_same_weights_in_another_process_and_fine_tuning_keeps_accuracy(
-        small_data, small_folder, no_top_weights, tmp_path):
+    small_data, small_folder, no_top_weights, tmp_path
+):
     params_file = write_small_params(tmp_path, small_folder, no_top_weights, LADDER)
     params = load_params(params_file)
     head = train_rung(params, 0, small_data, tmp_path / "a" / "0", tmp_path / "a" / "cache", ROOT)
-    top = train_rung(params, 1, small_data, tmp_path / "a" / "1", tmp_path / "a" / "cache", ROOT,
-                     Path(head.model_path))
-    other = subprocess.run([sys.executable, "-c", TWO_RUNGS, str(params_file), str(small_data),
-                            str(tmp_path / "b"), str(ROOT)], capture_output=True, text=True,
-                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    top = train_rung(
+        params,
+        1,
+        small_data,
+        tmp_path / "a" / "1",
+        tmp_path / "a" / "cache",
+        ROOT,
+        Path(head.model_path),
+    )
+    other = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            TWO_RUNGS,
+            str(params_file),
+            str(small_data),
+            str(tmp_path / "b"),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
     assert other.returncode == 0, other.stderr[-2000:]
     for rung in ("0", "1"):  # a fresh process, caches of its own: the same bits
         assert history(tmp_path / "a" / rung) == history(tmp_path / "b" / rung)
@@ -88,19 +112,50 @@ def test_same_params_give_the_same_weights_in_another_process_and_fine_tuning_ke
 
 
 def test_interrupted_attempt_resumes_from_its_last_checkpoint(
-        small_folder, no_top_weights, tmp_path):
-    ladder = [{"name": "top", "unfreeze_from": "block_13_expand", "epochs": 5, "batch_size": 16,
-               "learning_rate": 0.0003}]
+    small_folder, no_top_weights, tmp_path
+):
+    ladder = [
+        {
+            "name": "top",
+            "unfreeze_from": "block_13_expand",
+            "epochs": 5,
+            "batch_size": 16,
+            "learning_rate": 0.0003,
+        }
+    ]
     params = write_small_params(tmp_path, small_folder, no_top_weights, ladder)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     cli = [sys.executable, "-m", "image_finetune.cli"]
     for step in (["ingest", "--out", "data"], ["validate", "--data", "data", "--out", "checks"]):
-        subprocess.run([*cli, step[0], "-p", str(params), *step[1:]], cwd=tmp_path, env=env,
-                       check=True, capture_output=True)
-    train = [*cli, "train", "-p", str(params), "--data", "data", "--validation",
-             "checks/result.json", "--out", "models", "--cache", "cache"]
-    first = subprocess.Popen(train, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, start_new_session=True)
+        subprocess.run(
+            [*cli, step[0], "-p", str(params), *step[1:]],
+            cwd=tmp_path,
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+    train = [
+        *cli,
+        "train",
+        "-p",
+        str(params),
+        "--data",
+        "data",
+        "--validation",
+        "checks/result.json",
+        "--out",
+        "models",
+        "--cache",
+        "cache",
+    ]
+    first = subprocess.Popen(
+        train,
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     checkpoint = wait_for_checkpoint(tmp_path / "cache" / "checkpoints", first, epochs=2)
     os.killpg(first.pid, signal.SIGKILL)  # mid-epoch: no clean shutdown at all
     first.wait()
@@ -146,17 +201,33 @@ train_rung(load_params(sys.argv[1]), 0, data, out, cache, Path(sys.argv[5]))
 
 
 def test_two_runs_of_one_attempt_at_once_train_it_once_and_an_attempt_is_trusted_by_its_key(
-        small_data, small_folder, no_top_weights, tmp_path, caplog):
+    small_data, small_folder, no_top_weights, tmp_path, caplog
+):
     """Two experiments sharing the cache need the same attempt: one embeds and trains, the
     other waits for it and reuses it. A finished attempt whose key.json names another key
     (copied, or half made by hand) is trained again, never reused."""
-    params_file = write_small_params(tmp_path, small_folder, no_top_weights,
-                               [{**LADDER[0], "epochs": 2}])
+    params_file = write_small_params(
+        tmp_path, small_folder, no_top_weights, [{**LADDER[0], "epochs": 2}]
+    )
     cache = tmp_path / "cache"
-    runs = [subprocess.Popen(
-        [sys.executable, "-c", ONE_RUNG, str(params_file), str(small_data), str(tmp_path / name),
-         str(cache), str(ROOT)], stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}) for name in ("a", "b")]
+    runs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                ONE_RUNG,
+                str(params_file),
+                str(small_data),
+                str(tmp_path / name),
+                str(cache),
+                str(ROOT),
+            ],
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        )
+        for name in ("a", "b")
+    ]
     logs = [run.communicate(timeout=900)[1] for run in runs]
     assert [run.returncode for run in runs] == [0, 0], "\n".join(logs)[-4000:]
     assert sorted("reusing the finished attempt" in log for log in logs) == [False, True], logs

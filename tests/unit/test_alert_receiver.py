@@ -48,9 +48,12 @@ EXPERIMENT = "image-finetune-monitoring"
 def package(tmp_path_factory) -> Path:
     """The compiled monitoring pipeline the receiver starts."""
     path = tmp_path_factory.mktemp("package") / "monitoring.yaml"
-    compile_monitoring_pipeline(load_params(ROOT / "params.yaml", use_env=False), str(path),
-                                Deployment(image="registry.example.com/ml/image-finetune:1.2.3"),
-                                source_uri="s3://ml/windows/latest.npz")
+    compile_monitoring_pipeline(
+        load_params(ROOT / "params.yaml", use_env=False),
+        str(path),
+        Deployment(image="registry.example.com/ml/image-finetune:1.2.3"),
+        source_uri="s3://ml/windows/latest.npz",
+    )
     return path
 
 
@@ -60,23 +63,41 @@ def notification(*alerts: dict, status: str = "firing") -> dict:
     return {
         "version": "4",
         "groupKey": '{}/{namespace="team-ml"}/{retrain="true"}:'
-                    '{alertname="ImageFinetuneDriftDetected", model_version="7"}',
-        "truncatedAlerts": 0, "status": status,
+        '{alertname="ImageFinetuneDriftDetected", model_version="7"}',
+        "truncatedAlerts": 0,
+        "status": status,
         "receiver": "team-ml/image-finetune-retrain/retrain",
         "groupLabels": {"alertname": "ImageFinetuneDriftDetected"},
-        "commonLabels": {"component": "image-finetune"}, "commonAnnotations": {},
-        "externalURL": "http://alertmanager.monitoring:9093", "alerts": list(alerts)}
+        "commonLabels": {"component": "image-finetune"},
+        "commonAnnotations": {},
+        "externalURL": "http://alertmanager.monitoring:9093",
+        "alerts": list(alerts),
+    }
 
 
-def alert(fingerprint: str = "5c1d2c8a9e0f1b2c", status: str = "firing",
-          starts_at: str = "2026-12-07T03:10:00.000Z", **labels: str) -> dict:
-    return {"status": status, "fingerprint": fingerprint, "startsAt": starts_at,
-            "endsAt": "0001-01-01T00:00:00Z",
-            "generatorURL": "http://prometheus.monitoring:9090/graph?g0.expr=...",
-            "annotations": {"summary": "drift"},
-            "labels": {"alertname": "ImageFinetuneDriftDetected", "severity": "warning",
-                       "component": "image-finetune", "namespace": NAMESPACE,
-                       "model_version": "7", "retrain": "true", **labels}}
+def alert(
+    fingerprint: str = "5c1d2c8a9e0f1b2c",
+    status: str = "firing",
+    starts_at: str = "2026-12-07T03:10:00.000Z",
+    **labels: str,
+) -> dict:
+    return {
+        "status": status,
+        "fingerprint": fingerprint,
+        "startsAt": starts_at,
+        "endsAt": "0001-01-01T00:00:00Z",
+        "generatorURL": "http://prometheus.monitoring:9090/graph?g0.expr=...",
+        "annotations": {"summary": "drift"},
+        "labels": {
+            "alertname": "ImageFinetuneDriftDetected",
+            "severity": "warning",
+            "component": "image-finetune",
+            "namespace": NAMESPACE,
+            "model_version": "7",
+            "retrain": "true",
+            **labels,
+        },
+    }
 
 
 class Clock:
@@ -95,20 +116,29 @@ def receiver(package, monkeypatch):
     monkeypatch.setenv("KFP_TOKEN", "kfp-token")
     clock = Clock()
     with fake_kfp() as (url, state):
+
         def submit(run_name: str) -> str:
             with kfp_errors(url):
-                return submit_package(connect(url, NAMESPACE), package, EXPERIMENT, NAMESPACE,
-                                      run_name)
+                return submit_package(
+                    connect(url, NAMESPACE), package, EXPERIMENT, NAMESPACE, run_name
+                )
 
-        server = make_server(AlertReceiver(TOKEN, TriggerPolicy(3600, clock), submit),
-                             "127.0.0.1", 0)
+        server = make_server(
+            AlertReceiver(TOKEN, TriggerPolicy(3600, clock), submit), "127.0.0.1", 0
+        )
         threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
 
-        def post(body, token: str | None = TOKEN, method: str = "POST",
-                 path: str = "/alerts", headers: dict | None = None):
+        def post(
+            body,
+            token: str | None = TOKEN,
+            method: str = "POST",
+            path: str = "/alerts",
+            headers: dict | None = None,
+        ):
             data = body if isinstance(body, bytes) else json.dumps(body).encode()
-            connection = http.client.HTTPConnection("127.0.0.1", server.server_address[1],
-                                                    timeout=30)
+            connection = http.client.HTTPConnection(
+                "127.0.0.1", server.server_address[1], timeout=30
+            )
             sent = {"Content-Type": "application/json", **(headers or {})}
             if token is not None:
                 sent["Authorization"] = f"Bearer {token}"
@@ -126,21 +156,30 @@ def receiver(package, monkeypatch):
 def test_a_firing_retraining_alert_starts_one_run_of_the_package(receiver, package):
     post, state, _ = receiver
     status, reply = post(notification(alert()))
-    assert (status, reply["started"], reply["alert"]) == (200, "run-1",
-                                                          "ImageFinetuneDriftDetected")
+    assert (status, reply["started"], reply["alert"]) == (
+        200,
+        "run-1",
+        "ImageFinetuneDriftDetected",
+    )
     [run] = state.posted("runs")
     assert run.headers["authorization"] == "Bearer kfp-token"
     assert run.body["display_name"] == "monitoring-ImageFinetuneDriftDetected-5c1d2c8a9e0f1b2c"
     assert run.body["experiment_id"] == state.experiments[EXPERIMENT]["experiment_id"]
     compiled = next(yaml.safe_load_all(package.read_text()))
     sent = run.body["pipeline_spec"]["pipeline_spec"]
-    assert sent["pipelineInfo"] == compiled["pipelineInfo"] == {
-        "name": "image-finetune-monitoring",
-        "displayName": "Image classifier monitoring and retraining",
-        "description": compiled["pipelineInfo"]["description"]}
+    assert (
+        sent["pipelineInfo"]
+        == compiled["pipelineInfo"]
+        == {
+            "name": "image-finetune-monitoring",
+            "displayName": "Image classifier monitoring and retraining",
+            "description": compiled["pipelineInfo"]["description"],
+        }
+    )
     # The run's arguments are the compiled defaults: the images it was compiled to test.
     assert sent["root"]["inputDefinitions"]["parameters"]["source_uri"]["defaultValue"] == (
-        "s3://ml/windows/latest.npz")
+        "s3://ml/windows/latest.npz"
+    )
     assert run.body["runtime_config"]["parameters"] == {}
 
 
@@ -157,7 +196,8 @@ def test_the_same_alert_again_or_from_a_second_alertmanager_starts_nothing(recei
     for thread in threads:
         thread.join()
     assert sorted(reply["reason"] for _, reply in replies) == [
-        "already started for this alert"] * 5 + ["started"]
+        "already started for this alert"
+    ] * 5 + ["started"]
     clock.now += 10 * 3600  # Alertmanager's repeat_interval later, still firing
     assert post(notification(alert()))[1]["reason"] == "already started for this alert"
     assert len(state.posted("runs")) == 1
@@ -177,37 +217,60 @@ def test_a_new_alert_within_the_interval_waits_and_starts_after_it(receiver):
     assert post(notification(alert(starts_at="2026-12-07T09:00:00Z")))[1]["started"] == "run-3"
 
 
-@pytest.mark.parametrize("body,reason", [
-    (notification(alert(status="resolved"), status="resolved"), "resolved"),
-    (notification(alert(retrain="false")), "no firing retraining alert"),
-    (notification(alert(alertname="ImageFinetuneHighErrorRate", retrain="")),
-     "no firing retraining alert"),
-    (notification(), "resolved"),
-], ids=["resolved", "retrain-false", "other-alert", "no-alerts"])
+@pytest.mark.parametrize(
+    "body,reason",
+    [
+        (notification(alert(status="resolved"), status="resolved"), "resolved"),
+        (notification(alert(retrain="false")), "no firing retraining alert"),
+        (
+            notification(alert(alertname="ImageFinetuneHighErrorRate", retrain="")),
+            "no firing retraining alert",
+        ),
+        (notification(), "resolved"),
+    ],
+    ids=["resolved", "retrain-false", "other-alert", "no-alerts"],
+)
 def test_resolved_and_other_alerts_start_nothing(receiver, body, reason):
     post, state, _ = receiver
     assert post(body) == (200, {"started": None, "reason": reason})
     assert state.posted("runs") == []
 
 
-@pytest.mark.parametrize("kwargs,status", [
-    ({"token": None}, 401),
-    ({"token": "wrong-token-wrong-token-wrong"}, 401),
-    ({"token": TOKEN[:-1]}, 401),
-    ({"body": b"{not json"}, 400),
-    ({"body": b"\xff\xfe"}, 400),
-    ({"body": {"version": "3", "alerts": []}}, 400),
-    ({"body": {**notification(), "alerts": "all"}}, 400),
-    ({"body": notification({**alert(), "labels": {"alertname": 5}})}, 400),
-    ({"body": notification({**alert(), "status": "pending"})}, 400),
-    ({"body": notification({**alert(), "fingerprint": "f" * 5000})}, 400),
-    ({"headers": {"Content-Length": str(10 ** 9)}, "body": b""}, 413),
-    ({"path": "/"}, 404),
-    ({"method": "GET"}, 404),
-    ({"method": "PUT"}, 405),
-], ids=["no-token", "wrong-token", "token-prefix", "not-json", "not-utf8", "other-version",
-        "alerts-not-a-list", "label-not-a-string", "unknown-status", "huge-fingerprint",
-        "huge-body", "wrong-path", "get", "put"])
+@pytest.mark.parametrize(
+    "kwargs,status",
+    [
+        ({"token": None}, 401),
+        ({"token": "wrong-token-wrong-token-wrong"}, 401),
+        ({"token": TOKEN[:-1]}, 401),
+        ({"body": b"{not json"}, 400),
+        ({"body": b"\xff\xfe"}, 400),
+        ({"body": {"version": "3", "alerts": []}}, 400),
+        ({"body": {**notification(), "alerts": "all"}}, 400),
+        ({"body": notification({**alert(), "labels": {"alertname": 5}})}, 400),
+        ({"body": notification({**alert(), "status": "pending"})}, 400),
+        ({"body": notification({**alert(), "fingerprint": "f" * 5000})}, 400),
+        ({"headers": {"Content-Length": str(10**9)}, "body": b""}, 413),
+        ({"path": "/"}, 404),
+        ({"method": "GET"}, 404),
+        ({"method": "PUT"}, 405),
+    ],
+    ids=[
+        "no-token",
+        "wrong-token",
+        "token-prefix",
+        "not-json",
+        "not-utf8",
+        "other-version",
+        "alerts-not-a-list",
+        "label-not-a-string",
+        "unknown-status",
+        "huge-fingerprint",
+        "huge-body",
+        "wrong-path",
+        "get",
+        "put",
+    ],
+)
 def test_bad_requests_are_refused_and_start_nothing(receiver, kwargs, status):
     post, state, _ = receiver
     body = kwargs.pop("body", notification(alert()))
@@ -231,8 +294,12 @@ def test_the_health_probe_needs_no_token(receiver):
 
 
 def test_idle_connections_cannot_take_every_thread():
-    server = make_server(AlertReceiver(TOKEN, TriggerPolicy(0), lambda name: "run"),
-                         "127.0.0.1", 0, max_connections=1)
+    server = make_server(
+        AlertReceiver(TOKEN, TriggerPolicy(0), lambda name: "run"),
+        "127.0.0.1",
+        0,
+        max_connections=1,
+    )
     threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
     address = ("127.0.0.1", server.server_address[1])
     idle = socket.create_connection(address)  # holds the only slot, says nothing
@@ -261,8 +328,10 @@ def test_idle_connections_cannot_take_every_thread():
 
 def test_the_policy_remembers_a_bounded_number_of_alerts():
     policy = TriggerPolicy(0, Clock())
-    alerts = [Alert("a", "firing", f"{n:x}", "t", {"retrain": "true"})
-              for n in range(REMEMBERED_ALERTS + 50)]
+    alerts = [
+        Alert("a", "firing", f"{n:x}", "t", {"retrain": "true"})
+        for n in range(REMEMBERED_ALERTS + 50)
+    ]
     policy.record(alerts)
     assert len(policy.started) == REMEMBERED_ALERTS
     assert policy.choose([alerts[0]])[1] == "started"  # the oldest, forgotten
@@ -273,12 +342,32 @@ def start_receiver_process(url: str, package: Path, token: Path, state: Path):
     """``image-finetune-pipeline alert-receiver`` as the Deployment runs it, in its own
     process; the process and its port."""
     receiver = subprocess.Popen(
-        [sys.executable, "-m", "image_finetune.pipelines.cli", "alert-receiver", "--host", url,
-         "--namespace", NAMESPACE, "--pipeline-package", str(package),
-         "--token-file", str(token), "--port", "0", "--min-interval", "60",
-         "--state-file", str(state)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "KFP_TOKEN": "kfp-token"})
+        [
+            sys.executable,
+            "-m",
+            "image_finetune.pipelines.cli",
+            "alert-receiver",
+            "--host",
+            url,
+            "--namespace",
+            NAMESPACE,
+            "--pipeline-package",
+            str(package),
+            "--token-file",
+            str(token),
+            "--port",
+            "0",
+            "--min-interval",
+            "60",
+            "--state-file",
+            str(state),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "KFP_TOKEN": "kfp-token"},
+    )
     started = receiver.stdout.readline()
     match = re.search(r"http://127\.0\.0\.1:(\d+)/alerts", started)
     if match is None:
@@ -289,8 +378,9 @@ def start_receiver_process(url: str, package: Path, token: Path, state: Path):
 
 def post_to(port: int, body: dict) -> tuple[int, dict]:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    connection.request("POST", "/alerts", body=json.dumps(body),
-                       headers={"Authorization": f"Bearer {TOKEN}"})
+    connection.request(
+        "POST", "/alerts", body=json.dumps(body), headers={"Authorization": f"Bearer {TOKEN}"}
+    )
     response = connection.getresponse()
     reply = response.status, json.loads(response.read())
     connection.close()
@@ -298,15 +388,17 @@ def post_to(port: int, body: dict) -> tuple[int, dict]:
 
 
 def test_the_command_serves_alertmanager_and_a_restart_remembers_the_started_alert(
-        package, tmp_path):
+    package, tmp_path
+):
     """The run is started once; the receiver restarted on the same state file neither starts
     the same alert's run again nor another run within the interval."""
     token = tmp_path / "token"
     token.write_text(TOKEN + "\n")  # a mounted Secret often ends in a newline
     state_file = tmp_path / "state" / "alerts.db"
     with fake_kfp() as (url, state):
-        for restart, expected in enumerate([
-                (200, "started"), (200, "already started for this alert")]):
+        for restart, expected in enumerate(
+            [(200, "started"), (200, "already started for this alert")]
+        ):
             receiver, port = start_receiver_process(url, package, token, state_file)
             try:
                 status, reply = post_to(port, notification(alert()))
@@ -342,9 +434,22 @@ def test_an_unusable_state_file_is_a_clear_error(package, tmp_path):
     token.write_text(TOKEN)
     not_a_database = tmp_path / "alerts.db"
     not_a_database.write_bytes(b"not sqlite " * 200)
-    result = CliRunner().invoke(cli.app, [
-        "alert-receiver", "--host", "http://127.0.0.1:9", "--pipeline-package", str(package),
-        "--token-file", str(token), "--port", "0", "--state-file", str(not_a_database)])
+    result = CliRunner().invoke(
+        cli.app,
+        [
+            "alert-receiver",
+            "--host",
+            "http://127.0.0.1:9",
+            "--pipeline-package",
+            str(package),
+            "--token-file",
+            str(token),
+            "--port",
+            "0",
+            "--state-file",
+            str(not_a_database),
+        ],
+    )
     assert result.exit_code == 2 and "--state-file" in result.output
     assert "Traceback" not in result.output
 
@@ -354,16 +459,38 @@ def test_the_command_refuses_a_pipeline_without_images_to_test(tmp_path):
     token.write_text(TOKEN)
     training = tmp_path / "pipeline.yaml"  # the fine-tuning pipeline: no source_uri
     compile_pipeline(load_params(ROOT / "params.yaml", use_env=False), str(training))
-    result = CliRunner().invoke(cli.app, [
-        "alert-receiver", "--host", "http://127.0.0.1:9", "--pipeline-package", str(training),
-        "--token-file", str(token), "--port", "0"])
+    result = CliRunner().invoke(
+        cli.app,
+        [
+            "alert-receiver",
+            "--host",
+            "http://127.0.0.1:9",
+            "--pipeline-package",
+            str(training),
+            "--token-file",
+            str(token),
+            "--port",
+            "0",
+        ],
+    )
     assert result.exit_code == 2 and "compiled with --source-uri" in result.output
 
 
 def test_the_command_refuses_a_short_token(package, tmp_path):
     token = tmp_path / "token"
     token.write_text("short\n")
-    result = CliRunner().invoke(cli.app, [
-        "alert-receiver", "--host", "http://127.0.0.1:9", "--pipeline-package", str(package),
-        "--token-file", str(token), "--port", "0"])
+    result = CliRunner().invoke(
+        cli.app,
+        [
+            "alert-receiver",
+            "--host",
+            "http://127.0.0.1:9",
+            "--pipeline-package",
+            str(package),
+            "--token-file",
+            str(token),
+            "--port",
+            "0",
+        ],
+    )
     assert result.exit_code == 2 and "at least 16 characters" in result.output

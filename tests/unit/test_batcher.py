@@ -35,8 +35,7 @@ def run_requests(batcher: MicroBatcher, batches: list[np.ndarray]) -> list:
             return await batcher.submit(images)
 
     async def all_of_them():
-        return await asyncio.gather(*(one(images) for images in batches),
-                                    return_exceptions=True)
+        return await asyncio.gather(*(one(images) for images in batches), return_exceptions=True)
 
     batcher.start()
     try:
@@ -52,8 +51,9 @@ def slow_row_sums(batch: np.ndarray) -> tuple[np.ndarray, str]:
 
 def test_concurrent_requests_share_calls_and_get_their_own_rows():
     recorder = Recorder()
-    batcher = MicroBatcher(slow_row_sums, max_batch_size=8, max_wait=0.05, max_queued_images=100,
-                           record=recorder)
+    batcher = MicroBatcher(
+        slow_row_sums, max_batch_size=8, max_wait=0.05, max_queued_images=100, record=recorder
+    )
     batches = [np.full((n, 2, 2, 3), i, np.int64) for i, n in enumerate([1, 2, 3, 1, 2, 1])]
     answers = run_requests(batcher, batches)
     for images, (rows, tag) in zip(batches, answers, strict=True):
@@ -73,8 +73,9 @@ def test_a_lone_request_does_not_wait_for_company():
 
 def test_images_of_other_shapes_go_in_other_calls():
     recorder = Recorder()
-    batcher = MicroBatcher(row_sums, max_batch_size=64, max_wait=0.05, max_queued_images=100,
-                           record=recorder)
+    batcher = MicroBatcher(
+        row_sums, max_batch_size=64, max_wait=0.05, max_queued_images=100, record=recorder
+    )
     answers = run_requests(batcher, [np.ones((1, 2, 2, 3)), np.ones((1, 4, 4, 3))])
     assert [rows.item() for rows, _ in answers] == [12, 48]
     assert len(recorder.records) == 2
@@ -86,8 +87,7 @@ def test_a_failing_call_fails_its_requests_and_the_worker_goes_on():
             raise ValueError("negative pixels")
         return row_sums(batch)
 
-    batcher = MicroBatcher(fail_on_negatives, max_batch_size=1, max_wait=0.0,
-                           max_queued_images=100)
+    batcher = MicroBatcher(fail_on_negatives, max_batch_size=1, max_wait=0.0, max_queued_images=100)
     answers = run_requests(batcher, [-np.ones((1, 1, 1, 3)), np.ones((1, 1, 1, 3))])
     assert isinstance(answers[0], ValueError)
     assert answers[1][0].item() == 3
@@ -101,8 +101,7 @@ def test_too_many_queued_images_are_refused():
 
 @pytest.mark.parametrize("max_wait", [0.0, 0.01])
 def test_every_request_is_answered_under_load(max_wait):
-    batcher = MicroBatcher(row_sums, max_batch_size=16, max_wait=max_wait,
-                           max_queued_images=10_000)
+    batcher = MicroBatcher(row_sums, max_batch_size=16, max_wait=max_wait, max_queued_images=10_000)
     batches = [np.full((1 + i % 3, 1, 1, 3), i) for i in range(300)]
     answers = run_requests(batcher, batches)
     assert [rows[0].item() for rows, _ in answers] == [3 * i for i in range(300)]
@@ -115,8 +114,14 @@ def test_each_model_call_is_observed_once_after_its_answers_and_a_failing_observ
         seen.append((images.copy(), outputs.copy(), tag))
         raise RuntimeError("the observer broke")  # answers must not notice
 
-    batcher = MicroBatcher(slow_row_sums, max_batch_size=8, max_wait=0.05, max_queued_images=100,
-                           record=recorder, observe=observe)
+    batcher = MicroBatcher(
+        slow_row_sums,
+        max_batch_size=8,
+        max_wait=0.05,
+        max_queued_images=100,
+        record=recorder,
+        observe=observe,
+    )
     batches = [np.full((n, 2, 2, 3), i, np.int64) for i, n in enumerate([1, 2, 3, 1, 2, 1])]
     answers = run_requests(batcher, batches)
     assert all(tag == "v1" for _, tag in answers)
@@ -125,4 +130,5 @@ def test_each_model_call_is_observed_once_after_its_answers_and_a_failing_observ
     for images, outputs, tag in seen:
         assert tag == "v1" and np.array_equal(outputs, row_sums(images)[0])
     assert sorted(int(i) for images, _, _ in seen for i in images[:, 0, 0, 0]) == sorted(
-        i for i, n in enumerate([1, 2, 3, 1, 2, 1]) for _ in range(n))
+        i for i, n in enumerate([1, 2, 3, 1, 2, 1]) for _ in range(n)
+    )

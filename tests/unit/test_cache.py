@@ -51,8 +51,10 @@ def test_a_dvc_experiment_run_in_a_copy_shares_the_projects_cache(tmp_path):
 def test_the_environment_moves_the_default_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     environ = {"IMAGE_FINETUNE_CACHE": "~/big-disk/cache", "DVC_ROOT": str(tmp_path)}
-    assert cache_location(DEFAULT, tmp_path / "copy", environ) == \
-        tmp_path / "home" / "big-disk" / "cache"
+    assert (
+        cache_location(DEFAULT, tmp_path / "copy", environ)
+        == tmp_path / "home" / "big-disk" / "cache"
+    )
     relative = {"IMAGE_FINETUNE_CACHE": "shared", "DVC_ROOT": str(tmp_path)}
     assert cache_location(DEFAULT, tmp_path / "copy", relative) == tmp_path / "shared"
 
@@ -223,15 +225,32 @@ def test_damaged_cached_activations_are_computed_again(tmp_path):
 # -- the command -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text, seconds", [("30d", 30 * DAY), ("12h", 43200), ("90m", 5400),
-                                           ("45s", 45), ("2w", 14 * DAY), ("1.5h", 5400)])
+@pytest.mark.parametrize(
+    "text, seconds",
+    [
+        ("30d", 30 * DAY),
+        ("12h", 43200),
+        ("90m", 5400),
+        ("45s", 45),
+        ("2w", 14 * DAY),
+        ("1.5h", 5400),
+    ],
+)
 def test_durations(text, seconds):
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text, size", [("500M", 500 << 20), ("10G", 10 << 30),
-                                        ("1.5GiB", 3 << 29), ("2T", 2 << 40), ("4096", 4096),
-                                        ("64kb", 64 << 10)])
+@pytest.mark.parametrize(
+    "text, size",
+    [
+        ("500M", 500 << 20),
+        ("10G", 10 << 30),
+        ("1.5GiB", 3 << 29),
+        ("2T", 2 << 40),
+        ("4096", 4096),
+        ("64kb", 64 << 10),
+    ],
+)
 def test_sizes(text, size):
     assert parse_size(text) == size
 
@@ -254,12 +273,15 @@ def cli(tmp_path, *args):
     return CliRunner().invoke(app, ["cache", *args, "--params", str(params)])
 
 
-@pytest.mark.parametrize("args, message", [
-    (["prune", "--older-than", "soon"], "--older-than 'soon': not a duration"),
-    (["prune", "--max-size", "huge"], "--max-size 'huge': not a size"),
-    (["prune"], "say what to remove"),
-    (["ls", "--max-size", "1G"], "are prune's options"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["prune", "--older-than", "soon"], "--older-than 'soon': not a duration"),
+        (["prune", "--max-size", "huge"], "--max-size 'huge': not a size"),
+        (["prune"], "say what to remove"),
+        (["ls", "--max-size", "1G"], "are prune's options"),
+    ],
+)
 def test_the_command_refuses_bad_options_with_exit_code_2(tmp_path, args, message):
     result = cli(tmp_path, *args)
     output = result.output + (result.stderr if result.stderr_bytes else "")

@@ -62,9 +62,19 @@ def test_editing_any_module_in_the_closure_changes_the_key(edited):
     assert unchanged == []
 
 
-@pytest.mark.parametrize("module", ["inference", "efficientnet_lite", "training.features",
-                                    "training.model", "training.augment", "training.fit",
-                                    "training.plan", "engines"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "inference",
+        "efficientnet_lite",
+        "training.features",
+        "training.model",
+        "training.augment",
+        "training.fit",
+        "training.plan",
+        "engines",
+    ],
+)
 def test_the_code_that_computes_the_features_is_in_their_key(module, edited):
     """inference.py (predict_batches embeds the features) and efficientnet_lite.py (a
     backbone) were missing from the hand-kept list this replaces (issue 28); engines.py
@@ -97,13 +107,15 @@ def stem_engine(params: Params, train_size: int, validation_size: int) -> str:
 
 
 def with_stem_engine(engine: str) -> Params:
-    return Params().model_copy(update={"train": Params().train.model_copy(
-        update={"stem_engine": engine})})
+    return Params().model_copy(
+        update={"train": Params().train.model_copy(update={"stem_engine": engine})}
+    )
 
 
 def test_the_feature_key_records_the_stem_engine():
-    keys = {engine: keys_of(Params(), 0, engine)
-            for engine in ("tensorflow", "onnxruntime", "openvino")}
+    keys = {
+        engine: keys_of(Params(), 0, engine) for engine in ("tensorflow", "onnxruntime", "openvino")
+    }
     assert len({key.features for key in keys.values()}) == 3
     assert len({key.attempt for key in keys.values()}) == 3
 
@@ -136,6 +148,9 @@ def test_auto_embeds_on_the_fast_engine_only_for_tensorflow_on_a_cpu(monkeypatch
 
 
 def test_an_unknown_stem_engine_is_refused_with_the_choices():
-    with pytest.raises(ConfigError, match=r"train\.stem_engine: Input should be 'auto', "
-                                          r"'tensorflow', 'onnxruntime' or 'openvino'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"train\.stem_engine: Input should be 'auto', "
+        r"'tensorflow', 'onnxruntime' or 'openvino'",
+    ):
         parse_params({"train": {"stem_engine": "tensorrt"}})

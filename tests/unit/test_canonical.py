@@ -31,8 +31,9 @@ def test_split_is_stratified_disjoint_and_seeded():
     assert not np.array_equal(held, split_stratified(labels, 0.1, seed=8)[1])
 
 
-@pytest.mark.parametrize("class_size,expected", [(5000, 500), (200, 20), (80, 20), (30, 10),
-                                                 (6, 2), (2, 1), (1, 0)])
+@pytest.mark.parametrize(
+    "class_size,expected", [(5000, 500), (200, 20), (80, 20), (30, 10), (6, 2), (2, 1), (1, 0)]
+)
 def test_validation_gets_the_minimum_per_class_but_never_over_a_third(class_size, expected):
     assert held_out_count(class_size, 0.1, minimum=20) == expected
 
@@ -90,9 +91,13 @@ LABELS = np.array([0, 1, 0, 1, 1, 0, 0, 1, 1, 0], dtype=np.int64)
 
 
 def write_sharded(folder, shard_size=4) -> dict:
-    return write_dataset(folder, ["a", "b"], {"train": (IMAGES, LABELS),
-                                              "test": (IMAGES[:3], LABELS[:3])}, {},
-                         shard_size=shard_size)
+    return write_dataset(
+        folder,
+        ["a", "b"],
+        {"train": (IMAGES, LABELS), "test": (IMAGES[:3], LABELS[:3])},
+        {},
+        shard_size=shard_size,
+    )
 
 
 def test_sharded_round_trip_lists_every_shard_with_its_hash(tmp_path):
@@ -100,7 +105,10 @@ def test_sharded_round_trip_lists_every_shard_with_its_hash(tmp_path):
     shards = manifest["splits"]["train"]["shards"]
     assert [s["rows"] for s in shards] == [4, 4, 2]
     assert [s["images"]["file"] for s in shards] == [
-        "train/images-00000.npy", "train/images-00001.npy", "train/images-00002.npy"]
+        "train/images-00000.npy",
+        "train/images-00001.npy",
+        "train/images-00002.npy",
+    ]
     for shard in shards:
         for kind in ("images", "labels"):
             assert sha256_file(tmp_path / "d" / shard[kind]["file"]) == shard[kind]["sha256"]

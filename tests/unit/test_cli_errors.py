@@ -8,11 +8,17 @@ from image_finetune.cli import app
 from image_finetune.errors import ConfigError, MissingInputError
 
 COMMANDS = typer.main.get_command(app).commands
-WITH_PARAMS = sorted(name for name, command in COMMANDS.items()
-                     if any("--params" in p.opts for p in command.params))
+WITH_PARAMS = sorted(
+    name for name, command in COMMANDS.items() if any("--params" in p.opts for p in command.params)
+)
 # required positional arguments
-ARGUMENTS = {"promote": ["7"], "predict-batch": ["images"], "monitor": ["images"],
-             "cache": ["ls"], "rollout": ["status"]}
+ARGUMENTS = {
+    "promote": ["7"],
+    "predict-batch": ["images"],
+    "monitor": ["images"],
+    "cache": ["ls"],
+    "rollout": ["status"],
+}
 runner = CliRunner()
 
 
@@ -47,9 +53,11 @@ def test_a_params_file_that_is_not_utf8(tmp_path):
 
 
 def test_a_params_file_that_is_not_yaml_or_not_a_mapping_or_missing(tmp_path):
-    cases = {"broken.yaml": ("data: [unclosed", "not valid YAML"),
-             "list.yaml": ("- a\n- b\n", "expected a mapping of sections"),
-             "typo.yaml": ("gate:\n  min_acuracy: 0.9\n", "gate.min_acuracy: Extra inputs")}
+    cases = {
+        "broken.yaml": ("data: [unclosed", "not valid YAML"),
+        "list.yaml": ("- a\n- b\n", "expected a mapping of sections"),
+        "typo.yaml": ("gate:\n  min_acuracy: 0.9\n", "gate.min_acuracy: Extra inputs"),
+    }
     for file, (text, message) in cases.items():
         (tmp_path / file).write_text(text)
         for name in WITH_PARAMS:
@@ -85,10 +93,17 @@ def test_missing_inputs_name_the_step_to_run_first(tmp_path):
 
 def test_feedback_export_without_a_store_says_so(tmp_path, monkeypatch):
     monkeypatch.delenv("IMAGE_FINETUNE_FEEDBACK_URI", raising=False)
-    assert_clean_failure(invoke("feedback", "export", "--out", str(tmp_path / "out")),
-                         ConfigError.exit_code, "no feedback store")
+    assert_clean_failure(
+        invoke("feedback", "export", "--out", str(tmp_path / "out")),
+        ConfigError.exit_code,
+        "no feedback store",
+    )
     missing = tmp_path / "none.db"
-    assert_clean_failure(invoke("feedback", "export", "--feedback-uri", str(missing),
-                                "--out", str(tmp_path / "out")),
-                         MissingInputError.exit_code, "no feedback store at")
+    assert_clean_failure(
+        invoke(
+            "feedback", "export", "--feedback-uri", str(missing), "--out", str(tmp_path / "out")
+        ),
+        MissingInputError.exit_code,
+        "no feedback store at",
+    )
     assert not missing.exists()  # a typo creates nothing

@@ -9,10 +9,14 @@ from image_finetune import codemap
 def test_the_dot_graph_draws_each_package_once_in_its_layer():
     text = codemap.dot_graph()
     clusters = re.findall(r'subgraph "cluster_(\w+)" \{(.*?)\n  \}', text, re.S)
-    assert [name for name, _ in clusters] == sorted(codemap.LAYERS, key=codemap.LAYERS.get,
-                                                    reverse=True)
-    drawn = {node: layer for layer, body in clusters
-             for node in re.findall(r'"([\w.]+)" \[fillcolor', body)}
+    assert [name for name, _ in clusters] == sorted(
+        codemap.LAYERS, key=codemap.LAYERS.get, reverse=True
+    )
+    drawn = {
+        node: layer
+        for layer, body in clusters
+        for node in re.findall(r'"([\w.]+)" \[fillcolor', body)
+    }
     modules = [m for m in codemap.import_graph() if m != codemap.PACKAGE]
     assert set(drawn) == {codemap.package_of(m) for m in modules}
     assert all(drawn[codemap.package_of(m)] == codemap.layer_of(m) for m in modules)

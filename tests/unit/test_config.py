@@ -32,9 +32,12 @@ def test_the_code_defaults_are_the_params_file_one_source_of_defaults():
     out of params.yaml means what the file says it means."""
     from_file = load_params(ROOT / "params.yaml", use_env=False).model_dump(by_alias=True)
     defaults = Params().model_dump(by_alias=True)
-    differences = {f"{section}.{key}": (value, defaults[section].get(key))
-                   for section, values in from_file.items() for key, value in values.items()
-                   if defaults[section].get(key) != value}
+    differences = {
+        f"{section}.{key}": (value, defaults[section].get(key))
+        for section, values in from_file.items()
+        for key, value in values.items()
+        if defaults[section].get(key) != value
+    }
     assert differences == {}
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     assert set(raw) == set(defaults)  # every section spelled out in the file

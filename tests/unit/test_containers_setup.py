@@ -44,19 +44,42 @@ def test_the_image_lock_is_the_main_locks_runtime_subset():
     image, main = pins(DOCKER / "requirements.image.lock"), locked_versions()
     assert all(version in main.get(name, ()) for name, version in image.items())
     assert "--hash=sha256:" in (DOCKER / "requirements.image.lock").read_text()
-    for left_out in ("pytest", "ruff", "jax", "jaxlib", "dvc", "kubernetes-validate",
-                     "libclang", "pyarrow"):
+    for left_out in (
+        "pytest",
+        "ruff",
+        "jax",
+        "jaxlib",
+        "dvc",
+        "kubernetes-validate",
+        "libclang",
+        "pyarrow",
+    ):
         assert left_out not in image and left_out in main
-    for needed in ("tensorflow-cpu", "keras", "mlflow", "kfp", "great-expectations",
-                   "fastapi", "uvicorn", "docker",
-                   # the export-engine step's converters, quantizer and engines
-                   "tf2onnx", "onnx", "nncf", "onnxruntime", "openvino"):
+    for needed in (
+        "tensorflow-cpu",
+        "keras",
+        "mlflow",
+        "kfp",
+        "great-expectations",
+        "fastapi",
+        "uvicorn",
+        "docker",
+        # the export-engine step's converters, quantizer and engines
+        "tf2onnx",
+        "onnx",
+        "nncf",
+        "onnxruntime",
+        "openvino",
+    ):
         assert needed in image
 
 
 def test_the_build_context_holds_exactly_what_the_dockerfiles_copy():
-    rules = [line for line in (ROOT / ".dockerignore").read_text().splitlines()
-             if line and not line.startswith("#")]
+    rules = [
+        line
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
     assert rules[0] == "*"  # everything else is left out (.git, data, caches, venv)
     allowed = {rule.removeprefix("!").rstrip("/") for rule in rules if rule.startswith("!")}
     copied = set()
@@ -66,8 +89,11 @@ def test_the_build_context_holds_exactly_what_the_dockerfiles_copy():
         assert re.search(r"^ARG BASE_IMAGE=", text, re.M)
         assert re.search(r"^USER \$\{USER_ID\}:0$", text, re.M)
         # from the build context (COPY --from=<stage> copies from an earlier stage)
-        copied |= {source for sources in re.findall(r"^COPY (?!--from)(.+) \S+$", text, re.M)
-                   for source in sources.split()}
+        copied |= {
+            source
+            for sources in re.findall(r"^COPY (?!--from)(.+) \S+$", text, re.M)
+            for source in sources.split()
+        }
     assert copied == allowed
 
 
@@ -75,11 +101,32 @@ def test_the_serving_image_lock_is_the_serve_extra_without_tensorflow():
     serve, main = pins(DOCKER / "requirements.serve.lock"), locked_versions()
     assert all(version in main.get(name, ()) for name, version in serve.items())
     assert "--hash=sha256:" in (DOCKER / "requirements.serve.lock").read_text()
-    for left_out in ("tensorflow-cpu", "keras", "great-expectations", "mlflow", "onnx",
-                     "nncf", "pandas", "cryptography", "gitpython", "pytest"):
+    for left_out in (
+        "tensorflow-cpu",
+        "keras",
+        "great-expectations",
+        "mlflow",
+        "onnx",
+        "nncf",
+        "pandas",
+        "cryptography",
+        "gitpython",
+        "pytest",
+    ):
         assert left_out not in serve
-    for needed in ("openvino", "mlflow-skinny", "fastapi", "uvicorn", "uvloop", "httptools",
-                   "scipy", "pillow", "numpy", "prometheus-client", "python-multipart"):
+    for needed in (
+        "openvino",
+        "mlflow-skinny",
+        "fastapi",
+        "uvicorn",
+        "uvloop",
+        "httptools",
+        "scipy",
+        "pillow",
+        "numpy",
+        "prometheus-client",
+        "python-multipart",
+    ):
         assert needed in serve
 
 
@@ -99,10 +146,15 @@ def test_relative_paths_become_the_project_folders(tmp_path):
 def test_inputs_are_mounted_read_only_and_outputs_read_write(tmp_path):
     params = absolute_paths(Params(), tmp_path)
     mounts = {m.path: m.writable for m in mounts_for(params, tmp_path / "cache")}
-    assert mounts == {Path(params.data.path): False, Path(params.model.weights): False,
-                      tmp_path / "cache": True, tmp_path: True}
-    no_weights = params.model_copy(update={"model": params.model.model_copy(
-        update={"weights": "imagenet"})})
+    assert mounts == {
+        Path(params.data.path): False,
+        Path(params.model.weights): False,
+        tmp_path / "cache": True,
+        tmp_path: True,
+    }
+    no_weights = params.model_copy(
+        update={"model": params.model.model_copy(update={"weights": "imagenet"})}
+    )
     assert Path(params.model.weights) not in {m.path for m in mounts_for(no_weights, tmp_path)}
 
 

@@ -55,9 +55,12 @@ def test_images_that_must_be_the_models_size_are_decoded_whole(photo):
 def test_a_request_over_its_pixel_budget_is_refused_before_decoding():
     solid = encoded(np.full((2048, 2048, 3), 90, np.uint8), "PNG")  # 4 Mpx in a few KiB
     truncated = solid[: len(solid) // 2]  # decoding it would fail: refused first, or not
-    settings = ServeSettings(max_pixels=2048 * 2048, max_request_pixels=3 * 2048 * 2048,
-                             max_decode_pixels=3 * 2048 * 2048)
-    assert plan_decode([("a.png", solid)] * 3, 32, settings, "resize").pixels == 3 * 2048 ** 2
+    settings = ServeSettings(
+        max_pixels=2048 * 2048,
+        max_request_pixels=3 * 2048 * 2048,
+        max_decode_pixels=3 * 2048 * 2048,
+    )
+    assert plan_decode([("a.png", solid)] * 3, 32, settings, "resize").pixels == 3 * 2048**2
     with pytest.raises(Rejected, match="over the per-request budget") as refused:
         plan_decode([("a.png", truncated)] * 64, 32, settings, "resize")
     assert refused.value.status == 413
@@ -67,10 +70,9 @@ def test_a_request_over_its_pixel_budget_is_refused_before_decoding():
 
 def test_the_settings_keep_the_budgets_in_order():
     with pytest.raises(ValueError, match="max_request_pixels .* is over max_decode_pixels"):
-        ServeSettings(max_request_pixels=10 ** 8, max_decode_pixels=10 ** 7)
+        ServeSettings(max_request_pixels=10**8, max_decode_pixels=10**7)
     with pytest.raises(ValueError, match="max_pixels .* is over max_request_pixels"):
-        ServeSettings(max_pixels=10 ** 8, max_request_pixels=10 ** 7,
-                      max_decode_pixels=10 ** 8)
+        ServeSettings(max_pixels=10**8, max_request_pixels=10**7, max_decode_pixels=10**8)
 
 
 def run_budget(scenario):

@@ -22,8 +22,7 @@ def tf_config(workers: int, index: int, kind: str = "worker", chief: bool = Fals
     cluster = {"worker": [f"10.0.0.{i}:2222" for i in range(workers)]}
     if chief:
         cluster["chief"] = ["10.0.0.99:2222"]
-    return {"TF_CONFIG": json.dumps({"cluster": cluster,
-                                     "task": {"type": kind, "index": index}})}
+    return {"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": kind, "index": index}})}
 
 
 def test_tf_config_names_the_worker_and_the_cluster_size():
@@ -34,8 +33,15 @@ def test_tf_config_names_the_worker_and_the_cluster_size():
     assert read_cluster(tf_config(2, 0, "chief", chief=True)) == Cluster(workers=3, index=0)
 
 
-@pytest.mark.parametrize("raw", ["{not json", '{"cluster": {}}', '["a"]',
-                                 '{"cluster": {"worker": ["h:1"]}, "task": {"index": 0}}'])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "{not json",
+        '{"cluster": {}}',
+        '["a"]',
+        '{"cluster": {"worker": ["h:1"]}, "task": {"index": 0}}',
+    ],
+)
 def test_a_malformed_tf_config_is_a_clear_config_error(raw):
     with pytest.raises(ConfigError, match="TF_CONFIG is not a valid cluster description"):
         read_cluster({"TF_CONFIG": raw})
@@ -47,14 +53,17 @@ def test_a_task_outside_the_cluster_is_refused(task):
         read_cluster(tf_config(2, task[1], task[0]))
 
 
-@pytest.mark.parametrize(("setting", "cluster", "devices", "chosen"), [
-    ("auto", None, 1, "one_device"),
-    ("auto", None, 4, "mirrored"),
-    ("auto", Cluster(2, 0), 1, "multi_worker"),
-    ("auto", Cluster(1, 0), 2, "mirrored"),
-    ("one_device", Cluster(2, 1), 8, "one_device"),
-    ("mirrored", None, 1, "mirrored"),
-])
+@pytest.mark.parametrize(
+    ("setting", "cluster", "devices", "chosen"),
+    [
+        ("auto", None, 1, "one_device"),
+        ("auto", None, 4, "mirrored"),
+        ("auto", Cluster(2, 0), 1, "multi_worker"),
+        ("auto", Cluster(1, 0), 2, "mirrored"),
+        ("one_device", Cluster(2, 1), 8, "one_device"),
+        ("mirrored", None, 1, "mirrored"),
+    ],
+)
 def test_the_distribution_params_ask_for(setting, cluster, devices, chosen):
     assert choose_distribution(setting, cluster, devices) == chosen
 
@@ -76,8 +85,10 @@ def test_a_global_batch_is_split_and_keeps_its_learning_rate():
 def test_a_per_replica_batch_grows_the_global_batch_and_the_learning_rate_linearly():
     scaled = scaled_rung(RUNG, 4, "per_replica")
     assert (scaled.batch_size, scaled.learning_rate) == (512, pytest.approx(0.004))
-    assert scaled_rung(RUNG.model_copy(update={"learning_rate": 0.5}), 4,
-                       "per_replica").learning_rate == 1.0  # capped where params cap it
+    assert (
+        scaled_rung(RUNG.model_copy(update={"learning_rate": 0.5}), 4, "per_replica").learning_rate
+        == 1.0
+    )  # capped where params cap it
 
 
 def test_the_ladder_refuses_several_workers(monkeypatch):

@@ -69,8 +69,11 @@ def test_agreement_counts_other_classes_and_the_largest_difference():
     reference = np.array([[0.9, 0.1], [0.4, 0.6], [0.2, 0.8]], np.float32)
     other = np.array([[0.9, 0.1], [0.6, 0.4], [0.25, 0.75]], np.float32)
     found = engines.agreement(reference, other)
-    assert found == {"images": 3, "disagreements": 1,
-                     "max_abs_probability_difference": pytest.approx(0.2)}
+    assert found == {
+        "images": 3,
+        "disagreements": 1,
+        "max_abs_probability_difference": pytest.approx(0.2),
+    }
     with pytest.raises(ValueError, match="same images"):
         engines.agreement(reference, other[:2])
 
@@ -103,9 +106,12 @@ def test_an_unknown_engine_is_a_config_error_listing_the_choices(name, monkeypat
 
 def test_precisions_and_model_files_are_checked(tmp_path):
     assert engines.model_file(tmp_path, "openvino", "int8") == (
-        tmp_path / "openvino" / "model.int8.xml")
+        tmp_path / "openvino" / "model.int8.xml"
+    )
     assert engines.model_files(tmp_path, "openvino") == [
-        tmp_path / "openvino" / "model.xml", tmp_path / "openvino" / "model.bin"]
+        tmp_path / "openvino" / "model.xml",
+        tmp_path / "openvino" / "model.bin",
+    ]
     with pytest.raises(ConfigError, match="fp32, int8"):
         engines.model_file(tmp_path, "onnxruntime", "fp16")
     with pytest.raises(ConfigError, match="no file in an engine folder"):
@@ -127,13 +133,16 @@ def test_the_manifest_is_read_with_clear_errors(tmp_path):
     assert list(engines.file_hashes(tmp_path)) == ["openvino/model.bin"]
 
 
-@pytest.mark.parametrize("section, message", [
-    ({"engine": "tensorrt"}, "engine.engine"),
-    ({"max_int8_loss_points": -0.1}, "engine.max_int8_loss_points"),
-    ({"calibration_images": 0}, "engine.calibration_images"),
-    ({"int8": "maybe"}, "engine.int8"),
-    ({"precision": "int4"}, "engine.precision"),
-])
+@pytest.mark.parametrize(
+    "section, message",
+    [
+        ({"engine": "tensorrt"}, "engine.engine"),
+        ({"max_int8_loss_points": -0.1}, "engine.max_int8_loss_points"),
+        ({"calibration_images": 0}, "engine.calibration_images"),
+        ({"int8": "maybe"}, "engine.int8"),
+        ({"precision": "int4"}, "engine.precision"),
+    ],
+)
 def test_bad_engine_params_name_their_key(section, message):
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
         parse_params({"engine": section})
@@ -141,5 +150,9 @@ def test_bad_engine_params_name_their_key(section, message):
 
 def test_the_engine_params_default_to_auto_with_int8_judged_at_half_a_point():
     engine = parse_params({}).engine
-    assert (engine.engine, engine.int8, engine.calibration_images,
-            engine.max_int8_loss_points) == ("auto", True, 300, 0.5)
+    assert (engine.engine, engine.int8, engine.calibration_images, engine.max_int8_loss_points) == (
+        "auto",
+        True,
+        300,
+        0.5,
+    )

@@ -22,15 +22,19 @@ def run_without(packages: list[str], code: str) -> subprocess.CompletedProcess:
     """``code`` in a fresh interpreter where ``packages`` cannot be imported (as if their
     extra were not installed: ``import`` raises ModuleNotFoundError)."""
     block = "import sys\n" + "".join(f"sys.modules[{p!r}] = None\n" for p in packages)
-    return subprocess.run([sys.executable, "-c", block + code], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", block + code], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_a_command_without_its_extra_names_it():
     """`image-finetune validate` without Great Expectations: the `validate` extra, before any
     data is read (the data path does not exist)."""
-    done = run_without(["great_expectations"], "from image_finetune.cli import app\n"
-                       "app(['validate', '--data', 'no/such/folder', '--out', 'no/such/out'])")
+    done = run_without(
+        ["great_expectations"],
+        "from image_finetune.cli import app\n"
+        "app(['validate', '--data', 'no/such/folder', '--out', 'no/such/out'])",
+    )
     assert done.returncode == USAGE, done.stderr
     assert "pip install 'image-finetune[validate]'" in done.stderr
     assert "'great_expectations'" in done.stderr and "Traceback" not in done.stderr
@@ -38,8 +42,10 @@ def test_a_command_without_its_extra_names_it():
 
 def test_the_pipeline_command_without_kfp_names_the_pipeline_extra():
     """Its own module imports kfp: the message comes before any command is parsed."""
-    done = run_without(["kfp"], "import runpy\n"
-                       "runpy.run_module('image_finetune.pipelines.cli', run_name='__main__')")
+    done = run_without(
+        ["kfp"],
+        "import runpy\nrunpy.run_module('image_finetune.pipelines.cli', run_name='__main__')",
+    )
     assert done.returncode == USAGE, done.stderr
     assert "pip install 'image-finetune[pipeline]'" in done.stderr
     assert "Traceback" not in done.stderr
@@ -48,8 +54,9 @@ def test_the_pipeline_command_without_kfp_names_the_pipeline_extra():
 def test_the_core_command_line_imports_no_optional_package():
     """What a core install has: the CLI's help and `check-params` run with every optional
     package blocked."""
-    done = run_without(sorted(EXTRA_OF), "from image_finetune.cli import app\n"
-                       "app(['check-params'])")
+    done = run_without(
+        sorted(EXTRA_OF), "from image_finetune.cli import app\napp(['check-params'])"
+    )
     assert done.returncode == 0, done.stderr
     assert '"ladder"' in done.stdout
 
@@ -66,8 +73,12 @@ def test_require_names_the_extra_of_a_missing_package(monkeypatch):
 def test_other_missing_modules_keep_their_own_error():
     """A first-party module, an unknown package, or a missing part inside an installed
     package (a bug or a broken install, not a missing extra) is not reported as an extra."""
-    for name in ("image_finetune.no_such_module", "no_such_package", "yaml.no_such_part",
-                 "numpy.no_such_part"):
+    for name in (
+        "image_finetune.no_such_module",
+        "no_such_package",
+        "yaml.no_such_part",
+        "numpy.no_such_part",
+    ):
         error = ModuleNotFoundError(f"No module named {name!r}", name=name)
         assert missing_extra(error) is None
         with pytest.raises(ModuleNotFoundError) as raised:
@@ -86,11 +97,19 @@ def test_great_expectations_is_imported_only_where_validation_runs():
     importers = set()
     for path in (ROOT / "src" / "image_finetune").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
-                     [node.module or ""] if isinstance(node, ast.ImportFrom) else
-                     [node.args[0].value] if (isinstance(node, ast.Call) and node.args
-                                              and isinstance(node.args[0], ast.Constant))
-                     else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else [node.args[0].value]
+                if (
+                    isinstance(node, ast.Call)
+                    and node.args
+                    and isinstance(node.args[0], ast.Constant)
+                )
+                else []
+            )
             if any(str(n).startswith("great_expectations") for n in names):
                 importers.add(path.relative_to(ROOT).as_posix())
     assert importers == {"src/image_finetune/validation/suites.py"}

@@ -28,11 +28,24 @@ from image_finetune.serving.settings import operate_from_env
 NAMES = ["cat", "dog"]
 
 
-def record(request_id: str, label: str, served: str = "cat", other: str | None = "dog",
-           index: int = 0) -> FeedbackRecord:
-    return FeedbackRecord(request_id, index, label, time.time(), "1", "champion", served, 0.9,
-                          "2" if other else None, other, 0.6 if other else None, b"\xff\xd8",
-                          "jpeg")
+def record(
+    request_id: str, label: str, served: str = "cat", other: str | None = "dog", index: int = 0
+) -> FeedbackRecord:
+    return FeedbackRecord(
+        request_id,
+        index,
+        label,
+        time.time(),
+        "1",
+        "champion",
+        served,
+        0.9,
+        "2" if other else None,
+        other,
+        0.6 if other else None,
+        b"\xff\xd8",
+        "jpeg",
+    )
 
 
 def test_the_store_keeps_feedback_across_reopening_and_refuses_duplicates(tmp_path):
@@ -86,8 +99,7 @@ def test_the_live_decision_is_the_gates_mcnemar_rule(tmp_path, wins, losses, pro
     pairs = pairs_of(tmp_path, champion, challenger, ["cat"] * len(champion))
     decision = decide_rollout(pairs, "1", "2", min_pairs=20, significance=0.05)
     assert decision.promote is promote
-    assert f"candidate-only correct {wins}, champion-only correct {losses}" in \
-        decision.reasons[0]
+    assert f"candidate-only correct {wins}, champion-only correct {losses}" in decision.reasons[0]
 
 
 def test_too_few_pairs_refuse_and_show_agreement_and_confidence(tmp_path):
@@ -148,9 +160,13 @@ def test_the_canary_split_is_deterministic_and_near_its_share():
 
 
 def test_operate_settings_come_from_the_environment_validated():
-    settings = operate_from_env({"IMAGE_FINETUNE_ROLLOUT": "canary",
-                                 "IMAGE_FINETUNE_CANARY_PERCENT": "30",
-                                 "IMAGE_FINETUNE_MONITOR": "off"})
+    settings = operate_from_env(
+        {
+            "IMAGE_FINETUNE_ROLLOUT": "canary",
+            "IMAGE_FINETUNE_CANARY_PERCENT": "30",
+            "IMAGE_FINETUNE_MONITOR": "off",
+        }
+    )
     assert (settings.rollout, settings.canary_percent, settings.monitor) == ("canary", 30, False)
     with pytest.raises(ValueError, match="rollout"):
         operate_from_env({"IMAGE_FINETUNE_ROLLOUT": "blue-green"})

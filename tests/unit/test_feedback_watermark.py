@@ -33,13 +33,26 @@ TINY_JPEG = bytes.fromhex(
     "328191a1082342b1c11552d1f02433627282090a161718191a25262728292a3435363738393a434445464748"
     "494a535455565758595a636465666768696a737475767778797a838485868788898a92939495969798999a"
     "a2a3a4a5a6a7a8a9aab2b3b4b5b6b7b8b9bac2c3c4c5c6c7c8c9cad2d3d4d5d6d7d8d9dae1e2e3e4e5e6e7e8"
-    "e9eaf1f2f3f4f5f6f7f8f9faffda0008010100003f00fbd3ffd9")
+    "e9eaf1f2f3f4f5f6f7f8f9faffda0008010100003f00fbd3ffd9"
+)
 
 
 def add_labels(store: FeedbackStore, prefix: str, count: int, label: str = "cat") -> None:
     for index in range(count):
-        store.add(FeedbackRecord(f"{prefix}{index}", 0, label, time.time(), "1", "champion",
-                                 "dog", 0.8, image=TINY_JPEG, image_format="jpeg"))
+        store.add(
+            FeedbackRecord(
+                f"{prefix}{index}",
+                0,
+                label,
+                time.time(),
+                "1",
+                "champion",
+                "dog",
+                0.8,
+                image=TINY_JPEG,
+                image_format="jpeg",
+            )
+        )
 
 
 @pytest.fixture
@@ -104,7 +117,8 @@ def dvc_project(tmp_path_factory) -> Path:
     (root / "params.yaml").write_text("data:\n  extra_paths: []\n")
     (root / "dvc.yaml").write_text(
         "stages:\n  ingest:\n    cmd: python -c \"print('ingested')\"\n"
-        "    params: [data.extra_paths]\n")
+        "    params: [data.extra_paths]\n"
+    )
 
     def run(*command: str) -> None:
         subprocess.run(command, cwd=root, check=True, capture_output=True)
@@ -119,11 +133,11 @@ def dvc_project(tmp_path_factory) -> Path:
 
 
 def test_a_completed_local_retrain_moves_the_watermark_a_failed_one_does_not(
-        store_uri, tmp_path, dvc_project):
+    store_uri, tmp_path, dvc_project
+):
     export = tmp_path / "export"
     export_feedback(store_uri, export)
-    settings = MonitorSettings(labels=export, min_labels=5, retrain=True,
-                               feedback_uri=store_uri)
+    settings = MonitorSettings(labels=export, min_labels=5, retrain=True, feedback_uri=store_uri)
     not_a_project = tmp_path / "elsewhere"
     not_a_project.mkdir()
     failed = retrain(not_a_project, settings)

@@ -10,10 +10,19 @@ from image_finetune.gate import ChampionResults, Decision, decide, undecided
 from image_finetune.ladder import AttemptRecord, ladder_metrics, ladder_verdict
 from image_finetune.stats import mcnemar_greater
 
-GOOD = {"accuracy": 0.9, "macro_f1": 0.9, "min_class_recall": 0.8,
-        "latency": {"batch1_p95_ms": 10.0}}
-PARAMS = GateParams(min_accuracy=0.85, min_macro_f1=0.85, min_class_recall=0.6,
-                    max_latency_p95_ms=50, significance=0.05)
+GOOD = {
+    "accuracy": 0.9,
+    "macro_f1": 0.9,
+    "min_class_recall": 0.8,
+    "latency": {"batch1_p95_ms": 10.0},
+}
+PARAMS = GateParams(
+    min_accuracy=0.85,
+    min_macro_f1=0.85,
+    min_class_recall=0.6,
+    max_latency_p95_ms=50,
+    significance=0.05,
+)
 
 
 def test_all_requirements_met_passes_and_promotes_without_champion():
@@ -22,11 +31,14 @@ def test_all_requirements_met_passes_and_promotes_without_champion():
     assert all(r.startswith("ok") for r in decision.reasons)
 
 
-@pytest.mark.parametrize("key,value,check", [
-    ("accuracy", 0.8, "accuracy"),
-    ("macro_f1", 0.5, "macro_f1"),
-    ("min_class_recall", 0.3, "min_class_recall"),
-])
+@pytest.mark.parametrize(
+    "key,value,check",
+    [
+        ("accuracy", 0.8, "accuracy"),
+        ("macro_f1", 0.5, "macro_f1"),
+        ("min_class_recall", 0.3, "min_class_recall"),
+    ],
+)
 def test_each_failed_requirement_is_a_reason(key, value, check):
     decision = decide({**GOOD, key: value}, PARAMS, "validation")
     assert not decision.passed and not decision.promote
@@ -46,8 +58,9 @@ def test_the_accuracy_interval_stands_beside_the_threshold():
     assert not undecided({**GOOD, "accuracy_ci95": [0.88, 0.92]}, PARAMS.min_accuracy)
 
 
-@pytest.mark.parametrize("accuracy,interval,passed", [(0.9, [0.8, 0.97], True),
-                                                       (0.82, [0.7, 0.9], False)])
+@pytest.mark.parametrize(
+    "accuracy,interval,passed", [(0.9, [0.8, 0.97], True), (0.82, [0.7, 0.9], False)]
+)
 def test_a_threshold_inside_the_interval_is_flagged_undecided(accuracy, interval, passed):
     metrics = {**GOOD, "accuracy": accuracy, "accuracy_ci95": interval}
     decision = decide(metrics, PARAMS, "validation")
@@ -109,11 +122,14 @@ def record(index: int, passed: bool) -> AttemptRecord:
     return AttemptRecord(index, f"rung-{index}", passed, failures, 0.5, 0.5)
 
 
-@pytest.mark.parametrize("outcomes,winner", [
-    ([True], 0),  # the first rung passes: the loop stops there
-    ([False], None),  # rungs remain: retrain
-    ([False, False, True], 2),  # fail, fail, pass over three rungs
-])
+@pytest.mark.parametrize(
+    "outcomes,winner",
+    [
+        ([True], 0),  # the first rung passes: the loop stops there
+        ([False], None),  # rungs remain: retrain
+        ([False, False, True], 2),  # fail, fail, pass over three rungs
+    ],
+)
 def test_the_ladder_stops_at_the_first_pass_and_retrains_while_rungs_remain(outcomes, winner):
     records = [record(i, passed) for i, passed in enumerate(outcomes)]
     assert ladder_verdict(records, rungs=3) == winner
@@ -126,16 +142,26 @@ def test_the_last_rung_failing_fails_the_run_with_every_attempts_reasons():
     assert str(failed.value).splitlines() == [
         "every rung of the ladder failed the gate:",
         "  attempt 0 (rung-0): FAIL accuracy: 0.0 (required >= 0.85)",
-        "  attempt 1 (rung-1): FAIL accuracy: 0.1 (required >= 0.85)"]
+        "  attempt 1 (rung-1): FAIL accuracy: 0.1 (required >= 0.85)",
+    ]
     assert AttemptRecord.from_json(records[1].to_json()) == records[1]
 
 
 def test_the_ladders_figures_are_flat_numbers_per_attempt():
-    records = [AttemptRecord(0, "head", False, ("FAIL accuracy",), 0.61, 0.6),
-               AttemptRecord(1, "blocks", True, (), 0.9, 0.89)]
+    records = [
+        AttemptRecord(0, "head", False, ("FAIL accuracy",), 0.61, 0.6),
+        AttemptRecord(1, "blocks", True, (), 0.9, 0.89),
+    ]
     figures = ladder_metrics(records, 3)
-    assert figures == {"rungs": 3, "attempts": 2, "selected": 1,
-                       "attempt_0.val_accuracy": 0.61, "attempt_0.val_macro_f1": 0.6,
-                       "attempt_0.passed": 0, "attempt_1.val_accuracy": 0.9,
-                       "attempt_1.val_macro_f1": 0.89, "attempt_1.passed": 1}
+    assert figures == {
+        "rungs": 3,
+        "attempts": 2,
+        "selected": 1,
+        "attempt_0.val_accuracy": 0.61,
+        "attempt_0.val_macro_f1": 0.6,
+        "attempt_0.passed": 0,
+        "attempt_1.val_accuracy": 0.9,
+        "attempt_1.val_macro_f1": 0.89,
+        "attempt_1.passed": 1,
+    }
     assert "selected" not in ladder_metrics(records[:1], 3)  # nothing passed: nothing selected

@@ -5,11 +5,14 @@ import pytest
 from image_finetune.inference import image_fit
 
 
-@pytest.mark.parametrize(("ingested", "used"), [
-    ("reject", "resize"),  # a client cannot refuse a photo for its size: stretched
-    ("resize", "resize"),
-    ("center_crop", "center_crop"),
-])
+@pytest.mark.parametrize(
+    ("ingested", "used"),
+    [
+        ("reject", "resize"),  # a client cannot refuse a photo for its size: stretched
+        ("resize", "resize"),
+        ("center_crop", "center_crop"),
+    ],
+)
 def test_a_model_is_used_as_its_data_was_fitted(ingested, used):
     assert image_fit({"params": {"on_wrong_size": ingested}}) == used
 

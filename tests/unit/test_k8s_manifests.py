@@ -21,32 +21,51 @@ from tests.crds import validate_custom_resource
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "infra" / "k8s"
 # Whole objects; kustomizations and patches are not (test_kustomize renders them).
-MANIFESTS = sorted(path for path in K8S.rglob("*.yaml")
-                   if path.name != "kustomization.yaml" and not path.name.endswith(".patch.yaml"))
+MANIFESTS = sorted(
+    path
+    for path in K8S.rglob("*.yaml")
+    if path.name != "kustomization.yaml" and not path.name.endswith(".patch.yaml")
+)
 KUBERNETES = "1.30.0"  # the oldest release the manifests must work on
 KSERVE = "serving.kserve.io/v1beta1"
 PROMETHEUS_OPERATOR = "monitoring.coreos.com"
 TRAINER = "trainer.kubeflow.org"
 # Fields of a KServe predictor that are KServe's own; the rest is a pod spec.
-KSERVE_PREDICTOR_FIELDS = {"minReplicas", "maxReplicas", "scaleMetric", "scaleTarget",
-                           "containerConcurrency", "timeout", "canaryTrafficPercent",
-                           "logger", "batcher", "annotations", "labels"}
+KSERVE_PREDICTOR_FIELDS = {
+    "minReplicas",
+    "maxReplicas",
+    "scaleMetric",
+    "scaleTarget",
+    "containerConcurrency",
+    "timeout",
+    "canaryTrafficPercent",
+    "logger",
+    "batcher",
+    "annotations",
+    "labels",
+}
 
 
 def documents() -> list[tuple[str, dict]]:
-    return [(f"{path.relative_to(K8S)}:{doc['kind']}/{doc['metadata']['name']}", doc)
-            for path in MANIFESTS for doc in yaml.safe_load_all(path.read_text()) if doc]
+    return [
+        (f"{path.relative_to(K8S)}:{doc['kind']}/{doc['metadata']['name']}", doc)
+        for path in MANIFESTS
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc
+    ]
 
 
 def by_kind(kind: str, name: str) -> dict:
-    return next(doc for _, doc in documents()
-                if doc["kind"] == kind and doc["metadata"]["name"] == name)
+    return next(
+        doc for _, doc in documents() if doc["kind"] == kind and doc["metadata"]["name"] == name
+    )
 
 
 def predictor_as_pod(service: dict) -> dict:
     """A KServe predictor's pod template, as the Pod KServe makes of it."""
-    spec = {k: v for k, v in service["spec"]["predictor"].items()
-            if k not in KSERVE_PREDICTOR_FIELDS}
+    spec = {
+        k: v for k, v in service["spec"]["predictor"].items() if k not in KSERVE_PREDICTOR_FIELDS
+    }
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "predictor"}, "spec": spec}
 
 
@@ -85,8 +104,9 @@ def receiver_pod() -> dict:
     return by_kind("Deployment", "image-finetune-alert-receiver")["spec"]["template"]["spec"]
 
 
-@pytest.mark.parametrize("pod", [*serving_pods(), receiver_pod()],
-                         ids=["deployment", "kserve", "alert-receiver"])
+@pytest.mark.parametrize(
+    "pod", [*serving_pods(), receiver_pod()], ids=["deployment", "kserve", "alert-receiver"]
+)
 def test_pods_are_hardened(pod):
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -123,7 +143,8 @@ def test_serving_command_is_the_cli_with_a_token_and_no_params_file(pod):
 
 def test_probes_leave_time_to_load_the_model():
     [container] = by_kind("Deployment", "image-finetune-serve")["spec"]["template"]["spec"][
-        "containers"]
+        "containers"
+    ]
     startup = container["startupProbe"]
     assert startup["httpGet"]["path"] == "/healthz"  # liveness, not readiness, at start
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 60

@@ -22,10 +22,20 @@ PARAMS = str(ROOT / "params.yaml")
 @pytest.fixture(scope="module")
 def placed(tmp_path_factory):
     return compile_with(
-        tmp_path_factory.mktemp("placed"), "--toleration", "nvidia.com/gpu:NoSchedule",
-        "--toleration", "dedicated=ml:NoExecute",
-        "--node-selector", "cloud.google.com/gke-accelerator=nvidia-l4",
-        "--train-timeout", "7200", "--step-timeout", "600", "--train-retries", "3")
+        tmp_path_factory.mktemp("placed"),
+        "--toleration",
+        "nvidia.com/gpu:NoSchedule",
+        "--toleration",
+        "dedicated=ml:NoExecute",
+        "--node-selector",
+        "cloud.google.com/gke-accelerator=nvidia-l4",
+        "--train-timeout",
+        "7200",
+        "--step-timeout",
+        "600",
+        "--train-retries",
+        "3",
+    )
 
 
 def test_gpu_training_tolerates_the_taints_and_selects_the_nodes_named(placed):
@@ -36,8 +46,10 @@ def test_gpu_training_tolerates_the_taints_and_selects_the_nodes_named(placed):
         tolerations = {(t.key, t.operator, t.value, t.effect) for t in config.tolerations}
         selector = dict(config.node_selector.labels)
         if name in training:
-            assert tolerations == {("nvidia.com/gpu", "Exists", "", "NoSchedule"),
-                                   ("dedicated", "Equal", "ml", "NoExecute")}, name
+            assert tolerations == {
+                ("nvidia.com/gpu", "Exists", "", "NoSchedule"),
+                ("dedicated", "Equal", "ml", "NoExecute"),
+            }, name
             assert selector == {"cloud.google.com/gke-accelerator": "nvidia-l4"}, name
         else:  # CPU steps stay off the GPU nodes
             assert not tolerations and not selector, name
@@ -65,8 +77,9 @@ def test_by_default_gpu_training_tolerates_the_nvidia_taint(tmp_path):
         assert keys == (["nvidia.com/gpu"] if name in training_tasks(spec) else []), name
 
 
-@pytest.mark.parametrize("text", ["nvidia.com/gpu", "gpu:Sometimes", "bad key!:NoSchedule",
-                                  "k=v v:NoSchedule"])
+@pytest.mark.parametrize(
+    "text", ["nvidia.com/gpu", "gpu:Sometimes", "bad key!:NoSchedule", "k=v v:NoSchedule"]
+)
 def test_a_malformed_toleration_is_refused(text):
     with pytest.raises(ConfigError, match="KEY\\[=VALUE\\]:EFFECT"):
         Toleration.parse(text)
@@ -79,26 +92,50 @@ def test_a_malformed_node_selector_is_refused(text):
 
 
 def test_compile_refuses_a_bad_flag_with_a_message_not_a_traceback(tmp_path):
-    result = CliRunner().invoke(cli.app, [
-        "compile", "--params", PARAMS, "--out", str(tmp_path / "p.yaml"),
-        "--node-selector", "gpu"])
+    result = CliRunner().invoke(
+        cli.app,
+        [
+            "compile",
+            "--params",
+            PARAMS,
+            "--out",
+            str(tmp_path / "p.yaml"),
+            "--node-selector",
+            "gpu",
+        ],
+    )
     assert result.exit_code != 0 and "Traceback" not in result.output
     assert "node selector 'gpu'" in result.output
-    result = CliRunner().invoke(cli.app, [
-        "compile", "--params", PARAMS, "--out", str(tmp_path / "p.yaml"),
-        "--launcher", "mpijob"])
+    result = CliRunner().invoke(
+        cli.app,
+        ["compile", "--params", PARAMS, "--out", str(tmp_path / "p.yaml"), "--launcher", "mpijob"],
+    )
     assert result.exit_code != 0 and "'mpijob'" in result.output
 
 
 def upload(url: str, *options: str):
-    return CliRunner().invoke(cli.app, ["upload", "--host", url, "--params", PARAMS, *options],
-                              env={"KFP_TOKEN": "upload-token"})
+    return CliRunner().invoke(
+        cli.app,
+        ["upload", "--host", url, "--params", PARAMS, *options],
+        env={"KFP_TOKEN": "upload-token"},
+    )
 
 
 def test_upload_makes_the_pipeline_then_a_new_version_each_time():
     with fake_kfp() as (url, state):
-        first = upload(url, "--name", "cifar", "--version", "v1", "--description", "first",
-                       "--workers", "2", "--launcher", "trainjob")
+        first = upload(
+            url,
+            "--name",
+            "cifar",
+            "--version",
+            "v1",
+            "--description",
+            "first",
+            "--workers",
+            "2",
+            "--launcher",
+            "trainjob",
+        )
         assert first.exit_code == 0, first.output
         assert "new pipeline 'cifar' (pipeline-1), version 'v1'" in first.output
         second = upload(url, "--name", "cifar", "--version", "v2")
@@ -118,8 +155,7 @@ def test_upload_makes_the_pipeline_then_a_new_version_each_time():
 
 def test_upload_of_a_compiled_package_names_its_version_after_the_commit(tmp_path):
     package = tmp_path / "pipeline.yaml"
-    compiled = CliRunner().invoke(cli.app, ["compile", "--params", PARAMS, "--out",
-                                            str(package)])
+    compiled = CliRunner().invoke(cli.app, ["compile", "--params", PARAMS, "--out", str(package)])
     assert compiled.exit_code == 0, compiled.output
     with fake_kfp() as (url, state):
         result = upload(url, "--package", str(package))

@@ -42,16 +42,24 @@ def test_the_knobs_and_the_remainders_give_back_the_params(name):
 
 def test_the_knobs_are_the_values_tuned_per_run(params):
     assert knob_values(params) == {
-        "data_path": "../shared/data/cifar10-jpeg.tar.gz", "backbone": "mobilenet_v2",
-        "model_image_size": 96, "min_accuracy": 0.85, "min_macro_f1": 0.85,
-        "min_class_recall": 0.65, "max_latency_p95_ms": 200.0,
-        "rung0_epochs": 8, "rung0_learning_rate": 0.001,
-        "rung1_epochs": 4, "rung1_learning_rate": 0.0005}
+        "data_path": "../shared/data/cifar10-jpeg.tar.gz",
+        "backbone": "mobilenet_v2",
+        "model_image_size": 96,
+        "min_accuracy": 0.85,
+        "min_macro_f1": 0.85,
+        "min_class_recall": 0.65,
+        "max_latency_p95_ms": 200.0,
+        "rung0_epochs": 8,
+        "rung0_learning_rate": 0.001,
+        "rung1_epochs": 4,
+        "rung1_learning_rate": 0.0005,
+    }
 
 
 def test_a_typed_override_lands_in_its_section_and_nothing_else_changes(params):
-    merged = merged_back(params, rung1_epochs=6, rung0_learning_rate=0.01, model_image_size=128,
-                         min_class_recall=0.5)
+    merged = merged_back(
+        params, rung1_epochs=6, rung0_learning_rate=0.01, model_image_size=128, min_class_recall=0.5
+    )
     raw = params.model_dump(mode="json", by_alias=True)
     raw["train"]["ladder"][1]["epochs"], raw["train"]["ladder"][0]["learning_rate"] = 6, 0.01
     raw["model"]["image_size"], raw["gate"]["min_class_recall"] = 128, 0.5
@@ -68,8 +76,9 @@ def test_a_null_left_out_takes_its_default_which_is_the_same_null(params):
 
 
 def test_a_null_whose_default_is_not_null_is_spelled_and_read_back(params):
-    no_boundary = params.model_copy(update={
-        "train": params.train.model_copy(update={"cache_boundary": None})})
+    no_boundary = params.model_copy(
+        update={"train": params.train.model_copy(update={"cache_boundary": None})}
+    )
     assert section_remainders(no_boundary)["train"]["cache_boundary"] == "none"
     assert merged_back(no_boundary).train.cache_boundary is None
     assert merged_back(params).train.cache_boundary == "block_12_add"
@@ -78,8 +87,9 @@ def test_a_null_whose_default_is_not_null_is_spelled_and_read_back(params):
 def nullable_with_other_default(model: type[BaseModel], prefix: str) -> set[str]:
     fields = set()
     for name, field in model.model_fields.items():
-        nullable = (typing.get_origin(field.annotation) in (typing.Union, types.UnionType)
-                    and type(None) in typing.get_args(field.annotation))
+        nullable = typing.get_origin(field.annotation) in (typing.Union, types.UnionType) and type(
+            None
+        ) in typing.get_args(field.annotation)
         if nullable and field.default is not None:
             fields.add(f"{prefix}.{name}")
     return fields
@@ -97,23 +107,32 @@ def test_every_null_that_would_change_a_value_when_left_out_is_spelled():
 def test_an_unknown_key_is_refused_by_the_typed_config_with_its_path(params):
     remainders = section_remainders(params)
     remainders["train"]["ladder"][1]["epoch"] = 6  # a typo for the knob
-    with pytest.raises(ConfigError, match=r"train\.ladder\.1\.epoch: Extra inputs are not "
-                                          r"permitted \(got 6\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"train\.ladder\.1\.epoch: Extra inputs are not "
+        r"permitted \(got 6\)",
+    ):
         parse_sections(merge_knobs(remainders, knob_values(params)), "pipeline parameters")
 
 
 def test_a_knob_is_refused_when_its_section_sets_it_too(params):
     remainders = section_remainders(params)
     remainders["gate"]["min_accuracy"] = 0.5
-    with pytest.raises(ConfigError, match=r"gate\.min_accuracy is the pipeline parameter "
-                                          r"min_accuracy; leave it out of the gate parameter"):
+    with pytest.raises(
+        ConfigError,
+        match=r"gate\.min_accuracy is the pipeline parameter "
+        r"min_accuracy; leave it out of the gate parameter",
+    ):
         merge_knobs(remainders, knob_values(params))
 
 
 def test_a_knob_for_a_rung_the_ladder_lacks_or_an_unknown_knob_is_refused(params):
     remainders = section_remainders(params)
-    with pytest.raises(ConfigError, match=r"rung2_epochs: train\.ladder has 2 rung\(s\), no "
-                                          r"rung 2"):
+    with pytest.raises(
+        ConfigError,
+        match=r"rung2_epochs: train\.ladder has 2 rung\(s\), no "
+        r"rung 2",
+    ):
         merge_knobs(remainders, {"rung2_epochs": 3})
     with pytest.raises(ConfigError, match="'epochs' is not a pipeline parameter"):
         merge_knobs(remainders, {"epochs": 3})

@@ -9,8 +9,10 @@ from image_finetune.registry.lineage import GIT_COMMIT_TAG, dvc_experiment, line
 
 def test_a_dvc_experiments_stage_knows_its_name_and_base_commit():
     environ = {"DVC_EXP_NAME": "rapt-hymn", "DVC_EXP_BASELINE_REV": "abc123", "HOME": "/root"}
-    assert dvc_experiment(environ) == {"dvc_experiment": "rapt-hymn",
-                                       "dvc_experiment_baseline": "abc123"}
+    assert dvc_experiment(environ) == {
+        "dvc_experiment": "rapt-hymn",
+        "dvc_experiment_baseline": "abc123",
+    }
     assert dvc_experiment({"HOME": "/root"}) == {}  # dvc repro, the CLI, Kubeflow
     assert dvc_experiment({"DVC_EXP_NAME": ""}) == {}
 

@@ -50,8 +50,9 @@ def test_an_explicit_path_is_never_replaced_by_a_download(project):
 
 
 def test_a_backbone_without_a_download_keeps_its_missing_file(project):
-    model = choose_weights(ModelParams(backbone="efficientnet_lite0", weights_file="x.npz"),
-                           project, {})
+    model = choose_weights(
+        ModelParams(backbone="efficientnet_lite0", weights_file="x.npz"), project, {}
+    )
     assert model.weights == str(project / "x.npz")
 
 
@@ -64,9 +65,12 @@ def test_an_experiments_temporary_copy_finds_the_repositorys_neighbours(project,
 
 
 def test_the_sources_record_names_content_not_places(project, tmp_path):
-    params = Params.model_validate({
-        "data": {"path": "../shared/cifar.tar.gz"},
-        "model": {"weights_file": "../shared/mobilenet.weights.h5"}})
+    params = Params.model_validate(
+        {
+            "data": {"path": "../shared/cifar.tar.gz"},
+            "model": {"weights_file": "../shared/mobilenet.weights.h5"},
+        }
+    )
     record = locate_sources(params, project, project / "data" / "sources.json")
     assert record == json.loads((project / "data" / "sources.json").read_text())
     assert record["data"]["source"] == "folder" and len(record["data"]["sha256"]) == 64
@@ -78,11 +82,14 @@ def test_the_sources_record_names_content_not_places(project, tmp_path):
 
 
 def test_the_sources_record_of_public_sources_and_a_missing_explicit_file(project):
-    public = Params.model_validate({"data": {"path": "nowhere"},
-                                    "model": {"weights_file": "nowhere"}})
+    public = Params.model_validate(
+        {"data": {"path": "nowhere"}, "model": {"weights_file": "nowhere"}}
+    )
     record = locate_sources(public, project, project / "sources.json")
-    assert record == {"data": {"source": "tfds", "name": "cifar10"},
-                      "weights": {"backbone": "mobilenet_v2", "weights": "imagenet"}}
+    assert record == {
+        "data": {"source": "tfds", "name": "cifar10"},
+        "weights": {"backbone": "mobilenet_v2", "weights": "imagenet"},
+    }
     explicit = Params.model_validate({"data": {"source": "folder", "path": "nowhere"}})
     with pytest.raises(MissingInputError, match="nowhere: data source not found"):
         locate_sources(explicit, project, project / "sources.json")

@@ -35,7 +35,10 @@ def test_most_confused_pairs_are_ordered_off_diagonal_cells():
     matrix = np.array([[50, 7, 1], [2, 40, 0], [9, 0, 30]])
     pairs = most_confused_pairs(matrix, CLASSES, 3)
     assert [(p["true"], p["predicted"], p["count"]) for p in pairs] == [
-        ("c", "a", 9), ("a", "b", 7), ("b", "a", 2)]
+        ("c", "a", 9),
+        ("a", "b", 7),
+        ("b", "a", 2),
+    ]
     assert len(most_confused_pairs(np.eye(3, dtype=int), CLASSES, 5)) == 0
 
 
@@ -52,19 +55,38 @@ def test_classification_metrics_on_a_known_case():
 
 
 def test_flat_metrics_keep_every_scalar_and_the_interval_and_drop_the_tables():
-    metrics = {"accuracy": 0.9, "accuracy_ci95": [0.88, 0.92], "count": 100, "flip_tta": True,
-               "latency": {"batch1_p50_ms": 9.5}, "per_class": {"a": {"recall": 1.0}},
-               "confusion_matrix": [[1]], "most_confused": [{"true": "a"}]}
+    metrics = {
+        "accuracy": 0.9,
+        "accuracy_ci95": [0.88, 0.92],
+        "count": 100,
+        "flip_tta": True,
+        "latency": {"batch1_p50_ms": 9.5},
+        "per_class": {"a": {"recall": 1.0}},
+        "confusion_matrix": [[1]],
+        "most_confused": [{"true": "a"}],
+    }
     assert flatten_metrics(metrics, "test_") == {
-        "test_accuracy": 0.9, "test_accuracy_ci95.low": 0.88, "test_accuracy_ci95.high": 0.92,
-        "test_count": 100.0, "test_latency.batch1_p50_ms": 9.5}
+        "test_accuracy": 0.9,
+        "test_accuracy_ci95.low": 0.88,
+        "test_accuracy_ci95.high": 0.92,
+        "test_count": 100.0,
+        "test_latency.batch1_p50_ms": 9.5,
+    }
 
 
 def test_metric_files_keep_each_class_and_the_interval_as_flat_numbers():
-    metrics = {"accuracy": 0.9, "accuracy_ci95": [0.88, 0.92],
-               "per_class": {"ship": {"recall": 0.5, "support": 10}, "a b/c": {"f1": 1.0}},
-               "confusion_matrix": [[1]], "most_confused": [{"true": "a"}]}
+    metrics = {
+        "accuracy": 0.9,
+        "accuracy_ci95": [0.88, 0.92],
+        "per_class": {"ship": {"recall": 0.5, "support": 10}, "a b/c": {"f1": 1.0}},
+        "confusion_matrix": [[1]],
+        "most_confused": [{"true": "a"}],
+    }
     assert flatten_metrics_with_classes(metrics) == {
-        "accuracy": 0.9, "accuracy_ci95.low": 0.88, "accuracy_ci95.high": 0.92,
-        "per_class.ship.recall": 0.5, "per_class.ship.support": 10.0,
-        "per_class.a b/c.f1": 1.0}
+        "accuracy": 0.9,
+        "accuracy_ci95.low": 0.88,
+        "accuracy_ci95.high": 0.92,
+        "per_class.ship.recall": 0.5,
+        "per_class.ship.support": 10.0,
+        "per_class.a b/c.f1": 1.0,
+    }

@@ -14,30 +14,69 @@ CLASSES = ["cat", "dog", "<script>alert(1)</script>"]
 
 
 def facts(engine: dict | None = None, attempts: list[dict] | None = None) -> CardFacts:
-    per_class = {name: {"precision": 0.8, "recall": recall, "f1": 0.7, "support": 10}
-                 for name, recall in zip(CLASSES, (0.9, 0.55, 0.8), strict=True)}
+    per_class = {
+        name: {"precision": 0.8, "recall": recall, "f1": 0.7, "support": 10}
+        for name, recall in zip(CLASSES, (0.9, 0.55, 0.8), strict=True)
+    }
     return CardFacts(
-        model_name="cifar10-classifier", version="7", backbone="mobilenet_v2",
-        class_names=CLASSES, image_fit="resize",
-        manifest={"image_shape": [32, 32, 3],
-                  "source": {"kind": "folder", "name": "cifar10-jpeg.tar.gz", "sha256": "ab" * 32},
-                  "splits": {"train": {"count": 60, "images_sha256": "1" * 64,
-                                       "per_class": {"cat": 19, "dog": 20, "x": 21}},
-                             "test": {"count": 30, "images_sha256": "2" * 64,
-                                      "per_class": {"cat": 10, "dog": 10, "x": 10}}}},
+        model_name="cifar10-classifier",
+        version="7",
+        backbone="mobilenet_v2",
+        class_names=CLASSES,
+        image_fit="resize",
+        manifest={
+            "image_shape": [32, 32, 3],
+            "source": {"kind": "folder", "name": "cifar10-jpeg.tar.gz", "sha256": "ab" * 32},
+            "splits": {
+                "train": {
+                    "count": 60,
+                    "images_sha256": "1" * 64,
+                    "per_class": {"cat": 19, "dog": 20, "x": 21},
+                },
+                "test": {
+                    "count": 30,
+                    "images_sha256": "2" * 64,
+                    "per_class": {"cat": 10, "dog": 10, "x": 10},
+                },
+            },
+        },
         manifest_sha256="f" * 64,
-        test={"count": 30, "accuracy": 0.8123, "accuracy_ci95": [0.7511, 0.8702],
-              "macro_f1": 0.8, "min_class_recall": 0.55, "ece": 0.0612, "per_class": per_class,
-              "most_confused": [{"true": "dog", "predicted": "cat", "count": 4}],
-              "latency": {"batch1_p50_ms": 9.5, "batch1_p95_ms": 12.2},
-              "model_size_mb": 9.69},
+        test={
+            "count": 30,
+            "accuracy": 0.8123,
+            "accuracy_ci95": [0.7511, 0.8702],
+            "macro_f1": 0.8,
+            "min_class_recall": 0.55,
+            "ece": 0.0612,
+            "per_class": per_class,
+            "most_confused": [{"true": "dog", "predicted": "cat", "count": 4}],
+            "latency": {"batch1_p50_ms": 9.5, "batch1_p95_ms": 12.2},
+            "model_size_mb": 9.69,
+        },
         decision={"passed": True, "reasons": ["ok accuracy: 0.8123 (required >= 0.5)"]},
-        attempts=attempts if attempts is not None else [
-            {"index": 0, "rung": "frozen-head", "passed": False, "val_accuracy": 0.746,
-             "val_macro_f1": 0.745, "failures": ["FAIL accuracy: 0.746 (required >= 0.85)"]},
-            {"index": 1, "rung": "top-blocks", "passed": True, "val_accuracy": 0.882,
-             "val_macro_f1": 0.881, "failures": []}],
-        engine=engine, lineage={"pipeline_run_id": "run-1", "git_commit": "abc123"})
+        attempts=attempts
+        if attempts is not None
+        else [
+            {
+                "index": 0,
+                "rung": "frozen-head",
+                "passed": False,
+                "val_accuracy": 0.746,
+                "val_macro_f1": 0.745,
+                "failures": ["FAIL accuracy: 0.746 (required >= 0.85)"],
+            },
+            {
+                "index": 1,
+                "rung": "top-blocks",
+                "passed": True,
+                "val_accuracy": 0.882,
+                "val_macro_f1": 0.881,
+                "failures": [],
+            },
+        ],
+        engine=engine,
+        lineage={"pipeline_run_id": "run-1", "git_commit": "abc123"},
+    )
 
 
 def test_the_markdown_card_says_what_the_data_loop_and_test_results_were():
@@ -57,8 +96,12 @@ def test_the_markdown_card_says_what_the_data_loop_and_test_results_were():
 
 
 def test_the_engine_figures_appear_when_the_evaluation_has_them():
-    engine = {"default_engine": "openvino", "serving_precision": "int8", "agreement": 0.997,
-              "int8": {"accuracy_drop": 0.002, "mcnemar_p": 0.41}}
+    engine = {
+        "default_engine": "openvino",
+        "serving_precision": "int8",
+        "agreement": 0.997,
+        "int8": {"accuracy_drop": 0.002, "mcnemar_p": 0.41},
+    }
     text = card_markdown(facts(engine))
     assert "| default_engine | openvino |" in text and "| serving_precision | int8 |" in text
     assert "| agreement | 0.997 |" in text
@@ -94,7 +137,8 @@ def tensorflow_for(lines: list[str], environment: dict) -> list[str]:
     for line in lines:
         requirement = Requirement(line)
         if requirement.name.startswith("tensorflow") and (
-                requirement.marker is None or requirement.marker.evaluate(environment)):
+            requirement.marker is None or requirement.marker.evaluate(environment)
+        ):
             found.append(f"{requirement.name}{requirement.specifier}")
     return found
 

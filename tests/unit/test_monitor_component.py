@@ -17,6 +17,13 @@ def test_the_monitor_component_gives_the_verdict_the_pipeline_branches_on(tmp_pa
 
     compiler.Compiler().compile(monitoring, str(tmp_path / "pipeline.yaml"))
     spec = monitor_drift.component_spec
-    assert set(spec.outputs) >= {"drift", "labels_count", "retrain", "model_version", "report",
-                                 "drift_report", "metrics"}
+    assert set(spec.outputs) >= {
+        "drift",
+        "labels_count",
+        "retrain",
+        "model_version",
+        "report",
+        "drift_report",
+        "metrics",
+    }
     assert spec.inputs["labels"].optional and not spec.inputs["source"].optional

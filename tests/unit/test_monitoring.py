@@ -43,8 +43,15 @@ def profile() -> ReferenceProfile:
     rng = np.random.default_rng(0)
     train = summaries(rng, 3000)[1]
     probabilities, embeddings, stats = summaries(rng, 2000)
-    return build_profile([f"c{i}" for i in range(CLASSES)], probabilities, embeddings, stats,
-                         train, dimensions=8, model_version="3")
+    return build_profile(
+        [f"c{i}" for i in range(CLASSES)],
+        probabilities,
+        embeddings,
+        stats,
+        train,
+        dimensions=8,
+        model_version="3",
+    )
 
 
 def window_of(profile, probabilities, embeddings, stats) -> drift.Window:
@@ -52,8 +59,9 @@ def window_of(profile, probabilities, embeddings, stats) -> drift.Window:
 
 
 def test_a_clean_window_raises_no_alarm(profile):
-    result = drift.test_window(profile, window_of(profile, *summaries(
-        np.random.default_rng(1), 500)), permutations=200)
+    result = drift.test_window(
+        profile, window_of(profile, *summaries(np.random.default_rng(1), 500)), permutations=200
+    )
     assert not result.drift
     assert set(result.tests) == set(drift.TESTS)
     assert all(0.0 <= t.raw_p_value <= t.p_value <= 1.0 for t in result.tests.values())
@@ -61,44 +69,59 @@ def test_a_clean_window_raises_no_alarm(profile):
 
 def test_false_alarms_stay_near_alpha(profile):
     rng = np.random.default_rng(2)
-    alarms = [drift.test_window(profile, window_of(profile, *summaries(rng, 200)),
-                                permutations=200, seed=i).drift for i in range(30)]
+    alarms = [
+        drift.test_window(
+            profile, window_of(profile, *summaries(rng, 200)), permutations=200, seed=i
+        ).drift
+        for i in range(30)
+    ]
     assert sum(alarms) <= 3  # 5% of 30 is 1.5; Bonferroni makes it rarer still
 
 
-@pytest.mark.parametrize(("planted", "expected"), [
-    ({"shift": 1.0}, "embedding_mmd"),
-    ({"confident": 1.0}, "confidence"),
-    ({"skew_class": 3}, "predicted_classes"),
-    ({"stats_shift": np.array([0.06, 0, 0, 0])}, "brightness"),
-    ({"stats_shift": np.array([0, 0, 0, 0.004])}, "sharpness"),
-])
+@pytest.mark.parametrize(
+    ("planted", "expected"),
+    [
+        ({"shift": 1.0}, "embedding_mmd"),
+        ({"confident": 1.0}, "confidence"),
+        ({"skew_class": 3}, "predicted_classes"),
+        ({"stats_shift": np.array([0.06, 0, 0, 0])}, "brightness"),
+        ({"stats_shift": np.array([0, 0, 0, 0.004])}, "sharpness"),
+    ],
+)
 def test_planted_drift_is_found_by_its_test(profile, planted, expected):
-    result = drift.test_window(profile, window_of(profile, *summaries(
-        np.random.default_rng(3), 500, **planted)), permutations=200)
+    result = drift.test_window(
+        profile,
+        window_of(profile, *summaries(np.random.default_rng(3), 500, **planted)),
+        permutations=200,
+    )
     assert result.drift
     assert result.tests[expected].drift, result.to_dict()["tests"]
 
 
 def test_class_probability_ks_sees_a_prior_shift(profile):
-    result = drift.test_window(profile, window_of(profile, *summaries(
-        np.random.default_rng(4), 500, skew_class=7)), permutations=200)
+    result = drift.test_window(
+        profile,
+        window_of(profile, *summaries(np.random.default_rng(4), 500, skew_class=7)),
+        permutations=200,
+    )
     assert result.tests["class_probabilities"].drift
 
 
 def test_a_rise_in_confidence_is_not_a_drop(profile):
     _, p_value = drift.confidence_drop_test(
-        profile.probabilities, summaries(np.random.default_rng(5), 500, confident=6.0)[0])
+        profile.probabilities, summaries(np.random.default_rng(5), 500, confident=6.0)[0]
+    )
     assert p_value > 0.5
 
 
 def test_the_mmd_test_is_exact_under_the_null_and_powerful_under_a_shift():
     rng = np.random.default_rng(6)
-    same = [drift.mmd_test(rng.normal(size=(200, 4)), rng.normal(size=(100, 4)), 99, rng)[1]
-            for _ in range(60)]
+    same = [
+        drift.mmd_test(rng.normal(size=(200, 4)), rng.normal(size=(100, 4)), 99, rng)[1]
+        for _ in range(60)
+    ]
     assert 0.02 <= np.mean(np.array(same) < 0.1) <= 0.25  # uniform p-values: ~10%
-    _, p_value = drift.mmd_test(rng.normal(size=(200, 4)), rng.normal(0.5, 1, (100, 4)), 99,
-                                rng)
+    _, p_value = drift.mmd_test(rng.normal(size=(200, 4)), rng.normal(0.5, 1, (100, 4)), 99, rng)
     assert p_value == pytest.approx(0.01)
 
 
@@ -132,22 +155,26 @@ def test_bad_windows_and_settings_are_refused(profile):
     with pytest.raises(ValueError, match="disagree"):
         drift.Window(probabilities, profile.project(embeddings)[:5], stats)
     with pytest.raises(ValueError, match="permutations"):
-        drift.test_window(profile, window_of(profile, *summaries(
-            np.random.default_rng(8), 50)), permutations=10**6)
+        drift.test_window(
+            profile,
+            window_of(profile, *summaries(np.random.default_rng(8), 50)),
+            permutations=10**6,
+        )
     with pytest.raises(ValueError, match="use 160 at least"):
-        drift.test_window(profile, window_of(profile, *summaries(
-            np.random.default_rng(8), 50)), permutations=100)
+        drift.test_window(
+            profile, window_of(profile, *summaries(np.random.default_rng(8), 50)), permutations=100
+        )
 
 
 def test_the_result_is_json_ready(profile):
     import json
 
-    result = drift.test_window(profile, window_of(profile, *summaries(
-        np.random.default_rng(9), 100)), permutations=160)
+    result = drift.test_window(
+        profile, window_of(profile, *summaries(np.random.default_rng(9), 100)), permutations=160
+    )
     loaded = json.loads(json.dumps(result.to_dict()))
     assert loaded["model_version"] == "3" and loaded["window_size"] == 100
-    assert set(loaded["tests"]["embedding_mmd"]) == {"statistic", "p_value", "drift",
-                                                      "raw_p_value"}
+    assert set(loaded["tests"]["embedding_mmd"]) == {"statistic", "p_value", "drift", "raw_p_value"}
 
 
 def test_a_profile_round_trips_and_refuses_damage(profile, tmp_path):

@@ -26,8 +26,15 @@ IMAGE = "registry.example.com/ml/image-finetune:1.2.3"
 SOURCE = "s3://ml/windows/latest.npz"
 LABELS = "s3://ml/feedback/"
 PipelineSpec = pipeline_spec_pb2.PipelineSpec
-MONITOR_PARAMETERS = {"source_uri", "labels_uri", "alias", "version", "alpha", "permutations",
-                      "min_labels"}
+MONITOR_PARAMETERS = {
+    "source_uri",
+    "labels_uri",
+    "alias",
+    "version",
+    "alpha",
+    "permutations",
+    "min_labels",
+}
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +51,9 @@ def compiled(folder: Path, params: Params, **uris) -> tuple[PipelineSpec, dict]:
 
 @pytest.fixture(scope="module")
 def monitoring(params, tmp_path_factory) -> tuple[PipelineSpec, dict]:
-    return compiled(tmp_path_factory.mktemp("monitoring"), params, source_uri=SOURCE,
-                    labels_uri=LABELS)
+    return compiled(
+        tmp_path_factory.mktemp("monitoring"), params, source_uri=SOURCE, labels_uri=LABELS
+    )
 
 
 @pytest.fixture(scope="module")
@@ -73,16 +81,21 @@ def task_names(spec: PipelineSpec, dag) -> set[str]:
 
 def test_monitor_then_retrain_only_on_the_monitors_verdict(spec):
     tasks = by_name(spec.root.dag)
-    assert set(tasks) == {"import the images", "import the exported feedback", "monitor",
-                          "drift-or-new-labels"}
+    assert set(tasks) == {
+        "import the images",
+        "import the exported feedback",
+        "monitor",
+        "drift-or-new-labels",
+    }
     monitor = tasks["monitor"]
-    assert set(monitor.dependent_tasks) == {tasks["import the images"].component_ref.name
-                                            .removeprefix("comp-"),
-                                            tasks["import the exported feedback"]
-                                            .component_ref.name.removeprefix("comp-")}
+    assert set(monitor.dependent_tasks) == {
+        tasks["import the images"].component_ref.name.removeprefix("comp-"),
+        tasks["import the exported feedback"].component_ref.name.removeprefix("comp-"),
+    }
     condition = tasks["drift-or-new-labels"]
     assert condition.trigger_policy.condition == (
-        "inputs.parameter_values['pipelinechannel--monitor-drift-retrain'] == true")
+        "inputs.parameter_values['pipelinechannel--monitor-drift-retrain'] == true"
+    )
     [retrain] = by_name(dag_of(spec, condition)).values()
     assert retrain.task_info.name == "retrain: the fine-tuning pipeline"
 
@@ -90,7 +103,8 @@ def test_monitor_then_retrain_only_on_the_monitors_verdict(spec):
 def test_the_retrain_is_the_whole_fine_tuning_pipeline(spec, params, tmp_path):
     compile_pipeline(params, str(tmp_path / "training.yaml"), Deployment(image=IMAGE), "abc123")
     training = json_format.ParseDict(
-        next(yaml.safe_load_all((tmp_path / "training.yaml").read_text())), PipelineSpec())
+        next(yaml.safe_load_all((tmp_path / "training.yaml").read_text())), PipelineSpec()
+    )
     condition = by_name(spec.root.dag)["drift-or-new-labels"]
     [retrain] = dag_of(spec, condition).tasks.values()
     nested = task_names(spec, dag_of(spec, retrain))
@@ -133,11 +147,13 @@ def test_the_monitor_is_never_cached_retries_and_reads_the_registry(monitoring):
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     [secret] = executors[label]["secretAsEnv"]
     assert secret["secretNameParameter"]["runtimeValue"]["constant"] == "mlflow-client"
-    importers = [task for task in spec.root.dag.tasks.values()
-                 if task.task_info.name.startswith("import")]
+    importers = [
+        task for task in spec.root.dag.tasks.values() if task.task_info.name.startswith("import")
+    ]
     for task in importers:
-        importer = spec.deployment_spec["executors"][spec.components[
-            task.component_ref.name].executor_label]["importer"]
+        importer = spec.deployment_spec["executors"][
+            spec.components[task.component_ref.name].executor_label
+        ]["importer"]
         assert importer["reimport"] is True  # a new run reads the new images
 
 
@@ -159,52 +175,102 @@ def test_without_a_labels_uri_there_is_no_labels_input(params, tmp_path):
 def test_schedule_creates_one_at_a_time_recurring_run_without_catch_up(monkeypatch):
     monkeypatch.setenv("KFP_TOKEN", "kfp-token")
     with fake_kfp() as (url, state):
-        result = CliRunner().invoke(cli.app, [
-            "schedule", "--host", url, "--namespace", "team-ml", "--cron", "0 0 3 * * *",
-            "--source-uri", SOURCE, "--labels-uri", LABELS, "--min-labels", "50",
-            "--params", str(ROOT / "params.yaml"), "--image", IMAGE,
-            "--service-account", "pipeline-runner"])
+        result = CliRunner().invoke(
+            cli.app,
+            [
+                "schedule",
+                "--host",
+                url,
+                "--namespace",
+                "team-ml",
+                "--cron",
+                "0 0 3 * * *",
+                "--source-uri",
+                SOURCE,
+                "--labels-uri",
+                LABELS,
+                "--min-labels",
+                "50",
+                "--params",
+                str(ROOT / "params.yaml"),
+                "--image",
+                IMAGE,
+                "--service-account",
+                "pipeline-runner",
+            ],
+        )
         assert result.exit_code == 0, result.output
         [created] = state.posted("recurringruns")
     body = created.body
     assert created.headers["authorization"] == "Bearer kfp-token"
     assert (body["trigger"], body["max_concurrency"], body["no_catchup"], body["mode"]) == (
-        {"cron_schedule": {"cron": "0 0 3 * * *"}}, 1, True, "ENABLE")
-    assert body["experiment_id"] == state.experiments["image-finetune-monitoring"][
-        "experiment_id"]
+        {"cron_schedule": {"cron": "0 0 3 * * *"}},
+        1,
+        True,
+        "ENABLE",
+    )
+    assert body["experiment_id"] == state.experiments["image-finetune-monitoring"]["experiment_id"]
     assert body["service_account"] == "pipeline-runner"
     assert body["pipeline_spec"]["pipeline_spec"]["pipelineInfo"]["name"] == (
-        "image-finetune-monitoring")
+        "image-finetune-monitoring"
+    )
     arguments = body["runtime_config"]["parameters"]
     assert (arguments["source_uri"], arguments["labels_uri"], arguments["min_labels"]) == (
-        SOURCE, LABELS, 50)
+        SOURCE,
+        LABELS,
+        50,
+    )
     assert arguments["registry"]["promote"] is False
     assert "recurring run recurring-1" in result.output
 
 
 def test_schedule_every_n_seconds(monkeypatch):
     with fake_kfp() as (url, state):
-        result = CliRunner().invoke(cli.app, [
-            "schedule", "--host", url, "--every", "21600", "--source-uri", SOURCE,
-            "--params", str(ROOT / "params.yaml")])
+        result = CliRunner().invoke(
+            cli.app,
+            [
+                "schedule",
+                "--host",
+                url,
+                "--every",
+                "21600",
+                "--source-uri",
+                SOURCE,
+                "--params",
+                str(ROOT / "params.yaml"),
+            ],
+        )
         assert result.exit_code == 0, result.output
         [created] = state.posted("recurringruns")
     assert created.body["trigger"] == {"periodic_schedule": {"interval_second": 21600}}
     assert "labels_uri" not in created.body["runtime_config"]["parameters"]
 
 
-@pytest.mark.parametrize("options,message", [
-    (["--cron", "0 3 * * *"], "six fields"),
-    (["--cron", "0 0 3 * * *", "--every", "3600"], "exactly one"),
-    ([], "exactly one"),
-    (["--every", "10"], "at least 300"),
-    (["--every", "3600", "--source-uri", " "], "--source-uri"),
-])
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        (["--cron", "0 3 * * *"], "six fields"),
+        (["--cron", "0 0 3 * * *", "--every", "3600"], "exactly one"),
+        ([], "exactly one"),
+        (["--every", "10"], "at least 300"),
+        (["--every", "3600", "--source-uri", " "], "--source-uri"),
+    ],
+)
 def test_schedule_refuses_a_bad_schedule_before_calling_kfp(options, message):
     with fake_kfp() as (url, state):
-        result = CliRunner().invoke(cli.app, [
-            "schedule", "--host", url, "--source-uri", SOURCE, *options,
-            "--params", str(ROOT / "params.yaml")])
+        result = CliRunner().invoke(
+            cli.app,
+            [
+                "schedule",
+                "--host",
+                url,
+                "--source-uri",
+                SOURCE,
+                *options,
+                "--params",
+                str(ROOT / "params.yaml"),
+            ],
+        )
         assert state.requests == []
     assert result.exit_code == 2 and message in result.output, result.output
 
@@ -213,9 +279,20 @@ def test_schedule_reports_a_refusal_by_kfp(monkeypatch):
     monkeypatch.setenv("KFP_TOKEN", "kfp-token")
     with fake_kfp() as (url, _):
         pass  # stopped: nothing listens there any more
-    result = CliRunner().invoke(cli.app, [
-        "schedule", "--host", url, "--every", "3600", "--source-uri", SOURCE,
-        "--params", str(ROOT / "params.yaml")])
+    result = CliRunner().invoke(
+        cli.app,
+        [
+            "schedule",
+            "--host",
+            url,
+            "--every",
+            "3600",
+            "--source-uri",
+            SOURCE,
+            "--params",
+            str(ROOT / "params.yaml"),
+        ],
+    )
     assert result.exit_code == 7 and "unreachable" in result.output
     assert "kfp-token" not in result.output
 
@@ -227,8 +304,9 @@ FEEDBACK_PVC = "image-finetune-feedback"
 
 @pytest.fixture(scope="module")
 def from_store(params, tmp_path_factory) -> tuple[PipelineSpec, dict]:
-    return compiled(tmp_path_factory.mktemp("from-store"), params, source_uri=SOURCE,
-                    feedback_pvc=FEEDBACK_PVC)
+    return compiled(
+        tmp_path_factory.mktemp("from-store"), params, source_uri=SOURCE, feedback_pvc=FEEDBACK_PVC
+    )
 
 
 def pvc_mounts(platform: dict, spec: PipelineSpec, task) -> list[tuple[str, str]]:
@@ -254,33 +332,41 @@ def nested_ingest(spec: PipelineSpec, dag):
 def test_the_store_is_exported_counted_and_handed_to_the_retrains_ingest(from_store):
     spec, platform = from_store
     tasks = by_name(spec.root.dag)
-    assert set(tasks) == {"import the images", "export the labelled feedback", "monitor",
-                          "drift-or-new-labels"}
+    assert set(tasks) == {
+        "import the images",
+        "export the labelled feedback",
+        "monitor",
+        "drift-or-new-labels",
+    }
     exported = tasks["export the labelled feedback"]
     assert exported.caching_options.enable_cache is False  # new labels every run
     assert pvc_mounts(platform, spec, exported) == [(FEEDBACK_PVC, "/var/lib/image-finetune")]
-    assert exported.inputs.parameters["feedback_uri"].component_input_parameter == (
-        "feedback_uri")
+    assert exported.inputs.parameters["feedback_uri"].component_input_parameter == ("feedback_uri")
     inputs = spec.root.input_definitions.parameters
     assert inputs["feedback_uri"].default_value.string_value == (
-        "sqlite:////var/lib/image-finetune/feedback.db")  # as components/shadow mounts it
+        "sqlite:////var/lib/image-finetune/feedback.db"
+    )  # as components/shadow mounts it
     assert "labels_uri" not in inputs
     # The monitor counts the export; the retrain is given the same export as extra data.
     labels = tasks["monitor"].inputs.artifacts["labels"].task_output_artifact
     assert (labels.producer_task, labels.output_artifact_key) == (
-        "export-labelled-feedback", "labels")
+        "export-labelled-feedback",
+        "labels",
+    )
     condition = dag_of(spec, tasks["drift-or-new-labels"])
     inner = by_name(condition)
     retrain = inner["retrain: the fine-tuning pipeline"]
     assert retrain.inputs.artifacts["extra_data"].component_input_artifact == (
-        "pipelinechannel--export-labelled-feedback-labels")
+        "pipelinechannel--export-labelled-feedback-labels"
+    )
     ingest, _ = nested_ingest(spec, dag_of(spec, retrain))
     assert ingest.inputs.artifacts["extra"].component_input_artifact.endswith("extra_data")
     # Only after the retrain ran to its end does the store's watermark move.
     marked = inner["mark the feedback used"]
     assert list(marked.dependent_tasks) == ["image-finetune"]  # the nested retrain
     assert marked.inputs.artifacts["labels"].component_input_artifact == (
-        "pipelinechannel--export-labelled-feedback-labels")
+        "pipelinechannel--export-labelled-feedback-labels"
+    )
     assert pvc_mounts(platform, spec, marked) == [(FEEDBACK_PVC, "/var/lib/image-finetune")]
     assert marked.caching_options.enable_cache is False
 
@@ -297,5 +383,4 @@ def test_labels_come_from_one_place_only(params, tmp_path):
     from image_finetune.errors import ConfigError
 
     with pytest.raises(ConfigError, match="not both"):
-        compiled(tmp_path, params, source_uri=SOURCE, labels_uri=LABELS,
-                 feedback_pvc=FEEDBACK_PVC)
+        compiled(tmp_path, params, source_uri=SOURCE, labels_uri=LABELS, feedback_pvc=FEEDBACK_PVC)

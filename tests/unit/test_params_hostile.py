@@ -56,8 +56,12 @@ def nested(path: tuple, value) -> dict:
 
 def test_every_float_param_is_found():
     found = {".".join(map(str, p)) for p in float_fields(Params)}
-    assert {"train.ladder.0.warmup_epochs", "train.ladder.0.weight_decay",
-            "gate.max_latency_p95_ms", "validate.channel_mean_range.0"} <= found
+    assert {
+        "train.ladder.0.warmup_epochs",
+        "train.ladder.0.weight_decay",
+        "gate.max_latency_p95_ms",
+        "validate.channel_mean_range.0",
+    } <= found
 
 
 @pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
@@ -93,8 +97,11 @@ def test_the_seeds_at_the_edges_are_taken(seed):
 DUPLICATED = {
     "a section": ("gate:\n  min_accuracy: 0.5\ngate:\n  min_accuracy: 0.9\n", "gate", 3),
     "a key": ("data:\n  seed: 1\n  path: x\n  seed: 2\n", "seed", 4),
-    "a rung's key": ("train:\n  ladder:\n    - name: head\n      epochs: 1\n      epochs: 9\n",
-                     "epochs", 5),
+    "a rung's key": (
+        "train:\n  ladder:\n    - name: head\n      epochs: 1\n      epochs: 9\n",
+        "epochs",
+        5,
+    ),
 }
 
 
@@ -109,8 +116,10 @@ def test_a_key_written_twice_is_refused_with_its_name_and_lines(tmp_path, case):
 
 def test_a_merge_key_override_is_not_a_duplicate(tmp_path):
     path = tmp_path / "params.yaml"
-    path.write_text("train:\n  ladder:\n    - &rung {name: head, epochs: 2}\n"
-                    "    - <<: *rung\n      name: second\n      epochs: 3\n")
+    path.write_text(
+        "train:\n  ladder:\n    - &rung {name: head, epochs: 2}\n"
+        "    - <<: *rung\n      name: second\n      epochs: 3\n"
+    )
     params = load_params(path, use_env=False)
     assert [(r.name, r.epochs) for r in params.train.ladder] == [("head", 2), ("second", 3)]
 
@@ -118,8 +127,10 @@ def test_a_merge_key_override_is_not_a_duplicate(tmp_path):
 CLI_CASES = {
     "seed.yaml": ("data:\n  seed: -1\n", "data.seed"),
     "train-seed.yaml": ("train:\n  seed: 4294967296\n", "train.seed"),
-    "inf.yaml": ("train:\n  ladder:\n    - name: head\n      warmup_epochs: .inf\n",
-                 "train.ladder.0.warmup_epochs"),
+    "inf.yaml": (
+        "train:\n  ladder:\n    - name: head\n      warmup_epochs: .inf\n",
+        "train.ladder.0.warmup_epochs",
+    ),
     "nan.yaml": ("gate:\n  max_latency_p95_ms: .nan\n", "gate.max_latency_p95_ms"),
     "twice.yaml": ("train:\n  seed: 1\n  seed: 2\n", "'seed' appears twice"),
 }
@@ -137,8 +148,10 @@ def test_check_params_catches_each_with_exit_2(tmp_path, file):
 
 def test_check_params_names_every_bad_key_at_once(tmp_path):
     path = tmp_path / "params.yaml"
-    path.write_text("data:\n  seed: -1\ntrain:\n  seed: 4294967296\n  ladder:\n"
-                    "    - name: head\n      weight_decay: .inf\n")
+    path.write_text(
+        "data:\n  seed: -1\ntrain:\n  seed: 4294967296\n  ladder:\n"
+        "    - name: head\n      weight_decay: .inf\n"
+    )
     result = runner.invoke(app, ["check-params", "--params", str(path)])
     output = result.output + (result.stderr if result.stderr_bytes else "")
     assert result.exit_code == ConfigError.exit_code, output

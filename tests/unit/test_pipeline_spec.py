@@ -34,8 +34,17 @@ DagSpec = pipeline_spec_pb2.DagSpec
 ALL_COMPLETED = pipeline_spec_pb2.PipelineTaskSpec.TriggerPolicy.ALL_UPSTREAM_TASKS_COMPLETED
 ParameterType = pipeline_spec_pb2.ParameterType
 KubernetesConfig = kubernetes_executor_config_pb2.KubernetesExecutorConfig
-SECTIONS = ("data", "validate", "augment", "model", "train", "evaluate", "gate", "registry",
-            "engine")
+SECTIONS = (
+    "data",
+    "validate",
+    "augment",
+    "model",
+    "train",
+    "evaluate",
+    "gate",
+    "registry",
+    "engine",
+)
 
 
 @pytest.fixture(scope="module")
@@ -47,18 +56,19 @@ def parsed(path: Path) -> tuple[PipelineSpec, dict[str, KubernetesConfig]]:
     """A compiled YAML: its pipeline spec and, from the second document that kfp-kubernetes
     adds, each executor's Kubernetes settings (none without that document)."""
     spec, *platform = yaml.safe_load_all(path.read_text())
-    executors = (platform[0]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-                 if platform else {})
+    executors = (
+        platform[0]["platforms"]["kubernetes"]["deploymentSpec"]["executors"] if platform else {}
+    )
     return json_format.ParseDict(spec, PipelineSpec()), {
         label: json_format.ParseDict(config, KubernetesConfig())
-        for label, config in executors.items()}
+        for label, config in executors.items()
+    }
 
 
 def compiled_with_platform(folder: Path, params: Params, **deployment):
     """Compile to YAML, as the ``compile`` command does, and parse both documents."""
     path = folder / "pipeline.yaml"
-    compile_pipeline(params, str(path), Deployment(image=IMAGE, **deployment),
-                     git_commit="abc123")
+    compile_pipeline(params, str(path), Deployment(image=IMAGE, **deployment), git_commit="abc123")
     return parsed(path)
 
 
@@ -146,8 +156,10 @@ def expected_parameters(params: Params) -> dict[str, tuple[int, object]]:
 def struct_defaults(spec: PipelineSpec) -> dict[str, dict]:
     """The section parameters' defaults, as a client reads them (numbers come back floats)."""
     inputs = spec.root.input_definitions.parameters
-    return {name: json_format.MessageToDict(inputs[name].default_value.struct_value)
-            for name in SECTIONS}
+    return {
+        name: json_format.MessageToDict(inputs[name].default_value.struct_value)
+        for name in SECTIONS
+    }
 
 
 def test_the_knobs_are_typed_parameters_with_params_yaml_defaults(spec, params):
@@ -162,7 +174,8 @@ def test_the_knobs_are_typed_parameters_with_params_yaml_defaults(spec, params):
         assert inputs[name].parameter_type == ParameterType.STRUCT, name
     # The run form says which rung a knob is for.
     assert inputs["rung1_epochs"].description == (
-        "params.yaml train.ladder.1.epochs (rung top-blocks)")
+        "params.yaml train.ladder.1.epochs (rung top-blocks)"
+    )
 
 
 def test_the_sections_are_structs_without_nulls_or_knobs(spec):
@@ -190,8 +203,11 @@ def test_the_defaults_give_back_the_params_the_pipeline_was_compiled_from(name, 
     params = load_params(ROOT / name, use_env=False)
     spec = compiled(tmp_path, params)
     inputs = spec.root.input_definitions.parameters
-    knobs = {name: json_format.MessageToDict(inputs[name].default_value)
-             for name in inputs if name not in SECTIONS and name != "cache_dir"}
+    knobs = {
+        name: json_format.MessageToDict(inputs[name].default_value)
+        for name in inputs
+        if name not in SECTIONS and name != "cache_dir"
+    }
     assert parse_sections(merge_knobs(struct_defaults(spec), knobs), name) == params
 
 
@@ -205,21 +221,29 @@ def test_the_pipeline_has_a_display_name_and_a_description(spec):
 # tasks in the outer DAG; later rungs nest under the retry branches).
 # locate-sources is DVC's record of the data and weights: KFP's ingest and train choose them
 # themselves (image_finetune.locate) and KFP's cache keys on the parameters.
-KFP_TASKS = {"locate-sources": [], "ingest": ["ingest"], "validate": ["validate the data"],
-             "augment": ["preview the augmentation"],
-             "train": ["train rung 0 (frozen-head)", "evaluate rung 0 on validation",
-                       "gate rung 0"],
-             "export-engine": ["export the engine"],
-             "evaluate": ["evaluate the winner on test"], "gate": ["final gate on test"],
-             "profile": ["profile the winner on validation"],
-             "register": ["register and promote"]}
+KFP_TASKS = {
+    "locate-sources": [],
+    "ingest": ["ingest"],
+    "validate": ["validate the data"],
+    "augment": ["preview the augmentation"],
+    "train": ["train rung 0 (frozen-head)", "evaluate rung 0 on validation", "gate rung 0"],
+    "export-engine": ["export the engine"],
+    "evaluate": ["evaluate the winner on test"],
+    "gate": ["final gate on test"],
+    "profile": ["profile the winner on validation"],
+    "register": ["register and promote"],
+}
 
 
 def test_steps_run_in_the_order_of_dvc_repro(spec):
     stages = list(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"])
     assert set(stages) == set(KFP_TASKS)
-    order = ["set rung 0 (frozen-head)", "set rung 1 (top-blocks)", "check params",
-             *(task for stage in stages for task in KFP_TASKS[stage])]
+    order = [
+        "set rung 0 (frozen-head)",
+        "set rung 1 (top-blocks)",
+        "check params",
+        *(task for stage in stages for task in KFP_TASKS[stage]),
+    ]
     tasks = by_name(body(spec))
     key = {task.task_info.name: name for name, task in body(spec).tasks.items()}
     for before, after in zip(order, order[1:], strict=False):
@@ -240,23 +264,36 @@ def test_the_knobs_go_back_into_their_sections_before_any_step_reads_them(spec):
     key = {task.task_info.name: name for name, task in dag.tasks.items()}
     first, second = tasks["set rung 0 (frozen-head)"], tasks["set rung 1 (top-blocks)"]
     assert [source(first, name) for name in ("train", "epochs", "learning_rate")] == [
-        "train", "rung0_epochs", "rung0_learning_rate"]
+        "train",
+        "rung0_epochs",
+        "rung0_learning_rate",
+    ]
     assert [source(second, name) for name in ("train", "epochs", "learning_rate")] == [
-        f"{key['set rung 0 (frozen-head)']}.Output", "rung1_epochs", "rung1_learning_rate"]
+        f"{key['set rung 0 (frozen-head)']}.Output",
+        "rung1_epochs",
+        "rung1_learning_rate",
+    ]
     checked = tasks["check params"]
     assert source(checked, "train") == f"{key['set rung 1 (top-blocks)']}.Output"
     for name in ("data", "model", "gate", "data_path", "backbone", "min_accuracy"):
         assert source(checked, name) == name
     # Every later step reads the checked sections: what it runs with is what was validated.
     check = key["check params"]
-    readers = [task for task in dag.tasks.values()
-               if task.task_info.name not in {"check params", *(n for n in tasks
-                                                                 if n.startswith("set rung"))}]
-    read = {(task.task_info.name, name): source(task, name) for task in readers
-            for name in set(task.inputs.parameters) & set(SECTIONS)}
+    readers = [
+        task
+        for task in dag.tasks.values()
+        if task.task_info.name
+        not in {"check params", *(n for n in tasks if n.startswith("set rung"))}
+    ]
+    read = {
+        (task.task_info.name, name): source(task, name)
+        for task in readers
+        for name in set(task.inputs.parameters) & set(SECTIONS)
+    }
     assert len(read) == 29 and all(f == f"{check}.{name}" for (_, name), f in read.items())
     retry = by_name(dag_of(spec, branches(spec, dag)["rung-0-failed"]))[
-        "retrain with rung 1 (top-blocks)"]
+        "retrain with rung 1 (top-blocks)"
+    ]
     assert source(retry, "gate") == f"{check}-gate"  # check's output, into the branch
     assert source(by_name(dag_of(spec, retry))["gate rung 1"], "gate") == "gate"
 
@@ -279,8 +316,11 @@ def test_a_failed_gate_opens_the_next_attempt_and_a_passed_one_hands_the_model_o
     assert set(by_name(dag_of(spec, passed))) == {"hand rung 0 on"}
     retry = by_name(dag_of(spec, failed))["retrain with rung 1 (top-blocks)"]
     last = by_name(dag_of(spec, retry))
-    assert set(last) == {"train rung 1 (top-blocks)", "evaluate rung 1 on validation",
-                         "gate rung 1"}
+    assert set(last) == {
+        "train rung 1 (top-blocks)",
+        "evaluate rung 1 on validation",
+        "gate rung 1",
+    }
     warm_start = last["train rung 1 (top-blocks)"].inputs.artifacts["warm_start"]
     assert warm_start.component_input_artifact == "warm_start"
     previous = last["gate rung 1"].inputs.artifacts["previous"]  # the loop's record so far
@@ -295,8 +335,12 @@ def test_the_loop_unrolls_one_nested_attempt_per_rung(three_rungs):
         train = next(t for name, t in tasks.items() if name.startswith("train rung"))
         gate = next(t for name, t in tasks.items() if name.startswith("gate rung"))
         indices.append(train.inputs.parameters["index"].runtime_value.constant.number_value)
-        gates.append({name: gate.inputs.parameters[name].runtime_value.constant
-                      for name in ("index", "rungs")})
+        gates.append(
+            {
+                name: gate.inputs.parameters[name].runtime_value.constant
+                for name in ("index", "rungs")
+            }
+        )
         if not any(key.startswith("condition-branches") for key in dag.tasks):
             break
         failed = next(t for name, t in branches(spec, dag).items() if name.endswith("failed"))
@@ -305,7 +349,10 @@ def test_the_loop_unrolls_one_nested_attempt_per_rung(three_rungs):
     assert indices == [0, 1, 2]
     # Each gate knows its place in the ladder: only the last rung's failure ends the run.
     assert [(g["index"].number_value, g["rungs"].number_value) for g in gates] == [
-        (0, 3), (1, 3), (2, 3)]
+        (0, 3),
+        (1, 3),
+        (2, 3),
+    ]
 
 
 def test_one_of_hands_the_winning_classifier_to_the_test_evaluation(spec):
@@ -313,7 +360,8 @@ def test_one_of_hands_the_winning_classifier_to_the_test_evaluation(spec):
     [group] = [key for key in dag.tasks if key.startswith("condition-branches")]
     [(name, output)] = dag_of(spec, dag.tasks[group]).outputs.artifacts.items()
     assert {s.producer_subtask for s in output.artifact_selectors} == {
-        key for key, task in dag_of(spec, dag.tasks[group]).tasks.items()}
+        key for key, task in dag_of(spec, dag.tasks[group]).tasks.items()
+    }
     tests = by_name(dag)["evaluate the winner on test"]
     source = tests.inputs.artifacts["classifier"].task_output_artifact
     assert (source.producer_task, source.output_artifact_key) == (group, name)
@@ -345,7 +393,8 @@ def test_io_steps_and_training_retry_and_the_champion_dependent_steps_never_cach
     tasks = {task.task_info.name: task for task in container_tasks(spec, spec.root.dag)}
     # Training resumes from its checkpoint on the cache volume: a retry loses little.
     retried = {"ingest", "final gate on test", "register and promote"} | {
-        name for name in tasks if name.startswith("train rung")}
+        name for name in tasks if name.startswith("train rung")
+    }
     uncached = {"final gate on test", "register and promote", "record the final status"}
     for name, task in tasks.items():
         assert task.retry_policy.max_retry_count == (2 if name in retried else 0), name
@@ -359,8 +408,10 @@ def test_components_are_self_contained_lightweight_components(spec):
     for task in container_tasks(spec, spec.root.dag):
         command = " ".join(executor(spec, task)["command"])
         assert "kfp.dsl.executor_main" in command and "pip install" not in command
-        assert not any(f"{package} import" in command or f"{package}." in command
-                       for package in ("image_finetune.components", "image_finetune.pipelines"))
+        assert not any(
+            f"{package} import" in command or f"{package}." in command
+            for package in ("image_finetune.components", "image_finetune.pipelines")
+        )
         assert "def read_params(" in command  # the shared helper is embedded
 
 
@@ -388,22 +439,27 @@ def test_the_mlflow_steps_and_only_they_get_the_credentials_from_the_secret(spec
         # Each key optional: a server wants a token or a user and password, not all three.
         assert secret.optional
         assert {(key.secret_key, key.env_var) for key in secret.key_to_env} == {
-            (variable, variable) for variable in CREDENTIAL_VARIABLES}
+            (variable, variable) for variable in CREDENTIAL_VARIABLES
+        }
         assert not settings[name].pvc_mount
 
 
-def test_the_cache_volume_is_mounted_on_every_training_task_and_no_other(
-        three_rungs_and_platform):
+def test_the_cache_volume_is_mounted_on_every_training_task_and_no_other(three_rungs_and_platform):
     spec, platform = three_rungs_and_platform
     settings = kubernetes_settings(spec, platform)
     mounted = {name: config.pvc_mount for name, config in settings.items() if config.pvc_mount}
-    training = {task.task_info.name for task in container_tasks(spec, spec.root.dag)
-                if task.task_info.name.startswith("train rung")}
+    training = {
+        task.task_info.name
+        for task in container_tasks(spec, spec.root.dag)
+        if task.task_info.name.startswith("train rung")
+    }
     assert set(mounted) == training and len(training) == 3
     for name, mounts in mounted.items():
         [mount] = mounts
         assert (mount.mount_path, constant(mount.pvc_name_parameter)) == (
-            "/cache", "image-finetune-cache")
+            "/cache",
+            "image-finetune-cache",
+        )
         assert not settings[name].secret_as_env, name
     cache_dir = spec.root.input_definitions.parameters["cache_dir"]
     assert cache_dir.default_value.string_value == "/cache"  # where the volume is
@@ -423,8 +479,11 @@ def test_each_kubernetes_setting_can_be_turned_off(off, params, tmp_path):
 def test_the_default_secret_and_claim_are_the_ones_infra_names():
     manifests = ROOT / "infra" / "k8s"
     cache = manifests / "components" / "pipeline" / "pipeline-cache.yaml"
-    [claim] = [doc for doc in yaml.safe_load_all(cache.read_text())
-               if doc and doc["kind"] == "PersistentVolumeClaim"]
+    [claim] = [
+        doc
+        for doc in yaml.safe_load_all(cache.read_text())
+        if doc and doc["kind"] == "PersistentVolumeClaim"
+    ]
     assert claim["metadata"]["name"] == CACHE_PVC
     serving = yaml.safe_load_all((manifests / "base" / "serving.yaml").read_text())
     [deployment] = [doc for doc in serving if doc and doc["kind"] == "Deployment"]
@@ -435,15 +494,30 @@ def test_the_default_secret_and_claim_are_the_ones_infra_names():
 @pytest.mark.parametrize("secret,claim", [("team-mlflow", ""), ("", "team-cache")])
 def test_compile_names_the_secret_and_the_claim_or_none(secret, claim, tmp_path):
     out = tmp_path / "pipeline.yaml"
-    result = CliRunner().invoke(cli.app, [
-        "compile", "--params", str(ROOT / "params.yaml"), "--out", str(out), "--image", IMAGE,
-        "--credentials-secret", secret, "--cache-pvc", claim])
+    result = CliRunner().invoke(
+        cli.app,
+        [
+            "compile",
+            "--params",
+            str(ROOT / "params.yaml"),
+            "--out",
+            str(out),
+            "--image",
+            IMAGE,
+            "--credentials-secret",
+            secret,
+            "--cache-pvc",
+            claim,
+        ],
+    )
     assert result.exit_code == 0, result.output
     settings = kubernetes_settings(*parsed(out)).values()
     assert {constant(s.secret_name_parameter) for c in settings for s in c.secret_as_env} == (
-        {secret} if secret else set())
+        {secret} if secret else set()
+    )
     assert {constant(m.pvc_name_parameter) for c in settings for m in c.pvc_mount} == (
-        {claim} if claim else set())
+        {claim} if claim else set()
+    )
 
 
 def run_the_check(arguments: dict, rungs: int) -> dict[str, dict]:
@@ -453,16 +527,24 @@ def run_the_check(arguments: dict, rungs: int) -> dict[str, dict]:
     train = arguments.pop("train")
     for index in range(rungs):
         train = set_rung.python_func(
-            index=index, train=train, epochs=arguments.pop(f"rung{index}_epochs"),
-            learning_rate=arguments.pop(f"rung{index}_learning_rate"))
+            index=index,
+            train=train,
+            epochs=arguments.pop(f"rung{index}_epochs"),
+            learning_rate=arguments.pop(f"rung{index}_learning_rate"),
+        )
     arguments.pop("cache_dir", None)
-    return dict(zip(SECTIONS, check_params.python_func(rungs=rungs, train=train, **arguments),
-                    strict=True))
+    return dict(
+        zip(SECTIONS, check_params.python_func(rungs=rungs, train=train, **arguments), strict=True)
+    )
 
 
 def test_knobs_typed_in_the_run_form_are_what_the_steps_run_with(params):
-    typed = {"min_accuracy": 0.9, "rung1_epochs": 6, "backbone": "resnet50",
-             "data_path": "/data/cifar10.tar.gz"}
+    typed = {
+        "min_accuracy": 0.9,
+        "rung1_epochs": 6,
+        "backbone": "resnet50",
+        "data_path": "/data/cifar10.tar.gz",
+    }
     checked = run_the_check({**pipeline_arguments(params), **typed}, rungs=2)
     raw = params.model_dump(mode="json", by_alias=True)
     raw["gate"]["min_accuracy"], raw["train"]["ladder"][1]["epochs"] = 0.9, 6
@@ -487,15 +569,17 @@ def as_floats(value):
 def test_the_same_values_written_differently_check_to_the_same_sections(params):
     """The later steps' cache keys change only when a value does."""
     arguments = pipeline_arguments(params)
-    rewritten = {name: as_floats(value) if name in SECTIONS else value
-                 for name, value in arguments.items()}
+    rewritten = {
+        name: as_floats(value) if name in SECTIONS else value for name, value in arguments.items()
+    }
     del rewritten["evaluate"]["flip_tta"]  # its default, left out
     assert rewritten != arguments
     assert run_the_check(rewritten, rungs=2) == run_the_check(arguments, rungs=2)
 
 
 def test_submit_sends_the_overridden_params_with_the_token_from_the_environment(
-        monkeypatch, params):
+    monkeypatch, params
+):
     calls = {}
 
     import kfp
@@ -515,15 +599,35 @@ def test_submit_sends_the_overridden_params_with_the_token_from_the_environment(
             return type("Result", (), {"run_id": "run-1"})()
 
     monkeypatch.setattr("kfp.Client", FakeClient)
-    result = CliRunner().invoke(cli.app, [
-        "submit", "--host", "https://kfp.example.com", "--namespace", "team-ml",
-        "--experiment", "cifar", "--run-name", "try-1", "--params", str(ROOT / "params.yaml"),
-        "--set", "gate.min_accuracy=0.9", "--set", "train.ladder.1.epochs=6",
-        "--service-account", "pipeline-runner",
-    ], env={"KFP_TOKEN": "secret-token"})
+    result = CliRunner().invoke(
+        cli.app,
+        [
+            "submit",
+            "--host",
+            "https://kfp.example.com",
+            "--namespace",
+            "team-ml",
+            "--experiment",
+            "cifar",
+            "--run-name",
+            "try-1",
+            "--params",
+            str(ROOT / "params.yaml"),
+            "--set",
+            "gate.min_accuracy=0.9",
+            "--set",
+            "train.ladder.1.epochs=6",
+            "--service-account",
+            "pipeline-runner",
+        ],
+        env={"KFP_TOKEN": "secret-token"},
+    )
     assert result.exit_code == 0, result.output
-    assert calls["client"] == {"host": "https://kfp.example.com", "namespace": "team-ml",
-                               "existing_token": "secret-token"}
+    assert calls["client"] == {
+        "host": "https://kfp.example.com",
+        "namespace": "team-ml",
+        "existing_token": "secret-token",
+    }
     run = calls["run"]
     assert (run["arguments"]["min_accuracy"], run["arguments"]["rung1_epochs"]) == (0.9, 6)
     raw = params.model_dump(mode="json", by_alias=True)
@@ -532,6 +636,9 @@ def test_submit_sends_the_overridden_params_with_the_token_from_the_environment(
     assert "cache_dir" not in run["arguments"]
     assert run["arguments"] == pipeline_arguments(Params.model_validate(raw))
     assert (run["run_name"], run["experiment_name"], run["namespace"]) == (
-        "try-1", "cifar", "team-ml")
+        "try-1",
+        "cifar",
+        "team-ml",
+    )
     assert run["service_account"] == "pipeline-runner"
     assert "submitted run run-1" in result.output

@@ -22,12 +22,13 @@ from tests.kustomize import one, render, render_with
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "infra" / "k8s"
 COMPONENTS = K8S / "components"
-PATCHES = {"serving-shadow.patch.yaml": COMPONENTS / "shadow",
-           "serving-canary.patch.yaml": COMPONENTS / "canary"}
+PATCHES = {
+    "serving-shadow.patch.yaml": COMPONENTS / "shadow",
+    "serving-canary.patch.yaml": COMPONENTS / "canary",
+}
 KUBERNETES = "1.30.0"
 # What strategic merge keys each list by (the Kubernetes API's patchMergeKey).
-MERGE_KEYS = {"containers": "name", "env": "name", "volumes": "name",
-              "volumeMounts": "mountPath"}
+MERGE_KEYS = {"containers": "name", "env": "name", "volumes": "name", "volumeMounts": "mountPath"}
 
 
 def merge(base, patch, field: str = ""):
@@ -51,8 +52,11 @@ def merge(base, patch, field: str = ""):
 
 
 def serving_deployment() -> dict:
-    return next(doc for doc in yaml.safe_load_all((K8S / "base" / "serving.yaml").read_text())
-                if doc and doc["kind"] == "Deployment")
+    return next(
+        doc
+        for doc in yaml.safe_load_all((K8S / "base" / "serving.yaml").read_text())
+        if doc and doc["kind"] == "Deployment"
+    )
 
 
 def patched(name: str) -> dict:
@@ -65,8 +69,12 @@ def serve_variables() -> set[str]:
     """Every IMAGE_FINETUNE_ variable ``image-finetune serve`` reads: its flags' and the
     operate settings'."""
     serve = typer.main.get_command(app).commands["serve"]
-    flags = {name for param in serve.params for name in (
-        param.envvar if isinstance(param.envvar, list) else [param.envvar]) if name}
+    flags = {
+        name
+        for param in serve.params
+        for name in (param.envvar if isinstance(param.envvar, list) else [param.envvar])
+        if name
+    }
     return flags | {f"IMAGE_FINETUNE_{name.upper()}" for name in OperateSettings.model_fields}
 
 
@@ -100,8 +108,10 @@ def test_feedback_and_windows_land_on_the_claim_one_pod_writes(mode):
     claim = next(doc for doc in yaml.safe_load_all(feedback.read_text()) if doc)
     for path in (store_path(settings.feedback_uri), settings.monitor_record_dir):
         [mount] = [m for m in mounts if path.is_relative_to(m)]
-        assert volumes[mounts[mount]]["persistentVolumeClaim"]["claimName"] == claim[
-            "metadata"]["name"]
+        assert (
+            volumes[mounts[mount]]["persistentVolumeClaim"]["claimName"]
+            == claim["metadata"]["name"]
+        )
     kubernetes_validate.validate(claim, KUBERNETES, strict=True)
     assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
     assert deployment["spec"]["replicas"] == 1
@@ -113,16 +123,16 @@ def test_a_patch_naming_a_setting_the_server_lacks_would_be_caught():
     deployment = patched("serving-canary.patch.yaml")
     [container] = deployment["spec"]["template"]["spec"]["containers"]
     container["env"].append({"name": "IMAGE_FINETUNE_CANARY_PERCENTAGE", "value": "10"})
-    assert not {item["name"] for item in container["env"]} <= serve_variables() | {
-        "HOME", "TMPDIR"}
+    assert not {item["name"] for item in container["env"]} <= serve_variables() | {"HOME", "TMPDIR"}
     with pytest.raises(ValueError, match="canary_percent"):
         operate_from_env({"IMAGE_FINETUNE_CANARY_PERCENT": "150"})
 
 
 def test_kserves_canary_changes_only_the_split_the_mode_and_the_alias(tmp_path):
     base = one(render(K8S / "overlays" / "kserve"), "InferenceService", "image-finetune")
-    canary = one(render_with("kserve", ["kserve-canary"], tmp_path), "InferenceService",
-                 "image-finetune")
+    canary = one(
+        render_with("kserve", ["kserve-canary"], tmp_path), "InferenceService", "image-finetune"
+    )
     predictor = canary["spec"]["predictor"]
     assert 0 < predictor.pop("canaryTrafficPercent") < 100
     annotations = canary["metadata"]["annotations"]

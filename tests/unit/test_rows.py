@@ -13,12 +13,29 @@ from image_finetune.data.rows import RowSink, ShardedRows, iter_chunks, take, wr
 ROWS = np.random.default_rng(0).integers(0, 256, (23, 2, 2, 3), dtype=np.uint8)
 SHARD_ROWS = [5, 5, 5, 8]
 
-KEYS = [0, 4, 5, 22, -1, -23, np.int64(9),
-        slice(None), slice(3, 12), slice(4, 6), slice(10, 3), slice(None, None, 3),
-        slice(20, 2, -4), slice(-5, None),
-        np.array([0, 4, 5, 14, 15, 22]), np.array([22, 0, 9, 9, 3]), [7, -1, 2],
-        np.array([], dtype=np.int64), ROWS[:, 0, 0, 0] > 128,
-        (slice(2, 9), slice(None), slice(None, None, -1)), (3, 1)]
+KEYS = [
+    0,
+    4,
+    5,
+    22,
+    -1,
+    -23,
+    np.int64(9),
+    slice(None),
+    slice(3, 12),
+    slice(4, 6),
+    slice(10, 3),
+    slice(None, None, 3),
+    slice(20, 2, -4),
+    slice(-5, None),
+    np.array([0, 4, 5, 14, 15, 22]),
+    np.array([22, 0, 9, 9, 3]),
+    [7, -1, 2],
+    np.array([], dtype=np.int64),
+    ROWS[:, 0, 0, 0] > 128,
+    (slice(2, 9), slice(None), slice(None, None, -1)),
+    (3, 1),
+]
 
 
 @pytest.fixture
@@ -41,8 +58,9 @@ def test_sharded_rows_index_like_the_array(sharded, key):
 
 @pytest.mark.parametrize("key", KEYS, ids=[repr(k)[:40] for k in KEYS])
 def test_taken_rows_index_like_the_taken_array(sharded, key):
-    rows = np.array([22, 3, 3, 10, 0, 17, 5, 6, 1, 2, 4, 7, 8, 9, 11, 12, 13, 14, 15, 16, 18,
-                     19, 20])
+    rows = np.array(
+        [22, 3, 3, 10, 0, 17, 5, 6, 1, 2, 4, 7, 8, 9, 11, 12, 13, 14, 15, 16, 18, 19, 20]
+    )
     np.testing.assert_array_equal(take(sharded, rows)[key], ROWS[rows][key])
     inner = take(take(sharded, rows), rows[::-1])
     np.testing.assert_array_equal(inner[key], ROWS[rows][rows[::-1]][key])
@@ -50,7 +68,11 @@ def test_taken_rows_index_like_the_taken_array(sharded, key):
 
 def test_sharded_rows_look_like_an_array(sharded):
     assert (len(sharded), sharded.shape, sharded.ndim, sharded.dtype) == (
-        23, ROWS.shape, 4, np.uint8)
+        23,
+        ROWS.shape,
+        4,
+        np.uint8,
+    )
     np.testing.assert_array_equal(np.asarray(sharded), ROWS)
     np.testing.assert_array_equal(np.stack(list(sharded)), ROWS)
     np.testing.assert_array_equal(np.concatenate(list(iter_chunks(sharded, 7))), ROWS)

@@ -27,8 +27,16 @@ def test_the_plan_adapts_the_rung_to_small_data_and_leaves_the_params_alone():
 
 
 def test_the_plan_scales_the_rung_to_the_replicas():
-    params = parse_params({"train": {"batch_scaling": "per_replica", "ladder": [
-        {"name": "head", "batch_size": 32, "learning_rate": 0.01, "image_size": 64}]}})
+    params = parse_params(
+        {
+            "train": {
+                "batch_scaling": "per_replica",
+                "ladder": [
+                    {"name": "head", "batch_size": 32, "learning_rate": 0.01, "image_size": 64}
+                ],
+            }
+        }
+    )
     plan = plan_rung(params, 0, SMALL, RuntimeFacts("jax", True, 2, "mirrored x2"))
     assert (plan.rung.batch_size, plan.rung.learning_rate) == (64, 0.02)
     assert plan.image_size == 64 and plan.runtime.layout == "mirrored x2"

@@ -52,7 +52,8 @@ def test_an_unlocked_lock_is_a_dead_owner_swept_with_its_folder(tmp_path):
 
 
 def test_where_the_filesystem_cannot_lock_nothing_is_swept_and_claims_still_work(
-        tmp_path, monkeypatch):
+    tmp_path, monkeypatch
+):
     (tmp_path / f"{PREFIX}abc123").mkdir()
     (tmp_path / f"{PREFIX}abc123.lock").touch()
 

@@ -36,18 +36,29 @@ def answers(rng, n: int, dark: bool = False):
 def model() -> LoadedModel:
     rng = np.random.default_rng(0)
     images, probabilities, embeddings = answers(rng, 400)
-    profile = build_profile([f"c{i}" for i in range(CLASSES)], probabilities, embeddings,
-                            image_statistics(images), rng.normal(0, 1, (300, WIDTH)),
-                            dimensions=4)
-    return LoadedModel(None, "3", profile.class_names, SIZE, "resize", profile=profile,
-                       summaries="one-pass model")
+    profile = build_profile(
+        [f"c{i}" for i in range(CLASSES)],
+        probabilities,
+        embeddings,
+        image_statistics(images),
+        rng.normal(0, 1, (300, WIDTH)),
+        dimensions=4,
+    )
+    return LoadedModel(
+        None, "3", profile.class_names, SIZE, "resize", profile=profile, summaries="one-pass model"
+    )
 
 
-def monitor(tmp_path=None, window: int = 100, cpu_share: float = 1.0
-            ) -> tuple[Monitor, CollectorRegistry]:
+def monitor(
+    tmp_path=None, window: int = 100, cpu_share: float = 1.0
+) -> tuple[Monitor, CollectorRegistry]:
     registry = CollectorRegistry()
-    settings = OperateSettings(monitor_window=window, monitor_record_dir=tmp_path,
-                               monitor_record_max=2, monitor_cpu_share=cpu_share)
+    settings = OperateSettings(
+        monitor_window=window,
+        monitor_record_dir=tmp_path,
+        monitor_record_max=2,
+        monitor_cpu_share=cpu_share,
+    )
     return Monitor(settings, OperateMetrics(registry)), registry
 
 
@@ -63,8 +74,10 @@ def test_answers_beyond_the_queue_are_dropped_and_counted_never_waited_for(model
     for _ in range(MAX_QUEUED + 5):
         add(target, model, rng, 3)
     assert time.monotonic() - start < 5
-    assert registry.get_sample_value("image_finetune_monitor_dropped_total",
-                                     {"model_version": "3"}) == 15
+    assert (
+        registry.get_sample_value("image_finetune_monitor_dropped_total", {"model_version": "3"})
+        == 15
+    )
 
 
 def test_full_windows_are_tested_clean_then_drifted_and_recorded(model, tmp_path):
@@ -82,10 +95,16 @@ def test_full_windows_are_tested_clean_then_drifted_and_recorded(model, tmp_path
         wait_until(lambda: target.windows_tested == 2, timeout=30)
         state = target.state(model)
         assert state["drift"] is True and state["tests"]["brightness"]["drift"]
-        assert registry.get_sample_value("image_finetune_drift_detected",
-                                         {"model_version": "3", "test": "overall"}) == 1
-        assert registry.get_sample_value("image_finetune_monitor_images_total",
-                                         {"model_version": "3"}) == 200
+        assert (
+            registry.get_sample_value(
+                "image_finetune_drift_detected", {"model_version": "3", "test": "overall"}
+            )
+            == 1
+        )
+        assert (
+            registry.get_sample_value("image_finetune_monitor_images_total", {"model_version": "3"})
+            == 200
+        )
         add(target, model, rng, 50)
         add(target, model, rng, 50)
         wait_until(lambda: target.windows_tested == 3, timeout=30)
@@ -100,8 +119,15 @@ def test_a_new_version_starts_a_new_window(model):
     try:
         rng = np.random.default_rng(3)
         add(target, model, rng, 60)
-        other = LoadedModel(None, "4", model.class_names, SIZE, "resize",
-                            profile=model.profile, summaries="one-pass model")
+        other = LoadedModel(
+            None,
+            "4",
+            model.class_names,
+            SIZE,
+            "resize",
+            profile=model.profile,
+            summaries="one-pass model",
+        )
         add(target, other, rng, 30)
         wait_until(lambda: target.state(other)["images_in_window"] == 30, timeout=30)
         assert target.windows_tested == 0
@@ -114,8 +140,10 @@ def test_an_unmonitored_version_adds_nothing(model):
     plain = LoadedModel(None, "5", model.class_names, SIZE, "resize")
     for _ in range(MAX_QUEUED + 5):  # not even queued: nothing to drop
         target.add(plain, *answers(np.random.default_rng(4), 3)[:2], None)
-    assert registry.get_sample_value("image_finetune_monitor_dropped_total",
-                                     {"model_version": "5"}) is None
+    assert (
+        registry.get_sample_value("image_finetune_monitor_dropped_total", {"model_version": "5"})
+        is None
+    )
 
 
 def test_under_load_a_fixed_share_is_sampled_into_the_window_and_the_rest_counted(model):
@@ -127,19 +155,24 @@ def test_under_load_a_fixed_share_is_sampled_into_the_window_and_the_rest_counte
         wait_until(lambda: target.windows_tested == 1, timeout=30)
         share = target.state(model)["sample_share"]
         assert MIN_SHARE <= share < 1.0
-        assert registry.get_sample_value("image_finetune_monitor_sample_share",
-                                         {"model_version": "3"}) == share
+        assert (
+            registry.get_sample_value("image_finetune_monitor_sample_share", {"model_version": "3"})
+            == share
+        )
         for _ in range(20):
             add(target, model, rng, 50)
         labels = {"model_version": "3"}
-        wait_until(lambda: (registry.get_sample_value("image_finetune_monitor_images_total",
-                                                      labels) or 0)
-                   + registry.get_sample_value("image_finetune_monitor_skipped_total", labels)
-                   == 1100, timeout=30)
+        wait_until(
+            lambda: (
+                (registry.get_sample_value("image_finetune_monitor_images_total", labels) or 0)
+                + registry.get_sample_value("image_finetune_monitor_skipped_total", labels)
+                == 1100
+            ),
+            timeout=30,
+        )
         skipped = registry.get_sample_value("image_finetune_monitor_skipped_total", labels)
         assert skipped >= 1000 * (1 - share) - 100  # about the share, never a burst
-        assert registry.get_sample_value("image_finetune_monitor_dropped_total",
-                                         labels) is None
+        assert registry.get_sample_value("image_finetune_monitor_dropped_total", labels) is None
     finally:
         target.stop()
 

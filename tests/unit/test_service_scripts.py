@@ -1,5 +1,6 @@
 """infra/services/lib.sh's process checks: a daemon killed hard is dead, even while it waits
 to be reaped (a zombie), or a restart takes it for a live server and refuses to start."""
+
 import subprocess
 import sys
 import time
@@ -11,8 +12,11 @@ LIB = Path(__file__).resolve().parents[2] / "infra" / "services" / "lib.sh"
 def pid_alive(pid: int, tmp_path: Path) -> bool:
     pidfile = tmp_path / "daemon.pid"
     pidfile.write_text(f"{pid}\n")
-    check = subprocess.run(["bash", "-c", 'source "$1"; pid_alive "$2"', "-", str(LIB),
-                            str(pidfile)], capture_output=True, text=True)
+    check = subprocess.run(
+        ["bash", "-c", 'source "$1"; pid_alive "$2"', "-", str(LIB), str(pidfile)],
+        capture_output=True,
+        text=True,
+    )
     assert check.returncode in (0, 1), check.stderr
     return check.returncode == 0
 

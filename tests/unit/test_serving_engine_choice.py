@@ -14,8 +14,10 @@ from image_finetune.serving.models import PrecisionError, project_without_blas, 
 from image_finetune.serving.settings import ServeSettings
 
 SERVABLE = {"serving_precision": "int8", "int8": {"servable": True, "reason": "ok"}}
-REFUSED = {"serving_precision": "fp32",
-           "int8": {"servable": False, "reason": "lost 1.20 points (at most 0.5)"}}
+REFUSED = {
+    "serving_precision": "fp32",
+    "int8": {"servable": False, "reason": "lost 1.20 points (at most 0.5)"},
+}
 
 
 def test_auto_serves_at_the_precision_the_manifest_names():
@@ -33,8 +35,9 @@ def test_fp32_is_always_servable_and_int8_only_where_the_rule_passed_it():
         served_precision({"serving_precision": "fp32"}, "int8", "3")
 
 
-@pytest.mark.parametrize("setting", [{"engine": "tpu"}, {"engine": "ONNX"},
-                                     {"precision": "int4"}, {"precision": ""}])
+@pytest.mark.parametrize(
+    "setting", [{"engine": "tpu"}, {"engine": "ONNX"}, {"precision": "int4"}, {"precision": ""}]
+)
 def test_unknown_engines_and_precisions_are_refused_with_the_choices(setting):
     with pytest.raises(ValidationError, match="tensorflow, onnxruntime, openvino|auto"):
         ServeSettings(**setting)
@@ -57,9 +60,10 @@ def test_the_engine_projection_is_the_profiles():
     np.testing.assert_allclose(projected, (batch - mean) @ components.T, atol=1e-5)
 
 
-@pytest.mark.parametrize("engine,platform", [("openvino", "openvino"),
-                                             ("onnxruntime", "onnxruntime_onnx"),
-                                             ("tensorflow", "keras")])
+@pytest.mark.parametrize(
+    "engine,platform",
+    [("openvino", "openvino"), ("onnxruntime", "onnxruntime_onnx"), ("tensorflow", "keras")],
+)
 def test_oip_model_metadata_names_the_engine_and_precision(engine, platform):
     metadata = oip.model_metadata("m", "4", 32, 10, engine, "int8").model_dump()
     assert metadata["platform"] == platform

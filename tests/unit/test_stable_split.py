@@ -48,8 +48,13 @@ def test_where_paths_sit_in_the_layouts():
         return found and (found.layout, found.root, found.split, found.class_name, found.name)
 
     assert where("train/cat/1.jpg") == (SPLIT_FOLDERS, None, "train", "cat", "train/cat/1.jpg")
-    assert where("cifar/test/cat/1.jpg") == (SPLIT_FOLDERS, "cifar", "test", "cat",
-                                             "test/cat/1.jpg")
+    assert where("cifar/test/cat/1.jpg") == (
+        SPLIT_FOLDERS,
+        "cifar",
+        "test",
+        "cat",
+        "test/cat/1.jpg",
+    )
     assert where("boat/1.jpg") == (CLASS_FOLDERS, None, UNSPLIT, "boat", "boat/1.jpg")
     assert where("photos/boat/1.jpg") == (CLASS_FOLDERS, "photos", UNSPLIT, "boat", "boat/1.jpg")
     for nowhere in ("1.jpg", "train/1.jpg", "photos/train/1.jpg", "a/b/c/1.jpg", "a/b/c/d/1.jpg"):

@@ -26,7 +26,6 @@ def allowed(check, token: str) -> bool:
     return True
 
 
-
 @pytest.fixture
 def mount(tmp_path) -> Path:
     rotate_like_kubelet(tmp_path, "first-token", 1)

@@ -36,10 +36,18 @@ DNS_1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 
 def a_job(workers: int = 2, gpus: int = 1, warm_start: bool = True) -> TrainJob:
     run_id = "0b6f2a4e-7c1d-4f8e-9a3b-5d2c1e0f9a87"
-    return TrainJob(name=job_name(run_id, 1), run_id=run_id, index=1, workers=workers,
-                    gpus=gpus, image="registry.example.com/ml/image-finetune:1.2.3-gpu",
-                    claim="image-finetune-cache", mount="/cache", cache="/cache",
-                    warm_start=warm_start)
+    return TrainJob(
+        name=job_name(run_id, 1),
+        run_id=run_id,
+        index=1,
+        workers=workers,
+        gpus=gpus,
+        image="registry.example.com/ml/image-finetune:1.2.3-gpu",
+        claim="image-finetune-cache",
+        mount="/cache",
+        cache="/cache",
+        warm_start=warm_start,
+    )
 
 
 def crd_schema() -> tuple[dict, dict]:
@@ -58,8 +66,12 @@ def validate_tfjob(manifest: dict) -> None:
     jsonschema.validate(manifest, schema)
     for replica in manifest["spec"]["tfReplicaSpecs"].values():
         template = replica["template"]
-        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"{name}-worker-0",
-               **template["metadata"]}, "spec": template["spec"]}
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": f"{name}-worker-0", **template["metadata"]},
+            "spec": template["spec"],
+        }
         kubernetes_validate.validate(pod, KUBERNETES, strict=True)
 
 
@@ -68,14 +80,23 @@ def test_the_manifest_is_valid_against_the_operators_crd(workers, gpus, warm_sta
     validate_tfjob(tfjob_manifest(a_job(workers, gpus, warm_start), "team-ml"))
 
 
-@pytest.mark.parametrize("breakage", [
-    lambda m: m["spec"]["tfReplicaSpecs"]["Worker"].update(replicas="two"),
-    lambda m: m["spec"].update(tfReplicaSpec=m["spec"].pop("tfReplicaSpecs")),
-    lambda m: m["spec"]["runPolicy"].update(cleanPodPolicies="All"),
-    lambda m: m["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"].update(
-        containers=[{"name": "tensorflow", "image": "x", "gpus": 1}]),
-], ids=["replicas-not-a-number", "misspelled-replica-specs", "unknown-run-policy-field",
-        "unknown-container-field"])
+@pytest.mark.parametrize(
+    "breakage",
+    [
+        lambda m: m["spec"]["tfReplicaSpecs"]["Worker"].update(replicas="two"),
+        lambda m: m["spec"].update(tfReplicaSpec=m["spec"].pop("tfReplicaSpecs")),
+        lambda m: m["spec"]["runPolicy"].update(cleanPodPolicies="All"),
+        lambda m: m["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"].update(
+            containers=[{"name": "tensorflow", "image": "x", "gpus": 1}]
+        ),
+    ],
+    ids=[
+        "replicas-not-a-number",
+        "misspelled-replica-specs",
+        "unknown-run-policy-field",
+        "unknown-container-field",
+    ],
+)
 def test_a_broken_manifest_fails_validation(breakage):
     manifest = tfjob_manifest(a_job(), "team-ml")
     breakage(manifest)
@@ -88,7 +109,10 @@ def test_the_job_runs_n_workers_of_the_training_image_on_the_cache_volume():
     manifest = tfjob_manifest(job, "team-ml")
     assert manifest["metadata"]["namespace"] == "team-ml"
     assert manifest["spec"]["runPolicy"] == {
-        "cleanPodPolicy": "Running", "backoffLimit": 3, "ttlSecondsAfterFinished": 86400}
+        "cleanPodPolicy": "Running",
+        "backoffLimit": 3,
+        "ttlSecondsAfterFinished": 86400,
+    }
     [(kind, replica)] = manifest["spec"]["tfReplicaSpecs"].items()
     assert (kind, replica["replicas"], replica["restartPolicy"]) == ("Worker", 3, "OnFailure")
     pod = replica["template"]["spec"]
@@ -112,9 +136,14 @@ def test_each_worker_runs_the_train_rung_command_on_the_staged_inputs():
     flags = dict(zip(command[2::2], command[3::2], strict=True))
     assert set(flags) == options - {"-p"}
     folder = f"/cache/jobs/{a_job().name}"
-    assert flags == {"--params": f"{folder}/params.yaml", "--index": "1",
-                     "--data": f"{folder}/data", "--out": f"{folder}/out", "--cache": "/cache",
-                     "--warm-start": f"{folder}/warm_start/model.keras"}
+    assert flags == {
+        "--params": f"{folder}/params.yaml",
+        "--index": "1",
+        "--data": f"{folder}/data",
+        "--out": f"{folder}/out",
+        "--cache": "/cache",
+        "--warm-start": f"{folder}/warm_start/model.keras",
+    }
     assert "--warm-start" not in worker_command(a_job(warm_start=False))
 
 
@@ -127,21 +156,42 @@ def condition(kind: str, status: str = "True", reason: str = "", message: str = 
     return {"type": kind, "status": status, "reason": reason, "message": message}
 
 
-@pytest.mark.parametrize("conditions,expected", [
-    (None, JobState("Pending", "waiting for the training operator")),
-    ([condition("Created", reason="TFJobCreated")], JobState("Created", "TFJobCreated")),
-    ([condition("Created"), condition("Running", message="TFJob x is running.")],
-     JobState("Running", "TFJob x is running.")),
-    ([condition("Created"), condition("Running", "False"),
-      condition("Restarting", reason="TFJobRestarting", message="worker 1 exited 137")],
-     JobState("Restarting", "TFJobRestarting: worker 1 exited 137")),
-    ([condition("Created"), condition("Running", "False"),
-      condition("Succeeded", reason="TFJobSucceeded")], JobState("Succeeded", "TFJobSucceeded")),
-    ([condition("Created"), condition("Failed", reason="TFJobFailed",
-                                      message="worker 0 exited with code 2"),
-      condition("Running")],
-     JobState("Failed", "TFJobFailed: worker 0 exited with code 2")),
-], ids=["no-status", "created", "running", "restarting", "succeeded", "failed-wins"])
+@pytest.mark.parametrize(
+    "conditions,expected",
+    [
+        (None, JobState("Pending", "waiting for the training operator")),
+        ([condition("Created", reason="TFJobCreated")], JobState("Created", "TFJobCreated")),
+        (
+            [condition("Created"), condition("Running", message="TFJob x is running.")],
+            JobState("Running", "TFJob x is running."),
+        ),
+        (
+            [
+                condition("Created"),
+                condition("Running", "False"),
+                condition("Restarting", reason="TFJobRestarting", message="worker 1 exited 137"),
+            ],
+            JobState("Restarting", "TFJobRestarting: worker 1 exited 137"),
+        ),
+        (
+            [
+                condition("Created"),
+                condition("Running", "False"),
+                condition("Succeeded", reason="TFJobSucceeded"),
+            ],
+            JobState("Succeeded", "TFJobSucceeded"),
+        ),
+        (
+            [
+                condition("Created"),
+                condition("Failed", reason="TFJobFailed", message="worker 0 exited with code 2"),
+                condition("Running"),
+            ],
+            JobState("Failed", "TFJobFailed: worker 0 exited with code 2"),
+        ),
+    ],
+    ids=["no-status", "created", "running", "restarting", "succeeded", "failed-wins"],
+)
 def test_the_conditions_say_where_the_job_stands(conditions, expected):
     state = job_state({"conditions": conditions} if conditions is not None else None)
     assert state == expected
@@ -149,8 +199,7 @@ def test_the_conditions_say_where_the_job_stands(conditions, expected):
 
 
 def test_overlapping_log_reads_show_each_line_once():
-    first = ("2026-01-05T10:00:00.123456789Z epoch 1/3\n"
-             "2026-01-05T10:00:01Z epoch 2/3\n")
+    first = "2026-01-05T10:00:00.123456789Z epoch 1/3\n2026-01-05T10:00:01Z epoch 2/3\n"
     lines, cursor = new_log_lines(first, LogCursor())
     assert lines == ["epoch 1/3", "epoch 2/3"]
     again = first + "2026-01-05T10:00:02.5+00:00 epoch 3/3\n"
@@ -166,8 +215,15 @@ def test_the_rbac_manifest_grants_what_the_launcher_calls():
     [role] = [doc for doc in docs if doc["kind"] == "Role"]
     [binding] = [doc for doc in docs if doc["kind"] == "RoleBinding"]
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
-    granted = {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
-               for resource in rule["resources"] for verb in rule["verbs"]}
+    granted = {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
     needed = {("kubeflow.org", "tfjobs", verb) for verb in ("create", "get", "delete")} | {
-        ("", "pods", "list"), ("", "pods/log", "get")}
+        ("", "pods", "list"),
+        ("", "pods/log", "get"),
+    }
     assert needed <= granted

@@ -25,10 +25,19 @@ ROOT = Path(__file__).resolve().parents[2]
 NAMESPACE = "team-ml"
 JOBS = re.compile(rf"/apis/kubeflow.org/v1/namespaces/{NAMESPACE}/tfjobs(?:/([^/?]+))?")
 PODS = re.compile(rf"/api/v1/namespaces/{NAMESPACE}/pods(?:/([^/?]+)/log)?")
-RESULT = {"index": 0, "rung": "frozen-head", "mode": "cached-features", "epochs_run": 2,
-          "best_val_accuracy": 0.5, "train_seconds": 3.0, "embed_seconds": 1.0,
-          "images_per_second": 100.0, "trainable_params": 12, "backend": "tensorflow",
-          "mixed_precision": False}
+RESULT = {
+    "index": 0,
+    "rung": "frozen-head",
+    "mode": "cached-features",
+    "epochs_run": 2,
+    "best_val_accuracy": 0.5,
+    "train_seconds": 3.0,
+    "embed_seconds": 1.0,
+    "images_per_second": 100.0,
+    "trainable_params": 12,
+    "backend": "tensorflow",
+    "mixed_precision": False,
+}
 
 
 class FakeApiServer:
@@ -46,11 +55,18 @@ class FakeApiServer:
     def advance(self, name: str) -> dict:
         job = self.jobs[name]
         step = self.reads[name] = self.reads.get(name, -1) + 1
-        kinds = self.script[:step + 1]
-        job["status"] = {"conditions": [
-            {"type": kind, "status": "True", "reason": f"TFJob{kind}",
-             "message": "worker 0 exited with code 1" if kind == "Failed" else ""}
-            for kind in kinds]}
+        kinds = self.script[: step + 1]
+        job["status"] = {
+            "conditions": [
+                {
+                    "type": kind,
+                    "status": "True",
+                    "reason": f"TFJob{kind}",
+                    "message": "worker 0 exited with code 1" if kind == "Failed" else "",
+                }
+                for kind in kinds
+            ]
+        }
         if kinds[-1] == "Succeeded":
             self.chief_writes(job)
         return job
@@ -58,7 +74,8 @@ class FakeApiServer:
     @staticmethod
     def chief_writes(job: dict) -> None:
         command = job["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0][
-            "command"]
+            "command"
+        ]
         out = Path(command[command.index("--out") + 1])
         out.mkdir(parents=True, exist_ok=True)
         for name in ("model.keras", "history.csv"):
@@ -67,8 +84,10 @@ class FakeApiServer:
 
     def log(self, name: str) -> str:
         reads = self.reads.get(name.removesuffix("-worker-0"), 0)
-        return "".join(f"2026-01-05T10:00:{second:02d}.000000001Z line {second}\n"
-                       for second in range(reads + 1))
+        return "".join(
+            f"2026-01-05T10:00:{second:02d}.000000001Z line {second}\n"
+            for second in range(reads + 1)
+        )
 
 
 def handler(server: FakeApiServer):
@@ -79,8 +98,9 @@ def handler(server: FakeApiServer):
         def reply(self, code: int, body) -> None:
             data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
             self.send_response(code)
-            self.send_header("Content-Type", "text/plain" if isinstance(body, str)
-                             else "application/json")
+            self.send_header(
+                "Content-Type", "text/plain" if isinstance(body, str) else "application/json"
+            )
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
@@ -161,17 +181,29 @@ def inputs(tmp_path):
     warm = tmp_path / "warm" / "model.keras"
     warm.parent.mkdir()
     warm.write_text("previous rung")
-    return {"params": load_params(ROOT / "params.yaml", use_env=False), "data": data,
-            "warm_start": warm, "volume": tmp_path / "volume"}
+    return {
+        "params": load_params(ROOT / "params.yaml", use_env=False),
+        "data": data,
+        "warm_start": warm,
+        "volume": tmp_path / "volume",
+    }
 
 
 def launch(inputs, api_jobs, clock, timeout=3600, index=0):
     volume = inputs["volume"]
     policy = JobPolicy(timeout_seconds=timeout, poll_seconds=10)
-    return train_job(inputs["params"], index, inputs["data"], volume.parent / "classifier",
-                     volume / "cache", volume.parent, Launch(
-                         "run-1", 2, 1, "image:1-gpu", "image-finetune-cache", str(volume),
-                         policy), api_jobs, inputs["warm_start"], clock.clock())
+    return train_job(
+        inputs["params"],
+        index,
+        inputs["data"],
+        volume.parent / "classifier",
+        volume / "cache",
+        volume.parent,
+        Launch("run-1", 2, 1, "image:1-gpu", "image-finetune-cache", str(volume), policy),
+        api_jobs,
+        inputs["warm_start"],
+        clock.clock(),
+    )
 
 
 def test_a_job_that_succeeds_hands_the_chiefs_folder_on(api, inputs):
@@ -206,8 +238,11 @@ def test_the_workers_get_the_params_with_multi_worker_distribution(api, inputs):
 
 def test_a_failed_job_fails_the_task_with_its_reason_and_is_kept_for_its_logs(api, inputs):
     server, jobs = api(["Created", "Running", "Failed"])
-    with pytest.raises(TrainJobError, match=r"failed: TFJobFailed: worker 0 exited with code 1"
-                                            r".*kubectl -n team-ml logs -l training"):
+    with pytest.raises(
+        TrainJobError,
+        match=r"failed: TFJobFailed: worker 0 exited with code 1"
+        r".*kubectl -n team-ml logs -l training",
+    ):
         launch(inputs, jobs, FakeClock())
     assert server.deleted == []
 
@@ -229,13 +264,24 @@ def test_a_retried_launcher_follows_the_job_it_created(api, inputs):
 
 def test_a_refused_call_says_what_the_service_account_needs(api, inputs):
     _, jobs = api(["Created"], forbid=True)
-    with pytest.raises(ClusterError, match=r"create TFJob .* \(403 Forbidden\): the run's "
-                                           r"service account needs the Role in infra/k8s"):
+    with pytest.raises(
+        ClusterError,
+        match=r"create TFJob .* \(403 Forbidden\): the run's "
+        r"service account needs the Role in infra/k8s",
+    ):
         launch(inputs, jobs, FakeClock())
 
 
 def test_a_cache_off_the_shared_volume_is_refused(api, inputs, tmp_path):
     _, jobs = api(["Created"])
     with pytest.raises(TrainJobError, match="is not on the cache volume"):
-        train_job(inputs["params"], 0, inputs["data"], tmp_path / "out", tmp_path / "elsewhere",
-                  tmp_path, Launch("run-1", 2, 1, "image", "claim", str(inputs["volume"])), jobs)
+        train_job(
+            inputs["params"],
+            0,
+            inputs["data"],
+            tmp_path / "out",
+            tmp_path / "elsewhere",
+            tmp_path,
+            Launch("run-1", 2, 1, "image", "claim", str(inputs["volume"])),
+            jobs,
+        )

@@ -18,15 +18,29 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def compile_with(tmp_path: Path, *options: str):
     out = tmp_path / "pipeline.yaml"
-    result = CliRunner().invoke(cli.app, ["compile", "--params", str(ROOT / "params.yaml"),
-                                          "--out", str(out), "--image", IMAGE, *options])
+    result = CliRunner().invoke(
+        cli.app,
+        [
+            "compile",
+            "--params",
+            str(ROOT / "params.yaml"),
+            "--out",
+            str(out),
+            "--image",
+            IMAGE,
+            *options,
+        ],
+    )
     assert result.exit_code == 0, result.output
     return parsed(out)
 
 
 def training_tasks(spec) -> dict:
-    return {task.task_info.name: task for task in container_tasks(spec, spec.root.dag)
-            if task.task_info.name.startswith("train rung")}
+    return {
+        task.task_info.name: task
+        for task in container_tasks(spec, spec.root.dag)
+        if task.task_info.name.startswith("train rung")
+    }
 
 
 def component_source(spec, task) -> str:
@@ -49,15 +63,23 @@ def test_with_workers_each_training_task_launches_a_tfjob(distributed):
         assert container["image"] == f"{IMAGE}-cpu"
         assert "accelerator" not in container["resources"]
         inputs = task.inputs.parameters
-        assert {key: json_format.MessageToDict(inputs[key].runtime_value.constant)
-                for key in ("workers", "gpus", "image", "cache_pvc", "cache_mount")} == {
-            "workers": 2, "gpus": 1, "image": f"{IMAGE}-gpu",
-            "cache_pvc": "image-finetune-cache", "cache_mount": "/cache"}
+        assert {
+            key: json_format.MessageToDict(inputs[key].runtime_value.constant)
+            for key in ("workers", "gpus", "image", "cache_pvc", "cache_mount")
+        } == {
+            "workers": 2,
+            "gpus": 1,
+            "image": f"{IMAGE}-gpu",
+            "cache_pvc": "image-finetune-cache",
+            "cache_mount": "/cache",
+        }
         assert constant(inputs["run_id"]) == "{{$.pipeline_job_uuid}}"
         assert set(task.inputs.artifacts) >= {"dataset"}
         [mount] = platform[spec.components[task.component_ref.name].executor_label].pvc_mount
         assert (mount.mount_path, constant(mount.pvc_name_parameter)) == (
-            "/cache", "image-finetune-cache")
+            "/cache",
+            "image-finetune-cache",
+        )
     assert "warm_start" in tasks["train rung 1 (top-blocks)"].inputs.artifacts
 
 
@@ -79,14 +101,27 @@ def test_by_default_training_runs_in_the_tasks_own_pod_as_before(tmp_path):
         assert executor(spec, task)["command"] == own_executor["container"]["command"], name
         assert executor(spec, task)["image"] == f"{IMAGE}-gpu"
         assert not {"workers", "run_id"} & set(task.inputs.parameters), name
-    assert all("def train_rung_job(" not in component_source(spec, task)
-               for task in container_tasks(spec, spec.root.dag))
+    assert all(
+        "def train_rung_job(" not in component_source(spec, task)
+        for task in container_tasks(spec, spec.root.dag)
+    )
 
 
 def test_workers_without_the_cache_volume_are_refused(tmp_path):
-    result = CliRunner().invoke(cli.app, [
-        "compile", "--params", str(ROOT / "params.yaml"), "--out", str(tmp_path / "p.yaml"),
-        "--workers", "2", "--cache-pvc", ""])
+    result = CliRunner().invoke(
+        cli.app,
+        [
+            "compile",
+            "--params",
+            str(ROOT / "params.yaml"),
+            "--out",
+            str(tmp_path / "p.yaml"),
+            "--workers",
+            "2",
+            "--cache-pvc",
+            "",
+        ],
+    )
     assert result.exit_code == 2
     assert "--workers 2 needs the cache PVC" in result.output
     assert "Traceback" not in result.output

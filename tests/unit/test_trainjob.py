@@ -58,22 +58,34 @@ def test_the_trainjob_is_valid_against_trainer_v2s_crd(workers, gpus, warm_start
     assert trainer["command"][:2] == ["image-finetune", "train-rung"]
     assert trainer["resourcesPerNode"]["limits"] == ({"nvidia.com/gpu": gpus} if gpus else {})
     assert manifest["spec"]["runtimeRef"] == {
-        "name": "image-finetune-tensorflow", "apiGroup": "trainer.kubeflow.org",
-        "kind": "ClusterTrainingRuntime"}
+        "name": "image-finetune-tensorflow",
+        "apiGroup": "trainer.kubeflow.org",
+        "kind": "ClusterTrainingRuntime",
+    }
     pod = node_patch(manifest)
-    assert pod["volumes"] == [{"name": "cache",
-                               "persistentVolumeClaim": {"claimName": "image-finetune-cache"}}]
-    assert pod["containers"] == [{"name": "node",
-                                  "volumeMounts": [{"name": "cache", "mountPath": "/cache"}]}]
+    assert pod["volumes"] == [
+        {"name": "cache", "persistentVolumeClaim": {"claimName": "image-finetune-cache"}}
+    ]
+    assert pod["containers"] == [
+        {"name": "node", "volumeMounts": [{"name": "cache", "mountPath": "/cache"}]}
+    ]
 
 
-@pytest.mark.parametrize("breakage", [
-    lambda m: m["spec"]["trainer"].update(numNodes="two"),
-    lambda m: m["spec"]["trainer"].update(replicas=2),
-    lambda m: m["spec"].update(runtime=m["spec"].pop("runtimeRef")),
-    lambda m: node_patch(m)["volumes"][0].update(pvc={"claimName": "x"}),
-], ids=["nodes-not-a-number", "unknown-trainer-field", "misspelt-runtime-ref",
-        "unknown-volume-source"])
+@pytest.mark.parametrize(
+    "breakage",
+    [
+        lambda m: m["spec"]["trainer"].update(numNodes="two"),
+        lambda m: m["spec"]["trainer"].update(replicas=2),
+        lambda m: m["spec"].update(runtime=m["spec"].pop("runtimeRef")),
+        lambda m: node_patch(m)["volumes"][0].update(pvc={"claimName": "x"}),
+    ],
+    ids=[
+        "nodes-not-a-number",
+        "unknown-trainer-field",
+        "misspelt-runtime-ref",
+        "unknown-volume-source",
+    ],
+)
 def test_a_broken_trainjob_fails_validation(breakage):
     """The schema is strict enough to catch what a typo would break."""
     manifest = trainjob_manifest(a_job(), "team-ml", "image-finetune-tensorflow")
@@ -99,8 +111,15 @@ def test_the_cluster_training_runtime_is_valid_and_runs_the_nodes_the_launcher_n
     assert node["name"] == "node"  # the replicated job the TrainJob's patch and labels name
     template = node["template"]["spec"]["template"]
     kubernetes_validate.validate(
-        {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "node-0"},
-         "spec": template["spec"]}, KUBERNETES, strict=True)
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "node-0"},
+            "spec": template["spec"],
+        },
+        KUBERNETES,
+        strict=True,
+    )
     [container] = template["spec"]["containers"]
     assert container["name"] == "node"
     assert {"name": "tf-worker", "containerPort": 2222} in container["ports"]
@@ -111,8 +130,11 @@ def test_each_node_makes_its_tf_config_from_the_worker_list_and_its_index():
     job = a_job(workers=3)
     hosts = worker_hosts(job)
     assert hosts[0] == f"{job.name}-node-0-0.{job.name}:2222" and len(hosts) == 3
-    [env] = [e for e in trainjob_manifest(job, "ns", "rt")["spec"]["trainer"]["env"]
-             if e["name"] == "IMAGE_FINETUNE_WORKER_HOSTS"]
+    [env] = [
+        e
+        for e in trainjob_manifest(job, "ns", "rt")["spec"]["trainer"]["env"]
+        if e["name"] == "IMAGE_FINETUNE_WORKER_HOSTS"
+    ]
     environ = {"IMAGE_FINETUNE_WORKER_HOSTS": env["value"], "JOB_COMPLETION_INDEX": "2"}
     config = json.loads(jobset_tf_config(environ))
     assert config == {"cluster": {"worker": hosts}, "task": {"type": "worker", "index": 2}}
@@ -121,10 +143,12 @@ def test_each_node_makes_its_tf_config_from_the_worker_list_and_its_index():
 
 
 def test_a_tfjobs_own_tf_config_wins_and_a_bad_index_is_refused():
-    tf_config = json.dumps({"cluster": {"worker": ["a:1"]}, "task": {"type": "worker",
-                                                                     "index": 0}})
-    environ = {"TF_CONFIG": tf_config, "IMAGE_FINETUNE_WORKER_HOSTS": "b:1,c:1",
-               "JOB_COMPLETION_INDEX": "1"}
+    tf_config = json.dumps({"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 0}})
+    environ = {
+        "TF_CONFIG": tf_config,
+        "IMAGE_FINETUNE_WORKER_HOSTS": "b:1,c:1",
+        "JOB_COMPLETION_INDEX": "1",
+    }
     export_jobset_cluster(environ)
     assert environ["TF_CONFIG"] == tf_config
     assert jobset_tf_config({}) is None
@@ -132,42 +156,69 @@ def test_a_tfjobs_own_tf_config_wins_and_a_bad_index_is_refused():
         jobset_tf_config({"IMAGE_FINETUNE_WORKER_HOSTS": "b:1,c:1", "JOB_COMPLETION_INDEX": "5"})
 
 
-@pytest.mark.parametrize("conditions,phase,succeeded", [
-    ([{"type": "Created", "status": "True"}], "Created", False),
-    ([{"type": "Created", "status": "True"}, {"type": "Complete", "status": "True",
-                                              "reason": "JobSetCompleted"}], "Succeeded", True),
-    ([{"type": "Failed", "status": "True", "message": "node-0 OOMKilled"}], "Failed", False),
-])
+@pytest.mark.parametrize(
+    "conditions,phase,succeeded",
+    [
+        ([{"type": "Created", "status": "True"}], "Created", False),
+        (
+            [
+                {"type": "Created", "status": "True"},
+                {"type": "Complete", "status": "True", "reason": "JobSetCompleted"},
+            ],
+            "Succeeded",
+            True,
+        ),
+        ([{"type": "Failed", "status": "True", "message": "node-0 OOMKilled"}], "Failed", False),
+    ],
+)
 def test_trainer_v2s_conditions_read_as_the_job_state(conditions, phase, succeeded):
     state = job_state({"conditions": conditions})
     assert (state.phase, state.succeeded) == (phase, succeeded)
 
 
-def test_the_pipeline_compiled_with_the_trainjob_launcher_passes_it_to_every_launcher(
-        tmp_path):
-    spec, _ = compile_with(tmp_path, "--workers", "2", "--launcher", "trainjob",
-                           "--runtime", "team-tf", "--train-timeout", "7200")
+def test_the_pipeline_compiled_with_the_trainjob_launcher_passes_it_to_every_launcher(tmp_path):
+    spec, _ = compile_with(
+        tmp_path,
+        "--workers",
+        "2",
+        "--launcher",
+        "trainjob",
+        "--runtime",
+        "team-tf",
+        "--train-timeout",
+        "7200",
+    )
     for name, task in training_tasks(spec).items():
-        inputs = {key: json_format.MessageToDict(task.inputs.parameters[key].runtime_value
-                                                 .constant)
-                  for key in ("launcher", "runtime", "timeout_seconds")}
-        assert inputs == {"launcher": "trainjob", "runtime": "team-tf",
-                          "timeout_seconds": 7200}, name
+        inputs = {
+            key: json_format.MessageToDict(task.inputs.parameters[key].runtime_value.constant)
+            for key in ("launcher", "runtime", "timeout_seconds")
+        }
+        assert inputs == {"launcher": "trainjob", "runtime": "team-tf", "timeout_seconds": 7200}, (
+            name
+        )
 
 
 def test_the_launchers_role_lets_it_create_follow_and_delete_trainjobs():
     rbac = ROOT / "infra" / "k8s" / "components" / "pipeline" / "train-job-rbac.yaml"
     [role] = [doc for doc in yaml.safe_load_all(rbac.read_text()) if doc and doc["kind"] == "Role"]
-    granted = {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
-               for resource in rule["resources"] for verb in rule["verbs"]}
+    granted = {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
     assert {(TRAINJOB.group, TRAINJOB.plural, verb) for verb in ("create", "get", "delete")} <= (
-        granted)
+        granted
+    )
 
 
 @pytest.mark.parametrize("launcher", ["tfjob", "trainjob"])
 def test_a_distributed_jobs_gpu_pods_tolerate_the_taint_and_select_the_nodes(launcher):
-    placement = Placement(({"key": "nvidia.com/gpu", "operator": "Exists",
-                            "effect": "NoSchedule"},), (("pool", "l4"),))
+    placement = Placement(
+        ({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},),
+        (("pool", "l4"),),
+    )
     job = dataclasses.replace(a_job(), placement=placement)
     manifest = job_manifest(job, "team-ml", launcher, "image-finetune-tensorflow")
     if launcher == "trainjob":
@@ -183,9 +234,13 @@ def test_a_distributed_jobs_gpu_pods_tolerate_the_taint_and_select_the_nodes(lau
 def test_the_compiled_launcher_passes_the_gpu_placement_on(tmp_path):
     spec, _ = compile_with(tmp_path, "--workers", "2", "--node-selector", "pool=l4")
     for name, task in training_tasks(spec).items():
-        inputs = {key: json_format.MessageToDict(task.inputs.parameters[key].runtime_value
-                                                 .constant)
-                  for key in ("tolerations", "node_selector")}
-        assert inputs == {"tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists",
-                                           "effect": "NoSchedule"}],
-                          "node_selector": {"pool": "l4"}}, name
+        inputs = {
+            key: json_format.MessageToDict(task.inputs.parameters[key].runtime_value.constant)
+            for key in ("tolerations", "node_selector")
+        }
+        assert inputs == {
+            "tolerations": [
+                {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+            ],
+            "node_selector": {"pool": "l4"},
+        }, name

@@ -20,8 +20,9 @@ def build_wheel(source: Path, out: Path) -> Path:
     """A wheel built by the project's own build backend (setuptools, from the dev group),
     as `pip install .` builds it, without build isolation (no index needed)."""
     code = f"from setuptools import build_meta; print(build_meta.build_wheel({str(out)!r}))"
-    built = subprocess.run([sys.executable, "-c", code], cwd=source, capture_output=True,
-                           text=True, timeout=300)
+    built = subprocess.run(
+        [sys.executable, "-c", code], cwd=source, capture_output=True, text=True, timeout=300
+    )
     assert built.returncode == 0, built.stderr[-3000:]
     return out / built.stdout.strip().splitlines()[-1]
 
@@ -47,8 +48,10 @@ def test_the_wheel_installs_one_top_level_package(wheel):
 def test_the_pipeline_and_its_components_are_inside_it(wheel):
     names = set(wheel.namelist())
     for folder in ("pipelines", "components"):
-        expected = {f"image_finetune/{folder}/{path.relative_to(ROOT / folder).as_posix()}"
-                    for path in (ROOT / folder).rglob("*.py")}
+        expected = {
+            f"image_finetune/{folder}/{path.relative_to(ROOT / folder).as_posix()}"
+            for path in (ROOT / folder).rglob("*.py")
+        }
         assert expected and expected <= names
 
 

@@ -93,7 +93,8 @@ def write_dataset(
             manifest["image_shape"] = list(images.shape[1:])
             manifest["splits"][name] = {
                 **_split_counts(labels, class_names),
-                **write_split_files(staging, name, images, labels, shard_size)}
+                **write_split_files(staging, name, images, labels, shard_size),
+            }
             if sources and name in sources:
                 names = json.dumps([str(s) for s in sources[name]]).encode()
                 (staging / f"{name}_sources.json").write_bytes(names)
@@ -104,8 +105,10 @@ def write_dataset(
 
 def _split_counts(labels: np.ndarray, class_names: list[str]) -> dict:
     counts = np.bincount(labels, minlength=len(class_names))
-    return {"count": int(labels.shape[0]),
-            "per_class": {c: int(n) for c, n in zip(class_names, counts, strict=True)}}
+    return {
+        "count": int(labels.shape[0]),
+        "per_class": {c: int(n) for c, n in zip(class_names, counts, strict=True)},
+    }
 
 
 def write_split_files(
@@ -121,12 +124,13 @@ def write_split_files(
             file = shard_file(name, kind, number, shard_size)
             (folder / file).parent.mkdir(parents=True, exist_ok=True)
             chunks = hashed(iter_chunks(array, CHUNK_ROWS, start, stop), content[kind])
-            digest = write_npy(folder / file, (stop - start, *array.shape[1:]), array.dtype,
-                               chunks)
+            digest = write_npy(folder / file, (stop - start, *array.shape[1:]), array.dtype, chunks)
             shard[kind] = {"file": file, "sha256": digest}
         shards.append(shard)
-    entry = {"images_sha256": content["images"].hexdigest(),
-             "labels_sha256": content["labels"].hexdigest()}
+    entry = {
+        "images_sha256": content["images"].hexdigest(),
+        "labels_sha256": content["labels"].hexdigest(),
+    }
     return entry if shard_size is None else {**entry, "shards": shards}
 
 
@@ -161,8 +165,9 @@ def load_split(data_dir: Path, name: str, mmap: bool = True) -> Split:
     data_dir = Path(data_dir)
     shards = _listed_shards(data_dir, name)
     if shards is not None:
-        images, labels = (sharded_rows(data_dir, name, shards, kind)
-                          for kind in ("images", "labels"))
+        images, labels = (
+            sharded_rows(data_dir, name, shards, kind) for kind in ("images", "labels")
+        )
         if not mmap:
             return Split(name=name, images=np.asarray(images), labels=np.asarray(labels))
         return Split(name=name, images=images, labels=labels)
@@ -191,21 +196,25 @@ def sharded_rows(data_dir: Path, split: str, shards: list[dict], kind: str) -> S
             raise CorruptInputError(
                 f"{data_dir / shard[kind]['file']}: {shape[0]} rows of {shape[1:]} {dtype}, "
                 f"the manifest says {shard['rows']} rows like the first shard's "
-                "(run the ingest step again)")
+                "(run the ingest step again)"
+            )
     counts = [shard["rows"] for shard in shards]
-    return ShardedRows([data_dir / s[kind]["file"] for s in shards], counts,
-                       headers[0][0][1:], headers[0][1])
+    return ShardedRows(
+        [data_dir / s[kind]["file"] for s in shards], counts, headers[0][0][1:], headers[0][1]
+    )
 
 
 def _shard_header(path: Path, split: str) -> tuple[tuple[int, ...], np.dtype]:
     try:
         mapped = np.load(path, mmap_mode="r", allow_pickle=False)
     except FileNotFoundError:
-        raise MissingInputError(f"{path}: shard of split {split!r} is missing "
-                                "(run the ingest step again)") from None
+        raise MissingInputError(
+            f"{path}: shard of split {split!r} is missing (run the ingest step again)"
+        ) from None
     except ValueError as exc:
-        raise CorruptInputError(f"{path}: not a readable .npy shard ({exc}); run the ingest "
-                                "step again") from None
+        raise CorruptInputError(
+            f"{path}: not a readable .npy shard ({exc}); run the ingest step again"
+        ) from None
     return mapped.shape, mapped.dtype
 
 
@@ -214,15 +223,21 @@ def verify_shards(data_dir: Path) -> int:
     no file held in memory); return how many files were checked. Unsharded splits list no
     file hashes and are skipped."""
     data_dir = Path(data_dir)
-    files = [shard[kind] for entry in read_manifest(data_dir)["splits"].values()
-             for shard in entry.get("shards", []) for kind in ("images", "labels")]
+    files = [
+        shard[kind]
+        for entry in read_manifest(data_dir)["splits"].values()
+        for shard in entry.get("shards", [])
+        for kind in ("images", "labels")
+    ]
     for listed in files:
         path = data_dir / listed["file"]
         if not path.exists():
             raise MissingInputError(f"{path}: shard is missing (run the ingest step again)")
         if sha256_file(path) != listed["sha256"]:
-            raise CorruptInputError(f"{path}: sha256 differs from the manifest's: the shard "
-                                    "changed after ingest (run the ingest step again)")
+            raise CorruptInputError(
+                f"{path}: sha256 differs from the manifest's: the shard "
+                "changed after ingest (run the ingest step again)"
+            )
     return len(files)
 
 

@@ -33,15 +33,22 @@ class DecodedImages:
     """Decoded images by (split, class), each split's rows kept on disk under ``scratch``;
     at most ``max_per_class`` per bucket (None: all), the rest never read."""
 
-    def __init__(self, scratch: Path, image_size: int, how: str,
-                 max_per_class: int | None = None) -> None:
+    def __init__(
+        self, scratch: Path, image_size: int, how: str, max_per_class: int | None = None
+    ) -> None:
         self.scratch, self.image_size, self.how = scratch, image_size, how
         self.max_per_class = max_per_class
         self.buckets: dict[tuple[str, str], list[Decoded]] = {}
         self.sinks: dict[str, RowSink] = {}
 
-    def add(self, bucket: tuple[str, str], name: str, read: Callable[[], bytes],
-            problems: list[str], hashed: bool) -> None:
+    def add(
+        self,
+        bucket: tuple[str, str],
+        name: str,
+        read: Callable[[], bytes],
+        problems: list[str],
+        hashed: bool,
+    ) -> None:
         """Read, decode and keep one file (a bad one is added to ``problems`` by name)."""
         decoded = self.buckets.setdefault(bucket, [])
         if self.max_per_class is not None and len(decoded) >= self.max_per_class:
@@ -60,8 +67,13 @@ class DecodedImages:
         sha256 = hashlib.sha256(data).hexdigest() if hashed else None
         decoded.append(Decoded(name, self.sinks[split].append(image), sha256))
 
-    def dataset(self, source: object, class_dirs: dict[str, set[str]], reference: str,
-                kind: str = "class folder") -> RawDataset:
+    def dataset(
+        self,
+        source: object,
+        class_dirs: dict[str, set[str]],
+        reference: str,
+        kind: str = "class folder",
+    ) -> RawDataset:
         """The decoded images as a dataset whose classes are ``reference``'s class folders
         (or labels: ``kind``), sorted; every split must have exactly those classes, none
         empty."""
@@ -86,8 +98,13 @@ class DecodedImages:
         return dataset
 
 
-def class_problems(class_dirs: dict[str, set[str]], buckets: dict, class_names: list[str],
-                   reference: str, kind: str = "class folder") -> list[str]:
+def class_problems(
+    class_dirs: dict[str, set[str]],
+    buckets: dict,
+    class_names: list[str],
+    reference: str,
+    kind: str = "class folder",
+) -> list[str]:
     """Each split's classes that are not ``reference``'s, missing or without an image."""
     problems = []
     absent = "missing class folder" if kind == "class folder" else f"no images with this {kind}"

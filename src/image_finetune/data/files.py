@@ -98,8 +98,9 @@ def _refuse_special_source(path: Path) -> None:
     """The source itself must be a folder or a regular file: a FIFO would block its reader."""
     mode = path.stat().st_mode if path.exists() else None
     if mode is not None and not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
-        raise IngestError(f"{path}: not a folder or an archive file ({special_kind(mode)}), "
-                          "never opened")
+        raise IngestError(
+            f"{path}: not a folder or an archive file ({special_kind(mode)}), never opened"
+        )
 
 
 def _stored_twice(rel: PurePosixPath, stored: set[PurePosixPath]) -> str | None:
@@ -111,8 +112,12 @@ def _stored_twice(rel: PurePosixPath, stored: set[PurePosixPath]) -> str | None:
     return None
 
 
-SPECIAL_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
-                 (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+SPECIAL_KINDS = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
 
 
 def special_kind(mode: int) -> str:

@@ -52,8 +52,9 @@ def read_image_folder(
     groups: Groups = {}
     folders: set[Placement] = set()
     unplaced: list[PurePosixPath] = []
-    for entry in tqdm(walk(path, problems), desc=f"decode {path.name}", unit="img",
-                      mininterval=1.0):
+    for entry in tqdm(
+        walk(path, problems), desc=f"decode {path.name}", unit="img", mininterval=1.0
+    ):
         if entry.is_folder:
             folders.update(filter(None, [place_folder(entry.path)]))
             continue
@@ -65,8 +66,13 @@ def read_image_folder(
         if not is_image_name(entry.path):
             problems.append(f"{entry.path}: not an image file (expected .png, .jpg or .jpeg)")
             continue
-        images.add((placement.split, placement.class_name), placement.name, entry.read,
-                   problems, hashed=placement.layout == CLASS_FOLDERS)
+        images.add(
+            (placement.split, placement.class_name),
+            placement.name,
+            entry.read,
+            problems,
+            hashed=placement.layout == CLASS_FOLDERS,
+        )
     if not groups and not unplaced:  # not a file: the folders alone say what was meant
         groups = {folder.group: [] for folder in folders}
     layout, root = choose_layout(path, groups, unplaced)

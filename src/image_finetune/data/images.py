@@ -45,7 +45,10 @@ class ImageTooLargeError(ValueError):
 
 
 def decode_image(
-    data: bytes, name: str, image_size: int, how: str,
+    data: bytes,
+    name: str,
+    image_size: int,
+    how: str,
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> np.ndarray:
     """Decode PNG/JPEG bytes to uint8 RGB [S,S,3], fitted ``how`` (one of FIT_MODES); raise
@@ -73,12 +76,14 @@ def check_header(image: Image.Image, name: str, max_pixels: int) -> None:
     """Refuse, before decoding, a format other than PNG/JPEG or a size over the budget."""
     if image.format not in ACCEPTED_FORMATS:
         raise UnsupportedImageFormatError(
-            f"{name}: {image.format} images are not accepted (send PNG or JPEG)")
+            f"{name}: {image.format} images are not accepted (send PNG or JPEG)"
+        )
     width, height = image.size
     if width * height > max_pixels:
         raise ImageTooLargeError(
             f"{name}: declares {width}x{height} = {width * height} pixels, over the budget "
-            f"of {max_pixels}")
+            f"of {max_pixels}"
+        )
 
 
 def decode_rgb(image: Image.Image, name: str) -> Image.Image:

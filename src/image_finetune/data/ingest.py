@@ -33,8 +33,9 @@ def read_source(params: DataParams, source_path: Path, scratch: Path) -> RawData
     file's kept on disk in ``scratch``)."""
     if params.source in ("folder", "labels"):
         reader = read_image_folder if params.source == "folder" else read_labels_file
-        return reader(source_path, params.image_size, params.on_wrong_size, scratch,
-                      params.max_per_class)
+        return reader(
+            source_path, params.image_size, params.on_wrong_size, scratch, params.max_per_class
+        )
     if params.image_size != 32:
         raise IngestError(f"data.image_size={params.image_size}: {params.source} images are 32x32")
     if params.source == "cifar-python":
@@ -43,12 +44,17 @@ def read_source(params: DataParams, source_path: Path, scratch: Path) -> RawData
         return read_cifar_binary(source_path, params.max_per_class)
     if params.source == "tfds":
         return read_tfds(params.tfds_name, params.max_per_class)
-    raise ValueError(f"data.source={params.source!r}: choose the source first "
-                     "(image_finetune.locate.choose_data)")
+    raise ValueError(
+        f"data.source={params.source!r}: choose the source first "
+        "(image_finetune.locate.choose_data)"
+    )
 
 
 def canonical_splits(
-    raw: RawDataset, validation_fraction: float, seed: int, min_validation_per_class: int = 1,
+    raw: RawDataset,
+    validation_fraction: float,
+    seed: int,
+    min_validation_per_class: int = 1,
     test_fraction: float = 0.1,
 ) -> tuple[dict[str, tuple[np.ndarray | RowView, np.ndarray]], dict[str, list[str]], str]:
     """(train, validation, test) images (row views: nothing is copied) and labels, the
@@ -59,17 +65,20 @@ def canonical_splits(
     by each file's content (:func:`~image_finetune.data.stable_split.split_by_content`):
     ``test_fraction`` to test, ``validation_fraction`` to validation."""
     if UNSPLIT in raw.images:
-        rows = split_by_content(raw.content_sha256[UNSPLIT], seed, test_fraction,
-                                validation_fraction)
+        rows = split_by_content(
+            raw.content_sha256[UNSPLIT], seed, test_fraction, validation_fraction
+        )
         chosen: dict[str, tuple[str, np.ndarray | None]] = {
-            split: (UNSPLIT, rows[split]) for split in ("train", "validation", "test")}
+            split: (UNSPLIT, rows[split]) for split in ("train", "validation", "test")
+        }
         holdout = BY_CONTENT
     elif "validation" in raw.images:
         chosen = {"train": ("train", None), "validation": ("validation", None)}
         holdout = FROM_SOURCE
     else:
-        keep, held = split_stratified(raw.labels["train"], validation_fraction, seed,
-                                      min_validation_per_class)
+        keep, held = split_stratified(
+            raw.labels["train"], validation_fraction, seed, min_validation_per_class
+        )
         chosen = {"train": ("train", keep), "validation": ("train", held)}
         holdout = STRATIFIED
     chosen.setdefault("test", ("test", None))
@@ -85,16 +94,25 @@ def canonical_splits(
 
 def empty_classes(splits: dict[str, tuple], class_names: list[str]) -> list[str]:
     """Each class a split holds no image of, as problems naming the class and split."""
-    counts = {split: np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(class_names))
-              for split, (_, labels) in splits.items()}
+    counts = {
+        split: np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(class_names))
+        for split, (_, labels) in splits.items()
+    }
     totals = sum(counts.values(), start=np.zeros(len(class_names), dtype=np.int64))
-    return [f"{name}: none of its {totals[index]} images falls in {split}"
-            for split, per_class in counts.items()
-            for index, name in enumerate(class_names) if per_class[index] == 0]
+    return [
+        f"{name}: none of its {totals[index]} images falls in {split}"
+        for split, per_class in counts.items()
+        for index, name in enumerate(class_names)
+        if per_class[index] == 0
+    ]
 
 
 def read_extra_images(
-    paths: list[str], class_names: list[str], image_size: int, how: str, scratch: Path,
+    paths: list[str],
+    class_names: list[str],
+    image_size: int,
+    how: str,
+    scratch: Path,
 ) -> tuple[RowView | None, np.ndarray, list[str]]:
     """Labelled images from image-folder trees (``class/file`` or ``split/class/file``; the
     split, if any, is ignored): rows kept in ``scratch``, labels by ``class_names``, and each
@@ -125,8 +143,9 @@ def read_extra_images(
     return rows, np.asarray(labels, dtype=np.int64), names
 
 
-def _extra_problem(path: PurePosixPath, parts: tuple[str, ...], class_names: list[str]
-                   ) -> str | None:
+def _extra_problem(
+    path: PurePosixPath, parts: tuple[str, ...], class_names: list[str]
+) -> str | None:
     if len(parts) > 3:
         return f"{path}: not at class/file or split/class/file"
     if Path(parts[-1]).suffix.lower() not in IMAGE_SUFFIXES:
@@ -136,8 +155,7 @@ def _extra_problem(path: PurePosixPath, parts: tuple[str, ...], class_names: lis
     return None
 
 
-def add_to_train(splits: dict, sources: dict, extra, labels: np.ndarray,
-                 names: list[str]) -> None:
+def add_to_train(splits: dict, sources: dict, extra, labels: np.ndarray, names: list[str]) -> None:
     """The extra images appended to the train split (validation and test stay as they
     were: the gate and the champion comparison see the same images as before)."""
     images, train_labels = splits["train"]

@@ -62,8 +62,13 @@ def read_labels_file(
     has_split = rows[0].split is not None
     for row in rows:
         split = row.split or UNSPLIT
-        images.add((split, row.label), str(row.path), partial(read_listed, folder, row),
-                   problems, hashed=not has_split)
+        images.add(
+            (split, row.label),
+            str(row.path),
+            partial(read_listed, folder, row),
+            problems,
+            hashed=not has_split,
+        )
     if problems:
         raise IngestError(f"{path}: bad images in the labels file", problems)
     class_dirs: dict[str, set[str]] = {}
@@ -101,8 +106,10 @@ def listed_rows(path: Path) -> list[Row]:
 def require_labels_file(path: Path) -> None:
     """Refuse a labels file that is not there or not a file."""
     if not path.is_file():
-        raise IngestError(f"{path}: labels file not found (data.source: labels wants data.path "
-                          "or $IMAGE_FINETUNE_DATA to name a .csv or .jsonl file)")
+        raise IngestError(
+            f"{path}: labels file not found (data.source: labels wants data.path "
+            "or $IMAGE_FINETUNE_DATA to name a .csv or .jsonl file)"
+        )
 
 
 def parse_csv(text: str, problems: list[str]) -> list[Row]:
@@ -112,8 +119,10 @@ def parse_csv(text: str, problems: list[str]) -> list[Row]:
         header = [name.strip().lower() for name in next(reader, [])]
         missing = [name for name in REQUIRED if name not in header]
         if missing:
-            problems.append(f"line 1: the header has no {' or '.join(missing)} column "
-                            f"(found: {', '.join(header) or 'nothing'})")
+            problems.append(
+                f"line 1: the header has no {' or '.join(missing)} column "
+                f"(found: {', '.join(header) or 'nothing'})"
+            )
             return []
         columns = {name: header.index(name) for name in (*REQUIRED, "split") if name in header}
         rows = []
@@ -156,18 +165,21 @@ def make_row(line: int, cells: dict, has_split: bool, problems: list[str]) -> Ro
         if isinstance(value, int | float) and not isinstance(value, bool) and name == "label":
             value = str(value)
         if not isinstance(value, str) or not value.strip():
-            what = {"path": f"label {cells.get('label')!r} with no image path",
-                    "label": f"{cells.get('path')!r}: no label",
-                    "split": f"{cells.get('path')!r}: no split (the file has a split column: "
-                             f"give one of {', '.join(KNOWN_SPLITS)} on every line)"}[name]
+            what = {
+                "path": f"label {cells.get('label')!r} with no image path",
+                "label": f"{cells.get('path')!r}: no label",
+                "split": f"{cells.get('path')!r}: no split (the file has a split column: "
+                f"give one of {', '.join(KNOWN_SPLITS)} on every line)",
+            }[name]
             problems.append(f"line {line}: {what}")
             return None
         values[name] = value.strip()
     if not values["path"].isprintable():
         problems.append(f"line {line}: {values['path']!r}: the path has control characters")
         return None
-    return Row(line, PurePosixPath(values["path"].replace("\\", "/")), values["label"],
-               values.get("split"))
+    return Row(
+        line, PurePosixPath(values["path"].replace("\\", "/")), values["label"], values.get("split")
+    )
 
 
 def row_problems(rows: list[Row]) -> list[str]:
@@ -182,11 +194,12 @@ def row_problems(rows: list[Row]) -> list[str]:
         elif not is_image_name(row.path):
             problems.append(f"{where}: not an image file (expected .png, .jpg or .jpeg)")
         if len(row.label) > MAX_LABEL_CHARS or not row.label.isprintable():
-            problems.append(f"line {row.line}: label {row.label[:MAX_LABEL_CHARS]!r} has control "
-                            f"characters or is over {MAX_LABEL_CHARS} characters")
+            problems.append(
+                f"line {row.line}: label {row.label[:MAX_LABEL_CHARS]!r} has control "
+                f"characters or is over {MAX_LABEL_CHARS} characters"
+            )
         if row.split is not None and row.split not in KNOWN_SPLITS:
-            problems.append(f"{where}: split {row.split!r} is not one of "
-                            f"{', '.join(KNOWN_SPLITS)}")
+            problems.append(f"{where}: split {row.split!r} is not one of {', '.join(KNOWN_SPLITS)}")
     return problems
 
 
@@ -198,8 +211,10 @@ def listing_problems(rows: list[Row], folder: Path) -> list[str]:
         seen = first.setdefault(row.path, row)
         if (seen.label, seen.split) != (row.label, row.split):
             twice = "labels" if seen.label != row.label else "splits"
-            problems.append(f"{row.path}: listed twice with two {twice} (line {seen.line}: "
-                            f"{_labelled(seen)}; line {row.line}: {_labelled(row)})")
+            problems.append(
+                f"{row.path}: listed twice with two {twice} (line {seen.line}: "
+                f"{_labelled(seen)}; line {row.line}: {_labelled(row)})"
+            )
     for row in first.values():
         try:
             there = (folder / row.path).exists() or (folder / row.path).is_symlink()
@@ -242,8 +257,9 @@ def read_listed(folder: Path, row: Row) -> bytes:
         if not stat.S_ISREG(facts.st_mode):
             raise ValueError(f"{where}: not a regular file")
         if facts.st_size > MAX_FILE_BYTES:
-            raise ValueError(f"{where}: {facts.st_size} bytes, over the limit of "
-                             f"{MAX_FILE_BYTES} per file")
+            raise ValueError(
+                f"{where}: {facts.st_size} bytes, over the limit of {MAX_FILE_BYTES} per file"
+            )
         return file.read()
 
 

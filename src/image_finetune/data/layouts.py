@@ -122,32 +122,43 @@ def layout_message(source: object, groups: Groups, unplaced: list[PurePosixPath]
     if count == 0:
         return f"{source}: no images found; the accepted layouts are:\n{accepted}"
     closest, why = closest_layout(groups, unplaced)
-    return (f"{source}: its {count} files are in none of the accepted layouts:\n{accepted}\n"
-            f"It looks closest to {closest}: {why}")
+    return (
+        f"{source}: its {count} files are in none of the accepted layouts:\n{accepted}\n"
+        f"It looks closest to {closest}: {why}"
+    )
 
 
 def closest_layout(groups: Groups, unplaced: list[PurePosixPath]) -> tuple[str, str]:
     """The layout the files look closest to, and what keeps them from it."""
     if groups:
         (layout, root), files = max(groups.items(), key=lambda item: len(item[1]))
-        others = unplaced + [rel for group, placed in groups.items()
-                             if group != (layout, root) for rel in placed]
+        others = unplaced + [
+            rel for group, placed in groups.items() if group != (layout, root) for rel in placed
+        ]
         where = f" (in {root}/)" if root else ""
-        return layout, (f"{len(files)} of the {len(files) + len(others)} files fit it{where}; "
-                        f"the others do not, e.g. {_examples(sorted(others))}")
+        return layout, (
+            f"{len(files)} of the {len(files) + len(others)} files fit it{where}; "
+            f"the others do not, e.g. {_examples(sorted(others))}"
+        )
     if all(len(rel.parts) == 1 for rel in unplaced):
-        return CLASS_FOLDERS, (f"the files lie loose, in no folder (e.g. {_examples(unplaced)}): "
-                               "put each class's images in a folder named after the class, or "
-                               "list them in a labels file")
+        return CLASS_FOLDERS, (
+            f"the files lie loose, in no folder (e.g. {_examples(unplaced)}): "
+            "put each class's images in a folder named after the class, or "
+            "list them in a labels file"
+        )
     if any(part in KNOWN_SPLITS for rel in unplaced for part in rel.parts[:-1]):
-        return SPLIT_FOLDERS, (f"split folders are there but the images are not "
-                               f"split/class/image inside them (e.g. {_examples(unplaced)}); "
-                               "point data.path at the folder that holds the split folders")
+        return SPLIT_FOLDERS, (
+            f"split folders are there but the images are not "
+            f"split/class/image inside them (e.g. {_examples(unplaced)}); "
+            "point data.path at the folder that holds the split folders"
+        )
     depth = Counter(len(rel.parts) for rel in unplaced).most_common(1)[0][0]
-    return CLASS_FOLDERS, (f"the images sit {depth - 1} folders deep (e.g. "
-                           f"{_examples(unplaced)}), not directly in their class's folder: "
-                           "point data.path at the folder that holds the class folders, or list "
-                           "the images in a labels file")
+    return CLASS_FOLDERS, (
+        f"the images sit {depth - 1} folders deep (e.g. "
+        f"{_examples(unplaced)}), not directly in their class's folder: "
+        "point data.path at the folder that holds the class folders, or list "
+        "the images in a labels file"
+    )
 
 
 def _examples(items: Iterable) -> str:

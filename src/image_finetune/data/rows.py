@@ -59,8 +59,9 @@ class RowView:
         if isinstance(key, tuple):
             rows, rest = key[0], key[1:]
             picked = self[rows]
-            return picked[rest] if isinstance(rows, int | np.integer) else picked[(slice(None),
-                                                                                   *rest)]
+            return (
+                picked[rest] if isinstance(rows, int | np.integer) else picked[(slice(None), *rest)]
+            )
         if isinstance(key, int | np.integer):
             if not -len(self) <= key < len(self):
                 raise IndexError(f"row {key} out of range for {len(self)} rows")
@@ -85,8 +86,9 @@ Rows = np.ndarray | RowView  # what a reader of rows in batches takes: an array 
 class ShardedRows(RowView):
     """The rows of ``.npy`` shards (same row shape and dtype), in order, as one array."""
 
-    def __init__(self, paths: Sequence[Path], counts: Sequence[int],
-                 row_shape: tuple[int, ...], dtype) -> None:
+    def __init__(
+        self, paths: Sequence[Path], counts: Sequence[int], row_shape: tuple[int, ...], dtype
+    ) -> None:
         self.paths = [Path(p) for p in paths]
         self.starts = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
         self.shape = (int(self.starts[-1]), *row_shape)
@@ -169,8 +171,9 @@ def take(base, rows: np.ndarray | None):
     return TakenRows(base, rows)
 
 
-def iter_chunks(array, size: int = CHUNK_ROWS,
-                start: int = 0, stop: int | None = None) -> Iterator[np.ndarray]:
+def iter_chunks(
+    array, size: int = CHUNK_ROWS, start: int = 0, stop: int | None = None
+) -> Iterator[np.ndarray]:
     """Rows ``start:stop`` of an array or row view, ``size`` at a time, as arrays."""
     stop = len(array) if stop is None else stop
     for begin in range(start, stop, size):
@@ -182,9 +185,14 @@ def write_npy(path: Path, shape: tuple[int, ...], dtype, chunks: Iterable[np.nda
     chunk); return the file's sha256. The bytes are those ``np.save`` would write."""
     dtype = np.dtype(dtype)
     header = io.BytesIO()
-    np.lib.format.write_array_header_1_0(header, {
-        "descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
-        "shape": tuple(int(n) for n in shape)})
+    np.lib.format.write_array_header_1_0(
+        header,
+        {
+            "descr": np.lib.format.dtype_to_descr(dtype),
+            "fortran_order": False,
+            "shape": tuple(int(n) for n in shape),
+        },
+    )
     digest = hashlib.sha256(header.getvalue())
     written = 0
     with Path(path).open("wb") as handle:
@@ -192,8 +200,9 @@ def write_npy(path: Path, shape: tuple[int, ...], dtype, chunks: Iterable[np.nda
         for chunk in chunks:
             block = np.ascontiguousarray(chunk, dtype=dtype)
             if block.shape[1:] != tuple(shape[1:]):
-                raise ValueError(f"{path}: rows of shape {block.shape[1:]}, expected "
-                                 f"{tuple(shape[1:])}")
+                raise ValueError(
+                    f"{path}: rows of shape {block.shape[1:]}, expected {tuple(shape[1:])}"
+                )
             handle.write(block.data)
             digest.update(block.data)
             written += block.shape[0]

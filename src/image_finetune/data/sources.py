@@ -47,11 +47,16 @@ class _CifarUnpickler(pickle.Unpickler):
     """Unpickles only what the CIFAR-10 python format holds (dicts, lists, bytes, numbers
     and NumPy arrays): a crafted archive cannot run code on the ingesting machine."""
 
-    ALLOWED = frozenset({
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-        ("numpy", "ndarray"), ("numpy", "dtype"),
-    })
+    ALLOWED = frozenset(
+        {
+            ("numpy.core.multiarray", "_reconstruct"),
+            ("numpy._core.multiarray", "_reconstruct"),
+            ("numpy.core.multiarray", "scalar"),
+            ("numpy._core.multiarray", "scalar"),
+            ("numpy", "ndarray"),
+            ("numpy", "dtype"),
+        }
+    )
 
     def find_class(self, module: str, name: str):
         if (module, name) in self.ALLOWED:
@@ -131,8 +136,10 @@ def read_tfds(name: str, max_per_class: int | None = None) -> RawDataset:
     try:
         builder.download_and_prepare()
     except OSError as exc:  # no network, refused, a proxy's error page (requests' errors too)
-        raise IngestError(f"could not download {name!r} from TensorFlow Datasets ({exc}); "
-                          "set data.path to a local copy (data.source: folder)") from None
+        raise IngestError(
+            f"could not download {name!r} from TensorFlow Datasets ({exc}); "
+            "set data.path to a local copy (data.source: folder)"
+        ) from None
     class_names = list(builder.info.features["label"].names)
     dataset = RawDataset(class_names=class_names)
     for split in ("train", "test"):

@@ -35,8 +35,9 @@ def content_position(content_sha256: str, seed: int) -> float:
     return int.from_bytes(salted[:8], "big") / _SCALE
 
 
-def split_of(content_sha256: str, seed: int, test_fraction: float,
-             validation_fraction: float) -> str:
+def split_of(
+    content_sha256: str, seed: int, test_fraction: float, validation_fraction: float
+) -> str:
     """The split of a file with this content: test, validation or train."""
     position = content_position(content_sha256, seed)
     if position < test_fraction:
@@ -46,9 +47,11 @@ def split_of(content_sha256: str, seed: int, test_fraction: float,
     return "train"
 
 
-def split_by_content(hashes: list[str], seed: int, test_fraction: float,
-                     validation_fraction: float) -> dict[str, np.ndarray]:
+def split_by_content(
+    hashes: list[str], seed: int, test_fraction: float, validation_fraction: float
+) -> dict[str, np.ndarray]:
     """The rows of each split (train, validation, test), ascending, for the files' hashes."""
-    names = np.asarray([split_of(h, seed, test_fraction, validation_fraction) for h in hashes],
-                       dtype=object)
+    names = np.asarray(
+        [split_of(h, seed, test_fraction, validation_fraction) for h in hashes], dtype=object
+    )
     return {split: np.flatnonzero(names == split).astype(np.int64) for split in SPLITS}

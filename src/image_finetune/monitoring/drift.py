@@ -22,8 +22,13 @@ from scipy import stats
 from image_finetune.monitoring.profile import ReferenceProfile
 from image_finetune.monitoring.summaries import IMAGE_STATISTICS
 
-TESTS = ("class_probabilities", "embedding_mmd", "predicted_classes", *IMAGE_STATISTICS,
-         "confidence")
+TESTS = (
+    "class_probabilities",
+    "embedding_mmd",
+    "predicted_classes",
+    *IMAGE_STATISTICS,
+    "confidence",
+)
 MIN_WINDOW = 20  # fewer images say little and make every test unstable
 MMD_REFERENCE = 1000  # reference images the MMD compares with (a seeded sample)
 MMD_WINDOW = 1000  # window images it compares (a seeded sample of a larger window)
@@ -57,29 +62,41 @@ class DriftResult:
 
     def to_dict(self) -> dict:
         """JSON-ready: verdicts, statistics and p-values by test name."""
-        return {"drift": self.drift, "alpha": self.alpha, "model_version": self.model_version,
-                "window_size": self.window_size, "reference_size": self.reference_size,
-                "tests": {name: {k: (bool(v) if k == "drift" else float(v))
-                                 for k, v in asdict(result).items()}
-                          for name, result in self.tests.items()},
-                "details": self.details}
+        return {
+            "drift": self.drift,
+            "alpha": self.alpha,
+            "model_version": self.model_version,
+            "window_size": self.window_size,
+            "reference_size": self.reference_size,
+            "tests": {
+                name: {
+                    k: (bool(v) if k == "drift" else float(v)) for k, v in asdict(result).items()
+                }
+                for name, result in self.tests.items()
+            },
+            "details": self.details,
+        }
 
 
 class Window:
     """Summaries of the images seen since the window began: append as they come."""
 
-    def __init__(self, probabilities: np.ndarray, projected: np.ndarray,
-                 image_stats: np.ndarray):
+    def __init__(self, probabilities: np.ndarray, projected: np.ndarray, image_stats: np.ndarray):
         probabilities, projected, image_stats = (
-            np.asarray(a, dtype=np.float32) for a in (probabilities, projected, image_stats))
+            np.asarray(a, dtype=np.float32) for a in (probabilities, projected, image_stats)
+        )
         if not (probabilities.ndim == projected.ndim == image_stats.ndim == 2):
             raise ValueError("window arrays must be 2-D [N, width]")
         if not len(probabilities) == len(projected) == len(image_stats):
-            raise ValueError(f"window arrays disagree on the number of images: "
-                             f"{len(probabilities)}, {len(projected)}, {len(image_stats)}")
+            raise ValueError(
+                f"window arrays disagree on the number of images: "
+                f"{len(probabilities)}, {len(projected)}, {len(image_stats)}"
+            )
         if image_stats.shape[1] != len(IMAGE_STATISTICS):
-            raise ValueError(f"image_stats needs {len(IMAGE_STATISTICS)} columns "
-                             f"{IMAGE_STATISTICS}, got {image_stats.shape[1]}")
+            raise ValueError(
+                f"image_stats needs {len(IMAGE_STATISTICS)} columns "
+                f"{IMAGE_STATISTICS}, got {image_stats.shape[1]}"
+            )
         self._chunks = [(probabilities, projected, image_stats)]
         self._widths = (probabilities.shape[1], projected.shape[1])
         self._count = len(probabilities)  # kept, not summed: len() runs once per answer
@@ -87,17 +104,22 @@ class Window:
     @classmethod
     def empty(cls, dimensions: int, classes: int) -> Window:
         """A window with no images yet, for ``classes`` and a k = ``dimensions`` projection."""
-        return cls(np.empty((0, classes)), np.empty((0, dimensions)),
-                   np.empty((0, len(IMAGE_STATISTICS))))
+        return cls(
+            np.empty((0, classes)), np.empty((0, dimensions)), np.empty((0, len(IMAGE_STATISTICS)))
+        )
 
-    def append(self, probabilities: np.ndarray, projected: np.ndarray,
-               image_stats: np.ndarray) -> None:
+    def append(
+        self, probabilities: np.ndarray, projected: np.ndarray, image_stats: np.ndarray
+    ) -> None:
         """Add the summaries of one image ([C], [k], [4]) or of a batch ([N, ...])."""
-        batch = Window(np.atleast_2d(probabilities), np.atleast_2d(projected),
-                       np.atleast_2d(image_stats))
+        batch = Window(
+            np.atleast_2d(probabilities), np.atleast_2d(projected), np.atleast_2d(image_stats)
+        )
         if batch._widths != self._widths:
-            raise ValueError(f"summaries of widths {batch._widths} do not fit a window of "
-                             f"{self._widths} (classes, dimensions)")
+            raise ValueError(
+                f"summaries of widths {batch._widths} do not fit a window of "
+                f"{self._widths} (classes, dimensions)"
+            )
         self._chunks.append(batch._chunks[0])
         self._count += batch._count
 
@@ -106,8 +128,9 @@ class Window:
 
     def _column(self, index: int) -> np.ndarray:
         if len(self._chunks) > 1:  # join once, then keep the joined arrays
-            probabilities, projected, stats = (np.concatenate([c[i] for c in self._chunks])
-                                               for i in range(3))
+            probabilities, projected, stats = (
+                np.concatenate([c[i] for c in self._chunks]) for i in range(3)
+            )
             self._chunks = [(probabilities, projected, stats)]
         return self._chunks[0][index]
 
@@ -125,29 +148,47 @@ class Window:
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The recorded-window format: ``probabilities``, ``projected``, ``image_stats``."""
-        return {"probabilities": self.probabilities, "projected": self.projected,
-                "image_stats": self.image_stats}
+        return {
+            "probabilities": self.probabilities,
+            "projected": self.projected,
+            "image_stats": self.image_stats,
+        }
 
 
-def test_window(profile: ReferenceProfile, window: Window, alpha: float = 0.05,
-                permutations: int = 500, seed: int = 0) -> DriftResult:
+def test_window(
+    profile: ReferenceProfile,
+    window: Window,
+    alpha: float = 0.05,
+    permutations: int = 500,
+    seed: int = 0,
+) -> DriftResult:
     """Test ``window`` against ``profile``: every test, Bonferroni over the eight."""
     _check_fits(profile, window, alpha, permutations)
     rng = np.random.default_rng(seed)
-    raw = {"class_probabilities": ks_family(profile.probabilities, window.probabilities),
-           "embedding_mmd": mmd_test(profile.projected, window.projected, permutations, rng),
-           "predicted_classes": predicted_class_test(profile.probabilities,
-                                                     window.probabilities),
-           **{name: ks_test(profile.image_stats[:, i], window.image_stats[:, i])
-              for i, name in enumerate(IMAGE_STATISTICS)},
-           "confidence": confidence_drop_test(profile.probabilities, window.probabilities)}
+    raw = {
+        "class_probabilities": ks_family(profile.probabilities, window.probabilities),
+        "embedding_mmd": mmd_test(profile.projected, window.projected, permutations, rng),
+        "predicted_classes": predicted_class_test(profile.probabilities, window.probabilities),
+        **{
+            name: ks_test(profile.image_stats[:, i], window.image_stats[:, i])
+            for i, name in enumerate(IMAGE_STATISTICS)
+        },
+        "confidence": confidence_drop_test(profile.probabilities, window.probabilities),
+    }
     tests = {}
     for name in TESTS:
         statistic, p_value = raw[name]
         adjusted = min(1.0, p_value * len(TESTS))
         tests[name] = TestResult(float(statistic), adjusted, adjusted < alpha, float(p_value))
-    return DriftResult(tests, any(t.drift for t in tests.values()), alpha, len(window),
-                       len(profile), profile.model_version, describe(profile, window))
+    return DriftResult(
+        tests,
+        any(t.drift for t in tests.values()),
+        alpha,
+        len(window),
+        len(profile),
+        profile.model_version,
+        describe(profile, window),
+    )
 
 
 vars(test_window)["__test__"] = False  # a domain function, not a pytest test
@@ -160,16 +201,21 @@ def _check_fits(profile: ReferenceProfile, window: Window, alpha: float, permuta
         raise ValueError(f"permutations must lie in 1..{MAX_PERMUTATIONS}, not {permutations}")
     needed = min_permutations(alpha)
     if permutations < needed:  # the MMD test could never reach its share of alpha
-        raise ValueError(f"{permutations} permutations cannot give the MMD test a p-value "
-                         f"below alpha/{len(TESTS)}: use {needed} at least")
+        raise ValueError(
+            f"{permutations} permutations cannot give the MMD test a p-value "
+            f"below alpha/{len(TESTS)}: use {needed} at least"
+        )
     if len(window) < MIN_WINDOW:
-        raise ValueError(f"a window needs {MIN_WINDOW} images at least to be tested, "
-                         f"has {len(window)}")
+        raise ValueError(
+            f"a window needs {MIN_WINDOW} images at least to be tested, has {len(window)}"
+        )
     classes, dimensions = window.probabilities.shape[1], window.projected.shape[1]
     if classes != len(profile.class_names) or dimensions != profile.dimensions:
-        raise ValueError(f"the window's summaries ({classes} classes, {dimensions} dimensions)"
-                         f" do not fit the profile ({len(profile.class_names)} classes, "
-                         f"{profile.dimensions} dimensions)")
+        raise ValueError(
+            f"the window's summaries ({classes} classes, {dimensions} dimensions)"
+            f" do not fit the profile ({len(profile.class_names)} classes, "
+            f"{profile.dimensions} dimensions)"
+        )
 
 
 def min_permutations(alpha: float) -> int:
@@ -196,8 +242,9 @@ def mmd_of_assignments(kernel: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return np.einsum("ip,ip->p", weights, kernel @ weights)
 
 
-def mmd_test(reference: np.ndarray, current: np.ndarray, permutations: int,
-             rng: np.random.Generator) -> tuple[float, float]:
+def mmd_test(
+    reference: np.ndarray, current: np.ndarray, permutations: int, rng: np.random.Generator
+) -> tuple[float, float]:
     """MMD^2 between the samples with an RBF kernel (bandwidth: the median pairwise distance)
     and its permutation p-value, (1 + #{permuted >= observed}) / (1 + permutations). Large
     samples are subsampled (seeded) so the kernel matrix stays bounded."""
@@ -270,11 +317,15 @@ def describe(profile: ReferenceProfile, window: Window) -> dict:
     return {
         "class_names": list(profile.class_names),
         "predicted_classes": {
-            "reference": np.bincount(profile.probabilities.argmax(1), minlength=classes)
-            .tolist(),
-            "window": np.bincount(window.probabilities.argmax(1), minlength=classes).tolist()},
+            "reference": np.bincount(profile.probabilities.argmax(1), minlength=classes).tolist(),
+            "window": np.bincount(window.probabilities.argmax(1), minlength=classes).tolist(),
+        },
         "mean_confidence": {"reference": float(ref_conf.mean()), "window": float(cur_conf.mean())},
-        "image_statistics": {name: {"reference": float(profile.image_stats[:, i].mean()),
-                                    "window": float(window.image_stats[:, i].mean())}
-                             for i, name in enumerate(IMAGE_STATISTICS)},
+        "image_statistics": {
+            name: {
+                "reference": float(profile.image_stats[:, i].mean()),
+                "window": float(window.image_stats[:, i].mean()),
+            }
+            for i, name in enumerate(IMAGE_STATISTICS)
+        },
     }

@@ -122,8 +122,9 @@ def store_path(uri: str) -> Path:
 class FeedbackStore:
     """The feedback table in one SQLite file (WAL: readers never block the server)."""
 
-    def __init__(self, uri: str, max_rows: int = DEFAULT_MAX_ROWS,
-                 max_bytes: int = DEFAULT_MAX_BYTES):
+    def __init__(
+        self, uri: str, max_rows: int = DEFAULT_MAX_ROWS, max_bytes: int = DEFAULT_MAX_BYTES
+    ):
         self.path, self.max_rows, self.max_bytes = store_path(uri), max_rows, max_bytes
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
@@ -144,18 +145,26 @@ class FeedbackStore:
         marks = ", ".join("?" * len(COLUMNS))
         with self._lock:
             rows, stored = self._db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(LENGTH(image)), 0) FROM feedback").fetchone()
+                "SELECT COUNT(*), COALESCE(SUM(LENGTH(image)), 0) FROM feedback"
+            ).fetchone()
             if rows >= self.max_rows or stored + len(record.image or b"") > self.max_bytes:
-                raise FeedbackRefused("store_full", f"the feedback store is full ({rows} of "
-                                      f"{self.max_rows} labelled images, {stored} of "
-                                      f"{self.max_bytes} bytes): export it first")
+                raise FeedbackRefused(
+                    "store_full",
+                    f"the feedback store is full ({rows} of "
+                    f"{self.max_rows} labelled images, {stored} of "
+                    f"{self.max_bytes} bytes): export it first",
+                )
             try:
                 with self._db:
-                    self._db.execute(f"INSERT INTO feedback ({', '.join(COLUMNS)}) "
-                                     f"VALUES ({marks})", astuple(record))
+                    self._db.execute(
+                        f"INSERT INTO feedback ({', '.join(COLUMNS)}) VALUES ({marks})",
+                        astuple(record),
+                    )
             except sqlite3.IntegrityError:
-                raise FeedbackRefused("duplicate", f"request {record.request_id} image "
-                                      f"{record.image_index} is already labelled") from None
+                raise FeedbackRefused(
+                    "duplicate",
+                    f"request {record.request_id} image {record.image_index} is already labelled",
+                ) from None
 
     def _count(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM feedback").fetchone()[0]
@@ -167,35 +176,47 @@ class FeedbackStore:
     def watermark(self) -> float:
         """The newest ``received_at`` a completed retraining used (0.0: none yet)."""
         with self._lock:
-            return float(self._db.execute(
-                "SELECT COALESCE(MAX(watermark), 0.0) FROM retrain_watermarks").fetchone()[0])
+            return float(
+                self._db.execute(
+                    "SELECT COALESCE(MAX(watermark), 0.0) FROM retrain_watermarks"
+                ).fetchone()[0]
+            )
 
     def advance_watermark(self, to: float, note: str) -> bool:
         """Labels received up to ``to`` were used by a retraining that ran to its end; False
         (and nothing changes) where the watermark is already there or past it."""
         with self._lock, self._db:
             current = self._db.execute(
-                "SELECT COALESCE(MAX(watermark), 0.0) FROM retrain_watermarks").fetchone()[0]
+                "SELECT COALESCE(MAX(watermark), 0.0) FROM retrain_watermarks"
+            ).fetchone()[0]
             if to <= current:
                 return False
-            self._db.execute("INSERT INTO retrain_watermarks (watermark, recorded_at, note) "
-                             "VALUES (?, ?, ?)", (float(to), time.time(), note[:1000]))
-            self._db.execute("DELETE FROM retrain_watermarks WHERE id NOT IN (SELECT id FROM "
-                             "retrain_watermarks ORDER BY id DESC LIMIT ?)", (MAX_WATERMARKS,))
+            self._db.execute(
+                "INSERT INTO retrain_watermarks (watermark, recorded_at, note) VALUES (?, ?, ?)",
+                (float(to), time.time(), note[:1000]),
+            )
+            self._db.execute(
+                "DELETE FROM retrain_watermarks WHERE id NOT IN (SELECT id FROM "
+                "retrain_watermarks ORDER BY id DESC LIMIT ?)",
+                (MAX_WATERMARKS,),
+            )
             return True
 
     def watermark_history(self) -> list[tuple[float, float, str]]:
         """(watermark, when it was recorded, why) of the kept retrainings, oldest first."""
         with self._lock:
-            return self._db.execute("SELECT watermark, recorded_at, note FROM "
-                                    "retrain_watermarks ORDER BY id").fetchall()
+            return self._db.execute(
+                "SELECT watermark, recorded_at, note FROM retrain_watermarks ORDER BY id"
+            ).fetchall()
 
     def records(self, with_images: bool = False) -> Iterator[FeedbackRecord]:
         """Every labelled image, oldest first (images left out unless asked for)."""
         columns = [c if with_images or c not in ("image",) else "NULL" for c in COLUMNS]
         with self._lock:
-            rows = self._db.execute(f"SELECT {', '.join(columns)} FROM feedback "
-                                    "ORDER BY received_at, request_id, image_index").fetchall()
+            rows = self._db.execute(
+                f"SELECT {', '.join(columns)} FROM feedback "
+                "ORDER BY received_at, request_id, image_index"
+            ).fetchall()
         for row in rows:
             yield FeedbackRecord(*row)
 
@@ -215,20 +236,29 @@ class FeedbackStore:
 
     def pairs(self, champion: str, challenger: str) -> LabelledPairs:
         """Both versions' predictions on every image labelled while both answered it."""
-        found = [r for r in self.records() if {r.served_version, r.other_version}
-                 == {champion, challenger} and r.other_predicted is not None]
+        found = [
+            r
+            for r in self.records()
+            if {r.served_version, r.other_version} == {champion, challenger}
+            and r.other_predicted is not None
+        ]
 
         def column(version: str, confidence: bool) -> np.ndarray:
-            values = [(r.served_confidence if r.served_version == version
-                       else r.other_confidence) if confidence else r.predicted_by(version)
-                      for r in found]
+            values = [
+                (r.served_confidence if r.served_version == version else r.other_confidence)
+                if confidence
+                else r.predicted_by(version)
+                for r in found
+            ]
             return np.asarray(values, dtype=float if confidence else object)
 
-        return LabelledPairs(np.asarray([r.label for r in found], dtype=object),
-                             column(champion, False), column(challenger, False),
-                             column(champion, True), column(challenger, True))
-
-
+        return LabelledPairs(
+            np.asarray([r.label for r in found], dtype=object),
+            column(champion, False),
+            column(challenger, False),
+            column(champion, True),
+            column(challenger, True),
+        )
 
 
 @dataclass(frozen=True)
@@ -255,8 +285,12 @@ class ExportRecord:
             return None
         try:
             raw = json.loads(path.read_text())
-            record = cls(int(raw["images"]), int(raw["new_images"]),
-                         float(raw["watermark"]), float(raw["newest_received_at"]))
+            record = cls(
+                int(raw["images"]),
+                int(raw["new_images"]),
+                float(raw["watermark"]),
+                float(raw["newest_received_at"]),
+            )
         except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"{path}: not a feedback export's record ({exc})") from None
         if not 0 <= record.new_images <= record.images:
@@ -267,8 +301,10 @@ class ExportRecord:
 def open_existing_store(feedback_uri: str | None) -> FeedbackStore:
     """The server's feedback store; it must exist (a typo must not create an empty one)."""
     if not feedback_uri:
-        raise ConfigError("no feedback store: pass --feedback-uri or set "
-                          "IMAGE_FINETUNE_FEEDBACK_URI (the server's)")
+        raise ConfigError(
+            "no feedback store: pass --feedback-uri or set "
+            "IMAGE_FINETUNE_FEEDBACK_URI (the server's)"
+        )
     try:
         path = store_path(feedback_uri)
     except ValueError as exc:

@@ -41,12 +41,17 @@ class ReferenceProfile:
     def __post_init__(self):
         n, classes = self.probabilities.shape
         k, dims = self.components.shape
-        expected = {"probabilities": (n, len(self.class_names)), "projected": (n, k),
-                    "image_stats": (n, len(IMAGE_STATISTICS)), "mean": (dims,)}
+        expected = {
+            "probabilities": (n, len(self.class_names)),
+            "projected": (n, k),
+            "image_stats": (n, len(IMAGE_STATISTICS)),
+            "mean": (dims,),
+        }
         for name, shape in expected.items():
             if getattr(self, name).shape != shape:
-                raise ProfileError(f"profile {name} has shape {getattr(self, name).shape}, "
-                                   f"expected {shape}")
+                raise ProfileError(
+                    f"profile {name} has shape {getattr(self, name).shape}, expected {shape}"
+                )
         if n < 2:
             raise ProfileError(f"a reference profile needs 2 images at least, has {n}")
 
@@ -62,21 +67,35 @@ class ReferenceProfile:
         """float32 [N, k]: pooled embeddings [N, D] in the profile's PCA coordinates."""
         embedding = np.asarray(embedding, dtype=np.float32)
         if embedding.ndim != 2 or embedding.shape[1] != self.mean.shape[0]:
-            raise ValueError(f"embeddings of shape {embedding.shape} do not fit a profile of "
-                             f"{self.mean.shape[0]} dimensions")
+            raise ValueError(
+                f"embeddings of shape {embedding.shape} do not fit a profile of "
+                f"{self.mean.shape[0]} dimensions"
+            )
         return ((embedding - self.mean) @ self.components.T).astype(np.float32)
 
     def save(self, folder: Path) -> Path:
         """Write ``profile.json`` and ``profile.npz`` into ``folder``; the folder."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(folder / PROFILE_ARRAYS,
-                            **{name: getattr(self, name).astype(np.float32) for name in ARRAYS})
-        (folder / PROFILE_JSON).write_text(json.dumps({
-            "format_version": FORMAT_VERSION, "class_names": list(self.class_names),
-            "model_version": self.model_version, "images": len(self),
-            "dimensions": self.dimensions, "image_statistics": list(IMAGE_STATISTICS),
-            "summary": self.summary()}, indent=2) + "\n")
+        np.savez_compressed(
+            folder / PROFILE_ARRAYS,
+            **{name: getattr(self, name).astype(np.float32) for name in ARRAYS},
+        )
+        (folder / PROFILE_JSON).write_text(
+            json.dumps(
+                {
+                    "format_version": FORMAT_VERSION,
+                    "class_names": list(self.class_names),
+                    "model_version": self.model_version,
+                    "images": len(self),
+                    "dimensions": self.dimensions,
+                    "image_statistics": list(IMAGE_STATISTICS),
+                    "summary": self.summary(),
+                },
+                indent=2,
+            )
+            + "\n"
+        )
         return folder
 
     @classmethod
@@ -95,45 +114,61 @@ class ReferenceProfile:
         except (ValueError, KeyError, OSError, UnicodeDecodeError) as exc:
             raise ProfileError(f"{folder}: unreadable reference profile ({exc})") from exc
         if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
-            raise ProfileError(f"{folder}: profile format {meta.get('format_version')!r} "
-                               f"is not {FORMAT_VERSION}" if isinstance(meta, dict)
-                               else f"{folder}: {PROFILE_JSON} is not an object")
+            raise ProfileError(
+                f"{folder}: profile format {meta.get('format_version')!r} is not {FORMAT_VERSION}"
+                if isinstance(meta, dict)
+                else f"{folder}: {PROFILE_JSON} is not an object"
+            )
         if list(meta.get("image_statistics", [])) != list(IMAGE_STATISTICS):
-            raise ProfileError(f"{folder}: profile statistics {meta.get('image_statistics')} "
-                               f"are not {list(IMAGE_STATISTICS)}")
+            raise ProfileError(
+                f"{folder}: profile statistics {meta.get('image_statistics')} "
+                f"are not {list(IMAGE_STATISTICS)}"
+            )
         names = meta.get("class_names")
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise ProfileError(f"{folder}: class_names must be a list of strings")
         version = meta.get("model_version")
-        return cls(class_names=tuple(names), model_version=None if version is None
-                   else str(version), **arrays)
+        return cls(
+            class_names=tuple(names),
+            model_version=None if version is None else str(version),
+            **arrays,
+        )
 
     def with_version(self, model_version: str) -> ReferenceProfile:
         """The same profile, tagged with the version it belongs to."""
-        return ReferenceProfile(self.class_names, self.probabilities, self.projected,
-                                self.image_stats, self.mean, self.components, model_version)
+        return ReferenceProfile(
+            self.class_names,
+            self.probabilities,
+            self.projected,
+            self.image_stats,
+            self.mean,
+            self.components,
+            model_version,
+        )
 
     def summary(self) -> dict:
         """Readable figures: predicted-class histogram, confidence and statistics quantiles."""
-        predicted = np.bincount(self.probabilities.argmax(axis=1),
-                                minlength=len(self.class_names))
+        predicted = np.bincount(self.probabilities.argmax(axis=1), minlength=len(self.class_names))
         confidence = self.probabilities.max(axis=1)
         quantiles = (0.05, 0.25, 0.5, 0.75, 0.95)
 
         def spread(values):
-            return {"mean": round(float(values.mean()), 6),
-                    **{f"q{int(q * 100):02d}": round(float(np.quantile(values, q)), 6)
-                       for q in quantiles}}
+            return {
+                "mean": round(float(values.mean()), 6),
+                **{
+                    f"q{int(q * 100):02d}": round(float(np.quantile(values, q)), 6)
+                    for q in quantiles
+                },
+            }
 
-        return {"predicted_classes": dict(zip(self.class_names, map(int, predicted),
-                                              strict=True)),
-                "confidence": spread(confidence),
-                **{name: spread(self.image_stats[:, i])
-                   for i, name in enumerate(IMAGE_STATISTICS)}}
+        return {
+            "predicted_classes": dict(zip(self.class_names, map(int, predicted), strict=True)),
+            "confidence": spread(confidence),
+            **{name: spread(self.image_stats[:, i]) for i, name in enumerate(IMAGE_STATISTICS)},
+        }
 
 
-def fit_projection(embeddings: np.ndarray, dimensions: int = 32
-                   ) -> tuple[np.ndarray, np.ndarray]:
+def fit_projection(embeddings: np.ndarray, dimensions: int = 32) -> tuple[np.ndarray, np.ndarray]:
     """PCA of training embeddings [N, D]: (mean [D], components [k, D]), k = min(dimensions,
     N - 1, D). Deterministic: each axis's sign is fixed (largest loading positive)."""
     embeddings = np.asarray(embeddings, dtype=np.float64)
@@ -149,15 +184,24 @@ def fit_projection(embeddings: np.ndarray, dimensions: int = 32
 
 
 def build_profile(
-    class_names: list[str] | tuple[str, ...], probabilities: np.ndarray, embeddings: np.ndarray,
-    image_stats: np.ndarray, training_embeddings: np.ndarray, dimensions: int = 32,
+    class_names: list[str] | tuple[str, ...],
+    probabilities: np.ndarray,
+    embeddings: np.ndarray,
+    image_stats: np.ndarray,
+    training_embeddings: np.ndarray,
+    dimensions: int = 32,
     model_version: str | None = None,
 ) -> ReferenceProfile:
     """A profile from the reference (validation) summaries and a PCA fitted on training
     embeddings (never on the reference itself, so its spread is measured, not fitted)."""
     mean, components = fit_projection(training_embeddings, dimensions)
     projected = (np.asarray(embeddings, dtype=np.float32) - mean) @ components.T
-    return ReferenceProfile(tuple(class_names), np.asarray(probabilities, dtype=np.float32),
-                            projected.astype(np.float32),
-                            np.asarray(image_stats, dtype=np.float32), mean, components,
-                            model_version)
+    return ReferenceProfile(
+        tuple(class_names),
+        np.asarray(probabilities, dtype=np.float32),
+        projected.astype(np.float32),
+        np.asarray(image_stats, dtype=np.float32),
+        mean,
+        components,
+        model_version,
+    )

@@ -51,11 +51,14 @@ def _class_probabilities(profile: ReferenceProfile, window: Window) -> bytes:
     bars.set_xticks(positions, profile.class_names, rotation=45, ha="right", fontsize=8)
     bars.set_title("mean probability per class", fontsize=10)
     bars.legend(fontsize=8)
-    shift = [ks_test(profile.probabilities[:, c], window.probabilities[:, c])[0]
-             for c in positions]
+    shift = [ks_test(profile.probabilities[:, c], window.probabilities[:, c])[0] for c in positions]
     chosen = int(np.argmax(shift))
-    _histograms(worst, profile.probabilities[:, chosen], window.probabilities[:, chosen],
-                f"p({profile.class_names[chosen]}): the class KS finds most shifted")
+    _histograms(
+        worst,
+        profile.probabilities[:, chosen],
+        window.probabilities[:, chosen],
+        f"p({profile.class_names[chosen]}): the class KS finds most shifted",
+    )
     return _png(figure)
 
 
@@ -78,8 +81,10 @@ def _predicted_classes(profile: ReferenceProfile, window: Window) -> bytes:
     figure, axis = _pyplot().subplots(figsize=(6, 3.5))
     classes = len(profile.class_names)
     positions = np.arange(classes)
-    for sample, offset, style in ((profile.probabilities, -0.2, REFERENCE_STYLE),
-                                  (window.probabilities, 0.2, WINDOW_STYLE)):
+    for sample, offset, style in (
+        (profile.probabilities, -0.2, REFERENCE_STYLE),
+        (window.probabilities, 0.2, WINDOW_STYLE),
+    ):
         counts = np.bincount(sample.argmax(1), minlength=classes)
         axis.bar(positions + offset, counts / counts.sum(), 0.4, **style)
     axis.set_xticks(positions, profile.class_names, rotation=45, ha="right", fontsize=8)
@@ -96,13 +101,18 @@ def _single(reference: np.ndarray, current: np.ndarray, title: str) -> bytes:
 
 def test_figures(profile: ReferenceProfile, window: Window) -> dict[str, bytes]:
     """A PNG per test: the reference's distribution beside the window's."""
-    figures = {"class_probabilities": _class_probabilities(profile, window),
-               "embedding_mmd": _embedding(profile, window),
-               "predicted_classes": _predicted_classes(profile, window)}
+    figures = {
+        "class_probabilities": _class_probabilities(profile, window),
+        "embedding_mmd": _embedding(profile, window),
+        "predicted_classes": _predicted_classes(profile, window),
+    }
     for i, name in enumerate(IMAGE_STATISTICS):
         figures[name] = _single(profile.image_stats[:, i], window.image_stats[:, i], name)
-    figures["confidence"] = _single(profile.probabilities.max(1), window.probabilities.max(1),
-                                    "top-class probability (confidence)")
+    figures["confidence"] = _single(
+        profile.probabilities.max(1),
+        window.probabilities.max(1),
+        "top-class probability (confidence)",
+    )
     return figures
 
 
@@ -123,22 +133,38 @@ def sample_grid(images: np.ndarray | None, count: int = SAMPLE_GRID) -> bytes | 
     return _png(figure)
 
 
-def drift_html(result: DriftResult, figures: dict[str, bytes], samples: bytes | None,
-               title: str, facts: dict[str, str]) -> str:
+def drift_html(
+    result: DriftResult,
+    figures: dict[str, bytes],
+    samples: bytes | None,
+    title: str,
+    facts: dict[str, str],
+) -> str:
     """The report page: verdict, facts (model, source, ...), a row and a picture per test."""
     verdict = "DRIFT" if result.drift else "no drift"
     rows = "".join(
         f"<tr class='{'drift' if t.drift else ''}'><td>{html.escape(name)}</td>"
         f"<td>{t.statistic:.4g}</td><td>{t.raw_p_value:.3g}</td><td>{t.p_value:.3g}</td>"
-        f"<td>{'drift' if t.drift else 'ok'}</td></tr>" for name, t in result.tests.items())
-    listed = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(str(v))}</li>"
-                     for k, v in facts.items())
+        f"<td>{'drift' if t.drift else 'ok'}</td></tr>"
+        for name, t in result.tests.items()
+    )
+    listed = "".join(
+        f"<li><b>{html.escape(k)}</b>: {html.escape(str(v))}</li>" for k, v in facts.items()
+    )
     pictures = "".join(
         f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,"
         f"{base64.b64encode(png).decode()}'><figcaption>{html.escape(name)}</figcaption>"
-        f"</figure>" for name, png in figures.items())
-    grid = ("<h2>Images of the window</h2><img alt='samples' src='data:image/png;base64,"
-            f"{base64.b64encode(samples).decode()}'>") if samples else ""
+        f"</figure>"
+        for name, png in figures.items()
+    )
+    grid = (
+        (
+            "<h2>Images of the window</h2><img alt='samples' src='data:image/png;base64,"
+            f"{base64.b64encode(samples).decode()}'>"
+        )
+        if samples
+        else ""
+    )
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}}

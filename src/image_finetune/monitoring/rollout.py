@@ -26,9 +26,13 @@ class RolloutDecision:
     reasons: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
-        return {"promote": self.promote, "champion": self.champion,
-                "challenger": self.challenger, "evidence": self.evidence,
-                "reasons": self.reasons}
+        return {
+            "promote": self.promote,
+            "champion": self.champion,
+            "challenger": self.challenger,
+            "evidence": self.evidence,
+            "reasons": self.reasons,
+        }
 
 
 def evidence(pairs: LabelledPairs) -> dict:
@@ -39,28 +43,35 @@ def evidence(pairs: LabelledPairs) -> dict:
     def mean(values: np.ndarray) -> float | None:
         return float(np.mean(values)) if count else None
 
-    return {"labelled_pairs": count,
-            "agreement": mean(pairs.champion == pairs.challenger),
-            "champion_accuracy": mean(pairs.champion == pairs.labels),
-            "challenger_accuracy": mean(pairs.challenger == pairs.labels),
-            "champion_confidence": mean(pairs.champion_confidence),
-            "challenger_confidence": mean(pairs.challenger_confidence)}
+    return {
+        "labelled_pairs": count,
+        "agreement": mean(pairs.champion == pairs.challenger),
+        "champion_accuracy": mean(pairs.champion == pairs.labels),
+        "challenger_accuracy": mean(pairs.challenger == pairs.labels),
+        "champion_confidence": mean(pairs.champion_confidence),
+        "challenger_confidence": mean(pairs.challenger_confidence),
+    }
 
 
-def decide_rollout(pairs: LabelledPairs, champion: str, challenger: str, min_pairs: int,
-                   significance: float) -> RolloutDecision:
+def decide_rollout(
+    pairs: LabelledPairs, champion: str, challenger: str, min_pairs: int, significance: float
+) -> RolloutDecision:
     """Promote when there are at least ``min_pairs`` labelled pairs and the challenger is
     right significantly more often than the champion on them (one-sided exact McNemar)."""
     shown = evidence(pairs)
     if len(pairs) < min_pairs:
-        reason = (f"not enough labelled pairs: {len(pairs)} of the {min_pairs} required "
-                  f"(agreement {fmt(shown['agreement'])}, mean confidence champion "
-                  f"{fmt(shown['champion_confidence'])} / challenger "
-                  f"{fmt(shown['challenger_confidence'])}: shown, not trusted)")
+        reason = (
+            f"not enough labelled pairs: {len(pairs)} of the {min_pairs} required "
+            f"(agreement {fmt(shown['agreement'])}, mean confidence champion "
+            f"{fmt(shown['champion_confidence'])} / challenger "
+            f"{fmt(shown['challenger_confidence'])}: shown, not trusted)"
+        )
         return RolloutDecision(False, champion, challenger, shown, [reason])
-    check: Check = champion_check(pairs.challenger == pairs.labels,
-                                  ChampionResults(champion, pairs.champion == pairs.labels),
-                                  significance)
+    check: Check = champion_check(
+        pairs.challenger == pairs.labels,
+        ChampionResults(champion, pairs.champion == pairs.labels),
+        significance,
+    )
     shown.update(p_value=check.value, significance=significance)
     return RolloutDecision(check.passed, champion, challenger, shown, [check.line])
 

@@ -27,8 +27,10 @@ def image_statistics(images: np.ndarray) -> np.ndarray:
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"image_statistics needs [N, H, W, 3] images, got {images.shape}")
     if images.shape[1] < 3 or images.shape[2] < 3:
-        raise ValueError(f"images of {images.shape[1]}x{images.shape[2]} are too small "
-                         "for a sharpness measure (3x3 at least)")
+        raise ValueError(
+            f"images of {images.shape[1]}x{images.shape[2]} are too small "
+            "for a sharpness measure (3x3 at least)"
+        )
     out = np.empty((len(images), len(IMAGE_STATISTICS)), dtype=np.float32)
     for start in range(0, len(images), CHUNK):
         out[start : start + CHUNK] = _chunk_statistics(images[start : start + CHUNK])
@@ -46,8 +48,13 @@ def _chunk_statistics(images: np.ndarray) -> np.ndarray:
     high = np.maximum(np.maximum(red, green), blue)
     low = np.minimum(np.minimum(red, green), blue)
     saturation = np.where(high > 0, (high - low) / np.maximum(high, 1e-12), 0.0).mean(axis=(1, 2))
-    laplacian = (luma[:, :-2, 1:-1] + luma[:, 2:, 1:-1] + luma[:, 1:-1, :-2]
-                 + luma[:, 1:-1, 2:] - 4.0 * luma[:, 1:-1, 1:-1])
+    laplacian = (
+        luma[:, :-2, 1:-1]
+        + luma[:, 2:, 1:-1]
+        + luma[:, 1:-1, :-2]
+        + luma[:, 1:-1, 2:]
+        - 4.0 * luma[:, 1:-1, 1:-1]
+    )
     sharpness = laplacian.var(axis=(1, 2))
     return np.stack([brightness, contrast, saturation, sharpness], axis=1)
 
@@ -77,8 +84,9 @@ def embedding_model(classifier: keras.Model) -> keras.Model:
     return keras.Model(inputs, [probabilities, pooled], name=f"{classifier.name}_summaries")
 
 
-def projecting_model(summaries: keras.Model, mean: np.ndarray, components: np.ndarray
-                     ) -> keras.Model:
+def projecting_model(
+    summaries: keras.Model, mean: np.ndarray, components: np.ndarray
+) -> keras.Model:
     """An :func:`embedding_model` whose second output is already projected ([N, k]: the
     pooled embedding minus ``mean``, on the rows of ``components``), inside the graph. In the
     server no numpy matrix product runs per answer: OpenBLAS's threads spin after each one,
@@ -86,14 +94,17 @@ def projecting_model(summaries: keras.Model, mean: np.ndarray, components: np.nd
     import keras
 
     probabilities, pooled = summaries.outputs
-    projected = keras.ops.matmul(pooled - np.asarray(mean, np.float32),
-                                 np.asarray(components, np.float32).T)
-    return keras.Model(summaries.inputs, [probabilities, projected],
-                       name=f"{summaries.name}_projected")
+    projected = keras.ops.matmul(
+        pooled - np.asarray(mean, np.float32), np.asarray(components, np.float32).T
+    )
+    return keras.Model(
+        summaries.inputs, [probabilities, projected], name=f"{summaries.name}_projected"
+    )
 
 
-def summarise(model: keras.Model, images: Rows, batch_size: int = 256
-              ) -> tuple[np.ndarray, np.ndarray]:
+def summarise(
+    model: keras.Model, images: Rows, batch_size: int = 256
+) -> tuple[np.ndarray, np.ndarray]:
     """(probabilities [N, C], pooled embeddings [N, D]) of uint8 images, float32, in batches,
     from an :func:`embedding_model`."""
     probabilities, embeddings = [], []

@@ -59,9 +59,11 @@ def require_store_folder(uri: str) -> None:
         return
     folder = Path(uri.removeprefix(SQLITE).split("?", 1)[0]).parent
     if not folder.is_dir():
-        raise ConfigError(f"the MLflow store {redact(uri)} is in the folder {folder}, which "
-                          "does not exist: fix registry.tracking_uri (or MLFLOW_TRACKING_URI), "
-                          "or create the folder for a new store")
+        raise ConfigError(
+            f"the MLflow store {redact(uri)} is in the folder {folder}, which "
+            "does not exist: fix registry.tracking_uri (or MLFLOW_TRACKING_URI), "
+            "or create the folder for a new store"
+        )
 
 
 def client_for(params: RegistryParams):
@@ -122,28 +124,36 @@ def check_server(uri: str) -> None:
     from mlflow.utils.credentials import get_default_host_creds
     from mlflow.utils.rest_utils import http_request
 
-    hint = ("start it (infra/services/all.sh start) or unset MLFLOW_TRACKING_URI for the "
-            "local store. Outputs on disk are kept.")
+    hint = (
+        "start it (infra/services/all.sh start) or unset MLFLOW_TRACKING_URI for the "
+        "local store. Outputs on disk are kept."
+    )
     creds = get_default_host_creds(uri)
     # /health is open even on a server with authentication; a read of the API is not.
     for endpoint in ("/health", "/api/2.0/mlflow/experiments/search?max_results=1"):
         try:
-            response = http_request(creds, endpoint, "GET", max_retries=0, timeout=5,
-                                    raise_on_status=False)
+            response = http_request(
+                creds, endpoint, "GET", max_retries=0, timeout=5, raise_on_status=False
+            )
         except (MlflowException, OSError) as exc:
-            raise ServiceError(f"MLflow server {redact(uri)} is unreachable "
-                               f"({redact(str(exc))[:300]}); {hint}") from None
+            raise ServiceError(
+                f"MLflow server {redact(uri)} is unreachable ({redact(str(exc))[:300]}); {hint}"
+            ) from None
         if response.status_code in (401, 403):
             raise ServiceError(refused_credentials(uri, response.status_code))
         if response.status_code != 200:
-            raise ServiceError(f"MLflow server {redact(uri)} is unhealthy (HTTP "
-                               f"{response.status_code} on {endpoint.split('?')[0]}); {hint}")
+            raise ServiceError(
+                f"MLflow server {redact(uri)} is unhealthy (HTTP "
+                f"{response.status_code} on {endpoint.split('?')[0]}); {hint}"
+            )
 
 
 def refused_credentials(uri: str, status: int | str) -> str:
     """What to say when the server refuses who we are."""
-    return (f"MLflow server {redact(uri)} refused the credentials ({status}); set "
-            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)")
+    return (
+        f"MLflow server {redact(uri)} refused the credentials ({status}); set "
+        "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)"
+    )
 
 
 def mlflow_error() -> type[MlflowException]:
@@ -164,6 +174,7 @@ def not_found(exc) -> bool:
 def registry_errors(func: F) -> F:
     """Turn what MLflow raises into a RegistryError (refusals) or a ServiceError (the
     server or its store did not answer), with credentials redacted."""
+
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
@@ -173,11 +184,16 @@ def registry_errors(func: F) -> F:
         except mlflow_error() as exc:
             message = redact(exc.message if hasattr(exc, "message") else str(exc))[:400]
             if exc.error_code in REFUSED:
-                raise ServiceError(refused_credentials(os.environ.get(
-                    "MLFLOW_TRACKING_URI", "the tracking server"), exc.error_code)) from None
+                raise ServiceError(
+                    refused_credentials(
+                        os.environ.get("MLFLOW_TRACKING_URI", "the tracking server"), exc.error_code
+                    )
+                ) from None
             if exc.error_code in UNAVAILABLE:
-                raise ServiceError(f"the MLflow server or its store did not answer during "
-                                   f"{func.__name__}: {message}") from None
+                raise ServiceError(
+                    f"the MLflow server or its store did not answer during "
+                    f"{func.__name__}: {message}"
+                ) from None
             raise RegistryError(f"the registry refused {func.__name__}: {message}") from None
         except OSError as exc:
             raise ServiceError(f"the registry is unreachable ({redact(str(exc))[:300]})") from None

@@ -17,8 +17,9 @@ DVC_BASELINE_ENV = "DVC_EXP_BASELINE_REV"
 def git_commit(root: Path) -> str:
     """The current git commit (``unknown`` outside a repository)."""
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                              text=True, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -46,8 +47,12 @@ def inputs_run_id(files: list[Path], params_sha256: str, prefix: str = "dvc") ->
 
 
 def lineage_tags(
-    pipeline_run_id: str, params_sha256: str, data_manifest_sha256: str, class_names: list[str],
-    extra: dict | None, image_fit: str,
+    pipeline_run_id: str,
+    params_sha256: str,
+    data_manifest_sha256: str,
+    class_names: list[str],
+    extra: dict | None,
+    image_fit: str,
 ) -> dict[str, str]:
     """The tags every registered version carries: lineage, and what a client of the model
     needs to use it as it was trained (class names; how images of another size are fitted)."""
@@ -55,6 +60,12 @@ def lineage_tags(
 
     extra = extra or {}
     commit = {GIT_COMMIT_TAG: extra["git_commit"]} if "git_commit" in extra else {}
-    return {"pipeline_run_id": pipeline_run_id, "params_sha256": params_sha256,
-            "data_manifest_sha256": data_manifest_sha256, **extra, **commit,
-            "class_names": json.dumps(class_names), "image_fit": image_fit}
+    return {
+        "pipeline_run_id": pipeline_run_id,
+        "params_sha256": params_sha256,
+        "data_manifest_sha256": data_manifest_sha256,
+        **extra,
+        **commit,
+        "class_names": json.dumps(class_names),
+        "image_fit": image_fit,
+    }

@@ -107,8 +107,11 @@ class PromotionLock:
         """The lock's generations in the registry, by number."""
         prefix = f"{self.name}{LOCK_INFIX}"
         found = self.client.search_registered_models(f"name LIKE '{prefix}%'")
-        return {int(m.name[len(prefix):]): m for m in found
-                if m.name.startswith(prefix) and m.name[len(prefix):].isdigit()}
+        return {
+            int(m.name[len(prefix) :]): m
+            for m in found
+            if m.name.startswith(prefix) and m.name[len(prefix) :].isdigit()
+        }
 
     def acquire(self) -> None:
         """Become the holder, or raise RegistryError once ``timing.timeout`` has passed.
@@ -123,8 +126,10 @@ class PromotionLock:
                 log.warning("promotion lock of %s: %s; retrying", self.name, exc)
             if time.monotonic() > deadline:
                 cause = f" (last error: {problem})" if problem else ""
-                raise RegistryError(f"could not acquire the promotion lock of {self.name} "
-                                    f"within {self.timing.timeout:.0f} s{cause}")
+                raise RegistryError(
+                    f"could not acquire the promotion lock of {self.name} "
+                    f"within {self.timing.timeout:.0f} s{cause}"
+                )
             time.sleep(self.timing.poll)
 
     def _try_next_generation(self, watch: _Watch) -> bool:
@@ -135,9 +140,15 @@ class PromotionLock:
             return False
         started = time.monotonic()
         try:
-            self.client.create_registered_model(self._model(top + 1), tags={
-                "owner": self.token, "heartbeat": "0", "lease": repr(self.timing.lease),
-                "acquired_at": datetime.now(UTC).isoformat(timespec="seconds")})
+            self.client.create_registered_model(
+                self._model(top + 1),
+                tags={
+                    "owner": self.token,
+                    "heartbeat": "0",
+                    "lease": repr(self.timing.lease),
+                    "acquired_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                },
+            )
         except mlflow_error() as exc:
             if exc.error_code == CONTENDED:
                 return False  # another contender created it first
@@ -155,8 +166,14 @@ class PromotionLock:
         silent = watch.silent_for(generation, tags.get("owner"), tags.get("heartbeat"))
         if silent <= lease:
             return False
-        log.warning("breaking the stale promotion lock %s of %s: no heartbeat for %.1f s "
-                    "(its lease: %.1f s)", tags.get("owner"), self.name, silent, lease)
+        log.warning(
+            "breaking the stale promotion lock %s of %s: no heartbeat for %.1f s "
+            "(its lease: %.1f s)",
+            tags.get("owner"),
+            self.name,
+            silent,
+            lease,
+        )
         return True
 
     def _renew(self, beat: bool) -> None:
@@ -174,8 +191,9 @@ class PromotionLock:
             try:
                 if beat:
                     self._beats += 1
-                    self.client.set_registered_model_tag(self._model(held),
-                                                         "heartbeat", str(self._beats))
+                    self.client.set_registered_model_tag(
+                        self._model(held), "heartbeat", str(self._beats)
+                    )
                 generations = self.generations()
             except mlflow_error() as exc:
                 self._lose(f"the store did not confirm it ({exc.error_code})")
@@ -193,8 +211,10 @@ class PromotionLock:
         own clock measures from when it saw the last one: stop well before that."""
         silent = now - self._renewed_at
         if silent >= self.timing.lease * LEASE_MARGIN:
-            self._lose(f"this process went {silent:.1f} s without renewing its "
-                       f"{self.timing.lease:g} s lease ({why}), so a waiter may have broken it")
+            self._lose(
+                f"this process went {silent:.1f} s without renewing its "
+                f"{self.timing.lease:g} s lease ({why}), so a waiter may have broken it"
+            )
 
     def _lose(self, why: str) -> NoReturn:
         self._lost_why = why
@@ -202,8 +222,10 @@ class PromotionLock:
         raise LockLostError(self._lost_message(why))
 
     def _lost_message(self, why: str) -> str:
-        return (f"lost the promotion lock of {self.name}: {why}; stopped before moving the "
-                "alias (nothing of this promotion was written after that point; run it again)")
+        return (
+            f"lost the promotion lock of {self.name}: {why}; stopped before moving the "
+            "alias (nothing of this promotion was written after that point; run it again)"
+        )
 
     def confirm(self) -> None:
         """Check synchronously, against the store, that the lock is still ours: call it
@@ -214,8 +236,9 @@ class PromotionLock:
     def _beat(self) -> None:
         """Renew the lease until stopped; a takeover or a store error marks the lock lost."""
         # Paced from the start of the last renewal, so slow requests do not stretch the gap.
-        while not self._stop.wait(max(self.timing.lease / 10, self._renewed_at
-                                      + self.timing.lease / 3 - time.monotonic())):
+        while not self._stop.wait(
+            max(self.timing.lease / 10, self._renewed_at + self.timing.lease / 3 - time.monotonic())
+        ):
             try:
                 self._renew(beat=True)
             except LockLostError as exc:
@@ -251,8 +274,10 @@ class PromotionLock:
 def lock_timing() -> LockTiming:
     """This process's timing, from IMAGE_FINETUNE_LOCK_TIMEOUT / IMAGE_FINETUNE_LOCK_LEASE
     (the lease it stores with the lock when it holds it; a waiter honours the holder's)."""
-    return LockTiming(timeout=_seconds("IMAGE_FINETUNE_LOCK_TIMEOUT", 120),
-                      lease=_seconds("IMAGE_FINETUNE_LOCK_LEASE", 30))
+    return LockTiming(
+        timeout=_seconds("IMAGE_FINETUNE_LOCK_TIMEOUT", 120),
+        lease=_seconds("IMAGE_FINETUNE_LOCK_LEASE", 30),
+    )
 
 
 def _seconds(variable: str, default: float) -> float:

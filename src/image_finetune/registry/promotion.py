@@ -62,9 +62,10 @@ def _entry(name: str, key: str, value: str) -> dict:
     def bad(why: str) -> RegistryStateError:
         return RegistryStateError(
             f"the promotion-history tag {key!r} of {name} is malformed ({why}); restore or "
-            "delete that tag (was it edited by hand?); nothing was changed")
+            "delete that tag (was it edited by hand?); nothing was changed"
+        )
 
-    number = key[len(HISTORY_PREFIX):]
+    number = key[len(HISTORY_PREFIX) :]
     if not (number.isascii() and number.isdigit()):
         raise bad("its name is not 'promotion.' and a sequence number")
     try:
@@ -119,14 +120,17 @@ def unfinished_report(history: list[dict], champion: str | None) -> str | None:
     entry = unfinished(history)
     if entry is None:
         return None
-    what = (f"UNFINISHED {entry['action']} to v{entry['version']} (#{entry['seq']}, "
-            f"{entry['at']}, by {entry['by']}; champion before: v{entry['previous'] or 'none'}"
-            f", now: v{champion or 'none'})")
+    what = (
+        f"UNFINISHED {entry['action']} to v{entry['version']} (#{entry['seq']}, "
+        f"{entry['at']}, by {entry['by']}; champion before: v{entry['previous'] or 'none'}"
+        f", now: v{champion or 'none'})"
+    )
     if settled_state(entry, champion) == DONE:
-        return (f"{what}: the alias moved but the record was not completed; the next "
-                "promote or rollback completes it")
-    return (f"{what}: the alias did not move to it; the next promote or rollback marks it "
-            "abandoned")
+        return (
+            f"{what}: the alias moved but the record was not completed; the next "
+            "promote or rollback completes it"
+        )
+    return f"{what}: the alias did not move to it; the next promote or rollback marks it abandoned"
 
 
 @registry_errors
@@ -173,18 +177,30 @@ def _settle(client, name: str, lock: PromotionLock, history: list[dict]) -> list
     state = settled_state(entry, _champion(client, name))
     lock.confirm()
     _write(client, name, {**entry, "state": state, "settled_by": getpass.getuser()})
-    log.warning("settled the unfinished %s to v%s of %s (#%s): %s", entry["action"],
-                entry["version"], name, entry["seq"], state)
+    log.warning(
+        "settled the unfinished %s to v%s of %s (#%s): %s",
+        entry["action"],
+        entry["version"],
+        name,
+        entry["seq"],
+        state,
+    )
     return _history(client, name)
 
 
-def _move_champion(client, name: str, lock: PromotionLock, history: list[dict],
-                   entry: dict) -> dict:
+def _move_champion(
+    client, name: str, lock: PromotionLock, history: list[dict], entry: dict
+) -> dict:
     """The intent, the alias, the record, in that order; the lock confirmed before each of
     the first two (the record follows an alias that moved, whatever happened since)."""
     seq = max((e["seq"] for e in history), default=-1) + 1
-    entry = {"seq": seq, "at": datetime.now(UTC).isoformat(timespec="seconds"),
-             "by": getpass.getuser(), **entry, "state": INTENDED}
+    entry = {
+        "seq": seq,
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "by": getpass.getuser(),
+        **entry,
+        "state": INTENDED,
+    }
     lock.confirm()
     _write(client, name, entry)
     lock.confirm()
@@ -207,8 +223,11 @@ def _require_version(client, name: str, version: str) -> None:
 
 @registry_errors
 def promote(
-    params: RegistryParams, version: str, reason: str,
-    candidate_correct: np.ndarray | None = None, labels: np.ndarray | None = None,
+    params: RegistryParams,
+    version: str,
+    reason: str,
+    candidate_correct: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
     significance: float = 0.05,
 ) -> dict:
     """Make ``version`` the champion, under the promotion lock.
@@ -228,12 +247,24 @@ def promote(
         if current is not None and candidate_correct is not None and labels is not None:
             test = mcnemar_greater(candidate_correct, version_correct(client, current, labels))
             if test["p_value"] >= significance:
-                return {"promoted": False, "version": str(version),
-                        "reason": f"not significantly better than champion v{current.version} "
-                                  f"(p={test['p_value']:.4g})"}
-        entry = _move_champion(client, name, lock, history, {
-            "action": "promote", "version": str(version),
-            "previous": str(current.version) if current else None, "reason": reason})
+                return {
+                    "promoted": False,
+                    "version": str(version),
+                    "reason": f"not significantly better than champion v{current.version} "
+                    f"(p={test['p_value']:.4g})",
+                }
+        entry = _move_champion(
+            client,
+            name,
+            lock,
+            history,
+            {
+                "action": "promote",
+                "version": str(version),
+                "previous": str(current.version) if current else None,
+                "reason": reason,
+            },
+        )
     log.info("v%s is now %s of %s (previous: %s)", version, CHAMPION, name, entry["previous"])
     return {"promoted": True, **entry}
 
@@ -253,12 +284,24 @@ def rollback(params: RegistryParams, reason: str = "manual rollback") -> dict:
         if not stack or stack[-1] != str(current.version):
             raise RegistryError(
                 f"the champion of {name} (v{current.version}) was not set by a recorded "
-                "promotion; promote the version you want explicitly")
+                "promotion; promote the version you want explicitly"
+            )
         if len(stack) < 2:
-            raise RegistryError(f"champion v{current.version} of {name} is the first in the "
-                                "promotion history: there is nothing to roll back to")
-        entry = _move_champion(client, name, lock, history, {
-            "action": "rollback", "version": stack[-2], "previous": str(current.version),
-            "reason": reason})
+            raise RegistryError(
+                f"champion v{current.version} of {name} is the first in the "
+                "promotion history: there is nothing to roll back to"
+            )
+        entry = _move_champion(
+            client,
+            name,
+            lock,
+            history,
+            {
+                "action": "rollback",
+                "version": stack[-2],
+                "previous": str(current.version),
+                "reason": reason,
+            },
+        )
     log.info("rolled back %s: champion v%s -> v%s", name, current.version, entry["version"])
     return entry

@@ -56,9 +56,12 @@ def log_epochs(client, run_id: str, rows: list[dict]) -> None:
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    items = [Metric(key, float(value), now, int(row["epoch"]))
-             for row in rows for key, value in row.items()
-             if key != "epoch" and value not in ("", None)]
+    items = [
+        Metric(key, float(value), now, int(row["epoch"]))
+        for row in rows
+        for key, value in row.items()
+        if key != "epoch" and value not in ("", None)
+    ]
     for start in range(0, len(items), BATCH):
         client.log_batch(run_id, metrics=items[start : start + BATCH])
 
@@ -81,35 +84,45 @@ def experiment_named(client, name: str, tracking_uri: str):
 
 def parent_run(client, params: Params, pipeline_run_id: str) -> str:
     """The parent run of a pipeline run, created (with every parameter) on first use."""
-    experiment = experiment_named(client, params.registry.experiment,
-                                  params.registry.tracking_uri)
-    found = client.search_runs([experiment.experiment_id],
-                               f"tags.pipeline_run_id = '{pipeline_run_id}' and "
-                               "tags.kind = 'pipeline'", max_results=1)
+    experiment = experiment_named(client, params.registry.experiment, params.registry.tracking_uri)
+    found = client.search_runs(
+        [experiment.experiment_id],
+        f"tags.pipeline_run_id = '{pipeline_run_id}' and tags.kind = 'pipeline'",
+        max_results=1,
+    )
     if found:
         return found[0].info.run_id
-    run = client.create_run(experiment.experiment_id, run_name=pipeline_run_id,
-                            tags={"pipeline_run_id": pipeline_run_id, "kind": "pipeline",
-                                  "params_sha256": params.digest()})
+    run = client.create_run(
+        experiment.experiment_id,
+        run_name=pipeline_run_id,
+        tags={
+            "pipeline_run_id": pipeline_run_id,
+            "kind": "pipeline",
+            "params_sha256": params.digest(),
+        },
+    )
     flat = _flatten_params(params.model_dump(mode="json", by_alias=True))
-    log_params(client, run.info.run_id,
-               {k: v for k, v in flat.items() if k not in SECRET_PARAMS})
+    log_params(client, run.info.run_id, {k: v for k, v in flat.items() if k not in SECRET_PARAMS})
     return run.info.run_id
 
 
 def nested_run(client, parent_id: str, name: str, tags: dict[str, str]) -> str:
     """A run nested under ``parent_id`` in the parent's experiment."""
     experiment_id = client.get_run(parent_id).info.experiment_id
-    run = client.create_run(experiment_id, run_name=name,
-                            tags={"mlflow.parentRunId": parent_id, **tags})
+    run = client.create_run(
+        experiment_id, run_name=name, tags={"mlflow.parentRunId": parent_id, **tags}
+    )
     return run.info.run_id
 
 
 def nested_run_exists(client, parent_id: str, tag: str, value: str) -> bool:
     """Whether a finished run nested under ``parent_id`` carries ``tag = value``."""
     experiment_id = client.get_run(parent_id).info.experiment_id
-    found = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_id}' and "
-                                                f"tags.{tag} = '{value}'", max_results=5)
+    found = client.search_runs(
+        [experiment_id],
+        f"tags.mlflow.parentRunId = '{parent_id}' and tags.{tag} = '{value}'",
+        max_results=5,
+    )
     return any(run.info.status == "FINISHED" for run in found)
 
 
@@ -121,8 +134,13 @@ def end_run_quietly(client, run_id: str, status: str) -> None:
         log.warning("could not mark run %s %s: %s", run_id, status, exc)
 
 
-def log_files(client, run_id: str, files: list[Path], folders: dict[str, Path] | None = None,
-              files_under: str | None = None) -> None:
+def log_files(
+    client,
+    run_id: str,
+    files: list[Path],
+    folders: dict[str, Path] | None = None,
+    files_under: str | None = None,
+) -> None:
     """Upload the files that exist, and whole folders under their artifact paths."""
     for path in files:
         if path.exists():
@@ -155,10 +173,17 @@ def log_dataset_inputs(client, run_id: str, refs: list[DatasetRef]) -> None:
     from mlflow.entities import Dataset, DatasetInput, InputTag
     from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
-    inputs = [DatasetInput(Dataset(name=ref.name, digest=ref.digest[:36],
-                                   source_type=source_type(ref.source),
-                                   source=json.dumps({"uri": ref.source}),
-                                   profile=json.dumps(ref.profile)),
-                           tags=[InputTag(MLFLOW_DATASET_CONTEXT, ref.context)])
-              for ref in refs]
+    inputs = [
+        DatasetInput(
+            Dataset(
+                name=ref.name,
+                digest=ref.digest[:36],
+                source_type=source_type(ref.source),
+                source=json.dumps({"uri": ref.source}),
+                profile=json.dumps(ref.profile),
+            ),
+            tags=[InputTag(MLFLOW_DATASET_CONTEXT, ref.context)],
+        )
+        for ref in refs
+    ]
     client.log_inputs(run_id, datasets=inputs)

@@ -55,7 +55,8 @@ def version_correct(client, version, labels: np.ndarray) -> np.ndarray:
     if stored_labels.shape != labels.shape or not np.array_equal(stored_labels, labels):
         raise RegistryError(
             f"champion v{version.version} was evaluated on different test images; a paired "
-            "comparison is impossible (re-evaluate the champion on this test set)")
+            "comparison is impossible (re-evaluate the champion on this test set)"
+        )
     return per_image_correct(probabilities, labels)
 
 
@@ -69,8 +70,9 @@ def champion_results(params: RegistryParams, labels: np.ndarray) -> ChampionResu
     return ChampionResults(str(champion.version), version_correct(client, champion, labels))
 
 
-def download_version_folder(client, name: str, version: str, folder: str, marker: str,
-                            dest) -> Path | None:
+def download_version_folder(
+    client, name: str, version: str, folder: str, marker: str, dest
+) -> Path | None:
     """A folder logged in the run of ``name`` v``version`` (its ``marker`` file says it is
     whole), downloaded into ``dest``; None for a version registered without it."""
     found = client.get_model_version(name, str(version))
@@ -109,8 +111,9 @@ def download_model(client, tracking_uri: str, name: str, version: str, dst: str)
     import mlflow
 
     source = client.get_model_version_download_uri(name, str(version))
-    return mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=dst,
-                                               tracking_uri=tracking_uri)
+    return mlflow.artifacts.download_artifacts(
+        artifact_uri=source, dst_path=dst, tracking_uri=tracking_uri
+    )
 
 
 @registry_errors
@@ -144,8 +147,14 @@ REGISTRATION_WAIT_S = 300
 
 @registry_errors
 def register_version(
-    client, tracking_uri: str, model_name: str, run_id: str, model, example: np.ndarray,
-    tags: dict[str, str], log_model: Callable | None = None,
+    client,
+    tracking_uri: str,
+    model_name: str,
+    run_id: str,
+    model,
+    example: np.ndarray,
+    tags: dict[str, str],
+    log_model: Callable | None = None,
 ) -> str:
     """Log ``model`` in ``run_id`` as an MLflow LoggedModel (by ``log_model``, Keras flavor
     alone by default; class names and image fit in its metadata; requirements that install
@@ -161,14 +170,18 @@ def register_version(
     existing = _registered_by_run(client, model_name, tags["pipeline_run_id"])
     if existing is not None:
         return _ready(model_name, existing)
-    metadata = {key: json.loads(tags[key]) if key == "class_names" else tags[key]
-                for key in MODEL_METADATA if key in tags}
+    metadata = {
+        key: json.loads(tags[key]) if key == "class_names" else tags[key]
+        for key in MODEL_METADATA
+        if key in tags
+    }
     with mlflow_store(tracking_uri):
         with mlflow.start_run(run_id=run_id):
             logged = (log_model or log_keras)(model, example, serving_requirements(), metadata)
         client.update_run(run_id, status="RUNNING")  # its pipeline run ends it, not this
-        created = mlflow.register_model(logged.model_uri, model_name, tags=tags,
-                                        await_registration_for=REGISTRATION_WAIT_S)
+        created = mlflow.register_model(
+            logged.model_uri, model_name, tags=tags, await_registration_for=REGISTRATION_WAIT_S
+        )
     # Read back: a store may fail the registration after answering the creation.
     return _ready(model_name, client.get_model_version(model_name, created.version))
 
@@ -181,8 +194,13 @@ def log_keras(model, example: np.ndarray, pip_requirements: list[str], metadata:
     signature = mlflow.models.infer_signature(example, np.asarray(model.predict_on_batch(example)))
     # No input_example: MLflow 3.17's Keras flavor writes it before it creates the model's
     # folder, and fails; the signature holds the input's schema.
-    return mlflow.keras.log_model(model, name="model", signature=signature,
-                                  pip_requirements=pip_requirements, metadata=metadata)
+    return mlflow.keras.log_model(
+        model,
+        name="model",
+        signature=signature,
+        pip_requirements=pip_requirements,
+        metadata=metadata,
+    )
 
 
 def _ready(name: str, version) -> str:
@@ -191,13 +209,15 @@ def _ready(name: str, version) -> str:
     why = version.status_message or "no reason given"
     if version.status == "FAILED_REGISTRATION":
         raise RegistryError(f"{name} v{version.version} failed registration: {why}")
-    raise RegistryError(f"{name} v{version.version} is still {version.status} ({why}); "
-                        "not aliased")
+    raise RegistryError(f"{name} v{version.version} is still {version.status} ({why}); not aliased")
 
 
 # The distributions that provide each Keras backend, in order of preference.
-BACKEND_DISTRIBUTIONS = {"tensorflow": ("tensorflow-cpu", "tensorflow"), "jax": ("jax",),
-                         "torch": ("torch",)}
+BACKEND_DISTRIBUTIONS = {
+    "tensorflow": ("tensorflow-cpu", "tensorflow"),
+    "jax": ("jax",),
+    "torch": ("torch",),
+}
 # tensorflow-cpu has wheels for Linux x86_64 only; everywhere else (macOS arm64, Linux
 # aarch64, Windows) the same release is published as tensorflow.
 CPU_ONLY_PLATFORMS = 'sys_platform == "linux" and platform_machine == "x86_64"'
@@ -226,15 +246,18 @@ def serving_requirements() -> list[str]:
 def portable_tensorflow(release: str) -> list[str]:
     """TensorFlow ``release`` as two requirement lines of which exactly one applies on any
     host: the small CPU-only build on Linux x86_64, the full one elsewhere."""
-    return [f"tensorflow-cpu=={release}; {CPU_ONLY_PLATFORMS}",
-            f"tensorflow=={release}; {OTHER_PLATFORMS}"]
+    return [
+        f"tensorflow-cpu=={release}; {CPU_ONLY_PLATFORMS}",
+        f"tensorflow=={release}; {OTHER_PLATFORMS}",
+    ]
 
 
 def _registered_by_run(client, model_name: str, pipeline_run_id: str):
     """The version a pipeline run already registered (None: none yet)."""
     try:
         found = client.search_model_versions(
-            f"name = '{model_name}' and tags.pipeline_run_id = '{pipeline_run_id}'")
+            f"name = '{model_name}' and tags.pipeline_run_id = '{pipeline_run_id}'"
+        )
     except mlflow_error() as exc:
         if not_found(exc):
             return None  # no such model yet
@@ -258,13 +281,18 @@ def list_versions(params: RegistryParams) -> list[dict]:
     rows = []
     for version in sorted(versions, key=lambda v: int(v.version), reverse=True):
         metrics = client.get_run(version.run_id).data.metrics if version.run_id else {}
-        rows.append({
-            "version": str(version.version),
-            "aliases": sorted(a for a, v in alias_map.items() if str(v) == str(version.version)),
-            "test_accuracy": metrics.get("test_accuracy"),
-            "test_macro_f1": metrics.get("test_macro_f1"),
-            "created": datetime.fromtimestamp(version.creation_timestamp / 1000, UTC)
-            .isoformat(timespec="seconds"),
-            "pipeline_run_id": version.tags.get("pipeline_run_id"),
-        })
+        rows.append(
+            {
+                "version": str(version.version),
+                "aliases": sorted(
+                    a for a, v in alias_map.items() if str(v) == str(version.version)
+                ),
+                "test_accuracy": metrics.get("test_accuracy"),
+                "test_macro_f1": metrics.get("test_macro_f1"),
+                "created": datetime.fromtimestamp(version.creation_timestamp / 1000, UTC).isoformat(
+                    timespec="seconds"
+                ),
+                "pipeline_run_id": version.tags.get("pipeline_run_id"),
+            }
+        )
     return rows

@@ -38,18 +38,30 @@ def create_app(settings: ServeSettings, holder: ModelHolder | None = None) -> Fa
     """The FastAPI application; the model loads in the background once it starts."""
     metrics = ServingMetrics()
     holder = holder or ModelHolder(settings, on_failure=metrics.refresh_failures.inc)
-    operations = Operations(settings, holder, OperateMetrics(metrics.registry),
-                            lambda other: functools.partial(predict_current, other,
-                                                            settings.max_batch_size))
+    operations = Operations(
+        settings,
+        holder,
+        OperateMetrics(metrics.registry),
+        lambda other: functools.partial(predict_current, other, settings.max_batch_size),
+    )
     # The champion's batches go to the drift monitor once answered (the canary's never do).
-    batcher = MicroBatcher(functools.partial(predict_current, holder, settings.max_batch_size),
-                           settings.max_batch_size,
-                           settings.max_wait_ms / 1000, settings.max_queued_images,
-                           metrics.record_batch, operations.monitor.add_answers)
-    server = Server(settings, holder, batcher, metrics,
-                    ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode"),
-                    DecodeBudget(settings.max_decode_pixels, settings.decode_wait_seconds),
-                    operations)
+    batcher = MicroBatcher(
+        functools.partial(predict_current, holder, settings.max_batch_size),
+        settings.max_batch_size,
+        settings.max_wait_ms / 1000,
+        settings.max_queued_images,
+        metrics.record_batch,
+        operations.monitor.add_answers,
+    )
+    server = Server(
+        settings,
+        holder,
+        batcher,
+        metrics,
+        ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode"),
+        DecodeBudget(settings.max_decode_pixels, settings.decode_wait_seconds),
+        operations,
+    )
 
     @asynccontextmanager
     async def lifespan(_app):
@@ -67,8 +79,16 @@ def create_app(settings: ServeSettings, holder: ModelHolder | None = None) -> Fa
     app.add_middleware(HttpMetricsMiddleware, metrics=metrics)
     app.add_exception_handler(Rejected, refusal)  # type: ignore[arg-type]  # Starlette types handlers for Exception
     add_probes(app, server)
-    guarded = APIRouter(dependencies=[Depends(token_guard(
-        settings.token.get_secret_value() if settings.token else None, settings.token_file))])
+    guarded = APIRouter(
+        dependencies=[
+            Depends(
+                token_guard(
+                    settings.token.get_secret_value() if settings.token else None,
+                    settings.token_file,
+                )
+            )
+        ]
+    )
     add_simple_api(guarded, server)
     add_oip_metadata(guarded, server)
     add_oip_inference(guarded, server)
@@ -96,7 +116,8 @@ def document_models(app: FastAPI, *models: type[BaseModel]) -> None:
             return app.openapi_schema
         schema = generate()  # FastAPI keeps it as app.openapi_schema
         schema.setdefault("components", {}).setdefault("schemas", {}).update(
-            oip.json_schema_components(*models))
+            oip.json_schema_components(*models)
+        )
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented override
@@ -116,17 +137,21 @@ def add_probes(app: FastAPI, server: Server) -> None:
         """Readiness: a model is loaded (503 with the reason while there is none)."""
         model = server.holder.current
         if model is None:
-            return JSONResponse({"status": "loading",
-                                 "reason": redact(server.holder.problem or "")}, 503)
+            return JSONResponse(
+                {"status": "loading", "reason": redact(server.holder.problem or "")}, 503
+            )
         return {"status": "ready", "model_version": model.version}
 
-    @app.get("/v2/health/live", tags=["open inference protocol"],
-             response_model=oip.Liveness)
+    @app.get("/v2/health/live", tags=["open inference protocol"], response_model=oip.Liveness)
     async def oip_live():
         return oip.Liveness(live=True)
 
-    @app.get("/v2/health/ready", tags=["open inference protocol"],
-             response_model=oip.Readiness, responses={503: {"model": oip.Readiness}})
+    @app.get(
+        "/v2/health/ready",
+        tags=["open inference protocol"],
+        response_model=oip.Readiness,
+        responses={503: {"model": oip.Readiness}},
+    )
     async def oip_ready():
         ready = server.holder.current is not None
         return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
@@ -136,5 +161,4 @@ def add_probes(app: FastAPI, server: Server) -> None:
         """Prometheus metrics."""
         version = server.holder.current.version if server.holder.current else "0"
         server.metrics.model_version.set(float(version) if version.isdigit() else 0)
-        return Response(generate_latest(server.metrics.registry),
-                        media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(server.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -23,8 +23,10 @@ from image_finetune.serving.settings import read_token
 log = logging.getLogger(__name__)
 
 # Documents the scheme in OpenAPI; the check itself is ours (401, not FastAPI's 403).
-BEARER = HTTPBearer(auto_error=False, description="the token set with IMAGE_FINETUNE_TOKEN "
-                    "or IMAGE_FINETUNE_TOKEN_FILE")
+BEARER = HTTPBearer(
+    auto_error=False,
+    description="the token set with IMAGE_FINETUNE_TOKEN or IMAGE_FINETUNE_TOKEN_FILE",
+)
 
 
 class TokenFile:
@@ -55,8 +57,9 @@ class TokenFile:
                 self.token = token
                 log.info("token file %s changed: using its new token", self.path)
             else:
-                log.warning("token file %s is empty or unreadable: keeping the last token",
-                            self.path)
+                log.warning(
+                    "token file %s is empty or unreadable: keeping the last token", self.path
+                )
         return self.token
 
 
@@ -66,14 +69,15 @@ def token_guard(token: str | None, token_file: Path | None = None):
     source = TokenFile(token_file, token) if token and token_file else None
 
     def require_token(
-            credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]) -> None:
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)],
+    ) -> None:
         expected = source.current() if source else token
         if expected is None:
             return
         # compare_digest: the time taken says nothing about how much of a guess was right.
         if credentials is None or not hmac.compare_digest(
-                credentials.credentials.encode(), expected.encode()):
-            raise Rejected(401, "a valid bearer token is required",
-                           {"WWW-Authenticate": "Bearer"})
+            credentials.credentials.encode(), expected.encode()
+        ):
+            raise Rejected(401, "a valid bearer token is required", {"WWW-Authenticate": "Bearer"})
 
     return require_token

@@ -78,10 +78,15 @@ class MicroBatcher(Generic[Tag]):
     outputs, tag)`` sees each batch once its answers are out (the drift monitor's hand-off:
     one per model call, not per request); it must return at once."""
 
-    def __init__(self, infer: Callable[[np.ndarray], tuple[np.ndarray, Tag]],
-                 max_batch_size: int, max_wait: float, max_queued_images: int,
-                 record: Callable[[BatchRecord], None] = lambda record: None,
-                 observe: Callable[[np.ndarray, np.ndarray, Tag], None] | None = None):
+    def __init__(
+        self,
+        infer: Callable[[np.ndarray], tuple[np.ndarray, Tag]],
+        max_batch_size: int,
+        max_wait: float,
+        max_queued_images: int,
+        record: Callable[[BatchRecord], None] = lambda record: None,
+        observe: Callable[[np.ndarray, np.ndarray, Tag], None] | None = None,
+    ):
         self.infer, self.record, self.observe = infer, record, observe
         self.max_batch_size, self.max_wait = max_batch_size, max_wait
         self.max_queued_images = max_queued_images
@@ -152,8 +157,10 @@ class MicroBatcher(Generic[Tag]):
         return batch
 
     def _fits(self, item: Pending, first: Pending, size: int) -> bool:
-        return (item.images.shape[1:] == first.images.shape[1:]
-                and size + len(item.images) <= self.max_batch_size)
+        return (
+            item.images.shape[1:] == first.images.shape[1:]
+            and size + len(item.images) <= self.max_batch_size
+        )
 
     def _run(self, batch: list[Pending]) -> None:
         images = np.concatenate([p.images for p in batch])
@@ -170,10 +177,13 @@ class MicroBatcher(Generic[Tag]):
         seconds = time.monotonic() - start
         offset = 0
         for pending in batch:
-            pending.answer((outputs[offset:offset + len(pending.images)], tag))
+            pending.answer((outputs[offset : offset + len(pending.images)], tag))
             offset += len(pending.images)
-        self.record(BatchRecord(len(images), len(batch), self.queued_images,
-                                start - batch[0].queued_at, seconds))
+        self.record(
+            BatchRecord(
+                len(images), len(batch), self.queued_images, start - batch[0].queued_at, seconds
+            )
+        )
         if self.observe is not None:
             try:
                 self.observe(images, outputs, tag)

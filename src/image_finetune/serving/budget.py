@@ -44,16 +44,22 @@ class DecodeBudget:
 
     async def _acquire(self, pixels: int) -> None:
         if pixels > self.capacity:
-            raise Rejected(413, f"{pixels} pixels to decode, over the server's decode budget "
-                                f"of {self.capacity}")
+            raise Rejected(
+                413,
+                f"{pixels} pixels to decode, over the server's decode budget of {self.capacity}",
+            )
         try:
             async with asyncio.timeout(self.wait):
                 while self.used + pixels > self.capacity:
                     self._changed.clear()
                     await self._changed.wait()
         except TimeoutError as exc:
-            raise Rejected(503, f"the decoders are busy ({self.used} of {self.capacity} "
-                                "pixels being decoded); retry", {"Retry-After": "1"}) from exc
+            raise Rejected(
+                503,
+                f"the decoders are busy ({self.used} of {self.capacity} "
+                "pixels being decoded); retry",
+                {"Retry-After": "1"},
+            ) from exc
         self.used += pixels
 
     def _release(self, pixels: int) -> None:

@@ -69,15 +69,15 @@ class DecodePlan:
         return batch
 
 
-def open_one(name: str, data: bytes, size: int, settings: ServeSettings,
-             how: str) -> Image.Image:
+def open_one(name: str, data: bytes, size: int, settings: ServeSettings, how: str) -> Image.Image:
     """One image, its header checked and (a JPEG, where it may be fitted) set to decode at
     the smallest scale that still gives ``size`` pixels on each side."""
     if not data:
         raise Rejected(400, f"{name}: empty body")
     if len(data) > settings.max_image_bytes:
-        raise Rejected(413, f"{name}: {len(data)} bytes, over the limit of "
-                            f"{settings.max_image_bytes}")
+        raise Rejected(
+            413, f"{name}: {len(data)} bytes, over the limit of {settings.max_image_bytes}"
+        )
     with refusals():
         image = open_image(data, name)
         check_header(image, name, settings.max_pixels)
@@ -86,25 +86,33 @@ def open_one(name: str, data: bytes, size: int, settings: ServeSettings,
     return image
 
 
-def plan_decode(files: list[tuple[str, bytes]], size: int, settings: ServeSettings,
-                how: str) -> DecodePlan:
+def plan_decode(
+    files: list[tuple[str, bytes]], size: int, settings: ServeSettings, how: str
+) -> DecodePlan:
     """The request's images, opened and counted; 413 where their pixels together pass the
     request's budget (nothing decoded)."""
     if not files:
         raise Rejected(400, "no image in the request")
     if len(files) > settings.max_images:
         raise Rejected(413, f"too many images: at most {settings.max_images} per request")
-    plan = DecodePlan([name for name, _ in files],
-                      [open_one(name, data, size, settings, how) for name, data in files],
-                      size, how)
+    plan = DecodePlan(
+        [name for name, _ in files],
+        [open_one(name, data, size, settings, how) for name, data in files],
+        size,
+        how,
+    )
     if plan.pixels > settings.max_request_pixels:
-        raise Rejected(413, f"the request's images decode to {plan.pixels} pixels, over the "
-                            f"per-request budget of {settings.max_request_pixels} (send "
-                            "fewer or smaller images, or JPEGs)")
+        raise Rejected(
+            413,
+            f"the request's images decode to {plan.pixels} pixels, over the "
+            f"per-request budget of {settings.max_request_pixels} (send "
+            "fewer or smaller images, or JPEGs)",
+        )
     return plan
 
 
-def decode_all(files: list[tuple[str, bytes]], size: int, settings: ServeSettings,
-               how: str) -> np.ndarray:
+def decode_all(
+    files: list[tuple[str, bytes]], size: int, settings: ServeSettings, how: str
+) -> np.ndarray:
     """The request's images as one uint8 batch, planned and decoded at once (no budget)."""
     return plan_decode(files, size, settings, how).decode()

@@ -91,8 +91,11 @@ class RecentRequests:
         cutoff = time.time() - self.ttl
         while self._entries:
             oldest_id, oldest = next(iter(self._entries.items()))
-            if (len(self._entries) <= self.max_requests and self.bytes <= self.max_bytes
-                    and oldest.at >= cutoff):
+            if (
+                len(self._entries) <= self.max_requests
+                and self.bytes <= self.max_bytes
+                and oldest.at >= cutoff
+            ):
                 return
             del self._entries[oldest_id]
             self.bytes -= oldest.size
@@ -109,23 +112,33 @@ class RecentRequests:
             return entry
         issued = issued_at(request_id)
         if issued is not None and issued <= time.time() + 1:
-            raise Rejected(410, f"request {request_id} has expired: feedback is taken for "
-                                f"{self.ttl:.0f} s after an answer, while this server process "
-                                "still remembers the request (not across a restart)")
-        raise Rejected(404, f"unknown request id {request_id[:64]!r}: use the request_id "
-                            "(or X-Request-Id header) of an answer of this server")
+            raise Rejected(
+                410,
+                f"request {request_id} has expired: feedback is taken for "
+                f"{self.ttl:.0f} s after an answer, while this server process "
+                "still remembers the request (not across a restart)",
+            )
+        raise Rejected(
+            404,
+            f"unknown request id {request_id[:64]!r}: use the request_id "
+            "(or X-Request-Id header) of an answer of this server",
+        )
 
     def claim(self, request_id: str, index: int) -> AnsweredImage:
         """The image to label, marked labelled; 404/410 as ``find``, 409 once labelled."""
         entry = self.find(request_id)
         if not 0 <= index < len(entry.images):
-            raise Rejected(422, f"request {request_id} has {len(entry.images)} image(s): "
-                                f"image_index {index} is not one of them")
+            raise Rejected(
+                422,
+                f"request {request_id} has {len(entry.images)} image(s): "
+                f"image_index {index} is not one of them",
+            )
         with self._lock:
             image = entry.images[index]
             if image.labelled:
-                raise FeedbackRefused("duplicate", f"request {request_id} image {index} is "
-                                      "already labelled")
+                raise FeedbackRefused(
+                    "duplicate", f"request {request_id} image {index} is already labelled"
+                )
             image.labelled = True
         return image
 
@@ -164,11 +177,21 @@ def encoded(image: bytes | np.ndarray) -> tuple[bytes, str]:
     return image, "png" if image.startswith(b"\x89PNG") else "jpeg"
 
 
-def record_for(request_id: str, index: int, label: str, answered: AnsweredImage
-               ) -> FeedbackRecord:
+def record_for(request_id: str, index: int, label: str, answered: AnsweredImage) -> FeedbackRecord:
     """The row to store for a label (encodes a tensor image: run off the event loop)."""
     data, kind = encoded(answered.image) if answered.size else (None, None)
     return FeedbackRecord(
-        request_id, index, label, time.time(), answered.served_version, answered.served_role,
-        answered.predicted, answered.confidence, answered.other_version,
-        answered.other_predicted, answered.other_confidence, data, kind)
+        request_id,
+        index,
+        label,
+        time.time(),
+        answered.served_version,
+        answered.served_role,
+        answered.predicted,
+        answered.confidence,
+        answered.other_version,
+        answered.other_predicted,
+        answered.other_confidence,
+        data,
+        kind,
+    )

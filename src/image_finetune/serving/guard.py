@@ -18,8 +18,7 @@ import json
 from image_finetune.serving.memory import release_free_memory
 
 # Answered whatever the load: liveness, readiness (both dialects) and the metrics.
-PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/v2/health/live",
-                         "/v2/health/ready"})
+PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready"})
 # Request bodies read since memory was last handed back that make it worth doing again.
 TRIM_AFTER_BYTES = 32 * 1024 * 1024
 
@@ -58,13 +57,22 @@ class RequestLimit:
             message = await receive()
             self.bytes_since_trim += len(message.get("body", b""))
             return message
+
         return counted
 
 
 async def refuse_busy(send, limit: int, oip: bool) -> None:
     message = f"busy: {limit} requests in flight, the most this server takes; retry"
     body = json.dumps({"error" if oip else "detail": message}).encode()
-    await send({"type": "http.response.start", "status": 503, "headers": [
-        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-        (b"retry-after", b"1")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 503,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"retry-after", b"1"),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

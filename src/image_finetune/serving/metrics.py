@@ -36,35 +36,65 @@ class ServingMetrics:
         self._inference()
 
     def _http(self) -> None:
-        self.requests = Counter("http_requests_total", "HTTP requests by route and status",
-                                ["method", "route", "status"], registry=self.registry)
-        self.latency = Histogram("http_request_duration_seconds", "HTTP request latency",
-                                 ["method", "route"], buckets=LATENCY_BUCKETS,
-                                 registry=self.registry)
-        self.in_progress = Gauge("http_requests_in_progress", "HTTP requests being served",
-                                 registry=self.registry)
+        self.requests = Counter(
+            "http_requests_total",
+            "HTTP requests by route and status",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "http_request_duration_seconds",
+            "HTTP request latency",
+            ["method", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.in_progress = Gauge(
+            "http_requests_in_progress", "HTTP requests being served", registry=self.registry
+        )
 
     def _inference(self) -> None:
-        self.images = Counter("inference_images_total", "Images classified",
-                              registry=self.registry)
-        self.batch_size = Histogram("inference_batch_size", "Images per batch (one model call, "
-                                    "or a few for a request over the batch size)",
-                                    buckets=SIZE_BUCKETS, registry=self.registry)
-        self.batch_requests = Histogram("inference_batch_requests", "Requests per batch",
-                                        buckets=SIZE_BUCKETS, registry=self.registry)
-        self.queue_depth = Histogram("inference_queue_depth", "Images left waiting when a "
-                                     "batch starts", buckets=(0, *SIZE_BUCKETS),
-                                     registry=self.registry)
-        self.queue_wait = Histogram("inference_queue_wait_seconds", "Oldest request's wait "
-                                    "for its model call", buckets=LATENCY_BUCKETS,
-                                    registry=self.registry)
-        self.model_seconds = Histogram("inference_model_seconds", "Model time per batch",
-                                       buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.model_version = Gauge("served_model_version", "Version being served (0: none)",
-                                   registry=self.registry)
-        self.refresh_failures = Counter("model_refresh_failures_total", "Failed loads of the "
-                                        "alias' version (the registry away, a bad version); "
-                                        "the served model stays", registry=self.registry)
+        self.images = Counter("inference_images_total", "Images classified", registry=self.registry)
+        self.batch_size = Histogram(
+            "inference_batch_size",
+            "Images per batch (one model call, or a few for a request over the batch size)",
+            buckets=SIZE_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_requests = Histogram(
+            "inference_batch_requests",
+            "Requests per batch",
+            buckets=SIZE_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_depth = Histogram(
+            "inference_queue_depth",
+            "Images left waiting when a batch starts",
+            buckets=(0, *SIZE_BUCKETS),
+            registry=self.registry,
+        )
+        self.queue_wait = Histogram(
+            "inference_queue_wait_seconds",
+            "Oldest request's wait for its model call",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.model_seconds = Histogram(
+            "inference_model_seconds",
+            "Model time per batch",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.model_version = Gauge(
+            "served_model_version", "Version being served (0: none)", registry=self.registry
+        )
+        self.refresh_failures = Counter(
+            "model_refresh_failures_total",
+            "Failed loads of the "
+            "alias' version (the registry away, a bad version); "
+            "the served model stays",
+            registry=self.registry,
+        )
 
     def record_batch(self, record: BatchRecord) -> None:
         self.images.inc(record.images)

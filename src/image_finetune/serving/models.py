@@ -79,8 +79,10 @@ class LoadedModel:
         if self.summaries is None:
             return self.predict(images)
         probabilities, projected = self.summaries.predict_on_batch(images)
-        return np.concatenate([np.asarray(probabilities, dtype=np.float32),
-                               np.asarray(projected, dtype=np.float32)], axis=1)
+        return np.concatenate(
+            [np.asarray(probabilities, dtype=np.float32), np.asarray(projected, dtype=np.float32)],
+            axis=1,
+        )
 
     def split(self, outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """(probabilities, projected embedding or None) of ``answer``'s rows."""
@@ -93,8 +95,9 @@ class LoadedModel:
             self.answer(np.zeros((size, self.input_size, self.input_size, 3), np.uint8))
 
 
-def load_version(registry: RegistryParams, version, engine: str = "auto",
-                 precision: str = "auto") -> LoadedModel:
+def load_version(
+    registry: RegistryParams, version, engine: str = "auto", precision: str = "auto"
+) -> LoadedModel:
     """Load one registered version, with its class names: on ``engine`` (resolved by
     engines.resolve_engine) from its engine folder where it has one, else on Keras. The
     artifacts are downloaded into a temporary folder that is gone once the model is in
@@ -104,20 +107,28 @@ def load_version(registry: RegistryParams, version, engine: str = "auto",
     chosen = resolve_engine(engine)
     client = client_for(registry)
     with tempfile.TemporaryDirectory(prefix="image-finetune-model-") as work:
-        folder = (download_engine(client, registry.model_name, version.version,
-                                  Path(work) / "engine")
-                  if chosen != KERAS_ENGINE else None)
+        folder = (
+            download_engine(client, registry.model_name, version.version, Path(work) / "engine")
+            if chosen != KERAS_ENGINE
+            else None
+        )
         if folder is None:
             model = _keras_model(client, registry, version, work, precision)
             served, at = KERAS_ENGINE, "fp32"
         else:
-            at = served_precision(read_manifest(folder),
-                                  precision, str(version.version))
+            at = served_precision(read_manifest(folder), precision, str(version.version))
             model = open_predictor(folder, chosen, at)
             served, at = model.engine, model.precision
     names = class_names_or_indices(registered_class_names(version), model)
-    return LoadedModel(model, str(version.version), names, model_input_size(model),
-                       registered_fit(version), engine=served, precision=at)
+    return LoadedModel(
+        model,
+        str(version.version),
+        names,
+        model_input_size(model),
+        registered_fit(version),
+        engine=served,
+        precision=at,
+    )
 
 
 class KerasMissingError(PipelineError):
@@ -136,12 +147,13 @@ def _keras_model(client, registry: RegistryParams, version, work: str, precision
             f"v{version.version} has no engine folder (registered before engines, or without "
             f"the export-engine step) and this install has no Keras ({exc.name} is missing): "
             "serve it from an install with the train extra, or register it with its engine "
-            "folder") from exc
+            "folder"
+        ) from exc
     if precision == "int8":
-        log.warning("v%s has no engine folder: served on Keras in fp32, not int8",
-                    version.version)
-    local = download_model(client, registry.tracking_uri, registry.model_name,
-                           version.version, work)
+        log.warning("v%s has no engine folder: served on Keras in fp32, not int8", version.version)
+    local = download_model(
+        client, registry.tracking_uri, registry.model_name, version.version, work
+    )
     return mlflow.keras.load_model(local)
 
 
@@ -154,9 +166,11 @@ def served_precision(manifest: dict, requested: str, version: str) -> str:
     if requested == "int8":
         int8 = manifest.get("int8") or {}
         if not int8.get("servable"):
-            raise PrecisionError(f"v{version} has no servable int8 variant "
-                                 f"({int8.get('reason') or 'none was made'}); serve it in "
-                                 "fp32 or auto")
+            raise PrecisionError(
+                f"v{version} has no servable int8 variant "
+                f"({int8.get('reason') or 'none was made'}); serve it in "
+                "fp32 or auto"
+            )
     return requested
 
 
@@ -166,11 +180,13 @@ def attach_reference(loaded: LoadedModel, registry: RegistryParams) -> None:
     from image_finetune.monitoring.profile import ReferenceProfile
 
     with tempfile.TemporaryDirectory(prefix="image-finetune-profile-") as work:
-        folder = download_reference_profile(client_for(registry), registry.model_name,
-                                            loaded.version, work)
+        folder = download_reference_profile(
+            client_for(registry), registry.model_name, loaded.version, work
+        )
         if folder is None:
-            log.warning("v%s has no reference profile: served without drift monitoring",
-                        loaded.version)
+            log.warning(
+                "v%s has no reference profile: served without drift monitoring", loaded.version
+            )
             return
         loaded.profile = profile = ReferenceProfile.load(folder)
     loaded.summaries = summaries_model(loaded, profile)
@@ -188,8 +204,11 @@ def summaries_model(loaded: LoadedModel, profile: ReferenceProfile):
         return projecting_model(embedding_model(loaded.model), mean, components)
     outputs = ProjectedOutputs(loaded.model, mean, components)
     if not outputs.available():
-        log.warning("v%s's %s graph has no embedding output: served without drift "
-                    "monitoring", loaded.version, loaded.engine)
+        log.warning(
+            "v%s's %s graph has no embedding output: served without drift monitoring",
+            loaded.version,
+            loaded.engine,
+        )
         loaded.profile = None
         return None
     return outputs
@@ -222,12 +241,14 @@ class ProjectedOutputs:
         from image_finetune.engines import EMBEDDING, PROBABILITIES
 
         outputs = self.predictor.outputs(images)
-        return outputs[PROBABILITIES], project_without_blas(outputs[EMBEDDING], self.mean,
-                                                            self.components)
+        return outputs[PROBABILITIES], project_without_blas(
+            outputs[EMBEDDING], self.mean, self.components
+        )
 
 
-def project_without_blas(embedding: np.ndarray, mean: np.ndarray, components: np.ndarray
-                         ) -> np.ndarray:
+def project_without_blas(
+    embedding: np.ndarray, mean: np.ndarray, components: np.ndarray
+) -> np.ndarray:
     """ReferenceProfile.project's ``(embedding - mean) @ components.T`` (float32 [N, k]) by
     numpy's own einsum loops: no BLAS call, so no BLAS threads left spinning."""
     centred = np.asarray(embedding, np.float32) - mean
@@ -241,8 +262,9 @@ class ModelHolder:
 
     def __init__(self, settings: ServeSettings, on_failure: Callable[[], None] = lambda: None):
         self.settings = settings
-        self.registry = RegistryParams(tracking_uri=settings.tracking_uri,
-                                       model_name=settings.model_name)
+        self.registry = RegistryParams(
+            tracking_uri=settings.tracking_uri, model_name=settings.model_name
+        )
         self.on_failure = on_failure  # called on every failed load or refresh
         self.current: LoadedModel | None = None
         self.problem: str | None = "not loaded yet"  # why there is no model (None: served)
@@ -251,11 +273,14 @@ class ModelHolder:
 
     def target(self):
         """The version the alias points at now; MissingModelError where there is none."""
-        version = version_by_alias(client_for(self.registry), self.registry.model_name,
-                                   self.settings.alias)
+        version = version_by_alias(
+            client_for(self.registry), self.registry.model_name, self.settings.alias
+        )
         if version is None:
-            raise MissingModelError(f"{self.registry.model_name} has no version with alias "
-                                    f"{self.settings.alias!r} (yet)")
+            raise MissingModelError(
+                f"{self.registry.model_name} has no version with alias "
+                f"{self.settings.alias!r} (yet)"
+            )
         return version
 
     def refresh(self) -> bool:
@@ -263,8 +288,7 @@ class ModelHolder:
         version = self.target()
         if self.current and self.current.version == str(version.version):
             return False
-        loaded = load_version(self.registry, version, self.settings.engine,
-                              self.settings.precision)
+        loaded = load_version(self.registry, version, self.settings.engine, self.settings.precision)
         if self.monitored and self.settings.operate.monitor:
             attach_reference(loaded, self.registry)
         loaded.warm_up((1, self.settings.max_batch_size))
@@ -274,8 +298,7 @@ class ModelHolder:
 
     def start(self) -> None:
         """Load and keep polling in a daemon thread; the server answers meanwhile."""
-        self._thread = threading.Thread(target=self._keep_current, name="model-holder",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._keep_current, name="model-holder", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -298,11 +321,15 @@ class ModelHolder:
         message = f"{type(exc).__name__}: {exc}"
         if self.current is None:
             self.problem = message
-            log.warning("no model to serve yet, retrying in %.0f s: %s",
-                        self.settings.retry_seconds, message)
+            log.warning(
+                "no model to serve yet, retrying in %.0f s: %s",
+                self.settings.retry_seconds,
+                message,
+            )
         else:
-            log.warning("refreshing the model failed; still serving v%s: %s",
-                        self.current.version, message)
+            log.warning(
+                "refreshing the model failed; still serving v%s: %s", self.current.version, message
+            )
 
 
 def import_model_libraries(engine: str) -> None:

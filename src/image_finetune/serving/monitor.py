@@ -111,8 +111,9 @@ class Monitor:
 
     def start(self) -> None:
         if self.settings.monitor:
-            self._tester = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context(
-                "spawn"), initializer=lower_priority)  # spawn: never fork a TF process
+            self._tester = ProcessPoolExecutor(
+                1, mp_context=multiprocessing.get_context("spawn"), initializer=lower_priority
+            )  # spawn: never fork a TF process
             # Started now, while the model loads: its interpreter, numpy and scipy would
             # otherwise start beside the answers, at the first full window.
             self._tester.submit(os.getpid)
@@ -123,8 +124,13 @@ class Monitor:
         if self._tester is not None:
             self._tester.shutdown(wait=False, cancel_futures=True)
 
-    def add(self, model: LoadedModel, images: np.ndarray, probabilities: np.ndarray,
-            projected: np.ndarray | None) -> None:
+    def add(
+        self,
+        model: LoadedModel,
+        images: np.ndarray,
+        probabilities: np.ndarray,
+        projected: np.ndarray | None,
+    ) -> None:
         """Sample a model call's answers and queue the sampled rows (O(1) in the rows not
         sampled; dropped and counted when the queue is full)."""
         if not self.settings.monitor or projected is None or model.profile is None:
@@ -136,8 +142,11 @@ class Monitor:
                 self.metrics.monitor_skipped.labels(model.version).inc(skipped)
             if not len(picked):
                 return
-            images, probabilities, projected = (images[picked], probabilities[picked],
-                                                projected[picked])
+            images, probabilities, projected = (
+                images[picked],
+                probabilities[picked],
+                projected[picked],
+            )
         try:
             self._queue.put_nowait((model, images, probabilities, projected))
         except queue.Full:
@@ -174,13 +183,21 @@ class Monitor:
 
     def _new_window(self, model: LoadedModel | None) -> None:
         self.model = model
-        self.window = (Window.empty(_profile(model).dimensions, len(model.class_names))
-                       if model is not None else None)
+        self.window = (
+            Window.empty(_profile(model).dimensions, len(model.class_names))
+            if model is not None
+            else None
+        )
         self.window_started = time.time()
         self._window_cpu = 0.0
 
-    def _append(self, model: LoadedModel, images: np.ndarray, probabilities: np.ndarray,
-                projected: np.ndarray) -> None:
+    def _append(
+        self,
+        model: LoadedModel,
+        images: np.ndarray,
+        probabilities: np.ndarray,
+        projected: np.ndarray,
+    ) -> None:
         started = time.thread_time()
         if self.model is None or model.version != self.model.version:
             self._new_window(model)  # a new version: its own reference, its own windows
@@ -203,8 +220,11 @@ class Monitor:
         model, window, tester = self.model, self.window, self._tester
         assert model is not None and window is not None and tester is not None  # a window is due
         result = tester.submit(test_arrays, _profile(model), window.arrays()).result()
-        share = self.sampler.retune(result.pop("cpu_seconds") + self._window_cpu,
-                                    len(window), self.settings.monitor_cpu_share)
+        share = self.sampler.retune(
+            result.pop("cpu_seconds") + self._window_cpu,
+            len(window),
+            self.settings.monitor_cpu_share,
+        )
         version = model.version
         self.metrics.monitor_sample_share.labels(version).set(share)
         for name in TESTS:
@@ -213,15 +233,24 @@ class Monitor:
             self.metrics.drift_p_value.labels(version, name).set(test["p_value"])
         self.metrics.drift_detected.labels(version, OVERALL).set(int(result["drift"]))
         self.metrics.drift_p_value.labels(version, OVERALL).set(
-            min(result["tests"][name]["p_value"] for name in TESTS))
+            min(result["tests"][name]["p_value"] for name in TESTS)
+        )
         self.metrics.monitor_windows.labels(version).inc()
         self.windows_tested += 1
-        self.last = {"model_version": version, "tested_at": time.time(),
-                     "window_size": len(window), "drift": result["drift"],
-                     "tests": result["tests"]}
+        self.last = {
+            "model_version": version,
+            "tested_at": time.time(),
+            "window_size": len(window),
+            "drift": result["drift"],
+            "tests": result["tests"],
+        }
         if result["drift"]:
-            log.warning("drift in a window of %d images for v%s: %s", len(window), version,
-                        ", ".join(n for n in TESTS if result["tests"][n]["drift"]))
+            log.warning(
+                "drift in a window of %d images for v%s: %s",
+                len(window),
+                version,
+                ", ".join(n for n in TESTS if result["tests"][n]["drift"]),
+            )
         self._record(version, window)
         self._new_window(model)
 
@@ -235,21 +264,24 @@ class Monitor:
         name = f"{RECORD_PREFIX}v{version}-{int(time.time() * 1000)}.npz"
         # allow_pickle: numpy's default, named so that the arrays' names are the only **keys
         np.savez_compressed(folder / name, allow_pickle=True, **window.arrays())
-        for old in recorded_windows(folder)[:-self.settings.monitor_record_max]:
+        for old in recorded_windows(folder)[: -self.settings.monitor_record_max]:
             old.unlink(missing_ok=True)
 
     def state(self, served: LoadedModel | None) -> dict:
         """What ``GET /monitoring`` answers."""
         last = self.last or {}
-        return {"enabled": self.settings.monitor,
-                "model_version": served.version if served else None,
-                "reference_profile": bool(served is not None and served.profile is not None),
-                "window_size": self.settings.monitor_window,
-                "images_in_window": len(self.window) if self.window is not None else 0,
-                "windows_tested": self.windows_tested,
-                "sample_share": self.sampler.share,
-                "last_window": last or None,
-                "tests": last.get("tests", {}), "drift": bool(last.get("drift", False))}
+        return {
+            "enabled": self.settings.monitor,
+            "model_version": served.version if served else None,
+            "reference_profile": bool(served is not None and served.profile is not None),
+            "window_size": self.settings.monitor_window,
+            "images_in_window": len(self.window) if self.window is not None else 0,
+            "windows_tested": self.windows_tested,
+            "sample_share": self.sampler.share,
+            "last_window": last or None,
+            "tests": last.get("tests", {}),
+            "drift": bool(last.get("drift", False)),
+        }
 
 
 def joined_by_model(items: list[tuple]) -> list[tuple]:
@@ -260,8 +292,10 @@ def joined_by_model(items: list[tuple]) -> list[tuple]:
             groups[-1].append(item)
         else:
             groups.append([item])
-    return [(group[0][0], *(np.concatenate([item[i] for item in group]) for i in (1, 2, 3)))
-            for group in groups]
+    return [
+        (group[0][0], *(np.concatenate([item[i] for item in group]) for i in (1, 2, 3)))
+        for group in groups
+    ]
 
 
 _BLAS_LIMIT: list = []  # the tester process' thread limit, kept alive

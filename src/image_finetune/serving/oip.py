@@ -67,8 +67,9 @@ class RequestInput(BaseModel):
     shape: list[int]
     datatype: str
     parameters: dict[str, Any] | None = None
-    data: list[Any] | None = Field(None, description="row-major, flat or nested; absent "
-                                   "when the tensor travels as binary data")
+    data: list[Any] | None = Field(
+        None, description="row-major, flat or nested; absent when the tensor travels as binary data"
+    )
 
 
 class RequestOutput(BaseModel):
@@ -103,14 +104,20 @@ class InferResponse(BaseModel):
 PLATFORMS = {"tensorflow": "keras", "onnxruntime": "onnxruntime_onnx", "openvino": "openvino"}
 
 
-def model_metadata(name: str, version: str, size: int, classes: int, engine: str,
-                   precision: str) -> ModelMetadata:
+def model_metadata(
+    name: str, version: str, size: int, classes: int, engine: str, precision: str
+) -> ModelMetadata:
     return ModelMetadata(
-        name=name, versions=[version], platform=PLATFORMS.get(engine, engine),
+        name=name,
+        versions=[version],
+        platform=PLATFORMS.get(engine, engine),
         parameters={"engine": engine, "precision": precision},
         inputs=[TensorMetadata(name=INPUT, datatype="UINT8", shape=[-1, size, size, 3])],
-        outputs=[TensorMetadata(name=PROBABILITIES, datatype="FP32", shape=[-1, classes]),
-                 TensorMetadata(name=LABELS, datatype="BYTES", shape=[-1])])
+        outputs=[
+            TensorMetadata(name=PROBABILITIES, datatype="FP32", shape=[-1, classes]),
+            TensorMetadata(name=LABELS, datatype="BYTES", shape=[-1]),
+        ],
+    )
 
 
 # -- requests --------------------------------------------------------------------------------
@@ -136,8 +143,9 @@ def _first_error(exc: ValidationError) -> str:
     return f"{where}: {error['msg']}" if where else error["msg"]
 
 
-def input_tensor(request: InferRequest, binary: bytes, size: int,
-                 max_images: int) -> np.ndarray | list[bytes]:
+def input_tensor(
+    request: InferRequest, binary: bytes, size: int, max_images: int
+) -> np.ndarray | list[bytes]:
     """The request's images: a uint8 array (UINT8) or encoded files (BYTES). The declared
     shape and image count are checked before anything is built from the data."""
     tensor = request.inputs[0]
@@ -150,8 +158,9 @@ def input_tensor(request: InferRequest, binary: bytes, size: int,
     if tensor.datatype == "BYTES":
         _check_shape(tensor.shape, [], "[N]", max_images)
         return _encoded_files(tensor, raw)
-    raise Rejected(400, f"input {INPUT!r} takes UINT8 pixels or BYTES of PNG/JPEG files, "
-                        f"not {tensor.datatype}")
+    raise Rejected(
+        400, f"input {INPUT!r} takes UINT8 pixels or BYTES of PNG/JPEG files, not {tensor.datatype}"
+    )
 
 
 def _check_shape(shape: list[int], inner: list[int], expected: str, max_images: int) -> None:
@@ -160,8 +169,9 @@ def _check_shape(shape: list[int], inner: list[int], expected: str, max_images: 
         kind = "BYTES" if not inner else "UINT8"
         raise Rejected(400, f"{kind} input shape {shape}: expected {expected}")
     if shape[0] > max_images:
-        raise Rejected(413, f"too many images: {shape[0]} declared, at most {max_images} "
-                            "per request")
+        raise Rejected(
+            413, f"too many images: {shape[0]} declared, at most {max_images} per request"
+        )
 
 
 def _listed(tensor: RequestInput) -> list:
@@ -177,8 +187,10 @@ def _binary_part(tensor: RequestInput, binary: bytes) -> bytes | None:
         _listed(tensor)  # refused here when it has neither
         return None
     if type(size) is not int or size < 0 or size != len(binary):
-        raise Rejected(400, f"{BINARY_SIZE} {size!r} does not match the {len(binary)} "
-                            "bytes after the JSON header")
+        raise Rejected(
+            400,
+            f"{BINARY_SIZE} {size!r} does not match the {len(binary)} bytes after the JSON header",
+        )
     return binary
 
 
@@ -209,8 +221,7 @@ def _flat(data: list, shape: list[int]) -> list:
         if not flat or not isinstance(flat[0], list):
             return flat
         if not all(isinstance(value, list) and len(value) == dimension for value in flat):
-            raise Rejected(400, f"UINT8 data must be integers, flat or nested as the shape "
-                                f"{shape}")
+            raise Rejected(400, f"UINT8 data must be integers, flat or nested as the shape {shape}")
         flat = [item for value in flat for item in value]
     return flat
 
@@ -247,7 +258,7 @@ def _split_binary_bytes(raw: bytes) -> list[bytes]:
         offset += 4
         if offset + length > len(raw):
             raise Rejected(400, "binary BYTES data is truncated")
-        files.append(raw[offset:offset + length])
+        files.append(raw[offset : offset + length])
         offset += length
     return files
 
@@ -263,19 +274,22 @@ def requested_outputs(request: InferRequest) -> dict[str, bool]:
     wanted = {}
     for output in request.outputs:
         if output.name not in (PROBABILITIES, LABELS):
-            raise Rejected(400, f"unknown output {output.name!r}: this model gives "
-                                f"{PROBABILITIES!r} and {LABELS!r}")
-        wanted[output.name] = bool((output.parameters or {}).get("binary_data",
-                                                                  binary_default))
+            raise Rejected(
+                400,
+                f"unknown output {output.name!r}: this model gives "
+                f"{PROBABILITIES!r} and {LABELS!r}",
+            )
+        wanted[output.name] = bool((output.parameters or {}).get("binary_data", binary_default))
     return wanted
 
 
 def output_tensors(probabilities: np.ndarray, class_names: list[str]) -> dict[str, tuple]:
     """Each output as (datatype, shape, flat values)."""
     labels = [class_names[i] for i in np.argmax(probabilities, axis=1)]
-    return {PROBABILITIES: ("FP32", list(probabilities.shape),
-                            probabilities.astype(np.float32)),
-            LABELS: ("BYTES", [len(labels)], labels)}
+    return {
+        PROBABILITIES: ("FP32", list(probabilities.shape), probabilities.astype(np.float32)),
+        LABELS: ("BYTES", [len(labels)], labels),
+    }
 
 
 def _binary(datatype: str, values) -> bytes:
@@ -288,8 +302,13 @@ def _json_values(datatype: str, values) -> list:
     return list(values) if datatype == "BYTES" else values.ravel().tolist()
 
 
-def infer_response(request: InferRequest, model_name: str, version: str,
-                   probabilities: np.ndarray, class_names: list[str]) -> tuple[bytes, int | None]:
+def infer_response(
+    request: InferRequest,
+    model_name: str,
+    version: str,
+    probabilities: np.ndarray,
+    class_names: list[str],
+) -> tuple[bytes, int | None]:
     """The response body, and the length of its JSON header where binary data follows."""
     tensors = output_tensors(probabilities, class_names)
     outputs, blobs = [], []
@@ -302,8 +321,9 @@ def infer_response(request: InferRequest, model_name: str, version: str,
         else:
             output.data = _json_values(datatype, values)
         outputs.append(output)
-    response = InferResponse(model_name=model_name, model_version=version, id=request.id,
-                             outputs=outputs)
+    response = InferResponse(
+        model_name=model_name, model_version=version, id=request.id, outputs=outputs
+    )
     header = response.model_dump_json(exclude_none=True).encode()
     return (header + b"".join(blobs), len(header) if blobs else None)
 

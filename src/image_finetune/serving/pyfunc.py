@@ -40,8 +40,13 @@ PREDICT_BATCH = 64
 
 SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec(DataType.string, IMAGE_COLUMN)]),
-    outputs=Schema([ColSpec(DataType.string, LABEL_COLUMN),
-                    ColSpec(Array(DataType.double), PROBABILITIES_COLUMN)]))
+    outputs=Schema(
+        [
+            ColSpec(DataType.string, LABEL_COLUMN),
+            ColSpec(Array(DataType.double), PROBABILITIES_COLUMN),
+        ]
+    ),
+)
 
 
 def bad_input(message: str) -> MlflowException:
@@ -98,20 +103,25 @@ class ImageClassifier(PythonModel):
         for row, text in enumerate(texts):
             data = image_bytes(row, text, self.settings.max_image_bytes)
             try:
-                batch[row] = decode_all([(f"row {row}", data)], self.size, self.settings,
-                                        self.image_fit)[0]
+                batch[row] = decode_all(
+                    [(f"row {row}", data)], self.size, self.settings, self.image_fit
+                )[0]
             except Rejected as exc:
                 raise bad_input(exc.message) from None
         return batch
 
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
         """``label`` and ``probabilities`` (one per class, in ``class_names`` order) per row."""
-        probabilities = predict_batches(self.model, self.decode(encoded_images(model_input)),
-                                        PREDICT_BATCH, "pyfunc")
+        probabilities = predict_batches(
+            self.model, self.decode(encoded_images(model_input)), PREDICT_BATCH, "pyfunc"
+        )
         names = self.class_names or [str(i) for i in range(probabilities.shape[1])]
-        return pd.DataFrame({
-            LABEL_COLUMN: [names[i] for i in probabilities.argmax(axis=1)],
-            PROBABILITIES_COLUMN: [row.astype(float).tolist() for row in probabilities]})
+        return pd.DataFrame(
+            {
+                LABEL_COLUMN: [names[i] for i in probabilities.argmax(axis=1)],
+                PROBABILITIES_COLUMN: [row.astype(float).tolist() for row in probabilities],
+            }
+        )
 
 
 class KerasAndImageFlavors:
@@ -122,32 +132,51 @@ class KerasAndImageFlavors:
     __name__ = "mlflow.pyfunc"  # the LoggedModel's flavor, as MLflow's own pyfunc records it
 
     @staticmethod
-    def save_model(path: str, mlflow_model: Model, keras_model, class_names: list[str],
-                   image_fit: str, **kwargs) -> None:
+    def save_model(
+        path: str,
+        mlflow_model: Model,
+        keras_model,
+        class_names: list[str],
+        image_fit: str,
+        **kwargs,
+    ) -> None:
         import keras
 
         with tempfile.TemporaryDirectory() as work:
             keras_file = Path(work) / MODEL_FILE  # the Keras flavor reads <data>/model.keras
             keras_model.save(keras_file)
-            mlflow.pyfunc.save_model(path, mlflow_model=mlflow_model,
-                                     python_model=ImageClassifier(class_names, image_fit),
-                                     artifacts={KERAS_ARTIFACT: str(keras_file)}, **kwargs)
-        mlflow_model.add_flavor("keras", keras_version=keras.__version__,
-                                data=KERAS_FLAVOR_DATA, save_exported_model=False)
+            mlflow.pyfunc.save_model(
+                path,
+                mlflow_model=mlflow_model,
+                python_model=ImageClassifier(class_names, image_fit),
+                artifacts={KERAS_ARTIFACT: str(keras_file)},
+                **kwargs,
+            )
+        mlflow_model.add_flavor(
+            "keras",
+            keras_version=keras.__version__,
+            data=KERAS_FLAVOR_DATA,
+            save_exported_model=False,
+        )
         mlflow_model.save(str(Path(path) / "MLmodel"))
 
 
-def log_image_classifier(model, example: np.ndarray, pip_requirements: list[str],
-                         metadata: dict):
+def log_image_classifier(model, example: np.ndarray, pip_requirements: list[str], metadata: dict):
     """Log ``model`` in the active run as a LoggedModel named ``model`` with both flavors;
     MLflow's ModelInfo. ``example`` (uint8 images) is not needed: the signature is fixed."""
     del example
     names = metadata.get("class_names") or []
-    return Model.log(artifact_path=None, name="model", flavor=KerasAndImageFlavors(),
-                     keras_model=model, class_names=names,
-                     image_fit=metadata.get("image_fit", "resize"), signature=SIGNATURE,
-                     pip_requirements=[*pip_requirements, *pyfunc_requirements()],
-                     metadata=metadata)
+    return Model.log(
+        artifact_path=None,
+        name="model",
+        flavor=KerasAndImageFlavors(),
+        keras_model=model,
+        class_names=names,
+        image_fit=metadata.get("image_fit", "resize"),
+        signature=SIGNATURE,
+        pip_requirements=[*pip_requirements, *pyfunc_requirements()],
+        metadata=metadata,
+    )
 
 
 def pyfunc_requirements() -> list[str]:

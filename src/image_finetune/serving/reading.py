@@ -68,19 +68,24 @@ class MultipartReader:
     """A multipart/form-data parser fed chunk by chunk; each limit is checked as the data
     arrives: the number of parts, of image parts, and the bytes of each part."""
 
-    def __init__(self, boundary: bytes, max_parts: int, max_images: int,
-                 max_image_bytes: int):
+    def __init__(self, boundary: bytes, max_parts: int, max_images: int, max_image_bytes: int):
         self.max_parts, self.max_images = max_parts, max_images
         self.max_image_bytes = max_image_bytes
         self.parts: list[Part] = []
         self.images = 0
         self._header_field = self._header_value = b""
         self._headers: dict[bytes, bytes] = {}
-        self._parser = MultipartParser(boundary, {
-            "on_part_begin": self._begin, "on_header_field": self._add_field,
-            "on_header_value": self._add_value, "on_header_end": self._end_header,
-            "on_headers_finished": self._headers_done, "on_part_data": self._add_data,
-        })
+        self._parser = MultipartParser(
+            boundary,
+            {
+                "on_part_begin": self._begin,
+                "on_header_field": self._add_field,
+                "on_header_value": self._add_value,
+                "on_header_end": self._end_header,
+                "on_headers_finished": self._headers_done,
+                "on_part_data": self._add_data,
+            },
+        )
 
     def feed(self, chunk: bytes) -> None:
         try:
@@ -127,8 +132,9 @@ class MultipartReader:
         part.data += data[start:end]
         limit = self.max_image_bytes if part.name in IMAGE_FIELDS else MAX_FIELD_BYTES
         if len(part.data) > limit:
-            raise Rejected(413, f"{part.filename or part.name}: part over the limit of "
-                                f"{limit} bytes")
+            raise Rejected(
+                413, f"{part.filename or part.name}: part over the limit of {limit} bytes"
+            )
 
 
 def boundary_of(request) -> bytes:
@@ -145,16 +151,19 @@ def image_parts(parts: list[Part]) -> list[tuple[str, bytes]]:
     images = []
     for index, part in enumerate(p for p in parts if p.name in IMAGE_FIELDS):
         if part.filename is None:
-            raise Rejected(400, f"'{part.name}' was sent as a text field: send images as "
-                                "file uploads (curl -F files=@cat.png)")
+            raise Rejected(
+                400,
+                f"'{part.name}' was sent as a text field: send images as "
+                "file uploads (curl -F files=@cat.png)",
+            )
         images.append((part.filename or f"file{index}", bytes(part.data)))
     return images
 
 
 async def read_multipart_images(request, settings) -> list[tuple[str, bytes]]:
     """The images of a multipart/form-data request, every limit enforced while reading."""
-    reader = MultipartReader(boundary_of(request), settings.max_parts, settings.max_images,
-                             settings.max_image_bytes)
-    await consume(request, settings.max_body_bytes, settings.body_timeout_seconds,
-                  reader.feed)
+    reader = MultipartReader(
+        boundary_of(request), settings.max_parts, settings.max_images, settings.max_image_bytes
+    )
+    await consume(request, settings.max_body_bytes, settings.body_timeout_seconds, reader.feed)
     return image_parts(reader.finish())

@@ -65,19 +65,27 @@ class VersionStats:
     agreed: int = 0
 
     def to_json(self) -> dict:
-        return {"requests": self.requests, "images": self.images,
-                "mean_confidence": self.confidence_sum / self.images if self.images else None,
-                "mean_latency_seconds": (self.latency_sum / self.requests
-                                         if self.requests else None),
-                "compared_images": self.compared,
-                "agreement": self.agreed / self.compared if self.compared else None}
+        return {
+            "requests": self.requests,
+            "images": self.images,
+            "mean_confidence": self.confidence_sum / self.images if self.images else None,
+            "mean_latency_seconds": (self.latency_sum / self.requests if self.requests else None),
+            "compared_images": self.compared,
+            "agreement": self.agreed / self.compared if self.compared else None,
+        }
 
 
 class Rollout:
     """Routes requests between champion and challenger and answers the copies."""
 
-    def __init__(self, mode: str, percent: float, challenger: ModelHolder | None,
-                 metrics: OperateMetrics, max_batch_size: int):
+    def __init__(
+        self,
+        mode: str,
+        percent: float,
+        challenger: ModelHolder | None,
+        metrics: OperateMetrics,
+        max_batch_size: int,
+    ):
         self.mode, self.percent, self.holder = mode, percent, challenger
         self.metrics, self.max_batch_size = metrics, max_batch_size
         self.stats: dict[str, VersionStats] = {}
@@ -103,13 +111,22 @@ class Rollout:
 
     def role_for(self, request_id: str, champion: LoadedModel | None) -> str:
         """Who answers: the challenger for the canary's share, else the champion."""
-        if (self.mode == CANARY and self.challenger(champion) is not None
-                and in_canary(request_id, self.percent)):
+        if (
+            self.mode == CANARY
+            and self.challenger(champion) is not None
+            and in_canary(request_id, self.percent)
+        ):
             return CANARY
         return CHAMPION
 
-    def record(self, model: LoadedModel, role: str, probabilities: np.ndarray,
-               seconds: float, compared: tuple[int, int] = (0, 0)) -> None:
+    def record(
+        self,
+        model: LoadedModel,
+        role: str,
+        probabilities: np.ndarray,
+        seconds: float,
+        compared: tuple[int, int] = (0, 0),
+    ) -> None:
         """Count an answer of ``model`` in ``role``."""
         confidence = probabilities.max(axis=1)
         version = model.version
@@ -133,8 +150,13 @@ class Rollout:
         with self._lock:
             return {version: stats.to_json() for version, stats in self.stats.items()}
 
-    def copy_to_other(self, images: np.ndarray, answered: list[AnsweredImage], role: str,
-                      champion: LoadedModel | None) -> None:
+    def copy_to_other(
+        self,
+        images: np.ndarray,
+        answered: list[AnsweredImage],
+        role: str,
+        champion: LoadedModel | None,
+    ) -> None:
         """Have the other version answer a copy, off the response path (dropped and
         counted when the worker is behind)."""
         other = self._other(role, champion)
@@ -153,13 +175,17 @@ class Rollout:
             return self.challenger(champion)
         return None
 
-    def _answer_copy(self, other: LoadedModel, images: np.ndarray,
-                     answered: list[AnsweredImage], role: str) -> None:
+    def _answer_copy(
+        self, other: LoadedModel, images: np.ndarray, answered: list[AnsweredImage], role: str
+    ) -> None:
         start = time.monotonic()
         try:
-            probabilities = np.concatenate([
-                other.predict(images[i:i + self.max_batch_size])
-                for i in range(0, len(images), self.max_batch_size)])
+            probabilities = np.concatenate(
+                [
+                    other.predict(images[i : i + self.max_batch_size])
+                    for i in range(0, len(images), self.max_batch_size)
+                ]
+            )
         except Exception:  # a copy never fails anything
             log.exception("the %s copy of a request failed", other.version)
             return
@@ -172,12 +198,18 @@ class Rollout:
             agreed += image.other_predicted == image.predicted
         copy_role = SHADOW if role == CHAMPION else CHAMPION
         # Agreement is the challenger's figure: recorded on whichever side it is.
-        self.record(other, copy_role, probabilities, time.monotonic() - start,
-                    (len(best), agreed) if copy_role == SHADOW else (0, 0))
+        self.record(
+            other,
+            copy_role,
+            probabilities,
+            time.monotonic() - start,
+            (len(best), agreed) if copy_role == SHADOW else (0, 0),
+        )
         if copy_role == CHAMPION:
             with self._lock:
                 stats = self.stats.setdefault(answered[0].served_version, VersionStats())
                 stats.compared += len(best)
                 stats.agreed += agreed
                 self.metrics.rollout_agreement.labels(answered[0].served_version).set(
-                    stats.agreed / stats.compared)
+                    stats.agreed / stats.compared
+                )

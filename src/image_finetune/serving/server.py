@@ -37,15 +37,19 @@ class Server:
         """The model being served; 503 while there is none."""
         model = self.holder.current
         if model is None:
-            raise Rejected(503, f"no model loaded yet ({redact(self.holder.problem or '')})",
-                           {"Retry-After": str(int(self.settings.retry_seconds))})
+            raise Rejected(
+                503,
+                f"no model loaded yet ({redact(self.holder.problem or '')})",
+                {"Retry-After": str(int(self.settings.retry_seconds))},
+            )
         return model
 
     def model_named(self, name: str, version: str | None = None) -> LoadedModel:
         """The model a ``/v2/models/{name}[/versions/{version}]`` path names; 404 otherwise."""
         if name != self.settings.model_name:
-            raise Rejected(404, f"unknown model {name!r}: this server serves "
-                                f"{self.settings.model_name!r}")
+            raise Rejected(
+                404, f"unknown model {name!r}: this server serves {self.settings.model_name!r}"
+            )
         model = self.model()
         if version is not None and version != model.version:
             raise Rejected(404, f"{name} version {version} is not served (v{model.version} is)")
@@ -71,14 +75,17 @@ class Server:
             raise Rejected(503, f"overloaded: {exc}; retry", {"Retry-After": "1"}) from exc
 
 
-def predict_current(holder: ModelHolder, max_batch_size: int,
-                    batch: np.ndarray) -> tuple[np.ndarray, LoadedModel]:
+def predict_current(
+    holder: ModelHolder, max_batch_size: int, batch: np.ndarray
+) -> tuple[np.ndarray, LoadedModel]:
     """Probabilities from whichever model is current (on the batcher's thread), in model
     calls of at most ``max_batch_size`` images: a request larger than that is split, since
     per image a large batch is slower on a CPU than a few of the right size."""
     model = holder.current
     if model is None:
         raise Rejected(503, "no model loaded")
-    chunks = [model.answer(batch[start:start + max_batch_size])
-              for start in range(0, len(batch), max_batch_size)]
+    chunks = [
+        model.answer(batch[start : start + max_batch_size])
+        for start in range(0, len(batch), max_batch_size)
+    ]
     return np.concatenate(chunks), model

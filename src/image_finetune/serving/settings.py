@@ -63,22 +63,32 @@ class ServeSettings(BaseModel):
     # (cli.serve_options): its description is the option's help.
     model_name: str = Field(RegistryParams().model_name, description="registered model to serve")
     alias: str = Field("champion", description="its alias to serve")
-    tracking_uri: str = Field(RegistryParams().tracking_uri,
-                              description="MLflow tracking/registry URI")
+    tracking_uri: str = Field(
+        RegistryParams().tracking_uri, description="MLflow tracking/registry URI"
+    )
     # auto: the fastest engine installed (engines.DEFAULT_ENGINE first); versions registered
     # without an engine folder are served on Keras whatever this says.
-    engine: str = Field("auto", description=(
-        "what the model runs on: auto, tensorflow, onnxruntime or openvino (versions without an "
-        "engine folder run on Keras)"))
-    precision: Precision = Field("auto", description=(
-        "auto (what the version's engine manifest serves), fp32, or int8 (where the manifest "
-        "found it servable)"))
+    engine: str = Field(
+        "auto",
+        description=(
+            "what the model runs on: auto, tensorflow, onnxruntime or openvino (versions "
+            "without an engine folder run on Keras)"
+        ),
+    )
+    precision: Precision = Field(
+        "auto",
+        description=(
+            "auto (what the version's engine manifest serves), fp32, or int8 (where the manifest "
+            "found it servable)"
+        ),
+    )
     top_k: Positive = Field(3, description="classes answered per image unless a request asks")
     # Limits, each enforced while the request is read. Bodies in flight take at most
     # max_connections x max_body_bytes of memory (2 GiB by default); more requests get 503
     # (the probes and /metrics are never counted: serving/guard.py).
-    max_connections: Positive = Field(128, description=(
-        "requests in flight at once, probes apart; more get 503"))
+    max_connections: Positive = Field(
+        128, description=("requests in flight at once, probes apart; more get 503")
+    )
     max_body_bytes: Positive = Field(16 * MIB, description="bytes per request at most")
     max_image_bytes: Positive = Field(5 * MIB, description="bytes per image at most")
     max_images: Positive = Field(64, description="images per request at most")
@@ -88,23 +98,29 @@ class ServeSettings(BaseModel):
     # The request line and headers: within this time of their first byte, and this size.
     header_timeout_seconds: Seconds = Field(10.0, description="for a request's line and headers")
     max_header_bytes: Annotated[int, Field(ge=4096)] = Field(
-        32 * 1024, description="bytes of a request's line and headers at most")
+        32 * 1024, description="bytes of a request's line and headers at most"
+    )
     # Pixels decoded (a JPEG at its reduced decoding size): per request, refused over it
     # before decoding (413); and for all requests being decoded at once, waited for up to
     # decode_wait_seconds, then 503 (serving/budget.py).
-    max_request_pixels: Positive = Field(4 * 4096 * 4096,
-                                         description="pixels to decode per request")
+    max_request_pixels: Positive = Field(
+        4 * 4096 * 4096, description="pixels to decode per request"
+    )
     max_decode_pixels: Positive = Field(  # two requests at the budget (2 threads)
-        8 * 4096 * 4096, description="pixels decoded at once, all requests")
-    decode_wait_seconds: Seconds = Field(5.0, description=(
-        "how long a request waits for the decode budget; then 503"))
+        8 * 4096 * 4096, description="pixels decoded at once, all requests"
+    )
+    decode_wait_seconds: Seconds = Field(
+        5.0, description=("how long a request waits for the decode budget; then 503")
+    )
     # Dynamic batching: concurrent requests share one model call. On 2 CPU cores a call of
     # 32 images costs less per image than one of 64 (bench/serve_load.py).
     max_batch_size: Positive = Field(32, description="images per model call at most")
-    max_wait_ms: Annotated[float, Field(ge=0.0, le=1000.0)] = Field(5.0, description=(
-        "how long a model call waits for requests in flight"))
-    max_queued_images: Positive = Field(1024, description=(
-        "images waiting for a model call at most; more get 503"))
+    max_wait_ms: Annotated[float, Field(ge=0.0, le=1000.0)] = Field(
+        5.0, description=("how long a model call waits for requests in flight")
+    )
+    max_queued_images: Positive = Field(
+        1024, description=("images waiting for a model call at most; more get 503")
+    )
     decode_threads: Positive = Field(2, description="threads decoding images")
     # The registry: alias polling once loaded, retrying while it cannot be reached.
     poll_seconds: Seconds = Field(30.0, description="alias polling interval")
@@ -120,19 +136,22 @@ class ServeSettings(BaseModel):
         from image_finetune.engines import ENGINES  # names only: no engine is imported
 
         if self.engine not in ENGINES:
-            raise ValueError(f"unknown engine {self.engine!r}: choose auto, "
-                             f"{', '.join(ENGINES)}")
+            raise ValueError(f"unknown engine {self.engine!r}: choose auto, {', '.join(ENGINES)}")
         return self
 
     @model_validator(mode="after")
     def _a_request_fits_its_limits(self) -> ServeSettings:
-        for smaller, larger in (("max_image_bytes", "max_body_bytes"),
-                                ("max_images", "max_queued_images"),
-                                ("max_pixels", "max_request_pixels"),
-                                ("max_request_pixels", "max_decode_pixels")):
+        for smaller, larger in (
+            ("max_image_bytes", "max_body_bytes"),
+            ("max_images", "max_queued_images"),
+            ("max_pixels", "max_request_pixels"),
+            ("max_request_pixels", "max_decode_pixels"),
+        ):
             if getattr(self, smaller) > getattr(self, larger):
-                raise ValueError(f"{smaller} ({getattr(self, smaller)}) is over {larger} "
-                                 f"({getattr(self, larger)})")
+                raise ValueError(
+                    f"{smaller} ({getattr(self, smaller)}) is over {larger} "
+                    f"({getattr(self, larger)})"
+                )
         return self
 
     @property
@@ -146,8 +165,13 @@ def operate_from_env(environ: Mapping[str, str]) -> OperateSettings:
     IMAGE_FINETUNE_ROLLOUT=shadow, ...), validated like the flags; unset ones keep their
     defaults."""
     variables = {name: f"IMAGE_FINETUNE_{name.upper()}" for name in OperateSettings.model_fields}
-    return OperateSettings(**{name: environ[variable] for name, variable in variables.items()
-                              if environ.get(variable, "") != ""})
+    return OperateSettings(
+        **{
+            name: environ[variable]
+            for name, variable in variables.items()
+            if environ.get(variable, "") != ""
+        }
+    )
 
 
 def read_token(token: str | None, token_file: Path | None) -> str | None:
@@ -176,4 +200,5 @@ def check_exposure(host: str, settings: ServeSettings, no_auth: bool) -> None:
         raise ConfigError(
             f"serving on {host} without a token: set {TOKEN_ENV} or "
             "IMAGE_FINETUNE_TOKEN_FILE, or pass --no-auth where something in front "
-            "authenticates")
+            "authenticates"
+        )

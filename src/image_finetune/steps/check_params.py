@@ -18,5 +18,6 @@ def check_params(params: Params, rungs: int | None = None) -> str:
     if rungs is not None and len(params.train.ladder) != rungs:
         raise ConfigError(
             f"train.ladder has {len(params.train.ladder)} rungs but this pipeline was compiled "
-            f"for {rungs}: recompile it from these params (image-finetune-pipeline compile)")
+            f"for {rungs}: recompile it from these params (image-finetune-pipeline compile)"
+        )
     return params.model_dump_json(indent=2, by_alias=True)

@@ -31,8 +31,14 @@ from image_finetune.training.distribute import refuse_workers
 
 
 def climb_ladder(
-    params: Params, data: Path, validation: Path, out: Path, cache: Path, root: Path,
-    metrics: Path | None = None, live: Path | None = None,
+    params: Params,
+    data: Path,
+    validation: Path,
+    out: Path,
+    cache: Path,
+    root: Path,
+    metrics: Path | None = None,
+    live: Path | None = None,
 ) -> Path:
     """Climb ``train.ladder`` on ``data`` (validated: ``validation`` is the validate step's
     result); return the selected model's path. Raises GateFailedError when every rung fails.
@@ -47,37 +53,51 @@ def climb_ladder(
     try:
         for index in range(len(params.train.ladder)):
             current = attempt_folder(out, index) / DECISION_FILE
-            verdict = _attempt(params, index, data, current.parent, cache, root, previous,
-                               logger)
+            verdict = _attempt(params, index, data, current.parent, cache, root, previous, logger)
             previous = current
             if verdict.winner is not None:
                 break
     finally:  # the loop's record, also when it failed (the last gate raises once written)
         if logger is not None:
             logger.close()
-        records = read_records(current if current and current.exists()
-                                            else previous)
+        records = read_records(current if current and current.exists() else previous)
         _write_summary(out, records, len(params.train.ladder))
         if metrics is not None:
             write_metrics_file(metrics, ladder_metrics(records, len(params.train.ladder)))
     winner = records[-1]
-    return select.select_classifier(attempt_folder(out, winner.index) / MODEL_FILE,
-                                    out / SELECTED, winner.to_json())
+    return select.select_classifier(
+        attempt_folder(out, winner.index) / MODEL_FILE, out / SELECTED, winner.to_json()
+    )
 
 
-def _attempt(params, index, data, folder, cache, root, previous,
-             logger) -> gate_attempt.AttemptVerdict:
+def _attempt(
+    params, index, data, folder, cache, root, previous, logger
+) -> gate_attempt.AttemptVerdict:
     rung = params.train.ladder[index]
     (folder / DECISION_FILE).unlink(missing_ok=True)  # never mistake an old run's decision
     warm_start = previous.parent / MODEL_FILE if previous else None
-    result = train_rung.train_rung(params, index, data, folder, cache, root, warm_start,
-                                   logger.callbacks() if logger else ())
+    result = train_rung.train_rung(
+        params, index, data, folder, cache, root, warm_start, logger.callbacks() if logger else ()
+    )
     if logger is not None:
         logger.attempt_done(folder / HISTORY_FILE)
-    evaluate.evaluate_classifier(params, data, Path(result.model_path), folder / EVALUATION,
-                                 "validation", f"Attempt {index} ({rung.name}) on validation")
-    return gate_attempt.gate_attempt(params, index, rung.name, len(params.train.ladder),
-                                     folder / EVALUATION, folder / DECISION_FILE, previous)
+    evaluate.evaluate_classifier(
+        params,
+        data,
+        Path(result.model_path),
+        folder / EVALUATION,
+        "validation",
+        f"Attempt {index} ({rung.name}) on validation",
+    )
+    return gate_attempt.gate_attempt(
+        params,
+        index,
+        rung.name,
+        len(params.train.ladder),
+        folder / EVALUATION,
+        folder / DECISION_FILE,
+        previous,
+    )
 
 
 def _require_validated(result: Path) -> None:
@@ -90,8 +110,9 @@ def _require_validated(result: Path) -> None:
 def _write_summary(out: Path, records: list[AttemptRecord], rungs: int) -> None:
     winner = next((r.index for r in records if r.passed), None)
     attempts = [r.to_json() for r in records]
-    (out / SUMMARY_FILE).write_text(json.dumps(
-        {"attempts": attempts, "selected": winner, "rungs": rungs}, indent=2) + "\n")
+    (out / SUMMARY_FILE).write_text(
+        json.dumps({"attempts": attempts, "selected": winner, "rungs": rungs}, indent=2) + "\n"
+    )
     _combine_histories([attempt_folder(out, r.index) for r in records], out / HISTORY_FILE)
 
 
@@ -100,8 +121,10 @@ def _combine_histories(attempt_dirs: list[Path], path: Path) -> None:
     rows: list[dict[str, object]] = []
     for attempt, directory in enumerate(attempt_dirs):
         with (directory / HISTORY_FILE).open() as handle:
-            rows += [{"step": len(rows) + i, "attempt": attempt, **record}
-                     for i, record in enumerate(csv.DictReader(handle))]
+            rows += [
+                {"step": len(rows) + i, "attempt": attempt, **record}
+                for i, record in enumerate(csv.DictReader(handle))
+            ]
     if rows:
         with path.open("w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]))

@@ -32,10 +32,15 @@ from image_finetune.steps.layout import (
 log = logging.getLogger(__name__)
 
 
-
 def evaluate_classifier(
-    params: Params, data: Path, model: Path, out: Path, split: str = "test",
-    title: str | None = None, metrics_file: Path | None = None, engine: Path | None = None,
+    params: Params,
+    data: Path,
+    model: Path,
+    out: Path,
+    split: str = "test",
+    title: str | None = None,
+    metrics_file: Path | None = None,
+    engine: Path | None = None,
 ) -> dict:
     """Evaluate the classifier in ``model`` on ``split``; write every result to ``out`` and
     the scalar metrics, per class too, to ``metrics_file`` (flat: name -> number) if given.
@@ -46,24 +51,31 @@ def evaluate_classifier(
     classifier, model_files = serving_model(model, engine)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    probs = predict_proba(classifier, loaded.images, params.evaluate.batch_size,
-                          params.evaluate.flip_tta)
+    probs = predict_proba(
+        classifier, loaded.images, params.evaluate.batch_size, params.evaluate.flip_tta
+    )
     labels = np.asarray(loaded.labels)
-    metrics = classification_metrics(labels, probs, class_names, params.evaluate,
-                                     params.train.seed)
+    metrics = classification_metrics(labels, probs, class_names, params.evaluate, params.train.seed)
     metrics["predict_seconds"] = round(time.perf_counter() - start, 2)
-    metrics["latency"] = measure_latency(classifier, tuple(loaded.images.shape[1:]),
-                                         params.evaluate.latency_runs)
+    metrics["latency"] = measure_latency(
+        classifier, tuple(loaded.images.shape[1:]), params.evaluate.latency_runs
+    )
     metrics["model_size_mb"] = sum(path.stat().st_size for path in model_files) / 1e6
     metrics["flip_tta"] = params.evaluate.flip_tta
     metrics["engine"], metrics["precision"] = classifier.engine, classifier.precision
-    _write_results(out, metrics, probs, labels, loaded.images, class_names,
-                   params.evaluate.gallery_size)
+    _write_results(
+        out, metrics, probs, labels, loaded.images, class_names, params.evaluate.gallery_size
+    )
     write_html(out, title or f"Evaluation on {split}", metrics, class_names)
     if metrics_file is not None:
         write_metrics_file(metrics_file, flatten_metrics_with_classes(metrics))
-    log.info("%s: accuracy %.4f macro F1 %.4f (%d images)", title or split, metrics["accuracy"],
-             metrics["macro_f1"], metrics["count"])
+    log.info(
+        "%s: accuracy %.4f macro F1 %.4f (%d images)",
+        title or split,
+        metrics["accuracy"],
+        metrics["macro_f1"],
+        metrics["count"],
+    )
     return metrics
 
 
@@ -74,27 +86,37 @@ def serving_model(model: Path, engine: Path | None) -> tuple[Predictor, list[Pat
         manifest = engines.read_manifest(engine)
         if manifest["default_engine"] != "tensorflow":
             name, precision = manifest["default_engine"], manifest["serving_precision"]
-            return (engines.open_predictor(engine, name, precision),
-                    engines.model_files(engine, name, precision))
+            return (
+                engines.open_predictor(engine, name, precision),
+                engines.model_files(engine, name, precision),
+            )
     return engines.keras_predictor(load_classifier(model)), [Path(model)]
 
 
 def _write_results(
-    out: Path, metrics: dict, probs: np.ndarray, labels: np.ndarray, images,
-    class_names: list[str], gallery_size: int,
+    out: Path,
+    metrics: dict,
+    probs: np.ndarray,
+    labels: np.ndarray,
+    images,
+    class_names: list[str],
+    gallery_size: int,
 ) -> None:
-    np.savez_compressed(out / PREDICTIONS_FILE, probabilities=probs.astype(np.float32),
-                        labels=labels)
-    plot_confusion(np.asarray(metrics["confusion_matrix"]), class_names,
-                   out / CONFUSION_PNG)
+    np.savez_compressed(
+        out / PREDICTIONS_FILE, probabilities=probs.astype(np.float32), labels=labels
+    )
+    plot_confusion(np.asarray(metrics["confusion_matrix"]), class_names, out / CONFUSION_PNG)
     if gallery_size:
         plot_gallery(images, labels, probs, class_names, gallery_size, out / GALLERY_PNG)
-    (out / CONFUSION_JSON).write_text(json.dumps(
-        {"class_names": class_names, "matrix": metrics["confusion_matrix"]}) + "\n")
+    (out / CONFUSION_JSON).write_text(
+        json.dumps({"class_names": class_names, "matrix": metrics["confusion_matrix"]}) + "\n"
+    )
     with (out / CONFUSION_PAIRS_CSV).open("w") as handle:
         handle.write("actual,predicted\n")
-        handle.writelines(f"{class_names[t]},{class_names[p]}\n"
-                          for t, p in zip(labels, probs.argmax(axis=1), strict=True))
+        handle.writelines(
+            f"{class_names[t]},{class_names[p]}\n"
+            for t, p in zip(labels, probs.argmax(axis=1), strict=True)
+        )
     summary = {k: v for k, v in metrics.items() if k not in STRUCTURED}
     (out / METRICS_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     (out / DETAILS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")

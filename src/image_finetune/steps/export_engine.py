@@ -33,34 +33,53 @@ def export_engine(params: Params, data: Path, model: Path, out: Path) -> dict:
     test = load_split(data, "test")
     shutil.rmtree(out, ignore_errors=True)  # never a file of an earlier export left over
     out.mkdir(parents=True)
-    manifest = {"default_engine": engine, "serving_precision": "fp32",
-                "input_shape": [int(d) for d in classifier.input_shape[1:]],
-                "class_names": read_manifest(data)["class_names"],
-                "outputs": [engines.PROBABILITIES, engines.EMBEDDING], "files": {},
-                "agreement": {}, "int8": None}
+    manifest = {
+        "default_engine": engine,
+        "serving_precision": "fp32",
+        "input_shape": [int(d) for d in classifier.input_shape[1:]],
+        "class_names": read_manifest(data)["class_names"],
+        "outputs": [engines.PROBABILITIES, engines.EMBEDDING],
+        "files": {},
+        "agreement": {},
+        "int8": None,
+    }
     if engine != "tensorflow":
-        fp32 = _convert_and_compare(classifier, out, test.images, params.evaluate.batch_size,
-                                    manifest["agreement"])
+        fp32 = _convert_and_compare(
+            classifier, out, test.images, params.evaluate.batch_size, manifest["agreement"]
+        )
         if params.engine.int8:
             labels = np.asarray(test.labels)
-            manifest["int8"] = _int8(params, data, out, engine, test.images,
-                                     per_image_correct(fp32[engine], labels), labels)
+            manifest["int8"] = _int8(
+                params,
+                data,
+                out,
+                engine,
+                test.images,
+                per_image_correct(fp32[engine], labels),
+                labels,
+            )
             if manifest["int8"]["servable"]:
                 manifest["serving_precision"] = "int8"
     manifest["files"] = engines.file_hashes(out)
     (out / ENGINE_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    log.info("engine %s, serving %s: %s", engine, manifest["serving_precision"],
-             json.dumps({"agreement": manifest["agreement"], "int8": manifest["int8"]}))
+    log.info(
+        "engine %s, serving %s: %s",
+        engine,
+        manifest["serving_precision"],
+        json.dumps({"agreement": manifest["agreement"], "int8": manifest["int8"]}),
+    )
     return manifest
 
 
-def _convert_and_compare(classifier, out: Path, images, batch_size: int,
-                         agreement: dict) -> dict[str, np.ndarray]:
+def _convert_and_compare(
+    classifier, out: Path, images, batch_size: int, agreement: dict
+) -> dict[str, np.ndarray]:
     """Both fast engines' fp32 models, each checked against Keras on ``images``; their
     probabilities out, by engine. An engine beyond the tolerance fails the step."""
     engines.convert_keras(classifier, out, engines.FAST_ENGINES)
-    reference = predict_batches(engines.keras_predictor(classifier), images, batch_size,
-                                "keras (reference)")
+    reference = predict_batches(
+        engines.keras_predictor(classifier), images, batch_size, "keras (reference)"
+    )
     probabilities = {}
     for engine in engines.FAST_ENGINES:
         predictor = engines.open_predictor(out, engine, "fp32")
@@ -71,21 +90,26 @@ def _convert_and_compare(classifier, out: Path, images, batch_size: int,
             raise EngineError(
                 f"{engine} fp32 gives probabilities up to {difference:.3g} away from Keras's "
                 f"on the test split ({agreement[engine]['disagreements']} different classes; "
-                f"tolerance {engines.FP32_TOLERANCE}): the conversion is wrong, not served")
+                f"tolerance {engines.FP32_TOLERANCE}): the conversion is wrong, not served"
+            )
     return probabilities
 
 
-def _int8(params: Params, data: Path, out: Path, engine: str, images, fp32_correct,
-          labels) -> dict:
+def _int8(params: Params, data: Path, out: Path, engine: str, images, fp32_correct, labels) -> dict:
     """Quantize the serving engine's model on a seeded sample of training images, evaluate
     it on ``images`` and apply the rule."""
     train = load_split(data, "train").images
     count = min(params.engine.calibration_images, len(train))
-    rows = np.sort(np.random.default_rng(params.train.seed).choice(len(train), count,
-                                                                   replace=False))
+    rows = np.sort(
+        np.random.default_rng(params.train.seed).choice(len(train), count, replace=False)
+    )
     engines.quantize_int8(out, engine, np.asarray(take(train, rows)))
     predictor = engines.open_predictor(out, engine, "int8")
     int8 = predict_batches(predictor, images, params.evaluate.batch_size, f"{engine} int8")
-    verdict = engines.int8_verdict(fp32_correct, per_image_correct(int8, labels),
-                                   params.engine.max_int8_loss_points, params.gate.significance)
+    verdict = engines.int8_verdict(
+        fp32_correct,
+        per_image_correct(int8, labels),
+        params.engine.max_int8_loss_points,
+        params.gate.significance,
+    )
     return {"engine": engine, "calibration_images": count, **verdict}

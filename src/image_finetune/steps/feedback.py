@@ -39,8 +39,11 @@ def export_feedback(feedback_uri: str | None, out: Path) -> dict:
         watermark = store.watermark()
         for record in store.records(with_images=True):
             name = f"{record.request_id}-{record.image_index}"
-            if (not record.image or record.image_format is None
-                    or not safe_folder_name(record.label)):
+            if (
+                not record.image
+                or record.image_format is None
+                or not safe_folder_name(record.label)
+            ):
                 skipped.append(name)
                 continue
             folder = out / SPLIT / record.label
@@ -53,8 +56,13 @@ def export_feedback(feedback_uri: str | None, out: Path) -> dict:
     finally:
         store.close()
     ExportRecord(written, new, watermark, max(newest, watermark)).write(out)
-    return {"out": str(out), "images": written, "new_since_retrain": new,
-            "classes": sorted(classes), "skipped": skipped}
+    return {
+        "out": str(out),
+        "images": written,
+        "new_since_retrain": new,
+        "classes": sorted(classes),
+        "skipped": skipped,
+    }
 
 
 def mark_retrained(feedback_uri: str | None, export: Path, note: str = "retrained") -> dict:
@@ -62,6 +70,7 @@ def mark_retrained(feedback_uri: str | None, export: Path, note: str = "retraine
     watermark moves to the newest label exported)."""
     record = read_export_record(export)
     if record is None:
-        raise MissingInputError(f"{export}: no {EXPORT_RECORD}: not an export of "
-                                "image-finetune feedback")
+        raise MissingInputError(
+            f"{export}: no {EXPORT_RECORD}: not an export of image-finetune feedback"
+        )
     return mark_export_retrained(feedback_uri, record, note)

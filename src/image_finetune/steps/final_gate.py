@@ -22,13 +22,15 @@ def final_gate(params: Params, evaluation: Path, out: Path) -> Decision:
     Raises GateFailedError (after writing it) when the model falls short."""
     metrics, probabilities, labels = read_evaluation(evaluation)
     champion = champion_results(params.registry, labels)
-    decision = decide(metrics, params.gate, "test", per_image_correct(probabilities, labels),
-                      champion)
+    decision = decide(
+        metrics, params.gate, "test", per_image_correct(probabilities, labels), champion
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(decision.to_json(), indent=2) + "\n")
     log.info("final gate on test:\n  %s", "\n  ".join(decision.reasons))
     if not decision.passed:
-        raise GateFailedError("the model does not meet the requirements on test:\n  "
-                              + "\n  ".join(c.line for c in decision.failures))
+        raise GateFailedError(
+            "the model does not meet the requirements on test:\n  "
+            + "\n  ".join(c.line for c in decision.failures)
+        )
     return decision
-

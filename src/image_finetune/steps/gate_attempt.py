@@ -30,7 +30,12 @@ class AttemptVerdict:
 
 
 def gate_attempt(
-    params: Params, index: int, rung: str, rungs: int, evaluation: Path, out: Path,
+    params: Params,
+    index: int,
+    rung: str,
+    rungs: int,
+    evaluation: Path,
+    out: Path,
     previous: Path | None = None,
 ) -> AttemptVerdict:
     """Decide on attempt ``index`` (rung ``rung`` of ``rungs``) from its validation
@@ -40,13 +45,33 @@ def gate_attempt(
     decision = decide(metrics, params.gate, "validation")
     records = [*read_records(previous), AttemptRecord.of(index, rung, decision, metrics)]
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({**decision.to_json(), "index": index, "rung": rung,
-                               "ladder": [r.to_json() for r in records]}, indent=2) + "\n")
-    log.info("attempt %d (%s): %s\n  %s", index, rung,
-             "PASSED" if decision.passed else "failed", "\n  ".join(decision.reasons))
+    out.write_text(
+        json.dumps(
+            {
+                **decision.to_json(),
+                "index": index,
+                "rung": rung,
+                "ladder": [r.to_json() for r in records],
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    log.info(
+        "attempt %d (%s): %s\n  %s",
+        index,
+        rung,
+        "PASSED" if decision.passed else "failed",
+        "\n  ".join(decision.reasons),
+    )
     if undecided(metrics, params.gate.min_accuracy):
-        log.warning("attempt %d (%s): the accuracy threshold %.4g lies inside the accuracy's "
-                    "95%% interval on %s: the validation split is too small to decide; "
-                    "raise data.min_validation_per_class or bring more images", index, rung,
-                    params.gate.min_accuracy, evaluation)
+        log.warning(
+            "attempt %d (%s): the accuracy threshold %.4g lies inside the accuracy's "
+            "95%% interval on %s: the validation split is too small to decide; "
+            "raise data.min_validation_per_class or bring more images",
+            index,
+            rung,
+            params.gate.min_accuracy,
+            evaluation,
+        )
     return AttemptVerdict(decision, records, ladder_verdict(records, rungs))

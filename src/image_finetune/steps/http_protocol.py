@@ -14,14 +14,16 @@ import logging
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 log = logging.getLogger(__name__)
-REASONS = {408: b"Request Timeout", 414: b"URI Too Long",
-           431: b"Request Header Fields Too Large"}
+REASONS = {408: b"Request Timeout", 414: b"URI Too Long", 431: b"Request Header Fields Too Large"}
 
 
 def guarded_protocol(header_timeout: float, max_header_bytes: int) -> type[HttpToolsProtocol]:
     """Uvicorn's httptools protocol with these limits (``uvicorn.run(http=...)``)."""
-    return type("GuardedHttpProtocol", (GuardedHttpProtocol,), {
-        "header_timeout": header_timeout, "max_header_bytes": max_header_bytes})
+    return type(
+        "GuardedHttpProtocol",
+        (GuardedHttpProtocol,),
+        {"header_timeout": header_timeout, "max_header_bytes": max_header_bytes},
+    )
 
 
 class GuardedHttpProtocol(HttpToolsProtocol):
@@ -99,8 +101,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
-        self._refuse(408, f"request line and headers not received within "
-                          f"{self.header_timeout:g} s")
+        self._refuse(408, f"request line and headers not received within {self.header_timeout:g} s")
 
     def _refuse(self, status: int, message: str) -> None:
         """Answer ``status`` with a JSON ``detail`` and close the connection."""
@@ -112,5 +113,6 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         body = json.dumps({"detail": message}).encode()
         self.transport.write(
             b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
-            b"connection: close\r\n\r\n" % (status, REASONS[status], len(body)) + body)
+            b"connection: close\r\n\r\n" % (status, REASONS[status], len(body)) + body
+        )
         self.transport.close()

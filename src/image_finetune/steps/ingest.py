@@ -45,19 +45,31 @@ def ingest_data(params: Params, out: Path, root: Path) -> dict:
         raw = read_source(data, source_path, scratch)
         if "test" not in raw.images and UNSPLIT not in raw.images:
             raise IngestError(f"{source_path}: no test split found")
-        splits, sources, holdout = canonical_splits(raw, data.validation_fraction, data.seed,
-                                                    data.min_validation_per_class,
-                                                    data.test_fraction)
+        splits, sources, holdout = canonical_splits(
+            raw,
+            data.validation_fraction,
+            data.seed,
+            data.min_validation_per_class,
+            data.test_fraction,
+        )
         if holdout == BY_CONTENT and (empty := empty_classes(splits, raw.class_names)):
-            raise IngestError(f"{source_path}: some classes have too few images to split "
-                              f"(each image goes to test with probability data.test_fraction="
-                              f"{data.test_fraction} and to validation with probability "
-                              f"data.validation_fraction={data.validation_fraction}, by its "
-                              "content): bring more images of them", empty)
+            raise IngestError(
+                f"{source_path}: some classes have too few images to split "
+                f"(each image goes to test with probability data.test_fraction="
+                f"{data.test_fraction} and to validation with probability "
+                f"data.validation_fraction={data.validation_fraction}, by its "
+                "content): bring more images of them",
+                empty,
+            )
         extra = add_extra(data, raw.class_names, splits, sources, scratch)
-        manifest = write_dataset(out, raw.class_names, splits,
-                                 {**manifest_extra(data, source_path, holdout), **extra},
-                                 sources, data.shard_size)
+        manifest = write_dataset(
+            out,
+            raw.class_names,
+            splits,
+            {**manifest_extra(data, source_path, holdout), **extra},
+            sources,
+            data.shard_size,
+        )
     counts = {name: info["count"] for name, info in manifest["splits"].items()}
     log.info("ingested %s -> %s: %s", source_path, out, counts)
     warn_small_split(manifest, "validation", data.min_validation_per_class)
@@ -72,15 +84,19 @@ def add_extra(data, class_names: list[str], splits: dict, sources: dict, scratch
     if not data.extra_paths:
         return {}
     how = image_fit({"params": {"on_wrong_size": data.on_wrong_size}})
-    images, labels, names = read_extra_images(data.extra_paths, class_names, data.image_size,
-                                              how, scratch / "extra")
+    images, labels, names = read_extra_images(
+        data.extra_paths, class_names, data.image_size, how, scratch / "extra"
+    )
     if images is not None:
         add_to_train(splits, sources, images, labels, names)
     log.info("extra labelled images: %d from %s", len(labels), data.extra_paths)
-    return {"extra_training": {"folders": [Path(p).name for p in data.extra_paths],
-                               "images": len(labels),
-                               "per_class": {name: int((labels == i).sum())
-                                             for i, name in enumerate(class_names)}}}
+    return {
+        "extra_training": {
+            "folders": [Path(p).name for p in data.extra_paths],
+            "images": len(labels),
+            "per_class": {name: int((labels == i).sum()) for i, name in enumerate(class_names)},
+        }
+    }
 
 
 def manifest_extra(data: DataParams, source_path: Path, holdout: str) -> dict:
@@ -93,8 +109,11 @@ def manifest_extra(data: DataParams, source_path: Path, holdout: str) -> dict:
     unused = {"path", "shard_size", "extra_paths"}
     if holdout != BY_CONTENT:
         unused |= TEST_HOLDOUT_PARAMS
-    extra = {"source": source, "validation_holdout": holdout,
-             "params": data.model_dump(mode="json", exclude=unused)}
+    extra = {
+        "source": source,
+        "validation_holdout": holdout,
+        "params": data.model_dump(mode="json", exclude=unused),
+    }
     if holdout == BY_CONTENT:  # which file went where: {split}_sources.json, pinned here
         extra["test_holdout"] = holdout
     return extra
@@ -105,10 +124,20 @@ def warn_small_split(manifest: dict, split: str, minimum: int) -> None:
     per_class = manifest["splits"][split]["per_class"]
     short = {name: n for name, n in per_class.items() if n < minimum}
     if short:
-        consequence = ("the gate decides on noise; bring more images (each attempt's decision "
-                       "shows the accuracy's 95% interval)" if split == "validation" else
-                       "the test figures are noisy; bring more images (the evaluation shows "
-                       "the accuracy's 95% interval) or raise data.test_fraction")
-        log.warning("%s holds fewer than data.min_%s_per_class=%d images for %d of %d classes "
-                    "(%s): %s", split, split, minimum, len(short), len(per_class),
-                    ", ".join(f"{k}: {v}" for k, v in list(short.items())[:5]), consequence)
+        consequence = (
+            "the gate decides on noise; bring more images (each attempt's decision "
+            "shows the accuracy's 95% interval)"
+            if split == "validation"
+            else "the test figures are noisy; bring more images (the evaluation shows "
+            "the accuracy's 95% interval) or raise data.test_fraction"
+        )
+        log.warning(
+            "%s holds fewer than data.min_%s_per_class=%d images for %d of %d classes (%s): %s",
+            split,
+            split,
+            minimum,
+            len(short),
+            len(per_class),
+            ", ".join(f"{k}: {v}" for k, v in list(short.items())[:5]),
+            consequence,
+        )

@@ -24,8 +24,15 @@ from image_finetune.ladder import AttemptRecord
 from image_finetune.monitoring.feedback_store import EXPORT_RECORD, ExportRecord
 
 # Re-exported: defined below the steps, where domain modules read or write them too.
-__all__ = ["CONFUSION_PNG", "DATA_MANIFEST", "ENGINE_MANIFEST", "EXPORT_RECORD", "GALLERY_PNG",
-           "MODEL_FILE", "REPORT_HTML"]
+__all__ = [
+    "CONFUSION_PNG",
+    "DATA_MANIFEST",
+    "ENGINE_MANIFEST",
+    "EXPORT_RECORD",
+    "GALLERY_PNG",
+    "MODEL_FILE",
+    "REPORT_HTML",
+]
 
 # validate, train-rung (an attempt's folder): the step's result
 RESULT_FILE = "result.json"

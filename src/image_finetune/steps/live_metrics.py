@@ -30,8 +30,11 @@ def live_metrics(folder: Path | None) -> LiveMetrics | None:
     except ImportError:
         log.warning("dvclive is not installed: no live metrics in %s", folder)
     except SCMError as exc:
-        log.warning("DVCLive cannot log in this repository (%s: commit once first); no live "
-                    "metrics in %s", exc, folder)
+        log.warning(
+            "DVCLive cannot log in this repository (%s: commit once first); no live metrics in %s",
+            exc,
+            folder,
+        )
     return None
 
 
@@ -43,8 +46,7 @@ class LiveMetrics:
 
         # Entered as a context: the callback's end of each fit then leaves the run open.
         self.run = ExitStack()
-        self.live = self.run.enter_context(Live(str(folder), save_dvc_exp=False,
-                                                dvcyaml=False))
+        self.live = self.run.enter_context(Live(str(folder), save_dvc_exp=False, dvcyaml=False))
         self.attempt_start = self.live.step
 
     def callbacks(self) -> list:
@@ -66,8 +68,9 @@ class LiveMetrics:
                 for name, value in row.items():
                     if name not in NOT_FIGURES and value not in ("", None):
                         # the callback's names: train/accuracy, eval/accuracy, ...
-                        self.live.log_metric(standardize_metric_name(name, "dvclive.keras"),
-                                             float(value))
+                        self.live.log_metric(
+                            standardize_metric_name(name, "dvclive.keras"), float(value)
+                        )
                 self.live.next_step()
 
     def close(self) -> None:

@@ -22,8 +22,10 @@ log = logging.getLogger(__name__)
 def locate_sources(params: Params, root: Path, out: Path) -> dict:
     """Choose the data and weights for ``params`` (relative paths against ``root``) and
     write what was chosen, by name and content hash, to ``out``."""
-    record = {"data": data_record(choose_data(params.data, root)),
-              "weights": weights_record(choose_weights(params.model, root))}
+    record = {
+        "data": data_record(choose_data(params.data, root)),
+        "weights": weights_record(choose_weights(params.model, root)),
+    }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     log.info("sources: data %s, weights %s", record["data"], record["weights"])
@@ -39,8 +41,10 @@ def data_record(data: DataParams) -> dict:
         return {"source": "tfds", "name": data.tfds_name, **extra}
     path = Path(data.path)
     if not path.exists():
-        raise MissingInputError(f"{path}: data source not found (set data.path or "
-                                "$IMAGE_FINETUNE_DATA, or data.source: auto to download)")
+        raise MissingInputError(
+            f"{path}: data source not found (set data.path or "
+            "$IMAGE_FINETUNE_DATA, or data.source: auto to download)"
+        )
     digest = labels_content_sha256(path) if data.source == "labels" else content_sha256(path)
     return {"source": data.source, "name": path.name, "sha256": digest, **extra}
 
@@ -55,8 +59,11 @@ def extra_record(data: DataParams) -> dict:
     missing = [p for p in data.extra_paths if not Path(p).is_dir()]
     if missing:
         raise MissingInputError(f"data.extra_paths: no folder at {', '.join(missing)}")
-    return {"extra": [{"name": Path(p).name, "sha256": content_sha256(Path(p))}
-                      for p in data.extra_paths]}
+    return {
+        "extra": [
+            {"name": Path(p).name, "sha256": content_sha256(Path(p))} for p in data.extra_paths
+        ]
+    }
 
 
 def weights_record(model: ModelParams) -> dict:
@@ -65,10 +72,16 @@ def weights_record(model: ModelParams) -> dict:
         return {"backbone": model.backbone, "weights": model.weights}
     path = Path(model.weights)
     if not path.is_file():
-        raise MissingInputError(f"{path}: backbone weights not found (set model.weights or "
-                                "$IMAGE_FINETUNE_WEIGHTS; 'auto' downloads ImageNet weights)")
-    return {"backbone": model.backbone, "weights": "file", "name": path.name,
-            "sha256": sha256_file(path)}
+        raise MissingInputError(
+            f"{path}: backbone weights not found (set model.weights or "
+            "$IMAGE_FINETUNE_WEIGHTS; 'auto' downloads ImageNet weights)"
+        )
+    return {
+        "backbone": model.backbone,
+        "weights": "file",
+        "name": path.name,
+        "sha256": sha256_file(path),
+    }
 
 
 def content_sha256(path: Path) -> str:

@@ -22,15 +22,21 @@ class RegistryListing:
         """A table of versions, then the history, as a person reads them."""
         rows = [f"{'version':>7}  {'aliases':<22} {'test acc':>8} {'macro F1':>8}  created"]
         for row in self.versions:
-            accuracy, f1 = (f"{row[k]:.4f}" if row[k] is not None else "-"
-                            for k in ("test_accuracy", "test_macro_f1"))
-            rows.append(f"{row['version']:>7}  {','.join(row['aliases']) or '-':<22} "
-                        f"{accuracy:>8} {f1:>8}  {row['created']}")
+            accuracy, f1 = (
+                f"{row[k]:.4f}" if row[k] is not None else "-"
+                for k in ("test_accuracy", "test_macro_f1")
+            )
+            rows.append(
+                f"{row['version']:>7}  {','.join(row['aliases']) or '-':<22} "
+                f"{accuracy:>8} {f1:>8}  {row['created']}"
+            )
         for entry in self.history:
             previous = f"v{entry['previous']}" if entry["previous"] else "none"
             state = "" if entry["state"] == "done" else f" [{entry['state']}]"
-            rows.append(f"{entry['at']} {entry['action']:<8} v{entry['version']} (previous: "
-                        f"{previous}) by {entry['by']}: {entry['reason']}{state}")
+            rows.append(
+                f"{entry['at']} {entry['action']:<8} v{entry['version']} (previous: "
+                f"{previous}) by {entry['by']}: {entry['reason']}{state}"
+            )
         if self.unfinished:
             rows.append(self.unfinished)
         return rows

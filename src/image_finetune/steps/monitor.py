@@ -74,8 +74,13 @@ class Observed:
     problems: list[str] = field(default_factory=list)
 
 
-def monitor(params: Params, source: Path, out: Path, root: Path,
-            settings: MonitorSettings = MonitorSettings()) -> dict:
+def monitor(
+    params: Params,
+    source: Path,
+    out: Path,
+    root: Path,
+    settings: MonitorSettings = MonitorSettings(),
+) -> dict:
     """Test ``source`` against the reference of the registered version ``settings`` name;
     write ``drift.json`` and ``drift.html`` to ``out``; return the JSON's content."""
     source = Path(source)
@@ -88,21 +93,31 @@ def monitor(params: Params, source: Path, out: Path, root: Path,
         if is_recorded(source):
             observed = read_recorded(source, profile)
         else:
-            observed = _summarise_images(client, params, version, source, profile, Path(work),
-                                         settings.max_images)
-    result = test_window(profile, observed.window, settings.alpha, settings.permutations,
-                         settings.seed)
+            observed = _summarise_images(
+                client, params, version, source, profile, Path(work), settings.max_images
+            )
+    result = test_window(
+        profile, observed.window, settings.alpha, settings.permutations, settings.seed
+    )
     labelled, total = count_labelled(settings.labels) if settings.labels else (0, 0)
-    report = {**result.to_dict(), "model_name": name, "model_version": str(version.version),
-              "source": str(source), "unreadable": observed.problems[:MAX_LISTED_PROBLEMS],
-              "labels": labelled, "labels_total": total, "min_labels": settings.min_labels,
-              "retrain": _retrain_decision(result, labelled, settings)}
+    report = {
+        **result.to_dict(),
+        "model_name": name,
+        "model_version": str(version.version),
+        "source": str(source),
+        "unreadable": observed.problems[:MAX_LISTED_PROBLEMS],
+        "labels": labelled,
+        "labels_total": total,
+        "min_labels": settings.min_labels,
+        "retrain": _retrain_decision(result, labelled, settings),
+    }
     write_report(out, report, result, profile, observed)
     if report["retrain"]["wanted"] and settings.retrain:
         report["retrain"].update(retrain(root, settings))
         (out / DRIFT_JSON).write_text(json.dumps(report, indent=2) + "\n")
-    log.info("%s v%s on %s: %s", name, version.version, source,
-             "DRIFT" if result.drift else "no drift")
+    log.info(
+        "%s v%s on %s: %s", name, version.version, source, "DRIFT" if result.drift else "no drift"
+    )
     return report
 
 
@@ -111,7 +126,8 @@ def _reference(client, name: str, version: str, work: Path) -> ReferenceProfile:
     if folder is None:
         raise MissingInputError(
             f"{name} v{version} has no reference profile (registered before profiles "
-            "existed): register a model trained by this pipeline, whose profile step makes one")
+            "existed): register a model trained by this pipeline, whose profile step makes one"
+        )
     try:
         return ReferenceProfile.load(folder).with_version(version)
     except ProfileError as exc:
@@ -128,14 +144,18 @@ def read_recorded(path: Path, profile: ReferenceProfile) -> Observed:
     """A window from a server's recorded summaries: an .npz of ``probabilities`` [N, C],
     ``projected`` [N, k] and ``image_stats`` [N, 4], no pickles, bounded in size."""
     if path.stat().st_size > MAX_RECORDED_BYTES:
-        raise IngestError(f"{path}: {path.stat().st_size} bytes, more than recorded windows "
-                          f"may hold ({MAX_RECORDED_BYTES})")
+        raise IngestError(
+            f"{path}: {path.stat().st_size} bytes, more than recorded windows "
+            f"may hold ({MAX_RECORDED_BYTES})"
+        )
     try:
         with np.load(path, allow_pickle=False) as stored:
             missing = [k for k in RECORDED_ARRAYS if k not in stored.files]
             if missing:
-                raise IngestError(f"{path}: recorded windows lack {missing} "
-                                  f"(expected arrays {list(RECORDED_ARRAYS)})")
+                raise IngestError(
+                    f"{path}: recorded windows lack {missing} "
+                    f"(expected arrays {list(RECORDED_ARRAYS)})"
+                )
             arrays = [np.asarray(stored[k], dtype=np.float32) for k in RECORDED_ARRAYS]
         window = Window(*arrays)
     except (ValueError, OSError, EOFError) as exc:
@@ -143,11 +163,15 @@ def read_recorded(path: Path, profile: ReferenceProfile) -> Observed:
     if not all(np.isfinite(a).all() for a in arrays):
         raise IngestError(f"{path}: recorded windows hold NaN or infinite values")
     if window.probabilities.shape[1] != len(profile.class_names):
-        raise IngestError(f"{path}: {window.probabilities.shape[1]} classes recorded, the "
-                          f"reference has {len(profile.class_names)}")
+        raise IngestError(
+            f"{path}: {window.probabilities.shape[1]} classes recorded, the "
+            f"reference has {len(profile.class_names)}"
+        )
     if window.projected.shape[1] != profile.dimensions:
-        raise IngestError(f"{path}: embeddings projected to {window.projected.shape[1]} "
-                          f"dimensions, the reference to {profile.dimensions}")
+        raise IngestError(
+            f"{path}: embeddings projected to {window.projected.shape[1]} "
+            f"dimensions, the reference to {profile.dimensions}"
+        )
     return Observed(window)
 
 
@@ -171,13 +195,16 @@ def read_images(source: Path, size: int, how: str, limit: int) -> tuple[np.ndarr
     return np.stack(images), problems
 
 
-def _summarise_images(client, params: Params, version, source: Path,
-                      profile: ReferenceProfile, work: Path, limit: int) -> Observed:
+def _summarise_images(
+    client, params: Params, version, source: Path, profile: ReferenceProfile, work: Path, limit: int
+) -> Observed:
     classifier = _load_version(client, params.registry.tracking_uri, version, work)
-    images, problems = read_images(source, int(classifier.input_shape[1]),
-                                   registered_fit(version), limit)
-    probabilities, embeddings = summarise(embedding_model(classifier), images,
-                                          params.evaluate.batch_size)
+    images, problems = read_images(
+        source, int(classifier.input_shape[1]), registered_fit(version), limit
+    )
+    probabilities, embeddings = summarise(
+        embedding_model(classifier), images, params.evaluate.batch_size
+    )
     window = Window(probabilities, profile.project(embeddings), image_statistics(images))
     return Observed(window, images, problems)
 
@@ -186,8 +213,7 @@ def _summarise_images(client, params: Params, version, source: Path,
 def _load_version(client, tracking_uri: str, version, work: Path):
     import mlflow
 
-    local = download_model(client, tracking_uri, version.name, version.version,
-                           str(work / "model"))
+    local = download_model(client, tracking_uri, version.name, version.version, str(work / "model"))
     return mlflow.keras.load_model(local)
 
 
@@ -196,8 +222,11 @@ def count_labelled(labels: Path) -> tuple[int, int]:
     retraining where it is an export (its record says), else every image counts as new."""
     if not Path(labels).is_dir():
         raise MissingInputError(f"{labels}: no folder of labelled images there")
-    total = sum(1 for entry in walk(Path(labels), [])
-                if not entry.is_folder and entry.path.suffix.lower() in IMAGE_SUFFIXES)
+    total = sum(
+        1
+        for entry in walk(Path(labels), [])
+        if not entry.is_folder and entry.path.suffix.lower() in IMAGE_SUFFIXES
+    )
     record = read_export_record(Path(labels))
     return (min(record.new_images, total) if record is not None else total), total
 
@@ -205,7 +234,9 @@ def count_labelled(labels: Path) -> tuple[int, int]:
 def _retrain_decision(result: DriftResult, labelled: int, settings: MonitorSettings) -> dict:
     reasons = (["drift"] if result.drift else []) + (
         [f"{labelled} new labelled images (>= {settings.min_labels})"]
-        if settings.labels and labelled >= settings.min_labels else [])
+        if settings.labels and labelled >= settings.min_labels
+        else []
+    )
     return {"wanted": bool(reasons), "reasons": reasons, "ran": False}
 
 
@@ -224,11 +255,11 @@ def run_pipeline(root: Path, settings: MonitorSettings) -> dict:
     command = retrain_command(settings)
     log.info("retraining: %s (in %s)", " ".join(command), root)
     try:  # this interpreter's DVC: the one installed beside the project, whatever PATH says
-        code = subprocess.run([sys.executable, "-m", *command], cwd=root,
-                              check=False).returncode
+        code = subprocess.run([sys.executable, "-m", *command], cwd=root, check=False).returncode
     except OSError as exc:
-        raise MissingInputError(f"could not run {command[0]} ({exc}): install DVC or run "
-                                "the pipeline yourself") from None
+        raise MissingInputError(
+            f"could not run {command[0]} ({exc}): install DVC or run the pipeline yourself"
+        ) from None
     return {"ran": True, "command": command, "exit_code": code}
 
 
@@ -236,24 +267,36 @@ def retrain(root: Path, settings: MonitorSettings) -> dict:
     """Run the pipeline; once it has run to its end with exported labels, move the feedback
     store's watermark past them (a failed run leaves them new: the next check counts them)."""
     outcome = run_pipeline(root, settings)
-    record = (read_export_record(settings.labels)
-              if outcome["exit_code"] == 0 and settings.labels is not None
-              and settings.feedback_uri else None)
+    record = (
+        read_export_record(settings.labels)
+        if outcome["exit_code"] == 0 and settings.labels is not None and settings.feedback_uri
+        else None
+    )
     if record is not None:
         outcome["watermark"] = mark_export_retrained(
-            settings.feedback_uri, record, f"image-finetune monitor --retrain in {root}")
+            settings.feedback_uri, record, f"image-finetune monitor --retrain in {root}"
+        )
     return outcome
 
 
-def write_report(out: Path, report: dict, result: DriftResult, profile: ReferenceProfile,
-                 observed: Observed) -> None:
+def write_report(
+    out: Path, report: dict, result: DriftResult, profile: ReferenceProfile, observed: Observed
+) -> None:
     """``drift.json`` and ``drift.html`` in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     (out / DRIFT_JSON).write_text(json.dumps(report, indent=2) + "\n")
-    facts = {"model": f"{report['model_name']} v{report['model_version']}",
-             "source": report["source"], "unreadable files": len(report["unreadable"]),
-             "labelled images": report["labels"],
-             "retrain": ", ".join(report["retrain"]["reasons"]) or "not needed"}
-    page = drift_html(result, test_figures(profile, observed.window),
-                      sample_grid(observed.images), "Drift report", facts)
+    facts = {
+        "model": f"{report['model_name']} v{report['model_version']}",
+        "source": report["source"],
+        "unreadable files": len(report["unreadable"]),
+        "labelled images": report["labels"],
+        "retrain": ", ".join(report["retrain"]["reasons"]) or "not needed",
+    }
+    page = drift_html(
+        result,
+        test_figures(profile, observed.window),
+        sample_grid(observed.images),
+        "Drift report",
+        facts,
+    )
     (out / DRIFT_HTML).write_text(page)

@@ -33,8 +33,14 @@ COLUMNS = ["file", "predicted", "probability", "top_k", "error"]
 
 
 def predict_batch(
-    params: Params, source: Path, out: Path, model: str = "", data_manifest: Path | None = None,
-    batch_size: int = 256, k: int = 3, engine: str | None = None,
+    params: Params,
+    source: Path,
+    out: Path,
+    model: str = "",
+    data_manifest: Path | None = None,
+    batch_size: int = 256,
+    k: int = 3,
+    engine: str | None = None,
 ) -> int:
     """Label every image under ``source`` with ``model`` (``models:/name@alias``,
     ``runs:/...`` or a .keras file; default: the registry's champion); write ``out``.
@@ -45,8 +51,12 @@ def predict_batch(
 
     uri = model or f"models:/{params.registry.model_name}@champion"
     classifier, names, how = _load(params, uri, resolve_engine(engine))
-    log.info("predict-batch: %s on %s %s", uri, getattr(classifier, "engine", "tensorflow"),
-             getattr(classifier, "precision", "fp32"))
+    log.info(
+        "predict-batch: %s on %s %s",
+        uri,
+        getattr(classifier, "engine", "tensorflow"),
+        getattr(classifier, "precision", "fp32"),
+    )
     if names is None and data_manifest is not None and data_manifest.exists():
         manifest = json.loads(data_manifest.read_text())
         names, how = manifest["class_names"], image_fit(manifest)
@@ -59,8 +69,9 @@ def predict_batch(
         if entry.is_folder:
             continue  # every file is tried: one that is not PNG or JPEG gets its error row
         try:
-            pending.append((str(entry.path), decode_image(entry.read(), str(entry.path), size,
-                                                          how)))
+            pending.append(
+                (str(entry.path), decode_image(entry.read(), str(entry.path), size, how))
+            )
         except ValueError as exc:
             rows.append(_error_row(str(entry.path), str(exc)))
         if len(pending) >= batch_size:
@@ -84,9 +95,16 @@ def _label(classifier, pending: list[tuple[str, np.ndarray]], names: list[str], 
     if not pending:
         return []
     probabilities = np.asarray(classifier.predict_on_batch(np.stack([a for _, a in pending])))
-    rows = [{"file": name, "predicted": best[0]["class"], "probability": best[0]["probability"],
-             "top_k": " ".join(f"{b['class']}:{b['probability']:.4f}" for b in best), "error": ""}
-            for (name, _), best in zip(pending, top_k(probabilities, names, k), strict=True)]
+    rows = [
+        {
+            "file": name,
+            "predicted": best[0]["class"],
+            "probability": best[0]["probability"],
+            "top_k": " ".join(f"{b['class']}:{b['probability']:.4f}" for b in best),
+            "error": "",
+        }
+        for (name, _), best in zip(pending, top_k(probabilities, names, k), strict=True)
+    ]
     pending.clear()
     return rows
 

@@ -27,15 +27,27 @@ def profile_classifier(params: Params, data: Path, model: Path, out: Path) -> Re
     summaries = embedding_model(load_classifier(model))
     train = load_split(data, "train").images
     count = min(settings.profile_fit_images, len(train))
-    rows = np.sort(np.random.default_rng(params.train.seed).choice(len(train), count,
-                                                                   replace=False))
+    rows = np.sort(
+        np.random.default_rng(params.train.seed).choice(len(train), count, replace=False)
+    )
     _, training_embeddings = summarise(summaries, take(train, rows), settings.batch_size)
     validation = load_split(data, "validation").images
     probabilities, embeddings = summarise(summaries, validation, settings.batch_size)
     stats = np.concatenate([image_statistics(chunk) for chunk in iter_chunks(validation)])
-    profile = build_profile(class_names, probabilities, embeddings, stats, training_embeddings,
-                            settings.profile_dimensions)
+    profile = build_profile(
+        class_names,
+        probabilities,
+        embeddings,
+        stats,
+        training_embeddings,
+        settings.profile_dimensions,
+    )
     profile.save(out)
-    log.info("reference profile: %d validation images, PCA(%d) fitted on %d training images "
-             "-> %s", len(profile), profile.dimensions, count, out)
+    log.info(
+        "reference profile: %d validation images, PCA(%d) fitted on %d training images -> %s",
+        len(profile),
+        profile.dimensions,
+        count,
+        out,
+    )
     return profile

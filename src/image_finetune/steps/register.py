@@ -54,10 +54,20 @@ log = logging.getLogger(__name__)
 
 @registry_errors
 def register_classifier(
-    params: Params, data: Path, evaluation: Path, decision: Path, out: Path, root: Path, *,
-    models: Path | None = None, model: Path | None = None, validation: Path | None = None,
-    profile: Path | None = None, pipeline_run_id: str | None = None,
-    lineage_extra: dict | None = None, engine: Path | None = None,
+    params: Params,
+    data: Path,
+    evaluation: Path,
+    decision: Path,
+    out: Path,
+    root: Path,
+    *,
+    models: Path | None = None,
+    model: Path | None = None,
+    validation: Path | None = None,
+    profile: Path | None = None,
+    pipeline_run_id: str | None = None,
+    lineage_extra: dict | None = None,
+    engine: Path | None = None,
 ) -> dict:
     """Track the run and register its classifier; write the outcome to ``out``.
 
@@ -73,14 +83,14 @@ def register_classifier(
             raise ValueError("register_classifier needs models or model")
         model = models / SELECTED / MODEL_FILE
     run_id = pipeline_run_id or lineage.inputs_run_id(
-        [model, evaluation / DETAILS_FILE, decision], params.digest())
+        [model, evaluation / DETAILS_FILE, decision], params.digest()
+    )
     client = client_for(params.registry)
     parent = tracking.parent_run(client, params, run_id)
     try:
         if models is not None:
             _log_attempts(client, parent, params, run_id, models)
-        data_files = [data / DATA_MANIFEST] + (
-            [validation / RESULT_FILE] if validation else [])
+        data_files = [data / DATA_MANIFEST] + ([validation / RESULT_FILE] if validation else [])
         tracking.log_files(client, parent, data_files, files_under="data")
         _log_evaluation(client, parent, evaluation, decision)
         tags = _lineage_tags(params, run_id, data, root, lineage_extra)
@@ -93,8 +103,9 @@ def register_classifier(
         if outcome["registered"] and profile is not None:
             _log_profile(client, parent, profile, outcome["version"])
         if outcome["registered"]:
-            facts = card_facts(params, outcome["version"], data, evaluation, decision, models,
-                               tags, engine)
+            facts = card_facts(
+                params, outcome["version"], data, evaluation, decision, models, tags, engine
+            )
             publish_card(client, parent, facts, evaluation)
     except BaseException:  # SIGTERM and Ctrl-C too: the run must not stay RUNNING
         tracking.end_run_quietly(client, parent, "FAILED")
@@ -111,40 +122,74 @@ def _lineage_tags(params: Params, run_id: str, data: Path, root: Path, extra: di
     if (root / "dvc.lock").exists():
         extra["dvc_lock_sha256"] = sha256_file(root / "dvc.lock")
     manifest = read_manifest(data)
-    return lineage.lineage_tags(run_id, params.digest(), manifest_digest(data),
-                                manifest["class_names"], extra, image_fit(manifest))
+    return lineage.lineage_tags(
+        run_id,
+        params.digest(),
+        manifest_digest(data),
+        manifest["class_names"],
+        extra,
+        image_fit(manifest),
+    )
 
 
 def _register(client, parent, params, model, data, evaluation, decision_file, tags) -> dict:
     decision = read_decision(decision_file)
     if not decision.passed:
-        return {"registered": False, "promoted": False, "version": None,
-                "reason": "the final gate failed: " + decision.failure_summary()}
+        return {
+            "registered": False,
+            "promoted": False,
+            "version": None,
+            "reason": "the final gate failed: " + decision.failure_summary(),
+        }
     name = params.registry.model_name
     example = np.asarray(load_split(data, "test").images[:4])
-    version = register_version(client, params.registry.tracking_uri, name, parent,
-                               load_classifier(model), example, tags, log_image_classifier)
+    version = register_version(
+        client,
+        params.registry.tracking_uri,
+        name,
+        parent,
+        load_classifier(model),
+        example,
+        tags,
+        log_image_classifier,
+    )
     client.set_registered_model_alias(name, CHALLENGER, version)
-    outcome = {"registered": True, "version": version, "model_uri": f"runs:/{parent}/model",
-               "promoted": False, "reason": "promotion disabled (registry.promote: false)"}
+    outcome = {
+        "registered": True,
+        "version": version,
+        "model_uri": f"runs:/{parent}/model",
+        "promoted": False,
+        "reason": "promotion disabled (registry.promote: false)",
+    }
     experiment = tags.get("dvc_experiment")
     if experiment and params.registry.promote and not params.registry.promote_experiments:
-        outcome["reason"] = (f"DVC experiment {experiment}: registered as challenger, never "
-                             f"promoted (registry.promote_experiments: false)")
+        outcome["reason"] = (
+            f"DVC experiment {experiment}: registered as challenger, never "
+            f"promoted (registry.promote_experiments: false)"
+        )
     elif params.registry.promote and is_alias(client, name, CHAMPION, version):
         outcome.update(promoted=True, reason="champion (promoted by an earlier try of this run)")
     elif params.registry.promote and decision.promote:
         _, probabilities, labels = read_evaluation(evaluation)
-        result = promote(params.registry, version, "; ".join(decision.reasons),
-                         per_image_correct(probabilities, labels), labels,
-                         params.gate.significance)
+        result = promote(
+            params.registry,
+            version,
+            "; ".join(decision.reasons),
+            per_image_correct(probabilities, labels),
+            labels,
+            params.gate.significance,
+        )
         outcome.update(promoted=result["promoted"], reason=result["reason"])
     elif params.registry.promote:
         outcome["reason"] = "not promoted: " + decision.failure_summary()
     client.set_tag(parent, "registered_version", version)
     client.set_tag(parent, "promoted", str(outcome["promoted"]))
-    log.info("registered %s v%s (%s)", name, version,
-             "promoted to champion" if outcome["promoted"] else outcome["reason"])
+    log.info(
+        "registered %s v%s (%s)",
+        name,
+        version,
+        "promoted to champion" if outcome["promoted"] else outcome["reason"],
+    )
     return outcome
 
 
@@ -161,8 +206,7 @@ def _log_engine(client, parent: str, engine: Path) -> dict[str, str]:
     the tags that say what it serves."""
     manifest = read_engine_manifest(engine)
     tracking.log_files(client, parent, [], {ENGINE_FOLDER: engine})
-    tags = {"engine": manifest["default_engine"],
-            "engine_precision": manifest["serving_precision"]}
+    tags = {"engine": manifest["default_engine"], "engine_precision": manifest["serving_precision"]}
     int8 = manifest.get("int8") or {}
     for key in ("accuracy", "fp32_accuracy", "loss_points", "mcnemar_p_value", "servable"):
         if key in int8:
@@ -184,9 +228,17 @@ def _log_attempts(client, parent: str, params: Params, run_id: str, models: Path
         folder, rung = attempt_folder(models, record.index), params.train.ladder[record.index]
         if tracking.nested_run_exists(client, parent, "attempt_index", str(record.index)):
             continue  # logged by an earlier try of this pipeline run
-        child = tracking.nested_run(client, parent, f"attempt-{record.index}-{rung.name}", {
-            "kind": "attempt", "pipeline_run_id": run_id, "gate_passed": str(record.passed),
-            "attempt_index": str(record.index)})
+        child = tracking.nested_run(
+            client,
+            parent,
+            f"attempt-{record.index}-{rung.name}",
+            {
+                "kind": "attempt",
+                "pipeline_run_id": run_id,
+                "gate_passed": str(record.passed),
+                "attempt_index": str(record.index),
+            },
+        )
         rung_params = {f"rung.{k}": str(v) for k, v in rung.model_dump(mode="json").items()}
         tracking.log_params(client, child, {**rung_params, "rung.index": str(record.index)})
         with (folder / HISTORY_FILE).open() as handle:
@@ -199,9 +251,11 @@ def _log_attempts(client, parent: str, params: Params, run_id: str, models: Path
 
 
 # The evaluation's pictures a card shows, by caption (those that exist).
-CARD_PICTURES = {"Confusion matrix (test)": CONFUSION_PNG,
-                 "Reliability (calibration)": RELIABILITY_PNG,
-                 "Misclassified test images": GALLERY_PNG}
+CARD_PICTURES = {
+    "Confusion matrix (test)": CONFUSION_PNG,
+    "Reliability (calibration)": RELIABILITY_PNG,
+    "Misclassified test images": GALLERY_PNG,
+}
 # The canonical splits as MLflow's dataset contexts.
 DATASET_CONTEXTS = {"train": "training", "validation": "validation", "test": "test"}
 # What a dataset input's profile shows of a split (not a sharded split's list of shards).
@@ -223,38 +277,74 @@ def data_inputs(params: Params, data: Path) -> list[tracking.DatasetRef]:
     manifest, digest = read_manifest(data), manifest_digest(data)
     name = f"{manifest.get('source', {}).get('name') or params.data.tfds_name}@{digest[:12]}"
     source = data_source_uri(params, manifest)
-    return [tracking.DatasetRef(name, split["images_sha256"], source, DATASET_CONTEXTS[key],
-                                {"manifest_sha256": digest, "split": key,
-                                 **{k: v for k, v in split.items() if k in PROFILED}})
-            for key, split in manifest["splits"].items() if key in DATASET_CONTEXTS]
+    return [
+        tracking.DatasetRef(
+            name,
+            split["images_sha256"],
+            source,
+            DATASET_CONTEXTS[key],
+            {
+                "manifest_sha256": digest,
+                "split": key,
+                **{k: v for k, v in split.items() if k in PROFILED},
+            },
+        )
+        for key, split in manifest["splits"].items()
+        if key in DATASET_CONTEXTS
+    ]
 
 
-def card_facts(params: Params, version: str, data: Path, evaluation: Path, decision: Path,
-               models: Path | None, tags: dict, engine: Path | None = None) -> CardFacts:
+def card_facts(
+    params: Params,
+    version: str,
+    data: Path,
+    evaluation: Path,
+    decision: Path,
+    models: Path | None,
+    tags: dict,
+    engine: Path | None = None,
+) -> CardFacts:
     """What the pipeline's files say of the registered version, for its model card."""
     metrics, _, _ = read_evaluation(evaluation)
     attempts = [r.to_json() for r in read_summary(models)] if models is not None else []
     return CardFacts(
-        model_name=params.registry.model_name, version=str(version),
-        backbone=params.model.backbone, class_names=json.loads(tags["class_names"]),
-        image_fit=tags.get("image_fit", "resize"), manifest=read_manifest(data),
-        manifest_sha256=manifest_digest(data), test=metrics,
-        decision=read_decision(decision).to_json(), attempts=attempts,
+        model_name=params.registry.model_name,
+        version=str(version),
+        backbone=params.model.backbone,
+        class_names=json.loads(tags["class_names"]),
+        image_fit=tags.get("image_fit", "resize"),
+        manifest=read_manifest(data),
+        manifest_sha256=manifest_digest(data),
+        test=metrics,
+        decision=read_decision(decision).to_json(),
+        attempts=attempts,
         engine=read_engine_manifest(engine) if engine is not None else None,
-        lineage={key: tags[key] for key in ("pipeline_run_id", "git_commit", "params_sha256")
-                 if key in tags})
+        lineage={
+            key: tags[key]
+            for key in ("pipeline_run_id", "git_commit", "params_sha256")
+            if key in tags
+        },
+    )
 
 
 def publish_card(client, parent: str, facts: CardFacts, evaluation: Path) -> None:
     """The card as the version's description and as Markdown and HTML in its run."""
-    pictures = {caption: evaluation / name for caption, name in CARD_PICTURES.items()
-                if (evaluation / name).exists()}
+    pictures = {
+        caption: evaluation / name
+        for caption, name in CARD_PICTURES.items()
+        if (evaluation / name).exists()
+    }
     with tempfile.TemporaryDirectory() as work:
         markdown, page = Path(work) / CARD_MARKDOWN, Path(work) / CARD_HTML
-        markdown.write_text(card_markdown(facts, {caption: f"{EVALUATION}/{path.name}"
-                                                  for caption, path in pictures.items()}))
-        page.write_text(card_html(facts, {caption: path.read_bytes()
-                                          for caption, path in pictures.items()}))
+        markdown.write_text(
+            card_markdown(
+                facts, {caption: f"{EVALUATION}/{path.name}" for caption, path in pictures.items()}
+            )
+        )
+        page.write_text(
+            card_html(facts, {caption: path.read_bytes() for caption, path in pictures.items()})
+        )
         tracking.log_files(client, parent, [markdown, page])
-    client.update_model_version(facts.model_name, facts.version,
-                                description=card_description(facts))
+    client.update_model_version(
+        facts.model_name, facts.version, description=card_description(facts)
+    )

@@ -27,13 +27,16 @@ def rollout_versions(params: Params, challenger_alias: str) -> tuple[str, str]:
         missing = CHAMPION if champion is None else challenger_alias
         raise RegistryError(f"{name} has no {missing!r} version: nothing to roll out")
     if str(champion.version) == str(challenger.version):
-        raise RegistryError(f"{name}'s {challenger_alias!r} is the champion "
-                            f"(v{champion.version}): nothing to roll out")
+        raise RegistryError(
+            f"{name}'s {challenger_alias!r} is the champion "
+            f"(v{champion.version}): nothing to roll out"
+        )
     return str(champion.version), str(challenger.version)
 
 
-def rollout_status(params: Params, feedback_uri: str | None, challenger_alias: str,
-                   min_pairs: int) -> RolloutDecision:
+def rollout_status(
+    params: Params, feedback_uri: str | None, challenger_alias: str, min_pairs: int
+) -> RolloutDecision:
     """What the live labelled pairs say about the challenger (changes nothing)."""
     champion, challenger = rollout_versions(params, challenger_alias)
     store = open_existing_store(feedback_uri)
@@ -44,24 +47,26 @@ def rollout_status(params: Params, feedback_uri: str | None, challenger_alias: s
     return decide_rollout(pairs, champion, challenger, min_pairs, params.gate.significance)
 
 
-def rollout_promote(params: Params, feedback_uri: str | None, challenger_alias: str,
-                    min_pairs: int) -> dict:
+def rollout_promote(
+    params: Params, feedback_uri: str | None, challenger_alias: str, min_pairs: int
+) -> dict:
     """Promote the challenger if the live pairs show it significantly better; else
     GateFailedError with the evidence and the reason."""
     decision = rollout_status(params, feedback_uri, challenger_alias, min_pairs)
     if not decision.promote:
-        raise GateFailedError(f"challenger v{decision.challenger} not promoted: "
-                              + "; ".join(decision.reasons))
-    result = promote(params.registry, decision.challenger,
-                     "live rollout: " + "; ".join(decision.reasons))
+        raise GateFailedError(
+            f"challenger v{decision.challenger} not promoted: " + "; ".join(decision.reasons)
+        )
+    result = promote(
+        params.registry, decision.challenger, "live rollout: " + "; ".join(decision.reasons)
+    )
     remove_alias(params, challenger_alias)
     return {**result, "decision": decision.to_json()}
 
 
 @registry_errors
 def remove_alias(params: Params, alias: str) -> None:
-    client_for(params.registry).delete_registered_model_alias(params.registry.model_name,
-                                                               alias)
+    client_for(params.registry).delete_registered_model_alias(params.registry.model_name, alias)
 
 
 def rollout_abort(params: Params, challenger_alias: str) -> str:

@@ -9,8 +9,9 @@ from image_finetune.serving.settings import ServeSettings, check_exposure
 from image_finetune.steps.http_protocol import guarded_protocol
 
 
-def serve_champion(settings: ServeSettings, host: str, port: int, no_auth: bool = False,
-                   access_log: bool = False) -> None:
+def serve_champion(
+    settings: ServeSettings, host: str, port: int, no_auth: bool = False, access_log: bool = False
+) -> None:
     """Serve the registry's model until SIGTERM/SIGINT (in-flight requests are finished)."""
     import uvicorn
 
@@ -18,7 +19,12 @@ def serve_champion(settings: ServeSettings, host: str, port: int, no_auth: bool 
     # One process: the micro-batcher needs every request in one queue to batch them. The
     # request limit is the app's (RequestLimit: the probes apart), not uvicorn's
     # limit_concurrency, which counts the probes and every idle connection.
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info",
-                access_log=access_log, timeout_graceful_shutdown=20,
-                http=guarded_protocol(settings.header_timeout_seconds,
-                                      settings.max_header_bytes))
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_level="info",
+        access_log=access_log,
+        timeout_graceful_shutdown=20,
+        http=guarded_protocol(settings.header_timeout_seconds, settings.max_header_bytes),
+    )

@@ -70,8 +70,16 @@ class Clock:
 
 
 def train_job(
-    params: Params, index: int, data: Path, out: Path, cache: Path, root: Path, launch: Launch,
-    jobs: TrainingJobs, warm_start: Path | None = None, clock: Clock = Clock(),
+    params: Params,
+    index: int,
+    data: Path,
+    out: Path,
+    cache: Path,
+    root: Path,
+    launch: Launch,
+    jobs: TrainingJobs,
+    warm_start: Path | None = None,
+    clock: Clock = Clock(),
 ) -> dict:
     """Train rung ``index`` as a distributed job (``launch.launcher``); write the chief's
     ``model.keras``, ``history.csv`` and ``result.json`` to ``out`` and return the result.
@@ -84,8 +92,9 @@ def train_job(
         chosen = params.model_copy(update={"model": choose_weights(params.model, root)})
         _stage(chosen, job, data, warm_start)
         jobs.create(job_manifest(job, jobs.namespace, launch.launcher, launch.runtime))
-        log.info("created %s %s: %d workers x %d GPUs", jobs.kind.kind, job.name, job.workers,
-                 job.gpus)
+        log.info(
+            "created %s %s: %d workers x %d GPUs", jobs.kind.kind, job.name, job.workers, job.gpus
+        )
     else:
         log.info("%s %s exists (a retried launcher): following it", jobs.kind.kind, job.name)
     try:
@@ -102,11 +111,22 @@ def _plan(index: int, cache: Path, launch: Launch, warm_start: bool) -> TrainJob
         raise TrainJobError(
             f"cache_dir {str(cache)!r} is not on the cache volume ({launch.claim} at "
             f"{launch.mount}): the workers see only that volume; leave cache_dir at its "
-            f"default or put it under {launch.mount}")
-    return TrainJob(name=job_name(launch.run_id, index), run_id=launch.run_id, index=index,
-                    workers=launch.workers, gpus=launch.gpus, image=launch.image,
-                    claim=launch.claim, mount=launch.mount, cache=str(cache),
-                    warm_start=warm_start, policy=launch.policy, placement=launch.placement)
+            f"default or put it under {launch.mount}"
+        )
+    return TrainJob(
+        name=job_name(launch.run_id, index),
+        run_id=launch.run_id,
+        index=index,
+        workers=launch.workers,
+        gpus=launch.gpus,
+        image=launch.image,
+        claim=launch.claim,
+        mount=launch.mount,
+        cache=str(cache),
+        warm_start=warm_start,
+        policy=launch.policy,
+        placement=launch.placement,
+    )
 
 
 def _stage(params: Params, job: TrainJob, data: Path, warm_start: Path | None) -> None:
@@ -146,8 +166,10 @@ def _follow(job: TrainJob, jobs: TrainingJobs, clock: Clock) -> JobState:
         if state.finished:
             return state
         if clock.now() >= deadline:
-            raise TrainJobError(f"{jobs.kind.kind} {job.name} did not finish within "
-                                f"{job.policy.timeout_seconds} s; deleted it")
+            raise TrainJobError(
+                f"{jobs.kind.kind} {job.name} did not finish within "
+                f"{job.policy.timeout_seconds} s; deleted it"
+            )
         clock.sleep(job.policy.poll_seconds)
 
 
@@ -165,8 +187,7 @@ class ChiefLog:
         if pod is None:
             return
         now = self.clock.now()
-        window = (None if self.read_at is None
-                  else int(now - self.read_at) + LOG_OVERLAP_SECONDS)
+        window = None if self.read_at is None else int(now - self.read_at) + LOG_OVERLAP_SECONDS
         lines, self.cursor = new_log_lines(self.jobs.log(pod, window), self.cursor)
         self.read_at = now
         for line in lines:
@@ -176,11 +197,13 @@ class ChiefLog:
 def _collect(job: TrainJob, out: Path, kind: str) -> dict:
     """The chief's attempt folder, as the rung's output; the job's folder then goes."""
     chief = Path(job.layout.out)
-    missing = [name for name in (MODEL_FILE, HISTORY_FILE, RESULT_FILE)
-               if not (chief / name).is_file()]
+    missing = [
+        name for name in (MODEL_FILE, HISTORY_FILE, RESULT_FILE) if not (chief / name).is_file()
+    ]
     if missing:
-        raise TrainJobError(f"{kind} {job.name} succeeded but its chief wrote no "
-                            f"{', '.join(missing)} in {chief}")
+        raise TrainJobError(
+            f"{kind} {job.name} succeeded but its chief wrote no {', '.join(missing)} in {chief}"
+        )
     shutil.copytree(chief, out, dirs_exist_ok=True)
     shutil.rmtree(job.layout.folder, ignore_errors=True)
     return {**json.loads((out / RESULT_FILE).read_text()), "model_path": str(out / MODEL_FILE)}

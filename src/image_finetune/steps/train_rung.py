@@ -31,7 +31,7 @@ from image_finetune.cache import (
     write_key,
 )
 from image_finetune.config import Params
-from image_finetune.data.canonical import load_split, manifest_digest, read_manifest
+from image_finetune.data.canonical import Split, load_split, manifest_digest, read_manifest
 from image_finetune.locate import choose_weights
 from image_finetune.steps.layout import HISTORY_FILE, MODEL_FILE, RESULT_FILE
 from image_finetune.training.checkpoints import TrainingPaths
@@ -58,8 +58,14 @@ log = logging.getLogger(__name__)
 
 
 def train_rung(
-    params: Params, index: int, data: Path, out: Path, cache: Path, root: Path,
-    warm_start: Path | None = None, observers: Sequence[keras.callbacks.Callback] = (),
+    params: Params,
+    index: int,
+    data: Path,
+    out: Path,
+    cache: Path,
+    root: Path,
+    warm_start: Path | None = None,
+    observers: Sequence[keras.callbacks.Callback] = (),
 ) -> AttemptResult:
     """Train rung ``index`` on ``data``; write ``model.keras``, ``history.csv`` and
     ``result.json`` to ``out``. ``cache`` keeps features, checkpoints and finished attempts;
@@ -69,9 +75,15 @@ def train_rung(
     mixed = configure_backend(params.train.seed, params.train.mixed_precision)
     model = choose_weights(params.model, root)
     weights_path = model.weights_path(root)
-    plan = plan_rung(params, index, _data_facts(data),
-                     RuntimeFacts(keras.config.backend(), accelerator_available(),
-                                  replicas.count, replicas.layout), model)
+    plan = plan_rung(
+        params,
+        index,
+        _data_facts(data),
+        RuntimeFacts(
+            keras.config.backend(), accelerator_available(), replicas.count, replicas.layout
+        ),
+        model,
+    )
     keys = cache_keys(plan, weights_path, warm_start, step=__name__)
     # Held while the attempt runs: a prune leaves its entries alone, and a second run of the
     # same attempt (another experiment) waits, then reuses it. Not across workers, who all
@@ -84,24 +96,26 @@ def train_rung(
         if _is_finished(finished, keys.attempt):
             return _reuse(finished, out, index, plan.written.name, replicas)
         held.enter_context(entry_in_use(cache, keys.features))
-        return _train(plan, data, out, cache, keys, mixed, replicas, weights_path, warm_start,
-                      observers)
+        return _train(
+            plan, data, out, cache, keys, mixed, replicas, weights_path, warm_start, observers
+        )
 
 
 def _data_facts(data: Path) -> DataFacts:
     splits = read_manifest(data)["splits"]
-    return DataFacts(splits["train"]["count"], splits["validation"]["count"],
-                     manifest_digest(data))
+    return DataFacts(splits["train"]["count"], splits["validation"]["count"], manifest_digest(data))
 
 
 def _is_finished(finished: Path, attempt_key: str) -> bool:
     """A finished attempt for this key, whole: its key recorded, its result and model there."""
-    return (holds_key(finished, attempt_key) and (finished / RESULT_FILE).exists()
-            and (finished / MODEL_FILE).exists())
+    return (
+        holds_key(finished, attempt_key)
+        and (finished / RESULT_FILE).exists()
+        and (finished / MODEL_FILE).exists()
+    )
 
 
-def _reuse(finished: Path, out: Path, index: int, rung: str,
-           replicas: Replicas) -> AttemptResult:
+def _reuse(finished: Path, out: Path, index: int, rung: str, replicas: Replicas) -> AttemptResult:
     log.info("rung %d %r: reusing the finished attempt %s", index, rung, finished)
     if replicas.is_chief:
         shutil.copytree(finished, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns(KEY_FILE))
@@ -110,63 +124,131 @@ def _reuse(finished: Path, out: Path, index: int, rung: str,
     return AttemptResult(**{**result, "model_path": str(out / MODEL_FILE)})
 
 
-def _train(plan: RungPlan, data: Path, out: Path, cache: Path, keys: CacheKeys, mixed: bool,
-           replicas: Replicas, weights_path: Path | None, warm_start: Path | None,
-           observers: Sequence[keras.callbacks.Callback]) -> AttemptResult:
+def _train(
+    plan: RungPlan,
+    data: Path,
+    out: Path,
+    cache: Path,
+    keys: CacheKeys,
+    mixed: bool,
+    replicas: Replicas,
+    weights_path: Path | None,
+    warm_start: Path | None,
+    observers: Sequence[keras.callbacks.Callback],
+) -> AttemptResult:
     n_classes = len(read_manifest(data)["class_names"])
     train, validation = load_split(data, "train"), load_split(data, "validation")
     log_adaptation(plan)
     with replicas.scope():
-        classifier = build_rung_classifier(plan, n_classes, int(train.images.shape[1]),
-                                           weights_path, warm_start)
-    paths = TrainingPaths(features=cache / FEATURES / keys.features,
-                          checkpoints=cache / CHECKPOINTS / keys.attempt)
-    what = _features_what(plan)
-    with ExitStack() as embedding:
-        if replicas.count == 1:  # one run embeds, the others wait and read (workers: each
-            embedding.enter_context(entry_writing(cache, keys.features))  # its own, as before)
-            claim_entry(paths.features, keys.features, what)
-        inputs = prepare_fit(plan, classifier, train, validation, n_classes, paths.features,
-                             replicas)
-        if replicas.is_chief and paths.features.exists() and not holds_key(paths.features,
-                                                                            keys.features):
-            write_key(paths.features, keys.features, what)  # what the workers embedded
+        classifier = build_rung_classifier(
+            plan, n_classes, int(train.images.shape[1]), weights_path, warm_start
+        )
+    paths = TrainingPaths(
+        features=cache / FEATURES / keys.features, checkpoints=cache / CHECKPOINTS / keys.attempt
+    )
+    inputs = _embedded_inputs(
+        plan, classifier, (train, validation), n_classes, paths, cache, keys, replicas
+    )
     rung = plan.rung
-    log.info("rung %d %r: mode=%s image_size=%d trainable=%d epochs=%d batch=%d lr=%g "
-             "backend=%s mixed=%s on %s", plan.index, rung.name, inputs.mode, plan.image_size,
-             inputs.trainable_params, rung.epochs, rung.batch_size, rung.learning_rate,
-             keras.config.backend(), mixed, replicas.describe())
+    log.info(
+        "rung %d %r: mode=%s image_size=%d trainable=%d epochs=%d batch=%d lr=%g "
+        "backend=%s mixed=%s on %s",
+        plan.index,
+        rung.name,
+        inputs.mode,
+        plan.image_size,
+        inputs.trainable_params,
+        rung.epochs,
+        rung.batch_size,
+        rung.learning_rate,
+        keras.config.backend(),
+        mixed,
+        replicas.describe(),
+    )
     start = time.perf_counter()
     history = fit_rung(plan, inputs, paths, observers if replicas.is_chief else (), replicas)
     seconds = time.perf_counter() - start
     epochs = len(history.get("loss", []))
     result = AttemptResult(
-        index=plan.index, rung=rung.name, mode=inputs.mode, model_path=str(out / MODEL_FILE),
+        index=plan.index,
+        rung=rung.name,
+        mode=inputs.mode,
+        model_path=str(out / MODEL_FILE),
         epochs_run=epochs,
         best_val_accuracy=float(max(history.get("val_accuracy", [float("nan")]))),
-        train_seconds=round(seconds, 2), embed_seconds=round(inputs.embed_seconds, 2),
+        train_seconds=round(seconds, 2),
+        embed_seconds=round(inputs.embed_seconds, 2),
         images_per_second=round(epochs * len(train.labels) / max(seconds, 1e-9), 1),
-        trainable_params=int(inputs.trainable_params), backend=keras.config.backend(),
-        mixed_precision=mixed, distribution=replicas.describe(), global_batch=rung.batch_size)
+        trainable_params=int(inputs.trainable_params),
+        backend=keras.config.backend(),
+        mixed_precision=mixed,
+        distribution=replicas.describe(),
+        global_batch=rung.batch_size,
+    )
+    _save_attempt(classifier, paths, result, out, cache / ATTEMPTS / keys.attempt, replicas)
+    return result
+
+
+def _embedded_inputs(
+    plan: RungPlan,
+    classifier: Classifier,
+    splits: tuple[Split, Split],
+    n_classes: int,
+    paths: TrainingPaths,
+    cache: Path,
+    keys: CacheKeys,
+    replicas: Replicas,
+):
+    """The rung's fit inputs, its frozen part embedded into the feature cache entry once."""
+    what = _features_what(plan)
+    with ExitStack() as embedding:
+        if replicas.count == 1:  # one run embeds, the others wait and read (workers: each
+            embedding.enter_context(entry_writing(cache, keys.features))  # its own, as before)
+            claim_entry(paths.features, keys.features, what)
+        inputs = prepare_fit(plan, classifier, *splits, n_classes, paths.features, replicas)
+        if (
+            replicas.is_chief
+            and paths.features.exists()
+            and not holds_key(paths.features, keys.features)
+        ):
+            write_key(paths.features, keys.features, what)  # what the workers embedded
+    return inputs
+
+
+def _save_attempt(
+    classifier: Classifier,
+    paths: TrainingPaths,
+    result: AttemptResult,
+    out: Path,
+    finished: Path,
+    replicas: Replicas,
+) -> None:
+    """The chief writes the attempt; every worker returns once it is on disk."""
     if replicas.is_chief:
-        _write_attempt(classifier, paths, result, out, cache / ATTEMPTS / keys.attempt)
+        _write_attempt(classifier, paths, result, out, finished)
     else:  # saving takes every worker (its reads are collective): the others save aside
         with tempfile.TemporaryDirectory(prefix="attempt-") as aside:
             classifier.model.save(Path(aside) / MODEL_FILE)
-        log.info("rung %d %r: done on worker %d; the chief writes the attempt", plan.index,
-                 rung.name, replicas.worker)
-    replicas.barrier()  # every worker returns once the attempt is on disk
-    return result
+        log.info(
+            "rung %d %r: done on worker %d; the chief writes the attempt",
+            result.index,
+            result.rung,
+            replicas.worker,
+        )
+    replicas.barrier()
 
 
 def _features_what(plan: RungPlan) -> str:
     """What a feature entry holds, for ``cache ls``."""
-    return (f"{plan.model.backbone} {plan.image_size}px up to "
-            f"{plan.cache_boundary or 'the pool'} on {plan.engine}")
+    return (
+        f"{plan.model.backbone} {plan.image_size}px up to "
+        f"{plan.cache_boundary or 'the pool'} on {plan.engine}"
+    )
 
 
-def _write_attempt(classifier: Classifier, paths: TrainingPaths, result: AttemptResult,
-                   out: Path, finished: Path) -> None:
+def _write_attempt(
+    classifier: Classifier, paths: TrainingPaths, result: AttemptResult, out: Path, finished: Path
+) -> None:
     out.mkdir(parents=True, exist_ok=True)
     classifier.model.save(out / MODEL_FILE)
     shutil.move(paths.history, out / HISTORY_FILE)

@@ -24,7 +24,6 @@ from image_finetune.validation.suites import ValidationReport, run_suites
 log = logging.getLogger(__name__)
 
 
-
 def validate_data(params: Params, data: Path, out: Path) -> ValidationReport:
     """Validate the canonical dataset in ``data``; write the report to ``out``.
 
@@ -34,8 +33,11 @@ def validate_data(params: Params, data: Path, out: Path) -> ValidationReport:
     manifest = read_manifest(data)
     verify_shards(data)
     facts, channels = dataset_facts(data)
-    tables = {"images": facts, "class_counts": class_counts(facts, manifest),
-              "channel_stats": channels}
+    tables = {
+        "images": facts,
+        "class_counts": class_counts(facts, manifest),
+        "channel_stats": channels,
+    }
     with atomic_directory(out) as staging:
         report = run_suites(tables, params.validate_, manifest, staging / DATA_DOCS_FOLDER)
         tables["class_counts"].to_csv(staging / CLASS_COUNTS_CSV, index=False)

@@ -21,31 +21,53 @@ def build_augmentation(params: AugmentParams, seed: int) -> keras.Sequential | N
     if params.translate > 0:
         # Translation with reflected borders is pad-and-crop; a random crop to the
         # image's own size would do nothing at all.
-        policy.append(layers.RandomTranslation(
-            params.translate, params.translate, fill_mode="reflect", seed=seed + 1,
-            name="translate"))
+        policy.append(
+            layers.RandomTranslation(
+                params.translate,
+                params.translate,
+                fill_mode="reflect",
+                seed=seed + 1,
+                name="translate",
+            )
+        )
     if params.rotation > 0:
-        policy.append(layers.RandomRotation(
-            params.rotation, fill_mode="reflect", seed=seed + 2, name="rotate"))
+        policy.append(
+            layers.RandomRotation(
+                params.rotation, fill_mode="reflect", seed=seed + 2, name="rotate"
+            )
+        )
     if params.contrast > 0:
-        policy.append(layers.RandomContrast(
-            params.contrast, value_range=(0, 255), seed=seed + 3, name="contrast"))
+        policy.append(
+            layers.RandomContrast(
+                params.contrast, value_range=(0, 255), seed=seed + 3, name="contrast"
+            )
+        )
     if params.rand_augment:
         policy.append(layers.RandAugment(value_range=(0, 255), seed=seed + 4, name="randaugment"))
     if params.random_erasing > 0:
-        policy.append(layers.RandomErasing(
-            factor=params.random_erasing, value_range=(0, 255), seed=seed + 5, name="erasing"))
+        policy.append(
+            layers.RandomErasing(
+                factor=params.random_erasing, value_range=(0, 255), seed=seed + 5, name="erasing"
+            )
+        )
     return keras.Sequential(policy, name="augmentation") if policy else None
 
 
 def describe_policy(params: AugmentParams) -> dict:
     """The policy as data, with what survives feature caching."""
     return {
-        "layers": [name for name, on in (
-            ("horizontal_flip", params.horizontal_flip), ("translate", params.translate > 0),
-            ("rotation", params.rotation > 0), ("contrast", params.contrast > 0),
-            ("rand_augment", params.rand_augment), ("random_erasing", params.random_erasing > 0),
-        ) if on],
+        "layers": [
+            name
+            for name, on in (
+                ("horizontal_flip", params.horizontal_flip),
+                ("translate", params.translate > 0),
+                ("rotation", params.rotation > 0),
+                ("contrast", params.contrast > 0),
+                ("rand_augment", params.rand_augment),
+                ("random_erasing", params.random_erasing > 0),
+            )
+            if on
+        ],
         "params": params.model_dump(mode="json"),
         "with_cached_features": "only horizontal flips (cached mirrored copies); the full "
         "policy applies to rungs that train end to end on images",
@@ -65,9 +87,7 @@ def preview_rows(labels: np.ndarray, count: int) -> np.ndarray:
     return np.sort(in_turn[:count])
 
 
-def write_preview(
-    params: AugmentParams, images: np.ndarray, out_dir: Path, seed: int
-) -> Path:
+def write_preview(params: AugmentParams, images: np.ndarray, out_dir: Path, seed: int) -> Path:
     """Write ``policy.json`` and ``preview.png``: originals on the left, augmented copies right."""
     import matplotlib
 

@@ -16,6 +16,7 @@ import keras
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class TrainingPaths:
     """Where an attempt keeps its scratch: the feature cache of its backbone, resolution
@@ -37,11 +38,15 @@ def checkpoint_callbacks(paths: TrainingPaths, resuming: bool, chief: bool) -> l
     if chief:
         # The epoch's row is logged before its checkpoint: a kill in between re-runs the
         # epoch, and prepare_resume drops the row it would otherwise repeat.
-        return [keras.callbacks.CSVLogger(str(paths.history), append=resuming),
-                keras.callbacks.BackupAndRestore(str(paths.checkpoints), double_checkpoint=True)]
+        return [
+            keras.callbacks.CSVLogger(str(paths.history), append=resuming),
+            keras.callbacks.BackupAndRestore(str(paths.checkpoints), double_checkpoint=True),
+        ]
     # saving takes every worker (its reads are collective): the others save aside
-    return [RestoreOnly(str(paths.checkpoints), delete_checkpoint=False),
-            keras.callbacks.BackupAndRestore(tempfile.mkdtemp(prefix="checkpoint-"))]
+    return [
+        RestoreOnly(str(paths.checkpoints), delete_checkpoint=False),
+        keras.callbacks.BackupAndRestore(tempfile.mkdtemp(prefix="checkpoint-")),
+    ]
 
 
 class RestoreOnly(keras.callbacks.BackupAndRestore):
@@ -66,8 +71,7 @@ def checkpoint_epoch(folder: Path, names: tuple[str, ...]) -> int | None:
     try:
         epoch = int(json.loads(metadata.read_text())["epoch"])
         with h5py.File(weights, "r") as handle:  # reads every tensor: truncation shows
-            handle.visititems(lambda _, item: item[()] if isinstance(item, h5py.Dataset)
-                              else None)
+            handle.visititems(lambda _, item: item[()] if isinstance(item, h5py.Dataset) else None)
         return epoch
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -84,16 +88,22 @@ def prepare_resume(paths: TrainingPaths) -> int | None:
         return None
     epoch = checkpoint_epoch(folder, CHECKPOINT)
     if epoch is None and (epoch := checkpoint_epoch(folder, PREVIOUS)) is not None:
-        log.warning("the latest checkpoint in %s is corrupt; resuming from the one before it "
-                    "(epoch %d)", folder, epoch)
+        log.warning(
+            "the latest checkpoint in %s is corrupt; resuming from the one before it (epoch %d)",
+            folder,
+            epoch,
+        )
         for previous, latest in zip(PREVIOUS, CHECKPOINT, strict=True):
             shutil.copyfile(folder / previous, folder / latest)
     if epoch is None:
         aside = folder.with_name(f"{folder.name}.corrupt-{uuid.uuid4().hex[:8]}")
         folder.rename(aside)
         paths.history.unlink(missing_ok=True)
-        log.warning("no readable checkpoint in %s (set aside as %s): the attempt starts afresh",
-                    folder, aside)
+        log.warning(
+            "no readable checkpoint in %s (set aside as %s): the attempt starts afresh",
+            folder,
+            aside,
+        )
         return None
     _keep_epochs(paths.history, epoch)
     return epoch
@@ -103,6 +113,9 @@ def _keep_epochs(history: Path, epochs: int) -> None:
     if not history.exists():
         return
     lines = history.read_text().splitlines(keepends=True)
-    kept = [line for line in lines[1:] if line.split(",", 1)[0].isdigit()
-            and int(line.split(",", 1)[0]) < epochs]
+    kept = [
+        line
+        for line in lines[1:]
+        if line.split(",", 1)[0].isdigit() and int(line.split(",", 1)[0]) < epochs
+    ]
     history.write_text("".join(lines[:1] + kept))

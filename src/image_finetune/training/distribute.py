@@ -59,15 +59,19 @@ def read_cluster(environ: dict[str, str]) -> Cluster | None:
         config = json.loads(raw)
         workers = [*config["cluster"].get("chief", []), *config["cluster"]["worker"]]
         task = config["task"]
-        index = int(task["index"]) + (0 if task["type"] == "chief" else
-                                      len(config["cluster"].get("chief", [])))
+        index = int(task["index"]) + (
+            0 if task["type"] == "chief" else len(config["cluster"].get("chief", []))
+        )
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise ConfigError(f"{TF_CONFIG_ENV} is not a valid cluster description ({exc!r}): "
-                          'expected {"cluster": {"worker": ["host:port", ...]}, '
-                          '"task": {"type": "worker", "index": N}}') from exc
+        raise ConfigError(
+            f"{TF_CONFIG_ENV} is not a valid cluster description ({exc!r}): "
+            'expected {"cluster": {"worker": ["host:port", ...]}, '
+            '"task": {"type": "worker", "index": N}}'
+        ) from exc
     if task["type"] not in ("chief", "worker") or not 0 <= index < len(workers):
-        raise ConfigError(f"{TF_CONFIG_ENV}: task {task!r} is not one of the cluster's "
-                          f"{len(workers)} workers")
+        raise ConfigError(
+            f"{TF_CONFIG_ENV}: task {task!r} is not one of the cluster's {len(workers)} workers"
+        )
     return Cluster(workers=len(workers), index=index)
 
 
@@ -79,10 +83,13 @@ def jobset_tf_config(environ: dict[str, str]) -> str | None:
     if not hosts or not index:
         return None
     if not index.isdigit() or int(index) >= len(hosts):
-        raise ConfigError(f"{COMPLETION_INDEX_ENV}={index!r} is not one of the "
-                          f"{len(hosts)} workers in {WORKER_HOSTS_ENV}")
-    return json.dumps({"cluster": {"worker": hosts},
-                       "task": {"type": "worker", "index": int(index)}})
+        raise ConfigError(
+            f"{COMPLETION_INDEX_ENV}={index!r} is not one of the "
+            f"{len(hosts)} workers in {WORKER_HOSTS_ENV}"
+        )
+    return json.dumps(
+        {"cluster": {"worker": hosts}, "task": {"type": "worker", "index": int(index)}}
+    )
 
 
 def export_jobset_cluster(environ=os.environ) -> None:
@@ -96,8 +103,10 @@ def choose_distribution(setting: str, cluster: Cluster | None, local_devices: in
     """The distribution ``train.distribution`` asks for: ``auto`` takes several workers
     when ``TF_CONFIG`` names them, else every local device when there are several."""
     if setting == "multi_worker" and cluster is None:
-        raise ConfigError(f"train.distribution is multi_worker but {TF_CONFIG_ENV} is not set "
-                          "(each worker needs it: the training operator sets it on a TFJob)")
+        raise ConfigError(
+            f"train.distribution is multi_worker but {TF_CONFIG_ENV} is not set "
+            "(each worker needs it: the training operator sets it on a TFJob)"
+        )
     if setting != "auto":
         return setting
     if cluster is not None and cluster.workers > 1:
@@ -107,11 +116,12 @@ def choose_distribution(setting: str, cluster: Cluster | None, local_devices: in
 
 def refuse_workers(train: TrainParams, step: str) -> None:
     """Stop a step that runs on one node when several workers are asked for."""
-    if choose_distribution(train.distribution, read_cluster(dict(os.environ)), 1) == \
-            "multi_worker":
-        raise ConfigError(f"{step} runs on one node; several workers train one rung at a time "
-                          f"(image-finetune train-rung: what a TFJob's workers run). Unset "
-                          f"{TF_CONFIG_ENV} or set train.distribution to one_device or mirrored")
+    if choose_distribution(train.distribution, read_cluster(dict(os.environ)), 1) == "multi_worker":
+        raise ConfigError(
+            f"{step} runs on one node; several workers train one rung at a time "
+            f"(image-finetune train-rung: what a TFJob's workers run). Unset "
+            f"{TF_CONFIG_ENV} or set train.distribution to one_device or mirrored"
+        )
 
 
 def scaled_rung(rung: Rung, replicas: int, batch_scaling: str) -> Rung:
@@ -122,11 +132,17 @@ def scaled_rung(rung: Rung, replicas: int, batch_scaling: str) -> Rung:
     replicas; the rung's warmup eases the larger rate in."""
     if batch_scaling == "global":
         if rung.batch_size < replicas:
-            raise ConfigError(f"rung {rung.name!r}: batch_size {rung.batch_size} is smaller "
-                              f"than the {replicas} replicas it is split across")
+            raise ConfigError(
+                f"rung {rung.name!r}: batch_size {rung.batch_size} is smaller "
+                f"than the {replicas} replicas it is split across"
+            )
         return rung
-    return rung.model_copy(update={"batch_size": rung.batch_size * replicas,
-                                   "learning_rate": min(1.0, rung.learning_rate * replicas)})
+    return rung.model_copy(
+        update={
+            "batch_size": rung.batch_size * replicas,
+            "learning_rate": min(1.0, rung.learning_rate * replicas),
+        }
+    )
 
 
 @dataclass(frozen=True)
@@ -205,11 +221,15 @@ def start_replicas(train: TrainParams) -> Replicas:
         split_host(backend, train.host_devices)
     kind = choose_distribution(train.distribution, cluster, local_devices(backend))
     if kind != "one_device" and backend not in ("tensorflow", "jax"):
-        raise ConfigError(f"train.distribution {kind}: the {backend} backend trains on one "
-                          "device here (use tensorflow or jax)")
+        raise ConfigError(
+            f"train.distribution {kind}: the {backend} backend trains on one "
+            "device here (use tensorflow or jax)"
+        )
     if kind == "multi_worker" and backend != "tensorflow":
-        raise ConfigError("train.distribution multi_worker needs the tensorflow backend "
-                          "(MultiWorkerMirroredStrategy)")
+        raise ConfigError(
+            "train.distribution multi_worker needs the tensorflow backend "
+            "(MultiWorkerMirroredStrategy)"
+        )
     replicas = _replicas(kind, backend, cluster)
     log.info("training on %s", replicas.describe())
     return replicas
@@ -229,9 +249,11 @@ def _replicas(kind: str, backend: str, cluster: Cluster | None) -> Replicas:
         if cluster is None:
             raise ConfigError("multi_worker training needs TF_CONFIG to name the cluster")
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
-        return Replicas(kind, strategy.num_replicas_in_sync, cluster.workers, cluster.index,
-                        strategy)
+        return Replicas(
+            kind, strategy.num_replicas_in_sync, cluster.workers, cluster.index, strategy
+        )
     devices = [d.name for d in tf.config.list_logical_devices("GPU")] or [
-        d.name for d in tf.config.list_logical_devices("CPU")]
+        d.name for d in tf.config.list_logical_devices("CPU")
+    ]
     strategy = tf.distribute.MirroredStrategy(devices)
     return Replicas(kind, strategy.num_replicas_in_sync, strategy=strategy)

@@ -99,8 +99,13 @@ class FrozenPart:
         if self.compiled is None:
             start = time.perf_counter()
             self.compiled = compile_keras(self.model, self.engine, self.workdir)
-            log.info("%s on %s %s (converted in %.1f s)", self.model.name, self.engine,
-                     STEM_PRECISION, time.perf_counter() - start)
+            log.info(
+                "%s on %s %s (converted in %.1f s)",
+                self.model.name,
+                self.engine,
+                STEM_PRECISION,
+                time.perf_counter() - start,
+            )
         return self.compiled
 
 
@@ -112,8 +117,17 @@ class RowBatches(keras.utils.PyDataset):
     fit reads what an uninterrupted one would have. ``multiple_of`` trims each batch to a
     multiple of the replicas that split it (JAX shards a batch evenly or not at all)."""
 
-    def __init__(self, rows, labels, n_classes: int, batch_size: int, seed: int | None = None,
-                 mirrored=None, multiple_of: int = 1, **kwargs):
+    def __init__(
+        self,
+        rows,
+        labels,
+        n_classes: int,
+        batch_size: int,
+        seed: int | None = None,
+        mirrored=None,
+        multiple_of: int = 1,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.rows, self.labels, self.mirrored = rows, labels, mirrored
         self.n_classes, self.batch_size, self.seed = n_classes, batch_size, seed
@@ -160,7 +174,11 @@ class EpochOrder(keras.callbacks.Callback):
 
 
 def cached_activations(
-    part: FrozenPart, images: np.ndarray, path: Path, batch_size: int, desc: str,
+    part: FrozenPart,
+    images: np.ndarray,
+    path: Path,
+    batch_size: int,
+    desc: str,
     mirror: bool = False,
 ) -> np.ndarray:
     """Activations of ``part`` over ``images``, computed once and memory-mapped from disk.
@@ -176,8 +194,14 @@ def cached_activations(
             start = time.perf_counter()
             predict_batches(predictor, images, batch_size, desc, out=values, mirror=mirror)
             seconds = time.perf_counter() - start
-            log.info("%s: %d images on %s in %.1f s (%.0f images/s)", desc, len(images),
-                     part.engine, seconds, len(images) / max(seconds, 1e-9))
+            log.info(
+                "%s: %d images on %s in %.1f s (%.0f images/s)",
+                desc,
+                len(images),
+                part.engine,
+                seconds,
+                len(images) / max(seconds, 1e-9),
+            )
             values.flush()
         finally:
             del values
@@ -196,8 +220,13 @@ def _readable(path: Path, rows: int) -> np.ndarray | None:
 
 
 def rung_features(
-    classifier: Classifier, mode: RungMode, boundary: str | None, flip: bool,
-    train_images: Rows, validation_images: Rows, cache_dir: Path,
+    classifier: Classifier,
+    mode: RungMode,
+    boundary: str | None,
+    flip: bool,
+    train_images: Rows,
+    validation_images: Rows,
+    cache_dir: Path,
     engine: str = "tensorflow",
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """(train, train mirrored or None, validation) inputs of a ``head`` or ``tail`` rung, the
@@ -206,26 +235,33 @@ def rung_features(
         stem = FrozenPart(stem_model(classifier, boundary), engine, Path(workdir) / "stem")
 
         def activations(part, images, name, desc, mirror=False):
-            return cached_activations(part, images, cache_dir / f"{name}.npy", EMBED_BATCH,
-                                      desc, mirror)
+            return cached_activations(
+                part, images, cache_dir / f"{name}.npy", EMBED_BATCH, desc, mirror
+            )
 
         x_train = activations(stem, train_images, "train", "embed train")
-        x_flip = (activations(stem, train_images, "train_flip", "embed mirrored train", True)
-                  if flip else None)
+        x_flip = (
+            activations(stem, train_images, "train_flip", "embed mirrored train", True)
+            if flip
+            else None
+        )
         x_val = activations(stem, validation_images, "validation", "embed validation")
         if mode == "tail":
             return x_train, x_flip, x_val
         # Head-only: the frozen rest of the backbone (if any) runs once more, to pooled
         # features.
-        pool = FrozenPart(pool_model(classifier, boundary, x_train.shape[1:]), engine,
-                          Path(workdir) / "pool")
+        pool = FrozenPart(
+            pool_model(classifier, boundary, x_train.shape[1:]), engine, Path(workdir) / "pool"
+        )
 
         def pooled(source, name):
-            return None if source is None else activations(pool, source, f"pooled_{name}",
-                                                           f"pool {name}")
+            return (
+                None
+                if source is None
+                else activations(pool, source, f"pooled_{name}", f"pool {name}")
+            )
 
-        return pooled(x_train, "train"), pooled(x_flip, "train_flip"), pooled(x_val,
-                                                                             "validation")
+        return pooled(x_train, "train"), pooled(x_flip, "train_flip"), pooled(x_val, "validation")
 
 
 def pool_model(classifier: Classifier, boundary: str | None, shape) -> keras.Model:
@@ -235,8 +271,9 @@ def pool_model(classifier: Classifier, boundary: str | None, shape) -> keras.Mod
     return keras.Sequential([keras.Input(shape), *rest, classifier.pool], name="feature_pool")
 
 
-def trainable_part(classifier: Classifier, mode: RungMode, boundary: str | None,
-                   shape) -> keras.Model:
+def trainable_part(
+    classifier: Classifier, mode: RungMode, boundary: str | None, shape
+) -> keras.Model:
     """The part of the classifier that trains on cached features (layers shared, not copied)."""
     inputs = keras.Input(shape)
     if mode == "head":
@@ -245,5 +282,6 @@ def trainable_part(classifier: Classifier, mode: RungMode, boundary: str | None,
     if boundary is None:
         raise ConfigError("a tail rung trains on cached features: it needs train.cache_boundary")
     _, tail = split_backbone(classifier.backbone, boundary)
-    return keras.Model(inputs, classifier.head(tail(inputs, training=False)),
-                       name="tail_on_features")
+    return keras.Model(
+        inputs, classifier.head(tail(inputs, training=False)), name="tail_on_features"
+    )

@@ -89,20 +89,27 @@ def choose_mode(plan: RungPlan, backbone: keras.Model) -> RungMode:
     if plan.rung.unfreeze_from is None:
         return "head"
     boundary = plan.cache_boundary
-    if boundary and (unfreeze_index(backbone, plan.rung.unfreeze_from)
-                     > layer_index(backbone, boundary)):
+    if boundary and (
+        unfreeze_index(backbone, plan.rung.unfreeze_from) > layer_index(backbone, boundary)
+    ):
         return "tail"
     return "end_to_end"
 
 
 def build_rung_classifier(
-    plan: RungPlan, n_classes: int, input_size: int, weights_path: Path | None,
+    plan: RungPlan,
+    n_classes: int,
+    input_size: int,
+    weights_path: Path | None,
     warm_start: Path | None,
 ) -> Classifier:
     """The classifier for a rung, warm-started from the previous rung's model if given."""
     backbone = build_backbone(plan.model, plan.image_size, weights_path)
     classifier = build_classifier(
-        backbone, n_classes, plan.model, input_size,
+        backbone,
+        n_classes,
+        plan.model,
+        input_size,
         build_augmentation(plan.augment, plan.seed),
     )
     if warm_start is not None:
@@ -120,18 +127,24 @@ def _schedule(rung: Rung, steps_per_epoch: int):
     warmup = int(rung.warmup_epochs * steps_per_epoch)
     if warmup:
         return keras.optimizers.schedules.CosineDecay(
-            rung.learning_rate * 0.1, max(1, total - warmup), alpha=0.01,
-            warmup_target=rung.learning_rate, warmup_steps=warmup)
+            rung.learning_rate * 0.1,
+            max(1, total - warmup),
+            alpha=0.01,
+            warmup_target=rung.learning_rate,
+            warmup_steps=warmup,
+        )
     return keras.optimizers.schedules.CosineDecay(rung.learning_rate, total, alpha=0.01)
 
 
-def compile_for_rung(rung: Rung, jit_compile: str, model: keras.Model,
-                     steps_per_epoch: int) -> None:
+def compile_for_rung(
+    rung: Rung, jit_compile: str, model: keras.Model, steps_per_epoch: int
+) -> None:
     """Compile ``model`` with the rung's optimizer, schedule, loss and metrics
     (``jit_compile``: ``train.jit_compile``)."""
     model.compile(
-        optimizer=keras.optimizers.AdamW(_schedule(rung, steps_per_epoch),
-                                         weight_decay=rung.weight_decay),
+        optimizer=keras.optimizers.AdamW(
+            _schedule(rung, steps_per_epoch), weight_decay=rung.weight_decay
+        ),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=rung.label_smoothing),
         metrics=["accuracy"],
         jit_compile={"auto": "auto", "on": True, "off": False}[jit_compile],
@@ -152,8 +165,13 @@ class FitInputs:
 
 
 def prepare_fit(
-    plan: RungPlan, classifier: Classifier, train: Split, validation: Split,
-    n_classes: int, feature_dir: Path, replicas: Replicas | None = None,
+    plan: RungPlan,
+    classifier: Classifier,
+    train: Split,
+    validation: Split,
+    n_classes: int,
+    feature_dir: Path,
+    replicas: Replicas | None = None,
 ) -> FitInputs:
     """Freeze what the rung keeps frozen and prepare its inputs (caching features first, the
     frozen parts on the plan's engine, outside the strategy's scope: every worker embeds on
@@ -167,36 +185,54 @@ def prepare_fit(
     start = time.perf_counter()
     seed, even = plan.seed, replicas.count if keras.config.backend() == "jax" else 1
     if mode == "end_to_end":
-        model, x_train, mirrored, x_val = (classifier.model, train.images, None,
-                                           validation.images)
+        model, x_train, mirrored, x_val = (classifier.model, train.images, None, validation.images)
     else:
         boundary = plan.cache_boundary
-        x_train, mirrored, x_val = rung_features(classifier, mode, boundary,
-                                                 plan.mirrors_cached, train.images,
-                                                 validation.images, feature_dir, plan.engine)
+        x_train, mirrored, x_val = rung_features(
+            classifier,
+            mode,
+            boundary,
+            plan.mirrors_cached,
+            train.images,
+            validation.images,
+            feature_dir,
+            plan.engine,
+        )
         with replicas.scope():
             model = trainable_part(classifier, mode, boundary, x_train.shape[1:])
     batches = RowBatches(x_train, train.labels, n_classes, rung.batch_size, seed, mirrored, even)
     held_out = RowBatches(x_val, validation.labels, n_classes, rung.batch_size, multiple_of=even)
     trainable += sum(int(np.prod(w.shape)) for w in classifier.head.trainable_weights)
-    return FitInputs(mode, model, batches, held_out, trainable, time.perf_counter() - start,
-                     classifier.softmax)
+    return FitInputs(
+        mode, model, batches, held_out, trainable, time.perf_counter() - start, classifier.softmax
+    )
 
 
-def _callbacks(rung: Rung, inputs: FitInputs, paths: TrainingPaths, resuming: bool,
-               chief: bool) -> list:
-    callbacks = [EpochOrder(inputs.train), keras.callbacks.TerminateOnNaN(),
-                 *checkpoint_callbacks(paths, resuming, chief)]
+def _callbacks(
+    rung: Rung, inputs: FitInputs, paths: TrainingPaths, resuming: bool, chief: bool
+) -> list:
+    callbacks = [
+        EpochOrder(inputs.train),
+        keras.callbacks.TerminateOnNaN(),
+        *checkpoint_callbacks(paths, resuming, chief),
+    ]
     if rung.early_stopping_patience:
-        callbacks.append(keras.callbacks.EarlyStopping(
-            monitor="val_accuracy", patience=rung.early_stopping_patience,
-            restore_best_weights=True))
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor="val_accuracy",
+                patience=rung.early_stopping_patience,
+                restore_best_weights=True,
+            )
+        )
     return callbacks
 
 
 def fit_rung(
-    plan: RungPlan, inputs: FitInputs, paths: TrainingPaths,
-    observers: Sequence[keras.callbacks.Callback] = (), replicas: Replicas | None = None,
+    plan: RungPlan,
+    inputs: FitInputs,
+    paths: TrainingPaths,
+    observers: Sequence[keras.callbacks.Callback] = (),
+    replicas: Replicas | None = None,
 ) -> dict:
     """Compile and fit in the strategy's scope; resume from the attempt's checkpoint if there
     is one (the chief makes it resumable, then every worker reads it).
@@ -206,8 +242,13 @@ def fit_rung(
     """
     replicas, rung = replicas or ONE_DEVICE, plan.rung
     if uses_solver(rung, inputs.mode, len(inputs.train.labels)):
-        return solve_head(inputs.train, inputs.validation, inputs.softmax, paths.history,
-                          write_log=replicas.is_chief)
+        return solve_head(
+            inputs.train,
+            inputs.validation,
+            inputs.softmax,
+            paths.history,
+            write_log=replicas.is_chief,
+        )
     model = replicas.fitting_model(inputs.model)
     with replicas.scope():
         compile_for_rung(rung, plan.jit_compile, model, len(inputs.train))
@@ -218,17 +259,29 @@ def fit_rung(
     resuming = resumed_at is not None
     paths.history.parent.mkdir(parents=True, exist_ok=True)
     if resuming:
-        log.info("rung %d %r: resuming from the checkpoint in %s (epoch %d done)", plan.index,
-                 rung.name, paths.checkpoints, resumed_at)
+        log.info(
+            "rung %d %r: resuming from the checkpoint in %s (epoch %d done)",
+            plan.index,
+            rung.name,
+            paths.checkpoints,
+            resumed_at,
+        )
     verbose = 1 if sys.stderr.isatty() else 2
     callbacks = [*_callbacks(rung, inputs, paths, resuming, replicas.is_chief), *observers]
     with replicas.scope():
         # The batches shuffle themselves by (seed, epoch); Keras's own shuffle of their order
         # would draw from a generator that the strategy's first look at the data advances.
-        history = model.fit(inputs.train, validation_data=inputs.validation, epochs=rung.epochs,
-                            callbacks=callbacks, verbose=verbose, shuffle=False)
-    logs = {name: [float(np.ravel(v)[0]) for v in values]
-            for name, values in history.history.items()}
+        history = model.fit(
+            inputs.train,
+            validation_data=inputs.validation,
+            epochs=rung.epochs,
+            callbacks=callbacks,
+            verbose=verbose,
+            shuffle=False,
+        )
+    logs = {
+        name: [float(np.ravel(v)[0]) for v in values] for name, values in history.history.items()
+    }
     losses = logs.get("loss", [])
     if any(not math.isfinite(v) for v in losses):
         raise TrainingError(f"rung {plan.index} {rung.name!r}: loss diverged ({losses})")

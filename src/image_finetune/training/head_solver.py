@@ -26,8 +26,13 @@ def uses_solver(rung: Rung, mode: RungMode, train_size: int) -> bool:
     return rung.head_solver == "lbfgs" or train_size <= SOLVER_MAX_IMAGES
 
 
-def solve_head(cached: RowBatches, held_out: RowBatches, softmax: keras.Layer, epoch_log: Path,
-               write_log: bool = True) -> dict:
+def solve_head(
+    cached: RowBatches,
+    held_out: RowBatches,
+    softmax: keras.Layer,
+    epoch_log: Path,
+    write_log: bool = True,
+) -> dict:
     """Fit the head's softmax layer to convergence on the cached pooled features (and their
     mirrored copies): multinomial logistic regression by L-BFGS, a convex problem that small
     data solves in seconds, its L2 strength chosen on validation. Writes the epoch log's one
@@ -35,8 +40,10 @@ def solve_head(cached: RowBatches, held_out: RowBatches, softmax: keras.Layer, e
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import log_loss
 
-    x = np.concatenate([np.asarray(cached.rows)]
-                       + ([np.asarray(cached.mirrored)] if cached.mirrored is not None else []))
+    x = np.concatenate(
+        [np.asarray(cached.rows)]
+        + ([np.asarray(cached.mirrored)] if cached.mirrored is not None else [])
+    )
     y = np.tile(np.asarray(cached.labels), len(x) // len(cached.labels))
     x_val, y_val = np.asarray(held_out.rows), np.asarray(held_out.labels)
     fits = [LogisticRegression(C=c, max_iter=2000).fit(x, y) for c in SOLVER_STRENGTHS]
@@ -49,13 +56,25 @@ def solve_head(cached: RowBatches, held_out: RowBatches, softmax: keras.Layer, e
     else:
         kernel[:, best.classes_], bias[best.classes_] = best.coef_.T, best.intercept_
     softmax.set_weights([kernel, bias])
-    history = {"accuracy": [best.score(x, y)], "loss": [log_loss(y, best.predict_proba(x))],
-               "val_accuracy": [best.score(x_val, y_val)],
-               "val_loss": [log_loss(y_val, best.predict_proba(x_val), labels=best.classes_)]}
+    history = {
+        "accuracy": [best.score(x, y)],
+        "loss": [log_loss(y, best.predict_proba(x))],
+        "val_accuracy": [best.score(x_val, y_val)],
+        "val_loss": [log_loss(y_val, best.predict_proba(x_val), labels=best.classes_)],
+    }
     if write_log:
         epoch_log.parent.mkdir(parents=True, exist_ok=True)
-        epoch_log.write_text("epoch," + ",".join(history) + "\n0,"
-                             + ",".join(f"{v[0]:.6g}" for v in history.values()) + "\n")
-    log.info("head solved by L-BFGS (C=%g, chosen on validation): train %.4f, validation %.4f",
-             best.C, history["accuracy"][0], history["val_accuracy"][0])
+        epoch_log.write_text(
+            "epoch,"
+            + ",".join(history)
+            + "\n0,"
+            + ",".join(f"{v[0]:.6g}" for v in history.values())
+            + "\n"
+        )
+    log.info(
+        "head solved by L-BFGS (C=%g, chosen on validation): train %.4f, validation %.4f",
+        best.C,
+        history["accuracy"][0],
+        history["val_accuracy"][0],
+    )
     return history

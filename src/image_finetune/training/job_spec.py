@@ -66,17 +66,33 @@ class JobKind:
 
     def chief_selector(self, name: str) -> str:
         """The label selector of job ``name``'s worker 0, the chief."""
-        return ",".join(f"{key}={value}" for key, value in
-                        ((self.job_name_label, name), *self.chief_labels))
+        return ",".join(
+            f"{key}={value}" for key, value in ((self.job_name_label, name), *self.chief_labels)
+        )
 
 
-TFJOB = JobKind("tfjob", GROUP, VERSION, PLURAL, KIND, JOB_NAME_LABEL,
-                ((REPLICA_TYPE_LABEL, WORKER.lower()), (REPLICA_INDEX_LABEL, "0")))
+TFJOB = JobKind(
+    "tfjob",
+    GROUP,
+    VERSION,
+    PLURAL,
+    KIND,
+    JOB_NAME_LABEL,
+    ((REPLICA_TYPE_LABEL, WORKER.lower()), (REPLICA_INDEX_LABEL, "0")),
+)
 # JobSet's labels on every pod, and the Indexed Job's on each pod.
-TRAINJOB = JobKind("trainjob", TRAINER_GROUP, TRAINER_VERSION, "trainjobs", "TrainJob",
-                   "jobset.sigs.k8s.io/jobset-name",
-                   (("jobset.sigs.k8s.io/replicatedjob-name", TRAINER_NODE),
-                    ("batch.kubernetes.io/job-completion-index", "0")))
+TRAINJOB = JobKind(
+    "trainjob",
+    TRAINER_GROUP,
+    TRAINER_VERSION,
+    "trainjobs",
+    "TrainJob",
+    "jobset.sigs.k8s.io/jobset-name",
+    (
+        ("jobset.sigs.k8s.io/replicatedjob-name", TRAINER_NODE),
+        ("batch.kubernetes.io/job-completion-index", "0"),
+    ),
+)
 JOB_KINDS = {kind.launcher: kind for kind in (TFJOB, TRAINJOB)}
 
 
@@ -107,8 +123,10 @@ class Placement:
     def pod_fields(self) -> dict:
         """The pod spec's ``tolerations`` and ``nodeSelector``, where there are any."""
         fields = {"tolerations": [dict(t) for t in self.tolerations]} if self.tolerations else {}
-        return {**fields, **({"nodeSelector": dict(self.node_selector)}
-                             if self.node_selector else {})}
+        return {
+            **fields,
+            **({"nodeSelector": dict(self.node_selector)} if self.node_selector else {}),
+        }
 
 
 @dataclass(frozen=True)
@@ -207,9 +225,20 @@ def distributed_params(tree: dict) -> dict:
 def worker_command(job: TrainJob) -> list[str]:
     """What each worker runs: the rung, from the staged params and inputs."""
     layout = job.layout
-    command = ["image-finetune", "train-rung", "--params", str(layout.params),
-               "--index", str(job.index), "--data", str(layout.data), "--out", str(layout.out),
-               "--cache", job.cache]
+    command = [
+        "image-finetune",
+        "train-rung",
+        "--params",
+        str(layout.params),
+        "--index",
+        str(job.index),
+        "--data",
+        str(layout.data),
+        "--out",
+        str(layout.out),
+        "--cache",
+        job.cache,
+    ]
     return command + (["--warm-start", str(layout.warm_start)] if job.warm_start else [])
 
 
@@ -218,15 +247,22 @@ def tfjob_manifest(job: TrainJob, namespace: str) -> dict:
     labels = {"app": "image-finetune", RUN_LABEL: label_value(job.run_id)}
     policy = job.policy
     return {
-        "apiVersion": API_VERSION, "kind": KIND,
+        "apiVersion": API_VERSION,
+        "kind": KIND,
         "metadata": {"name": job.name, "namespace": namespace, "labels": labels},
         "spec": {
-            "runPolicy": {"cleanPodPolicy": policy.clean_pod_policy,
-                          "backoffLimit": policy.backoff_limit,
-                          "ttlSecondsAfterFinished": policy.ttl_seconds},
-            "tfReplicaSpecs": {WORKER: {
-                "replicas": job.workers, "restartPolicy": "OnFailure",
-                "template": {"metadata": {"labels": labels}, "spec": _pod_spec(job)}}},
+            "runPolicy": {
+                "cleanPodPolicy": policy.clean_pod_policy,
+                "backoffLimit": policy.backoff_limit,
+                "ttlSecondsAfterFinished": policy.ttl_seconds,
+            },
+            "tfReplicaSpecs": {
+                WORKER: {
+                    "replicas": job.workers,
+                    "restartPolicy": "OnFailure",
+                    "template": {"metadata": {"labels": labels}, "spec": _pod_spec(job)},
+                }
+            },
         },
     }
 
@@ -234,8 +270,7 @@ def tfjob_manifest(job: TrainJob, namespace: str) -> dict:
 def worker_hosts(job: TrainJob) -> list[str]:
     """The TrainJob's workers as JobSet names them: ``<job>-node-0-<i>`` under the job's
     headless Service (the JobSet's subdomain), each listening on :data:`WORKER_PORT`."""
-    return [f"{job.name}-{TRAINER_NODE}-0-{i}.{job.name}:{WORKER_PORT}"
-            for i in range(job.workers)]
+    return [f"{job.name}-{TRAINER_NODE}-0-{i}.{job.name}:{WORKER_PORT}" for i in range(job.workers)]
 
 
 def trainjob_manifest(job: TrainJob, namespace: str, runtime: str) -> dict:
@@ -243,27 +278,61 @@ def trainjob_manifest(job: TrainJob, namespace: str, runtime: str) -> dict:
     ``job.workers`` nodes of ``job.image``, the cache volume patched into each node's pod."""
     labels = {"app": "image-finetune", RUN_LABEL: label_value(job.run_id)}
     env = [*_ENV, {"name": WORKER_HOSTS_ENV, "value": ",".join(worker_hosts(job))}]
-    pod = {"volumes": [_cache_volume(job)], **job.placement.pod_fields(),
-           "containers": [{"name": TRAINER_NODE, "volumeMounts": [_cache_mount(job)]}]}
+    pod = {
+        "volumes": [_cache_volume(job)],
+        **job.placement.pod_fields(),
+        "containers": [{"name": TRAINER_NODE, "volumeMounts": [_cache_mount(job)]}],
+    }
     return {
-        "apiVersion": TRAINJOB.api_version, "kind": TRAINJOB.kind,
+        "apiVersion": TRAINJOB.api_version,
+        "kind": TRAINJOB.kind,
         "metadata": {"name": job.name, "namespace": namespace, "labels": labels},
         "spec": {
-            "runtimeRef": {"name": runtime, "apiGroup": TRAINER_GROUP,
-                           "kind": "ClusterTrainingRuntime"},
+            "runtimeRef": {
+                "name": runtime,
+                "apiGroup": TRAINER_GROUP,
+                "kind": "ClusterTrainingRuntime",
+            },
             "activeDeadlineSeconds": job.policy.timeout_seconds,
-            "trainer": {"image": job.image, "command": worker_command(job),
-                        "numNodes": job.workers, "env": env,
-                        "resourcesPerNode": _resources(job)},
-            "runtimePatches": [{"manager": MANAGER, "trainingRuntimeSpec": {"template": {
-                "spec": {"replicatedJobs": [{"name": TRAINER_NODE, "template": {"spec": {
-                    "template": {"metadata": {"labels": labels}, "spec": pod}}}}]}}}}],
+            "trainer": {
+                "image": job.image,
+                "command": worker_command(job),
+                "numNodes": job.workers,
+                "env": env,
+                "resourcesPerNode": _resources(job),
+            },
+            "runtimePatches": [
+                {
+                    "manager": MANAGER,
+                    "trainingRuntimeSpec": {
+                        "template": {
+                            "spec": {
+                                "replicatedJobs": [
+                                    {
+                                        "name": TRAINER_NODE,
+                                        "template": {
+                                            "spec": {
+                                                "template": {
+                                                    "metadata": {"labels": labels},
+                                                    "spec": pod,
+                                                }
+                                            }
+                                        },
+                                    }
+                                ]
+                            }
+                        }
+                    },
+                }
+            ],
         },
     }
 
 
-_ENV = ({"name": "KERAS_BACKEND", "value": "tensorflow"},
-        {"name": "PYTHONUNBUFFERED", "value": "1"})
+_ENV = (
+    {"name": "KERAS_BACKEND", "value": "tensorflow"},
+    {"name": "PYTHONUNBUFFERED", "value": "1"},
+)
 
 
 def _resources(job: TrainJob) -> dict:
@@ -288,18 +357,28 @@ def job_manifest(job: TrainJob, namespace: str, launcher: str, runtime: str) -> 
 
 def _pod_spec(job: TrainJob) -> dict:
     container = {
-        "name": CONTAINER, "image": job.image, "command": worker_command(job),
-        "env": list(_ENV), "resources": _resources(job), "volumeMounts": [_cache_mount(job)],
+        "name": CONTAINER,
+        "image": job.image,
+        "command": worker_command(job),
+        "env": list(_ENV),
+        "resources": _resources(job),
+        "volumeMounts": [_cache_mount(job)],
     }
-    return {"containers": [container], "volumes": [_cache_volume(job)],
-            **job.placement.pod_fields()}
+    return {
+        "containers": [container],
+        "volumes": [_cache_volume(job)],
+        **job.placement.pod_fields(),
+    }
 
 
 def job_state(status: dict | None) -> JobState:
     """The state a job's ``status`` shows: a final condition if one is true, else the latest
     true one (the operator keeps its conditions in the order they happened)."""
-    true = [c for c in (status or {}).get("conditions") or []
-            if c.get("status") == "True" and c.get("type") in PROGRESS]
+    true = [
+        c
+        for c in (status or {}).get("conditions") or []
+        if c.get("status") == "True" and c.get("type") in PROGRESS
+    ]
     final = [c for c in true if c["type"] in (SUCCEEDED, COMPLETE, FAILED)]
     if not (final or true):
         return JobState("Pending", "waiting for the training operator")
@@ -311,9 +390,11 @@ def job_state(status: dict | None) -> JobState:
 
 def failure_message(name: str, state: JobState, namespace: str, kind: JobKind = TFJOB) -> str:
     """Why the rung failed, and where to look."""
-    return (f"{kind.kind} {name} {state.phase.lower()}: {state.message}. Its pods stay until "
-            f"the job's TTL: kubectl -n {namespace} logs -l {kind.job_name_label}={name} "
-            "--prefix")
+    return (
+        f"{kind.kind} {name} {state.phase.lower()}: {state.message}. Its pods stay until "
+        f"the job's TTL: kubectl -n {namespace} logs -l {kind.job_name_label}={name} "
+        "--prefix"
+    )
 
 
 @dataclass(frozen=True)

@@ -58,9 +58,12 @@ def preprocess_layer(mode: str) -> keras.Layer:
         # RGB -> BGR and mean subtraction are one fixed affine map on the channel axis.
         permutation = np.eye(3, dtype="float32")[::-1]
         return layers.Dense(
-            3, trainable=False, name=PREPROCESS,
+            3,
+            trainable=False,
+            name=PREPROCESS,
             kernel_initializer=keras.initializers.Constant(permutation.tolist()),
-            bias_initializer=keras.initializers.Constant([-m for m in _CAFFE_MEAN_BGR]))
+            bias_initializer=keras.initializers.Constant([-m for m in _CAFFE_MEAN_BGR]),
+        )
     if mode == "none":
         return layers.Identity(name=PREPROCESS)
     raise ValueError(f"unknown preprocessing mode {mode!r}")
@@ -75,8 +78,10 @@ def build_backbone(params: ModelParams, image_size: int, weights_path: Path | No
     spec = BACKBONES[params.backbone]
     choice = params.weights.lower()
     if weights_path is None and choice not in NAMED_WEIGHTS:
-        raise ValueError(f"model.weights={params.weights!r} names no weights to load: "
-                         "decide them first (image_finetune.locate.choose_weights)")
+        raise ValueError(
+            f"model.weights={params.weights!r} names no weights to load: "
+            "decide them first (image_finetune.locate.choose_weights)"
+        )
     if weights_path is not None and not weights_path.exists():
         raise MissingInputError(
             f"{weights_path}: backbone weights not found (set model.weights or "
@@ -92,9 +97,11 @@ def build_backbone(params: ModelParams, image_size: int, weights_path: Path | No
     except Exception as exc:  # Keras' download error is a bare Exception
         if weights != IMAGENET or "URL fetch failure" not in str(exc):
             raise
-        raise MissingInputError(f"could not download the ImageNet weights of "
-                                f"{params.backbone} ({exc}); set model.weights_file to a local "
-                                "copy") from None
+        raise MissingInputError(
+            f"could not download the ImageNet weights of "
+            f"{params.backbone} ({exc}); set model.weights_file to a local "
+            "copy"
+        ) from None
     # BN statistics (folded into the convolutions for some weight files) must never be updated:
     # a non-trainable BN layer runs in inference mode in Keras 3, even inside fit().
     for layer in backbone.layers:
@@ -137,10 +144,15 @@ def classifier_parts(model: keras.Model) -> Classifier:
         pool, dropout, softmax = (head.get_layer(name) for name in (POOL, DROPOUT, SOFTMAX))
         preprocess = model.get_layer(PREPROCESS)
     except ValueError as exc:
-        raise ValueError(f"{model.name} has no {HEAD!r} with {POOL!r}, {DROPOUT!r} and "
-                         f"{SOFTMAX!r} layers: it was not built by build_classifier") from exc
-    backbone = next(layer for layer in model.layers if isinstance(layer, keras.Model)
-                    and layer.name not in (HEAD, AUGMENTATION))
+        raise ValueError(
+            f"{model.name} has no {HEAD!r} with {POOL!r}, {DROPOUT!r} and "
+            f"{SOFTMAX!r} layers: it was not built by build_classifier"
+        ) from exc
+    backbone = next(
+        layer
+        for layer in model.layers
+        if isinstance(layer, keras.Model) and layer.name not in (HEAD, AUGMENTATION)
+    )
     resize = next((layer for layer in model.layers if layer.name == RESIZE), None)
     return Classifier(model, backbone, resize, preprocess, head, pool, dropout, softmax)
 

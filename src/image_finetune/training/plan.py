@@ -65,24 +65,39 @@ class RungPlan:
     runtime: RuntimeFacts
 
 
-def plan_rung(params: Params, index: int, data: DataFacts, runtime: RuntimeFacts,
-              model: ModelParams | None = None) -> RungPlan:
+def plan_rung(
+    params: Params,
+    index: int,
+    data: DataFacts,
+    runtime: RuntimeFacts,
+    model: ModelParams | None = None,
+) -> RungPlan:
     """The plan of rung ``index`` of ``params`` on ``data`` and ``runtime``; ``model``: the
     model params with their weights decided (image_finetune.locate.choose_weights), if
     ``params.model`` does not decide them."""
     train, written = params.train, params.train.ladder[index]
-    rung = scaled_rung(adapt_rung(written, data.train_size), runtime.replicas,
-                       train.batch_scaling)
+    rung = scaled_rung(adapt_rung(written, data.train_size), runtime.replicas, train.batch_scaling)
     mirrors = train.flip_cache and params.augment.horizontal_flip
     images = data.train_size * (2 if mirrors else 1) + data.validation_size
     engine = choose_stem_engine(train.stem_engine, runtime.backend, runtime.accelerated, images)
     return RungPlan(
-        index=index, written=written, rung=rung, model=model or params.model,
+        index=index,
+        written=written,
+        rung=rung,
+        model=model or params.model,
         augment=params.augment,
-        image_size=written.image_size or params.model.image_size, seed=train.seed,
-        cache_features=train.cache_features, cache_boundary=train.cache_boundary,
-        flip_cache=train.flip_cache, mirrors_cached=mirrors, jit_compile=train.jit_compile,
-        batch_scaling=train.batch_scaling, engine=engine, data=data, runtime=runtime)
+        image_size=written.image_size or params.model.image_size,
+        seed=train.seed,
+        cache_features=train.cache_features,
+        cache_boundary=train.cache_boundary,
+        flip_cache=train.flip_cache,
+        mirrors_cached=mirrors,
+        jit_compile=train.jit_compile,
+        batch_scaling=train.batch_scaling,
+        engine=engine,
+        data=data,
+        runtime=runtime,
+    )
 
 
 def adapt_rung(rung: Rung, train_size: int) -> Rung:
@@ -101,11 +116,21 @@ def log_adaptation(plan: RungPlan) -> None:
     """Say how the rung differs from the one written, if it does."""
     written, rung = plan.written, plan.rung
     if rung != written:
-        log.info("rung %d %r on %d training images: batch %d -> %d, epochs %d -> %d, learning "
-                 "rate %g -> %g (at least %d optimizer steps; batch scaling %s)", plan.index,
-                 written.name, plan.data.train_size, written.batch_size, rung.batch_size,
-                 written.epochs, rung.epochs, written.learning_rate, rung.learning_rate,
-                 written.min_steps, plan.batch_scaling)
+        log.info(
+            "rung %d %r on %d training images: batch %d -> %d, epochs %d -> %d, learning "
+            "rate %g -> %g (at least %d optimizer steps; batch scaling %s)",
+            plan.index,
+            written.name,
+            plan.data.train_size,
+            written.batch_size,
+            rung.batch_size,
+            written.epochs,
+            rung.epochs,
+            written.learning_rate,
+            rung.learning_rate,
+            written.min_steps,
+            plan.batch_scaling,
+        )
 
 
 # The code that shapes the feature cache: training.fit builds the classifier and embeds
@@ -133,20 +158,35 @@ def weights_fingerprint(model: ModelParams, weights_path: Path | None) -> str:
     return sha256_file(weights_path) if weights_path else model.weights.lower()
 
 
-def cache_keys(plan: RungPlan, weights_path: Path | None, warm_start: Path | None,
-               step: str | None = None) -> CacheKeys:
+def cache_keys(
+    plan: RungPlan, weights_path: Path | None, warm_start: Path | None, step: str | None = None
+) -> CacheKeys:
     """What determines the feature cache and the attempt (reads the weights, the warm start
     and the code to hash them). ``step``: the module that runs the attempt (it adapts the
     rung: its code shapes the attempt too)."""
-    features = cache_key(plan.model.backbone, weights_fingerprint(plan.model, weights_path),
-                         plan.image_size, plan.cache_boundary, plan.data.digest,
-                         plan.runtime.backend, code_fingerprint(), plan.engine, STEM_PRECISION)
+    features = cache_key(
+        plan.model.backbone,
+        weights_fingerprint(plan.model, weights_path),
+        plan.image_size,
+        plan.cache_boundary,
+        plan.data.digest,
+        plan.runtime.backend,
+        code_fingerprint(),
+        plan.engine,
+        STEM_PRECISION,
+    )
     attempt_code = FEATURE_CODE + ((step,) if step else ())
-    attempt = cache_key(features, code_fingerprint(attempt_code),
-                        plan.written.model_dump(mode="json"), plan.model.dropout,
-                        plan.augment.model_dump(mode="json"), plan.seed,
-                        plan.cache_features, plan.flip_cache,
-                        sha256_file(warm_start) if warm_start else None,
-                        plan.runtime.layout if plan.runtime.replicas > 1 else None,
-                        plan.batch_scaling)
+    attempt = cache_key(
+        features,
+        code_fingerprint(attempt_code),
+        plan.written.model_dump(mode="json"),
+        plan.model.dropout,
+        plan.augment.model_dump(mode="json"),
+        plan.seed,
+        plan.cache_features,
+        plan.flip_cache,
+        sha256_file(warm_start) if warm_start else None,
+        plan.runtime.layout if plan.runtime.replicas > 1 else None,
+        plan.batch_scaling,
+    )
     return CacheKeys(features, attempt)

@@ -58,10 +58,13 @@ def split_host(backend: str, host_devices: int) -> None:
     cpu = tf.config.list_physical_devices("CPU")[0]
     try:
         tf.config.set_logical_device_configuration(
-            cpu, [tf.config.LogicalDeviceConfiguration()] * host_devices)
+            cpu, [tf.config.LogicalDeviceConfiguration()] * host_devices
+        )
     except RuntimeError as exc:  # the runtime started before: the split is fixed by now
-        raise ConfigError(f"train.host_devices {host_devices}: TensorFlow's devices were set "
-                          f"up before training started in this process ({exc})") from exc
+        raise ConfigError(
+            f"train.host_devices {host_devices}: TensorFlow's devices were set "
+            f"up before training started in this process ({exc})"
+        ) from exc
 
 
 def local_devices(backend: str) -> int:

@@ -33,8 +33,9 @@ def dataset_facts(
     frames, channel_rows = [], []
     for split in _present_splits(data_dir):
         loaded = load_split(data_dir, split)
-        frame, channels = _scan_split(split, loaded.images, loaded.labels,
-                                      read_sources(data_dir, split), chunk_rows)
+        frame, channels = _scan_split(
+            split, loaded.images, loaded.labels, read_sources(data_dir, split), chunk_rows
+        )
         frames.append(frame)
         channel_rows += channels
     facts = pd.concat(frames, ignore_index=True)
@@ -47,35 +48,48 @@ def dataset_facts(
     return facts, pd.DataFrame(channel_rows, columns=["split", "channel", "mean", "std"])
 
 
-def _scan_split(name: str, images, labels, sources: list[str] | None,
-                chunk_rows: int) -> tuple[pd.DataFrame, list[dict]]:
+def _scan_split(
+    name: str, images, labels, sources: list[str] | None, chunk_rows: int
+) -> tuple[pd.DataFrame, list[dict]]:
     n = images.shape[0]
     shape = images.shape[1:] if images.ndim == 4 else (*images.shape[1:], 1)
     stats = {key: np.empty(n, dtype=np.float64) for key in ("min", "max", "mean", "std")}
     hashes: list[str] = []
     # Channel moments only of RGB images: the per-image shape expectations report the rest.
     moments = ChannelMoments() if images.ndim == 4 and images.shape[-1] == 3 else None
-    for start, chunk in zip(range(0, n, chunk_rows), iter_chunks(images, chunk_rows),
-                            strict=True):
+    for start, chunk in zip(range(0, n, chunk_rows), iter_chunks(images, chunk_rows), strict=True):
         for key, values in _pixel_stats(chunk).items():
             stats[key][start : start + chunk.shape[0]] = values
-        hashes += [hashlib.sha256(np.ascontiguousarray(image).data).hexdigest()[:32]
-                   for image in chunk]
+        hashes += [
+            hashlib.sha256(np.ascontiguousarray(image).data).hexdigest()[:32] for image in chunk
+        ]
         if moments is not None:
             moments.add(chunk)
-    frame = pd.DataFrame({
-        "image_id": sources or [f"{name}/{i}" for i in range(n)], "split": name,
-        "label": np.asarray(labels, dtype=np.int64), "height": shape[0], "width": shape[1],
-        "channels": shape[2] if len(shape) > 2 else 1, "dtype": str(images.dtype), **stats,
-        "sha256": hashes})
+    frame = pd.DataFrame(
+        {
+            "image_id": sources or [f"{name}/{i}" for i in range(n)],
+            "split": name,
+            "label": np.asarray(labels, dtype=np.int64),
+            "height": shape[0],
+            "width": shape[1],
+            "channels": shape[2] if len(shape) > 2 else 1,
+            "dtype": str(images.dtype),
+            **stats,
+            "sha256": hashes,
+        }
+    )
     return frame, moments.rows(name) if moments is not None else []
 
 
 def _pixel_stats(chunk: np.ndarray) -> dict[str, np.ndarray]:
     """Each image's min, max, mean and std over all its pixel values."""
     block = chunk.reshape(chunk.shape[0], -1).astype(np.float32)
-    return {"min": block.min(axis=1), "max": block.max(axis=1),
-            "mean": block.mean(axis=1), "std": block.std(axis=1)}
+    return {
+        "min": block.min(axis=1),
+        "max": block.max(axis=1),
+        "mean": block.mean(axis=1),
+        "std": block.std(axis=1),
+    }
 
 
 class ChannelMoments:
@@ -95,8 +109,10 @@ class ChannelMoments:
     def rows(self, split: str) -> list[dict]:
         mean = self.total / max(self.count, 1)
         std = np.sqrt(np.maximum(self.squares / max(self.count, 1) - mean**2, 0.0))
-        return [{"split": split, "channel": channel, "mean": m, "std": s}
-                for channel, m, s in zip(CHANNELS, mean, std, strict=True)]
+        return [
+            {"split": split, "channel": channel, "mean": m, "std": s}
+            for channel, m, s in zip(CHANNELS, mean, std, strict=True)
+        ]
 
 
 def class_counts(facts: pd.DataFrame, manifest: dict) -> pd.DataFrame:
@@ -111,8 +127,11 @@ def class_counts(facts: pd.DataFrame, manifest: dict) -> pd.DataFrame:
         observed = labels.value_counts()
         expected = manifest["splits"].get(split, {}).get("per_class", {})
         counts = [int(observed.get(i, 0)) for i in range(len(class_names))]
-        balanced = ([int(whole.get(i, 0)) for i in range(len(class_names))]
-                    if manifest.get("test_holdout") == BY_CONTENT else counts)
+        balanced = (
+            [int(whole.get(i, 0)) for i in range(len(class_names))]
+            if manifest.get("test_holdout") == BY_CONTENT
+            else counts
+        )
         mean = max(float(np.mean(balanced)), 1e-9)
         for index, name in enumerate(class_names):
             rows.append(

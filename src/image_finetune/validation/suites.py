@@ -71,9 +71,11 @@ class ValidationReport:
 
 def _expectations(params: ValidateParams, manifest: dict) -> dict[str, list]:
     """The suites, one per fact table, keyed by table name."""
-    return {"images": _image_expectations(params, manifest),
-            "class_counts": _count_expectations(params),
-            "channel_stats": _channel_expectations(params)}
+    return {
+        "images": _image_expectations(params, manifest),
+        "class_counts": _count_expectations(params),
+        "channel_stats": _channel_expectations(params),
+    }
 
 
 def _image_expectations(params: ValidateParams, manifest: dict) -> list:
@@ -83,31 +85,45 @@ def _image_expectations(params: ValidateParams, manifest: dict) -> list:
     height, width, channels = (side, side, 3) if side else manifest["image_shape"]
     return [
         gxe.ExpectColumnValuesToBeInSet(
-            column="label", value_set=list(range(n_classes)),
-            description=f"label within the {n_classes} classes"),
+            column="label",
+            value_set=list(range(n_classes)),
+            description=f"label within the {n_classes} classes",
+        ),
         gxe.ExpectColumnValuesToBeBetween(
-            column="height", min_value=height, max_value=height,
-            description=f"height is {height}"),
+            column="height", min_value=height, max_value=height, description=f"height is {height}"
+        ),
         gxe.ExpectColumnValuesToBeBetween(
-            column="width", min_value=width, max_value=width,
-            description=f"width is {width}"),
+            column="width", min_value=width, max_value=width, description=f"width is {width}"
+        ),
         gxe.ExpectColumnValuesToBeBetween(
-            column="channels", min_value=channels, max_value=channels,
-            description=f"{channels} channels"),
+            column="channels",
+            min_value=channels,
+            max_value=channels,
+            description=f"{channels} channels",
+        ),
         gxe.ExpectColumnValuesToBeInSet(
-            column="dtype", value_set=["uint8"], description="dtype uint8"),
+            column="dtype", value_set=["uint8"], description="dtype uint8"
+        ),
         gxe.ExpectColumnValuesToBeBetween(
-            column="std", min_value=params.min_image_std,
-            description=f"not constant (pixel std >= {params.min_image_std})"),
+            column="std",
+            min_value=params.min_image_std,
+            description=f"not constant (pixel std >= {params.min_image_std})",
+        ),
         gxe.ExpectColumnValuesToBeInSet(
-            column="crosses_test_boundary", value_set=[False],
-            description="no image shared between train/validation and test"),
+            column="crosses_test_boundary",
+            value_set=[False],
+            description="no image shared between train/validation and test",
+        ),
         gxe.ExpectCompoundColumnsToBeUnique(
-            column_list=["split", "sha256"], mostly=1.0 - params.max_duplicate_fraction,
-            description="few exact duplicates within a split"),
+            column_list=["split", "sha256"],
+            mostly=1.0 - params.max_duplicate_fraction,
+            description="few exact duplicates within a split",
+        ),
         gxe.ExpectCompoundColumnsToBeUnique(
-            column_list=["split", "sha256"], severity=WARNING,
-            description="no exact duplicates within a split"),
+            column_list=["split", "sha256"],
+            severity=WARNING,
+            description="no exact duplicates within a split",
+        ),
     ]
 
 
@@ -115,15 +131,19 @@ def _count_expectations(params: ValidateParams) -> list:
     tolerance = params.class_balance_tolerance
     return [
         gxe.ExpectColumnPairValuesToBeEqual(
-            column_A="count", column_B="manifest_count",
-            description="counts equal the manifest's"),
+            column_A="count", column_B="manifest_count", description="counts equal the manifest's"
+        ),
         gxe.ExpectColumnValuesToBeBetween(
-            column="count", min_value=params.min_images_per_class,
-            description=f"every class has >= {params.min_images_per_class} images"),
+            column="count",
+            min_value=params.min_images_per_class,
+            description=f"every class has >= {params.min_images_per_class} images",
+        ),
         gxe.ExpectColumnValuesToBeBetween(
-            column="balance_ratio", min_value=max(0.0, 1 - tolerance),
+            column="balance_ratio",
+            min_value=max(0.0, 1 - tolerance),
             max_value=1 + tolerance,
-            description=f"class balance within +-{tolerance:.0%} of the split mean"),
+            description=f"class balance within +-{tolerance:.0%} of the split mean",
+        ),
     ]
 
 
@@ -132,31 +152,47 @@ def _channel_expectations(params: ValidateParams) -> list:
     low_std, high_std = params.channel_std_range
     return [
         gxe.ExpectTableRowCountToBeBetween(
-            min_value=1, description="per-channel statistics were computed"),
+            min_value=1, description="per-channel statistics were computed"
+        ),
         gxe.ExpectColumnValuesToBeBetween(
-            column="mean", min_value=low_mean, max_value=high_mean,
-            description=f"channel mean in [{low_mean}, {high_mean}]"),
+            column="mean",
+            min_value=low_mean,
+            max_value=high_mean,
+            description=f"channel mean in [{low_mean}, {high_mean}]",
+        ),
         gxe.ExpectColumnValuesToBeBetween(
-            column="std", min_value=low_std, max_value=high_std,
-            description=f"channel std in [{low_std}, {high_std}]"),
+            column="std",
+            min_value=low_std,
+            max_value=high_std,
+            description=f"channel std in [{low_std}, {high_std}]",
+        ),
     ]
 
 
-_ID_COLUMNS = {"images": ["image_id"], "class_counts": ["split", "class_name"],
-               "channel_stats": ["split", "channel"]}
+_ID_COLUMNS = {
+    "images": ["image_id"],
+    "class_counts": ["split", "class_name"],
+    "channel_stats": ["split", "channel"],
+}
 
 
 def _finding(table: str, result) -> Finding:
     config = result.expectation_config
     details = result.result or {}
     kwargs = config.kwargs
-    column = kwargs.get("column") or kwargs.get("column_A") or (
-        "+".join(kwargs["column_list"]) if "column_list" in kwargs else None)
-    examples = details.get("partial_unexpected_index_list") or details.get(
-        "partial_unexpected_list") or []
+    column = (
+        kwargs.get("column")
+        or kwargs.get("column_A")
+        or ("+".join(kwargs["column_list"]) if "column_list" in kwargs else None)
+    )
+    examples = (
+        details.get("partial_unexpected_index_list") or details.get("partial_unexpected_list") or []
+    )
     examples = [
-        "/".join(str(v) for k, v in e.items() if k in _ID_COLUMNS[table]) if isinstance(e, dict)
-        else e for e in examples
+        "/".join(str(v) for k, v in e.items() if k in _ID_COLUMNS[table])
+        if isinstance(e, dict)
+        else e
+        for e in examples
     ]
     return Finding(
         table=table,
@@ -206,7 +242,8 @@ def run_suites(
                 name=f"{table}_checkpoint",
                 validation_definitions=[definition],
                 actions=[gx.checkpoint.UpdateDataDocsAction(name="docs", site_names=[DOCS_SITE])]
-                if docs_dir else [],
+                if docs_dir
+                else [],
                 result_format={
                     "result_format": "SUMMARY",
                     "unexpected_index_column_names": _ID_COLUMNS[table],
