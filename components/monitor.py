@@ -22,12 +22,12 @@ def monitor_drift(
     permutations: int = 500,
     min_labels: int = 200,
     labels: Input[Artifact] = None,
-) -> NamedTuple(
+) -> NamedTuple(  # type: ignore[valid-type]
     "Monitored",
     [
         ("drift", bool),
         ("labels_count", int),
-        ("retrain", bool),  # type: ignore[valid-type]
+        ("retrain", bool),
         ("model_version", str),
     ],
 ):

@@ -34,12 +34,12 @@ def check_params(
     min_macro_f1: float,
     min_class_recall: float,
     max_latency_p95_ms: float,
-) -> NamedTuple(
+) -> NamedTuple(  # type: ignore[valid-type]
     "Sections",
     [
         ("data", dict),
         ("validate", dict),
-        ("augment", dict),  # type: ignore[valid-type]
+        ("augment", dict),
         ("model", dict),
         ("train", dict),
         ("evaluate", dict),
