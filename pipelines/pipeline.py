@@ -268,13 +268,15 @@ def _test_and_register(
         retries=2,
         cache=False,
     ).set_display_name("final gate on test")
-    # Only a model that may be registered needs its reference profile.
+    # Only a model that may be registered needs its reference profile, summarised on the
+    # engine that will serve (as the server summarises its traffic).
     profiled = deployment.on_cpu(
         profile_classifier(
             evaluate=sections["evaluate"],
             train=sections["train"],
             dataset=dataset,
             classifier=winner,
+            engine_folder=engine_folder,
         ),
         "4",
         "8G",

@@ -265,15 +265,26 @@ def profile_command(
     model: Annotated[
         Path, path_option(steps.PROFILE, "model", "saved classifier")
     ] = steps.PROFILE.paths["model"],
+    engine: Annotated[
+        Path,
+        path_option(
+            steps.PROFILE,
+            "engine",
+            "export-engine's folder: summarise on the engine and precision that will serve",
+        ),
+    ] = steps.PROFILE.paths["engine"],
     out: Annotated[
         Path, path_option(steps.PROFILE, "out", "reference profile folder")
     ] = steps.PROFILE.paths["out"],
+    keras: Annotated[
+        bool, typer.Option(help="summarise on the Keras model itself, not the engine")
+    ] = False,
 ) -> None:
     """The reference profile monitoring compares live traffic with: the classifier's
     summaries of the validation images."""
     from image_finetune.steps.profile import profile_classifier
 
-    profile = profile_classifier(_load(params)[0], data, model, out)
+    profile = profile_classifier(_load(params)[0], data, model, out, None if keras else engine)
     typer.echo(json.dumps(profile.summary(), indent=2))
 
 

@@ -23,14 +23,15 @@ import numpy as np
 from image_finetune.errors import ConfigError, MissingInputError
 from image_finetune.file_names import ENGINE_MANIFEST
 from image_finetune.hashing import sha256_file
-from image_finetune.monitoring.summaries import embedding_model
+from image_finetune.monitoring.summaries import EMBEDDING, PROBABILITIES, embedding_model
 from image_finetune.stats import mcnemar_greater
 
 if TYPE_CHECKING:
     import keras
 
 ENGINE_ENV = "IMAGE_FINETUNE_ENGINE"
-ENGINES = ("tensorflow", "onnxruntime", "openvino")
+KERAS_ENGINE = "tensorflow"  # Keras itself, on its backend
+ENGINES = (KERAS_ENGINE, "onnxruntime", "openvino")
 FAST_ENGINES = ("onnxruntime", "openvino")
 PRECISIONS = ("fp32", "int8")
 # OpenVINO, because what serves is int8 wherever the accuracy rule lets it, and OpenVINO's
@@ -49,8 +50,6 @@ PRECISIONS = ("fp32", "int8")
 DEFAULT_ENGINE = "openvino"
 
 # the classifier graph's named outputs; a model without a pooled head has one, "output"
-PROBABILITIES = "probabilities"
-EMBEDDING = "embedding"
 OUTPUT = "output"
 INPUT_NAME = "image"
 ONNX_FILE = "model.onnx"
@@ -559,6 +558,19 @@ def open_predictor(
         )
     cls = OnnxPredictor if engine == "onnxruntime" else OpenVinoPredictor
     return cls(path, precision, threads)
+
+
+def serving_predictor(model: Path, engine: Path | None) -> tuple[Predictor, list[Path]]:
+    """The predictor that will serve and its model files: the engine folder's default engine
+    at its serving precision, or the Keras model (no folder, or an engine of tensorflow)."""
+    if engine is not None:
+        manifest = read_manifest(engine)
+        if manifest["default_engine"] != KERAS_ENGINE:
+            name, precision = manifest["default_engine"], manifest["serving_precision"]
+            return open_predictor(engine, name, precision), model_files(engine, name, precision)
+    from image_finetune.inference import load_classifier
+
+    return keras_predictor(load_classifier(model)), [Path(model)]
 
 
 def compile_keras(

@@ -15,10 +15,12 @@ from image_finetune import engines
 from image_finetune.config import EngineParams, EvaluateParams, RegistryParams
 from image_finetune.data.canonical import load_split
 from image_finetune.inference import load_classifier, predict_batches
+from image_finetune.monitoring.profile import ReferenceProfile
 from image_finetune.monitoring.summaries import embedding_model
 from image_finetune.stats import per_image_correct
 from image_finetune.steps.evaluate import evaluate_classifier
 from image_finetune.steps.export_engine import export_engine
+from image_finetune.steps.profile import profile_classifier
 from tests.support import ROOT, extract_subset, ingest_source
 
 TEST_PER_CLASS = 100  # 1,000 test images: one image is 0.1 point, the rule allows 0.5
@@ -183,3 +185,22 @@ def test_registration_carries_the_engine_folder(exported, tmp_path):
     assert predictor.precision == manifest["serving_precision"]
     # a version registered before engines existed: none, so it is served on Keras
     assert download_engine(client, "engined", outcomes[None]["version"], tmp_path / "x") is None
+
+
+def test_the_reference_profile_is_summarised_on_the_engine_that_serves(exported, tmp_path):
+    """The server summarises its traffic on the engine and precision it serves; the profile
+    it is compared with is summarised there too (int8 moves the embedding by ~20% RMS, which
+    the drift tests would flag on clean traffic against a Keras fp32 reference)."""
+    manifest, params = exported["manifest"], exported["params"]
+    profile = profile_classifier(
+        params, exported["data"], exported["model"], tmp_path / "served", exported["engine"]
+    )
+    served_on = (manifest["default_engine"], manifest["serving_precision"])
+    assert (profile.engine, profile.precision) == served_on
+    assert ReferenceProfile.load(tmp_path / "served").precision == manifest["serving_precision"]
+    served = engines.open_predictor(exported["engine"], *served_on)
+    validation = load_split(exported["data"], "validation").images
+    expected = predict_batches(served, validation, params.evaluate.batch_size, "served")
+    np.testing.assert_allclose(profile.probabilities, expected, atol=1e-6)
+    keras = profile_classifier(params, exported["data"], exported["model"], tmp_path / "keras")
+    assert (keras.engine, keras.precision) == ("tensorflow", "fp32")

@@ -3,6 +3,9 @@ known distributions: drift is found where it was planted and not where it was ab
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -212,3 +215,15 @@ def test_image_statistics_measure_what_they_say():
     assert sharpness[1] > 100 * max(sharpness[0], 1e-9)
     with pytest.raises(ValueError, match=r"\[N, H, W, 3\]"):
         image_statistics(np.zeros((2, 8, 8), dtype=np.uint8))
+
+
+def test_a_profile_keeps_the_engine_and_precision_that_summarised_it(profile, tmp_path):
+    int8 = replace(profile, engine="openvino", precision="int8")
+    loaded = ReferenceProfile.load(int8.save(tmp_path / "int8"))
+    assert (loaded.engine, loaded.precision) == ("openvino", "int8")
+    assert loaded.with_version("7").precision == "int8"
+    meta = json.loads((tmp_path / "int8" / "profile.json").read_text())
+    del meta["engine"], meta["precision"]  # a profile saved before they were recorded
+    (tmp_path / "int8" / "profile.json").write_text(json.dumps(meta))
+    older = ReferenceProfile.load(tmp_path / "int8")
+    assert (older.engine, older.precision) == ("tensorflow", "fp32")

@@ -6,7 +6,7 @@ and projected exactly as the reference was. Saved as one small JSON and one .npz
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,10 @@ class ReferenceProfile:
     mean: np.ndarray  # [D] embedding mean of the training features
     components: np.ndarray  # [k, D] principal axes (rows orthonormal)
     model_version: str | None = None
+    # What computed the summaries: live windows are comparable only when summarised on the
+    # same engine at the same precision (int8 moves the embedding by ~20%, RMS).
+    engine: str = "tensorflow"
+    precision: str = "fp32"
 
     def __post_init__(self):
         n, classes = self.probabilities.shape
@@ -87,6 +91,8 @@ class ReferenceProfile:
                     "format_version": FORMAT_VERSION,
                     "class_names": list(self.class_names),
                     "model_version": self.model_version,
+                    "engine": self.engine,
+                    "precision": self.precision,
                     "images": len(self),
                     "dimensions": self.dimensions,
                     "image_statistics": list(IMAGE_STATISTICS),
@@ -131,20 +137,14 @@ class ReferenceProfile:
         return cls(
             class_names=tuple(names),
             model_version=None if version is None else str(version),
+            engine=str(meta.get("engine", "tensorflow")),  # older profiles: Keras fp32
+            precision=str(meta.get("precision", "fp32")),
             **arrays,
         )
 
     def with_version(self, model_version: str) -> ReferenceProfile:
         """The same profile, tagged with the version it belongs to."""
-        return ReferenceProfile(
-            self.class_names,
-            self.probabilities,
-            self.projected,
-            self.image_stats,
-            self.mean,
-            self.components,
-            model_version,
-        )
+        return replace(self, model_version=model_version)
 
     def summary(self) -> dict:
         """Readable figures: predicted-class histogram, confidence and statistics quantiles."""
@@ -191,6 +191,7 @@ def build_profile(
     training_embeddings: np.ndarray,
     dimensions: int = 32,
     model_version: str | None = None,
+    summarised_on: tuple[str, str] = ("tensorflow", "fp32"),
 ) -> ReferenceProfile:
     """A profile from the reference (validation) summaries and a PCA fitted on training
     embeddings (never on the reference itself, so its spread is measured, not fitted)."""
@@ -204,4 +205,5 @@ def build_profile(
         mean,
         components,
         model_version,
+        *summarised_on,
     )

@@ -4,6 +4,7 @@ statistics are pure numpy; the embedding model imports keras only when it is bui
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -14,6 +15,8 @@ if TYPE_CHECKING:
     from image_finetune.data.rows import Rows
 
 IMAGE_STATISTICS = ("brightness", "contrast", "saturation", "sharpness")
+# The summaries model's two outputs, by the names every exported engine keeps.
+PROBABILITIES, EMBEDDING = "probabilities", "embedding"
 # ITU-R BT.601 luma weights: brightness as a viewer perceives it.
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 CHUNK = 256  # images per pass: float32 copies of a chunk stay small whatever N is
@@ -100,6 +103,24 @@ def projecting_model(
     return keras.Model(
         summaries.inputs, [probabilities, projected], name=f"{summaries.name}_projected"
     )
+
+
+def summarise_outputs(
+    outputs: Callable[[np.ndarray], dict[str, np.ndarray]], images: Rows, batch_size: int = 256
+) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities [N, C], pooled embeddings [N, D]) of uint8 images, float32, in batches,
+    from a predictor's named outputs (``Predictor.outputs``: ``probabilities`` and
+    ``embedding``), on whatever engine and precision it runs."""
+    probabilities, embeddings = [], []
+    for start in range(0, len(images), batch_size):
+        named = outputs(np.asarray(images[start : start + batch_size]))
+        if EMBEDDING not in named:
+            raise ValueError("the model has no embedding output to summarise")
+        probabilities.append(np.asarray(named[PROBABILITIES], dtype=np.float32))
+        embeddings.append(np.asarray(named[EMBEDDING], dtype=np.float32))
+    if not probabilities:
+        raise ValueError("no images to summarise")
+    return np.concatenate(probabilities), np.concatenate(embeddings)
 
 
 def summarise(

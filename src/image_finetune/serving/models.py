@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from image_finetune.config import RegistryParams
+from image_finetune.engines import KERAS_ENGINE
 from image_finetune.errors import MissingExtraError, PipelineError
 from image_finetune.inference import class_names_or_indices, model_input_size
 from image_finetune.registry.client import client_for
@@ -35,7 +36,6 @@ if TYPE_CHECKING:  # loaded only for a monitored version (attach_reference)
     from image_finetune.monitoring.profile import ReferenceProfile
 
 log = logging.getLogger(__name__)
-KERAS_ENGINE = "tensorflow"
 
 
 class MissingModelError(LookupError):
@@ -189,6 +189,16 @@ def attach_reference(loaded: LoadedModel, registry: RegistryParams) -> None:
             )
             return
         loaded.profile = profile = ReferenceProfile.load(folder)
+    if profile.precision != loaded.precision:  # fp32 engines agree to 1e-4; int8 does not
+        log.warning(
+            "v%s serves on %s %s but its reference profile was summarised on %s %s: the "
+            "drift tests compare unlike summaries and may flag the difference itself",
+            loaded.version,
+            loaded.engine,
+            loaded.precision,
+            profile.engine,
+            profile.precision,
+        )
     loaded.summaries = summaries_model(loaded, profile)
 
 

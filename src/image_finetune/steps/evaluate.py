@@ -13,8 +13,7 @@ import numpy as np
 from image_finetune import engines
 from image_finetune.config import Params
 from image_finetune.data.canonical import load_split, read_manifest
-from image_finetune.engines import Predictor
-from image_finetune.inference import load_classifier, measure_latency, predict_proba
+from image_finetune.inference import measure_latency, predict_proba
 from image_finetune.metrics import STRUCTURED, classification_metrics, flatten_metrics_with_classes
 from image_finetune.metrics import flatten_metrics as flatten_metrics  # the component logs these
 from image_finetune.report import plot_confusion, plot_gallery, write_html
@@ -48,7 +47,7 @@ def evaluate_classifier(
     the engine and precision that will serve (its manifest says which), else on Keras."""
     loaded = load_split(data, split)
     class_names = read_manifest(data)["class_names"]
-    classifier, model_files = serving_model(model, engine)
+    classifier, model_files = engines.serving_predictor(model, engine)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     probs = predict_proba(
@@ -77,20 +76,6 @@ def evaluate_classifier(
         metrics["count"],
     )
     return metrics
-
-
-def serving_model(model: Path, engine: Path | None) -> tuple[Predictor, list[Path]]:
-    """The predictor that will serve and its model files: the engine folder's default engine
-    at its serving precision, or the Keras model (no folder, or an engine of tensorflow)."""
-    if engine is not None:
-        manifest = engines.read_manifest(engine)
-        if manifest["default_engine"] != "tensorflow":
-            name, precision = manifest["default_engine"], manifest["serving_precision"]
-            return (
-                engines.open_predictor(engine, name, precision),
-                engines.model_files(engine, name, precision),
-            )
-    return engines.keras_predictor(load_classifier(model)), [Path(model)]
 
 
 def _write_results(

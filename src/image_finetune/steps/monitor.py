@@ -17,6 +17,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -24,20 +25,20 @@ from image_finetune.config import Params
 from image_finetune.data.files import walk
 from image_finetune.data.images import decode_image
 from image_finetune.data.layouts import IMAGE_SUFFIXES
+from image_finetune.engines import KERAS_ENGINE, Predictor, keras_predictor
 from image_finetune.errors import IngestError, MissingInputError
 from image_finetune.monitoring.drift import DriftResult, Window, test_window
 from image_finetune.monitoring.feedback_store import mark_export_retrained
 from image_finetune.monitoring.profile import ProfileError, ReferenceProfile
 from image_finetune.monitoring.report import drift_html, sample_grid, test_figures
-from image_finetune.monitoring.summaries import embedding_model, image_statistics, summarise
-from image_finetune.registry.client import client_for, registry_errors
+from image_finetune.monitoring.summaries import image_statistics, summarise_outputs
+from image_finetune.registry.client import client_for
 from image_finetune.registry.versions import (
     CHAMPION,
-    download_model,
     download_reference_profile,
-    registered_fit,
     version_at,
 )
+from image_finetune.serving.models import load_version
 from image_finetune.steps.layout import DRIFT_HTML, DRIFT_JSON, read_export_record
 
 log = logging.getLogger(__name__)
@@ -198,23 +199,20 @@ def read_images(source: Path, size: int, how: str, limit: int) -> tuple[np.ndarr
 def _summarise_images(
     client, params: Params, version, source: Path, profile: ReferenceProfile, work: Path, limit: int
 ) -> Observed:
-    classifier = _load_version(client, params.registry.tracking_uri, version, work)
-    images, problems = read_images(
-        source, int(classifier.input_shape[1]), registered_fit(version), limit
+    """The images' window, summarised as the reference was: on the profile's engine and
+    precision (int8 summaries against an fp32 reference would be flagged as drift)."""
+    loaded = load_version(params.registry, version, profile.engine, profile.precision)
+    images, problems = read_images(source, loaded.input_size, loaded.image_fit, limit)
+    predictor = (  # an engine's model is its Predictor; Keras's gets one
+        keras_predictor(loaded.model)
+        if loaded.engine == KERAS_ENGINE
+        else cast(Predictor, loaded.model)
     )
-    probabilities, embeddings = summarise(
-        embedding_model(classifier), images, params.evaluate.batch_size
+    probabilities, embeddings = summarise_outputs(
+        predictor.outputs, images, params.evaluate.batch_size
     )
     window = Window(probabilities, profile.project(embeddings), image_statistics(images))
     return Observed(window, images, problems)
-
-
-@registry_errors
-def _load_version(client, tracking_uri: str, version, work: Path):
-    import mlflow
-
-    local = download_model(client, tracking_uri, version.name, version.version, str(work / "model"))
-    return mlflow.keras.load_model(local)
 
 
 def count_labelled(labels: Path) -> tuple[int, int]:

@@ -170,7 +170,8 @@ EVALUATE = StepSpec(
     ),
     stage=True,
 )
-# The reference profile a registered version carries (monitoring): from validation images.
+# The reference profile a registered version carries (monitoring): from validation images,
+# summarised on the engine and precision that will serve.
 PROFILE = StepSpec(
     "profile",
     "profile",
@@ -180,7 +181,7 @@ PROFILE = StepSpec(
         "evaluate.profile_fit_images",
         "train.seed",
     ),
-    reads=(DATA, PathOption("model", "models/selected/model.keras")),
+    reads=(DATA, PathOption("model", "models/selected/model.keras"), ENGINE),
     writes=(PathOption("out", "reports/reference_profile"),),
     stage=True,
 )
