@@ -4,6 +4,8 @@ alerts in infra/ are written against."""
 
 from __future__ import annotations
 
+import functools
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from image_finetune.serving.metrics import LATENCY_BUCKETS
@@ -15,12 +17,8 @@ class OperateMetrics:
     """Drift, feedback and rollout metrics, labelled by model version."""
 
     def __init__(self, registry: CollectorRegistry):
-        def gauge(name, doc, labels):
-            return Gauge(name, doc, labels, registry=registry)
-
-        def counter(name, doc, labels):
-            return Counter(name, doc, labels, registry=registry)
-
+        gauge = functools.partial(Gauge, registry=registry)
+        counter = functools.partial(Counter, registry=registry)
         self.drift_detected = gauge(
             "image_finetune_drift_detected",
             "Whether the last window drifted from the reference, per test (overall: any)",
@@ -60,15 +58,9 @@ class OperateMetrics:
         self.online_accuracy = gauge(
             "image_finetune_online_accuracy", "Accuracy on labelled feedback", ["model_version"]
         )
-        self._add_rollout_metrics(registry)
+        self._add_rollout_metrics(registry, gauge, counter)
 
-    def _add_rollout_metrics(self, registry: CollectorRegistry) -> None:
-        def gauge(name, doc, labels):
-            return Gauge(name, doc, labels, registry=registry)
-
-        def counter(name, doc, labels):
-            return Counter(name, doc, labels, registry=registry)
-
+    def _add_rollout_metrics(self, registry: CollectorRegistry, gauge, counter) -> None:
         self.rollout_requests = counter(
             "image_finetune_rollout_requests_total",
             "Requests answered by role",
