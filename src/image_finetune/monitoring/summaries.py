@@ -127,13 +127,9 @@ def summarise(
     model: keras.Model, images: Rows, batch_size: int = 256
 ) -> tuple[np.ndarray, np.ndarray]:
     """(probabilities [N, C], pooled embeddings [N, D]) of uint8 images, float32, in batches,
-    from an :func:`embedding_model`."""
-    probabilities, embeddings = [], []
-    for start in range(0, len(images), batch_size):
-        batch = np.asarray(images[start : start + batch_size])
-        probs, pooled = model.predict_on_batch(batch)
-        probabilities.append(np.asarray(probs, dtype=np.float32))
-        embeddings.append(np.asarray(pooled, dtype=np.float32))
-    if not probabilities:
-        raise ValueError("no images to summarise")
-    return np.concatenate(probabilities), np.concatenate(embeddings)
+    from an :func:`embedding_model` (its two outputs, named as an engine names them)."""
+
+    def outputs(batch: np.ndarray) -> dict[str, np.ndarray]:
+        return dict(zip((PROBABILITIES, EMBEDDING), model.predict_on_batch(batch), strict=True))
+
+    return summarise_outputs(outputs, images, batch_size)
