@@ -106,7 +106,7 @@ def resolve_engine(requested: str | None = None) -> str:
         for engine in (DEFAULT_ENGINE, *[e for e in FAST_ENGINES if e != DEFAULT_ENGINE]):
             if engine_available(engine):
                 return engine
-        return "tensorflow"
+        return KERAS_ENGINE
     if choice not in ENGINES:
         raise ConfigError(
             f"engine {choice!r} is not one of auto, {', '.join(ENGINES)} "
@@ -421,7 +421,7 @@ def file_hashes(folder: Path) -> dict[str, str]:
 class KerasPredictor:
     """The Keras model itself (engine ``tensorflow``)."""
 
-    engine = "tensorflow"
+    engine = KERAS_ENGINE
     precision = "fp32"
 
     def __init__(self, model: keras.Model):
@@ -545,7 +545,7 @@ def open_predictor(
     folder = Path(folder)
     precision = check_precision(precision)
     engine = resolve_engine(engine)
-    if engine == "tensorflow":
+    if engine == KERAS_ENGINE:
         raise ConfigError(
             "an engine folder holds no TensorFlow model: load the Keras model "
             "(inference.load_classifier) and use keras_predictor"
@@ -579,7 +579,7 @@ def compile_keras(
     """Convert ``model`` (a classifier, or any one-input model such as a frozen stem) and open
     it on ``engine`` in one call; ``tensorflow`` gives the Keras model itself."""
     engine = resolve_engine(engine)
-    if engine == "tensorflow":
+    if engine == KERAS_ENGINE:
         return keras_predictor(model)
     convert_keras(model, workdir, engines=(engine,))
     return open_predictor(workdir, engine, "fp32", threads)

@@ -43,7 +43,7 @@ def export_engine(params: Params, data: Path, model: Path, out: Path) -> dict:
         "agreement": {},
         "int8": None,
     }
-    if engine != "tensorflow":
+    if engine != engines.KERAS_ENGINE:
         fp32 = _convert_and_compare(
             classifier, out, test.images, params.evaluate.batch_size, manifest["agreement"]
         )
