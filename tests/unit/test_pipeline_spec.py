@@ -65,6 +65,26 @@ def parsed(path: Path) -> tuple[PipelineSpec, dict[str, KubernetesConfig]]:
     }
 
 
+def compile_with(tmp_path: Path, *options: str):
+    """The pipeline compiled from params.yaml for IMAGE with ``options``, parsed."""
+    out = tmp_path / "pipeline.yaml"
+    result = CliRunner().invoke(
+        cli.app,
+        [
+            "compile",
+            "--params",
+            str(ROOT / "params.yaml"),
+            "--out",
+            str(out),
+            "--image",
+            IMAGE,
+            *options,
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    return parsed(out)
+
+
 def compiled_with_platform(folder: Path, params: Params, **deployment):
     """Compile to YAML, as the ``compile`` command does, and parse both documents."""
     path = folder / "pipeline.yaml"
@@ -493,25 +513,8 @@ def test_the_default_secret_and_claim_are_the_ones_infra_names():
 
 @pytest.mark.parametrize("secret,claim", [("team-mlflow", ""), ("", "team-cache")])
 def test_compile_names_the_secret_and_the_claim_or_none(secret, claim, tmp_path):
-    out = tmp_path / "pipeline.yaml"
-    result = CliRunner().invoke(
-        cli.app,
-        [
-            "compile",
-            "--params",
-            str(ROOT / "params.yaml"),
-            "--out",
-            str(out),
-            "--image",
-            IMAGE,
-            "--credentials-secret",
-            secret,
-            "--cache-pvc",
-            claim,
-        ],
-    )
-    assert result.exit_code == 0, result.output
-    settings = kubernetes_settings(*parsed(out)).values()
+    compiled = compile_with(tmp_path, "--credentials-secret", secret, "--cache-pvc", claim)
+    settings = kubernetes_settings(*compiled).values()
     assert {constant(s.secret_name_parameter) for c in settings for s in c.secret_as_env} == (
         {secret} if secret else set()
     )

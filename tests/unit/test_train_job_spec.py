@@ -11,28 +11,15 @@ from typer.testing import CliRunner
 
 from image_finetune.components import train_rung, train_rung_job
 from image_finetune.pipelines import cli
-from tests.unit.test_pipeline_spec import IMAGE, constant, container_tasks, executor, parsed
+from tests.unit.test_pipeline_spec import (
+    IMAGE,
+    compile_with,
+    constant,
+    container_tasks,
+    executor,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def compile_with(tmp_path: Path, *options: str):
-    out = tmp_path / "pipeline.yaml"
-    result = CliRunner().invoke(
-        cli.app,
-        [
-            "compile",
-            "--params",
-            str(ROOT / "params.yaml"),
-            "--out",
-            str(out),
-            "--image",
-            IMAGE,
-            *options,
-        ],
-    )
-    assert result.exit_code == 0, result.output
-    return parsed(out)
 
 
 def training_tasks(spec) -> dict:
