@@ -42,6 +42,29 @@ def register(params, data: Path, evaluation: Path, decision: Path, model: Path, 
     )
 
 
+def register_with_profile(champion: dict, work: Path, run: str):
+    """The champion, with its reference profile, registered and promoted in a registry of
+    ``work``'s own: (params, the profile folder, the registration's outcome)."""
+    from image_finetune.steps.profile import profile_classifier
+    from image_finetune.steps.register import register_classifier
+
+    params, _ = own_registry_params(champion, work)
+    profile = work / "profile"
+    profile_classifier(params, champion["data"], champion["model_path"], profile)
+    outcome = register_classifier(
+        params,
+        champion["data"],
+        champion["evaluation"],
+        champion["decision"],
+        work / "registration.json",
+        ROOT,
+        model=champion["model_path"],
+        profile=profile,
+        pipeline_run_id=run,
+    )
+    return params, profile, outcome
+
+
 def own_registry_params(champion: dict, work: Path):
     """(params, params.yaml) of the serving tests' champion with the registry moved to a
     sqlite store in ``work``: a module that promotes or registers leaves the others alone."""

@@ -13,10 +13,8 @@ import pytest
 from image_finetune.data.images import decode_image
 from image_finetune.monitoring.profile import ReferenceProfile
 from image_finetune.steps.monitor import read_recorded
-from image_finetune.steps.profile import profile_classifier
-from image_finetune.steps.register import register_classifier
-from tests.e2e.serving_support import own_registry_params, png, serve
-from tests.support import ROOT, wait_until
+from tests.e2e.serving_support import png, register_with_profile, serve
+from tests.support import wait_until
 
 pytestmark = pytest.mark.ordered
 WINDOW = 50
@@ -27,20 +25,7 @@ def monitored(champion, tmp_path_factory):
     """The champion with its reference profile in a registry of this module's own, served
     with 50-image windows whose summaries are recorded."""
     work = tmp_path_factory.mktemp("drift")
-    params, _ = own_registry_params(champion, work)
-    profile = work / "profile"
-    profile_classifier(params, champion["data"], champion["model_path"], profile)
-    outcome = register_classifier(
-        params,
-        champion["data"],
-        champion["evaluation"],
-        champion["decision"],
-        work / "registration.json",
-        ROOT,
-        model=champion["model_path"],
-        profile=profile,
-        pipeline_run_id="drift-1",
-    )
+    params, profile, outcome = register_with_profile(champion, work, "drift-1")
     assert outcome["promoted"]
     records = work / "windows"
     server = serve(

@@ -27,17 +27,15 @@ from image_finetune.registry.promotion import promote
 from image_finetune.steps.evaluate import evaluate_classifier
 from image_finetune.steps.final_gate import final_gate
 from image_finetune.steps.predict_batch import predict_batch
-from image_finetune.steps.profile import profile_classifier
-from image_finetune.steps.register import register_classifier
 from tests.e2e.serving_support import (
     engine_folder,
     log_engine,
-    own_registry_params,
     register,
+    register_with_profile,
     relabelled_copy,
     serve,
 )
-from tests.support import ROOT, wait_until
+from tests.support import wait_until
 
 # One server's life: answers, monitoring, then the alias moving to an int8 version.
 pytestmark = pytest.mark.ordered
@@ -52,20 +50,7 @@ def on_engine(champion, tmp_path_factory):
     """The champion with its profile and its engine folder in a registry of this module's
     own, served on engine auto with 20-image monitoring windows recorded."""
     work = tmp_path_factory.mktemp("engine")
-    params, _ = own_registry_params(champion, work)
-    profile = work / "profile"
-    profile_classifier(params, champion["data"], champion["model_path"], profile)
-    outcome = register_classifier(
-        params,
-        champion["data"],
-        champion["evaluation"],
-        champion["decision"],
-        work / "registration.json",
-        ROOT,
-        model=champion["model_path"],
-        profile=profile,
-        pipeline_run_id="engine-1",
-    )
+    params, profile, outcome = register_with_profile(champion, work, "engine-1")
     assert outcome["promoted"] and outcome["version"] == "1"
     names = read_manifest(champion["data"])["class_names"]
     folder = engine_folder(champion["model_path"], work / "engine-v1", names)
