@@ -401,18 +401,26 @@ def http_payloads(port: int, many: int) -> list[Payload]:
     ]
 
 
-def serve(env: dict, cwd: Path) -> tuple[subprocess.Popen, int, float]:
-    """A server process: (process, port, seconds from its start to /readyz 200)."""
-    port = free_port()
+def serve(env: dict, cwd: Path) -> tuple[subprocess.Popen, int, int, float]:
+    """A server process: (process, port, probe port, seconds from its start to /readyz
+    200)."""
+    port, probe_port = free_port(), free_port()
     begin = time.perf_counter()
     process = start(
-        [str(BIN / "image-finetune"), "serve", "--port", str(port)],
+        [
+            str(BIN / "image-finetune"),
+            "serve",
+            "--port",
+            str(port),
+            "--probe-port",
+            str(probe_port),
+        ],
         env,
         f"http://127.0.0.1:{port}/readyz",
         str(cwd),
         poll_seconds=0.05,
     )
-    return process, port, time.perf_counter() - begin
+    return process, port, probe_port, time.perf_counter() - begin
 
 
 def quantile(milliseconds: float) -> float | None:
@@ -421,19 +429,28 @@ def quantile(milliseconds: float) -> float | None:
     return round(milliseconds, 1) if milliseconds else None
 
 
-def load_table(port: int, pid: int, plan: Plan, client: str) -> list[dict]:
+def p99(latencies: list[float]) -> float | None:
+    return round(float(np.percentile(latencies, 99)), 1) if latencies else None
+
+
+def load_table(port: int, probe_port: int, pid: int, plan: Plan, client: str) -> list[dict]:
     rows = []
     for payload in http_payloads(port, plan.many):
         measure(payload, 2, min(1.0, plan.seconds), client)  # warm-up: connections, batches
         for concurrency in plan.concurrency:
-            health, done = [], threading.Event()
-            prober = threading.Thread(target=probe_health, args=(port, done, health))
-            prober.start()
+            health, probes, done = [], [], threading.Event()
+            probers = [
+                threading.Thread(target=probe_health, args=(port, done, health)),
+                threading.Thread(target=probe_health, args=(probe_port, done, probes, True)),
+            ]
+            for prober in probers:
+                prober.start()
             cpu_before = cpu_seconds(pid)
             figures = measure(payload, concurrency, plan.seconds, client)
             server_cpu = cpu_seconds(pid) - cpu_before
             done.set()
-            prober.join()
+            for prober in probers:
+                prober.join()
             rows.append(
                 {
                     "payload": payload.label,
@@ -448,9 +465,8 @@ def load_table(port: int, pid: int, plan: Plan, client: str) -> list[dict]:
                     "server_cpu_ms_per_request": round(
                         1000 * server_cpu / max(figures.requests, 1), 2
                     ),
-                    "healthz_p99_ms": round(float(np.percentile(health, 99)), 1)
-                    if health
-                    else None,
+                    "healthz_p99_ms": p99(health),
+                    "probe_port_healthz_p99_ms": p99(probes),
                 }
             )
             print(
@@ -484,7 +500,7 @@ def http(
     servers = []
     for engine, precision in configurations:
         env = {**base, "IMAGE_FINETUNE_ENGINE": engine, "IMAGE_FINETUNE_PRECISION": precision}
-        process, port, cold = serve(env, empty)
+        process, port, probe_port, cold = serve(env, empty)
         try:
             metadata_ = httpx.get(f"http://127.0.0.1:{port}/metadata", timeout=10).json()
             served = (metadata_.get("engine", "tensorflow"), metadata_.get("precision", "fp32"))
@@ -497,7 +513,7 @@ def http(
                     "precision": served[1],
                     "asked": f"{engine} {precision}",
                     "cold_start_s": round(cold, 2),
-                    "rows": load_table(port, process.pid, plan, client),
+                    "rows": load_table(port, probe_port, process.pid, plan, client),
                 }
             )
         finally:
@@ -569,12 +585,16 @@ def server_targets(keras_server: dict, engine_server: dict) -> list[tuple]:
             False,
         )
     )
-    worst = max((r["healthz_p99_ms"] or 0) for r in engine_server["rows"])
-    busy = http_row(engine_server, "/predict, 1 JPEG", 16)["healthz_p99_ms"]
+    # The kubelet probes the probe port (infra/k8s/base/serving.yaml); the shared port's
+    # figure is reported beside it.
+    busy_row = http_row(engine_server, "/predict, 1 JPEG", 16)
+    busy = busy_row.get("probe_port_healthz_p99_ms")
+    worst = max((r.get("probe_port_healthz_p99_ms") or 0) for r in engine_server["rows"])
     found.append(
         (
-            f"/healthz p99 under load < 5 ms ({name} server)",
-            f"{busy} ms at /predict 1 JPEG c16; {worst} ms at worst",
+            f"/healthz p99 under load < 5 ms ({name} server, probe port)",
+            f"{busy} ms at /predict 1 JPEG c16 ({busy_row['healthz_p99_ms']} ms on the "
+            f"application's port); {worst} ms at worst",
             busy is not None and busy < 5,
         )
     )
@@ -726,11 +746,14 @@ def markdown(report: dict) -> str:
     if web := report.get("http"):
         lines += [
             f"## HTTP (client {web['client']}, {web['seconds']:g} s per cell; /healthz "
-            "probed 20 times a second meanwhile)",
+            "probed 20 times a second meanwhile on each port: the application's, on one "
+            "kept connection, and the probe port's, on a new connection each time as a "
+            "kubelet does)",
             "",
             "| server | cold start s | payload | conc | req/s | images/s | p50 ms | "
-            "p95 ms | p99 ms | /healthz p99 ms | server CPU ms/req | not 200 |",
-            "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "p95 ms | p99 ms | /healthz p99 ms | probe port /healthz p99 ms | "
+            "server CPU ms/req | not 200 |",
+            "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for s in web["servers"]:
             for r in s["rows"]:
@@ -740,6 +763,7 @@ def markdown(report: dict) -> str:
                     f"{r['requests_per_second']:.1f} | {r['images_per_second']:.0f} | "
                     f"{dash(r['p50_ms'])} | {dash(r['p95_ms'])} | {dash(r['p99_ms'])} | "
                     f"{dash(r['healthz_p99_ms'])} | "
+                    f"{dash(r.get('probe_port_healthz_p99_ms'))} | "
                     f"{r['server_cpu_ms_per_request']} | {r['not_200']}"
                     f"{' (' + r['not_200_statuses'] + ')' if r['not_200'] else ''} |"
                 )

@@ -118,6 +118,7 @@ class Server:
         checkout's PYTHONPATH), instead of this one's."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.env = env
         base = {
             k: v
             for k, v in os.environ.items()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -46,6 +47,7 @@ def unready_server(champion, registry_port, tmp_path_factory):
         "IMAGE_FINETUNE_POLL_SECONDS": "1",
         "IMAGE_FINETUNE_TOKEN_FILE": str(work / "token"),
         "TMPDIR": str(work / "tmp"),
+        "IMAGE_FINETUNE_PROBE_PORT": str(free_port()),
     }
     server = Server(env, [], work / "empty")
     yield server, work / "tmp"
@@ -106,9 +108,12 @@ def reason_unready(url: str) -> str:
 
 def test_unready_while_the_registry_is_down_then_ready_when_it_is_up(unready_server, request):
     server, temp = unready_server
+    probes = f"http://127.0.0.1:{server.env['IMAGE_FINETUNE_PROBE_PORT']}"
     wait_for(f"{server.url}/healthz", server.process)  # alive from the start
+    wait_for(f"{probes}/healthz", server.process)  # on the probe port too
     # Its first try takes a while.
     wait_until(lambda: "unreachable" in reason_unready(server.url), 120)
+    wait_until(lambda: "unreachable" in reason_unready(probes), 5)
     assert httpx.get(f"{server.url}/v2/health/ready").status_code == 503
     predicted = httpx.post(
         f"{server.url}/predict",
@@ -121,6 +126,7 @@ def test_unready_while_the_registry_is_down_then_ready_when_it_is_up(unready_ser
     request.getfixturevalue("registry")
     ready = wait_for(f"{server.url}/readyz", server.process, timeout=240)
     assert ready.json()["model_version"] in ("1", "2")
+    assert wait_for(f"{probes}/readyz", server.process, timeout=5).json() == ready.json()
     metrics = httpx.get(f"{server.url}/metrics").text
     assert 'http_requests_total{method="GET",route="/readyz",status="503"}' in metrics
     assert 'route="/predict",status="503"' in metrics
@@ -165,6 +171,62 @@ def test_serving_other_machines_without_a_token_is_refused(tmp_path):
     )
     assert result.returncode == 2
     assert "without a token" in result.stderr
+
+
+def test_the_probe_process_goes_with_the_server_however_it_ends(tmp_path):
+    """Killed outright, the server cannot stop its probe process: the process sees its
+    input end and exits, so no probe answers for a server that is gone."""
+    probe_port = free_port()
+    env = {
+        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}",  # nobody there
+        "IMAGE_FINETUNE_MODEL_NAME": "x",
+        "IMAGE_FINETUNE_PROBE_PORT": str(probe_port),
+    }
+    server = Server(env, [], tmp_path)
+    try:
+        wait_for(f"http://127.0.0.1:{probe_port}/healthz", server.process)
+        server.process.kill()
+        server.process.wait()
+    finally:
+        server.stop()
+
+    def refused() -> bool:
+        try:
+            httpx.get(f"http://127.0.0.1:{probe_port}/healthz", timeout=1)
+        except httpx.TransportError:
+            return True
+        return False
+
+    wait_until(refused, 10, 0.2, "the probe process outlived its server")
+
+
+def test_a_probe_port_that_cannot_be_had_is_refused_before_serving(tmp_path):
+    port = free_port()
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    cases = ((port, "is the application's --port"), (taken.getsockname()[1], "cannot listen"))
+    for probe_port, why in cases:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "image_finetune.cli",
+                "serve",
+                "--port",
+                str(port),
+                "--probe-port",
+                str(probe_port),
+            ],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "IMAGE_FINETUNE_MODEL_NAME": "x"},
+            timeout=120,
+        )
+        assert result.returncode == 2, result.stderr
+        assert why in result.stderr and "Traceback" not in result.stderr, result.stderr
+    taken.close()
 
 
 def refresh_failures(url: str) -> float:

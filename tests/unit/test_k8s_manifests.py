@@ -152,6 +152,23 @@ def test_probes_leave_time_to_load_the_model():
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
 
 
+def test_the_kubelet_probes_the_probe_port_the_server_is_told():
+    [container] = by_kind("Deployment", "image-finetune-serve")["spec"]["template"]["spec"][
+        "containers"
+    ]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert int(env["IMAGE_FINETUNE_PROBE_PORT"]) == ports["probes"] != ports["http"]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["port"] == "probes", probe
+    ingress_ports = {
+        port["port"]
+        for rule in by_kind("NetworkPolicy", "image-finetune-serve")["spec"]["ingress"]
+        for port in rule["ports"]
+    }
+    assert ports["probes"] not in ingress_ports  # no client reaches it
+
+
 def test_the_network_policy_selects_the_serving_pods():
     policy = by_kind("NetworkPolicy", "image-finetune-serve")
     deployment = by_kind("Deployment", "image-finetune-serve")

@@ -4,6 +4,7 @@ probes (``/healthz``, ``/readyz``, ``/v2/health/*``) and ``/metrics`` that answe
 whatever the model is doing. Refusals carry a specific status and a message: ``detail`` on
 the simple API (FastAPI's shape), ``error`` on ``/v2`` (the protocol's)."""
 
+import asyncio
 import functools
 import logging
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +28,15 @@ from image_finetune.serving.models import ModelHolder
 from image_finetune.serving.oip_routes import add_oip_inference, add_oip_metadata
 from image_finetune.serving.operate_metrics import OperateMetrics
 from image_finetune.serving.operations import Operations, add_operation_routes
+from image_finetune.serving.probe_answers import (
+    LIVENESS,
+    OIP_LIVENESS,
+    OIP_READINESS,
+    READINESS,
+    ProbeState,
+    probe_answer,
+)
+from image_finetune.serving.probe_process import HEARTBEAT_SECONDS, ProbeProcess
 from image_finetune.serving.server import Server, predict_current
 from image_finetune.serving.settings import ServeSettings
 from image_finetune.serving.simple_api import Detail, add_simple_api
@@ -34,8 +44,11 @@ from image_finetune.serving.simple_api import Detail, add_simple_api
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: ServeSettings, holder: ModelHolder | None = None) -> FastAPI:
-    """The FastAPI application; the model loads in the background once it starts."""
+def create_app(
+    settings: ServeSettings, holder: ModelHolder | None = None, probes: ProbeProcess | None = None
+) -> FastAPI:
+    """The FastAPI application; the model loads in the background once it starts. ``probes``:
+    the probe process, fed the server's state from the event loop."""
     metrics = ServingMetrics()
     holder = holder or ModelHolder(settings, on_failure=metrics.refresh_failures.inc)
     operations = Operations(
@@ -63,18 +76,11 @@ def create_app(settings: ServeSettings, holder: ModelHolder | None = None) -> Fa
         operations,
     )
 
-    @asynccontextmanager
-    async def lifespan(_app):
-        server.batcher.start()
-        server.holder.start()
-        server.operations.start()
-        yield
-        server.operations.stop()
-        server.holder.stop()
-        server.batcher.stop()
-        server.pool.shutdown(wait=False, cancel_futures=True)
-
-    app = FastAPI(title="image-finetune", lifespan=lifespan, description=__doc__)
+    app = FastAPI(
+        title="image-finetune",
+        lifespan=lambda _app: background_work(server, probes),
+        description=__doc__,
+    )
     app.add_middleware(RequestLimit, limit=settings.max_connections)  # inside the metrics
     app.add_middleware(HttpMetricsMiddleware, metrics=metrics)
     app.add_exception_handler(Rejected, refusal)  # type: ignore[arg-type]  # Starlette types handlers for Exception
@@ -96,6 +102,21 @@ def create_app(settings: ServeSettings, holder: ModelHolder | None = None) -> Fa
     app.include_router(guarded)
     document_models(app, oip.InferRequest)
     return app
+
+
+@asynccontextmanager
+async def background_work(server: Server, probes: ProbeProcess | None):
+    """The threads behind the routes, and the probe process's feed, for the app's lifetime."""
+    feed = asyncio.create_task(feed_probes(server.holder, probes))
+    server.batcher.start()
+    server.holder.start()
+    server.operations.start()
+    yield
+    server.operations.stop()
+    server.holder.stop()
+    server.batcher.stop()
+    server.pool.shutdown(wait=False, cancel_futures=True)
+    feed.cancel()
 
 
 async def refusal(request: Request, exc: Rejected) -> JSONResponse:
@@ -126,35 +147,52 @@ def document_models(app: FastAPI, *models: type[BaseModel]) -> None:
 # -- probes and metrics (never behind a token, never behind inference) ----------------------
 
 
-def add_probes(app: FastAPI, server: Server) -> None:
-    @app.get("/healthz", tags=["probes"])
-    async def healthz() -> dict:
-        """Liveness: the process answers."""
-        return {"status": "ok"}
+def probe_state(holder: ModelHolder) -> ProbeState:
+    model = holder.current
+    if model is None:
+        return ProbeState(reason=redact(holder.problem or ""))
+    return ProbeState(version=model.version)
 
-    @app.get("/readyz", tags=["probes"], responses={503: {"model": Detail}})
+
+async def feed_probes(holder: ModelHolder, probes: ProbeProcess | None) -> None:
+    """The server's state to the probe process, every HEARTBEAT_SECONDS: its silence is the
+    sign of a wedged event loop."""
+    if probes is None:
+        return
+    while True:
+        probes.feed(probe_state(holder))
+        await asyncio.sleep(HEARTBEAT_SECONDS)
+
+
+def add_probes(app: FastAPI, server: Server) -> None:
+    """The probes on the application's port (the probe process answers the same ones)."""
+
+    def answer(path: str) -> JSONResponse:
+        status, content = probe_answer(path, probe_state(server.holder), None)
+        return JSONResponse(content, status)
+
+    @app.get(LIVENESS, tags=["probes"])
+    async def healthz():
+        """Liveness: the process answers."""
+        return answer(LIVENESS)
+
+    @app.get(READINESS, tags=["probes"], responses={503: {"model": Detail}})
     async def readyz():
         """Readiness: a model is loaded (503 with the reason while there is none)."""
-        model = server.holder.current
-        if model is None:
-            return JSONResponse(
-                {"status": "loading", "reason": redact(server.holder.problem or "")}, 503
-            )
-        return {"status": "ready", "model_version": model.version}
+        return answer(READINESS)
 
-    @app.get("/v2/health/live", tags=["open inference protocol"], response_model=oip.Liveness)
+    @app.get(OIP_LIVENESS, tags=["open inference protocol"], response_model=oip.Liveness)
     async def oip_live():
-        return oip.Liveness(live=True)
+        return answer(OIP_LIVENESS)
 
     @app.get(
-        "/v2/health/ready",
+        OIP_READINESS,
         tags=["open inference protocol"],
         response_model=oip.Readiness,
         responses={503: {"model": oip.Readiness}},
     )
     async def oip_ready():
-        ready = server.holder.current is not None
-        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+        return answer(OIP_READINESS)
 
     @app.get("/metrics", tags=["probes"], response_class=Response)
     async def prometheus():

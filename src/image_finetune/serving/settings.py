@@ -125,6 +125,18 @@ class ServeSettings(BaseModel):
     # The registry: alias polling once loaded, retrying while it cannot be reached.
     poll_seconds: Seconds = Field(30.0, description="alias polling interval")
     retry_seconds: Seconds = Field(5.0, description="retry interval while the registry is away")
+    # The probes and /metrics on a port of their own, answered by a thread that never waits
+    # for the event loop's request parsing (serving/probes.py); off unless set.
+    probe_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="also answer the probes and /metrics on this port, on a thread of their own",
+    )
+    loop_stall_seconds: Seconds = Field(
+        30.0,
+        description="liveness and readiness fail once the event loop has not run for this long",
+    )
     token: SecretStr | None = None
     token_file: Path | None = None  # where the token came from: re-read when it changes
     operate: OperateSettings = OperateSettings()

@@ -4,7 +4,9 @@ empty working directory, and stays up, unready, while the registry cannot be rea
 
 from __future__ import annotations
 
+from image_finetune.errors import ConfigError
 from image_finetune.serving.app import create_app
+from image_finetune.serving.probe_process import ProbeProcess
 from image_finetune.serving.settings import ServeSettings, check_exposure
 from image_finetune.steps.http_protocol import guarded_protocol
 
@@ -16,15 +18,29 @@ def serve_champion(
     import uvicorn
 
     check_exposure(host, settings, no_auth)
+    probes = None
+    if settings.probe_port is not None:
+        if settings.probe_port == port != 0:
+            raise ConfigError(f"--probe-port {port} is the application's --port: choose another")
+        probes = ProbeProcess(host, settings.probe_port, settings.loop_stall_seconds)
+        try:
+            probes.start()
+        except OSError as exc:
+            raise ConfigError(f"--probe-port {settings.probe_port}: {exc}") from exc
+    app = create_app(settings, probes=probes)
     # One process: the micro-batcher needs every request in one queue to batch them. The
     # request limit is the app's (RequestLimit: the probes apart), not uvicorn's
     # limit_concurrency, which counts the probes and every idle connection.
-    uvicorn.run(
-        create_app(settings),
-        host=host,
-        port=port,
-        log_level="info",
-        access_log=access_log,
-        timeout_graceful_shutdown=20,
-        http=guarded_protocol(settings.header_timeout_seconds, settings.max_header_bytes),
-    )
+    try:
+        uvicorn.run(
+            app,
+            host=host,
+            port=port,
+            log_level="info",
+            access_log=access_log,
+            timeout_graceful_shutdown=20,
+            http=guarded_protocol(settings.header_timeout_seconds, settings.max_header_bytes),
+        )
+    finally:
+        if probes is not None:
+            probes.stop()
