@@ -56,6 +56,7 @@ def test_a_state_line_round_trips():
 def started(stall_seconds: float = 30.0):
     process = ProbeProcess("127.0.0.1", 0, stall_seconds)
     process.start()
+    process.wait_listening()
     yield process
     process.stop()
 
@@ -106,8 +107,10 @@ def test_a_taken_port_is_refused_with_the_reason():
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
+        probes = ProbeProcess("127.0.0.1", taken.getsockname()[1], 30.0)
+        probes.start()
         with pytest.raises(OSError, match="cannot listen on 127.0.0.1:.*in use"):
-            ProbeProcess("127.0.0.1", taken.getsockname()[1], 30.0).start()
+            probes.wait_listening()
 
 
 def test_idle_sockets_cannot_take_more_than_their_share(probes):

@@ -151,18 +151,23 @@ class ProbeProcess:
         self.lost = False
 
     def start(self) -> None:
-        """Start it and wait until it listens; OSError (with its message) where it cannot."""
-        process = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        assert process.stdin and process.stdout  # the pipes asked for
+        """Start it; ``wait_listening`` says whether it could listen (the server imports its
+        application meanwhile, on the other core)."""
+        self.process = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+    def wait_listening(self) -> None:
+        """Return once it listens; OSError (with its message) where it cannot."""
+        process = self.process
+        assert process and process.stdin and process.stdout  # started, with the pipes asked for
         ready, _, _ = select.select([process.stdout], [], [], START_TIMEOUT_SECONDS)
         line = process.stdout.readline().decode(errors="replace").strip() if ready else ""
         if not line.startswith(LISTENING):
             process.kill()
             process.wait()
+            self.lost = True
             raise OSError(line or "the probe process did not start")
         self.port = int(line.removeprefix(LISTENING))
         os.set_blocking(process.stdin.fileno(), False)  # never block the event loop
-        self.process = process
         log.info("probes also on port %d (a process of their own)", self.port)
 
     def feed(self, state: ProbeState) -> None:
