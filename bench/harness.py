@@ -109,6 +109,37 @@ def register(
     client.set_registered_model_alias(name, CHAMPION, version.version)
 
 
+@contextlib.contextmanager
+def mlflow_server(work: Path):
+    """``mlflow server`` on a sqlite store under ``work``, artifacts proxied over HTTP (as a
+    deployment reaches its registry): yields its URI."""
+    work.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    process = start(
+        [
+            str(BIN / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{work / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(work / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        f"http://127.0.0.1:{port}/health",
+        str(work),
+    )
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop(process)
+
+
 def cpu_seconds(pid: int) -> float:
     """CPU seconds (user + system) a process has used so far, all its threads."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()

@@ -73,4 +73,10 @@ def test_quick_run_measures_every_part_and_writes_the_table(tmp_path, cifar_tarb
             "OIP infer, 32 JPEGs",
         }
         assert all(r["not_200"] == 0 and r["requests_per_second"] > 0 for r in server["rows"])
+        # both ports probed while loaded: the application's and the probe process's
+        assert all(r["healthz_p99_ms"] and r["probe_port_healthz_p99_ms"] for r in server["rows"])
+    [cold] = report["cold_start"]["rows"]  # quick: one start each, behind an MLflow server
+    assert cold["registry"] == "http" and cold["engine"] == DEFAULT_ENGINE
+    assert cold["keras_median_s"] > 0 and cold["engine_median_s"] > 0
+    assert "## Cold start" in table
     assert set(report["image_sizes"]) == {"full", "slim"}
