@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from image_finetune.serving.probe_answers import PROBE_ROUTES
 from tests.e2e.serving_support import Server, png, serve, wait_for
 from tests.secrets_volume import rotate_like_kubelet
 from tests.support import free_port
@@ -40,6 +41,7 @@ def guarded(champion, tmp_path_factory):
         "IMAGE_FINETUNE_MAX_CONNECTIONS": str(MAX_CONNECTIONS),
         "IMAGE_FINETUNE_HEADER_TIMEOUT_SECONDS": str(HEADER_TIMEOUT),
         "IMAGE_FINETUNE_BODY_TIMEOUT_SECONDS": str(BODY_TIMEOUT),
+        "IMAGE_FINETUNE_PROBE_PORT": str(free_port()),
     }
     running = serve(env, [], tmp_path_factory.mktemp("guarded"))
     yield running
@@ -51,9 +53,13 @@ def jpeg(champion) -> bytes:
     return next((champion["folder"] / "test" / "cat").glob("*.jpg")).read_bytes()
 
 
-def statuses(url: str, jpeg: bytes) -> dict[str, int]:
-    """What the probes and a well-behaved prediction get now."""
+def statuses(server: Server, jpeg: bytes) -> dict[str, int]:
+    """What the probes (on both ports) and a well-behaved prediction get now."""
+    url = server.url
     seen = {path: httpx.get(f"{url}{path}", timeout=10).status_code for path in PROBES}
+    probe_port = f"http://127.0.0.1:{server.env['IMAGE_FINETUNE_PROBE_PORT']}"
+    for path in PROBE_ROUTES:
+        seen[f"probe port {path}"] = httpx.get(f"{probe_port}{path}", timeout=10).status_code
     seen["/predict"] = httpx.post(
         f"{url}/predict", content=jpeg, timeout=30, headers={"content-type": "image/jpeg"}
     ).status_code
@@ -107,7 +113,7 @@ def test_sockets_trickling_headers_neither_starve_the_probes_nor_predictions(gua
     )
     try:
         time.sleep(0.5)
-        during = statuses(guarded.url, jpeg)
+        during = statuses(guarded, jpeg)
         cut = tricklers.answers(HEADER_TIMEOUT + 5)
     finally:
         tricklers.close()
@@ -127,11 +133,11 @@ def test_trickling_bodies_are_cut_at_the_body_timeout_and_never_block_the_probes
     tricklers = Tricklers(guarded.port, MAX_CONNECTIONS + 5, opening, b"\0")
     try:
         time.sleep(0.5)
-        during = statuses(guarded.url, jpeg)
+        during = statuses(guarded, jpeg)
         cut = tricklers.answers(BODY_TIMEOUT + 5)
     finally:
         tricklers.close()
-    assert {during[path] for path in PROBES} == {200}, during
+    assert {status for path, status in during.items() if path != "/predict"} == {200}, during
     assert during["/predict"] == 503  # every slot is held by a slow body: retry later
     assert b"(still open)" not in cut, cut  # b"": closed, the answer lost to a reset
     assert set(cut) <= {
@@ -140,7 +146,7 @@ def test_trickling_bodies_are_cut_at_the_body_timeout_and_never_block_the_probes
         b"",
     }, set(cut)
     assert b"HTTP/1.1 408 Request Timeout" in cut
-    assert statuses(guarded.url, jpeg)["/predict"] == 200
+    assert statuses(guarded, jpeg)["/predict"] == 200
 
 
 def raw_request(port: int, request: bytes) -> bytes:
@@ -167,7 +173,7 @@ def test_an_oversized_header_or_url_is_refused_before_it_is_read(guarded, jpeg):
     big_url = b"GET /healthz?" + b"a" * (32 << 20) + b" HTTP/1.1\r\nHost: x\r\n\r\n"
     assert raw_request(guarded.port, big_url).startswith(b"HTTP/1.1 414")
     assert cpu_seconds(guarded.process.pid) - start < 1.0  # not parsed to the end
-    assert statuses(guarded.url, jpeg)["/predict"] == 200
+    assert statuses(guarded, jpeg)["/predict"] == 200
 
 
 def multipart_of(images: list[bytes]) -> dict:
