@@ -196,8 +196,9 @@ def export_engine_command(
         Path, path_option(EXPORT_ENGINE, "out", "engine folder to write")
     ] = EXPORT_ENGINE.paths["out"],
 ) -> None:
-    """The classifier on the fast inference engine: ONNX and OpenVINO fp32 checked against
-    Keras on test, int8 judged beside fp32 on test; engine.json says what serves."""
+    """The classifier on the fast inference engine that serves (engine.engine): its fp32
+    model checked against Keras on test, int8 judged beside fp32 on test; engine.json says
+    what serves."""
     from image_finetune.steps.export_engine import export_engine
 
     manifest = export_engine(_load(params)[0], data, model, out)

@@ -194,9 +194,10 @@ class TrainParams(_Section):
     cache_boundary: str | None = "block_12_add"
     flip_cache: bool = True
     # What the frozen parts embed on (image_finetune.training.features.choose_stem_engine):
-    # auto, the fast CPU engine (engines.resolve_engine) where Keras runs TensorFlow on a CPU
-    # and the data is large enough to pay for the conversion, else Keras; tensorflow: the
-    # Keras model itself; or a named engine. The cache key records it.
+    # auto, the fast CPU engine (features.default_stem_engine: ONNX Runtime, else OpenVINO)
+    # where Keras runs TensorFlow on a CPU and the data is large enough to pay for the
+    # conversion, else Keras; tensorflow: the Keras model itself; or a named engine. The
+    # cache key records it.
     stem_engine: Literal["auto", "tensorflow", "onnxruntime", "openvino"] = "auto"
     mixed_precision: Literal["auto", "off", "on"] = "auto"
     jit_compile: Literal["auto", "off", "on"] = "auto"

@@ -552,9 +552,16 @@ def open_predictor(
         )
     path = model_file(folder, engine, precision)
     if not path.exists():
+        manifest = folder / ENGINE_MANIFEST
+        serves = (
+            f"; it serves {json.loads(manifest.read_text())['default_engine']}, the one "
+            "export-engine converts (engine.engine)"
+            if manifest.is_file()
+            else ""
+        )
         raise MissingInputError(
             f"{path}: the engine folder has no {precision} {engine} model "
-            "(run the export-engine step)"
+            f"(run the export-engine step){serves}"
         )
     cls = OnnxPredictor if engine == "onnxruntime" else OpenVinoPredictor
     return cls(path, precision, threads)

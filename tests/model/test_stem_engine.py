@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from image_finetune.config import ModelParams
-from image_finetune.engines import FAST_ENGINES, engine_available, resolve_engine
-from image_finetune.training.features import rung_features
+from image_finetune.engines import FAST_ENGINES, engine_available
+from image_finetune.training.features import default_stem_engine, rung_features
 from image_finetune.training.model import build_backbone, build_classifier
 
 BOUNDARY = "block_12_add"  # the default profile's cache boundary, at its 96 px
@@ -78,14 +78,14 @@ def test_engine_features_equal_keras_within_the_tolerance(engine, first_runs):
 
 def test_the_pool_part_on_an_engine_equals_keras_within_the_tolerance(stem_inputs, first_runs):
     """A head rung's pooled features: the rest of the backbone to the pool, on the engine."""
-    engine = "onnxruntime" if engine_available("onnxruntime") else resolve_engine("auto")
+    engine = default_stem_engine()
     pooled = embed(stem_inputs, engine, first_runs(engine)[1], mode="head")
     assert pooled[0].shape == (300, 1280)
     assert_close(pooled, embed(stem_inputs, "tensorflow", first_runs("tensorflow")[1], "head"))
 
 
 def test_two_runs_on_the_default_engine_give_identical_features(stem_inputs, first_runs, tmp_path):
-    engine = resolve_engine("auto")
+    engine = default_stem_engine()
     first, folder = first_runs(engine)
     second = embed(stem_inputs, engine, tmp_path)  # converted again, as a second run does
     for name in ("train", "validation"):
