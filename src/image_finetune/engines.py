@@ -544,7 +544,7 @@ def open_predictor(
     as resolve_engine does, among the engines whose file the folder has."""
     folder = Path(folder)
     precision = check_precision(precision)
-    engine = resolve_engine(engine)
+    engine = folder_engine(folder, engine)
     if engine == KERAS_ENGINE:
         raise ConfigError(
             "an engine folder holds no TensorFlow model: load the Keras model "
@@ -552,11 +552,10 @@ def open_predictor(
         )
     path = model_file(folder, engine, precision)
     if not path.exists():
-        manifest = folder / ENGINE_MANIFEST
         serves = (
-            f"; it serves {json.loads(manifest.read_text())['default_engine']}, the one "
+            f"; it serves {read_manifest(folder)['default_engine']}, the one "
             "export-engine converts (engine.engine)"
-            if manifest.is_file()
+            if (folder / ENGINE_MANIFEST).is_file()
             else ""
         )
         raise MissingInputError(
@@ -565,6 +564,25 @@ def open_predictor(
         )
     cls = OnnxPredictor if engine == "onnxruntime" else OpenVinoPredictor
     return cls(path, precision, threads)
+
+
+def folder_engine(folder: Path, requested: str | None = None) -> str:
+    """The engine to open ``folder`` on: the one requested (or $IMAGE_FINETUNE_ENGINE); for
+    auto, the folder's own serving engine where it is installed, else the first installed
+    engine whose model the folder has (export-engine converts only the engine that serves)."""
+    choice = (requested or os.environ.get(ENGINE_ENV) or "auto").strip().lower()
+    if choice != "auto":
+        return resolve_engine(choice)
+    manifest = folder / ENGINE_MANIFEST
+    preferred = [read_manifest(folder)["default_engine"]] if manifest.is_file() else []
+    for engine in (*preferred, DEFAULT_ENGINE, *FAST_ENGINES):
+        if (
+            engine in FAST_ENGINES
+            and engine_available(engine)
+            and model_file(folder, engine, "fp32").exists()
+        ):
+            return engine
+    return resolve_engine("auto")
 
 
 def serving_predictor(model: Path, engine: Path | None) -> tuple[Predictor, list[Path]]:

@@ -213,9 +213,10 @@ def png(pixels: np.ndarray, **options) -> bytes:
 def engine_folder(
     model_path: Path, out: Path, class_names: list[str], int8_calibration: np.ndarray | None = None
 ) -> Path:
-    """A trained classifier's engine folder as the export-engine step lays it out
-    (engines.convert_keras: ONNX and OpenVINO IR with probabilities and embedding; with
-    calibration images, OpenVINO's int8 variant marked servable and served by default)."""
+    """A trained classifier's engine folder laid out as the export-engine step does, but with
+    both engines (engines.convert_keras: ONNX and OpenVINO IR with probabilities and
+    embedding), so a test can serve either; with calibration images, OpenVINO's int8 variant
+    marked servable and served by default."""
     import json
 
     from image_finetune.engines import convert_keras, quantize_int8

@@ -156,3 +156,33 @@ def test_the_engine_params_default_to_auto_with_int8_judged_at_half_a_point():
         300,
         0.5,
     )
+
+
+def folder_with(tmp_path, default_engine: str, *engine_names: str):
+    """An engine folder holding fp32 model files for ``engine_names`` (empty: only their
+    presence is read) and a manifest naming ``default_engine``."""
+    for engine in engine_names:
+        for path in engines.model_files(tmp_path, engine, "fp32"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"")
+    (tmp_path / ENGINE_MANIFEST).write_text(json.dumps({"default_engine": default_engine}))
+    return tmp_path
+
+
+def test_auto_opens_a_folder_on_the_engine_it_was_exported_for(tmp_path, monkeypatch):
+    """export-engine converts only the serving engine: a server left at auto must open an
+    ONNX-only folder on ONNX Runtime, whatever the default engine is."""
+    monkeypatch.delenv(engines.ENGINE_ENV, raising=False)
+    onnx_only = folder_with(tmp_path / "onnx", "onnxruntime", "onnxruntime")
+    assert engines.folder_engine(onnx_only, "auto") == "onnxruntime"
+    both = folder_with(tmp_path / "both", "openvino", "onnxruntime", "openvino")
+    assert engines.folder_engine(both, "auto") == "openvino"
+    assert engines.folder_engine(both, "onnxruntime") == "onnxruntime"  # asked by name
+    monkeypatch.setenv(engines.ENGINE_ENV, "onnxruntime")
+    assert engines.folder_engine(both) == "onnxruntime"
+
+
+def test_a_folder_without_the_asked_engine_names_the_one_it_has(tmp_path):
+    onnx_only = folder_with(tmp_path, "onnxruntime", "onnxruntime")
+    with pytest.raises(MissingInputError, match="no fp32 openvino model.*it serves onnxruntime"):
+        engines.open_predictor(onnx_only, "openvino", "fp32")

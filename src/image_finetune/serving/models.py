@@ -117,7 +117,7 @@ def load_version(
             served, at = KERAS_ENGINE, "fp32"
         else:
             at = served_precision(read_manifest(folder), precision, str(version.version))
-            model = open_predictor(folder, chosen, at)
+            model = open_predictor(folder, engine, at)  # auto: the folder's own engine
             served, at = model.engine, model.precision
     names = class_names_or_indices(registered_class_names(version), model)
     return LoadedModel(
