@@ -19,6 +19,7 @@ it imports nothing beyond the standard library and serving/probe_answers.py.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import os
@@ -28,17 +29,18 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http import HTTPStatus
 
 from image_finetune.serving.probe_answers import ProbeState, probe_answer
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS = 0.5
-# Connections answered at once; more are closed unanswered (a kubelet needs one or two; a
-# flood of sockets must not become a flood of threads).
+# Connections open at once; more are closed unanswered (a kubelet needs one or two; a flood
+# of silent sockets must not hold the process's memory).
 MAX_CONNECTIONS = 16
 SOCKET_TIMEOUT_SECONDS = 5.0  # a client that sends nothing is dropped after this
+MAX_HEAD_BYTES = 8192  # a request line and headers longer than this are dropped
 START_TIMEOUT_SECONDS = 30.0
 LISTENING = "listening "  # the first line out: the port, or why not
 
@@ -62,47 +64,75 @@ class LatestState:
         return silent if silent > self.stall_seconds else None
 
 
-class BoundedHTTPServer(ThreadingHTTPServer):
-    """A thread per connection, at most MAX_CONNECTIONS at once."""
-
-    daemon_threads = True
-
-    def __init__(self, address, handler):
-        super().__init__(address, handler)
-        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
-
-    def process_request(self, request, client_address):
-        if not self.slots.acquire(blocking=False):
-            self.shutdown_request(request)
-            return
-        super().process_request(request, client_address)
-
-    def process_request_thread(self, request, client_address):
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self.slots.release()
-
-
-def probe_handler(latest: LatestState) -> type[BaseHTTPRequestHandler]:
-    class ProbeHandler(BaseHTTPRequestHandler):
-        timeout = SOCKET_TIMEOUT_SECONDS
-        server_version = "image-finetune-probes"
-
-        def do_GET(self) -> None:  # noqa: N802 (the standard library's name)
-            path = self.path.split("?", 1)[0]
+async def answer_probe(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, latest: LatestState
+) -> None:
+    """One request on one connection: its head read within SOCKET_TIMEOUT_SECONDS (at most
+    the reader's limit), answered, and the connection closed (HTTP/1.0, as a kubelet's)."""
+    try:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), SOCKET_TIMEOUT_SECONDS)
+        method, target, *_ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ")
+        path = target.split("?", 1)[0]
+        if method != "GET":
+            status, content = 405, {"detail": f"{method[:20]} is not GET"}
+        else:
             status, content = probe_answer(path, latest.state, latest.stalled_for())
-            body = json.dumps(content).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+        body = json.dumps(content).encode()
+        writer.write(
+            f"HTTP/1.0 {status} {HTTPStatus(status).phrase}\r\n"
+            f"Server: image-finetune-probes\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+            + body
+        )
+        await writer.drain()
+    except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
+        pass  # silent, cut short, oversized or not HTTP: closed unanswered
+    except ConnectionError:
+        pass
+    finally:
+        writer.close()
 
-        def log_message(self, format: str, *args) -> None:  # noqa: A002 (the stdlib's name)
-            pass  # a probe every few seconds would drown the server's log
 
-    return ProbeHandler
+async def serve_probes(host: str, port: int, latest: LatestState, ended: threading.Event) -> int:
+    """Answer probes on one thread (a sleeper the scheduler wakes at once, where a thread per
+    connection would start cold) until ``ended``: the server's input closed."""
+    loop = asyncio.get_running_loop()
+    open_connections = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal open_connections
+        if open_connections >= MAX_CONNECTIONS:
+            writer.close()
+            return
+        open_connections += 1
+        try:
+            await answer_probe(reader, writer, latest)
+        finally:
+            open_connections -= 1
+
+    try:
+        server = await asyncio.start_server(handle, host, port, limit=MAX_HEAD_BYTES)
+    except OSError as exc:
+        print(f"cannot listen on {host}:{port}: {exc.strerror}", flush=True)
+        return 2
+    print(f"{LISTENING}{server.sockets[0].getsockname()[1]}", flush=True)
+    finished = asyncio.Event()
+    threading.Thread(
+        target=lambda: (ended.wait(), loop.call_soon_threadsafe(finished.set)), daemon=True
+    ).start()
+    async with server:
+        await finished.wait()
+    return 0
+
+
+def read_states(latest: LatestState, ended: threading.Event) -> None:
+    """The server's state lines, until its end closes them."""
+    for line in sys.stdin.buffer:
+        try:
+            latest.update(ProbeState.from_line(line))
+        except ValueError:  # not the server's line: keep the last state
+            continue
+    ended.set()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,20 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stall-seconds", type=float, required=True)
     args = parser.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the server; its end stops us
-    latest = LatestState(args.stall_seconds)
-    try:
-        server = BoundedHTTPServer((args.host, args.port), probe_handler(latest))
-    except OSError as exc:
-        print(f"cannot listen on {args.host}:{args.port}: {exc.strerror}", flush=True)
-        return 2
-    print(f"{LISTENING}{server.server_address[1]}", flush=True)
-    threading.Thread(target=server.serve_forever, name="probes", daemon=True).start()
-    for line in sys.stdin.buffer:
-        try:
-            latest.update(ProbeState.from_line(line))
-        except ValueError:  # not the server's line: keep the last state
-            continue
-    return 0  # end of input: the server is gone
+    latest, ended = LatestState(args.stall_seconds), threading.Event()
+    threading.Thread(target=read_states, args=(latest, ended), daemon=True).start()
+    return asyncio.run(serve_probes(args.host, args.port, latest, ended))
 
 
 # -- the server's side ------------------------------------------------------------------------

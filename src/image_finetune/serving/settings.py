@@ -125,13 +125,13 @@ class ServeSettings(BaseModel):
     # The registry: alias polling once loaded, retrying while it cannot be reached.
     poll_seconds: Seconds = Field(30.0, description="alias polling interval")
     retry_seconds: Seconds = Field(5.0, description="retry interval while the registry is away")
-    # The probes and /metrics on a port of their own, answered by a thread that never waits
-    # for the event loop's request parsing (serving/probes.py); off unless set.
+    # The probes on a port of their own, answered by a process that never waits for the
+    # event loop's request parsing (serving/probe_process.py); off unless set.
     probe_port: int | None = Field(
         None,
         ge=0,
         le=65535,
-        description="also answer the probes and /metrics on this port, on a thread of their own",
+        description="also answer the probes on this port, from a process of their own",
     )
     loop_stall_seconds: Seconds = Field(
         30.0,
