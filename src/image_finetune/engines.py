@@ -101,7 +101,7 @@ class Predictor(Protocol):
 def resolve_engine(requested: str | None = None) -> str:
     """The engine to run: ``requested``, else $IMAGE_FINETUNE_ENGINE, else ``auto``; auto is
     DEFAULT_ENGINE where its package imports, else the other fast engine, else tensorflow."""
-    choice = (requested or os.environ.get(ENGINE_ENV) or "auto").strip().lower()
+    choice = requested_engine(requested)
     if choice == "auto":
         for engine in (DEFAULT_ENGINE, *[e for e in FAST_ENGINES if e != DEFAULT_ENGINE]):
             if engine_available(engine):
@@ -113,6 +113,11 @@ def resolve_engine(requested: str | None = None) -> str:
             f"(the --engine option or ${ENGINE_ENV})"
         )
     return choice
+
+
+def requested_engine(requested: str | None) -> str:
+    """The engine asked for: ``requested``, else $IMAGE_FINETUNE_ENGINE, else ``auto``."""
+    return (requested or os.environ.get(ENGINE_ENV) or "auto").strip().lower()
 
 
 def engine_available(engine: str) -> bool:
@@ -570,7 +575,7 @@ def folder_engine(folder: Path, requested: str | None = None) -> str:
     """The engine to open ``folder`` on: the one requested (or $IMAGE_FINETUNE_ENGINE); for
     auto, the folder's own serving engine where it is installed, else the first installed
     engine whose model the folder has (export-engine converts only the engine that serves)."""
-    choice = (requested or os.environ.get(ENGINE_ENV) or "auto").strip().lower()
+    choice = requested_engine(requested)
     if choice != "auto":
         return resolve_engine(choice)
     manifest = folder / ENGINE_MANIFEST
