@@ -29,6 +29,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from http import HTTPStatus
 
 from image_finetune.serving.probe_answers import ProbeState, probe_answer
@@ -85,17 +86,21 @@ async def answer_probe(
             + body
         )
         await writer.drain()
-    except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
-        pass  # silent, cut short, oversized or not HTTP: closed unanswered
-    except ConnectionError:
-        pass
+    except (
+        TimeoutError,
+        asyncio.IncompleteReadError,
+        asyncio.LimitOverrunError,
+        ValueError,
+        ConnectionError,
+    ):
+        pass  # silent, cut short, oversized, not HTTP or gone: closed unanswered
     finally:
         writer.close()
 
 
-async def serve_probes(host: str, port: int, latest: LatestState, ended: threading.Event) -> int:
+async def serve_probes(host: str, port: int, latest: LatestState) -> int:
     """Answer probes on one thread (a sleeper the scheduler wakes at once, where a thread per
-    connection would start cold) until ``ended``: the server's input closed."""
+    connection would start cold) until the server's input closes."""
     loop = asyncio.get_running_loop()
     open_connections = 0
 
@@ -118,21 +123,23 @@ async def serve_probes(host: str, port: int, latest: LatestState, ended: threadi
     print(f"{LISTENING}{server.sockets[0].getsockname()[1]}", flush=True)
     finished = asyncio.Event()
     threading.Thread(
-        target=lambda: (ended.wait(), loop.call_soon_threadsafe(finished.set)), daemon=True
+        target=read_states,
+        args=(latest, lambda: loop.call_soon_threadsafe(finished.set)),
+        daemon=True,
     ).start()
     async with server:
         await finished.wait()
     return 0
 
 
-def read_states(latest: LatestState, ended: threading.Event) -> None:
-    """The server's state lines, until its end closes them."""
+def read_states(latest: LatestState, on_end: Callable[[], object]) -> None:
+    """The server's state lines, until its end closes them; then ``on_end``."""
     for line in sys.stdin.buffer:
         try:
             latest.update(ProbeState.from_line(line))
         except ValueError:  # not the server's line: keep the last state
             continue
-    ended.set()
+    on_end()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,9 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stall-seconds", type=float, required=True)
     args = parser.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the server; its end stops us
-    latest, ended = LatestState(args.stall_seconds), threading.Event()
-    threading.Thread(target=read_states, args=(latest, ended), daemon=True).start()
-    return asyncio.run(serve_probes(args.host, args.port, latest, ended))
+    return asyncio.run(serve_probes(args.host, args.port, LatestState(args.stall_seconds)))
 
 
 # -- the server's side ------------------------------------------------------------------------
