@@ -65,22 +65,17 @@ def parsed(path: Path) -> tuple[PipelineSpec, dict[str, KubernetesConfig]]:
     }
 
 
+def invoke_compile(out: Path, *options: str):
+    """``compile`` from params.yaml to ``out`` with ``options``: the CLI runner's result."""
+    return CliRunner().invoke(
+        cli.app, ["compile", "--params", str(ROOT / "params.yaml"), "--out", str(out), *options]
+    )
+
+
 def compile_with(tmp_path: Path, *options: str):
     """The pipeline compiled from params.yaml for IMAGE with ``options``, parsed."""
     out = tmp_path / "pipeline.yaml"
-    result = CliRunner().invoke(
-        cli.app,
-        [
-            "compile",
-            "--params",
-            str(ROOT / "params.yaml"),
-            "--out",
-            str(out),
-            "--image",
-            IMAGE,
-            *options,
-        ],
-    )
+    result = invoke_compile(out, "--image", IMAGE, *options)
     assert result.exit_code == 0, result.output
     return parsed(out)
 

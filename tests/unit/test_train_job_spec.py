@@ -7,16 +7,15 @@ from pathlib import Path
 
 import pytest
 from google.protobuf import json_format
-from typer.testing import CliRunner
 
 from image_finetune.components import train_rung, train_rung_job
-from image_finetune.pipelines import cli
 from tests.unit.test_pipeline_spec import (
     IMAGE,
     compile_with,
     constant,
     container_tasks,
     executor,
+    invoke_compile,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,20 +94,7 @@ def test_by_default_training_runs_in_the_tasks_own_pod_as_before(tmp_path):
 
 
 def test_workers_without_the_cache_volume_are_refused(tmp_path):
-    result = CliRunner().invoke(
-        cli.app,
-        [
-            "compile",
-            "--params",
-            str(ROOT / "params.yaml"),
-            "--out",
-            str(tmp_path / "p.yaml"),
-            "--workers",
-            "2",
-            "--cache-pvc",
-            "",
-        ],
-    )
+    result = invoke_compile(tmp_path / "p.yaml", "--workers", "2", "--cache-pvc", "")
     assert result.exit_code == 2
     assert "--workers 2 needs the cache PVC" in result.output
     assert "Traceback" not in result.output
