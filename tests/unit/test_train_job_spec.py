@@ -3,8 +3,6 @@
 receives what the manifest is built from; with the default (one worker) the training tasks
 are the ``train_rung`` component as before, and ``--workers`` without the PVC is refused."""
 
-from pathlib import Path
-
 import pytest
 from google.protobuf import json_format
 
@@ -17,8 +15,6 @@ from tests.unit.test_pipeline_spec import (
     executor,
     invoke_compile,
 )
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def training_tasks(spec) -> dict:
