@@ -8,11 +8,13 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from image_finetune.config import Params
+from image_finetune.data.canonical import load_split
 from image_finetune.errors import GateFailedError
-from image_finetune.inference import load_classifier
+from image_finetune.inference import load_classifier, predict_proba
 from image_finetune.steps.climb_ladder import climb_ladder
 from image_finetune.steps.layout import MODEL_FILE
 from tests.support import ROOT, ingest_source, small_params, validate_with
@@ -113,3 +115,23 @@ def test_a_ladder_whose_rungs_all_fail_fails_with_every_attempts_reasons(
     summary = json.loads((tmp_path / "models" / "summary.json").read_text())
     assert summary["selected"] is None and len(summary["attempts"]) == 2
     assert not (tmp_path / "models" / "selected").exists()
+
+
+def test_an_attempt_is_evaluated_on_the_cached_features_it_validated_on(
+    small_folder, no_top_weights, validated, cache, tmp_path
+):
+    """The attempt's validation scores come from the cached features (the frozen part is not
+    run again) and equal what its saved model gives on the images, flip TTA included."""
+    params = ladder_params(small_folder, no_top_weights, [{"name": "learns", **LEARNS}])
+    params = params.model_copy(
+        update={"evaluate": params.evaluate.model_copy(update={"flip_tta": True})}
+    )
+    climb(params, validated, tmp_path / "models", cache)
+    evaluation = tmp_path / "models" / "attempt_0" / "evaluation"
+    details = json.loads((evaluation / "details.json").read_text())
+    assert details["scored_on"] == "cached features (frozen part on tensorflow fp32)"
+    recorded = np.load(evaluation / "predictions.npz")["probabilities"]
+    model = load_classifier(tmp_path / "models" / "attempt_0" / MODEL_FILE)
+    images = load_split(validated[0], "validation").images
+    direct = predict_proba(model, images, 64, flip_tta=True)
+    assert np.abs(recorded - direct).max() < 1e-5

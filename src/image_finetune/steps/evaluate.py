@@ -25,6 +25,7 @@ from image_finetune.steps.layout import (
     GALLERY_PNG,
     METRICS_FILE,
     PREDICTIONS_FILE,
+    read_held_out_scores,
     write_metrics_file,
 )
 
@@ -44,18 +45,20 @@ def evaluate_classifier(
     """Evaluate the classifier in ``model`` on ``split``; write every result to ``out`` and
     the scalar metrics, per class too, to ``metrics_file`` (flat: name -> number) if given.
     ``engine``: the export-engine step's folder; accuracy and latency are then measured on
-    the engine and precision that will serve (its manifest says which), else on Keras."""
+    the engine and precision that will serve (its manifest says which), else on Keras.
+    An attempt's validation scores that train-rung recorded beside ``model`` (on the
+    cached features it validated on) are used, not computed again."""
     loaded = load_split(data, split)
     class_names = read_manifest(data)["class_names"]
     classifier, model_files = engines.serving_predictor(model, engine)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    probs = predict_proba(
-        classifier, loaded.images, params.evaluate.batch_size, params.evaluate.flip_tta
-    )
     labels = np.asarray(loaded.labels)
+    recorded = None if split != "validation" or engine else _recorded_scores(params, model, labels)
+    probs, scored_on = recorded or _probabilities(params, classifier, loaded.images)
     metrics = classification_metrics(labels, probs, class_names, params.evaluate, params.train.seed)
     metrics["predict_seconds"] = round(time.perf_counter() - start, 2)
+    metrics["scored_on"] = scored_on
     metrics["latency"] = measure_latency(
         classifier, tuple(loaded.images.shape[1:]), params.evaluate.latency_runs
     )
@@ -76,6 +79,20 @@ def evaluate_classifier(
         metrics["count"],
     )
     return metrics
+
+
+def _recorded_scores(params: Params, model: Path, labels: np.ndarray):
+    """(probabilities, what computed them) that train-rung recorded beside ``model`` for
+    these validation ``labels``, or None."""
+    recorded = read_held_out_scores(model, labels, params.evaluate.flip_tta)
+    if recorded is not None:
+        log.info("%s: the validation scores train-rung recorded (%s)", model, recorded[1])
+    return recorded
+
+
+def _probabilities(params: Params, classifier, images) -> tuple[np.ndarray, str]:
+    probs = predict_proba(classifier, images, params.evaluate.batch_size, params.evaluate.flip_tta)
+    return probs, f"the model on {classifier.engine} {classifier.precision}"
 
 
 def _write_results(

@@ -6,6 +6,7 @@ defined there (``file_names``, the feedback store's export record) and re-export
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from image_finetune.file_names import (
     REPORT_HTML,
 )
 from image_finetune.gate import Decision
+from image_finetune.hashing import sha256_file
 from image_finetune.ladder import AttemptRecord
 from image_finetune.monitoring.feedback_store import EXPORT_RECORD, ExportRecord
 
@@ -42,6 +44,7 @@ CLASS_COUNTS_CSV = "class_counts.csv"
 CHANNEL_STATS_CSV = "channel_stats.csv"
 # train-rung (an attempt's folder); the classifier: MODEL_FILE
 HISTORY_FILE = "history.csv"
+HELD_OUT_SCORES = "validation_scores.npz"
 # evaluate
 DETAILS_FILE = "details.json"
 METRICS_FILE = "metrics.json"
@@ -86,6 +89,48 @@ def read_evaluation(evaluation: Path) -> tuple[dict, np.ndarray, np.ndarray]:
     metrics = json.loads((evaluation / DETAILS_FILE).read_text())
     predictions = np.load(evaluation / PREDICTIONS_FILE)
     return metrics, predictions["probabilities"], predictions["labels"]
+
+
+def write_held_out_scores(
+    model: Path, labels: np.ndarray, probabilities: np.ndarray, mirrored: np.ndarray, source: str
+) -> None:
+    """Beside an attempt's ``model``: its class probabilities on the validation images and on
+    their mirrored copies, how they were computed (``source``), and the model file's digest,
+    so that they are only ever read for that model."""
+    np.savez(
+        model.parent / HELD_OUT_SCORES,
+        labels=np.asarray(labels),
+        probabilities=probabilities.astype(np.float32),
+        mirrored=mirrored.astype(np.float32),
+        source=np.asarray(source),
+        model_sha256=np.asarray(sha256_file(model)),
+    )
+
+
+def read_held_out_scores(
+    model: Path, labels: np.ndarray, flip_tta: bool
+) -> tuple[np.ndarray, str] | None:
+    """(probabilities, source) recorded beside ``model`` for these validation ``labels``, the
+    mean with the mirrored copies' under flip TTA; None where there are none, or they belong to
+    another model file or other labels (the evaluation then runs the model)."""
+    try:
+        with np.load(Path(model).parent / HELD_OUT_SCORES, allow_pickle=False) as scores:
+            recorded = {name: scores[name] for name in scores.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        return None
+    expected = ("labels", "probabilities", "mirrored", "source", "model_sha256")
+    if any(name not in recorded for name in expected):
+        return None
+    if str(recorded["model_sha256"]) != sha256_file(model):
+        return None
+    if not np.array_equal(recorded["labels"], np.asarray(labels)):
+        return None
+    probabilities = recorded["probabilities"]
+    if probabilities.shape != recorded["mirrored"].shape or len(probabilities) != len(labels):
+        return None
+    if flip_tta:
+        probabilities = (probabilities + recorded["mirrored"]) / 2.0
+    return probabilities, str(recorded["source"])
 
 
 def read_records(decision_file: Path | None) -> list[AttemptRecord]:

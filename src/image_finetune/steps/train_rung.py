@@ -14,10 +14,11 @@ import time
 import uuid
 from collections.abc import Sequence
 from contextlib import ExitStack
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from image_finetune.cache import (
     ATTEMPTS,
@@ -33,13 +34,22 @@ from image_finetune.cache import (
 from image_finetune.config import Params
 from image_finetune.data.canonical import Split, load_split, manifest_digest, read_manifest
 from image_finetune.locate import choose_weights
-from image_finetune.steps.layout import HISTORY_FILE, MODEL_FILE, RESULT_FILE
+from image_finetune.steps.layout import (
+    HELD_OUT_SCORES,
+    HISTORY_FILE,
+    MODEL_FILE,
+    RESULT_FILE,
+    write_held_out_scores,
+)
 from image_finetune.training.checkpoints import TrainingPaths
 from image_finetune.training.distribute import Replicas, start_replicas
+from image_finetune.training.features import STEM_PRECISION
 from image_finetune.training.fit import (
     AttemptResult,
+    HeldOutProbabilities,
     build_rung_classifier,
     fit_rung,
+    held_out_probabilities,
     prepare_fit,
 )
 from image_finetune.training.model import Classifier
@@ -185,8 +195,23 @@ def _train(
         distribution=replicas.describe(),
         global_batch=rung.batch_size,
     )
-    _save_attempt(classifier, paths, result, out, cache / ATTEMPTS / keys.attempt, replicas)
+    # One device: the workers of a distributed fit would each score (their attempts are
+    # evaluated on the saved model instead).
+    scores = held_out_probabilities(inputs, plan.engine) if replicas.count == 1 else None
+    attempt = SavedAttempt(classifier, result, scores, np.asarray(validation.labels))
+    _save_attempt(attempt, paths, out, cache / ATTEMPTS / keys.attempt, replicas)
     return result
+
+
+@dataclass(frozen=True)
+class SavedAttempt:
+    """What an attempt writes: the classifier, its result and (None: not scored) its
+    validation scores on the cached features, for the validation ``labels``."""
+
+    classifier: Classifier
+    result: AttemptResult
+    scores: HeldOutProbabilities | None
+    labels: np.ndarray
 
 
 def _embedded_inputs(
@@ -216,23 +241,18 @@ def _embedded_inputs(
 
 
 def _save_attempt(
-    classifier: Classifier,
-    paths: TrainingPaths,
-    result: AttemptResult,
-    out: Path,
-    finished: Path,
-    replicas: Replicas,
+    attempt: SavedAttempt, paths: TrainingPaths, out: Path, finished: Path, replicas: Replicas
 ) -> None:
     """The chief writes the attempt; every worker returns once it is on disk."""
     if replicas.is_chief:
-        _write_attempt(classifier, paths, result, out, finished)
+        _write_attempt(attempt, paths, out, finished)
     else:  # saving takes every worker (its reads are collective): the others save aside
         with tempfile.TemporaryDirectory(prefix="attempt-") as aside:
-            classifier.model.save(Path(aside) / MODEL_FILE)
+            attempt.classifier.model.save(Path(aside) / MODEL_FILE)
         log.info(
             "rung %d %r: done on worker %d; the chief writes the attempt",
-            result.index,
-            result.rung,
+            attempt.result.index,
+            attempt.result.rung,
             replicas.worker,
         )
     replicas.barrier()
@@ -246,13 +266,20 @@ def _features_what(plan: RungPlan) -> str:
     )
 
 
-def _write_attempt(
-    classifier: Classifier, paths: TrainingPaths, result: AttemptResult, out: Path, finished: Path
-) -> None:
+def _write_attempt(attempt: SavedAttempt, paths: TrainingPaths, out: Path, finished: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    classifier.model.save(out / MODEL_FILE)
+    attempt.classifier.model.save(out / MODEL_FILE)
+    (out / HELD_OUT_SCORES).unlink(missing_ok=True)  # an earlier run's, of another model
+    if (scores := attempt.scores) is not None:
+        write_held_out_scores(
+            out / MODEL_FILE,
+            attempt.labels,
+            scores.probabilities,
+            scores.mirrored,
+            f"cached features (frozen part on {scores.stem_engine} {STEM_PRECISION})",
+        )
     shutil.move(paths.history, out / HISTORY_FILE)
-    (out / RESULT_FILE).write_text(json.dumps(asdict(result), indent=2) + "\n")
+    (out / RESULT_FILE).write_text(json.dumps(asdict(attempt.result), indent=2) + "\n")
     _keep_finished(out, finished)
 
 

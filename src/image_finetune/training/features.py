@@ -4,8 +4,9 @@ trainable rest of the classifier trains on its cached activations.
 - the stem/tail split of a backbone at ``train.cache_boundary``;
 - the frozen parts embedded on a fast CPU engine (ONNX Runtime or OpenVINO, fp32), whose
   features equal Keras's within 2e-4 (measured: bench/stem_engine.py), or on Keras itself;
-- cached activations (and those of mirrored copies, so horizontal flips survive
-  caching), memory-mapped from disk and written atomically under unique names;
+- cached activations (and those of mirrored copies, so horizontal flips survive caching
+  and flip TTA scores the validation images on them), memory-mapped from disk and written
+  atomically under unique names;
 - the batches a rung trains on, read row by row from those files (or the images);
 - the cache keys: everything that determines a cache, the code that shapes it included.
 """
@@ -18,6 +19,7 @@ import logging
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import keras
 import numpy as np
@@ -236,6 +238,17 @@ def _readable(path: Path, rows: int) -> np.ndarray | None:
     return values if whole else None
 
 
+class RungFeatures(NamedTuple):
+    """A cached rung's inputs: the features of the training images (and of their mirrored
+    copies, for flip augmentation) and of the validation images (and of theirs, for flip
+    TTA); a mirrored set is None where it was not asked for."""
+
+    train: np.ndarray
+    train_mirrored: np.ndarray | None
+    validation: np.ndarray
+    validation_mirrored: np.ndarray | None
+
+
 def rung_features(
     classifier: Classifier,
     mode: RungMode,
@@ -245,9 +258,11 @@ def rung_features(
     validation_images: Rows,
     cache_dir: Path,
     engine: str = "tensorflow",
-) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-    """(train, train mirrored or None, validation) inputs of a ``head`` or ``tail`` rung, the
-    frozen parts run on ``engine`` (see :func:`choose_stem_engine`)."""
+    mirror_validation: bool = False,
+) -> RungFeatures:
+    """The inputs of a ``head`` or ``tail`` rung, the frozen parts run on ``engine`` (see
+    :func:`choose_stem_engine`); ``flip``: with the training images' mirrored copies,
+    ``mirror_validation``: with the validation images'."""
     with tempfile.TemporaryDirectory(prefix="frozen-engine-") as workdir:
         stem = FrozenPart(stem_model(classifier, boundary), engine, Path(workdir) / "stem")
 
@@ -256,29 +271,37 @@ def rung_features(
                 part, images, cache_dir / f"{name}.npy", EMBED_BATCH, desc, mirror
             )
 
-        x_train = activations(stem, train_images, "train", "embed train")
-        x_flip = (
-            activations(stem, train_images, "train_flip", "embed mirrored train", True)
-            if flip
-            else None
+        def embedded(images, split, mirror=False):
+            if not mirror:
+                return activations(stem, images, split, f"embed {split}")
+            return activations(stem, images, f"{split}_flip", f"embed mirrored {split}", True)
+
+        stems = RungFeatures(
+            embedded(train_images, "train"),
+            embedded(train_images, "train", mirror=True) if flip else None,
+            embedded(validation_images, "validation"),
+            embedded(validation_images, "validation", mirror=True) if mirror_validation else None,
         )
-        x_val = activations(stem, validation_images, "validation", "embed validation")
         if mode == "tail":
-            return x_train, x_flip, x_val
+            return stems
         # Head-only: the frozen rest of the backbone (if any) runs once more, to pooled
         # features.
         pool = FrozenPart(
-            pool_model(classifier, boundary, x_train.shape[1:]), engine, Path(workdir) / "pool"
+            pool_model(classifier, boundary, stems.train.shape[1:]), engine, Path(workdir) / "pool"
         )
 
         def pooled(source, name):
-            return (
-                None
-                if source is None
-                else activations(pool, source, f"pooled_{name}", f"pool {name}")
-            )
+            return activations(pool, source, f"pooled_{name}", f"pool {name}")
 
-        return pooled(x_train, "train"), pooled(x_flip, "train_flip"), pooled(x_val, "validation")
+        def pooled_mirror(source, name):
+            return None if source is None else pooled(source, name)
+
+        return RungFeatures(
+            pooled(stems.train, "train"),
+            pooled_mirror(stems.train_mirrored, "train_flip"),
+            pooled(stems.validation, "validation"),
+            pooled_mirror(stems.validation_mirrored, "validation_flip"),
+        )
 
 
 def pool_model(classifier: Classifier, boundary: str | None, shape) -> keras.Model:

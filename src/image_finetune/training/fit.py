@@ -31,7 +31,7 @@ import numpy as np
 from image_finetune.config import Rung, RungMode
 from image_finetune.data.canonical import Split
 from image_finetune.errors import TrainingError
-from image_finetune.inference import load_classifier
+from image_finetune.inference import load_classifier, predict_batches
 from image_finetune.training.augment import build_augmentation
 from image_finetune.training.checkpoints import (
     CHECKPOINT,
@@ -42,6 +42,7 @@ from image_finetune.training.checkpoints import (
 )
 from image_finetune.training.distribute import ONE_DEVICE, Replicas
 from image_finetune.training.features import (
+    EMBED_BATCH,
     EpochOrder,
     RowBatches,
     rung_features,
@@ -162,6 +163,8 @@ class FitInputs:
     trainable_params: int
     embed_seconds: float
     softmax: keras.Layer  # the classifier's softmax layer (shared with ``model``)
+    # the mirrored validation images' cached features (flip TTA); None: trained on images
+    validation_mirrored: np.ndarray | None = None
 
 
 def prepare_fit(
@@ -184,11 +187,12 @@ def prepare_fit(
         set_trainable(backbone, None)
     start = time.perf_counter()
     seed, even = plan.seed, replicas.count if keras.config.backend() == "jax" else 1
+    val_mirrored = None
     if mode == "end_to_end":
         model, x_train, mirrored, x_val = (classifier.model, train.images, None, validation.images)
     else:
         boundary = plan.cache_boundary
-        x_train, mirrored, x_val = rung_features(
+        x_train, mirrored, x_val, val_mirrored = rung_features(
             classifier,
             mode,
             boundary,
@@ -197,6 +201,7 @@ def prepare_fit(
             validation.images,
             feature_dir,
             plan.engine,
+            mirror_validation=True,
         )
         with replicas.scope():
             model = trainable_part(classifier, mode, boundary, x_train.shape[1:])
@@ -204,7 +209,38 @@ def prepare_fit(
     held_out = RowBatches(x_val, validation.labels, n_classes, rung.batch_size, multiple_of=even)
     trainable += sum(int(np.prod(w.shape)) for w in classifier.head.trainable_weights)
     return FitInputs(
-        mode, model, batches, held_out, trainable, time.perf_counter() - start, classifier.softmax
+        mode,
+        model,
+        batches,
+        held_out,
+        trainable,
+        time.perf_counter() - start,
+        classifier.softmax,
+        val_mirrored,
+    )
+
+
+@dataclass(frozen=True)
+class HeldOutProbabilities:
+    """The trained classifier's class probabilities on the validation images and on their
+    mirrored copies, scored on their cached features (the frozen part ran on ``stem_engine``)."""
+
+    probabilities: np.ndarray
+    mirrored: np.ndarray
+    stem_engine: str
+
+
+def held_out_probabilities(inputs: FitInputs, stem_engine: str) -> HeldOutProbabilities | None:
+    """Score the validation images on the features the rung validated on: the frozen part's
+    work is in the cache already, so an attempt's evaluation costs the trainable part alone.
+    None where the rung trained on the images themselves (end to end)."""
+    if inputs.validation_mirrored is None:
+        return None
+    rows = inputs.validation.rows
+    return HeldOutProbabilities(
+        predict_batches(inputs.model, rows, EMBED_BATCH, "score validation"),
+        predict_batches(inputs.model, inputs.validation_mirrored, EMBED_BATCH, "score mirrored"),
+        stem_engine,
     )
 
 
