@@ -18,13 +18,18 @@ if TYPE_CHECKING:  # keras is imported where a model is loaded, not by importers
     from image_finetune.data.rows import Rows
 
 
+def require_classifier(path: Path) -> Path:
+    """``path``, a saved classifier's file; a clear error where it is missing."""
+    if not Path(path).is_file():
+        raise MissingInputError(f"{path}: model not found (run the train step first)")
+    return Path(path)
+
+
 def load_classifier(path: Path) -> keras.Model:
     """Load a saved classifier, with a clear error where it is missing."""
     import keras
 
-    if not Path(path).exists():
-        raise MissingInputError(f"{path}: model not found (run the train step first)")
-    return keras.saving.load_model(path, compile=False)
+    return keras.saving.load_model(require_classifier(path), compile=False)
 
 
 def predict_batches(

@@ -198,6 +198,19 @@ def test_registration_carries_the_engine_folder(exported, tmp_path):
     assert predictor.precision == manifest["serving_precision"]
     # a version registered before engines existed: none, so it is served on Keras
     assert download_engine(client, "engined", outcomes[None]["version"], tmp_path / "x") is None
+    # the registered Keras file is the evaluated one, byte for byte (copied, not re-saved)
+    import mlflow
+
+    from image_finetune.registry.client import mlflow_store
+
+    with mlflow_store(registry.tracking_uri):
+        logged = Path(
+            mlflow.artifacts.download_artifacts(
+                f"models:/engined/{outcome['version']}", dst_path=str(tmp_path / "logged")
+            )
+        )
+    [keras_file] = logged.rglob("model.keras")
+    assert keras_file.read_bytes() == Path(exported["model"]).read_bytes()
 
 
 def test_the_reference_profile_is_summarised_on_the_engine_that_serves(exported, tmp_path):

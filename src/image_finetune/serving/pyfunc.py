@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import shutil
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -135,42 +136,47 @@ class KerasAndImageFlavors:
     def save_model(
         path: str,
         mlflow_model: Model,
-        keras_model,
+        keras_file: Path,
         class_names: list[str],
         image_fit: str,
         **kwargs,
     ) -> None:
-        import keras
+        from importlib.metadata import version
 
         with tempfile.TemporaryDirectory() as work:
-            keras_file = Path(work) / MODEL_FILE  # the Keras flavor reads <data>/model.keras
-            keras_model.save(keras_file)
+            # The saved file itself, byte for byte (its digest is the one DVC and the engine
+            # record): loading and saving it again would cost a TensorFlow start.
+            artifact = Path(work) / MODEL_FILE  # the Keras flavor reads <data>/model.keras
+            shutil.copyfile(keras_file, artifact)
             mlflow.pyfunc.save_model(
                 path,
                 mlflow_model=mlflow_model,
                 python_model=ImageClassifier(class_names, image_fit),
-                artifacts={KERAS_ARTIFACT: str(keras_file)},
+                artifacts={KERAS_ARTIFACT: str(artifact)},
                 **kwargs,
             )
         mlflow_model.add_flavor(
             "keras",
-            keras_version=keras.__version__,
+            keras_version=version("keras"),
             data=KERAS_FLAVOR_DATA,
             save_exported_model=False,
         )
         mlflow_model.save(str(Path(path) / "MLmodel"))
 
 
-def log_image_classifier(model, example: np.ndarray, pip_requirements: list[str], metadata: dict):
-    """Log ``model`` in the active run as a LoggedModel named ``model`` with both flavors;
-    MLflow's ModelInfo. ``example`` (uint8 images) is not needed: the signature is fixed."""
+def log_image_classifier(
+    keras_file: Path, example: np.ndarray, pip_requirements: list[str], metadata: dict
+):
+    """Log the saved classifier ``keras_file`` in the active run as a LoggedModel named
+    ``model`` with both flavors; MLflow's ModelInfo. ``example`` (uint8 images) is not
+    needed: the signature is fixed."""
     del example
     names = metadata.get("class_names") or []
     return Model.log(
         artifact_path=None,
         name="model",
         flavor=KerasAndImageFlavors(),
-        keras_model=model,
+        keras_file=Path(keras_file),
         class_names=names,
         image_fit=metadata.get("image_fit", "resize"),
         signature=SIGNATURE,

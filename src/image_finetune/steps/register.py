@@ -18,7 +18,7 @@ from image_finetune.config import Params
 from image_finetune.data.canonical import load_split, manifest_digest, read_manifest
 from image_finetune.engines import read_manifest as read_engine_manifest
 from image_finetune.hashing import sha256_file
-from image_finetune.inference import image_fit, load_classifier
+from image_finetune.inference import image_fit, require_classifier
 from image_finetune.metrics import flatten_metrics
 from image_finetune.model_card import CardFacts, card_description, card_html, card_markdown
 from image_finetune.monitoring.profile import PROFILE_FOLDER, ReferenceProfile
@@ -148,7 +148,7 @@ def _register(client, parent, params, model, data, evaluation, decision_file, ta
         params.registry.tracking_uri,
         name,
         parent,
-        load_classifier(model),
+        require_classifier(model),
         example,
         tags,
         log_image_classifier,
