@@ -227,3 +227,13 @@ def test_a_profile_keeps_the_engine_and_precision_that_summarised_it(profile, tm
     (tmp_path / "int8" / "profile.json").write_text(json.dumps(meta))
     older = ReferenceProfile.load(tmp_path / "int8")
     assert (older.engine, older.precision) == ("tensorflow", "fp32")
+
+
+@pytest.mark.parametrize("rows", [40, 400])  # fewer and more rows than dimensions
+def test_the_projection_is_the_leading_principal_axes(rows):
+    rng = np.random.default_rng(3)
+    features = rng.normal(size=(rows, 64)) * np.linspace(5, 0.1, 64)
+    mean, components = fit_projection(features, 8)
+    _, _, reference = np.linalg.svd(features - features.mean(axis=0), full_matrices=False)
+    np.testing.assert_allclose(mean, features.mean(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(np.abs(components), np.abs(reference[:8]), atol=1e-4)
