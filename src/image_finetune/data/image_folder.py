@@ -48,31 +48,32 @@ def read_image_folder(
     if not path.exists():
         raise IngestError(f"{path}: data source not found (set data.path or $IMAGE_FINETUNE_DATA)")
     problems: list[str] = []
-    images = DecodedImages(scratch, image_size, how, max_per_class)
     groups: Groups = {}
     folders: set[Placement] = set()
     unplaced: list[PurePosixPath] = []
-    for entry in tqdm(
-        walk(path, problems), desc=f"decode {path.name}", unit="img", mininterval=1.0
-    ):
-        if entry.is_folder:
-            folders.update(filter(None, [place_folder(entry.path)]))
-            continue
-        placement = place(entry.path)
-        if placement is None:
-            unplaced.append(entry.path)
-            continue
-        groups.setdefault(placement.group, []).append(entry.path)
-        if not is_image_name(entry.path):
-            problems.append(f"{entry.path}: not an image file (expected .png, .jpg or .jpeg)")
-            continue
-        images.add(
-            (placement.split, placement.class_name),
-            placement.name,
-            entry.read,
-            problems,
-            hashed=placement.layout == CLASS_FOLDERS,
-        )
+    with DecodedImages(scratch, image_size, how, max_per_class) as images:
+        for entry in tqdm(
+            walk(path, problems), desc=f"decode {path.name}", unit="img", mininterval=1.0
+        ):
+            if entry.is_folder:
+                folders.update(filter(None, [place_folder(entry.path)]))
+                continue
+            placement = place(entry.path)
+            if placement is None:
+                unplaced.append(entry.path)
+                continue
+            groups.setdefault(placement.group, []).append(entry.path)
+            if not is_image_name(entry.path):
+                problems.append(f"{entry.path}: not an image file (expected .png, .jpg or .jpeg)")
+                continue
+            images.add(
+                (placement.split, placement.class_name),
+                placement.name,
+                entry.read,
+                problems,
+                hashed=placement.layout == CLASS_FOLDERS,
+            )
+        images.finish()
     if not groups and not unplaced:  # not a file: the folders alone say what was meant
         groups = {folder.group: [] for folder in folders}
     layout, root = choose_layout(path, groups, unplaced)

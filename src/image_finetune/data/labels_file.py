@@ -58,17 +58,17 @@ def read_labels_file(
     rows = listed_rows(path)
     folder = path.parent.resolve()
     problems: list[str] = []
-    images = DecodedImages(scratch, image_size, how, max_per_class)
     has_split = rows[0].split is not None
-    for row in rows:
-        split = row.split or UNSPLIT
-        images.add(
-            (split, row.label),
-            str(row.path),
-            partial(read_listed, folder, row),
-            problems,
-            hashed=not has_split,
-        )
+    with DecodedImages(scratch, image_size, how, max_per_class) as images:
+        for row in rows:
+            images.add(
+                (row.split or UNSPLIT, row.label),
+                str(row.path),
+                partial(read_listed, folder, row),
+                problems,
+                hashed=not has_split,
+            )
+        images.finish()
     if problems:
         raise IngestError(f"{path}: bad images in the labels file", problems)
     class_dirs: dict[str, set[str]] = {}
