@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 from packaging.requirements import Requirement
@@ -165,3 +169,41 @@ def test_the_serving_requirements_install_on_a_mac_and_a_gpu_host():
 def test_an_unmarked_cpu_pin_would_be_caught():
     with pytest.raises(AssertionError):
         check_portable(["tensorflow-cpu==2.21.0"])
+
+
+@pytest.mark.parametrize(
+    ("environment", "config"),
+    [
+        ({}, None),
+        ({"KERAS_BACKEND": "jax"}, None),
+        ({}, {"backend": "torch"}),
+        ({"KERAS_BACKEND": "jax"}, {"backend": "torch"}),
+        ({}, {"floatx": "float32"}),
+    ],
+)
+def test_the_keras_backend_is_read_as_keras_reads_it_without_importing_keras(
+    environment, config, tmp_path
+):
+    """Where Keras is not loaded the backend is found without it (no TensorFlow start), and
+    it is the one Keras itself picks in the same environment."""
+    home = tmp_path / "keras-home"
+    home.mkdir()
+    if config is not None:
+        (home / "keras.json").write_text(json.dumps(config))
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    env.update(KERAS_HOME=str(home), **environment)
+    ours = (
+        "import sys; from image_finetune.registry.versions import keras_backend; "
+        "print(keras_backend(), 'keras' in sys.modules)"
+    )
+    theirs = "import keras; print(keras.backend.backend())"
+    found = subprocess.run([sys.executable, "-c", ours], env=env, capture_output=True, text=True)
+    expected = {"jax": "jax", "torch": "torch"}.get(
+        environment.get("KERAS_BACKEND") or (config or {}).get("backend"), "tensorflow"
+    )
+    assert found.stdout.split() == [expected, "False"], found.stderr
+    if config == {"floatx": "float32"}:  # Keras agrees (a start of seconds: one case)
+        keras = subprocess.run(
+            [sys.executable, "-c", theirs], env=env, capture_output=True, text=True
+        )
+        assert keras.stdout.split()[-1] == expected, keras.stderr

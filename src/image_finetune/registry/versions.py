@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 import tempfile
 from collections.abc import Callable
 from contextlib import suppress
@@ -231,16 +233,33 @@ def serving_requirements() -> list[str]:
     them saves MLflow's inference of requirements, which loads the model in a subprocess."""
     from importlib.metadata import PackageNotFoundError, version
 
-    import keras
-
     pinned = [f"{name}=={version(name)}" for name in ("mlflow", "keras", "numpy")]
-    for name in BACKEND_DISTRIBUTIONS.get(keras.backend.backend(), ()):
+    for name in BACKEND_DISTRIBUTIONS.get(keras_backend(), ()):
         with suppress(PackageNotFoundError):
             found = version(name)
             if name.startswith("tensorflow"):
                 return [*pinned, *portable_tensorflow(found)]
             return [*pinned, f"{name}=={found}"]
     return pinned
+
+
+def keras_backend() -> str:
+    """The backend Keras runs on in this process, found as Keras finds it ($KERAS_BACKEND,
+    else ``backend`` in keras.json under $KERAS_HOME or ~/.keras, else tensorflow) where
+    Keras is not loaded: importing it would start TensorFlow (seconds) to read a setting."""
+    if "keras" in sys.modules:
+        return str(sys.modules["keras"].backend.backend())
+    if os.environ.get("KERAS_BACKEND"):
+        return os.environ["KERAS_BACKEND"]
+    home = os.environ.get("KERAS_HOME") or _keras_base() / ".keras"
+    with suppress(OSError, ValueError, KeyError, TypeError):
+        return str(json.loads((Path(home).expanduser() / "keras.json").read_text())["backend"])
+    return "tensorflow"
+
+
+def _keras_base() -> Path:
+    home = Path.home()
+    return home if os.access(home, os.W_OK) else Path("/tmp")
 
 
 def portable_tensorflow(release: str) -> list[str]:
