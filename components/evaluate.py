@@ -23,7 +23,9 @@ def evaluate_classifier(
     ``evaluation`` is the step's whole output folder (details.json, predictions.npz, ...),
     which the gates read; the other outputs show the same results in the KFP UI.
     ``engine_folder``, the export-engine step's output, is what the test evaluation measures:
-    the engine and precision that will serve (the validation evaluations run on Keras).
+    the engine and precision that will serve. A validation evaluation uses the scores the
+    train-rung step recorded beside the classifier on its cached features, where there are
+    some for that model file and those labels, and runs the classifier on Keras otherwise.
     """
     import shutil
     from pathlib import Path
