@@ -137,13 +137,19 @@ def _schedule(rung: Rung, steps_per_epoch: int):
     return keras.optimizers.schedules.CosineDecay(rung.learning_rate, total, alpha=0.01)
 
 
-# Steps run per call into the backend: a head rung's step is a few milliseconds, about as
-# long as Keras's per-call overhead (8 halves that; the weights are the same bit for bit).
+# Steps run per call into the backend on one device: a head rung's step is a few
+# milliseconds, about as long as Keras's per-call overhead (8 halves that; the weights are
+# the same bit for bit). TensorFlow's distribution strategies fail on multi-step calls over
+# these batches, so several replicas take one step per call.
 STEPS_PER_EXECUTION = 8
 
 
 def compile_for_rung(
-    rung: Rung, jit_compile: str, model: keras.Model, steps_per_epoch: int
+    rung: Rung,
+    jit_compile: str,
+    model: keras.Model,
+    steps_per_epoch: int,
+    steps_per_execution: int = 1,
 ) -> None:
     """Compile ``model`` with the rung's optimizer, schedule, loss and metrics
     (``jit_compile``: ``train.jit_compile``)."""
@@ -154,7 +160,7 @@ def compile_for_rung(
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=rung.label_smoothing),
         metrics=["accuracy"],
         jit_compile={"auto": "auto", "on": True, "off": False}[jit_compile],
-        steps_per_execution=STEPS_PER_EXECUTION,
+        steps_per_execution=steps_per_execution,
     )
 
 
@@ -293,7 +299,8 @@ def fit_rung(
         )
     model = replicas.fitting_model(inputs.model)
     with replicas.scope():
-        compile_for_rung(rung, plan.jit_compile, model, len(inputs.train))
+        steps = STEPS_PER_EXECUTION if replicas.count == 1 else 1
+        compile_for_rung(rung, plan.jit_compile, model, len(inputs.train), steps)
     resumed_at = prepare_resume(paths) if replicas.is_chief else None
     replicas.barrier()  # the chief may mend a corrupt checkpoint first; then all read it
     if not replicas.is_chief:
