@@ -140,8 +140,13 @@ def _schedule(rung: Rung, steps_per_epoch: int):
 # Steps run per call into the backend on one device: a head rung's step is a few
 # milliseconds, about as long as Keras's per-call overhead (8 halves that; the weights are
 # the same bit for bit). TensorFlow's distribution strategies fail on multi-step calls over
-# these batches, so several replicas take one step per call.
+# these batches and PyTorch refuses them, so there a call runs one step.
 STEPS_PER_EXECUTION = 8
+
+
+def steps_per_execution(replicas: int) -> int:
+    """How many steps one call into the backend runs (see STEPS_PER_EXECUTION)."""
+    return STEPS_PER_EXECUTION if replicas == 1 and keras.config.backend() != "torch" else 1
 
 
 def compile_for_rung(
@@ -299,7 +304,7 @@ def fit_rung(
         )
     model = replicas.fitting_model(inputs.model)
     with replicas.scope():
-        steps = STEPS_PER_EXECUTION if replicas.count == 1 else 1
+        steps = steps_per_execution(replicas.count)
         compile_for_rung(rung, plan.jit_compile, model, len(inputs.train), steps)
     resumed_at = prepare_resume(paths) if replicas.is_chief else None
     replicas.barrier()  # the chief may mend a corrupt checkpoint first; then all read it
