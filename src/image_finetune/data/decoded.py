@@ -91,6 +91,7 @@ class DecodedImages:
         self.workers = decode_workers() if workers is None else workers
         self.pool: ProcessPoolExecutor | None = None
         self.chunk: list[ReadFile] = []
+        self.chunk_bytes = 0
         self.in_flight: deque[tuple[Future, list[ReadFile]]] = deque()
         self.decoded_here = 0
 
@@ -130,7 +131,8 @@ class DecodedImages:
             self._keep(item, result)
             return
         self.chunk.append(item)
-        if len(self.chunk) >= CHUNK_IMAGES or sum(len(i.data) for i in self.chunk) >= CHUNK_BYTES:
+        self.chunk_bytes += len(data)
+        if len(self.chunk) >= CHUNK_IMAGES or self.chunk_bytes >= CHUNK_BYTES:
             self._submit()
 
     def finish(self) -> None:
@@ -145,7 +147,7 @@ class DecodedImages:
             # forkserver: the workers start clean, whatever threads this process runs
             context = multiprocessing.get_context("forkserver")
             self.pool = ProcessPoolExecutor(self.workers, mp_context=context)
-        items, self.chunk = self.chunk, []
+        items, self.chunk, self.chunk_bytes = self.chunk, [], 0
         task = [(item.name, item.data) for item in items]
         self.in_flight.append(
             (self.pool.submit(decode_files, task, self.image_size, self.how), items)
